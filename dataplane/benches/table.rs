@@ -1,0 +1,122 @@
+//! Criterion benchmarks of the lease table.
+//!
+//! `cargo bench -p palisade-dataplane --bench table`
+//!
+//! - `LeaseTable::acquire+release/1-thread`: one uncontended acquire and its
+//!   release on one thread, over 1024 resources (target: < 60 ns).
+//! - `KeyHasher::key`: the per-request fingerprint, measured apart.
+//! - `.../2-threads-distinct` and `.../2-threads-shared`: two threads at once,
+//!   on their own resources or on one resource; time is per operation pair
+//!   per thread.
+
+use std::hint::black_box;
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use palisade_dataplane::clock::monotonic_ns;
+use palisade_dataplane::table::{AcquireMode, Acquired, Grant, KeyHasher, LeaseKey, LeaseTable};
+
+const EPOCH: u32 = 1;
+const NOW_MS: u64 = 1_000;
+
+fn keys(table: &LeaseTable, prefix: &str, count: usize) -> Vec<LeaseKey> {
+    (0..count)
+        .map(|i| table.hasher().key(0, format!("{prefix}{i}").as_bytes()))
+        .collect()
+}
+
+fn cycle(table: &LeaseTable, key: LeaseKey, holder: u64) -> bool {
+    let grant = Grant {
+        holder,
+        ttl_ms: 10_000,
+        lock_delay_ms: 0,
+    };
+    match table.acquire(key, grant, NOW_MS, EPOCH, AcquireMode::Fair) {
+        Ok(Acquired::Granted { token, .. }) => {
+            black_box(table.release(key, token, NOW_MS));
+            true
+        }
+        Ok(Acquired::Busy { .. }) => false,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn single_thread(c: &mut Criterion) {
+    let table = LeaseTable::new(65_536, KeyHasher::new([1; 16]));
+    let keys = keys(&table, "disk", 1024);
+    let mut group = c.benchmark_group("LeaseTable::acquire+release");
+    group.throughput(Throughput::Elements(1));
+    let mut i = 0usize;
+    group.bench_function("1-thread", |b| {
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            assert!(cycle(&table, keys[i], 1));
+        });
+    });
+    group.finish();
+
+    let hasher = KeyHasher::new([1; 16]);
+    let mut group = c.benchmark_group("KeyHasher::key");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("16-byte name", |b| {
+        b.iter(|| black_box(hasher.key(0, black_box(b"volumes/disk-0042"))));
+    });
+    group.finish();
+}
+
+fn two_threads(c: &mut Criterion, name: &str, shared: bool) {
+    let table = Arc::new(LeaseTable::new(65_536, KeyHasher::new([2; 16])));
+    let per_thread: Vec<Vec<LeaseKey>> = if shared {
+        let one = keys(&table, "hot", 1);
+        vec![one.clone(), one]
+    } else {
+        vec![keys(&table, "a", 1024), keys(&table, "b", 1024)]
+    };
+    let mut group = c.benchmark_group("LeaseTable::acquire+release");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let barrier = Arc::new(Barrier::new(2));
+            let handles: Vec<_> = per_thread
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(t, keys)| {
+                    let table = table.clone();
+                    let barrier = barrier.clone();
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        let start = monotonic_ns();
+                        let mut granted = 0u64;
+                        for n in 0..iters as usize {
+                            if cycle(&table, keys[n % keys.len()], t as u64 + 1) {
+                                granted += 1;
+                            }
+                        }
+                        black_box(granted);
+                        Duration::from_nanos(monotonic_ns() - start)
+                    })
+                })
+                .collect();
+            let elapsed: Vec<Duration> = handles
+                .into_iter()
+                .map(|h| h.join().expect("bench thread"))
+                .collect();
+            elapsed.into_iter().max().unwrap_or_default()
+        });
+    });
+    group.finish();
+}
+
+fn multi_thread(c: &mut Criterion) {
+    two_threads(c, "2-threads-distinct", false);
+    two_threads(c, "2-threads-shared", true);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = single_thread, multi_thread
+}
+criterion_main!(benches);

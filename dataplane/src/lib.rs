@@ -1,0 +1,7 @@
+//! The Palisade data plane: the lock-free lease table and the glommio
+//! thread-per-core server around it.
+#![warn(missing_docs)]
+
+pub mod clock;
+mod sync;
+pub mod table;

@@ -1,0 +1,325 @@
+//! Unit tests of the table's transitions on one thread.
+
+use super::*;
+
+const EPOCH: u32 = 3;
+
+fn table(capacity: u32) -> LeaseTable {
+    LeaseTable::new(capacity, KeyHasher::new([7; 16]))
+}
+
+fn grant(holder: u64, ttl_ms: u32) -> Grant {
+    Grant {
+        holder,
+        ttl_ms,
+        lock_delay_ms: 0,
+    }
+}
+
+fn granted(outcome: Result<Acquired, TableError>) -> u64 {
+    match outcome {
+        Ok(Acquired::Granted { token, .. }) => token,
+        other => panic!("expected a grant, got {other:?}"),
+    }
+}
+
+#[test]
+fn acquire_busy_release_reacquire() {
+    let t = table(16);
+    let key = t.hasher().key(0, b"disk0");
+    let first = granted(t.acquire(key, grant(1, 1000), 100, EPOCH, AcquireMode::Fair));
+    assert_eq!(first >> 32, u64::from(EPOCH));
+    assert_eq!(
+        t.acquire(key, grant(2, 1000), 200, EPOCH, AcquireMode::Fair),
+        Ok(Acquired::Busy {
+            token: first,
+            grantable_at_ms: 1100,
+            waiters: false
+        })
+    );
+    assert_eq!(
+        t.check(key, first, 300),
+        TokenOutcome::Current {
+            expires_at_ms: 1100
+        }
+    );
+    assert_eq!(
+        t.release(key, first, 400),
+        TokenOutcome::Released {
+            wake_waiters: false
+        }
+    );
+    assert!(matches!(
+        t.check(key, first, 401),
+        TokenOutcome::Stale {
+            current_token: 0,
+            ..
+        }
+    ));
+    let second = granted(t.acquire(key, grant(2, 1000), 500, EPOCH, AcquireMode::Fair));
+    assert!(second > first, "S1");
+    assert!(matches!(
+        t.check(key, first, 501),
+        TokenOutcome::Stale { current_token, .. } if current_token == second
+    ));
+}
+
+#[test]
+fn same_holder_acquire_is_idempotent() {
+    let t = table(16);
+    let key = t.hasher().key(0, b"job");
+    let first = granted(t.acquire(key, grant(9, 1000), 0, EPOCH, AcquireMode::Fair));
+    match t.acquire(key, grant(9, 1000), 500, EPOCH, AcquireMode::Fair) {
+        Ok(Acquired::Granted {
+            token,
+            expires_at_ms,
+            idempotent,
+        }) => {
+            assert_eq!(token, first);
+            assert_eq!(expires_at_ms, 1500);
+            assert!(idempotent);
+        }
+        other => panic!("{other:?}"),
+    }
+    // After expiry the same holder gets a new, greater token.
+    let later = granted(t.acquire(key, grant(9, 1000), 1500, EPOCH, AcquireMode::Fair));
+    assert!(later > first);
+}
+
+#[test]
+fn expiry_is_lazy_and_exact() {
+    let t = table(16);
+    let key = t.hasher().key(0, b"r");
+    let first = granted(t.acquire(key, grant(1, 100), 1000, EPOCH, AcquireMode::Fair));
+    // At 1099 the lease is live; at 1100 it is expired (expiry is exclusive).
+    assert!(matches!(
+        t.acquire(key, grant(2, 100), 1099, EPOCH, AcquireMode::Fair),
+        Ok(Acquired::Busy { .. })
+    ));
+    assert!(matches!(
+        t.renew(key, first, 100, 1100),
+        TokenOutcome::Stale { .. }
+    ));
+    let second = granted(t.acquire(key, grant(2, 100), 1100, EPOCH, AcquireMode::Fair));
+    assert!(second > first);
+}
+
+#[test]
+fn renew_extends_and_never_revives() {
+    let t = table(16);
+    let key = t.hasher().key(0, b"r");
+    let token = granted(t.acquire(key, grant(1, 100), 0, EPOCH, AcquireMode::Fair));
+    assert_eq!(
+        t.renew(key, token, 300, 50),
+        TokenOutcome::Current { expires_at_ms: 350 }
+    );
+    assert!(matches!(
+        t.acquire(key, grant(2, 100), 200, EPOCH, AcquireMode::Fair),
+        Ok(Acquired::Busy { .. })
+    ));
+    assert!(matches!(
+        t.renew(key, token + 1, 300, 60),
+        TokenOutcome::Stale { .. }
+    ));
+    assert!(matches!(
+        t.renew(key, token, 300, 350),
+        TokenOutcome::Stale { .. }
+    ));
+}
+
+#[test]
+fn lock_delay_blocks_after_unreleased_expiry_only() {
+    let t = table(16);
+    let key = t.hasher().key(0, b"r");
+    let with_delay = Grant {
+        holder: 1,
+        ttl_ms: 100,
+        lock_delay_ms: 50,
+    };
+    let token = granted(t.acquire(key, with_delay, 0, EPOCH, AcquireMode::Fair));
+    assert_eq!(
+        t.acquire(key, grant(2, 100), 120, EPOCH, AcquireMode::Fair),
+        Ok(Acquired::Busy {
+            token: 0,
+            grantable_at_ms: 150,
+            waiters: false
+        })
+    );
+    let next = granted(t.acquire(key, grant(2, 100), 150, EPOCH, AcquireMode::Fair));
+    assert!(next > token);
+    // A released lease has no lock delay.
+    assert!(matches!(
+        t.release(key, next, 160),
+        TokenOutcome::Released { .. }
+    ));
+    granted(t.acquire(key, grant(3, 100), 160, EPOCH, AcquireMode::Fair));
+}
+
+#[test]
+fn waiters_block_fair_acquires_but_not_the_head() {
+    let t = table(16);
+    let key = t.hasher().key(0, b"r");
+    let token = granted(t.acquire(key, grant(1, 100), 0, EPOCH, AcquireMode::Fair));
+    t.set_waiters(key, true, 10).expect("room");
+    assert_eq!(
+        t.release(key, token, 20),
+        TokenOutcome::Released { wake_waiters: true }
+    );
+    assert!(matches!(
+        t.acquire(key, grant(2, 100), 21, EPOCH, AcquireMode::Fair),
+        Ok(Acquired::Busy { waiters: true, .. })
+    ));
+    let head = granted(t.acquire(key, grant(3, 100), 22, EPOCH, AcquireMode::WaiterHead));
+    assert!(head > token);
+    t.set_waiters(key, false, 23).expect("present");
+    assert_eq!(
+        t.release(key, head, 24),
+        TokenOutcome::Released {
+            wake_waiters: false
+        }
+    );
+}
+
+#[test]
+fn tenants_are_separate() {
+    let t = table(16);
+    let a = t.hasher().key(0, b"disk0");
+    let b = t.hasher().key(1, b"disk0");
+    let ta = granted(t.acquire(a, grant(1, 100), 0, EPOCH, AcquireMode::Fair));
+    // Tenant 1 sees a free resource, not tenant 0's lease.
+    let tb = granted(t.acquire(b, grant(2, 100), 0, EPOCH, AcquireMode::Fair));
+    // Tenant 1 releasing "its" disk0 never touches tenant 0's lease, even
+    // with a token of the same value.
+    assert!(matches!(t.release(b, tb, 1), TokenOutcome::Released { .. }));
+    assert!(matches!(t.release(b, ta, 2), TokenOutcome::Stale { .. }));
+    assert!(matches!(t.check(a, ta, 3), TokenOutcome::Current { .. }));
+    assert!(matches!(t.renew(b, ta, 100, 3), TokenOutcome::Stale { .. }));
+    assert!(matches!(
+        t.check(a, ta, 4),
+        TokenOutcome::Current { expires_at_ms: 100 }
+    ));
+}
+
+#[test]
+fn table_full_is_an_error_not_a_panic() {
+    let t = table(4);
+    for i in 0..4u32 {
+        let key = t.hasher().key(0, format!("r{i}").as_bytes());
+        granted(t.acquire(key, grant(1, 100), 0, EPOCH, AcquireMode::Fair));
+    }
+    let key = t.hasher().key(0, b"one-too-many");
+    assert_eq!(
+        t.acquire(key, grant(1, 100), 0, EPOCH, AcquireMode::Fair),
+        Err(TableError::Full)
+    );
+    // Existing keys still work.
+    let key = t.hasher().key(0, b"r0");
+    assert!(matches!(
+        t.acquire(key, grant(2, 100), 1, EPOCH, AcquireMode::Fair),
+        Ok(Acquired::Busy { .. })
+    ));
+}
+
+#[test]
+fn reclaim_frees_room_and_tokens_keep_growing() {
+    let t = table(2);
+    let key = t.hasher().key(0, b"a");
+    let first = granted(t.acquire(key, grant(1, 100), 0, EPOCH, AcquireMode::Fair));
+    assert!(matches!(
+        t.release(key, first, 10),
+        TokenOutcome::Released { .. }
+    ));
+    let other = t.hasher().key(0, b"b");
+    granted(t.acquire(other, grant(1, 100), 10, EPOCH, AcquireMode::Fair));
+    // Too early to reclaim.
+    let stats = t.sweep(0..t.slot_count(), 500, 1000);
+    assert_eq!(stats.reclaimed, 0);
+    assert_eq!(stats.held, 0);
+    let stats = t.sweep(0..t.slot_count(), 1010, 1000);
+    assert_eq!(
+        stats.reclaimed, 1,
+        "only the released key is idle long enough"
+    );
+    assert_eq!(t.live_keys(), 1);
+    // The key comes back with a token above everything it had.
+    let again = granted(t.acquire(key, grant(2, 100), 1020, EPOCH, AcquireMode::Fair));
+    assert!(again > first, "S1 across reclamation");
+    assert_eq!(t.live_keys(), 2);
+}
+
+#[test]
+fn expired_unreleased_keys_are_reclaimed_after_their_delay() {
+    let t = table(4);
+    let key = t.hasher().key(0, b"a");
+    let g = Grant {
+        holder: 1,
+        ttl_ms: 100,
+        lock_delay_ms: 200,
+    };
+    let first = granted(t.acquire(key, g, 0, EPOCH, AcquireMode::Fair));
+    assert_eq!(t.sweep(0..t.slot_count(), 50, 10).held, 1);
+    assert_eq!(t.sweep(0..t.slot_count(), 305, 10).reclaimed, 0);
+    assert_eq!(t.sweep(0..t.slot_count(), 310, 10).reclaimed, 1);
+    let again = granted(t.acquire(key, grant(2, 100), 400, EPOCH, AcquireMode::Fair));
+    assert!(again > first);
+}
+
+#[test]
+fn waiters_pin_a_key_against_reclaim() {
+    let t = table(4);
+    let key = t.hasher().key(0, b"a");
+    t.set_waiters(key, true, 0).expect("room");
+    assert_eq!(t.sweep(0..t.slot_count(), 1_000_000, 10).reclaimed, 0);
+    t.set_waiters(key, false, 0).expect("present");
+    assert_eq!(t.sweep(0..t.slot_count(), 1_000_000, 10).reclaimed, 1);
+}
+
+#[test]
+fn new_epoch_restarts_sequence_above_old_tokens() {
+    let t = table(4);
+    let key = t.hasher().key(0, b"a");
+    let old = granted(t.acquire(key, grant(1, 10), 0, 1, AcquireMode::Fair));
+    let new = granted(t.acquire(key, grant(1, 10), 20, 2, AcquireMode::Fair));
+    assert_eq!(new, (2 << 32) | 1);
+    assert!(new > old);
+}
+
+#[test]
+fn exhausted_sequence_is_reported() {
+    assert_eq!(next_token((5 << 32) | u64::from(u32::MAX), 5), None);
+    assert_eq!(
+        next_token((5 << 32) | u64::from(u32::MAX), 6),
+        Some((6 << 32) | 1)
+    );
+    assert_eq!(next_token(6 << 32, 5), None, "a token from a later epoch");
+    assert_eq!(next_token(0, 1), Some((1 << 32) | 1));
+}
+
+#[test]
+fn colliding_homes_and_tombstones_keep_one_slot_per_key() {
+    // Keys with the same home slot, inserted, reclaimed and reinserted in
+    // shuffled order: every key stays findable and present exactly once.
+    let t = table(8);
+    let keys: Vec<LeaseKey> = (1..=6u128)
+        .map(|i| LeaseKey::from_raw((5u128 << 64) | (i << 2)))
+        .collect();
+    let mut now = 0;
+    for round in 0..5 {
+        for (i, &key) in keys.iter().enumerate() {
+            if (i + round) % 2 == 0 {
+                let token = granted(t.acquire(key, grant(1, 10), now, EPOCH, AcquireMode::Fair));
+                assert!(matches!(
+                    t.release(key, token, now),
+                    TokenOutcome::Released { .. }
+                ));
+            }
+        }
+        now += 100;
+        t.sweep(0..t.slot_count(), now, 50);
+        let present = t.present_keys();
+        let mut seen: Vec<LeaseKey> = present.iter().map(|(k, _, _)| *k).collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), present.len(), "a key occupies two slots");
+    }
+}

@@ -1,0 +1,478 @@
+//! The config types, their built-in defaults and the methods other crates
+//! call.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::credential::TenantCredential;
+use crate::error::{ConfigErrors, ConfigIssue, Issues};
+use crate::source::Source;
+use crate::{parse, render, validate};
+
+/// The default client listener: loopback, so the default tenant needs no
+/// credential.
+pub const LISTEN_CLIENT_DEFAULT: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7400);
+
+/// The name of the one tenant in the built-in default.
+pub const TENANT_NAME_DEFAULT: &str = "default";
+
+/// A whole, validated Palisade config file.
+///
+/// Get one from [`Config::load`] (binaries), [`Config::from_toml_str`]
+/// (tests, embedded text) or [`Config::builtin_default`]. Every value in a
+/// `Config` returned by those is within its documented range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Who this node is and where it keeps its state.
+    pub node: NodeConfig,
+    /// Where it accepts connections.
+    pub listen: ListenConfig,
+    /// Lease timing and the lease table size.
+    pub leases: LeaseConfig,
+    /// Per-node and per-connection resource maxima.
+    pub limits: LimitsConfig,
+    /// Data plane scheduling and packet marking.
+    pub dataplane: DataplaneConfig,
+    /// The tenants this node serves; never empty. A tenant's index in this
+    /// list is its id (see [`Config::tenant`]).
+    pub tenants: Vec<TenantConfig>,
+    /// Logging.
+    pub log: LogConfig,
+    /// Folder of the file this came from (`None` for the built-in default);
+    /// used to resolve relative paths.
+    pub base_dir: Option<PathBuf>,
+}
+
+/// The `[node]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Node id, `1..=65535`. Default 1.
+    pub id: u16,
+    /// Where the node keeps its state, as written in the file. Use
+    /// [`Config::data_dir_resolved`] to open it. Default `None` (no
+    /// persistence).
+    pub data_dir: Option<PathBuf>,
+    /// Which CPU cores the data plane runs on. Default [`CoreSelection::All`].
+    pub cores: CoreSelection,
+}
+
+/// Which CPU cores the data plane pins one executor to each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoreSelection {
+    /// Every core the process may run on (`cores = "all"`).
+    All,
+    /// This many cores, `1..=1024` (`cores = 4`).
+    Count(u16),
+    /// These CPU ids, unique, each `0..=4095` (`cores = [0, 2]`).
+    Cpus(Vec<u16>),
+}
+
+/// The `[listen]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenConfig {
+    /// Address for client connections. Default `127.0.0.1:7400`. When it is
+    /// not a loopback address every tenant must have a credential.
+    pub client: SocketAddr,
+}
+
+/// The `[leases]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseConfig {
+    /// Longest lease a client may ask for, `10ms..=24h`. Default 30s.
+    pub max_ttl: Duration,
+    /// Shortest lease a client may ask for, `1ms..=max_ttl`. Default 100ms.
+    pub min_ttl: Duration,
+    /// Bound on the clock rate difference between any two machines, as a
+    /// fraction: `0.0 <= max_drift < 0.5`. Default 0.01.
+    pub max_drift: f64,
+    /// Longest lock delay a client may ask for, `0..=65535ms` in whole
+    /// milliseconds (the table stores it in 16 bits). Default 60s.
+    pub lock_delay_max: Duration,
+    /// Lease table size in leases, `1..=16777216`. Default 65536.
+    pub table_capacity: u32,
+    /// Free slots idle longer than this are reclaimed; at least 1s.
+    /// Default 60s.
+    pub reclaim_after: Duration,
+    /// How often expired leases are swept, `10ms..=60s`. Default 1s.
+    pub sweep_interval: Duration,
+}
+
+/// The `[limits]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Open client connections, at least 1. Default 10000.
+    pub connections_max: u32,
+    /// Requests waiting for a lease across the node, at least 1.
+    /// Default 10000.
+    pub waiters_max: u32,
+    /// Largest frame payload in bytes, `1024..=1048576`. Default 16384.
+    pub frame_payload_max: u32,
+    /// Time a new connection has to finish its handshake, `10ms..=10m`.
+    /// Default 5s.
+    pub handshake_timeout: Duration,
+    /// Time a frame that has started arriving has to complete, `10ms..=10m`.
+    /// Default 10s.
+    pub frame_timeout: Duration,
+    /// Outstanding (waiting) requests per connection, at least 1.
+    /// Default 1024.
+    pub pending_per_connection_max: u32,
+}
+
+/// The `[dataplane]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// Executor preemption timer, `100us..=100ms`. Default 1ms.
+    pub preempt_timer: Duration,
+    /// Latency target of the lease RPC task queue, `10us..=100ms`.
+    /// Default 200us.
+    pub rpc_latency: Duration,
+    /// DSCP marked on client replies, `0..=63`. Default 46 (`EF`).
+    pub client_dscp: u8,
+}
+
+/// One `[[tenants]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantConfig {
+    /// Unique name, 1 to 64 characters of `[A-Za-z0-9._-]`.
+    pub name: String,
+    /// The tenant's credential verifier. Required for every tenant when the
+    /// client listener is not on loopback.
+    pub credential: Option<TenantCredential>,
+}
+
+/// The `[log]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogConfig {
+    /// Most verbose level written. Default [`LogLevel::Info`].
+    pub level: LogLevel,
+}
+
+/// A log verbosity level, least verbose first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// Normal operation.
+    #[default]
+    Info,
+    /// Detail for debugging.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// Every level, least verbose first.
+    pub const ALL: [Self; 5] = [
+        Self::Error,
+        Self::Warn,
+        Self::Info,
+        Self::Debug,
+        Self::Trace,
+    ];
+
+    /// The name used in the config file and by `tracing` filters, like
+    /// `"info"`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Warn => "warn",
+            Self::Info => "info",
+            Self::Debug => "debug",
+            Self::Trace => "trace",
+        }
+    }
+}
+
+impl std::fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for LogLevel {
+    type Err = String;
+
+    /// Parses a level name in any letter case.
+    fn from_str(text: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|level| level.as_str().eq_ignore_ascii_case(text))
+            .ok_or_else(|| {
+                format!(
+                    "unknown log level {text:?}; expected one of: error, warn, info, debug, trace"
+                )
+            })
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            id: 1,
+            data_dir: None,
+            cores: CoreSelection::All,
+        }
+    }
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            client: LISTEN_CLIENT_DEFAULT,
+        }
+    }
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            max_ttl: Duration::from_secs(30),
+            min_ttl: Duration::from_millis(100),
+            max_drift: 0.01,
+            lock_delay_max: Duration::from_secs(60),
+            table_capacity: 65_536,
+            reclaim_after: Duration::from_secs(60),
+            sweep_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            connections_max: 10_000,
+            waiters_max: 10_000,
+            frame_payload_max: 16_384,
+            handshake_timeout: Duration::from_secs(5),
+            frame_timeout: Duration::from_secs(10),
+            pending_per_connection_max: 1024,
+        }
+    }
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self {
+            preempt_timer: Duration::from_millis(1),
+            rpc_latency: Duration::from_micros(200),
+            client_dscp: 46,
+        }
+    }
+}
+
+impl Default for TenantConfig {
+    /// The tenant `"default"`, without a credential.
+    fn default() -> Self {
+        Self {
+            name: TENANT_NAME_DEFAULT.to_owned(),
+            credential: None,
+        }
+    }
+}
+
+impl Default for Config {
+    /// Same as [`Config::builtin_default`].
+    fn default() -> Self {
+        Self::builtin_default()
+    }
+}
+
+impl Config {
+    /// The config used when there is no file: a single node (id 1) serving
+    /// clients on `127.0.0.1:7400`, one tenant `"default"` without a
+    /// credential, no data directory, and every other key at the default
+    /// documented on its field.
+    #[must_use]
+    pub fn builtin_default() -> Self {
+        Self {
+            node: NodeConfig::default(),
+            listen: ListenConfig::default(),
+            leases: LeaseConfig::default(),
+            limits: LimitsConfig::default(),
+            dataplane: DataplaneConfig::default(),
+            tenants: vec![TenantConfig::default()],
+            log: LogConfig::default(),
+            base_dir: None,
+        }
+    }
+
+    /// Reads the file at `path` from `source`, parses and validates it.
+    ///
+    /// Call once at startup. [`Config::base_dir`] becomes the folder that
+    /// holds `path` (`"."` for a bare file name), so a relative `data_dir`
+    /// is found next to the config file, not in the working directory.
+    ///
+    /// # Errors
+    ///
+    /// Every problem found: a read failure (key `(file)`, naming the path),
+    /// a TOML syntax error (key `(file)`), or one issue per bad key.
+    pub fn load(path: &Path, source: &dyn Source) -> Result<Self, ConfigErrors> {
+        let text = source.read_to_string(path).map_err(|error| {
+            ConfigIssue::new(
+                parse::FILE_KEY,
+                format!("cannot read {}: {error}", path.display()),
+            )
+        })?;
+        let base_dir = match path.parent() {
+            Some(parent) if parent.as_os_str().is_empty() => Some(Path::new(".")),
+            other => other,
+        };
+        Self::from_toml_str(&text, base_dir)
+    }
+
+    /// Parses and validates TOML text.
+    ///
+    /// Every section and key is optional; a missing one takes the built-in
+    /// default. `base_dir` is stored as [`Config::base_dir`] and used to
+    /// resolve relative paths.
+    ///
+    /// # Errors
+    ///
+    /// Every problem found, one [`ConfigIssue`] per bad key: unknown keys,
+    /// wrong types, out-of-range values and broken cross-field rules. A
+    /// TOML syntax error is a single issue with key `(file)`.
+    pub fn from_toml_str(text: &str, base_dir: Option<&Path>) -> Result<Self, ConfigErrors> {
+        parse::parse_config(text, base_dir)
+    }
+
+    /// Checks every range and cross-field rule. Configs from
+    /// [`load`](Self::load) and [`from_toml_str`](Self::from_toml_str) have
+    /// already passed; call it after building or changing a `Config` by hand.
+    ///
+    /// # Errors
+    ///
+    /// Every rule broken, keyed as in a config file.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut issues = Issues::default();
+        validate::validate(self, &mut issues);
+        issues.into_result()
+    }
+
+    /// The data directory to open: [`NodeConfig::data_dir`] joined onto
+    /// [`Config::base_dir`] when it is relative, as is when it is absolute or
+    /// there is no base directory. `None` when no data directory is set.
+    #[must_use]
+    pub fn data_dir_resolved(&self) -> Option<PathBuf> {
+        let data_dir = self.node.data_dir.as_deref()?;
+        match &self.base_dir {
+            Some(base_dir) if data_dir.is_relative() => Some(base_dir.join(data_dir)),
+            _ => Some(data_dir.to_path_buf()),
+        }
+    }
+
+    /// Finds a tenant by exact name; returns its index (its tenant id) and
+    /// its config. Call when a client names its tenant in the handshake.
+    #[must_use]
+    pub fn tenant(&self, name: &str) -> Option<(u32, &TenantConfig)> {
+        let (index, tenant) = self
+            .tenants
+            .iter()
+            .enumerate()
+            .find(|(_, tenant)| tenant.name == name)?;
+        Some((u32::try_from(index).ok()?, tenant))
+    }
+
+    /// How long a holder's lease must be treated as possibly still held
+    /// after it expires on this node: `max_ttl` scaled by `1 + max_drift`,
+    /// rounded up to the millisecond.
+    ///
+    /// The arithmetic is exact: `max_drift` is taken to the nearest part per
+    /// billion, then integers only, so 30s at 0.01 is exactly 30.3s. Meant
+    /// for a validated config; a drift outside `0.0..0.5` set by hand is
+    /// clamped to 0 below and the result saturates at [`Duration::MAX`].
+    #[must_use]
+    pub fn grace_period(&self) -> Duration {
+        const PARTS_PER_UNIT: u128 = 1_000_000_000;
+        const NANOS_PER_MS: u128 = 1_000_000;
+        let drift = self.leases.max_drift;
+        debug_assert!(drift >= 0.0, "validated configs have max_drift >= 0");
+        debug_assert!(drift < 0.5, "validated configs have max_drift < 0.5");
+        // `as` saturates: NaN and negative drift become 0, huge drift u64::MAX.
+        let drift_ppb = u128::from((drift * 1e9).round() as u64);
+        let ttl_nanos = self.leases.max_ttl.as_nanos();
+        let scaled = ttl_nanos.saturating_mul(PARTS_PER_UNIT + drift_ppb);
+        let grace_nanos = scaled.div_ceil(PARTS_PER_UNIT);
+        let grace_ms = grace_nanos.div_ceil(NANOS_PER_MS);
+        let grace = grace_ms.saturating_mul(NANOS_PER_MS);
+        let grace = crate::duration::duration_from_nanos(grace).unwrap_or(Duration::MAX);
+        debug_assert!(grace >= self.leases.max_ttl);
+        grace
+    }
+
+    /// Renders a complete, commented config file.
+    ///
+    /// For any valid config, [`from_toml_str`](Self::from_toml_str) of the
+    /// result (with the same base directory) gives back an equal `Config`.
+    /// [`Config::base_dir`] is not written: it comes from where the file is.
+    /// Use it to print the defaults for an operator to edit.
+    #[must_use]
+    pub fn to_toml(&self) -> String {
+        render::render(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grace_period_scales_and_rounds_up() {
+        let mut config = Config::builtin_default();
+        assert_eq!(config.grace_period(), Duration::from_millis(30_300));
+        config.leases.max_drift = 0.0;
+        assert_eq!(config.grace_period(), Duration::from_secs(30));
+        config.leases.max_ttl = Duration::from_millis(10);
+        config.leases.max_drift = 0.01;
+        // 10.1ms rounds up to 11ms.
+        assert_eq!(config.grace_period(), Duration::from_millis(11));
+        config.leases.max_ttl = Duration::from_millis(100);
+        config.leases.max_drift = 0.1;
+        // Exactly 110ms: no spurious extra millisecond from float error.
+        assert_eq!(config.grace_period(), Duration::from_millis(110));
+        config.leases.max_ttl = Duration::from_secs(24 * 3600);
+        config.leases.max_drift = 0.499_999;
+        assert_eq!(
+            config.grace_period(),
+            Duration::from_millis(86_400_000 + 43_199_914)
+        );
+    }
+
+    #[test]
+    fn grace_period_saturates() {
+        let mut config = Config::builtin_default();
+        config.leases.max_ttl = Duration::MAX;
+        assert_eq!(config.grace_period(), Duration::MAX);
+    }
+
+    #[test]
+    fn tenant_lookup() {
+        let mut config = Config::builtin_default();
+        config.tenants.push(TenantConfig {
+            name: "billing".to_owned(),
+            credential: None,
+        });
+        assert_eq!(config.tenant("default").map(|(index, _)| index), Some(0));
+        let (index, tenant) = config.tenant("billing").expect("billing exists");
+        assert_eq!(index, 1);
+        assert_eq!(tenant.name, "billing");
+        assert!(config.tenant("Billing").is_none());
+    }
+
+    #[test]
+    fn log_level_names() {
+        for level in LogLevel::ALL {
+            assert_eq!(level.as_str().parse::<LogLevel>(), Ok(level));
+            assert_eq!(level.to_string(), level.as_str());
+        }
+        assert_eq!("WARN".parse::<LogLevel>(), Ok(LogLevel::Warn));
+        assert!("verbose".parse::<LogLevel>().is_err());
+        assert!(LogLevel::Error < LogLevel::Trace);
+    }
+}

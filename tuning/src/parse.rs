@@ -1,0 +1,501 @@
+//! Walks a parsed TOML table against the schema, collecting every issue.
+//!
+//! Why not `#[derive(Deserialize)]`: serde stops at the first error, and an
+//! operator fixing a file wants every bad key at once. So the text is parsed
+//! into a plain [`toml::Table`] and each section is walked by hand. The
+//! walker reports unknown keys, wrong types and integers outside their range
+//! (they would not fit the field), stores every good value over the built-in
+//! default, and leaves the remaining range and cross-field rules to
+//! [`validate`](crate::validate).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+use crate::config::{Config, CoreSelection, LogLevel, TenantConfig};
+use crate::credential::TenantCredential;
+use crate::dscp::{parse_dscp, DSCP_EXPECTED};
+use crate::duration::parse_duration;
+use crate::error::{ConfigErrors, ConfigIssue, Issues};
+use crate::validate::{self, IntRule};
+
+/// The key of issues about the file as a whole.
+pub(crate) const FILE_KEY: &str = "(file)";
+
+/// The sections, in schema order.
+pub(crate) const TOP_KEYS: &[&str] = &[
+    "node",
+    "listen",
+    "leases",
+    "limits",
+    "dataplane",
+    "tenants",
+    "log",
+];
+const NODE_KEYS: &[&str] = &["id", "data_dir", "cores"];
+const LISTEN_KEYS: &[&str] = &["client"];
+const LEASE_KEYS: &[&str] = &[
+    "max_ttl",
+    "min_ttl",
+    "max_drift",
+    "lock_delay_max",
+    "table_capacity",
+    "reclaim_after",
+    "sweep_interval",
+];
+const LIMITS_KEYS: &[&str] = &[
+    "connections_max",
+    "waiters_max",
+    "frame_payload_max",
+    "handshake_timeout",
+    "frame_timeout",
+    "pending_per_connection_max",
+];
+const DATAPLANE_KEYS: &[&str] = &["preempt_timer", "rpc_latency", "client_dscp"];
+const TENANT_KEYS: &[&str] = &["name", "credential"];
+const LOG_KEYS: &[&str] = &["level"];
+
+/// Longest string value quoted back in a message, in characters.
+const QUOTED_CHARS_MAX: usize = 40;
+
+/// Parses `text` and checks every rule; see
+/// [`Config::from_toml_str`](crate::Config::from_toml_str).
+pub(crate) fn parse_config(text: &str, base_dir: Option<&Path>) -> Result<Config, ConfigErrors> {
+    let root: Table = text.parse().map_err(|error| syntax_issue(text, &error))?;
+    let mut issues = Issues::default();
+    let mut config = Config::builtin_default();
+    config.base_dir = base_dir.map(Path::to_path_buf);
+
+    let root = Section {
+        table: &root,
+        path: String::new(),
+    };
+    root.report_unknown(TOP_KEYS, &mut issues);
+    if let Some(node) = root.section("node", NODE_KEYS, &mut issues) {
+        walk_node(&node, &mut config, &mut issues);
+    }
+    if let Some(listen) = root.section("listen", LISTEN_KEYS, &mut issues) {
+        walk_listen(&listen, &mut config, &mut issues);
+    }
+    if let Some(leases) = root.section("leases", LEASE_KEYS, &mut issues) {
+        walk_leases(&leases, &mut config, &mut issues);
+    }
+    if let Some(limits) = root.section("limits", LIMITS_KEYS, &mut issues) {
+        walk_limits(&limits, &mut config, &mut issues);
+    }
+    if let Some(dataplane) = root.section("dataplane", DATAPLANE_KEYS, &mut issues) {
+        walk_dataplane(&dataplane, &mut config, &mut issues);
+    }
+    walk_tenants(&root, &mut config, &mut issues);
+    if let Some(log) = root.section("log", LOG_KEYS, &mut issues) {
+        walk_log(&log, &mut config, &mut issues);
+    }
+
+    validate::validate(&config, &mut issues);
+    issues.into_result().map(|()| config)
+}
+
+fn walk_node(node: &Section<'_>, config: &mut Config, issues: &mut Issues) {
+    node.int("id", validate::NODE_ID, &mut config.node.id, issues);
+    if let Some(data_dir) = node.string("data_dir", issues) {
+        config.node.data_dir = Some(PathBuf::from(data_dir));
+    }
+    if let Some((value, key)) = node.get("cores") {
+        if let Some(cores) = cores_from(value, &key, issues) {
+            config.node.cores = cores;
+        }
+    }
+}
+
+/// `"all"`, a count, or a list of CPU ids.
+fn cores_from(value: &Value, key: &str, issues: &mut Issues) -> Option<CoreSelection> {
+    match value {
+        Value::String(text) if text.eq_ignore_ascii_case("all") => Some(CoreSelection::All),
+        Value::Integer(count) => {
+            let count = checked_int::<u16>(validate::CORE_COUNT, *count, key, issues)?;
+            Some(CoreSelection::Count(count))
+        }
+        Value::Array(items) => {
+            let mut cpus = Vec::with_capacity(items.len());
+            let mut all_good = true;
+            for (index, item) in items.iter().enumerate() {
+                let item_key = format!("{key}[{index}]");
+                let cpu = match item {
+                    Value::Integer(cpu) => {
+                        checked_int::<u16>(validate::CPU_ID, *cpu, &item_key, issues)
+                    }
+                    other => {
+                        issues.push(
+                            item_key,
+                            format!(
+                                "expected a CPU id (integer 0..=4095), got {}",
+                                describe(other)
+                            ),
+                        );
+                        None
+                    }
+                };
+                match cpu {
+                    Some(cpu) => cpus.push(cpu),
+                    None => all_good = false,
+                }
+            }
+            all_good.then_some(CoreSelection::Cpus(cpus))
+        }
+        other => {
+            issues.push(
+                key,
+                format!(
+                    "expected \"all\", a core count (integer 1..=1024) or a list of CPU ids \
+                     like [0, 1], got {}",
+                    describe(other)
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn walk_listen(listen: &Section<'_>, config: &mut Config, issues: &mut Issues) {
+    let key = listen.key("client");
+    if let Some(text) = listen.string("client", issues) {
+        match text.trim().parse::<SocketAddr>() {
+            Ok(address) => config.listen.client = address,
+            Err(_) => issues.push(
+                key,
+                format!(
+                    "expected an IP address and port like \"127.0.0.1:7400\" or \"[::1]:7400\", \
+                     got {} (host names are not resolved)",
+                    quote(text)
+                ),
+            ),
+        }
+    }
+}
+
+fn walk_leases(leases: &Section<'_>, config: &mut Config, issues: &mut Issues) {
+    let target = &mut config.leases;
+    leases.duration("max_ttl", &mut target.max_ttl, issues);
+    leases.duration("min_ttl", &mut target.min_ttl, issues);
+    if let Some((value, key)) = leases.get("max_drift") {
+        match value {
+            Value::Float(drift) => target.max_drift = *drift,
+            // Integers are accepted so that `max_drift = 0` works; any other
+            // integer is out of range and `validate` says so.
+            Value::Integer(drift) => target.max_drift = *drift as f64,
+            other => issues.push(
+                key,
+                format!("expected a number like 0.01, got {}", describe(other)),
+            ),
+        }
+    }
+    leases.duration("lock_delay_max", &mut target.lock_delay_max, issues);
+    leases.int(
+        "table_capacity",
+        validate::TABLE_CAPACITY,
+        &mut target.table_capacity,
+        issues,
+    );
+    leases.duration("reclaim_after", &mut target.reclaim_after, issues);
+    leases.duration("sweep_interval", &mut target.sweep_interval, issues);
+}
+
+fn walk_limits(limits: &Section<'_>, config: &mut Config, issues: &mut Issues) {
+    let target = &mut config.limits;
+    limits.int(
+        "connections_max",
+        validate::CONNECTIONS_MAX,
+        &mut target.connections_max,
+        issues,
+    );
+    limits.int(
+        "waiters_max",
+        validate::WAITERS_MAX,
+        &mut target.waiters_max,
+        issues,
+    );
+    limits.int(
+        "frame_payload_max",
+        validate::FRAME_PAYLOAD_MAX,
+        &mut target.frame_payload_max,
+        issues,
+    );
+    limits.duration("handshake_timeout", &mut target.handshake_timeout, issues);
+    limits.duration("frame_timeout", &mut target.frame_timeout, issues);
+    limits.int(
+        "pending_per_connection_max",
+        validate::PENDING_PER_CONNECTION_MAX,
+        &mut target.pending_per_connection_max,
+        issues,
+    );
+}
+
+fn walk_dataplane(dataplane: &Section<'_>, config: &mut Config, issues: &mut Issues) {
+    let target = &mut config.dataplane;
+    dataplane.duration("preempt_timer", &mut target.preempt_timer, issues);
+    dataplane.duration("rpc_latency", &mut target.rpc_latency, issues);
+    if let Some((value, key)) = dataplane.get("client_dscp") {
+        let dscp = match value {
+            Value::String(text) => parse_dscp(text).map_err(|reason| issues.push(&key, reason)),
+            Value::Integer(number) => {
+                checked_int::<u8>(validate::CLIENT_DSCP, *number, &key, issues).ok_or(())
+            }
+            other => {
+                issues.push(
+                    &key,
+                    format!("expected {DSCP_EXPECTED}, got {}", describe(other)),
+                );
+                Err(())
+            }
+        };
+        if let Ok(dscp) = dscp {
+            target.client_dscp = dscp;
+        }
+    }
+}
+
+fn walk_tenants(root: &Section<'_>, config: &mut Config, issues: &mut Issues) {
+    let Some((value, key)) = root.get("tenants") else {
+        return;
+    };
+    let Value::Array(items) = value else {
+        issues.push(
+            key,
+            format!(
+                "expected a list of [[tenants]] entries (note the double brackets), got {}",
+                describe(value)
+            ),
+        );
+        return;
+    };
+    // One entry per item, even for a bad item, so that later rules name the
+    // same index as the file. The stand-ins are skipped by `validate`
+    // because their keys already have issues.
+    config.tenants = items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| tenant_from(item, &format!("{key}[{index}]"), issues))
+        .collect();
+}
+
+fn tenant_from(item: &Value, path: &str, issues: &mut Issues) -> TenantConfig {
+    let mut tenant = TenantConfig {
+        name: String::new(),
+        credential: None,
+    };
+    let Value::Table(table) = item else {
+        issues.push(
+            path,
+            format!(
+                "expected a table with a name and an optional credential, got {}",
+                describe(item)
+            ),
+        );
+        return tenant;
+    };
+    let section = Section {
+        table,
+        path: path.to_owned(),
+    };
+    section.report_unknown(TENANT_KEYS, issues);
+    match section.string("name", issues) {
+        Some(name) => tenant.name = name.to_owned(),
+        None if !table.contains_key("name") => {
+            issues.push(section.key("name"), "missing; every tenant needs a name");
+        }
+        None => {}
+    }
+    if let Some(text) = section.string("credential", issues) {
+        match TenantCredential::parse(text) {
+            Ok(credential) => tenant.credential = Some(credential),
+            Err(reason) => issues.push(
+                section.key("credential"),
+                format!("invalid credential: {reason}; make one with `palisade tenant-credential`"),
+            ),
+        }
+    }
+    tenant
+}
+
+fn walk_log(log: &Section<'_>, config: &mut Config, issues: &mut Issues) {
+    let key = log.key("level");
+    if let Some(text) = log.string("level", issues) {
+        match text.parse::<LogLevel>() {
+            Ok(level) => config.log.level = level,
+            Err(reason) => issues.push(key, reason),
+        }
+    }
+}
+
+/// One table of the file and its dotted path (`""` for the root).
+struct Section<'a> {
+    table: &'a Table,
+    path: String,
+}
+
+impl<'a> Section<'a> {
+    /// The dotted key of `name` in this section.
+    fn key(&self, name: &str) -> String {
+        if self.path.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}.{name}", self.path)
+        }
+    }
+
+    /// Reports every key of this table that is not in `known`.
+    fn report_unknown(&self, known: &[&str], issues: &mut Issues) {
+        for name in self.table.keys() {
+            if !known.contains(&name.as_str()) {
+                issues.push(
+                    self.key(name),
+                    format!("unknown key; expected one of: {}", known.join(", ")),
+                );
+            }
+        }
+    }
+
+    /// The value of `name` and its dotted key, if present.
+    fn get(&self, name: &str) -> Option<(&'a Value, String)> {
+        self.table.get(name).map(|value| (value, self.key(name)))
+    }
+
+    /// The sub-table `name`, after reporting its unknown keys; `None` (with
+    /// an issue) when it is not a table, `None` when it is absent.
+    fn section(&self, name: &str, known: &[&str], issues: &mut Issues) -> Option<Section<'a>> {
+        let (value, key) = self.get(name)?;
+        let Value::Table(table) = value else {
+            issues.push(
+                &key,
+                format!("expected a table ([{key}]), got {}", describe(value)),
+            );
+            return None;
+        };
+        let section = Section { table, path: key };
+        section.report_unknown(known, issues);
+        Some(section)
+    }
+
+    /// The string value of `name`; `None` (with an issue) for another type.
+    fn string(&self, name: &str, issues: &mut Issues) -> Option<&'a str> {
+        let (value, key) = self.get(name)?;
+        match value {
+            Value::String(text) => Some(text),
+            other => {
+                issues.push(key, format!("expected a string, got {}", describe(other)));
+                None
+            }
+        }
+    }
+
+    /// Stores the duration `name` into `target` when present and readable.
+    /// Its range is checked later by `validate`.
+    fn duration(&self, name: &str, target: &mut Duration, issues: &mut Issues) {
+        let Some((value, key)) = self.get(name) else {
+            return;
+        };
+        match value {
+            Value::String(text) => match parse_duration(text) {
+                Ok(duration) => *target = duration,
+                Err(reason) => issues.push(key, reason),
+            },
+            other => issues.push(
+                key,
+                format!(
+                    "expected a duration string like \"10s\", got {}",
+                    describe(other)
+                ),
+            ),
+        }
+    }
+
+    /// Stores the integer `name` into `target` when present, an integer and
+    /// within `rule`.
+    fn int<T: TryFrom<i64>>(&self, name: &str, rule: IntRule, target: &mut T, issues: &mut Issues) {
+        let Some((value, key)) = self.get(name) else {
+            return;
+        };
+        match value {
+            Value::Integer(number) => {
+                if let Some(number) = checked_int(rule, *number, &key, issues) {
+                    *target = number;
+                }
+            }
+            other => issues.push(key, format!("expected an integer, got {}", describe(other))),
+        }
+    }
+}
+
+/// Checks `number` against `rule` and narrows it; `None` (with an issue)
+/// when out of range.
+fn checked_int<T: TryFrom<i64>>(
+    rule: IntRule,
+    number: i64,
+    key: &str,
+    issues: &mut Issues,
+) -> Option<T> {
+    if let Err(reason) = rule.check(number) {
+        issues.push(key, reason);
+        return None;
+    }
+    let narrowed = T::try_from(number).ok();
+    assert!(narrowed.is_some(), "rule for {key} fits its field type");
+    narrowed
+}
+
+/// Describes a value for "got ..." in messages: its TOML type and, for
+/// scalars, the value itself.
+fn describe(value: &Value) -> String {
+    match value {
+        Value::String(text) => format!("string {}", quote(text)),
+        Value::Integer(number) => format!("integer {number}"),
+        Value::Float(number) => format!("float {number}"),
+        Value::Boolean(flag) => format!("boolean {flag}"),
+        Value::Datetime(datetime) => format!("datetime {datetime}"),
+        Value::Array(_) => "array".to_owned(),
+        Value::Table(_) => "table".to_owned(),
+    }
+}
+
+/// Quotes a string for a message, shortened so one line stays readable.
+fn quote(text: &str) -> String {
+    if text.chars().count() <= QUOTED_CHARS_MAX {
+        format!("{text:?}")
+    } else {
+        let start: String = text.chars().take(QUOTED_CHARS_MAX).collect();
+        format!("{start:?}...")
+    }
+}
+
+/// One issue for a TOML syntax error, with its line and column.
+fn syntax_issue(text: &str, error: &toml::de::Error) -> ConfigIssue {
+    let message = error
+        .message()
+        .trim()
+        .lines()
+        .collect::<Vec<_>>()
+        .join("; ");
+    let reason = match error.span() {
+        Some(span) => {
+            let (line, column) = line_column(text, span.start);
+            format!("invalid TOML at line {line}, column {column}: {message}")
+        }
+        None => format!("invalid TOML: {message}"),
+    };
+    ConfigIssue::new(FILE_KEY, reason)
+}
+
+/// 1-based line and column (in characters) of byte `offset`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}

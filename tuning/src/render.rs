@@ -1,0 +1,214 @@
+//! Renders a [`Config`] as a complete, commented TOML file.
+//!
+//! Written by hand rather than through `toml::to_string` so the sections
+//! come out in schema order with a short comment per key, which is what an
+//! operator wants from `palisade config print-default`.
+
+use std::fmt::Write as _;
+
+use toml::Value;
+
+use crate::config::{Config, CoreSelection};
+use crate::dscp::dscp_name;
+use crate::duration::format_duration;
+
+/// Renders `config`; see [`Config::to_toml`].
+pub(crate) fn render(config: &Config) -> String {
+    let mut out = Out::default();
+    out.comment("Palisade configuration. Every key is optional; a missing key takes its default.");
+
+    let node = &config.node;
+    out.section("node");
+    out.key("id", node.id, "1..=65535");
+    match &node.data_dir {
+        Some(data_dir) => out.key(
+            "data_dir",
+            string(&data_dir.to_string_lossy()),
+            // A path built by hand that is not UTF-8 is written lossily:
+            // TOML cannot hold it. Paths read from a file are always UTF-8.
+            "relative paths are resolved against this file's folder",
+        ),
+        None => out.comment("data_dir = \"data\"          # unset: no data directory"),
+    }
+    let cores = match &node.cores {
+        CoreSelection::All => string("all"),
+        CoreSelection::Count(count) => count.to_string(),
+        CoreSelection::Cpus(cpus) => {
+            let ids: Vec<String> = cpus.iter().map(u16::to_string).collect();
+            format!("[{}]", ids.join(", "))
+        }
+    };
+    out.key(
+        "cores",
+        cores,
+        "\"all\", a count 1..=1024, or a list of CPU ids like [0, 1]",
+    );
+
+    out.section("listen");
+    out.key(
+        "client",
+        string(&config.listen.client.to_string()),
+        "not loopback: every tenant needs a credential",
+    );
+
+    let leases = &config.leases;
+    out.section("leases");
+    out.key("max_ttl", duration(leases.max_ttl), "10ms ..= 24h");
+    out.key("min_ttl", duration(leases.min_ttl), "1ms ..= max_ttl");
+    out.key(
+        "max_drift",
+        float(leases.max_drift),
+        "clock rate drift bound, 0.0 <= x < 0.5",
+    );
+    out.key(
+        "lock_delay_max",
+        duration(leases.lock_delay_max),
+        "0 ..= 65535ms, whole milliseconds",
+    );
+    out.key(
+        "table_capacity",
+        leases.table_capacity,
+        "leases, 1 ..= 16777216",
+    );
+    out.key(
+        "reclaim_after",
+        duration(leases.reclaim_after),
+        ">= 1s: idle free slots older than this are reclaimed",
+    );
+    out.key(
+        "sweep_interval",
+        duration(leases.sweep_interval),
+        "10ms ..= 60s",
+    );
+
+    let limits = &config.limits;
+    out.section("limits");
+    out.key("connections_max", limits.connections_max, ">= 1");
+    out.key("waiters_max", limits.waiters_max, ">= 1");
+    out.key(
+        "frame_payload_max",
+        limits.frame_payload_max,
+        "bytes, 1024 ..= 1048576",
+    );
+    out.key(
+        "handshake_timeout",
+        duration(limits.handshake_timeout),
+        "10ms ..= 10m",
+    );
+    out.key(
+        "frame_timeout",
+        duration(limits.frame_timeout),
+        "10ms ..= 10m: a started frame must complete within this",
+    );
+    out.key(
+        "pending_per_connection_max",
+        limits.pending_per_connection_max,
+        ">= 1: outstanding requests per connection",
+    );
+
+    let dataplane = &config.dataplane;
+    out.section("dataplane");
+    out.key(
+        "preempt_timer",
+        duration(dataplane.preempt_timer),
+        "100us ..= 100ms",
+    );
+    out.key(
+        "rpc_latency",
+        duration(dataplane.rpc_latency),
+        "10us ..= 100ms",
+    );
+    let dscp = match dscp_name(dataplane.client_dscp) {
+        Some(name) => string(name),
+        None => dataplane.client_dscp.to_string(),
+    };
+    out.key(
+        "client_dscp",
+        dscp,
+        "DSCP name (EF, CS0..CS7, AF11..AF43) or 0..=63",
+    );
+
+    for tenant in &config.tenants {
+        out.blank_line();
+        out.line("[[tenants]]");
+        out.key(
+            "name",
+            string(&tenant.name),
+            "1..=64 of [A-Za-z0-9._-], unique",
+        );
+        if let Some(credential) = &tenant.credential {
+            out.key(
+                "credential",
+                string(&credential.to_text()),
+                "from `palisade tenant-credential`",
+            );
+        }
+    }
+
+    out.section("log");
+    out.key(
+        "level",
+        string(config.log.level.as_str()),
+        "error | warn | info | debug | trace",
+    );
+    out.text
+}
+
+/// Where notes start on lines whose assignment is shorter than this.
+const NOTE_COLUMN: usize = 34;
+
+/// The file being written.
+#[derive(Default)]
+struct Out {
+    text: String,
+}
+
+impl Out {
+    fn line(&mut self, line: &str) {
+        self.text.push_str(line);
+        self.text.push('\n');
+    }
+
+    fn blank_line(&mut self) {
+        self.text.push('\n');
+    }
+
+    fn comment(&mut self, comment: &str) {
+        self.line(&format!("# {comment}"));
+    }
+
+    fn section(&mut self, name: &str) {
+        self.blank_line();
+        self.line(&format!("[{name}]"));
+    }
+
+    /// Writes `name = value  # note`, notes lined up where values are
+    /// short; `value` is already TOML.
+    fn key(&mut self, name: &str, value: impl std::fmt::Display, note: &str) {
+        let assignment = format!("{name} = {value}");
+        writeln!(self.text, "{assignment:<NOTE_COLUMN$}  # {note}")
+            .expect("writing to a String cannot fail");
+    }
+}
+
+/// A TOML basic string, escaped by the toml crate.
+fn string(text: &str) -> String {
+    Value::String(text.to_owned()).to_string()
+}
+
+fn duration(value: std::time::Duration) -> String {
+    string(&format_duration(value))
+}
+
+/// A TOML float that reads back as exactly `value`. Rust's `{:?}` is the
+/// shortest text that round-trips and always has a `.` or an exponent, so
+/// TOML reads it as a float; only the non-finite names differ.
+fn float(value: f64) -> String {
+    if value.is_nan() {
+        "nan".to_owned()
+    } else if value.is_infinite() {
+        if value > 0.0 { "inf" } else { "-inf" }.to_owned()
+    } else {
+        format!("{value:?}")
+    }
+}

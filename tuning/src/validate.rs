@@ -1,0 +1,407 @@
+//! Range rules and cross-field rules, checked on typed values.
+//!
+//! Each rule is defined once here. The TOML walker uses the same rules on
+//! raw values (so `id = 70000` is reported as out of range rather than as
+//! "does not fit in u16"), and [`validate`] re-checks the typed config, which
+//! covers configs built by hand. Checks skip keys that already have an
+//! issue, so nothing is reported twice and no rule fires on a stand-in value.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::config::{Config, CoreSelection, LeaseConfig};
+use crate::credential::TenantCredential;
+use crate::dscp::DSCP_MAX;
+use crate::duration::format_duration;
+use crate::error::Issues;
+
+/// The most tenants one config may list; a tenant's index is its id.
+pub const TENANT_COUNT_MAX: usize = 65_536;
+
+/// The longest tenant name, in characters.
+pub const TENANT_NAME_CHARS_MAX: usize = 64;
+
+/// An inclusive integer range.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IntRule {
+    pub(crate) min: i64,
+    pub(crate) max: i64,
+    /// `max` is only the field type's limit, so messages say "at least min".
+    pub(crate) open_max: bool,
+}
+
+impl IntRule {
+    const fn between(min: i64, max: i64) -> Self {
+        Self {
+            min,
+            max,
+            open_max: false,
+        }
+    }
+
+    const fn at_least_u32(min: i64) -> Self {
+        Self {
+            min,
+            max: u32::MAX as i64,
+            open_max: true,
+        }
+    }
+
+    pub(crate) fn check(&self, value: i64) -> Result<(), String> {
+        if value < self.min {
+            return Err(format!("must be {}, got {value}", self.describe()));
+        }
+        if value > self.max {
+            return Err(format!("must be {}, got {value}", self.describe_max()));
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        if self.open_max {
+            format!("at least {}", self.min)
+        } else {
+            format!("between {} and {}", self.min, self.max)
+        }
+    }
+
+    fn describe_max(&self) -> String {
+        if self.open_max {
+            format!("at most {}", self.max)
+        } else {
+            self.describe()
+        }
+    }
+}
+
+/// An inclusive duration range.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DurationRule {
+    min: Duration,
+    max: Option<Duration>,
+    /// The value is stored in whole milliseconds.
+    whole_ms: bool,
+}
+
+impl DurationRule {
+    const fn between(min: Duration, max: Duration) -> Self {
+        Self {
+            min,
+            max: Some(max),
+            whole_ms: false,
+        }
+    }
+
+    pub(crate) fn check(&self, value: Duration) -> Result<(), String> {
+        let too_large = self.max.is_some_and(|max| value > max);
+        if value < self.min || too_large {
+            let range = match self.max {
+                Some(max) => format!(
+                    "between {} and {}",
+                    format_duration(self.min),
+                    format_duration(max)
+                ),
+                None => format!("at least {}", format_duration(self.min)),
+            };
+            return Err(format!("must be {range}, got {}", format_duration(value)));
+        }
+        if self.whole_ms && value.subsec_nanos() % 1_000_000 != 0 {
+            return Err(format!(
+                "must be a whole number of milliseconds (it is stored in milliseconds), got {}",
+                format_duration(value)
+            ));
+        }
+        Ok(())
+    }
+}
+
+const fn ms(count: u64) -> Duration {
+    Duration::from_millis(count)
+}
+
+const fn us(count: u64) -> Duration {
+    Duration::from_micros(count)
+}
+
+pub(crate) const NODE_ID: IntRule = IntRule::between(1, u16::MAX as i64);
+pub(crate) const CORE_COUNT: IntRule = IntRule::between(1, 1024);
+pub(crate) const CPU_ID: IntRule = IntRule::between(0, 4095);
+
+pub(crate) const MAX_TTL: DurationRule = DurationRule::between(ms(10), ms(24 * 3600 * 1000));
+/// Its upper bound is `max_ttl`, checked as a cross-field rule.
+pub(crate) const MIN_TTL: DurationRule = DurationRule {
+    min: ms(1),
+    max: None,
+    whole_ms: false,
+};
+pub(crate) const LOCK_DELAY_MAX: DurationRule = DurationRule {
+    min: Duration::ZERO,
+    max: Some(ms(u16::MAX as u64)),
+    whole_ms: true,
+};
+pub(crate) const TABLE_CAPACITY: IntRule = IntRule::between(1, 1 << 24);
+pub(crate) const RECLAIM_AFTER: DurationRule = DurationRule {
+    min: ms(1000),
+    max: None,
+    whole_ms: false,
+};
+pub(crate) const SWEEP_INTERVAL: DurationRule = DurationRule::between(ms(10), ms(60_000));
+
+pub(crate) const CONNECTIONS_MAX: IntRule = IntRule::at_least_u32(1);
+pub(crate) const WAITERS_MAX: IntRule = IntRule::at_least_u32(1);
+pub(crate) const FRAME_PAYLOAD_MAX: IntRule = IntRule::between(1024, 1 << 20);
+pub(crate) const HANDSHAKE_TIMEOUT: DurationRule = DurationRule::between(ms(10), ms(600_000));
+pub(crate) const FRAME_TIMEOUT: DurationRule = DurationRule::between(ms(10), ms(600_000));
+pub(crate) const PENDING_PER_CONNECTION_MAX: IntRule = IntRule::at_least_u32(1);
+
+pub(crate) const PREEMPT_TIMER: DurationRule = DurationRule::between(us(100), ms(100));
+pub(crate) const RPC_LATENCY: DurationRule = DurationRule::between(us(10), ms(100));
+pub(crate) const CLIENT_DSCP: IntRule = IntRule::between(0, DSCP_MAX as i64);
+
+/// `0.0 <= max_drift < 0.5`: at 0.5 a lease could look expired on one
+/// machine while a new one looks granted on another for a whole TTL.
+pub(crate) fn check_max_drift(value: f64) -> Result<(), String> {
+    if (0.0..0.5).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be a fraction from 0.0 up to (not including) 0.5, got {value}"
+        ))
+    }
+}
+
+/// 1 to 64 characters of `[A-Za-z0-9._-]`: names appear in logs and
+/// metrics labels, so they stay plain.
+pub(crate) fn check_tenant_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if name.chars().count() > TENANT_NAME_CHARS_MAX {
+        return Err(format!(
+            "must be at most {TENANT_NAME_CHARS_MAX} characters, got {}",
+            name.chars().count()
+        ));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if let Some(bad) = name.chars().find(|&c| !allowed(c)) {
+        return Err(format!(
+            "{name:?} contains {bad:?}; use only letters, digits, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// Runs checks for keys that have no issue yet.
+struct Checker<'a> {
+    issues: &'a mut Issues,
+}
+
+impl Checker<'_> {
+    fn check(&mut self, key: &str, result: impl FnOnce() -> Result<(), String>) {
+        if self.issues.has(key) {
+            return;
+        }
+        if let Err(reason) = result() {
+            self.issues.push(key, reason);
+        }
+    }
+
+    fn int(&mut self, key: &str, rule: IntRule, value: impl Into<i64>) {
+        let value = value.into();
+        self.check(key, || rule.check(value));
+    }
+
+    fn duration(&mut self, key: &str, rule: DurationRule, value: Duration) {
+        self.check(key, || rule.check(value));
+    }
+}
+
+/// Checks every rule on `config`, adding an issue for each one broken,
+/// except on keys (or their parents) that `issues` already names.
+pub(crate) fn validate(config: &Config, issues: &mut Issues) {
+    let mut checker = Checker { issues };
+    validate_node(config, &mut checker);
+    validate_leases(config, &mut checker);
+    validate_limits(config, &mut checker);
+    validate_dataplane(config, &mut checker);
+    validate_tenants(config, &mut checker);
+}
+
+fn validate_node(config: &Config, checker: &mut Checker<'_>) {
+    let node = &config.node;
+    checker.int("node.id", NODE_ID, node.id);
+    if let Some(data_dir) = &node.data_dir {
+        checker.check("node.data_dir", || {
+            if data_dir.as_os_str().is_empty() {
+                Err("must not be empty; leave it out for no data directory".to_owned())
+            } else {
+                Ok(())
+            }
+        });
+    }
+    match &node.cores {
+        CoreSelection::All => {}
+        CoreSelection::Count(count) => checker.int("node.cores", CORE_COUNT, *count),
+        CoreSelection::Cpus(cpus) => {
+            checker.check("node.cores", || {
+                if cpus.is_empty() {
+                    Err("the list of CPU ids must not be empty; use \"all\" for every core".into())
+                } else {
+                    Ok(())
+                }
+            });
+            let mut first_index_by_cpu = HashMap::new();
+            for (index, &cpu) in cpus.iter().enumerate() {
+                let key = format!("node.cores[{index}]");
+                checker.int(&key, CPU_ID, cpu);
+                let first = *first_index_by_cpu.entry(cpu).or_insert(index);
+                if first != index {
+                    checker.check(&key, || {
+                        Err(format!(
+                            "duplicate CPU id {cpu}; node.cores[{first}] already lists it"
+                        ))
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn validate_leases(config: &Config, checker: &mut Checker<'_>) {
+    let leases = &config.leases;
+    checker.duration("leases.max_ttl", MAX_TTL, leases.max_ttl);
+    checker.duration("leases.min_ttl", MIN_TTL, leases.min_ttl);
+    if !checker.issues.has("leases.max_ttl") {
+        checker.check("leases.min_ttl", || {
+            if leases.min_ttl <= leases.max_ttl {
+                Ok(())
+            } else {
+                // An operator who lowers only max_ttl trips over a min_ttl
+                // they never wrote; say so.
+                let hint = if leases.min_ttl == LeaseConfig::default().min_ttl {
+                    " (the default; set leases.min_ttl lower)"
+                } else {
+                    ""
+                };
+                Err(format!(
+                    "must not exceed leases.max_ttl ({}), got {}{hint}",
+                    format_duration(leases.max_ttl),
+                    format_duration(leases.min_ttl)
+                ))
+            }
+        });
+    }
+    checker.check("leases.max_drift", || check_max_drift(leases.max_drift));
+    checker.duration(
+        "leases.lock_delay_max",
+        LOCK_DELAY_MAX,
+        leases.lock_delay_max,
+    );
+    checker.int(
+        "leases.table_capacity",
+        TABLE_CAPACITY,
+        leases.table_capacity,
+    );
+    checker.duration("leases.reclaim_after", RECLAIM_AFTER, leases.reclaim_after);
+    checker.duration(
+        "leases.sweep_interval",
+        SWEEP_INTERVAL,
+        leases.sweep_interval,
+    );
+}
+
+fn validate_limits(config: &Config, checker: &mut Checker<'_>) {
+    let limits = &config.limits;
+    checker.int(
+        "limits.connections_max",
+        CONNECTIONS_MAX,
+        limits.connections_max,
+    );
+    checker.int("limits.waiters_max", WAITERS_MAX, limits.waiters_max);
+    checker.int(
+        "limits.frame_payload_max",
+        FRAME_PAYLOAD_MAX,
+        limits.frame_payload_max,
+    );
+    checker.duration(
+        "limits.handshake_timeout",
+        HANDSHAKE_TIMEOUT,
+        limits.handshake_timeout,
+    );
+    checker.duration("limits.frame_timeout", FRAME_TIMEOUT, limits.frame_timeout);
+    checker.int(
+        "limits.pending_per_connection_max",
+        PENDING_PER_CONNECTION_MAX,
+        limits.pending_per_connection_max,
+    );
+}
+
+fn validate_dataplane(config: &Config, checker: &mut Checker<'_>) {
+    let dataplane = &config.dataplane;
+    checker.duration(
+        "dataplane.preempt_timer",
+        PREEMPT_TIMER,
+        dataplane.preempt_timer,
+    );
+    checker.duration("dataplane.rpc_latency", RPC_LATENCY, dataplane.rpc_latency);
+    checker.int("dataplane.client_dscp", CLIENT_DSCP, dataplane.client_dscp);
+}
+
+fn validate_tenants(config: &Config, checker: &mut Checker<'_>) {
+    let tenants = &config.tenants;
+    checker.check("tenants", || {
+        if tenants.is_empty() {
+            Err("at least one [[tenants]] entry is required".to_owned())
+        } else if tenants.len() > TENANT_COUNT_MAX {
+            Err(format!(
+                "at most {TENANT_COUNT_MAX} tenants are allowed, got {}",
+                tenants.len()
+            ))
+        } else {
+            Ok(())
+        }
+    });
+
+    let mut first_index_by_name: HashMap<&str, usize> = HashMap::new();
+    for (index, tenant) in tenants.iter().enumerate() {
+        let name_key = format!("tenants[{index}].name");
+        checker.check(&name_key, || check_tenant_name(&tenant.name));
+        if !checker.issues.has(&name_key) {
+            let first = *first_index_by_name.entry(&tenant.name).or_insert(index);
+            if first != index {
+                checker.check(&name_key, || {
+                    Err(format!(
+                        "duplicate tenant name {:?}; tenants[{first}] already uses it",
+                        tenant.name
+                    ))
+                });
+            }
+        }
+        if let Some(credential) = &tenant.credential {
+            let key = format!("tenants[{index}].credential");
+            checker.check(&key, || credential.check());
+        }
+    }
+
+    if checker.issues.has("listen.client") || config.listen.client.ip().to_canonical().is_loopback()
+    {
+        return;
+    }
+    for (index, tenant) in tenants.iter().enumerate() {
+        if tenant.credential.is_some() {
+            continue;
+        }
+        let key = format!("tenants[{index}].credential");
+        checker.check(&key, || Err(credential_required(config, &tenant.name)));
+    }
+}
+
+fn credential_required(config: &Config, tenant_name: &str) -> String {
+    let example = TenantCredential::ITERATIONS_MIN;
+    format!(
+        "a non-loopback listener (listen.client = {}) requires a credential for every tenant; \
+         make one for {tenant_name:?} with `palisade tenant-credential` and set \
+         credential = \"scram-sha256${example}$...\"",
+        config.listen.client
+    )
+}
