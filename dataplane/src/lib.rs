@@ -3,5 +3,8 @@
 #![warn(missing_docs)]
 
 pub mod clock;
+pub mod leadership;
+pub mod service;
 mod sync;
 pub mod table;
+pub mod waiters;

@@ -274,6 +274,17 @@ pub enum TableError {
     Contended,
 }
 
+/// A read-only look at one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peek {
+    /// Token of the live lease, 0 if none.
+    pub token: u64,
+    /// When the key may become grantable (`now` if it is).
+    pub grantable_at_ms: u64,
+    /// Waiters are queued.
+    pub waiters: bool,
+}
+
 /// What a sweep pass found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SweepStats {
@@ -817,13 +828,26 @@ impl LeaseTable {
         stats
     }
 
-    /// Time left until `key`'s lease or lock delay ends, for waiters' timers.
-    /// `None` if the key is absent or grantable now.
+    /// Reads `key` without changing it: the live lease's token (0 if none),
+    /// when it may become grantable, and whether waiters are queued.
     #[must_use]
-    pub fn grantable_at(&self, key: LeaseKey, now_ms: u64) -> Option<u64> {
-        let (_, _, state) = self.load_state(key)?;
-        let at = state.grantable_at_ms();
-        (at > now_ms).then_some(at)
+    pub fn peek(&self, key: LeaseKey, now_ms: u64) -> Peek {
+        match self.load_state(key) {
+            None => Peek {
+                token: 0,
+                grantable_at_ms: now_ms,
+                waiters: false,
+            },
+            Some((_, _, state)) => Peek {
+                token: if state.live_at(now_ms) {
+                    state.token
+                } else {
+                    0
+                },
+                grantable_at_ms: state.grantable_at_ms().max(now_ms),
+                waiters: state.waiters(),
+            },
+        }
     }
 
     /// Debug and test helper: every present key's slot index and last token.

@@ -1,0 +1,968 @@
+//! Request handling, sans-IO: one decoded (archived, in-place) request in,
+//! one [`Outcome`] out. The glommio shell only moves bytes; everything a
+//! client can make the server do is decided here, and tests drive it
+//! without sockets.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use palisade_proto::auth::{auth_message, verify_proof, StoredCredential};
+use palisade_proto::{
+    validate_resource, validate_tenant, ArchivedRequest, ErrorCode, Response, StatusInfo, Welcome,
+    CLIENT_NAME_LEN_MAX, NONCE_LEN,
+};
+
+use crate::leadership::{Leadership, NotGranting};
+use crate::table::{AcquireMode, Acquired, Grant, LeaseKey, LeaseTable, TableError, TokenOutcome};
+use crate::waiters::{Origin, WaitRequest};
+
+/// One tenant as the server knows it.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    /// Name used at the handshake.
+    pub name: String,
+    /// Credential record; `None` means no proof is required (loopback only,
+    /// enforced by config validation).
+    pub credential: Option<StoredCredential>,
+}
+
+/// Fixed settings of the request path.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// This node's id.
+    pub node_id: u16,
+    /// Shortest ttl granted.
+    pub min_ttl_ms: u32,
+    /// Longest ttl granted.
+    pub max_ttl_ms: u32,
+    /// Longest lock delay accepted.
+    pub lock_delay_max_ms: u32,
+    /// Clock drift bound, parts per million.
+    pub max_drift_ppm: u32,
+    /// Waiting requests allowed per connection.
+    pub pending_per_connection_max: u32,
+    /// Data-plane cores.
+    pub cores: u16,
+    /// Monotonic ms at node start.
+    pub start_ms: u64,
+    /// Unix ms minus monotonic ms at start, for status display only.
+    pub unix_offset_ms: i64,
+}
+
+/// Counters one core writes and any core reads (status).
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct CoreStats {
+    /// Requests answered.
+    pub ops: AtomicU64,
+    /// Open connections.
+    pub connections: AtomicU64,
+    /// Live leases in this core's sweep partition at its last sweep.
+    pub leases_held: AtomicU64,
+}
+
+impl CoreStats {
+    /// Single-writer increment: a plain load and store, no locked
+    /// instruction on the request path.
+    pub fn bump_ops(&self, n: u64) {
+        self.ops
+            .store(self.ops.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    }
+}
+
+/// Everything the request path reads, shared by all cores.
+#[derive(Debug)]
+pub struct Shared {
+    /// The lease table.
+    pub table: LeaseTable,
+    /// The control plane's word.
+    pub leadership: Leadership,
+    /// Tenants by index (the index is part of every key, S5).
+    pub tenants: Vec<Tenant>,
+    /// Settings.
+    pub config: ServiceConfig,
+    /// Per-core counters.
+    pub stats: Vec<CoreStats>,
+}
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Expecting `Hello`.
+    AwaitHello,
+    /// Sent a `Challenge`, expecting `Auth`.
+    AwaitAuth {
+        /// Tenant index.
+        tenant: u32,
+        /// Message the proof must sign.
+        auth_message: Vec<u8>,
+    },
+    /// Authenticated as `tenant`.
+    Ready {
+        /// Tenant index.
+        tenant: u32,
+    },
+}
+
+/// Per-connection state the service keeps.
+#[derive(Debug)]
+pub struct Conn {
+    /// Handshake phase.
+    pub phase: Phase,
+    /// Core the connection lives on.
+    pub core: u16,
+    /// Connection id on that core.
+    pub id: u64,
+    /// Requests waiting in some queue.
+    pub pending: u32,
+}
+
+impl Conn {
+    /// A new connection awaiting `Hello`.
+    #[must_use]
+    pub fn new(core: u16, id: u64) -> Conn {
+        Conn {
+            phase: Phase::AwaitHello,
+            core,
+            id,
+            pending: 0,
+        }
+    }
+}
+
+/// What the shell must do with one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Send this response.
+    Reply(Response),
+    /// Send this response, then wake `key`'s home core (a release of a key
+    /// with waiters).
+    ReplyAndWake(Response, LeaseKey),
+    /// Send this response, then close the connection.
+    ReplyAndClose(Response),
+    /// Route this waiter to its key's home core; the answer comes later.
+    Wait(WaitRequest),
+}
+
+fn error(code: ErrorCode, retry_after_ms: u32, message: impl Into<String>) -> Response {
+    Response::Error {
+        code,
+        retry_after_ms,
+        message: message.into(),
+    }
+}
+
+fn clamp_u32(value: u64) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+/// Identifies the request being answered.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestMeta {
+    /// Frame request id.
+    pub request_id: u64,
+    /// Frame group.
+    pub group: u32,
+}
+
+impl Shared {
+    /// The handshake `Welcome` for this node.
+    fn welcome(&self, server_signature: Option<[u8; 32]>) -> Response {
+        Response::Welcome(Welcome {
+            node_id: self.config.node_id,
+            epoch: self.leadership.load().epoch,
+            max_ttl_ms: self.config.max_ttl_ms,
+            min_ttl_ms: self.config.min_ttl_ms,
+            lock_delay_max_ms: self.config.lock_delay_max_ms,
+            max_drift_ppm: self.config.max_drift_ppm,
+            server_signature,
+        })
+    }
+
+    /// Node status as of `now_ms`.
+    #[must_use]
+    pub fn status(&self, now_ms: u64) -> StatusInfo {
+        let lead = self.leadership.load();
+        let sum = |f: fn(&CoreStats) -> &AtomicU64| -> u64 {
+            self.stats
+                .iter()
+                .map(|s| f(s).load(Ordering::Relaxed))
+                .sum()
+        };
+        let grants_from_unix_ms = if lead.grants_from_ms == u64::MAX {
+            0
+        } else {
+            (lead.grants_from_ms as i64 + self.config.unix_offset_ms).max(0) as u64
+        };
+        StatusInfo {
+            node_id: self.config.node_id,
+            role: lead.role,
+            epoch: lead.epoch,
+            leader_id: lead.leader_id,
+            cores: self.config.cores,
+            leases_held: sum(|s| &s.leases_held),
+            ops_served: sum(|s| &s.ops),
+            connections: clamp_u32(sum(|s| &s.connections)),
+            grants_from_unix_ms,
+            grace_remaining_ms: lead.grants_from_ms.saturating_sub(now_ms),
+            uptime_ms: now_ms.saturating_sub(self.config.start_ms),
+            table_capacity: clamp_u32(self.table.capacity()),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    /// Handles one request on `conn`. `now_ms` must be read after the
+    /// request's bytes arrived, so that the server's lease interval starts
+    /// no earlier than the client's send time. `nonce` supplies fresh
+    /// randomness for a challenge.
+    pub fn handle(
+        &self,
+        conn: &mut Conn,
+        meta: RequestMeta,
+        request: &ArchivedRequest,
+        now_ms: u64,
+        nonce: &mut dyn FnMut() -> [u8; NONCE_LEN],
+    ) -> Outcome {
+        match (&conn.phase, request) {
+            (
+                Phase::AwaitHello,
+                ArchivedRequest::Hello {
+                    tenant,
+                    client_nonce,
+                    client_name,
+                },
+            ) => self.hello(
+                conn,
+                tenant.as_str(),
+                client_nonce,
+                client_name.as_str(),
+                nonce,
+            ),
+            (Phase::AwaitAuth { .. }, ArchivedRequest::Auth { proof }) => self.auth(conn, proof),
+            (Phase::Ready { .. }, ArchivedRequest::Hello { .. } | ArchivedRequest::Auth { .. }) => {
+                Outcome::Reply(error(
+                    ErrorCode::InvalidArgument,
+                    0,
+                    "the handshake is already complete on this connection",
+                ))
+            }
+            (Phase::Ready { tenant }, _) => {
+                let tenant = *tenant;
+                self.ready(conn, tenant, meta, request, now_ms)
+            }
+            (Phase::AwaitHello, _) => Outcome::ReplyAndClose(error(
+                ErrorCode::NotAuthenticated,
+                0,
+                "send Hello first: every connection starts with the handshake",
+            )),
+            (Phase::AwaitAuth { .. }, _) => Outcome::ReplyAndClose(error(
+                ErrorCode::NotAuthenticated,
+                0,
+                "answer the Challenge with Auth before other requests",
+            )),
+        }
+    }
+
+    fn hello(
+        &self,
+        conn: &mut Conn,
+        tenant: &str,
+        client_nonce: &[u8; NONCE_LEN],
+        client_name: &str,
+        nonce: &mut dyn FnMut() -> [u8; NONCE_LEN],
+    ) -> Outcome {
+        if let Err(why) = validate_tenant(tenant) {
+            return Outcome::ReplyAndClose(error(ErrorCode::InvalidArgument, 0, why));
+        }
+        if client_name.len() > CLIENT_NAME_LEN_MAX {
+            return Outcome::ReplyAndClose(error(
+                ErrorCode::InvalidArgument,
+                0,
+                "client name is longer than 128 bytes",
+            ));
+        }
+        let Some(index) = self.tenants.iter().position(|t| t.name == tenant) else {
+            return Outcome::ReplyAndClose(error(
+                ErrorCode::UnknownTenant,
+                0,
+                format!(
+                    "unknown tenant {tenant:?}; check --tenant against the server's [[tenants]]"
+                ),
+            ));
+        };
+        let index = u32::try_from(index).expect("tenant count is bounded by config");
+        match &self.tenants[index as usize].credential {
+            None => {
+                conn.phase = Phase::Ready { tenant: index };
+                Outcome::Reply(self.welcome(None))
+            }
+            Some(credential) => {
+                let server_nonce = nonce();
+                let message = auth_message(
+                    tenant,
+                    client_nonce,
+                    &server_nonce,
+                    &credential.salt,
+                    credential.iterations,
+                );
+                conn.phase = Phase::AwaitAuth {
+                    tenant: index,
+                    auth_message: message,
+                };
+                Outcome::Reply(Response::Challenge {
+                    salt: credential.salt.clone(),
+                    iterations: credential.iterations,
+                    server_nonce,
+                })
+            }
+        }
+    }
+
+    fn auth(&self, conn: &mut Conn, proof: &[u8; 32]) -> Outcome {
+        let Phase::AwaitAuth {
+            tenant,
+            auth_message,
+        } = &conn.phase
+        else {
+            unreachable!("auth is only dispatched in AwaitAuth");
+        };
+        let tenant = *tenant;
+        let credential = self.tenants[tenant as usize]
+            .credential
+            .as_ref()
+            .expect("AwaitAuth only for tenants with a credential");
+        match verify_proof(credential, auth_message, proof) {
+            Some(signature) => {
+                conn.phase = Phase::Ready { tenant };
+                Outcome::Reply(self.welcome(Some(signature)))
+            }
+            None => Outcome::ReplyAndClose(error(
+                ErrorCode::AuthFailed,
+                0,
+                "credential proof did not verify; check the tenant secret",
+            )),
+        }
+    }
+
+    fn key(&self, tenant: u32, resource: &str) -> Result<LeaseKey, Response> {
+        validate_resource(resource).map_err(|why| error(ErrorCode::InvalidArgument, 0, why))?;
+        Ok(self.table.hasher().key(tenant, resource.as_bytes()))
+    }
+
+    fn check_ttl(&self, ttl_ms: u32) -> Result<(), Response> {
+        if ttl_ms < self.config.min_ttl_ms || ttl_ms > self.config.max_ttl_ms {
+            return Err(error(
+                ErrorCode::InvalidArgument,
+                0,
+                format!(
+                    "ttl {ttl_ms}ms is outside this node's range {}ms..={}ms",
+                    self.config.min_ttl_ms, self.config.max_ttl_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn not_leader(leader_id: u16) -> Response {
+        let message = if leader_id == 0 {
+            "this node is not the leader and knows of none; retry shortly".to_string()
+        } else {
+            format!("this node is not the leader; node {leader_id} is")
+        };
+        error(ErrorCode::NotLeader, 0, message)
+    }
+
+    fn ready(
+        &self,
+        conn: &mut Conn,
+        tenant: u32,
+        meta: RequestMeta,
+        request: &ArchivedRequest,
+        now_ms: u64,
+    ) -> Outcome {
+        let (resource, token) = match request {
+            ArchivedRequest::Acquire {
+                resource,
+                holder,
+                ttl_ms,
+                lock_delay_ms,
+                wait_ms,
+            } => {
+                let grant = Grant {
+                    holder: holder.to_native(),
+                    ttl_ms: ttl_ms.to_native(),
+                    lock_delay_ms: lock_delay_ms.to_native(),
+                };
+                return self.acquire(
+                    conn,
+                    tenant,
+                    meta,
+                    resource.as_str(),
+                    grant,
+                    wait_ms.to_native(),
+                    now_ms,
+                );
+            }
+            ArchivedRequest::Status => {
+                return Outcome::Reply(Response::Status(self.status(now_ms)))
+            }
+            ArchivedRequest::Renew {
+                resource, token, ..
+            }
+            | ArchivedRequest::Release { resource, token }
+            | ArchivedRequest::Check { resource, token } => (resource.as_str(), token.to_native()),
+            ArchivedRequest::Hello { .. } | ArchivedRequest::Auth { .. } => {
+                unreachable!("handshake messages are dispatched before ready()")
+            }
+        };
+        let key = match self.key(tenant, resource) {
+            Ok(key) => key,
+            Err(response) => return Outcome::Reply(response),
+        };
+        // Only a leader answers for leases; in its grace period it holds
+        // none, so renew and check answer stale and release finds nothing.
+        if let Err(NotGranting::NotLeader { leader_id }) =
+            self.leadership.load().check_grant(now_ms)
+        {
+            return Outcome::Reply(Self::not_leader(leader_id));
+        }
+        let response = match request {
+            ArchivedRequest::Renew { ttl_ms, .. } => {
+                let ttl_ms = ttl_ms.to_native();
+                if let Err(response) = self.check_ttl(ttl_ms) {
+                    return Outcome::Reply(response);
+                }
+                match self.table.renew(key, token, ttl_ms, now_ms) {
+                    TokenOutcome::Current { .. } => Response::Renewed { token, ttl_ms },
+                    other => stale(other),
+                }
+            }
+            ArchivedRequest::Release { .. } => match self.table.release(key, token, now_ms) {
+                TokenOutcome::Released { wake_waiters: true } => {
+                    return Outcome::ReplyAndWake(Response::Released { token }, key);
+                }
+                TokenOutcome::Released {
+                    wake_waiters: false,
+                } => Response::Released { token },
+                other => stale(other),
+            },
+            _ => match self.table.check(key, token, now_ms) {
+                TokenOutcome::Current { expires_at_ms } => Response::Current {
+                    token,
+                    remaining_ms: clamp_u32(expires_at_ms.saturating_sub(now_ms)),
+                },
+                other => stale(other),
+            },
+        };
+        Outcome::Reply(response)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn acquire(
+        &self,
+        conn: &mut Conn,
+        tenant: u32,
+        meta: RequestMeta,
+        resource: &str,
+        grant: Grant,
+        wait_ms: u32,
+        now_ms: u64,
+    ) -> Outcome {
+        let key = match self.key(tenant, resource) {
+            Ok(key) => key,
+            Err(response) => return Outcome::Reply(response),
+        };
+        if let Err(response) = self.check_ttl(grant.ttl_ms) {
+            return Outcome::Reply(response);
+        }
+        if grant.holder == 0 {
+            return Outcome::Reply(error(
+                ErrorCode::InvalidArgument,
+                0,
+                "holder id 0 is reserved; use a random non-zero id",
+            ));
+        }
+        if grant.lock_delay_ms > self.config.lock_delay_max_ms {
+            return Outcome::Reply(error(
+                ErrorCode::InvalidArgument,
+                0,
+                format!(
+                    "lock delay {}ms exceeds this node's maximum {}ms",
+                    grant.lock_delay_ms, self.config.lock_delay_max_ms
+                ),
+            ));
+        }
+        let deadline_ms = now_ms + u64::from(wait_ms);
+        let wait = |conn: &mut Conn| -> Outcome {
+            if conn.pending >= self.config.pending_per_connection_max {
+                return Outcome::Reply(error(
+                    ErrorCode::TooManyWaiters,
+                    100,
+                    "this connection has pending_per_connection_max waiting requests",
+                ));
+            }
+            conn.pending += 1;
+            Outcome::Wait(WaitRequest {
+                key,
+                grant,
+                deadline_ms,
+                enqueued_ms: now_ms,
+                origin: Origin {
+                    core: conn.core,
+                    conn: conn.id,
+                    request_id: meta.request_id,
+                    group: meta.group,
+                },
+            })
+        };
+        let lead = self.leadership.load();
+        match lead.check_grant(now_ms) {
+            Ok(()) => {}
+            Err(NotGranting::NotLeader { leader_id }) => {
+                return Outcome::Reply(Self::not_leader(leader_id));
+            }
+            Err(NotGranting::Grace { until_ms }) => {
+                // A waiter whose deadline outlasts the grace period queues
+                // and is served when it ends; anyone else is told when.
+                if wait_ms > 0 && deadline_ms > until_ms {
+                    return wait(conn);
+                }
+                return Outcome::Reply(error(
+                    ErrorCode::Unavailable,
+                    clamp_u32(until_ms - now_ms),
+                    format!(
+                        "grace period after start: no grants for another {}ms (leases granted before a restart may still be held)",
+                        until_ms - now_ms
+                    ),
+                ));
+            }
+        }
+        match self
+            .table
+            .acquire(key, grant, now_ms, lead.epoch, AcquireMode::Fair)
+        {
+            Ok(Acquired::Granted { token, .. }) => Outcome::Reply(Response::Granted {
+                token,
+                ttl_ms: grant.ttl_ms,
+                waited_ms: 0,
+            }),
+            Ok(Acquired::Busy { .. }) if wait_ms > 0 => wait(conn),
+            Ok(Acquired::Busy {
+                token,
+                grantable_at_ms,
+                waiters,
+            }) => Outcome::Reply(Response::Busy {
+                token,
+                remaining_ms: clamp_u32(grantable_at_ms.saturating_sub(now_ms)),
+                waiters,
+                waited_ms: 0,
+            }),
+            Err(TableError::Full) => Outcome::Reply(error(
+                ErrorCode::TableFull,
+                100,
+                "lease table is full; release leases or raise leases.table_capacity",
+            )),
+            Err(TableError::EpochExhausted) => {
+                self.leadership.request_new_epoch();
+                Outcome::Reply(error(
+                    ErrorCode::Unavailable,
+                    10,
+                    "this resource used up the epoch's token space; the node is moving to a new epoch, retry",
+                ))
+            }
+            Err(TableError::Contended) => Outcome::Reply(error(
+                ErrorCode::Unavailable,
+                1,
+                "another core is creating this resource; retry",
+            )),
+        }
+    }
+}
+
+fn stale(outcome: TokenOutcome) -> Response {
+    match outcome {
+        TokenOutcome::Stale {
+            current_token,
+            last_token,
+        } => Response::Stale {
+            current_token,
+            last_token,
+        },
+        other => unreachable!("not a stale outcome: {other:?}"),
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::leadership::LeadershipView;
+    use crate::table::KeyHasher;
+    use palisade_proto::auth::{client_proof, derive_stored};
+    use palisade_proto::{access_request, encode_request, frame::decode_frame, Decoded, FrameBuf};
+    use palisade_proto::{Request, Role};
+
+    const META: RequestMeta = RequestMeta {
+        request_id: 7,
+        group: 0,
+    };
+
+    fn shared(grants_from_ms: u64) -> Shared {
+        let leadership = Leadership::new();
+        leadership.publish(LeadershipView {
+            epoch: 4,
+            role: Role::Leader,
+            leader_id: 1,
+            grants_from_ms,
+        });
+        Shared {
+            table: LeaseTable::new(64, KeyHasher::new([9; 16])),
+            leadership,
+            tenants: vec![
+                Tenant {
+                    name: "default".into(),
+                    credential: None,
+                },
+                Tenant {
+                    name: "billing".into(),
+                    credential: Some(derive_stored(b"s3cret", b"0123456789abcdef", 4096)),
+                },
+            ],
+            config: ServiceConfig {
+                node_id: 1,
+                min_ttl_ms: 100,
+                max_ttl_ms: 30_000,
+                lock_delay_max_ms: 60_000,
+                max_drift_ppm: 10_000,
+                pending_per_connection_max: 2,
+                cores: 1,
+                start_ms: 0,
+                unix_offset_ms: 1_700_000_000_000,
+            },
+            stats: vec![CoreStats::default()],
+        }
+    }
+
+    fn run(s: &Shared, conn: &mut Conn, request: &Request, now_ms: u64) -> Outcome {
+        let mut buf = FrameBuf::new();
+        encode_request(&mut buf, META.request_id, 0, 4096, request).expect("encodes");
+        let Ok(Decoded::Frame { payload, .. }) = decode_frame(&buf, 4096) else {
+            panic!("frame");
+        };
+        let archived = access_request(payload).expect("valid");
+        s.handle(conn, META, archived, now_ms, &mut || [5; NONCE_LEN])
+    }
+
+    fn hello(tenant: &str) -> Request {
+        Request::Hello {
+            tenant: tenant.into(),
+            client_nonce: [1; NONCE_LEN],
+            client_name: "test".into(),
+        }
+    }
+
+    fn ready(s: &Shared) -> Conn {
+        let mut conn = Conn::new(0, 1);
+        assert!(matches!(
+            run(s, &mut conn, &hello("default"), 0),
+            Outcome::Reply(Response::Welcome(_))
+        ));
+        conn
+    }
+
+    fn acquire(resource: &str, holder: u64, ttl_ms: u32, wait_ms: u32) -> Request {
+        Request::Acquire {
+            resource: resource.into(),
+            holder,
+            ttl_ms,
+            lock_delay_ms: 0,
+            wait_ms,
+        }
+    }
+
+    fn code(outcome: &Outcome) -> Option<ErrorCode> {
+        match outcome {
+            Outcome::Reply(Response::Error { code, .. })
+            | Outcome::ReplyAndClose(Response::Error { code, .. }) => Some(*code),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn requests_before_the_handshake_close_the_connection() {
+        let s = shared(0);
+        let mut conn = Conn::new(0, 1);
+        let out = run(&s, &mut conn, &Request::Status, 0);
+        assert!(matches!(out, Outcome::ReplyAndClose(_)));
+        assert_eq!(code(&out), Some(ErrorCode::NotAuthenticated));
+        let out = run(&s, &mut Conn::new(0, 2), &hello("nobody"), 0);
+        assert!(matches!(out, Outcome::ReplyAndClose(_)));
+        assert_eq!(code(&out), Some(ErrorCode::UnknownTenant));
+        let out = run(&s, &mut Conn::new(0, 3), &hello("bad name"), 0);
+        assert_eq!(code(&out), Some(ErrorCode::InvalidArgument));
+    }
+
+    #[test]
+    fn credential_handshake_proves_without_sending_the_secret() {
+        let s = shared(0);
+        for (secret, ok) in [(&b"s3cret"[..], true), (&b"wrong"[..], false)] {
+            let mut conn = Conn::new(0, 1);
+            let Outcome::Reply(Response::Challenge {
+                salt,
+                iterations,
+                server_nonce,
+            }) = run(&s, &mut conn, &hello("billing"), 0)
+            else {
+                panic!("challenge expected");
+            };
+            assert_eq!(server_nonce, [5; NONCE_LEN]);
+            let message =
+                auth_message("billing", &[1; NONCE_LEN], &server_nonce, &salt, iterations);
+            let (proof, expected) = client_proof(secret, &salt, iterations, &message);
+            let out = run(&s, &mut conn, &Request::Auth { proof }, 0);
+            if ok {
+                match out {
+                    Outcome::Reply(Response::Welcome(w)) => {
+                        assert_eq!(w.server_signature, Some(expected));
+                    }
+                    other => panic!("{other:?}"),
+                }
+                assert_eq!(conn.phase, Phase::Ready { tenant: 1 });
+            } else {
+                assert!(matches!(out, Outcome::ReplyAndClose(_)));
+                assert_eq!(code(&out), Some(ErrorCode::AuthFailed));
+            }
+        }
+    }
+
+    #[test]
+    fn lease_lifecycle_through_the_service() {
+        let s = shared(0);
+        let mut a = ready(&s);
+        let mut b = ready(&s);
+        let Outcome::Reply(Response::Granted { token, ttl_ms, .. }) =
+            run(&s, &mut a, &acquire("disk0", 1, 10_000, 0), 100)
+        else {
+            panic!("grant expected");
+        };
+        assert_eq!(ttl_ms, 10_000);
+        assert_eq!(token >> 32, 4, "token carries the epoch");
+        assert_eq!(
+            run(&s, &mut b, &acquire("disk0", 2, 10_000, 0), 200),
+            Outcome::Reply(Response::Busy {
+                token,
+                remaining_ms: 9_900,
+                waiters: false,
+                waited_ms: 0
+            })
+        );
+        let renew = Request::Renew {
+            resource: "disk0".into(),
+            token,
+            ttl_ms: 5_000,
+        };
+        assert_eq!(
+            run(&s, &mut a, &renew, 300),
+            Outcome::Reply(Response::Renewed {
+                token,
+                ttl_ms: 5_000
+            })
+        );
+        let check = |t| Request::Check {
+            resource: "disk0".into(),
+            token: t,
+        };
+        assert_eq!(
+            run(&s, &mut b, &check(token), 400),
+            Outcome::Reply(Response::Current {
+                token,
+                remaining_ms: 4_900
+            })
+        );
+        assert!(matches!(
+            run(&s, &mut b, &check(token - 1), 400),
+            Outcome::Reply(Response::Stale { current_token, .. }) if current_token == token
+        ));
+        let release = Request::Release {
+            resource: "disk0".into(),
+            token,
+        };
+        assert_eq!(
+            run(&s, &mut a, &release, 500),
+            Outcome::Reply(Response::Released { token })
+        );
+        let Outcome::Reply(Response::Granted { token: next, .. }) =
+            run(&s, &mut b, &acquire("disk0", 2, 10_000, 0), 600)
+        else {
+            panic!("grant expected");
+        };
+        assert!(next > token, "S1");
+        assert!(matches!(
+            run(&s, &mut a, &release, 700),
+            Outcome::Reply(Response::Stale { .. })
+        ));
+        assert_eq!(s.status(700).epoch, 4);
+    }
+
+    #[test]
+    fn bad_arguments_are_refused_without_closing() {
+        let s = shared(0);
+        let mut conn = ready(&s);
+        for request in [
+            acquire("", 1, 1_000, 0),
+            acquire(&"x".repeat(300), 1, 1_000, 0),
+            acquire("r", 0, 1_000, 0),
+            acquire("r", 1, 50, 0),
+            acquire("r", 1, 30_001, 0),
+            Request::Acquire {
+                resource: "r".into(),
+                holder: 1,
+                ttl_ms: 1_000,
+                lock_delay_ms: 60_001,
+                wait_ms: 0,
+            },
+            Request::Renew {
+                resource: "r".into(),
+                token: 1,
+                ttl_ms: 0,
+            },
+        ] {
+            let out = run(&s, &mut conn, &request, 0);
+            assert!(matches!(out, Outcome::Reply(_)), "{out:?}");
+            assert_eq!(code(&out), Some(ErrorCode::InvalidArgument), "{request:?}");
+        }
+        assert!(matches!(conn.phase, Phase::Ready { .. }));
+    }
+
+    #[test]
+    fn grace_period_refuses_or_queues() {
+        let s = shared(5_000);
+        let mut conn = ready(&s);
+        match run(&s, &mut conn, &acquire("r", 1, 1_000, 0), 1_000) {
+            Outcome::Reply(Response::Error {
+                code: ErrorCode::Unavailable,
+                retry_after_ms,
+                ..
+            }) => assert_eq!(retry_after_ms, 4_000),
+            other => panic!("{other:?}"),
+        }
+        // A wait that ends before the grace period does not queue.
+        assert_eq!(
+            code(&run(&s, &mut conn, &acquire("r", 1, 1_000, 2_000), 1_000)),
+            Some(ErrorCode::Unavailable)
+        );
+        match run(&s, &mut conn, &acquire("r", 1, 1_000, 10_000), 1_000) {
+            Outcome::Wait(w) => {
+                assert_eq!(w.deadline_ms, 11_000);
+                assert_eq!(w.origin.request_id, META.request_id);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn waits_are_bounded_per_connection() {
+        let s = shared(0);
+        let mut holder = ready(&s);
+        assert!(matches!(
+            run(&s, &mut holder, &acquire("r", 1, 1_000, 0), 0),
+            Outcome::Reply(Response::Granted { .. })
+        ));
+        let mut conn = ready(&s);
+        assert!(matches!(
+            run(&s, &mut conn, &acquire("r", 2, 1_000, 500), 0),
+            Outcome::Wait(_)
+        ));
+        assert!(matches!(
+            run(&s, &mut conn, &acquire("r", 3, 1_000, 500), 0),
+            Outcome::Wait(_)
+        ));
+        assert_eq!(
+            code(&run(&s, &mut conn, &acquire("r", 4, 1_000, 500), 0)),
+            Some(ErrorCode::TooManyWaiters)
+        );
+        assert_eq!(conn.pending, 2);
+    }
+
+    #[test]
+    fn followers_refuse_lease_requests() {
+        let s = shared(0);
+        s.leadership.publish(LeadershipView {
+            epoch: 5,
+            role: Role::Follower,
+            leader_id: 2,
+            grants_from_ms: 0,
+        });
+        let mut conn = ready(&s);
+        for request in [
+            acquire("r", 1, 1_000, 0),
+            Request::Check {
+                resource: "r".into(),
+                token: 1,
+            },
+        ] {
+            assert_eq!(
+                code(&run(&s, &mut conn, &request, 0)),
+                Some(ErrorCode::NotLeader)
+            );
+        }
+        assert!(matches!(
+            run(&s, &mut conn, &Request::Status, 0),
+            Outcome::Reply(Response::Status(StatusInfo {
+                role: Role::Follower,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn tenants_never_see_each_other() {
+        let s = shared(0);
+        let mut a = ready(&s);
+        let Outcome::Reply(Response::Granted { token, .. }) =
+            run(&s, &mut a, &acquire("disk0", 1, 10_000, 0), 0)
+        else {
+            panic!("grant expected");
+        };
+        // Tenant "billing" authenticates and finds disk0 free.
+        let mut b = Conn::new(0, 9);
+        b.phase = Phase::Ready { tenant: 1 };
+        assert!(matches!(
+            run(
+                &s,
+                &mut b,
+                &Request::Check {
+                    resource: "disk0".into(),
+                    token
+                },
+                1
+            ),
+            Outcome::Reply(Response::Stale {
+                current_token: 0,
+                ..
+            })
+        ));
+        assert!(matches!(
+            run(
+                &s,
+                &mut b,
+                &Request::Release {
+                    resource: "disk0".into(),
+                    token
+                },
+                1
+            ),
+            Outcome::Reply(Response::Stale { .. })
+        ));
+        assert!(matches!(
+            run(
+                &s,
+                &mut a,
+                &Request::Check {
+                    resource: "disk0".into(),
+                    token
+                },
+                2
+            ),
+            Outcome::Reply(Response::Current { .. })
+        ));
+    }
+}
