@@ -4,6 +4,8 @@
 
 pub mod clock;
 pub mod leadership;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod service;
 mod sync;
 pub mod table;

@@ -52,7 +52,11 @@ where
     >,
 {
     let start = out.len();
-    assert_eq!(start % FRAME_ALIGN, 0, "frames start 8-aligned in the buffer");
+    assert_eq!(
+        start % FRAME_ALIGN,
+        0,
+        "frames start 8-aligned in the buffer"
+    );
     out.extend_from_slice(&[0u8; HEADER_LEN]);
     let serialized = rkyv::util::with_arena(|arena| {
         rkyv::api::high::to_bytes_in_with_alloc::<_, _, rkyv::rancor::Error>(
@@ -366,6 +370,9 @@ mod tests {
         let mut buf = FrameBuf::new();
         buf.extend_from_slice(&[0xff; 64]);
         assert_eq!(access_request(&buf).map(|_| ()), Err(FrameError::Invalid));
-        assert_eq!(access_response(&buf[..3]).map(|_| ()), Err(FrameError::Invalid));
+        assert_eq!(
+            access_response(&buf[..3]).map(|_| ()),
+            Err(FrameError::Invalid)
+        );
     }
 }

@@ -85,7 +85,10 @@ impl FrameHeader {
         let payload_len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
         let max = payload_len_max.min(PAYLOAD_LEN_MAX_HARD);
         if payload_len > max {
-            return Err(FrameError::TooLarge { len: payload_len, max });
+            return Err(FrameError::TooLarge {
+                len: payload_len,
+                max,
+            });
         }
         if payload_len == 0 {
             return Err(FrameError::EmptyPayload);
@@ -236,20 +239,35 @@ mod tests {
         );
         let mut bytes = header(8);
         bytes[5] = 3;
-        assert_eq!(FrameHeader::parse(&bytes, 1024), Err(FrameError::BadKind { got: 3 }));
+        assert_eq!(
+            FrameHeader::parse(&bytes, 1024),
+            Err(FrameError::BadKind { got: 3 })
+        );
         let mut bytes = header(8);
         bytes[6] = 1;
-        assert_eq!(FrameHeader::parse(&bytes, 1024), Err(FrameError::ReservedNotZero));
+        assert_eq!(
+            FrameHeader::parse(&bytes, 1024),
+            Err(FrameError::ReservedNotZero)
+        );
         let mut bytes = header(8);
         bytes[23] = 1;
-        assert_eq!(FrameHeader::parse(&bytes, 1024), Err(FrameError::ReservedNotZero));
+        assert_eq!(
+            FrameHeader::parse(&bytes, 1024),
+            Err(FrameError::ReservedNotZero)
+        );
         let bytes = header(2048);
         assert_eq!(
             FrameHeader::parse(&bytes, 1024),
-            Err(FrameError::TooLarge { len: 2048, max: 1024 })
+            Err(FrameError::TooLarge {
+                len: 2048,
+                max: 1024
+            })
         );
         let bytes = header(0);
-        assert_eq!(FrameHeader::parse(&bytes, 1024), Err(FrameError::EmptyPayload));
+        assert_eq!(
+            FrameHeader::parse(&bytes, 1024),
+            Err(FrameError::EmptyPayload)
+        );
     }
 
     #[test]

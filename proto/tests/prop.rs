@@ -3,8 +3,8 @@
 
 use palisade_proto::{
     access_request, access_response, decode_request, decode_response, encode_request,
-    encode_response, frame::decode_frame, Decoded, ErrorCode, FrameBuf, RecvBuf, Request,
-    Response, Role, StatusInfo, Welcome,
+    encode_response, frame::decode_frame, Decoded, ErrorCode, FrameBuf, RecvBuf, Request, Response,
+    Role, StatusInfo, Welcome,
 };
 use proptest::prelude::*;
 
@@ -21,15 +21,22 @@ fn request() -> impl Strategy<Value = Request> {
             }
         ),
         any::<[u8; 32]>().prop_map(|proof| Request::Auth { proof }),
-        (resource, any::<u64>(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(
-            |(resource, holder, ttl_ms, lock_delay_ms, wait_ms)| Request::Acquire {
-                resource,
-                holder,
-                ttl_ms,
-                lock_delay_ms,
-                wait_ms
-            }
-        ),
+        (
+            resource,
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>()
+        )
+            .prop_map(|(resource, holder, ttl_ms, lock_delay_ms, wait_ms)| {
+                Request::Acquire {
+                    resource,
+                    holder,
+                    ttl_ms,
+                    lock_delay_ms,
+                    wait_ms,
+                }
+            }),
         (resource, any::<u64>(), any::<u32>()).prop_map(|(resource, token, ttl_ms)| {
             Request::Renew {
                 resource,
@@ -45,7 +52,12 @@ fn request() -> impl Strategy<Value = Request> {
 
 fn response() -> impl Strategy<Value = Response> {
     prop_oneof![
-        (any::<u16>(), any::<u32>(), any::<u32>(), proptest::option::of(any::<[u8; 32]>()))
+        (
+            any::<u16>(),
+            any::<u32>(),
+            any::<u32>(),
+            proptest::option::of(any::<[u8; 32]>())
+        )
             .prop_map(|(node_id, epoch, ttl, sig)| Response::Welcome(Welcome {
                 node_id,
                 epoch,
@@ -55,7 +67,11 @@ fn response() -> impl Strategy<Value = Response> {
                 max_drift_ppm: 10_000,
                 server_signature: sig,
             })),
-        (proptest::collection::vec(any::<u8>(), 0..64), any::<u32>(), any::<[u8; 16]>())
+        (
+            proptest::collection::vec(any::<u8>(), 0..64),
+            any::<u32>(),
+            any::<[u8; 16]>()
+        )
             .prop_map(|(salt, iterations, server_nonce)| Response::Challenge {
                 salt,
                 iterations,
@@ -80,8 +96,10 @@ fn response() -> impl Strategy<Value = Response> {
             current_token,
             last_token
         }),
-        (any::<u64>(), any::<u32>())
-            .prop_map(|(token, remaining_ms)| Response::Current { token, remaining_ms }),
+        (any::<u64>(), any::<u32>()).prop_map(|(token, remaining_ms)| Response::Current {
+            token,
+            remaining_ms
+        }),
         (0..ErrorCode::ALL.len(), any::<u32>(), "[ -~]{0,80}").prop_map(|(i, retry, message)| {
             Response::Error {
                 code: ErrorCode::ALL[i],

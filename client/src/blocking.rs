@@ -1,0 +1,485 @@
+//! A blocking client on std sockets. Requests can be pipelined: submit
+//! several, then wait for their answers in any order.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use palisade_proto::frame::padded_len;
+use palisade_proto::{
+    decode_response, encode_request, Decoded, FrameBuf, FrameKind, RecvBuf, Request, Response,
+    Welcome, HEADER_LEN,
+};
+
+use crate::clock::boottime_ms;
+use crate::handshake::{Handshake, Identity, Step};
+use crate::lease::{valid_until, AcquireOutcome, Lease, TokenOutcome};
+use crate::ClientError;
+
+/// Largest response payload the client accepts.
+pub const RESPONSE_PAYLOAD_MAX: u32 = 1 << 16;
+/// Largest request payload the client sends.
+const REQUEST_PAYLOAD_MAX: u32 = 1 << 14;
+/// Added to a waiting acquire's `wait` for the client's own timeout.
+const WAIT_MARGIN: Duration = Duration::from_secs(5);
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// `host:port` of a node.
+    pub endpoint: String,
+    /// Who we are.
+    pub identity: Identity,
+    /// Time allowed to connect.
+    pub connect_timeout: Duration,
+    /// Time allowed for each answer (waiting acquires get their wait added).
+    pub request_timeout: Duration,
+}
+
+impl ConnectOptions {
+    /// Options for `endpoint` as tenant `tenant` without a secret.
+    #[must_use]
+    pub fn new(endpoint: impl Into<String>, tenant: impl Into<String>) -> ConnectOptions {
+        ConnectOptions {
+            endpoint: endpoint.into(),
+            identity: Identity {
+                tenant: tenant.into(),
+                secret: None,
+                client_name: format!("palisade-client/{}", env!("CARGO_PKG_VERSION")),
+            },
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The same options with a tenant secret.
+    #[must_use]
+    pub fn with_secret(mut self, secret: Vec<u8>) -> ConnectOptions {
+        self.identity.secret = Some(secret);
+        self
+    }
+}
+
+/// Parameters of an acquire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcquireOptions {
+    /// Lease duration.
+    pub ttl: Duration,
+    /// Holder id (non-zero); acquiring again with it while holding returns
+    /// the same token.
+    pub holder: u64,
+    /// Keep the resource ungrantable this long after an unreleased expiry.
+    pub lock_delay: Duration,
+    /// Queue up to this long if busy (zero: answer at once).
+    pub wait: Duration,
+}
+
+impl AcquireOptions {
+    /// An acquire for `ttl` with a fresh random holder id, no wait.
+    #[must_use]
+    pub fn new(ttl: Duration) -> AcquireOptions {
+        AcquireOptions {
+            ttl,
+            holder: random_holder(),
+            lock_delay: Duration::ZERO,
+            wait: Duration::ZERO,
+        }
+    }
+}
+
+/// A random non-zero holder id.
+#[must_use]
+pub fn random_holder() -> u64 {
+    loop {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).expect("the OS random source works");
+        let id = u64::from_le_bytes(bytes);
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+pub(crate) fn millis_u32(d: Duration, what: &str) -> Result<u32, ClientError> {
+    u32::try_from(d.as_millis())
+        .map_err(|_| ClientError::InvalidArgument(format!("{what} is too long")))
+}
+
+/// A connected, authenticated client.
+#[derive(Debug)]
+pub struct Client {
+    stream: TcpStream,
+    endpoint: String,
+    rx: RecvBuf,
+    tx: FrameBuf,
+    next_id: u64,
+    early: HashMap<u64, Response>,
+    welcome: Welcome,
+    request_timeout: Duration,
+}
+
+impl Client {
+    /// Connects and completes the handshake.
+    pub fn connect(options: &ConnectOptions) -> Result<Client, ClientError> {
+        let io = |source| ClientError::Io {
+            endpoint: options.endpoint.clone(),
+            source,
+        };
+        let addrs: Vec<_> = options.endpoint.to_socket_addrs().map_err(io)?.collect();
+        let mut last = None;
+        let mut stream = None;
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, options.connect_timeout) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let stream =
+            stream.ok_or_else(|| {
+                io(last.unwrap_or_else(|| {
+                    std::io::Error::other("the endpoint resolved to no address")
+                }))
+            })?;
+        stream.set_nodelay(true).map_err(io)?;
+        let frame_max = HEADER_LEN + padded_len(RESPONSE_PAYLOAD_MAX as usize);
+        let mut client = Client {
+            stream,
+            endpoint: options.endpoint.clone(),
+            rx: RecvBuf::new(4096, frame_max),
+            tx: FrameBuf::new(),
+            next_id: 1,
+            early: HashMap::new(),
+            welcome: Welcome {
+                node_id: 0,
+                epoch: 0,
+                max_ttl_ms: 0,
+                min_ttl_ms: 0,
+                lock_delay_max_ms: 0,
+                max_drift_ppm: 0,
+                server_signature: None,
+            },
+            request_timeout: options.request_timeout,
+        };
+        let (mut handshake, hello) = Handshake::start(options.identity.clone());
+        let mut response = client.call(&hello)?;
+        loop {
+            match handshake.on_response(response)? {
+                Step::Send(request) => response = client.call(&request)?,
+                Step::Done(welcome) => {
+                    client.welcome = welcome;
+                    return Ok(client);
+                }
+            }
+        }
+    }
+
+    /// What the server said at the handshake (epoch, ttl bounds, drift).
+    #[must_use]
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// The endpoint this client talks to.
+    #[must_use]
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    fn io_error(&self, source: std::io::Error) -> ClientError {
+        if matches!(
+            source.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            return ClientError::Timeout {
+                endpoint: self.endpoint.clone(),
+                timeout_ms: u64::try_from(self.request_timeout.as_millis()).unwrap_or(u64::MAX),
+            };
+        }
+        ClientError::Io {
+            endpoint: self.endpoint.clone(),
+            source,
+        }
+    }
+
+    /// Sends a request without waiting; returns its id for [`Client::wait`].
+    /// Several submits in a row travel in one write.
+    pub fn submit(&mut self, request: &Request) -> Result<u64, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        encode_request(&mut self.tx, id, 0, REQUEST_PAYLOAD_MAX, request)
+            .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+        Ok(id)
+    }
+
+    /// Writes every submitted request.
+    pub fn flush(&mut self) -> Result<(), ClientError> {
+        if !self.tx.is_empty() {
+            let result = self.stream.write_all(&self.tx);
+            self.tx.clear();
+            result.map_err(|e| self.io_error(e))?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the answer to request `id` within `timeout`.
+    pub fn wait(&mut self, id: u64, timeout: Duration) -> Result<Response, ClientError> {
+        self.flush()?;
+        if let Some(response) = self.early.remove(&id) {
+            return Ok(response);
+        }
+        let deadline = boottime_ms() + u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            while let Decoded::Frame {
+                header,
+                payload,
+                frame_len,
+            } = self
+                .rx
+                .next_frame(RESPONSE_PAYLOAD_MAX)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+            {
+                if header.kind != FrameKind::Response {
+                    return Err(ClientError::Protocol("server sent a request frame".into()));
+                }
+                let response =
+                    decode_response(payload).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                self.rx.consume(frame_len);
+                if header.request_id == id {
+                    return Ok(response);
+                }
+                if header.request_id == 0 {
+                    // Connection-level error (limits, timeouts): the server
+                    // closes after it.
+                    return Ok(response);
+                }
+                self.early.insert(header.request_id, response);
+            }
+            let now = boottime_ms();
+            if now >= deadline {
+                return Err(self.io_error(std::io::ErrorKind::TimedOut.into()));
+            }
+            self.stream
+                .set_read_timeout(Some(Duration::from_millis(deadline - now)))
+                .map_err(|e| self.io_error(e))?;
+            let spare = self.rx.spare();
+            match self.stream.read(spare) {
+                Ok(0) => {
+                    return Err(self.io_error(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "server closed the connection",
+                    )))
+                }
+                Ok(n) => self.rx.filled(n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.io_error(e)),
+            }
+        }
+    }
+
+    /// Sends one request and waits for its answer.
+    pub fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
+        let id = self.submit(request)?;
+        self.wait(id, self.request_timeout)
+    }
+
+    /// Sends all `requests` in one write, then collects their answers in
+    /// order.
+    pub fn pipeline(&mut self, requests: &[Request]) -> Result<Vec<Response>, ClientError> {
+        let ids = requests
+            .iter()
+            .map(|r| self.submit(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        ids.into_iter()
+            .map(|id| self.wait(id, self.request_timeout))
+            .collect()
+    }
+
+    /// Acquires `resource`.
+    pub fn acquire(
+        &mut self,
+        resource: &str,
+        options: AcquireOptions,
+    ) -> Result<AcquireOutcome, ClientError> {
+        let request = acquire_request(resource, &options)?;
+        let send_ms = boottime_ms();
+        let id = self.submit(&request)?;
+        let response = self.wait(id, self.request_timeout + options.wait + WAIT_MARGIN)?;
+        acquire_outcome(
+            resource,
+            &options,
+            send_ms,
+            self.welcome.max_drift_ppm,
+            response,
+        )
+    }
+
+    /// Renews `token` on `resource` for `ttl` from now.
+    pub fn renew(
+        &mut self,
+        resource: &str,
+        token: u64,
+        ttl: Duration,
+        holder: u64,
+    ) -> Result<TokenOutcome, ClientError> {
+        let ttl_ms = millis_u32(ttl, "ttl")?;
+        let send_ms = boottime_ms();
+        let response = self.call(&Request::Renew {
+            resource: resource.into(),
+            token,
+            ttl_ms,
+        })?;
+        token_outcome(
+            resource,
+            holder,
+            send_ms,
+            self.welcome.max_drift_ppm,
+            response,
+        )
+    }
+
+    /// Releases `token` on `resource`.
+    pub fn release(&mut self, resource: &str, token: u64) -> Result<TokenOutcome, ClientError> {
+        let response = self.call(&Request::Release {
+            resource: resource.into(),
+            token,
+        })?;
+        token_outcome(resource, 0, 0, 0, response)
+    }
+
+    /// Asks whether `token` is the current lease on `resource`.
+    pub fn check(&mut self, resource: &str, token: u64) -> Result<TokenOutcome, ClientError> {
+        let response = self.call(&Request::Check {
+            resource: resource.into(),
+            token,
+        })?;
+        token_outcome(resource, 0, 0, 0, response)
+    }
+
+    /// Node status.
+    pub fn status(&mut self) -> Result<palisade_proto::StatusInfo, ClientError> {
+        match self.call(&Request::Status)? {
+            Response::Status(status) => Ok(status),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+pub(crate) fn acquire_request(
+    resource: &str,
+    options: &AcquireOptions,
+) -> Result<Request, ClientError> {
+    palisade_proto::validate_resource(resource)
+        .map_err(|why| ClientError::InvalidArgument(why.into()))?;
+    if options.holder == 0 {
+        return Err(ClientError::InvalidArgument(
+            "holder id must not be 0".into(),
+        ));
+    }
+    Ok(Request::Acquire {
+        resource: resource.into(),
+        holder: options.holder,
+        ttl_ms: millis_u32(options.ttl, "ttl")?,
+        lock_delay_ms: millis_u32(options.lock_delay, "lock delay")?,
+        wait_ms: millis_u32(options.wait, "wait")?,
+    })
+}
+
+fn server_error(response: Response) -> ClientError {
+    match response {
+        Response::Error {
+            code,
+            retry_after_ms,
+            message,
+        } => ClientError::Server {
+            code,
+            retry_after_ms,
+            message,
+        },
+        other => unexpected(other),
+    }
+}
+
+pub(crate) fn unexpected(response: Response) -> ClientError {
+    match response {
+        Response::Error {
+            code,
+            retry_after_ms,
+            message,
+        } => ClientError::Server {
+            code,
+            retry_after_ms,
+            message,
+        },
+        other => ClientError::Protocol(format!("unexpected response {other:?}")),
+    }
+}
+
+pub(crate) fn acquire_outcome(
+    resource: &str,
+    options: &AcquireOptions,
+    send_ms: u64,
+    max_drift_ppm: u32,
+    response: Response,
+) -> Result<AcquireOutcome, ClientError> {
+    match response {
+        Response::Granted {
+            token,
+            ttl_ms,
+            waited_ms,
+        } => Ok(AcquireOutcome::Granted(Lease {
+            resource: resource.into(),
+            token,
+            ttl_ms,
+            holder: options.holder,
+            // A waited grant started when the server granted it, which is
+            // later than our send time: counting from send time is safe.
+            valid_until_ms: valid_until(send_ms, ttl_ms, max_drift_ppm),
+            waited_ms,
+        })),
+        Response::Busy {
+            token,
+            remaining_ms,
+            waiters,
+            waited_ms,
+        } => Ok(AcquireOutcome::Busy {
+            token,
+            remaining_ms,
+            waiters,
+            waited_ms,
+        }),
+        other => Err(server_error(other)),
+    }
+}
+
+pub(crate) fn token_outcome(
+    resource: &str,
+    holder: u64,
+    send_ms: u64,
+    max_drift_ppm: u32,
+    response: Response,
+) -> Result<TokenOutcome, ClientError> {
+    match response {
+        Response::Renewed { token, ttl_ms } => Ok(TokenOutcome::Renewed(Lease {
+            resource: resource.into(),
+            token,
+            ttl_ms,
+            holder,
+            valid_until_ms: valid_until(send_ms, ttl_ms, max_drift_ppm),
+            waited_ms: 0,
+        })),
+        Response::Released { .. } => Ok(TokenOutcome::Released),
+        Response::Current { remaining_ms, .. } => Ok(TokenOutcome::Current { remaining_ms }),
+        Response::Stale {
+            current_token,
+            last_token,
+        } => Ok(TokenOutcome::Stale {
+            current_token,
+            last_token,
+        }),
+        other => Err(server_error(other)),
+    }
+}

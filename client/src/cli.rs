@@ -1,0 +1,416 @@
+//! The client half of the `palisade` command line: `acquire`, `renew`,
+//! `release`, `check`, `status`.
+//!
+//! Exit codes: 0 ok, 2 busy or denied (including the grace period after a
+//! restart), 3 stale token, 1 any other error (the message says what to do).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use palisade_proto::{token_epoch, token_seq, ErrorCode};
+use serde_json::{json, Value};
+
+use crate::blocking::{random_holder, AcquireOptions, Client, ConnectOptions};
+use crate::clock::{boottime_ms, unix_ms};
+use crate::lease::{AcquireOutcome, TokenOutcome};
+use crate::ClientError;
+
+/// Success.
+pub const EXIT_OK: i32 = 0;
+/// Any error not covered below.
+pub const EXIT_ERROR: i32 = 1;
+/// Busy, or denied for now (grace period, waiter limit).
+pub const EXIT_BUSY: i32 = 2;
+/// The token is stale.
+pub const EXIT_STALE: i32 = 3;
+
+fn duration(text: &str) -> Result<Duration, String> {
+    palisade_tuning::parse_duration(text)
+}
+
+fn token(text: &str) -> Result<u64, String> {
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| format!("{text:?} is not a token (a decimal or 0x-hex number)"))
+}
+
+/// Options every client command takes.
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Node to talk to.
+    #[arg(long, default_value = "127.0.0.1:7400", env = "PALISADE_ENDPOINT")]
+    pub endpoint: String,
+    /// Tenant to act for.
+    #[arg(long, default_value = "default", env = "PALISADE_TENANT")]
+    pub tenant: String,
+    /// File holding the tenant secret (or set PALISADE_SECRET).
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Time allowed for the server to answer.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub timeout: Duration,
+}
+
+/// Client subcommands.
+#[derive(Subcommand, Debug, Clone)]
+pub enum ClientCommand {
+    /// Take a lease on a resource.
+    Acquire {
+        /// Resource name.
+        resource: String,
+        /// Lease duration.
+        #[arg(long, default_value = "10s", value_parser = duration)]
+        ttl: Duration,
+        /// Queue (FIFO) up to this long if the resource is busy.
+        #[arg(long, value_parser = duration)]
+        wait: Option<Duration>,
+        /// Keep the resource ungrantable this long if the lease expires
+        /// without a release.
+        #[arg(long, value_parser = duration)]
+        lock_delay: Option<Duration>,
+        /// Holder id; repeating an acquire with the same id while holding
+        /// returns the same token. Default: random.
+        #[arg(long)]
+        holder: Option<u64>,
+        /// Connection and output options.
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Extend a lease you hold.
+    Renew {
+        /// Resource name.
+        resource: String,
+        /// Token the lease was granted with.
+        #[arg(value_parser = token)]
+        token: u64,
+        /// New duration from now.
+        #[arg(long, default_value = "10s", value_parser = duration)]
+        ttl: Duration,
+        /// Connection and output options.
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Give a lease back.
+    Release {
+        /// Resource name.
+        resource: String,
+        /// Token the lease was granted with.
+        #[arg(value_parser = token)]
+        token: u64,
+        /// Connection and output options.
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Is this token the current lease? Exit 0 if so, 3 if stale.
+    Check {
+        /// Resource name.
+        resource: String,
+        /// Token to check.
+        #[arg(value_parser = token)]
+        token: u64,
+        /// Connection and output options.
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Node status.
+    Status {
+        /// Connection and output options.
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+impl ClientCommand {
+    fn common(&self) -> &Common {
+        match self {
+            ClientCommand::Acquire { common, .. }
+            | ClientCommand::Renew { common, .. }
+            | ClientCommand::Release { common, .. }
+            | ClientCommand::Check { common, .. }
+            | ClientCommand::Status { common } => common,
+        }
+    }
+}
+
+fn secret(common: &Common) -> Result<Option<Vec<u8>>, String> {
+    if let Some(path) = &common.secret_file {
+        let bytes = std::fs::read(path)
+            .map_err(|e| format!("reading --secret-file {}: {e}", path.display()))?;
+        let trimmed = bytes.trim_ascii_end().to_vec();
+        if trimmed.is_empty() {
+            return Err(format!("--secret-file {} is empty", path.display()));
+        }
+        return Ok(Some(trimmed));
+    }
+    Ok(std::env::var_os("PALISADE_SECRET").map(|s| s.into_encoded_bytes()))
+}
+
+/// What to print and how to exit.
+struct Report {
+    code: i32,
+    json: Value,
+    human: String,
+}
+
+fn lease_json(resource: &str, tenant: &str, lease: &crate::Lease) -> Value {
+    let valid_for_ms = lease.valid_until_ms.saturating_sub(boottime_ms());
+    json!({
+        "status": "granted",
+        "resource": resource,
+        "tenant": tenant,
+        "token": lease.token,
+        "epoch": token_epoch(lease.token),
+        "seq": token_seq(lease.token),
+        "ttl_ms": lease.ttl_ms,
+        "holder": lease.holder,
+        "waited_ms": lease.waited_ms,
+        "valid_for_ms": valid_for_ms,
+        "valid_until_unix_ms": unix_ms() + valid_for_ms,
+    })
+}
+
+fn stale_report(resource: &str, token: u64, current_token: u64, last_token: u64) -> Report {
+    Report {
+        code: EXIT_STALE,
+        json: json!({
+            "status": "stale",
+            "resource": resource,
+            "token": token,
+            "current_token": if current_token == 0 { Value::Null } else { json!(current_token) },
+            "last_token": if last_token == 0 { Value::Null } else { json!(last_token) },
+        }),
+        human: if current_token == 0 {
+            format!("stale: token {token} is not the current lease on {resource} (no holder now)")
+        } else {
+            format!(
+                "stale: token {token} is not the current lease on {resource}; current token is {current_token}"
+            )
+        },
+    }
+}
+
+fn error_report(err: &ClientError) -> Report {
+    let (code, kind, retry_after_ms) = match err {
+        ClientError::Server {
+            code: code @ (ErrorCode::Unavailable | ErrorCode::TooManyWaiters),
+            retry_after_ms,
+            ..
+        } => (EXIT_BUSY, code.as_str(), *retry_after_ms),
+        ClientError::Server {
+            code,
+            retry_after_ms,
+            ..
+        } => (EXIT_ERROR, code.as_str(), *retry_after_ms),
+        ClientError::Io { .. } => (EXIT_ERROR, "connection", 0),
+        ClientError::Timeout { .. } => (EXIT_ERROR, "timeout", 0),
+        ClientError::Protocol(_) => (EXIT_ERROR, "protocol", 0),
+        ClientError::Auth(_) => (EXIT_ERROR, "auth", 0),
+        ClientError::InvalidArgument(_) => (EXIT_ERROR, "invalid_argument", 0),
+    };
+    let hint = match err {
+        ClientError::Io { endpoint, .. } => format!(
+            " (is a node running at {endpoint}? start one with `palisade serve`, or pass --endpoint HOST:PORT)"
+        ),
+        ClientError::Timeout { .. } => " (the node is overloaded or unreachable; retry, or raise --timeout)".into(),
+        ClientError::Server {
+            code: ErrorCode::Unavailable,
+            retry_after_ms,
+            ..
+        } => format!(" (retry in {retry_after_ms} ms; `palisade status` shows when grants resume)"),
+        _ => String::new(),
+    };
+    let status = if code == EXIT_BUSY { "denied" } else { "error" };
+    Report {
+        code,
+        json: json!({
+            "status": status,
+            "error": kind,
+            "message": err.to_string(),
+            "retry_after_ms": retry_after_ms,
+        }),
+        human: format!("error: {err}{hint}"),
+    }
+}
+
+fn run_inner(command: &ClientCommand) -> Result<Report, ClientError> {
+    let common = command.common();
+    let secret = secret(common).map_err(ClientError::InvalidArgument)?;
+    let mut options = ConnectOptions::new(common.endpoint.clone(), common.tenant.clone());
+    options.request_timeout = common.timeout;
+    options.identity.client_name = format!("palisade-cli/{}", env!("CARGO_PKG_VERSION"));
+    if let Some(secret) = secret {
+        options = options.with_secret(secret);
+    }
+    let mut client = Client::connect(&options)?;
+    let tenant = common.tenant.as_str();
+    Ok(match command {
+        ClientCommand::Acquire {
+            resource,
+            ttl,
+            wait,
+            lock_delay,
+            holder,
+            ..
+        } => {
+            let options = AcquireOptions {
+                ttl: *ttl,
+                holder: holder.unwrap_or_else(random_holder),
+                lock_delay: lock_delay.unwrap_or_default(),
+                wait: wait.unwrap_or_default(),
+            };
+            match client.acquire(resource, options)? {
+                AcquireOutcome::Granted(lease) => Report {
+                    code: EXIT_OK,
+                    json: lease_json(resource, tenant, &lease),
+                    human: format!(
+                        "granted {resource}: token {} (epoch {}, seq {}), ttl {} ms, holder {}",
+                        lease.token,
+                        token_epoch(lease.token),
+                        token_seq(lease.token),
+                        lease.ttl_ms,
+                        lease.holder
+                    ),
+                },
+                AcquireOutcome::Busy {
+                    token,
+                    remaining_ms,
+                    waiters,
+                    waited_ms,
+                } => Report {
+                    code: EXIT_BUSY,
+                    json: json!({
+                        "status": "busy",
+                        "resource": resource,
+                        "token": if token == 0 { Value::Null } else { json!(token) },
+                        "remaining_ms": remaining_ms,
+                        "waiters": waiters,
+                        "waited_ms": waited_ms,
+                    }),
+                    human: if token == 0 {
+                        format!("busy: {resource} is not grantable for another {remaining_ms} ms (lock delay or queued waiters)")
+                    } else {
+                        format!("busy: {resource} is held with token {token} for another {remaining_ms} ms")
+                    },
+                },
+            }
+        }
+        ClientCommand::Renew {
+            resource,
+            token,
+            ttl,
+            ..
+        } => match client.renew(resource, *token, *ttl, 0)? {
+            TokenOutcome::Renewed(lease) => {
+                let mut value = lease_json(resource, tenant, &lease);
+                value["status"] = json!("renewed");
+                value
+                    .as_object_mut()
+                    .expect("lease_json is an object")
+                    .remove("holder");
+                Report {
+                    code: EXIT_OK,
+                    json: value,
+                    human: format!("renewed {resource}: token {token}, ttl {} ms", lease.ttl_ms),
+                }
+            }
+            TokenOutcome::Stale {
+                current_token,
+                last_token,
+            } => stale_report(resource, *token, current_token, last_token),
+            other => return Err(ClientError::Protocol(format!("renew answered {other:?}"))),
+        },
+        ClientCommand::Release {
+            resource, token, ..
+        } => match client.release(resource, *token)? {
+            TokenOutcome::Released => Report {
+                code: EXIT_OK,
+                json: json!({"status": "released", "resource": resource, "token": token}),
+                human: format!("released {resource}: token {token}"),
+            },
+            TokenOutcome::Stale {
+                current_token,
+                last_token,
+            } => stale_report(resource, *token, current_token, last_token),
+            other => return Err(ClientError::Protocol(format!("release answered {other:?}"))),
+        },
+        ClientCommand::Check {
+            resource, token, ..
+        } => match client.check(resource, *token)? {
+            TokenOutcome::Current { remaining_ms } => Report {
+                code: EXIT_OK,
+                json: json!({
+                    "status": "current",
+                    "resource": resource,
+                    "token": token,
+                    "remaining_ms": remaining_ms,
+                }),
+                human: format!(
+                    "current: token {token} holds {resource} for another {remaining_ms} ms"
+                ),
+            },
+            TokenOutcome::Stale {
+                current_token,
+                last_token,
+            } => stale_report(resource, *token, current_token, last_token),
+            other => return Err(ClientError::Protocol(format!("check answered {other:?}"))),
+        },
+        ClientCommand::Status { .. } => {
+            let s = client.status()?;
+            let grants_resume = if s.grace_remaining_ms == 0 {
+                "grants allowed".to_string()
+            } else {
+                format!("grants resume in {} ms", s.grace_remaining_ms)
+            };
+            Report {
+                code: EXIT_OK,
+                json: json!({
+                    "node": s.node_id,
+                    "role": s.role.as_str(),
+                    "epoch": s.epoch,
+                    "leader": s.leader_id,
+                    "cores": s.cores,
+                    "leases_held": s.leases_held,
+                    "ops_served": s.ops_served,
+                    "connections": s.connections,
+                    "grants_from_ms": s.grants_from_unix_ms,
+                    "grace_remaining_ms": s.grace_remaining_ms,
+                    "uptime_ms": s.uptime_ms,
+                    "table_capacity": s.table_capacity,
+                    "version": s.version,
+                }),
+                human: format!(
+                    "node {} {} epoch {} on {} cores: {} leases held, {} ops served, {} connections, {grants_resume}",
+                    s.node_id,
+                    s.role.as_str(),
+                    s.epoch,
+                    s.cores,
+                    s.leases_held,
+                    s.ops_served,
+                    s.connections
+                ),
+            }
+        }
+    })
+}
+
+/// Runs one client command, prints its result and returns the exit code.
+#[must_use]
+pub fn run(command: &ClientCommand) -> i32 {
+    let json = command.common().json;
+    let report = run_inner(command).unwrap_or_else(|e| error_report(&e));
+    if json {
+        println!("{}", report.json);
+    }
+    if report.code == EXIT_ERROR || report.code == EXIT_BUSY && report.json["status"] == "denied" {
+        eprintln!("{}", report.human);
+    } else if !json {
+        println!("{}", report.human);
+    }
+    report.code
+}

@@ -1,0 +1,65 @@
+//! The client library's one error type.
+
+use palisade_proto::ErrorCode;
+
+/// Why a client call failed. Lease outcomes (busy, stale) are not errors;
+/// they come back as values.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The endpoint could not be reached or the connection broke. Retryable.
+    #[error("connection to {endpoint} failed: {source}")]
+    Io {
+        /// Endpoint in use.
+        endpoint: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server did not answer in time. Retryable.
+    #[error("no answer from {endpoint} within {timeout_ms} ms")]
+    Timeout {
+        /// Endpoint in use.
+        endpoint: String,
+        /// The timeout that passed.
+        timeout_ms: u64,
+    },
+    /// The server refused the request with an error code.
+    #[error("server refused ({code}): {message}")]
+    Server {
+        /// The protocol error code.
+        code: ErrorCode,
+        /// Retry hint from the server (0 = none).
+        retry_after_ms: u32,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The server sent something this client cannot use. A bug on one side.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The handshake failed on the client side (bad secret file, server
+    /// signature mismatch).
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    /// A local argument is invalid (empty resource, zero ttl).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl ClientError {
+    /// Whether retrying the same call later may succeed.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Io { .. } | ClientError::Timeout { .. } => true,
+            ClientError::Server { code, .. } => matches!(
+                code,
+                ErrorCode::Unavailable
+                    | ErrorCode::NotLeader
+                    | ErrorCode::TooManyConnections
+                    | ErrorCode::TooManyWaiters
+                    | ErrorCode::TableFull
+            ),
+            _ => false,
+        }
+    }
+}

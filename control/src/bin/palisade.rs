@@ -1,0 +1,215 @@
+//! `palisade`: run a node (`serve`) or talk to one (`acquire`, `renew`,
+//! `release`, `check`, `status`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use palisade_client::cli::{self, ClientCommand};
+use palisade_control::node::{default_data_dir, Node};
+use palisade_tuning::{Config, FsSource, TenantCredential};
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+/// Palisade: time-bounded leases with fencing tokens.
+#[derive(Parser, Debug)]
+#[command(name = "palisade", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node. With no flags: the built-in single-node config on
+    /// 127.0.0.1:7400.
+    Serve {
+        /// Config file (TOML). Flags below override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Client listen address, e.g. 127.0.0.1:7400 (port 0: any free port).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Data directory (epoch file and lock).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Write {"endpoint", "pid", "epoch", ...} as JSON here once serving.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
+    /// Make a tenant credential line for the server's config from a secret
+    /// (read from --secret-file, or the first line of stdin).
+    TenantCredential {
+        /// File holding the secret.
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+        /// PBKDF2 iterations.
+        #[arg(long, default_value_t = 4096)]
+        iterations: u32,
+    },
+    /// Config file tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate a config file; names every bad key. Exit 0 if valid.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Print the built-in default config.
+    Default,
+}
+
+fn init_logging(level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// A failed assertion is a broken safety invariant: take the whole node
+/// down rather than let the other cores keep granting.
+fn abort_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        std::process::abort();
+    }));
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    match path {
+        None => Ok(Config::builtin_default()),
+        Some(path) => Config::load(path, &FsSource)
+            .map_err(|errors| anyhow::anyhow!("invalid config {}:\n{errors}", path.display())),
+    }
+}
+
+fn write_ready_file(path: &Path, node: &Node) -> Result<()> {
+    let body = serde_json::json!({
+        "endpoint": node.local_addr().to_string(),
+        "pid": std::process::id(),
+        "epoch": node.epoch(),
+        "grants_from_unix_ms": node.grants_from_unix_ms(),
+        "data_dir": node.data_dir(),
+    });
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{body}\n"))
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+fn serve(
+    config: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+    data_dir: Option<PathBuf>,
+    ready_file: Option<PathBuf>,
+) -> Result<()> {
+    let mut config = load_config(config.as_deref())?;
+    if let Some(listen) = listen {
+        config.listen.client = listen;
+        config
+            .validate()
+            .map_err(|errors| anyhow::anyhow!("invalid --listen:\n{errors}"))?;
+    }
+    init_logging(config.log.level.as_str());
+    abort_on_panic();
+    let data_dir = data_dir
+        .or_else(|| config.data_dir_resolved())
+        .unwrap_or_else(default_data_dir);
+    info!(data_dir = %data_dir.display(), "starting");
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    let mut node = Node::start(&config, data_dir)?;
+    info!(endpoint = %node.local_addr(), epoch = node.epoch(), "palisade serving");
+    if let Some(path) = ready_file {
+        write_ready_file(&path, &node)?;
+    }
+    node.run_until(|| stop.load(Ordering::SeqCst));
+    info!("shutting down");
+    node.shutdown();
+    Ok(())
+}
+
+fn tenant_credential(secret_file: Option<PathBuf>, iterations: u32) -> Result<()> {
+    let secret = match secret_file {
+        Some(path) => {
+            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
+        }
+        None => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading stdin")?;
+            line.into_bytes()
+        }
+    };
+    let secret = secret.trim_ascii_end();
+    if secret.len() < 16 {
+        bail!("the secret must be at least 16 bytes; generate one with `head -c 32 /dev/urandom | base64`");
+    }
+    let mut salt = vec![0u8; 16];
+    getrandom::fill(&mut salt).context("reading the OS random source")?;
+    let stored = palisade_proto::auth::derive_stored(secret, &salt, iterations);
+    let credential = TenantCredential {
+        iterations,
+        salt,
+        stored_key: stored.stored_key,
+        server_key: stored.server_key,
+    };
+    credential.check().map_err(|why| anyhow::anyhow!(why))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "credential = \"{}\"", credential.to_text())?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Client(command) => {
+            let code = cli::run(&command);
+            return ExitCode::from(u8::try_from(code).unwrap_or(1));
+        }
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+            ready_file,
+        } => serve(config, listen, data_dir, ready_file),
+        Command::TenantCredential {
+            secret_file,
+            iterations,
+        } => tenant_credential(secret_file, iterations),
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => load_config(Some(&file)).map(|_| println!("{}: valid", file.display())),
+        Command::Config {
+            command: ConfigCommand::Default,
+        } => {
+            print!("{}", Config::builtin_default().to_toml());
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("palisade: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! The Palisade control plane and the daemon that starts everything.
+//!
+//! It owns the node's durable epoch ([`epoch::EpochStore`]), publishes the
+//! `Leadership` word the data plane reads on every request (epoch, role,
+//! grace period), and runs the `palisade` binary. It is never on the
+//! per-request path: the data plane reads one atomic word and never calls
+//! in here.
+//!
+//! What it never does: touch the lease table's entries, or let the data
+//! plane mint a token in an epoch that is not yet durable.
+//!
+//! Main types: [`node::Node`], [`epoch::EpochStore`].
+//!
+//! ```no_run
+//! use palisade_control::node::{default_data_dir, Node};
+//! let config = palisade_tuning::Config::builtin_default();
+//! let mut node = Node::start(&config, default_data_dir())?;
+//! println!("serving on {}", node.local_addr());
+//! node.run_until(|| false);
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod epoch;
+pub mod node;

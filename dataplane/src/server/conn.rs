@@ -1,0 +1,359 @@
+//! One client connection: read frames into an aligned buffer, answer each
+//! from the archived bytes in place, write all answers of a batch at once.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel;
+use glommio::net::{TcpListener, TcpStream};
+use palisade_proto::frame::padded_len;
+use palisade_proto::{
+    access_request, encode_response, Decoded, ErrorCode, FrameBuf, FrameError, FrameKind, RecvBuf,
+    Response, HEADER_LEN, NONCE_LEN,
+};
+use tracing::{debug, warn};
+
+use super::CoreCtx;
+use crate::clock::monotonic_ms;
+use crate::service::{Conn, Outcome, Phase, RequestMeta};
+use crate::waiters::WaitEvent;
+
+/// Receive buffer a connection starts with; it grows up to one maximal frame.
+const RECV_BUF_INITIAL: usize = 4096;
+/// Deliveries a connection can have queued beyond its pending limit (a
+/// margin: the pending limit already bounds them).
+const DELIVERY_SLACK: usize = 16;
+
+pub(super) async fn accept_loop(ctx: Rc<CoreCtx>, listener: TcpListener) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                warn!(core = ctx.index, error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let id = ctx.next_conn.get();
+        ctx.next_conn.set(id + 1);
+        let ctx2 = ctx.clone();
+        super::spawn(ctx.hot, async move {
+            let open = ctx2.connections.fetch_add(1, Ordering::SeqCst);
+            ctx2.shared.stats[ctx2.index]
+                .connections
+                .fetch_add(1, Ordering::Relaxed);
+            if open >= u64::from(ctx2.opts.connections_max) {
+                refuse(&ctx2, stream).await;
+            } else if let Err(e) = serve(&ctx2, stream, id).await {
+                debug!(core = ctx2.index, conn = id, error = %e, "connection ended");
+            }
+            ctx2.connections.fetch_sub(1, Ordering::SeqCst);
+            ctx2.shared.stats[ctx2.index]
+                .connections
+                .fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+async fn refuse(ctx: &CoreCtx, mut stream: TcpStream) {
+    let mut out = FrameBuf::new();
+    let response = Response::Error {
+        code: ErrorCode::TooManyConnections,
+        retry_after_ms: 100,
+        message: "the node is at limits.connections_max; retry later".into(),
+    };
+    if encode_response(&mut out, 0, 0, ctx.opts.frame_payload_max, &response).is_ok() {
+        let _ = stream.write_all(&out).await;
+    }
+    let _ = stream.close().await;
+}
+
+/// What woke the connection task.
+enum Event {
+    Read(io::Result<usize>),
+    Deliver(Option<WaitEvent>),
+    Timeout,
+}
+
+fn frame_error_response(err: &FrameError) -> Response {
+    let code = match err {
+        FrameError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+        FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+        FrameError::BadKind { .. }
+        | FrameError::ReservedNotZero
+        | FrameError::EmptyPayload
+        | FrameError::Invalid
+        | FrameError::Truncated => ErrorCode::Malformed,
+    };
+    Response::Error {
+        code,
+        retry_after_ms: 0,
+        message: format!("{err}; closing the connection"),
+    }
+}
+
+fn event_response(event: WaitEvent) -> (u64, u32, Response) {
+    match event {
+        WaitEvent::Granted {
+            origin,
+            token,
+            ttl_ms,
+            waited_ms,
+            ..
+        } => (
+            origin.request_id,
+            origin.group,
+            Response::Granted {
+                token,
+                ttl_ms,
+                waited_ms,
+            },
+        ),
+        WaitEvent::TimedOut {
+            origin,
+            token,
+            remaining_ms,
+            waited_ms,
+        } => (
+            origin.request_id,
+            origin.group,
+            Response::Busy {
+                token,
+                remaining_ms,
+                waiters: true,
+                waited_ms,
+            },
+        ),
+        WaitEvent::Failed {
+            origin,
+            code,
+            retry_after_ms,
+            message,
+        } => (
+            origin.request_id,
+            origin.group,
+            Response::Error {
+                code,
+                retry_after_ms,
+                message: message.to_string(),
+            },
+        ),
+    }
+}
+
+fn random_nonce() -> [u8; NONCE_LEN] {
+    let mut nonce = [0u8; NONCE_LEN];
+    // The kernel's CSPRNG does not fail once the system has booted; a
+    // failure here is an environment defect worth crashing on.
+    rustix::rand::getrandom(&mut nonce, rustix::rand::GetRandomFlags::empty()).expect("getrandom");
+    nonce
+}
+
+async fn serve(ctx: &Rc<CoreCtx>, mut stream: TcpStream, id: u64) -> io::Result<()> {
+    let ipv6 = ctx.opts.listen.is_ipv6();
+    super::net::prepare_stream(stream.as_raw_fd(), ipv6, ctx.opts.dscp)?;
+    let pending_max = ctx.shared.config.pending_per_connection_max as usize;
+    let (deliver_tx, deliver_rx) = local_channel::new_bounded(pending_max + DELIVERY_SLACK);
+    ctx.conns.borrow_mut().insert(id, deliver_tx);
+    let core = u16::try_from(ctx.index).expect("core count fits u16");
+    let mut conn = Conn::new(core, id);
+    let result = run(ctx, &mut stream, &mut conn, &deliver_rx).await;
+    ctx.conns.borrow_mut().remove(&id);
+    if conn.pending > 0 {
+        ctx.cancel(id);
+    }
+    // Answers that arrived after the loop ended: release orphaned grants.
+    while let Some(Some(event)) = futures_lite::future::poll_once(deliver_rx.recv()).await {
+        ctx.deliver_local(event);
+    }
+    let _ = stream.close().await;
+    result
+}
+
+async fn run(
+    ctx: &Rc<CoreCtx>,
+    stream: &mut TcpStream,
+    conn: &mut Conn,
+    deliveries: &local_channel::LocalReceiver<WaitEvent>,
+) -> io::Result<()> {
+    let payload_max = ctx.opts.frame_payload_max;
+    let frame_max = HEADER_LEN + padded_len(payload_max as usize);
+    let mut rx = RecvBuf::new(
+        RECV_BUF_INITIAL.min(frame_max),
+        frame_max.max(RECV_BUF_INITIAL),
+    );
+    let mut out = FrameBuf::with_capacity(4096);
+    let stats = &ctx.shared.stats[ctx.index];
+    let frame_timeout_ms = u64::try_from(ctx.opts.frame_timeout.as_millis()).unwrap_or(u64::MAX);
+    let handshake_deadline_ms =
+        monotonic_ms() + u64::try_from(ctx.opts.handshake_timeout.as_millis()).unwrap_or(u64::MAX);
+    let mut partial_since_ms: Option<u64> = None;
+    loop {
+        let now_ms = monotonic_ms();
+        let mut deadline_ms = partial_since_ms.map(|since| since + frame_timeout_ms);
+        if !matches!(conn.phase, Phase::Ready { .. }) {
+            deadline_ms =
+                Some(deadline_ms.map_or(handshake_deadline_ms, |d| d.min(handshake_deadline_ms)));
+        }
+        let event = {
+            let read = async { Event::Read(stream.read(rx.spare()).await) };
+            let deliver = async { Event::Deliver(deliveries.recv().await) };
+            let timer = async {
+                match deadline_ms {
+                    Some(at) => {
+                        glommio::timer::sleep(Duration::from_millis(at.saturating_sub(now_ms)))
+                            .await;
+                        Event::Timeout
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            futures_lite::future::or(read, futures_lite::future::or(deliver, timer)).await
+        };
+        match event {
+            Event::Read(Ok(0)) => {
+                if rx.buffered() > 0 {
+                    let response = frame_error_response(&FrameError::Truncated);
+                    respond(ctx, &mut out, 0, 0, &response);
+                    let _ = stream.write_all(&out).await;
+                }
+                return Ok(());
+            }
+            Event::Read(Ok(n)) => {
+                rx.filled(n);
+                // Read the clock after the bytes arrived: a lease's server
+                // interval then starts no earlier than the client sent it.
+                let now_ms = monotonic_ms();
+                let mut served = 0u64;
+                let mut close = false;
+                let mut waits = Vec::new();
+                let mut wakes = Vec::new();
+                loop {
+                    let (outcome, frame_len, meta) = match rx.next_frame(payload_max) {
+                        Ok(Decoded::Incomplete { .. }) => break,
+                        Err(err) => {
+                            respond(ctx, &mut out, 0, 0, &frame_error_response(&err));
+                            close = true;
+                            break;
+                        }
+                        Ok(Decoded::Frame {
+                            header,
+                            payload,
+                            frame_len,
+                        }) => {
+                            let meta = RequestMeta {
+                                request_id: header.request_id,
+                                group: header.group,
+                            };
+                            if header.kind != FrameKind::Request {
+                                let err = frame_error_response(&FrameError::BadKind { got: 2 });
+                                respond(ctx, &mut out, header.request_id, header.group, &err);
+                                close = true;
+                                break;
+                            }
+                            match access_request(payload) {
+                                Ok(request) => {
+                                    let outcome = ctx.shared.handle(
+                                        conn,
+                                        meta,
+                                        request,
+                                        now_ms,
+                                        &mut random_nonce,
+                                    );
+                                    (outcome, frame_len, meta)
+                                }
+                                Err(err) => {
+                                    let response = frame_error_response(&err);
+                                    respond(ctx, &mut out, meta.request_id, meta.group, &response);
+                                    close = true;
+                                    break;
+                                }
+                            }
+                        }
+                    };
+                    rx.consume(frame_len);
+                    served += 1;
+                    match outcome {
+                        Outcome::Reply(response) => {
+                            respond(ctx, &mut out, meta.request_id, meta.group, &response);
+                        }
+                        Outcome::ReplyAndWake(response, key) => {
+                            respond(ctx, &mut out, meta.request_id, meta.group, &response);
+                            wakes.push(key);
+                        }
+                        Outcome::ReplyAndClose(response) => {
+                            respond(ctx, &mut out, meta.request_id, meta.group, &response);
+                            close = true;
+                            break;
+                        }
+                        Outcome::Wait(request) => waits.push(request),
+                    }
+                }
+                stats.bump_ops(served);
+                partial_since_ms = if rx.buffered() > 0 {
+                    Some(partial_since_ms.unwrap_or(now_ms))
+                } else {
+                    None
+                };
+                if !out.is_empty() {
+                    stream.write_all(&out).await?;
+                    out.clear();
+                }
+                for key in wakes {
+                    ctx.wake(key).await;
+                }
+                for request in waits {
+                    ctx.route_wait(request).await;
+                }
+                if close {
+                    return Ok(());
+                }
+            }
+            Event::Read(Err(e)) => return Err(e),
+            Event::Deliver(Some(event)) => {
+                conn.pending = conn.pending.saturating_sub(1);
+                let (request_id, group, response) = event_response(event);
+                respond(ctx, &mut out, request_id, group, &response);
+                stream.write_all(&out).await?;
+                out.clear();
+            }
+            Event::Deliver(None) => return Ok(()),
+            Event::Timeout => {
+                let response = Response::Error {
+                    code: ErrorCode::Timeout,
+                    retry_after_ms: 0,
+                    message: if matches!(conn.phase, Phase::Ready { .. }) {
+                        "a frame did not complete within limits.frame_timeout; closing".into()
+                    } else {
+                        "the handshake did not complete within limits.handshake_timeout; closing"
+                            .into()
+                    },
+                };
+                respond(ctx, &mut out, 0, 0, &response);
+                let _ = stream.write_all(&out).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Appends one response frame. Encoding our own responses cannot fail short
+/// of a bug; if it ever does, answer with a bare internal error.
+fn respond(ctx: &CoreCtx, out: &mut FrameBuf, request_id: u64, group: u32, response: &Response) {
+    let limit = ctx.opts.frame_payload_max.max(1024);
+    if let Err(e) = encode_response(out, request_id, group, limit, response) {
+        warn!(error = %e, "could not encode a response");
+        let fallback = Response::Error {
+            code: ErrorCode::Internal,
+            retry_after_ms: 0,
+            message: String::new(),
+        };
+        encode_response(out, request_id, group, limit, &fallback)
+            .expect("a bare error response always fits");
+    }
+}

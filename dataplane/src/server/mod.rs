@@ -1,0 +1,539 @@
+//! The glommio shell: one pinned executor per core, each with its own
+//! SO_REUSEPORT listener. It reads bytes, feeds [`Shared::handle`], drains
+//! wait-queue events and writes bytes; every decision is made in the
+//! sans-IO layers below.
+//!
+//! Per core:
+//! - `lease-rpc` task queue (high shares, `Latency::Matters`): accept loop,
+//!   connections, the wait-queue timer and cross-core messages;
+//! - `background` task queue (low shares): the table sweeper and the
+//!   shutdown watch.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use glommio::channels::channel_mesh::{MeshBuilder, Senders};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::{
+    CpuSet, Latency, LocalExecutorPoolBuilder, PoolPlacement, PoolThreadHandles, Shares,
+    TaskQueueHandle,
+};
+use tracing::{debug, info, warn};
+
+use crate::clock::monotonic_ms;
+use crate::leadership::LeadershipView;
+use crate::service::Shared;
+use crate::table::LeaseKey;
+use crate::waiters::{home_core, WaitEvent, WaitQueues, WaitRequest};
+
+mod conn;
+pub mod net;
+
+/// Which CPUs run data-plane cores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cpus {
+    /// One core per online CPU.
+    All,
+    /// This many cores, spread over the online CPUs.
+    Count(usize),
+    /// One core pinned to each listed CPU.
+    List(Vec<usize>),
+}
+
+/// Settings of the shell (the request path's own settings live in
+/// [`crate::service::ServiceConfig`]).
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Client listen address (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Core placement.
+    pub cpus: Cpus,
+    /// glommio preemption timer: how long a task may run before the
+    /// scheduler checks for more urgent queues.
+    pub preempt_timer: Duration,
+    /// Latency target of the lease-rpc queue.
+    pub rpc_latency: Duration,
+    /// DSCP of client sockets.
+    pub dscp: u8,
+    /// Open connections allowed, node-wide.
+    pub connections_max: u32,
+    /// Waiters allowed, node-wide (split evenly over cores).
+    pub waiters_max: u32,
+    /// Largest request payload.
+    pub frame_payload_max: u32,
+    /// Time allowed for the handshake.
+    pub handshake_timeout: Duration,
+    /// Time allowed for a frame to arrive once it started.
+    pub frame_timeout: Duration,
+    /// How often each core sweeps its part of the table.
+    pub sweep_interval: Duration,
+    /// Idle time after which a key is reclaimed.
+    pub reclaim_after: Duration,
+}
+
+/// Messages between cores.
+#[derive(Debug)]
+enum CoreMsg {
+    /// Queue a waiter (sent to the key's home core).
+    Enqueue(WaitRequest),
+    /// A lease with waiters was released (sent to the key's home core).
+    Wake(LeaseKey),
+    /// A connection closed: drop its waiters (sent to every core it used).
+    Cancel { core: u16, conn: u64 },
+    /// An answer for a waiter (sent to the connection's core).
+    Deliver(WaitEvent),
+}
+
+/// Capacity of each cross-core channel.
+const MESH_CHANNEL_CAPACITY: usize = 4096;
+/// How often a core looks at the shutdown flag.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+/// Slots swept between yields to the scheduler.
+const SWEEP_CHUNK: usize = 4096;
+/// glommio's registered I/O memory per core; the data plane does no DMA
+/// file I/O, so a small pool keeps it within an unprivileged memlock limit.
+const IO_MEMORY: usize = 512 << 10;
+
+/// Per-core state, shared by the core's tasks.
+struct CoreCtx {
+    shared: Arc<Shared>,
+    opts: ServerOptions,
+    index: usize,
+    cores: usize,
+    senders: Senders<CoreMsg>,
+    waits: RefCell<WaitQueues>,
+    /// Wakes the wait-queue timer task when its next deadline may have moved.
+    waits_kick: LocalSender<()>,
+    conns: RefCell<HashMap<u64, LocalSender<WaitEvent>>>,
+    next_conn: Cell<u64>,
+    connections: Arc<AtomicU64>,
+    hot: TaskQueueHandle,
+}
+
+impl CoreCtx {
+    fn lead(&self) -> LeadershipView {
+        self.shared.leadership.load()
+    }
+
+    /// Sends `msg` to core `to` without waiting: cross-core sends from
+    /// message handlers must never block on a peer that may be blocked on us.
+    fn post(self: &Rc<Self>, to: usize, msg: CoreMsg) {
+        debug_assert_ne!(to, self.index);
+        let ctx = self.clone();
+        let task = glommio::spawn_local_into(
+            async move {
+                if ctx.senders.send_to(to, msg).await.is_err() {
+                    warn!(core = ctx.index, to, "peer core channel closed");
+                }
+            },
+            self.hot,
+        );
+        match task {
+            Ok(task) => {
+                task.detach();
+            }
+            Err(e) => warn!(core = self.index, error = %e, "could not spawn a send"),
+        }
+    }
+
+    /// Applies a message addressed to this core.
+    fn on_message(self: &Rc<Self>, msg: CoreMsg) {
+        let now = monotonic_ms();
+        match msg {
+            CoreMsg::Enqueue(request) => {
+                let lead = self.lead();
+                self.waits
+                    .borrow_mut()
+                    .handle_enqueue(&self.shared.table, lead, request, now);
+            }
+            CoreMsg::Wake(key) => {
+                let lead = self.lead();
+                self.waits
+                    .borrow_mut()
+                    .handle_wake(&self.shared.table, lead, key, now);
+            }
+            CoreMsg::Cancel { core, conn } => {
+                let lead = self.lead();
+                self.waits
+                    .borrow_mut()
+                    .handle_cancel(&self.shared.table, lead, core, conn, now);
+            }
+            CoreMsg::Deliver(event) => self.deliver_local(event),
+        }
+        self.drain_waits();
+    }
+
+    /// Routes a waiter to its key's home core.
+    async fn route_wait(self: &Rc<Self>, request: WaitRequest) {
+        let home = home_core(request.key, self.cores);
+        if home == self.index {
+            self.on_message(CoreMsg::Enqueue(request));
+        } else if self
+            .senders
+            .send_to(home, CoreMsg::Enqueue(request))
+            .await
+            .is_err()
+        {
+            warn!(core = self.index, home, "home core channel closed");
+        }
+    }
+
+    /// Tells `key`'s home core that a lease with waiters was released.
+    async fn wake(self: &Rc<Self>, key: LeaseKey) {
+        let home = home_core(key, self.cores);
+        if home == self.index {
+            self.on_message(CoreMsg::Wake(key));
+        } else if self
+            .senders
+            .send_to(home, CoreMsg::Wake(key))
+            .await
+            .is_err()
+        {
+            warn!(core = self.index, home, "home core channel closed");
+        }
+    }
+
+    /// A connection with waits closed: every core may hold some of them.
+    fn cancel(self: &Rc<Self>, conn: u64) {
+        let core = u16::try_from(self.index).expect("core count fits u16");
+        for to in 0..self.cores {
+            if to == self.index {
+                self.on_message(CoreMsg::Cancel { core, conn });
+            } else {
+                self.post(to, CoreMsg::Cancel { core, conn });
+            }
+        }
+    }
+
+    /// Delivers queue answers to their connections and rearms the timer.
+    fn drain_waits(self: &Rc<Self>) {
+        loop {
+            let event = self.waits.borrow_mut().poll_event();
+            let Some(event) = event else { break };
+            let origin = match &event {
+                WaitEvent::Granted { origin, .. }
+                | WaitEvent::TimedOut { origin, .. }
+                | WaitEvent::Failed { origin, .. } => *origin,
+            };
+            let to = usize::from(origin.core);
+            if to == self.index {
+                self.deliver_local(event);
+            } else {
+                self.post(to, CoreMsg::Deliver(event));
+            }
+        }
+        if self.waits.borrow_mut().take_new_epoch_request() {
+            self.shared.leadership.request_new_epoch();
+        }
+        // A full kick channel already holds a wake-up; that is enough.
+        let _ = self.waits_kick.try_send(());
+    }
+
+    /// Hands an answer to a connection on this core. A grant for a
+    /// connection that is gone is released at once, so no lease is held by
+    /// nobody until it expires.
+    fn deliver_local(self: &Rc<Self>, event: WaitEvent) {
+        let origin = match &event {
+            WaitEvent::Granted { origin, .. }
+            | WaitEvent::TimedOut { origin, .. }
+            | WaitEvent::Failed { origin, .. } => *origin,
+        };
+        let undelivered = {
+            let conns = self.conns.borrow();
+            match conns.get(&origin.conn) {
+                Some(sender) => match sender.try_send(event) {
+                    Ok(()) => None,
+                    Err(
+                        glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(event))
+                        | glommio::GlommioError::Closed(glommio::ResourceType::Channel(event)),
+                    ) => Some(event),
+                    Err(_) => None,
+                },
+                None => Some(event),
+            }
+        };
+        if let Some(WaitEvent::Granted { key, token, .. }) = undelivered {
+            let now = monotonic_ms();
+            if let crate::table::TokenOutcome::Released { wake_waiters: true } =
+                self.shared.table.release(key, token, now)
+            {
+                let ctx = self.clone();
+                let task = glommio::spawn_local_into(async move { ctx.wake(key).await }, self.hot);
+                if let Ok(task) = task {
+                    task.detach();
+                }
+            }
+            debug!(
+                core = self.index,
+                conn = origin.conn,
+                "released a grant for a closed connection"
+            );
+        }
+    }
+}
+
+/// A running data plane.
+pub struct Server {
+    handles: Option<PoolThreadHandles<()>>,
+    shutdown: Arc<AtomicBool>,
+    local_addr: SocketAddr,
+    cores: usize,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .field("cores", &self.cores)
+            .finish_non_exhaustive()
+    }
+}
+
+fn placement(cpus: &Cpus) -> io::Result<PoolPlacement> {
+    let online = CpuSet::online().map_err(|e| io::Error::other(e.to_string()))?;
+    let count = online.len();
+    Ok(match cpus {
+        Cpus::All => PoolPlacement::MaxSpread(count, Some(online)),
+        Cpus::Count(n) => {
+            if *n > count {
+                return Err(io::Error::other(format!(
+                    "node.cores = {n} but only {count} CPUs are online"
+                )));
+            }
+            PoolPlacement::MaxSpread(*n, Some(online))
+        }
+        Cpus::List(list) => {
+            let mut sets = Vec::with_capacity(list.len());
+            for &cpu in list {
+                let set = online.clone().filter(|l| l.cpu == cpu);
+                if set.is_empty() {
+                    return Err(io::Error::other(format!(
+                        "node.cores lists CPU {cpu}, which is not online"
+                    )));
+                }
+                sets.push(set);
+            }
+            PoolPlacement::Custom(sets)
+        }
+    })
+}
+
+impl Server {
+    /// Starts the cores and returns once every core listens.
+    pub fn start(shared: Arc<Shared>, opts: ServerOptions) -> io::Result<Server> {
+        let placement = placement(&opts.cpus)?;
+        let cores = placement.executor_count();
+        assert!(cores >= 1);
+        assert_eq!(shared.stats.len(), cores, "one stats block per core");
+        // Resolve port 0 once so that every core binds the same port.
+        let (reservation, local_addr) = net::reserve(opts.listen)?;
+        let opts = ServerOptions {
+            listen: local_addr,
+            ..opts
+        };
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(AtomicU64::new(0));
+        let mesh = MeshBuilder::<CoreMsg, _>::full(cores, MESH_CHANNEL_CAPACITY);
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
+        let handles = LocalExecutorPoolBuilder::new(placement)
+            .name("palisade-core")
+            .preempt_timer(opts.preempt_timer)
+            .io_memory(IO_MEMORY)
+            .on_all_shards({
+                let shutdown = shutdown.clone();
+                move || async move {
+                    core_main(shared, opts, mesh, connections, shutdown, ready_tx).await;
+                }
+            })
+            .map_err(|e| io::Error::other(format!("starting data-plane cores: {e}")))?;
+        let mut server = Server {
+            handles: Some(handles),
+            shutdown,
+            local_addr,
+            cores,
+        };
+        for _ in 0..cores {
+            match ready_rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(Ok(core)) => debug!(core, "core listening"),
+                Ok(Err(message)) => {
+                    server.stop();
+                    return Err(io::Error::other(message));
+                }
+                Err(_) => {
+                    server.stop();
+                    return Err(io::Error::other("a data-plane core did not start"));
+                }
+            }
+        }
+        drop(reservation);
+        info!(listen = %local_addr, cores, "data plane serving");
+        Ok(server)
+    }
+
+    /// The address clients connect to.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Number of cores serving.
+    #[must_use]
+    pub fn cores(&self) -> usize {
+        self.cores
+    }
+
+    /// Stops every core and waits for them.
+    pub fn stop(&mut self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        if let Some(handles) = self.handles.take() {
+            for result in handles.join_all() {
+                if let Err(e) = result {
+                    warn!(error = %e, "data-plane core ended with an error");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn core_main(
+    shared: Arc<Shared>,
+    opts: ServerOptions,
+    mesh: MeshBuilder<CoreMsg, glommio::channels::channel_mesh::Full>,
+    connections: Arc<AtomicU64>,
+    shutdown: Arc<AtomicBool>,
+    ready: mpsc::Sender<Result<usize, String>>,
+) {
+    let cores = mesh.nr_peers();
+    let (senders, mut receivers) = match mesh.join().await {
+        Ok(joined) => joined,
+        Err(e) => {
+            let _ = ready.send(Err(format!("joining the core mesh: {e}")));
+            return;
+        }
+    };
+    let index = senders.peer_id();
+    let executor = glommio::executor();
+    let hot = executor.create_task_queue(
+        Shares::Static(1000),
+        Latency::Matters(opts.rpc_latency),
+        "lease-rpc",
+    );
+    let background =
+        executor.create_task_queue(Shares::Static(50), Latency::NotImportant, "background");
+    let listener = match net::listener(opts.listen, opts.dscp) {
+        Ok(listener) => listener,
+        Err(e) => {
+            let _ = ready.send(Err(format!("core {index}: binding {}: {e}", opts.listen)));
+            return;
+        }
+    };
+    let waiters_per_core = (opts.waiters_max as usize).div_ceil(cores).max(1);
+    let (kick_tx, kick_rx) = local_channel::new_bounded::<()>(1);
+    let ctx = Rc::new(CoreCtx {
+        shared,
+        opts,
+        index,
+        cores,
+        senders,
+        waits: RefCell::new(WaitQueues::new(waiters_per_core)),
+        waits_kick: kick_tx,
+        conns: RefCell::new(HashMap::new()),
+        next_conn: Cell::new(1),
+        connections,
+        hot,
+    });
+
+    for (_, receiver) in receivers.streams() {
+        let ctx = ctx.clone();
+        spawn(hot, async move {
+            while let Some(msg) = receiver.recv().await {
+                ctx.on_message(msg);
+            }
+        });
+    }
+    spawn(hot, wait_timer(ctx.clone(), kick_rx));
+    spawn(hot, conn::accept_loop(ctx.clone(), listener));
+    spawn(background, sweeper(ctx.clone()));
+    let _ = ready.send(Ok(index));
+
+    while !shutdown.load(Ordering::SeqCst) {
+        glommio::timer::sleep(SHUTDOWN_POLL).await;
+    }
+    debug!(core = index, "core stopping");
+}
+
+fn spawn(queue: TaskQueueHandle, future: impl std::future::Future<Output = ()> + 'static) {
+    glommio::spawn_local_into(future, queue)
+        .expect("task queues created on this executor exist")
+        .detach();
+}
+
+/// Runs wait-queue deadlines and retries; sleeps until the next one or
+/// until kicked.
+async fn wait_timer(ctx: Rc<CoreCtx>, kick: local_channel::LocalReceiver<()>) {
+    loop {
+        let next = ctx.waits.borrow().poll_timeout();
+        let now = monotonic_ms();
+        match next {
+            Some(at) if at <= now => {
+                let lead = ctx.lead();
+                ctx.waits
+                    .borrow_mut()
+                    .handle_timeout(&ctx.shared.table, lead, now);
+                ctx.drain_waits();
+                continue;
+            }
+            Some(at) => {
+                let sleep = glommio::timer::sleep(Duration::from_millis(at - now));
+                futures_lite::future::or(sleep, async {
+                    let _ = kick.recv().await;
+                })
+                .await;
+            }
+            None => {
+                if kick.recv().await.is_none() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Sweeps this core's share of the table: counts live leases for status
+/// and reclaims idle keys.
+async fn sweeper(ctx: Rc<CoreCtx>) {
+    let slots = ctx.shared.table.slot_count();
+    let per_core = slots.div_ceil(ctx.cores);
+    let range = (ctx.index * per_core)..((ctx.index + 1) * per_core).min(slots);
+    let reclaim_after_ms = u64::try_from(ctx.opts.reclaim_after.as_millis()).unwrap_or(u64::MAX);
+    loop {
+        glommio::timer::sleep(ctx.opts.sweep_interval).await;
+        let mut held = 0;
+        let mut start = range.start;
+        while start < range.end {
+            let end = (start + SWEEP_CHUNK).min(range.end);
+            let stats = ctx
+                .shared
+                .table
+                .sweep(start..end, monotonic_ms(), reclaim_after_ms);
+            held += stats.held;
+            start = end;
+            glommio::yield_if_needed().await;
+        }
+        ctx.shared.stats[ctx.index]
+            .leases_held
+            .store(held, Ordering::Relaxed);
+    }
+}
