@@ -378,6 +378,7 @@ fn run_inner(command: &ClientCommand) -> Result<Report, ClientError> {
                     "leases_held": s.leases_held,
                     "ops_served": s.ops_served,
                     "connections": s.connections,
+                    "waiters": s.waiters,
                     "grants_from_ms": s.grants_from_unix_ms,
                     "grace_remaining_ms": s.grace_remaining_ms,
                     "uptime_ms": s.uptime_ms,

@@ -58,6 +58,8 @@ pub struct CoreStats {
     pub connections: AtomicU64,
     /// Live leases in this core's sweep partition at its last sweep.
     pub leases_held: AtomicU64,
+    /// Waiters queued on this core (as home core).
+    pub waiters: AtomicU64,
 }
 
 impl CoreStats {
@@ -202,6 +204,7 @@ impl Shared {
             leases_held: sum(|s| &s.leases_held),
             ops_served: sum(|s| &s.ops),
             connections: clamp_u32(sum(|s| &s.connections)),
+            waiters: sum(|s| &s.waiters),
             grants_from_unix_ms,
             grace_remaining_ms: lead.grants_from_ms.saturating_sub(now_ms),
             uptime_ms: now_ms.saturating_sub(self.config.start_ms),

@@ -116,6 +116,8 @@ pub struct StatusInfo {
     pub ops_served: u64,
     /// Open client connections.
     pub connections: u32,
+    /// Requests queued waiting for a lease, all cores.
+    pub waiters: u64,
     /// Wall-clock time (Unix ms) from which grants are allowed.
     pub grants_from_unix_ms: u64,
     /// Milliseconds left in the grace period (0 once grants are allowed).

@@ -116,6 +116,7 @@ fn response() -> impl Strategy<Value = Response> {
             leases_held: a,
             ops_served: b,
             connections: 3,
+            waiters: 4,
             grants_from_unix_ms: a,
             grace_remaining_ms: 0,
             uptime_ms: b,

@@ -228,6 +228,9 @@ impl CoreCtx {
                 self.post(to, CoreMsg::Deliver(event));
             }
         }
+        self.shared.stats[self.index]
+            .waiters
+            .store(self.waits.borrow().len() as u64, Ordering::Relaxed);
         if self.waits.borrow_mut().take_new_epoch_request() {
             self.shared.leadership.request_new_epoch();
         }
@@ -416,7 +419,22 @@ async fn core_main(
     ready: mpsc::Sender<Result<usize, String>>,
 ) {
     let cores = mesh.nr_peers();
-    let (senders, mut receivers) = match mesh.join().await {
+    // glommio wakes a channel's connection waiters only when its reactor
+    // loop runs; an idle executor sleeping in io_uring may miss a peer that
+    // connects later (seen here: a 14 s start). Tick until joined.
+    let joined = Rc::new(Cell::new(false));
+    let ticker = glommio::spawn_local({
+        let joined = joined.clone();
+        async move {
+            while !joined.get() {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
+    let joined_mesh = mesh.join().await;
+    joined.set(true);
+    ticker.await;
+    let (senders, mut receivers) = match joined_mesh {
         Ok(joined) => joined,
         Err(e) => {
             let _ = ready.send(Err(format!("joining the core mesh: {e}")));

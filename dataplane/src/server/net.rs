@@ -85,3 +85,32 @@ pub fn dscp_of(fd: RawFd, ipv6: bool) -> io::Result<u8> {
     };
     Ok(u8::try_from(tos >> 2).unwrap_or(u8::MAX))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn listener_and_accepted_streams_carry_the_mark() {
+        let (reservation, addr) = reserve("127.0.0.1:0".parse().expect("addr")).expect("reserve");
+        let handle = glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let listener = listener(addr, 46).expect("listener");
+                let client = std::thread::spawn(move || {
+                    std::net::TcpStream::connect(addr).expect("connect")
+                });
+                let stream = listener.accept().await.expect("accept");
+                prepare_stream(stream.as_raw_fd(), false, 46).expect("prepare");
+                let dscp = dscp_of(stream.as_raw_fd(), false).expect("read mark");
+                let nodelay = stream.nodelay().expect("nodelay");
+                drop(client.join().expect("client"));
+                (dscp, nodelay)
+            })
+            .expect("executor");
+        let (dscp, nodelay) = handle.join().expect("join");
+        drop(reservation);
+        assert_eq!(dscp, 46, "EF");
+        assert!(nodelay);
+    }
+}
