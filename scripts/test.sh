@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite: unit, property, integration (real `palisade serve`
+# processes on loopback), doc tests, benchmark smoke runs, and the loom
+# models of the lease table. Needs only a Rust toolchain; run from anywhere.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== workspace tests"
+cargo test --workspace --locked
+
+echo "== benchmarks compile and run once (criterion test mode)"
+cargo test --locked -p palisade-dataplane --benches
+
+echo "== loom models of the lease table"
+# A separate target dir: --cfg loom rebuilds the table's dependencies.
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=3 \
+    cargo test --locked -p palisade-dataplane --no-default-features --lib --release table::loom_tests
+
+echo "== all tests passed"
