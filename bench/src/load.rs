@@ -60,6 +60,13 @@ pub struct LoadArgs {
     /// request, like redis-benchmark) or `glommio` (io_uring executor).
     #[arg(long, default_value = "epoll")]
     engine: String,
+    /// What to load: `palisade`, or `redis` (SET lock:<n> v NX PX <ttl>,
+    /// epoll engine only).
+    #[arg(long, default_value = "palisade")]
+    pub(crate) target: String,
+    /// Independent cycles in flight per connection (epoll engine).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) pipeline: usize,
 }
 
 #[derive(Default)]
@@ -285,7 +292,9 @@ fn report(args: &LoadArgs, histogram: &Histogram<u64>, totals: &Totals) {
         println!(
             "{}",
             serde_json::json!({
+                "target": args.target,
                 "connections": args.connections,
+                "pipeline": args.pipeline.max(1),
                 "duration_s": seconds,
                 "ops": totals.ops,
                 "ops_per_s": ops_per_s.round(),
@@ -299,8 +308,8 @@ fn report(args: &LoadArgs, histogram: &Histogram<u64>, totals: &Totals) {
         );
     } else {
         println!(
-            "{} connections, {:.0} ops/s ({} ops in {seconds:.1}s; {} grants, {} busy)",
-            args.connections, ops_per_s, totals.ops, totals.grants, totals.busy
+            "{} {} connections x {} in flight, {:.0} ops/s ({} ops in {seconds:.1}s; {} grants, {} busy)",
+            args.target, args.connections, args.pipeline.max(1), ops_per_s, totals.ops, totals.grants, totals.busy
         );
         println!(
             "latency us: p50 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",

@@ -5,6 +5,7 @@
 //! executor pinned to a CPU, and reports throughput and latency
 //! percentiles. It measures; it never asserts a number.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod epoll;
 mod load;

@@ -1,6 +1,34 @@
-//! The Palisade data plane: the lock-free lease table and the glommio
-//! thread-per-core server around it.
+//! The Palisade data plane: the lock-free lease table, the wait queues, the
+//! request service, and the glommio thread-per-core server around them.
+//!
+//! What it owns: [`table::LeaseTable`] (one array of cache-line slots shared
+//! by every core; every lease operation is a compare-and-swap), the FIFO
+//! [`waiters::WaitQueues`] of each key's home core, [`service::Shared::handle`]
+//! (one archived request in, one [`service::Outcome`] out, no I/O), the
+//! [`leadership::Leadership`] word it reads once per request, and, with the
+//! `server` feature, [`server::Server`]: the shell that moves bytes.
+//!
+//! What it never does: import raft or touch persistence (the control plane
+//! publishes the epoch it mints tokens in), take a mutex on a request path,
+//! read the clock below the shell (time is an argument), or panic on input
+//! from the wire.
+//!
+//! ```
+//! use palisade_dataplane::table::{AcquireMode, Acquired, Grant, KeyHasher, LeaseTable, TokenOutcome};
+//!
+//! let table = LeaseTable::new(1024, KeyHasher::new([7; 16]));
+//! let key = table.hasher().key(0, b"disk0");
+//! let grant = Grant { holder: 42, ttl_ms: 10_000, lock_delay_ms: 0 };
+//! let Ok(Acquired::Granted { token, .. }) = table.acquire(key, grant, 1_000, 1, AcquireMode::Fair) else {
+//!     unreachable!()
+//! };
+//! assert_eq!(token, (1 << 32) | 1); // epoch 1, first grant
+//! assert_eq!(table.release(key, token, 2_000), TokenOutcome::Released { wake_waiters: false });
+//! ```
 #![warn(missing_docs)]
+// The only unsafe code is the socket shim in `server::net`, which allows it
+// locally with a SAFETY comment on each block.
+#![deny(unsafe_code)]
 
 pub mod clock;
 pub mod leadership;

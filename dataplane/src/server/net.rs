@@ -1,6 +1,7 @@
 //! Socket set-up the data plane needs and glommio does not offer: a
 //! listener with SO_REUSEPORT and a DSCP mark set before `listen`, and the
 //! mark on accepted streams. The only `unsafe` of the server lives here.
+#![allow(unsafe_code)]
 
 use std::io;
 use std::net::SocketAddr;
