@@ -178,6 +178,12 @@ impl Node {
         self.shared.leadership.load().epoch
     }
 
+    /// The published leadership word (the data plane's view of this node).
+    #[must_use]
+    pub fn leadership(&self) -> &Leadership {
+        &self.shared.leadership
+    }
+
     /// The data directory in use.
     #[must_use]
     pub fn data_dir(&self) -> &PathBuf {
