@@ -44,5 +44,16 @@ TOML
 ./target/release/palisade serve --config "$work/palisade.toml" --data-dir "$work/data" \
     --listen 127.0.0.1:7490 --ready-file "$work/ready.json" 2>"$work/palisade.log" &
 for _ in $(seq 100); do [ -f "$work/ready.json" ] && break; sleep 0.05; done
-./target/release/palisade-bench load --endpoint 127.0.0.1:7490 --connections 32 \
-    --resources 100000 --duration "$duration" --warmup 2s --cpu 1
+load() { ./target/release/palisade-bench load --connections 32 --resources 100000 \
+    --duration "$duration" --warmup 2s --cpu 1 "$@"; }
+load --endpoint 127.0.0.1:7490
+
+echo "== the same client against both: palisade-bench, 32 connections, 1 and 32 cycles in flight"
+taskset -c 0 redis-server --port 6390 --save "" --appendonly no --dir "$work" \
+    >"$work/redis2.log" 2>&1 &
+for _ in $(seq 50); do redis-cli -p 6390 ping >/dev/null 2>&1 && break; sleep 0.1; done
+for depth in 1 32; do
+    load --target redis --endpoint 127.0.0.1:6390 --pipeline "$depth"
+    load --endpoint 127.0.0.1:7490 --pipeline "$depth"
+done
+redis-cli -p 6390 shutdown nosave >/dev/null 2>&1 || true

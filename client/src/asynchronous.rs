@@ -31,25 +31,85 @@ type Reply = oneshot::Sender<Result<Response, ClientError>>;
 #[derive(Default)]
 struct Pending {
     waiting: HashMap<u64, Reply>,
+    /// Acquires in flight: request id to resource.
+    acquires: HashMap<u64, String>,
+    /// Calls whose caller went away (timed out or was cancelled): the
+    /// answer is dropped, and a late grant is released at once.
+    abandoned: HashMap<u64, Option<String>>,
     /// Why the connection is gone, once it is.
     closed: Option<String>,
 }
 
 struct Inner {
     endpoint: String,
-    writer: tokio::sync::Mutex<(OwnedWriteHalf, FrameBuf)>,
+    /// Whole frames for the writer task. Callers never write to the socket
+    /// themselves, so cancelling a call can never leave half a frame behind.
+    frames: tokio::sync::mpsc::UnboundedSender<FrameBuf>,
     pending: Mutex<Pending>,
     next_id: AtomicU64,
     welcome: OnceLock<Welcome>,
     request_timeout: Duration,
-    reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(task) = self.reader.lock().expect("reader lock").take() {
+        for task in self.tasks.lock().expect("tasks lock").drain(..) {
             task.abort();
         }
+    }
+}
+
+impl Inner {
+    fn connection_error(&self, why: &str) -> ClientError {
+        ClientError::Io {
+            endpoint: self.endpoint.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::ConnectionAborted, why.to_string()),
+        }
+    }
+
+    /// Marks the connection dead and fails every call waiting on it.
+    fn close(&self, why: String) {
+        let mut pending = self.pending.lock().expect("pending lock");
+        if pending.closed.is_none() {
+            pending.closed = Some(why.clone());
+        }
+        for (_, reply) in pending.waiting.drain() {
+            let _ = reply.send(Err(self.connection_error(&why)));
+        }
+    }
+
+    /// Encodes and queues one frame; returns its id.
+    fn send(&self, request: &Request) -> Result<u64, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = FrameBuf::new();
+        encode_request(&mut frame, id, 0, REQUEST_PAYLOAD_MAX, request)
+            .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+        self.frames
+            .send(frame)
+            .map_err(|_| self.connection_error("connection closed"))?;
+        Ok(id)
+    }
+}
+
+/// Removes a call's pending entry if the call ends without its answer
+/// (timeout, error or cancellation), remembering acquires so that a late
+/// grant gets released.
+struct CallGuard<'a> {
+    inner: &'a Inner,
+    id: u64,
+    answered: bool,
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let mut pending = self.inner.pending.lock().expect("pending lock");
+        pending.waiting.remove(&self.id);
+        let resource = pending.acquires.remove(&self.id);
+        pending.abandoned.insert(self.id, resource);
     }
 }
 
@@ -90,17 +150,23 @@ impl AsyncClient {
         .map_err(io)?;
         stream.set_nodelay(true).map_err(io)?;
         let (read, write) = stream.into_split();
+        let (frames, frames_rx) = tokio::sync::mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             endpoint: options.endpoint.clone(),
-            writer: tokio::sync::Mutex::new((write, FrameBuf::new())),
+            frames,
             pending: Mutex::new(Pending::default()),
             next_id: AtomicU64::new(1),
             welcome: OnceLock::new(),
             request_timeout: options.request_timeout,
-            reader: Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
         });
-        let task = tokio::spawn(read_loop(Arc::downgrade(&inner), read));
-        *inner.reader.lock().expect("reader lock") = Some(task);
+        let reader = tokio::spawn(read_loop(Arc::downgrade(&inner), read));
+        let writer = tokio::spawn(write_loop(Arc::downgrade(&inner), write, frames_rx));
+        inner
+            .tasks
+            .lock()
+            .expect("tasks lock")
+            .extend([reader, writer]);
         let client = AsyncClient { inner };
         let (mut handshake, hello) = Handshake::start(options.identity.clone());
         let mut response = client.call(&hello).await?;
@@ -136,63 +202,39 @@ impl AsyncClient {
         request: &Request,
         timeout: Duration,
     ) -> Result<Response, ClientError> {
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let inner = &*self.inner;
         let (tx, rx) = oneshot::channel();
-        {
-            let mut pending = self.inner.pending.lock().expect("pending lock");
+        let id = {
+            // Register before sending so the answer cannot outrun us.
+            let mut pending = inner.pending.lock().expect("pending lock");
             if let Some(why) = &pending.closed {
-                return Err(ClientError::Io {
-                    endpoint: self.inner.endpoint.clone(),
-                    source: std::io::Error::new(std::io::ErrorKind::NotConnected, why.clone()),
-                });
+                return Err(inner.connection_error(why));
             }
+            let id = inner.send(request)?;
             pending.waiting.insert(id, tx);
-        }
-        let written = {
-            let mut guard = self.inner.writer.lock().await;
-            let (write, buf) = &mut *guard;
-            buf.clear();
-            match encode_request(buf, id, 0, REQUEST_PAYLOAD_MAX, request) {
-                Ok(_) => write
-                    .write_all(buf)
-                    .await
-                    .map_err(|source| ClientError::Io {
-                        endpoint: self.inner.endpoint.clone(),
-                        source,
-                    }),
-                Err(e) => Err(ClientError::InvalidArgument(e.to_string())),
+            if let Request::Acquire { resource, .. } = request {
+                pending.acquires.insert(id, resource.clone());
             }
+            id
         };
-        if let Err(e) = written {
-            self.forget(id);
-            return Err(e);
-        }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(ClientError::Io {
-                endpoint: self.inner.endpoint.clone(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::ConnectionAborted,
-                    "connection closed before the answer",
-                ),
-            }),
-            Err(_) => {
-                self.forget(id);
-                Err(ClientError::Timeout {
-                    endpoint: self.inner.endpoint.clone(),
-                    timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-                })
+        let mut guard = CallGuard {
+            inner,
+            id,
+            answered: false,
+        };
+        let result = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => {
+                guard.answered = true;
+                result
             }
-        }
-    }
-
-    fn forget(&self, id: u64) {
-        self.inner
-            .pending
-            .lock()
-            .expect("pending lock")
-            .waiting
-            .remove(&id);
+            Ok(Err(_)) => Err(inner.connection_error("connection closed before the answer")),
+            Err(_) => Err(ClientError::Timeout {
+                endpoint: inner.endpoint.clone(),
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            }),
+        };
+        drop(guard);
+        result
     }
 
     /// Acquires `resource`.
@@ -263,6 +305,22 @@ impl AsyncClient {
     }
 }
 
+/// Writes queued frames until the connection or the client goes away.
+async fn write_loop(
+    inner: std::sync::Weak<Inner>,
+    mut write: OwnedWriteHalf,
+    mut frames: tokio::sync::mpsc::UnboundedReceiver<FrameBuf>,
+) {
+    while let Some(frame) = frames.recv().await {
+        if let Err(e) = write.write_all(&frame).await {
+            if let Some(inner) = inner.upgrade() {
+                inner.close(format!("write failed: {e}"));
+            }
+            return;
+        }
+    }
+}
+
 /// Reads answers and hands each to its caller until the connection ends,
 /// then fails every call still waiting.
 async fn read_loop(inner: std::sync::Weak<Inner>, mut read: OwnedReadHalf) {
@@ -304,15 +362,7 @@ async fn read_loop(inner: std::sync::Weak<Inner>, mut read: OwnedReadHalf) {
                         failed = Some(format!("{:?}", unexpected(response)));
                         break;
                     }
-                    let reply = inner
-                        .pending
-                        .lock()
-                        .expect("pending lock")
-                        .waiting
-                        .remove(&header.request_id);
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Ok(response));
-                    }
+                    dispatch(&inner, header.request_id, response);
                 }
             }
         }
@@ -321,13 +371,23 @@ async fn read_loop(inner: std::sync::Weak<Inner>, mut read: OwnedReadHalf) {
         }
     };
     if let Some(inner) = inner.upgrade() {
-        let mut pending = inner.pending.lock().expect("pending lock");
-        pending.closed = Some(why.clone());
-        for (_, reply) in pending.waiting.drain() {
-            let _ = reply.send(Err(ClientError::Io {
-                endpoint: inner.endpoint.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::ConnectionAborted, why.clone()),
-            }));
+        inner.close(why);
+    }
+}
+
+/// Hands one answer to its caller, or releases a grant nobody waits for.
+fn dispatch(inner: &Inner, id: u64, response: Response) {
+    let mut pending = inner.pending.lock().expect("pending lock");
+    pending.acquires.remove(&id);
+    if let Some(reply) = pending.waiting.remove(&id) {
+        let _ = reply.send(Ok(response));
+        return;
+    }
+    if let Some(Some(resource)) = pending.abandoned.remove(&id) {
+        if let Response::Granted { token, .. } = response {
+            if let Ok(release_id) = inner.send(&Request::Release { resource, token }) {
+                pending.abandoned.insert(release_id, None);
+            }
         }
     }
 }

@@ -115,6 +115,12 @@ pub struct Client {
     tx: FrameBuf,
     next_id: u64,
     early: HashMap<u64, Response>,
+    /// Acquires in flight: request id to resource, so that a grant whose
+    /// caller stopped waiting can be released.
+    acquires: HashMap<u64, String>,
+    /// Requests whose caller stopped waiting (timed out): their answers are
+    /// dropped, and a late grant is released at once.
+    abandoned: HashMap<u64, Option<String>>,
     welcome: Welcome,
     request_timeout: Duration,
 }
@@ -153,6 +159,8 @@ impl Client {
             tx: FrameBuf::new(),
             next_id: 1,
             early: HashMap::new(),
+            acquires: HashMap::new(),
+            abandoned: HashMap::new(),
             welcome: Welcome {
                 node_id: 0,
                 epoch: 0,
@@ -181,6 +189,17 @@ impl Client {
     #[must_use]
     pub fn welcome(&self) -> &Welcome {
         &self.welcome
+    }
+
+    /// Time allowed for each answer.
+    #[must_use]
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// Changes the time allowed for each answer.
+    pub fn set_request_timeout(&mut self, timeout: Duration) {
+        self.request_timeout = timeout;
     }
 
     /// The endpoint this client talks to.
@@ -212,6 +231,9 @@ impl Client {
         self.next_id += 1;
         encode_request(&mut self.tx, id, 0, REQUEST_PAYLOAD_MAX, request)
             .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+        if let Request::Acquire { resource, .. } = request {
+            self.acquires.insert(id, resource.clone());
+        }
         Ok(id)
     }
 
@@ -229,6 +251,7 @@ impl Client {
     pub fn wait(&mut self, id: u64, timeout: Duration) -> Result<Response, ClientError> {
         self.flush()?;
         if let Some(response) = self.early.remove(&id) {
+            self.acquires.remove(&id);
             return Ok(response);
         }
         let deadline = boottime_ms() + u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
@@ -248,8 +271,27 @@ impl Client {
                 let response =
                     decode_response(payload).map_err(|e| ClientError::Protocol(e.to_string()))?;
                 self.rx.consume(frame_len);
+                let acquired = self.acquires.remove(&header.request_id);
+                if let Some(resource) = self.abandoned.remove(&header.request_id) {
+                    // Nobody waits for this answer any more. A grant must
+                    // not stay held by nobody: give it back.
+                    if let (Response::Granted { token, .. }, Some(resource)) = (&response, resource)
+                    {
+                        let release = Request::Release {
+                            resource,
+                            token: *token,
+                        };
+                        let release_id = self.submit(&release)?;
+                        self.abandoned.insert(release_id, None);
+                    }
+                    continue;
+                }
                 if header.request_id == id {
                     return Ok(response);
+                }
+                if let Some(resource) = acquired {
+                    // Keep it until its caller collects the answer.
+                    self.acquires.insert(header.request_id, resource);
                 }
                 if header.request_id == 0 {
                     // Connection-level error (limits, timeouts): the server
@@ -260,8 +302,11 @@ impl Client {
             }
             let now = boottime_ms();
             if now >= deadline {
+                let resource = self.acquires.remove(&id);
+                self.abandoned.insert(id, resource);
                 return Err(self.io_error(std::io::ErrorKind::TimedOut.into()));
             }
+            self.flush()?;
             self.stream
                 .set_read_timeout(Some(Duration::from_millis(deadline - now)))
                 .map_err(|e| self.io_error(e))?;

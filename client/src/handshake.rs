@@ -85,6 +85,15 @@ impl Handshake {
                 Ok(Step::Send(Request::Auth { proof }))
             }
             Response::Welcome(welcome) => {
+                if self.identity.secret.is_some() && self.expected_signature.is_none() {
+                    // We hold a secret, so the tenant has a credential: a
+                    // server that does not ask for a proof is not the one
+                    // holding it. Refuse rather than skip mutual auth.
+                    return Err(ClientError::Auth(format!(
+                        "the server accepted tenant {:?} without asking for its credential; refusing to continue (wrong endpoint, or the tenant has no credential there: drop --secret-file/PALISADE_SECRET)",
+                        self.identity.tenant
+                    )));
+                }
                 if let Some(expected) = self.expected_signature {
                     match welcome.server_signature {
                         Some(got) if palisade_proto::auth::constant_time_eq(&got, &expected) => {}

@@ -50,6 +50,11 @@ pub const RENEW_FRACTION: u32 = 3;
 /// Shortest pause between retries after a failed renewal.
 const RETRY_PAUSE_MIN: Duration = Duration::from_millis(20);
 
+/// Validity left on the client's clock.
+fn remaining(lease: &Lease) -> Duration {
+    Duration::from_millis(lease.valid_until_ms.saturating_sub(boottime_ms()))
+}
+
 /// When to renew next: a third of the ttl, but never later than halfway
 /// through the remaining validity.
 fn next_pause(lease: &Lease, every: Duration) -> Duration {
@@ -123,9 +128,20 @@ pub fn keep_alive(client: AsyncClient, lease: Lease, every: Option<Duration>) ->
         loop {
             tokio::time::sleep(pause).await;
             let ttl = Duration::from_millis(u64::from(lease.ttl_ms));
-            let result = client
-                .renew(&lease.resource, lease.token, ttl, lease.holder)
-                .await;
+            // Never wait on a renewal past the lease's validity: loss is
+            // reported at the deadline, not when a stuck call gives up.
+            let result = match tokio::time::timeout(
+                remaining(&lease),
+                client.renew(&lease.resource, lease.token, ttl, lease.holder),
+            )
+            .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(ClientError::Timeout {
+                    endpoint: "renewal".into(),
+                    timeout_ms: 0,
+                }),
+            };
             match judge(&lease, result) {
                 Step::Renewed(renewed) => {
                     lease = renewed;
@@ -167,6 +183,7 @@ impl KeepAliveThread {
         let (tx, events) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = stop.clone();
+        let request_timeout = client.request_timeout();
         let thread = std::thread::spawn(move || {
             let mut lease = lease;
             let mut pause = next_pause(&lease, every);
@@ -182,6 +199,13 @@ impl KeepAliveThread {
                     ));
                 }
                 let ttl = Duration::from_millis(u64::from(lease.ttl_ms));
+                // Bound the call by the lease's validity, so loss is
+                // reported at the deadline.
+                client.set_request_timeout(
+                    request_timeout
+                        .min(remaining(&lease))
+                        .max(Duration::from_millis(1)),
+                );
                 let result = client.renew(&lease.resource, lease.token, ttl, lease.holder);
                 match judge(&lease, result) {
                     Step::Renewed(renewed) => {

@@ -96,6 +96,36 @@ fn parse(text: &str) -> Result<u32, String> {
     Ok(epoch)
 }
 
+/// Creates `dir` and any missing parents, fsyncing each parent after the
+/// entry is added: a directory that vanished in a power cut would make the
+/// next start look like the first one (epoch 1, no grace period).
+fn create_dir_durably(dir: &Path) -> Result<(), EpochError> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.exists() {
+        missing.push(at.to_path_buf());
+        match at.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => at = parent,
+            _ => break,
+        }
+    }
+    for path in missing.into_iter().rev() {
+        match fs::create_dir(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io_err("creating data directory", &path)(e)),
+        }
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("fsyncing directory", parent))?;
+    }
+    Ok(())
+}
+
 /// The locked data directory and its epoch file.
 #[derive(Debug)]
 pub struct EpochStore {
@@ -117,7 +147,7 @@ pub struct Started {
 impl EpochStore {
     /// Locks `dir` (creating it), reads the epoch, durably writes epoch + 1.
     pub fn open_and_bump(dir: &Path) -> Result<(EpochStore, Started), EpochError> {
-        fs::create_dir_all(dir).map_err(io_err("creating data directory", dir))?;
+        create_dir_durably(dir)?;
         let lock_path = dir.join(LOCK_FILE);
         let mut lock = OpenOptions::new()
             .read(true)
@@ -235,6 +265,15 @@ mod tests {
         drop(store);
         let (_, started) = EpochStore::open_and_bump(dir.path()).expect("opens");
         assert_eq!(started.epoch, 4);
+    }
+
+    #[test]
+    fn missing_parents_are_created() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let deep = dir.path().join("a/b/c");
+        let (_, started) = EpochStore::open_and_bump(&deep).expect("opens");
+        assert!(started.fresh);
+        assert!(deep.join("epoch").exists());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use palisade_dataplane::clock::{monotonic_ms, unix_ms};
 use palisade_dataplane::leadership::{Leadership, LeadershipView};
-use palisade_dataplane::server::{Cpus, Server, ServerOptions};
+use palisade_dataplane::server::{core_count, Cpus, Server, ServerOptions};
 use palisade_dataplane::service::{CoreStats, ServiceConfig, Shared, Tenant};
 use palisade_dataplane::table::{KeyHasher, LeaseTable};
 use palisade_proto::auth::StoredCredential;
@@ -31,8 +31,10 @@ pub struct Node {
     data_dir: PathBuf,
 }
 
-/// Where the node keeps its state when the config names no `data_dir`:
-/// systemd's `$STATE_DIRECTORY`, else `$XDG_STATE_HOME/palisade`, else
+/// Where the node keeps its state when neither `--data-dir` nor the config
+/// names one: systemd's `$STATE_DIRECTORY`; else `/var/lib/palisade` for
+/// root (the same place the systemd unit uses, so a node run by hand and as
+/// a service share one epoch); else `$XDG_STATE_HOME/palisade`, else
 /// `~/.local/state/palisade`, else `./palisade-data`.
 #[must_use]
 pub fn default_data_dir() -> PathBuf {
@@ -47,6 +49,9 @@ pub fn default_data_dir() -> PathBuf {
         if !first.is_empty() {
             return PathBuf::from(first);
         }
+    }
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/var/lib/palisade");
     }
     if let Some(dir) = std::env::var_os("XDG_STATE_HOME") {
         return PathBuf::from(dir).join("palisade");
@@ -65,16 +70,6 @@ fn cpus(selection: &CoreSelection) -> Cpus {
     }
 }
 
-fn core_count(selection: &Cpus) -> Result<usize> {
-    Ok(match selection {
-        Cpus::All => std::thread::available_parallelism()
-            .context("counting CPUs")?
-            .get(),
-        Cpus::Count(n) => *n,
-        Cpus::List(list) => list.len(),
-    })
-}
-
 fn millis_u32(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
@@ -82,6 +77,10 @@ fn millis_u32(d: Duration) -> u32 {
 impl Node {
     /// Starts a node from `config`, keeping state in `data_dir`.
     pub fn start(config: &Config, data_dir: PathBuf) -> Result<Node> {
+        // Everything that can fail on configuration comes before the epoch
+        // bump, so a bad config does not use up epochs.
+        let selection = cpus(&config.node.cores);
+        let cores = core_count(&selection).context("placing data-plane cores")?;
         let (store, started) = EpochStore::open_and_bump(&data_dir)?;
         let start_ms = monotonic_ms();
         let grace = if started.fresh {
@@ -98,12 +97,10 @@ impl Node {
                 dir = %data_dir.display(),
                 epoch = started.epoch,
                 grace_ms = grace.as_millis() as u64,
-                "restarted: no grants until max_ttl x (1 + max_drift) has passed"
+                "restarted: no grants until (max_ttl + lock_delay_max) x (1 + max_drift) has passed"
             );
         }
 
-        let selection = cpus(&config.node.cores);
-        let cores = core_count(&selection)?;
         let mut hash_key = [0u8; 16];
         getrandom::fill(&mut hash_key).context("reading the OS random source")?;
         let tenants = config

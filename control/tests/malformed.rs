@@ -224,3 +224,60 @@ fn connection_limit_refuses_with_an_error() {
     }
     panic!("the limit was not released when connections closed");
 }
+
+#[test]
+fn a_steady_pipeliner_is_not_mistaken_for_a_slow_one() {
+    // Every read ends inside a frame, but each frame completes quickly:
+    // the frame timeout must measure one frame, not the connection.
+    let server = Server::start("[limits]\nframe_timeout = \"300ms\"\n");
+    let mut stream = TcpStream::connect(&server.endpoint).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream.write_all(&frame(&hello("default"))).expect("hello");
+    let mut rx = RecvBuf::new(4096, 1 << 20);
+    let mut answers = 0;
+    let read_answers = |stream: &mut TcpStream, rx: &mut RecvBuf, want: usize| -> usize {
+        let mut got = 0;
+        while got < want {
+            let n = stream.read(rx.spare()).expect("read");
+            assert!(n > 0, "server closed the connection");
+            rx.filled(n);
+            while let Ok(Decoded::Frame {
+                payload, frame_len, ..
+            }) = rx.next_frame(1 << 20)
+            {
+                let response = decode_response(payload).expect("valid");
+                assert!(!matches!(response, Response::Error { .. }), "{response:?}");
+                rx.consume(frame_len);
+                got += 1;
+            }
+        }
+        got
+    };
+    answers += read_answers(&mut stream, &mut rx, 1);
+    let mut bytes = Vec::new();
+    for i in 0..40u64 {
+        bytes.extend(frame(&Request::Check {
+            resource: format!("r{i}"),
+            token: i,
+        }));
+    }
+    // Chunks of 1.5 frames every 40 ms: 40 frames take ~1.1 s, far longer
+    // than the 300 ms frame timeout, yet no single frame takes longer than
+    // about 80 ms to arrive.
+    let chunk = frame(&Request::Check {
+        resource: "r0".into(),
+        token: 0,
+    })
+    .len()
+        * 3
+        / 2
+        + 1;
+    for piece in bytes.chunks(chunk) {
+        stream.write_all(piece).expect("write");
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    answers += read_answers(&mut stream, &mut rx, 40);
+    assert_eq!(answers, 41);
+}

@@ -154,3 +154,66 @@ fn the_async_client_pipelines_concurrent_calls() {
         assert!(status.ops_served >= 200);
     });
 }
+
+#[test]
+fn a_cancelled_waiting_acquire_does_not_keep_the_lease() {
+    // The caller gives up on a queued acquire (its future is dropped). When
+    // the lease is later granted to that request, the client releases it
+    // instead of letting it sit held by nobody until it expires.
+    let server = Server::start("");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let endpoint = server.endpoint.clone();
+    runtime.block_on(async move {
+        let options = ConnectOptions::new(endpoint.clone(), "default");
+        let holder = AsyncClient::connect(&options).await.expect("connect");
+        let waiter = AsyncClient::connect(&options).await.expect("connect");
+        let AcquireOutcome::Granted(lease) = holder
+            .acquire("cancel-me", AcquireOptions::new(Duration::from_secs(30)))
+            .await
+            .expect("acquire")
+        else {
+            panic!("free resource");
+        };
+        let mut wait = AcquireOptions::new(Duration::from_secs(30));
+        wait.wait = Duration::from_secs(20);
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(200),
+            waiter.acquire("cancel-me", wait),
+        )
+        .await;
+        assert!(cancelled.is_err(), "the acquire was still waiting");
+        // The connection stays usable after the cancellation.
+        waiter
+            .status()
+            .await
+            .expect("status after a cancelled call");
+        assert_eq!(
+            holder
+                .release("cancel-me", lease.token)
+                .await
+                .expect("release"),
+            TokenOutcome::Released
+        );
+        // The queued request gets the lease, and the client hands it back.
+        let third = AsyncClient::connect(&options).await.expect("connect");
+        let mut got = None;
+        for _ in 0..100 {
+            match third
+                .acquire("cancel-me", AcquireOptions::new(Duration::from_secs(5)))
+                .await
+                .expect("acquire")
+            {
+                AcquireOutcome::Granted(lease) => {
+                    got = Some(lease);
+                    break;
+                }
+                AcquireOutcome::Busy { .. } => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        assert!(got.is_some(), "the abandoned grant was never released");
+    });
+}

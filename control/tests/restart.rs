@@ -1,7 +1,7 @@
 //! S1 and S2 across a crash: kill -9 right after a grant, restart on the
 //! same data directory, and check that (a) nothing is granted until
-//! max_ttl x (1 + max_drift) after the restart and (b) every later token is
-//! greater than the one granted before the crash.
+//! (max_ttl + lock_delay_max) x (1 + max_drift) after the restart and (b)
+//! every later token is greater than the one granted before the crash.
 
 mod common;
 
@@ -13,9 +13,10 @@ const CONFIG: &str = r#"
 max_ttl = "2s"
 min_ttl = "100ms"
 max_drift = 0.05
+lock_delay_max = "500ms"
 "#;
-/// 2 s x 1.05.
-const GRACE_MS: u64 = 2_100;
+/// (2 s max_ttl + 0.5 s lock_delay_max) x 1.05.
+const GRACE_MS: u64 = 2_625;
 
 #[test]
 fn sigkill_after_a_grant_keeps_tokens_growing_and_waits_out_old_leases() {
@@ -136,4 +137,44 @@ fn a_corrupt_epoch_file_stops_the_node() {
         std::fs::read_to_string(data_dir.join("epoch")).expect("read"),
         "palisade-epoch v1 9 deadbeef\n"
     );
+}
+
+#[test]
+fn serve_respects_the_cpu_affinity_mask() {
+    // `cores = "all"` means the CPUs this process may use, not every online
+    // CPU: under `taskset -c 0` the node runs one core.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ready = dir.path().join("ready.json");
+    let mut child = std::process::Command::new("taskset")
+        .args([
+            "-c",
+            "0",
+            common::BIN,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .arg("--ready-file")
+        .arg(&ready)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn under taskset");
+    let mut endpoint = None;
+    for _ in 0..500 {
+        if let Ok(text) = std::fs::read_to_string(&ready) {
+            let value: serde_json::Value = serde_json::from_str(&text).expect("json");
+            endpoint = value["endpoint"].as_str().map(str::to_string);
+            break;
+        }
+        assert!(child.try_wait().expect("wait").is_none(), "the node exited");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let endpoint = endpoint.expect("the node became ready");
+    let (code, status) = common::cli(&endpoint, &["status"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(code, 0, "{status}");
+    assert_eq!(status["cores"], 1);
 }

@@ -148,3 +148,13 @@ fn bad_config_files_name_every_bad_key() {
         .expect("run");
     assert!(!output.status.success(), "serve refuses the same file");
 }
+
+#[test]
+fn a_secret_for_a_tenant_without_credential_is_refused() {
+    // A server that does not challenge a client holding a secret cannot
+    // prove it knows the credential: the client refuses to continue.
+    let (server, _dir, good, _bad) = setup();
+    let (code, out) = server.cli(&["status", "--tenant", "default", "--secret-file", &good]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(out["error"], "auth");
+}

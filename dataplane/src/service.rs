@@ -539,10 +539,23 @@ impl Shared {
                 ));
             }
         }
-        match self
+        let mut epoch = lead.epoch;
+        let mut outcome = self
             .table
-            .acquire(key, grant, now_ms, lead.epoch, AcquireMode::Fair)
-        {
+            .acquire(key, grant, now_ms, epoch, AcquireMode::Fair);
+        if outcome == Err(TableError::StaleEpoch) {
+            // Our view of the epoch may predate the control plane's latest
+            // publish: look again once. Still behind means the key's
+            // sequence ran past this epoch and the node needs a new one.
+            let fresh = self.leadership.load().epoch;
+            if fresh > epoch {
+                epoch = fresh;
+                outcome = self
+                    .table
+                    .acquire(key, grant, now_ms, epoch, AcquireMode::Fair);
+            }
+        }
+        match outcome {
             Ok(Acquired::Granted { token, .. }) => Outcome::Reply(Response::Granted {
                 token,
                 ttl_ms: grant.ttl_ms,
@@ -564,7 +577,7 @@ impl Shared {
                 100,
                 "lease table is full; release leases or raise leases.table_capacity",
             )),
-            Err(TableError::EpochExhausted) => {
+            Err(TableError::EpochExhausted | TableError::StaleEpoch) => {
                 self.leadership.request_new_epoch();
                 Outcome::Reply(error(
                     ErrorCode::Unavailable,

@@ -116,6 +116,9 @@ pub struct WaitQueues {
     waiters_max: usize,
     waiting: usize,
     new_epoch_wanted: bool,
+    /// The epoch of the last StaleEpoch answer, to tell a lagging view from
+    /// a sequence that ran past the epoch.
+    stale_epoch_seen: Option<u32>,
 }
 
 /// How soon to retry after a transient table condition.
@@ -141,6 +144,7 @@ impl WaitQueues {
             waiters_max,
             waiting: 0,
             new_epoch_wanted: false,
+            stale_epoch_seen: None,
         }
     }
 
@@ -181,7 +185,7 @@ impl WaitQueues {
                     ErrorCode::TableFull,
                     "lease table is full; raise leases.table_capacity",
                 ),
-                TableError::Contended | TableError::EpochExhausted => {
+                TableError::Contended | TableError::EpochExhausted | TableError::StaleEpoch => {
                     (ErrorCode::Unavailable, "transient contention; retry")
                 }
             };
@@ -401,6 +405,16 @@ impl WaitQueues {
                 }
                 Err(TableError::EpochExhausted) => {
                     self.new_epoch_wanted = true;
+                    self.schedule_retry(key, now_ms + EXHAUSTED_RETRY_MS);
+                    return;
+                }
+                Err(TableError::StaleEpoch) => {
+                    // The next attempt reads a fresh Leadership word; if the
+                    // epoch is still behind, the node needs a new one.
+                    if self.stale_epoch_seen == Some(lead.epoch) {
+                        self.new_epoch_wanted = true;
+                    }
+                    self.stale_epoch_seen = Some(lead.epoch);
                     self.schedule_retry(key, now_ms + EXHAUSTED_RETRY_MS);
                     return;
                 }

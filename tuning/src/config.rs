@@ -89,7 +89,8 @@ pub struct LeaseConfig {
     /// fraction: `0.0 <= max_drift < 0.5`. Default 0.01.
     pub max_drift: f64,
     /// Longest lock delay a client may ask for, `0..=65535ms` in whole
-    /// milliseconds (the table stores it in 16 bits). Default 60s.
+    /// milliseconds (the table stores it in 16 bits). Default 10s. It adds
+    /// to the grace period after a restart.
     pub lock_delay_max: Duration,
     /// Lease table size in leases, `1..=16777216`. Default 65536.
     pub table_capacity: u32,
@@ -236,7 +237,7 @@ impl Default for LeaseConfig {
             max_ttl: Duration::from_secs(30),
             min_ttl: Duration::from_millis(100),
             max_drift: 0.01,
-            lock_delay_max: Duration::from_secs(60),
+            lock_delay_max: Duration::from_secs(10),
             table_capacity: 65_536,
             reclaim_after: Duration::from_secs(60),
             sweep_interval: Duration::from_secs(1),
@@ -379,9 +380,11 @@ impl Config {
         Some((u32::try_from(index).ok()?, tenant))
     }
 
-    /// How long a holder's lease must be treated as possibly still held
-    /// after it expires on this node: `max_ttl` scaled by `1 + max_drift`,
-    /// rounded up to the millisecond.
+    /// How long a restarted node must grant nothing: a lease granted just
+    /// before the restart may still run for `max_ttl`, and after it expires
+    /// unreleased its lock delay (up to `lock_delay_max`) keeps the resource
+    /// ungrantable. So `(max_ttl + lock_delay_max)` scaled by
+    /// `1 + max_drift`, rounded up to the millisecond.
     ///
     /// The arithmetic is exact: `max_drift` is taken to the nearest part per
     /// billion, then integers only, so 30s at 0.01 is exactly 30.3s. Meant
@@ -396,13 +399,17 @@ impl Config {
         debug_assert!(drift < 0.5, "validated configs have max_drift < 0.5");
         // `as` saturates: NaN and negative drift become 0, huge drift u64::MAX.
         let drift_ppb = u128::from((drift * 1e9).round() as u64);
-        let ttl_nanos = self.leases.max_ttl.as_nanos();
+        let ttl_nanos = self.leases.max_ttl.as_nanos() + self.leases.lock_delay_max.as_nanos();
         let scaled = ttl_nanos.saturating_mul(PARTS_PER_UNIT + drift_ppb);
         let grace_nanos = scaled.div_ceil(PARTS_PER_UNIT);
         let grace_ms = grace_nanos.div_ceil(NANOS_PER_MS);
         let grace = grace_ms.saturating_mul(NANOS_PER_MS);
         let grace = crate::duration::duration_from_nanos(grace).unwrap_or(Duration::MAX);
-        debug_assert!(grace >= self.leases.max_ttl);
+        debug_assert!(self
+            .leases
+            .max_ttl
+            .checked_add(self.leases.lock_delay_max)
+            .is_none_or(|unscaled| grace >= unscaled));
         grace
     }
 
@@ -425,6 +432,9 @@ mod tests {
     #[test]
     fn grace_period_scales_and_rounds_up() {
         let mut config = Config::builtin_default();
+        // (30s max_ttl + 10s lock_delay_max) x 1.01.
+        assert_eq!(config.grace_period(), Duration::from_millis(40_400));
+        config.leases.lock_delay_max = Duration::ZERO;
         assert_eq!(config.grace_period(), Duration::from_millis(30_300));
         config.leases.max_drift = 0.0;
         assert_eq!(config.grace_period(), Duration::from_secs(30));

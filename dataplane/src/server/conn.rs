@@ -24,9 +24,6 @@ use crate::waiters::WaitEvent;
 
 /// Receive buffer a connection starts with; it grows up to one maximal frame.
 const RECV_BUF_INITIAL: usize = 4096;
-/// Deliveries a connection can have queued beyond its pending limit (a
-/// margin: the pending limit already bounds them).
-const DELIVERY_SLACK: usize = 16;
 
 pub(super) async fn accept_loop(ctx: Rc<CoreCtx>, listener: TcpListener) {
     loop {
@@ -157,8 +154,9 @@ fn random_nonce() -> [u8; NONCE_LEN] {
 async fn serve(ctx: &Rc<CoreCtx>, mut stream: TcpStream, id: u64) -> io::Result<()> {
     let ipv6 = ctx.opts.listen.is_ipv6();
     super::net::prepare_stream(stream.as_raw_fd(), ipv6, ctx.opts.dscp)?;
-    let pending_max = ctx.shared.config.pending_per_connection_max as usize;
-    let (deliver_tx, deliver_rx) = local_channel::new_bounded(pending_max + DELIVERY_SLACK);
+    // Unbounded but never long: the service admits at most
+    // pending_per_connection_max waits per connection.
+    let (deliver_tx, deliver_rx) = local_channel::new_unbounded();
     ctx.conns.borrow_mut().insert(id, deliver_tx);
     let core = u16::try_from(ctx.index).expect("core count fits u16");
     let mut conn = Conn::new(core, id);
@@ -213,7 +211,9 @@ async fn run(
                     None => std::future::pending().await,
                 }
             };
-            futures_lite::future::or(read, futures_lite::future::or(deliver, timer)).await
+            // Deliveries first: a client that never stops sending must still
+            // get its queued answers.
+            futures_lite::future::or(deliver, futures_lite::future::or(read, timer)).await
         };
         match event {
             Event::Read(Ok(0)) => {
@@ -295,20 +295,24 @@ async fn run(
                     }
                 }
                 stats.bump_ops(served);
-                partial_since_ms = if rx.buffered() > 0 {
-                    Some(partial_since_ms.unwrap_or(now_ms))
-                } else {
-                    None
+                // A frame timeout measures how long one frame takes to
+                // arrive: restart the clock whenever a frame completed.
+                partial_since_ms = match (rx.buffered() > 0, served > 0) {
+                    (false, _) => None,
+                    (true, true) => Some(now_ms),
+                    (true, false) => Some(partial_since_ms.unwrap_or(now_ms)),
                 };
-                if !out.is_empty() {
-                    stream.write_all(&out).await?;
-                    out.clear();
-                }
+                // Waiters must hear about releases, and waits must queue,
+                // whatever happens to this connection's write.
                 for key in wakes {
                     ctx.wake(key).await;
                 }
                 for request in waits {
                     ctx.route_wait(request).await;
+                }
+                if !out.is_empty() {
+                    stream.write_all(&out).await?;
+                    out.clear();
                 }
                 if close {
                     return Ok(());
@@ -317,9 +321,21 @@ async fn run(
             Event::Read(Err(e)) => return Err(e),
             Event::Deliver(Some(event)) => {
                 conn.pending = conn.pending.saturating_sub(1);
+                let grant = match &event {
+                    WaitEvent::Granted { .. } => Some(event.clone()),
+                    _ => None,
+                };
                 let (request_id, group, response) = event_response(event);
                 respond(ctx, &mut out, request_id, group, &response);
-                stream.write_all(&out).await?;
+                if let Err(e) = stream.write_all(&out).await {
+                    // The grant never reached its holder: release it rather
+                    // than leave it held by nobody until it expires.
+                    if let Some(grant) = grant {
+                        ctx.conns.borrow_mut().remove(&conn.id);
+                        ctx.deliver_local(grant);
+                    }
+                    return Err(e);
+                }
                 out.clear();
             }
             Event::Deliver(None) => return Ok(()),

@@ -298,15 +298,35 @@ impl std::fmt::Debug for Server {
     }
 }
 
-fn placement(cpus: &Cpus) -> io::Result<PoolPlacement> {
+/// The online CPUs this process may run on (its affinity mask, which
+/// `taskset`, systemd's `CPUAffinity=` and cgroup cpusets restrict).
+fn allowed_cpus() -> io::Result<CpuSet> {
     let online = CpuSet::online().map_err(|e| io::Error::other(e.to_string()))?;
+    let affinity = rustix::thread::sched_getaffinity(None)?;
+    let allowed = online.filter(|l| affinity.is_set(l.cpu));
+    if allowed.is_empty() {
+        return Err(io::Error::other(
+            "the process may not run on any online CPU (affinity mask)",
+        ));
+    }
+    Ok(allowed)
+}
+
+/// How many data-plane cores `cpus` starts on this machine, as
+/// [`Server::start`] will place them.
+pub fn core_count(cpus: &Cpus) -> io::Result<usize> {
+    Ok(placement(cpus)?.executor_count())
+}
+
+fn placement(cpus: &Cpus) -> io::Result<PoolPlacement> {
+    let online = allowed_cpus()?;
     let count = online.len();
     Ok(match cpus {
         Cpus::All => PoolPlacement::MaxSpread(count, Some(online)),
         Cpus::Count(n) => {
             if *n > count {
                 return Err(io::Error::other(format!(
-                    "node.cores = {n} but only {count} CPUs are online"
+                    "node.cores = {n} but this process may use only {count} CPUs"
                 )));
             }
             PoolPlacement::MaxSpread(*n, Some(online))
@@ -317,7 +337,7 @@ fn placement(cpus: &Cpus) -> io::Result<PoolPlacement> {
                 let set = online.clone().filter(|l| l.cpu == cpu);
                 if set.is_empty() {
                     return Err(io::Error::other(format!(
-                        "node.cores lists CPU {cpu}, which is not online"
+                        "node.cores lists CPU {cpu}, which is offline or outside this process's affinity"
                     )));
                 }
                 sets.push(set);
@@ -333,7 +353,12 @@ impl Server {
         let placement = placement(&opts.cpus)?;
         let cores = placement.executor_count();
         assert!(cores >= 1);
-        assert_eq!(shared.stats.len(), cores, "one stats block per core");
+        if shared.stats.len() != cores {
+            return Err(io::Error::other(format!(
+                "{} stats blocks for {cores} cores: size them with core_count()",
+                shared.stats.len()
+            )));
+        }
         // Resolve port 0 once so that every core binds the same port.
         let (reservation, local_addr) = net::reserve(opts.listen)?;
         let opts = ServerOptions {
@@ -537,7 +562,6 @@ async fn sweeper(ctx: Rc<CoreCtx>) {
     let range = (ctx.index * per_core)..((ctx.index + 1) * per_core).min(slots);
     let reclaim_after_ms = u64::try_from(ctx.opts.reclaim_after.as_millis()).unwrap_or(u64::MAX);
     loop {
-        glommio::timer::sleep(ctx.opts.sweep_interval).await;
         let mut held = 0;
         let mut start = range.start;
         while start < range.end {
@@ -553,5 +577,6 @@ async fn sweeper(ctx: Rc<CoreCtx>) {
         ctx.shared.stats[ctx.index]
             .leases_held
             .store(held, Ordering::Relaxed);
+        glommio::timer::sleep(ctx.opts.sweep_interval).await;
     }
 }

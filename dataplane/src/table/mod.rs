@@ -72,6 +72,10 @@ const DELAY_MASK: u64 = 0xffff;
 const HELD: u64 = 1 << 56;
 const WAITERS: u64 = 1 << 57;
 const VACANT: u64 = 1 << 58;
+/// A token was issued in this slot since the key was inserted. Without it,
+/// the state's token is only the starting floor, which may come from
+/// another key (or tenant) and must not be reported.
+const ISSUED: u64 = 1 << 59;
 
 /// Largest lock delay a slot can store.
 pub const LOCK_DELAY_MAX_MS: u32 = DELAY_MASK as u32;
@@ -161,12 +165,15 @@ impl State {
     }
 }
 
+/// Meta for a slot. A held lease, or one released after being held, has
+/// had a token issued in this incarnation (ISSUED); only a freshly inserted
+/// key has neither.
 fn meta(time_ms: u64, lock_delay_ms: u32, held: bool, waiters: bool) -> u64 {
     assert!(time_ms <= TIME_MASK, "time beyond the table's 40-bit range");
     assert!(lock_delay_ms <= LOCK_DELAY_MAX_MS);
     let mut meta = time_ms | (u64::from(lock_delay_ms) << DELAY_SHIFT);
     if held {
-        meta |= HELD;
+        meta |= HELD | ISSUED;
     }
     if waiters {
         meta |= WAITERS;
@@ -174,21 +181,27 @@ fn meta(time_ms: u64, lock_delay_ms: u32, held: bool, waiters: bool) -> u64 {
     meta
 }
 
-/// The token after `last` in `epoch`, or `None` when the epoch's 32-bit
-/// sequence is used up (the node must move to a new epoch).
-#[must_use]
-pub fn next_token(last: u64, epoch: u32) -> Option<u64> {
+/// The token after `last` in `epoch`.
+///
+/// Fails with [`TableError::EpochExhausted`] when `epoch`'s 32-bit sequence
+/// is used up for this resource, and with [`TableError::StaleEpoch`] when
+/// `last` is from a later epoch than the caller's (the caller read the
+/// Leadership word before the control plane published a newer epoch, or a
+/// reused slot started just past an exhausted sequence).
+pub fn next_token(last: u64, epoch: u32) -> Result<u64, TableError> {
     assert!(epoch >= 1, "epochs start at 1");
     let last_epoch = (last >> 32) as u32;
     let next = if last_epoch < epoch {
         (u64::from(epoch) << 32) | 1
-    } else if last_epoch == epoch && (last as u32) < u32::MAX {
+    } else if last_epoch > epoch {
+        return Err(TableError::StaleEpoch);
+    } else if (last as u32) < u32::MAX {
         last + 1
     } else {
-        return None;
+        return Err(TableError::EpochExhausted);
     };
     assert!(next > last, "S1: tokens strictly increase");
-    Some(next)
+    Ok(next)
 }
 
 /// Whether an acquire respects queued waiters.
@@ -268,6 +281,11 @@ pub enum TableError {
     /// advance its epoch before granting it again.
     #[error("epoch sequence exhausted")]
     EpochExhausted,
+    /// The key already holds a token from a later epoch than the caller's:
+    /// reload the Leadership word and retry; if the epoch is still behind,
+    /// the node must advance it.
+    #[error("caller's epoch is behind the key's last token")]
+    StaleEpoch,
     /// Another core is inserting the same key and did not finish in time
     /// (it was descheduled mid-insert). Retry.
     #[error("contended insert, retry")]
@@ -587,7 +605,7 @@ impl LeaseTable {
                     waiters: true,
                 });
             }
-            let token = next_token(state.token, epoch).ok_or(TableError::EpochExhausted)?;
+            let token = next_token(state.token, epoch)?;
             let granted = State {
                 token,
                 meta: meta(expires_at_ms, grant.lock_delay_ms, true, state.waiters()),
@@ -634,7 +652,7 @@ impl LeaseTable {
                 } else {
                     0
                 },
-                last_token: if state.held() || state.token >> 32 != 0 {
+                last_token: if state.meta & ISSUED != 0 {
                     state.token
                 } else {
                     0
@@ -687,7 +705,8 @@ impl LeaseTable {
             }
             let freed = State {
                 token,
-                meta: meta(now_ms, 0, false, state.waiters()),
+                // Released after a grant: the token was issued.
+                meta: meta(now_ms, 0, false, state.waiters()) | ISSUED,
             };
             if self.slots[index]
                 .state

@@ -286,13 +286,16 @@ fn new_epoch_restarts_sequence_above_old_tokens() {
 
 #[test]
 fn exhausted_sequence_is_reported() {
-    assert_eq!(next_token((5 << 32) | u64::from(u32::MAX), 5), None);
+    assert_eq!(
+        next_token((5 << 32) | u64::from(u32::MAX), 5),
+        Err(TableError::EpochExhausted)
+    );
     assert_eq!(
         next_token((5 << 32) | u64::from(u32::MAX), 6),
-        Some((6 << 32) | 1)
+        Ok((6 << 32) | 1)
     );
-    assert_eq!(next_token(6 << 32, 5), None, "a token from a later epoch");
-    assert_eq!(next_token(0, 1), Some((1 << 32) | 1));
+    assert_eq!(next_token(6 << 32, 5), Err(TableError::StaleEpoch));
+    assert_eq!(next_token(0, 1), Ok((1 << 32) | 1));
 }
 
 #[test]
@@ -322,4 +325,33 @@ fn colliding_homes_and_tombstones_keep_one_slot_per_key() {
         seen.dedup();
         assert_eq!(seen.len(), present.len(), "a key occupies two slots");
     }
+}
+
+#[test]
+fn stale_answers_report_only_tokens_issued_to_the_key() {
+    let t = table(4);
+    let key = t.hasher().key(0, b"a");
+    let first = granted(t.acquire(key, grant(1, 10), 0, EPOCH, AcquireMode::Fair));
+    assert!(matches!(
+        t.release(key, first, 1),
+        TokenOutcome::Released { .. }
+    ));
+    assert_eq!(
+        t.check(key, 0, 2),
+        TokenOutcome::Stale {
+            current_token: 0,
+            last_token: first
+        }
+    );
+    assert_eq!(t.sweep(0..t.slot_count(), 100, 10).reclaimed, 1);
+    // Re-created (here by a waiter mark): its starting floor is not a token
+    // anyone was issued for this key, so it is not reported.
+    t.set_waiters(key, true, 100).expect("room");
+    assert_eq!(
+        t.check(key, 0, 101),
+        TokenOutcome::Stale {
+            current_token: 0,
+            last_token: 0
+        }
+    );
 }
