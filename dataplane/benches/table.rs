@@ -4,6 +4,8 @@
 //!
 //! - `LeaseTable::acquire+release/1-thread`: one uncontended acquire and its
 //!   release on one thread, over 1024 resources (target: < 60 ns).
+//! - `.../1-thread-one-resource`: the same on one resource, whose slot stays
+//!   in L1.
 //! - `KeyHasher::key`: the per-request fingerprint, measured apart.
 //! - `.../2-threads-distinct` and `.../2-threads-shared`: two threads at once,
 //!   on their own resources or on one resource; time is per operation pair
@@ -53,6 +55,12 @@ fn single_thread(c: &mut Criterion) {
             i = (i + 1) & 1023;
             assert!(cycle(&table, keys[i], 1));
         });
+    });
+    // One resource over and over: its slot stays in L1, so this is the cost
+    // of the transitions themselves without the memory latency of reaching
+    // a slot.
+    group.bench_function("1-thread-one-resource", |b| {
+        b.iter(|| assert!(cycle(&table, keys[0], 1)));
     });
     group.finish();
 

@@ -423,8 +423,9 @@ impl LeaseTable {
         Err(TableError::Contended)
     }
 
-    /// The slot holding `key`, inserting it if absent.
-    fn find_or_insert(&self, key: LeaseKey, now_ms: u64) -> Result<usize, TableError> {
+    /// The slot holding `key`, inserting it if absent, with the (not
+    /// vacant) state word it holds.
+    fn find_or_insert(&self, key: LeaseKey, now_ms: u64) -> Result<(usize, u128), TableError> {
         let live = key.word(KIND_LIVE);
         let pending = key.word(KIND_PENDING);
         let home = self.home(key);
@@ -440,8 +441,9 @@ impl LeaseTable {
                     word = self.wait_key_change(index, pending)?;
                 }
                 if word == live {
-                    if !State::unpack(slot.state.load(Ordering::SeqCst)).vacant() {
-                        return Ok(index);
+                    let state = slot.state.load(Ordering::SeqCst);
+                    if !State::unpack(state).vacant() {
+                        return Ok((index, state));
                     }
                     // Being reclaimed: only the reclaimer retires the key word
                     // (anyone else could hit a later incarnation of the same
@@ -502,17 +504,15 @@ impl LeaseTable {
             let previous = State::unpack(slot.state.load(Ordering::SeqCst)).token;
             let floor = self.floor(key).load(Ordering::SeqCst);
             let start = previous.max(floor).saturating_add(1);
-            slot.state.store(
-                State {
-                    token: start,
-                    meta: meta(now_ms, 0, false, false),
-                }
-                .pack(),
-                Ordering::SeqCst,
-            );
+            let state = State {
+                token: start,
+                meta: meta(now_ms, 0, false, false),
+            }
+            .pack();
+            slot.state.store(state, Ordering::SeqCst);
             self.live.fetch_add(1, Ordering::SeqCst);
             slot.key.store(live, Ordering::SeqCst);
-            return Ok(index);
+            return Ok((index, state));
         }
         panic!("find_or_insert: no progress after {RETRY_MAX} attempts");
     }
@@ -551,12 +551,13 @@ impl LeaseTable {
     ) -> Result<Acquired, TableError> {
         assert!(grant.ttl_ms > 0, "ttl is validated before the table");
         assert!(grant.lock_delay_ms <= LOCK_DELAY_MAX_MS);
+        let (mut index, mut word) = self.find_or_insert(key, now_ms)?;
         for _ in 0..RETRY_MAX {
-            let index = self.find_or_insert(key, now_ms)?;
             let slot = &self.slots[index];
-            let word = slot.state.load(Ordering::SeqCst);
             let state = State::unpack(word);
             if state.vacant() {
+                // Reclaimed under us: find (or re-create) the key again.
+                (index, word) = self.find_or_insert(key, now_ms)?;
                 continue;
             }
             let expires_at_ms = now_ms + u64::from(grant.ttl_ms);
@@ -578,18 +579,24 @@ impl LeaseTable {
                         state.waiters(),
                     ),
                 };
-                if slot
-                    .state
-                    .compare_exchange(word, renewed.pack(), Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok()
-                {
-                    return Ok(Acquired::Granted {
-                        token: state.token,
-                        expires_at_ms: renewed.expiry_ms(),
-                        idempotent: true,
-                    });
+                match slot.state.compare_exchange(
+                    word,
+                    renewed.pack(),
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                ) {
+                    Ok(_) => {
+                        return Ok(Acquired::Granted {
+                            token: state.token,
+                            expires_at_ms: renewed.expiry_ms(),
+                            idempotent: true,
+                        });
+                    }
+                    Err(actual) => {
+                        word = actual;
+                        continue;
+                    }
                 }
-                continue;
             }
             if state.held() && now_ms < state.grantable_at_ms() {
                 return Ok(Acquired::Busy {
@@ -612,17 +619,22 @@ impl LeaseTable {
             };
             // The CAS is on the exact state judged free above, expiry
             // included: a renewal in between makes it fail.
-            if slot
-                .state
-                .compare_exchange(word, granted.pack(), Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-            {
-                self.record_holder(slot, token, grant.holder);
-                return Ok(Acquired::Granted {
-                    token,
-                    expires_at_ms,
-                    idempotent: false,
-                });
+            match slot.state.compare_exchange(
+                word,
+                granted.pack(),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => {
+                    self.record_holder(slot, token, grant.holder);
+                    return Ok(Acquired::Granted {
+                        token,
+                        expires_at_ms,
+                        idempotent: false,
+                    });
+                }
+                // Someone else changed the state first: judge the new one.
+                Err(actual) => word = actual,
             }
         }
         panic!("acquire: no progress after {RETRY_MAX} attempts");
@@ -741,7 +753,7 @@ impl LeaseTable {
     pub fn set_waiters(&self, key: LeaseKey, on: bool, now_ms: u64) -> Result<(), TableError> {
         for _ in 0..RETRY_MAX {
             let index = if on {
-                self.find_or_insert(key, now_ms)?
+                self.find_or_insert(key, now_ms)?.0
             } else {
                 match self.find(key) {
                     Some(index) => index,
