@@ -433,21 +433,8 @@ pub(crate) fn acquire_request(
     })
 }
 
-fn server_error(response: Response) -> ClientError {
-    match response {
-        Response::Error {
-            code,
-            retry_after_ms,
-            message,
-        } => ClientError::Server {
-            code,
-            retry_after_ms,
-            message,
-        },
-        other => unexpected(other),
-    }
-}
-
+/// The error for a response that is not one of the expected answers: the
+/// server's own error, or a protocol violation.
 pub(crate) fn unexpected(response: Response) -> ClientError {
     match response {
         Response::Error {
@@ -496,7 +483,7 @@ pub(crate) fn acquire_outcome(
             waiters,
             waited_ms,
         }),
-        other => Err(server_error(other)),
+        other => Err(unexpected(other)),
     }
 }
 
@@ -525,6 +512,6 @@ pub(crate) fn token_outcome(
             current_token,
             last_token,
         }),
-        other => Err(server_error(other)),
+        other => Err(unexpected(other)),
     }
 }
