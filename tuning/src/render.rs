@@ -28,7 +28,9 @@ pub(crate) fn render(config: &Config) -> String {
             // TOML cannot hold it. Paths read from a file are always UTF-8.
             "relative paths are resolved against this file's folder",
         ),
-        None => out.comment("data_dir = \"data\"          # unset: the default location, named in the log"),
+        None => out.comment(
+            "data_dir = \"data\"          # unset: the default location, named in the log",
+        ),
     }
     let cores = match &node.cores {
         CoreSelection::All => string("all"),
