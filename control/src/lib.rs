@@ -24,3 +24,4 @@
 
 pub mod epoch;
 pub mod node;
+pub mod raftlog;
