@@ -97,7 +97,7 @@ impl Node {
                 dir = %data_dir.display(),
                 epoch = started.epoch,
                 grace_ms = grace.as_millis() as u64,
-                "restarted: no grants until (max_ttl + lock_delay_max) x (1 + max_drift) has passed"
+                "restarted: no grants until (max_ttl + lock_delay_max + election_timeout) x (1 + max_drift) has passed"
             );
         }
 
@@ -116,12 +116,14 @@ impl Node {
                 }),
             })
             .collect();
-        let leadership = Leadership::new();
+        let leadership = Leadership::new(config.node.id);
         leadership.publish(LeadershipView {
             epoch: started.epoch,
             role: Role::Leader,
             leader_id: config.node.id,
             grants_from_ms,
+            // A node alone is its own quorum: nothing to confirm.
+            grants_until_ms: palisade_dataplane::leadership::TIME_MAX_MS,
         });
         let shared = Arc::new(Shared {
             table: LeaseTable::new(config.leases.table_capacity, KeyHasher::new(hash_key)),

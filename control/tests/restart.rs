@@ -1,7 +1,8 @@
 //! S1 and S2 across a crash: kill -9 right after a grant, restart on the
-//! same data directory, and check that (a) nothing is granted until
-//! (max_ttl + lock_delay_max) x (1 + max_drift) after the restart and (b)
-//! every later token is greater than the one granted before the crash.
+//! same data directory, and check that (a) nothing is granted until the
+//! grace period, (max_ttl + lock_delay_max + election_timeout) x
+//! (1 + max_drift), has passed since the restart and (b) every later token
+//! is greater than the one granted before the crash.
 
 mod common;
 
@@ -15,8 +16,8 @@ min_ttl = "100ms"
 max_drift = 0.05
 lock_delay_max = "500ms"
 "#;
-/// (2 s max_ttl + 0.5 s lock_delay_max) x 1.05.
-const GRACE_MS: u64 = 2_625;
+/// (2 s max_ttl + 0.5 s lock_delay_max + 0.5 s election_timeout) x 1.05.
+const GRACE_MS: u64 = 3_150;
 
 #[test]
 fn sigkill_after_a_grant_keeps_tokens_growing_and_waits_out_old_leases() {

@@ -1,26 +1,46 @@
 //! `Leadership`: the one word the control plane publishes and the data plane
 //! reads once per request.
+//!
+//! ```text
+//! epoch (32) | leader node id (16) | grants_from_ms (40) | grants_until_ms (40)
+//! ```
+//!
+//! - `epoch`: the raft term this node leads in; high 32 bits of every token.
+//! - `grants_from_ms`: end of the grace period after the node became leader
+//!   (or restarted): no grant before it.
+//! - `grants_until_ms`: how long a quorum has confirmed this node's
+//!   leadership; the control plane pushes it forward on every confirmed
+//!   heartbeat round. If the control plane stalls (an fsync that hangs, a
+//!   paused process) it stops moving, and the data plane stops granting,
+//!   renewing and answering checks when it passes — within one election
+//!   timeout, before anyone else can have been elected.
+//!
+//! Times are monotonic milliseconds (40 bits: 34 years).
 
 use std::sync::atomic::AtomicBool;
 
 use crate::sync::{AtomicU128, Ordering};
 use palisade_proto::Role;
 
-/// What the data plane needs to know to grant: the epoch tokens are minted
-/// in, whether this node leads, and from when it may grant.
+/// Largest time the word can hold; means "no limit".
+pub const TIME_MAX_MS: u64 = (1 << 40) - 1;
+
+/// What the data plane needs to know to grant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeadershipView {
-    /// Epoch of this node's leadership (high 32 bits of every token).
+    /// Epoch of the current leadership (high 32 bits of every token).
     pub epoch: u32,
-    /// Role of this node.
+    /// This node's role: leader if `leader_id` is this node.
     pub role: Role,
     /// Leader's node id as known here (0 = unknown).
     pub leader_id: u16,
     /// Monotonic ms from which grants are allowed (end of the grace period).
     pub grants_from_ms: u64,
+    /// Monotonic ms until which a quorum has confirmed the leadership.
+    pub grants_until_ms: u64,
 }
 
-/// Why a node may not grant right now.
+/// Why a node may not serve a lease request right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotGranting {
     /// Not the leader; `leader_id` says who is, if known.
@@ -33,16 +53,16 @@ pub enum NotGranting {
         /// Monotonic ms when grants resume.
         until_ms: u64,
     },
+    /// Leader, but no quorum has confirmed it recently: it may have been
+    /// deposed without knowing.
+    Unconfirmed,
 }
 
 impl LeadershipView {
-    /// Whether a grant at `now_ms` is allowed (S2: leader, grace over).
+    /// Whether a grant at `now_ms` is allowed (S2: confirmed leader, grace
+    /// over).
     pub fn check_grant(&self, now_ms: u64) -> Result<(), NotGranting> {
-        if self.role != Role::Leader || self.epoch == 0 {
-            return Err(NotGranting::NotLeader {
-                leader_id: self.leader_id,
-            });
-        }
+        self.check_serve(now_ms)?;
         if now_ms < self.grants_from_ms {
             return Err(NotGranting::Grace {
                 until_ms: self.grants_from_ms,
@@ -51,29 +71,45 @@ impl LeadershipView {
         Ok(())
     }
 
-    fn pack(self) -> u128 {
-        let role = match self.role {
-            Role::Leader => 1u128,
-            Role::Follower => 2,
-            Role::Candidate => 3,
-        };
-        (u128::from(self.epoch) << 96)
-            | (u128::from(self.leader_id) << 80)
-            | (role << 64)
-            | u128::from(self.grants_from_ms)
+    /// Whether renew, release and check may be answered at `now_ms`: only
+    /// a leader whose leadership a quorum confirmed recently vouches for
+    /// its table (grace or not).
+    pub fn check_serve(&self, now_ms: u64) -> Result<(), NotGranting> {
+        if self.role != Role::Leader || self.epoch == 0 {
+            return Err(NotGranting::NotLeader {
+                leader_id: self.leader_id,
+            });
+        }
+        if now_ms >= self.grants_until_ms {
+            return Err(NotGranting::Unconfirmed);
+        }
+        Ok(())
     }
 
-    fn unpack(word: u128) -> LeadershipView {
-        let role = match (word >> 64) as u8 {
-            1 => Role::Leader,
-            2 => Role::Follower,
-            _ => Role::Candidate,
+    fn pack(self) -> u128 {
+        assert!(self.grants_from_ms <= TIME_MAX_MS);
+        assert!(self.grants_until_ms <= TIME_MAX_MS);
+        (u128::from(self.epoch) << 96)
+            | (u128::from(self.leader_id) << 80)
+            | (u128::from(self.grants_from_ms) << 40)
+            | u128::from(self.grants_until_ms)
+    }
+
+    fn unpack(word: u128, self_id: u16) -> LeadershipView {
+        let leader_id = (word >> 80) as u16;
+        let role = if leader_id == 0 {
+            Role::Candidate
+        } else if leader_id == self_id {
+            Role::Leader
+        } else {
+            Role::Follower
         };
         LeadershipView {
             epoch: (word >> 96) as u32,
             role,
-            leader_id: (word >> 80) as u16,
-            grants_from_ms: word as u64,
+            leader_id,
+            grants_from_ms: ((word >> 40) as u64) & TIME_MAX_MS,
+            grants_until_ms: (word as u64) & TIME_MAX_MS,
         }
     }
 }
@@ -81,36 +117,38 @@ impl LeadershipView {
 /// The published leadership word plus a request flag going the other way.
 #[derive(Debug)]
 pub struct Leadership {
+    self_id: u16,
     word: AtomicU128,
     new_epoch_wanted: AtomicBool,
 }
 
 impl Leadership {
-    /// Starts as a candidate with epoch 0: nothing is granted until the
-    /// control plane publishes.
+    /// Node `self_id`, knowing no leader and no epoch: nothing is granted
+    /// until the control plane publishes.
     #[must_use]
-    pub fn new() -> Leadership {
+    pub fn new(self_id: u16) -> Leadership {
+        assert!(self_id != 0, "node ids start at 1");
         Leadership {
-            word: AtomicU128::new(
-                LeadershipView {
-                    epoch: 0,
-                    role: Role::Candidate,
-                    leader_id: 0,
-                    grants_from_ms: u64::MAX,
-                }
-                .pack(),
-            ),
+            self_id,
+            word: AtomicU128::new(0),
             new_epoch_wanted: AtomicBool::new(false),
         }
+    }
+
+    /// This node's id.
+    #[must_use]
+    pub fn self_id(&self) -> u16 {
+        self.self_id
     }
 
     /// One atomic read; call once per request.
     #[must_use]
     pub fn load(&self) -> LeadershipView {
-        LeadershipView::unpack(self.word.load(Ordering::SeqCst))
+        LeadershipView::unpack(self.word.load(Ordering::SeqCst), self.self_id)
     }
 
-    /// Control plane only. Epochs never go backwards (S1).
+    /// Control plane only. Epochs never go backwards (S1). `view.role` is
+    /// not stored: it follows from `leader_id`.
     pub fn publish(&self, view: LeadershipView) {
         let current = self.load();
         assert!(view.epoch >= current.epoch, "S1: the epoch never goes back");
@@ -129,63 +167,76 @@ impl Leadership {
     }
 }
 
-impl Default for Leadership {
-    fn default() -> Self {
-        Leadership::new()
-    }
-}
-
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_trips_and_gates_grants() {
-        let leadership = Leadership::new();
-        assert!(leadership.load().check_grant(0).is_err());
-        let view = LeadershipView {
-            epoch: 7,
+    fn leader(epoch: u32, from: u64, until: u64) -> LeadershipView {
+        LeadershipView {
+            epoch,
             role: Role::Leader,
             leader_id: 3,
-            grants_from_ms: 5_000,
-        };
+            grants_from_ms: from,
+            grants_until_ms: until,
+        }
+    }
+
+    #[test]
+    fn round_trips_and_gates_grants() {
+        let leadership = Leadership::new(3);
+        assert!(leadership.load().check_grant(0).is_err());
+        let view = leader(7, 5_000, 9_000);
         leadership.publish(view);
         assert_eq!(leadership.load(), view);
         assert_eq!(
             leadership.load().check_grant(4_999),
             Err(NotGranting::Grace { until_ms: 5_000 })
         );
+        assert_eq!(leadership.load().check_serve(4_999), Ok(()));
         assert_eq!(leadership.load().check_grant(5_000), Ok(()));
-        let follower = LeadershipView {
-            role: Role::Follower,
-            leader_id: 2,
-            epoch: 8,
-            ..view
-        };
-        leadership.publish(follower);
+        assert_eq!(leadership.load().check_grant(8_999), Ok(()));
+        // The quorum confirmation ran out: no grants, renewals or checks.
         assert_eq!(
-            leadership.load().check_grant(10_000),
+            leadership.load().check_grant(9_000),
+            Err(NotGranting::Unconfirmed)
+        );
+        assert_eq!(
+            leadership.load().check_serve(9_000),
+            Err(NotGranting::Unconfirmed)
+        );
+    }
+
+    #[test]
+    fn role_follows_the_leader_id() {
+        let leadership = Leadership::new(3);
+        leadership.publish(LeadershipView {
+            leader_id: 2,
+            ..leader(8, 0, TIME_MAX_MS)
+        });
+        let view = leadership.load();
+        assert_eq!(view.role, Role::Follower);
+        assert_eq!(
+            view.check_grant(10_000),
             Err(NotGranting::NotLeader { leader_id: 2 })
         );
+        leadership.publish(LeadershipView {
+            leader_id: 0,
+            ..leader(9, 0, 0)
+        });
+        assert_eq!(leadership.load().role, Role::Candidate);
     }
 
     #[test]
     #[should_panic(expected = "S1")]
     fn epoch_cannot_go_back() {
-        let leadership = Leadership::new();
-        let view = LeadershipView {
-            epoch: 7,
-            role: Role::Leader,
-            leader_id: 1,
-            grants_from_ms: 0,
-        };
-        leadership.publish(view);
-        leadership.publish(LeadershipView { epoch: 6, ..view });
+        let leadership = Leadership::new(3);
+        leadership.publish(leader(7, 0, 0));
+        leadership.publish(leader(6, 0, 0));
     }
 
     #[test]
     fn new_epoch_requests_are_taken_once() {
-        let leadership = Leadership::new();
+        let leadership = Leadership::new(1);
         assert!(!leadership.take_new_epoch_request());
         leadership.request_new_epoch();
         assert!(leadership.take_new_epoch_request());

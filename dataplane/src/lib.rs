@@ -23,7 +23,7 @@
 //!     unreachable!()
 //! };
 //! assert_eq!(token, (1 << 32) | 1); // epoch 1, first grant
-//! assert_eq!(table.release(key, token, 2_000), TokenOutcome::Released { wake_waiters: false });
+//! assert_eq!(table.release(key, token, 2_000, 1), TokenOutcome::Released { wake_waiters: false });
 //! ```
 #![warn(missing_docs)]
 // The only unsafe code is the socket shim in `server::net`, which allows it

@@ -153,6 +153,9 @@ fn error(code: ErrorCode, retry_after_ms: u32, message: impl Into<String>) -> Re
     }
 }
 
+/// Retry hint when a leader's quorum confirmation lapsed.
+const UNCONFIRMED_RETRY_MS: u32 = 50;
+
 fn clamp_u32(value: u64) -> u32 {
     u32::try_from(value).unwrap_or(u32::MAX)
 }
@@ -365,6 +368,14 @@ impl Shared {
         Ok(())
     }
 
+    fn unconfirmed() -> Response {
+        error(
+            ErrorCode::Unavailable,
+            UNCONFIRMED_RETRY_MS,
+            "this node's leadership is not confirmed by a quorum right now; retry, or ask another node",
+        )
+    }
+
     fn not_leader(leader_id: u16) -> Response {
         let message = if leader_id == 0 {
             "this node is not the leader and knows of none; retry shortly".to_string()
@@ -421,34 +432,42 @@ impl Shared {
             Ok(key) => key,
             Err(response) => return Outcome::Reply(response),
         };
-        // Only a leader answers for leases; in its grace period it holds
-        // none, so renew and check answer stale and release finds nothing.
-        if let Err(NotGranting::NotLeader { leader_id }) =
-            self.leadership.load().check_grant(now_ms)
-        {
-            return Outcome::Reply(Self::not_leader(leader_id));
+        // Only a leader whose leadership a quorum confirmed recently answers
+        // for leases, and only for leases of its own epoch.
+        let lead = self.leadership.load();
+        match lead.check_serve(now_ms) {
+            Ok(()) => {}
+            Err(NotGranting::NotLeader { leader_id }) => {
+                return Outcome::Reply(Self::not_leader(leader_id));
+            }
+            Err(NotGranting::Unconfirmed | NotGranting::Grace { .. }) => {
+                return Outcome::Reply(Self::unconfirmed());
+            }
         }
+        let epoch = lead.epoch;
         let response = match request {
             ArchivedRequest::Renew { ttl_ms, .. } => {
                 let ttl_ms = ttl_ms.to_native();
                 if let Err(response) = self.check_ttl(ttl_ms) {
                     return Outcome::Reply(response);
                 }
-                match self.table.renew(key, token, ttl_ms, now_ms) {
+                match self.table.renew(key, token, ttl_ms, now_ms, epoch) {
                     TokenOutcome::Current { .. } => Response::Renewed { token, ttl_ms },
                     other => stale(other),
                 }
             }
-            ArchivedRequest::Release { .. } => match self.table.release(key, token, now_ms) {
-                TokenOutcome::Released { wake_waiters: true } => {
-                    return Outcome::ReplyAndWake(Response::Released { token }, key);
+            ArchivedRequest::Release { .. } => {
+                match self.table.release(key, token, now_ms, epoch) {
+                    TokenOutcome::Released { wake_waiters: true } => {
+                        return Outcome::ReplyAndWake(Response::Released { token }, key);
+                    }
+                    TokenOutcome::Released {
+                        wake_waiters: false,
+                    } => Response::Released { token },
+                    other => stale(other),
                 }
-                TokenOutcome::Released {
-                    wake_waiters: false,
-                } => Response::Released { token },
-                other => stale(other),
-            },
-            _ => match self.table.check(key, token, now_ms) {
+            }
+            _ => match self.table.check(key, token, now_ms, epoch) {
                 TokenOutcome::Current { expires_at_ms } => Response::Current {
                     token,
                     remaining_ms: clamp_u32(expires_at_ms.saturating_sub(now_ms)),
@@ -523,6 +542,7 @@ impl Shared {
             Err(NotGranting::NotLeader { leader_id }) => {
                 return Outcome::Reply(Self::not_leader(leader_id));
             }
+            Err(NotGranting::Unconfirmed) => return Outcome::Reply(Self::unconfirmed()),
             Err(NotGranting::Grace { until_ms }) => {
                 // A waiter whose deadline outlasts the grace period queues
                 // and is served when it ends; anyone else is told when.
@@ -622,12 +642,13 @@ mod tests {
     };
 
     fn shared(grants_from_ms: u64) -> Shared {
-        let leadership = Leadership::new();
+        let leadership = Leadership::new(1);
         leadership.publish(LeadershipView {
             epoch: 4,
             role: Role::Leader,
             leader_id: 1,
             grants_from_ms,
+            grants_until_ms: crate::leadership::TIME_MAX_MS,
         });
         Shared {
             table: LeaseTable::new(64, KeyHasher::new([9; 16])),
@@ -906,6 +927,7 @@ mod tests {
             role: Role::Follower,
             leader_id: 2,
             grants_from_ms: 0,
+            grants_until_ms: 0,
         });
         let mut conn = ready(&s);
         for request in [

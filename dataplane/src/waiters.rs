@@ -124,6 +124,7 @@ pub struct WaitQueues {
 /// How soon to retry after a transient table condition.
 const CONTENDED_RETRY_MS: u64 = 1;
 const EXHAUSTED_RETRY_MS: u64 = 10;
+const UNCONFIRMED_RETRY_MS: u64 = 10;
 
 fn clamp_u32(value: u64) -> u32 {
     u32::try_from(value).unwrap_or(u32::MAX)
@@ -270,7 +271,7 @@ impl WaitQueues {
                 .expect("waiter is in its key's queue");
             let waiter = queue.remove(position).expect("position is in range");
             self.waiting -= 1;
-            let peek = table.peek(key, now_ms);
+            let peek = table.peek(key, now_ms, lead.epoch);
             self.events.push_back(WaitEvent::TimedOut {
                 origin: waiter.request.origin,
                 token: peek.token,
@@ -356,6 +357,12 @@ impl WaitQueues {
                     self.schedule_retry(key, until_ms);
                     return;
                 }
+                Err(NotGranting::Unconfirmed) => {
+                    // A quorum may confirm the leadership again shortly; if
+                    // not, the node stops leading and the queue fails over.
+                    self.schedule_retry(key, now_ms + UNCONFIRMED_RETRY_MS);
+                    return;
+                }
                 Err(NotGranting::NotLeader { .. }) => {
                     while let Some(waiter) = self.pop_head(key) {
                         self.events.push_back(WaitEvent::Failed {
@@ -438,6 +445,7 @@ mod tests {
         role: Role::Leader,
         leader_id: 1,
         grants_from_ms: 0,
+        grants_until_ms: crate::leadership::TIME_MAX_MS,
     };
 
     fn origin(conn: u64) -> Origin {
@@ -501,7 +509,7 @@ mod tests {
         assert_eq!(q.len(), 3);
         // A fresh acquire may not jump the queue, even when the lease is free.
         assert_eq!(
-            table.release(key, token, 20),
+            table.release(key, token, 20, 2),
             TokenOutcome::Released { wake_waiters: true }
         );
         assert!(matches!(
@@ -524,7 +532,7 @@ mod tests {
         assert!(first > token);
         assert_eq!(q.poll_event(), None);
         assert!(matches!(
-            table.release(key, first, 30),
+            table.release(key, first, 30, 2),
             TokenOutcome::Released { wake_waiters: true }
         ));
         q.handle_wake(&table, LEAD, key, 31);
@@ -532,7 +540,7 @@ mod tests {
         assert_eq!(conn, 2);
         assert!(second > first);
         assert!(matches!(
-            table.release(key, second, 40),
+            table.release(key, second, 40, 2),
             TokenOutcome::Released { .. }
         ));
         q.handle_wake(&table, LEAD, key, 41);
@@ -541,7 +549,7 @@ mod tests {
         assert!(q.is_empty());
         // The queue drained: the flag is gone and fair acquires work again.
         assert!(matches!(
-            table.release(key, third, 50),
+            table.release(key, third, 50, 2),
             TokenOutcome::Released {
                 wake_waiters: false
             }
@@ -583,7 +591,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        table.release(key, token, 150);
+        table.release(key, token, 150, 2);
         q.handle_wake(&table, LEAD, key, 150);
         let (conn, _) = granted_conn(q.poll_event());
         assert_eq!(conn, 2);
@@ -597,7 +605,7 @@ mod tests {
         q.handle_enqueue(&table, LEAD, wait(key, 2, 10, 10_000), 10);
         q.handle_cancel(&table, LEAD, 0, 1, 20);
         assert_eq!(q.len(), 1);
-        table.release(key, token, 30);
+        table.release(key, token, 30, 2);
         q.handle_wake(&table, LEAD, key, 30);
         let (conn, _) = granted_conn(q.poll_event());
         assert_eq!(conn, 2);
@@ -615,7 +623,7 @@ mod tests {
             q.poll_event(),
             Some(WaitEvent::Failed { code: ErrorCode::TooManyWaiters, origin, .. }) if origin.conn == 2
         ));
-        table.release(key, token, 20);
+        table.release(key, token, 20, 2);
         let grace = LeadershipView {
             grants_from_ms: 1_000,
             ..LEAD

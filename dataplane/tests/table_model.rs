@@ -84,8 +84,11 @@ struct ModelLease {
 }
 
 impl ModelLease {
-    fn live(&self, now: u64) -> Option<(u64, u8, u64, u64)> {
-        self.held.filter(|&(_, _, expiry, _)| now < expiry)
+    /// The live lease of `epoch`: leases of earlier epochs are never
+    /// vouched for again.
+    fn live(&self, now: u64, epoch: u32) -> Option<(u64, u8, u64, u64)> {
+        self.held
+            .filter(|&(token, _, expiry, _)| now < expiry && (token >> 32) as u32 == epoch)
     }
     fn idle_since(&self) -> u64 {
         match self.held {
@@ -148,7 +151,7 @@ impl Harness {
                     free_since_ms: now,
                     ..ModelLease::default()
                 });
-                let expect_busy = match lease.live(now) {
+                let expect_busy = match lease.live(now, self.epoch) {
                     Some((token, h, expiry, _)) if h == holder => {
                         let new_expiry = expiry.max(now + u64::from(ttl_ms));
                         assert_eq!(
@@ -171,7 +174,7 @@ impl Harness {
                 match got {
                     Acquired::Busy { token, .. } => {
                         assert!(expect_busy, "table busy, model free: {lease:?} at {now}");
-                        assert_eq!(token, lease.live(now).map_or(0, |l| l.0));
+                        assert_eq!(token, lease.live(now, self.epoch).map_or(0, |l| l.0));
                     }
                     Acquired::Granted {
                         token,
@@ -199,9 +202,9 @@ impl Harness {
                 let token = self.token(key, which);
                 let got = self
                     .table
-                    .renew(self.keys[key as usize], token, ttl_ms, now);
+                    .renew(self.keys[key as usize], token, ttl_ms, now, self.epoch);
                 let lease = self.model.get_mut(&key);
-                match lease.and_then(|l| l.live(now).map(|live| (l, live))) {
+                match lease.and_then(|l| l.live(now, self.epoch).map(|live| (l, live))) {
                     Some((lease, (current, holder, _, delay))) if current == token => {
                         let expiry = now + u64::from(ttl_ms);
                         assert_eq!(
@@ -217,9 +220,16 @@ impl Harness {
             }
             Op::Release { key, which } => {
                 let token = self.token(key, which);
-                let got = self.table.release(self.keys[key as usize], token, now);
+                let got = self
+                    .table
+                    .release(self.keys[key as usize], token, now, self.epoch);
+                let epoch = self.epoch;
                 match self.model.get_mut(&key) {
-                    Some(lease) if lease.held.is_some_and(|h| h.0 == token) => {
+                    Some(lease)
+                        if lease
+                            .held
+                            .is_some_and(|h| h.0 == token && (token >> 32) as u32 == epoch) =>
+                    {
                         assert_eq!(
                             got,
                             TokenOutcome::Released {
@@ -235,8 +245,10 @@ impl Harness {
             }
             Op::Check { key, which } => {
                 let token = self.token(key, which);
-                let got = self.table.check(self.keys[key as usize], token, now);
-                let live = self.model.get(&key).and_then(|l| l.live(now));
+                let got = self
+                    .table
+                    .check(self.keys[key as usize], token, now, self.epoch);
+                let live = self.model.get(&key).and_then(|l| l.live(now, self.epoch));
                 match live {
                     Some((current, _, expiry, _)) if current == token => {
                         assert_eq!(
@@ -273,7 +285,8 @@ impl Harness {
                 let mut reclaimed = 0;
                 let mut held = 0;
                 self.model.retain(|_, lease| {
-                    if lease.live(now).is_some() {
+                    // The sweeper counts (and keeps) unexpired leases of any epoch.
+                    if lease.held.is_some_and(|(_, _, expiry, _)| now < expiry) {
                         held += 1;
                         return true;
                     }

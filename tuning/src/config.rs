@@ -19,6 +19,9 @@ pub const LISTEN_CLIENT_DEFAULT: SocketAddr =
 /// The name of the one tenant in the built-in default.
 pub const TENANT_NAME_DEFAULT: &str = "default";
 
+/// The cluster name in the built-in default.
+pub const CLUSTER_NAME_DEFAULT: &str = "palisade";
+
 /// A whole, validated Palisade config file.
 ///
 /// Get one from [`Config::load`] (binaries), [`Config::from_toml_str`]
@@ -30,6 +33,8 @@ pub struct Config {
     pub node: NodeConfig,
     /// Where it accepts connections.
     pub listen: ListenConfig,
+    /// The cluster it is a member of and Raft timing.
+    pub cluster: ClusterConfig,
     /// Lease timing and the lease table size.
     pub leases: LeaseConfig,
     /// Per-node and per-connection resource maxima.
@@ -74,7 +79,55 @@ pub enum CoreSelection {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenConfig {
     /// Address for client connections. Default `127.0.0.1:7400`. When it is
-    /// not a loopback address every tenant must have a credential.
+    /// not a loopback address every tenant must have a credential. When
+    /// [`ClusterConfig::peers`] is not empty, this node's entry there must
+    /// list the same address (unless the port is 0, as in tests).
+    pub client: SocketAddr,
+}
+
+/// The `[cluster]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Cluster name, 1 to 64 bytes of `[A-Za-z0-9._-]`. Nodes refuse peers
+    /// of another cluster. Default `"palisade"`.
+    pub name: String,
+    /// How often the leader sends heartbeats, `1ms..=10s`. Default 50ms.
+    pub heartbeat_interval: Duration,
+    /// How long a follower hears no leader before it starts an election,
+    /// `10ms..=60s` and at least 3 x `heartbeat_interval`. Default 500ms.
+    /// It adds to the grace period of a new leader.
+    pub election_timeout: Duration,
+    /// Log entries between snapshots, `100..=10000000`. Default 10000.
+    pub snapshot_entries: u64,
+    /// Every member of the cluster, this node included, with unique ids,
+    /// peer addresses and client addresses. Default empty: a cluster of one
+    /// (this node) with no peer transport. Use [`Config::members`] rather
+    /// than reading it directly.
+    pub peers: Vec<PeerConfig>,
+}
+
+/// One `[[cluster.peers]]` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// The member's node id, `1..=65535`; its [`NodeConfig::id`].
+    pub id: u16,
+    /// Its Raft transport address, an IP address and a non-zero port (host
+    /// names are not resolved).
+    pub peer: SocketAddr,
+    /// Its client address, where clients are redirected to reach it when it
+    /// leads. For this node, the same as [`ListenConfig::client`].
+    pub client: SocketAddr,
+}
+
+/// One member of the cluster, as returned by [`Config::members`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    /// Its node id.
+    pub id: u16,
+    /// Its Raft transport address; `None` in a cluster of one, which has no
+    /// peer transport.
+    pub peer: Option<SocketAddr>,
+    /// Its client address.
     pub client: SocketAddr,
 }
 
@@ -90,7 +143,7 @@ pub struct LeaseConfig {
     pub max_drift: f64,
     /// Longest lock delay a client may ask for, `0..=65535ms` in whole
     /// milliseconds (the table stores it in 16 bits). Default 10s. It adds
-    /// to the grace period after a restart.
+    /// to the grace period after a restart or an election.
     pub lock_delay_max: Duration,
     /// Lease table size in leases, `1..=16777216`. Default 65536.
     pub table_capacity: u32,
@@ -231,6 +284,19 @@ impl Default for ListenConfig {
     }
 }
 
+impl Default for ClusterConfig {
+    /// A cluster of one named `"palisade"`.
+    fn default() -> Self {
+        Self {
+            name: CLUSTER_NAME_DEFAULT.to_owned(),
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout: Duration::from_millis(500),
+            snapshot_entries: 10_000,
+            peers: Vec::new(),
+        }
+    }
+}
+
 impl Default for LeaseConfig {
     fn default() -> Self {
         Self {
@@ -286,15 +352,16 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The config used when there is no file: a single node (id 1) serving
-    /// clients on `127.0.0.1:7400`, one tenant `"default"` without a
-    /// credential, no data directory, and every other key at the default
-    /// documented on its field.
+    /// The config used when there is no file: a single node (id 1, a
+    /// cluster of one) serving clients on `127.0.0.1:7400`, one tenant
+    /// `"default"` without a credential, no data directory, and every other
+    /// key at the default documented on its field.
     #[must_use]
     pub fn builtin_default() -> Self {
         Self {
             node: NodeConfig::default(),
             listen: ListenConfig::default(),
+            cluster: ClusterConfig::default(),
             leases: LeaseConfig::default(),
             limits: LimitsConfig::default(),
             dataplane: DataplaneConfig::default(),
@@ -380,10 +447,50 @@ impl Config {
         Some((u32::try_from(index).ok()?, tenant))
     }
 
-    /// How long a restarted node must grant nothing: a lease granted just
-    /// before the restart may still run for `max_ttl`, and after it expires
-    /// unreleased its lock delay (up to `lock_delay_max`) keeps the resource
-    /// ungrantable. So `(max_ttl + lock_delay_max)` scaled by
+    /// The members of the cluster: [`ClusterConfig::peers`], or, when it
+    /// is empty, just this node (with [`ListenConfig::client`] as its client
+    /// address and no peer address). Call at startup to set up the Raft
+    /// group and the table used to redirect clients to the leader.
+    #[must_use]
+    pub fn members(&self) -> Vec<Member> {
+        if self.cluster.peers.is_empty() {
+            return vec![Member {
+                id: self.node.id,
+                peer: None,
+                client: self.listen.client,
+            }];
+        }
+        self.cluster
+            .peers
+            .iter()
+            .map(|peer| Member {
+                id: peer.id,
+                peer: Some(peer.peer),
+                client: peer.client,
+            })
+            .collect()
+    }
+
+    /// This node's own peer listen address, if it is in a multi-node
+    /// cluster: the `peer` of the [`ClusterConfig::peers`] entry whose id is
+    /// [`NodeConfig::id`]. `None` when `peers` is empty (a cluster of one,
+    /// no peer transport). Call at startup to bind the Raft transport.
+    #[must_use]
+    pub fn peer_listen(&self) -> Option<SocketAddr> {
+        self.cluster
+            .peers
+            .iter()
+            .find(|peer| peer.id == self.node.id)
+            .map(|peer| peer.peer)
+    }
+
+    /// How long a newly elected leader (or a restarted node) must grant
+    /// nothing. A lease the previous leader granted may still run for
+    /// `max_ttl` after the previous leader stops granting, which happens at
+    /// most one `election_timeout` after it lost its quorum; and after the
+    /// lease expires unreleased its lock delay (up to `lock_delay_max`)
+    /// keeps the resource ungrantable. So
+    /// `(max_ttl + lock_delay_max + election_timeout)` scaled by
     /// `1 + max_drift`, rounded up to the millisecond.
     ///
     /// The arithmetic is exact: `max_drift` is taken to the nearest part per
@@ -399,8 +506,11 @@ impl Config {
         debug_assert!(drift < 0.5, "validated configs have max_drift < 0.5");
         // `as` saturates: NaN and negative drift become 0, huge drift u64::MAX.
         let drift_ppb = u128::from((drift * 1e9).round() as u64);
-        let ttl_nanos = self.leases.max_ttl.as_nanos() + self.leases.lock_delay_max.as_nanos();
-        let scaled = ttl_nanos.saturating_mul(PARTS_PER_UNIT + drift_ppb);
+        // Three durations of at most u64::MAX seconds each fit in u128 nanos.
+        let unscaled_nanos = self.leases.max_ttl.as_nanos()
+            + self.leases.lock_delay_max.as_nanos()
+            + self.cluster.election_timeout.as_nanos();
+        let scaled = unscaled_nanos.saturating_mul(PARTS_PER_UNIT + drift_ppb);
         let grace_nanos = scaled.div_ceil(PARTS_PER_UNIT);
         let grace_ms = grace_nanos.div_ceil(NANOS_PER_MS);
         let grace = grace_ms.saturating_mul(NANOS_PER_MS);
@@ -409,6 +519,7 @@ impl Config {
             .leases
             .max_ttl
             .checked_add(self.leases.lock_delay_max)
+            .and_then(|sum| sum.checked_add(self.cluster.election_timeout))
             .is_none_or(|unscaled| grace >= unscaled));
         grace
     }
@@ -432,9 +543,11 @@ mod tests {
     #[test]
     fn grace_period_scales_and_rounds_up() {
         let mut config = Config::builtin_default();
-        // (30s max_ttl + 10s lock_delay_max) x 1.01.
-        assert_eq!(config.grace_period(), Duration::from_millis(40_400));
+        // (30s max_ttl + 10s lock_delay_max + 500ms election_timeout) x 1.01.
+        assert_eq!(config.grace_period(), Duration::from_millis(40_905));
         config.leases.lock_delay_max = Duration::ZERO;
+        assert_eq!(config.grace_period(), Duration::from_millis(30_805));
+        config.cluster.election_timeout = Duration::ZERO;
         assert_eq!(config.grace_period(), Duration::from_millis(30_300));
         config.leases.max_drift = 0.0;
         assert_eq!(config.grace_period(), Duration::from_secs(30));
@@ -459,6 +572,62 @@ mod tests {
         let mut config = Config::builtin_default();
         config.leases.max_ttl = Duration::MAX;
         assert_eq!(config.grace_period(), Duration::MAX);
+
+        // Each term saturates on its own, and together they cannot overflow.
+        let mut config = Config::builtin_default();
+        config.cluster.election_timeout = Duration::MAX;
+        assert_eq!(config.grace_period(), Duration::MAX);
+        config.leases.max_ttl = Duration::MAX;
+        config.leases.lock_delay_max = Duration::MAX;
+        assert_eq!(config.grace_period(), Duration::MAX);
+    }
+
+    #[test]
+    fn members_of_a_cluster_of_one() {
+        let mut config = Config::builtin_default();
+        config.node.id = 7;
+        assert_eq!(
+            config.members(),
+            [Member {
+                id: 7,
+                peer: None,
+                client: LISTEN_CLIENT_DEFAULT,
+            }]
+        );
+        assert_eq!(config.peer_listen(), None);
+    }
+
+    #[test]
+    fn members_of_a_listed_cluster() {
+        let address = |text: &str| text.parse::<SocketAddr>().expect("literal");
+        let mut config = Config::builtin_default();
+        config.node.id = 2;
+        config.cluster.peers = (1..=3)
+            .map(|id| PeerConfig {
+                id,
+                peer: address(&format!("10.0.0.{id}:7421")),
+                client: address(&format!("10.0.0.{id}:7411")),
+            })
+            .collect();
+        let members = config.members();
+        assert_eq!(members.len(), 3);
+        assert_eq!(
+            members[1],
+            Member {
+                id: 2,
+                peer: Some(address("10.0.0.2:7421")),
+                client: address("10.0.0.2:7411"),
+            }
+        );
+        let ids: Vec<u16> = members.iter().map(|member| member.id).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        assert_eq!(config.peer_listen(), Some(address("10.0.0.2:7421")));
+
+        // A list that is only this node still has a peer transport.
+        config.cluster.peers.truncate(2);
+        config.cluster.peers.remove(0);
+        assert_eq!(config.members().len(), 1);
+        assert_eq!(config.peer_listen(), Some(address("10.0.0.2:7421")));
     }
 
     #[test]

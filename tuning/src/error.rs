@@ -103,8 +103,9 @@ impl Issues {
 
     /// Finishes collecting. Issues come out in file order as far as the
     /// schema knows it: file-wide issues and unknown sections first, then
-    /// sections in schema order, tenants by index. Within one section the
-    /// order found is kept (unknown keys, then keys in schema order).
+    /// sections in schema order, list entries (tenants, cluster peers) by
+    /// index after the keys that are not in a list. Otherwise the order
+    /// found is kept (unknown keys, then keys in schema order).
     pub(crate) fn into_result(mut self) -> Result<(), ConfigErrors> {
         if self.list.is_empty() {
             return Ok(());
@@ -115,15 +116,19 @@ impl Issues {
 }
 
 /// Sort key for an issue: the section's place in the schema (0 for `(file)`
-/// and unknown sections), then the list index, as in `tenants[3]`.
+/// and unknown sections), then 0 for a key outside any list, or one more
+/// than the first list index in it, as in `tenants[3]` or
+/// `cluster.peers[3].id`.
 fn file_order(key: &str) -> (usize, usize) {
     let first = key.split('.').next().unwrap_or(key);
-    let (section, index) = match first.split_once('[') {
-        Some((section, rest)) => {
-            let index = rest.trim_end_matches(']').parse().unwrap_or(usize::MAX);
-            (section, index)
-        }
-        None => (first, 0),
+    let section = first.split_once('[').map_or(first, |(section, _)| section);
+    let index = match key.split_once('[') {
+        Some((_, rest)) => rest
+            .split(']')
+            .next()
+            .and_then(|index| index.parse::<usize>().ok())
+            .map_or(usize::MAX, |index| index.saturating_add(1)),
+        None => 0,
     };
     let rank = SECTIONS
         .iter()
@@ -184,6 +189,10 @@ mod tests {
             "leases.a",
             "tenants",
             "bogus",
+            "cluster.peers[10].id",
+            "cluster.peers[2].bogus",
+            "cluster.peers",
+            "cluster.name",
         ] {
             issues.push(key, "bad");
         }
@@ -194,6 +203,10 @@ mod tests {
             [
                 "bogus",
                 "node.id",
+                "cluster.peers",
+                "cluster.name",
+                "cluster.peers[2].bogus",
+                "cluster.peers[10].id",
                 "leases.b",
                 "leases.a",
                 "tenants",

@@ -2,8 +2,8 @@
 //! validation.
 //!
 //! Every Palisade binary reads one TOML file describing the node, its
-//! listener, lease timing, resource limits, data plane tuning, tenants and
-//! logging. This crate turns that text into a [`Config`] whose every value is
+//! listener, its cluster, lease timing, resource limits, data plane tuning,
+//! tenants and logging. This crate turns that text into a [`Config`] whose every value is
 //! known to be in range, or into a [`ConfigErrors`] naming *every* bad key
 //! (not just the first), so an operator fixes a file in one pass.
 //!
@@ -19,10 +19,11 @@
 //! # Main types
 //!
 //! - [`Config`] and its sections [`NodeConfig`], [`ListenConfig`],
-//!   [`LeaseConfig`], [`LimitsConfig`], [`DataplaneConfig`],
+//!   [`ClusterConfig`] (with [`PeerConfig`]), [`LeaseConfig`], [`LimitsConfig`], [`DataplaneConfig`],
 //!   [`TenantConfig`] (with [`TenantCredential`]) and [`LogConfig`].
 //! - [`Config::load`], [`Config::from_toml_str`], [`Config::builtin_default`]
-//!   and [`Config::to_toml`] to get and write one.
+//!   and [`Config::to_toml`] to get and write one; [`Config::members`]
+//!   (each a [`Member`]) and [`Config::peer_listen`] for the cluster.
 //! - [`ConfigErrors`], a list of [`ConfigIssue`]s, each with a dotted key
 //!   such as `leases.max_ttl` or `tenants[1].name`.
 //! - Value helpers: [`parse_duration`] / [`format_duration`] and
@@ -54,6 +55,8 @@
 //! assert_eq!(config.leases.min_ttl, Duration::from_millis(100)); // the default
 //! assert_eq!(config.data_dir_resolved(), Some("/etc/palisade/data/node3".into()));
 //! assert_eq!(config.tenant("billing").map(|(index, _)| index), Some(0));
+//! assert_eq!(config.members().len(), 1); // no [[cluster.peers]]: a cluster of one
+//! assert_eq!(config.peer_listen(), None);
 //!
 //! // Every bad key is reported, each under its own dotted key.
 //! let errors = Config::from_toml_str(
@@ -81,15 +84,16 @@ mod source;
 mod validate;
 
 pub use config::{
-    Config, CoreSelection, DataplaneConfig, LeaseConfig, LimitsConfig, ListenConfig, LogConfig,
-    LogLevel, NodeConfig, TenantConfig, LISTEN_CLIENT_DEFAULT, TENANT_NAME_DEFAULT,
+    ClusterConfig, Config, CoreSelection, DataplaneConfig, LeaseConfig, LimitsConfig, ListenConfig,
+    LogConfig, LogLevel, Member, NodeConfig, PeerConfig, TenantConfig, CLUSTER_NAME_DEFAULT,
+    LISTEN_CLIENT_DEFAULT, TENANT_NAME_DEFAULT,
 };
 pub use credential::TenantCredential;
 pub use dscp::{dscp_name, parse_dscp, DSCP_MAX};
 pub use duration::{format_duration, parse_duration};
 pub use error::{ConfigErrors, ConfigIssue};
 pub use source::{FsSource, MemSource, Source};
-pub use validate::{TENANT_COUNT_MAX, TENANT_NAME_CHARS_MAX};
+pub use validate::{CLUSTER_NAME_BYTES_MAX, TENANT_COUNT_MAX, TENANT_NAME_CHARS_MAX};
 
 #[cfg(test)]
 mod tests;

@@ -8,13 +8,13 @@
 //! default, and leaves the remaining range and cross-field rules to
 //! [`validate`](crate::validate).
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::{Table, Value};
 
-use crate::config::{Config, CoreSelection, LogLevel, TenantConfig};
+use crate::config::{Config, CoreSelection, LogLevel, PeerConfig, TenantConfig};
 use crate::credential::TenantCredential;
 use crate::dscp::{parse_dscp, DSCP_EXPECTED};
 use crate::duration::parse_duration;
@@ -28,6 +28,7 @@ pub(crate) const FILE_KEY: &str = "(file)";
 pub(crate) const TOP_KEYS: &[&str] = &[
     "node",
     "listen",
+    "cluster",
     "leases",
     "limits",
     "dataplane",
@@ -36,6 +37,14 @@ pub(crate) const TOP_KEYS: &[&str] = &[
 ];
 const NODE_KEYS: &[&str] = &["id", "data_dir", "cores"];
 const LISTEN_KEYS: &[&str] = &["client"];
+const CLUSTER_KEYS: &[&str] = &[
+    "name",
+    "heartbeat_interval",
+    "election_timeout",
+    "snapshot_entries",
+    "peers",
+];
+const PEER_KEYS: &[&str] = &["id", "peer", "client"];
 const LEASE_KEYS: &[&str] = &[
     "max_ttl",
     "min_ttl",
@@ -78,6 +87,9 @@ pub(crate) fn parse_config(text: &str, base_dir: Option<&Path>) -> Result<Config
     }
     if let Some(listen) = root.section("listen", LISTEN_KEYS, &mut issues) {
         walk_listen(&listen, &mut config, &mut issues);
+    }
+    if let Some(cluster) = root.section("cluster", CLUSTER_KEYS, &mut issues) {
+        walk_cluster(&cluster, &mut config, &mut issues);
     }
     if let Some(leases) = root.section("leases", LEASE_KEYS, &mut issues) {
         walk_leases(&leases, &mut config, &mut issues);
@@ -159,20 +171,88 @@ fn cores_from(value: &Value, key: &str, issues: &mut Issues) -> Option<CoreSelec
 }
 
 fn walk_listen(listen: &Section<'_>, config: &mut Config, issues: &mut Issues) {
-    let key = listen.key("client");
-    if let Some(text) = listen.string("client", issues) {
-        match text.trim().parse::<SocketAddr>() {
-            Ok(address) => config.listen.client = address,
-            Err(_) => issues.push(
-                key,
-                format!(
-                    "expected an IP address and port like \"127.0.0.1:7400\" or \"[::1]:7400\", \
-                     got {} (host names are not resolved)",
-                    quote(text)
-                ),
-            ),
-        }
+    if let Some(address) = listen.address("client", issues) {
+        config.listen.client = address;
     }
+}
+
+fn walk_cluster(cluster: &Section<'_>, config: &mut Config, issues: &mut Issues) {
+    let target = &mut config.cluster;
+    if let Some(name) = cluster.string("name", issues) {
+        target.name = name.to_owned();
+    }
+    cluster.duration("heartbeat_interval", &mut target.heartbeat_interval, issues);
+    cluster.duration("election_timeout", &mut target.election_timeout, issues);
+    cluster.int(
+        "snapshot_entries",
+        validate::SNAPSHOT_ENTRIES,
+        &mut target.snapshot_entries,
+        issues,
+    );
+    let Some((value, key)) = cluster.get("peers") else {
+        return;
+    };
+    let Value::Array(items) = value else {
+        issues.push(
+            key,
+            format!(
+                "expected a list of [[cluster.peers]] entries (note the double brackets), got {}",
+                describe(value)
+            ),
+        );
+        return;
+    };
+    // One entry per item, even for a bad item, as for tenants.
+    target.peers = items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| peer_from(item, &format!("{key}[{index}]"), issues))
+        .collect();
+}
+
+fn peer_from(item: &Value, path: &str, issues: &mut Issues) -> PeerConfig {
+    // Stand-ins for missing or bad values; `validate` skips them because
+    // their keys already have issues.
+    let unspecified = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+    let mut peer = PeerConfig {
+        id: 0,
+        peer: unspecified,
+        client: unspecified,
+    };
+    let Value::Table(table) = item else {
+        issues.push(
+            path,
+            format!(
+                "expected a table with an id, a peer address and a client address, got {}",
+                describe(item)
+            ),
+        );
+        return peer;
+    };
+    let section = Section {
+        table,
+        path: path.to_owned(),
+    };
+    section.report_unknown(PEER_KEYS, issues);
+    let require = |name: &str, what: &str, issues: &mut Issues| {
+        if !table.contains_key(name) {
+            issues.push(
+                section.key(name),
+                format!("missing; every [[cluster.peers]] entry needs {what}"),
+            );
+        }
+    };
+    require("id", "an id", issues);
+    section.int("id", validate::NODE_ID, &mut peer.id, issues);
+    require("peer", "a peer address", issues);
+    if let Some(address) = section.address("peer", issues) {
+        peer.peer = address;
+    }
+    require("client", "a client address", issues);
+    if let Some(address) = section.address("client", issues) {
+        peer.client = address;
+    }
+    peer
 }
 
 fn walk_leases(leases: &Section<'_>, config: &mut Config, issues: &mut Issues) {
@@ -385,6 +465,26 @@ impl<'a> Section<'a> {
             Value::String(text) => Some(text),
             other => {
                 issues.push(key, format!("expected a string, got {}", describe(other)));
+                None
+            }
+        }
+    }
+
+    /// The socket address `name` (an IP address and a port; host names are
+    /// not resolved); `None` (with an issue) when it is not one.
+    fn address(&self, name: &str, issues: &mut Issues) -> Option<SocketAddr> {
+        let text = self.string(name, issues)?;
+        match text.trim().parse::<SocketAddr>() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                issues.push(
+                    self.key(name),
+                    format!(
+                        "expected an IP address and port like \"127.0.0.1:7400\" or \
+                         \"[::1]:7400\", got {} (host names are not resolved)",
+                        quote(text)
+                    ),
+                );
                 None
             }
         }

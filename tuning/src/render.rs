@@ -53,6 +53,66 @@ pub(crate) fn render(config: &Config) -> String {
         "not loopback: every tenant needs a credential",
     );
 
+    let cluster = &config.cluster;
+    out.section("cluster");
+    out.key(
+        "name",
+        string(&cluster.name),
+        "1..=64 of [A-Za-z0-9._-]; peers of another cluster are refused",
+    );
+    out.key(
+        "heartbeat_interval",
+        duration(cluster.heartbeat_interval),
+        "1ms ..= 10s",
+    );
+    out.key(
+        "election_timeout",
+        duration(cluster.election_timeout),
+        "10ms ..= 60s, >= 3 x heartbeat_interval",
+    );
+    out.key(
+        "snapshot_entries",
+        cluster.snapshot_entries,
+        "log entries between snapshots, 100 ..= 10000000",
+    );
+    out.blank_line();
+    if cluster.peers.is_empty() {
+        // An example to uncomment, valid as it stands: this node alone,
+        // with a peer transport.
+        out.comment("Every member of the cluster, this node included. None: a cluster of one.");
+        out.comment("[[cluster.peers]]");
+        out.commented_key("id", config.node.id, "1..=65535, unique; one is node.id");
+        out.commented_key(
+            "peer",
+            string(PEER_EXAMPLE),
+            "raft transport address, IP:port, port != 0",
+        );
+        out.commented_key(
+            "client",
+            string(&config.listen.client.to_string()),
+            "its client address; this node's is listen.client",
+        );
+    } else {
+        out.comment("Every member of the cluster, this node included.");
+    }
+    for (index, peer) in cluster.peers.iter().enumerate() {
+        if index > 0 {
+            out.blank_line();
+        }
+        out.line("[[cluster.peers]]");
+        out.key("id", peer.id, "1..=65535, unique; one is node.id");
+        out.key(
+            "peer",
+            string(&peer.peer.to_string()),
+            "raft transport address, IP:port, port != 0",
+        );
+        out.key(
+            "client",
+            string(&peer.client.to_string()),
+            "its client address; this node's is listen.client",
+        );
+    }
+
     let leases = &config.leases;
     out.section("leases");
     out.key("max_ttl", duration(leases.max_ttl), "10ms ..= 24h");
@@ -159,6 +219,9 @@ pub(crate) fn render(config: &Config) -> String {
 /// Where notes start on lines whose assignment is shorter than this.
 const NOTE_COLUMN: usize = 34;
 
+/// The peer address in the commented `[[cluster.peers]]` example.
+const PEER_EXAMPLE: &str = "127.0.0.1:7421";
+
 /// The file being written.
 #[derive(Default)]
 struct Out {
@@ -188,6 +251,14 @@ impl Out {
     /// short; `value` is already TOML.
     fn key(&mut self, name: &str, value: impl std::fmt::Display, note: &str) {
         let assignment = format!("{name} = {value}");
+        writeln!(self.text, "{assignment:<NOTE_COLUMN$}  # {note}")
+            .expect("writing to a String cannot fail");
+    }
+
+    /// Writes `# name = value  # note`, an example for the operator to
+    /// uncomment, its note lined up with those of [`Out::key`].
+    fn commented_key(&mut self, name: &str, value: impl std::fmt::Display, note: &str) {
+        let assignment = format!("# {name} = {value}");
         writeln!(self.text, "{assignment:<NOTE_COLUMN$}  # {note}")
             .expect("writing to a String cannot fail");
     }

@@ -7,9 +7,10 @@
 //! issue, so nothing is reported twice and no rule fires on a stand-in value.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::config::{Config, CoreSelection, LeaseConfig};
+use crate::config::{ClusterConfig, Config, CoreSelection, LeaseConfig};
 use crate::credential::TenantCredential;
 use crate::dscp::DSCP_MAX;
 use crate::duration::format_duration;
@@ -20,6 +21,9 @@ pub const TENANT_COUNT_MAX: usize = 65_536;
 
 /// The longest tenant name, in characters.
 pub const TENANT_NAME_CHARS_MAX: usize = 64;
+
+/// The longest cluster name, in bytes.
+pub const CLUSTER_NAME_BYTES_MAX: usize = 64;
 
 /// An inclusive integer range.
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +40,14 @@ impl IntRule {
             min,
             max,
             open_max: false,
+        }
+    }
+
+    /// Checks a `u64` field, which may not fit in `i64`.
+    pub(crate) fn check_u64(&self, value: u64) -> Result<(), String> {
+        match i64::try_from(value) {
+            Ok(value) => self.check(value),
+            Err(_) => Err(format!("must be {}, got {value}", self.describe_max())),
         }
     }
 
@@ -127,6 +139,15 @@ pub(crate) const NODE_ID: IntRule = IntRule::between(1, u16::MAX as i64);
 pub(crate) const CORE_COUNT: IntRule = IntRule::between(1, 1024);
 pub(crate) const CPU_ID: IntRule = IntRule::between(0, 4095);
 
+pub(crate) const HEARTBEAT_INTERVAL: DurationRule = DurationRule::between(ms(1), ms(10_000));
+/// Its lower bound is also `3 x heartbeat_interval`, checked as a
+/// cross-field rule.
+pub(crate) const ELECTION_TIMEOUT: DurationRule = DurationRule::between(ms(10), ms(60_000));
+pub(crate) const SNAPSHOT_ENTRIES: IntRule = IntRule::between(100, 10_000_000);
+/// Heartbeats a follower may miss before it starts an election. Fewer, and
+/// one late heartbeat would depose a healthy leader.
+const HEARTBEATS_PER_ELECTION_MIN: u32 = 3;
+
 pub(crate) const MAX_TTL: DurationRule = DurationRule::between(ms(10), ms(24 * 3600 * 1000));
 /// Its upper bound is `max_ttl`, checked as a cross-field rule.
 pub(crate) const MIN_TTL: DurationRule = DurationRule {
@@ -182,6 +203,26 @@ pub(crate) fn check_tenant_name(name: &str) -> Result<(), String> {
             name.chars().count()
         ));
     }
+    check_plain_chars(name)
+}
+
+/// 1 to 64 bytes of `[A-Za-z0-9._-]`: nodes exchange the name on every
+/// peer connection and it appears in logs, so it stays short and plain.
+pub(crate) fn check_cluster_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if name.len() > CLUSTER_NAME_BYTES_MAX {
+        return Err(format!(
+            "must be at most {CLUSTER_NAME_BYTES_MAX} bytes, got {}",
+            name.len()
+        ));
+    }
+    check_plain_chars(name)
+}
+
+/// Only `[A-Za-z0-9._-]`.
+fn check_plain_chars(name: &str) -> Result<(), String> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
     if let Some(bad) = name.chars().find(|&c| !allowed(c)) {
         return Err(format!(
@@ -221,6 +262,7 @@ impl Checker<'_> {
 pub(crate) fn validate(config: &Config, issues: &mut Issues) {
     let mut checker = Checker { issues };
     validate_node(config, &mut checker);
+    validate_cluster(config, &mut checker);
     validate_leases(config, &mut checker);
     validate_limits(config, &mut checker);
     validate_dataplane(config, &mut checker);
@@ -264,6 +306,164 @@ fn validate_node(config: &Config, checker: &mut Checker<'_>) {
                 }
             }
         }
+    }
+}
+
+fn validate_cluster(config: &Config, checker: &mut Checker<'_>) {
+    let cluster = &config.cluster;
+    checker.check("cluster.name", || check_cluster_name(&cluster.name));
+    checker.duration(
+        "cluster.heartbeat_interval",
+        HEARTBEAT_INTERVAL,
+        cluster.heartbeat_interval,
+    );
+    checker.duration(
+        "cluster.election_timeout",
+        ELECTION_TIMEOUT,
+        cluster.election_timeout,
+    );
+    if !checker.issues.has("cluster.heartbeat_interval") {
+        checker.check("cluster.election_timeout", || {
+            check_election_timeout(cluster)
+        });
+    }
+    checker.check("cluster.snapshot_entries", || {
+        SNAPSHOT_ENTRIES.check_u64(cluster.snapshot_entries)
+    });
+    validate_peers(config, checker);
+}
+
+/// At least [`HEARTBEATS_PER_ELECTION_MIN`] heartbeat intervals.
+fn check_election_timeout(cluster: &ClusterConfig) -> Result<(), String> {
+    let min = cluster
+        .heartbeat_interval
+        .saturating_mul(HEARTBEATS_PER_ELECTION_MIN);
+    if cluster.election_timeout >= min {
+        return Ok(());
+    }
+    // As for min_ttl: an operator who raises only heartbeat_interval trips
+    // over an election_timeout they never wrote; say so.
+    let hint = if cluster.election_timeout == ClusterConfig::default().election_timeout {
+        " (the default; set cluster.election_timeout higher)"
+    } else {
+        ""
+    };
+    Err(format!(
+        "must be at least {HEARTBEATS_PER_ELECTION_MIN} x cluster.heartbeat_interval ({}), \
+         that is {}, got {}{hint}",
+        format_duration(cluster.heartbeat_interval),
+        format_duration(min),
+        format_duration(cluster.election_timeout)
+    ))
+}
+
+fn validate_peers(config: &Config, checker: &mut Checker<'_>) {
+    let peers = &config.cluster.peers;
+    if peers.is_empty() {
+        // A cluster of one: nothing to cross-check.
+        return;
+    }
+    let mut first_index_by_id: HashMap<u16, usize> = HashMap::new();
+    let mut first_index_by_peer: HashMap<SocketAddr, usize> = HashMap::new();
+    let mut first_index_by_client: HashMap<SocketAddr, usize> = HashMap::new();
+    for (index, peer) in peers.iter().enumerate() {
+        let id_key = format!("cluster.peers[{index}].id");
+        checker.int(&id_key, NODE_ID, peer.id);
+        check_unique(
+            checker,
+            &id_key,
+            "peer id",
+            peer.id,
+            index,
+            &mut first_index_by_id,
+        );
+
+        let peer_key = format!("cluster.peers[{index}].peer");
+        checker.check(&peer_key, || {
+            if peer.peer.port() == 0 {
+                Err(format!(
+                    "port must not be 0: the other members connect to it, got {}",
+                    peer.peer
+                ))
+            } else {
+                Ok(())
+            }
+        });
+        check_unique(
+            checker,
+            &peer_key,
+            "peer address",
+            peer.peer,
+            index,
+            &mut first_index_by_peer,
+        );
+
+        let client_key = format!("cluster.peers[{index}].client");
+        check_unique(
+            checker,
+            &client_key,
+            "client address",
+            peer.client,
+            index,
+            &mut first_index_by_client,
+        );
+    }
+
+    // With a bad id anywhere, this node's entry may be the bad one.
+    let ids_known = !checker.issues.has("node.id")
+        && (0..peers.len()).all(|index| !checker.issues.has(&format!("cluster.peers[{index}].id")));
+    if !ids_known {
+        return;
+    }
+    let node_id = config.node.id;
+    let Some(index) = peers.iter().position(|peer| peer.id == node_id) else {
+        checker.check("cluster.peers", || {
+            Err(format!(
+                "no entry has this node's id {node_id} (node.id); list every member of the \
+                 cluster, this node included"
+            ))
+        });
+        return;
+    };
+
+    // Tests bind port 0 and learn the real port only once listening.
+    let listen_client = config.listen.client;
+    if checker.issues.has("listen.client") || listen_client.port() == 0 {
+        return;
+    }
+    let client = peers[index].client;
+    checker.check(&format!("cluster.peers[{index}].client"), || {
+        if client == listen_client {
+            Ok(())
+        } else {
+            Err(format!(
+                "this node's entry (id {node_id}) must list listen.client ({listen_client}), \
+                 got {client}"
+            ))
+        }
+    });
+}
+
+/// Reports `value` at `key` when an earlier entry (one without an issue on
+/// the same field) already has it.
+fn check_unique<T: std::hash::Hash + Eq + Copy + std::fmt::Display>(
+    checker: &mut Checker<'_>,
+    key: &str,
+    what: &str,
+    value: T,
+    index: usize,
+    first_index_by_value: &mut HashMap<T, usize>,
+) {
+    if checker.issues.has(key) {
+        return;
+    }
+    let first = *first_index_by_value.entry(value).or_insert(index);
+    if first != index {
+        checker.check(key, || {
+            Err(format!(
+                "duplicate {what} {value}; cluster.peers[{first}] already uses it"
+            ))
+        });
     }
 }
 

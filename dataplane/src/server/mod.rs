@@ -263,8 +263,10 @@ impl CoreCtx {
         };
         if let Some(WaitEvent::Granted { key, token, .. }) = undelivered {
             let now = monotonic_ms();
-            if let crate::table::TokenOutcome::Released { wake_waiters: true } =
-                self.shared.table.release(key, token, now)
+            if let crate::table::TokenOutcome::Released { wake_waiters: true } = self
+                .shared
+                .table
+                .release(key, token, now, (token >> 32) as u32)
             {
                 let ctx = self.clone();
                 let task = glommio::spawn_local_into(async move { ctx.wake(key).await }, self.hot);

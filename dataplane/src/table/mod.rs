@@ -151,9 +151,16 @@ impl State {
             0
         }
     }
-    /// Holding and unexpired at `now_ms`.
+    /// Holding and unexpired at `now_ms`, in any epoch.
     fn live_at(self, now_ms: u64) -> bool {
         self.held() && now_ms < self.expiry_ms()
+    }
+    /// A live lease granted in `epoch`. A lease from an earlier epoch is
+    /// one this leadership never vouched for (it may come from this node's
+    /// earlier term, before another leader granted the resource): it is
+    /// never renewed, confirmed or handed back as the holder's.
+    fn live_in(self, now_ms: u64, epoch: u32) -> bool {
+        self.live_at(now_ms) && (self.token >> 32) as u32 == epoch
     }
     fn with_waiters(self, on: bool) -> State {
         let meta = if on {
@@ -561,7 +568,7 @@ impl LeaseTable {
                 continue;
             }
             let expires_at_ms = now_ms + u64::from(grant.ttl_ms);
-            if state.live_at(now_ms) {
+            if state.live_in(now_ms, epoch) {
                 if !self.holder_is(slot, state.token, grant.holder) {
                     return Ok(Acquired::Busy {
                         token: state.token,
@@ -652,14 +659,14 @@ impl LeaseTable {
         Some((index, word, state))
     }
 
-    fn stale(state: Option<State>, now_ms: u64) -> TokenOutcome {
+    fn stale(state: Option<State>, now_ms: u64, epoch: u32) -> TokenOutcome {
         match state {
             None => TokenOutcome::Stale {
                 current_token: 0,
                 last_token: 0,
             },
             Some(state) => TokenOutcome::Stale {
-                current_token: if state.live_at(now_ms) {
+                current_token: if state.live_in(now_ms, epoch) {
                     state.token
                 } else {
                     0
@@ -675,14 +682,21 @@ impl LeaseTable {
 
     /// Extends the lease `token` on `key` to `now + ttl`. Fails (stale) if
     /// the lease expired: an expired lease is never revived.
-    pub fn renew(&self, key: LeaseKey, token: u64, ttl_ms: u32, now_ms: u64) -> TokenOutcome {
+    pub fn renew(
+        &self,
+        key: LeaseKey,
+        token: u64,
+        ttl_ms: u32,
+        now_ms: u64,
+        epoch: u32,
+    ) -> TokenOutcome {
         assert!(ttl_ms > 0, "ttl is validated before the table");
         for _ in 0..RETRY_MAX {
             let Some((index, word, state)) = self.load_state(key) else {
-                return Self::stale(None, now_ms);
+                return Self::stale(None, now_ms, epoch);
             };
-            if state.token != token || !state.live_at(now_ms) {
-                return Self::stale(Some(state), now_ms);
+            if state.token != token || !state.live_in(now_ms, epoch) {
+                return Self::stale(Some(state), now_ms, epoch);
             }
             let expires_at_ms = now_ms + u64::from(ttl_ms);
             let renewed = State {
@@ -707,13 +721,13 @@ impl LeaseTable {
 
     /// Gives back the lease `token` on `key`. Releasing an expired lease
     /// that nobody took over also succeeds and cancels its lock delay.
-    pub fn release(&self, key: LeaseKey, token: u64, now_ms: u64) -> TokenOutcome {
+    pub fn release(&self, key: LeaseKey, token: u64, now_ms: u64, epoch: u32) -> TokenOutcome {
         for _ in 0..RETRY_MAX {
             let Some((index, word, state)) = self.load_state(key) else {
-                return Self::stale(None, now_ms);
+                return Self::stale(None, now_ms, epoch);
             };
-            if state.token != token || !state.held() {
-                return Self::stale(Some(state), now_ms);
+            if state.token != token || !state.held() || (token >> 32) as u32 != epoch {
+                return Self::stale(Some(state), now_ms, epoch);
             }
             let freed = State {
                 token,
@@ -735,15 +749,15 @@ impl LeaseTable {
 
     /// Whether `token` is the live lease on `key`. Reads only.
     #[must_use]
-    pub fn check(&self, key: LeaseKey, token: u64, now_ms: u64) -> TokenOutcome {
+    pub fn check(&self, key: LeaseKey, token: u64, now_ms: u64, epoch: u32) -> TokenOutcome {
         match self.load_state(key) {
-            Some((_, _, state)) if state.token == token && state.live_at(now_ms) => {
+            Some((_, _, state)) if state.token == token && state.live_in(now_ms, epoch) => {
                 TokenOutcome::Current {
                     expires_at_ms: state.expiry_ms(),
                 }
             }
-            Some((_, _, state)) => Self::stale(Some(state), now_ms),
-            None => Self::stale(None, now_ms),
+            Some((_, _, state)) => Self::stale(Some(state), now_ms, epoch),
+            None => Self::stale(None, now_ms, epoch),
         }
     }
 
@@ -862,7 +876,7 @@ impl LeaseTable {
     /// Reads `key` without changing it: the live lease's token (0 if none),
     /// when it may become grantable, and whether waiters are queued.
     #[must_use]
-    pub fn peek(&self, key: LeaseKey, now_ms: u64) -> Peek {
+    pub fn peek(&self, key: LeaseKey, now_ms: u64, epoch: u32) -> Peek {
         match self.load_state(key) {
             None => Peek {
                 token: 0,
@@ -870,7 +884,7 @@ impl LeaseTable {
                 waiters: false,
             },
             Some((_, _, state)) => Peek {
-                token: if state.live_at(now_ms) {
+                token: if state.live_in(now_ms, epoch) {
                     state.token
                 } else {
                     0

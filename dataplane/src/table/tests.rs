@@ -38,19 +38,19 @@ fn acquire_busy_release_reacquire() {
         })
     );
     assert_eq!(
-        t.check(key, first, 300),
+        t.check(key, first, 300, EPOCH),
         TokenOutcome::Current {
             expires_at_ms: 1100
         }
     );
     assert_eq!(
-        t.release(key, first, 400),
+        t.release(key, first, 400, EPOCH),
         TokenOutcome::Released {
             wake_waiters: false
         }
     );
     assert!(matches!(
-        t.check(key, first, 401),
+        t.check(key, first, 401, EPOCH),
         TokenOutcome::Stale {
             current_token: 0,
             ..
@@ -59,7 +59,7 @@ fn acquire_busy_release_reacquire() {
     let second = granted(t.acquire(key, grant(2, 1000), 500, EPOCH, AcquireMode::Fair));
     assert!(second > first, "S1");
     assert!(matches!(
-        t.check(key, first, 501),
+        t.check(key, first, 501, EPOCH),
         TokenOutcome::Stale { current_token, .. } if current_token == second
     ));
 }
@@ -97,7 +97,7 @@ fn expiry_is_lazy_and_exact() {
         Ok(Acquired::Busy { .. })
     ));
     assert!(matches!(
-        t.renew(key, first, 100, 1100),
+        t.renew(key, first, 100, 1100, EPOCH),
         TokenOutcome::Stale { .. }
     ));
     let second = granted(t.acquire(key, grant(2, 100), 1100, EPOCH, AcquireMode::Fair));
@@ -110,7 +110,7 @@ fn renew_extends_and_never_revives() {
     let key = t.hasher().key(0, b"r");
     let token = granted(t.acquire(key, grant(1, 100), 0, EPOCH, AcquireMode::Fair));
     assert_eq!(
-        t.renew(key, token, 300, 50),
+        t.renew(key, token, 300, 50, EPOCH),
         TokenOutcome::Current { expires_at_ms: 350 }
     );
     assert!(matches!(
@@ -118,11 +118,11 @@ fn renew_extends_and_never_revives() {
         Ok(Acquired::Busy { .. })
     ));
     assert!(matches!(
-        t.renew(key, token + 1, 300, 60),
+        t.renew(key, token + 1, 300, 60, EPOCH),
         TokenOutcome::Stale { .. }
     ));
     assert!(matches!(
-        t.renew(key, token, 300, 350),
+        t.renew(key, token, 300, 350, EPOCH),
         TokenOutcome::Stale { .. }
     ));
 }
@@ -149,7 +149,7 @@ fn lock_delay_blocks_after_unreleased_expiry_only() {
     assert!(next > token);
     // A released lease has no lock delay.
     assert!(matches!(
-        t.release(key, next, 160),
+        t.release(key, next, 160, EPOCH),
         TokenOutcome::Released { .. }
     ));
     granted(t.acquire(key, grant(3, 100), 160, EPOCH, AcquireMode::Fair));
@@ -162,7 +162,7 @@ fn waiters_block_fair_acquires_but_not_the_head() {
     let token = granted(t.acquire(key, grant(1, 100), 0, EPOCH, AcquireMode::Fair));
     t.set_waiters(key, true, 10).expect("room");
     assert_eq!(
-        t.release(key, token, 20),
+        t.release(key, token, 20, EPOCH),
         TokenOutcome::Released { wake_waiters: true }
     );
     assert!(matches!(
@@ -173,7 +173,7 @@ fn waiters_block_fair_acquires_but_not_the_head() {
     assert!(head > token);
     t.set_waiters(key, false, 23).expect("present");
     assert_eq!(
-        t.release(key, head, 24),
+        t.release(key, head, 24, EPOCH),
         TokenOutcome::Released {
             wake_waiters: false
         }
@@ -190,12 +190,24 @@ fn tenants_are_separate() {
     let tb = granted(t.acquire(b, grant(2, 100), 0, EPOCH, AcquireMode::Fair));
     // Tenant 1 releasing "its" disk0 never touches tenant 0's lease, even
     // with a token of the same value.
-    assert!(matches!(t.release(b, tb, 1), TokenOutcome::Released { .. }));
-    assert!(matches!(t.release(b, ta, 2), TokenOutcome::Stale { .. }));
-    assert!(matches!(t.check(a, ta, 3), TokenOutcome::Current { .. }));
-    assert!(matches!(t.renew(b, ta, 100, 3), TokenOutcome::Stale { .. }));
     assert!(matches!(
-        t.check(a, ta, 4),
+        t.release(b, tb, 1, EPOCH),
+        TokenOutcome::Released { .. }
+    ));
+    assert!(matches!(
+        t.release(b, ta, 2, EPOCH),
+        TokenOutcome::Stale { .. }
+    ));
+    assert!(matches!(
+        t.check(a, ta, 3, EPOCH),
+        TokenOutcome::Current { .. }
+    ));
+    assert!(matches!(
+        t.renew(b, ta, 100, 3, EPOCH),
+        TokenOutcome::Stale { .. }
+    ));
+    assert!(matches!(
+        t.check(a, ta, 4, EPOCH),
         TokenOutcome::Current { expires_at_ms: 100 }
     ));
 }
@@ -226,7 +238,7 @@ fn reclaim_frees_room_and_tokens_keep_growing() {
     let key = t.hasher().key(0, b"a");
     let first = granted(t.acquire(key, grant(1, 100), 0, EPOCH, AcquireMode::Fair));
     assert!(matches!(
-        t.release(key, first, 10),
+        t.release(key, first, 10, EPOCH),
         TokenOutcome::Released { .. }
     ));
     let other = t.hasher().key(0, b"b");
@@ -312,7 +324,7 @@ fn colliding_homes_and_tombstones_keep_one_slot_per_key() {
             if (i + round) % 2 == 0 {
                 let token = granted(t.acquire(key, grant(1, 10), now, EPOCH, AcquireMode::Fair));
                 assert!(matches!(
-                    t.release(key, token, now),
+                    t.release(key, token, now, EPOCH),
                     TokenOutcome::Released { .. }
                 ));
             }
@@ -333,11 +345,11 @@ fn stale_answers_report_only_tokens_issued_to_the_key() {
     let key = t.hasher().key(0, b"a");
     let first = granted(t.acquire(key, grant(1, 10), 0, EPOCH, AcquireMode::Fair));
     assert!(matches!(
-        t.release(key, first, 1),
+        t.release(key, first, 1, EPOCH),
         TokenOutcome::Released { .. }
     ));
     assert_eq!(
-        t.check(key, 0, 2),
+        t.check(key, 0, 2, EPOCH),
         TokenOutcome::Stale {
             current_token: 0,
             last_token: first
@@ -348,10 +360,44 @@ fn stale_answers_report_only_tokens_issued_to_the_key() {
     // anyone was issued for this key, so it is not reported.
     t.set_waiters(key, true, 100).expect("room");
     assert_eq!(
-        t.check(key, 0, 101),
+        t.check(key, 0, 101, EPOCH),
         TokenOutcome::Stale {
             current_token: 0,
             last_token: 0
         }
     );
+}
+
+#[test]
+fn leases_of_an_earlier_epoch_are_never_vouched_for() {
+    // This node led in epoch 3, lost leadership, and leads again in
+    // epoch 5: another leader may have granted the resource in epoch 4.
+    let t = table(4);
+    let key = t.hasher().key(0, b"a");
+    let old = granted(t.acquire(key, grant(1, 1000), 0, 3, AcquireMode::Fair));
+    assert!(matches!(
+        t.check(key, old, 10, 5),
+        TokenOutcome::Stale {
+            current_token: 0,
+            ..
+        }
+    ));
+    assert!(matches!(
+        t.renew(key, old, 1000, 10, 5),
+        TokenOutcome::Stale { .. }
+    ));
+    assert!(matches!(
+        t.release(key, old, 10, 5),
+        TokenOutcome::Stale { .. }
+    ));
+    // The same holder retrying gets no idempotent success from the old
+    // epoch's lease: while it is unexpired it still blocks (conservatively)...
+    assert!(matches!(
+        t.acquire(key, grant(1, 1000), 10, 5, AcquireMode::Fair),
+        Ok(Acquired::Busy { token: 0, .. })
+    ));
+    // ...and once expired the new epoch grants a greater token.
+    let new = granted(t.acquire(key, grant(1, 1000), 1000, 5, AcquireMode::Fair));
+    assert!(new > old);
+    assert_eq!(new >> 32, 5);
 }
