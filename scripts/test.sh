@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, property, integration (real `palisade serve`
-# processes on loopback), doc tests, benchmark smoke runs, and the loom
-# models of the lease table. Needs only a Rust toolchain; run from anywhere.
+# processes on loopback), doc tests, benchmark smoke runs, the deterministic
+# simulation of the control plane, and the loom models of the lease table.
+# Needs only a Rust toolchain; run from anywhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,10 @@ cargo test --workspace --locked
 
 echo "== benchmarks compile and run once (criterion test mode)"
 cargo test --locked -p palisade-dataplane --benches
+
+echo "== deterministic simulation of the control plane: 2000 seeded schedules"
+# Release build: each schedule is seconds of simulated raft under faults.
+PALISADE_SIM_SEEDS=2000 cargo test --locked --release -p palisade-control --test sim
 
 echo "== loom models of the lease table"
 # A separate target dir: --cfg loom rebuilds the table's dependencies.

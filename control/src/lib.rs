@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod core;
 pub mod epoch;
 pub mod node;
 pub mod raftlog;

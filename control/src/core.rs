@@ -1,0 +1,498 @@
+//! The control plane's state machine, sans-IO: a raft `RawNode` plus the
+//! rules that turn raft state into the data plane's `Leadership` word.
+//!
+//! The shell (threads, sockets, the log file) does four things: feed ticks
+//! and peer messages in ([`ControlCore::tick`], [`ControlCore::step`]), call
+//! [`ControlCore::poll_ready`] which persists through [`Persist`] and
+//! returns the messages that may now be sent, send them, and publish
+//! [`ControlCore::leadership`]. The deterministic simulation drives exactly
+//! this type with a fake network, clocks and disk.
+//!
+//! Leadership rules (S1, S2):
+//! - epoch = raft term; a node is *leader* for the data plane only in the
+//!   raft Leader state, and *grant-capable* only after it committed an entry
+//!   of its own term;
+//! - grants start `grace` after the node became leader:
+//!   `(max_ttl + lock_delay_max + election_timeout) × (1 + max_drift)`;
+//! - grants stop at `grants_until`: every tick a leader asks a quorum to
+//!   confirm it (raft's ReadIndex, which rides on a heartbeat). When a
+//!   confirmation for a round sent at time S arrives, a quorum has heard
+//!   from this leader after S and, with check-quorum on, will not vote for
+//!   anyone else for `election_tick − 1` ticks of its own clock; so
+//!   `grants_until = S + (election_tick − 1) × tick × (1 − max_drift)`. A
+//!   leader that stops hearing from a quorum, or whose thread stalls (an
+//!   fsync that hangs), stops granting when that passes.
+
+use std::collections::BTreeMap;
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, Snapshot};
+use raft::storage::MemStorage;
+use raft::{RawNode, ReadOnlyOption, StateRole, Storage as _};
+
+use palisade_dataplane::leadership::{LeadershipView, TIME_MAX_MS};
+use palisade_proto::Role;
+
+/// Where the core's state becomes durable.
+pub trait Persist {
+    /// Queues entries (an entry at index i replaces the log from i on).
+    fn append(&mut self, entries: &[Entry]);
+    /// Queues a hard state (term, vote, commit).
+    fn set_hard_state(&mut self, hard_state: &HardState);
+    /// Queues a membership change.
+    fn set_conf_state(&mut self, conf_state: &ConfState);
+    /// Queues a snapshot received from the leader.
+    fn apply_snapshot(&mut self, snapshot: &Snapshot);
+    /// Makes everything queued durable. Nothing that depends on it may be
+    /// sent before this returns.
+    fn sync(&mut self) -> Result<(), String>;
+}
+
+impl Persist for crate::raftlog::RaftLog {
+    fn append(&mut self, entries: &[Entry]) {
+        crate::raftlog::RaftLog::append(self, entries);
+    }
+    fn set_hard_state(&mut self, hard_state: &HardState) {
+        crate::raftlog::RaftLog::set_hard_state(self, hard_state);
+    }
+    fn set_conf_state(&mut self, conf_state: &ConfState) {
+        crate::raftlog::RaftLog::set_conf_state(self, conf_state);
+    }
+    fn apply_snapshot(&mut self, snapshot: &Snapshot) {
+        crate::raftlog::RaftLog::apply_snapshot(self, snapshot);
+    }
+    fn sync(&mut self) -> Result<(), String> {
+        crate::raftlog::RaftLog::sync(self).map_err(|e| e.to_string())
+    }
+}
+
+/// Fixed settings of one node's control plane.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// This node's raft id (its `node.id`).
+    pub id: u64,
+    /// Voters when the log holds no membership yet (bootstrap).
+    pub voters: Vec<u64>,
+    /// Time between ticks (the heartbeat interval).
+    pub tick_ms: u64,
+    /// Ticks without a leader before an election (at least 3).
+    pub election_ticks: usize,
+    /// Grace before a new leader grants.
+    pub grace_ms: u64,
+    /// Clock rate drift bound, parts per million.
+    pub max_drift_ppm: u32,
+}
+
+/// Why the core cannot continue. The node must stop.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// raft refused its own state (a bug or a corrupt log).
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// Persisting failed: nothing that depended on it was sent.
+    #[error("persisting raft state: {0}")]
+    Persist(String),
+    /// The term no longer fits the 32-bit epoch of a token.
+    #[error("raft term {0} exceeds the 32-bit epoch space")]
+    TermOverflow(u64),
+}
+
+/// The state a log held at start.
+#[derive(Debug, Clone, Default)]
+pub struct Restored {
+    /// Last hard state.
+    pub hard_state: HardState,
+    /// Membership (empty: bootstrap from the config's voters).
+    pub conf_state: ConfState,
+    /// Latest snapshot, if any.
+    pub snapshot: Option<Snapshot>,
+    /// Entries after it.
+    pub entries: Vec<Entry>,
+}
+
+impl From<crate::raftlog::Recovered> for Restored {
+    fn from(r: crate::raftlog::Recovered) -> Restored {
+        Restored {
+            hard_state: r.hard_state,
+            conf_state: r.conf_state,
+            snapshot: r.snapshot,
+            entries: r.entries,
+        }
+    }
+}
+
+/// One node's control plane state machine.
+pub struct ControlCore {
+    raw: RawNode<MemStorage>,
+    config: CoreConfig,
+    /// Term in which this node most recently became leader, and when.
+    leader_term: u64,
+    leader_since_ms: u64,
+    /// Quorum confirmation: until when grants are safe.
+    grants_until_ms: u64,
+    /// Outstanding confirmation rounds: request id to send time.
+    rounds: BTreeMap<u64, u64>,
+    next_round: u64,
+    /// Overrides raft's own random election timeout (simulation only).
+    election_jitter: Option<Box<dyn FnMut(usize, usize) -> usize + Send>>,
+    last_term: u64,
+    last_state: StateRole,
+}
+
+impl std::fmt::Debug for ControlCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlCore")
+            .field("id", &self.config.id)
+            .field("term", &self.raw.raft.term)
+            .field("state", &self.raw.raft.state)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Outstanding confirmation rounds kept at most (older ones are dropped:
+/// their confirmation would be stale anyway).
+const ROUNDS_MAX: usize = 64;
+
+impl ControlCore {
+    /// Builds the core from what the log held. `now_ms` is the node's
+    /// monotonic clock.
+    pub fn new(config: CoreConfig, restored: Restored) -> Result<ControlCore, CoreError> {
+        assert!(
+            config.election_ticks >= 3,
+            "election needs at least 3 ticks"
+        );
+        assert!(config.tick_ms >= 1);
+        let storage = MemStorage::new();
+        {
+            let mut core = storage.wl();
+            if let Some(snapshot) = restored.snapshot.clone() {
+                core.apply_snapshot(snapshot)?;
+            }
+            let conf_state = if restored.conf_state == ConfState::default() {
+                ConfState::from((config.voters.clone(), vec![]))
+            } else {
+                restored.conf_state.clone()
+            };
+            core.set_conf_state(conf_state);
+            if !restored.entries.is_empty() {
+                core.append(&restored.entries)?;
+            }
+            core.set_hardstate(restored.hard_state.clone());
+        }
+        let raft_config = raft::Config {
+            id: config.id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: 1,
+            // Everything committed before a restart carried no state to
+            // re-apply (membership is in the conf state).
+            applied: restored.hard_state.commit,
+            check_quorum: true,
+            pre_vote: true,
+            read_only_option: ReadOnlyOption::Safe,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            ..raft::Config::default()
+        };
+        raft_config.validate()?;
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let raw = RawNode::new(&raft_config, storage, &logger)?;
+        let term = raw.raft.term;
+        Ok(ControlCore {
+            raw,
+            config,
+            leader_term: 0,
+            leader_since_ms: 0,
+            grants_until_ms: 0,
+            rounds: BTreeMap::new(),
+            next_round: 1,
+            election_jitter: None,
+            last_term: term,
+            last_state: StateRole::Follower,
+        })
+    }
+
+    /// Simulation: choose election timeouts with `jitter(min, max)` instead
+    /// of raft's thread-local RNG, so a seed replays exactly.
+    pub fn set_election_jitter(&mut self, jitter: Box<dyn FnMut(usize, usize) -> usize + Send>) {
+        self.election_jitter = Some(jitter);
+        self.rejitter();
+    }
+
+    fn rejitter(&mut self) {
+        if let Some(jitter) = self.election_jitter.as_mut() {
+            let min = self.raw.raft.election_timeout();
+            let t = jitter(min, 2 * min);
+            self.raw.raft.set_randomized_election_timeout(t);
+        }
+    }
+
+    /// After every raft call: re-draw the election timeout when raft reset
+    /// it (a term or role change), and track when leadership began.
+    fn observe(&mut self, now_ms: u64) {
+        let raft = &self.raw.raft;
+        let (term, state) = (raft.term, raft.state);
+        if term != self.last_term || state != self.last_state {
+            if state == StateRole::Leader
+                && (term != self.leader_term || self.last_state != StateRole::Leader)
+            {
+                self.leader_term = term;
+                self.leader_since_ms = now_ms;
+                self.grants_until_ms = 0;
+                self.rounds.clear();
+            }
+            if state != StateRole::Leader {
+                self.grants_until_ms = 0;
+                self.rounds.clear();
+            }
+            self.last_term = term;
+            self.last_state = state;
+            self.rejitter();
+        }
+    }
+
+    /// One tick of the node's clock (every `tick_ms`). A leader also starts
+    /// a quorum confirmation round.
+    pub fn tick(&mut self, now_ms: u64) {
+        self.raw.tick();
+        self.observe(now_ms);
+        if self.raw.raft.state == StateRole::Leader && self.raw.raft.commit_to_current_term() {
+            let round = self.next_round;
+            self.next_round += 1;
+            self.rounds.insert(round, now_ms);
+            while self.rounds.len() > ROUNDS_MAX {
+                self.rounds.pop_first();
+            }
+            self.raw.read_index(round.to_le_bytes().to_vec());
+            self.observe(now_ms);
+        }
+    }
+
+    /// A message from a peer. Messages not addressed to this node, or from
+    /// nodes outside the membership, are dropped.
+    pub fn step(&mut self, message: Message, now_ms: u64) -> Result<(), CoreError> {
+        if message.to != self.config.id {
+            return Ok(());
+        }
+        let from = message.from;
+        let known = self
+            .raw
+            .raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .any(|id| id == from);
+        if !known {
+            return Ok(());
+        }
+        match self.raw.step(message) {
+            Ok(()) | Err(raft::Error::StepPeerNotFound) => {}
+            Err(raft::Error::StepLocalMsg) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.observe(now_ms);
+        Ok(())
+    }
+
+    /// Persists what raft produced and returns the messages that may now be
+    /// sent (S4: only after `persist.sync()` returned).
+    pub fn poll_ready(
+        &mut self,
+        persist: &mut dyn Persist,
+        now_ms: u64,
+    ) -> Result<Vec<Message>, CoreError> {
+        let mut out = Vec::new();
+        if !self.raw.has_ready() {
+            return Ok(out);
+        }
+        let mut ready = self.raw.ready();
+        let store = self.raw.raft.raft_log.store.clone();
+        if !ready.snapshot().is_empty() {
+            let snapshot = ready.snapshot().clone();
+            persist.apply_snapshot(&snapshot);
+            store.wl().apply_snapshot(snapshot)?;
+        }
+        let committed = ready.take_committed_entries();
+        if !ready.entries().is_empty() {
+            persist.append(ready.entries());
+            store.wl().append(ready.entries())?;
+        }
+        if let Some(hard_state) = ready.hs() {
+            persist.set_hard_state(hard_state);
+            store.wl().set_hardstate(hard_state.clone());
+        }
+        persist.sync().map_err(CoreError::Persist)?;
+        out.extend(ready.take_messages());
+        out.extend(ready.take_persisted_messages());
+        for state in ready.take_read_states() {
+            self.confirm(&state.request_ctx);
+        }
+        self.apply_committed(persist, committed)?;
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            store.wl().mut_hard_state().set_commit(commit);
+        }
+        out.extend(light.take_messages());
+        let committed = light.take_committed_entries();
+        self.apply_committed(persist, committed)?;
+        self.raw.advance_apply();
+        self.observe(now_ms);
+        Ok(out)
+    }
+
+    fn confirm(&mut self, context: &[u8]) {
+        let Ok(bytes) = <[u8; 8]>::try_from(context) else {
+            return;
+        };
+        let round = u64::from_le_bytes(bytes);
+        let Some(&sent_ms) = self.rounds.get(&round) else {
+            return;
+        };
+        // Rounds confirm in order; older ones are covered by this one.
+        self.rounds.retain(|&r, _| r > round);
+        let ppm = u64::from(self.config.max_drift_ppm.min(999_999));
+        let window = (self.config.election_ticks as u64 - 1) * self.config.tick_ms;
+        let until = sent_ms + window * (1_000_000 - ppm) / 1_000_000;
+        self.grants_until_ms = self.grants_until_ms.max(until);
+    }
+
+    fn apply_committed(
+        &mut self,
+        persist: &mut dyn Persist,
+        entries: Vec<Entry>,
+    ) -> Result<(), CoreError> {
+        for entry in entries {
+            match entry.get_entry_type() {
+                EntryType::EntryNormal => {}
+                EntryType::EntryConfChange => {
+                    let change = raft::eraftpb::ConfChange::parse_from_bytes(&entry.data)
+                        .map_err(|e| CoreError::Persist(e.to_string()))?;
+                    let conf_state = self.raw.apply_conf_change(&change)?;
+                    persist.set_conf_state(&conf_state);
+                    self.raw.raft.raft_log.store.wl().set_conf_state(conf_state);
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let change = raft::eraftpb::ConfChangeV2::parse_from_bytes(&entry.data)
+                        .map_err(|e| CoreError::Persist(e.to_string()))?;
+                    let conf_state = self.raw.apply_conf_change(&change)?;
+                    persist.set_conf_state(&conf_state);
+                    self.raw.raft.raft_log.store.wl().set_conf_state(conf_state);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The raft term.
+    #[must_use]
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// The raft role.
+    #[must_use]
+    pub fn raft_state(&self) -> StateRole {
+        self.raw.raft.state
+    }
+
+    /// The node this one votes for in the current term (0 = none).
+    #[must_use]
+    pub fn vote(&self) -> u64 {
+        self.raw.raft.vote
+    }
+
+    /// Whether the leader has committed an entry of its own term.
+    #[must_use]
+    pub fn committed_in_term(&self) -> bool {
+        self.raw.raft.commit_to_current_term()
+    }
+
+    /// The last index in the log.
+    #[must_use]
+    pub fn last_index(&self) -> u64 {
+        self.raw.raft.raft_log.last_index()
+    }
+
+    /// The commit index.
+    #[must_use]
+    pub fn commit_index(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
+    /// What the data plane should see now.
+    pub fn leadership(&self) -> Result<LeadershipView, CoreError> {
+        let raft = &self.raw.raft;
+        let epoch = u32::try_from(raft.term).map_err(|_| CoreError::TermOverflow(raft.term))?;
+        let self_id = u16::try_from(self.config.id).expect("node ids fit u16");
+        let view = match raft.state {
+            StateRole::Leader => {
+                let capable = raft.commit_to_current_term() && raft.term == self.leader_term;
+                LeadershipView {
+                    epoch,
+                    role: Role::Leader,
+                    leader_id: self_id,
+                    grants_from_ms: (self.leader_since_ms + self.config.grace_ms).min(TIME_MAX_MS),
+                    grants_until_ms: if capable {
+                        self.grants_until_ms.min(TIME_MAX_MS)
+                    } else {
+                        0
+                    },
+                }
+            }
+            StateRole::Follower => LeadershipView {
+                epoch,
+                role: Role::Follower,
+                leader_id: u16::try_from(raft.leader_id).unwrap_or(0),
+                grants_from_ms: TIME_MAX_MS,
+                grants_until_ms: 0,
+            },
+            StateRole::Candidate | StateRole::PreCandidate => LeadershipView {
+                epoch,
+                role: Role::Candidate,
+                leader_id: 0,
+                grants_from_ms: TIME_MAX_MS,
+                grants_until_ms: 0,
+            },
+        };
+        Ok(view)
+    }
+
+    /// Compaction: when the log written since the last compaction holds
+    /// more than `threshold` entries, returns the snapshot, hard state and
+    /// remaining entries to rewrite the file with, and compacts memory.
+    pub fn compaction(
+        &mut self,
+        written: u64,
+        threshold: u64,
+    ) -> Option<(Snapshot, HardState, Vec<Entry>)> {
+        if written <= threshold {
+            return None;
+        }
+        let store = self.raw.raft.raft_log.store.clone();
+        let applied = self.raw.raft.raft_log.applied;
+        let term = store.term(applied).ok()?;
+        let last = store.last_index().ok()?;
+        let mut snapshot = Snapshot::default();
+        snapshot.mut_metadata().index = applied;
+        snapshot.mut_metadata().term = term;
+        snapshot
+            .mut_metadata()
+            .set_conf_state(self.raw.raft.prs().conf().to_conf_state());
+        let rest = if last > applied {
+            store
+                .entries(
+                    applied + 1,
+                    last + 1,
+                    u64::MAX,
+                    raft::GetEntriesContext::empty(false),
+                )
+                .ok()?
+        } else {
+            Vec::new()
+        };
+        store.wl().compact(applied).ok()?;
+        let hard_state = store.rl().hard_state().clone();
+        Some((snapshot, hard_state, rest))
+    }
+}
