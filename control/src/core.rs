@@ -81,6 +81,9 @@ pub struct CoreConfig {
     pub grace_ms: u64,
     /// Clock rate drift bound, parts per million.
     pub max_drift_ppm: u32,
+    /// A single-node cluster starting from an empty log: no lease can be
+    /// outstanding anywhere, so its first leadership needs no grace.
+    pub first_start_alone: bool,
 }
 
 /// Why the core cannot continue. The node must stop.
@@ -137,6 +140,8 @@ pub struct ControlCore {
     election_jitter: Option<Box<dyn FnMut(usize, usize) -> usize + Send>>,
     last_term: u64,
     last_state: StateRole,
+    /// The term of the first leadership after a fresh single-node start.
+    graceless_term: Option<u64>,
 }
 
 impl std::fmt::Debug for ControlCore {
@@ -208,6 +213,7 @@ impl ControlCore {
             election_jitter: None,
             last_term: term,
             last_state: StateRole::Follower,
+            graceless_term: None,
         })
     }
 
@@ -235,6 +241,9 @@ impl ControlCore {
             if state == StateRole::Leader
                 && (term != self.leader_term || self.last_state != StateRole::Leader)
             {
+                if self.config.first_start_alone && self.leader_term == 0 {
+                    self.graceless_term = Some(term);
+                }
                 self.leader_term = term;
                 self.leader_since_ms = now_ms;
                 self.grants_until_ms = 0;
@@ -255,6 +264,20 @@ impl ControlCore {
     pub fn tick(&mut self, now_ms: u64) {
         self.raw.tick();
         self.observe(now_ms);
+        self.request_confirmation(now_ms);
+    }
+
+    /// Starts an election now (a single-node cluster at start: it need not
+    /// wait an election timeout to find out nobody else is there).
+    pub fn campaign(&mut self, now_ms: u64) -> Result<(), CoreError> {
+        self.raw.campaign()?;
+        self.observe(now_ms);
+        Ok(())
+    }
+
+    /// A leader asks a quorum to confirm its leadership as of `now_ms`
+    /// (raft ReadIndex on a heartbeat). Called on every tick.
+    pub fn request_confirmation(&mut self, now_ms: u64) {
         if self.raw.raft.state == StateRole::Leader && self.raw.raft.commit_to_current_term() {
             let round = self.next_round;
             self.next_round += 1;
@@ -432,7 +455,11 @@ impl ControlCore {
                     epoch,
                     role: Role::Leader,
                     leader_id: self_id,
-                    grants_from_ms: (self.leader_since_ms + self.config.grace_ms).min(TIME_MAX_MS),
+                    grants_from_ms: if self.graceless_term == Some(raft.term) {
+                        self.leader_since_ms
+                    } else {
+                        (self.leader_since_ms + self.config.grace_ms).min(TIME_MAX_MS)
+                    },
                     grants_until_ms: if capable {
                         self.grants_until_ms.min(TIME_MAX_MS)
                     } else {

@@ -1,28 +1,31 @@
 //! The Palisade control plane and the daemon that starts everything.
 //!
-//! It owns the node's durable epoch ([`epoch::EpochStore`]), publishes the
-//! `Leadership` word the data plane reads on every request (epoch, role,
-//! grace period), and runs the `palisade` binary. It is never on the
+//! It owns the raft log ([`raftlog::RaftLog`]), the sans-IO raft driver
+//! that decides who leads and when it may grant ([`core::ControlCore`]),
+//! the peer transport ([`transport::Transport`]), and the `palisade`
+//! binary; it publishes the `Leadership` word the data plane reads on every
+//! request (epoch, leader, grants from/until). It is never on the
 //! per-request path: the data plane reads one atomic word and never calls
 //! in here.
 //!
 //! What it never does: touch the lease table's entries, or let the data
 //! plane mint a token in an epoch that is not yet durable.
 //!
-//! Main types: [`node::Node`], [`epoch::EpochStore`].
+//! Main types: [`node::Node`], [`core::ControlCore`], [`raftlog::RaftLog`].
 //!
 //! ```no_run
 //! use palisade_control::node::{default_data_dir, Node};
 //! let config = palisade_tuning::Config::builtin_default();
 //! let mut node = Node::start(&config, default_data_dir())?;
 //! println!("serving on {}", node.local_addr());
-//! node.run_until(|| false);
+//! node.run_until(|| false)?;
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod core;
-pub mod epoch;
+pub mod datadir;
 pub mod node;
 pub mod raftlog;
+pub mod transport;

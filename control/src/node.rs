@@ -1,12 +1,14 @@
-//! Starting and running one node: lock the data directory, move to a new
-//! epoch, publish leadership with its grace period, start the data plane,
-//! then serve control requests (epoch rollover) until told to stop.
+//! Starting and running one node: lock the data directory, open the raft
+//! log, start the data plane and the peer transport, then run the control
+//! loop (ticks, peer messages, persistence, Leadership publication) until
+//! told to stop. A single node is a cluster of one and runs the same code.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use palisade_dataplane::clock::{monotonic_ms, unix_ms};
 use palisade_dataplane::leadership::{Leadership, LeadershipView};
 use palisade_dataplane::server::{core_count, Cpus, Server, ServerOptions};
@@ -15,26 +17,39 @@ use palisade_dataplane::table::{KeyHasher, LeaseTable};
 use palisade_proto::auth::StoredCredential;
 use palisade_proto::Role;
 use palisade_tuning::{Config, CoreSelection};
+use raft::eraftpb::Message;
 use tracing::{error, info, warn};
 
-use crate::epoch::EpochStore;
+use crate::core::{ControlCore, CoreConfig, Restored};
+use crate::datadir::DataDir;
+use crate::raftlog::RaftLog;
+use crate::transport::Transport;
 
-/// How often the control loop looks for work.
-const CONTROL_TICK: Duration = Duration::from_millis(10);
+/// Peer messages waiting for the control thread before new ones are
+/// dropped (raft retransmits).
+const INBOX_MAX: usize = 8192;
 
 /// A running node.
 #[derive(Debug)]
 pub struct Node {
-    store: EpochStore,
+    _data: DataDir,
+    data_dir: PathBuf,
+    log: RaftLog,
+    core: ControlCore,
     shared: Arc<Shared>,
     server: Server,
-    data_dir: PathBuf,
+    transport: Option<Transport>,
+    inbox: Receiver<Message>,
+    tick_ms: u64,
+    next_tick_ms: u64,
+    snapshot_entries: u64,
+    published: Option<LeadershipView>,
 }
 
 /// Where the node keeps its state when neither `--data-dir` nor the config
 /// names one: systemd's `$STATE_DIRECTORY`; else `/var/lib/palisade` for
 /// root (the same place the systemd unit uses, so a node run by hand and as
-/// a service share one epoch); else `$XDG_STATE_HOME/palisade`, else
+/// a service share one log); else `$XDG_STATE_HOME/palisade`, else
 /// `~/.local/state/palisade`, else `./palisade-data`.
 #[must_use]
 pub fn default_data_dir() -> PathBuf {
@@ -74,30 +89,102 @@ fn millis_u32(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Start-time switches that tests use.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartOptions {
+    /// Honour failpoint files in the data directory (fsync stall).
+    pub failpoints: bool,
+}
+
 impl Node {
     /// Starts a node from `config`, keeping state in `data_dir`.
     pub fn start(config: &Config, data_dir: PathBuf) -> Result<Node> {
-        // Everything that can fail on configuration comes before the epoch
-        // bump, so a bad config does not use up epochs.
+        Node::start_with(config, data_dir, StartOptions::default())
+    }
+
+    /// [`Node::start`] with test switches.
+    pub fn start_with(config: &Config, data_dir: PathBuf, options: StartOptions) -> Result<Node> {
         let selection = cpus(&config.node.cores);
         let cores = core_count(&selection).context("placing data-plane cores")?;
-        let (store, started) = EpochStore::open_and_bump(&data_dir)?;
+        let members = config.members();
+        let voters: Vec<u64> = members.iter().map(|m| u64::from(m.id)).collect();
+        if !voters.contains(&u64::from(config.node.id)) {
+            bail!(
+                "node.id {} is not among the cluster members",
+                config.node.id
+            );
+        }
+        let alone = voters.len() == 1;
+
+        let data = DataDir::lock(&data_dir)?;
+        let legacy_epoch = data.legacy_epoch()?;
+        let (mut log, recovered) = RaftLog::open(
+            &data_dir,
+            &config.cluster.name,
+            config.node.id,
+            options.failpoints,
+        )?;
+        if recovered.torn_bytes > 0 {
+            warn!(
+                bytes = recovered.torn_bytes,
+                "cut a torn record off the end of the raft log"
+            );
+        }
+        let fresh = !recovered.existed && legacy_epoch.is_none();
+        let mut restored = Restored::from(recovered);
+        if let Some(epoch) = legacy_epoch {
+            // An earlier single-node version minted tokens in `epoch`: the
+            // first raft term must start above it (S1 across the upgrade).
+            if restored.hard_state.term < u64::from(epoch) {
+                restored.hard_state.term = u64::from(epoch);
+                restored.hard_state.vote = 0;
+                crate::core::Persist::set_hard_state(&mut log, &restored.hard_state);
+                log.sync()?;
+                info!(
+                    epoch,
+                    "continuing from the epoch file of an earlier version"
+                );
+            }
+        }
+
+        let tick_ms = millis(config.cluster.heartbeat_interval).max(1);
+        let election_ticks = usize::try_from(millis(config.cluster.election_timeout) / tick_ms)
+            .unwrap_or(usize::MAX);
+        let grace_ms = millis(config.grace_period());
+        let max_drift_ppm = (config.leases.max_drift * 1_000_000.0).ceil() as u32;
+        let mut core = ControlCore::new(
+            CoreConfig {
+                id: u64::from(config.node.id),
+                voters: voters.clone(),
+                tick_ms,
+                election_ticks: election_ticks.max(3),
+                grace_ms,
+                max_drift_ppm,
+                first_start_alone: alone && fresh,
+            },
+            restored,
+        )?;
         let start_ms = monotonic_ms();
-        let grace = if started.fresh {
-            Duration::ZERO
-        } else {
-            config.grace_period()
-        };
-        let grants_from_ms =
-            start_ms + u64::try_from(grace.as_millis()).expect("grace fits in u64 ms");
-        if started.fresh {
-            info!(dir = %data_dir.display(), epoch = started.epoch, "first start of this data directory: no grace period");
+        if alone {
+            // Nobody else to hear from: lead at once.
+            core.campaign(start_ms)?;
+            let _ = core.poll_ready(&mut log, start_ms)?;
+            core.request_confirmation(start_ms);
+            let _ = core.poll_ready(&mut log, start_ms)?;
+        }
+        let view = core.leadership()?;
+        if fresh && alone {
+            info!(dir = %data_dir.display(), epoch = view.epoch, "first start of this data directory: no grace period");
         } else {
             info!(
                 dir = %data_dir.display(),
-                epoch = started.epoch,
-                grace_ms = grace.as_millis() as u64,
-                "restarted: no grants until (max_ttl + lock_delay_max + election_timeout) x (1 + max_drift) has passed"
+                epoch = view.epoch,
+                grace_ms,
+                "no grants until (max_ttl + lock_delay_max + election_timeout) x (1 + max_drift) has passed after becoming leader"
             );
         }
 
@@ -117,14 +204,7 @@ impl Node {
             })
             .collect();
         let leadership = Leadership::new(config.node.id);
-        leadership.publish(LeadershipView {
-            epoch: started.epoch,
-            role: Role::Leader,
-            leader_id: config.node.id,
-            grants_from_ms,
-            // A node alone is its own quorum: nothing to confirm.
-            grants_until_ms: palisade_dataplane::leadership::TIME_MAX_MS,
-        });
+        leadership.publish(view);
         let shared = Arc::new(Shared {
             table: LeaseTable::new(config.leases.table_capacity, KeyHasher::new(hash_key)),
             leadership,
@@ -134,7 +214,7 @@ impl Node {
                 min_ttl_ms: millis_u32(config.leases.min_ttl),
                 max_ttl_ms: millis_u32(config.leases.max_ttl),
                 lock_delay_max_ms: millis_u32(config.leases.lock_delay_max),
-                max_drift_ppm: (config.leases.max_drift * 1_000_000.0).ceil() as u32,
+                max_drift_ppm,
                 pending_per_connection_max: config.limits.pending_per_connection_max,
                 cores: u16::try_from(cores).context("too many cores")?,
                 start_ms,
@@ -142,7 +222,7 @@ impl Node {
             },
             stats: (0..cores).map(|_| CoreStats::default()).collect(),
         });
-        let options = ServerOptions {
+        let server_options = ServerOptions {
             listen: config.listen.client,
             cpus: selection,
             preempt_timer: config.dataplane.preempt_timer,
@@ -156,12 +236,44 @@ impl Node {
             sweep_interval: config.leases.sweep_interval,
             reclaim_after: config.leases.reclaim_after,
         };
-        let server = Server::start(shared.clone(), options).context("starting the data plane")?;
+        let server =
+            Server::start(shared.clone(), server_options).context("starting the data plane")?;
+
+        let (inbox_tx, inbox) = mpsc::sync_channel(INBOX_MAX);
+        let transport = match config.peer_listen() {
+            Some(listen) if !alone => {
+                let peers: Vec<(u16, std::net::SocketAddr)> = members
+                    .iter()
+                    .filter(|m| m.id != config.node.id)
+                    .filter_map(|m| m.peer.map(|addr| (m.id, addr)))
+                    .collect();
+                Some(
+                    Transport::start(
+                        config.node.id,
+                        &config.cluster.name,
+                        listen,
+                        &peers,
+                        inbox_tx,
+                    )
+                    .with_context(|| format!("starting the peer transport on {listen}"))?,
+                )
+            }
+            _ => None,
+        };
+        let now = monotonic_ms();
         Ok(Node {
-            store,
+            _data: data,
+            data_dir,
+            log,
+            core,
             shared,
             server,
-            data_dir,
+            transport,
+            inbox,
+            tick_ms,
+            next_tick_ms: now + tick_ms,
+            snapshot_entries: config.cluster.snapshot_entries,
+            published: Some(view),
         })
     }
 
@@ -169,6 +281,12 @@ impl Node {
     #[must_use]
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.server.local_addr()
+    }
+
+    /// The peer address the node listens on (multi-node clusters).
+    #[must_use]
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.transport.as_ref().map(Transport::local_addr)
     }
 
     /// The epoch grants are minted in now.
@@ -185,55 +303,122 @@ impl Node {
 
     /// The data directory in use.
     #[must_use]
-    pub fn data_dir(&self) -> &PathBuf {
+    pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
 
-    /// Unix ms from which grants are allowed.
+    /// Unix ms from which grants are allowed (0 if this node does not lead).
     #[must_use]
     pub fn grants_from_unix_ms(&self) -> u64 {
         let lead = self.shared.leadership.load();
+        if lead.role != Role::Leader {
+            return 0;
+        }
         unix_ms() + lead.grants_from_ms.saturating_sub(monotonic_ms())
     }
 
-    /// One pass of control work: moves to a new epoch when the data plane
-    /// used up a resource's token sequence.
-    pub fn tick(&mut self) {
-        if !self.shared.leadership.take_new_epoch_request() {
-            return;
+    /// One pass of control work: ticks that are due, peer messages that
+    /// arrived (waiting at most `wait`), persistence, sending, publication
+    /// and compaction. An error means this node must stop: it has already
+    /// stopped granting.
+    pub fn turn(&mut self, wait: Duration) -> Result<()> {
+        let now = monotonic_ms();
+        if now >= self.next_tick_ms {
+            self.core.tick(now);
+            // Catch up without a burst of ticks after a stall: raft counts
+            // ticks, and a stalled node should not believe time flew.
+            self.next_tick_ms = if now > self.next_tick_ms + self.tick_ms {
+                now + self.tick_ms
+            } else {
+                self.next_tick_ms + self.tick_ms
+            };
         }
-        match self.store.bump() {
-            Ok(epoch) => {
-                let lead = self.shared.leadership.load();
-                // The table keeps every lease: no grace is needed, only
-                // the higher epoch (S1).
-                self.shared
-                    .leadership
-                    .publish(LeadershipView { epoch, ..lead });
-                warn!(
-                    epoch,
-                    "a resource used up its token sequence; moved to a new epoch"
+        let until_tick = Duration::from_millis(self.next_tick_ms.saturating_sub(now));
+        match self.inbox.recv_timeout(until_tick.min(wait)) {
+            Ok(message) => {
+                let now = monotonic_ms();
+                self.core.step(message, now)?;
+                while let Ok(message) = self.inbox.try_recv() {
+                    self.core.step(message, now)?;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {}
+        }
+        if self.shared.leadership.take_new_epoch_request() {
+            warn!("a resource used up its epoch's token space; it can be granted again after the next leader election");
+        }
+        let now = monotonic_ms();
+        let messages = match self.core.poll_ready(&mut self.log, now) {
+            Ok(messages) => messages,
+            Err(e) => {
+                self.stop_leading();
+                return Err(e).context("raft state could not be made durable; stopping");
+            }
+        };
+        if let Some(transport) = &self.transport {
+            transport.send(messages);
+        }
+        self.publish()?;
+        if let Some((snapshot, hard_state, rest)) = self
+            .core
+            .compaction(self.log.entries_written(), self.snapshot_entries)
+        {
+            self.log
+                .compact(&snapshot, &hard_state, &rest)
+                .context("compacting the raft log")?;
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self) -> Result<()> {
+        let view = self.core.leadership()?;
+        if self.published != Some(view) {
+            if self.published.map(|p| (p.role, p.epoch, p.leader_id))
+                != Some((view.role, view.epoch, view.leader_id))
+            {
+                info!(
+                    role = view.role.as_str(),
+                    epoch = view.epoch,
+                    leader = view.leader_id,
+                    "leadership changed"
                 );
             }
-            Err(e) => {
-                // Without a durable new epoch nothing may be minted in one;
-                // grants of exhausted resources keep failing until fixed.
-                error!(error = %e, "could not persist a new epoch");
-            }
+            self.shared.leadership.publish(view);
+            self.published = Some(view);
         }
+        Ok(())
+    }
+
+    /// Withdraws this node's leadership from the data plane at once.
+    fn stop_leading(&mut self) {
+        let current = self.shared.leadership.load();
+        self.shared.leadership.publish(LeadershipView {
+            role: Role::Candidate,
+            leader_id: 0,
+            grants_until_ms: 0,
+            ..current
+        });
     }
 
     /// Runs control work until `stop` returns true.
-    pub fn run_until(&mut self, mut stop: impl FnMut() -> bool) {
+    pub fn run_until(&mut self, mut stop: impl FnMut() -> bool) -> Result<()> {
         while !stop() {
-            self.tick();
-            std::thread::sleep(CONTROL_TICK);
+            if let Err(e) = self.turn(Duration::from_millis(10)) {
+                error!(error = %format!("{e:#}"), "control plane failed");
+                return Err(e);
+            }
         }
+        Ok(())
     }
 
-    /// Stops the data plane.
+    /// Stops the data plane and the transport.
     pub fn shutdown(mut self) {
+        self.stop_leading();
         self.server.stop();
+        if let Some(transport) = self.transport.take() {
+            transport.stop();
+        }
         info!("node stopped");
     }
 }

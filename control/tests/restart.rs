@@ -179,3 +179,27 @@ fn serve_respects_the_cpu_affinity_mask() {
     assert_eq!(code, 0, "{status}");
     assert_eq!(status["cores"], 1);
 }
+
+#[test]
+fn an_epoch_file_of_an_earlier_version_is_carried_into_the_first_term() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let data_dir = work.path().join("data");
+    std::fs::create_dir_all(&data_dir).expect("mkdir");
+    let sum = crc32fast::hash(b"palisade-epoch v1 41");
+    std::fs::write(
+        data_dir.join("epoch"),
+        format!("palisade-epoch v1 41 {sum:08x}\n"),
+    )
+    .expect("write");
+    let server = Server::start_in("", &data_dir, work.path());
+    assert_eq!(
+        server.ready["epoch"], 42,
+        "tokens continue above the old epoch (S1)"
+    );
+    let (code, status) = server.cli(&["status"]);
+    assert_eq!(code, 0);
+    assert!(
+        status["grace_remaining_ms"].as_u64().expect("grace") > 0,
+        "{status}"
+    );
+}

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use palisade_client::cli::{self, ClientCommand};
-use palisade_control::node::{default_data_dir, Node};
+use palisade_control::node::{default_data_dir, Node, StartOptions};
 use palisade_tuning::{Config, FsSource, TenantCredential};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -40,6 +40,9 @@ enum Command {
         /// Write {"endpoint", "pid", "epoch", ...} as JSON here once serving.
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        /// Honour failpoint files in the data directory (tests only).
+        #[arg(long, hide = true)]
+        failpoints: bool,
     },
     /// Make a tenant credential line for the server's config from a secret
     /// (read from --secret-file, or the first line of stdin).
@@ -100,6 +103,7 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
 fn write_ready_file(path: &Path, node: &Node) -> Result<()> {
     let body = serde_json::json!({
         "endpoint": node.local_addr().to_string(),
+        "peer": node.peer_addr().map(|a| a.to_string()),
         "pid": std::process::id(),
         "epoch": node.epoch(),
         "grants_from_unix_ms": node.grants_from_unix_ms(),
@@ -117,6 +121,7 @@ fn serve(
     listen: Option<std::net::SocketAddr>,
     data_dir: Option<PathBuf>,
     ready_file: Option<PathBuf>,
+    failpoints: bool,
 ) -> Result<()> {
     let mut config = load_config(config.as_deref())?;
     if let Some(listen) = listen {
@@ -135,15 +140,15 @@ fn serve(
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
-    let mut node = Node::start(&config, data_dir)?;
+    let mut node = Node::start_with(&config, data_dir, StartOptions { failpoints })?;
     info!(endpoint = %node.local_addr(), epoch = node.epoch(), "palisade serving");
     if let Some(path) = ready_file {
         write_ready_file(&path, &node)?;
     }
-    node.run_until(|| stop.load(Ordering::SeqCst));
+    let result = node.run_until(|| stop.load(Ordering::SeqCst));
     info!("shutting down");
     node.shutdown();
-    Ok(())
+    result
 }
 
 fn tenant_credential(secret_file: Option<PathBuf>, iterations: u32) -> Result<()> {
@@ -190,7 +195,8 @@ fn main() -> ExitCode {
             listen,
             data_dir,
             ready_file,
-        } => serve(config, listen, data_dir, ready_file),
+            failpoints,
+        } => serve(config, listen, data_dir, ready_file, failpoints),
         Command::TenantCredential {
             secret_file,
             iterations,
