@@ -193,10 +193,11 @@ impl Shared {
                 .map(|s| f(s).load(Ordering::Relaxed))
                 .sum()
         };
-        let grants_from_unix_ms = if lead.grants_from_ms == u64::MAX {
-            0
-        } else {
+        let leading = lead.role == palisade_proto::Role::Leader;
+        let grants_from_unix_ms = if leading {
             (lead.grants_from_ms as i64 + self.config.unix_offset_ms).max(0) as u64
+        } else {
+            0
         };
         StatusInfo {
             node_id: self.config.node_id,
@@ -209,7 +210,11 @@ impl Shared {
             connections: clamp_u32(sum(|s| &s.connections)),
             waiters: sum(|s| &s.waiters),
             grants_from_unix_ms,
-            grace_remaining_ms: lead.grants_from_ms.saturating_sub(now_ms),
+            grace_remaining_ms: if leading {
+                lead.grants_from_ms.saturating_sub(now_ms)
+            } else {
+                0
+            },
             uptime_ms: now_ms.saturating_sub(self.config.start_ms),
             table_capacity: clamp_u32(self.table.capacity()),
             version: env!("CARGO_PKG_VERSION").to_string(),
