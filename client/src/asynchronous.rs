@@ -114,16 +114,22 @@ impl Drop for CallGuard<'_> {
 }
 
 /// A connected, authenticated async client. Cheap to clone; clones share
-/// the connection.
+/// the connection. Lease calls follow redirects to the leader: the client
+/// then reconnects there, for every clone.
 #[derive(Clone)]
 pub struct AsyncClient {
-    inner: Arc<Inner>,
+    link: Arc<Link>,
+}
+
+struct Link {
+    options: ConnectOptions,
+    current: Mutex<Arc<Inner>>,
 }
 
 impl std::fmt::Debug for AsyncClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AsyncClient")
-            .field("endpoint", &self.inner.endpoint)
+            .field("endpoint", &self.current().endpoint)
             .finish_non_exhaustive()
     }
 }
@@ -134,6 +140,59 @@ const WAIT_MARGIN: Duration = Duration::from_secs(5);
 impl AsyncClient {
     /// Connects and completes the handshake.
     pub async fn connect(options: &ConnectOptions) -> Result<AsyncClient, ClientError> {
+        let inner = open(options).await?;
+        Ok(AsyncClient {
+            link: Arc::new(Link {
+                options: options.clone(),
+                current: Mutex::new(inner),
+            }),
+        })
+    }
+
+    fn current(&self) -> Arc<Inner> {
+        self.link.current.lock().expect("link lock").clone()
+    }
+
+    /// Runs `call` on the current connection, following redirects to the
+    /// leader and waiting out moments without one, up to
+    /// [`crate::blocking::REDIRECTS_MAX`] attempts.
+    async fn follow_leader<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(Arc<Inner>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let mut pause = Duration::from_millis(25);
+        let mut attempt = 1;
+        loop {
+            let inner = self.current();
+            match call(inner.clone()).await {
+                Err(ClientError::Redirect { endpoint, .. })
+                    if attempt < crate::blocking::REDIRECTS_MAX =>
+                {
+                    if endpoint.is_empty() || endpoint == inner.endpoint {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(500));
+                    } else {
+                        let mut options = self.link.options.clone();
+                        options.endpoint = endpoint;
+                        let fresh = open(&options).await?;
+                        let mut current = self.link.current.lock().expect("link lock");
+                        // Another clone may have moved on already.
+                        if Arc::ptr_eq(&current, &inner) {
+                            *current = fresh;
+                        }
+                    }
+                }
+                other => return other,
+            }
+            attempt += 1;
+        }
+    }
+}
+
+/// Connects to `options.endpoint` and completes the handshake.
+async fn open(options: &ConnectOptions) -> Result<Arc<Inner>, ClientError> {
+    {
         let io = |source| ClientError::Io {
             endpoint: options.endpoint.clone(),
             source,
@@ -167,33 +226,39 @@ impl AsyncClient {
             .lock()
             .expect("tasks lock")
             .extend([reader, writer]);
-        let client = AsyncClient { inner };
         let (mut handshake, hello) = Handshake::start(options.identity.clone());
-        let mut response = client.call(&hello).await?;
+        let mut response = call_on(&inner, &hello, options.request_timeout).await?;
         loop {
             match handshake.on_response(response)? {
-                Step::Send(request) => response = client.call(&request).await?,
+                Step::Send(request) => {
+                    response = call_on(&inner, &request, options.request_timeout).await?;
+                }
                 Step::Done(welcome) => {
-                    let _ = client.inner.welcome.set(welcome);
-                    return Ok(client);
+                    let _ = inner.welcome.set(welcome);
+                    return Ok(inner);
                 }
             }
         }
     }
+}
 
+impl Inner {
+    fn drift_ppm(&self) -> u32 {
+        self.welcome.get().map_or(0, |w| w.max_drift_ppm)
+    }
+}
+
+impl AsyncClient {
     /// What the server said at the handshake.
     #[must_use]
-    pub fn welcome(&self) -> Option<&Welcome> {
-        self.inner.welcome.get()
-    }
-
-    fn drift_ppm(&self) -> u32 {
-        self.welcome().map_or(0, |w| w.max_drift_ppm)
+    pub fn welcome(&self) -> Option<Welcome> {
+        self.current().welcome.get().cloned()
     }
 
     /// Sends one request and waits up to the request timeout for its answer.
     pub async fn call(&self, request: &Request) -> Result<Response, ClientError> {
-        self.call_within(request, self.inner.request_timeout).await
+        let inner = self.current();
+        call_on(&inner, request, inner.request_timeout).await
     }
 
     /// Sends one request and waits up to `timeout`.
@@ -202,7 +267,18 @@ impl AsyncClient {
         request: &Request,
         timeout: Duration,
     ) -> Result<Response, ClientError> {
-        let inner = &*self.inner;
+        call_on(&self.current(), request, timeout).await
+    }
+}
+
+/// Sends one request on `inner` and waits up to `timeout` for its answer.
+async fn call_on(
+    inner: &Arc<Inner>,
+    request: &Request,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
+    {
+        let inner = &**inner;
         let (tx, rx) = oneshot::channel();
         let id = {
             // Register before sending so the answer cannot outrun us.
@@ -236,25 +312,29 @@ impl AsyncClient {
         drop(guard);
         result
     }
+}
 
-    /// Acquires `resource`.
+impl AsyncClient {
+    /// Acquires `resource`, following the leader.
     pub async fn acquire(
         &self,
         resource: &str,
         options: AcquireOptions,
     ) -> Result<AcquireOutcome, ClientError> {
         let request = acquire_request(resource, &options)?;
-        let send_ms = boottime_ms();
-        let response = self
-            .call_within(
-                &request,
-                self.inner.request_timeout + options.wait + WAIT_MARGIN,
-            )
-            .await?;
-        acquire_outcome(resource, &options, send_ms, self.drift_ppm(), response)
+        self.follow_leader(|inner| {
+            let request = request.clone();
+            async move {
+                let send_ms = boottime_ms();
+                let timeout = inner.request_timeout + options.wait + WAIT_MARGIN;
+                let response = call_on(&inner, &request, timeout).await?;
+                acquire_outcome(resource, &options, send_ms, inner.drift_ppm(), response)
+            }
+        })
+        .await
     }
 
-    /// Renews `token` on `resource` for `ttl` from now.
+    /// Renews `token` on `resource` for `ttl` from now, following the leader.
     pub async fn renew(
         &self,
         resource: &str,
@@ -263,37 +343,43 @@ impl AsyncClient {
         holder: u64,
     ) -> Result<TokenOutcome, ClientError> {
         let ttl_ms = millis_u32(ttl, "ttl")?;
-        let send_ms = boottime_ms();
-        let response = self
-            .call(&Request::Renew {
+        self.follow_leader(|inner| async move {
+            let send_ms = boottime_ms();
+            let request = Request::Renew {
                 resource: resource.into(),
                 token,
                 ttl_ms,
-            })
-            .await?;
-        token_outcome(resource, holder, send_ms, self.drift_ppm(), response)
+            };
+            let response = call_on(&inner, &request, inner.request_timeout).await?;
+            token_outcome(resource, holder, send_ms, inner.drift_ppm(), response)
+        })
+        .await
     }
 
-    /// Releases `token` on `resource`.
+    /// Releases `token` on `resource`, following the leader.
     pub async fn release(&self, resource: &str, token: u64) -> Result<TokenOutcome, ClientError> {
-        let response = self
-            .call(&Request::Release {
+        self.follow_leader(|inner| async move {
+            let request = Request::Release {
                 resource: resource.into(),
                 token,
-            })
-            .await?;
-        token_outcome(resource, 0, 0, 0, response)
+            };
+            let response = call_on(&inner, &request, inner.request_timeout).await?;
+            token_outcome(resource, 0, 0, 0, response)
+        })
+        .await
     }
 
-    /// Asks whether `token` is the current lease on `resource`.
+    /// Asks the leader whether `token` is the current lease on `resource`.
     pub async fn check(&self, resource: &str, token: u64) -> Result<TokenOutcome, ClientError> {
-        let response = self
-            .call(&Request::Check {
+        self.follow_leader(|inner| async move {
+            let request = Request::Check {
                 resource: resource.into(),
                 token,
-            })
-            .await?;
-        token_outcome(resource, 0, 0, 0, response)
+            };
+            let response = call_on(&inner, &request, inner.request_timeout).await?;
+            token_outcome(resource, 0, 0, 0, response)
+        })
+        .await
     }
 
     /// Node status.

@@ -123,7 +123,13 @@ pub struct Client {
     abandoned: HashMap<u64, Option<String>>,
     welcome: Welcome,
     request_timeout: Duration,
+    options: ConnectOptions,
 }
+
+/// Attempts of one call across redirects and leaderless moments.
+pub const REDIRECTS_MAX: u32 = 8;
+/// First pause when no leader is known; doubles up to 500 ms.
+const LEADERLESS_PAUSE_MIN: Duration = Duration::from_millis(25);
 
 impl Client {
     /// Connects and completes the handshake.
@@ -171,6 +177,7 @@ impl Client {
                 server_signature: None,
             },
             request_timeout: options.request_timeout,
+            options: options.clone(),
         };
         let (mut handshake, hello) = Handshake::start(options.identity.clone());
         let mut response = client.call(&hello)?;
@@ -343,8 +350,45 @@ impl Client {
             .collect()
     }
 
-    /// Acquires `resource`.
+    /// Runs `call`, following redirects to the leader (reconnecting to
+    /// it) and waiting out moments without one, up to [`REDIRECTS_MAX`]
+    /// attempts. Safe because a redirected request was not carried out.
+    fn follow_leader<T>(
+        &mut self,
+        mut call: impl FnMut(&mut Client) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let mut pause = LEADERLESS_PAUSE_MIN;
+        let mut attempt = 1;
+        loop {
+            match call(self) {
+                Err(ClientError::Redirect { endpoint, .. }) if attempt < REDIRECTS_MAX => {
+                    if endpoint.is_empty() || endpoint == self.endpoint {
+                        // An election is under way: give it a moment.
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_millis(500));
+                    } else {
+                        let mut options = self.options.clone();
+                        options.endpoint = endpoint;
+                        options.request_timeout = self.request_timeout;
+                        *self = Client::connect(&options)?;
+                    }
+                }
+                other => return other,
+            }
+            attempt += 1;
+        }
+    }
+
+    /// Acquires `resource`, following the leader.
     pub fn acquire(
+        &mut self,
+        resource: &str,
+        options: AcquireOptions,
+    ) -> Result<AcquireOutcome, ClientError> {
+        self.follow_leader(|client| client.acquire_here(resource, options))
+    }
+
+    fn acquire_here(
         &mut self,
         resource: &str,
         options: AcquireOptions,
@@ -362,8 +406,19 @@ impl Client {
         )
     }
 
-    /// Renews `token` on `resource` for `ttl` from now.
+    /// Renews `token` on `resource` for `ttl` from now, following the
+    /// leader.
     pub fn renew(
+        &mut self,
+        resource: &str,
+        token: u64,
+        ttl: Duration,
+        holder: u64,
+    ) -> Result<TokenOutcome, ClientError> {
+        self.follow_leader(|client| client.renew_here(resource, token, ttl, holder))
+    }
+
+    fn renew_here(
         &mut self,
         resource: &str,
         token: u64,
@@ -386,22 +441,26 @@ impl Client {
         )
     }
 
-    /// Releases `token` on `resource`.
+    /// Releases `token` on `resource`, following the leader.
     pub fn release(&mut self, resource: &str, token: u64) -> Result<TokenOutcome, ClientError> {
-        let response = self.call(&Request::Release {
-            resource: resource.into(),
-            token,
-        })?;
-        token_outcome(resource, 0, 0, 0, response)
+        self.follow_leader(|client| {
+            let response = client.call(&Request::Release {
+                resource: resource.into(),
+                token,
+            })?;
+            token_outcome(resource, 0, 0, 0, response)
+        })
     }
 
-    /// Asks whether `token` is the current lease on `resource`.
+    /// Asks the leader whether `token` is the current lease on `resource`.
     pub fn check(&mut self, resource: &str, token: u64) -> Result<TokenOutcome, ClientError> {
-        let response = self.call(&Request::Check {
-            resource: resource.into(),
-            token,
-        })?;
-        token_outcome(resource, 0, 0, 0, response)
+        self.follow_leader(|client| {
+            let response = client.call(&Request::Check {
+                resource: resource.into(),
+                token,
+            })?;
+            token_outcome(resource, 0, 0, 0, response)
+        })
     }
 
     /// Node status.
@@ -437,6 +496,13 @@ pub(crate) fn acquire_request(
 /// server's own error, or a protocol violation.
 pub(crate) fn unexpected(response: Response) -> ClientError {
     match response {
+        Response::Redirect {
+            leader_id,
+            endpoint,
+        } => ClientError::Redirect {
+            leader_id,
+            endpoint,
+        },
         Response::Error {
             code,
             retry_after_ms,

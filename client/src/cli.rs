@@ -208,6 +208,7 @@ fn error_report(err: &ClientError) -> Report {
             ..
         } => (EXIT_ERROR, code.as_str(), *retry_after_ms),
         ClientError::Io { .. } => (EXIT_ERROR, "connection", 0),
+        ClientError::Redirect { .. } => (EXIT_ERROR, "no_leader", 0),
         ClientError::Timeout { .. } => (EXIT_ERROR, "timeout", 0),
         ClientError::Protocol(_) => (EXIT_ERROR, "protocol", 0),
         ClientError::Auth(_) => (EXIT_ERROR, "auth", 0),
@@ -218,6 +219,7 @@ fn error_report(err: &ClientError) -> Report {
             " (is a node running at {endpoint}? start one with `palisade serve`, or pass --endpoint HOST:PORT)"
         ),
         ClientError::Timeout { .. } => " (the node is overloaded or unreachable; retry, or raise --timeout)".into(),
+        ClientError::Redirect { .. } => " (the cluster has no reachable leader right now: is a majority of nodes up and connected? `palisade status` on each node tells)".into(),
         ClientError::Server {
             code: ErrorCode::Unavailable,
             retry_after_ms,

@@ -23,6 +23,15 @@ pub enum ClientError {
         /// The timeout that passed.
         timeout_ms: u64,
     },
+    /// The node asked does not lead; `endpoint` is the leader's client
+    /// address (empty if it knows of none). Clients follow it themselves.
+    #[error("node is not the leader (leader {leader_id} at {endpoint:?})")]
+    Redirect {
+        /// Leader's node id, 0 if unknown.
+        leader_id: u16,
+        /// Leader's client address, empty if unknown.
+        endpoint: String,
+    },
     /// The server refused the request with an error code.
     #[error("server refused ({code}): {message}")]
     Server {
@@ -50,7 +59,9 @@ impl ClientError {
     #[must_use]
     pub fn is_retryable(&self) -> bool {
         match self {
-            ClientError::Io { .. } | ClientError::Timeout { .. } => true,
+            ClientError::Io { .. } | ClientError::Timeout { .. } | ClientError::Redirect { .. } => {
+                true
+            }
             ClientError::Server { code, .. } => matches!(
                 code,
                 ErrorCode::Unavailable

@@ -219,6 +219,10 @@ impl Node {
                 cores: u16::try_from(cores).context("too many cores")?,
                 start_ms,
                 unix_offset_ms: unix_ms() as i64 - start_ms as i64,
+                members: members
+                    .iter()
+                    .map(|m| (m.id, m.client.to_string()))
+                    .collect(),
             },
             stats: (0..cores).map(|_| CoreStats::default()).collect(),
         });

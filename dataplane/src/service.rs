@@ -46,6 +46,8 @@ pub struct ServiceConfig {
     pub start_ms: u64,
     /// Unix ms minus monotonic ms at start, for status display only.
     pub unix_offset_ms: i64,
+    /// Client addresses of the cluster's nodes, for redirects.
+    pub members: Vec<(u16, String)>,
 }
 
 /// Counters one core writes and any core reads (status).
@@ -381,13 +383,18 @@ impl Shared {
         )
     }
 
-    fn not_leader(leader_id: u16) -> Response {
-        let message = if leader_id == 0 {
-            "this node is not the leader and knows of none; retry shortly".to_string()
-        } else {
-            format!("this node is not the leader; node {leader_id} is")
-        };
-        error(ErrorCode::NotLeader, 0, message)
+    fn not_leader(&self, leader_id: u16) -> Response {
+        let endpoint = self
+            .config
+            .members
+            .iter()
+            .find(|(id, _)| *id == leader_id)
+            .map(|(_, endpoint)| endpoint.clone())
+            .unwrap_or_default();
+        Response::Redirect {
+            leader_id,
+            endpoint,
+        }
     }
 
     fn ready(
@@ -443,7 +450,7 @@ impl Shared {
         match lead.check_serve(now_ms) {
             Ok(()) => {}
             Err(NotGranting::NotLeader { leader_id }) => {
-                return Outcome::Reply(Self::not_leader(leader_id));
+                return Outcome::Reply(self.not_leader(leader_id));
             }
             Err(NotGranting::Unconfirmed | NotGranting::Grace { .. }) => {
                 return Outcome::Reply(Self::unconfirmed());
@@ -545,7 +552,7 @@ impl Shared {
         match lead.check_grant(now_ms) {
             Ok(()) => {}
             Err(NotGranting::NotLeader { leader_id }) => {
-                return Outcome::Reply(Self::not_leader(leader_id));
+                return Outcome::Reply(self.not_leader(leader_id));
             }
             Err(NotGranting::Unconfirmed) => return Outcome::Reply(Self::unconfirmed()),
             Err(NotGranting::Grace { until_ms }) => {
@@ -558,7 +565,7 @@ impl Shared {
                     ErrorCode::Unavailable,
                     clamp_u32(until_ms - now_ms),
                     format!(
-                        "grace period after start: no grants for another {}ms (leases granted before a restart may still be held)",
+                        "grace period after this node became leader: no grants for another {}ms (leases granted by an earlier leader or before a restart may still be held)",
                         until_ms - now_ms
                     ),
                 ));
@@ -678,6 +685,7 @@ mod tests {
                 cores: 1,
                 start_ms: 0,
                 unix_offset_ms: 1_700_000_000_000,
+                members: vec![(1, "127.0.0.1:7411".into()), (2, "127.0.0.1:7412".into())],
             },
             stats: vec![CoreStats::default()],
         }
@@ -943,8 +951,11 @@ mod tests {
             },
         ] {
             assert_eq!(
-                code(&run(&s, &mut conn, &request, 0)),
-                Some(ErrorCode::NotLeader)
+                run(&s, &mut conn, &request, 0),
+                Outcome::Reply(Response::Redirect {
+                    leader_id: 2,
+                    endpoint: "127.0.0.1:7412".into()
+                })
             );
         }
         assert!(matches!(

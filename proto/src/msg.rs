@@ -221,6 +221,14 @@ pub enum Response {
     },
     /// Node status.
     Status(StatusInfo),
+    /// This node does not lead: ask the leader instead. The request was not
+    /// carried out, so retrying it there is safe.
+    Redirect {
+        /// Leader's node id, 0 if this node knows of none (retry shortly).
+        leader_id: u16,
+        /// Leader's client address (`host:port`), empty if unknown.
+        endpoint: String,
+    },
     /// The request or frame was refused.
     Error {
         /// What went wrong.

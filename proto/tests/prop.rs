@@ -100,6 +100,10 @@ fn response() -> impl Strategy<Value = Response> {
             token,
             remaining_ms
         }),
+        (any::<u16>(), "[0-9.:]{0,21}").prop_map(|(leader_id, endpoint)| Response::Redirect {
+            leader_id,
+            endpoint
+        }),
         (0..ErrorCode::ALL.len(), any::<u32>(), "[ -~]{0,80}").prop_map(|(i, retry, message)| {
             Response::Error {
                 code: ErrorCode::ALL[i],
