@@ -1,0 +1,453 @@
+//! A cluster of real `palisade serve` processes on loopback, with a
+//! fault-injecting TCP proxy on every directed peer link, and a checker
+//! for the lease history clients observed.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_palisade");
+
+pub fn sleep_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// A free loopback port (bind 0, read it, close).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// One directed link's behaviour.
+#[derive(Default)]
+pub struct LinkState {
+    /// Drop everything (and break connections).
+    pub blocked: AtomicBool,
+    /// Added one-way delay per chunk, ms.
+    pub delay_ms: AtomicU64,
+}
+
+/// A TCP proxy for the link `from -> to`: node `from` dials it, it dials
+/// node `to`'s real peer port.
+pub struct Proxy {
+    pub listen: SocketAddr,
+    pub state: Arc<LinkState>,
+    stop: Arc<AtomicBool>,
+}
+
+fn pump(mut src: TcpStream, mut dst: TcpStream, state: Arc<LinkState>, stop: Arc<AtomicBool>) {
+    let _ = src.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if stop.load(Ordering::SeqCst) || state.blocked.load(Ordering::SeqCst) {
+            let _ = src.shutdown(std::net::Shutdown::Both);
+            let _ = dst.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        match src.read(&mut buf) {
+            Ok(0) => {
+                let _ = dst.shutdown(std::net::Shutdown::Write);
+                return;
+            }
+            Ok(n) => {
+                let delay = state.delay_ms.load(Ordering::SeqCst);
+                if delay > 0 {
+                    sleep_ms(delay);
+                }
+                if state.blocked.load(Ordering::SeqCst) || dst.write_all(&buf[..n]).is_err() {
+                    let _ = src.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                let _ = dst.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        }
+    }
+}
+
+impl Proxy {
+    pub fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
+        let listen = listener.local_addr().expect("addr");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let state = Arc::new(LinkState::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let state = state.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((client, _)) => {
+                            if state.blocked.load(Ordering::SeqCst) {
+                                drop(client);
+                                continue;
+                            }
+                            let _ = client.set_nonblocking(false);
+                            let Ok(server) = TcpStream::connect(upstream) else {
+                                continue;
+                            };
+                            let (s1, s2) = (state.clone(), state.clone());
+                            let (k1, k2) = (stop.clone(), stop.clone());
+                            let client2 = client.try_clone().expect("clone");
+                            let server2 = server.try_clone().expect("clone");
+                            std::thread::spawn(move || pump(client, server, s1, k1));
+                            std::thread::spawn(move || pump(server2, client2, s2, k2));
+                        }
+                        Err(_) => sleep_ms(5),
+                    }
+                }
+            });
+        }
+        Proxy {
+            listen,
+            state,
+            stop,
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+pub struct NodeProc {
+    pub id: u16,
+    pub client: SocketAddr,
+    pub peer: SocketAddr,
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+}
+
+/// A running cluster.
+pub struct Cluster {
+    pub nodes: Vec<NodeProc>,
+    /// Proxy for each directed link (from, to).
+    pub links: HashMap<(u16, u16), Proxy>,
+    pub dir: tempfile::TempDir,
+    pub extra: String,
+}
+
+impl Cluster {
+    /// Starts `size` nodes with `extra` TOML appended to every config
+    /// (e.g. short ttls).
+    pub fn start(size: u16, extra: &str) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut nodes = Vec::new();
+        for id in 1..=size {
+            let client: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+            let peer: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+            nodes.push(NodeProc {
+                id,
+                client,
+                peer,
+                config: dir.path().join(format!("node{id}.toml")),
+                data_dir: dir.path().join(format!("data{id}")),
+                log: dir.path().join(format!("node{id}.log")),
+                child: None,
+            });
+        }
+        let mut links = HashMap::new();
+        for from in &nodes {
+            for to in &nodes {
+                if from.id != to.id {
+                    links.insert((from.id, to.id), Proxy::start(to.peer));
+                }
+            }
+        }
+        let mut cluster = Cluster {
+            nodes,
+            links,
+            dir,
+            extra: extra.to_string(),
+        };
+        for i in 0..cluster.nodes.len() {
+            cluster.write_config(i);
+        }
+        for i in 0..cluster.nodes.len() {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    fn write_config(&self, i: usize) {
+        let me = &self.nodes[i];
+        let mut text = format!(
+            "[node]\nid = {}\ncores = 1\n\n[listen]\nclient = \"{}\"\n\n[cluster]\nname = \"test\"\nheartbeat_interval = \"20ms\"\nelection_timeout = \"200ms\"\n",
+            me.id, me.client
+        );
+        for other in &self.nodes {
+            let peer = if other.id == me.id {
+                other.peer
+            } else {
+                self.links[&(me.id, other.id)].listen
+            };
+            text.push_str(&format!(
+                "\n[[cluster.peers]]\nid = {}\npeer = \"{}\"\nclient = \"{}\"\n",
+                other.id, peer, other.client
+            ));
+        }
+        text.push('\n');
+        text.push_str(&self.extra);
+        std::fs::write(&me.config, text).expect("write config");
+    }
+
+    pub fn spawn(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("log");
+        let child = Command::new(BIN)
+            .args(["serve", "--failpoints", "--config"])
+            .arg(&node.config)
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn");
+        node.child = Some(child);
+        let (id, client) = (node.id, node.client);
+        // Wait for the client port.
+        for _ in 0..500 {
+            if TcpStream::connect(client).is_ok() {
+                return;
+            }
+            sleep_ms(10);
+        }
+        panic!("node {id} did not start: {}", self.log(i));
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.client.to_string()).collect()
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn signal(&self, i: usize, signal: i32) {
+        let child = self.nodes[i].child.as_ref().expect("running");
+        let pid = i32::try_from(child.id()).expect("pid");
+        // SAFETY: sending a signal to our own child process by pid.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal})");
+    }
+
+    /// `palisade status --json` of node `i`, if it answers.
+    pub fn status(&self, i: usize) -> Option<Value> {
+        let output = Command::new(BIN)
+            .args(["status", "--json", "--timeout", "1s", "--endpoint"])
+            .arg(self.nodes[i].client.to_string())
+            .output()
+            .ok()?;
+        if !output.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&output.stdout).ok()
+    }
+
+    /// Index of the node that says it leads and whose peers agree, waiting
+    /// up to `ms`.
+    pub fn wait_leader(&self, ms: u64, among: &[usize]) -> usize {
+        let deadline = palisade_client::clock::boottime_ms() + ms;
+        loop {
+            for &i in among {
+                if let Some(status) = self.status(i) {
+                    if status["role"] == "leader" {
+                        return i;
+                    }
+                }
+            }
+            assert!(
+                palisade_client::clock::boottime_ms() < deadline,
+                "no leader among {among:?} within {ms} ms"
+            );
+            sleep_ms(20);
+        }
+    }
+
+    /// Blocks or unblocks every link between `i` and the others, both ways.
+    pub fn isolate(&self, i: usize, blocked: bool) {
+        let id = self.nodes[i].id;
+        for ((from, to), proxy) in &self.links {
+            if *from == id || *to == id {
+                proxy.state.blocked.store(blocked, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Blocks or unblocks only traffic *from* node `i`.
+    pub fn mute(&self, i: usize, blocked: bool) {
+        let id = self.nodes[i].id;
+        for ((from, _), proxy) in &self.links {
+            if *from == id {
+                proxy.state.blocked.store(blocked, Ordering::SeqCst);
+            }
+        }
+    }
+
+    pub fn data_dir(&self, i: usize) -> &Path {
+        &self.nodes[i].data_dir
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            if let Some(child) = self.nodes[i].child.as_ref() {
+                // A stopped process cannot die of SIGKILL until continued.
+                // SAFETY: signalling our own child.
+                unsafe {
+                    libc::kill(child.id() as i32, libc::SIGCONT);
+                }
+            }
+            self.kill9(i);
+        }
+    }
+}
+
+/// What a client observed: it held `token` on `resource` from `from_ms`
+/// (when the grant arrived) until `to_ms` (its `valid_until`, or when it
+/// sent the release), on the shared boot-time clock.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub resource: String,
+    pub token: u64,
+    pub from_ms: u64,
+    pub to_ms: u64,
+}
+
+/// Checks S1 (tokens per resource strictly increase in the order the
+/// leases were held) and S2 (no two clients believed they held one
+/// resource at the same time).
+pub fn check_history(history: &[Held]) {
+    let mut by_resource: HashMap<&str, Vec<&Held>> = HashMap::new();
+    for held in history {
+        by_resource.entry(&held.resource).or_default().push(held);
+    }
+    for (resource, mut leases) in by_resource {
+        leases.sort_by_key(|h| (h.from_ms, h.token));
+        for pair in leases.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            assert!(
+                b.token > a.token,
+                "S1: {resource}: token {} held from {} after token {} held from {}",
+                b.token,
+                b.from_ms,
+                a.token,
+                a.from_ms
+            );
+            assert!(
+                b.from_ms >= a.to_ms,
+                "S2: {resource}: token {} held from {} while token {} was still held until {}",
+                b.token,
+                b.from_ms,
+                a.token,
+                a.to_ms
+            );
+        }
+    }
+}
+
+/// A workload: `threads` clients each loop over `resources`, acquiring
+/// with `ttl_ms` and releasing half of the leases (the others expire),
+/// recording what they held. Runs until `stop`.
+pub fn workload(
+    endpoints: Vec<String>,
+    resources: usize,
+    threads: usize,
+    ttl_ms: u64,
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<Vec<Held>>>,
+) -> Vec<std::thread::JoinHandle<u64>> {
+    use palisade_client::clock::boottime_ms;
+    use palisade_client::{AcquireOptions, AcquireOutcome, Client, ConnectOptions, TokenOutcome};
+    (0..threads)
+        .map(|t| {
+            let endpoints = endpoints.clone();
+            let stop = stop.clone();
+            let history = history.clone();
+            std::thread::spawn(move || {
+                let mut grants = 0u64;
+                let mut client: Option<Client> = None;
+                let mut n = t;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let endpoint = &endpoints[n % endpoints.len()];
+                    if client.is_none() {
+                        let mut options = ConnectOptions::new(endpoint.clone(), "default");
+                        options.request_timeout = Duration::from_millis(500);
+                        options.connect_timeout = Duration::from_millis(200);
+                        client = Client::connect(&options).ok();
+                        if client.is_none() {
+                            sleep_ms(20);
+                            continue;
+                        }
+                    }
+                    let c = client.as_mut().expect("connected");
+                    let resource = format!("r{}", n % resources);
+                    let mut options = AcquireOptions::new(Duration::from_millis(ttl_ms));
+                    options.holder = (t as u64 + 1) << 32 | n as u64;
+                    match c.acquire(&resource, options) {
+                        Ok(AcquireOutcome::Granted(lease)) => {
+                            grants += 1;
+                            let from_ms = boottime_ms();
+                            let mut held = Held {
+                                resource: resource.clone(),
+                                token: lease.token,
+                                from_ms,
+                                to_ms: lease.valid_until_ms,
+                            };
+                            if n % 2 == 0 {
+                                let release_sent = boottime_ms();
+                                if let Ok(TokenOutcome::Released) =
+                                    c.release(&resource, lease.token)
+                                {
+                                    held.to_ms = held.to_ms.min(release_sent);
+                                }
+                            }
+                            history.lock().expect("history").push(held);
+                        }
+                        Ok(AcquireOutcome::Busy { .. }) => sleep_ms(2),
+                        Err(_) => {
+                            client = None;
+                            sleep_ms(10);
+                        }
+                    }
+                }
+                grants
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,245 @@
+//! Real three-node clusters under faults: leader election, kill -9 of the
+//! leader under a client workload, SIGSTOP/SIGCONT, restart, minority and
+//! asymmetric partitions (through fault-injecting proxies on every peer
+//! link), and a stalled fsync. Every run ends with the history checker:
+//! S1 (tokens per resource grow in the order leases were held) and S2 (no
+//! two clients held one resource at once).
+
+mod cluster;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use cluster::{check_history, sleep_ms, workload, Cluster, Held};
+
+/// Short leases so the grace period after a failover is short:
+/// (max_ttl 400 ms + lock_delay_max 0 + election_timeout 200 ms) x 1.01.
+const EXTRA: &str = "[leases]\nmax_ttl = \"400ms\"\nmin_ttl = \"50ms\"\nlock_delay_max = \"0ms\"\n";
+const TTL_MS: u64 = 300;
+
+struct Run {
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<Vec<Held>>>,
+    threads: Vec<std::thread::JoinHandle<u64>>,
+}
+
+fn start_workload(cluster: &Cluster) -> Run {
+    let stop = Arc::new(AtomicBool::new(false));
+    let history = Arc::new(Mutex::new(Vec::new()));
+    let threads = workload(
+        cluster.endpoints(),
+        4,
+        4,
+        TTL_MS,
+        stop.clone(),
+        history.clone(),
+    );
+    Run {
+        stop,
+        history,
+        threads,
+    }
+}
+
+fn finish(run: Run) -> Vec<Held> {
+    run.stop.store(true, Ordering::SeqCst);
+    let grants: u64 = run
+        .threads
+        .into_iter()
+        .map(|t| t.join().expect("client"))
+        .sum();
+    let history = run.history.lock().expect("history").clone();
+    assert_eq!(grants as usize, history.len());
+    check_history(&history);
+    history
+}
+
+fn epoch_of(cluster: &Cluster, i: usize) -> u64 {
+    cluster.status(i).expect("status")["epoch"]
+        .as_u64()
+        .expect("epoch")
+}
+
+#[test]
+fn three_nodes_elect_one_leader_and_followers_redirect() {
+    let cluster = Cluster::start(3, EXTRA);
+    let leader = cluster.wait_leader(5_000, &[0, 1, 2]);
+    let leader_id = cluster.nodes[leader].id;
+    for i in 0..3 {
+        let status = cluster.status(i).expect("status");
+        assert_eq!(status["leader"], leader_id, "node {i}: {status}");
+        if i != leader {
+            assert_eq!(status["role"], "follower");
+        }
+    }
+    // A client of a follower is redirected to the leader and, after the
+    // grace period, granted.
+    sleep_ms(800);
+    let follower = (leader + 1) % 3;
+    let (code, out) = common_cli(
+        &cluster.nodes[follower].client.to_string(),
+        &["acquire", "x", "--ttl", "300ms"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out["epoch"].as_u64(), Some(epoch_of(&cluster, leader)));
+}
+
+fn common_cli(endpoint: &str, args: &[&str]) -> (i32, serde_json::Value) {
+    let output = std::process::Command::new(cluster::BIN)
+        .args(args)
+        .args(["--endpoint", endpoint, "--json"])
+        .output()
+        .expect("run");
+    let value = serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+    (output.status.code().expect("code"), value)
+}
+
+#[test]
+fn kill_the_leader_under_load() {
+    let mut cluster = Cluster::start(3, EXTRA);
+    let leader = cluster.wait_leader(5_000, &[0, 1, 2]);
+    let old_epoch = epoch_of(&cluster, leader);
+    let run = start_workload(&cluster);
+    sleep_ms(1_500);
+    cluster.kill9(leader);
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new_leader = cluster.wait_leader(5_000, &others);
+    assert!(
+        epoch_of(&cluster, new_leader) > old_epoch,
+        "S1: the epoch grew"
+    );
+    sleep_ms(2_000);
+    // The killed node comes back as a follower; its term never went back.
+    cluster.spawn(leader);
+    sleep_ms(1_000);
+    let status = cluster.status(leader).expect("status");
+    assert_eq!(status["role"], "follower", "{status}");
+    assert!(status["epoch"].as_u64().expect("epoch") >= epoch_of(&cluster, new_leader));
+    sleep_ms(500);
+    let history = finish(run);
+    let epochs: std::collections::BTreeSet<u64> = history.iter().map(|h| h.token >> 32).collect();
+    assert!(epochs.len() >= 2, "grants in both epochs: {epochs:?}");
+}
+
+#[test]
+fn a_paused_leader_grants_nothing_when_it_resumes() {
+    let cluster = Cluster::start(3, EXTRA);
+    let leader = cluster.wait_leader(5_000, &[0, 1, 2]);
+    let old_epoch = epoch_of(&cluster, leader);
+    let run = start_workload(&cluster);
+    // A client with a finished handshake to the leader, so that its next
+    // request can sit in the stopped leader's socket.
+    let mut probe = palisade_client::Client::connect(&palisade_client::ConnectOptions::new(
+        cluster.nodes[leader].client.to_string(),
+        "default",
+    ))
+    .expect("connect");
+    sleep_ms(1_000);
+    cluster.signal(leader, libc::SIGSTOP);
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new_leader = cluster.wait_leader(5_000, &others);
+    sleep_ms(1_500);
+    // The request reaches the resumed leader's data plane before its
+    // control plane hears of the new term: it must still refuse, because
+    // its quorum confirmation ran out while it was stopped.
+    let waiting = std::thread::spawn(move || {
+        probe.acquire(
+            "fresh-after-resume",
+            palisade_client::AcquireOptions::new(std::time::Duration::from_millis(300)),
+        )
+    });
+    sleep_ms(300);
+    cluster.signal(leader, libc::SIGCONT);
+    if let Ok(palisade_client::AcquireOutcome::Granted(lease)) = waiting.join().expect("probe") {
+        assert!(
+            lease.epoch() as u64 > old_epoch,
+            "granted in the deposed epoch {}",
+            lease.epoch()
+        );
+    }
+    sleep_ms(1_000);
+    assert_eq!(cluster.status(leader).expect("status")["role"], "follower");
+    assert_ne!(new_leader, leader);
+    finish(run);
+}
+
+#[test]
+fn a_minority_leader_stops_and_the_majority_goes_on() {
+    let cluster = Cluster::start(3, EXTRA);
+    let leader = cluster.wait_leader(5_000, &[0, 1, 2]);
+    let old_epoch = epoch_of(&cluster, leader);
+    let run = start_workload(&cluster);
+    sleep_ms(1_000);
+    cluster.isolate(leader, true);
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new_leader = cluster.wait_leader(5_000, &others);
+    assert!(epoch_of(&cluster, new_leader) > old_epoch);
+    // The cut-off leader stops granting within an election timeout.
+    sleep_ms(600);
+    let (code, out) = common_cli(
+        &cluster.nodes[leader].client.to_string(),
+        &["acquire", "minority", "--ttl", "300ms", "--timeout", "1s"],
+    );
+    assert_ne!(code, 0, "a minority leader granted: {out}");
+    sleep_ms(1_500);
+    cluster.isolate(leader, false);
+    sleep_ms(1_500);
+    assert_eq!(cluster.status(leader).expect("status")["role"], "follower");
+    finish(run);
+}
+
+#[test]
+fn an_asymmetric_partition_deposes_a_leader_nobody_hears() {
+    let cluster = Cluster::start(3, EXTRA);
+    let leader = cluster.wait_leader(5_000, &[0, 1, 2]);
+    let old_epoch = epoch_of(&cluster, leader);
+    let run = start_workload(&cluster);
+    sleep_ms(1_000);
+    // The leader still hears everyone, but nobody hears it.
+    cluster.mute(leader, true);
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new_leader = cluster.wait_leader(5_000, &others);
+    assert!(epoch_of(&cluster, new_leader) > old_epoch);
+    sleep_ms(1_500);
+    cluster.mute(leader, false);
+    sleep_ms(1_000);
+    finish(run);
+}
+
+#[test]
+fn a_leader_whose_fsync_stalls_stops_granting_and_renewing() {
+    let cluster = Cluster::start(3, EXTRA);
+    let leader = cluster.wait_leader(5_000, &[0, 1, 2]);
+    sleep_ms(900); // Past the grace period.
+    let endpoint = cluster.nodes[leader].client.to_string();
+    let (code, held) = common_cli(&endpoint, &["acquire", "stall", "--ttl", "400ms"]);
+    assert_eq!(code, 0, "{held}");
+    let token = held["token"].as_u64().expect("token").to_string();
+    let stall = cluster
+        .data_dir(leader)
+        .join(palisade_control::raftlog::FSYNC_STALL_FAILPOINT);
+    std::fs::write(&stall, "").expect("arm the failpoint");
+    // Make the leader write: a grant appends nothing, but ticks and votes
+    // do; within one election timeout (200 ms) its quorum confirmation
+    // runs out because its control thread is stuck in fsync.
+    sleep_ms(400);
+    let (code, out) = common_cli(
+        &endpoint,
+        &[
+            "renew",
+            "stall",
+            &token,
+            "--ttl",
+            "400ms",
+            "--timeout",
+            "1s",
+        ],
+    );
+    assert_ne!(code, 0, "a stalled leader renewed: {out}");
+    let (code, out) = common_cli(
+        &endpoint,
+        &["acquire", "stall2", "--ttl", "400ms", "--timeout", "1s"],
+    );
+    assert_ne!(code, 0, "a stalled leader granted: {out}");
+    std::fs::remove_file(&stall).expect("disarm");
+}
