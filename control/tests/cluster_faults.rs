@@ -243,3 +243,72 @@ fn a_leader_whose_fsync_stalls_stops_granting_and_renewing() {
     assert_ne!(code, 0, "a stalled leader granted: {out}");
     std::fs::remove_file(&stall).expect("disarm");
 }
+
+#[test]
+fn clocks_drifting_within_the_bound_keep_leases_apart() {
+    // max_drift is 1 %: one node's clock runs 0.9 % fast, another's 0.9 %
+    // slow. Leaders change (kills) while clients work; the history checker
+    // compares what clients held on one shared clock.
+    let env = std::collections::HashMap::from([
+        (
+            0usize,
+            vec![(
+                "PALISADE_TEST_CLOCK_RATE_PPM".to_string(),
+                "1009000".to_string(),
+            )],
+        ),
+        (
+            1usize,
+            vec![(
+                "PALISADE_TEST_CLOCK_RATE_PPM".to_string(),
+                "991000".to_string(),
+            )],
+        ),
+    ]);
+    let mut cluster = Cluster::start_with_env(3, EXTRA, env);
+    let run = start_workload(&cluster);
+    for _ in 0..2 {
+        let leader = cluster.wait_leader(5_000, &[0, 1, 2]);
+        sleep_ms(1_200);
+        cluster.kill9(leader);
+        let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+        cluster.wait_leader(5_000, &others);
+        sleep_ms(1_200);
+        cluster.spawn(leader);
+    }
+    sleep_ms(1_000);
+    let history = finish(run);
+    let epochs: std::collections::BTreeSet<u64> = history.iter().map(|h| h.token >> 32).collect();
+    assert!(
+        epochs.len() >= 2,
+        "grants across leader changes: {epochs:?}"
+    );
+}
+
+#[test]
+fn garbage_on_the_peer_port_is_refused_and_the_cluster_carries_on() {
+    use std::io::Write;
+    let cluster = Cluster::start(3, EXTRA);
+    let leader = cluster.wait_leader(5_000, &[0, 1, 2]);
+    let peer = cluster.nodes[leader].peer;
+    for bytes in [
+        b"\xff\xff\xff\xffgarbage".to_vec(),
+        {
+            // A well-framed handshake from another cluster.
+            let mut hello = b"PLSDPEER\x01\x02\x00\x01\x00other".to_vec();
+            let mut frame = (hello.len() as u32).to_le_bytes().to_vec();
+            frame.append(&mut hello);
+            frame
+        },
+        vec![0u8; 3],
+    ] {
+        let mut stream = std::net::TcpStream::connect(peer).expect("connect");
+        let _ = stream.write_all(&bytes);
+        drop(stream);
+    }
+    sleep_ms(300);
+    assert_eq!(cluster.status(leader).expect("status")["role"], "leader");
+    for i in 0..3 {
+        assert!(cluster.status(i).is_some(), "node {i} still serves");
+    }
+}

@@ -5,15 +5,48 @@
 //! direction for a lease server: a suspended server's leases look longer,
 //! never shorter, and its grace period lasts longer in real time.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use rustix::time::{clock_gettime, ClockId};
 
-/// Nanoseconds on the monotonic clock.
-#[must_use]
-pub fn monotonic_ns() -> u64 {
+/// Clock rate in parts per million (1_000_000 = true rate). Only tests
+/// change it, to run a node whose clock drifts.
+static RATE_PPM: AtomicU64 = AtomicU64::new(1_000_000);
+/// Raw reading at which a changed rate took effect, and the clock's
+/// reading then (so that the clock stays continuous).
+static RATE_BASE_NS: AtomicU64 = AtomicU64::new(0);
+static RATE_OFFSET_NS: AtomicU64 = AtomicU64::new(0);
+
+fn raw_ns() -> u64 {
     let ts = clock_gettime(ClockId::Monotonic);
     let secs = u64::try_from(ts.tv_sec).expect("monotonic clock is non-negative");
     let nanos = u64::try_from(ts.tv_nsec).expect("tv_nsec is within 0..1e9");
     secs * 1_000_000_000 + nanos
+}
+
+/// Test hook: makes this process's clock run at `ppm` parts per million
+/// of real time from now on (a node with clock rate drift). Call once, at
+/// start, before any other thread reads the clock.
+pub fn set_rate_ppm(ppm: u64) {
+    assert!(ppm > 0, "a clock must advance");
+    let now = monotonic_ns();
+    RATE_BASE_NS.store(raw_ns(), Ordering::SeqCst);
+    RATE_OFFSET_NS.store(now, Ordering::SeqCst);
+    RATE_PPM.store(ppm, Ordering::SeqCst);
+}
+
+/// Nanoseconds on the monotonic clock.
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    let raw = raw_ns();
+    let rate = RATE_PPM.load(Ordering::Relaxed);
+    if rate == 1_000_000 {
+        return raw;
+    }
+    let base = RATE_BASE_NS.load(Ordering::Relaxed);
+    let offset = RATE_OFFSET_NS.load(Ordering::Relaxed);
+    let elapsed = u128::from(raw.saturating_sub(base)) * u128::from(rate) / 1_000_000;
+    offset + u64::try_from(elapsed).unwrap_or(u64::MAX)
 }
 
 /// Milliseconds on the monotonic clock, the lease table's time base.

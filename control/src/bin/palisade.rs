@@ -132,6 +132,19 @@ fn serve(
     }
     init_logging(config.log.level.as_str());
     abort_on_panic();
+    if failpoints {
+        // Tests run a node whose clock drifts by setting this.
+        if let Some(ppm) = std::env::var("PALISADE_TEST_CLOCK_RATE_PPM")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            palisade_dataplane::clock::set_rate_ppm(ppm);
+            tracing::warn!(
+                ppm,
+                "test failpoint: this node's clock runs at a drifted rate"
+            );
+        }
+    }
     let data_dir = data_dir
         .or_else(|| config.data_dir_resolved())
         .unwrap_or_else(default_data_dir);

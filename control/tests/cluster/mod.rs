@@ -146,12 +146,23 @@ pub struct Cluster {
     pub links: HashMap<(u16, u16), Proxy>,
     pub dir: tempfile::TempDir,
     pub extra: String,
+    /// Extra environment per node index.
+    pub env: HashMap<usize, Vec<(String, String)>>,
 }
 
 impl Cluster {
     /// Starts `size` nodes with `extra` TOML appended to every config
     /// (e.g. short ttls).
     pub fn start(size: u16, extra: &str) -> Cluster {
+        Cluster::start_with_env(size, extra, HashMap::new())
+    }
+
+    /// [`Cluster::start`] with extra environment variables for some nodes.
+    pub fn start_with_env(
+        size: u16,
+        extra: &str,
+        env: HashMap<usize, Vec<(String, String)>>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut nodes = Vec::new();
         for id in 1..=size {
@@ -180,6 +191,7 @@ impl Cluster {
             links,
             dir,
             extra: extra.to_string(),
+            env,
         };
         for i in 0..cluster.nodes.len() {
             cluster.write_config(i);
@@ -219,7 +231,11 @@ impl Cluster {
             .append(true)
             .open(&node.log)
             .expect("log");
-        let child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        for (key, value) in self.env.get(&i).into_iter().flatten() {
+            command.env(key, value);
+        }
+        let child = command
             .args(["serve", "--failpoints", "--config"])
             .arg(&node.config)
             .arg("--data-dir")
