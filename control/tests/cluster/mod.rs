@@ -148,6 +148,8 @@ pub struct Cluster {
     pub extra: String,
     /// Extra environment per node index.
     pub env: HashMap<usize, Vec<(String, String)>>,
+    /// Heartbeat interval and election timeout, ms.
+    pub timing: (u64, u64),
 }
 
 impl Cluster {
@@ -157,11 +159,25 @@ impl Cluster {
         Cluster::start_with_env(size, extra, HashMap::new())
     }
 
+    /// [`Cluster::start`] with this heartbeat interval and election timeout.
+    pub fn start_timed(size: u16, extra: &str, heartbeat_ms: u64, election_ms: u64) -> Cluster {
+        Cluster::build(size, extra, HashMap::new(), (heartbeat_ms, election_ms))
+    }
+
     /// [`Cluster::start`] with extra environment variables for some nodes.
     pub fn start_with_env(
         size: u16,
         extra: &str,
         env: HashMap<usize, Vec<(String, String)>>,
+    ) -> Cluster {
+        Cluster::build(size, extra, env, (20, 200))
+    }
+
+    fn build(
+        size: u16,
+        extra: &str,
+        env: HashMap<usize, Vec<(String, String)>>,
+        timing: (u64, u64),
     ) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut nodes = Vec::new();
@@ -192,6 +208,7 @@ impl Cluster {
             dir,
             extra: extra.to_string(),
             env,
+            timing,
         };
         for i in 0..cluster.nodes.len() {
             cluster.write_config(i);
@@ -205,8 +222,8 @@ impl Cluster {
     fn write_config(&self, i: usize) {
         let me = &self.nodes[i];
         let mut text = format!(
-            "[node]\nid = {}\ncores = 1\n\n[listen]\nclient = \"{}\"\n\n[cluster]\nname = \"test\"\nheartbeat_interval = \"20ms\"\nelection_timeout = \"200ms\"\n",
-            me.id, me.client
+            "[node]\nid = {}\ncores = 1\n\n[listen]\nclient = \"{}\"\n\n[cluster]\nname = \"test\"\nheartbeat_interval = \"{}ms\"\nelection_timeout = \"{}ms\"\n",
+            me.id, me.client, self.timing.0, self.timing.1
         );
         for other in &self.nodes {
             let peer = if other.id == me.id {
