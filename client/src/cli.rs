@@ -385,6 +385,7 @@ fn run_inner(command: &ClientCommand) -> Result<Report, ClientError> {
                     "grace_remaining_ms": s.grace_remaining_ms,
                     "uptime_ms": s.uptime_ms,
                     "table_capacity": s.table_capacity,
+                    "peers": s.peers.iter().map(|p| json!({"id": p.id, "endpoint": p.endpoint})).collect::<Vec<_>>(),
                     "version": s.version,
                 }),
                 human: format!(

@@ -219,6 +219,15 @@ impl Shared {
             },
             uptime_ms: now_ms.saturating_sub(self.config.start_ms),
             table_capacity: clamp_u32(self.table.capacity()),
+            peers: self
+                .config
+                .members
+                .iter()
+                .map(|(id, endpoint)| palisade_proto::Peer {
+                    id: *id,
+                    endpoint: endpoint.clone(),
+                })
+                .collect(),
             version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }

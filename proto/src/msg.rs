@@ -126,8 +126,20 @@ pub struct StatusInfo {
     pub uptime_ms: u64,
     /// Configured table capacity (leases).
     pub table_capacity: u32,
+    /// Cluster members: node id and client address.
+    pub peers: Vec<Peer>,
     /// Server version string.
     pub version: String,
+}
+
+/// A cluster member as status reports it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Peer {
+    /// Node id.
+    pub id: u16,
+    /// Client address.
+    pub endpoint: String,
 }
 
 /// Role of a node.

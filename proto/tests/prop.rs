@@ -125,6 +125,10 @@ fn response() -> impl Strategy<Value = Response> {
             grace_remaining_ms: 0,
             uptime_ms: b,
             table_capacity: 5,
+            peers: vec![palisade_proto::Peer {
+                id: 1,
+                endpoint: "127.0.0.1:7411".into(),
+            }],
             version: "0.1.0".into(),
         })),
     ]
