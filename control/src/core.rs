@@ -523,3 +523,92 @@ impl ControlCore {
         Some((snapshot, hard_state, rest))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raftlog::RaftLog;
+
+    fn config(first_start_alone: bool) -> CoreConfig {
+        CoreConfig {
+            id: 1,
+            voters: vec![1],
+            tick_ms: 10,
+            election_ticks: 10,
+            grace_ms: 1_000,
+            max_drift_ppm: 10_000,
+            first_start_alone,
+        }
+    }
+
+    #[test]
+    fn a_single_node_leads_confirms_and_grants_after_its_grace() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+        let mut core = ControlCore::new(config(false), recovered.into()).expect("core");
+        core.campaign(100).expect("campaign");
+        core.poll_ready(&mut log, 100).expect("ready");
+        core.request_confirmation(100);
+        core.poll_ready(&mut log, 100).expect("ready");
+        let view = core.leadership().expect("view");
+        assert_eq!(view.role, Role::Leader);
+        assert_eq!(view.epoch, 1);
+        assert_eq!(view.grants_from_ms, 1_100, "grace after becoming leader");
+        // (10 - 1) ticks of 10 ms, shortened by 1 % drift.
+        assert_eq!(view.grants_until_ms, 100 + 89);
+        assert!(view.check_grant(1_099).is_err());
+        // Without further confirmation rounds the leadership lapses.
+        assert!(view.check_grant(1_200).is_err());
+        core.tick(1_150);
+        core.poll_ready(&mut log, 1_150).expect("ready");
+        let view = core.leadership().expect("view");
+        assert!(view.check_grant(1_200).is_ok());
+    }
+
+    #[test]
+    fn a_fresh_single_node_needs_no_grace_and_a_restart_does() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+            let mut core = ControlCore::new(config(true), recovered.into()).expect("core");
+            core.campaign(100).expect("campaign");
+            core.poll_ready(&mut log, 100).expect("ready");
+            assert_eq!(core.leadership().expect("view").grants_from_ms, 100);
+        }
+        let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+        assert_eq!(recovered.hard_state.term, 1, "the term survived");
+        let mut core = ControlCore::new(config(false), recovered.into()).expect("core");
+        core.campaign(500).expect("campaign");
+        core.poll_ready(&mut log, 500).expect("ready");
+        let view = core.leadership().expect("view");
+        assert_eq!(view.epoch, 2, "S1: a restart leads in a higher term");
+        assert_eq!(view.grants_from_ms, 1_500);
+    }
+
+    #[test]
+    fn compaction_rewrites_the_log_and_keeps_the_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+        let mut core = ControlCore::new(config(false), recovered.into()).expect("core");
+        core.campaign(0).expect("campaign");
+        core.poll_ready(&mut log, 0).expect("ready");
+        assert!(core.compaction(log.entries_written(), 100).is_none());
+        let (snapshot, hard_state, rest) = core.compaction(101, 100).expect("compacts");
+        assert_eq!(snapshot.get_metadata().index, core.commit_index());
+        assert!(rest.iter().all(|e| e.index > snapshot.get_metadata().index));
+        log.compact(&snapshot, &hard_state, &rest).expect("rewrite");
+        drop(log);
+        let (_, after) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+        assert_eq!(after.hard_state.term, hard_state.term);
+        assert_eq!(
+            after.snapshot.expect("snapshot").get_metadata().index,
+            snapshot.get_metadata().index
+        );
+        // The compacted log restarts a working node in a higher term.
+        let (mut log2, again) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+        let mut core = ControlCore::new(config(false), again.into()).expect("core");
+        core.campaign(10).expect("campaign");
+        core.poll_ready(&mut log2, 10).expect("ready");
+        assert_eq!(core.leadership().expect("view").epoch, 2);
+    }
+}
