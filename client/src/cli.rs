@@ -40,7 +40,8 @@ fn token(text: &str) -> Result<u64, String> {
 /// Options every client command takes.
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// Node to talk to.
+    /// Node to talk to; a comma-separated list is tried in order until one
+    /// answers (any node of a cluster redirects to its leader).
     #[arg(long, default_value = "127.0.0.1:7400", env = "PALISADE_ENDPOINT")]
     pub endpoint: String,
     /// Tenant to act for.
@@ -240,16 +241,42 @@ fn error_report(err: &ClientError) -> Report {
     }
 }
 
+/// Connects to the first endpoint of the list that accepts a connection.
+/// Only connection failures move on to the next one: a node that answers
+/// and refuses is an answer.
+fn connect_any(common: &Common, secret: Option<Vec<u8>>) -> Result<Client, ClientError> {
+    let endpoints: Vec<&str> = common
+        .endpoint
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    if endpoints.is_empty() {
+        return Err(ClientError::InvalidArgument(
+            "--endpoint names no node".to_owned(),
+        ));
+    }
+    let mut last = None;
+    for endpoint in endpoints {
+        let mut options = ConnectOptions::new(endpoint.to_owned(), common.tenant.clone());
+        options.request_timeout = common.timeout;
+        options.identity.client_name = format!("palisade-cli/{}", env!("CARGO_PKG_VERSION"));
+        if let Some(secret) = &secret {
+            options = options.with_secret(secret.clone());
+        }
+        match Client::connect(&options) {
+            Ok(client) => return Ok(client),
+            Err(err @ ClientError::Io { .. }) => last = Some(err),
+            Err(err) => return Err(err),
+        }
+    }
+    Err(last.expect("at least one endpoint was tried"))
+}
+
 fn run_inner(command: &ClientCommand) -> Result<Report, ClientError> {
     let common = command.common();
     let secret = secret(common).map_err(ClientError::InvalidArgument)?;
-    let mut options = ConnectOptions::new(common.endpoint.clone(), common.tenant.clone());
-    options.request_timeout = common.timeout;
-    options.identity.client_name = format!("palisade-cli/{}", env!("CARGO_PKG_VERSION"));
-    if let Some(secret) = secret {
-        options = options.with_secret(secret);
-    }
-    let mut client = Client::connect(&options)?;
+    let mut client = connect_any(common, secret)?;
     let tenant = common.tenant.as_str();
     Ok(match command {
         ClientCommand::Acquire {

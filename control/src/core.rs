@@ -14,19 +14,32 @@
 //!   of its own term;
 //! - grants start `grace` after the node became leader:
 //!   `(max_ttl + lock_delay_max + election_timeout) × (1 + max_drift)`;
+//!   except in term 1, the cluster's first election, where nobody can have
+//!   granted before (a restart or a second election leads in a later term);
 //! - grants stop at `grants_until`: every tick a leader asks a quorum to
-//!   confirm it (raft's ReadIndex, which rides on a heartbeat). When a
-//!   confirmation for a round sent at time S arrives, a quorum has heard
-//!   from this leader after S and, with check-quorum on, will not vote for
-//!   anyone else for `election_tick − 1` ticks of its own clock; so
-//!   `grants_until = S + (election_tick − 1) × tick × (1 − max_drift)`. A
-//!   leader that stops hearing from a quorum, or whose thread stalls (an
-//!   fsync that hangs), stops granting when that passes.
+//!   confirm it (raft's ReadIndex, which rides on a heartbeat). A round sent
+//!   at time S and confirmed by a quorum lets it grant until
+//!   `grants_until = S + W × (1 − max_drift)`, `W = (election_tick − 1) ×
+//!   tick`, which is below `election_timeout` by construction. A leader that
+//!   stops hearing from a quorum, or whose thread stalls (an fsync that
+//!   hangs), stops granting when that passes.
+//!
+//! Why that is safe (S2). Any later leader L' was elected by a quorum that
+//! shares a voter v with the quorum that confirmed round S; v acknowledged
+//! the round (in the old term) before it voted in the newer term, so L'
+//! became leader after S. The old leader's last grant or renewal was before
+//! S + W, so its leases end before S + W + max_ttl (+ lock delay), all
+//! measured with drift. L' grants from its election + grace, and grace =
+//! (max_ttl + lock_delay_max + election_timeout) × (1 + max_drift) covers
+//! that. The argument does not lean on followers refusing votes while they
+//! hear from a leader (check-quorum's leader lease): a restarted follower
+//! votes at once, and that is fine. `W < election_timeout` is tested in
+//! `node::tests`.
 
 use std::collections::BTreeMap;
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, Snapshot};
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot};
 use raft::storage::MemStorage;
 use raft::{RawNode, ReadOnlyOption, StateRole, Storage as _};
 
@@ -81,9 +94,6 @@ pub struct CoreConfig {
     pub grace_ms: u64,
     /// Clock rate drift bound, parts per million.
     pub max_drift_ppm: u32,
-    /// A single-node cluster starting from an empty log: no lease can be
-    /// outstanding anywhere, so its first leadership needs no grace.
-    pub first_start_alone: bool,
 }
 
 /// Why the core cannot continue. The node must stop.
@@ -140,7 +150,7 @@ pub struct ControlCore {
     election_jitter: Option<Box<dyn FnMut(usize, usize) -> usize + Send>>,
     last_term: u64,
     last_state: StateRole,
-    /// The term of the first leadership after a fresh single-node start.
+    /// The term leading without grace: the cluster's first term.
     graceless_term: Option<u64>,
 }
 
@@ -157,6 +167,26 @@ impl std::fmt::Debug for ControlCore {
 /// Outstanding confirmation rounds kept at most (older ones are dropped:
 /// their confirmation would be stale anyway).
 const ROUNDS_MAX: usize = 64;
+
+/// Kinds of messages a peer's raft sends over the wire. Everything else
+/// (proposals, transfers, read-index forwarding, local kinds) is refused.
+fn peer_kind(kind: MessageType) -> bool {
+    matches!(
+        kind,
+        MessageType::MsgAppend
+            | MessageType::MsgAppendResponse
+            | MessageType::MsgRequestVote
+            | MessageType::MsgRequestVoteResponse
+            | MessageType::MsgRequestPreVote
+            | MessageType::MsgRequestPreVoteResponse
+            | MessageType::MsgSnapshot
+            | MessageType::MsgHeartbeat
+            | MessageType::MsgHeartbeatResponse
+    )
+}
+
+/// The term of a cluster's first election: nobody led before it.
+const FIRST_TERM: u64 = 1;
 
 impl ControlCore {
     /// Builds the core from what the log held. `now_ms` is the node's
@@ -241,7 +271,11 @@ impl ControlCore {
             if state == StateRole::Leader
                 && (term != self.leader_term || self.last_state != StateRole::Leader)
             {
-                if self.config.first_start_alone && self.leader_term == 0 {
+                if term == FIRST_TERM {
+                    // Nobody has led before: no lease of this cluster can
+                    // be outstanding anywhere, so no grace is owed. A
+                    // restart, a second election or an upgraded epoch file
+                    // all lead in a later term.
                     self.graceless_term = Some(term);
                 }
                 self.leader_term = term;
@@ -290,10 +324,19 @@ impl ControlCore {
         }
     }
 
-    /// A message from a peer. Messages not addressed to this node, or from
-    /// nodes outside the membership, are dropped.
+    /// A message from a peer. Messages not addressed to this node, from
+    /// nodes outside the membership, of a kind peers never send (proposals,
+    /// leadership transfers, local messages), or that raft would treat as a
+    /// fatal inconsistency (a heartbeat committing past this log) are
+    /// dropped: a peer's mistake must not stop this node.
     pub fn step(&mut self, message: Message, now_ms: u64) -> Result<(), CoreError> {
-        if message.to != self.config.id {
+        if message.to != self.config.id || !peer_kind(message.get_msg_type()) {
+            return Ok(());
+        }
+        if message.get_msg_type() == MessageType::MsgHeartbeat
+            && message.term >= self.raw.raft.term
+            && message.commit > self.raw.raft.raft_log.last_index()
+        {
             return Ok(());
         }
         let from = message.from;
@@ -529,7 +572,7 @@ mod tests {
     use super::*;
     use crate::raftlog::RaftLog;
 
-    fn config(first_start_alone: bool) -> CoreConfig {
+    fn config() -> CoreConfig {
         CoreConfig {
             id: 1,
             voters: vec![1],
@@ -537,7 +580,6 @@ mod tests {
             election_ticks: 10,
             grace_ms: 1_000,
             max_drift_ppm: 10_000,
-            first_start_alone,
         }
     }
 
@@ -545,14 +587,16 @@ mod tests {
     fn a_single_node_leads_confirms_and_grants_after_its_grace() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
-        let mut core = ControlCore::new(config(false), recovered.into()).expect("core");
+        let mut restored = Restored::from(recovered);
+        restored.hard_state.term = 1; // somebody led before
+        let mut core = ControlCore::new(config(), restored).expect("core");
         core.campaign(100).expect("campaign");
         core.poll_ready(&mut log, 100).expect("ready");
         core.request_confirmation(100);
         core.poll_ready(&mut log, 100).expect("ready");
         let view = core.leadership().expect("view");
         assert_eq!(view.role, Role::Leader);
-        assert_eq!(view.epoch, 1);
+        assert_eq!(view.epoch, 2);
         assert_eq!(view.grants_from_ms, 1_100, "grace after becoming leader");
         // (10 - 1) ticks of 10 ms, shortened by 1 % drift.
         assert_eq!(view.grants_until_ms, 100 + 89);
@@ -566,18 +610,35 @@ mod tests {
     }
 
     #[test]
-    fn a_fresh_single_node_needs_no_grace_and_a_restart_does() {
+    fn a_second_election_owes_grace_even_on_a_fresh_log() {
+        // Three voters, the first election split: node 1 wins only in
+        // term 2, where a term-1 leader may have granted.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+        let mut cfg = config();
+        cfg.voters = vec![1, 2, 3];
+        let mut core = ControlCore::new(cfg, recovered.into()).expect("core");
+        core.raw.raft.become_candidate(); // term 1: no majority
+        core.raw.raft.become_candidate(); // term 2
+        assert_eq!(core.raw.raft.term, 2);
+        core.raw.raft.become_leader();
+        core.observe(60);
+        assert_eq!(core.leadership().expect("view").grants_from_ms, 1_060);
+    }
+
+    #[test]
+    fn the_first_term_needs_no_grace_and_a_restart_does() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
-            let mut core = ControlCore::new(config(true), recovered.into()).expect("core");
+            let mut core = ControlCore::new(config(), recovered.into()).expect("core");
             core.campaign(100).expect("campaign");
             core.poll_ready(&mut log, 100).expect("ready");
             assert_eq!(core.leadership().expect("view").grants_from_ms, 100);
         }
         let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
         assert_eq!(recovered.hard_state.term, 1, "the term survived");
-        let mut core = ControlCore::new(config(false), recovered.into()).expect("core");
+        let mut core = ControlCore::new(config(), recovered.into()).expect("core");
         core.campaign(500).expect("campaign");
         core.poll_ready(&mut log, 500).expect("ready");
         let view = core.leadership().expect("view");
@@ -589,7 +650,7 @@ mod tests {
     fn compaction_rewrites_the_log_and_keeps_the_state() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
-        let mut core = ControlCore::new(config(false), recovered.into()).expect("core");
+        let mut core = ControlCore::new(config(), recovered.into()).expect("core");
         core.campaign(0).expect("campaign");
         core.poll_ready(&mut log, 0).expect("ready");
         assert!(core.compaction(log.entries_written(), 100).is_none());
@@ -606,7 +667,7 @@ mod tests {
         );
         // The compacted log restarts a working node in a higher term.
         let (mut log2, again) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
-        let mut core = ControlCore::new(config(false), again.into()).expect("core");
+        let mut core = ControlCore::new(config(), again.into()).expect("core");
         core.campaign(10).expect("campaign");
         core.poll_ready(&mut log2, 10).expect("ready");
         assert_eq!(core.leadership().expect("view").epoch, 2);

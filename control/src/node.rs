@@ -28,6 +28,40 @@ use crate::transport::Transport;
 /// Peer messages waiting for the control thread before new ones are
 /// dropped (raft retransmits).
 const INBOX_MAX: usize = 8192;
+/// Peer messages stepped in one turn at most, after the first.
+const STEPS_PER_TURN_MAX: usize = 1024;
+
+/// Shortest cluster secret accepted.
+const SECRET_MIN: usize = 16;
+
+/// Reads the cluster secret file (empty when none is configured).
+fn cluster_secret(config: &Config) -> Result<Vec<u8>> {
+    let Some(path) = config.secret_file_resolved() else {
+        return Ok(Vec::new());
+    };
+    let bytes = std::fs::read(&path)
+        .with_context(|| format!("reading cluster.secret_file {}", path.display()))?;
+    let secret = bytes.trim_ascii_end().to_vec();
+    if secret.len() < SECRET_MIN {
+        bail!(
+            "cluster.secret_file {} holds {} bytes; a cluster secret needs at least {SECRET_MIN} (for example `head -c 32 /dev/urandom | base64 > {}`)",
+            path.display(),
+            secret.len(),
+            path.display()
+        );
+    }
+    Ok(secret)
+}
+
+/// Ticks of `tick_ms` in one election timeout, rounded down and at least 3.
+/// The leadership confirmation window, `(ticks − 1) × tick`, must stay
+/// below the election timeout the grace period is built from (S2); config
+/// validation guarantees `election_timeout ≥ 3 × heartbeat_interval`.
+fn election_ticks(tick_ms: u64, election_timeout_ms: u64) -> usize {
+    usize::try_from(election_timeout_ms / tick_ms.max(1))
+        .unwrap_or(usize::MAX)
+        .max(3)
+}
 
 /// A running node.
 #[derive(Debug)]
@@ -119,6 +153,10 @@ impl Node {
             );
         }
         let alone = voters.len() == 1;
+        let secret = cluster_secret(config)?;
+        if secret.is_empty() && !alone {
+            warn!("cluster.secret_file is not set: peers are not authenticated; keep the peer port on a trusted network");
+        }
 
         let data = DataDir::lock(&data_dir)?;
         let legacy_epoch = data.legacy_epoch()?;
@@ -152,8 +190,7 @@ impl Node {
         }
 
         let tick_ms = millis(config.cluster.heartbeat_interval).max(1);
-        let election_ticks = usize::try_from(millis(config.cluster.election_timeout) / tick_ms)
-            .unwrap_or(usize::MAX);
+        let election_ticks = election_ticks(tick_ms, millis(config.cluster.election_timeout));
         let grace_ms = millis(config.grace_period());
         let max_drift_ppm = (config.leases.max_drift * 1_000_000.0).ceil() as u32;
         let mut core = ControlCore::new(
@@ -161,10 +198,9 @@ impl Node {
                 id: u64::from(config.node.id),
                 voters: voters.clone(),
                 tick_ms,
-                election_ticks: election_ticks.max(3),
+                election_ticks,
                 grace_ms,
                 max_drift_ppm,
-                first_start_alone: alone && fresh,
             },
             restored,
         )?;
@@ -177,8 +213,8 @@ impl Node {
             let _ = core.poll_ready(&mut log, start_ms)?;
         }
         let view = core.leadership()?;
-        if fresh && alone {
-            info!(dir = %data_dir.display(), epoch = view.epoch, "first start of this data directory: no grace period");
+        if fresh {
+            info!(dir = %data_dir.display(), "first start of this data directory: a leader of the cluster's first term grants without a grace period");
         } else {
             info!(
                 dir = %data_dir.display(),
@@ -255,6 +291,7 @@ impl Node {
                     Transport::start(
                         config.node.id,
                         &config.cluster.name,
+                        &secret,
                         listen,
                         &peers,
                         inbox_tx,
@@ -340,10 +377,15 @@ impl Node {
         let until_tick = Duration::from_millis(self.next_tick_ms.saturating_sub(now));
         match self.inbox.recv_timeout(until_tick.min(wait)) {
             Ok(message) => {
-                let now = monotonic_ms();
-                self.core.step(message, now)?;
-                while let Ok(message) = self.inbox.try_recv() {
-                    self.core.step(message, now)?;
+                self.core.step(message, monotonic_ms())?;
+                // Bounded, so a flood of messages cannot starve ticks; the
+                // clock is read per message, so a leadership that begins in
+                // the middle of a batch is timed when it began.
+                for _ in 0..STEPS_PER_TURN_MAX {
+                    let Ok(message) = self.inbox.try_recv() else {
+                        break;
+                    };
+                    self.core.step(message, monotonic_ms())?;
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -360,10 +402,12 @@ impl Node {
                 return Err(e).context("raft state could not be made durable; stopping");
             }
         };
+        // The data plane sees a lost leadership before any vote for somebody
+        // else leaves this node.
+        self.publish()?;
         if let Some(transport) = &self.transport {
             transport.send(messages);
         }
-        self.publish()?;
         if let Some((snapshot, hard_state, rest)) = self
             .core
             .compaction(self.log.entries_written(), self.snapshot_entries)
@@ -424,5 +468,26 @@ impl Node {
             transport.stop();
         }
         info!("node stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::election_ticks;
+
+    #[test]
+    fn the_confirmation_window_stays_below_the_election_timeout() {
+        // S2 depends on it: the grace period counts one election timeout.
+        for tick in [1u64, 7, 50, 100, 333, 1_000] {
+            for timeout in (3 * tick..=60_000).step_by(997) {
+                let ticks = election_ticks(tick, timeout) as u64;
+                assert!(ticks >= 3);
+                assert!(
+                    (ticks - 1) * tick < timeout,
+                    "tick {tick} ms, timeout {timeout} ms: window {} ms",
+                    (ticks - 1) * tick
+                );
+            }
+        }
     }
 }

@@ -4,36 +4,59 @@
 //! bounded queue; it reconnects with exponential backoff and drops
 //! messages while a peer is unreachable (raft retransmits what matters).
 //! One thread per inbound connection reads frames into the control
-//! thread's inbox. Sockets carry DSCP CS6 and `TCP_NODELAY`.
+//! thread's inbox. Sockets carry DSCP CS6, `TCP_NODELAY` and TCP keepalive;
+//! outbound sockets are bound to this node's peer address, so a peer sees
+//! them come from the address its config names.
 //!
 //! ```text
-//! frame     = len: u32 LE | payload[len]          (len <= 16 MiB)
-//! handshake = "PLSDPEER" | version: u8 | from: u16 LE | to: u16 LE | cluster name
-//! then      = one protobuf raft Message per frame
+//! frame     = len: u32 LE | payload[len]            (len <= FRAME_MAX)
+//! hello     = "PLSDPEER" | version: u8 = 2 | from: u16 LE | to: u16 LE
+//!             | nonce_d[16] | cluster name          (dialer -> acceptor)
+//! challenge = nonce_a[16] | HMAC(K, "palisade-peer v2 acceptor" | hello | nonce_a)
+//! proof     = HMAC(K, "palisade-peer v2 dialer" | hello | nonce_a)
+//! then      = one protobuf raft Message per frame   (dialer -> acceptor)
 //! ```
 //!
-//! Bad input (a wrong magic, version, cluster, node id, an oversized or
+//! K is the cluster secret (`cluster.secret_file`), HMAC-SHA256; both sides
+//! prove they hold it with fresh nonces, so a recorded handshake cannot be
+//! replayed. Without a secret K is empty: the exchange then only checks
+//! cluster name and ids, and the peer port must be on a trusted network.
+//!
+//! Bad input (a wrong magic, version, cluster, node id, source address or
+//! proof, a handshake slower than [`HANDSHAKE_DEADLINE`], an oversized or
 //! undecodable frame, a message whose `from`/`to` do not match the
 //! handshake) closes that connection and is logged; the node keeps going.
+//! Inbound connections are capped, idle ones are closed after
+//! [`IDLE_MAX`], and a newer connection from the same peer retires the
+//! older one.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use hmac::{Hmac, Mac};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
-use socket2::SockRef;
+use sha2::Sha256;
+use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
 use tracing::{debug, info, warn};
 
+use palisade_dataplane::clock::monotonic_ms;
+
 const MAGIC: &[u8; 8] = b"PLSDPEER";
-const VERSION: u8 = 1;
-/// Largest frame accepted (snapshots here are small: membership only).
-pub const FRAME_MAX: usize = 16 << 20;
+const VERSION: u8 = 2;
+const NONCE_LEN: usize = 16;
+const MAC_LEN: usize = 32;
+/// Largest hello: magic, version, ids, nonce and a 64-byte cluster name.
+const HELLO_MAX: usize = 128;
+/// Largest frame accepted. raft sends at most 1 MiB of entries per message
+/// (`max_size_per_msg`) and snapshots carry membership only.
+pub const FRAME_MAX: usize = 4 << 20;
 /// Messages queued per peer before new ones are dropped.
 const OUTBOX_MAX: usize = 4096;
 /// DSCP class selector 6 (network control), in the TOS byte.
@@ -41,6 +64,19 @@ const TOS_CS6: u32 = 48 << 2;
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time allowed for the whole handshake, however the bytes trickle in.
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(2);
+/// An inbound link that carries nothing for this long is closed; its
+/// dialer reconnects when it has something to say.
+pub const IDLE_MAX: Duration = Duration::from_secs(60);
+/// How often a reader blocked on an idle link looks at its flags.
+const READER_POLL: Duration = Duration::from_millis(500);
+/// Inbound connections (handshaking or not) at once: a few per member.
+fn inbound_max(members: usize) -> usize {
+    8 + 2 * members
+}
+
+type HmacSha256 = Hmac<Sha256>;
 
 /// The running transport.
 #[derive(Debug)]
@@ -51,6 +87,25 @@ pub struct Transport {
     local_addr: SocketAddr,
 }
 
+/// What both directions of the handshake need to know.
+#[derive(Clone)]
+struct Identity {
+    self_id: u16,
+    cluster: String,
+    /// The cluster secret; empty when none is configured.
+    secret: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("self_id", &self.self_id)
+            .field("cluster", &self.cluster)
+            .field("secret", &format_args!("<{} bytes>", self.secret.len()))
+            .finish()
+    }
+}
+
 fn mark(stream: &TcpStream, ipv6: bool) {
     let sock = SockRef::from(stream);
     let _ = if ipv6 {
@@ -59,15 +114,38 @@ fn mark(stream: &TcpStream, ipv6: bool) {
         sock.set_tos_v4(TOS_CS6)
     };
     let _ = stream.set_nodelay(true);
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(10))
+        .with_interval(Duration::from_secs(5))
+        .with_retries(3);
+    let _ = sock.set_tcp_keepalive(&keepalive);
 }
 
-fn handshake_bytes(cluster: &str, from: u16, to: u16) -> Vec<u8> {
+fn hello_bytes(cluster: &str, from: u16, to: u16, nonce: &[u8; NONCE_LEN]) -> Vec<u8> {
     let mut out = MAGIC.to_vec();
     out.push(VERSION);
     out.extend_from_slice(&from.to_le_bytes());
     out.extend_from_slice(&to.to_le_bytes());
+    out.extend_from_slice(nonce);
     out.extend_from_slice(cluster.as_bytes());
     out
+}
+
+fn mac(secret: &[u8], label: &str, hello: &[u8], nonce: &[u8]) -> HmacSha256 {
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(label.as_bytes());
+    mac.update(hello);
+    mac.update(nonce);
+    mac
+}
+
+const LABEL_ACCEPTOR: &str = "palisade-peer v2 acceptor";
+const LABEL_DIALER: &str = "palisade-peer v2 dialer";
+
+fn nonce() -> io::Result<[u8; NONCE_LEN]> {
+    let mut nonce = [0u8; NONCE_LEN];
+    getrandom::fill(&mut nonce).map_err(|e| io::Error::other(format!("random source: {e}")))?;
+    Ok(nonce)
 }
 
 fn write_frame(stream: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
@@ -78,27 +156,94 @@ fn write_frame(stream: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
     stream.write_all(&frame)
 }
 
-fn read_frame(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len)?;
-    let len = u32::from_le_bytes(len) as usize;
-    if len > FRAME_MAX {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds {FRAME_MAX}"),
-        ));
+fn invalid(why: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
+}
+
+/// Reassembles length-prefixed frames from a socket whose reads may time
+/// out part-way through a frame.
+#[derive(Debug)]
+struct FrameReader {
+    buf: Vec<u8>,
+    filled: usize,
+}
+
+impl FrameReader {
+    fn new() -> FrameReader {
+        FrameReader {
+            buf: vec![0; 4096],
+            filled: 0,
+        }
     }
-    let mut payload = vec![0u8; len];
-    stream.read_exact(&mut payload)?;
-    Ok(payload)
+
+    /// The next frame, or `None` when a read timed out first.
+    fn next(&mut self, stream: &mut TcpStream, max: usize) -> io::Result<Option<Vec<u8>>> {
+        loop {
+            if self.filled >= 4 {
+                let len = u32::from_le_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
+                if len > max {
+                    return Err(invalid(format!("frame of {len} bytes exceeds {max}")));
+                }
+                let end = 4 + len;
+                if self.filled >= end {
+                    let frame = self.buf[4..end].to_vec();
+                    self.buf.copy_within(end..self.filled, 0);
+                    self.filled -= end;
+                    return Ok(Some(frame));
+                }
+                if self.buf.len() < end {
+                    self.buf.resize(end, 0);
+                }
+            }
+            match stream.read(&mut self.buf[self.filled..]) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => self.filled += n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(None);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The next frame before `deadline_ms` (monotonic), however slowly its
+    /// bytes arrive.
+    fn next_by(
+        &mut self,
+        stream: &mut TcpStream,
+        max: usize,
+        deadline_ms: u64,
+    ) -> io::Result<Vec<u8>> {
+        loop {
+            let left = deadline_ms.saturating_sub(monotonic_ms());
+            if left == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "handshake not finished in time",
+                ));
+            }
+            stream.set_read_timeout(Some(Duration::from_millis(left)))?;
+            if let Some(frame) = self.next(stream, max)? {
+                return Ok(frame);
+            }
+        }
+    }
 }
 
 impl Transport {
     /// Listens on `listen` and connects to every peer in `peers` (id,
     /// address; this node excluded). Received messages go to `inbox`.
+    /// `secret` is the cluster secret (empty: none).
     pub fn start(
         self_id: u16,
         cluster: &str,
+        secret: &[u8],
         listen: SocketAddr,
         peers: &[(u16, SocketAddr)],
         inbox: SyncSender<Message>,
@@ -106,31 +251,42 @@ impl Transport {
         let listener = TcpListener::bind(listen)?;
         let local_addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
+        let identity = Identity {
+            self_id,
+            cluster: cluster.to_string(),
+            secret: Arc::from(secret),
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        let known: Vec<u16> = peers.iter().map(|(id, _)| *id).collect();
         {
             let stop = stop.clone();
-            let cluster = cluster.to_string();
+            let identity = identity.clone();
+            let known = peers.to_vec();
             threads.push(
                 std::thread::Builder::new()
                     .name("palisade-peer-accept".into())
-                    .spawn(move || accept_loop(listener, self_id, cluster, known, inbox, stop))?,
+                    .spawn(move || accept_loop(&listener, &identity, &known, &inbox, &stop))?,
             );
         }
+        let bind_ip = Some(listen.ip()).filter(|ip| !ip.is_unspecified());
         let mut outboxes = HashMap::new();
         for &(peer, addr) in peers {
             let (tx, rx) = mpsc::sync_channel(OUTBOX_MAX);
             outboxes.insert(u64::from(peer), tx);
             let stop = stop.clone();
-            let hello = handshake_bytes(cluster, self_id, peer);
+            let identity = identity.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("palisade-peer-{peer}"))
-                    .spawn(move || writer_loop(peer, addr, hello, rx, stop))?,
+                    .spawn(move || writer_loop(&identity, peer, addr, bind_ip, &rx, &stop))?,
             );
         }
-        info!(listen = %local_addr, peers = peers.len(), "peer transport started");
+        info!(
+            listen = %local_addr,
+            peers = peers.len(),
+            authenticated = !secret.is_empty(),
+            "peer transport started"
+        );
         Ok(Transport {
             outboxes,
             stop,
@@ -170,25 +326,59 @@ impl Transport {
     }
 }
 
+/// Per-peer generation of the newest authenticated inbound link.
+type Generations = Arc<Mutex<HashMap<u16, u64>>>;
+
+/// Counts a live inbound connection; uncounts it when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 fn accept_loop(
-    listener: TcpListener,
-    self_id: u16,
-    cluster: String,
-    known: Vec<u16>,
-    inbox: SyncSender<Message>,
-    stop: Arc<AtomicBool>,
+    listener: &TcpListener,
+    identity: &Identity,
+    known: &[(u16, SocketAddr)],
+    inbox: &SyncSender<Message>,
+    stop: &Arc<AtomicBool>,
 ) {
+    let live = Arc::new(AtomicUsize::new(0));
+    let max = inbound_max(known.len() + 1);
+    let generations: Generations = Arc::default();
+    let mut refused_at_ms = 0;
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, from)) => {
+                if live.fetch_add(1, Ordering::SeqCst) >= max {
+                    live.fetch_sub(1, Ordering::SeqCst);
+                    drop(stream);
+                    let now = monotonic_ms();
+                    if now >= refused_at_ms + 1_000 {
+                        refused_at_ms = now;
+                        warn!(%from, max, "too many inbound peer connections; refusing");
+                    }
+                    continue;
+                }
+                let slot = Slot(live.clone());
                 let inbox = inbox.clone();
-                let cluster = cluster.clone();
-                let known = known.clone();
+                let identity = identity.clone();
+                let known = known.to_vec();
                 let stop = stop.clone();
+                let generations = generations.clone();
                 let spawned = std::thread::Builder::new()
                     .name("palisade-peer-in".into())
                     .spawn(move || {
-                        if let Err(e) = reader(stream, self_id, &cluster, &known, &inbox, &stop) {
+                        let _slot = slot;
+                        let link = Link {
+                            identity: &identity,
+                            known: &known,
+                            generations: &generations,
+                            stop: &stop,
+                        };
+                        if let Err(e) = link.read(stream, from, &inbox) {
                             debug!(%from, error = %e, "peer connection closed");
                         }
                     });
@@ -207,77 +397,187 @@ fn accept_loop(
     }
 }
 
-fn invalid(why: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, why)
+/// What an inbound reader checks against.
+struct Link<'a> {
+    identity: &'a Identity,
+    known: &'a [(u16, SocketAddr)],
+    generations: &'a Generations,
+    stop: &'a AtomicBool,
 }
 
-fn reader(
-    mut stream: TcpStream,
-    self_id: u16,
-    cluster: &str,
-    known: &[u16],
-    inbox: &SyncSender<Message>,
-    stop: &AtomicBool,
-) -> io::Result<()> {
-    stream.set_nonblocking(false)?;
-    let ipv6 = stream.local_addr()?.is_ipv6();
-    mark(&stream, ipv6);
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    let hello = read_frame(&mut stream)?;
-    if hello.len() < MAGIC.len() + 5 || &hello[..MAGIC.len()] != MAGIC {
-        return Err(invalid("not a palisade peer".into()));
-    }
-    let version = hello[MAGIC.len()];
-    if version != VERSION {
-        return Err(invalid(format!("peer speaks version {version}")));
-    }
-    let from = u16::from_le_bytes([hello[MAGIC.len() + 1], hello[MAGIC.len() + 2]]);
-    let to = u16::from_le_bytes([hello[MAGIC.len() + 3], hello[MAGIC.len() + 4]]);
-    let their_cluster = String::from_utf8_lossy(&hello[MAGIC.len() + 5..]);
-    if their_cluster != cluster {
-        warn!(from, cluster = %their_cluster, "refused a peer of another cluster");
-        return Err(invalid(format!("cluster {their_cluster:?} is not ours")));
-    }
-    if to != self_id || !known.contains(&from) {
-        warn!(
-            from,
-            to, "refused a peer that is not a member or not talking to this node"
+impl Link<'_> {
+    /// Handshakes as the acceptor, then reads messages into `inbox`.
+    fn read(
+        &self,
+        mut stream: TcpStream,
+        remote: SocketAddr,
+        inbox: &SyncSender<Message>,
+    ) -> io::Result<()> {
+        stream.set_nonblocking(false)?;
+        mark(&stream, stream.local_addr()?.is_ipv6());
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        let deadline = monotonic_ms() + HANDSHAKE_DEADLINE.as_millis() as u64;
+        let mut frames = FrameReader::new();
+        let hello = frames.next_by(&mut stream, HELLO_MAX, deadline)?;
+        let from = self.check_hello(&hello, remote.ip())?;
+
+        let nonce_a = nonce()?;
+        let mut challenge = nonce_a.to_vec();
+        challenge.extend_from_slice(
+            &mac(&self.identity.secret, LABEL_ACCEPTOR, &hello, &nonce_a)
+                .finalize()
+                .into_bytes(),
         );
-        return Err(invalid(format!("handshake from {from} to {to}")));
-    }
-    // Idle links are normal between heartbeats; only a broken one ends.
-    stream.set_read_timeout(None)?;
-    while !stop.load(Ordering::SeqCst) {
-        let frame = read_frame(&mut stream)?;
-        let message =
-            Message::parse_from_bytes(&frame).map_err(|e| invalid(format!("bad message: {e}")))?;
-        if message.from != u64::from(from) || message.to != u64::from(self_id) {
-            return Err(invalid(format!(
-                "message from {} to {} on a link from {from}",
-                message.from, message.to
-            )));
+        write_frame(&mut stream, &challenge)?;
+        let proof = frames.next_by(&mut stream, MAC_LEN, deadline)?;
+        if mac(&self.identity.secret, LABEL_DIALER, &hello, &nonce_a)
+            .verify_slice(&proof)
+            .is_err()
+        {
+            warn!(
+                from,
+                %remote,
+                "refused a peer whose proof is wrong: the cluster secrets differ (or only one side has one)"
+            );
+            return Err(invalid("wrong proof".into()));
         }
-        match inbox.try_send(message) {
-            Ok(()) | Err(TrySendError::Full(_)) => {}
-            Err(TrySendError::Disconnected(_)) => return Ok(()),
+        let generation = {
+            let mut generations = self.generations.lock().expect("not poisoned");
+            let generation = generations.entry(from).or_insert(0);
+            *generation += 1;
+            *generation
+        };
+        debug!(from, %remote, "peer link up");
+
+        stream.set_read_timeout(Some(READER_POLL))?;
+        let mut heard_ms = monotonic_ms();
+        while !self.stop.load(Ordering::SeqCst) {
+            let Some(frame) = frames.next(&mut stream, FRAME_MAX)? else {
+                let current =
+                    self.generations.lock().expect("not poisoned").get(&from) == Some(&generation);
+                if !current {
+                    return Err(invalid("a newer link from the same peer took over".into()));
+                }
+                if monotonic_ms().saturating_sub(heard_ms) > IDLE_MAX.as_millis() as u64 {
+                    return Err(invalid("idle".into()));
+                }
+                continue;
+            };
+            heard_ms = monotonic_ms();
+            let message = Message::parse_from_bytes(&frame)
+                .map_err(|e| invalid(format!("bad message: {e}")))?;
+            if message.from != u64::from(from) || message.to != u64::from(self.identity.self_id) {
+                return Err(invalid(format!(
+                    "message from {} to {} on a link from {from}",
+                    message.from, message.to
+                )));
+            }
+            match inbox.try_send(message) {
+                Ok(()) | Err(TrySendError::Full(_)) => {}
+                Err(TrySendError::Disconnected(_)) => return Ok(()),
+            }
         }
+        Ok(())
     }
-    Ok(())
+
+    /// Checks a hello; returns the peer's id.
+    fn check_hello(&self, hello: &[u8], remote: IpAddr) -> io::Result<u16> {
+        let fixed = MAGIC.len() + 1 + 4 + NONCE_LEN;
+        if hello.len() < fixed || &hello[..MAGIC.len()] != MAGIC {
+            return Err(invalid("not a palisade peer".into()));
+        }
+        let version = hello[MAGIC.len()];
+        if version != VERSION {
+            warn!(version, "refused a peer speaking another transport version");
+            return Err(invalid(format!("peer speaks version {version}")));
+        }
+        let at = MAGIC.len() + 1;
+        let from = u16::from_le_bytes([hello[at], hello[at + 1]]);
+        let to = u16::from_le_bytes([hello[at + 2], hello[at + 3]]);
+        let their_cluster = String::from_utf8_lossy(&hello[fixed..]);
+        if their_cluster != self.identity.cluster {
+            warn!(from, cluster = %their_cluster, "refused a peer of another cluster");
+            return Err(invalid(format!("cluster {their_cluster:?} is not ours")));
+        }
+        let Some(&(_, configured)) = self.known.iter().find(|(id, _)| *id == from) else {
+            warn!(from, "refused a peer that is not a member");
+            return Err(invalid(format!("{from} is not a member")));
+        };
+        if to != self.identity.self_id {
+            warn!(from, to, "refused a peer talking to another node");
+            return Err(invalid(format!("handshake from {from} to {to}")));
+        }
+        let expected = configured.ip();
+        if !expected.is_unspecified() && expected != remote {
+            warn!(from, %remote, %expected, "refused a peer connecting from an address its config does not name");
+            return Err(invalid(format!("{from} connected from {remote}")));
+        }
+        Ok(from)
+    }
+}
+
+/// Connects to `addr`, from `bind_ip` when given.
+fn dial(addr: SocketAddr, bind_ip: Option<IpAddr>) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if let Some(ip) = bind_ip.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
+        socket.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    socket.connect_timeout(&addr.into(), IO_TIMEOUT)?;
+    Ok(socket.into())
+}
+
+/// Handshakes as the dialer: sends the hello, checks the acceptor's proof,
+/// sends ours.
+fn handshake(stream: &mut TcpStream, identity: &Identity, peer: u16) -> io::Result<()> {
+    let hello = hello_bytes(&identity.cluster, identity.self_id, peer, &nonce()?);
+    write_frame(stream, &hello)?;
+    let deadline = monotonic_ms() + HANDSHAKE_DEADLINE.as_millis() as u64;
+    let challenge = FrameReader::new().next_by(stream, NONCE_LEN + MAC_LEN, deadline)?;
+    if challenge.len() != NONCE_LEN + MAC_LEN {
+        return Err(invalid("short challenge".into()));
+    }
+    let (nonce_a, their_mac) = challenge.split_at(NONCE_LEN);
+    if mac(&identity.secret, LABEL_ACCEPTOR, &hello, nonce_a)
+        .verify_slice(their_mac)
+        .is_err()
+    {
+        return Err(invalid(
+            "the peer's proof is wrong: the cluster secrets differ (or only one side has one)"
+                .into(),
+        ));
+    }
+    let proof = mac(&identity.secret, LABEL_DIALER, &hello, nonce_a)
+        .finalize()
+        .into_bytes();
+    write_frame(stream, &proof)
 }
 
 fn writer_loop(
+    identity: &Identity,
     peer: u16,
     addr: SocketAddr,
-    hello: Vec<u8>,
-    outbox: Receiver<Message>,
-    stop: Arc<AtomicBool>,
+    bind_ip: Option<IpAddr>,
+    outbox: &Receiver<Message>,
+    stop: &AtomicBool,
 ) {
     let mut backoff = BACKOFF_MIN;
+    let mut warned = false;
     while !stop.load(Ordering::SeqCst) {
-        let mut stream = match TcpStream::connect_timeout(&addr, IO_TIMEOUT) {
+        let connected = dial(addr, bind_ip).and_then(|mut stream| {
+            mark(&stream, addr.is_ipv6());
+            stream.set_write_timeout(Some(IO_TIMEOUT))?;
+            handshake(&mut stream, identity, peer)?;
+            Ok(stream)
+        });
+        let mut stream = match connected {
             Ok(stream) => stream,
             Err(e) => {
-                debug!(peer, %addr, error = %e, "peer unreachable");
+                if e.kind() == io::ErrorKind::InvalidData && !warned {
+                    warn!(peer, %addr, error = %e, "peer handshake refused");
+                    warned = true;
+                } else {
+                    debug!(peer, %addr, error = %e, "peer unreachable");
+                }
                 // Messages queued meanwhile are stale; drop them.
                 while outbox.try_recv().is_ok() {}
                 std::thread::sleep(backoff);
@@ -285,13 +585,8 @@ fn writer_loop(
                 continue;
             }
         };
-        mark(&stream, addr.is_ipv6());
-        let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-        if write_frame(&mut stream, &hello).is_err() {
-            std::thread::sleep(backoff);
-            continue;
-        }
         backoff = BACKOFF_MIN;
+        warned = false;
         loop {
             let message = match outbox.recv_timeout(Duration::from_millis(100)) {
                 Ok(message) => message,

@@ -186,3 +186,23 @@ fn errors_say_what_to_do() {
     assert_eq!(code, 1);
     assert_eq!(tenant["error"], "unknown_tenant");
 }
+
+#[test]
+fn an_endpoint_list_moves_past_dead_nodes() {
+    let server = Server::start("");
+    // Port 9 (discard) on loopback: nothing listens, the connect fails.
+    let list = format!("127.0.0.1:9,{}", server.endpoint);
+    let (code, status) = cli(&list, &["status"]);
+    assert_eq!(code, 0, "{status}");
+    assert_eq!(status["role"], "leader");
+    let (code, dead) = cli("127.0.0.1:9,127.0.0.1:10", &["status"]);
+    assert_eq!(code, 1, "{dead}");
+    assert_eq!(dead["error"], "connection", "{dead}");
+    assert!(
+        dead["message"]
+            .as_str()
+            .expect("message")
+            .contains("127.0.0.1:10"),
+        "the last failure is named: {dead}"
+    );
+}

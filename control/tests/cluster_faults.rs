@@ -291,26 +291,83 @@ fn garbage_on_the_peer_port_is_refused_and_the_cluster_carries_on() {
     let cluster = Cluster::start(3, EXTRA);
     let leader = cluster.wait_leader(5_000, &[0, 1, 2]);
     let peer = cluster.nodes[leader].peer;
+    let framed = |mut bytes: Vec<u8>| {
+        let mut frame = (bytes.len() as u32).to_le_bytes().to_vec();
+        frame.append(&mut bytes);
+        frame
+    };
+    let other = if leader == 0 { 2u16 } else { 1u16 };
+    let me = cluster.nodes[leader].id;
+    let hello = |cluster_name: &str| {
+        let mut hello = b"PLSDPEER\x02".to_vec();
+        hello.extend_from_slice(&other.to_le_bytes());
+        hello.extend_from_slice(&me.to_le_bytes());
+        hello.extend_from_slice(&[7u8; 16]);
+        hello.extend_from_slice(cluster_name.as_bytes());
+        framed(hello)
+    };
     for bytes in [
         b"\xff\xff\xff\xffgarbage".to_vec(),
+        // A well-framed handshake from another cluster.
+        hello("other"),
+        // The right cluster and ids, then a forged proof and a raft message.
         {
-            // A well-framed handshake from another cluster.
-            let mut hello = b"PLSDPEER\x01\x02\x00\x01\x00other".to_vec();
-            let mut frame = (hello.len() as u32).to_le_bytes().to_vec();
-            frame.append(&mut hello);
-            frame
+            let mut bytes = hello("test");
+            bytes.extend(framed(vec![0u8; 32]));
+            bytes.extend(framed(b"\x08\x03".to_vec()));
+            bytes
         },
+        // The version-1 handshake of earlier builds.
+        framed(b"PLSDPEER\x01\x02\x00\x01\x00test".to_vec()),
         vec![0u8; 3],
     ] {
         let mut stream = std::net::TcpStream::connect(peer).expect("connect");
         let _ = stream.write_all(&bytes);
         drop(stream);
     }
-    sleep_ms(300);
+    // A flood of connections that never say anything: refused beyond the
+    // cap, closed at the handshake deadline, and the links between members
+    // recover.
+    let silent: Vec<_> = (0..64)
+        .filter_map(|_| std::net::TcpStream::connect(peer).ok())
+        .collect();
+    sleep_ms(2_500);
+    drop(silent);
+    let leader = cluster.wait_leader(5_000, &[0, 1, 2]);
     assert_eq!(cluster.status(leader).expect("status")["role"], "leader");
     for i in 0..3 {
-        assert!(cluster.status(i).is_some(), "node {i} still serves");
+        let status = cluster.status(i).expect("node still serves");
+        assert_eq!(
+            status["leader"].as_u64(),
+            Some(u64::from(cluster.nodes[leader].id)),
+            "node {i} follows the leader again: {status}"
+        );
     }
+    assert!(
+        cluster.log(leader).contains("proof is wrong"),
+        "the forged proof is logged"
+    );
+}
+
+#[test]
+fn a_node_with_another_secret_is_kept_out() {
+    let mut cluster = Cluster::start(3, EXTRA);
+    let leader = cluster.wait_leader(5_000, &[0, 1, 2]);
+    let outsider = (leader + 1) % 3;
+    cluster.kill9(outsider);
+    cluster.set_secret(outsider, "not the cluster secret at all\n");
+    cluster.spawn(outsider);
+    sleep_ms(1_500);
+    let status = cluster.status(outsider).expect("the outsider runs");
+    assert_ne!(status["role"], "leader", "{status}");
+    assert_eq!(status["leader"], 0, "it never hears the leader: {status}");
+    let leader_now = cluster.wait_leader(5_000, &[0, 1, 2]);
+    assert_ne!(leader_now, outsider);
+    assert!(
+        cluster.log(outsider).contains("secrets differ"),
+        "the outsider's log says why: {}",
+        cluster.log(outsider)
+    );
 }
 
 /// Failover timing, run by hand (about two minutes):

@@ -176,7 +176,6 @@ fn config(id: u64, voters: &[u64]) -> CoreConfig {
         election_ticks: ELECTION_TICKS,
         grace_ms: GRACE_MS,
         max_drift_ppm: MAX_DRIFT_PPM,
-        first_start_alone: false,
     }
 }
 

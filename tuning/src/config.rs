@@ -99,6 +99,13 @@ pub struct ClusterConfig {
     pub election_timeout: Duration,
     /// Log entries between snapshots, `100..=10000000`. Default 10000.
     pub snapshot_entries: u64,
+    /// File holding the cluster secret, shared by every member: peers prove
+    /// they know it (HMAC-SHA256 challenge-response) before any raft message
+    /// is accepted. At least 16 bytes; trailing whitespace is ignored.
+    /// Relative paths are resolved against the config file's folder. Default
+    /// `None`: peers are not authenticated (the node warns at start when it
+    /// has peers) and the peer port must be on a trusted network.
+    pub secret_file: Option<PathBuf>,
     /// Every member of the cluster, this node included, with unique ids,
     /// peer addresses and client addresses. Default empty: a cluster of one
     /// (this node) with no peer transport. Use [`Config::members`] rather
@@ -292,6 +299,7 @@ impl Default for ClusterConfig {
             heartbeat_interval: Duration::from_millis(50),
             election_timeout: Duration::from_millis(500),
             snapshot_entries: 10_000,
+            secret_file: None,
             peers: Vec::new(),
         }
     }
@@ -428,11 +436,23 @@ impl Config {
     /// there is no base directory. `None` when no data directory is set.
     #[must_use]
     pub fn data_dir_resolved(&self) -> Option<PathBuf> {
-        let data_dir = self.node.data_dir.as_deref()?;
+        Some(self.resolve(self.node.data_dir.as_deref()?))
+    }
+
+    /// `path` joined onto [`Config::base_dir`] when it is relative.
+    #[must_use]
+    pub fn resolve(&self, path: &Path) -> PathBuf {
         match &self.base_dir {
-            Some(base_dir) if data_dir.is_relative() => Some(base_dir.join(data_dir)),
-            _ => Some(data_dir.to_path_buf()),
+            Some(base_dir) if path.is_relative() => base_dir.join(path),
+            _ => path.to_path_buf(),
         }
+    }
+
+    /// The cluster secret file to read: [`ClusterConfig::secret_file`]
+    /// resolved like [`Config::data_dir_resolved`].
+    #[must_use]
+    pub fn secret_file_resolved(&self) -> Option<PathBuf> {
+        Some(self.resolve(self.cluster.secret_file.as_deref()?))
     }
 
     /// Finds a tenant by exact name; returns its index (its tenant id) and

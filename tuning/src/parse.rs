@@ -42,6 +42,7 @@ const CLUSTER_KEYS: &[&str] = &[
     "heartbeat_interval",
     "election_timeout",
     "snapshot_entries",
+    "secret_file",
     "peers",
 ];
 const PEER_KEYS: &[&str] = &["id", "peer", "client"];
@@ -189,6 +190,9 @@ fn walk_cluster(cluster: &Section<'_>, config: &mut Config, issues: &mut Issues)
         &mut target.snapshot_entries,
         issues,
     );
+    if let Some(file) = cluster.string("secret_file", issues) {
+        target.secret_file = Some(PathBuf::from(file));
+    }
     let Some((value, key)) = cluster.get("peers") else {
         return;
     };

@@ -75,6 +75,16 @@ pub(crate) fn render(config: &Config) -> String {
         cluster.snapshot_entries,
         "log entries between snapshots, 100 ..= 10000000",
     );
+    match &cluster.secret_file {
+        Some(file) => out.key(
+            "secret_file",
+            string(&file.to_string_lossy()),
+            "the cluster secret peers prove they share; relative to this file's folder",
+        ),
+        None => {
+            out.comment("secret_file = \"cluster.secret\"   # unset: peers are not authenticated")
+        }
+    }
     out.blank_line();
     if cluster.peers.is_empty() {
         // An example to uncomment, valid as it stands: this node alone,

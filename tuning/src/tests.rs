@@ -152,6 +152,7 @@ fn every_field_round_trips() {
             heartbeat_interval: Duration::from_secs(10),
             election_timeout: Duration::from_secs(60),
             snapshot_entries: 10_000_000,
+            secret_file: Some(PathBuf::from("secrets/cluster key")),
             peers: vec![
                 PeerConfig {
                     id: 1,
@@ -823,6 +824,31 @@ fn data_dir_resolution() {
 }
 
 #[test]
+fn secret_file_resolution() {
+    let config = Config::from_toml_str(
+        "[cluster]\nsecret_file = \"keys/cluster.secret\"\n",
+        Some(Path::new("/etc/palisade")),
+    )
+    .expect("valid");
+    assert_eq!(
+        config.secret_file_resolved(),
+        Some(PathBuf::from("/etc/palisade/keys/cluster.secret"))
+    );
+    let config = Config::from_toml_str(
+        "[cluster]\nsecret_file = \"/run/keys/palisade\"\n",
+        Some(Path::new("/etc")),
+    )
+    .expect("valid");
+    assert_eq!(
+        config.secret_file_resolved(),
+        Some(PathBuf::from("/run/keys/palisade"))
+    );
+    assert_eq!(Config::builtin_default().secret_file_resolved(), None);
+    assert!(rejects("cluster", "secret_file", "\"\"").contains("must not be empty"));
+    assert!(rejects("cluster", "secret_file", "7").contains("string"));
+}
+
+#[test]
 fn load_uses_the_source_and_the_file_folder() {
     let source = MemSource::new()
         .with("/etc/palisade/node.toml", "[node]\ndata_dir = \"state\"\n")
@@ -1225,7 +1251,7 @@ fn cluster_unknown_keys_and_shapes() {
     assert_eq!(
         errors.0[0].reason,
         "unknown key; expected one of: name, heartbeat_interval, election_timeout, \
-         snapshot_entries, peers"
+         snapshot_entries, secret_file, peers"
     );
     assert_eq!(
         errors.0[1].reason,

@@ -312,6 +312,15 @@ fn validate_node(config: &Config, checker: &mut Checker<'_>) {
 fn validate_cluster(config: &Config, checker: &mut Checker<'_>) {
     let cluster = &config.cluster;
     checker.check("cluster.name", || check_cluster_name(&cluster.name));
+    if let Some(file) = &cluster.secret_file {
+        checker.check("cluster.secret_file", || {
+            if file.as_os_str().is_empty() {
+                Err("must not be empty; leave it out for unauthenticated peers".to_owned())
+            } else {
+                Ok(())
+            }
+        });
+    }
     checker.duration(
         "cluster.heartbeat_interval",
         HEARTBEAT_INTERVAL,

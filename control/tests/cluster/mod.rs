@@ -139,6 +139,9 @@ pub struct NodeProc {
     pub child: Option<Child>,
 }
 
+/// The secret every test node shares unless a test changes it.
+pub const CLUSTER_SECRET: &str = "correct horse battery staple\n";
+
 /// A running cluster.
 pub struct Cluster {
     pub nodes: Vec<NodeProc>,
@@ -222,9 +225,13 @@ impl Cluster {
     fn write_config(&self, i: usize) {
         let me = &self.nodes[i];
         let mut text = format!(
-            "[node]\nid = {}\ncores = 1\n\n[listen]\nclient = \"{}\"\n\n[cluster]\nname = \"test\"\nheartbeat_interval = \"{}ms\"\nelection_timeout = \"{}ms\"\n",
-            me.id, me.client, self.timing.0, self.timing.1
+            "[node]\nid = {}\ncores = 1\n\n[listen]\nclient = \"{}\"\n\n[cluster]\nname = \"test\"\nheartbeat_interval = \"{}ms\"\nelection_timeout = \"{}ms\"\nsecret_file = \"secret{}\"\n",
+            me.id, me.client, self.timing.0, self.timing.1, me.id
         );
+        let secret = self.dir.path().join(format!("secret{}", me.id));
+        if !secret.exists() {
+            std::fs::write(&secret, CLUSTER_SECRET).expect("write secret");
+        }
         for other in &self.nodes {
             let peer = if other.id == me.id {
                 other.peer
@@ -239,6 +246,13 @@ impl Cluster {
         text.push('\n');
         text.push_str(&self.extra);
         std::fs::write(&me.config, text).expect("write config");
+    }
+
+    /// Gives node `i` another cluster secret (it takes effect when the
+    /// node is next spawned).
+    pub fn set_secret(&self, i: usize, secret: &str) {
+        let path = self.dir.path().join(format!("secret{}", self.nodes[i].id));
+        std::fs::write(path, secret).expect("write secret");
     }
 
     pub fn spawn(&mut self, i: usize) {
