@@ -1,0 +1,1 @@
+//! Durable fence store (placeholder until written).

@@ -1,0 +1,13 @@
+//! The fencing proxy: an NBD server in front of storage that knows nothing
+//! about leases, refusing writes from holders whose fencing token is below
+//! the highest one it has seen for that export (S3).
+//!
+//! It owns: the NBD protocol (sans-IO, [`nbd`]), the durable per-export
+//! fence ([`fence`]), and the ordering of writes around a fence change.
+//! It must never acknowledge a write under a token below the durable fence,
+//! never raise a fence without making it durable first, and never guess a
+//! fence it cannot read: an export whose fence state is damaged refuses
+//! writes until an operator repairs it.
+
+pub mod fence;
+pub mod nbd;
