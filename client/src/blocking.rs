@@ -106,6 +106,17 @@ pub(crate) fn millis_u32(d: Duration, what: &str) -> Result<u32, ClientError> {
         .map_err(|_| ClientError::InvalidArgument(format!("{what} is too long")))
 }
 
+/// The answer to [`Client::watch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watched {
+    /// Token of the current unexpired lease, 0 if none.
+    pub current_token: u64,
+    /// Highest token the leader issued for the resource, 0 if none.
+    pub last_token: u64,
+    /// Whether `last_token` passed `after` (false: the wait ran out).
+    pub changed: bool,
+}
+
 /// A connected, authenticated client.
 #[derive(Debug)]
 pub struct Client {
@@ -460,6 +471,39 @@ impl Client {
                 token,
             })?;
             token_outcome(resource, 0, 0, 0, response)
+        })
+    }
+
+    /// Waits up to `wait` (at most 60 s) for a token above `after` to be
+    /// issued for `resource`, following the leader. A fencing proxy raises
+    /// its fence with the answer.
+    pub fn watch(
+        &mut self,
+        resource: &str,
+        after: u64,
+        wait: Duration,
+    ) -> Result<Watched, ClientError> {
+        palisade_proto::validate_resource(resource)
+            .map_err(|why| ClientError::InvalidArgument(why.into()))?;
+        let wait_ms = millis_u32(wait, "watch wait")?;
+        self.follow_leader(|client| {
+            let id = client.submit(&Request::Watch {
+                resource: resource.into(),
+                after,
+                wait_ms,
+            })?;
+            match client.wait(id, client.request_timeout + wait + WAIT_MARGIN)? {
+                Response::Watched {
+                    current_token,
+                    last_token,
+                    changed,
+                } => Ok(Watched {
+                    current_token,
+                    last_token,
+                    changed,
+                }),
+                other => Err(unexpected(other)),
+            }
         })
     }
 

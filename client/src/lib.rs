@@ -42,7 +42,7 @@ mod keepalive;
 mod lease;
 
 pub use asynchronous::AsyncClient;
-pub use blocking::{random_holder, AcquireOptions, Client, ConnectOptions};
+pub use blocking::{random_holder, AcquireOptions, Client, ConnectOptions, Watched};
 pub use error::ClientError;
 pub use handshake::Identity;
 pub use keepalive::{

@@ -13,7 +13,7 @@ use palisade_proto::{
 
 use crate::leadership::{Leadership, NotGranting};
 use crate::table::{AcquireMode, Acquired, Grant, LeaseKey, LeaseTable, TableError, TokenOutcome};
-use crate::waiters::{Origin, WaitRequest};
+use crate::waiters::{Origin, WaitEvent, WaitRequest};
 
 /// One tenant as the server knows it.
 #[derive(Debug, Clone)]
@@ -145,7 +145,27 @@ pub enum Outcome {
     ReplyAndClose(Response),
     /// Route this waiter to its key's home core; the answer comes later.
     Wait(WaitRequest),
+    /// Keep watching on this core (poll [`Shared::watch_poll`]); the
+    /// answer comes later.
+    Watch(WatchRequest),
 }
+
+/// A parked `Watch`: polled on the connection's core until a token above
+/// `after` is issued or the deadline passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchRequest {
+    /// The watched key.
+    pub key: LeaseKey,
+    /// Answer once the key's last token exceeds this.
+    pub after: u64,
+    /// Answer unchanged at this time (monotonic ms).
+    pub deadline_ms: u64,
+    /// Where to answer.
+    pub origin: Origin,
+}
+
+/// Longest `Watch` wait accepted.
+pub const WATCH_WAIT_MAX_MS: u32 = 60_000;
 
 fn error(code: ErrorCode, retry_after_ms: u32, message: impl Into<String>) -> Response {
     Response::Error {
@@ -440,6 +460,21 @@ impl Shared {
             ArchivedRequest::Status => {
                 return Outcome::Reply(Response::Status(self.status(now_ms)))
             }
+            ArchivedRequest::Watch {
+                resource,
+                after,
+                wait_ms,
+            } => {
+                return self.watch(
+                    conn,
+                    tenant,
+                    meta,
+                    resource.as_str(),
+                    after.to_native(),
+                    wait_ms.to_native(),
+                    now_ms,
+                );
+            }
             ArchivedRequest::Renew {
                 resource, token, ..
             }
@@ -497,6 +532,116 @@ impl Shared {
             },
         };
         Outcome::Reply(response)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn watch(
+        &self,
+        conn: &mut Conn,
+        tenant: u32,
+        meta: RequestMeta,
+        resource: &str,
+        after: u64,
+        wait_ms: u32,
+        now_ms: u64,
+    ) -> Outcome {
+        let key = match self.key(tenant, resource) {
+            Ok(key) => key,
+            Err(response) => return Outcome::Reply(response),
+        };
+        if wait_ms > WATCH_WAIT_MAX_MS {
+            return Outcome::Reply(error(
+                ErrorCode::InvalidArgument,
+                0,
+                format!(
+                    "watch wait {wait_ms}ms exceeds {WATCH_WAIT_MAX_MS}ms; watch again instead"
+                ),
+            ));
+        }
+        let watch = WatchRequest {
+            key,
+            after,
+            deadline_ms: now_ms + u64::from(wait_ms),
+            origin: Origin {
+                core: conn.core,
+                conn: conn.id,
+                request_id: meta.request_id,
+                group: meta.group,
+            },
+        };
+        match self.watch_answer(&watch, now_ms) {
+            Err(response) => Outcome::Reply(response),
+            Ok(Some(response)) => Outcome::Reply(response),
+            Ok(None) if conn.pending >= self.config.pending_per_connection_max => {
+                Outcome::Reply(error(
+                    ErrorCode::TooManyWaiters,
+                    100,
+                    "this connection has pending_per_connection_max waiting requests",
+                ))
+            }
+            Ok(None) => {
+                conn.pending += 1;
+                Outcome::Watch(watch)
+            }
+        }
+    }
+
+    /// The answer to a watch now, if it has one: `Ok(None)` means keep
+    /// waiting. Only a serving leader answers for leases.
+    fn watch_answer(
+        &self,
+        watch: &WatchRequest,
+        now_ms: u64,
+    ) -> Result<Option<Response>, Response> {
+        let lead = self.leadership.load();
+        match lead.check_serve(now_ms) {
+            Ok(()) => {}
+            Err(NotGranting::NotLeader { leader_id }) => return Err(self.not_leader(leader_id)),
+            Err(NotGranting::Unconfirmed | NotGranting::Grace { .. }) => {
+                return Err(Self::unconfirmed())
+            }
+        }
+        // Token 0 is never issued, so checking it reads the key's state.
+        let (current_token, last_token) = match self.table.check(watch.key, 0, now_ms, lead.epoch) {
+            TokenOutcome::Stale {
+                current_token,
+                last_token,
+            } => (current_token, last_token),
+            _ => (0, 0),
+        };
+        let changed = last_token > watch.after;
+        Ok(
+            (changed || now_ms >= watch.deadline_ms).then_some(Response::Watched {
+                current_token,
+                last_token,
+                changed,
+            }),
+        )
+    }
+
+    /// Polls a parked watch: its answer event once it has one.
+    #[must_use]
+    pub fn watch_poll(&self, watch: &WatchRequest, now_ms: u64) -> Option<WaitEvent> {
+        let origin = watch.origin;
+        match self.watch_answer(watch, now_ms) {
+            Ok(None) => None,
+            Ok(Some(Response::Watched {
+                current_token,
+                last_token,
+                changed,
+            })) => Some(WaitEvent::Watched {
+                origin,
+                current_token,
+                last_token,
+                changed,
+            }),
+            Ok(Some(_)) | Err(_) => Some(WaitEvent::Failed {
+                origin,
+                code: ErrorCode::Unavailable,
+                retry_after_ms: UNCONFIRMED_RETRY_MS,
+                message: "this node stopped serving during the watch; watch again (the client finds the leader)",
+            }),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -95,6 +95,30 @@ pub enum WaitEvent {
         /// What to tell the client.
         message: &'static str,
     },
+    /// A watch saw a newer token, or its wait ran out.
+    Watched {
+        /// Where to answer.
+        origin: Origin,
+        /// Token of the current unexpired lease, 0 if none.
+        current_token: u64,
+        /// Highest token issued for the key, 0 if none.
+        last_token: u64,
+        /// Whether `last_token` passed the watch's `after`.
+        changed: bool,
+    },
+}
+
+impl WaitEvent {
+    /// Where the answer goes.
+    #[must_use]
+    pub fn origin(&self) -> Origin {
+        match self {
+            WaitEvent::Granted { origin, .. }
+            | WaitEvent::TimedOut { origin, .. }
+            | WaitEvent::Failed { origin, .. }
+            | WaitEvent::Watched { origin, .. } => *origin,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

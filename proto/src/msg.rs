@@ -72,6 +72,18 @@ pub enum Request {
     },
     /// Node status.
     Status,
+    /// Long poll: answer once a token above `after` has been issued for
+    /// `resource`, or when `wait_ms` has passed, whichever is first. A
+    /// fencing proxy uses it to raise its fence as soon as a new holder is
+    /// granted, before that holder's first write.
+    Watch {
+        /// Resource name.
+        resource: String,
+        /// Highest token the watcher knows of (0 = none).
+        after: u64,
+        /// Longest wait, at most 60 000 ms; 0 answers at once.
+        wait_ms: u32,
+    },
 }
 
 /// What the server says after a successful handshake.
@@ -233,6 +245,17 @@ pub enum Response {
     },
     /// Node status.
     Status(StatusInfo),
+    /// Answer to `Watch`.
+    Watched {
+        /// Token of the current unexpired lease, 0 if none.
+        current_token: u64,
+        /// Highest token this leader's table has issued for the resource,
+        /// 0 if none.
+        last_token: u64,
+        /// Whether `last_token` is above the watch's `after` (false: the
+        /// wait ran out).
+        changed: bool,
+    },
     /// This node does not lead: ask the leader instead. The request was not
     /// carried out, so retrying it there is safe.
     Redirect {

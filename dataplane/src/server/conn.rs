@@ -126,6 +126,20 @@ fn event_response(event: WaitEvent) -> (u64, u32, Response) {
                 waited_ms,
             },
         ),
+        WaitEvent::Watched {
+            origin,
+            current_token,
+            last_token,
+            changed,
+        } => (
+            origin.request_id,
+            origin.group,
+            Response::Watched {
+                current_token,
+                last_token,
+                changed,
+            },
+        ),
         WaitEvent::Failed {
             origin,
             code,
@@ -292,6 +306,7 @@ async fn run(
                             break;
                         }
                         Outcome::Wait(request) => waits.push(request),
+                        Outcome::Watch(watch) => ctx.watch(watch),
                     }
                 }
                 stats.bump_ops(served);

@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock::monotonic_ms;
 use crate::leadership::LeadershipView;
-use crate::service::Shared;
+use crate::service::{Shared, WatchRequest};
 use crate::table::LeaseKey;
 use crate::waiters::{home_core, WaitEvent, WaitQueues, WaitRequest};
 
@@ -94,6 +94,10 @@ enum CoreMsg {
 const MESH_CHANNEL_CAPACITY: usize = 4096;
 /// How often a core looks at the shutdown flag.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+/// How often a parked watch re-reads its key: the longest a watcher hears
+/// of a new grant late. A table read is a few nanoseconds; a few watchers
+/// per fencing proxy cost nothing measurable.
+pub const WATCH_POLL: Duration = Duration::from_millis(1);
 /// Slots swept between yields to the scheduler.
 const SWEEP_CHUNK: usize = 4096;
 /// glommio's registered I/O memory per core; the data plane does no DMA
@@ -184,6 +188,42 @@ impl CoreCtx {
         }
     }
 
+    /// Parks a watch on this core: a task re-reads the key every
+    /// [`WATCH_POLL`] until the watch has its answer or the connection is
+    /// gone.
+    fn watch(self: &Rc<Self>, watch: WatchRequest) {
+        let ctx = self.clone();
+        let task = glommio::spawn_local_into(
+            async move {
+                loop {
+                    glommio::timer::sleep(WATCH_POLL).await;
+                    if !ctx.conns.borrow().contains_key(&watch.origin.conn) {
+                        return;
+                    }
+                    if let Some(event) = ctx.shared.watch_poll(&watch, monotonic_ms()) {
+                        ctx.deliver_local(event);
+                        return;
+                    }
+                }
+            },
+            self.hot,
+        );
+        match task {
+            Ok(task) => {
+                task.detach();
+            }
+            Err(e) => {
+                warn!(core = self.index, error = %e, "could not park a watch");
+                self.deliver_local(WaitEvent::Failed {
+                    origin: watch.origin,
+                    code: palisade_proto::ErrorCode::Unavailable,
+                    retry_after_ms: 100,
+                    message: "the node could not park the watch; watch again",
+                });
+            }
+        }
+    }
+
     /// Tells `key`'s home core that a lease with waiters was released.
     async fn wake(self: &Rc<Self>, key: LeaseKey) {
         let home = home_core(key, self.cores);
@@ -216,11 +256,7 @@ impl CoreCtx {
         loop {
             let event = self.waits.borrow_mut().poll_event();
             let Some(event) = event else { break };
-            let origin = match &event {
-                WaitEvent::Granted { origin, .. }
-                | WaitEvent::TimedOut { origin, .. }
-                | WaitEvent::Failed { origin, .. } => *origin,
-            };
+            let origin = event.origin();
             let to = usize::from(origin.core);
             if to == self.index {
                 self.deliver_local(event);
@@ -242,11 +278,7 @@ impl CoreCtx {
     /// connection that is gone is released at once, so no lease is held by
     /// nobody until it expires.
     fn deliver_local(self: &Rc<Self>, event: WaitEvent) {
-        let origin = match &event {
-            WaitEvent::Granted { origin, .. }
-            | WaitEvent::TimedOut { origin, .. }
-            | WaitEvent::Failed { origin, .. } => *origin,
-        };
+        let origin = event.origin();
         let undelivered = {
             let conns = self.conns.borrow();
             match conns.get(&origin.conn) {
