@@ -175,6 +175,14 @@ fn error(code: ErrorCode, retry_after_ms: u32, message: impl Into<String>) -> Re
     }
 }
 
+fn too_many_pending() -> Response {
+    error(
+        ErrorCode::TooManyWaiters,
+        100,
+        "this connection has pending_per_connection_max waiting requests",
+    )
+}
+
 /// Retry hint when a leader's quorum confirmation lapsed.
 const UNCONFIRMED_RETRY_MS: u32 = 50;
 
@@ -573,11 +581,7 @@ impl Shared {
             Err(response) => Outcome::Reply(response),
             Ok(Some(response)) => Outcome::Reply(response),
             Ok(None) if conn.pending >= self.config.pending_per_connection_max => {
-                Outcome::Reply(error(
-                    ErrorCode::TooManyWaiters,
-                    100,
-                    "this connection has pending_per_connection_max waiting requests",
-                ))
+                Outcome::Reply(too_many_pending())
             }
             Ok(None) => {
                 conn.pending += 1;
@@ -682,11 +686,7 @@ impl Shared {
         let deadline_ms = now_ms + u64::from(wait_ms);
         let wait = |conn: &mut Conn| -> Outcome {
             if conn.pending >= self.config.pending_per_connection_max {
-                return Outcome::Reply(error(
-                    ErrorCode::TooManyWaiters,
-                    100,
-                    "this connection has pending_per_connection_max waiting requests",
-                ));
+                return Outcome::Reply(too_many_pending());
             }
             conn.pending += 1;
             Outcome::Wait(WaitRequest {
