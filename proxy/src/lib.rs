@@ -9,5 +9,7 @@
 //! fence it cannot read: an export whose fence state is damaged refuses
 //! writes until an operator repairs it.
 
+pub mod config;
 pub mod fence;
+pub mod gate;
 pub mod nbd;
