@@ -9,7 +9,10 @@
 //! fence it cannot read: an export whose fence state is damaged refuses
 //! writes until an operator repairs it.
 
+pub mod backend;
 pub mod config;
 pub mod fence;
 pub mod gate;
+pub mod lease;
+pub mod metrics;
 pub mod nbd;
