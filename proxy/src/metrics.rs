@@ -30,11 +30,19 @@ pub struct ExportMetrics {
 /// Every export's counters, by name.
 pub type Registry = Arc<Vec<(String, Arc<ExportMetrics>)>>;
 
+/// A metric family: name, type, help, and the field it reads.
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ExportMetrics) -> &AtomicU64,
+);
+
 /// Prometheus text exposition of `registry`.
 #[must_use]
 pub fn render(registry: &Registry) -> String {
     let mut out = String::new();
-    let families: [(&str, &str, &str, fn(&ExportMetrics) -> &AtomicU64); 6] = [
+    let families: [Family; 6] = [
         (
             "palisade_proxy_writes_accepted_total",
             "counter",
