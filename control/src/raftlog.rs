@@ -1,22 +1,40 @@
 //! The durable raft log: one append-only file of checksummed records.
 //!
 //! ```text
+//! file    = header record, then one batch record per sync
 //! record  = len: u32 LE | crc32: u32 LE (over kind and payload) | kind: u8 | payload[len]
-//! kinds   = 0 header (magic, cluster name, node id) — always first
-//!           1 hard state (protobuf)      2 entries (u32 count, then len-prefixed protobuf)
+//! header  = kind 0: magic "palisade-raft-v2" | node id: u16 LE | cluster name
+//! batch   = kind 5: seq: u64 LE (1, 2, … counted from the file's start) | item*
+//! item    = len: u32 LE | kind: u8 | payload[len]    (checked by the batch's crc32)
+//! items   = 1 hard state (protobuf)      2 entries (u32 count, then len-prefixed protobuf)
 //!           3 snapshot (protobuf)        4 conf state (protobuf)
 //! ```
 //!
-//! Writes go to the end of the file and become durable at [`RaftLog::sync`];
-//! the control plane syncs before it sends any message that depends on them
-//! (S4: term, vote and log are on disk before anyone hears of them).
+//! Writes are queued and become durable at [`RaftLog::sync`], which writes
+//! everything queued as one batch and fsyncs it; the control plane syncs
+//! before it sends any message that depends on them (S4: term, vote and log
+//! are on disk before anyone hears of them).
 //!
-//! Recovery replays records in order with raft's append semantics (an entry
-//! at index i replaces every entry from i on). A damaged *last* record is a
-//! write torn by a crash before its sync, so nothing depended on it: the
-//! file is cut back to the last whole record. Damage anywhere else means
-//! the disk lost data it had acknowledged, and the node refuses to start
-//! rather than guess.
+//! Recovery replays items in order with raft's append semantics (an entry
+//! at index i replaces every entry from i on; a snapshot replaces them
+//! all). A sync starts only after the previous one's fsync returned, so a
+//! crash can damage only the last batch — and a torn batch can look like
+//! anything: cut short, garbage in its middle, or zeros over its start
+//! (the page holding its header never reached the disk while a later one
+//! did), which leaves its length meaningless. So when the batch at some
+//! offset is damaged, recovery looks for a whole batch with a higher
+//! sequence number after it. If there is none, the damaged batch is the
+//! torn last one: nothing depended on it, and the file is cut where it
+//! starts. If there is one, the damaged batch was synced, the disk lost
+//! data it had acknowledged, and the node refuses to start rather than
+//! guess. One batch per sync also keeps what raft persisted together
+//! together: a snapshot never survives without the hard state that came
+//! with it.
+//!
+//! Version 1 files (magic "palisade-raft-v1", from earlier versions) hold
+//! the items as top-level records, several per sync, under the same
+//! framing. They are replayed with version 1's rule (only a damaged last
+//! record is a torn write) and rewritten as version 2 at open.
 //!
 //! Why our own file and not raft-engine: the log here holds elections,
 //! membership and settings — a few records a second, fsynced one batch at a
@@ -35,9 +53,16 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 
 const LOG_FILE: &str = "raft.log";
 const LOG_TMP: &str = "raft.log.tmp";
-const MAGIC: &[u8] = b"palisade-raft-v1";
+const MAGIC_V1: &[u8] = b"palisade-raft-v1";
+const MAGIC_V2: &[u8] = b"palisade-raft-v2";
+/// What every version's magic starts with.
+const MAGIC_PREFIX: &[u8] = b"palisade-raft-v";
+const _: () = assert!(MAGIC_V1.len() == MAGIC_V2.len());
 const HEADER_LEN: usize = 9;
-/// No single record is larger than this; a bigger length is damage.
+const ITEM_HEADER_LEN: usize = 5;
+const SEQ_LEN: usize = 8;
+/// No single record (a batch included) is larger than this; a bigger
+/// length is damage.
 const RECORD_LEN_MAX: usize = 64 << 20;
 
 const KIND_HEADER: u8 = 0;
@@ -45,6 +70,7 @@ const KIND_HARD_STATE: u8 = 1;
 const KIND_ENTRIES: u8 = 2;
 const KIND_SNAPSHOT: u8 = 3;
 const KIND_CONF_STATE: u8 = 4;
+const KIND_BATCH: u8 = 5;
 
 /// Why the log cannot be used. Every variant stops the node.
 #[derive(Debug, thiserror::Error)]
@@ -84,12 +110,27 @@ pub enum LogError {
         /// This node.
         node: u16,
     },
+    /// A newer version wrote the log in a format this one cannot read.
+    #[error("raft log {path} has format {found:?}, which this version cannot read; run the version that wrote it")]
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+        /// The magic found.
+        found: String,
+    },
+    /// An earlier write or fsync failed. The file's tail is unknown, and a
+    /// batch appended after it could hide it from recovery.
+    #[error("raft log {path}: an earlier write or fsync failed; restart the node")]
+    Failed {
+        /// The file.
+        path: PathBuf,
+    },
 }
 
 /// What the log held at start.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Recovered {
-    /// Last hard state (term, vote, commit).
+    /// Last hard state (term, vote, commit), never behind the snapshot.
     pub hard_state: HardState,
     /// Membership.
     pub conf_state: ConfState,
@@ -97,7 +138,7 @@ pub struct Recovered {
     pub snapshot: Option<Snapshot>,
     /// Entries after the snapshot, in index order, without gaps.
     pub entries: Vec<Entry>,
-    /// Bytes of a torn last record cut off at start.
+    /// Bytes of a torn last batch (or record) cut off at start.
     pub torn_bytes: u64,
     /// Whether the file existed before.
     pub existed: bool,
@@ -117,11 +158,11 @@ impl Recovered {
             KIND_SNAPSHOT => {
                 let snapshot =
                     Snapshot::parse_from_bytes(payload).map_err(|e| format!("snapshot: {e}"))?;
-                let index = snapshot.get_metadata().index;
-                self.entries.retain(|e| e.index > index);
-                if self.entries.first().is_some_and(|e| e.index != index + 1) {
-                    self.entries.clear();
-                }
+                // As raft-rs's MemStorage::apply_snapshot: every entry held
+                // before goes, even those past the snapshot's index — they
+                // may be from a history the leader abandoned, and it sends
+                // what follows the snapshot.
+                self.entries.clear();
                 self.conf_state = snapshot.get_metadata().get_conf_state().clone();
                 self.snapshot = Some(snapshot);
             }
@@ -156,6 +197,27 @@ impl Recovered {
         self.entries.truncate(keep);
         self.entries.push(entry);
         Ok(())
+    }
+
+    /// Brings the hard state up to the snapshot, as raft-rs requires at
+    /// start (it panics on a commit below the snapshot's index). A hard
+    /// state behind its snapshot is one a version 1 file lost to a write
+    /// torn between the two; version 2 writes them in one batch.
+    fn make_consistent(&mut self) {
+        let Some(snapshot) = &self.snapshot else {
+            return;
+        };
+        let meta = snapshot.get_metadata();
+        if self.hard_state.term < meta.term {
+            // Terms only grow, so no hard state of the snapshot's term was
+            // ever synced: this node sent no vote in that term (S4).
+            self.hard_state.term = meta.term;
+            self.hard_state.vote = 0;
+        }
+        // A snapshot holds only committed entries.
+        self.hard_state.commit = self.hard_state.commit.max(meta.index);
+        assert!(self.hard_state.term >= meta.term);
+        assert!(self.hard_state.commit >= meta.index);
     }
 }
 
@@ -200,11 +262,18 @@ fn decode_entries(mut payload: &[u8]) -> Result<Vec<Entry>, String> {
     Ok(entries)
 }
 
-fn header_payload(cluster: &str, node: u16) -> Vec<u8> {
-    let mut out = MAGIC.to_vec();
+fn header_payload(magic: &[u8], cluster: &str, node: u16) -> Vec<u8> {
+    let mut out = magic.to_vec();
     out.extend_from_slice(&node.to_le_bytes());
     out.extend_from_slice(cluster.as_bytes());
     out
+}
+
+fn checksum(kind: u8, payload: &[u8]) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&[kind]);
+    crc.update(payload);
+    crc.finalize()
 }
 
 fn record(kind: u8, payload: &[u8]) -> Vec<u8> {
@@ -212,15 +281,289 @@ fn record(kind: u8, payload: &[u8]) -> Vec<u8> {
         payload.len() <= RECORD_LEN_MAX,
         "record above the size limit"
     );
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&[kind]);
-    crc.update(payload);
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(&u32::try_from(payload.len()).expect("bounded").to_le_bytes());
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&checksum(kind, payload).to_le_bytes());
     out.push(kind);
     out.extend_from_slice(payload);
     out
+}
+
+/// Appends one item to a batch being built.
+fn push_item(items: &mut Vec<u8>, kind: u8, payload: &[u8]) {
+    assert!(kind != KIND_HEADER && kind != KIND_BATCH, "items are state");
+    items.extend_from_slice(
+        &u32::try_from(payload.len())
+            .expect("item fits u32")
+            .to_le_bytes(),
+    );
+    items.push(kind);
+    items.extend_from_slice(payload);
+}
+
+/// The batch record holding `items` as batch number `seq`.
+fn batch_record(seq: u64, items: &[u8]) -> Vec<u8> {
+    assert!(seq >= 1, "batches count from 1");
+    assert!(!items.is_empty(), "a batch holds state");
+    let mut payload = Vec::with_capacity(SEQ_LEN + items.len());
+    payload.extend_from_slice(&seq.to_le_bytes());
+    payload.extend_from_slice(items);
+    let out = record(KIND_BATCH, &payload);
+    debug_assert!(read_record(&out, 0).is_ok_and(|f| f.kind == KIND_BATCH && f.end == out.len()));
+    out
+}
+
+/// One item of a batch: kind and payload.
+type Item<'a> = (u8, &'a [u8]);
+
+/// Splits a batch's payload into its sequence number and items.
+fn decode_batch(payload: &[u8]) -> Result<(u64, Vec<Item<'_>>), String> {
+    if payload.len() < SEQ_LEN {
+        return Err("batch ends before its sequence number".into());
+    }
+    let (seq, mut rest) = payload.split_at(SEQ_LEN);
+    let seq = u64::from_le_bytes(seq.try_into().expect("8 bytes"));
+    let mut items = Vec::new();
+    while !rest.is_empty() {
+        if rest.len() < ITEM_HEADER_LEN {
+            return Err("item header ends early".into());
+        }
+        let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+        let kind = rest[4];
+        let body = &rest[ITEM_HEADER_LEN..];
+        if body.len() < len {
+            return Err("item ends early".into());
+        }
+        items.push((kind, &body[..len]));
+        rest = &body[len..];
+    }
+    Ok((seq, items))
+}
+
+/// A whole record: its checksum matches.
+#[derive(Debug)]
+struct Frame<'a> {
+    kind: u8,
+    payload: &'a [u8],
+    /// Where the next record starts.
+    end: usize,
+}
+
+/// Why the record at an offset is not whole.
+#[derive(Debug)]
+struct Damage {
+    why: String,
+    /// Whether the damage is what a write cut short at the end of the file
+    /// leaves (version 1's test for a torn record).
+    reaches_end: bool,
+}
+
+fn read_record(bytes: &[u8], offset: usize) -> Result<Frame<'_>, Damage> {
+    assert!(offset <= bytes.len());
+    let rest = &bytes[offset..];
+    if rest.len() < HEADER_LEN {
+        return Err(Damage {
+            why: "record header ends early".into(),
+            reaches_end: true,
+        });
+    }
+    let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+    let kind = rest[8];
+    if len > RECORD_LEN_MAX {
+        return Err(Damage {
+            why: format!("record length {len} above the limit"),
+            reaches_end: rest.len() <= HEADER_LEN + RECORD_LEN_MAX,
+        });
+    }
+    if rest.len() < HEADER_LEN + len {
+        return Err(Damage {
+            why: "record ends early".into(),
+            reaches_end: true,
+        });
+    }
+    let payload = &rest[HEADER_LEN..HEADER_LEN + len];
+    if checksum(kind, payload) != crc {
+        return Err(Damage {
+            why: "checksum mismatch".into(),
+            reaches_end: rest.len() == HEADER_LEN + len,
+        });
+    }
+    Ok(Frame {
+        kind,
+        payload,
+        end: offset + HEADER_LEN + len,
+    })
+}
+
+/// The first whole batch numbered above `seq_damaged` that starts after
+/// `damaged`, as (offset, seq). Its existence proves the batch at
+/// `damaged` was synced. Linear: the sequence number is checked before the
+/// checksum, and the count of batches that fit bounds it.
+fn whole_batch_after(bytes: &[u8], damaged: usize, seq_damaged: u64) -> Option<(usize, u64)> {
+    let batch_len_min = HEADER_LEN + SEQ_LEN + ITEM_HEADER_LEN;
+    let seq_max = seq_damaged.saturating_add(((bytes.len() - damaged) / batch_len_min) as u64);
+    (damaged + 1..bytes.len()).find_map(|at| {
+        let rest = &bytes[at..];
+        if rest.len() < batch_len_min || rest[8] != KIND_BATCH {
+            return None;
+        }
+        let seq = u64::from_le_bytes(
+            rest[HEADER_LEN..HEADER_LEN + SEQ_LEN]
+                .try_into()
+                .expect("8 bytes"),
+        );
+        if seq <= seq_damaged || seq > seq_max {
+            return None;
+        }
+        read_record(bytes, at).ok().map(|_| (at, seq))
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// Top-level state records, several per sync.
+    V1,
+    /// One batch per sync.
+    V2,
+}
+
+/// What replaying a file's bytes found.
+#[derive(Debug)]
+struct Replay {
+    recovered: Recovered,
+    /// The header's format; `None` when the file holds no whole header.
+    format: Option<Format>,
+    /// Where the last whole record ends: what follows is a torn write.
+    good_end: usize,
+    /// The number of the next batch (version 2).
+    seq_next: u64,
+}
+
+fn check_header(
+    frame: &Frame<'_>,
+    path: &Path,
+    cluster: &str,
+    node: u16,
+) -> Result<Format, LogError> {
+    let payload = frame.payload;
+    let corrupt = |why: &str| LogError::Corrupt {
+        path: path.to_path_buf(),
+        offset: 0,
+        why: why.into(),
+    };
+    if frame.kind != KIND_HEADER || payload.len() < MAGIC_V2.len() + 2 {
+        return Err(corrupt("not a palisade raft log"));
+    }
+    let magic = &payload[..MAGIC_V2.len()];
+    let format = if magic == MAGIC_V2 {
+        Format::V2
+    } else if magic == MAGIC_V1 {
+        Format::V1
+    } else if magic.starts_with(MAGIC_PREFIX) {
+        return Err(LogError::UnknownFormat {
+            path: path.to_path_buf(),
+            found: String::from_utf8_lossy(magic).into_owned(),
+        });
+    } else {
+        return Err(corrupt("not a palisade raft log"));
+    };
+    let found_node = u16::from_le_bytes([payload[MAGIC_V2.len()], payload[MAGIC_V2.len() + 1]]);
+    let found_cluster = String::from_utf8_lossy(&payload[MAGIC_V2.len() + 2..]).into_owned();
+    if found_node != node || found_cluster != cluster {
+        return Err(LogError::Foreign {
+            path: path.to_path_buf(),
+            found_cluster,
+            found_node,
+            cluster: cluster.to_string(),
+            node,
+        });
+    }
+    Ok(format)
+}
+
+/// Replays a log file's bytes; `path` only names it in errors.
+fn replay(bytes: &[u8], path: &Path, cluster: &str, node: u16) -> Result<Replay, LogError> {
+    let corrupt = |offset: usize, why: String| LogError::Corrupt {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        why,
+    };
+    let mut replay = Replay {
+        recovered: Recovered::default(),
+        format: None,
+        good_end: 0,
+        seq_next: 1,
+    };
+    if bytes.is_empty() {
+        return Ok(replay);
+    }
+    let header = match read_record(bytes, 0) {
+        Ok(frame) => frame,
+        // The header is synced alone before anything else is written, so a
+        // torn header is all the file holds.
+        Err(_) if bytes.len() <= HEADER_LEN + header_payload(MAGIC_V2, cluster, node).len() => {
+            return Ok(replay);
+        }
+        Err(damage) => return Err(corrupt(0, damage.why)),
+    };
+    let format = check_header(&header, path, cluster, node)?;
+    replay.format = Some(format);
+    let mut offset = header.end;
+    while offset < bytes.len() {
+        let frame = match read_record(bytes, offset) {
+            Ok(frame) => frame,
+            Err(damage) => match format {
+                Format::V1 if damage.reaches_end => break,
+                Format::V1 => return Err(corrupt(offset, damage.why)),
+                Format::V2 => match whole_batch_after(bytes, offset, replay.seq_next) {
+                    None => break,
+                    Some((at, seq)) => {
+                        return Err(corrupt(
+                            offset,
+                            format!(
+                                "{} in batch {}, yet batch {seq} at byte {at} after it is whole",
+                                damage.why, replay.seq_next
+                            ),
+                        ))
+                    }
+                },
+            },
+        };
+        match format {
+            Format::V1 => replay
+                .recovered
+                .apply(frame.kind, frame.payload)
+                .map_err(|why| corrupt(offset, why))?,
+            Format::V2 => {
+                if frame.kind != KIND_BATCH {
+                    return Err(corrupt(
+                        offset,
+                        format!("record kind {} outside a batch", frame.kind),
+                    ));
+                }
+                let (seq, items) =
+                    decode_batch(frame.payload).map_err(|why| corrupt(offset, why))?;
+                if seq != replay.seq_next {
+                    return Err(corrupt(
+                        offset,
+                        format!("batch {seq} where batch {} belongs", replay.seq_next),
+                    ));
+                }
+                for (kind, payload) in items {
+                    replay
+                        .recovered
+                        .apply(kind, payload)
+                        .map_err(|why| corrupt(offset, why))?;
+                }
+                replay.seq_next += 1;
+            }
+        }
+        offset = frame.end;
+    }
+    replay.good_end = offset;
+    replay.recovered.make_consistent();
+    Ok(replay)
 }
 
 /// Test hook: while this file exists, [`RaftLog::sync`] blocks (an fsync
@@ -235,7 +578,12 @@ pub struct RaftLog {
     file: File,
     cluster: String,
     node: u16,
+    /// Items queued for the next batch.
     pending: Vec<u8>,
+    /// The number of the next batch written.
+    seq_next: u64,
+    /// Set when a write or fsync failed: nothing more may be appended.
+    failed: bool,
     /// Entries written since the last compaction.
     entries_written: u64,
     failpoints: bool,
@@ -277,75 +625,10 @@ impl RaftLog {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)
             .map_err(io_err("reading", &path))?;
-        let mut recovered = Recovered {
-            existed,
-            ..Recovered::default()
-        };
-        let mut offset = 0usize;
-        let mut header_seen = false;
-        let mut good_end = 0usize;
-        while offset < bytes.len() {
-            let corrupt = |why: String| LogError::Corrupt {
-                path: path.clone(),
-                offset: offset as u64,
-                why,
-            };
-            let rest = &bytes[offset..];
-            if rest.len() < HEADER_LEN {
-                break; // Torn record header at the end.
-            }
-            let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
-            let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
-            let kind = rest[8];
-            if len > RECORD_LEN_MAX {
-                if offset + HEADER_LEN + len.min(RECORD_LEN_MAX) >= bytes.len() {
-                    break;
-                }
-                return Err(corrupt(format!("record length {len} above the limit")));
-            }
-            let end = offset + HEADER_LEN + len;
-            if end > bytes.len() {
-                break; // Torn record body at the end.
-            }
-            let payload = &bytes[offset + HEADER_LEN..end];
-            let mut hasher = crc32fast::Hasher::new();
-            hasher.update(&[kind]);
-            hasher.update(payload);
-            let last = end == bytes.len();
-            if hasher.finalize() != crc {
-                if last {
-                    break; // The last record was torn mid-write.
-                }
-                return Err(corrupt("checksum mismatch".into()));
-            }
-            if !header_seen {
-                if kind != KIND_HEADER
-                    || !payload.starts_with(MAGIC)
-                    || payload.len() < MAGIC.len() + 2
-                {
-                    return Err(corrupt("not a palisade raft log".into()));
-                }
-                let found_node =
-                    u16::from_le_bytes([payload[MAGIC.len()], payload[MAGIC.len() + 1]]);
-                let found_cluster =
-                    String::from_utf8_lossy(&payload[MAGIC.len() + 2..]).into_owned();
-                if found_node != node || found_cluster != cluster {
-                    return Err(LogError::Foreign {
-                        path: path.clone(),
-                        found_cluster,
-                        found_node,
-                        cluster: cluster.to_string(),
-                        node,
-                    });
-                }
-                header_seen = true;
-            } else {
-                recovered.apply(kind, payload).map_err(corrupt)?;
-            }
-            offset = end;
-            good_end = end;
-        }
-        recovered.torn_bytes = (bytes.len() - good_end) as u64;
+        let replay = replay(&bytes, &path, cluster, node)?;
+        let mut recovered = replay.recovered;
+        recovered.existed = existed;
+        recovered.torn_bytes = (bytes.len() - replay.good_end) as u64;
         let mut log = RaftLog {
             dir: dir.to_path_buf(),
             path: path.clone(),
@@ -353,23 +636,61 @@ impl RaftLog {
             cluster: cluster.to_string(),
             node,
             pending: Vec::new(),
+            seq_next: replay.seq_next,
+            failed: false,
             entries_written: recovered.entries.len() as u64,
             failpoints,
         };
-        if recovered.torn_bytes > 0 || !header_seen {
-            // Cut a torn tail (it was never synced, so nothing depended on
-            // it) and make sure the header is in place and durable.
-            log.file
-                .set_len(good_end as u64)
-                .map_err(io_err("truncating", &path))?;
-            log.file
-                .seek(SeekFrom::Start(good_end as u64))
-                .map_err(io_err("seeking", &path))?;
-            if !header_seen {
-                log.pending = record(KIND_HEADER, &header_payload(cluster, node));
+        match replay.format {
+            Some(Format::V2) => {
+                if recovered.torn_bytes > 0 {
+                    // Cut the torn tail (it was never synced, so nothing
+                    // depended on it), durably, before anything is
+                    // appended where it was.
+                    log.file
+                        .set_len(replay.good_end as u64)
+                        .map_err(io_err("truncating", &path))?;
+                    log.file.sync_all().map_err(io_err("fsyncing", &path))?;
+                }
             }
-            log.sync()?;
-            sync_dir(dir)?;
+            Some(Format::V1) => {
+                let mut items = Vec::new();
+                if let Some(snapshot) = &recovered.snapshot {
+                    let bytes = snapshot.write_to_bytes().expect("snapshot encodes");
+                    push_item(&mut items, KIND_SNAPSHOT, &bytes);
+                }
+                let bytes = recovered
+                    .conf_state
+                    .write_to_bytes()
+                    .expect("conf state encodes");
+                push_item(&mut items, KIND_CONF_STATE, &bytes);
+                let bytes = recovered
+                    .hard_state
+                    .write_to_bytes()
+                    .expect("hard state encodes");
+                push_item(&mut items, KIND_HARD_STATE, &bytes);
+                if !recovered.entries.is_empty() {
+                    push_item(
+                        &mut items,
+                        KIND_ENTRIES,
+                        &encode_entries(&recovered.entries),
+                    );
+                }
+                log.replace(&items)?;
+            }
+            None => {
+                // No whole header: nothing was ever synced after it.
+                log.file.set_len(0).map_err(io_err("truncating", &path))?;
+                log.file
+                    .seek(SeekFrom::Start(0))
+                    .map_err(io_err("seeking", &path))?;
+                let header = record(KIND_HEADER, &header_payload(MAGIC_V2, cluster, node));
+                log.file
+                    .write_all(&header)
+                    .map_err(io_err("writing", &path))?;
+                log.file.sync_all().map_err(io_err("fsyncing", &path))?;
+                sync_dir(dir)?;
+            }
         }
         log.file
             .seek(SeekFrom::End(0))
@@ -380,13 +701,13 @@ impl RaftLog {
     /// Queues a new hard state.
     pub fn set_hard_state(&mut self, hard_state: &HardState) {
         let bytes = hard_state.write_to_bytes().expect("hard state encodes");
-        self.pending.extend(record(KIND_HARD_STATE, &bytes));
+        push_item(&mut self.pending, KIND_HARD_STATE, &bytes);
     }
 
     /// Queues a new membership.
     pub fn set_conf_state(&mut self, conf_state: &ConfState) {
         let bytes = conf_state.write_to_bytes().expect("conf state encodes");
-        self.pending.extend(record(KIND_CONF_STATE, &bytes));
+        push_item(&mut self.pending, KIND_CONF_STATE, &bytes);
     }
 
     /// Queues entries (an entry at index i replaces the log from i on).
@@ -395,14 +716,13 @@ impl RaftLog {
             return;
         }
         self.entries_written += entries.len() as u64;
-        self.pending
-            .extend(record(KIND_ENTRIES, &encode_entries(entries)));
+        push_item(&mut self.pending, KIND_ENTRIES, &encode_entries(entries));
     }
 
-    /// Queues a snapshot (the log before it is discarded on replay).
+    /// Queues a snapshot (every entry before it is discarded on replay).
     pub fn apply_snapshot(&mut self, snapshot: &Snapshot) {
         let bytes = snapshot.write_to_bytes().expect("snapshot encodes");
-        self.pending.extend(record(KIND_SNAPSHOT, &bytes));
+        push_item(&mut self.pending, KIND_SNAPSHOT, &bytes);
     }
 
     /// Entries written since the file was last rewritten.
@@ -411,30 +731,45 @@ impl RaftLog {
         self.entries_written
     }
 
-    /// Writes everything queued and fsyncs it. Call before sending any
-    /// message that depends on what was queued.
+    /// Writes everything queued as one batch and fsyncs it. Call before
+    /// sending any message that depends on what was queued. After an error
+    /// the log refuses further writes: the node must stop.
     pub fn sync(&mut self) -> Result<(), LogError> {
+        if self.failed {
+            return Err(LogError::Failed {
+                path: self.path.clone(),
+            });
+        }
         if self.failpoints {
             let stall = self.dir.join(FSYNC_STALL_FAILPOINT);
             while stall.exists() {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
+        // Failing here leaves a partial batch, or pages the kernel dropped,
+        // at the end: only a restart's recovery may decide what stays.
+        self.failed = true;
         if !self.pending.is_empty() {
+            let batch = batch_record(self.seq_next, &self.pending);
             self.file
-                .write_all(&self.pending)
+                .write_all(&batch)
                 .map_err(io_err("writing", &self.path))?;
-            self.pending.clear();
         }
         self.file
             .sync_data()
-            .map_err(io_err("fsyncing", &self.path))
+            .map_err(io_err("fsyncing", &self.path))?;
+        self.failed = false;
+        if !self.pending.is_empty() {
+            self.pending.clear();
+            self.seq_next += 1;
+        }
+        Ok(())
     }
 
-    /// Rewrites the file as header, snapshot, hard state, then `entries`
-    /// (those after the snapshot), atomically: new file, fsync, rename,
-    /// directory fsync. Anything queued and not synced is dropped, so sync
-    /// first.
+    /// Rewrites the file as header, then one batch of snapshot, hard state
+    /// and `entries` (those after the snapshot), atomically: new file,
+    /// fsync, rename, directory fsync. Anything queued and not synced is
+    /// dropped, so sync first.
     pub fn compact(
         &mut self,
         snapshot: &Snapshot,
@@ -442,19 +777,35 @@ impl RaftLog {
         entries: &[Entry],
     ) -> Result<(), LogError> {
         assert!(self.pending.is_empty(), "sync before compacting");
-        let tmp = self.dir.join(LOG_TMP);
-        let mut bytes = record(KIND_HEADER, &header_payload(&self.cluster, self.node));
-        bytes.extend(record(
-            KIND_SNAPSHOT,
-            &snapshot.write_to_bytes().expect("snapshot encodes"),
-        ));
-        bytes.extend(record(
-            KIND_HARD_STATE,
-            &hard_state.write_to_bytes().expect("hard state encodes"),
-        ));
+        let mut items = Vec::new();
+        let bytes = snapshot.write_to_bytes().expect("snapshot encodes");
+        push_item(&mut items, KIND_SNAPSHOT, &bytes);
+        let bytes = hard_state.write_to_bytes().expect("hard state encodes");
+        push_item(&mut items, KIND_HARD_STATE, &bytes);
         if !entries.is_empty() {
-            bytes.extend(record(KIND_ENTRIES, &encode_entries(entries)));
+            push_item(&mut items, KIND_ENTRIES, &encode_entries(entries));
         }
+        self.replace(&items)?;
+        self.entries_written = entries.len() as u64;
+        Ok(())
+    }
+
+    /// Replaces the file with a version 2 header and `items` as batch 1,
+    /// atomically: new file, fsync, rename, directory fsync.
+    fn replace(&mut self, items: &[u8]) -> Result<(), LogError> {
+        if self.failed {
+            return Err(LogError::Failed {
+                path: self.path.clone(),
+            });
+        }
+        // Failing after the rename leaves `file` on the replaced file.
+        self.failed = true;
+        let tmp = self.dir.join(LOG_TMP);
+        let mut bytes = record(
+            KIND_HEADER,
+            &header_payload(MAGIC_V2, &self.cluster, self.node),
+        );
+        bytes.extend(batch_record(1, items));
         {
             let mut file = OpenOptions::new()
                 .write(true)
@@ -476,7 +827,8 @@ impl RaftLog {
         self.file
             .seek(SeekFrom::End(0))
             .map_err(io_err("seeking", &self.path))?;
-        self.entries_written = entries.len() as u64;
+        self.seq_next = 2;
+        self.failed = false;
         Ok(())
     }
 }
@@ -510,8 +862,52 @@ mod tests {
         }
     }
 
-    /// Writes a known history and returns the file's bytes and the state
-    /// after each whole record.
+    fn snapshot(index: u64, term: u64) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        snapshot.mut_metadata().index = index;
+        snapshot.mut_metadata().term = term;
+        snapshot.mut_metadata().set_conf_state(conf(&[1, 2, 3]));
+        snapshot
+    }
+
+    type State = (HardState, ConfState, Option<u64>, Vec<(u64, u64)>);
+
+    /// What a recovery yields for raft: hard state, membership, snapshot
+    /// index, and entries as (index, term).
+    fn state(recovered: &Recovered) -> State {
+        (
+            recovered.hard_state.clone(),
+            recovered.conf_state.clone(),
+            recovered.snapshot.as_ref().map(|s| s.get_metadata().index),
+            recovered
+                .entries
+                .iter()
+                .map(|e| (e.index, e.term))
+                .collect(),
+        )
+    }
+
+    /// Opens a log file holding `bytes`.
+    fn open_bytes(bytes: &[u8]) -> (tempfile::TempDir, Result<Recovered, LogError>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join(LOG_FILE), bytes).expect("write");
+        let recovered = RaftLog::open(dir.path(), "c", 1, false).map(|(_, r)| r);
+        (dir, recovered)
+    }
+
+    /// Where each record of a whole file ends: the header, then each batch.
+    fn record_ends(bytes: &[u8]) -> Vec<usize> {
+        let mut ends = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            at = read_record(bytes, at).expect("a whole record").end;
+            ends.push(at);
+        }
+        ends
+    }
+
+    /// Writes a known history of four syncs, each a batch of several
+    /// items, and returns the file's bytes.
     fn history(dir: &Path) -> Vec<u8> {
         let (mut log, recovered) = RaftLog::open(dir, "c", 1, false).expect("open");
         assert!(!recovered.existed);
@@ -522,68 +918,310 @@ mod tests {
         log.set_hard_state(&hard_state(2, 2, 2));
         log.append(&[entry(3, 2), entry(4, 2)]);
         log.sync().expect("sync");
+        // A snapshot from the leader of term 3, as raft-rs hands it over:
+        // with the hard state that commits it.
+        log.apply_snapshot(&snapshot(4, 2));
+        log.set_hard_state(&hard_state(3, 0, 4));
+        log.sync().expect("sync");
+        log.append(&[entry(5, 3)]);
+        log.set_hard_state(&hard_state(3, 0, 5));
+        log.sync().expect("sync");
         fs::read(dir.join(LOG_FILE)).expect("read")
+    }
+
+    /// The state after each whole prefix of the history: (end, state).
+    fn history_states(full: &[u8]) -> Vec<(usize, State)> {
+        let mut states = vec![(0, state(&Recovered::default()))];
+        for end in record_ends(full) {
+            let (_dir, recovered) = open_bytes(&full[..end]);
+            let recovered = recovered.expect("a whole prefix opens");
+            assert_eq!(recovered.torn_bytes, 0);
+            states.push((end, state(&recovered)));
+        }
+        states
     }
 
     #[test]
     fn replay_applies_raft_append_semantics() {
         let dir = tempfile::tempdir().expect("tempdir");
-        history(dir.path());
+        let full = history(dir.path());
+        let states: Vec<State> = history_states(&full).into_iter().map(|s| s.1).collect();
+        let voters = conf(&[1, 2, 3]);
+        let fresh = state(&Recovered::default());
+        assert_eq!(states.len(), 6, "nothing, header, four batches");
+        assert_eq!(states[1], fresh, "a header alone");
+        assert_eq!(
+            states[2],
+            (
+                hard_state(1, 1, 0),
+                voters.clone(),
+                None,
+                vec![(1, 1), (2, 1), (3, 1)]
+            )
+        );
+        assert_eq!(
+            states[3],
+            (
+                hard_state(2, 2, 2),
+                voters.clone(),
+                None,
+                vec![(1, 1), (2, 1), (3, 2), (4, 2)]
+            )
+        );
+        assert_eq!(
+            states[4],
+            (hard_state(3, 0, 4), voters.clone(), Some(4), vec![])
+        );
+        assert_eq!(
+            states[5],
+            (hard_state(3, 0, 5), voters, Some(4), vec![(5, 3)])
+        );
         let (_, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
         assert!(recovered.existed);
-        assert_eq!(recovered.hard_state, hard_state(2, 2, 2));
-        assert_eq!(recovered.conf_state, conf(&[1, 2, 3]));
-        let got: Vec<(u64, u64)> = recovered
-            .entries
-            .iter()
-            .map(|e| (e.index, e.term))
-            .collect();
-        assert_eq!(got, [(1, 1), (2, 1), (3, 2), (4, 2)]);
         assert_eq!(recovered.torn_bytes, 0);
+        assert_eq!(state(&recovered), states[5]);
     }
 
     #[test]
-    fn every_truncation_recovers_a_synced_prefix() {
+    fn every_truncation_recovers_whole_batches() {
         let dir = tempfile::tempdir().expect("tempdir");
         let full = history(dir.path());
-        let mut terms_seen = Vec::new();
+        let states = history_states(&full);
+        let header_end = states[1].0;
         for cut in 0..=full.len() {
-            let case = tempfile::tempdir().expect("tempdir");
-            fs::write(case.path().join(LOG_FILE), &full[..cut]).expect("write");
-            match RaftLog::open(case.path(), "c", 1, false) {
-                Ok((_, recovered)) => {
-                    // Whatever survives is a prefix of the history: the
-                    // term never exceeds what was written, and a cut inside
-                    // the last record drops that record whole.
-                    assert!(recovered.hard_state.term <= 2, "cut {cut}");
-                    terms_seen.push(recovered.hard_state.term);
-                    let reopened = RaftLog::open(case.path(), "c", 1, false)
-                        .expect("reopen after repair")
-                        .1;
-                    assert_eq!(reopened.torn_bytes, 0, "the tail was cut at {cut}");
-                    assert_eq!(reopened.hard_state, recovered.hard_state);
-                    assert_eq!(reopened.entries, recovered.entries);
-                }
-                Err(e) => panic!("cut at {cut} refused: {e}"),
-            }
+            // A cut inside a batch drops that batch whole, never part of it.
+            let (good_end, expected) = states
+                .iter()
+                .rev()
+                .find(|(end, _)| *end <= cut)
+                .expect("0 is a boundary");
+            let (case, recovered) = open_bytes(&full[..cut]);
+            let recovered = recovered.unwrap_or_else(|e| panic!("cut at {cut} refused: {e}"));
+            assert_eq!(&state(&recovered), expected, "cut at {cut}");
+            assert_eq!(recovered.torn_bytes, (cut - good_end) as u64, "cut {cut}");
+            let repaired = fs::read(case.path().join(LOG_FILE)).expect("read");
+            assert_eq!(repaired, full[..(*good_end).max(header_end)], "cut {cut}");
+            let reopened = RaftLog::open(case.path(), "c", 1, false)
+                .expect("reopen after repair")
+                .1;
+            assert_eq!(reopened.torn_bytes, 0, "the tail was cut at {cut}");
+            assert_eq!(state(&reopened), state(&recovered), "cut {cut}");
         }
-        assert!(
-            terms_seen.windows(2).all(|w| w[0] <= w[1]),
-            "monotone in the cut"
-        );
-        assert_eq!(terms_seen.last(), Some(&2));
     }
 
     #[test]
-    fn damage_before_the_last_record_refuses_to_start() {
+    fn damage_anywhere_in_the_last_batch_is_cut() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut bytes = history(dir.path());
-        // Flip a byte inside the second record (the conf state).
-        let second = HEADER_LEN + MAGIC.len() + 2 + 1 + HEADER_LEN + 1;
-        bytes[second] ^= 0x40;
-        fs::write(dir.path().join(LOG_FILE), &bytes).expect("write");
-        let err = RaftLog::open(dir.path(), "c", 1, false).expect_err("corrupt");
-        assert!(matches!(err, LogError::Corrupt { .. }), "{err}");
+        let full = history(dir.path());
+        let states = history_states(&full);
+        let (start, before) = states[states.len() - 2].clone();
+        let torn = (full.len() - start) as u64;
+        let check = |bytes: &[u8], what: &str| {
+            let (_dir, recovered) = open_bytes(bytes);
+            let recovered = recovered.unwrap_or_else(|e| panic!("{what} refused: {e}"));
+            assert_eq!(state(&recovered), before, "{what}");
+            assert_eq!(recovered.torn_bytes, torn, "{what}");
+        };
+        for at in start..full.len() {
+            let mut bytes = full.clone();
+            bytes[at] ^= 0x5a;
+            check(&bytes, &format!("byte {at} flipped"));
+            // The pages holding the batch's start never reached the disk,
+            // a later one did: its header reads as zeros.
+            let mut bytes = full.clone();
+            bytes[start..=at].fill(0);
+            check(&bytes, &format!("zeros up to byte {at}"));
+            let mut bytes = full.clone();
+            bytes[at..].fill(0);
+            check(&bytes, &format!("zeros from byte {at}"));
+        }
+        // After the cut, the log goes on where the torn batch was.
+        let mut bytes = full.clone();
+        bytes[start..start + 20].fill(0);
+        let (case, recovered) = open_bytes(&bytes);
+        assert_eq!(recovered.expect("cut").torn_bytes, torn);
+        let (mut log, _) = RaftLog::open(case.path(), "c", 1, false).expect("reopen");
+        log.append(&[entry(5, 4)]);
+        log.set_hard_state(&hard_state(4, 1, 4));
+        log.sync().expect("sync");
+        let (_, after) = RaftLog::open(case.path(), "c", 1, false).expect("reopen");
+        assert_eq!(after.torn_bytes, 0);
+        assert_eq!(after.hard_state, hard_state(4, 1, 4));
+        assert_eq!(state(&after).3, [(5, 4)]);
+    }
+
+    #[test]
+    fn damage_before_the_last_batch_refuses_to_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let full = history(dir.path());
+        let ends = record_ends(&full);
+        let last_start = ends[ends.len() - 2];
+        let refused = |bytes: &[u8], what: &str| {
+            let (_dir, recovered) = open_bytes(bytes);
+            match recovered {
+                Err(LogError::Corrupt { .. }) => {}
+                Err(e) => panic!("{what}: {e}"),
+                Ok(_) => panic!("{what} was accepted"),
+            }
+        };
+        for at in 0..last_start {
+            let mut bytes = full.clone();
+            bytes[at] ^= 0x5a;
+            refused(&bytes, &format!("byte {at} flipped"));
+        }
+        // A synced batch zeroed from its start, a later batch whole.
+        for batch in ends.windows(2).take(ends.len() - 2) {
+            for at in batch[0]..batch[1] {
+                let mut bytes = full.clone();
+                bytes[batch[0]..=at].fill(0);
+                refused(&bytes, &format!("zeros over {}..={at}", batch[0]));
+            }
+        }
+        // Damage in the first batch stays damage when the last is torn too.
+        let mut bytes = full[..full.len() - 3].to_vec();
+        bytes[ends[0] + HEADER_LEN + 1] ^= 0x40;
+        refused(&bytes, "first batch flipped, last torn");
+    }
+
+    #[test]
+    fn a_snapshot_discards_every_entry_before_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+        log.set_conf_state(&conf(&[1, 2, 3]));
+        log.set_hard_state(&hard_state(1, 1, 0));
+        log.append(&[
+            entry(1, 1),
+            entry(2, 1),
+            entry(3, 1),
+            entry(4, 1),
+            entry(5, 1),
+        ]);
+        log.sync().expect("sync");
+        // The leader of term 2 sent a snapshot at 3: entries 4 and 5 of
+        // term 1 are from a history it abandoned.
+        log.apply_snapshot(&snapshot(3, 2));
+        log.set_hard_state(&hard_state(2, 0, 3));
+        log.sync().expect("sync");
+        let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+        assert_eq!(
+            state(&recovered),
+            (hard_state(2, 0, 3), conf(&[1, 2, 3]), Some(3), vec![])
+        );
+        log.append(&[entry(4, 2)]);
+        log.sync().expect("sync");
+        let (_, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+        assert_eq!(state(&recovered).3, [(4, 2)]);
+    }
+
+    #[test]
+    fn the_hard_state_is_brought_up_to_the_snapshot() {
+        // Term and commit behind the snapshot: the term is raised, and the
+        // vote of the older term does not carry over.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+        log.set_hard_state(&hard_state(1, 1, 0));
+        log.sync().expect("sync");
+        log.apply_snapshot(&snapshot(5, 4));
+        log.sync().expect("sync");
+        let (_, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+        assert_eq!(recovered.hard_state, hard_state(4, 0, 5));
+        // Only the commit behind: term and vote stay.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+        log.set_hard_state(&hard_state(6, 3, 1));
+        log.apply_snapshot(&snapshot(5, 4));
+        log.sync().expect("sync");
+        let (_, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+        assert_eq!(recovered.hard_state, hard_state(6, 3, 5));
+    }
+
+    /// A file as version 1 wrote it: one top-level record per item.
+    fn version_1(records: &[(u8, Vec<u8>)]) -> Vec<u8> {
+        let mut bytes = record(KIND_HEADER, &header_payload(MAGIC_V1, "c", 1));
+        for (kind, payload) in records {
+            bytes.extend(record(*kind, payload));
+        }
+        bytes
+    }
+
+    #[test]
+    fn a_version_1_log_is_read_and_rewritten() {
+        let records = [
+            (
+                KIND_CONF_STATE,
+                conf(&[1, 2, 3]).write_to_bytes().expect("encodes"),
+            ),
+            (
+                KIND_HARD_STATE,
+                hard_state(1, 1, 0).write_to_bytes().expect("encodes"),
+            ),
+            (
+                KIND_ENTRIES,
+                encode_entries(&[entry(1, 1), entry(2, 1), entry(3, 1)]),
+            ),
+            (
+                KIND_HARD_STATE,
+                hard_state(2, 2, 2).write_to_bytes().expect("encodes"),
+            ),
+            (KIND_ENTRIES, encode_entries(&[entry(3, 2), entry(4, 2)])),
+        ];
+        let expected = (
+            hard_state(2, 2, 2),
+            conf(&[1, 2, 3]),
+            None,
+            vec![(1, 1), (2, 1), (3, 2), (4, 2)],
+        );
+        let bytes = version_1(&records);
+        let (dir, recovered) = open_bytes(&bytes);
+        assert_eq!(state(&recovered.expect("a version 1 log opens")), expected);
+        let rewritten = fs::read(dir.path().join(LOG_FILE)).expect("read");
+        let header = read_record(&rewritten, 0).expect("header");
+        assert!(
+            header.payload.starts_with(MAGIC_V2),
+            "rewritten as version 2"
+        );
+        let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+        assert_eq!(state(&recovered), expected);
+        log.append(&[entry(5, 2)]);
+        log.sync().expect("sync");
+        let (_, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+        assert_eq!(state(&recovered).3.last(), Some(&(5, 2)));
+
+        // Version 1's rule: a torn last record is cut, damage before it
+        // refuses.
+        let (_dir, recovered) = open_bytes(&bytes[..bytes.len() - 2]);
+        let recovered = recovered.expect("torn last record");
+        assert_eq!(state(&recovered).0, hard_state(2, 2, 2));
+        assert_eq!(state(&recovered).3, [(1, 1), (2, 1), (3, 1)]);
+        let mut damaged = bytes.clone();
+        let middle = record_ends(&bytes)[2] + HEADER_LEN + 1;
+        damaged[middle] ^= 0x40;
+        assert!(matches!(
+            open_bytes(&damaged).1,
+            Err(LogError::Corrupt { .. })
+        ));
+
+        // A snapshot whose hard state was torn away from it.
+        let mut records = records.to_vec();
+        records.push((
+            KIND_SNAPSHOT,
+            snapshot(4, 3).write_to_bytes().expect("encodes"),
+        ));
+        let (_dir, recovered) = open_bytes(&version_1(&records));
+        assert_eq!(
+            state(&recovered.expect("opens")),
+            (hard_state(3, 0, 4), conf(&[1, 2, 3]), Some(4), vec![])
+        );
+    }
+
+    #[test]
+    fn a_newer_format_is_named() {
+        let bytes = record(KIND_HEADER, &header_payload(b"palisade-raft-v9", "c", 1));
+        let (_dir, recovered) = open_bytes(&bytes);
+        assert!(
+            matches!(recovered, Err(LogError::UnknownFormat { ref found, .. }) if found == "palisade-raft-v9"),
+            "{recovered:?}"
+        );
     }
 
     #[test]
@@ -603,28 +1241,34 @@ mod tests {
     #[test]
     fn compaction_keeps_state_and_drops_covered_entries() {
         let dir = tempfile::tempdir().expect("tempdir");
-        history(dir.path());
+        let (mut log, _) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+        log.set_conf_state(&conf(&[1, 2, 3]));
+        log.set_hard_state(&hard_state(2, 2, 3));
+        log.append(&[entry(1, 1), entry(2, 1), entry(3, 2), entry(4, 2)]);
+        log.sync().expect("sync");
         let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
-        let mut snapshot = Snapshot::default();
-        snapshot.mut_metadata().index = 3;
-        snapshot.mut_metadata().term = 2;
-        snapshot.mut_metadata().set_conf_state(conf(&[1, 2, 3]));
         let rest: Vec<Entry> = recovered
             .entries
             .iter()
             .filter(|e| e.index > 3)
             .cloned()
             .collect();
-        log.compact(&snapshot, &recovered.hard_state, &rest)
+        log.compact(&snapshot(3, 2), &recovered.hard_state, &rest)
             .expect("compact");
+        assert_eq!(log.entries_written(), 1);
         log.append(&[entry(5, 2)]);
         log.sync().expect("sync");
         let (_, after) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
-        assert_eq!(after.snapshot.expect("snapshot").get_metadata().index, 3);
-        let got: Vec<u64> = after.entries.iter().map(|e| e.index).collect();
-        assert_eq!(got, [4, 5]);
-        assert_eq!(after.hard_state, hard_state(2, 2, 2));
-        assert_eq!(after.conf_state, conf(&[1, 2, 3]));
+        assert_eq!(after.torn_bytes, 0);
+        assert_eq!(
+            state(&after),
+            (
+                hard_state(2, 2, 3),
+                conf(&[1, 2, 3]),
+                Some(3),
+                vec![(4, 2), (5, 2)]
+            )
+        );
     }
 
     #[test]
