@@ -111,8 +111,16 @@ fn kill_the_leader_under_load() {
     sleep_ms(2_000);
     // The killed node comes back as a follower; its term never went back.
     cluster.spawn(leader);
-    sleep_ms(1_000);
-    let status = cluster.status(leader).expect("status");
+    // It rejoins once the leader's link to it reconnects (backoff up to
+    // 1 s, then the authenticated handshake): poll rather than guess.
+    let mut status = serde_json::Value::Null;
+    for _ in 0..50 {
+        sleep_ms(100);
+        status = cluster.status(leader).unwrap_or_default();
+        if status["role"] == "follower" {
+            break;
+        }
+    }
     assert_eq!(status["role"], "follower", "{status}");
     assert!(status["epoch"].as_u64().expect("epoch") >= epoch_of(&cluster, new_leader));
     sleep_ms(500);
