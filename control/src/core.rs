@@ -610,6 +610,37 @@ mod tests {
     }
 
     #[test]
+    fn messages_peers_never_send_are_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+        let mut cfg = config();
+        cfg.voters = vec![1, 2, 3];
+        let mut core = ControlCore::new(cfg, recovered.into()).expect("core");
+        let last = core.raw.raft.raft_log.last_index();
+        // A forged proposal would append an entry (or be forwarded).
+        let mut propose = Message::default();
+        propose.set_msg_type(MessageType::MsgPropose);
+        propose.from = 2;
+        propose.to = 1;
+        propose.set_entries(vec![Entry::default()].into());
+        core.step(propose, 0).expect("dropped, not an error");
+        // A heartbeat committing past our log makes raft-rs panic.
+        let mut heartbeat = Message::default();
+        heartbeat.set_msg_type(MessageType::MsgHeartbeat);
+        heartbeat.from = 2;
+        heartbeat.to = 1;
+        heartbeat.term = 5;
+        heartbeat.commit = last + 100;
+        core.step(heartbeat, 0).expect("dropped, not a panic");
+        core.poll_ready(&mut log, 0).expect("ready");
+        assert_eq!(core.raw.raft.raft_log.last_index(), last);
+        assert_eq!(
+            core.raw.raft.term, 0,
+            "nothing from the forged messages was taken"
+        );
+    }
+
+    #[test]
     fn a_second_election_owes_grace_even_on_a_fresh_log() {
         // Three voters, the first election split: node 1 wins only in
         // term 2, where a term-1 leader may have granted.
