@@ -111,17 +111,7 @@ fn kill_the_leader_under_load() {
     sleep_ms(2_000);
     // The killed node comes back as a follower; its term never went back.
     cluster.spawn(leader);
-    // It rejoins once the leader's link to it reconnects (backoff up to
-    // 1 s, then the authenticated handshake): poll rather than guess.
-    let mut status = serde_json::Value::Null;
-    for _ in 0..50 {
-        sleep_ms(100);
-        status = cluster.status(leader).unwrap_or_default();
-        if status["role"] == "follower" {
-            break;
-        }
-    }
-    assert_eq!(status["role"], "follower", "{status}");
+    let status = cluster.wait_follower(leader, 10_000);
     assert!(status["epoch"].as_u64().expect("epoch") >= epoch_of(&cluster, new_leader));
     sleep_ms(500);
     let history = finish(run);
@@ -283,6 +273,9 @@ fn clocks_drifting_within_the_bound_keep_leases_apart() {
         cluster.wait_leader(5_000, &others);
         sleep_ms(1_200);
         cluster.spawn(leader);
+        // The next kill must leave two live nodes: wait for this one to
+        // rejoin before taking another leader away.
+        cluster.wait_follower(leader, 10_000);
     }
     sleep_ms(1_000);
     let history = finish(run);

@@ -324,6 +324,25 @@ impl Cluster {
         serde_json::from_slice(&output.stdout).ok()
     }
 
+    /// Waits up to `ms` for node `i` to answer as a follower that knows its
+    /// leader: a restarted node rejoins once the leader's link to it
+    /// reconnects (backoff up to 1 s, then the authenticated handshake), so
+    /// tests poll rather than guess.
+    pub fn wait_follower(&self, i: usize, ms: u64) -> Value {
+        let deadline = palisade_client::clock::boottime_ms() + ms;
+        loop {
+            let status = self.status(i).unwrap_or_default();
+            if status["role"] == "follower" && status["leader"].as_u64().is_some_and(|l| l != 0) {
+                return status;
+            }
+            assert!(
+                palisade_client::clock::boottime_ms() < deadline,
+                "node {i} is not a follower within {ms} ms: {status}"
+            );
+            sleep_ms(50);
+        }
+    }
+
     /// Index of the node that says it leads and whose peers agree, waiting
     /// up to `ms`.
     pub fn wait_leader(&self, ms: u64, among: &[usize]) -> usize {
