@@ -2,9 +2,23 @@
 # The whole test suite: unit, property, integration (real `palisade serve`
 # processes on loopback), doc tests, benchmark smoke runs, the deterministic
 # simulation of the control plane, and the loom models of the lease table.
-# Needs only a Rust toolchain; run from anywhere.
+# Needs a Rust toolchain, and qemu-utils for the fencing proxy's tests (as
+# root on Debian it installs them); run from anywhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+echo "== tools the integration tests drive"
+# The fencing proxy's tests run unmodified qemu-io / qemu-img / qemu-nbd
+# clients. As root on Debian, install them when missing; otherwise those
+# tests print SKIP and pass.
+if ! command -v qemu-io >/dev/null || ! command -v qemu-nbd >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-utils >/dev/null ||
+            { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-utils >/dev/null; }
+    else
+        echo "qemu-utils missing and not root: the proxy's NBD tests will skip"
+    fi
+fi
 
 echo "== workspace tests"
 cargo test --workspace --locked

@@ -9,6 +9,7 @@
 
 mod epoll;
 mod load;
+mod nbd;
 
 use clap::{Parser, Subcommand};
 
@@ -24,10 +25,13 @@ struct Cli {
 enum Command {
     /// Closed-loop acquire+release cycles on random resources.
     Load(load::LoadArgs),
+    /// Random writes against NBD targets (the fencing proxy vs direct).
+    Nbd(nbd::NbdArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Load(args) => load::run(&args),
+        Command::Nbd(args) => nbd::run(&args),
     }
 }

@@ -16,3 +16,4 @@ pub mod gate;
 pub mod lease;
 pub mod metrics;
 pub mod nbd;
+pub mod server;

@@ -1,6 +1,144 @@
 //! `palisade-fencing-proxy`: NBD in front of storage, fencing stale writers.
+//!
+//! ```text
+//! palisade-fencing-proxy --config proxy.toml            # serve
+//! palisade-fencing-proxy --config proxy.toml check      # validate the config
+//! palisade-fencing-proxy --config proxy.toml fences     # durable fences (proxy stopped)
+//! palisade-fencing-proxy --config proxy.toml repair EXPORT TOKEN
+//! ```
 
-fn main() {
-    eprintln!("palisade-fencing-proxy: not built yet");
-    std::process::exit(1);
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use palisade_proxy::config::{BackendSpec, ProxyConfig};
+use palisade_proxy::fence::{Fence, FenceError, FenceStore};
+use palisade_proxy::{metrics, server};
+use tracing_subscriber::EnvFilter;
+
+/// The Palisade fencing proxy: an NBD server that refuses writes from
+/// holders whose fencing token is stale.
+#[derive(Parser, Debug)]
+#[command(name = "palisade-fencing-proxy", version, about)]
+struct Cli {
+    /// The proxy's config file.
+    #[arg(long, short)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve NBD (the default).
+    Serve,
+    /// Validate the config file and print the exports.
+    Check,
+    /// Print each export's durable fence. The proxy must be stopped (it
+    /// holds the state directory's lock); while it runs, /metrics shows
+    /// the fences.
+    Fences,
+    /// Write a fresh fence for EXPORT at TOKEN, replacing damaged state.
+    /// Use at least the highest token the lease service ever issued for the
+    /// export's resource. The proxy must be stopped.
+    Repair {
+        /// The export's name.
+        export: String,
+        /// The new fence.
+        token: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("palisade-fencing-proxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open_store(config: &ProxyConfig) -> Result<FenceStore> {
+    let dir = config.resolve(&config.proxy.state_dir);
+    FenceStore::open(&dir).map_err(|e| match e {
+        FenceError::Locked { dir } => anyhow::anyhow!(
+            "the fence state in {} is locked by a running proxy: stop it first (two proxies on one state directory would fence apart)",
+            dir.display()
+        ),
+        other => anyhow::anyhow!("opening the fence state: {other}"),
+    })
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let config = ProxyConfig::load(&cli.config).map_err(anyhow::Error::msg)?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Check => {
+            for export in &config.exports {
+                let backend = match config.backend(export) {
+                    BackendSpec::File { path, size } => format!(
+                        "file {}{}",
+                        path.display(),
+                        size.map(|s| format!(" ({s} bytes if created)"))
+                            .unwrap_or_default()
+                    ),
+                    BackendSpec::Nbd { addr, export } => format!("nbd://{addr}/{export}"),
+                };
+                println!(
+                    "export {}: tenant {}, resource {}, {backend}",
+                    export.name, export.tenant, export.resource
+                );
+            }
+            println!(
+                "config ok: NBD on {}, lease service {}",
+                config.proxy.listen, config.lease_service.endpoint
+            );
+            Ok(())
+        }
+        Command::Fences => {
+            let store = open_store(&config)?;
+            for export in &config.exports {
+                match store.load(&export.name) {
+                    Fence::Known(fence) => println!("{} {fence}", export.name),
+                    Fence::Damaged(damage) => println!("{} DAMAGED: {damage}", export.name),
+                }
+            }
+            Ok(())
+        }
+        Command::Repair { export, token } => {
+            if !config.exports.iter().any(|e| e.name == export) {
+                anyhow::bail!("no export {export:?} in {}", cli.config.display());
+            }
+            let store = open_store(&config)?;
+            let before = store.load(&export);
+            store
+                .repair(&export, token)
+                .with_context(|| format!("repairing the fence of {export}"))?;
+            let before = match before {
+                Fence::Known(fence) => fence.to_string(),
+                Fence::Damaged(damage) => format!("damaged ({damage})"),
+            };
+            println!("{export}: fence was {before}, now {token} (durable)");
+            Ok(())
+        }
+        Command::Serve => {
+            let store = Arc::new(open_store(&config)?);
+            let link = server::lease_link(&config)?;
+            let (prepared, registry) = server::prepare(&config, &store)?;
+            if let Some(addr) = config.proxy.metrics {
+                metrics::serve(addr, registry)
+                    .with_context(|| format!("serving metrics on {addr}"))?;
+            }
+            server::start_watches(&prepared, &store, &link);
+            server::run(&config, prepared, store, link, |_| {})
+        }
+    }
 }

@@ -1,0 +1,923 @@
+//! The proxy's I/O shell: one glommio executor that accepts NBD clients,
+//! binds each to an export and a fencing token, and moves bytes between
+//! the client and the export's backend, asking the export's [`Gate`] before
+//! every write.
+//!
+//! It owns the order of events around a fence change:
+//!
+//! 1. a token above the fence is vouched for by the lease service (`Check`)
+//!    when it answers, then made durable by the [`FenceStore`], and only then
+//!    raises the in-memory fence and completes the handshake;
+//! 2. a watch thread per export raises the fence the same way when the
+//!    lease service issues a new token, before the new holder connects;
+//! 3. every write-like command re-reads the durable fence into the gate and
+//!    is refused with `EPERM` if its token is below it; a newer token's
+//!    first write waits until older-token writes in flight have reached the
+//!    backend (the gate's drain).
+//!
+//! It must never acknowledge a write whose token is below the durable
+//! fence, never raise the in-memory fence before the store returned, and
+//! never block the executor: lease-service calls and fence fsyncs run on
+//! blocking threads.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{LocalExecutorBuilder, PoolPlacement};
+use tracing::{debug, error, info, warn};
+
+use crate::backend::{Backend, FileBackend, NbdUpstream};
+use crate::config::{BackendSpec, Export, ProxyConfig};
+use crate::fence::{Fence, FenceError, FenceStore};
+use crate::gate::{Admit, Gate};
+use crate::lease::{LeaseLink, Verdict};
+use crate::metrics::ExportMetrics;
+use crate::nbd::{
+    self, transmission_flags as tf, Command, Errno, Event, ExportEntry, ExportInfo, Handshake,
+    Incoming, OptionError, RepError, Request,
+};
+
+/// Clients connected at once; more are closed at accept.
+pub const CONNECTIONS_MAX: usize = 1024;
+/// A client must finish the handshake within this.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(30);
+/// How often a write waiting for older-token writes looks again. Drains
+/// happen once per fence change, so a short poll costs nothing measurable.
+const DRAIN_POLL: Duration = Duration::from_micros(200);
+/// One watch call waits this long for a new grant.
+const WATCH_WAIT: Duration = Duration::from_secs(30);
+/// Bytes read from a client at once.
+const READ_CHUNK: usize = 256 << 10;
+/// Replies buffered before they are written out mid-batch.
+const OUT_HIGH_WATER: usize = 1 << 20;
+/// Threads for blocking calls (lease service, fence fsync).
+const BLOCKING_THREADS: usize = 4;
+/// glommio's registered io memory; root can lock it, as the data plane does.
+const IO_MEMORY: usize = 512 << 10;
+
+/// One export's fence as every thread sees it: the durable value and
+/// whether the store said it cannot be trusted.
+#[derive(Debug)]
+pub struct FenceCell {
+    /// The durable fence: only ever raised after the store returned.
+    fence: AtomicU64,
+    /// Set when the store reported damage; writes are refused.
+    damaged: AtomicBool,
+    /// Why, for handshake refusals and logs.
+    reason: Mutex<String>,
+    metrics: Arc<ExportMetrics>,
+}
+
+impl FenceCell {
+    fn new(loaded: &Fence, metrics: Arc<ExportMetrics>) -> FenceCell {
+        let cell = FenceCell {
+            fence: AtomicU64::new(0),
+            damaged: AtomicBool::new(false),
+            reason: Mutex::new(String::new()),
+            metrics,
+        };
+        match loaded {
+            Fence::Known(fence) => cell.raised(*fence),
+            Fence::Damaged(damage) => cell.damage(damage.to_string()),
+        }
+        cell
+    }
+
+    /// The durable fence.
+    #[must_use]
+    pub fn fence(&self) -> u64 {
+        self.fence.load(Ordering::Acquire)
+    }
+
+    /// Why writes are refused, if the fence state is damaged.
+    #[must_use]
+    pub fn damaged(&self) -> Option<String> {
+        if self.damaged.load(Ordering::Acquire) {
+            Some(self.reason.lock().expect("reason lock").clone())
+        } else {
+            None
+        }
+    }
+
+    fn raised(&self, durable: u64) {
+        let now = self.fence.fetch_max(durable, Ordering::AcqRel).max(durable);
+        self.metrics.fence.store(now, Ordering::Relaxed);
+    }
+
+    fn damage(&self, reason: String) {
+        *self.reason.lock().expect("reason lock") = reason;
+        self.damaged.store(true, Ordering::Release);
+        self.metrics.fence_damaged.store(1, Ordering::Relaxed);
+    }
+}
+
+/// Makes `token` durable for `export`, then raises `cell`. Blocking: call
+/// from a blocking thread.
+fn raise_durably(
+    store: &FenceStore,
+    cell: &FenceCell,
+    export: &str,
+    token: u64,
+) -> Result<u64, FenceError> {
+    match store.raise(export, token) {
+        Ok(durable) => {
+            cell.raised(durable);
+            Ok(durable)
+        }
+        Err(e) => {
+            if let FenceError::Damaged { damage, .. } = &e {
+                cell.damage(damage.to_string());
+            }
+            Err(e)
+        }
+    }
+}
+
+/// What every connection shares: exports, the fence store, the lease link.
+struct Exports {
+    by_name: HashMap<String, Rc<ExportRt>>,
+    names: Vec<String>,
+    store: Arc<FenceStore>,
+    link: LeaseLink,
+    /// Test hook: `PALISADE_PROXY_TEST_WRITE_DELAY=TOKEN:MS` holds writes
+    /// under TOKEN for MS after the gate admitted them, so tests can have
+    /// writes in flight when a newer holder arrives.
+    write_delay: Option<(u64, Duration)>,
+    nbd: nbd::Config,
+}
+
+/// One export inside the executor.
+struct ExportRt {
+    config: Export,
+    backend: BackendSpec,
+    /// Size of a file backend (prepared at start).
+    file_size: Option<u64>,
+    cell: Arc<FenceCell>,
+    gate: RefCell<Gate>,
+}
+
+impl ExportRt {
+    fn metrics(&self) -> &ExportMetrics {
+        &self.cell.metrics
+    }
+}
+
+/// An export prepared by [`prepare`]: everything the executor needs.
+pub struct Prepared {
+    config: Export,
+    backend: BackendSpec,
+    file_size: Option<u64>,
+    cell: Arc<FenceCell>,
+}
+
+/// Loads each export's fence, creates missing file backends, and returns
+/// the per-export state plus the metrics registry.
+pub fn prepare(
+    config: &ProxyConfig,
+    store: &FenceStore,
+) -> anyhow::Result<(Vec<Prepared>, crate::metrics::Registry)> {
+    let mut prepared = Vec::new();
+    let mut registry = Vec::new();
+    for export in &config.exports {
+        let backend = config.backend(export);
+        let file_size = match &backend {
+            BackendSpec::File { path, size } => {
+                Some(crate::backend::prepare_file(path, *size).map_err(|e| {
+                    anyhow::anyhow!("export {}: backend {}: {e}", export.name, path.display())
+                })?)
+            }
+            BackendSpec::Nbd { .. } => None,
+        };
+        let loaded = store.load(&export.name);
+        match &loaded {
+            Fence::Known(fence) => info!(export = %export.name, fence, "fence loaded"),
+            Fence::Damaged(damage) => error!(
+                export = %export.name,
+                %damage,
+                "fence state damaged: writes to this export are refused until `palisade-fencing-proxy repair {} TOKEN` (with TOKEN at least the highest token ever issued for resource {:?}: `palisade check RESOURCE 1 --json` reports it as last_token)",
+                export.name,
+                export.resource
+            ),
+        }
+        let metrics = Arc::new(ExportMetrics::default());
+        let cell = Arc::new(FenceCell::new(&loaded, metrics.clone()));
+        registry.push((export.name.clone(), metrics));
+        prepared.push(Prepared {
+            config: export.clone(),
+            backend,
+            file_size,
+            cell,
+        });
+    }
+    Ok((prepared, Arc::new(registry)))
+}
+
+/// The lease link described by the config.
+pub fn lease_link(config: &ProxyConfig) -> anyhow::Result<LeaseLink> {
+    let secret = match &config.lease_service.secret_file {
+        Some(path) => {
+            let path = config.resolve(path);
+            let bytes = std::fs::read(&path).map_err(|e| {
+                anyhow::anyhow!("lease_service.secret_file {}: {e}", path.display())
+            })?;
+            let trimmed = bytes.trim_ascii_end().to_vec();
+            if trimmed.is_empty() {
+                anyhow::bail!("lease_service.secret_file {} is empty", path.display());
+            }
+            Some(trimmed)
+        }
+        None => None,
+    };
+    Ok(LeaseLink {
+        endpoints: config.lease_service.endpoint.clone(),
+        timeout: config.lease_service.timeout,
+        secret,
+    })
+}
+
+/// Starts one watch thread per export: a new grant raises the fence
+/// durably before the new holder's first write. Threads run for the life of
+/// the process.
+pub fn start_watches(prepared: &[Prepared], store: &Arc<FenceStore>, link: &LeaseLink) {
+    for export in prepared {
+        let store = store.clone();
+        let link = link.clone();
+        let cell = export.cell.clone();
+        let config = export.config.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("watch-{}", config.name))
+            .spawn(move || watch_loop(&store, &link, &cell, &config));
+        if let Err(e) = spawned {
+            error!(export = %export.config.name, error = %e, "cannot start the watch thread; fences rise only at handshakes");
+        }
+    }
+}
+
+fn watch_loop(store: &FenceStore, link: &LeaseLink, cell: &FenceCell, export: &Export) {
+    let mut backoff = Duration::from_millis(100);
+    let mut reachable = true;
+    loop {
+        if cell.damaged().is_some() {
+            // Nothing to raise until an operator repairs the store.
+            std::thread::sleep(Duration::from_secs(5));
+            continue;
+        }
+        let failure = match link.connect(&export.tenant) {
+            Ok(mut client) => {
+                if !reachable {
+                    info!(export = %export.name, "lease service reachable again; watching grants");
+                    reachable = true;
+                }
+                backoff = Duration::from_millis(100);
+                loop {
+                    let after = cell.fence();
+                    match client.watch(&export.resource, after, WATCH_WAIT) {
+                        Ok(watched) if watched.last_token > after => {
+                            match raise_durably(store, cell, &export.name, watched.last_token) {
+                                Ok(durable) => info!(
+                                    export = %export.name,
+                                    fence = durable,
+                                    "a new grant raised the fence"
+                                ),
+                                Err(e) => {
+                                    error!(export = %export.name, error = %e, "raising the fence for a new grant failed");
+                                    std::thread::sleep(Duration::from_secs(1));
+                                    break None;
+                                }
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => break Some(e.to_string()),
+                    }
+                }
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = failure {
+            if reachable {
+                warn!(export = %export.name, error = %why, "lost the lease service; the local fence still holds, grants raise it again once it answers");
+                reachable = false;
+            } else {
+                debug!(export = %export.name, error = %why, "lease service still unreachable");
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Runs the NBD server on the calling thread until the process ends.
+/// `ready` gets the bound address once clients can connect.
+pub fn run(
+    config: &ProxyConfig,
+    prepared: Vec<Prepared>,
+    store: Arc<FenceStore>,
+    link: LeaseLink,
+    ready: impl FnOnce(SocketAddr) + Send + 'static,
+) -> anyhow::Result<()> {
+    let listen = config.proxy.listen;
+    let write_delay = test_write_delay();
+    let handle = LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name("palisade-proxy")
+        .io_memory(IO_MEMORY)
+        .blocking_thread_pool_placement(PoolPlacement::Unbound(BLOCKING_THREADS))
+        .spawn(move || async move {
+            let mut by_name = HashMap::new();
+            let mut names = Vec::new();
+            for p in prepared {
+                names.push(p.config.name.clone());
+                by_name.insert(
+                    p.config.name.clone(),
+                    Rc::new(ExportRt {
+                        gate: RefCell::new(Gate::new(p.cell.fence())),
+                        config: p.config,
+                        backend: p.backend,
+                        file_size: p.file_size,
+                        cell: p.cell,
+                    }),
+                );
+            }
+            let exports = Rc::new(Exports {
+                by_name,
+                names,
+                store,
+                link,
+                write_delay,
+                nbd: nbd::Config::default(),
+            });
+            let listener = TcpListener::bind(listen)
+                .map_err(|e| anyhow::anyhow!("listening for NBD on {listen}: {e}"))?;
+            let local = listener
+                .local_addr()
+                .map_err(|e| anyhow::anyhow!("local address: {e}"))?;
+            info!(%local, "NBD on {local}");
+            ready(local);
+            let live = Rc::new(std::cell::Cell::new(0usize));
+            loop {
+                let stream = match listener.accept().await {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                if live.get() >= CONNECTIONS_MAX {
+                    warn!(
+                        max = CONNECTIONS_MAX,
+                        "too many NBD clients; closing a new one"
+                    );
+                    drop(stream);
+                    continue;
+                }
+                live.set(live.get() + 1);
+                let exports = exports.clone();
+                let live = live.clone();
+                glommio::spawn_local(async move {
+                    let peer = stream.peer_addr().ok();
+                    match serve(stream, &exports).await {
+                        Ok(()) => debug!(?peer, "client left"),
+                        Err(e) => debug!(?peer, error = %e, "client connection ended"),
+                    }
+                    live.set(live.get() - 1);
+                })
+                .detach();
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), anyhow::Error>(())
+        })
+        .map_err(|e| anyhow::anyhow!("starting the proxy executor: {e}"))?;
+    handle
+        .join()
+        .map_err(|e| anyhow::anyhow!("proxy executor: {e}"))?
+}
+
+fn test_write_delay() -> Option<(u64, Duration)> {
+    let text = std::env::var("PALISADE_PROXY_TEST_WRITE_DELAY").ok()?;
+    let (token, ms) = text.split_once(':')?;
+    let parsed = (token.parse().ok()?, Duration::from_millis(ms.parse().ok()?));
+    warn!(
+        token = parsed.0,
+        ms = parsed.1.as_millis(),
+        "test hook PALISADE_PROXY_TEST_WRITE_DELAY holds writes; never set it in production"
+    );
+    Some(parsed)
+}
+
+/// `EXPORT@TOKEN` → (`EXPORT`, token); `EXPORT` → (`EXPORT`, none).
+fn split_name(name: &str) -> Result<(&str, Option<u64>), OptionError> {
+    match name.rsplit_once('@') {
+        None => Ok((name, None)),
+        Some((export, token)) => match token.parse::<u64>() {
+            Ok(token) if token > 0 => Ok((export, Some(token))),
+            _ => Err(OptionError::new(
+                RepError::Invalid,
+                format!("{token:?} is not a fencing token: connect to EXPORT@TOKEN with the decimal token of your lease, or to EXPORT for read-only access"),
+            )),
+        },
+    }
+}
+
+/// The client's binding after a successful `GO`.
+struct Bound {
+    export: Rc<ExportRt>,
+    token: Option<u64>,
+    backend: Backend,
+}
+
+async fn write_out(stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
+    if !out.is_empty() {
+        stream.write_all(out).await?;
+        out.clear();
+    }
+    Ok(())
+}
+
+async fn serve(mut stream: TcpStream, exports: &Exports) -> io::Result<()> {
+    stream
+        .set_nodelay(true)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    stream
+        .set_read_timeout(Some(HANDSHAKE_DEADLINE))
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let mut handshake = Handshake::new(exports.nbd);
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    handshake.poll_transmit(&mut out);
+    write_out(&mut stream, &mut out).await?;
+    let mut bound: Option<Bound> = None;
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        handshake.handle_input(&buf[..n]);
+        let mut ready = false;
+        while let Some(event) = handshake.poll_event() {
+            match event {
+                Event::Export { name, go } => {
+                    let answer = select(exports, &name, go).await;
+                    let answer = match answer {
+                        Ok((info, binding)) => {
+                            if let Some(binding) = binding {
+                                if let Some(old) = bound.replace(binding) {
+                                    close_backend(old.backend).await;
+                                }
+                            }
+                            Ok(info)
+                        }
+                        Err(e) => Err(e),
+                    };
+                    handshake.answer_export(answer);
+                }
+                Event::List => {
+                    let list = exports
+                        .names
+                        .iter()
+                        .map(|name| {
+                            let export = &exports.by_name[name];
+                            ExportEntry {
+                                name: name.clone(),
+                                description: format!(
+                                    "tenant {} resource {}; connect as {name}@TOKEN to write",
+                                    export.config.tenant, export.config.resource
+                                ),
+                            }
+                        })
+                        .collect();
+                    handshake.answer_list(Ok(list));
+                }
+                Event::Ready { .. } => ready = true,
+                Event::Aborted => {
+                    handshake.poll_transmit(&mut out);
+                    write_out(&mut stream, &mut out).await?;
+                    return Ok(());
+                }
+                Event::Failed(e) => {
+                    handshake.poll_transmit(&mut out);
+                    let _ = write_out(&mut stream, &mut out).await;
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+                }
+            }
+        }
+        handshake.poll_transmit(&mut out);
+        write_out(&mut stream, &mut out).await?;
+        if ready {
+            break;
+        }
+    }
+    let Some(bound) = bound else {
+        // Ready always follows an accepted GO / EXPORT_NAME.
+        return Err(io::Error::other("handshake ended without an export"));
+    };
+    stream
+        .set_read_timeout(None)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    transmission(stream, handshake, bound, exports, buf, out).await
+}
+
+async fn close_backend(backend: Backend) {
+    if let Backend::Nbd(mut upstream) = backend {
+        upstream.disconnect().await;
+    }
+}
+
+/// Answers the selection of `name`; for `GO`, binds the connection.
+async fn select(
+    exports: &Exports,
+    name: &str,
+    go: bool,
+) -> Result<(ExportInfo, Option<Bound>), OptionError> {
+    let (export_name, token) = split_name(name)?;
+    let Some(export) = exports.by_name.get(export_name) else {
+        return Err(OptionError::new(
+            RepError::Unknown,
+            format!(
+                "no export {export_name:?}; exports: {}",
+                exports.names.join(", ")
+            ),
+        ));
+    };
+    if let Some(token) = token {
+        if let Err(refusal) = bind_token(exports, export, token, go).await {
+            export
+                .metrics()
+                .handshakes_refused
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(export = %export.config.name, token, reason = %refusal.message, "handshake refused");
+            return Err(refusal);
+        }
+    }
+    let backend = if go || matches!(export.backend, BackendSpec::Nbd { .. }) {
+        Some(open_backend(export).await.map_err(|e| {
+            error!(export = %export.config.name, error = %e, "backend unavailable");
+            OptionError::new(
+                RepError::Unknown,
+                format!("export {export_name}: backend unavailable: {e}"),
+            )
+        })?)
+    } else {
+        None
+    };
+    let size = match (&backend, export.file_size) {
+        (Some(b), _) => b.size(),
+        (None, Some(size)) => size,
+        (None, None) => unreachable!("nbd backends are opened above"),
+    };
+    let can_trim = backend.as_ref().is_none_or(Backend::can_trim);
+    let mut flags = tf::SEND_FLUSH | tf::SEND_FUA;
+    if can_trim {
+        flags |= tf::SEND_TRIM | tf::SEND_WRITE_ZEROES;
+    }
+    if token.is_none() {
+        flags |= tf::READ_ONLY;
+    }
+    if matches!(export.backend, BackendSpec::File { .. }) {
+        // One file: a flush on any connection covers every connection's
+        // completed writes.
+        flags |= tf::CAN_MULTI_CONN;
+    }
+    let info = ExportInfo::new(size, flags);
+    match backend {
+        Some(backend) if go => Ok((
+            info,
+            Some(Bound {
+                export: export.clone(),
+                token,
+                backend,
+            }),
+        )),
+        Some(backend) => {
+            close_backend(backend).await;
+            Ok((info, None))
+        }
+        None => Ok((info, None)),
+    }
+}
+
+async fn open_backend(export: &ExportRt) -> io::Result<Backend> {
+    match &export.backend {
+        BackendSpec::File { path, .. } => {
+            let size = export.file_size.expect("file backends are prepared");
+            Ok(Backend::File(FileBackend::open(path, size).await?))
+        }
+        BackendSpec::Nbd { addr, export: name } => {
+            Ok(Backend::Nbd(NbdUpstream::connect(*addr, name).await?))
+        }
+    }
+}
+
+/// Decides whether `token` may write to `export`; raises the durable fence
+/// first when it is above it and `go` is set.
+async fn bind_token(
+    exports: &Exports,
+    export: &Rc<ExportRt>,
+    token: u64,
+    go: bool,
+) -> Result<(), OptionError> {
+    if let Some(reason) = export.cell.damaged() {
+        return Err(OptionError::new(
+            RepError::Policy,
+            format!(
+                "export {} refuses writes: its fence state is damaged ({reason}); an operator must run `palisade-fencing-proxy repair`; connect without a token to read",
+                export.config.name
+            ),
+        ));
+    }
+    let fence = export.cell.fence();
+    if token < fence {
+        return Err(stale(export, token, fence));
+    }
+    if token == fence || !go {
+        return Ok(());
+    }
+    // Above the fence: ask the lease service, then make it durable.
+    let link = exports.link.clone();
+    let (tenant, resource) = (export.config.tenant.clone(), export.config.resource.clone());
+    let verdict = glommio::executor()
+        .spawn_blocking(move || link.check(&tenant, &resource, token))
+        .await;
+    let raise_to = match verdict {
+        Verdict::Current => token,
+        Verdict::Stale { newest } => {
+            // The service vouches for `newest`: raise to it (fencing the
+            // stale holder sooner), then refuse.
+            if newest > export.cell.fence() {
+                let _ = durable_raise(exports, export, newest).await;
+            }
+            return Err(OptionError::new(
+                RepError::Policy,
+                format!(
+                    "token {token} is not the current lease on {:?} (newest issued: {newest}); acquire again",
+                    export.config.resource
+                ),
+            ));
+        }
+        Verdict::Unreachable(why) => {
+            // The local fence still holds: accepting a higher token can
+            // only fence more writers, never fewer.
+            warn!(export = %export.config.name, token, error = %why, "lease service unreachable; accepting a token above the fence on the local fence alone");
+            token
+        }
+    };
+    let durable = durable_raise(exports, export, raise_to)
+        .await
+        .map_err(|e| {
+            OptionError::new(
+                RepError::Unknown,
+                format!("cannot record the fence durably: {e}"),
+            )
+        })?;
+    if token < durable {
+        // A newer grant raced us.
+        return Err(stale(export, token, durable));
+    }
+    info!(export = %export.config.name, fence = durable, "fence raised by a new holder");
+    Ok(())
+}
+
+fn stale(export: &ExportRt, token: u64, fence: u64) -> OptionError {
+    OptionError::new(
+        RepError::Policy,
+        format!(
+            "token {token} is stale: export {} is fenced at {fence}; acquire the lease on {:?} again",
+            export.config.name, export.config.resource
+        ),
+    )
+}
+
+async fn durable_raise(exports: &Exports, export: &ExportRt, token: u64) -> Result<u64, String> {
+    let store = exports.store.clone();
+    let cell = export.cell.clone();
+    let name = export.config.name.clone();
+    glommio::executor()
+        .spawn_blocking(move || raise_durably(&store, &cell, &name, token))
+        .await
+        .map_err(|e| {
+            error!(export = %export.config.name, token, error = %e, "raising the fence failed");
+            e.to_string()
+        })
+}
+
+async fn transmission(
+    mut stream: TcpStream,
+    handshake: Handshake,
+    mut bound: Bound,
+    exports: &Exports,
+    mut buf: Vec<u8>,
+    mut out: Vec<u8>,
+) -> io::Result<()> {
+    let mut tx = handshake.into_transmission();
+    let replies = tx.replies();
+    info!(
+        export = %bound.export.config.name,
+        token = ?bound.token,
+        "client bound"
+    );
+    let result = loop {
+        let mut closing = false;
+        while let Some(incoming) = tx.poll_request() {
+            match incoming {
+                Incoming::Request(request) => {
+                    let payload = if request.command == Command::Write {
+                        tx.payload().to_vec()
+                    } else {
+                        Vec::new()
+                    };
+                    execute(exports, &mut bound, request, payload, &replies, &mut out).await;
+                }
+                Incoming::Refuse(refusal) => {
+                    if refusal.request.command.writes() && refusal.error == Errno::Perm {
+                        bound
+                            .export
+                            .metrics()
+                            .writes_fenced
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    replies.refuse(&mut out, &refusal);
+                }
+                Incoming::Disconnect => {
+                    closing = true;
+                    break;
+                }
+                Incoming::Fatal { error, reply } => {
+                    if let Some(reply) = reply {
+                        replies.refuse(&mut out, &reply);
+                    }
+                    let _ = write_out(&mut stream, &mut out).await;
+                    close_backend(bound.backend).await;
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        error.to_string(),
+                    ));
+                }
+            }
+            if out.len() >= OUT_HIGH_WATER {
+                write_out(&mut stream, &mut out).await?;
+            }
+        }
+        if let Err(e) = write_out(&mut stream, &mut out).await {
+            break Err(e);
+        }
+        if closing {
+            break Ok(());
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) => break Ok(()),
+            Ok(n) => tx.handle_input(&buf[..n]),
+            Err(e) => break Err(e),
+        }
+    };
+    close_backend(bound.backend).await;
+    result
+}
+
+/// Carries out one request and encodes its reply into `out`.
+async fn execute(
+    exports: &Exports,
+    bound: &mut Bound,
+    request: Request,
+    payload: Vec<u8>,
+    replies: &nbd::ReplyEncoder,
+    out: &mut Vec<u8>,
+) {
+    let export = bound.export.clone();
+    let cookie = request.cookie;
+    match request.command {
+        Command::Read => match bound.backend.read(request.offset, request.length).await {
+            Ok(data) => {
+                export.metrics().reads.fetch_add(1, Ordering::Relaxed);
+                replies.read(out, cookie, request.offset, &data);
+            }
+            Err(e) => {
+                warn!(export = %export.config.name, error = %e, "backend read failed");
+                replies.error(out, cookie, Errno::Io, &format!("read failed: {e}"));
+            }
+        },
+        Command::Flush => match bound.backend.flush().await {
+            Ok(()) => replies.ok(out, cookie),
+            Err(e) => {
+                warn!(export = %export.config.name, error = %e, "backend flush failed");
+                replies.error(out, cookie, Errno::Io, &format!("flush failed: {e}"));
+            }
+        },
+        Command::Write | Command::Trim | Command::WriteZeroes => {
+            let Some(token) = bound.token else {
+                // The decoder refuses writes on a read-only export; this is
+                // the belt to its braces.
+                export
+                    .metrics()
+                    .writes_fenced
+                    .fetch_add(1, Ordering::Relaxed);
+                replies.error(out, cookie, Errno::Perm, "read-only: no fencing token");
+                return;
+            };
+            if let Err(message) = admit(exports, &export, token).await {
+                export
+                    .metrics()
+                    .writes_fenced
+                    .fetch_add(1, Ordering::Relaxed);
+                debug!(export = %export.config.name, token, %message, "write fenced");
+                replies.error(out, cookie, Errno::Perm, &message);
+                return;
+            }
+            if let Some((delayed, wait)) = exports.write_delay {
+                if delayed == token {
+                    glommio::timer::sleep(wait).await;
+                }
+            }
+            let fua = request.fua();
+            let result = match request.command {
+                Command::Write => bound.backend.write(request.offset, payload, fua).await,
+                Command::Trim => {
+                    bound
+                        .backend
+                        .trim(request.offset, request.length, fua)
+                        .await
+                }
+                _ => {
+                    let no_hole = request.flags & nbd::command_flags::NO_HOLE != 0;
+                    bound
+                        .backend
+                        .write_zeroes(request.offset, request.length, no_hole, fua)
+                        .await
+                }
+            };
+            export.gate.borrow_mut().done(token);
+            match result {
+                Ok(()) => {
+                    export
+                        .metrics()
+                        .writes_accepted
+                        .fetch_add(1, Ordering::Relaxed);
+                    replies.ok(out, cookie);
+                }
+                Err(e) => {
+                    warn!(export = %export.config.name, error = %e, "backend write failed");
+                    replies.error(out, cookie, Errno::Io, &format!("write failed: {e}"));
+                }
+            }
+        }
+        Command::Disc | Command::Other(_) => {
+            // The decoder turns these into Disconnect and Refuse.
+            replies.error(out, cookie, Errno::Inval, "unsupported command");
+        }
+    }
+}
+
+/// Waits until the gate admits a write under `token`; `Err` is why it is
+/// fenced. On `Ok` the caller must call `gate.done(token)`.
+async fn admit(exports: &Exports, export: &ExportRt, token: u64) -> Result<(), String> {
+    loop {
+        if let Some(reason) = export.cell.damaged() {
+            return Err(format!("fence state damaged ({reason}): writes refused"));
+        }
+        let verdict = {
+            let mut gate = export.gate.borrow_mut();
+            gate.raise(export.cell.fence());
+            gate.admit(token)
+        };
+        match verdict {
+            Admit::Go => return Ok(()),
+            Admit::Fenced { fence } => {
+                return Err(format!(
+                    "stale fencing token {token}: export {} is fenced at {fence}",
+                    export.config.name
+                ))
+            }
+            Admit::Drain => glommio::timer::sleep(DRAIN_POLL).await,
+            Admit::Unraised => {
+                durable_raise(exports, export, token).await?;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_split_into_export_and_token() {
+        assert_eq!(split_name("disk0").expect("plain"), ("disk0", None));
+        assert_eq!(split_name("disk0@42").expect("token"), ("disk0", Some(42)));
+        for bad in [
+            "disk0@",
+            "disk0@x",
+            "disk0@0",
+            "disk0@-1",
+            "disk0@99999999999999999999",
+        ] {
+            let e = split_name(bad).expect_err(bad);
+            assert_eq!(e.code, RepError::Invalid, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,440 @@
+//! Real processes for the proxy's integration tests: a single-node
+//! `palisade serve`, the proxy itself, `qemu-io` clients (interactive, so a
+//! test can pause one mid-session) and `qemu-nbd` upstreams.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub const PROXY: &str = env!("CARGO_BIN_EXE_palisade-fencing-proxy");
+
+pub fn sleep_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// Milliseconds on the monotonic clock (tests may not use `Instant`).
+pub fn now_ms() -> u64 {
+    palisade_client::clock::boottime_ms()
+}
+
+/// Whether `tool` runs; prints why a test skips when it does not.
+pub fn have(tool: &str) -> bool {
+    let ok = Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIP: {tool} is not installed (Debian: apt-get install qemu-utils); scripts/test.sh installs it when run as root");
+    }
+    ok
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// The `palisade` binary of this build, built first if this package's
+/// tests run alone.
+pub fn palisade_bin() -> PathBuf {
+    let bin = Path::new(PROXY).with_file_name("palisade");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "-p", "palisade-control", "--bin", "palisade"]);
+        if !PROXY.contains("/debug/") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "building palisade failed");
+    }
+    bin
+}
+
+fn read_log(path: &Path) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = f.read_to_string(&mut text);
+    }
+    text
+}
+
+/// A single-node `palisade serve`, killed on drop.
+pub struct Lease {
+    child: Child,
+    pub endpoint: String,
+    log: PathBuf,
+}
+
+impl Lease {
+    pub fn start(work: &Path) -> Lease {
+        let config = work.join("palisade.toml");
+        std::fs::write(&config, "").expect("config");
+        let ready = work.join("lease-ready.json");
+        let _ = std::fs::remove_file(&ready);
+        let log = work.join("lease.log");
+        let child = Command::new(palisade_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(work.join("lease-data"))
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("spawn palisade serve");
+        let mut lease = Lease {
+            child,
+            endpoint: String::new(),
+            log,
+        };
+        for _ in 0..1500 {
+            if let Ok(text) = std::fs::read_to_string(&ready) {
+                let value: Value = serde_json::from_str(&text).expect("ready JSON");
+                lease.endpoint = value["endpoint"].as_str().expect("endpoint").into();
+                return lease;
+            }
+            if let Ok(Some(status)) = lease.child.try_wait() {
+                panic!("palisade exited with {status}: {}", read_log(&lease.log));
+            }
+            sleep_ms(20);
+        }
+        panic!("palisade did not start: {}", read_log(&lease.log));
+    }
+
+    /// `palisade acquire RESOURCE --ttl TTL --json`: the token.
+    pub fn acquire(&self, resource: &str, ttl: &str) -> u64 {
+        let output = Command::new(palisade_bin())
+            .args(["acquire", resource, "--ttl", ttl, "--json", "--endpoint"])
+            .arg(&self.endpoint)
+            .output()
+            .expect("run palisade acquire");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "acquire failed: {stdout} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let value: Value = serde_json::from_str(stdout.trim()).expect("JSON");
+        value["token"].as_u64().expect("token")
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The proxy's config: one file-backed or upstream-backed export `disk0`.
+pub struct ProxySetup {
+    pub dir: PathBuf,
+    pub listen: SocketAddr,
+    pub metrics: SocketAddr,
+    pub lease_endpoint: String,
+    /// `file = ...` or `nbd = ...` lines of the export.
+    pub backend: String,
+}
+
+impl ProxySetup {
+    pub fn file(dir: &Path, lease_endpoint: &str) -> ProxySetup {
+        ProxySetup {
+            dir: dir.to_path_buf(),
+            listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            metrics: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            lease_endpoint: lease_endpoint.into(),
+            backend: "file = \"disk0.img\"\nsize = \"64MiB\"\n".into(),
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("proxy.toml")
+    }
+
+    pub fn write(&self) {
+        let text = format!(
+            "[proxy]\nlisten = \"{}\"\nmetrics = \"{}\"\nstate_dir = \"state\"\n\n[lease_service]\nendpoint = \"{}\"\ntimeout = \"1s\"\n\n[[exports]]\nname = \"disk0\"\ntenant = \"default\"\nresource = \"disk0\"\n{}",
+            self.listen, self.metrics, self.lease_endpoint, self.backend
+        );
+        std::fs::write(self.config_path(), text).expect("proxy config");
+    }
+
+    /// `nbd://127.0.0.1:PORT/disk0` plus `@TOKEN` when given.
+    pub fn url(&self, token: Option<u64>) -> String {
+        match token {
+            Some(token) => format!("nbd://{}/disk0@{token}", self.listen),
+            None => format!("nbd://{}/disk0", self.listen),
+        }
+    }
+}
+
+/// A running proxy, killed on drop.
+pub struct Proxy {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proxy {
+    pub fn start(setup: &ProxySetup, env: &[(&str, String)]) -> Proxy {
+        setup.write();
+        let log = setup.dir.join("proxy.log");
+        let mut command = Command::new(PROXY);
+        command
+            .arg("--config")
+            .arg(setup.config_path())
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .expect("log"),
+            );
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut proxy = Proxy {
+            child: command.spawn().expect("spawn proxy"),
+            log,
+        };
+        // Ready once it sends the NBD greeting.
+        for _ in 0..1500 {
+            if let Ok(mut stream) = TcpStream::connect(setup.listen) {
+                let mut greeting = [0u8; 8];
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(2)))
+                    .expect("timeout");
+                if stream.read_exact(&mut greeting).is_ok() && &greeting == b"NBDMAGIC" {
+                    return proxy;
+                }
+            }
+            if let Ok(Some(status)) = proxy.child.try_wait() {
+                panic!("proxy exited with {status}: {}", proxy.log_text());
+            }
+            sleep_ms(20);
+        }
+        panic!("proxy did not start: {}", proxy.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        read_log(&self.log)
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `GET /metrics` from the proxy.
+pub fn metrics(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).expect("metrics connect");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("response");
+    text
+}
+
+/// The value of `name{export="disk0"}`.
+pub fn metric(addr: SocketAddr, name: &str) -> u64 {
+    let text = metrics(addr);
+    let prefix = format!("{name}{{export=\"disk0\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .trim()
+        .parse()
+        .expect("number")
+}
+
+/// One-shot `qemu-io ARGS -c CMD...`: (success, stdout + stderr).
+pub fn qemu_io(args: &[&str], commands: &[&str]) -> (bool, String) {
+    let mut command = Command::new("qemu-io");
+    command.args(args);
+    for c in commands {
+        command.args(["-c", c]);
+    }
+    let output = command.output().expect("run qemu-io");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // qemu-io exits 0 even when a command fails; failures print a reason.
+    let failed = !output.status.success()
+        || text.contains("failed")
+        || text.contains("can't open")
+        || text.contains("Pattern verification failed");
+    (!failed, text)
+}
+
+/// An interactive `qemu-io` session on one NBD connection.
+pub struct Session {
+    child: Child,
+    stdin: ChildStdin,
+    output: Arc<Mutex<String>>,
+}
+
+impl Session {
+    pub fn open(url: &str) -> Session {
+        let mut child = Command::new("qemu-io")
+            .args(["-f", "raw", url])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn qemu-io");
+        let stdin = child.stdin.take().expect("stdin");
+        let output = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    let mut out = output.lock().expect("output");
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            });
+        }
+        Session {
+            child,
+            stdin,
+            output,
+        }
+    }
+
+    /// Sends one command line; does not wait.
+    pub fn send(&mut self, command: &str) {
+        writeln!(self.stdin, "{command}").expect("qemu-io stdin");
+        self.stdin.flush().expect("flush");
+    }
+
+    pub fn output(&self) -> String {
+        self.output.lock().expect("output").clone()
+    }
+
+    /// Waits up to `ms` until the output contains `needle` `count` times.
+    pub fn wait_for(&self, needle: &str, count: usize, ms: u64) -> String {
+        let deadline = now_ms() + ms;
+        loop {
+            let out = self.output();
+            if out.matches(needle).count() >= count {
+                return out;
+            }
+            assert!(
+                now_ms() < deadline,
+                "qemu-io never printed {needle:?} x{count}: {out}"
+            );
+            sleep_ms(20);
+        }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).expect("pid");
+        // SAFETY: signalling our own child process by pid.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal})");
+    }
+
+    /// Quits and returns everything it printed.
+    pub fn quit(mut self) -> String {
+        self.send("quit");
+        let deadline = now_ms() + 10_000;
+        while matches!(self.child.try_wait(), Ok(None)) && now_ms() < deadline {
+            sleep_ms(20);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        sleep_ms(50);
+        self.output()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `qemu-nbd` serving `image` as export `name` on a free port.
+pub struct QemuNbd {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl QemuNbd {
+    pub fn start(image: &Path, name: &str) -> QemuNbd {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut upstream = QemuNbd {
+            child: Command::new("qemu-nbd")
+                .args([
+                    "-f",
+                    "raw",
+                    "--persistent",
+                    "--shared=16",
+                    "-b",
+                    "127.0.0.1",
+                ])
+                .args(["-p", &addr.port().to_string(), "-x", name])
+                .arg(image)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn qemu-nbd"),
+            addr,
+        };
+        for _ in 0..500 {
+            if TcpStream::connect(addr).is_ok() {
+                return upstream;
+            }
+            if let Ok(Some(status)) = upstream.child.try_wait() {
+                panic!("qemu-nbd exited with {status}");
+            }
+            sleep_ms(20);
+        }
+        upstream.child.kill().ok();
+        panic!("qemu-nbd did not start");
+    }
+}
+
+impl Drop for QemuNbd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
