@@ -293,7 +293,8 @@ pub enum FenceError {
         dir: PathBuf,
     },
     /// The export's fence state is damaged; writes must stay refused until
-    /// an operator runs [`FenceStore::repair`].
+    /// an operator runs [`FenceStore::repair`]. The disk's or an operator's
+    /// fault (lost, truncated, copied or corrupted files); not retryable.
     #[error("fence state of export {export:?} is damaged: {damage}")]
     Damaged {
         /// The export.
@@ -1886,6 +1887,33 @@ mod tests {
         assert!(store.raise("disk0", 50).is_err());
         store.repair("disk0", 42).unwrap();
         assert_eq!(store.load("disk0"), Fence::Known(42));
+    }
+
+    #[test]
+    fn concurrent_raises_end_at_the_max() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(open(dir.path()));
+        let threads: Vec<_> = (0..4u64)
+            .map(|thread| {
+                let store = std::sync::Arc::clone(&store);
+                std::thread::spawn(move || {
+                    for round in 0..8u64 {
+                        let token = round * 4 + thread + 1;
+                        let fence = store.raise("disk0", token).unwrap();
+                        assert!(fence >= token);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert_eq!(store.load("disk0"), Fence::Known(32));
+        let bytes = fs::read(store.path_of("disk0")).unwrap();
+        assert_eq!(
+            bytes[SLOT_OFFSETS[0]..SLOT_OFFSETS[1]],
+            bytes[SLOT_OFFSETS[1]..]
+        );
     }
 
     #[derive(Debug, Clone)]
