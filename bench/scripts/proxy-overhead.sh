@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# What the fencing proxy costs: 4 KiB random writes through the proxy vs
+# directly against the same backend, all targets in one run, alternating.
+#
+# Targets (the same 256 MiB image file, one target at a time):
+#   direct          qemu-nbd serving the file
+#   proxy-file      palisade-fencing-proxy, file backend on the same file
+#   proxy-upstream  palisade-fencing-proxy forwarding to that qemu-nbd
+#                   (one more loopback hop than `direct`)
+# The writers hold live leases: every write goes through the fence check.
+#
+# Needs qemu-utils (qemu-nbd). Usage:
+#   bench/scripts/proxy-overhead.sh [connections, default 4] [seconds per target per round, default 3s] [rounds, default 3]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+connections=${1:-4}
+duration=${2:-3s}
+rounds=${3:-3}
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+
+command -v qemu-nbd >/dev/null || { echo "qemu-nbd missing: apt-get install qemu-utils" >&2; exit 1; }
+cargo build --release --locked -p palisade-control -p palisade-proxy -p palisade-bench
+bin=target/release
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+
+echo "== machine: $(nproc) CPUs, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+truncate -s 256M "$work/disk.img"
+
+lease_port=$(free_port); nbd_port=$(free_port); proxy_port=$(free_port)
+: >"$work/palisade.toml"
+"$bin/palisade" serve --config "$work/palisade.toml" --listen "127.0.0.1:$lease_port" \
+    --data-dir "$work/lease" >"$work/lease.log" 2>&1 &
+qemu-nbd -f raw --persistent --shared=64 -b 127.0.0.1 -p "$nbd_port" -x up "$work/disk.img" &
+cat >"$work/proxy.toml" <<TOML
+[proxy]
+listen = "127.0.0.1:$proxy_port"
+state_dir = "state"
+[lease_service]
+endpoint = "127.0.0.1:$lease_port"
+[[exports]]
+name = "file"
+tenant = "default"
+resource = "bench-file"
+file = "disk.img"
+[[exports]]
+name = "upstream"
+tenant = "default"
+resource = "bench-upstream"
+nbd = "127.0.0.1:$nbd_port"
+nbd_export = "up"
+TOML
+for _ in $(seq 100); do
+    "$bin/palisade" status --endpoint "127.0.0.1:$lease_port" >/dev/null 2>&1 && break; sleep 0.1
+done
+RUST_LOG=warn "$bin/palisade-fencing-proxy" --config "$work/proxy.toml" >"$work/proxy.log" 2>&1 &
+for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$proxy_port") 2>/dev/null && break; sleep 0.1
+done
+token() {
+    "$bin/palisade" acquire "$1" --ttl 30s --json --endpoint "127.0.0.1:$lease_port" |
+        python3 -c 'import json,sys;print(json.load(sys.stdin)["token"])'
+}
+t_file=$(token bench-file); t_up=$(token bench-upstream)
+
+"$bin/palisade-bench" nbd --connections "$connections" --duration "$duration" --rounds "$rounds" \
+    --target "direct=127.0.0.1:$nbd_port/up" \
+    --target "proxy-file=127.0.0.1:$proxy_port/file@$t_file" \
+    --target "proxy-upstream=127.0.0.1:$proxy_port/upstream@$t_up"
+echo "== proxy warnings and errors (none expected)"
+grep -E "WARN|ERROR" "$work/proxy.log" | head -5 || true
