@@ -16,6 +16,11 @@ use cluster::{check_history, sleep_ms, workload, Cluster, Held};
 /// (max_ttl 400 ms + lock_delay_max 0 + election_timeout 200 ms) x 1.01.
 const EXTRA: &str = "[leases]\nmax_ttl = \"400ms\"\nmin_ttl = \"50ms\"\nlock_delay_max = \"0ms\"\n";
 const TTL_MS: u64 = 300;
+/// How long a test waits for an election. Liveness under a loaded 2-CPU
+/// CI machine (every cluster test runs three nodes at once) is not what
+/// these tests check, their safety properties are; `failover_timing`
+/// measures election speed.
+const ELECTION_WAIT_MS: u64 = 15_000;
 
 struct Run {
     stop: Arc<AtomicBool>,
@@ -63,14 +68,12 @@ fn epoch_of(cluster: &Cluster, i: usize) -> u64 {
 #[test]
 fn three_nodes_elect_one_leader_and_followers_redirect() {
     let cluster = Cluster::start(3, EXTRA);
-    let leader = cluster.wait_leader(5_000, &[0, 1, 2]);
+    let leader = cluster.wait_leader(ELECTION_WAIT_MS, &[0, 1, 2]);
     let leader_id = cluster.nodes[leader].id;
-    for i in 0..3 {
-        let status = cluster.status(i).expect("status");
+    for i in (0..3).filter(|&i| i != leader) {
+        // A follower learns the leader from its first heartbeat.
+        let status = cluster.wait_follower(i, 10_000);
         assert_eq!(status["leader"], leader_id, "node {i}: {status}");
-        if i != leader {
-            assert_eq!(status["role"], "follower");
-        }
     }
     // A client of a follower is redirected to the leader and, after the
     // grace period, granted.
@@ -97,13 +100,13 @@ fn common_cli(endpoint: &str, args: &[&str]) -> (i32, serde_json::Value) {
 #[test]
 fn kill_the_leader_under_load() {
     let mut cluster = Cluster::start(3, EXTRA);
-    let leader = cluster.wait_leader(5_000, &[0, 1, 2]);
+    let leader = cluster.wait_leader(ELECTION_WAIT_MS, &[0, 1, 2]);
     let old_epoch = epoch_of(&cluster, leader);
     let run = start_workload(&cluster);
     sleep_ms(1_500);
     cluster.kill9(leader);
     let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
-    let new_leader = cluster.wait_leader(5_000, &others);
+    let new_leader = cluster.wait_leader(ELECTION_WAIT_MS, &others);
     assert!(
         epoch_of(&cluster, new_leader) > old_epoch,
         "S1: the epoch grew"
@@ -122,7 +125,7 @@ fn kill_the_leader_under_load() {
 #[test]
 fn a_paused_leader_grants_nothing_when_it_resumes() {
     let cluster = Cluster::start(3, EXTRA);
-    let leader = cluster.wait_leader(5_000, &[0, 1, 2]);
+    let leader = cluster.wait_leader(ELECTION_WAIT_MS, &[0, 1, 2]);
     let old_epoch = epoch_of(&cluster, leader);
     let run = start_workload(&cluster);
     // A client with a finished handshake to the leader, so that its next
@@ -135,7 +138,7 @@ fn a_paused_leader_grants_nothing_when_it_resumes() {
     sleep_ms(1_000);
     cluster.signal(leader, libc::SIGSTOP);
     let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
-    let new_leader = cluster.wait_leader(5_000, &others);
+    let new_leader = cluster.wait_leader(ELECTION_WAIT_MS, &others);
     sleep_ms(1_500);
     // The request reaches the resumed leader's data plane before its
     // control plane hears of the new term: it must still refuse, because
@@ -155,8 +158,7 @@ fn a_paused_leader_grants_nothing_when_it_resumes() {
             lease.epoch()
         );
     }
-    sleep_ms(1_000);
-    assert_eq!(cluster.status(leader).expect("status")["role"], "follower");
+    cluster.wait_follower(leader, 10_000);
     assert_ne!(new_leader, leader);
     finish(run);
 }
@@ -164,13 +166,13 @@ fn a_paused_leader_grants_nothing_when_it_resumes() {
 #[test]
 fn a_minority_leader_stops_and_the_majority_goes_on() {
     let cluster = Cluster::start(3, EXTRA);
-    let leader = cluster.wait_leader(5_000, &[0, 1, 2]);
+    let leader = cluster.wait_leader(ELECTION_WAIT_MS, &[0, 1, 2]);
     let old_epoch = epoch_of(&cluster, leader);
     let run = start_workload(&cluster);
     sleep_ms(1_000);
     cluster.isolate(leader, true);
     let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
-    let new_leader = cluster.wait_leader(5_000, &others);
+    let new_leader = cluster.wait_leader(ELECTION_WAIT_MS, &others);
     assert!(epoch_of(&cluster, new_leader) > old_epoch);
     // The cut-off leader stops granting within an election timeout.
     sleep_ms(600);
@@ -181,22 +183,21 @@ fn a_minority_leader_stops_and_the_majority_goes_on() {
     assert_ne!(code, 0, "a minority leader granted: {out}");
     sleep_ms(1_500);
     cluster.isolate(leader, false);
-    sleep_ms(1_500);
-    assert_eq!(cluster.status(leader).expect("status")["role"], "follower");
+    cluster.wait_follower(leader, 10_000);
     finish(run);
 }
 
 #[test]
 fn an_asymmetric_partition_deposes_a_leader_nobody_hears() {
     let cluster = Cluster::start(3, EXTRA);
-    let leader = cluster.wait_leader(5_000, &[0, 1, 2]);
+    let leader = cluster.wait_leader(ELECTION_WAIT_MS, &[0, 1, 2]);
     let old_epoch = epoch_of(&cluster, leader);
     let run = start_workload(&cluster);
     sleep_ms(1_000);
     // The leader still hears everyone, but nobody hears it.
     cluster.mute(leader, true);
     let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
-    let new_leader = cluster.wait_leader(5_000, &others);
+    let new_leader = cluster.wait_leader(ELECTION_WAIT_MS, &others);
     assert!(epoch_of(&cluster, new_leader) > old_epoch);
     sleep_ms(1_500);
     cluster.mute(leader, false);
@@ -207,7 +208,7 @@ fn an_asymmetric_partition_deposes_a_leader_nobody_hears() {
 #[test]
 fn a_leader_whose_fsync_stalls_stops_granting_and_renewing() {
     let cluster = Cluster::start(3, EXTRA);
-    let leader = cluster.wait_leader(5_000, &[0, 1, 2]);
+    let leader = cluster.wait_leader(ELECTION_WAIT_MS, &[0, 1, 2]);
     sleep_ms(900); // Past the grace period.
     let endpoint = cluster.nodes[leader].client.to_string();
     let (code, held) = common_cli(&endpoint, &["acquire", "stall", "--ttl", "400ms"]);
@@ -266,11 +267,11 @@ fn clocks_drifting_within_the_bound_keep_leases_apart() {
     let mut cluster = Cluster::start_with_env(3, EXTRA, env);
     let run = start_workload(&cluster);
     for _ in 0..2 {
-        let leader = cluster.wait_leader(5_000, &[0, 1, 2]);
+        let leader = cluster.wait_leader(ELECTION_WAIT_MS, &[0, 1, 2]);
         sleep_ms(1_200);
         cluster.kill9(leader);
         let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
-        cluster.wait_leader(5_000, &others);
+        cluster.wait_leader(ELECTION_WAIT_MS, &others);
         sleep_ms(1_200);
         cluster.spawn(leader);
         // The next kill must leave two live nodes: wait for this one to
@@ -290,7 +291,7 @@ fn clocks_drifting_within_the_bound_keep_leases_apart() {
 fn garbage_on_the_peer_port_is_refused_and_the_cluster_carries_on() {
     use std::io::Write;
     let cluster = Cluster::start(3, EXTRA);
-    let leader = cluster.wait_leader(5_000, &[0, 1, 2]);
+    let leader = cluster.wait_leader(ELECTION_WAIT_MS, &[0, 1, 2]);
     let peer = cluster.nodes[leader].peer;
     let framed = |mut bytes: Vec<u8>| {
         let mut frame = (bytes.len() as u32).to_le_bytes().to_vec();
@@ -334,7 +335,7 @@ fn garbage_on_the_peer_port_is_refused_and_the_cluster_carries_on() {
         .collect();
     sleep_ms(2_500);
     drop(silent);
-    let leader = cluster.wait_leader(5_000, &[0, 1, 2]);
+    let leader = cluster.wait_leader(ELECTION_WAIT_MS, &[0, 1, 2]);
     assert_eq!(cluster.status(leader).expect("status")["role"], "leader");
     for i in 0..3 {
         let status = cluster.status(i).expect("node still serves");
@@ -353,7 +354,7 @@ fn garbage_on_the_peer_port_is_refused_and_the_cluster_carries_on() {
 #[test]
 fn a_node_with_another_secret_is_kept_out() {
     let mut cluster = Cluster::start(3, EXTRA);
-    let leader = cluster.wait_leader(5_000, &[0, 1, 2]);
+    let leader = cluster.wait_leader(ELECTION_WAIT_MS, &[0, 1, 2]);
     let outsider = (leader + 1) % 3;
     cluster.kill9(outsider);
     cluster.set_secret(outsider, "not the cluster secret at all\n");
@@ -362,7 +363,7 @@ fn a_node_with_another_secret_is_kept_out() {
     let status = cluster.status(outsider).expect("the outsider runs");
     assert_ne!(status["role"], "leader", "{status}");
     assert_eq!(status["leader"], 0, "it never hears the leader: {status}");
-    let leader_now = cluster.wait_leader(5_000, &[0, 1, 2]);
+    let leader_now = cluster.wait_leader(ELECTION_WAIT_MS, &[0, 1, 2]);
     assert_ne!(leader_now, outsider);
     assert!(
         cluster.log(outsider).contains("secrets differ"),
