@@ -52,10 +52,10 @@ impl Backend {
     }
 
     /// Writes `data` at `offset`; with `fua`, durably before returning.
-    pub async fn write(&mut self, offset: u64, data: Vec<u8>, fua: bool) -> io::Result<()> {
+    pub async fn write(&mut self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
         match self {
             Backend::File(f) => f.write(offset, data, fua).await,
-            Backend::Nbd(n) => n.command(NBD_CMD_WRITE, fua_flag(fua), offset, &data).await,
+            Backend::Nbd(n) => n.command(NBD_CMD_WRITE, fua_flag(fua), offset, data).await,
         }
     }
 
@@ -191,7 +191,7 @@ impl FileBackend {
         Ok(out)
     }
 
-    async fn write(&mut self, offset: u64, data: Vec<u8>, fua: bool) -> io::Result<()> {
+    async fn write(&mut self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
         let mut written = 0;
         while written < data.len() {
             // write_at consumes its buffer: hand it a copy of the rest, so a
@@ -228,10 +228,11 @@ impl FileBackend {
         }
         // No hole punching here (a block device, a filesystem without it,
         // or NO_HOLE): write zeroes.
+        let zeroes = vec![0; (len as usize).min(ZERO_CHUNK)];
         let mut done = 0u64;
         while done < u64::from(len) {
             let chunk = (u64::from(len) - done).min(ZERO_CHUNK as u64) as usize;
-            self.write(offset + done, vec![0; chunk], false).await?;
+            self.write(offset + done, &zeroes[..chunk], false).await?;
             done += chunk as u64;
         }
         if fua {

@@ -727,11 +727,9 @@ async fn transmission(
         while let Some(incoming) = tx.poll_request() {
             match incoming {
                 Incoming::Request(request) => {
-                    let payload = if request.command == Command::Write {
-                        tx.payload().to_vec()
-                    } else {
-                        Vec::new()
-                    };
+                    // The payload stays in the decoder's buffer until the
+                    // backend has it: one copy, into glommio's write buffer.
+                    let payload = tx.payload();
                     execute(exports, &mut bound, request, payload, &replies, &mut out).await;
                 }
                 Incoming::Refuse(refusal) => {
@@ -785,7 +783,7 @@ async fn execute(
     exports: &Exports,
     bound: &mut Bound,
     request: Request,
-    payload: Vec<u8>,
+    payload: &[u8],
     replies: &nbd::ReplyEncoder,
     out: &mut Vec<u8>,
 ) {

@@ -47,17 +47,10 @@ fn assert_holds(setup: &ProxySetup, pattern: &str) {
     assert!(ok, "the disk does not hold {pattern}: {out}");
 }
 
-/// Holder A writes, is paused past its ttl, B acquires and writes, A
-/// resumes: every write A sends fails with EPERM and the disk holds B's
-/// data. `watch_first` lets the proxy's watch raise the fence before B
-/// connects.
-fn stale_writer(setup_backend: impl FnOnce(&mut ProxySetup), b_connects: bool) {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let lease = Lease::start(tmp.path());
-    let mut setup = ProxySetup::file(tmp.path(), &lease.endpoint);
-    setup_backend(&mut setup);
-    let proxy = Proxy::start(&setup, &[]);
-
+/// Holder A (token t1, ttl 1 s) connects and writes 0xaa at 0..64k, is
+/// paused (SIGSTOP) past its ttl, and B acquires: returns A's session and
+/// (t1, t2).
+fn a_writes_then_pauses_past_its_ttl(lease: &Lease, setup: &ProxySetup) -> (Session, u64, u64) {
     let t1 = lease.acquire("disk0", "1s");
     let mut a = Session::open(&setup.url(Some(t1)));
     a.send("write -P 0xaa 0 64k");
@@ -66,10 +59,30 @@ fn stale_writer(setup_backend: impl FnOnce(&mut ProxySetup), b_connects: bool) {
     sleep_ms(1_300);
     let t2 = lease.acquire("disk0", "30s");
     assert!(t2 > t1, "S1: {t2} > {t1}");
+    (a, t1, t2)
+}
+
+/// B writes 0xbb at 0..64k with token t2.
+fn b_writes(setup: &ProxySetup, t2: u64) {
+    let url = setup.url(Some(t2));
+    let (ok, out) = qemu_io(&rw(&url), &["write -P 0xbb 0 64k"]);
+    assert!(ok, "B's write: {out}");
+}
+
+/// Holder A writes, is paused past its ttl, B acquires (and writes, if
+/// `b_connects`), A resumes: every write A sends fails with EPERM and the
+/// disk holds B's data. Without `b_connects`, the proxy's watch alone must
+/// raise the fence on B's grant.
+fn stale_writer(setup_backend: impl FnOnce(&mut ProxySetup), b_connects: bool) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let lease = Lease::start(tmp.path());
+    let mut setup = ProxySetup::file(tmp.path(), &lease.endpoint);
+    setup_backend(&mut setup);
+    let proxy = Proxy::start(&setup, &[]);
+
+    let (mut a, _, t2) = a_writes_then_pauses_past_its_ttl(&lease, &setup);
     if b_connects {
-        let url = setup.url(Some(t2));
-        let (ok, out) = qemu_io(&rw(&url), &["write -P 0xbb 0 64k"]);
-        assert!(ok, "B's write: {out}");
+        b_writes(&setup, t2);
     } else {
         // The watch raises the fence on the grant alone.
         let deadline = common::now_ms() + 5_000;
@@ -166,16 +179,8 @@ fn the_fence_survives_a_proxy_restart_without_the_lease_service() {
     let mut lease = Lease::start(tmp.path());
     let setup = ProxySetup::file(tmp.path(), &lease.endpoint);
     let mut proxy = Proxy::start(&setup, &[]);
-    let t1 = lease.acquire("disk0", "1s");
-    let mut a = Session::open(&setup.url(Some(t1)));
-    a.send("write -P 0xaa 0 64k");
-    a.wait_for("wrote 65536/65536", 1, 10_000);
-    a.signal(libc::SIGSTOP);
-    sleep_ms(1_300);
-    let t2 = lease.acquire("disk0", "30s");
-    let url = setup.url(Some(t2));
-    let (ok, out) = qemu_io(&rw(&url), &["write -P 0xbb 0 64k"]);
-    assert!(ok, "B's write: {out}");
+    let (mut a, t1, t2) = a_writes_then_pauses_past_its_ttl(&lease, &setup);
+    b_writes(&setup, t2);
 
     // Restart the proxy with the lease service gone: only the durable
     // fence can refuse A now.
@@ -216,9 +221,7 @@ fn older_writes_in_flight_reach_the_disk_before_the_new_holders_first_write() {
     a.send("write -P 0xaa 0 64k");
     sleep_ms(1_100);
     let t2 = lease.acquire("disk0", "30s");
-    let url = setup.url(Some(t2));
-    let (ok, out) = qemu_io(&rw(&url), &["write -P 0xbb 0 64k"]);
-    assert!(ok, "B's write: {out}");
+    b_writes(&setup, t2);
     // A's write had passed the fence: it is acknowledged, and it landed
     // before B's, so B's data is what the disk holds.
     a.wait_for("wrote 65536/65536", 1, 10_000);
