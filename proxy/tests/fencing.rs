@@ -334,6 +334,13 @@ fn hostile_clients_do_not_disturb_the_proxy() {
         let (ok, out) = qemu_io(&rw(&url), &["read 0 4k"]);
         assert!(!ok, "{url}: {out}");
     }
+    // A token the lease service never issued, above the fence: the service
+    // answers, so it is refused and the fence does not rise to it.
+    let forged = setup.url(Some(token + 1_000));
+    let (ok, out) = qemu_io(&rw(&forged), &["write -P 0x66 0 64k"]);
+    assert!(!ok, "an unissued token was accepted: {out}");
+    assert!(out.contains("not the current lease"), "{out}");
+    assert_eq!(metric(setup.metrics, "palisade_proxy_fence"), token);
     // The good client still works.
     let url = setup.url(Some(token));
     let (ok, out) = qemu_io(&rw(&url), &["write -P 0x11 0 64k"]);
