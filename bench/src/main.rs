@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod compare;
 mod epoll;
 mod load;
 mod nbd;
