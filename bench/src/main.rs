@@ -3,7 +3,9 @@
 //! `palisade-bench load` drives a node with closed-loop acquire+release
 //! cycles on random resources over N connections from one glommio
 //! executor pinned to a CPU, and reports throughput and latency
-//! percentiles. It measures; it never asserts a number.
+//! percentiles. `palisade-bench compare` is the open-loop tail-latency
+//! comparison with Redis, etcd, ZooKeeper and an io_uring echo floor. It
+//! measures; it never asserts a number.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -28,11 +30,21 @@ enum Command {
     Load(load::LoadArgs),
     /// Random writes against NBD targets (the fencing proxy vs direct).
     Nbd(nbd::NbdArgs),
+    /// Open-loop tail-latency comparison with Redis, etcd, ZooKeeper and
+    /// the echo floor; writes RESULTS.md, results.json and plots.
+    Compare(compare::CompareArgs),
+    /// One open-loop run at a fixed rate against a running server.
+    OpenLoop(compare::OpenLoopArgs),
+    /// The io_uring echo server that is the latency floor.
+    EchoServer(compare::echo::EchoServerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Load(args) => load::run(&args),
         Command::Nbd(args) => nbd::run(&args),
+        Command::Compare(args) => compare::compare(&args),
+        Command::OpenLoop(args) => compare::open_loop(&args),
+        Command::EchoServer(args) => compare::echo::serve(&args),
     }
 }

@@ -1,7 +1,652 @@
 //! `palisade-bench compare`: open-loop tail-latency comparison of
 //! Palisade against Redis, etcd, ZooKeeper and an io_uring echo floor.
-#![allow(dead_code)] // wired up step by step
+//!
+//! For every system, workload and connection count it sweeps the offered
+//! rate to find the highest rate the system sustains (every request
+//! answered, p99 within the bound), then measures the latency spectrum at
+//! 50% and 90% of that rate. The echo floor is also measured at Palisade's
+//! rates, so the two are compared at equal load. Servers run pinned to one
+//! CPU, the engine to another; one engine drives every system through its
+//! codec. It measures and reports; it never asserts a number.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
 
 pub(crate) mod codec;
+pub(crate) mod echo;
+pub(crate) mod engine;
+pub(crate) mod palisade;
+pub(crate) mod report;
+pub(crate) mod sweep;
+pub(crate) mod systems;
 
 // Codecs and process management of the peer systems.
+
+use codec::{Codec, CodecConfig, Op};
+use engine::{RunSpec, Workload};
+use report::{Cell, Measured, Report, SystemInfo};
+use sweep::{Next, Plan, Step};
+
+fn duration(text: &str) -> Result<Duration, String> {
+    palisade_tuning::parse_duration(text)
+}
+
+/// Every system `compare` knows, in the order it runs them.
+pub(crate) const SYSTEMS: [&str; 6] = [
+    "palisade",
+    "palisade-cluster",
+    "redis",
+    "etcd",
+    "zookeeper",
+    "echo",
+];
+
+/// Arguments of `palisade-bench compare`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CompareArgs {
+    /// Recorded time of each fixed-rate run (50% and 90% of the maximum).
+    #[arg(long, default_value = "20s", value_parser = duration)]
+    duration: Duration,
+    /// Unrecorded warm-up before each fixed-rate run.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    warmup: Duration,
+    /// Recorded time of each sweep step.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    step: Duration,
+    /// Warm-up of each sweep step.
+    #[arg(long, default_value = "500ms", value_parser = duration)]
+    step_warmup: Duration,
+    /// Where RESULTS.md, results.json and the plots go.
+    #[arg(long, default_value = "bench/results/compare")]
+    out: PathBuf,
+    /// Systems, comma-separated: palisade, palisade-cluster, redis, etcd,
+    /// zookeeper, echo.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "palisade,palisade-cluster,redis,etcd,zookeeper,echo"
+    )]
+    systems: Vec<String>,
+    /// Workloads, comma-separated: uncontended, contended, renew, check.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "uncontended,contended,renew,check"
+    )]
+    workloads: Vec<String>,
+    /// Connection counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,32")]
+    connections: Vec<usize>,
+    /// A rate is sustained only if its p99 stays within this.
+    #[arg(long, default_value = "10ms", value_parser = duration)]
+    p99_bound: Duration,
+    /// First rate of each sweep (arrivals/s).
+    #[arg(long, default_value_t = 1000.0)]
+    start_rate: f64,
+    /// Highest rate any sweep offers (arrivals/s).
+    #[arg(long, default_value_t = 2_000_000.0)]
+    max_rate: f64,
+    /// Bisection steps after a sweep's first failure.
+    #[arg(long, default_value_t = 3)]
+    refine: u32,
+    /// Resources the uncontended workload draws from.
+    #[arg(long, default_value_t = 100_000)]
+    resources: u64,
+    /// Resources the contended workload draws from.
+    #[arg(long, default_value_t = 8)]
+    contended_resources: u64,
+    /// Leases each connection holds for renew and check.
+    #[arg(long, default_value_t = 16)]
+    held: u64,
+    /// CPU the servers are pinned to.
+    #[arg(long, default_value_t = 0)]
+    server_cpu: usize,
+    /// CPU the load generator is pinned to.
+    #[arg(long, default_value_t = 1)]
+    client_cpu: usize,
+    /// The `palisade` binary (default: next to this one).
+    #[arg(long)]
+    palisade_bin: Option<PathBuf>,
+    /// Quick check that the harness works: 2 s runs, Palisade and echo
+    /// only, uncontended at 1 connection, a short sweep up to 8000/s with
+    /// a p99 bound of at least 1 s.
+    #[arg(long)]
+    smoke: bool,
+}
+
+/// Arguments of `palisade-bench open-loop`: one fixed-rate run.
+#[derive(clap::Args, Debug, Clone)]
+pub struct OpenLoopArgs {
+    /// Server address.
+    #[arg(long)]
+    endpoint: SocketAddr,
+    /// Its protocol: palisade or echo.
+    #[arg(long, default_value = "palisade")]
+    system: String,
+    /// Arrivals per second.
+    #[arg(long)]
+    rate: f64,
+    /// Connections.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// uncontended, contended, renew or check.
+    #[arg(long, default_value = "uncontended")]
+    workload: String,
+    /// Recorded time.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    duration: Duration,
+    /// Unrecorded warm-up.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    warmup: Duration,
+    /// Message size of the echo protocol.
+    #[arg(long, default_value_t = 64)]
+    echo_size: usize,
+    /// CPU to pin the generator to.
+    #[arg(long)]
+    cpu: Option<usize>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn codec_for(system: &str, config: &CodecConfig) -> Result<Box<dyn Codec>> {
+    Ok(match system {
+        "palisade" | "palisade-cluster" => Box::new(palisade::PalisadeCodec::new(config)),
+        "echo" => Box::new(echo::EchoCodec::new(config)?),
+        other => bail!("no codec for {other:?}"),
+    })
+}
+
+/// `palisade-bench open-loop`.
+pub fn open_loop(args: &OpenLoopArgs) -> Result<()> {
+    let config = CodecConfig {
+        ttl_ms: 60_000,
+        tenant: "default".into(),
+        echo_size: args.echo_size,
+    };
+    let spec = RunSpec {
+        addr: args.endpoint,
+        connections: args.connections,
+        rate: args.rate,
+        warmup: args.warmup,
+        duration: args.duration,
+        workload: Workload::parse(&args.workload)?,
+        resources: 100_000,
+        held_per_connection: 16,
+        resource_base: 1 << 32,
+        cpu: args.cpu,
+        outstanding_max: 100_000,
+        drain: Duration::from_secs(5),
+        seed: 0x9e37_79b9_7f4a_7c15,
+    };
+    let system = args.system.clone();
+    let result = engine::run(&spec, &|| codec_for(&system, &config))?;
+    let measured = Measured::of("open-loop", &result);
+    if args.json {
+        println!("{}", serde_json::to_string(&measured)?);
+    } else {
+        let p = &measured.requests;
+        println!(
+            "{} arrivals/s offered, {:.0} requests/s answered; request latency µs: p50 {:.1} p90 {:.1} p99 {:.1} p99.9 {:.1} p99.99 {:.1} max {:.1} ({} requests, {} unanswered{})",
+            args.rate,
+            measured.requests_per_s,
+            p.p50,
+            p.p90,
+            p.p99,
+            p.p99_9,
+            p.p99_99,
+            p.max,
+            p.count,
+            measured.unanswered,
+            measured.overloaded.as_deref().map(|w| format!(", cut short: {w}")).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+struct Ctx<'a> {
+    args: &'a CompareArgs,
+    plan: Plan,
+    codec: CodecConfig,
+    run_index: u64,
+}
+
+impl Ctx<'_> {
+    fn spec(
+        &mut self,
+        addr: SocketAddr,
+        workload: Workload,
+        connections: usize,
+        rate: f64,
+        warmup: Duration,
+        duration: Duration,
+    ) -> RunSpec {
+        self.run_index += 1;
+        RunSpec {
+            addr,
+            connections,
+            rate,
+            warmup,
+            duration,
+            workload,
+            resources: if workload == Workload::Contended {
+                self.args.contended_resources
+            } else {
+                self.args.resources
+            },
+            held_per_connection: self.args.held,
+            // Contended runs share their few resources across connections;
+            // every run gets resources of its own.
+            resource_base: self.run_index << 32,
+            cpu: Some(self.args.client_cpu),
+            outstanding_max: 200_000,
+            drain: Duration::from_secs(5).max(self.args.p99_bound * 10),
+            seed: 0x2545_f491_4f6c_dd1d ^ self.run_index,
+        }
+    }
+
+    /// One run on a thread of its own, pinned to the client CPU (so the
+    /// servers this process starts later do not inherit the pinning).
+    fn measure(&mut self, system: &str, spec: &RunSpec) -> Result<engine::RunResult> {
+        let codec = self.codec.clone();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| engine::run(spec, &|| codec_for(system, &codec)))
+                .join()
+                .map_err(|_| anyhow::anyhow!("the engine thread panicked"))?
+        })
+    }
+
+    fn cell(
+        &mut self,
+        system: &str,
+        addr: SocketAddr,
+        workload: Workload,
+        connections: usize,
+        extra_rates: &[(String, f64)],
+    ) -> Cell {
+        let mut cell = Cell {
+            system: system.to_string(),
+            workload,
+            connections,
+            max_rate: None,
+            max_requests_per_s: None,
+            sweep: Vec::new(),
+            runs: Vec::new(),
+            error: None,
+        };
+        if let Err(e) = self.fill(&mut cell, addr, extra_rates) {
+            eprintln!("  {system} {} x{connections}: {e:#}", workload.name());
+            cell.error = Some(format!("{e:#}"));
+        }
+        cell
+    }
+
+    fn fill(
+        &mut self,
+        cell: &mut Cell,
+        addr: SocketAddr,
+        extra_rates: &[(String, f64)],
+    ) -> Result<()> {
+        let (workload, connections) = (cell.workload, cell.connections);
+        let bound_us = self.args.p99_bound.as_secs_f64() * 1e6;
+        let max = loop {
+            match sweep::next(&self.plan, &cell.sweep) {
+                Next::Try(rate) => {
+                    let spec = self.spec(
+                        addr,
+                        workload,
+                        connections,
+                        rate,
+                        self.args.step_warmup,
+                        self.args.step,
+                    );
+                    let result = self.measure(&cell.system, &spec)?;
+                    let step = Step::judge(&result, bound_us);
+                    eprintln!(
+                        "  {} {} x{}: sweep {:.0}/s -> {:.0} req/s, p99 {:.0} µs{}",
+                        cell.system,
+                        workload.name(),
+                        connections,
+                        rate,
+                        step.requests_per_s,
+                        step.p99_us,
+                        step.failed
+                            .as_deref()
+                            .map(|w| format!(" ({w})"))
+                            .unwrap_or_default()
+                    );
+                    cell.sweep.push(step);
+                }
+                Next::Done(max) => break max,
+            }
+        };
+        cell.max_rate = max;
+        cell.max_requests_per_s = max.and_then(|m| {
+            cell.sweep
+                .iter()
+                .filter(|s| s.rate == m)
+                .map(|s| s.requests_per_s)
+                .reduce(f64::max)
+        });
+        let mut rates: Vec<(String, f64)> = Vec::new();
+        if let Some(max) = max {
+            rates.push(("50% of max".into(), max * 0.5));
+            rates.push(("90% of max".into(), max * 0.9));
+        }
+        rates.extend(extra_rates.iter().cloned());
+        for (label, rate) in rates {
+            let spec = self.spec(
+                addr,
+                workload,
+                connections,
+                rate,
+                self.args.warmup,
+                self.args.duration,
+            );
+            let result = self.measure(&cell.system, &spec)?;
+            let m = Measured::of(&label, &result);
+            eprintln!(
+                "  {} {} x{}: {label} = {:.0}/s: p50 {:.1} p99 {:.1} p99.9 {:.1} max {:.1} µs",
+                cell.system,
+                workload.name(),
+                connections,
+                rate,
+                m.requests.p50,
+                m.requests.p99,
+                m.requests.p99_9,
+                m.requests.max
+            );
+            cell.runs.push(m);
+        }
+        Ok(())
+    }
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let debian = std::fs::read_to_string("/etc/debian_version").unwrap_or_default();
+    format!(
+        "{cpus} × {cpu}, Linux {}, Debian {}",
+        command_output("uname", &["-r"]),
+        debian.trim()
+    )
+}
+
+const METHOD: &str = "Open loop: arrivals at a constant rate, dealt to the connections in turn, \
+each sent whether or not earlier ones were answered; a request's latency runs from its intended \
+send time to its answer, so a stall is charged to every request that waited behind it (no \
+coordinated omission). An arrival is a cycle: *uncontended* acquires a random resource out of \
+100 000 and releases it when granted; *contended* does the same on 8 resources every connection \
+wants (most attempts are answered busy); *renew* renews one of the 16 leases each connection \
+took before the clock started; *check* is a fencing check of one of them. Latency is recorded \
+per request (HdrHistogram, 3 significant digits); a release is timed from the moment its grant \
+was read. Each rate is warmed up before recording. The sweep doubles the rate until a step is \
+not sustained (a request left unanswered, too many outstanding, or p99 over the bound), then \
+bisects three times; the tails are then measured at 50% and 90% of the highest sustained rate, \
+and the echo floor also at Palisade's rates. One generator (one thread, epoll, pinned to the \
+client CPU) drives every system through a sans-IO codec; every server is pinned to the server \
+CPU. Throughput is counted in requests answered per second.";
+
+/// `palisade-bench compare`.
+pub fn compare(args: &CompareArgs) -> Result<()> {
+    let mut args = args.clone();
+    if args.smoke {
+        args.duration = Duration::from_secs(2);
+        args.warmup = Duration::from_millis(500);
+        args.step = Duration::from_millis(500);
+        args.step_warmup = Duration::from_millis(200);
+        args.systems = vec!["palisade".into(), "echo".into()];
+        args.workloads = vec!["uncontended".into()];
+        args.connections = vec![1];
+        args.max_rate = args.max_rate.min(8000.0);
+        args.refine = 1;
+        // The smoke run checks that the harness works end to end, not
+        // speed: a loaded test machine must not fail it.
+        args.p99_bound = args.p99_bound.max(Duration::from_secs(1));
+    }
+    for system in &args.systems {
+        if !SYSTEMS.contains(&system.as_str()) {
+            bail!("unknown system {system:?}; use {}", SYSTEMS.join(", "));
+        }
+    }
+    let workloads: Vec<Workload> = args
+        .workloads
+        .iter()
+        .map(|w| Workload::parse(w))
+        .collect::<Result<_>>()?;
+    if args.connections.is_empty() || args.connections.contains(&0) {
+        bail!("--connections needs counts of at least 1");
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if args.server_cpu >= cpus || args.client_cpu >= cpus {
+        bail!("--server-cpu and --client-cpu must be below {cpus}");
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let palisade_bin = systems::palisade_bin(args.palisade_bin.as_deref());
+    // The echo floor carries the bytes of a Palisade acquire.
+    let probe_config = CodecConfig {
+        ttl_ms: 60_000,
+        tenant: "default".into(),
+        echo_size: 64,
+    };
+    let mut acquire = Vec::new();
+    palisade::PalisadeCodec::new(&probe_config).encode(
+        1,
+        &Op::Acquire {
+            resource: 12_345,
+            holder: 1 << 40,
+        },
+        &mut acquire,
+    )?;
+    let mut ctx = Ctx {
+        plan: Plan {
+            start_rate: args.start_rate,
+            max_rate: args.max_rate,
+            min_rate: 10.0,
+            refine: args.refine,
+        },
+        codec: CodecConfig {
+            ttl_ms: 60_000,
+            tenant: "default".into(),
+            echo_size: acquire.len(),
+        },
+        args: &args,
+        run_index: 0,
+    };
+    let mut report = Report {
+        command: std::env::args()
+            .map(|a| if a.contains(' ') { format!("{a:?}") } else { a })
+            .collect::<Vec<_>>()
+            .join(" "),
+        date: command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        machine: machine(),
+        method: format!(
+            "{METHOD} Here: p99 bound {} ms, fixed-rate runs {} s after {} s of warm-up, sweep \
+             steps {} s after {} s, servers on CPU {}, generator on CPU {}, echo messages of {} \
+             bytes (a Palisade acquire frame).",
+            args.p99_bound.as_secs_f64() * 1e3,
+            args.duration.as_secs_f64(),
+            args.warmup.as_secs_f64(),
+            args.step.as_secs_f64(),
+            args.step_warmup.as_secs_f64(),
+            args.server_cpu,
+            args.client_cpu,
+            acquire.len()
+        ),
+        p99_bound_us: args.p99_bound.as_secs_f64() * 1e6,
+        systems: Vec::new(),
+        cells: Vec::new(),
+    };
+    for name in SYSTEMS
+        .iter()
+        .filter(|s| args.systems.iter().any(|a| a == *s))
+    {
+        eprintln!("compare: {name}");
+        let server = match start(name, &args, palisade_bin.as_ref()) {
+            Ok(server) => server,
+            Err(why) => {
+                let why = format!("{why:#}");
+                eprintln!("compare: {name} is not measured: {why}");
+                report.systems.push(SystemInfo {
+                    name: name.to_string(),
+                    about: String::new(),
+                    missing: Some(why),
+                });
+                continue;
+            }
+        };
+        report.systems.push(SystemInfo {
+            name: name.to_string(),
+            about: server.about.clone(),
+            missing: None,
+        });
+        for &workload in &workloads {
+            for &connections in &args.connections {
+                let extra: Vec<(String, f64)> = if *name == "echo" {
+                    report
+                        .cell("palisade", workload, connections)
+                        .map(|c| {
+                            c.max_rate
+                                .into_iter()
+                                .flat_map(|m| {
+                                    [
+                                        ("at palisade 50%".to_string(), m * 0.5),
+                                        ("at palisade 90%".to_string(), m * 0.9),
+                                    ]
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                let cell = ctx.cell(name, server.addr, workload, connections, &extra);
+                report.cells.push(cell);
+            }
+        }
+        drop(server);
+    }
+    write(&report, &args.out, &workloads, &args.connections)?;
+    print_table(&report);
+    Ok(())
+}
+
+fn start(
+    name: &str,
+    args: &CompareArgs,
+    palisade_bin: Result<&PathBuf, &anyhow::Error>,
+) -> Result<systems::Server> {
+    let bin = || -> Result<&PathBuf> { palisade_bin.map_err(|e| anyhow::anyhow!("{e:#}")) };
+    match name {
+        "palisade" => systems::palisade(bin()?, 1, args.server_cpu),
+        "palisade-cluster" => systems::palisade(bin()?, 3, args.server_cpu),
+        "echo" => systems::echo(args.server_cpu, &[]),
+        other => bail!("{other} is not wired into compare yet"),
+    }
+}
+
+fn write(report: &Report, out: &Path, workloads: &[Workload], connections: &[usize]) -> Result<()> {
+    let json = out.join("results.json");
+    std::fs::write(&json, serde_json::to_string_pretty(report)? + "\n")
+        .with_context(|| format!("writing {}", json.display()))?;
+    let md = out.join("RESULTS.md");
+    std::fs::write(&md, report::markdown(report))
+        .with_context(|| format!("writing {}", md.display()))?;
+    for &workload in workloads {
+        for &conns in connections {
+            let path = out.join(report::plot_name(workload, conns));
+            std::fs::write(&path, report::svg(report, workload, conns))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    eprintln!(
+        "compare: wrote {}, {} and the plots",
+        md.display(),
+        json.display()
+    );
+    Ok(())
+}
+
+fn print_table(report: &Report) {
+    println!(
+        "{:<17} {:<12} {:>5} {:>12} {:>16} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "system",
+        "workload",
+        "conns",
+        "max arr/s",
+        "at",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "p99.99 µs",
+        "max µs"
+    );
+    for cell in &report.cells {
+        if let Some(e) = &cell.error {
+            println!(
+                "{:<17} {:<12} {:>5} failed: {e}",
+                cell.system,
+                cell.workload.name(),
+                cell.connections
+            );
+            continue;
+        }
+        for m in &cell.runs {
+            println!(
+                "{:<17} {:<12} {:>5} {:>12.0} {:>16} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+                cell.system,
+                cell.workload.name(),
+                cell.connections,
+                cell.max_rate.unwrap_or(0.0),
+                m.label,
+                m.requests.p50,
+                m.requests.p99,
+                m.requests.p99_9,
+                m.requests.p99_99,
+                m.requests.max
+            );
+        }
+    }
+    for s in report.systems.iter().filter(|s| s.missing.is_some()) {
+        println!(
+            "{}: not measured: {}",
+            s.name,
+            s.missing.as_deref().unwrap_or("")
+        );
+    }
+    for t in report::targets(report) {
+        println!(
+            "target: {} — needed {}, measured {}, {}",
+            t.name,
+            t.needed,
+            t.measured.map_or("–".into(), |m| format!("{m:.2}×")),
+            match t.met {
+                Some(true) => "met",
+                Some(false) => "NOT met",
+                None => "not measured",
+            }
+        );
+    }
+}

@@ -1,0 +1,575 @@
+//! The open-loop engine: one thread, nonblocking sockets, epoll, a
+//! constant-rate arrival schedule, and latency measured from each
+//! request's intended send time.
+//!
+//! Arrivals are spaced `1 / rate` apart and dealt to the connections in
+//! turn. An arrival starts a cycle whether or not earlier requests have
+//! been answered, so a server that stalls is charged for every arrival
+//! that waits behind the stall (no coordinated omission): the first
+//! request of a cycle is timed from its scheduled arrival, not from when
+//! the engine got round to sending it; a release that follows a grant is
+//! timed from the moment the grant was read, which is when it is due.
+//!
+//! The engine spins (epoll with a zero timeout) while an arrival is due
+//! within 2 ms, so its own timer is not a source of jitter; it is meant to
+//! run pinned to a CPU of its own. Every system is driven by this same loop
+//! through a [`Codec`]; the codecs never see the clock.
+//!
+//! The engine never judges a result; [`RunResult`] carries everything the
+//! sweep and the report need.
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use hdrhistogram::Histogram;
+use palisade_proto::FrameBuf;
+use rustix::event::epoll;
+
+use super::codec::{Codec, Held, Op, Outcome};
+use crate::load::{now_ns, Rng};
+
+/// What the arrivals do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Workload {
+    /// Acquire a random resource out of many, release it if granted.
+    Uncontended,
+    /// Acquire one of a few resources every connection wants; release it
+    /// if granted. Most attempts are answered busy.
+    Contended,
+    /// Renew one of the leases this connection holds (keepalive).
+    Renew,
+    /// Fencing check of one of the leases this connection holds.
+    Check,
+}
+
+impl Workload {
+    pub(crate) const ALL: [Workload; 4] = [
+        Workload::Uncontended,
+        Workload::Contended,
+        Workload::Renew,
+        Workload::Check,
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Workload::Uncontended => "uncontended",
+            Workload::Contended => "contended",
+            Workload::Renew => "renew",
+            Workload::Check => "check",
+        }
+    }
+
+    pub(crate) fn parse(text: &str) -> Result<Workload> {
+        Workload::ALL
+            .into_iter()
+            .find(|w| w.name() == text)
+            .with_context(|| {
+                format!("unknown workload {text:?}; use uncontended, contended, renew or check")
+            })
+    }
+
+    /// Whether arrivals work on leases acquired before the clock starts.
+    fn holds(self) -> bool {
+        matches!(self, Workload::Renew | Workload::Check)
+    }
+
+    /// Whether a granted acquire is followed by its release.
+    fn releases(self) -> bool {
+        matches!(self, Workload::Uncontended | Workload::Contended)
+    }
+}
+
+/// One measured run at one offered rate.
+#[derive(Clone, Debug)]
+pub(crate) struct RunSpec {
+    /// Where the system listens.
+    pub(crate) addr: SocketAddr,
+    /// Connections, opened before the clock starts.
+    pub(crate) connections: usize,
+    /// Arrivals (cycles) per second over all connections.
+    pub(crate) rate: f64,
+    /// Time run but not recorded, before `duration`.
+    pub(crate) warmup: Duration,
+    /// Recorded time.
+    pub(crate) duration: Duration,
+    /// What arrivals do.
+    pub(crate) workload: Workload,
+    /// Resources the uncontended and contended workloads draw from.
+    pub(crate) resources: u64,
+    /// Leases each connection holds for the renew and check workloads.
+    pub(crate) held_per_connection: u64,
+    /// Added to every resource number so runs do not share resources.
+    pub(crate) resource_base: u64,
+    /// CPU to pin the engine's thread to.
+    pub(crate) cpu: Option<usize>,
+    /// More requests than this unanswered at once: the system cannot keep
+    /// up; the run stops and says so.
+    pub(crate) outstanding_max: usize,
+    /// How long to wait for answers after the last arrival.
+    pub(crate) drain: Duration,
+    /// Seeds the resource choice.
+    pub(crate) seed: u64,
+}
+
+/// What a run measured. Latencies are in nanoseconds.
+pub(crate) struct RunResult {
+    /// Arrivals per second offered.
+    pub(crate) offered_rate: f64,
+    /// Every request whose cycle arrived in the recorded window, timed
+    /// from its intended send time.
+    pub(crate) requests: Histogram<u64>,
+    /// Every cycle that arrived in the recorded window, from its arrival
+    /// to its last answer.
+    pub(crate) cycles: Histogram<u64>,
+    /// Recorded window in seconds.
+    pub(crate) seconds: f64,
+    /// Answers by kind, recorded window only.
+    pub(crate) granted: u64,
+    /// Acquires answered busy.
+    pub(crate) busy: u64,
+    /// Releases, renewals and checks answered done.
+    pub(crate) done: u64,
+    /// Renewals and checks answered stale.
+    pub(crate) stale: u64,
+    /// Requests of the recorded window never answered before the drain
+    /// ended (also recorded in `requests` with the time they waited).
+    pub(crate) unanswered: u64,
+    /// Largest delay between an arrival's scheduled time and the engine
+    /// writing it: the generator's own lag, which is charged to the
+    /// system's latency. Large values mean the generator, not the system,
+    /// was saturated (compare with the echo floor at the same rate).
+    pub(crate) send_lag_max_ns: u64,
+    /// Why the run was cut short, if it was.
+    pub(crate) overloaded: Option<String>,
+}
+
+impl RunResult {
+    /// Requests answered per second in the recorded window.
+    pub(crate) fn request_rate(&self) -> f64 {
+        (self.requests.len() - self.unanswered) as f64 / self.seconds
+    }
+}
+
+struct Pending {
+    op: Op,
+    intended_ns: u64,
+    cycle_ns: u64,
+}
+
+struct Conn {
+    stream: TcpStream,
+    codec: Box<dyn Codec>,
+    rx: FrameBuf,
+    rx_len: usize,
+    tx: Vec<u8>,
+    tx_sent: usize,
+    /// Requests in flight, indexed by `id - base_id`.
+    pending: VecDeque<Option<Pending>>,
+    base_id: u64,
+    next_id: u64,
+    outstanding: usize,
+    held: Vec<(u64, Held)>,
+    replies: Vec<(u64, Outcome)>,
+}
+
+const RX_CHUNK: usize = 64 << 10;
+
+impl Conn {
+    fn connect(addr: SocketAddr, codec: Box<dyn Codec>) -> Result<Conn> {
+        let stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        let mut rx = FrameBuf::with_capacity(RX_CHUNK * 2);
+        rx.resize(RX_CHUNK * 2, 0);
+        Ok(Conn {
+            stream,
+            codec,
+            rx,
+            rx_len: 0,
+            tx: Vec::with_capacity(RX_CHUNK),
+            tx_sent: 0,
+            pending: VecDeque::with_capacity(1024),
+            base_id: 1,
+            next_id: 1,
+            outstanding: 0,
+            held: Vec::new(),
+            replies: Vec::with_capacity(256),
+        })
+    }
+
+    fn send(&mut self, op: Op, intended_ns: u64, cycle_ns: u64) -> Result<()> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.codec.encode(id, &op, &mut self.tx)?;
+        self.pending.push_back(Some(Pending {
+            op,
+            intended_ns,
+            cycle_ns,
+        }));
+        self.outstanding += 1;
+        Ok(())
+    }
+
+    fn take(&mut self, id: u64) -> Result<Pending> {
+        let index = id
+            .checked_sub(self.base_id)
+            .and_then(|i| usize::try_from(i).ok())
+            .filter(|&i| i < self.pending.len());
+        let pending = index
+            .and_then(|i| self.pending[i].take())
+            .with_context(|| format!("the server answered request {id}, which is not in flight"))?;
+        while matches!(self.pending.front(), Some(None)) {
+            self.pending.pop_front();
+            self.base_id += 1;
+        }
+        self.outstanding -= 1;
+        Ok(pending)
+    }
+
+    /// Writes what it can; keeps the rest for the next call.
+    fn flush(&mut self) -> Result<()> {
+        while self.tx_sent < self.tx.len() {
+            match self.stream.write(&self.tx[self.tx_sent..]) {
+                Ok(0) => bail!("the server stopped accepting data"),
+                Ok(n) => self.tx_sent += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).context("writing to the server"),
+            }
+        }
+        if self.tx_sent == self.tx.len() {
+            self.tx.clear();
+            self.tx_sent = 0;
+        }
+        Ok(())
+    }
+
+    fn has_unsent(&self) -> bool {
+        self.tx_sent < self.tx.len()
+    }
+
+    /// Reads what is there and decodes it into `self.replies`. Returns
+    /// false if nothing could be read now.
+    fn receive(&mut self) -> Result<bool> {
+        if self.rx.len() - self.rx_len < RX_CHUNK / 2 {
+            let len = self.rx.len();
+            self.rx.resize(len + RX_CHUNK, 0);
+        }
+        let n = match self.stream.read(&mut self.rx[self.rx_len..]) {
+            Ok(0) => bail!("the server closed the connection"),
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(false),
+            Err(e) => return Err(e).context("reading from the server"),
+        };
+        self.rx_len += n;
+        let used = self
+            .codec
+            .decode(&self.rx[..self.rx_len], &mut self.replies, &mut self.tx)?;
+        if used > self.rx_len {
+            bail!("codec consumed {used} of {} bytes", self.rx_len);
+        }
+        // Keep the unconsumed tail at the (aligned) front of the buffer.
+        self.rx.copy_within(used..self.rx_len, 0);
+        self.rx_len -= used;
+        Ok(true)
+    }
+
+    /// Blocking exchange used before and after the clock: runs the
+    /// handshake, or sends `ops` and waits for all their answers.
+    fn exchange(&mut self, ops: &[Op], timeout: Duration) -> Result<Vec<Outcome>> {
+        self.stream.set_nonblocking(false)?;
+        self.stream.set_read_timeout(Some(timeout))?;
+        let first = self.next_id;
+        for op in ops {
+            self.send(*op, 0, 0)?;
+        }
+        let mut outcomes = vec![None; ops.len()];
+        let mut answered = 0;
+        loop {
+            self.flush()?;
+            if self.codec.ready() && answered == ops.len() {
+                break;
+            }
+            if !self.receive().context("waiting for the server to answer")? {
+                bail!("no answer from the server within {timeout:?}");
+            }
+            let replies = std::mem::take(&mut self.replies);
+            for (id, outcome) in &replies {
+                self.take(*id)?;
+                // Answers to requests of the measured run are dropped.
+                if let Some(slot) = id.checked_sub(first).and_then(|s| usize::try_from(s).ok()) {
+                    outcomes[slot] = Some(*outcome);
+                    answered += 1;
+                }
+            }
+            self.replies = replies;
+            self.replies.clear();
+        }
+        self.stream.set_nonblocking(true)?;
+        Ok(outcomes.into_iter().flatten().collect())
+    }
+}
+
+/// Connects, runs the handshake, sends `ops` and waits for their answers
+/// (closed-loop; for set-up and probes, never for measurement).
+pub(crate) fn exchange_once(
+    addr: SocketAddr,
+    codec: &dyn Fn() -> Result<Box<dyn Codec>>,
+    ops: &[Op],
+) -> Result<Vec<Outcome>> {
+    let mut conn = Conn::connect(addr, codec()?)?;
+    conn.codec.start(&mut conn.tx)?;
+    conn.exchange(&[], Duration::from_secs(5))
+        .context("handshake")?;
+    conn.exchange(ops, Duration::from_secs(5))
+}
+
+/// Opens the connections and runs their handshakes.
+fn open(spec: &RunSpec, codec: &dyn Fn() -> Result<Box<dyn Codec>>) -> Result<Vec<Conn>> {
+    let mut conns = Vec::with_capacity(spec.connections);
+    for _ in 0..spec.connections {
+        let mut conn = Conn::connect(spec.addr, codec()?)?;
+        conn.codec.start(&mut conn.tx)?;
+        conn.exchange(&[], Duration::from_secs(10))
+            .context("handshake")?;
+        conns.push(conn);
+    }
+    Ok(conns)
+}
+
+/// Takes the leases the renew and check workloads work on.
+fn acquire_held(spec: &RunSpec, conns: &mut [Conn]) -> Result<()> {
+    for (index, conn) in conns.iter_mut().enumerate() {
+        let first = spec.resource_base + index as u64 * spec.held_per_connection;
+        let ops: Vec<Op> = (0..spec.held_per_connection)
+            .map(|k| Op::Acquire {
+                resource: first + k,
+                holder: holder_id(index, k),
+            })
+            .collect();
+        let outcomes = conn.exchange(&ops, Duration::from_secs(10))?;
+        for (k, outcome) in outcomes.into_iter().enumerate() {
+            match outcome {
+                Outcome::Granted(held) => conn.held.push((first + k as u64, held)),
+                other => bail!(
+                    "setting up held leases: resource {} answered {other:?}",
+                    first + k as u64
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Releases the held leases, so the next run starts clean.
+fn release_held(conns: &mut [Conn]) -> Result<()> {
+    for conn in conns {
+        let ops: Vec<Op> = conn
+            .held
+            .iter()
+            .map(|&(resource, held)| Op::Release { resource, held })
+            .collect();
+        conn.exchange(&ops, Duration::from_secs(10))?;
+        conn.held.clear();
+    }
+    Ok(())
+}
+
+fn holder_id(connection: usize, n: u64) -> u64 {
+    ((connection as u64 + 1) << 40) | (n & ((1 << 40) - 1))
+}
+
+fn histogram() -> Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, 120_000_000_000, 3)?)
+}
+
+/// Runs one open-loop measurement.
+pub(crate) fn run(spec: &RunSpec, codec: &dyn Fn() -> Result<Box<dyn Codec>>) -> Result<RunResult> {
+    if !(spec.rate.is_finite() && spec.rate > 0.0) {
+        bail!("rate must be positive, got {}", spec.rate);
+    }
+    if spec.connections == 0 {
+        bail!("at least one connection is needed");
+    }
+    if let Some(cpu) = spec.cpu {
+        let mut set = rustix::thread::CpuSet::new();
+        set.set(cpu);
+        rustix::thread::sched_setaffinity(None, &set).context("pinning the engine")?;
+    }
+    let mut conns = open(spec, codec)?;
+    if spec.workload.holds() {
+        acquire_held(spec, &mut conns)?;
+    }
+    let epoll_fd = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+    for (index, conn) in conns.iter().enumerate() {
+        epoll::add(
+            &epoll_fd,
+            conn.stream.as_fd(),
+            epoll::EventData::new_u64(index as u64),
+            epoll::EventFlags::IN,
+        )?;
+    }
+    let mut rng = Rng(spec.seed | 1);
+    let interval_ns = 1e9 / spec.rate;
+    let start_ns = now_ns() + 1_000_000;
+    let record_from = start_ns + u64::try_from(spec.warmup.as_nanos())?;
+    let end_ns = record_from + u64::try_from(spec.duration.as_nanos())?;
+    let drain_until = end_ns + u64::try_from(spec.drain.as_nanos())?;
+    let mut result = RunResult {
+        offered_rate: spec.rate,
+        requests: histogram()?,
+        cycles: histogram()?,
+        seconds: spec.duration.as_secs_f64(),
+        granted: 0,
+        busy: 0,
+        done: 0,
+        stale: 0,
+        unanswered: 0,
+        send_lag_max_ns: 0,
+        overloaded: None,
+    };
+    let mut arrivals: u64 = 0;
+    let mut next_conn = 0;
+    let mut outstanding = 0usize;
+    let mut events = Vec::with_capacity(spec.connections.max(16));
+    let mut holder_seq = 0u64;
+    loop {
+        let now = now_ns();
+        // Start every cycle that is due.
+        let mut due = start_ns + (arrivals as f64 * interval_ns) as u64;
+        while due <= now && due < end_ns {
+            let conn = &mut conns[next_conn];
+            let op = match spec.workload {
+                Workload::Uncontended | Workload::Contended => {
+                    holder_seq += 1;
+                    Op::Acquire {
+                        resource: spec.resource_base + rng.next() % spec.resources,
+                        holder: holder_id(next_conn, holder_seq),
+                    }
+                }
+                Workload::Renew | Workload::Check => {
+                    let (resource, held) =
+                        conn.held[(rng.next() % conn.held.len() as u64) as usize];
+                    if spec.workload == Workload::Renew {
+                        Op::Renew { resource, held }
+                    } else {
+                        Op::Check { resource, held }
+                    }
+                }
+            };
+            conn.send(op, due, due)?;
+            outstanding += 1;
+            result.send_lag_max_ns = result.send_lag_max_ns.max(now - due);
+            next_conn = (next_conn + 1) % conns.len();
+            arrivals += 1;
+            due = start_ns + (arrivals as f64 * interval_ns) as u64;
+        }
+        let mut unsent = false;
+        for conn in &mut conns {
+            conn.flush()?;
+            unsent |= conn.has_unsent();
+        }
+        if outstanding > spec.outstanding_max {
+            result.overloaded = Some(format!(
+                "more than {} requests unanswered at once",
+                spec.outstanding_max
+            ));
+            break;
+        }
+        if now >= end_ns && (outstanding == 0 || now >= drain_until) {
+            break;
+        }
+        // Wait for answers: spin if an arrival is due soon.
+        let wait_ns = if unsent || due < end_ns && due <= now + 2_000_000 {
+            0
+        } else if due < end_ns {
+            due - now - 1_000_000
+        } else {
+            1_000_000
+        };
+        let timeout = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: i64::try_from(wait_ns.min(999_999_999))?,
+        };
+        events.clear();
+        epoll::wait(
+            &epoll_fd,
+            rustix::buffer::spare_capacity(&mut events),
+            Some(&timeout),
+        )?;
+        if events.is_empty() {
+            continue;
+        }
+        let read_ns = now_ns();
+        for event in &events {
+            let index = usize::try_from(event.data.u64())?;
+            let conn = &mut conns[index];
+            if !conn
+                .receive()
+                .with_context(|| format!("connection {index}"))?
+            {
+                continue;
+            }
+            let replies = std::mem::take(&mut conn.replies);
+            for &(id, outcome) in &replies {
+                let pending = conn.take(id)?;
+                outstanding -= 1;
+                let recorded = pending.cycle_ns >= record_from && pending.cycle_ns < end_ns;
+                let mut cycle_over = true;
+                match (pending.op, outcome) {
+                    (Op::Acquire { resource, .. }, Outcome::Granted(held)) => {
+                        result.granted += u64::from(recorded);
+                        if spec.workload.releases() {
+                            conn.send(Op::Release { resource, held }, read_ns, pending.cycle_ns)?;
+                            outstanding += 1;
+                            cycle_over = false;
+                        }
+                    }
+                    (Op::Acquire { .. }, Outcome::Busy) => result.busy += u64::from(recorded),
+                    (Op::Release { .. } | Op::Renew { .. } | Op::Check { .. }, Outcome::Done) => {
+                        result.done += u64::from(recorded);
+                    }
+                    (Op::Release { .. } | Op::Renew { .. } | Op::Check { .. }, Outcome::Stale) => {
+                        result.stale += u64::from(recorded);
+                    }
+                    (op, outcome) => bail!("{op:?} was answered {outcome:?}"),
+                }
+                if recorded {
+                    result
+                        .requests
+                        .record(read_ns.saturating_sub(pending.intended_ns).max(1))?;
+                    if cycle_over {
+                        result
+                            .cycles
+                            .record(read_ns.saturating_sub(pending.cycle_ns).max(1))?;
+                    }
+                }
+            }
+            conn.replies = replies;
+            conn.replies.clear();
+            conn.flush()?;
+        }
+    }
+    // Whatever is still in flight was never answered: record it with the
+    // time it has waited so far, which is a lower bound.
+    let last = now_ns();
+    for conn in &conns {
+        for pending in conn.pending.iter().flatten() {
+            if pending.cycle_ns >= record_from && pending.cycle_ns < end_ns {
+                result.unanswered += 1;
+                result
+                    .requests
+                    .record(last.saturating_sub(pending.intended_ns).max(1))?;
+            }
+        }
+    }
+    if result.overloaded.is_none() && result.unanswered == 0 && spec.workload.holds() {
+        release_held(&mut conns)?;
+    }
+    Ok(result)
+}

@@ -1,0 +1,616 @@
+//! What `compare` writes: the data model of a comparison, its JSON, the
+//! RESULTS.md tables and targets, and one SVG latency plot per workload.
+//!
+//! Pure functions of the measured data: no clock, no sockets. Files are
+//! written by the caller.
+
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::engine::{RunResult, Workload};
+use super::sweep::Step;
+
+/// Latency percentiles in microseconds.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Percentiles {
+    pub(crate) count: u64,
+    pub(crate) p50: f64,
+    pub(crate) p90: f64,
+    pub(crate) p99: f64,
+    pub(crate) p99_9: f64,
+    pub(crate) p99_99: f64,
+    pub(crate) max: f64,
+}
+
+impl Percentiles {
+    pub(crate) fn of(h: &Histogram<u64>) -> Percentiles {
+        let at = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
+        Percentiles {
+            count: h.len(),
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+            p99_9: at(0.999),
+            p99_99: at(0.9999),
+            max: h.max() as f64 / 1e3,
+        }
+    }
+}
+
+/// The percentile spectrum of a histogram: (quantile, µs) points from
+/// the median to the max, denser towards the tail.
+pub(crate) fn spectrum(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let mut points: Vec<(f64, f64)> = h
+        .iter_quantiles(4)
+        .map(|v| (v.quantile_iterated_to(), v.value_iterated_to() as f64 / 1e3))
+        .filter(|(q, _)| *q < 1.0)
+        .collect();
+    points.dedup_by(|b, a| (b.0 - a.0).abs() < 1e-12);
+    let top = 1.0 - 1.0 / h.len() as f64;
+    points.push((
+        top.max(points.last().map_or(0.0, |p| p.0)),
+        h.max() as f64 / 1e3,
+    ));
+    points
+}
+
+/// One fixed-rate run as reported.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Measured {
+    /// Which rate: "50% of max", "90% of max", "at Palisade's 50%", ...
+    pub(crate) label: String,
+    /// Offered arrivals per second.
+    pub(crate) rate: f64,
+    /// Requests answered per second.
+    pub(crate) requests_per_s: f64,
+    /// Request latency from intended send time.
+    pub(crate) requests: Percentiles,
+    /// Cycle latency (acquire to release answer).
+    pub(crate) cycles: Percentiles,
+    pub(crate) granted: u64,
+    pub(crate) busy: u64,
+    pub(crate) done: u64,
+    pub(crate) stale: u64,
+    pub(crate) unanswered: u64,
+    /// The generator's worst lag behind the schedule.
+    pub(crate) send_lag_max_us: f64,
+    pub(crate) overloaded: Option<String>,
+    /// Request latency spectrum (quantile, µs).
+    pub(crate) spectrum: Vec<(f64, f64)>,
+}
+
+impl Measured {
+    pub(crate) fn of(label: &str, r: &RunResult) -> Measured {
+        Measured {
+            label: label.to_string(),
+            rate: r.offered_rate,
+            requests_per_s: r.request_rate(),
+            requests: Percentiles::of(&r.requests),
+            cycles: Percentiles::of(&r.cycles),
+            granted: r.granted,
+            busy: r.busy,
+            done: r.done,
+            stale: r.stale,
+            unanswered: r.unanswered,
+            send_lag_max_us: r.send_lag_max_ns as f64 / 1e3,
+            overloaded: r.overloaded.clone(),
+            spectrum: spectrum(&r.requests),
+        }
+    }
+}
+
+/// One system × workload × connection count.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Cell {
+    pub(crate) system: String,
+    pub(crate) workload: Workload,
+    pub(crate) connections: usize,
+    /// Highest sustained arrival rate, if any.
+    pub(crate) max_rate: Option<f64>,
+    /// Requests per second answered at that rate.
+    pub(crate) max_requests_per_s: Option<f64>,
+    pub(crate) sweep: Vec<Step>,
+    pub(crate) runs: Vec<Measured>,
+    /// Why the cell has no numbers.
+    pub(crate) error: Option<String>,
+}
+
+/// A system as the report names it.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct SystemInfo {
+    pub(crate) name: String,
+    /// What ran (version, how it was started), or empty.
+    pub(crate) about: String,
+    /// Why it did not run, if it did not.
+    pub(crate) missing: Option<String>,
+}
+
+/// Everything a comparison measured.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Report {
+    pub(crate) command: String,
+    pub(crate) date: String,
+    pub(crate) machine: String,
+    pub(crate) method: String,
+    pub(crate) p99_bound_us: f64,
+    pub(crate) systems: Vec<SystemInfo>,
+    pub(crate) cells: Vec<Cell>,
+}
+
+impl Report {
+    pub(crate) fn cell(
+        &self,
+        system: &str,
+        workload: Workload,
+        connections: usize,
+    ) -> Option<&Cell> {
+        self.cells
+            .iter()
+            .find(|c| c.system == system && c.workload == workload && c.connections == connections)
+    }
+}
+
+fn run<'a>(cell: Option<&'a Cell>, label: &str) -> Option<&'a Measured> {
+    cell?.runs.iter().find(|m| m.label == label)
+}
+
+fn us(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.1} ms", v / 1e3)
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn rate(v: f64) -> String {
+    let v = v.round() as u64;
+    let text = v.to_string();
+    let mut out = String::new();
+    for (i, ch) in text.chars().enumerate() {
+        if i > 0 && (text.len() - i) % 3 == 0 {
+            out.push(' ');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// A target's verdict line.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Target {
+    pub(crate) name: String,
+    pub(crate) measured: Option<f64>,
+    pub(crate) needed: String,
+    pub(crate) met: Option<bool>,
+    pub(crate) detail: String,
+}
+
+/// The issue's targets, computed from the report.
+pub(crate) fn targets(report: &Report) -> Vec<Target> {
+    let mut out = Vec::new();
+    let un1 = report.cell("palisade", Workload::Uncontended, 1);
+    let echo1 = report.cell("echo", Workload::Uncontended, 1);
+    let (p, e) = (run(un1, "50% of max"), run(echo1, "at palisade 50%"));
+    let ratio = p.zip(e).map(|(p, e)| p.requests.p99 / e.requests.p99);
+    out.push(Target {
+        name: "Palisade uncontended, 1 connection: p99 vs the echo floor's p99 at the same rate"
+            .into(),
+        measured: ratio,
+        needed: "≤ 1.3×".into(),
+        met: ratio.map(|r| r <= 1.3),
+        detail: p.zip(e).map_or("not measured".into(), |(p, e)| {
+            format!(
+                "{} vs {} µs at {} arrivals/s",
+                us(p.requests.p99),
+                us(e.requests.p99),
+                rate(p.rate)
+            )
+        }),
+    });
+    for (peer, needed) in [("redis", 3.0), ("etcd", 50.0)] {
+        let best = |system: &str| {
+            report
+                .cells
+                .iter()
+                .filter(|c| c.system == system && c.workload == Workload::Uncontended)
+                .filter_map(|c| c.max_requests_per_s)
+                .reduce(f64::max)
+        };
+        let (ours, theirs) = (best("palisade"), best(peer));
+        let ratio = ours.zip(theirs).map(|(a, b)| a / b);
+        out.push(Target {
+            name: format!(
+                "maximum sustainable throughput (uncontended, requests/s): Palisade vs {peer}"
+            ),
+            measured: ratio,
+            needed: format!("≥ {needed}×"),
+            met: ratio.map(|r| r >= needed),
+            detail: match (ours, theirs) {
+                (Some(a), Some(b)) => format!("{} vs {} requests/s", rate(a), rate(b)),
+                (_, None) => format!("{peer} not measured"),
+                (None, _) => "Palisade not measured".into(),
+            },
+        });
+    }
+    for connections in [1, 32] {
+        let p = run(
+            report.cell("palisade", Workload::Uncontended, connections),
+            "50% of max",
+        );
+        let e = run(
+            report.cell("echo", Workload::Uncontended, connections),
+            "at palisade 50%",
+        );
+        let ratio = p.zip(e).map(|(p, e)| p.requests.p99_9 / e.requests.p99_9);
+        out.push(Target {
+            name: format!(
+                "p99.9 at 50% of Palisade's maximum rate vs the echo floor at that rate (uncontended, {connections} connection{})",
+                if connections == 1 { "" } else { "s" }
+            ),
+            measured: ratio,
+            needed: "≤ 1.5×".into(),
+            met: ratio.map(|r| r <= 1.5),
+            detail: p.zip(e).map_or("not measured".into(), |(p, e)| {
+                format!(
+                    "{} vs {} µs at {} arrivals/s",
+                    us(p.requests.p99_9),
+                    us(e.requests.p99_9),
+                    rate(p.rate)
+                )
+            }),
+        });
+    }
+    out
+}
+
+/// RESULTS.md.
+pub(crate) fn markdown(report: &Report) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# Tail latency: Palisade, Redis, etcd, ZooKeeper and the echo floor\n"
+    );
+    let _ = writeln!(md, "Command: `{}`  ", report.command);
+    let _ = writeln!(md, "Date: {}  ", report.date);
+    let _ = writeln!(md, "Machine: {}\n", report.machine);
+    let _ = writeln!(md, "## Method\n\n{}\n", report.method);
+    let _ = writeln!(md, "## Systems\n");
+    let _ = writeln!(md, "| system | what ran |\n|---|---|");
+    for s in &report.systems {
+        let what = match &s.missing {
+            Some(why) => format!("**not measured:** {why}"),
+            None => s.about.clone(),
+        };
+        let _ = writeln!(md, "| {} | {} |", s.name, what);
+    }
+    let _ = writeln!(md, "\n## Targets\n");
+    let _ = writeln!(
+        md,
+        "| target | needed | measured | met | detail |\n|---|---|---|---|---|"
+    );
+    for t in targets(report) {
+        let measured = t.measured.map_or("–".into(), |m| format!("{m:.2}×"));
+        let met = match t.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "not measured",
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            t.name, t.needed, measured, met, t.detail
+        );
+    }
+    for workload in Workload::ALL {
+        let mut connections: Vec<usize> = report
+            .cells
+            .iter()
+            .filter(|c| c.workload == workload)
+            .map(|c| c.connections)
+            .collect();
+        connections.sort_unstable();
+        connections.dedup();
+        for conns in connections {
+            let _ = writeln!(
+                md,
+                "\n## {}, {} connection{}\n",
+                workload.name(),
+                conns,
+                if conns == 1 { "" } else { "s" }
+            );
+            let _ = writeln!(md, "![latency spectrum]({})\n", plot_name(workload, conns));
+            let _ = writeln!(
+                md,
+                "| system | max sustained (arrivals/s) | requests/s there | at | arrivals/s | p50 µs | p90 µs | p99 µs | p99.9 µs | p99.99 µs | max µs |"
+            );
+            let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
+            for cell in report
+                .cells
+                .iter()
+                .filter(|c| c.workload == workload && c.connections == conns)
+            {
+                if let Some(why) = &cell.error {
+                    let _ = writeln!(
+                        md,
+                        "| {} | failed: {} | | | | | | | | | |",
+                        cell.system, why
+                    );
+                    continue;
+                }
+                let max = cell.max_rate.map_or("none".into(), rate);
+                let reqs = cell.max_requests_per_s.map_or("–".into(), rate);
+                for (i, m) in cell.runs.iter().enumerate() {
+                    let (name, max, reqs) = if i == 0 {
+                        (cell.system.as_str(), max.as_str(), reqs.as_str())
+                    } else {
+                        ("", "", "")
+                    };
+                    let r = &m.requests;
+                    let flag = if m.unanswered > 0 || m.overloaded.is_some() {
+                        " (not sustained)"
+                    } else {
+                        ""
+                    };
+                    let _ = writeln!(
+                        md,
+                        "| {name} | {max} | {reqs} | {}{flag} | {} | {} | {} | {} | {} | {} | {} |",
+                        m.label,
+                        rate(m.rate),
+                        us(r.p50),
+                        us(r.p90),
+                        us(r.p99),
+                        us(r.p99_9),
+                        us(r.p99_99),
+                        us(r.max)
+                    );
+                }
+                if cell.runs.is_empty() {
+                    let _ = writeln!(md, "| {} | {max} | {reqs} | | | | | | | | |", cell.system);
+                }
+            }
+        }
+    }
+    md
+}
+
+/// File name of a workload's plot.
+pub(crate) fn plot_name(workload: Workload, connections: usize) -> String {
+    format!("latency-{}-{}conn.svg", workload.name(), connections)
+}
+
+const COLORS: [&str; 8] = [
+    "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666",
+];
+
+/// The percentile spectrum plot of one workload: x is the percentile on
+/// a log axis of 1/(1-q) (50% … 99.999%), y is latency on a log axis.
+/// One curve per system, each at 50% of its own maximum rate, plus the
+/// echo floor at Palisade's 50% rate.
+pub(crate) fn svg(report: &Report, workload: Workload, connections: usize) -> String {
+    let mut curves: Vec<(String, &[(f64, f64)])> = Vec::new();
+    for cell in report
+        .cells
+        .iter()
+        .filter(|c| c.workload == workload && c.connections == connections)
+    {
+        for m in &cell.runs {
+            if m.label == "50% of max" || m.label == "at palisade 50%" {
+                let name = if m.label == "50% of max" {
+                    format!("{} @ {} /s", cell.system, rate(m.rate))
+                } else {
+                    format!("{} @ {} /s (Palisade's rate)", cell.system, rate(m.rate))
+                };
+                curves.push((name, &m.spectrum));
+            }
+        }
+    }
+    let (w, h, left, right, top, bottom) = (900.0, 560.0, 80.0, 260.0, 40.0, 60.0);
+    let x_of = |q: f64| (1.0 / (1.0 - q).max(1e-6)).log10();
+    let (x_min, x_max) = (x_of(0.5), 5.0);
+    let all: Vec<f64> = curves
+        .iter()
+        .flat_map(|(_, pts)| pts.iter().map(|p| p.1))
+        .collect();
+    let lo = all.iter().copied().fold(f64::INFINITY, f64::min).max(0.1);
+    let hi = all.iter().copied().fold(0.0, f64::max).max(lo * 10.0);
+    let (y_min, y_max) = (lo.log10().floor(), hi.log10().ceil());
+    let px = |x: f64| left + (x - x_min) / (x_max - x_min) * (w - left - right);
+    let py = |y: f64| h - bottom - (y.log10() - y_min) / (y_max - y_min) * (h - top - bottom);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="22" font-size="15">{} — {} connection{}: request latency by percentile</text>"#,
+        left,
+        workload.name(),
+        connections,
+        if connections == 1 { "" } else { "s" }
+    );
+    for (q, label) in [
+        (0.5, "50%"),
+        (0.9, "90%"),
+        (0.99, "99%"),
+        (0.999, "99.9%"),
+        (0.9999, "99.99%"),
+        (0.99999, "99.999%"),
+    ] {
+        let x = px(x_of(q));
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{}" stroke="#ddd"/><text x="{x:.1}" y="{}" text-anchor="middle">{label}</text>"##,
+            h - bottom,
+            h - bottom + 18.0
+        );
+    }
+    let mut decade = y_min;
+    while decade <= y_max {
+        let v = 10f64.powf(decade);
+        let y = py(v);
+        let label = if v >= 1000.0 {
+            format!("{} ms", v / 1000.0)
+        } else {
+            format!("{v} µs")
+        };
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{label}</text>"##,
+            w - right,
+            left - 6.0,
+            y + 4.0
+        );
+        decade += 1.0;
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{}" text-anchor="middle">percentile (log scale of 1/(1−p))</text>"#,
+        left + (w - left - right) / 2.0,
+        h - 14.0
+    );
+    for (i, (name, points)) in curves.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let path: Vec<String> = points
+            .iter()
+            .filter(|(q, v)| *q >= 0.5 && *v > 0.0)
+            .map(|(q, v)| format!("{:.1},{:.1}", px(x_of(*q).min(x_max)), py(v.max(lo))))
+            .collect();
+        if path.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"><title>{name}</title></polyline>"#,
+            path.join(" ")
+        );
+        let ly = top + 10.0 + i as f64 * 20.0;
+        let lx = w - right + 12.0;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{}</text>"#,
+            lx + 20.0,
+            lx + 26.0,
+            ly + 4.0,
+            escape(name)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn histogram(values_us: &[u64]) -> Histogram<u64> {
+        let mut h = Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+        for v in values_us {
+            h.record(v * 1000).unwrap();
+        }
+        h
+    }
+
+    fn measured(label: &str, rate: f64, values_us: &[u64]) -> Measured {
+        let h = histogram(values_us);
+        Measured {
+            label: label.into(),
+            rate,
+            requests_per_s: rate * 2.0,
+            requests: Percentiles::of(&h),
+            cycles: Percentiles::of(&h),
+            granted: 1,
+            busy: 0,
+            done: 1,
+            stale: 0,
+            unanswered: 0,
+            send_lag_max_us: 0.0,
+            overloaded: None,
+            spectrum: spectrum(&h),
+        }
+    }
+
+    fn cell(system: &str, max: f64, runs: Vec<Measured>) -> Cell {
+        Cell {
+            system: system.into(),
+            workload: Workload::Uncontended,
+            connections: 1,
+            max_rate: Some(max),
+            max_requests_per_s: Some(max * 2.0),
+            sweep: Vec::new(),
+            runs,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn percentiles_of_a_known_distribution() {
+        // 1..=1000 µs once each: p50 = 500, p99 = 990, max = 1000.
+        let values: Vec<u64> = (1..=1000).collect();
+        let p = Percentiles::of(&histogram(&values));
+        assert_eq!(p.count, 1000);
+        assert!((p.p50 - 500.0).abs() <= 1.0, "{p:?}");
+        assert!((p.p99 - 990.0).abs() <= 1.0, "{p:?}");
+        assert!((p.max - 1000.0).abs() <= 1.0, "{p:?}");
+        let s = spectrum(&histogram(&values));
+        assert!(
+            s.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1),
+            "{s:?}"
+        );
+        assert!((s.last().unwrap().1 - 1000.0).abs() <= 1.0);
+    }
+
+    #[test]
+    fn targets_compare_within_one_report() {
+        let report = Report {
+            command: "c".into(),
+            date: "d".into(),
+            machine: "m".into(),
+            method: "x".into(),
+            p99_bound_us: 10_000.0,
+            systems: Vec::new(),
+            cells: vec![
+                cell(
+                    "palisade",
+                    100_000.0,
+                    vec![measured("50% of max", 50_000.0, &[100, 120, 130])],
+                ),
+                cell(
+                    "echo",
+                    300_000.0,
+                    vec![measured("at palisade 50%", 50_000.0, &[100, 100, 100])],
+                ),
+                cell("redis", 25_000.0, Vec::new()),
+            ],
+        };
+        let t = targets(&report);
+        // p99 130 vs 100 µs: exactly the 1.3× bound.
+        assert!((t[0].measured.unwrap() - 1.3).abs() < 0.01, "{t:?}");
+        // 200k vs 50k requests/s.
+        assert_eq!(t[1].measured, Some(4.0));
+        assert_eq!(t[1].met, Some(true));
+        assert_eq!(t[2].met, None, "etcd absent: {t:?}");
+        let md = markdown(&report);
+        assert!(
+            md.contains("| palisade | 100 000 | 200 000 | 50% of max |"),
+            "{md}"
+        );
+        let svg = svg(&report, Workload::Uncontended, 1);
+        assert_eq!(svg.matches("<polyline").count(), 2, "{svg}");
+        assert!(svg.contains("Palisade's rate"));
+    }
+}
