@@ -24,7 +24,7 @@ echo "== workspace tests"
 cargo test --workspace --locked
 
 echo "== benchmarks compile and run once (criterion test mode)"
-cargo test --locked -p palisade-dataplane --benches
+cargo test --locked -p palisade-dataplane -p palisade-proto --benches
 
 echo "== deterministic simulation of the control plane: 2000 seeded schedules"
 # Release build: each schedule is seconds of simulated raft under faults.
