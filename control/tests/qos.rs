@@ -7,6 +7,8 @@
 //! deleted by a guard, also when a test fails. Print the figures with
 //! `cargo test -p palisade-control --test qos -- --nocapture`.
 
+mod common;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
@@ -233,6 +235,7 @@ impl FarEnd {
         let received = Arc::new(AtomicU64::new(0));
         let echo_stop = stop.clone();
         let echo = serve_in(ns, ECHO_PORT, &stop, move |mut stream| {
+            favour_this_thread();
             let ipv6 = stream.local_addr().is_ok_and(|addr| addr.is_ipv6());
             mark::mark(&SockRef::from(&stream), ipv6, HEARTBEAT_DSCP).expect("mark");
             stream.set_nodelay(true).expect("nodelay");
@@ -333,6 +336,7 @@ impl Drop for Bulk {
 /// marked by the product's own marking function.
 fn heartbeats(ns: &str, to: SocketAddr, samples: usize) -> Vec<u64> {
     in_netns(ns, move || {
+        favour_this_thread();
         let socket = Socket::new(Domain::for_address(to), Type::STREAM, None).expect("socket");
         let marked =
             mark::mark(&SockRef::from(&socket), to.is_ipv6(), HEARTBEAT_DSCP).expect("mark");
@@ -360,6 +364,15 @@ fn heartbeats(ns: &str, to: SocketAddr, samples: usize) -> Vec<u64> {
     })
     .join()
     .expect("heartbeat thread")
+}
+
+/// Raises this thread's CPU priority (nice -10, root only): the test
+/// machine may be busy compiling, and the experiment measures the network
+/// queue, not the scheduler. Both ends of the heartbeat get it, in every
+/// phase alike.
+fn favour_this_thread() {
+    // On Linux this applies to the calling thread only.
+    let _ = rustix::process::setpriority_process(None, -10);
 }
 
 /// p50 and p99 of round trips, in milliseconds.
@@ -556,6 +569,57 @@ fn without_cap_net_admin_the_tree_is_not_installed_and_says_why() {
         }) => {}
         other => panic!("expected NoDevice, got {other:?}"),
     }
+}
+
+#[test]
+fn the_node_installs_its_tree_at_start_and_removes_it_at_shutdown() {
+    let Some(lab) = Lab::new() else {
+        return;
+    };
+    let config = format!(
+        "[qos]\nenabled = true\ninterface = \"{}\"\nrate = \"10mbit\"\n",
+        lab.va
+    );
+    let start = |config: String| {
+        // `palisade serve` in namespace `a`: it inherits the thread's.
+        in_netns(&lab.a, move || common::Server::start(&config))
+            .join()
+            .expect("thread")
+    };
+
+    // A node killed outright leaves its tree; the next start replaces it.
+    let mut crashed = start(config.clone());
+    assert_eq!(lab.root_a(), RootQdisc::Ours);
+    assert!(
+        crashed
+            .log_text()
+            .contains("qos: priority qdisc tree installed"),
+        "{}",
+        crashed.log_text()
+    );
+    crashed.kill9();
+    assert_eq!(lab.root_a(), RootQdisc::Ours, "SIGKILL leaves the tree");
+
+    let mut server = start(config);
+    assert_eq!(lab.root_a(), RootQdisc::Ours);
+    let pid = rustix::process::Pid::from_raw(server.child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    let status = server.child.wait().expect("wait");
+    let log = server.log_text();
+    assert!(status.success(), "{status}: {log}");
+    assert!(
+        log.contains("qos: replacing the qdisc tree a previous run left"),
+        "{log}"
+    );
+    assert!(
+        log.contains("qos: removed the priority qdisc tree"),
+        "{log}"
+    );
+    assert_eq!(
+        lab.root_a(),
+        RootQdisc::Default,
+        "shutdown removed the tree"
+    );
 }
 
 /// `ss`'s `tos:0x..` and `class_id:0x..` (the priority) for the sockets
