@@ -2,7 +2,8 @@
 //!
 //! It owns the raft log ([`raftlog::RaftLog`]), the sans-IO raft driver
 //! that decides who leads and when it may grant ([`core::ControlCore`]),
-//! the peer transport ([`transport::Transport`]), and the `palisade`
+//! the peer transport ([`transport::Transport`]), the priority qdisc tree
+//! of `[qos]` ([`qos::TreePlan`]), and the `palisade`
 //! binary; it publishes the `Leadership` word the data plane reads on every
 //! request (epoch, leader, grants from/until). It is never on the
 //! per-request path: the data plane reads one atomic word and never calls
@@ -27,5 +28,6 @@
 pub mod core;
 pub mod datadir;
 pub mod node;
+pub mod qos;
 pub mod raftlog;
 pub mod transport;

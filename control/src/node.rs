@@ -73,6 +73,8 @@ pub struct Node {
     shared: Arc<Shared>,
     server: Server,
     transport: Option<Transport>,
+    /// The priority qdisc tree (`[qos]`), removed when dropped.
+    qos: Option<crate::qos::Installed>,
     inbox: Receiver<Message>,
     tick_ms: u64,
     next_tick_ms: u64,
@@ -288,19 +290,21 @@ impl Node {
                     .filter_map(|m| m.peer.map(|addr| (m.id, addr)))
                     .collect();
                 Some(
-                    Transport::start(
+                    Transport::start_with_dscp(
                         config.node.id,
                         &config.cluster.name,
                         &secret,
                         listen,
                         &peers,
                         inbox_tx,
+                        config.qos.peer_dscp,
                     )
                     .with_context(|| format!("starting the peer transport on {listen}"))?,
                 )
             }
             _ => None,
         };
+        let qos = crate::qos::start(config);
         let now = monotonic_ms();
         Ok(Node {
             _data: data,
@@ -310,6 +314,7 @@ impl Node {
             shared,
             server,
             transport,
+            qos,
             inbox,
             tick_ms,
             next_tick_ms: now + tick_ms,
@@ -467,6 +472,7 @@ impl Node {
         if let Some(transport) = self.transport.take() {
             transport.stop();
         }
+        drop(self.qos.take());
         info!("node stopped");
     }
 }

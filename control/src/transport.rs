@@ -4,7 +4,9 @@
 //! bounded queue; it reconnects with exponential backoff and drops
 //! messages while a peer is unreachable (raft retransmits what matters).
 //! One thread per inbound connection reads frames into the control
-//! thread's inbox. Sockets carry DSCP CS6, `TCP_NODELAY` and TCP keepalive;
+//! thread's inbox. Sockets carry a DSCP (`qos.peer_dscp`, CS6 by default)
+//! and its `SO_PRIORITY` (see `palisade_dataplane::mark`), `TCP_NODELAY`
+//! and TCP keepalive;
 //! outbound sockets are bound to this node's peer address, so a peer sees
 //! them come from the address its config names.
 //!
@@ -59,8 +61,9 @@ const HELLO_MAX: usize = 128;
 pub const FRAME_MAX: usize = 4 << 20;
 /// Messages queued per peer before new ones are dropped.
 const OUTBOX_MAX: usize = 4096;
-/// DSCP class selector 6 (network control), in the TOS byte.
-const TOS_CS6: u32 = 48 << 2;
+/// DSCP of peer connections unless configured: class selector 6 (network
+/// control), as `qos.peer_dscp` defaults to.
+pub const PEER_DSCP_DEFAULT: u8 = 48;
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
@@ -94,6 +97,8 @@ struct Identity {
     cluster: String,
     /// The cluster secret; empty when none is configured.
     secret: Arc<[u8]>,
+    /// DSCP of every peer socket, both directions.
+    peer_dscp: u8,
 }
 
 impl std::fmt::Debug for Identity {
@@ -106,13 +111,17 @@ impl std::fmt::Debug for Identity {
     }
 }
 
-fn mark(stream: &TcpStream, ipv6: bool) {
+/// Sets the DSCP mark and priority (before `connect` on outbound sockets,
+/// so the SYN carries it too). A failure costs only priority: logged.
+fn mark_dscp(sock: &SockRef<'_>, ipv6: bool, dscp: u8) {
+    if let Err(e) = palisade_dataplane::mark::mark(sock, ipv6, dscp) {
+        warn!(dscp, error = %e, "could not mark a peer socket");
+    }
+}
+
+/// `TCP_NODELAY` and keepalive, on every peer socket once connected.
+fn link_options(stream: &TcpStream) {
     let sock = SockRef::from(stream);
-    let _ = if ipv6 {
-        sock.set_tclass_v6(TOS_CS6)
-    } else {
-        sock.set_tos_v4(TOS_CS6)
-    };
     let _ = stream.set_nodelay(true);
     let keepalive = TcpKeepalive::new()
         .with_time(Duration::from_secs(10))
@@ -239,7 +248,8 @@ impl FrameReader {
 impl Transport {
     /// Listens on `listen` and connects to every peer in `peers` (id,
     /// address; this node excluded). Received messages go to `inbox`.
-    /// `secret` is the cluster secret (empty: none).
+    /// `secret` is the cluster secret (empty: none). Peer sockets carry
+    /// [`PEER_DSCP_DEFAULT`]; [`Transport::start_with_dscp`] chooses.
     pub fn start(
         self_id: u16,
         cluster: &str,
@@ -248,6 +258,21 @@ impl Transport {
         peers: &[(u16, SocketAddr)],
         inbox: SyncSender<Message>,
     ) -> io::Result<Transport> {
+        let dscp = PEER_DSCP_DEFAULT;
+        Transport::start_with_dscp(self_id, cluster, secret, listen, peers, inbox, dscp)
+    }
+
+    /// [`Transport::start`] with peer sockets marked with `peer_dscp`
+    /// (`qos.peer_dscp`), inbound and outbound.
+    pub fn start_with_dscp(
+        self_id: u16,
+        cluster: &str,
+        secret: &[u8],
+        listen: SocketAddr,
+        peers: &[(u16, SocketAddr)],
+        inbox: SyncSender<Message>,
+        peer_dscp: u8,
+    ) -> io::Result<Transport> {
         let listener = TcpListener::bind(listen)?;
         let local_addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
@@ -255,6 +280,7 @@ impl Transport {
             self_id,
             cluster: cluster.to_string(),
             secret: Arc::from(secret),
+            peer_dscp,
         };
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
@@ -414,7 +440,9 @@ impl Link<'_> {
         inbox: &SyncSender<Message>,
     ) -> io::Result<()> {
         stream.set_nonblocking(false)?;
-        mark(&stream, stream.local_addr()?.is_ipv6());
+        let ipv6 = stream.local_addr()?.is_ipv6();
+        mark_dscp(&SockRef::from(&stream), ipv6, self.identity.peer_dscp);
+        link_options(&stream);
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
         let deadline = monotonic_ms() + HANDSHAKE_DEADLINE.as_millis() as u64;
         let mut frames = FrameReader::new();
@@ -516,9 +544,10 @@ impl Link<'_> {
     }
 }
 
-/// Connects to `addr`, from `bind_ip` when given.
-fn dial(addr: SocketAddr, bind_ip: Option<IpAddr>) -> io::Result<TcpStream> {
+/// Connects to `addr`, from `bind_ip` when given, marked with `dscp`.
+fn dial(addr: SocketAddr, bind_ip: Option<IpAddr>, dscp: u8) -> io::Result<TcpStream> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    mark_dscp(&SockRef::from(&socket), addr.is_ipv6(), dscp);
     if let Some(ip) = bind_ip.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
         socket.bind(&SocketAddr::new(ip, 0).into())?;
     }
@@ -563,8 +592,8 @@ fn writer_loop(
     let mut backoff = BACKOFF_MIN;
     let mut warned = false;
     while !stop.load(Ordering::SeqCst) {
-        let connected = dial(addr, bind_ip).and_then(|mut stream| {
-            mark(&stream, addr.is_ipv6());
+        let connected = dial(addr, bind_ip, identity.peer_dscp).and_then(|mut stream| {
+            link_options(&stream);
             stream.set_write_timeout(Some(IO_TIMEOUT))?;
             handshake(&mut stream, identity, peer)?;
             Ok(stream)

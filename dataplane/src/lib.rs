@@ -32,6 +32,7 @@
 
 pub mod clock;
 pub mod leadership;
+pub mod mark;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod service;

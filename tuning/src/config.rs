@@ -41,6 +41,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Data plane scheduling and packet marking.
     pub dataplane: DataplaneConfig,
+    /// Peer packet marking and the priority qdisc tree.
+    pub qos: QosConfig,
     /// The tenants this node serves; never empty. A tenant's index in this
     /// list is its id (see [`Config::tenant`]).
     pub tenants: Vec<TenantConfig>,
@@ -194,6 +196,32 @@ pub struct DataplaneConfig {
     pub client_dscp: u8,
 }
 
+/// The `[qos]` section: how peer (raft) connections are marked, and the
+/// qdisc tree that sends marked packets first when the node's own link is
+/// congested. Client connections are marked with
+/// [`DataplaneConfig::client_dscp`] (the file may also set it here, as
+/// `qos.client_dscp`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QosConfig {
+    /// Install the priority qdisc tree on [`QosConfig::interface`] at start
+    /// and remove it at shutdown. Needs `CAP_NET_ADMIN`; without it the
+    /// node logs that and serves anyway. When true, `interface` and
+    /// `rate_bps` are required, and `peer_dscp` or
+    /// [`DataplaneConfig::client_dscp`] must be non-zero. Default false.
+    pub enabled: bool,
+    /// The interface whose egress is shaped: a Linux interface name, 1 to
+    /// 15 bytes, without `/`, `:` or whitespace. Default `None`.
+    pub interface: Option<String>,
+    /// The link rate in bits per second (`rate = "1gbit"` in the file), the
+    /// ceiling of the tree's root class, `1mbit..=1tbit`. Set it a little
+    /// below the physical rate so the queue builds in this tree rather than
+    /// in the device. Default `None`.
+    pub rate_bps: Option<u64>,
+    /// DSCP marked on peer (raft) connections, inbound and outbound,
+    /// `0..=63`. Default 48 (`CS6`, network control).
+    pub peer_dscp: u8,
+}
+
 /// One `[[tenants]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantConfig {
@@ -342,6 +370,17 @@ impl Default for DataplaneConfig {
     }
 }
 
+impl Default for QosConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            interface: None,
+            rate_bps: None,
+            peer_dscp: 48,
+        }
+    }
+}
+
 impl Default for TenantConfig {
     /// The tenant `"default"`, without a credential.
     fn default() -> Self {
@@ -373,6 +412,7 @@ impl Config {
             leases: LeaseConfig::default(),
             limits: LimitsConfig::default(),
             dataplane: DataplaneConfig::default(),
+            qos: QosConfig::default(),
             tenants: vec![TenantConfig::default()],
             log: LogConfig::default(),
             base_dir: None,

@@ -3,8 +3,8 @@
 //!
 //! Every Palisade binary reads one TOML file describing the node, its
 //! listener, its cluster, lease timing, resource limits, data plane tuning,
-//! tenants and logging. This crate turns that text into a [`Config`] whose every value is
-//! known to be in range, or into a [`ConfigErrors`] naming *every* bad key
+//! packet marking (QoS), tenants and logging. This crate turns that text
+//! into a [`Config`] whose every value is known to be in range, or into a [`ConfigErrors`] naming *every* bad key
 //! (not just the first), so an operator fixes a file in one pass.
 //!
 //! # What it never does
@@ -20,6 +20,7 @@
 //!
 //! - [`Config`] and its sections [`NodeConfig`], [`ListenConfig`],
 //!   [`ClusterConfig`] (with [`PeerConfig`]), [`LeaseConfig`], [`LimitsConfig`], [`DataplaneConfig`],
+//!   [`QosConfig`],
 //!   [`TenantConfig`] (with [`TenantCredential`]) and [`LogConfig`].
 //! - [`Config::load`], [`Config::from_toml_str`], [`Config::builtin_default`]
 //!   and [`Config::to_toml`] to get and write one; [`Config::members`]
@@ -27,7 +28,7 @@
 //! - [`ConfigErrors`], a list of [`ConfigIssue`]s, each with a dotted key
 //!   such as `leases.max_ttl` or `tenants[1].name`.
 //! - Value helpers: [`parse_duration`] / [`format_duration`] and
-//!   [`parse_dscp`].
+//!   [`parse_dscp`] / [`dscp_name`], [`parse_rate`] / [`format_rate`].
 //!
 //! # Example
 //!
@@ -79,21 +80,26 @@ mod dscp;
 mod duration;
 mod error;
 mod parse;
+mod rate;
 mod render;
 mod source;
 mod validate;
 
 pub use config::{
     ClusterConfig, Config, CoreSelection, DataplaneConfig, LeaseConfig, LimitsConfig, ListenConfig,
-    LogConfig, LogLevel, Member, NodeConfig, PeerConfig, TenantConfig, CLUSTER_NAME_DEFAULT,
-    LISTEN_CLIENT_DEFAULT, TENANT_NAME_DEFAULT,
+    LogConfig, LogLevel, Member, NodeConfig, PeerConfig, QosConfig, TenantConfig,
+    CLUSTER_NAME_DEFAULT, LISTEN_CLIENT_DEFAULT, TENANT_NAME_DEFAULT,
 };
 pub use credential::TenantCredential;
 pub use dscp::{dscp_name, parse_dscp, DSCP_MAX};
 pub use duration::{format_duration, parse_duration};
 pub use error::{ConfigErrors, ConfigIssue};
+pub use rate::{format_rate, parse_rate};
 pub use source::{FsSource, MemSource, Source};
-pub use validate::{CLUSTER_NAME_BYTES_MAX, TENANT_COUNT_MAX, TENANT_NAME_CHARS_MAX};
+pub use validate::{
+    CLUSTER_NAME_BYTES_MAX, INTERFACE_NAME_BYTES_MAX, QOS_RATE_BPS_MAX, QOS_RATE_BPS_MIN,
+    TENANT_COUNT_MAX, TENANT_NAME_CHARS_MAX,
+};
 
 #[cfg(test)]
 mod tests;

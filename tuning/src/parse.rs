@@ -19,6 +19,7 @@ use crate::credential::TenantCredential;
 use crate::dscp::{parse_dscp, DSCP_EXPECTED};
 use crate::duration::parse_duration;
 use crate::error::{ConfigErrors, ConfigIssue, Issues};
+use crate::rate::parse_rate;
 use crate::validate::{self, IntRule};
 
 /// The key of issues about the file as a whole.
@@ -32,6 +33,7 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "leases",
     "limits",
     "dataplane",
+    "qos",
     "tenants",
     "log",
 ];
@@ -64,6 +66,7 @@ const LIMITS_KEYS: &[&str] = &[
     "pending_per_connection_max",
 ];
 const DATAPLANE_KEYS: &[&str] = &["preempt_timer", "rpc_latency", "client_dscp"];
+const QOS_KEYS: &[&str] = &["enabled", "interface", "rate", "peer_dscp", "client_dscp"];
 const TENANT_KEYS: &[&str] = &["name", "credential"];
 const LOG_KEYS: &[&str] = &["level"];
 
@@ -100,6 +103,9 @@ pub(crate) fn parse_config(text: &str, base_dir: Option<&Path>) -> Result<Config
     }
     if let Some(dataplane) = root.section("dataplane", DATAPLANE_KEYS, &mut issues) {
         walk_dataplane(&dataplane, &mut config, &mut issues);
+    }
+    if let Some(qos) = root.section("qos", QOS_KEYS, &mut issues) {
+        walk_qos(&qos, &root, &mut config, &mut issues);
     }
     walk_tenants(&root, &mut config, &mut issues);
     if let Some(log) = root.section("log", LOG_KEYS, &mut issues) {
@@ -320,24 +326,62 @@ fn walk_dataplane(dataplane: &Section<'_>, config: &mut Config, issues: &mut Iss
     let target = &mut config.dataplane;
     dataplane.duration("preempt_timer", &mut target.preempt_timer, issues);
     dataplane.duration("rpc_latency", &mut target.rpc_latency, issues);
-    if let Some((value, key)) = dataplane.get("client_dscp") {
-        let dscp = match value {
-            Value::String(text) => parse_dscp(text).map_err(|reason| issues.push(&key, reason)),
-            Value::Integer(number) => {
-                checked_int::<u8>(validate::CLIENT_DSCP, *number, &key, issues).ok_or(())
-            }
-            other => {
-                issues.push(
-                    &key,
-                    format!("expected {DSCP_EXPECTED}, got {}", describe(other)),
-                );
-                Err(())
-            }
-        };
-        if let Ok(dscp) = dscp {
-            target.client_dscp = dscp;
+    dataplane.dscp(
+        "client_dscp",
+        validate::CLIENT_DSCP,
+        &mut target.client_dscp,
+        issues,
+    );
+}
+
+fn walk_qos(qos: &Section<'_>, root: &Section<'_>, config: &mut Config, issues: &mut Issues) {
+    let target = &mut config.qos;
+    qos.boolean("enabled", &mut target.enabled, issues);
+    if let Some(interface) = qos.string("interface", issues) {
+        target.interface = Some(interface.to_owned());
+    }
+    if let Some(text) = qos.string("rate", issues) {
+        match parse_rate(text) {
+            Ok(rate) => target.rate_bps = Some(rate),
+            Err(reason) => issues.push(qos.key("rate"), reason),
         }
     }
+    qos.dscp(
+        "peer_dscp",
+        validate::PEER_DSCP,
+        &mut target.peer_dscp,
+        issues,
+    );
+    // `qos.client_dscp` is another name for `dataplane.client_dscp`, so
+    // that every marking can be set in one section; one value, one home.
+    let mut client_dscp = 0;
+    if !qos.dscp(
+        "client_dscp",
+        validate::CLIENT_DSCP,
+        &mut client_dscp,
+        issues,
+    ) {
+        return;
+    }
+    let in_dataplane = root
+        .get("dataplane")
+        .and_then(|(value, _)| value.as_table())
+        .is_some_and(|table| table.contains_key("client_dscp"));
+    if issues.has("dataplane.client_dscp") {
+        return;
+    }
+    if in_dataplane && config.dataplane.client_dscp != client_dscp {
+        issues.push(
+            qos.key("client_dscp"),
+            format!(
+                "is {client_dscp} but dataplane.client_dscp is {}; they are the same setting, \
+                 set it in one place",
+                config.dataplane.client_dscp
+            ),
+        );
+        return;
+    }
+    config.dataplane.client_dscp = client_dscp;
 }
 
 fn walk_tenants(root: &Section<'_>, config: &mut Config, issues: &mut Issues) {
@@ -512,6 +556,46 @@ impl<'a> Section<'a> {
                     describe(other)
                 ),
             ),
+        }
+    }
+
+    /// Stores the boolean `name` into `target` when present and a boolean.
+    fn boolean(&self, name: &str, target: &mut bool, issues: &mut Issues) {
+        let Some((value, key)) = self.get(name) else {
+            return;
+        };
+        match value {
+            Value::Boolean(flag) => *target = *flag,
+            other => issues.push(
+                key,
+                format!("expected true or false, got {}", describe(other)),
+            ),
+        }
+    }
+
+    /// Stores the DSCP `name` (a name like `"EF"` or a number within
+    /// `rule`) into `target`; true when it was present and good.
+    fn dscp(&self, name: &str, rule: IntRule, target: &mut u8, issues: &mut Issues) -> bool {
+        let Some((value, key)) = self.get(name) else {
+            return false;
+        };
+        let dscp = match value {
+            Value::String(text) => parse_dscp(text).map_err(|reason| issues.push(&key, reason)),
+            Value::Integer(number) => checked_int::<u8>(rule, *number, &key, issues).ok_or(()),
+            other => {
+                issues.push(
+                    &key,
+                    format!("expected {DSCP_EXPECTED}, got {}", describe(other)),
+                );
+                Err(())
+            }
+        };
+        match dscp {
+            Ok(dscp) => {
+                *target = dscp;
+                true
+            }
+            Err(()) => false,
         }
     }
 

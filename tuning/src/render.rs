@@ -11,6 +11,7 @@ use toml::Value;
 use crate::config::{Config, CoreSelection};
 use crate::dscp::dscp_name;
 use crate::duration::format_duration;
+use crate::rate::format_rate;
 
 /// Renders `config`; see [`Config::to_toml`].
 pub(crate) fn render(config: &Config) -> String {
@@ -190,15 +191,49 @@ pub(crate) fn render(config: &Config) -> String {
         duration(dataplane.rpc_latency),
         "10us ..= 100ms",
     );
-    let dscp = match dscp_name(dataplane.client_dscp) {
-        Some(name) => string(name),
-        None => dataplane.client_dscp.to_string(),
-    };
     out.key(
         "client_dscp",
-        dscp,
+        dscp(dataplane.client_dscp),
         "DSCP name (EF, CS0..CS7, AF11..AF43) or 0..=63",
     );
+
+    let qos = &config.qos;
+    out.section("qos");
+    out.key(
+        "enabled",
+        qos.enabled,
+        "install the priority qdisc tree at start (needs CAP_NET_ADMIN)",
+    );
+    match &qos.interface {
+        Some(interface) => out.key(
+            "interface",
+            string(interface),
+            "whose egress the tree shapes",
+        ),
+        None => out.commented_key(
+            "interface",
+            string("eth0"),
+            "whose egress the tree shapes; required when enabled",
+        ),
+    }
+    match qos.rate_bps {
+        Some(rate) => out.key(
+            "rate",
+            string(&format_rate(rate)),
+            "link rate, a little below the physical one",
+        ),
+        None => out.commented_key(
+            "rate",
+            string("1gbit"),
+            "link rate, a little below the physical one; required when enabled",
+        ),
+    }
+    out.key(
+        "peer_dscp",
+        dscp(qos.peer_dscp),
+        "DSCP of raft peer connections",
+    );
+    out.comment("client_dscp: dataplane.client_dscp (either section may set it)");
 
     for tenant in &config.tenants {
         out.blank_line();
@@ -277,6 +312,14 @@ impl Out {
 /// A TOML basic string, escaped by the toml crate.
 fn string(text: &str) -> String {
     Value::String(text.to_owned()).to_string()
+}
+
+/// A DSCP by name when it has one (`"EF"`), else its number.
+fn dscp(value: u8) -> String {
+    match dscp_name(value) {
+        Some(name) => string(name),
+        None => value.to_string(),
+    }
 }
 
 fn duration(value: std::time::Duration) -> String {

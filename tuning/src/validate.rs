@@ -15,6 +15,7 @@ use crate::credential::TenantCredential;
 use crate::dscp::DSCP_MAX;
 use crate::duration::format_duration;
 use crate::error::Issues;
+use crate::rate::format_rate;
 
 /// The most tenants one config may list; a tenant's index is its id.
 pub const TENANT_COUNT_MAX: usize = 65_536;
@@ -178,6 +179,16 @@ pub(crate) const PENDING_PER_CONNECTION_MAX: IntRule = IntRule::at_least_u32(1);
 pub(crate) const PREEMPT_TIMER: DurationRule = DurationRule::between(us(100), ms(100));
 pub(crate) const RPC_LATENCY: DurationRule = DurationRule::between(us(10), ms(100));
 pub(crate) const CLIENT_DSCP: IntRule = IntRule::between(0, DSCP_MAX as i64);
+pub(crate) const PEER_DSCP: IntRule = IntRule::between(0, DSCP_MAX as i64);
+
+/// The slowest link rate the qdisc tree takes: its priority class is
+/// guaranteed a tenth of it, and below 100kbit/s one full-size packet
+/// takes over 100ms to send.
+pub const QOS_RATE_BPS_MIN: u64 = 1_000_000;
+/// The fastest link rate the qdisc tree takes (1tbit).
+pub const QOS_RATE_BPS_MAX: u64 = 1_000_000_000_000;
+/// The longest Linux interface name, in bytes (`IFNAMSIZ` less the NUL).
+pub const INTERFACE_NAME_BYTES_MAX: usize = 15;
 
 /// `0.0 <= max_drift < 0.5`: at 0.5 a lease could look expired on one
 /// machine while a new one looks granted on another for a whole TTL.
@@ -266,6 +277,7 @@ pub(crate) fn validate(config: &Config, issues: &mut Issues) {
     validate_leases(config, &mut checker);
     validate_limits(config, &mut checker);
     validate_dataplane(config, &mut checker);
+    validate_qos(config, &mut checker);
     validate_tenants(config, &mut checker);
 }
 
@@ -554,6 +566,95 @@ fn validate_dataplane(config: &Config, checker: &mut Checker<'_>) {
     );
     checker.duration("dataplane.rpc_latency", RPC_LATENCY, dataplane.rpc_latency);
     checker.int("dataplane.client_dscp", CLIENT_DSCP, dataplane.client_dscp);
+}
+
+fn validate_qos(config: &Config, checker: &mut Checker<'_>) {
+    let qos = &config.qos;
+    checker.int("qos.peer_dscp", PEER_DSCP, qos.peer_dscp);
+    if let Some(interface) = &qos.interface {
+        checker.check("qos.interface", || check_interface_name(interface));
+    }
+    if let Some(rate) = qos.rate_bps {
+        checker.check("qos.rate", || check_qos_rate(rate));
+    }
+    if !qos.enabled {
+        return;
+    }
+    let required = [
+        (
+            "qos.interface",
+            qos.interface.is_none(),
+            "the interface whose egress to shape, like interface = \"eth0\"",
+        ),
+        (
+            "qos.rate",
+            qos.rate_bps.is_none(),
+            "the link rate of the interface, like rate = \"1gbit\" (a little below the \
+             physical rate)",
+        ),
+    ];
+    for (key, missing, what) in required {
+        if missing {
+            checker.check(key, || {
+                Err(format!("missing; qos.enabled = true needs {what}"))
+            });
+        }
+    }
+    if checker.issues.has("qos.peer_dscp") || checker.issues.has("dataplane.client_dscp") {
+        return;
+    }
+    checker.check("qos.enabled", || {
+        if qos.peer_dscp == 0 && config.dataplane.client_dscp == 0 {
+            Err(
+                "the qdisc tree sends marked packets first, but qos.peer_dscp and \
+                 dataplane.client_dscp are both 0 (unmarked); mark one or disable qos"
+                    .to_owned(),
+            )
+        } else {
+            Ok(())
+        }
+    });
+}
+
+/// A name `ip link` would accept: 1 to 15 bytes, no `/`, `:` (alias
+/// syntax) or whitespace, not `.` or `..`.
+pub(crate) fn check_interface_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if name.len() > INTERFACE_NAME_BYTES_MAX {
+        return Err(format!(
+            "{name:?} is {} bytes; Linux interface names are at most \
+             {INTERFACE_NAME_BYTES_MAX}",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} is not an interface name"));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|&c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "{name:?} contains {bad:?}, which no interface name has"
+        ));
+    }
+    Ok(())
+}
+
+/// Within [`QOS_RATE_BPS_MIN`]..=[`QOS_RATE_BPS_MAX`].
+fn check_qos_rate(rate: u64) -> Result<(), String> {
+    if (QOS_RATE_BPS_MIN..=QOS_RATE_BPS_MAX).contains(&rate) {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be between {} and {}, got {}",
+            format_rate(QOS_RATE_BPS_MIN),
+            format_rate(QOS_RATE_BPS_MAX),
+            format_rate(rate)
+        ))
+    }
 }
 
 fn validate_tenants(config: &Config, checker: &mut Checker<'_>) {

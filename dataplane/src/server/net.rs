@@ -1,6 +1,8 @@
 //! Socket set-up the data plane needs and glommio does not offer: a
 //! listener with SO_REUSEPORT and a DSCP mark set before `listen`, and the
-//! mark on accepted streams. The only `unsafe` of the server lives here.
+//! mark on accepted streams (marked again rather than trusting what the
+//! kernel copies from the listener: `net.ipv4.tcp_reflect_tos`, for one,
+//! replaces it with the client's). The only `unsafe` of the server lives here.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -8,6 +10,8 @@ use std::net::SocketAddr;
 use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd, RawFd};
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+use crate::mark::{mark, marks_of, Marked};
 
 /// Listen backlog of every core's listener.
 const BACKLOG: i32 = 1024;
@@ -19,17 +23,6 @@ fn socket_for(addr: SocketAddr) -> io::Result<Socket> {
         Domain::IPV4
     };
     Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
-}
-
-/// Marks `sock` with DSCP `dscp` (IP_TOS / IPV6_TCLASS carry DSCP in the
-/// upper six bits).
-fn mark(sock: &SockRef<'_>, ipv6: bool, dscp: u8) -> io::Result<()> {
-    let tos = u32::from(dscp) << 2;
-    if ipv6 {
-        sock.set_tclass_v6(tos)
-    } else {
-        sock.set_tos_v4(tos)
-    }
 }
 
 /// Binds (without listening) a socket to `addr` with SO_REUSEPORT, to
@@ -63,7 +56,8 @@ pub fn listener(addr: SocketAddr, dscp: u8) -> io::Result<glommio::net::TcpListe
     Ok(unsafe { glommio::net::TcpListener::from_raw_fd(fd) })
 }
 
-/// Marks an accepted stream with DSCP `dscp` and disables Nagle.
+/// Marks an accepted stream with DSCP `dscp` (and its `SO_PRIORITY`, see
+/// [`crate::mark`]) and disables Nagle.
 pub fn prepare_stream(fd: RawFd, ipv6: bool, dscp: u8) -> io::Result<()> {
     // SAFETY: `fd` belongs to a `TcpStream` the caller holds for the whole
     // call, so it stays open while borrowed; the borrow does not outlive
@@ -74,17 +68,11 @@ pub fn prepare_stream(fd: RawFd, ipv6: bool, dscp: u8) -> io::Result<()> {
     sock.set_tcp_nodelay(true)
 }
 
-/// Reads back the DSCP mark of a socket (tests and diagnostics).
-pub fn dscp_of(fd: RawFd, ipv6: bool) -> io::Result<u8> {
+/// Reads back the marks of a socket (tests and diagnostics).
+pub fn marks_of_fd(fd: RawFd, ipv6: bool) -> io::Result<Marked> {
     // SAFETY: as in `prepare_stream`: the caller keeps `fd` open.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let sock = SockRef::from(&borrowed);
-    let tos = if ipv6 {
-        sock.tclass_v6()?
-    } else {
-        sock.tos_v4()?
-    };
-    Ok(u8::try_from(tos >> 2).unwrap_or(u8::MAX))
+    marks_of(&SockRef::from(&borrowed), ipv6)
 }
 
 #[cfg(test)]
@@ -92,26 +80,47 @@ mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
 
-    #[test]
-    fn listener_and_accepted_streams_carry_the_mark() {
-        let (reservation, addr) = reserve("127.0.0.1:0".parse().expect("addr")).expect("reserve");
+    /// Accepts one connection on a marked listener for `addr` and returns
+    /// the accepted stream's marks and whether Nagle is off.
+    fn accepted_marks(addr: &str, dscp: u8) -> (Marked, bool) {
+        let (reservation, addr) = reserve(addr.parse().expect("addr")).expect("reserve");
+        let ipv6 = addr.is_ipv6();
         let handle = glommio::LocalExecutorBuilder::default()
             .spawn(move || async move {
-                let listener = listener(addr, 46).expect("listener");
+                let listener = listener(addr, dscp).expect("listener");
                 let client = std::thread::spawn(move || {
                     std::net::TcpStream::connect(addr).expect("connect")
                 });
                 let stream = listener.accept().await.expect("accept");
-                prepare_stream(stream.as_raw_fd(), false, 46).expect("prepare");
-                let dscp = dscp_of(stream.as_raw_fd(), false).expect("read mark");
+                prepare_stream(stream.as_raw_fd(), ipv6, dscp).expect("prepare");
+                let marks = marks_of_fd(stream.as_raw_fd(), ipv6).expect("read mark");
                 let nodelay = stream.nodelay().expect("nodelay");
                 drop(client.join().expect("client"));
-                (dscp, nodelay)
+                (marks, nodelay)
             })
             .expect("executor");
-        let (dscp, nodelay) = handle.join().expect("join");
+        let outcome = handle.join().expect("join");
         drop(reservation);
-        assert_eq!(dscp, 46, "EF");
+        outcome
+    }
+
+    #[test]
+    fn listener_and_accepted_streams_carry_the_mark() {
+        let (marks, nodelay) = accepted_marks("127.0.0.1:0", 46);
+        assert_eq!(marks.dscp, 46, "EF");
+        assert_eq!(marks.priority, crate::mark::PRIO_INTERACTIVE);
+        assert!(nodelay);
+    }
+
+    #[test]
+    fn ipv6_accepted_streams_carry_the_traffic_class() {
+        if std::net::TcpListener::bind("[::1]:0").is_err() {
+            println!("SKIP: no IPv6 loopback here");
+            return;
+        }
+        let (marks, nodelay) = accepted_marks("[::1]:0", 34);
+        assert_eq!(marks.dscp, 34, "AF41 in IPV6_TCLASS");
+        assert_eq!(marks.priority, crate::mark::priority_for_dscp(34));
         assert!(nodelay);
     }
 }
