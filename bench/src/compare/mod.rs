@@ -5,3 +5,9 @@
 pub(crate) mod codec;
 
 // Codecs and process management of the peer systems.
+pub(crate) mod etcd;
+#[cfg(test)]
+mod peer_tests;
+pub(crate) mod peers;
+pub(crate) mod redis;
+pub(crate) mod zk;
