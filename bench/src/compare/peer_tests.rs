@@ -264,6 +264,7 @@ fn live_zookeeper_scripted_sequence() {
     // 6 s is inside ZooKeeper's [4 s, 40 s] clamp at tickTime 2000.
     let cfg = live_cfg(6_000);
     let held = scripted_sequence(&peer, || super::zk::ZkCodec::new(&cfg).unwrap()).unwrap();
+    eprintln!("zookeeper: second holder token (czxid) {:#x}", held.token);
     assert!(held.token > 0, "czxid is the fencing token");
     // The server clamps the session timeout to [2, 20] × tickTime.
     let short = Driver::connect(&peer, super::zk::ZkCodec::new(&live_cfg(500)).unwrap()).unwrap();
@@ -288,4 +289,21 @@ fn dropping_a_peer_stops_it_and_removes_its_directory() {
         TcpStream::connect(addr).is_err(),
         "something still listens on {addr}"
     );
+}
+
+#[test]
+fn live_etcd_scripted_sequence() {
+    let Some(peer) = start_or_skip(PeerKind::Etcd) else {
+        return;
+    };
+    let cfg = live_cfg(5_000);
+    let authority = peer.addr().to_string();
+    let held = scripted_sequence(&peer, || super::etcd::EtcdCodec::new(&cfg, &authority)).unwrap();
+    eprintln!(
+        "etcd: second holder token (create revision) {}, lease {:#x}",
+        held.token, held.aux
+    );
+    assert!(held.token > 0, "the create revision is the fencing token");
+    let d = Driver::connect(&peer, super::etcd::EtcdCodec::new(&cfg, &authority)).unwrap();
+    assert_eq!(d.codec().lease_ttl_s(), Some(5));
 }
