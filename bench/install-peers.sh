@@ -72,7 +72,7 @@ else
         if [[ -x /etc/init.d/$s ]]; then
             /etc/init.d/"$s" stop >/dev/null 2>&1 || true
             update-rc.d "$s" disable >/dev/null 2>&1 || true
-            echo "service $s: stopped and disabled (sysv)"
+            echo "service $s: stop requested, start at boot disabled (sysv)"
         fi
     done
 fi
