@@ -90,7 +90,7 @@ impl fmt::Display for PeerError {
                 package,
             } => write!(
                 f,
-                "{system:?} is not installed: {binary} not found (Debian package {package}); \
+                "{system:?} cannot start: {binary} not found (Debian package {package}); \
                  run bench/install-peers.sh as root"
             ),
             PeerError::Failed(e) => write!(f, "{e:#}"),
@@ -179,6 +179,15 @@ impl Peer {
     /// Starts `kind` on loopback pinned to CPU `cpu` and waits until it
     /// answers a real request.
     pub(crate) fn start(kind: PeerKind, cpu: usize) -> Result<Peer, PeerError> {
+        // The server's own binaries first: their absence is the common case.
+        match kind {
+            PeerKind::Redis => require(kind, "redis-server", "redis-server")?,
+            PeerKind::Etcd => require(kind, "etcd", "etcd-server")?,
+            PeerKind::ZooKeeper => {
+                require(kind, "java", "default-jre-headless")?;
+                require(kind, ZK_JAR, "zookeeper")?
+            }
+        };
         let taskset = require(kind, "taskset", "util-linux")?;
         let dir = tempfile::Builder::new()
             .prefix(&format!("palisade-bench-{kind:?}-").to_lowercase())
@@ -438,4 +447,40 @@ fn zk_handshake_with<C: Codec>(s: &mut TcpStream, mut codec: C) -> Result<C> {
         buf.drain(..used);
     }
     Ok(codec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_binary_names_its_package_and_the_install_script() {
+        let err = require(PeerKind::Etcd, "palisade-no-such-binary", "etcd-server").unwrap_err();
+        assert!(matches!(err, PeerError::Missing { .. }));
+        let text = err.to_string();
+        assert!(text.contains("palisade-no-such-binary"), "{text}");
+        assert!(text.contains("Debian package etcd-server"), "{text}");
+        assert!(text.contains("bench/install-peers.sh"), "{text}");
+        let err = require(
+            PeerKind::ZooKeeper,
+            "/nonexistent/zookeeper.jar",
+            "zookeeper",
+        )
+        .unwrap_err();
+        assert!(matches!(err, PeerError::Missing { .. }), "{err}");
+        assert!(require(PeerKind::Redis, "sh", "dash").is_ok());
+    }
+
+    #[test]
+    fn free_ports_differ_and_log_tail_is_bounded() {
+        let [a, b] = free_ports::<2>().unwrap();
+        assert_ne!(a, b);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        std::fs::write(&path, "x".repeat(10_000) + "the end").unwrap();
+        let tail = log_tail(&path);
+        assert_eq!(tail.len(), LOG_TAIL_BYTES as usize);
+        assert!(tail.ends_with("the end"));
+        assert!(log_tail(&dir.path().join("none")).contains("no log"));
+    }
 }
