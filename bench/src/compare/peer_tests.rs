@@ -149,6 +149,10 @@ impl<C: Codec> Driver<C> {
     }
 }
 
+/// Operations pipelined on one connection by the live tests: enough bytes
+/// to exceed HTTP/2's default 65,535-byte windows.
+const PIPELINE_DEPTH: usize = 3_000;
+
 pub(crate) fn live_cfg(ttl_ms: u32) -> CodecConfig {
     CodecConfig {
         ttl_ms,
@@ -237,6 +241,22 @@ pub(crate) fn scripted_sequence<C: Codec>(
     assert!(matches!(got[1], Outcome::Granted(_)), "{got:?}");
     assert_eq!(got[2], Outcome::Busy);
     assert_eq!(got[3], Outcome::Done);
+    // Many in flight at once (flow control, HPACK state, xid and FIFO
+    // bookkeeping under load).
+    let many: Vec<Op> = (0..PIPELINE_DEPTH)
+        .map(|i| match i % 3 {
+            0 => Op::Renew {
+                resource,
+                held: held_b,
+            },
+            _ => Op::Check {
+                resource,
+                held: held_b,
+            },
+        })
+        .collect();
+    let got = b.pipeline(&many)?;
+    assert!(got.iter().all(|o| *o == Outcome::Done), "{got:?}");
     assert_eq!(
         b.call(Op::Release {
             resource,
@@ -280,7 +300,11 @@ fn dropping_a_peer_stops_it_and_removes_its_directory() {
     let dir = peer.dir().to_path_buf();
     let addr = peer.addr();
     assert!(dir.is_dir());
-    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status.lines().any(|l| l == "Cpus_allowed_list:\t0"),
+        "not pinned to CPU 0: {status}"
+    );
     drop(peer);
     assert!(!dir.exists(), "{} still exists", dir.display());
     // Reaped, so no /proc entry (a zombie would still have one).
