@@ -24,6 +24,12 @@ pub(crate) mod sweep;
 pub(crate) mod systems;
 
 // Codecs and process management of the peer systems.
+pub(crate) mod etcd;
+#[cfg(test)]
+mod peer_tests;
+pub(crate) mod peers;
+pub(crate) mod redis;
+pub(crate) mod zk;
 
 use codec::{Codec, CodecConfig, Op};
 use engine::{RunSpec, Workload};
@@ -123,7 +129,7 @@ pub struct OpenLoopArgs {
     /// Server address.
     #[arg(long)]
     endpoint: SocketAddr,
-    /// Its protocol: palisade or echo.
+    /// Its protocol: palisade, echo, redis, etcd or zookeeper.
     #[arg(long, default_value = "palisade")]
     system: String,
     /// Arrivals per second.
@@ -152,10 +158,13 @@ pub struct OpenLoopArgs {
     json: bool,
 }
 
-fn codec_for(system: &str, config: &CodecConfig) -> Result<Box<dyn Codec>> {
+fn codec_for(system: &str, config: &CodecConfig, addr: SocketAddr) -> Result<Box<dyn Codec>> {
     Ok(match system {
         "palisade" | "palisade-cluster" => Box::new(palisade::PalisadeCodec::new(config)),
         "echo" => Box::new(echo::EchoCodec::new(config)?),
+        "redis" => Box::new(redis::RedisCodec::new(config)),
+        "etcd" => Box::new(etcd::EtcdCodec::new(config, &addr.to_string())),
+        "zookeeper" => Box::new(zk::ZkCodec::new(config)?),
         other => bail!("no codec for {other:?}"),
     })
 }
@@ -183,7 +192,7 @@ pub fn open_loop(args: &OpenLoopArgs) -> Result<()> {
         seed: 0x9e37_79b9_7f4a_7c15,
     };
     let system = args.system.clone();
-    let result = engine::run(&spec, &|| codec_for(&system, &config))?;
+    let result = engine::run(&spec, &|| codec_for(&system, &config, args.endpoint))?;
     let measured = Measured::of("open-loop", &result);
     if args.json {
         println!("{}", serde_json::to_string(&measured)?);
@@ -254,7 +263,7 @@ impl Ctx<'_> {
         let codec = self.codec.clone();
         std::thread::scope(|scope| {
             scope
-                .spawn(|| engine::run(spec, &|| codec_for(system, &codec)))
+                .spawn(|| engine::run(spec, &|| codec_for(system, &codec, spec.addr)))
                 .join()
                 .map_err(|_| anyhow::anyhow!("the engine thread panicked"))?
         })
@@ -563,7 +572,10 @@ fn start(
         "palisade" => systems::palisade(bin()?, 1, args.server_cpu),
         "palisade-cluster" => systems::palisade(bin()?, 3, args.server_cpu),
         "echo" => systems::echo(args.server_cpu, &[]),
-        other => bail!("{other} is not wired into compare yet"),
+        "redis" => systems::peer(peers::PeerKind::Redis, args.server_cpu),
+        "etcd" => systems::peer(peers::PeerKind::Etcd, args.server_cpu),
+        "zookeeper" => systems::peer(peers::PeerKind::ZooKeeper, args.server_cpu),
+        other => bail!("unknown system {other}"),
     }
 }
 

@@ -21,6 +21,8 @@ use crate::load::now_ns;
 /// A running server process; stopped on drop.
 pub(crate) struct Server {
     children: Vec<Child>,
+    /// A peer system (Redis, etcd, ZooKeeper), stopped on drop.
+    _peer: Option<super::peers::Peer>,
     /// Holds the data directories until the processes are gone.
     _dir: Option<tempfile::TempDir>,
     /// Where clients connect.
@@ -108,6 +110,7 @@ pub(crate) fn echo(cpu: usize, extra: &[String]) -> Result<Server> {
     let addr: SocketAddr = addr.parse().context("echo-server printed a bad address")?;
     Ok(Server {
         children: vec![child],
+        _peer: None,
         _dir: None,
         addr,
         about: format!("palisade-bench echo-server (glommio, io_uring) on CPU {cpu}"),
@@ -164,6 +167,7 @@ pub(crate) fn palisade(bin: &Path, nodes: u16, cpu: usize) -> Result<Server> {
     }
     let mut server = Server {
         children: Vec::new(),
+        _peer: None,
         _dir: None,
         addr: members[0].2,
         about: String::new(),
@@ -251,4 +255,43 @@ fn grants(addr: SocketAddr) -> bool {
         },
         Err(_) => false,
     }
+}
+
+/// Starts a peer system from Debian's packages (see `peers`).
+pub(crate) fn peer(kind: super::peers::PeerKind, cpu: usize) -> Result<Server> {
+    let package = match kind {
+        super::peers::PeerKind::Redis => "redis-server",
+        super::peers::PeerKind::Etcd => "etcd-server",
+        super::peers::PeerKind::ZooKeeper => "zookeeper",
+    };
+    let peer = super::peers::Peer::start(kind, cpu).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let version = command_version("dpkg-query", &["-W", "-f", "${Version}", package]);
+    let how = match kind {
+        super::peers::PeerKind::Redis => "no persistence (`--save \"\" --appendonly no`)",
+        super::peers::PeerKind::Etcd => {
+            "single member, default fsync, data in a temporary directory"
+        }
+        super::peers::PeerKind::ZooKeeper => {
+            "standalone, default fsync, maxClientCnxns=0, data in a temporary directory"
+        }
+    };
+    Ok(Server {
+        children: Vec::new(),
+        addr: peer.addr(),
+        _peer: Some(peer),
+        _dir: None,
+        about: format!("Debian {package} {version}, {how}, pinned to CPU {cpu} (taskset)"),
+    })
+}
+
+fn command_version(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(
+            || "(version unknown)".into(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        )
 }
