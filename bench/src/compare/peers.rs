@@ -369,12 +369,6 @@ impl Peer {
         self.addr
     }
 
-    /// Which system this is.
-    #[cfg_attr(not(test), allow(dead_code))] // used by the live tests
-    pub(crate) fn kind(&self) -> PeerKind {
-        self.kind
-    }
-
     /// The server's process id (taskset execs the server in place).
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
@@ -384,12 +378,6 @@ impl Peer {
     #[cfg_attr(not(test), allow(dead_code))] // used by the live tests
     pub(crate) fn dir(&self) -> &Path {
         self.dir.path()
-    }
-
-    /// The end of the server's log.
-    #[cfg_attr(not(test), allow(dead_code))] // used by the live tests
-    pub(crate) fn log_tail(&self) -> String {
-        log_tail(&self.log)
     }
 }
 
