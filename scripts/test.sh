@@ -20,6 +20,15 @@ if ! command -v qemu-io >/dev/null || ! command -v qemu-nbd >/dev/null; then
     fi
 fi
 
+# The compare benchmark's codecs are tested against real Redis, etcd and
+# ZooKeeper servers (Debian's packages); as root, install them. An install
+# that fails (no network) leaves those live tests printing SKIP.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    bench/install-peers.sh >/dev/null || echo "bench/install-peers.sh failed: the live peer tests will skip"
+else
+    echo "not root: the compare benchmark's live Redis/etcd/ZooKeeper tests skip if those are missing"
+fi
+
 echo "== workspace tests"
 cargo test --workspace --locked
 
