@@ -3,7 +3,7 @@
 //!
 //! Every Palisade binary reads one TOML file describing the node, its
 //! listener, its cluster, lease timing, resource limits, data plane tuning,
-//! tenants and logging. This crate turns that text into a [`Config`] whose every value is
+//! tenants, logging and the admin (metrics) endpoint. This crate turns that text into a [`Config`] whose every value is
 //! known to be in range, or into a [`ConfigErrors`] naming *every* bad key
 //! (not just the first), so an operator fixes a file in one pass.
 //!
@@ -20,7 +20,8 @@
 //!
 //! - [`Config`] and its sections [`NodeConfig`], [`ListenConfig`],
 //!   [`ClusterConfig`] (with [`PeerConfig`]), [`LeaseConfig`], [`LimitsConfig`], [`DataplaneConfig`],
-//!   [`TenantConfig`] (with [`TenantCredential`]) and [`LogConfig`].
+//!   [`TenantConfig`] (with [`TenantCredential`]), [`LogConfig`] (with
+//!   [`LogTarget`] and [`LogFormat`]) and [`AdminConfig`].
 //! - [`Config::load`], [`Config::from_toml_str`], [`Config::builtin_default`]
 //!   and [`Config::to_toml`] to get and write one; [`Config::members`]
 //!   (each a [`Member`]) and [`Config::peer_listen`] for the cluster.
@@ -84,9 +85,10 @@ mod source;
 mod validate;
 
 pub use config::{
-    ClusterConfig, Config, CoreSelection, DataplaneConfig, LeaseConfig, LimitsConfig, ListenConfig,
-    LogConfig, LogLevel, Member, NodeConfig, PeerConfig, TenantConfig, CLUSTER_NAME_DEFAULT,
-    LISTEN_CLIENT_DEFAULT, TENANT_NAME_DEFAULT,
+    AdminConfig, ClusterConfig, Config, CoreSelection, DataplaneConfig, LeaseConfig, LimitsConfig,
+    ListenConfig, LogConfig, LogFormat, LogLevel, LogTarget, Member, NodeConfig, PeerConfig,
+    TenantConfig, CLUSTER_NAME_DEFAULT, LISTEN_ADMIN_DEFAULT, LISTEN_CLIENT_DEFAULT,
+    TENANT_NAME_DEFAULT,
 };
 pub use credential::TenantCredential;
 pub use dscp::{dscp_name, parse_dscp, DSCP_MAX};
