@@ -26,6 +26,7 @@
 
 pub mod core;
 pub mod datadir;
+pub mod logging;
 pub mod node;
 pub mod raftlog;
 pub mod transport;

@@ -30,8 +30,10 @@
 // locally with a SAFETY comment on each block.
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod clock;
 pub mod leadership;
+pub mod metrics;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod service;
