@@ -155,4 +155,52 @@ mod tests {
         assert!(text.contains("palisade_proxy_writes_fenced_total{export=\"disk0\"} 3\n"));
         assert!(text.contains("{export=\"we\\\"ird\"}"));
     }
+
+    /// `promtool check metrics` (Debian's `prometheus` package) accepts the
+    /// exposition: no parse errors, no lint complaints. Skipped only when
+    /// promtool is missing and we are not root (scripts/test.sh installs it
+    /// as root).
+    #[test]
+    fn promtool_accepts_the_exposition() {
+        use std::process::{Command, Stdio};
+        let a = Arc::new(ExportMetrics::default());
+        a.writes_accepted.store(5, Ordering::Relaxed);
+        let registry: Registry = Arc::new(vec![
+            ("disk0".into(), a),
+            ("we\"ird\\name".into(), Arc::default()),
+        ]);
+        let body = render(&registry);
+        let child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut child = match child {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                assert!(
+                    !rustix::process::geteuid().is_root(),
+                    "promtool is missing and we are root: apt-get install prometheus"
+                );
+                eprintln!("SKIP: promtool is not installed and we are not root");
+                return;
+            }
+            Err(e) => panic!("running promtool: {e}"),
+        };
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(body.as_bytes())
+            .expect("feed promtool");
+        let output = child.wait_with_output().expect("promtool ran");
+        let complaints = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.status.success(), "{complaints}\n{body}");
+        assert_eq!(complaints.trim(), "", "{body}");
+    }
 }
