@@ -9,7 +9,6 @@ mod common;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{sleep_ms, Server};
@@ -76,43 +75,6 @@ fn value(samples: &HashMap<String, f64>, name: &str) -> f64 {
     *samples
         .get(name)
         .unwrap_or_else(|| panic!("{name} missing from {samples:?}"))
-}
-
-/// `promtool check metrics` on `body`: its exit status and complaints, or
-/// `None` when promtool is not installed (allowed only when not root:
-/// scripts/test.sh installs it as root).
-fn promtool(body: &str) -> Option<(bool, String)> {
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(child) => child,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            assert!(
-                !rustix::process::geteuid().is_root(),
-                "promtool is missing and we are root: install it (apt-get install prometheus; scripts/test.sh does)"
-            );
-            eprintln!("SKIP promtool check: promtool is not installed and we are not root");
-            return None;
-        }
-        Err(e) => panic!("running promtool: {e}"),
-    };
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(body.as_bytes())
-        .expect("feed promtool");
-    let output = child.wait_with_output().expect("promtool ran");
-    let complaints = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Some((output.status.success(), complaints))
 }
 
 fn connect(server: &Server) -> Client {
@@ -241,13 +203,7 @@ fn metrics_count_what_clients_did_and_promtool_accepts_them() {
     }
     assert!(value(&after, "palisade_commit_index") >= 1.0);
 
-    match promtool(&body) {
-        None => {}
-        Some((ok, complaints)) => {
-            assert!(ok, "promtool refused the metrics: {complaints}\n{body}");
-            assert_eq!(complaints.trim(), "", "promtool complained:\n{body}");
-        }
-    }
+    common::promtool::check(&body);
     drop(client);
     let body = scrape_until(&addr, |s| value(s, "palisade_connections") == 0.0);
     assert!(body.contains("palisade_connections 0\n"));

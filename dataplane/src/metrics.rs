@@ -278,6 +278,19 @@ fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std:
     let _ = writeln!(out, "{name} {value}");
 }
 
+/// One counter family with a sample per value of one label.
+fn labelled<const N: usize>(
+    out: &mut String,
+    (name, help): (&str, &str),
+    label: &str,
+    samples: [(&str, u64); N],
+) {
+    family(out, name, "counter", help);
+    for (value, count) in samples {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {count}");
+    }
+}
+
 /// Seconds, as Prometheus floats, from nanoseconds.
 fn seconds(ns: u64) -> String {
     format!("{:?}", ns as f64 / 1e9)
@@ -332,20 +345,12 @@ pub fn render(shared: &Shared, now_ms: u64) -> String {
         "Leases granted, at once or to a waiter.",
         sum(&|s| &s.grants),
     );
-    family(
+    labelled(
         &mut out,
-        "palisade_denials_total",
-        "counter",
-        "Acquires not granted, by reason.",
+        ("palisade_denials_total", "Acquires not granted, by reason."),
+        "reason",
+        Denial::ALL.map(|denial| (denial.label(), sum(&|s| &s.denials[denial as usize]))),
     );
-    for denial in Denial::ALL {
-        let _ = writeln!(
-            out,
-            "palisade_denials_total{{reason=\"{}\"}} {}",
-            denial.label(),
-            sum(&|s| &s.denials[denial as usize])
-        );
-    }
     single(
         &mut out,
         "palisade_renewals_total",
@@ -360,20 +365,15 @@ pub fn render(shared: &Shared, now_ms: u64) -> String {
         "Leases released by their holder.",
         sum(&|s| &s.releases),
     );
-    family(
+    labelled(
         &mut out,
-        "palisade_fenced_requests_total",
-        "counter",
-        "Requests refused because their fencing token was stale, by operation.",
+        (
+            "palisade_fenced_requests_total",
+            "Requests refused because their fencing token was stale, by operation.",
+        ),
+        "op",
+        Fenced::ALL.map(|fenced| (fenced.label(), sum(&|s| &s.fenced[fenced as usize]))),
     );
-    for fenced in Fenced::ALL {
-        let _ = writeln!(
-            out,
-            "palisade_fenced_requests_total{{op=\"{}\"}} {}",
-            fenced.label(),
-            sum(&|s| &s.fenced[fenced as usize])
-        );
-    }
     single(
         &mut out,
         "palisade_expirations_total",

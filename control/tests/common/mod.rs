@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod promtool;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 
 /// A `palisade serve` child process, killed on drop.
