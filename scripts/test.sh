@@ -2,8 +2,9 @@
 # The whole test suite: unit, property, integration (real `palisade serve`
 # processes on loopback), doc tests, benchmark smoke runs, the deterministic
 # simulation of the control plane, and the loom models of the lease table.
-# Needs a Rust toolchain, and qemu-utils for the fencing proxy's tests (as
-# root on Debian it installs them); run from anywhere.
+# Needs a Rust toolchain, qemu-utils for the fencing proxy's tests and
+# promtool (Debian's prometheus package) for the metrics tests; as root on
+# Debian it installs them. Run from anywhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,22 @@ if ! command -v qemu-io >/dev/null || ! command -v qemu-nbd >/dev/null; then
             { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-utils >/dev/null; }
     else
         echo "qemu-utils missing and not root: the proxy's NBD tests will skip"
+    fi
+fi
+# The metrics tests pipe /metrics through `promtool check metrics`. The
+# package also ships the Prometheus server; where systemd runs it starts
+# it, so stop it again: the tests need only the checker.
+if ! command -v promtool >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        install_prometheus() {
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null
+        }
+        install_prometheus || { apt-get update -q >/dev/null && install_prometheus; }
+        if [ -d /run/systemd/system ]; then
+            systemctl disable --now prometheus >/dev/null 2>&1 || true
+        fi
+    else
+        echo "promtool missing and not root: the metrics format checks will skip"
     fi
 fi
 

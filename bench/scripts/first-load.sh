@@ -42,7 +42,7 @@ cores = [0]
 table_capacity = 1000000
 TOML
 ./target/release/palisade serve --config "$work/palisade.toml" --data-dir "$work/data" \
-    --listen 127.0.0.1:7490 --ready-file "$work/ready.json" 2>"$work/palisade.log" &
+    --listen 127.0.0.1:7490 --admin-listen off --ready-file "$work/ready.json" 2>"$work/palisade.log" &
 for _ in $(seq 100); do [ -f "$work/ready.json" ] && break; sleep 0.05; done
 load() { ./target/release/palisade-bench load --connections 32 --resources 100000 \
     --duration "$duration" --warmup 2s --cpu 1 "$@"; }

@@ -29,7 +29,7 @@ truncate -s 256M "$work/disk.img"
 
 lease_port=$(free_port); nbd_port=$(free_port); proxy_port=$(free_port)
 : >"$work/palisade.toml"
-"$bin/palisade" serve --config "$work/palisade.toml" --listen "127.0.0.1:$lease_port" \
+"$bin/palisade" serve --config "$work/palisade.toml" --listen "127.0.0.1:$lease_port" --admin-listen off \
     --data-dir "$work/lease" >"$work/lease.log" 2>&1 &
 qemu-nbd -f raw --persistent --shared=64 -b 127.0.0.1 -p "$nbd_port" -x up "$work/disk.img" &
 cat >"$work/proxy.toml" <<TOML

@@ -152,6 +152,18 @@ pub struct ControlCore {
     last_state: StateRole,
     /// The term leading without grace: the cluster's first term.
     graceless_term: Option<u64>,
+    /// Elections this node started and won (metrics).
+    elections: Elections,
+}
+
+/// Elections one node took part in as a candidate, counted since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Elections {
+    /// Times it became a candidate in a new term (pre-votes not counted:
+    /// they change nothing).
+    pub started: u64,
+    /// Times it became leader.
+    pub won: u64,
 }
 
 impl std::fmt::Debug for ControlCore {
@@ -244,6 +256,7 @@ impl ControlCore {
             last_term: term,
             last_state: StateRole::Follower,
             graceless_term: None,
+            elections: Elections::default(),
         })
     }
 
@@ -268,9 +281,18 @@ impl ControlCore {
         let raft = &self.raw.raft;
         let (term, state) = (raft.term, raft.state);
         if term != self.last_term || state != self.last_state {
+            if state == StateRole::Candidate {
+                self.elections.started += 1;
+            }
             if state == StateRole::Leader
                 && (term != self.leader_term || self.last_state != StateRole::Leader)
             {
+                // A cluster of one campaigns and wins in one raft call:
+                // the candidate state is never seen, the election was.
+                if self.last_state != StateRole::Candidate {
+                    self.elections.started += 1;
+                }
+                self.elections.won += 1;
                 if term == FIRST_TERM {
                     // Nobody has led before: no lease of this cluster can
                     // be outstanding anywhere, so no grace is owed. A
@@ -450,6 +472,12 @@ impl ControlCore {
         Ok(())
     }
 
+    /// Elections this node started and won since it started.
+    #[must_use]
+    pub fn elections(&self) -> Elections {
+        self.elections
+    }
+
     /// The raft term.
     #[must_use]
     pub fn term(&self) -> u64 {
@@ -607,6 +635,7 @@ mod tests {
         core.poll_ready(&mut log, 1_150).expect("ready");
         let view = core.leadership().expect("view");
         assert!(view.check_grant(1_200).is_ok());
+        assert_eq!(core.elections(), Elections { started: 1, won: 1 });
     }
 
     #[test]
@@ -650,10 +679,14 @@ mod tests {
         cfg.voters = vec![1, 2, 3];
         let mut core = ControlCore::new(cfg, recovered.into()).expect("core");
         core.raw.raft.become_candidate(); // term 1: no majority
+        core.observe(20);
         core.raw.raft.become_candidate(); // term 2
+        core.observe(40);
         assert_eq!(core.raw.raft.term, 2);
+        assert_eq!(core.elections(), Elections { started: 2, won: 0 });
         core.raw.raft.become_leader();
         core.observe(60);
+        assert_eq!(core.elections(), Elections { started: 2, won: 1 });
         assert_eq!(core.leadership().expect("view").grants_from_ms, 1_060);
     }
 

@@ -4,6 +4,7 @@
 //! told to stop. A single node is a cluster of one and runs the same code.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use palisade_dataplane::clock::{monotonic_ms, unix_ms};
 use palisade_dataplane::leadership::{Leadership, LeadershipView};
 use palisade_dataplane::server::{core_count, Cpus, Server, ServerOptions};
-use palisade_dataplane::service::{CoreStats, ServiceConfig, Shared, Tenant};
+use palisade_dataplane::service::{ControlStats, CoreStats, ServiceConfig, Shared, Tenant};
 use palisade_dataplane::table::{KeyHasher, LeaseTable};
 use palisade_proto::auth::StoredCredential;
 use palisade_proto::Role;
@@ -20,7 +21,7 @@ use palisade_tuning::{Config, CoreSelection};
 use raft::eraftpb::Message;
 use tracing::{error, info, warn};
 
-use crate::core::{ControlCore, CoreConfig, Restored};
+use crate::core::{ControlCore, CoreConfig, Elections, Restored};
 use crate::datadir::DataDir;
 use crate::raftlog::RaftLog;
 use crate::transport::Transport;
@@ -80,6 +81,10 @@ pub struct Node {
     next_tick_ms: u64,
     snapshot_entries: u64,
     published: Option<LeadershipView>,
+    /// Elections already logged and published.
+    elections_seen: Elections,
+    /// End of the grace period this node is in, to log when it ends.
+    grace_until_ms: Option<u64>,
 }
 
 /// Where the node keeps its state when neither `--data-dir` nor the config
@@ -263,7 +268,12 @@ impl Node {
                     .collect(),
             },
             stats: (0..cores).map(|_| CoreStats::default()).collect(),
+            control: ControlStats::default(),
         });
+        shared
+            .control
+            .peers
+            .store(voters.len().saturating_sub(1) as u64, Ordering::Relaxed);
         let server_options = ServerOptions {
             listen: config.listen.client,
             cpus: selection,
@@ -277,6 +287,7 @@ impl Node {
             frame_timeout: config.limits.frame_timeout,
             sweep_interval: config.leases.sweep_interval,
             reclaim_after: config.leases.reclaim_after,
+            admin: config.admin.listen,
         };
         let server =
             Server::start(shared.clone(), server_options).context("starting the data plane")?;
@@ -319,8 +330,16 @@ impl Node {
             tick_ms,
             next_tick_ms: now + tick_ms,
             snapshot_entries: config.cluster.snapshot_entries,
-            published: Some(view),
+            published: None,
+            elections_seen: Elections::default(),
+            grace_until_ms: None,
         })
+    }
+
+    /// The admin (metrics) endpoint's address, if enabled.
+    #[must_use]
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.server.admin_addr()
     }
 
     /// The client address the node serves on.
@@ -410,6 +429,7 @@ impl Node {
         // The data plane sees a lost leadership before any vote for somebody
         // else leaves this node.
         self.publish()?;
+        self.report(now);
         if let Some(transport) = &self.transport {
             transport.send(messages);
         }
@@ -424,6 +444,52 @@ impl Node {
         Ok(())
     }
 
+    /// Publishes the control plane's numbers for metrics and logs the
+    /// events operators look for: elections, and the end of a grace period.
+    fn report(&mut self, now_ms: u64) {
+        let control = &self.shared.control;
+        let elections = self.core.elections();
+        control.term.store(self.core.term(), Ordering::Relaxed);
+        control
+            .commit_index
+            .store(self.core.commit_index(), Ordering::Relaxed);
+        control
+            .elections_started
+            .store(elections.started, Ordering::Relaxed);
+        control
+            .elections_won
+            .store(elections.won, Ordering::Relaxed);
+        if let Some(transport) = &self.transport {
+            control
+                .peers_connected
+                .store(transport.peers_connected() as u64, Ordering::Relaxed);
+        }
+        if elections.started > self.elections_seen.started {
+            info!(
+                term = self.core.term(),
+                started = elections.started,
+                "election started: this node is a candidate"
+            );
+        }
+        if elections.won > self.elections_seen.won {
+            info!(
+                term = self.core.term(),
+                won = elections.won,
+                "election won: this node leads"
+            );
+        }
+        self.elections_seen = elections;
+        if let Some(until) = self.grace_until_ms {
+            let lead = self.shared.leadership.load();
+            if lead.role != Role::Leader {
+                self.grace_until_ms = None;
+            } else if now_ms >= until {
+                info!(epoch = lead.epoch, "grace period over: granting");
+                self.grace_until_ms = None;
+            }
+        }
+    }
+
     fn publish(&mut self) -> Result<()> {
         let view = self.core.leadership()?;
         if self.published != Some(view) {
@@ -436,6 +502,16 @@ impl Node {
                     leader = view.leader_id,
                     "leadership changed"
                 );
+                let now = monotonic_ms();
+                if view.role == Role::Leader && view.grants_from_ms > now {
+                    let grace_ms = view.grants_from_ms - now;
+                    info!(
+                        epoch = view.epoch,
+                        grace_ms,
+                        "grace period started: no grants until leases an earlier leader granted have run out"
+                    );
+                    self.grace_until_ms = Some(view.grants_from_ms);
+                }
             }
             self.shared.leadership.publish(view);
             self.published = Some(view);

@@ -88,6 +88,8 @@ pub struct Transport {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     local_addr: SocketAddr,
+    /// Outbound links up.
+    connected: Arc<AtomicUsize>,
 }
 
 /// What both directions of the handshake need to know.
@@ -296,15 +298,19 @@ impl Transport {
         }
         let bind_ip = Some(listen.ip()).filter(|ip| !ip.is_unspecified());
         let mut outboxes = HashMap::new();
+        let connected = Arc::new(AtomicUsize::new(0));
         for &(peer, addr) in peers {
             let (tx, rx) = mpsc::sync_channel(OUTBOX_MAX);
             outboxes.insert(u64::from(peer), tx);
             let stop = stop.clone();
             let identity = identity.clone();
+            let connected = connected.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("palisade-peer-{peer}"))
-                    .spawn(move || writer_loop(&identity, peer, addr, bind_ip, &rx, &stop))?,
+                    .spawn(move || {
+                        writer_loop(&identity, peer, addr, bind_ip, &rx, &stop, &connected);
+                    })?,
             );
         }
         info!(
@@ -318,7 +324,14 @@ impl Transport {
             stop,
             threads,
             local_addr,
+            connected,
         })
+    }
+
+    /// Peers whose outbound link is up (handshake done, last write good).
+    #[must_use]
+    pub fn peers_connected(&self) -> usize {
+        self.connected.load(Ordering::Relaxed)
     }
 
     /// The address peers connect to.
@@ -405,7 +418,7 @@ fn accept_loop(
                             stop: &stop,
                         };
                         if let Err(e) = link.read(stream, from, &inbox) {
-                            debug!(%from, error = %e, "peer connection closed");
+                            info!(%from, error = %e, "peer disconnected (inbound)");
                         }
                     });
                 if let Err(e) = spawned {
@@ -475,7 +488,7 @@ impl Link<'_> {
             *generation += 1;
             *generation
         };
-        debug!(from, %remote, "peer link up");
+        info!(from, %remote, "peer connected (inbound)");
 
         stream.set_read_timeout(Some(READER_POLL))?;
         let mut heard_ms = monotonic_ms();
@@ -581,6 +594,22 @@ fn handshake(stream: &mut TcpStream, identity: &Identity, peer: u16) -> io::Resu
     write_frame(stream, &proof)
 }
 
+/// Counts one link in `connected` while it lives.
+struct Up<'a>(&'a AtomicUsize);
+
+impl<'a> Up<'a> {
+    fn new(connected: &'a AtomicUsize) -> Up<'a> {
+        connected.fetch_add(1, Ordering::Relaxed);
+        Up(connected)
+    }
+}
+
+impl Drop for Up<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 fn writer_loop(
     identity: &Identity,
     peer: u16,
@@ -588,6 +617,7 @@ fn writer_loop(
     bind_ip: Option<IpAddr>,
     outbox: &Receiver<Message>,
     stop: &AtomicBool,
+    links_up: &AtomicUsize,
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut warned = false;
@@ -616,6 +646,8 @@ fn writer_loop(
         };
         backoff = BACKOFF_MIN;
         warned = false;
+        info!(peer, %addr, "peer connected (outbound)");
+        let _up = Up::new(links_up);
         loop {
             let message = match outbox.recv_timeout(Duration::from_millis(100)) {
                 Ok(message) => message,
@@ -635,7 +667,7 @@ fn writer_loop(
                 }
             };
             if let Err(e) = write_frame(&mut stream, &bytes) {
-                debug!(peer, error = %e, "peer connection broke; reconnecting");
+                info!(peer, %addr, error = %e, "peer disconnected (outbound); reconnecting");
                 break;
             }
         }

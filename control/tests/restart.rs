@@ -154,6 +154,8 @@ fn serve_respects_the_cpu_affinity_mask() {
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(dir.path().join("data"))

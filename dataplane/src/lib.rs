@@ -6,7 +6,9 @@
 //! [`waiters::WaitQueues`] of each key's home core, [`service::Shared::handle`]
 //! (one archived request in, one [`service::Outcome`] out, no I/O), the
 //! [`leadership::Leadership`] word it reads once per request, and, with the
-//! `server` feature, [`server::Server`]: the shell that moves bytes.
+//! `server` feature, [`server::Server`]: the shell that moves bytes. Also
+//! [`metrics`] (per-core counters and their Prometheus exposition) and
+//! [`admin`] (the admin endpoint's HTTP, sans-IO).
 //!
 //! What it never does: import raft or touch persistence (the control plane
 //! publishes the epoch it mints tokens in), take a mutex on a request path,
@@ -30,9 +32,11 @@
 // locally with a SAFETY comment on each block.
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod clock;
 pub mod leadership;
 pub mod mark;
+pub mod metrics;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod service;

@@ -12,6 +12,8 @@ use palisade_proto::{
 };
 
 use crate::leadership::{Leadership, NotGranting};
+pub use crate::metrics::{ControlStats, CoreStats};
+use crate::metrics::{Denial, Fenced};
 use crate::table::{AcquireMode, Acquired, Grant, LeaseKey, LeaseTable, TableError, TokenOutcome};
 use crate::waiters::{Origin, WaitEvent, WaitRequest};
 
@@ -50,29 +52,6 @@ pub struct ServiceConfig {
     pub members: Vec<(u16, String)>,
 }
 
-/// Counters one core writes and any core reads (status).
-#[derive(Debug, Default)]
-#[repr(align(64))]
-pub struct CoreStats {
-    /// Requests answered.
-    pub ops: AtomicU64,
-    /// Open connections.
-    pub connections: AtomicU64,
-    /// Live leases in this core's sweep partition at its last sweep.
-    pub leases_held: AtomicU64,
-    /// Waiters queued on this core (as home core).
-    pub waiters: AtomicU64,
-}
-
-impl CoreStats {
-    /// Single-writer increment: a plain load and store, no locked
-    /// instruction on the request path.
-    pub fn bump_ops(&self, n: u64) {
-        self.ops
-            .store(self.ops.load(Ordering::Relaxed) + n, Ordering::Relaxed);
-    }
-}
-
 /// Everything the request path reads, shared by all cores.
 #[derive(Debug)]
 pub struct Shared {
@@ -86,6 +65,8 @@ pub struct Shared {
     pub config: ServiceConfig,
     /// Per-core counters.
     pub stats: Vec<CoreStats>,
+    /// What the control plane publishes for metrics.
+    pub control: ControlStats,
 }
 
 /// Where a connection is in its life.
@@ -200,6 +181,30 @@ pub struct RequestMeta {
 }
 
 impl Shared {
+    /// Runs `f` on the counters of `conn`'s core (the only core that writes
+    /// them: the one running this request).
+    fn count(&self, conn: &Conn, f: impl FnOnce(&CoreStats)) {
+        if let Some(stats) = self.stats.get(usize::from(conn.core)) {
+            f(stats);
+        }
+    }
+
+    /// Counts the answer to an acquire: a grant or a denial (a wait is
+    /// counted when it is answered).
+    fn count_acquire(&self, conn: &Conn, outcome: &Outcome) {
+        self.count(conn, |stats| match outcome {
+            Outcome::Reply(Response::Granted { .. }) => crate::metrics::bump(&stats.grants, 1),
+            Outcome::Reply(Response::Busy { .. }) => stats.deny(Denial::Busy),
+            Outcome::Reply(Response::Redirect { .. }) => stats.deny(Denial::NotLeader),
+            Outcome::Reply(Response::Error { code, .. }) => {
+                if let Some(denial) = Denial::of_error(*code) {
+                    stats.deny(denial);
+                }
+            }
+            _ => {}
+        });
+    }
+
     /// The handshake `Welcome` for this node.
     fn welcome(&self, server_signature: Option<[u8; 32]>) -> Response {
         Response::Welcome(Welcome {
@@ -455,7 +460,7 @@ impl Shared {
                     ttl_ms: ttl_ms.to_native(),
                     lock_delay_ms: lock_delay_ms.to_native(),
                 };
-                return self.acquire(
+                let outcome = self.acquire(
                     conn,
                     tenant,
                     meta,
@@ -464,6 +469,8 @@ impl Shared {
                     wait_ms.to_native(),
                     now_ms,
                 );
+                self.count_acquire(conn, &outcome);
+                return outcome;
             }
             ArchivedRequest::Status => {
                 return Outcome::Reply(Response::Status(self.status(now_ms)))
@@ -516,12 +523,25 @@ impl Shared {
                     return Outcome::Reply(response);
                 }
                 match self.table.renew(key, token, ttl_ms, now_ms, epoch) {
-                    TokenOutcome::Current { .. } => Response::Renewed { token, ttl_ms },
-                    other => stale(other),
+                    TokenOutcome::Current { .. } => {
+                        self.count(conn, |s| crate::metrics::bump(&s.renewals, 1));
+                        Response::Renewed { token, ttl_ms }
+                    }
+                    other => {
+                        self.count(conn, |s| s.fence(Fenced::Renew));
+                        stale(other)
+                    }
                 }
             }
             ArchivedRequest::Release { .. } => {
-                match self.table.release(key, token, now_ms, epoch) {
+                let outcome = self.table.release(key, token, now_ms, epoch);
+                match outcome {
+                    TokenOutcome::Released { .. } => {
+                        self.count(conn, |s| crate::metrics::bump(&s.releases, 1));
+                    }
+                    _ => self.count(conn, |s| s.fence(Fenced::Release)),
+                }
+                match outcome {
                     TokenOutcome::Released { wake_waiters: true } => {
                         return Outcome::ReplyAndWake(Response::Released { token }, key);
                     }
@@ -536,7 +556,10 @@ impl Shared {
                     token,
                     remaining_ms: clamp_u32(expires_at_ms.saturating_sub(now_ms)),
                 },
-                other => stale(other),
+                other => {
+                    self.count(conn, |s| s.fence(Fenced::Check));
+                    stale(other)
+                }
             },
         };
         Outcome::Reply(response)
@@ -742,11 +765,20 @@ impl Shared {
             }
         }
         match outcome {
-            Ok(Acquired::Granted { token, .. }) => Outcome::Reply(Response::Granted {
+            Ok(Acquired::Granted {
                 token,
-                ttl_ms: grant.ttl_ms,
-                waited_ms: 0,
-            }),
+                took_over_expired,
+                ..
+            }) => {
+                if took_over_expired {
+                    self.count(conn, |s| crate::metrics::bump(&s.expirations, 1));
+                }
+                Outcome::Reply(Response::Granted {
+                    token,
+                    ttl_ms: grant.ttl_ms,
+                    waited_ms: 0,
+                })
+            }
             Ok(Acquired::Busy { .. }) if wait_ms > 0 => wait(conn),
             Ok(Acquired::Busy {
                 token,
@@ -842,6 +874,7 @@ mod tests {
                 members: vec![(1, "127.0.0.1:7411".into()), (2, "127.0.0.1:7412".into())],
             },
             stats: vec![CoreStats::default()],
+            control: ControlStats::default(),
         }
     }
 

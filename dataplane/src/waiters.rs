@@ -143,6 +143,9 @@ pub struct WaitQueues {
     /// The epoch of the last StaleEpoch answer, to tell a lagging view from
     /// a sequence that ran past the epoch.
     stale_epoch_seen: Option<u32>,
+    /// Grants to waiters that took over a lease which had run out
+    /// unreleased (see [`WaitQueues::take_expirations`]).
+    expirations: u64,
 }
 
 /// How soon to retry after a transient table condition.
@@ -170,7 +173,15 @@ impl WaitQueues {
             waiting: 0,
             new_epoch_wanted: false,
             stale_epoch_seen: None,
+            expirations: 0,
         }
+    }
+
+    /// Expirations found by grants to waiters since the last call (each
+    /// lease that ran out unreleased is counted once, here or by the
+    /// sweeper). Call after handling, with the events.
+    pub fn take_expirations(&mut self) -> u64 {
+        std::mem::take(&mut self.expirations)
     }
 
     /// Waiters queued on this core.
@@ -407,7 +418,12 @@ impl WaitQueues {
                 lead.epoch,
                 AcquireMode::WaiterHead,
             ) {
-                Ok(Acquired::Granted { token, .. }) => {
+                Ok(Acquired::Granted {
+                    token,
+                    took_over_expired,
+                    ..
+                }) => {
+                    self.expirations += u64::from(took_over_expired);
                     let waiter = self.pop_head(key).expect("head exists");
                     assert_eq!(waiter.id, head.id);
                     self.events.push_back(WaitEvent::Granted {
@@ -588,9 +604,12 @@ mod tests {
         assert_eq!(q.poll_timeout(), Some(500), "retry when the lease expires");
         q.handle_timeout(&table, LEAD, 499);
         assert_eq!(q.poll_event(), None);
+        assert_eq!(q.take_expirations(), 0);
         q.handle_timeout(&table, LEAD, 500);
         let (conn, _) = granted_conn(q.poll_event());
         assert_eq!(conn, 1);
+        assert_eq!(q.take_expirations(), 1, "the holder's lease ran out");
+        assert_eq!(q.take_expirations(), 0, "taken");
     }
 
     #[test]

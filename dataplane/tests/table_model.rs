@@ -81,6 +81,8 @@ struct ModelLease {
     free_since_ms: u64,
     waiters: bool,
     previous_token: u64,
+    /// The held lease ran out and was counted as an expiration.
+    expiry_counted: bool,
 }
 
 impl ModelLease {
@@ -159,7 +161,8 @@ impl Harness {
                             Acquired::Granted {
                                 token,
                                 expires_at_ms: new_expiry,
-                                idempotent: true
+                                idempotent: true,
+                                took_over_expired: false,
                             }
                         );
                         lease.held = Some((token, holder, new_expiry, u64::from(lock_delay_ms)));
@@ -180,7 +183,15 @@ impl Harness {
                         token,
                         expires_at_ms,
                         idempotent,
+                        took_over_expired,
                     } => {
+                        let ran_out = lease.held.is_some_and(|(_, _, expiry, _)| now >= expiry);
+                        assert_eq!(
+                            took_over_expired,
+                            ran_out && !lease.expiry_counted,
+                            "each expiration is counted once: {lease:?} at {now}"
+                        );
+                        lease.expiry_counted = false;
                         assert!(
                             !expect_busy,
                             "table granted, model busy: {lease:?} at {now}"
@@ -239,6 +250,7 @@ impl Harness {
                         lease.previous_token = token;
                         lease.held = None;
                         lease.free_since_ms = now;
+                        lease.expiry_counted = false;
                     }
                     _ => assert!(matches!(got, TokenOutcome::Stale { .. }), "{got:?}"),
                 }
@@ -284,6 +296,15 @@ impl Harness {
                     .sweep(0..self.table.slot_count(), now, reclaim_after_ms);
                 let mut reclaimed = 0;
                 let mut held = 0;
+                let mut expired = 0;
+                for lease in self.model.values_mut() {
+                    if lease.held.is_some_and(|(_, _, expiry, _)| now >= expiry)
+                        && !lease.expiry_counted
+                    {
+                        lease.expiry_counted = true;
+                        expired += 1;
+                    }
+                }
                 self.model.retain(|_, lease| {
                     // The sweeper counts (and keeps) unexpired leases of any epoch.
                     if lease.held.is_some_and(|(_, _, expiry, _)| now < expiry) {
@@ -298,6 +319,7 @@ impl Harness {
                 });
                 assert_eq!(stats.held, held);
                 assert_eq!(stats.reclaimed, reclaimed);
+                assert_eq!(stats.expired, expired, "expirations counted once, when due");
                 assert_eq!(self.table.live_keys(), self.model.len() as u64);
             }
             Op::Advance { ms } => self.now += ms,

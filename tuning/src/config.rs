@@ -22,6 +22,9 @@ pub const TENANT_NAME_DEFAULT: &str = "default";
 /// The cluster name in the built-in default.
 pub const CLUSTER_NAME_DEFAULT: &str = "palisade";
 
+/// The default admin (metrics) listener: loopback, next to the client port.
+pub const LISTEN_ADMIN_DEFAULT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7401);
+
 /// A whole, validated Palisade config file.
 ///
 /// Get one from [`Config::load`] (binaries), [`Config::from_toml_str`]
@@ -48,6 +51,8 @@ pub struct Config {
     pub tenants: Vec<TenantConfig>,
     /// Logging.
     pub log: LogConfig,
+    /// The admin HTTP endpoint (metrics).
+    pub admin: AdminConfig,
     /// Folder of the file this came from (`None` for the built-in default);
     /// used to resolve relative paths.
     pub base_dir: Option<PathBuf>,
@@ -235,8 +240,158 @@ pub struct TenantConfig {
 /// The `[log]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LogConfig {
-    /// Most verbose level written. Default [`LogLevel::Info`].
+    /// Most verbose level written, for every target without its own
+    /// directive. Default [`LogLevel::Info`].
     pub level: LogLevel,
+    /// Per-target levels, written after the default level in `level`:
+    /// `level = "info,palisade_control=debug"`. Targets are unique Rust
+    /// module paths. Default none.
+    pub targets: Vec<LogTarget>,
+    /// How each line is written. Default [`LogFormat::Text`].
+    pub format: LogFormat,
+}
+
+/// One per-target log directive, `target=level`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogTarget {
+    /// A Rust module path such as `palisade_control::node`: the directive
+    /// covers it and every module below it.
+    pub target: String,
+    /// Most verbose level written for that target.
+    pub level: LogLevel,
+}
+
+/// How log lines are written (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LogFormat {
+    /// Human-readable lines with `key=value` fields.
+    #[default]
+    Text,
+    /// One JSON object per line, fields included, for log shippers.
+    Json,
+}
+
+impl LogFormat {
+    /// The name used in the config file: `"text"` or `"json"`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    /// Parses `text` or `json` in any letter case.
+    fn from_str(text: &str) -> Result<Self, String> {
+        [Self::Text, Self::Json]
+            .into_iter()
+            .find(|format| format.as_str().eq_ignore_ascii_case(text))
+            .ok_or_else(|| format!("unknown log format {text:?}; expected \"text\" or \"json\""))
+    }
+}
+
+impl LogConfig {
+    /// The `level` key's text: the default level, then each target's
+    /// directive, comma-separated (`"info,palisade_control=debug"`). It is
+    /// also a `tracing_subscriber::EnvFilter` directive string.
+    #[must_use]
+    pub fn filter(&self) -> String {
+        let mut text = self.level.as_str().to_owned();
+        for target in &self.targets {
+            text.push(',');
+            text.push_str(&target.target);
+            text.push('=');
+            text.push_str(target.level.as_str());
+        }
+        text
+    }
+
+    /// Parses the `level` key's text: one optional bare level (the default
+    /// for every other target, `info` when left out) and `target=level`
+    /// directives, separated by commas.
+    ///
+    /// # Errors
+    ///
+    /// What is wrong with the first bad directive, naming it.
+    pub fn parse_filter(text: &str) -> Result<(LogLevel, Vec<LogTarget>), String> {
+        let mut level = None;
+        let mut targets: Vec<LogTarget> = Vec::new();
+        for item in text.split(',') {
+            let item = item.trim();
+            if item.is_empty() {
+                return Err(format!(
+                    "empty directive in {text:?}; write a level like \"info\" or \
+                     directives like \"info,palisade_control=debug\""
+                ));
+            }
+            match item.split_once('=') {
+                None => {
+                    if level.is_some() {
+                        return Err(format!(
+                            "{text:?} has two default levels; give one bare level and \
+                             target=level for the rest"
+                        ));
+                    }
+                    level = Some(item.parse::<LogLevel>()?);
+                }
+                Some((target, target_level)) => {
+                    let target = target.trim();
+                    check_log_target(target)?;
+                    if targets.iter().any(|t| t.target == target) {
+                        return Err(format!("target {target:?} has two directives"));
+                    }
+                    let level = target_level
+                        .trim()
+                        .parse::<LogLevel>()
+                        .map_err(|reason| format!("in directive {item:?}: {reason}"))?;
+                    targets.push(LogTarget {
+                        target: target.to_owned(),
+                        level,
+                    });
+                }
+            }
+        }
+        Ok((level.unwrap_or_default(), targets))
+    }
+}
+
+/// A target is a Rust module path: `::`-separated identifiers of ASCII
+/// letters, digits and `_`.
+pub(crate) fn check_log_target(target: &str) -> Result<(), String> {
+    let ident = |part: &str| {
+        !part.is_empty()
+            && !part.starts_with(|c: char| c.is_ascii_digit())
+            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    if target.split("::").all(ident) {
+        Ok(())
+    } else {
+        Err(format!(
+            "log target {target:?} is not a Rust module path like palisade_control::node \
+             (letters, digits, '_' and '::' only)"
+        ))
+    }
+}
+
+/// The `[admin]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Where the admin HTTP endpoint listens (`GET /metrics`, Prometheus
+    /// text format). `None` (`listen = "off"`) serves none. Default
+    /// `127.0.0.1:7401`. It must differ from [`ListenConfig::client`].
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: Some(LISTEN_ADMIN_DEFAULT),
+        }
+    }
 }
 
 /// A log verbosity level, least verbose first.
@@ -400,7 +555,8 @@ impl Default for Config {
 
 impl Config {
     /// The config used when there is no file: a single node (id 1, a
-    /// cluster of one) serving clients on `127.0.0.1:7400`, one tenant
+    /// cluster of one) serving clients on `127.0.0.1:7400` and metrics on
+    /// `127.0.0.1:7401`, one tenant
     /// `"default"` without a credential, no data directory, and every other
     /// key at the default documented on its field.
     #[must_use]
@@ -415,6 +571,7 @@ impl Config {
             qos: QosConfig::default(),
             tenants: vec![TenantConfig::default()],
             log: LogConfig::default(),
+            admin: AdminConfig::default(),
             base_dir: None,
         }
     }
@@ -713,5 +870,47 @@ mod tests {
         assert_eq!("WARN".parse::<LogLevel>(), Ok(LogLevel::Warn));
         assert!("verbose".parse::<LogLevel>().is_err());
         assert!(LogLevel::Error < LogLevel::Trace);
+    }
+
+    #[test]
+    fn log_filters_parse_and_render_back() {
+        let (level, targets) = LogConfig::parse_filter(
+            " warn , palisade_control=debug,palisade_dataplane::server=TRACE",
+        )
+        .expect("valid");
+        assert_eq!(level, LogLevel::Warn);
+        let log = LogConfig {
+            level,
+            targets,
+            format: LogFormat::Json,
+        };
+        assert_eq!(
+            log.filter(),
+            "warn,palisade_control=debug,palisade_dataplane::server=trace"
+        );
+        assert_eq!(
+            LogConfig::parse_filter("palisade_control=debug")
+                .expect("valid")
+                .0,
+            LogLevel::Info,
+            "no bare level: the default"
+        );
+        for (bad, says) in [
+            ("", "empty directive"),
+            ("info,", "empty directive"),
+            ("info,debug", "two default levels"),
+            ("verbose", "unknown log level"),
+            ("palisade control=debug", "not a Rust module path"),
+            ("palisade_control[span]=debug", "not a Rust module path"),
+            ("a::=debug", "not a Rust module path"),
+            ("9lives=debug", "not a Rust module path"),
+            ("x=loud", "in directive \"x=loud\""),
+            ("x=info,x=debug", "two directives"),
+        ] {
+            let reason = LogConfig::parse_filter(bad).expect_err(bad);
+            assert!(reason.contains(says), "{bad:?}: {reason}");
+        }
+        assert_eq!("JSON".parse::<LogFormat>(), Ok(LogFormat::Json));
+        assert!("yaml".parse::<LogFormat>().is_err());
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! Every Palisade binary reads one TOML file describing the node, its
 //! listener, its cluster, lease timing, resource limits, data plane tuning,
-//! packet marking (QoS), tenants and logging. This crate turns that text
-//! into a [`Config`] whose every value is known to be in range, or into a [`ConfigErrors`] naming *every* bad key
+//! packet marking (QoS), tenants, logging and the admin (metrics) endpoint.
+//! This crate turns that text into a [`Config`] whose every value is known
+//! to be in range, or into a [`ConfigErrors`] naming *every* bad key
 //! (not just the first), so an operator fixes a file in one pass.
 //!
 //! # What it never does
@@ -20,8 +21,9 @@
 //!
 //! - [`Config`] and its sections [`NodeConfig`], [`ListenConfig`],
 //!   [`ClusterConfig`] (with [`PeerConfig`]), [`LeaseConfig`], [`LimitsConfig`], [`DataplaneConfig`],
-//!   [`QosConfig`],
-//!   [`TenantConfig`] (with [`TenantCredential`]) and [`LogConfig`].
+//!   [`QosConfig`], [`TenantConfig`] (with [`TenantCredential`]),
+//!   [`LogConfig`] (with [`LogTarget`] and [`LogFormat`]) and
+//!   [`AdminConfig`].
 //! - [`Config::load`], [`Config::from_toml_str`], [`Config::builtin_default`]
 //!   and [`Config::to_toml`] to get and write one; [`Config::members`]
 //!   (each a [`Member`]) and [`Config::peer_listen`] for the cluster.
@@ -86,9 +88,10 @@ mod source;
 mod validate;
 
 pub use config::{
-    ClusterConfig, Config, CoreSelection, DataplaneConfig, LeaseConfig, LimitsConfig, ListenConfig,
-    LogConfig, LogLevel, Member, NodeConfig, PeerConfig, QosConfig, TenantConfig,
-    CLUSTER_NAME_DEFAULT, LISTEN_CLIENT_DEFAULT, TENANT_NAME_DEFAULT,
+    AdminConfig, ClusterConfig, Config, CoreSelection, DataplaneConfig, LeaseConfig, LimitsConfig,
+    ListenConfig, LogConfig, LogFormat, LogLevel, LogTarget, Member, NodeConfig, PeerConfig,
+    QosConfig, TenantConfig, CLUSTER_NAME_DEFAULT, LISTEN_ADMIN_DEFAULT, LISTEN_CLIENT_DEFAULT,
+    TENANT_NAME_DEFAULT,
 };
 pub use credential::TenantCredential;
 pub use dscp::{dscp_name, parse_dscp, DSCP_MAX};

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
-use crate::config::{Config, CoreSelection, LogLevel, PeerConfig, TenantConfig};
+use crate::config::{Config, CoreSelection, LogConfig, LogFormat, PeerConfig, TenantConfig};
 use crate::credential::TenantCredential;
 use crate::dscp::{parse_dscp, DSCP_EXPECTED};
 use crate::duration::parse_duration;
@@ -36,6 +36,7 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "qos",
     "tenants",
     "log",
+    "admin",
 ];
 const NODE_KEYS: &[&str] = &["id", "data_dir", "cores"];
 const LISTEN_KEYS: &[&str] = &["client"];
@@ -68,7 +69,8 @@ const LIMITS_KEYS: &[&str] = &[
 const DATAPLANE_KEYS: &[&str] = &["preempt_timer", "rpc_latency", "client_dscp"];
 const QOS_KEYS: &[&str] = &["enabled", "interface", "rate", "peer_dscp", "client_dscp"];
 const TENANT_KEYS: &[&str] = &["name", "credential"];
-const LOG_KEYS: &[&str] = &["level"];
+const LOG_KEYS: &[&str] = &["level", "format"];
+const ADMIN_KEYS: &[&str] = &["listen"];
 
 /// Longest string value quoted back in a message, in characters.
 const QUOTED_CHARS_MAX: usize = 40;
@@ -110,6 +112,9 @@ pub(crate) fn parse_config(text: &str, base_dir: Option<&Path>) -> Result<Config
     walk_tenants(&root, &mut config, &mut issues);
     if let Some(log) = root.section("log", LOG_KEYS, &mut issues) {
         walk_log(&log, &mut config, &mut issues);
+    }
+    if let Some(admin) = root.section("admin", ADMIN_KEYS, &mut issues) {
+        walk_admin(&admin, &mut config, &mut issues);
     }
 
     validate::validate(&config, &mut issues);
@@ -448,12 +453,43 @@ fn tenant_from(item: &Value, path: &str, issues: &mut Issues) -> TenantConfig {
 }
 
 fn walk_log(log: &Section<'_>, config: &mut Config, issues: &mut Issues) {
-    let key = log.key("level");
     if let Some(text) = log.string("level", issues) {
-        match text.parse::<LogLevel>() {
-            Ok(level) => config.log.level = level,
-            Err(reason) => issues.push(key, reason),
+        match LogConfig::parse_filter(text) {
+            Ok((level, targets)) => {
+                config.log.level = level;
+                config.log.targets = targets;
+            }
+            Err(reason) => issues.push(log.key("level"), reason),
         }
+    }
+    if let Some(text) = log.string("format", issues) {
+        match text.parse::<LogFormat>() {
+            Ok(format) => config.log.format = format,
+            Err(reason) => issues.push(log.key("format"), reason),
+        }
+    }
+}
+
+/// `listen` is an address, or `"off"` for no admin endpoint.
+fn walk_admin(admin: &Section<'_>, config: &mut Config, issues: &mut Issues) {
+    let Some(text) = admin.string("listen", issues) else {
+        return;
+    };
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") {
+        config.admin.listen = None;
+        return;
+    }
+    match text.parse::<SocketAddr>() {
+        Ok(address) => config.admin.listen = Some(address),
+        Err(_) => issues.push(
+            admin.key("listen"),
+            format!(
+                "expected an IP address and port like \"127.0.0.1:7401\", or \"off\" for no \
+                 admin endpoint, got {} (host names are not resolved)",
+                quote(text)
+            ),
+        ),
     }
 }
 

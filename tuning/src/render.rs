@@ -255,8 +255,24 @@ pub(crate) fn render(config: &Config) -> String {
     out.section("log");
     out.key(
         "level",
-        string(config.log.level.as_str()),
-        "error | warn | info | debug | trace",
+        string(&config.log.filter()),
+        "error | warn | info | debug | trace, then target=level,...",
+    );
+    out.key(
+        "format",
+        string(config.log.format.as_str()),
+        "text | json (one object per line)",
+    );
+
+    out.section("admin");
+    let admin_listen = match config.admin.listen {
+        Some(address) => address.to_string(),
+        None => "off".to_owned(),
+    };
+    out.key(
+        "listen",
+        string(&admin_listen),
+        "GET /metrics (Prometheus text); \"off\": none",
     );
     out.text
 }

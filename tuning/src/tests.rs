@@ -217,6 +217,20 @@ fn every_field_round_trips() {
         ],
         log: LogConfig {
             level: LogLevel::Trace,
+            targets: vec![
+                LogTarget {
+                    target: "palisade_control::node".to_owned(),
+                    level: LogLevel::Error,
+                },
+                LogTarget {
+                    target: "raft".to_owned(),
+                    level: LogLevel::Warn,
+                },
+            ],
+            format: LogFormat::Json,
+        },
+        admin: AdminConfig {
+            listen: Some("[::1]:65535".parse().expect("literal")),
         },
         base_dir: Some(PathBuf::from("/srv/palisade")),
     };
@@ -303,7 +317,7 @@ fn unknown_keys_and_sections() {
         errors.get("lease").map(|issue| issue.reason.as_str()),
         Some(
             "unknown key; expected one of: node, listen, cluster, leases, limits, dataplane, \
-             qos, tenants, log"
+             qos, tenants, log, admin"
         )
     );
     assert!(errors.has("colour"));
@@ -797,6 +811,86 @@ fn log_level() {
         LogLevel::Error
     );
     assert!(rejects("log", "level", "\"verbose\"").contains("error, warn, info, debug, trace"));
+    let config = accepts("log", "level", "\"warn,palisade_control=debug\"");
+    assert_eq!(config.log.level, LogLevel::Warn);
+    assert_eq!(
+        config.log.targets,
+        [LogTarget {
+            target: "palisade_control".to_owned(),
+            level: LogLevel::Debug,
+        }]
+    );
+    assert_eq!(config.log.filter(), "warn,palisade_control=debug");
+    assert!(rejects("log", "level", "\"info,palisade-control=debug\"")
+        .contains("not a Rust module path"));
+    assert!(rejects("log", "level", "3").contains("expected a string"));
+}
+
+#[test]
+fn log_format() {
+    assert_eq!(Config::builtin_default().log.format, LogFormat::Text);
+    assert_eq!(
+        accepts("log", "format", "\"json\"").log.format,
+        LogFormat::Json
+    );
+    assert!(rejects("log", "format", "\"yaml\"").contains("\"text\" or \"json\""));
+    assert!(rejects("log", "format", "true").contains("expected a string"));
+    let config = accepts("log", "format", "\"JSON\"");
+    assert_eq!(parse(&config.to_toml()), Ok(config));
+}
+
+#[test]
+fn admin_listen() {
+    assert_eq!(
+        Config::builtin_default().admin.listen,
+        Some(LISTEN_ADMIN_DEFAULT)
+    );
+    assert_eq!(LISTEN_ADMIN_DEFAULT.to_string(), "127.0.0.1:7401");
+    assert_eq!(accepts("admin", "listen", "\"off\"").admin.listen, None);
+    assert_eq!(
+        accepts("admin", "listen", "\"0.0.0.0:9100\"").admin.listen,
+        Some(address("0.0.0.0:9100"))
+    );
+    // Port 0 picks a free port (tests), even next to a port-0 client.
+    let config =
+        parse_ok("[listen]\nclient = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+    assert_eq!(config.admin.listen, Some(address("127.0.0.1:0")));
+    for config in [
+        accepts("admin", "listen", "\"OFF\""),
+        accepts("admin", "listen", "\"[::1]:7401\""),
+    ] {
+        assert_eq!(parse(&config.to_toml()), Ok(config.clone()));
+    }
+    assert!(rejects("admin", "listen", "\"localhost:7401\"").contains("or \"off\""));
+    assert!(rejects("admin", "listen", "7401").contains("expected a string"));
+    assert!(rejects("admin", "port", "7401").contains("unknown key; expected one of: listen"));
+
+    // Not the client port.
+    for text in [
+        "[admin]\nlisten = \"127.0.0.1:7400\"\n",
+        "[admin]\nlisten = \"0.0.0.0:7400\"\n",
+        "[listen]\nclient = \"127.0.0.1:7401\"\n",
+    ] {
+        let errors = parse_err(text);
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        assert!(errors.has("admin.listen"), "{errors}");
+        assert!(errors.0[0].reason.contains("client port"), "{errors}");
+    }
+    // Another address on the same port is fine.
+    accepts("admin", "listen", "\"127.0.0.2:7400\"");
+    let mut config = Config::builtin_default();
+    config.admin.listen = Some(LISTEN_CLIENT_DEFAULT);
+    assert!(config
+        .validate()
+        .expect_err("same port")
+        .has("admin.listen"));
+    config.admin.listen = None;
+    assert_eq!(config.validate(), Ok(()));
+    config.log.targets.push(LogTarget {
+        target: "bad target".to_owned(),
+        level: LogLevel::Info,
+    });
+    assert!(config.validate().expect_err("bad target").has("log.level"));
 }
 
 #[test]

@@ -279,6 +279,47 @@ pub(crate) fn validate(config: &Config, issues: &mut Issues) {
     validate_dataplane(config, &mut checker);
     validate_qos(config, &mut checker);
     validate_tenants(config, &mut checker);
+    validate_log(config, &mut checker);
+    validate_admin(config, &mut checker);
+}
+
+fn validate_log(config: &Config, checker: &mut Checker<'_>) {
+    let targets = &config.log.targets;
+    checker.check("log.level", || {
+        for (index, target) in targets.iter().enumerate() {
+            crate::config::check_log_target(&target.target)?;
+            if targets[..index].iter().any(|t| t.target == target.target) {
+                return Err(format!("target {:?} has two directives", target.target));
+            }
+        }
+        Ok(())
+    });
+}
+
+/// The admin endpoint may not take the client port (both bound by this
+/// node: one of them would fail, or share it through SO_REUSEPORT).
+fn validate_admin(config: &Config, checker: &mut Checker<'_>) {
+    let Some(admin) = config.admin.listen else {
+        return;
+    };
+    let client = config.listen.client;
+    if checker.issues.has("listen.client") || admin.port() == 0 {
+        return;
+    }
+    checker.check("admin.listen", || {
+        let same_ip = admin.ip() == client.ip()
+            || admin.ip().is_unspecified()
+            || client.ip().is_unspecified();
+        if admin.port() == client.port() && same_ip {
+            Err(format!(
+                "must not use the client port of listen.client ({client}); the default is \
+                 {}",
+                crate::config::LISTEN_ADMIN_DEFAULT
+            ))
+        } else {
+            Ok(())
+        }
+    });
 }
 
 fn validate_node(config: &Config, checker: &mut Checker<'_>) {

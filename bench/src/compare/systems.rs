@@ -129,6 +129,7 @@ fn node_config(
          [node]\nid = {id}\ndata_dir = \"{}\"\ncores = [{cpu}]\n\n\
          [listen]\nclient = \"{client}\"\n\n\
          [leases]\nmax_ttl = \"120s\"\ntable_capacity = 262144\n\n\
+         [admin]\nlisten = \"off\"\n\n\
          [log]\nlevel = \"warn\"\n",
         data.display()
     );

@@ -13,7 +13,6 @@ use palisade_client::cli::{self, ClientCommand};
 use palisade_control::node::{default_data_dir, Node, StartOptions};
 use palisade_tuning::{Config, FsSource, TenantCredential};
 use tracing::info;
-use tracing_subscriber::EnvFilter;
 
 /// Palisade: time-bounded leases with fencing tokens.
 #[derive(Parser, Debug)]
@@ -37,6 +36,9 @@ enum Command {
         /// Data directory (epoch file and lock).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Admin (metrics) listen address, or "off" (overrides admin.listen).
+        #[arg(long)]
+        admin_listen: Option<String>,
         /// Write {"endpoint", "pid", "epoch", ...} as JSON here once serving.
         #[arg(long)]
         ready_file: Option<PathBuf>,
@@ -74,14 +76,6 @@ enum ConfigCommand {
     Default,
 }
 
-fn init_logging(level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 /// A failed assertion is a broken safety invariant: take the whole node
 /// down rather than let the other cores keep granting.
 fn abort_on_panic() {
@@ -106,6 +100,7 @@ fn write_ready_file(path: &Path, node: &Node) -> Result<()> {
         "peer": node.peer_addr().map(|a| a.to_string()),
         "pid": std::process::id(),
         "epoch": node.epoch(),
+        "admin": node.admin_addr().map(|a| a.to_string()),
         "grants_from_unix_ms": node.grants_from_unix_ms(),
         "data_dir": node.data_dir(),
     });
@@ -119,6 +114,7 @@ fn write_ready_file(path: &Path, node: &Node) -> Result<()> {
 fn serve(
     config: Option<PathBuf>,
     listen: Option<std::net::SocketAddr>,
+    admin_listen: Option<String>,
     data_dir: Option<PathBuf>,
     ready_file: Option<PathBuf>,
     failpoints: bool,
@@ -126,11 +122,21 @@ fn serve(
     let mut config = load_config(config.as_deref())?;
     if let Some(listen) = listen {
         config.listen.client = listen;
-        config
-            .validate()
-            .map_err(|errors| anyhow::anyhow!("invalid --listen:\n{errors}"))?;
     }
-    init_logging(config.log.level.as_str());
+    if let Some(admin) = admin_listen {
+        config.admin.listen = match admin.trim() {
+            off if off.eq_ignore_ascii_case("off") => None,
+            addr => Some(addr.parse().with_context(|| {
+                format!(
+                    "--admin-listen {addr:?}: expected IP:port (like 127.0.0.1:7401) or \"off\""
+                )
+            })?),
+        };
+    }
+    config
+        .validate()
+        .map_err(|errors| anyhow::anyhow!("invalid --listen / --admin-listen:\n{errors}"))?;
+    palisade_control::logging::init(&config.log)?;
     abort_on_panic();
     if failpoints {
         // Tests run a node whose clock drifts by setting this.
@@ -154,7 +160,12 @@ fn serve(
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
     let mut node = Node::start_with(&config, data_dir, StartOptions { failpoints })?;
-    info!(endpoint = %node.local_addr(), epoch = node.epoch(), "palisade serving");
+    info!(
+        endpoint = %node.local_addr(),
+        admin = %node.admin_addr().map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        epoch = node.epoch(),
+        "palisade serving"
+    );
     if let Some(path) = ready_file {
         write_ready_file(&path, &node)?;
     }
@@ -206,10 +217,18 @@ fn main() -> ExitCode {
         Command::Serve {
             config,
             listen,
+            admin_listen,
             data_dir,
             ready_file,
             failpoints,
-        } => serve(config, listen, data_dir, ready_file, failpoints),
+        } => serve(
+            config,
+            listen,
+            admin_listen,
+            data_dir,
+            ready_file,
+            failpoints,
+        ),
         Command::TenantCredential {
             secret_file,
             iterations,

@@ -225,7 +225,7 @@ impl Cluster {
     fn write_config(&self, i: usize) {
         let me = &self.nodes[i];
         let mut text = format!(
-            "[node]\nid = {}\ncores = 1\n\n[listen]\nclient = \"{}\"\n\n[cluster]\nname = \"test\"\nheartbeat_interval = \"{}ms\"\nelection_timeout = \"{}ms\"\nsecret_file = \"secret{}\"\n",
+            "[node]\nid = {}\ncores = 1\n\n[listen]\nclient = \"{}\"\n\n[cluster]\nname = \"test\"\nheartbeat_interval = \"{}ms\"\nelection_timeout = \"{}ms\"\nsecret_file = \"secret{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
             me.id, me.client, self.timing.0, self.timing.1, me.id
         );
         let secret = self.dir.path().join(format!("secret{}", me.id));

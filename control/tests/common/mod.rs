@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod promtool;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 
 /// A `palisade serve` child process, killed on drop.
@@ -44,7 +46,14 @@ impl Server {
         let log = work.join(format!("server-{}.log", std::process::id()));
         let log_file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--config")
             .arg(&config_path)
             .arg("--data-dir")
             .arg(data_dir)

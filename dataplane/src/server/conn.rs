@@ -18,7 +18,7 @@ use palisade_proto::{
 use tracing::{debug, warn};
 
 use super::CoreCtx;
-use crate::clock::monotonic_ms;
+use crate::clock::{monotonic_ms, monotonic_ns};
 use crate::service::{Conn, Outcome, Phase, RequestMeta};
 use crate::waiters::WaitEvent;
 
@@ -242,8 +242,11 @@ async fn run(
                 rx.filled(n);
                 // Read the clock after the bytes arrived: a lease's server
                 // interval then starts no earlier than the client sent it.
-                let now_ms = monotonic_ms();
+                let arrived_ns = monotonic_ns();
+                let now_ms = arrived_ns / 1_000_000;
                 let mut served = 0u64;
+                // Requests answered in this batch (not those left waiting).
+                let mut answered = 0u64;
                 let mut close = false;
                 let mut waits = Vec::new();
                 let mut wakes = Vec::new();
@@ -292,6 +295,10 @@ async fn run(
                     };
                     rx.consume(frame_len);
                     served += 1;
+                    answered += u64::from(matches!(
+                        outcome,
+                        Outcome::Reply(_) | Outcome::ReplyAndWake(..) | Outcome::ReplyAndClose(_)
+                    ));
                     match outcome {
                         Outcome::Reply(response) => {
                             respond(ctx, &mut out, meta.request_id, meta.group, &response);
@@ -329,6 +336,9 @@ async fn run(
                     stream.write_all(&out).await?;
                     out.clear();
                 }
+                stats
+                    .latency
+                    .record(monotonic_ns().saturating_sub(arrived_ns), answered);
                 if close {
                     return Ok(());
                 }

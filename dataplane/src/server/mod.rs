@@ -6,8 +6,8 @@
 //! Per core:
 //! - `lease-rpc` task queue (high shares, `Latency::Matters`): accept loop,
 //!   connections, the wait-queue timer and cross-core messages;
-//! - `background` task queue (low shares): the table sweeper and the
-//!   shutdown watch.
+//! - `background` task queue (low shares): the table sweeper, the shutdown
+//!   watch and, on core 0, the admin endpoint (`GET /metrics`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -28,10 +28,12 @@ use tracing::{debug, info, warn};
 
 use crate::clock::monotonic_ms;
 use crate::leadership::LeadershipView;
+use crate::metrics::Denial;
 use crate::service::{Shared, WatchRequest};
 use crate::table::LeaseKey;
 use crate::waiters::{home_core, WaitEvent, WaitQueues, WaitRequest};
 
+mod admin;
 mod conn;
 pub mod net;
 
@@ -75,6 +77,8 @@ pub struct ServerOptions {
     pub sweep_interval: Duration,
     /// Idle time after which a key is reclaimed.
     pub reclaim_after: Duration,
+    /// Admin endpoint (`GET /metrics`) address; `None`: no endpoint.
+    pub admin: Option<SocketAddr>,
 }
 
 /// Messages between cores.
@@ -253,9 +257,20 @@ impl CoreCtx {
 
     /// Delivers queue answers to their connections and rearms the timer.
     fn drain_waits(self: &Rc<Self>) {
+        let stats = &self.shared.stats[self.index];
         loop {
             let event = self.waits.borrow_mut().poll_event();
             let Some(event) = event else { break };
+            match &event {
+                WaitEvent::Granted { .. } => crate::metrics::bump(&stats.grants, 1),
+                WaitEvent::TimedOut { .. } => stats.deny(Denial::Busy),
+                WaitEvent::Failed { code, .. } => {
+                    if let Some(denial) = Denial::of_error(*code) {
+                        stats.deny(denial);
+                    }
+                }
+                WaitEvent::Watched { .. } => {}
+            }
             let origin = event.origin();
             let to = usize::from(origin.core);
             if to == self.index {
@@ -264,9 +279,13 @@ impl CoreCtx {
                 self.post(to, CoreMsg::Deliver(event));
             }
         }
-        self.shared.stats[self.index]
+        stats
             .waiters
             .store(self.waits.borrow().len() as u64, Ordering::Relaxed);
+        crate::metrics::bump(
+            &stats.expirations,
+            self.waits.borrow_mut().take_expirations(),
+        );
         if self.waits.borrow_mut().take_new_epoch_request() {
             self.shared.leadership.request_new_epoch();
         }
@@ -320,6 +339,7 @@ pub struct Server {
     handles: Option<PoolThreadHandles<()>>,
     shutdown: Arc<AtomicBool>,
     local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     cores: usize,
 }
 
@@ -327,6 +347,7 @@ impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("local_addr", &self.local_addr)
+            .field("admin_addr", &self.admin_addr)
             .field("cores", &self.cores)
             .finish_non_exhaustive()
     }
@@ -395,8 +416,21 @@ impl Server {
         }
         // Resolve port 0 once so that every core binds the same port.
         let (reservation, local_addr) = net::reserve(opts.listen)?;
+        // Bound here, so a taken port fails the start with its name; core 0
+        // takes it over (a one-time hand-off at start, hence the mutex).
+        let (admin, admin_addr) = match opts.admin {
+            Some(addr) => {
+                let (sock, local) = net::admin_listener(addr).map_err(|e| {
+                    io::Error::new(e.kind(), format!("binding admin.listen {addr}: {e}"))
+                })?;
+                (Some(sock), Some(local))
+            }
+            None => (None, None),
+        };
+        let admin = Arc::new(std::sync::Mutex::new(admin));
         let opts = ServerOptions {
             listen: local_addr,
+            admin: admin_addr,
             ..opts
         };
         let shutdown = Arc::new(AtomicBool::new(false));
@@ -410,7 +444,7 @@ impl Server {
             .on_all_shards({
                 let shutdown = shutdown.clone();
                 move || async move {
-                    core_main(shared, opts, mesh, connections, shutdown, ready_tx).await;
+                    core_main(shared, opts, mesh, connections, shutdown, ready_tx, admin).await;
                 }
             })
             .map_err(|e| io::Error::other(format!("starting data-plane cores: {e}")))?;
@@ -418,6 +452,7 @@ impl Server {
             handles: Some(handles),
             shutdown,
             local_addr,
+            admin_addr,
             cores,
         };
         for _ in 0..cores {
@@ -435,7 +470,16 @@ impl Server {
         }
         drop(reservation);
         info!(listen = %local_addr, cores, "data plane serving");
+        if let Some(admin) = admin_addr {
+            info!(%admin, "metrics on http://{admin}/metrics");
+        }
         Ok(server)
+    }
+
+    /// The admin endpoint's address (`None`: disabled).
+    #[must_use]
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The address clients connect to.
@@ -476,6 +520,7 @@ async fn core_main(
     connections: Arc<AtomicU64>,
     shutdown: Arc<AtomicBool>,
     ready: mpsc::Sender<Result<usize, String>>,
+    admin: Arc<std::sync::Mutex<Option<socket2::Socket>>>,
 ) {
     let cores = mesh.nr_peers();
     // glommio wakes a channel's connection waiters only when its reactor
@@ -543,6 +588,20 @@ async fn core_main(
     spawn(hot, wait_timer(ctx.clone(), kick_rx));
     spawn(hot, conn::accept_loop(ctx.clone(), listener));
     spawn(background, sweeper(ctx.clone()));
+    if index == 0 {
+        let admin = admin
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(sock) = admin {
+            let listener = net::into_glommio(sock);
+            spawn(
+                background,
+                admin::accept_loop(ctx.clone(), listener, background),
+            );
+        }
+    }
+    drop(admin);
     let _ = ready.send(Ok(index));
 
     while !shutdown.load(Ordering::SeqCst) {
@@ -598,6 +657,7 @@ async fn sweeper(ctx: Rc<CoreCtx>) {
     loop {
         let mut held = 0;
         let mut start = range.start;
+        let core_stats = &ctx.shared.stats[ctx.index];
         while start < range.end {
             let end = (start + SWEEP_CHUNK).min(range.end);
             let stats = ctx
@@ -605,12 +665,11 @@ async fn sweeper(ctx: Rc<CoreCtx>) {
                 .table
                 .sweep(start..end, monotonic_ms(), reclaim_after_ms);
             held += stats.held;
+            crate::metrics::bump(&core_stats.expirations, stats.expired);
             start = end;
             glommio::yield_if_needed().await;
         }
-        ctx.shared.stats[ctx.index]
-            .leases_held
-            .store(held, Ordering::Relaxed);
+        core_stats.leases_held.store(held, Ordering::Relaxed);
         glommio::timer::sleep(ctx.opts.sweep_interval).await;
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! key     fingerprint (126 bits) | kind (2 bits: EMPTY, TOMB, PENDING, LIVE)
-//! state   token (64) | meta (64: time_ms 40, lock_delay_ms 16, HELD, WAITERS, VACANT)
+//! state   token (64) | meta (64: time_ms 40, lock_delay_ms 16, HELD, WAITERS, VACANT,
+//!         ISSUED, EXPIRY_COUNTED)
 //! holder  token (64) | holder id (64): who received `token`, for idempotent acquire
 //! inserts counter for keys whose probe sequence starts at this slot
 //! ```
@@ -76,6 +77,10 @@ const VACANT: u64 = 1 << 58;
 /// the state's token is only the starting floor, which may come from
 /// another key (or tenant) and must not be reported.
 const ISSUED: u64 = 1 << 59;
+/// A held lease past its expiry was counted as expired (by the sweeper):
+/// each lease that runs out unreleased is counted once, by whichever of the
+/// sweeper or the grant that takes it over gets there first.
+const EXPIRY_COUNTED: u64 = 1 << 60;
 
 /// Largest lock delay a slot can store.
 pub const LOCK_DELAY_MAX_MS: u32 = DELAY_MASK as u32;
@@ -135,6 +140,10 @@ impl State {
     }
     fn waiters(self) -> bool {
         self.meta & WAITERS != 0
+    }
+    /// Held, past its expiry and not yet counted as expired.
+    fn expired_uncounted(self, now_ms: u64) -> bool {
+        self.held() && now_ms >= self.expiry_ms() && self.meta & EXPIRY_COUNTED == 0
     }
     fn vacant(self) -> bool {
         self.meta & VACANT != 0
@@ -243,6 +252,9 @@ pub enum Acquired {
         /// The caller already held it (same holder id): same token, expiry
         /// pushed to `now + ttl`.
         idempotent: bool,
+        /// The grant took over a lease that had run out unreleased and that
+        /// no sweep had counted yet: count one expiration.
+        took_over_expired: bool,
     },
     /// Not grantable now.
     Busy {
@@ -319,6 +331,9 @@ pub struct SweepStats {
     pub held: u64,
     /// Idle keys removed.
     pub reclaimed: u64,
+    /// Leases that ran out unreleased, counted now (each once: a lease
+    /// taken over first is counted by that grant instead).
+    pub expired: u64,
 }
 
 /// The shared lease table. All methods take `&self` and are lock-free
@@ -597,6 +612,7 @@ impl LeaseTable {
                             token: state.token,
                             expires_at_ms: renewed.expiry_ms(),
                             idempotent: true,
+                            took_over_expired: false,
                         });
                     }
                     Err(actual) => {
@@ -638,6 +654,7 @@ impl LeaseTable {
                         token,
                         expires_at_ms,
                         idempotent: false,
+                        took_over_expired: state.expired_uncounted(now_ms),
                     });
                 }
                 // Someone else changed the state first: judge the new one.
@@ -802,9 +819,11 @@ impl LeaseTable {
         panic!("set_waiters: no progress after {RETRY_MAX} attempts");
     }
 
-    /// Visits slots `range` (clamped to the table): counts live leases and
-    /// reclaims keys idle (free, or expired past their lock delay, with no
-    /// waiters) for at least `reclaim_after_ms`.
+    /// Visits slots `range` (clamped to the table): counts live leases,
+    /// counts leases that ran out unreleased since the last sweep (marking
+    /// them so each is counted once), and reclaims keys idle (free, or
+    /// expired past their lock delay, with no waiters) for at least
+    /// `reclaim_after_ms`.
     pub fn sweep(
         &self,
         range: std::ops::Range<usize>,
@@ -823,8 +842,8 @@ impl LeaseTable {
             // was in one incarnation from this load to the CAS (state words
             // never repeat across incarnations), and that incarnation's key
             // was already LIVE when read below.
-            let word = slot.state.load(Ordering::SeqCst);
-            let state = State::unpack(word);
+            let mut word = slot.state.load(Ordering::SeqCst);
+            let mut state = State::unpack(word);
             let key_word = slot.key.load(Ordering::SeqCst);
             if key_word & KIND_MASK != KIND_LIVE || state.vacant() {
                 continue;
@@ -832,6 +851,24 @@ impl LeaseTable {
             if state.live_at(now_ms) {
                 stats.held += 1;
                 continue;
+            }
+            if state.expired_uncounted(now_ms) {
+                let counted = State {
+                    meta: state.meta | EXPIRY_COUNTED,
+                    ..state
+                };
+                // Lost to a grant, release or waiter flag: whoever changed
+                // it judged the lease first; look again next sweep.
+                if slot
+                    .state
+                    .compare_exchange(word, counted.pack(), Ordering::SeqCst, Ordering::SeqCst)
+                    .is_err()
+                {
+                    continue;
+                }
+                stats.expired += 1;
+                word = counted.pack();
+                state = counted;
             }
             if state.waiters() {
                 continue;

@@ -74,7 +74,9 @@ fn same_holder_acquire_is_idempotent() {
             token,
             expires_at_ms,
             idempotent,
+            took_over_expired,
         }) => {
+            assert!(!took_over_expired);
             assert_eq!(token, first);
             assert_eq!(expires_at_ms, 1500);
             assert!(idempotent);
@@ -400,4 +402,62 @@ fn leases_of_an_earlier_epoch_are_never_vouched_for() {
     let new = granted(t.acquire(key, grant(1, 1000), 1000, 5, AcquireMode::Fair));
     assert!(new > old);
     assert_eq!(new >> 32, 5);
+}
+
+#[test]
+fn each_expiration_is_counted_once_by_sweep_or_take_over() {
+    let t = table(16);
+    let swept = t.hasher().key(0, b"swept");
+    let taken = t.hasher().key(0, b"taken");
+    let released = t.hasher().key(0, b"released");
+    let took_over = |outcome: Result<Acquired, TableError>| match outcome {
+        Ok(Acquired::Granted {
+            took_over_expired, ..
+        }) => took_over_expired,
+        other => panic!("expected a grant, got {other:?}"),
+    };
+    let all = 0..t.slot_count();
+    assert!(!took_over(t.acquire(
+        swept,
+        grant(1, 100),
+        0,
+        EPOCH,
+        AcquireMode::Fair
+    )));
+    assert!(!took_over(t.acquire(
+        taken,
+        grant(1, 100),
+        0,
+        EPOCH,
+        AcquireMode::Fair
+    )));
+    let token = granted(t.acquire(released, grant(1, 100), 0, EPOCH, AcquireMode::Fair));
+    assert_eq!(t.sweep(all.clone(), 99, 60_000).expired, 0, "not yet due");
+    // Released in time: never an expiration.
+    t.release(released, token, 50, EPOCH);
+    // "taken" runs out and is taken over before any sweep sees it.
+    assert!(took_over(t.acquire(
+        taken,
+        grant(2, 1_000),
+        150,
+        EPOCH,
+        AcquireMode::Fair
+    )));
+    let stats = t.sweep(all.clone(), 150, 60_000);
+    assert_eq!(stats.expired, 1, "only \"swept\"");
+    assert_eq!(stats.held, 1);
+    assert_eq!(t.sweep(all.clone(), 400, 60_000).expired, 0, "counted once");
+    // A grant over the counted lease does not count it again.
+    assert!(!took_over(t.acquire(
+        swept,
+        grant(2, 100),
+        500,
+        EPOCH,
+        AcquireMode::Fair
+    )));
+    assert_eq!(
+        t.sweep(all, 600, 60_000).expired,
+        1,
+        "the new lease ran out too"
+    );
 }

@@ -85,7 +85,8 @@ impl Lease {
         let _ = std::fs::remove_file(&ready);
         let log = work.join("lease.log");
         let child = Command::new(palisade_bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "off"])
+            .arg("--config")
             .arg(&config)
             .arg("--data-dir")
             .arg(work.join("lease-data"))

@@ -1,0 +1,101 @@
+//! Logging set-up for the daemon: `[log]` from the config (level, per-target
+//! directives, text or JSON lines on stderr), with `RUST_LOG` overriding the
+//! level when set.
+//!
+//! What it never does: log anything itself, or read the config file.
+//!
+//! ```
+//! let config = palisade_tuning::Config::builtin_default();
+//! let filter = palisade_control::logging::filter(&config.log, None).expect("valid");
+//! assert_eq!(filter.to_string(), "info");
+//! ```
+
+use anyhow::{Context, Result};
+use palisade_tuning::{LogConfig, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+/// The filter to log with: `RUST_LOG` (`env`) when given, else the
+/// config's `log.level` directives.
+///
+/// # Errors
+///
+/// A `RUST_LOG` (or, should the config's syntax ever drift from
+/// `EnvFilter`'s, a `log.level`) that `EnvFilter` refuses, named.
+pub fn filter(log: &LogConfig, env: Option<&str>) -> Result<EnvFilter> {
+    match env {
+        Some(directives) => EnvFilter::try_new(directives)
+            .with_context(|| format!("RUST_LOG={directives:?} is not a valid log filter")),
+        None => {
+            let directives = log.filter();
+            EnvFilter::try_new(&directives)
+                .with_context(|| format!("log.level = {directives:?} is not a valid log filter"))
+        }
+    }
+}
+
+/// Installs the process's log subscriber: lines on stderr, text or one
+/// JSON object per line, filtered by [`filter`] with `RUST_LOG` from the
+/// environment. Call once, first thing after the config is loaded.
+///
+/// # Errors
+///
+/// A bad filter, or a subscriber already installed.
+pub fn init(log: &LogConfig) -> Result<()> {
+    let env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let filter = filter(log, env.as_deref())?;
+    // Colours only for a person at a terminal, not for journald or a file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    let installed = match log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .with_ansi(false)
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
+    installed.map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_tuning::Config;
+
+    /// Directives as a sorted list: `EnvFilter` prints them in its own order.
+    fn directives(text: &str) -> Vec<String> {
+        let mut list: Vec<String> = text.split(',').map(str::to_owned).collect();
+        list.sort();
+        list
+    }
+
+    #[test]
+    fn every_config_filter_is_an_env_filter() {
+        for level in [
+            "info",
+            "warn,palisade_control=debug",
+            "error,palisade_dataplane::server=trace,raft=warn",
+        ] {
+            let config = Config::from_toml_str(&format!("[log]\nlevel = \"{level}\"\n"), None)
+                .expect("valid config");
+            let filter = filter(&config.log, None).expect("EnvFilter accepts it");
+            assert_eq!(directives(&filter.to_string()), directives(level));
+        }
+    }
+
+    #[test]
+    fn rust_log_overrides_and_a_bad_one_is_named() {
+        let config = Config::builtin_default();
+        let filter = filter(&config.log, Some("debug,raft=off")).expect("valid");
+        assert_eq!(directives(&filter.to_string()), ["debug", "raft=off"]);
+        let error = super::filter(&config.log, Some("palisade=[")).expect_err("bad");
+        assert!(
+            format!("{error:#}").contains("RUST_LOG=\"palisade=[\""),
+            "{error:#}"
+        );
+    }
+}

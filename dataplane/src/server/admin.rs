@@ -1,0 +1,106 @@
+//! The admin endpoint's shell: one listener on core 0, served from the
+//! low-share `background` task queue, so a scrape never delays lease
+//! traffic in `lease-rpc`. Reads a request head (bounded in size and time),
+//! asks [`crate::admin`] what to answer, writes it, closes.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
+
+use super::CoreCtx;
+use crate::admin::{self, Head, Route, Status};
+use crate::clock::monotonic_ms;
+
+/// Accepts admin connections on this core's background queue.
+pub(super) async fn accept_loop(
+    ctx: Rc<CoreCtx>,
+    listener: TcpListener,
+    queue: glommio::TaskQueueHandle,
+) {
+    let active = Rc::new(Cell::new(0usize));
+    loop {
+        let mut stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                warn!(error = %e, "admin accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if active.get() >= admin::CONNECTIONS_MAX {
+            super::spawn(queue, async move {
+                let response =
+                    admin::error_response(Status::Unavailable, "too many admin connections; retry");
+                let _ = with_deadline(admin::WRITE_DEADLINE, stream.write_all(&response)).await;
+                let _ = stream.close().await;
+            });
+            continue;
+        }
+        active.set(active.get() + 1);
+        let ctx = ctx.clone();
+        let active = active.clone();
+        super::spawn(queue, async move {
+            serve(&ctx, &mut stream).await;
+            let _ = stream.close().await;
+            active.set(active.get() - 1);
+        });
+    }
+}
+
+/// `future`'s output, or `None` once `limit` has passed.
+async fn with_deadline<T>(
+    limit: Duration,
+    future: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    futures_lite::future::or(async { Some(future.await) }, async {
+        glommio::timer::sleep(limit).await;
+        None
+    })
+    .await
+}
+
+async fn serve(ctx: &CoreCtx, stream: &mut TcpStream) {
+    let deadline_ms = monotonic_ms() + admin::READ_DEADLINE.as_millis() as u64;
+    let mut buf = vec![0u8; admin::REQUEST_HEAD_MAX];
+    let mut filled = 0;
+    let route = loop {
+        let left = Duration::from_millis(deadline_ms.saturating_sub(monotonic_ms()));
+        match with_deadline(left, stream.read(&mut buf[filled..])).await {
+            None => {
+                break Route::Error(
+                    Status::RequestTimeout,
+                    "the request head did not arrive within 5 s",
+                )
+            }
+            Some(Err(e)) => {
+                debug!(error = %e, "admin connection failed");
+                return;
+            }
+            Some(Ok(0)) => return,
+            Some(Ok(n)) => filled += n,
+        }
+        match admin::parse_head(&buf[..filled]) {
+            Head::Incomplete => {}
+            Head::Complete(route) => break route,
+        }
+    };
+    let response = match route {
+        Route::Metrics { head_only } => {
+            let body = crate::metrics::render(&ctx.shared, monotonic_ms());
+            admin::response(Status::Ok, admin::METRICS_CONTENT_TYPE, &body, head_only)
+        }
+        Route::Error(status, why) => {
+            debug!(code = status.line().0, why, "admin request refused");
+            admin::error_response(status, why)
+        }
+    };
+    match with_deadline(admin::WRITE_DEADLINE, stream.write_all(&response)).await {
+        Some(Ok(())) => {}
+        Some(Err(e)) => debug!(error = %e, "admin client went away"),
+        None => debug!("admin client did not take the response in time"),
+    }
+}
