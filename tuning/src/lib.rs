@@ -1,5 +1,5 @@
 //! `palisade-tuning`: the Palisade config file schema, parsing and
-//! validation.
+//! validation, and the timing calculator.
 //!
 //! Every Palisade binary reads one TOML file describing the node, its
 //! listener, its cluster, lease timing, resource limits, data plane tuning,
@@ -28,6 +28,10 @@
 //!   such as `leases.max_ttl` or `tenants[1].name`.
 //! - Value helpers: [`parse_duration`] / [`format_duration`] and
 //!   [`parse_dscp`].
+//! - [`tune`]: the timing model behind `palisade tune` (heartbeat interval,
+//!   election timeout and `max_ttl` from RTT samples and a failure model),
+//!   pure like the rest of this crate. The shipped profiles are in
+//!   `tuning/profiles/`.
 //!
 //! # Example
 //!
@@ -81,6 +85,7 @@ mod error;
 mod parse;
 mod render;
 mod source;
+pub mod tune;
 mod validate;
 
 pub use config::{
