@@ -92,7 +92,7 @@ pub fn run(args: &TuneArgs) -> Result<()> {
             (
                 samples,
                 Vec::new(),
-                format!("samples file {}", path.display()),
+                format!("read from samples file {}", path.display()),
             )
         }
         (None, Some(config)) => {
@@ -112,7 +112,7 @@ pub fn run(args: &TuneArgs) -> Result<()> {
                 })
                 .collect::<Result<Vec<_>, tune::TuneError>>()?;
             let from = config.node.id;
-            (samples, peers, format!("peer transport from node {from}"))
+            (samples, peers, format!("measured over the peer transport from node {from}"))
         }
         (None, None) => bail!(
             "nothing to tune from: give --config FILE to measure its peers, or --samples FILE"
@@ -196,7 +196,7 @@ fn write_snippet(
     source: &str,
 ) -> Result<()> {
     let header = [
-        format!("written by `palisade tune` from the {source}"),
+        format!("written by `palisade tune`; RTTs {source}"),
         format!(
             "model inputs: {} members, mtbf {}, fp fraction {}, availability {}, heartbeat floor {}",
             inputs.members,
@@ -298,7 +298,7 @@ fn to_text(
     inputs: &TuneInputs,
     advice: &Recommendation,
 ) -> String {
-    let mut out = format!("RTTs from the {source}\n");
+    let mut out = format!("RTTs {source}\n");
     for peer in peers {
         out.push_str(&format!(
             "  peer {} {}: {} pings, min {:.0} µs, mean {:.0} µs, p99 {:.0} µs, max {:.0} µs\n",
