@@ -752,3 +752,119 @@ impl Prober {
         Ok(rtts)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Probe links on real loopback sockets: answered by a running
+    //! transport, refused like raft links on a bad handshake, closed on
+    //! anything but a ping, and never retiring the member's raft link.
+
+    use super::*;
+    use raft::eraftpb::MessageType;
+
+    const SECRET: &[u8] = b"a cluster secret of some length";
+
+    /// Node 2's transport, knowing node 1 on loopback; its inbox.
+    fn node2() -> (Transport, Receiver<Message>) {
+        let (tx, rx) = mpsc::sync_channel(64);
+        let one: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        let transport = Transport::start(
+            2,
+            "test",
+            SECRET,
+            "127.0.0.1:0".parse().expect("addr"),
+            &[(1, one)],
+            tx,
+        )
+        .expect("start");
+        (transport, rx)
+    }
+
+    /// Node 1 as its transport would present itself.
+    fn node1() -> Identity {
+        Identity {
+            self_id: 1,
+            cluster: "test".into(),
+            secret: Arc::from(SECRET),
+        }
+    }
+
+    fn loopback() -> Option<IpAddr> {
+        Some("127.0.0.1".parse().expect("ip"))
+    }
+
+    #[test]
+    fn a_member_with_the_secret_gets_every_ping_answered() {
+        let (transport, _inbox) = node2();
+        let prober = Prober::new(1, "test", SECRET, loopback());
+        let rtts = prober
+            .rtts(2, transport.local_addr(), 20, Duration::ZERO)
+            .expect("pings answered");
+        assert_eq!(rtts.len(), 20);
+        assert!(rtts.iter().all(|rtt| *rtt > Duration::ZERO));
+        transport.stop();
+    }
+
+    #[test]
+    fn probes_pass_the_same_checks_as_raft_links() {
+        let (transport, _inbox) = node2();
+        let addr = transport.local_addr();
+        let refusals = [
+            Prober::new(1, "test", b"another secret, just as long", loopback()),
+            Prober::new(1, "test", b"", loopback()),
+            Prober::new(1, "other-cluster", SECRET, loopback()),
+            Prober::new(3, "test", SECRET, loopback()), // not a member
+            Prober::new(1, "test", SECRET, Some("127.0.0.2".parse().expect("ip"))), // wrong address
+        ];
+        for prober in refusals {
+            let result = prober.rtts(2, addr, 1, Duration::ZERO);
+            assert!(result.is_err(), "{prober:?} was answered");
+        }
+        // Addressed to another node id.
+        let prober = Prober::new(1, "test", SECRET, loopback());
+        assert!(prober.rtts(5, addr, 1, Duration::ZERO).is_err());
+        transport.stop();
+    }
+
+    #[test]
+    fn anything_but_a_ping_closes_a_probe_link() {
+        let (transport, _inbox) = node2();
+        let identity = node1();
+        for bad in [b"PONG00000000".to_vec(), b"PING".to_vec(), vec![0u8; 12]] {
+            let mut stream = dial(transport.local_addr(), loopback()).expect("dial");
+            handshake(&mut stream, &identity, 2, PROBE_MAGIC).expect("handshake");
+            write_frame(&mut stream, &bad).expect("write");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let mut buf = [0u8; 64];
+            // The acceptor closes without answering.
+            assert_eq!(stream.read(&mut buf).expect("read"), 0, "{bad:?}");
+        }
+        transport.stop();
+    }
+
+    #[test]
+    fn a_probe_never_retires_the_raft_link() {
+        let (transport, inbox) = node2();
+        let identity = node1();
+        let mut raft_link = dial(transport.local_addr(), loopback()).expect("dial");
+        handshake(&mut raft_link, &identity, 2, MAGIC).expect("handshake");
+        let prober = Prober::new(1, "test", SECRET, loopback());
+        prober
+            .rtts(2, transport.local_addr(), 3, Duration::ZERO)
+            .expect("pings");
+        // A retired reader notices at its next poll (READER_POLL); wait past it.
+        std::thread::sleep(READER_POLL * 2);
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgHeartbeat);
+        message.from = 1;
+        message.to = 2;
+        write_frame(&mut raft_link, &message.write_to_bytes().expect("encode")).expect("write");
+        let got = inbox
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the raft link still delivers");
+        assert_eq!((got.from, got.to), (1, 2));
+        transport.stop();
+    }
+}

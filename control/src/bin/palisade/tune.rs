@@ -112,7 +112,11 @@ pub fn run(args: &TuneArgs) -> Result<()> {
                 })
                 .collect::<Result<Vec<_>, tune::TuneError>>()?;
             let from = config.node.id;
-            (samples, peers, format!("measured over the peer transport from node {from}"))
+            (
+                samples,
+                peers,
+                format!("measured over the peer transport from node {from}"),
+            )
         }
         (None, None) => bail!(
             "nothing to tune from: give --config FILE to measure its peers, or --samples FILE"
