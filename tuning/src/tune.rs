@@ -107,6 +107,10 @@ const ELECTION_TIMEOUT_MAX: Duration = Duration::from_secs(60);
 const HEARTBEAT_MAX: Duration = Duration::from_secs(10);
 const MAX_TTL_MIN: Duration = Duration::from_millis(10);
 const MAX_TTL_MAX: Duration = Duration::from_secs(24 * 3600);
+/// Longest `mtbf` accepted: 100 years, far beyond any machine, and small
+/// enough for the floating-point arithmetic to stay exact to the
+/// millisecond.
+const MTBF_MAX: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 const MS: f64 = 1e-3;
 const US: f64 = 1e-6;
 
@@ -356,10 +360,14 @@ impl TuneInputs {
                 ),
             );
         }
-        if self.mtbf < Duration::from_secs(1) {
+        if self.mtbf < Duration::from_secs(1) || self.mtbf > MTBF_MAX {
             return bad(
                 "--mtbf",
-                format!("must be at least 1s, got {}", format_duration(self.mtbf)),
+                format!(
+                    "must be between 1s and {} (100 years), got {}",
+                    format_duration(MTBF_MAX),
+                    format_duration(self.mtbf)
+                ),
             );
         }
         if !(self.fp_fraction > 0.0 && self.fp_fraction <= 1.0) {

@@ -289,7 +289,7 @@ fn impossible_targets_say_why() {
 #[test]
 fn bad_inputs_are_named() {
     let fit = RttFit::from_summary(100.0, 150.0, 300.0, 500.0).expect("fit");
-    let cases: [(TuneInputs, &str); 9] = [
+    let cases: [(TuneInputs, &str); 10] = [
         (
             TuneInputs {
                 members: 1,
@@ -335,6 +335,13 @@ fn bad_inputs_are_named() {
         (
             TuneInputs {
                 mtbf: Duration::ZERO,
+                ..round_inputs()
+            },
+            "--mtbf",
+        ),
+        (
+            TuneInputs {
+                mtbf: Duration::MAX,
                 ..round_inputs()
             },
             "--mtbf",

@@ -29,7 +29,7 @@ pub struct TuneArgs {
     /// Pings per peer (each one round trip), 30..=10000.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(30..=10_000))]
     count: u64,
-    /// Time between pings.
+    /// Time between pings, at most 1s.
     #[arg(long, default_value = "10ms", value_parser = duration_arg)]
     interval: Duration,
     /// Mean time between failures of one node (failures are a Poisson
@@ -56,6 +56,9 @@ pub struct TuneArgs {
     write_snippet: Option<PathBuf>,
 }
 
+/// Longest pause between pings: 10000 pings still finish within hours.
+const INTERVAL_MAX: Duration = Duration::from_secs(1);
+
 fn duration_arg(text: &str) -> Result<Duration, String> {
     parse_duration(text)
 }
@@ -76,6 +79,13 @@ struct PeerRtts {
 
 /// Runs `palisade tune`.
 pub fn run(args: &TuneArgs) -> Result<()> {
+    if args.interval > INTERVAL_MAX {
+        bail!(
+            "--interval must be at most {}, got {}",
+            format_duration(INTERVAL_MAX),
+            format_duration(args.interval)
+        );
+    }
     let config =
         match &args.config {
             Some(path) => Some(Config::load(path, &FsSource).map_err(|errors| {
