@@ -36,7 +36,11 @@ const STEPS_PER_TURN_MAX: usize = 1024;
 const SECRET_MIN: usize = 16;
 
 /// Reads the cluster secret file (empty when none is configured).
-fn cluster_secret(config: &Config) -> Result<Vec<u8>> {
+///
+/// # Errors
+///
+/// The file cannot be read or holds fewer than 16 bytes.
+pub fn cluster_secret(config: &Config) -> Result<Vec<u8>> {
     let Some(path) = config.secret_file_resolved() else {
         return Ok(Vec::new());
     };

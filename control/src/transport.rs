@@ -19,6 +19,14 @@
 //! then      = one protobuf raft Message per frame   (dialer -> acceptor)
 //! ```
 //!
+//! A *probe link* (`palisade tune`) has the same handshake with the magic
+//! `"PLSDPING"`, which the MACs cover. After it the dialer sends
+//! `ping = "PING" | seq: u64 LE` frames one at a time and the acceptor
+//! answers each at once with `pong = "PONG" | seq`; nothing else is
+//! accepted on it. A probe link never carries raft messages and never
+//! retires a raft link; it counts against the inbound cap, closes when
+//! idle, and carries at most [`PINGS_PER_LINK_MAX`] pings.
+//!
 //! K is the cluster secret (`cluster.secret_file`), HMAC-SHA256; both sides
 //! prove they hold it with fresh nonces, so a recorded handshake cannot be
 //! replayed. Without a secret K is empty: the exchange then only checks
@@ -51,6 +59,14 @@ use tracing::{debug, info, warn};
 use palisade_dataplane::clock::monotonic_ms;
 
 const MAGIC: &[u8; 8] = b"PLSDPEER";
+/// The magic of a probe link's hello.
+const PROBE_MAGIC: &[u8; 8] = b"PLSDPING";
+const PING: &[u8; 4] = b"PING";
+const PONG: &[u8; 4] = b"PONG";
+/// A ping or pong frame: tag and sequence number.
+const PING_LEN: usize = 4 + 8;
+/// Pings one probe link answers before it is closed.
+pub const PINGS_PER_LINK_MAX: u64 = 100_000;
 const VERSION: u8 = 2;
 const NONCE_LEN: usize = 16;
 const MAC_LEN: usize = 32;
@@ -132,8 +148,14 @@ fn link_options(stream: &TcpStream) {
     let _ = sock.set_tcp_keepalive(&keepalive);
 }
 
-fn hello_bytes(cluster: &str, from: u16, to: u16, nonce: &[u8; NONCE_LEN]) -> Vec<u8> {
-    let mut out = MAGIC.to_vec();
+fn hello_bytes(
+    magic: &[u8; 8],
+    cluster: &str,
+    from: u16,
+    to: u16,
+    nonce: &[u8; NONCE_LEN],
+) -> Vec<u8> {
+    let mut out = magic.to_vec();
     out.push(VERSION);
     out.extend_from_slice(&from.to_le_bytes());
     out.extend_from_slice(&to.to_le_bytes());
@@ -460,7 +482,7 @@ impl Link<'_> {
         let deadline = monotonic_ms() + HANDSHAKE_DEADLINE.as_millis() as u64;
         let mut frames = FrameReader::new();
         let hello = frames.next_by(&mut stream, HELLO_MAX, deadline)?;
-        let from = self.check_hello(&hello, remote.ip())?;
+        let (from, probe) = self.check_hello(&hello, remote.ip())?;
 
         let nonce_a = nonce()?;
         let mut challenge = nonce_a.to_vec();
@@ -481,6 +503,10 @@ impl Link<'_> {
                 "refused a peer whose proof is wrong: the cluster secrets differ (or only one side has one)"
             );
             return Err(invalid("wrong proof".into()));
+        }
+        if probe {
+            debug!(from, %remote, "probe link up");
+            return self.answer_pings(&mut stream, &mut frames);
         }
         let generation = {
             let mut generations = self.generations.lock().expect("not poisoned");
@@ -521,12 +547,43 @@ impl Link<'_> {
         Ok(())
     }
 
-    /// Checks a hello; returns the peer's id.
-    fn check_hello(&self, hello: &[u8], remote: IpAddr) -> io::Result<u16> {
+    /// Answers each ping on a probe link with its pong until the dialer
+    /// closes, the link idles, the node stops or the ping cap is reached.
+    fn answer_pings(&self, stream: &mut TcpStream, frames: &mut FrameReader) -> io::Result<()> {
+        stream.set_read_timeout(Some(READER_POLL))?;
+        let mut heard_ms = monotonic_ms();
+        let mut answered = 0u64;
+        while !self.stop.load(Ordering::SeqCst) && answered < PINGS_PER_LINK_MAX {
+            let Some(frame) = frames.next(stream, PING_LEN)? else {
+                if monotonic_ms().saturating_sub(heard_ms) > IDLE_MAX.as_millis() as u64 {
+                    return Err(invalid("idle".into()));
+                }
+                continue;
+            };
+            heard_ms = monotonic_ms();
+            if frame.len() != PING_LEN || &frame[..PING.len()] != PING {
+                return Err(invalid("a probe link carries only pings".into()));
+            }
+            let mut pong = PONG.to_vec();
+            pong.extend_from_slice(&frame[PING.len()..]);
+            write_frame(stream, &pong)?;
+            answered += 1;
+        }
+        Ok(())
+    }
+
+    /// Checks a hello; returns the peer's id and whether it opens a probe
+    /// link.
+    fn check_hello(&self, hello: &[u8], remote: IpAddr) -> io::Result<(u16, bool)> {
         let fixed = MAGIC.len() + 1 + 4 + NONCE_LEN;
-        if hello.len() < fixed || &hello[..MAGIC.len()] != MAGIC {
+        if hello.len() < fixed {
             return Err(invalid("not a palisade peer".into()));
         }
+        let probe = match &hello[..MAGIC.len()] {
+            magic if magic == MAGIC => false,
+            magic if magic == PROBE_MAGIC => true,
+            _ => return Err(invalid("not a palisade peer".into())),
+        };
         let version = hello[MAGIC.len()];
         if version != VERSION {
             warn!(version, "refused a peer speaking another transport version");
@@ -553,7 +610,7 @@ impl Link<'_> {
             warn!(from, %remote, %expected, "refused a peer connecting from an address its config does not name");
             return Err(invalid(format!("{from} connected from {remote}")));
         }
-        Ok(from)
+        Ok((from, probe))
     }
 }
 
@@ -570,8 +627,13 @@ fn dial(addr: SocketAddr, bind_ip: Option<IpAddr>, dscp: u8) -> io::Result<TcpSt
 
 /// Handshakes as the dialer: sends the hello, checks the acceptor's proof,
 /// sends ours.
-fn handshake(stream: &mut TcpStream, identity: &Identity, peer: u16) -> io::Result<()> {
-    let hello = hello_bytes(&identity.cluster, identity.self_id, peer, &nonce()?);
+fn handshake(
+    stream: &mut TcpStream,
+    identity: &Identity,
+    peer: u16,
+    magic: &[u8; 8],
+) -> io::Result<()> {
+    let hello = hello_bytes(magic, &identity.cluster, identity.self_id, peer, &nonce()?);
     write_frame(stream, &hello)?;
     let deadline = monotonic_ms() + HANDSHAKE_DEADLINE.as_millis() as u64;
     let challenge = FrameReader::new().next_by(stream, NONCE_LEN + MAC_LEN, deadline)?;
@@ -625,7 +687,7 @@ fn writer_loop(
         let connected = dial(addr, bind_ip, identity.peer_dscp).and_then(|mut stream| {
             link_options(&stream);
             stream.set_write_timeout(Some(IO_TIMEOUT))?;
-            handshake(&mut stream, identity, peer)?;
+            handshake(&mut stream, identity, peer, MAGIC)?;
             Ok(stream)
         });
         let mut stream = match connected {
@@ -671,5 +733,203 @@ fn writer_loop(
                 break;
             }
         }
+    }
+}
+
+/// Measures round-trip times to peers over the peer transport itself: the
+/// same dial (from this node's peer address), DSCP mark, authenticated
+/// handshake and checks as a raft link, on a probe link. Used by
+/// `palisade tune`; it needs no running node on this host.
+#[derive(Debug)]
+pub struct Prober {
+    identity: Identity,
+    bind_ip: Option<IpAddr>,
+}
+
+impl Prober {
+    /// A prober speaking as node `self_id` of `cluster` with the cluster
+    /// `secret` (empty: none), dialing from `bind_ip` (this node's peer
+    /// address; `None` for any).
+    #[must_use]
+    pub fn new(self_id: u16, cluster: &str, secret: &[u8], bind_ip: Option<IpAddr>) -> Prober {
+        Prober {
+            identity: Identity {
+                self_id,
+                cluster: cluster.to_string(),
+                secret: Arc::from(secret),
+                peer_dscp: PEER_DSCP_DEFAULT,
+            },
+            bind_ip: bind_ip.filter(|ip| !ip.is_unspecified()),
+        }
+    }
+
+    /// Opens a probe link to `peer` at `addr` and sends `count` pings one at
+    /// a time, `gap` apart; returns each round trip (ping written to pong
+    /// read, monotonic clock).
+    ///
+    /// # Errors
+    ///
+    /// Connecting, the handshake (`InvalidData` when the peer refuses us or
+    /// its proof is wrong), a pong slower than 2 s, or a pong that does not
+    /// answer the ping just sent.
+    pub fn rtts(
+        &self,
+        peer: u16,
+        addr: SocketAddr,
+        count: usize,
+        gap: Duration,
+    ) -> io::Result<Vec<Duration>> {
+        let mut stream = dial(addr, self.bind_ip, self.identity.peer_dscp)?;
+        link_options(&stream);
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        handshake(&mut stream, &self.identity, peer, PROBE_MAGIC)?;
+        let mut frames = FrameReader::new();
+        let mut rtts = Vec::with_capacity(count);
+        for seq in 0..count as u64 {
+            if seq > 0 {
+                std::thread::sleep(gap);
+            }
+            let mut ping = PING.to_vec();
+            ping.extend_from_slice(&seq.to_le_bytes());
+            let sent_ns = palisade_dataplane::clock::monotonic_ns();
+            write_frame(&mut stream, &ping)?;
+            let deadline = monotonic_ms() + IO_TIMEOUT.as_millis() as u64;
+            let pong = frames
+                .next_by(&mut stream, PING_LEN, deadline)
+                .map_err(|e| match e.kind() {
+                    io::ErrorKind::TimedOut => io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no pong to ping {seq} within {}s", IO_TIMEOUT.as_secs()),
+                    ),
+                    _ => e,
+                })?;
+            let received_ns = palisade_dataplane::clock::monotonic_ns();
+            let mut expected = PONG.to_vec();
+            expected.extend_from_slice(&seq.to_le_bytes());
+            if pong != expected {
+                return Err(invalid(format!("pong does not answer ping {seq}")));
+            }
+            rtts.push(Duration::from_nanos(received_ns.saturating_sub(sent_ns)));
+        }
+        Ok(rtts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Probe links on real loopback sockets: answered by a running
+    //! transport, refused like raft links on a bad handshake, closed on
+    //! anything but a ping, and never retiring the member's raft link.
+
+    use super::*;
+    use raft::eraftpb::MessageType;
+
+    const SECRET: &[u8] = b"a cluster secret of some length";
+
+    /// Node 2's transport, knowing node 1 on loopback; its inbox.
+    fn node2() -> (Transport, Receiver<Message>) {
+        let (tx, rx) = mpsc::sync_channel(64);
+        let one: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        let transport = Transport::start(
+            2,
+            "test",
+            SECRET,
+            "127.0.0.1:0".parse().expect("addr"),
+            &[(1, one)],
+            tx,
+        )
+        .expect("start");
+        (transport, rx)
+    }
+
+    /// Node 1 as its transport would present itself.
+    fn node1() -> Identity {
+        Identity {
+            self_id: 1,
+            cluster: "test".into(),
+            secret: Arc::from(SECRET),
+            peer_dscp: PEER_DSCP_DEFAULT,
+        }
+    }
+
+    fn loopback() -> Option<IpAddr> {
+        Some("127.0.0.1".parse().expect("ip"))
+    }
+
+    #[test]
+    fn a_member_with_the_secret_gets_every_ping_answered() {
+        let (transport, _inbox) = node2();
+        let prober = Prober::new(1, "test", SECRET, loopback());
+        let rtts = prober
+            .rtts(2, transport.local_addr(), 20, Duration::ZERO)
+            .expect("pings answered");
+        assert_eq!(rtts.len(), 20);
+        assert!(rtts.iter().all(|rtt| *rtt > Duration::ZERO));
+        transport.stop();
+    }
+
+    #[test]
+    fn probes_pass_the_same_checks_as_raft_links() {
+        let (transport, _inbox) = node2();
+        let addr = transport.local_addr();
+        let refusals = [
+            Prober::new(1, "test", b"another secret, just as long", loopback()),
+            Prober::new(1, "test", b"", loopback()),
+            Prober::new(1, "other-cluster", SECRET, loopback()),
+            Prober::new(3, "test", SECRET, loopback()), // not a member
+            Prober::new(1, "test", SECRET, Some("127.0.0.2".parse().expect("ip"))), // wrong address
+        ];
+        for prober in refusals {
+            let result = prober.rtts(2, addr, 1, Duration::ZERO);
+            assert!(result.is_err(), "{prober:?} was answered");
+        }
+        // Addressed to another node id.
+        let prober = Prober::new(1, "test", SECRET, loopback());
+        assert!(prober.rtts(5, addr, 1, Duration::ZERO).is_err());
+        transport.stop();
+    }
+
+    #[test]
+    fn anything_but_a_ping_closes_a_probe_link() {
+        let (transport, _inbox) = node2();
+        let identity = node1();
+        for bad in [b"PONG00000000".to_vec(), b"PING".to_vec(), vec![0u8; 12]] {
+            let mut stream =
+                dial(transport.local_addr(), loopback(), PEER_DSCP_DEFAULT).expect("dial");
+            handshake(&mut stream, &identity, 2, PROBE_MAGIC).expect("handshake");
+            write_frame(&mut stream, &bad).expect("write");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let mut buf = [0u8; 64];
+            // The acceptor closes without answering.
+            assert_eq!(stream.read(&mut buf).expect("read"), 0, "{bad:?}");
+        }
+        transport.stop();
+    }
+
+    #[test]
+    fn a_probe_never_retires_the_raft_link() {
+        let (transport, inbox) = node2();
+        let identity = node1();
+        let mut raft_link =
+            dial(transport.local_addr(), loopback(), PEER_DSCP_DEFAULT).expect("dial");
+        handshake(&mut raft_link, &identity, 2, MAGIC).expect("handshake");
+        let prober = Prober::new(1, "test", SECRET, loopback());
+        prober
+            .rtts(2, transport.local_addr(), 3, Duration::ZERO)
+            .expect("pings");
+        // A retired reader notices at its next poll (READER_POLL); wait past it.
+        std::thread::sleep(READER_POLL * 2);
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgHeartbeat);
+        message.from = 1;
+        message.to = 2;
+        write_frame(&mut raft_link, &message.write_to_bytes().expect("encode")).expect("write");
+        let got = inbox
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the raft link still delivers");
+        assert_eq!((got.from, got.to), (1, 2));
+        transport.stop();
     }
 }

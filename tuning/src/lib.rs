@@ -1,5 +1,5 @@
 //! `palisade-tuning`: the Palisade config file schema, parsing and
-//! validation.
+//! validation, and the timing calculator.
 //!
 //! Every Palisade binary reads one TOML file describing the node, its
 //! listener, its cluster, lease timing, resource limits, data plane tuning,
@@ -31,6 +31,10 @@
 //!   such as `leases.max_ttl` or `tenants[1].name`.
 //! - Value helpers: [`parse_duration`] / [`format_duration`] and
 //!   [`parse_dscp`] / [`dscp_name`], [`parse_rate`] / [`format_rate`].
+//! - [`tune`]: the timing model behind `palisade tune` (heartbeat interval,
+//!   election timeout and `max_ttl` from RTT samples and a failure model),
+//!   pure like the rest of this crate. The shipped profiles are in
+//!   `tuning/profiles/`.
 //!
 //! # Example
 //!
@@ -85,6 +89,7 @@ mod parse;
 mod rate;
 mod render;
 mod source;
+pub mod tune;
 mod validate;
 
 pub use config::{

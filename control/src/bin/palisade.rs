@@ -1,5 +1,8 @@
 //! `palisade`: run a node (`serve`) or talk to one (`acquire`, `renew`,
-//! `release`, `check`, `status`).
+//! `release`, `check`, `status`); `tune` advises on timing.
+
+#[path = "palisade/tune.rs"]
+mod tune;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -56,6 +59,10 @@ enum Command {
         #[arg(long, default_value_t = 4096)]
         iterations: u32,
     },
+    /// Measure RTTs to the configured peers over the peer transport (or
+    /// read them with --samples) and recommend heartbeat_interval,
+    /// election_timeout and max_ttl (see docs/OPERATIONS.md, "Tuning").
+    Tune(tune::TuneArgs),
     /// Config file tools.
     Config {
         #[command(subcommand)]
@@ -233,6 +240,7 @@ fn main() -> ExitCode {
             secret_file,
             iterations,
         } => tenant_credential(secret_file, iterations),
+        Command::Tune(args) => tune::run(&args),
         Command::Config {
             command: ConfigCommand::Check { file },
         } => load_config(Some(&file)).map(|_| println!("{}: valid", file.display())),
