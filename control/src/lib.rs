@@ -28,4 +28,5 @@ pub mod core;
 pub mod datadir;
 pub mod node;
 pub mod raftlog;
+pub mod supervise;
 pub mod transport;

@@ -33,6 +33,7 @@ use crate::table::LeaseKey;
 use crate::waiters::{home_core, WaitEvent, WaitQueues, WaitRequest};
 
 mod conn;
+pub mod heartbeat;
 pub mod net;
 
 /// Which CPUs run data-plane cores.
@@ -321,6 +322,8 @@ pub struct Server {
     shutdown: Arc<AtomicBool>,
     local_addr: SocketAddr,
     cores: usize,
+    /// Each core's last heartbeat (monotonic ms).
+    heartbeats: Arc<[AtomicU64]>,
 }
 
 impl std::fmt::Debug for Server {
@@ -402,6 +405,7 @@ impl Server {
         let shutdown = Arc::new(AtomicBool::new(false));
         let connections = Arc::new(AtomicU64::new(0));
         let mesh = MeshBuilder::<CoreMsg, _>::full(cores, MESH_CHANNEL_CAPACITY);
+        let heartbeats = heartbeat::slots(cores, monotonic_ms());
         let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
         let handles = LocalExecutorPoolBuilder::new(placement)
             .name("palisade-core")
@@ -409,8 +413,18 @@ impl Server {
             .io_memory(IO_MEMORY)
             .on_all_shards({
                 let shutdown = shutdown.clone();
+                let heartbeats = heartbeats.clone();
                 move || async move {
-                    core_main(shared, opts, mesh, connections, shutdown, ready_tx).await;
+                    core_main(
+                        shared,
+                        opts,
+                        mesh,
+                        connections,
+                        shutdown,
+                        heartbeats,
+                        ready_tx,
+                    )
+                    .await;
                 }
             })
             .map_err(|e| io::Error::other(format!("starting data-plane cores: {e}")))?;
@@ -419,6 +433,7 @@ impl Server {
             shutdown,
             local_addr,
             cores,
+            heartbeats,
         };
         for _ in 0..cores {
             match ready_rx.recv_timeout(Duration::from_secs(30)) {
@@ -450,6 +465,13 @@ impl Server {
         self.cores
     }
 
+    /// Each core's last heartbeat in monotonic ms, by core index, into
+    /// `out` (cleared first). The watchdog calls it from the control loop.
+    pub fn core_heartbeats_ms(&self, out: &mut Vec<u64>) {
+        out.clear();
+        out.extend(self.heartbeats.iter().map(|b| b.load(Ordering::Relaxed)));
+    }
+
     /// Stops every core and waits for them.
     pub fn stop(&mut self) {
         self.shutdown.store(true, Ordering::SeqCst);
@@ -475,6 +497,7 @@ async fn core_main(
     mesh: MeshBuilder<CoreMsg, glommio::channels::channel_mesh::Full>,
     connections: Arc<AtomicU64>,
     shutdown: Arc<AtomicBool>,
+    heartbeats: Arc<[AtomicU64]>,
     ready: mpsc::Sender<Result<usize, String>>,
 ) {
     let cores = mesh.nr_peers();
@@ -543,6 +566,7 @@ async fn core_main(
     spawn(hot, wait_timer(ctx.clone(), kick_rx));
     spawn(hot, conn::accept_loop(ctx.clone(), listener));
     spawn(background, sweeper(ctx.clone()));
+    spawn(hot, heartbeat::beat(heartbeats, index));
     let _ = ready.send(Ok(index));
 
     while !shutdown.load(Ordering::SeqCst) {
