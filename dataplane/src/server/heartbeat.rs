@@ -28,20 +28,23 @@ static STALL_FAILPOINT: OnceLock<(usize, PathBuf)> = OnceLock::new();
 
 /// Test hook: while `file` exists, core `core` blocks its thread in its
 /// heartbeat task, as a core stuck in a task that never yields would be.
-/// Call once, before [`super::Server::start`]; only `palisade serve
-/// --failpoints` calls it.
+/// Call once, before the executors start; only `palisade serve
+/// --failpoints` and the proxy's test hook call it.
 pub fn arm_core_stall_failpoint(core: usize, file: PathBuf) {
     warn!(core, file = %file.display(), "test failpoint: this core stalls while the file exists");
     let _ = STALL_FAILPOINT.set((core, file));
 }
 
-/// One monotonic-ms slot per core, all set to `now_ms`.
-pub(super) fn slots(cores: usize, now_ms: u64) -> Arc<[AtomicU64]> {
+/// One monotonic-ms slot per core (or per executor of another glommio
+/// process, such as the fencing proxy), all set to `now_ms`.
+#[must_use]
+pub fn slots(cores: usize, now_ms: u64) -> Arc<[AtomicU64]> {
     (0..cores).map(|_| AtomicU64::new(now_ms)).collect()
 }
 
-/// The heartbeat task of core `index`.
-pub(super) async fn beat(slots: Arc<[AtomicU64]>, index: usize) {
+/// The heartbeat task of core `index`: spawn it on the executor's most
+/// important task queue.
+pub async fn beat(slots: Arc<[AtomicU64]>, index: usize) {
     loop {
         slots[index].store(monotonic_ms(), Ordering::Relaxed);
         stall_if_armed(index);
