@@ -49,6 +49,9 @@ fi
 echo "== workspace tests"
 cargo test --workspace --locked
 
+echo "== systemd units (systemd-analyze verify, security) and scripts/install.sh"
+scripts/test-systemd.sh
+
 echo "== benchmarks compile and run once (criterion test mode)"
 cargo test --locked -p palisade-dataplane -p palisade-proto --benches
 

@@ -31,4 +31,5 @@ pub mod logging;
 pub mod node;
 pub mod qos;
 pub mod raftlog;
+pub mod supervise;
 pub mod transport;

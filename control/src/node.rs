@@ -370,6 +370,11 @@ impl Node {
         &self.shared.leadership
     }
 
+    /// Each data-plane core's last heartbeat (monotonic ms) into `out`.
+    pub fn core_heartbeats_ms(&self, out: &mut Vec<u64>) {
+        self.server.core_heartbeats_ms(out);
+    }
+
     /// The data directory in use.
     #[must_use]
     pub fn data_dir(&self) -> &Path {
@@ -536,7 +541,13 @@ impl Node {
 
     /// Runs control work until `stop` returns true.
     pub fn run_until(&mut self, mut stop: impl FnMut() -> bool) -> Result<()> {
-        while !stop() {
+        self.run_until_with(|_| stop())
+    }
+
+    /// [`Node::run_until`], handing `stop` the node on every turn of the
+    /// control loop (the service-manager watchdog pings from there).
+    pub fn run_until_with(&mut self, mut stop: impl FnMut(&Node) -> bool) -> Result<()> {
+        while !stop(self) {
             if let Err(e) = self.turn(Duration::from_millis(10)) {
                 error!(error = %format!("{e:#}"), "control plane failed");
                 return Err(e);

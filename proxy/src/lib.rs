@@ -17,3 +17,4 @@ pub mod lease;
 pub mod metrics;
 pub mod nbd;
 pub mod server;
+pub mod supervise;

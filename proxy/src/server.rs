@@ -315,14 +315,17 @@ fn watch_loop(store: &FenceStore, link: &LeaseLink, cell: &FenceCell, export: &E
 }
 
 /// Runs the NBD server on the calling thread until the process ends.
-/// `ready` gets the bound address once clients can connect.
+/// `ready` gets the bound address once clients can connect. The executor
+/// stores its heartbeat in `beats[0]` (the watchdog reads it).
 pub fn run(
     config: &ProxyConfig,
     prepared: Vec<Prepared>,
     store: Arc<FenceStore>,
     link: LeaseLink,
+    beats: Arc<[AtomicU64]>,
     ready: impl FnOnce(SocketAddr) + Send + 'static,
 ) -> anyhow::Result<()> {
+    assert_eq!(beats.len(), 1, "one executor, one heartbeat");
     let listen = config.proxy.listen;
     let write_delay = test_write_delay();
     let handle = LocalExecutorBuilder::new(glommio::Placement::Unbound)
@@ -330,6 +333,7 @@ pub fn run(
         .io_memory(IO_MEMORY)
         .blocking_thread_pool_placement(PoolPlacement::Unbound(BLOCKING_THREADS))
         .spawn(move || async move {
+            glommio::spawn_local(palisade_dataplane::server::heartbeat::beat(beats, 0)).detach();
             let mut by_name = HashMap::new();
             let mut names = Vec::new();
             for p in prepared {

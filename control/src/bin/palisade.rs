@@ -14,6 +14,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use palisade_client::cli::{self, ClientCommand};
 use palisade_control::node::{default_data_dir, Node, StartOptions};
+use palisade_control::supervise::Supervision;
+use palisade_dataplane::clock::monotonic_ms;
 use palisade_tuning::{Config, FsSource, TenantCredential};
 use tracing::info;
 
@@ -161,6 +163,11 @@ fn serve(
     let data_dir = data_dir
         .or_else(|| config.data_dir_resolved())
         .unwrap_or_else(default_data_dir);
+    if failpoints {
+        palisade_control::supervise::arm_core_stall_failpoint(&data_dir)?;
+    }
+    let mut supervision = Supervision::from_env()?;
+    supervision.starting();
     info!(data_dir = %data_dir.display(), "starting");
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -176,7 +183,11 @@ fn serve(
     if let Some(path) = ready_file {
         write_ready_file(&path, &node)?;
     }
-    let result = node.run_until(|| stop.load(Ordering::SeqCst));
+    let result = node.run_until_with(|node| {
+        supervision.poll(node, monotonic_ms());
+        stop.load(Ordering::SeqCst)
+    });
+    supervision.stopping();
     info!("shutting down");
     node.shutdown();
     result

@@ -35,6 +35,7 @@ use crate::waiters::{home_core, WaitEvent, WaitQueues, WaitRequest};
 
 mod admin;
 mod conn;
+pub mod heartbeat;
 pub mod net;
 
 /// Which CPUs run data-plane cores.
@@ -341,6 +342,8 @@ pub struct Server {
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     cores: usize,
+    /// Each core's last heartbeat (monotonic ms).
+    heartbeats: Arc<[AtomicU64]>,
 }
 
 impl std::fmt::Debug for Server {
@@ -436,6 +439,7 @@ impl Server {
         let shutdown = Arc::new(AtomicBool::new(false));
         let connections = Arc::new(AtomicU64::new(0));
         let mesh = MeshBuilder::<CoreMsg, _>::full(cores, MESH_CHANNEL_CAPACITY);
+        let heartbeats = heartbeat::slots(cores, monotonic_ms());
         let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
         let handles = LocalExecutorPoolBuilder::new(placement)
             .name("palisade-core")
@@ -443,8 +447,19 @@ impl Server {
             .io_memory(IO_MEMORY)
             .on_all_shards({
                 let shutdown = shutdown.clone();
+                let heartbeats = heartbeats.clone();
                 move || async move {
-                    core_main(shared, opts, mesh, connections, shutdown, ready_tx, admin).await;
+                    core_main(
+                        shared,
+                        opts,
+                        mesh,
+                        connections,
+                        shutdown,
+                        heartbeats,
+                        ready_tx,
+                        admin,
+                    )
+                    .await;
                 }
             })
             .map_err(|e| io::Error::other(format!("starting data-plane cores: {e}")))?;
@@ -454,6 +469,7 @@ impl Server {
             local_addr,
             admin_addr,
             cores,
+            heartbeats,
         };
         for _ in 0..cores {
             match ready_rx.recv_timeout(Duration::from_secs(30)) {
@@ -494,6 +510,13 @@ impl Server {
         self.cores
     }
 
+    /// Each core's last heartbeat in monotonic ms, by core index, into
+    /// `out` (cleared first). The watchdog calls it from the control loop.
+    pub fn core_heartbeats_ms(&self, out: &mut Vec<u64>) {
+        out.clear();
+        out.extend(self.heartbeats.iter().map(|b| b.load(Ordering::Relaxed)));
+    }
+
     /// Stops every core and waits for them.
     pub fn stop(&mut self) {
         self.shutdown.store(true, Ordering::SeqCst);
@@ -519,6 +542,7 @@ async fn core_main(
     mesh: MeshBuilder<CoreMsg, glommio::channels::channel_mesh::Full>,
     connections: Arc<AtomicU64>,
     shutdown: Arc<AtomicBool>,
+    heartbeats: Arc<[AtomicU64]>,
     ready: mpsc::Sender<Result<usize, String>>,
     admin: Arc<std::sync::Mutex<Option<socket2::Socket>>>,
 ) {
@@ -602,6 +626,7 @@ async fn core_main(
         }
     }
     drop(admin);
+    spawn(hot, heartbeat::beat(heartbeats, index));
     let _ = ready.send(Ok(index));
 
     while !shutdown.load(Ordering::SeqCst) {

@@ -13,8 +13,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use palisade_dataplane::clock::monotonic_ms;
+use palisade_dataplane::server::heartbeat;
 use palisade_proxy::config::{BackendSpec, ProxyConfig};
 use palisade_proxy::fence::{Fence, FenceError, FenceStore};
+use palisade_proxy::supervise::Supervision;
 use palisade_proxy::{metrics, server};
 use tracing_subscriber::EnvFilter;
 
@@ -130,6 +133,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Serve => {
+            let supervision = Supervision::from_env()?;
+            supervision.stop_on_signals()?;
             let store = Arc::new(open_store(&config)?);
             let link = server::lease_link(&config)?;
             let (prepared, registry) = server::prepare(&config, &store)?;
@@ -138,7 +143,10 @@ fn run(cli: Cli) -> Result<()> {
                     .with_context(|| format!("serving metrics on {addr}"))?;
             }
             server::start_watches(&prepared, &store, &link);
-            server::run(&config, prepared, store, link, |_| {})
+            let beats = heartbeat::slots(1, monotonic_ms());
+            supervision.start_watchdog(beats.clone())?;
+            let ready = supervision.ready_callback(config.exports.len());
+            server::run(&config, prepared, store, link, beats, ready)
         }
     }
 }

@@ -247,6 +247,15 @@ impl Proxy {
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = i32::try_from(self.child.id()).expect("pid");
+        // SAFETY: signalling our own child process by pid.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill({pid}, SIGTERM)");
+        self.child.wait().expect("wait")
+    }
 }
 
 impl Drop for Proxy {

@@ -1,0 +1,144 @@
+//! The proxy under a service manager: `READY=1` once the NBD listener is
+//! bound (the fence store is opened before that), `STATUS=`, `WATCHDOG=1`
+//! while the proxy's executor beats, and `STOPPING=1` on `SIGTERM` or
+//! `SIGINT`, all through [`palisade_systemd::Notifier`].
+//!
+//! The watchdog thread only judges: it pings when the executor's heartbeat
+//! ([`palisade_dataplane::server::heartbeat`], a task on the executor that
+//! stores the time every 100 ms) is younger than the interval, and stays
+//! silent while the executor is stuck, so systemd restarts the proxy.
+//!
+//! It never touches fences or client traffic.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use palisade_dataplane::clock::monotonic_ms;
+use palisade_systemd::{watchdog_from_env, Notifier, Watchdog, WatchdogAction};
+use tracing::{error, info, warn};
+
+/// Test hook: while the file this names exists, the proxy's executor
+/// blocks its thread (a stuck executor). Never set it in production.
+pub const STALL_HOOK: &str = "PALISADE_PROXY_TEST_STALL_FILE";
+
+/// The proxy's conversation with its service manager; inert without
+/// `$NOTIFY_SOCKET`.
+#[derive(Debug)]
+pub struct Supervision {
+    notifier: Option<Arc<Notifier>>,
+    watchdog: Option<Duration>,
+}
+
+impl Supervision {
+    /// Reads `$NOTIFY_SOCKET`, `$WATCHDOG_USEC`, `$WATCHDOG_PID`, and arms
+    /// the stall test hook if it is set. A malformed value is an error.
+    pub fn from_env() -> Result<Supervision> {
+        let notifier = Notifier::from_env()
+            .context("the service manager's environment")?
+            .map(Arc::new);
+        let watchdog = watchdog_from_env()
+            .context("the service manager's environment")?
+            .filter(|_| notifier.is_some());
+        if let Some(file) = std::env::var_os(STALL_HOOK) {
+            palisade_dataplane::server::heartbeat::arm_core_stall_failpoint(0, file.into());
+        }
+        Ok(Supervision { notifier, watchdog })
+    }
+
+    /// What `server::run` calls once clients can connect.
+    pub fn ready_callback(&self, exports: usize) -> impl FnOnce(SocketAddr) + Send + 'static {
+        let notifier = self.notifier.clone();
+        move |addr| {
+            if let Some(notifier) = notifier {
+                let status = format!("serving NBD on {addr}, {exports} export(s)");
+                info!(status = %status, "notifying the service manager: ready");
+                if let Err(e) = notifier.ready(&status) {
+                    warn!(error = %e, "could not notify the service manager");
+                }
+            }
+        }
+    }
+
+    /// Starts the watchdog thread if systemd asked for one; `beats` holds
+    /// the executor's heartbeat.
+    pub fn start_watchdog(&self, beats: Arc<[AtomicU64]>) -> Result<()> {
+        let (Some(notifier), Some(interval)) = (self.notifier.clone(), self.watchdog) else {
+            return Ok(());
+        };
+        info!(
+            interval_ms = interval.as_millis(),
+            "systemd watchdog: pinging at half the interval while the executor beats"
+        );
+        let poll = (interval / 4).min(Duration::from_millis(100));
+        std::thread::Builder::new()
+            .name("watchdog".into())
+            .spawn(move || {
+                let mut dog = Watchdog::new(interval);
+                let mut last = Vec::with_capacity(beats.len());
+                let mut failing = false;
+                loop {
+                    last.clear();
+                    last.extend(beats.iter().map(|b| b.load(Ordering::Relaxed)));
+                    match dog.poll(monotonic_ms(), &last) {
+                        WatchdogAction::Idle => {}
+                        WatchdogAction::Ping { recovered } => {
+                            if recovered {
+                                warn!("the executor beats again; watchdog pings resume");
+                            }
+                            match notifier.watchdog() {
+                                Ok(()) => failing = false,
+                                Err(e) if !failing => {
+                                    failing = true;
+                                    warn!(error = %e, "could not notify the service manager");
+                                }
+                                Err(_) => {}
+                            }
+                        }
+                        WatchdogAction::Withhold {
+                            age_ms,
+                            first_report,
+                            ..
+                        } => {
+                            if first_report {
+                                error!(
+                                    age_ms,
+                                    "the proxy's executor has not run for {age_ms} ms: withholding the watchdog ping, so the service manager restarts the proxy"
+                                );
+                            }
+                        }
+                    }
+                    std::thread::sleep(poll);
+                }
+            })
+            .context("starting the watchdog thread")?;
+        Ok(())
+    }
+
+    /// Handles `SIGTERM` and `SIGINT`: sends `STOPPING=1` and exits 0.
+    /// Nothing needs flushing: a fence is durable before it is used, and an
+    /// unacknowledged write may be lost by any stop.
+    pub fn stop_on_signals(&self) -> Result<()> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+            .context("installing signal handlers")?;
+        let notifier = self.notifier.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    info!(signal, "stopping");
+                    if let Some(notifier) = notifier {
+                        if let Err(e) = notifier.stopping("stopping") {
+                            warn!(error = %e, "could not notify the service manager");
+                        }
+                    }
+                    std::process::exit(0);
+                }
+            })
+            .context("starting the signal thread")?;
+        Ok(())
+    }
+}
