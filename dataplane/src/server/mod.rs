@@ -449,17 +449,13 @@ impl Server {
                 let shutdown = shutdown.clone();
                 let heartbeats = heartbeats.clone();
                 move || async move {
-                    core_main(
-                        shared,
-                        opts,
-                        mesh,
+                    let links = CoreLinks {
                         connections,
                         shutdown,
                         heartbeats,
-                        ready_tx,
                         admin,
-                    )
-                    .await;
+                    };
+                    core_main(shared, opts, mesh, links, ready_tx).await;
                 }
             })
             .map_err(|e| io::Error::other(format!("starting data-plane cores: {e}")))?;
@@ -536,16 +532,31 @@ impl Drop for Server {
     }
 }
 
+/// What every core shares with the server handle.
+struct CoreLinks {
+    /// Open client connections, all cores together.
+    connections: Arc<AtomicU64>,
+    /// Set when the server stops.
+    shutdown: Arc<AtomicBool>,
+    /// One liveness beat per core, for the service watchdog.
+    heartbeats: Arc<[AtomicU64]>,
+    /// The admin listener, taken by core 0.
+    admin: Arc<std::sync::Mutex<Option<socket2::Socket>>>,
+}
+
 async fn core_main(
     shared: Arc<Shared>,
     opts: ServerOptions,
     mesh: MeshBuilder<CoreMsg, glommio::channels::channel_mesh::Full>,
-    connections: Arc<AtomicU64>,
-    shutdown: Arc<AtomicBool>,
-    heartbeats: Arc<[AtomicU64]>,
+    links: CoreLinks,
     ready: mpsc::Sender<Result<usize, String>>,
-    admin: Arc<std::sync::Mutex<Option<socket2::Socket>>>,
 ) {
+    let CoreLinks {
+        connections,
+        shutdown,
+        heartbeats,
+        admin,
+    } = links;
     let cores = mesh.nr_peers();
     // glommio wakes a channel's connection waiters only when its reactor
     // loop runs; an idle executor sleeping in io_uring may miss a peer that
