@@ -107,7 +107,14 @@ fn a_second_server_on_the_same_data_dir_is_refused() {
     let data_dir = work.path().join("data");
     let _first = Server::start_in("", &data_dir, work.path());
     let output = std::process::Command::new(common::BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+            "--data-dir",
+        ])
         .arg(&data_dir)
         .output()
         .expect("run");
@@ -126,7 +133,14 @@ fn a_corrupt_epoch_file_stops_the_node() {
     std::fs::create_dir_all(&data_dir).expect("mkdir");
     std::fs::write(data_dir.join("epoch"), "palisade-epoch v1 9 deadbeef\n").expect("write");
     let output = std::process::Command::new(common::BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+            "--data-dir",
+        ])
         .arg(&data_dir)
         .output()
         .expect("run");

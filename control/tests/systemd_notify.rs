@@ -100,7 +100,13 @@ impl Node {
             .to_string();
         let mut command = Command::new(BIN);
         command
-            .args(["serve", "--failpoints", "--config"])
+            .args([
+                "serve",
+                "--failpoints",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--config",
+            ])
             .arg(config)
             .arg("--data-dir")
             .arg(data_dir)
