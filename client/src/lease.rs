@@ -5,10 +5,13 @@ use crate::clock::boottime_ms;
 /// A granted lease as the client sees it.
 ///
 /// `valid_until_ms` is on the client's boot-time clock and is deliberately
-/// earlier than the server's expiry: `send_time + ttl × (1 − max_drift)`.
-/// The request left no earlier than `send_time`, so the server's interval
-/// started later; shaving `max_drift` covers clocks that run at different
-/// rates. Stop using the resource once [`Lease::is_valid`] turns false.
+/// earlier than the server's expiry: `send_time + ttl × (1 − max_drift) −
+/// 1 ms`. The request left no earlier than `send_time`, so the server's
+/// interval started later; shaving `max_drift` covers clocks that run at
+/// different rates; the last millisecond covers the server's clock, which
+/// counts in whole milliseconds (it starts a lease at the millisecond the
+/// request arrived in, up to 1 ms before it arrived). Stop using the
+/// resource once [`Lease::is_valid`] turns false.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     /// Resource name.
@@ -51,11 +54,18 @@ impl Lease {
     }
 }
 
-/// `send_ms + ttl × (1 − drift)`, rounded down.
+/// The server's clock granularity: its lease table counts whole
+/// milliseconds and starts a lease at the (floored) millisecond the request
+/// arrived in, so its expiry can come up to this much before arrival + ttl.
+pub const SERVER_CLOCK_GRANULARITY_MS: u64 = 1;
+
+/// `send_ms + ttl × (1 − drift) − 1 ms` ([`SERVER_CLOCK_GRANULARITY_MS`]),
+/// rounded down; never before `send_ms`.
 #[must_use]
 pub fn valid_until(send_ms: u64, ttl_ms: u32, max_drift_ppm: u32) -> u64 {
     let ppm = u64::from(max_drift_ppm.min(1_000_000));
-    send_ms + u64::from(ttl_ms) * (1_000_000 - ppm) / 1_000_000
+    let shortened = u64::from(ttl_ms) * (1_000_000 - ppm) / 1_000_000;
+    send_ms + shortened.saturating_sub(SERVER_CLOCK_GRANULARITY_MS)
 }
 
 /// Result of an acquire.
@@ -102,9 +112,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn validity_is_shortened_by_drift() {
-        assert_eq!(valid_until(1_000, 10_000, 0), 11_000);
-        assert_eq!(valid_until(1_000, 10_000, 10_000), 10_900);
+    fn validity_is_shortened_by_drift_and_the_servers_millisecond() {
+        assert_eq!(valid_until(1_000, 10_000, 0), 10_999);
+        assert_eq!(valid_until(1_000, 10_000, 10_000), 10_899);
         assert_eq!(valid_until(0, 1, 10_000), 0);
+        assert_eq!(valid_until(5, 1, 0), 5);
+    }
+
+    /// The case the cluster test `clocks_drifting_within_the_bound_keep_
+    /// leases_apart` once hit (a 1 ms overlap): a leader whose clock runs
+    /// 0.9 % fast, a 300 ms lease, and a request that arrives late in the
+    /// server's millisecond while the client's clock had just ticked. The
+    /// two clocks' millisecond boundaries are out of phase by any amount;
+    /// in real time the server may regrant at `floor_server(arrival) + 300
+    /// ms / 1.009`, and the client must have stopped by then even if the
+    /// request arrived the instant it was sent.
+    #[test]
+    fn a_fast_server_clock_and_its_millisecond_cannot_overlap_the_client() {
+        let ttl_ms = 300u32;
+        let check = |valid: &dyn Fn(u64, u32, u32) -> u64| {
+            for phase_us in (0..1000u64).step_by(10) {
+                for send_us in (1000..3000u64).step_by(10) {
+                    let arrival_us = send_us; // the earliest possible arrival
+                    let server_floor_us = (arrival_us + phase_us) / 1000 * 1000 - phase_us;
+                    let regrant_us = server_floor_us as f64 + f64::from(ttl_ms) * 1000.0 / 1.009;
+                    let client_end_us = valid(send_us / 1000, ttl_ms, 10_000) as f64 * 1000.0;
+                    if client_end_us > regrant_us {
+                        return false;
+                    }
+                }
+            }
+            true
+        };
+        assert!(check(&valid_until));
+        // Without the server's millisecond the overlap is there.
+        let without = |send_ms: u64, ttl_ms: u32, ppm: u32| {
+            send_ms + u64::from(ttl_ms) * u64::from(1_000_000 - ppm) / 1_000_000
+        };
+        assert!(!check(&without));
     }
 }
