@@ -384,8 +384,16 @@ fn holder_id(connection: usize, n: u64) -> u64 {
     ((connection as u64 + 1) << 40) | (n & ((1 << 40) - 1))
 }
 
+/// Latencies up to an hour, 3 significant digits.
 fn histogram() -> Result<Histogram<u64>> {
-    Ok(Histogram::new_with_bounds(1, 120_000_000_000, 3)?)
+    Ok(Histogram::new_with_bounds(1, 3_600_000_000_000, 3)?)
+}
+
+/// Records `ns`, clamped into the histogram's range (a wait longer than an
+/// hour is recorded as an hour rather than failing the run).
+fn record(h: &mut Histogram<u64>, ns: u64) {
+    let ns = ns.clamp(1, h.high());
+    h.saturating_record(ns);
 }
 
 /// Runs one open-loop measurement.
@@ -479,6 +487,8 @@ pub(crate) fn run(spec: &RunSpec, codec: &dyn Fn() -> Result<Box<dyn Codec>>) ->
                 "more than {} requests unanswered at once",
                 spec.outstanding_max
             ));
+            // Rates are per recorded second actually run.
+            result.seconds = (now.saturating_sub(record_from) as f64 / 1e9).max(1e-3);
             break;
         }
         if now >= end_ns && (outstanding == 0 || now >= drain_until) {
@@ -505,7 +515,6 @@ pub(crate) fn run(spec: &RunSpec, codec: &dyn Fn() -> Result<Box<dyn Codec>>) ->
         if events.is_empty() {
             continue;
         }
-        let read_ns = now_ns();
         for event in &events {
             let index = usize::try_from(event.data.u64())?;
             let conn = &mut conns[index];
@@ -515,6 +524,9 @@ pub(crate) fn run(spec: &RunSpec, codec: &dyn Fn() -> Result<Box<dyn Codec>>) ->
             {
                 continue;
             }
+            // Stamped per read: bytes that arrived while earlier
+            // connections were being handled are not timed early.
+            let read_ns = now_ns();
             let replies = std::mem::take(&mut conn.replies);
             for &(id, outcome) in &replies {
                 let pending = conn.take(id)?;
@@ -540,13 +552,12 @@ pub(crate) fn run(spec: &RunSpec, codec: &dyn Fn() -> Result<Box<dyn Codec>>) ->
                     (op, outcome) => bail!("{op:?} was answered {outcome:?}"),
                 }
                 if recorded {
-                    result
-                        .requests
-                        .record(read_ns.saturating_sub(pending.intended_ns).max(1))?;
+                    record(
+                        &mut result.requests,
+                        read_ns.saturating_sub(pending.intended_ns),
+                    );
                     if cycle_over {
-                        result
-                            .cycles
-                            .record(read_ns.saturating_sub(pending.cycle_ns).max(1))?;
+                        record(&mut result.cycles, read_ns.saturating_sub(pending.cycle_ns));
                     }
                 }
             }
@@ -562,9 +573,10 @@ pub(crate) fn run(spec: &RunSpec, codec: &dyn Fn() -> Result<Box<dyn Codec>>) ->
         for pending in conn.pending.iter().flatten() {
             if pending.cycle_ns >= record_from && pending.cycle_ns < end_ns {
                 result.unanswered += 1;
-                result
-                    .requests
-                    .record(last.saturating_sub(pending.intended_ns).max(1))?;
+                record(
+                    &mut result.requests,
+                    last.saturating_sub(pending.intended_ns),
+                );
             }
         }
     }

@@ -313,8 +313,21 @@ impl Ctx<'_> {
                         self.args.step_warmup,
                         self.args.step,
                     );
-                    let result = self.measure(&cell.system, &spec)?;
-                    let step = Step::judge(&result, bound_us);
+                    // A run that errors (an error reply, a dropped
+                    // connection under overload) is a step not sustained,
+                    // not the end of the cell.
+                    let step = match self.measure(&cell.system, &spec) {
+                        Ok(result) => Step::judge(&result, bound_us),
+                        Err(e) => Step {
+                            rate,
+                            requests_per_s: 0.0,
+                            p99_us: f64::NAN,
+                            failed: Some(format!("error: {e:#}")),
+                        },
+                    };
+                    // Let a server that was overloaded work off its backlog
+                    // before the next step.
+                    settle(step.failed.is_some());
                     eprintln!(
                         "  {} {} x{}: sweep {:.0}/s -> {:.0} req/s, p99 {:.0} µs{}",
                         cell.system,
@@ -356,8 +369,22 @@ impl Ctx<'_> {
                 self.args.warmup,
                 self.args.duration,
             );
-            let result = self.measure(&cell.system, &spec)?;
+            let result = match self.measure(&cell.system, &spec) {
+                Ok(result) => result,
+                Err(e) => {
+                    eprintln!(
+                        "  {} {} x{}: {label}: {e:#}",
+                        cell.system,
+                        workload.name(),
+                        connections
+                    );
+                    cell.error = Some(format!("{label}: {e:#}"));
+                    settle(true);
+                    continue;
+                }
+            };
             let m = Measured::of(&label, &result);
+            settle(m.unanswered > 0 || m.overloaded.is_some());
             eprintln!(
                 "  {} {} x{}: {label} = {:.0}/s: p50 {:.1} p99 {:.1} p99.9 {:.1} max {:.1} µs",
                 cell.system,
@@ -373,6 +400,16 @@ impl Ctx<'_> {
         }
         Ok(())
     }
+}
+
+/// A pause between runs; a longer one after a run that left the server
+/// with a backlog, so the next run does not start on a busy server.
+fn settle(after_overload: bool) {
+    std::thread::sleep(Duration::from_millis(if after_overload {
+        3000
+    } else {
+        300
+    }));
 }
 
 fn command_output(program: &str, args: &[&str]) -> String {
@@ -415,7 +452,13 @@ not sustained (a request left unanswered, too many outstanding, or p99 over the 
 bisects three times; the tails are then measured at 50% and 90% of the highest sustained rate, \
 and the echo floor also at Palisade's rates. One generator (one thread, epoll, pinned to the \
 client CPU) drives every system through a sans-IO codec; every server is pinned to the server \
-CPU. Throughput is counted in requests answered per second.";
+CPU. Throughput is counted in requests answered per second. A sweep step also fails when the \
+generator itself fell behind its schedule by more than the bound (then the step measured the \
+generator, not the system). Renew and check are not the same work everywhere: an etcd renewal \
+is one keepalive of the connection's session lease (all its keys), a ZooKeeper renewal is a \
+session ping, a ZooKeeper check is an `exists` (not linearizable), an etcd check a \
+linearizable range, a Redis check a `GET`, Palisade's a fencing `Check`; the codecs' module \
+docs say exactly what each operation is on each system.";
 
 /// `palisade-bench compare`.
 pub fn compare(args: &CompareArgs) -> Result<()> {
@@ -464,7 +507,8 @@ pub fn compare(args: &CompareArgs) -> Result<()> {
     palisade::PalisadeCodec::new(&probe_config).encode(
         1,
         &Op::Acquire {
-            resource: 12_345,
+            // What a mid-run resource number looks like (run << 32 | n).
+            resource: (40 << 32) | 54_321,
             holder: 1 << 40,
         },
         &mut acquire,

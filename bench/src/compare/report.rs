@@ -328,9 +328,9 @@ pub(crate) fn markdown(report: &Report) -> String {
             let _ = writeln!(md, "![latency spectrum]({})\n", plot_name(workload, conns));
             let _ = writeln!(
                 md,
-                "| system | max sustained (arrivals/s) | requests/s there | at | arrivals/s | p50 µs | p90 µs | p99 µs | p99.9 µs | p99.99 µs | max µs |"
+                "| system | max sustained (arrivals/s) | requests/s there | at | arrivals/s | p50 µs | p90 µs | p99 µs | p99.9 µs | p99.99 µs | max µs | generator lag max µs |"
             );
-            let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
+            let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
             for cell in report
                 .cells
                 .iter()
@@ -339,12 +339,25 @@ pub(crate) fn markdown(report: &Report) -> String {
                 if let Some(why) = &cell.error {
                     let _ = writeln!(
                         md,
-                        "| {} | failed: {} | | | | | | | | | |",
+                        "| {} | failed: {} | | | | | | | | | | |",
                         cell.system, why
                     );
-                    continue;
+                    if cell.runs.is_empty() {
+                        continue;
+                    }
                 }
-                let max = cell.max_rate.map_or("none".into(), rate);
+                let capped = cell
+                    .sweep
+                    .iter()
+                    .any(|s| s.failed.is_none() && Some(s.rate) == cell.max_rate)
+                    && cell.sweep.last().is_some_and(|s| s.failed.is_none());
+                let max = cell.max_rate.map_or("none within the bound".into(), |m| {
+                    if capped {
+                        format!("≥ {} (the sweep's cap)", rate(m))
+                    } else {
+                        rate(m)
+                    }
+                });
                 let reqs = cell.max_requests_per_s.map_or("–".into(), rate);
                 for (i, m) in cell.runs.iter().enumerate() {
                     let (name, max, reqs) = if i == 0 {
@@ -360,7 +373,7 @@ pub(crate) fn markdown(report: &Report) -> String {
                     };
                     let _ = writeln!(
                         md,
-                        "| {name} | {max} | {reqs} | {}{flag} | {} | {} | {} | {} | {} | {} | {} |",
+                        "| {name} | {max} | {reqs} | {}{flag} | {} | {} | {} | {} | {} | {} | {} | {} |",
                         m.label,
                         rate(m.rate),
                         us(r.p50),
@@ -368,11 +381,12 @@ pub(crate) fn markdown(report: &Report) -> String {
                         us(r.p99),
                         us(r.p99_9),
                         us(r.p99_99),
-                        us(r.max)
+                        us(r.max),
+                        us(m.send_lag_max_us)
                     );
                 }
                 if cell.runs.is_empty() {
-                    let _ = writeln!(md, "| {} | {max} | {reqs} | | | | | | | | |", cell.system);
+                    let _ = writeln!(md, "| {} | {max} | {reqs} | | | | | | | | | |", cell.system);
                 }
             }
         }
@@ -412,6 +426,16 @@ pub(crate) fn svg(report: &Report, workload: Workload, connections: usize) -> St
         }
     }
     let (w, h, left, right, top, bottom) = (900.0, 560.0, 80.0, 260.0, 40.0, 60.0);
+    let has_data = curves
+        .iter()
+        .any(|(_, pts)| pts.iter().any(|p| p.1.is_finite() && p.1 > 0.0));
+    if !has_data {
+        return format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"120\" font-family=\"sans-serif\" font-size=\"14\">\
+             <rect width=\"{w}\" height=\"120\" fill=\"white\"/><text x=\"20\" y=\"60\">{} — {connections} connection(s): no system was measured at a sustained rate</text></svg>\n",
+            workload.name()
+        );
+    }
     let x_of = |q: f64| (1.0 / (1.0 - q).max(1e-6)).log10();
     let (x_min, x_max) = (x_of(0.5), 5.0);
     let all: Vec<f64> = curves
@@ -572,6 +596,22 @@ mod tests {
             "{s:?}"
         );
         assert!((s.last().unwrap().1 - 1000.0).abs() <= 1.0);
+    }
+
+    #[test]
+    fn a_plot_without_data_says_so() {
+        let report = Report {
+            command: "c".into(),
+            date: "d".into(),
+            machine: "m".into(),
+            method: "x".into(),
+            p99_bound_us: 10_000.0,
+            systems: Vec::new(),
+            cells: vec![cell("redis", 1.0, Vec::new())],
+        };
+        let svg = svg(&report, Workload::Uncontended, 1);
+        assert!(svg.contains("no system was measured"), "{svg}");
+        assert!(!svg.contains("<polyline"));
     }
 
     #[test]

@@ -98,23 +98,25 @@ pub(crate) fn echo(cpu: usize, extra: &[String]) -> Result<Server> {
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("starting {} echo-server", exe.display()))?;
-    let stdout = child.stdout.take().context("echo-server stdout")?;
+    // Stop the child on every error path below.
+    let mut server = Server {
+        children: Vec::new(),
+        _peer: None,
+        _dir: None,
+        addr: "127.0.0.1:0".parse()?,
+        about: format!("palisade-bench echo-server (glommio, io_uring) on CPU {cpu}"),
+    };
+    let stdout = child.stdout.take().context("echo-server stdout");
+    server.children.push(child);
     let mut line = String::new();
-    BufReader::new(stdout)
+    BufReader::new(stdout?)
         .read_line(&mut line)
         .context("reading the echo server's address")?;
     let Some(addr) = line.trim().strip_prefix("listening ") else {
-        stop(&mut child);
         bail!("echo-server did not start (printed {line:?})");
     };
-    let addr: SocketAddr = addr.parse().context("echo-server printed a bad address")?;
-    Ok(Server {
-        children: vec![child],
-        _peer: None,
-        _dir: None,
-        addr,
-        about: format!("palisade-bench echo-server (glommio, io_uring) on CPU {cpu}"),
-    })
+    server.addr = addr.parse().context("echo-server printed a bad address")?;
+    Ok(server)
 }
 
 fn node_config(
@@ -183,14 +185,20 @@ pub(crate) fn palisade(bin: &Path, nodes: u16, cpu: usize) -> Result<Server> {
             node_config(id, cpu, client, &node_dir.join("data"), cluster),
         )?;
         let log = std::fs::File::create(node_dir.join("stderr.log"))?;
-        let child = Command::new(bin)
+        // The whole process on the server CPU (its data plane pins
+        // itself there too; this keeps the control threads off the
+        // generator's CPU).
+        let child = Command::new("taskset")
+            .arg("-c")
+            .arg(cpu.to_string())
+            .arg(bin)
             .arg("serve")
             .arg("--config")
             .arg(&config)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+            .with_context(|| format!("starting taskset -c {cpu} {}", bin.display()))?;
         server.children.push(child);
     }
     // The node that grants is the leader; followers redirect.
@@ -223,9 +231,9 @@ pub(crate) fn palisade(bin: &Path, nodes: u16, cpu: usize) -> Result<Server> {
         .unwrap_or_default();
     server.addr = leader;
     server.about = if nodes > 1 {
-        format!("{version}, {nodes} nodes on loopback, all on CPU {cpu}, clients on the leader")
+        format!("{version}, {nodes} nodes on loopback, all pinned to CPU {cpu} (taskset), clients on the leader")
     } else {
-        format!("{version}, one node, data plane on CPU {cpu}")
+        format!("{version}, one node pinned to CPU {cpu} (taskset)")
     };
     server._dir = Some(dir);
     Ok(server)
