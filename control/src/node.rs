@@ -422,7 +422,10 @@ impl Node {
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {}
+            // No transport (a cluster of one): nothing will ever arrive, and
+            // recv_timeout returns at once. Wait out the turn instead of
+            // spinning a CPU the data plane may share.
+            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(until_tick.min(wait)),
         }
         if self.shared.leadership.take_new_epoch_request() {
             warn!("a resource used up its epoch's token space; it can be granted again after the next leader election");
