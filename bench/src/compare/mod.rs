@@ -247,9 +247,15 @@ impl Ctx<'_> {
                 self.args.resources
             },
             held_per_connection: self.args.held,
-            // Contended runs share their few resources across connections;
-            // every run gets resources of its own.
-            resource_base: self.run_index << 32,
+            // Acquire+release cycles reuse one key space per workload (every
+            // grant is released, and a server's table holds each key it has
+            // seen for a while); the leases renew and check hold are taken
+            // fresh for each run.
+            resource_base: match workload {
+                Workload::Uncontended => 0,
+                Workload::Contended => 1 << 40,
+                Workload::Renew | Workload::Check => (1 << 41) | (self.run_index << 20),
+            },
             cpu: Some(self.args.client_cpu),
             outstanding_max: 200_000,
             drain: Duration::from_secs(5).max(self.args.p99_bound * 10),
@@ -507,8 +513,8 @@ pub fn compare(args: &CompareArgs) -> Result<()> {
     palisade::PalisadeCodec::new(&probe_config).encode(
         1,
         &Op::Acquire {
-            // What a mid-run resource number looks like (run << 32 | n).
-            resource: (40 << 32) | 54_321,
+            // What an uncontended resource number looks like.
+            resource: 54_321,
             holder: 1 << 40,
         },
         &mut acquire,

@@ -82,20 +82,35 @@ pub(crate) struct Plan {
 
 /// Decides the next step from the steps so far.
 pub(crate) fn next(plan: &Plan, steps: &[Step]) -> Next {
-    if steps.is_empty() {
+    let Some(last) = steps.last() else {
         return Next::Try(plan.start_rate.min(plan.max_rate));
+    };
+    // One failed step on a shared machine can be a hiccup (a stalled vCPU
+    // fails a 2 s step's p99 on its own): a rate counts as failed only if
+    // it fails twice in a row.
+    if last.failed.is_some() && steps.iter().filter(|s| s.rate == last.rate).count() == 1 {
+        return Next::Try(last.rate);
     }
-    let bad = steps
+    // Each distinct rate, in the order first tried, with its verdict: any
+    // sustained step sustains it.
+    let mut rates: Vec<(f64, bool)> = Vec::new();
+    for step in steps {
+        match rates.iter_mut().find(|(rate, _)| *rate == step.rate) {
+            Some((_, ok)) => *ok |= step.failed.is_none(),
+            None => rates.push((step.rate, step.failed.is_none())),
+        }
+    }
+    let bad = rates
         .iter()
-        .filter(|s| s.failed.is_some())
-        .map(|s| s.rate)
+        .filter(|(_, ok)| !ok)
+        .map(|(rate, _)| *rate)
         .reduce(f64::min);
     // The best sustained rate below every failed one (a sustained step
     // above a failed one is luck, not capacity).
-    let ok = steps
+    let ok = rates
         .iter()
-        .filter(|s| s.failed.is_none() && bad.is_none_or(|bad| s.rate < bad))
-        .map(|s| s.rate)
+        .filter(|(rate, ok)| *ok && bad.is_none_or(|bad| *rate < bad))
+        .map(|(rate, _)| *rate)
         .reduce(f64::max);
     match (ok, bad) {
         // Still climbing.
@@ -105,8 +120,8 @@ pub(crate) fn next(plan: &Plan, steps: &[Step]) -> Next {
         (None, Some(bad)) if bad / 4.0 < plan.min_rate => Next::Done(None),
         (None, Some(bad)) => Next::Try(bad / 4.0),
         (Some(ok), Some(bad)) => {
-            let first_failure = steps.iter().position(|s| s.failed.is_some()).unwrap_or(0);
-            let refined = steps.len() - 1 - first_failure;
+            let first_failure = rates.iter().position(|(_, ok)| !ok).unwrap_or(0);
+            let refined = rates.len() - 1 - first_failure;
             if refined >= plan.refine as usize || bad <= ok * 1.05 {
                 Next::Done(Some(ok))
             } else {
@@ -139,7 +154,12 @@ mod tests {
                     p99_us: 1.0,
                     failed: (rate > capacity).then(|| "over".to_string()),
                 }),
-                Next::Done(best) => return (best, steps.iter().map(|s| s.rate).collect()),
+                Next::Done(best) => {
+                    let mut rates: Vec<f64> = steps.iter().map(|s| s.rate).collect();
+                    // Every failed rate was tried twice.
+                    rates.dedup();
+                    return (best, rates);
+                }
             }
         }
     }
@@ -166,6 +186,37 @@ mod tests {
         let (best, rates) = sweep(1.0);
         assert_eq!(best, None, "{rates:?}");
         assert!(rates.iter().all(|&r| r >= PLAN.min_rate));
+    }
+
+    #[test]
+    fn a_single_hiccup_does_not_end_the_climb() {
+        // 4000/s fails once (a stalled vCPU), then holds when retried.
+        let mut steps: Vec<Step> = Vec::new();
+        let mut hiccup = true;
+        let best = loop {
+            match next(&PLAN, &steps) {
+                Next::Try(rate) => {
+                    let failed = if rate == 4000.0 && hiccup {
+                        hiccup = false;
+                        true
+                    } else {
+                        rate > 50_000.0
+                    };
+                    steps.push(Step {
+                        rate,
+                        requests_per_s: rate,
+                        p99_us: 1.0,
+                        failed: failed.then(|| "p99".to_string()),
+                    });
+                }
+                Next::Done(best) => break best.unwrap(),
+            }
+        };
+        assert_eq!(steps[2].rate, 4000.0);
+        assert_eq!(steps[3].rate, 4000.0, "retried");
+        assert!(best > 32_000.0 && best <= 50_000.0, "{best}");
+        // A rate that fails twice is failed: 64k was tried exactly twice.
+        assert_eq!(steps.iter().filter(|s| s.rate == 64_000.0).count(), 2);
     }
 
     #[test]
