@@ -348,7 +348,8 @@ pub(crate) fn markdown(report: &Report) -> String {
                 }
                 // Never failed: the sweep stopped at its rate cap, so the
                 // system's maximum is at least this.
-                let capped = !cell.sweep.is_empty() && cell.sweep.iter().all(|s| s.failed.is_none());
+                let capped =
+                    !cell.sweep.is_empty() && cell.sweep.iter().all(|s| s.failed.is_none());
                 let max = cell.max_rate.map_or("none within the bound".into(), |m| {
                     if capped {
                         format!("≥ {} (the sweep's cap)", rate(m))
