@@ -408,6 +408,7 @@ impl Node {
             };
         }
         let until_tick = Duration::from_millis(self.next_tick_ms.saturating_sub(now));
+        let mut idle = None;
         match self.inbox.recv_timeout(until_tick.min(wait)) {
             Ok(message) => {
                 self.core.step(message, monotonic_ms())?;
@@ -423,9 +424,9 @@ impl Node {
             }
             Err(RecvTimeoutError::Timeout) => {}
             // No transport (a cluster of one): nothing will ever arrive, and
-            // recv_timeout returns at once. Wait out the turn instead of
-            // spinning a CPU the data plane may share.
-            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(until_tick.min(wait)),
+            // recv_timeout returns at once. The turn waits at its end
+            // instead of spinning a CPU the data plane may share.
+            Err(RecvTimeoutError::Disconnected) => idle = Some(until_tick.min(wait)),
         }
         if self.shared.leadership.take_new_epoch_request() {
             warn!("a resource used up its epoch's token space; it can be granted again after the next leader election");
@@ -452,6 +453,9 @@ impl Node {
             self.log
                 .compact(&snapshot, &hard_state, &rest)
                 .context("compacting the raft log")?;
+        }
+        if let Some(idle) = idle {
+            std::thread::sleep(idle);
         }
         Ok(())
     }

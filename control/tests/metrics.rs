@@ -105,7 +105,9 @@ fn scrape_until(addr: &str, done: impl Fn(&HashMap<String, f64>) -> bool) -> Str
 fn metrics_count_what_clients_did_and_promtool_accepts_them() {
     let server = Server::start("[leases]\nsweep_interval = \"10ms\"\n");
     let addr = admin(&server);
-    let before = samples(&scrape(&addr));
+    // The control plane publishes its numbers from its first turn, which
+    // may run just after the node reports itself ready.
+    let before = samples(&scrape_until(&addr, |s| value(s, "palisade_term") >= 1.0));
     assert_eq!(value(&before, "palisade_grants_total"), 0.0);
     assert_eq!(value(&before, "palisade_role{role=\"leader\"}"), 1.0);
     assert_eq!(value(&before, "palisade_role{role=\"follower\"}"), 0.0);
@@ -288,7 +290,14 @@ fn json_logs_carry_the_events_fields() {
         Server::start("[log]\nformat = \"json\"\nlevel = \"warn,palisade_control=info\"\n");
     // The harness sets RUST_LOG=info, which overrides the level; the
     // format still comes from the file.
-    let log = server.log_text();
+    // The election is logged by the control loop's first turn, which may
+    // run just after the node reports itself ready.
+    let deadline = palisade_client::clock::boottime_ms() + 10_000;
+    let mut log = server.log_text();
+    while !log.contains("election won") && palisade_client::clock::boottime_ms() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        log = server.log_text();
+    }
     let events: Vec<serde_json::Value> = log
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}")))
