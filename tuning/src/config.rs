@@ -166,6 +166,48 @@ pub struct LeaseConfig {
     pub reclaim_after: Duration,
     /// How often expired leases are swept, `10ms..=60s`. Default 1s.
     pub sweep_interval: Duration,
+    /// Whether grants and releases go through the raft log. Default
+    /// [`Replication::Quorum`].
+    pub replication: Replication,
+}
+
+/// `leases.replication`: where lease state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Replication {
+    /// Grants and releases are committed to the raft log (a majority
+    /// persisted) before they are answered; a new leader or a restarted
+    /// node keeps every lease, and grants at once for free resources.
+    #[default]
+    Quorum,
+    /// Leases live only in the leader's memory: answered without waiting
+    /// for a disk or a peer, lost on a leader change or a restart, after
+    /// which the new leader grants nothing for the grace period.
+    None,
+}
+
+impl Replication {
+    /// The name used in the config file: `"quorum"` or `"none"`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Quorum => "quorum",
+            Self::None => "none",
+        }
+    }
+}
+
+impl FromStr for Replication {
+    type Err = String;
+
+    /// Parses `quorum` or `none` in any letter case.
+    fn from_str(text: &str) -> Result<Self, String> {
+        [Self::Quorum, Self::None]
+            .into_iter()
+            .find(|mode| mode.as_str().eq_ignore_ascii_case(text))
+            .ok_or_else(|| {
+                format!("unknown replication mode {text:?}; expected \"quorum\" or \"none\"")
+            })
+    }
 }
 
 /// The `[limits]` section.
@@ -498,6 +540,7 @@ impl Default for LeaseConfig {
             table_capacity: 65_536,
             reclaim_after: Duration::from_secs(60),
             sweep_interval: Duration::from_secs(1),
+            replication: Replication::Quorum,
         }
     }
 }

@@ -95,8 +95,8 @@ mod validate;
 pub use config::{
     AdminConfig, ClusterConfig, Config, CoreSelection, DataplaneConfig, LeaseConfig, LimitsConfig,
     ListenConfig, LogConfig, LogFormat, LogLevel, LogTarget, Member, NodeConfig, PeerConfig,
-    QosConfig, TenantConfig, CLUSTER_NAME_DEFAULT, LISTEN_ADMIN_DEFAULT, LISTEN_CLIENT_DEFAULT,
-    TENANT_NAME_DEFAULT,
+    QosConfig, Replication, TenantConfig, CLUSTER_NAME_DEFAULT, LISTEN_ADMIN_DEFAULT,
+    LISTEN_CLIENT_DEFAULT, TENANT_NAME_DEFAULT,
 };
 pub use credential::TenantCredential;
 pub use dscp::{dscp_name, parse_dscp, DSCP_MAX};

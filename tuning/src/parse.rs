@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
-use crate::config::{Config, CoreSelection, LogConfig, LogFormat, PeerConfig, TenantConfig};
+use crate::config::{
+    Config, CoreSelection, LogConfig, LogFormat, PeerConfig, Replication, TenantConfig,
+};
 use crate::credential::TenantCredential;
 use crate::dscp::{parse_dscp, DSCP_EXPECTED};
 use crate::duration::parse_duration;
@@ -57,6 +59,7 @@ const LEASE_KEYS: &[&str] = &[
     "table_capacity",
     "reclaim_after",
     "sweep_interval",
+    "replication",
 ];
 const LIMITS_KEYS: &[&str] = &[
     "connections_max",
@@ -295,6 +298,12 @@ fn walk_leases(leases: &Section<'_>, config: &mut Config, issues: &mut Issues) {
     );
     leases.duration("reclaim_after", &mut target.reclaim_after, issues);
     leases.duration("sweep_interval", &mut target.sweep_interval, issues);
+    if let Some(text) = leases.string("replication", issues) {
+        match text.parse::<Replication>() {
+            Ok(mode) => target.replication = mode,
+            Err(reason) => issues.push(leases.key("replication"), reason),
+        }
+    }
 }
 
 fn walk_limits(limits: &Section<'_>, config: &mut Config, issues: &mut Issues) {

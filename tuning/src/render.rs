@@ -153,6 +153,11 @@ pub(crate) fn render(config: &Config) -> String {
         duration(leases.sweep_interval),
         "10ms ..= 60s",
     );
+    out.key(
+        "replication",
+        string(leases.replication.as_str()),
+        "\"quorum\": grants and releases committed to the raft log (leases survive failover); \"none\": memory only, grace period after a leader change",
+    );
 
     let limits = &config.limits;
     out.section("limits");

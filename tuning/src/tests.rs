@@ -180,6 +180,7 @@ fn every_field_round_trips() {
             table_capacity: 1 << 24,
             reclaim_after: Duration::from_secs(86_400 * 365),
             sweep_interval: Duration::from_secs(60),
+            replication: crate::Replication::None,
         },
         limits: LimitsConfig {
             connections_max: u32::MAX,
@@ -310,7 +311,7 @@ fn unknown_keys_and_sections() {
             .map(|issue| issue.reason.as_str()),
         Some(
             "unknown key; expected one of: max_ttl, min_ttl, max_drift, lock_delay_max, \
-             table_capacity, reclaim_after, sweep_interval"
+             table_capacity, reclaim_after, sweep_interval, replication"
         )
     );
     assert_eq!(
@@ -517,6 +518,22 @@ fn duration_bounds() {
         rejects("leases", "reclaim_after", "\"999ms\""),
         "must be at least 1s, got 999ms"
     );
+
+    // Replication is one of two words.
+    assert_eq!(
+        accepts("leases", "replication", "\"none\"").leases.replication,
+        crate::Replication::None
+    );
+    assert_eq!(
+        accepts("leases", "replication", "\"Quorum\"").leases.replication,
+        crate::Replication::Quorum
+    );
+    assert_eq!(
+        rejects("leases", "replication", "\"raft\""),
+        "unknown replication mode \"raft\"; expected \"quorum\" or \"none\""
+    );
+    let reason = rejects("leases", "replication", "1");
+    assert!(reason.contains("expected a string"), "{reason}");
 
     // The lock delay is stored in whole milliseconds.
     let reason = rejects("leases", "lock_delay_max", "\"1.5ms\"");
