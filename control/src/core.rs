@@ -35,15 +35,42 @@
 //! hear from a leader (check-quorum's leader lease): a restarted follower
 //! votes at once, and that is fine. `W < election_timeout` is tested in
 //! `node::tests`.
+//!
+//! Replicated leases (`leases.replication = "quorum"`). The data plane
+//! proposes every grant and release ([`ControlCore::propose`]); many share
+//! one raft entry. Every node applies committed entries to its
+//! [`LeaseState`]; the proposing core answers once [`ControlCore::take_notices`]
+//! says the entry committed in the term it was proposed in. A new leader,
+//! once it committed an entry of its own term (so it has applied every
+//! committed grant), hands the shell a [`Takeover`]: reset the table, then
+//! install each replicated lease with its expiry re-armed to
+//! `takeover + (ttl + election_timeout) × (1 + d) / (1 − d)`, and serve at
+//! once — no global grace. Why that is enough (S2), for a lease last served
+//! (granted or renewed) by an earlier leader L at real time r: L served only
+//! before its `grants_until`, so r < s + W, where s is the real send time of
+//! L's last confirmed round; every later leader was elected after s (the
+//! quorum argument above), so the takeover at real time t0 ≥ s, and
+//! r < t0 + W. L's lease ends, in real time, before r + ttl / (1 − d). The
+//! re-armed expiry, counted on the new leader's clock (rate ≤ 1 + d), lasts
+//! at least (ttl + ET) / (1 − d) real time after t0 > r − W, and ET > W.
+//! Renewals never promise more than the ttl the grant logged (the table
+//! caps them), so `ttl` here is the lease's own. Lock delay is added on top
+//! by the table, as for any expiry. Without replication the takeover only
+//! resets the table and the grace period above stands.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, RwLock};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot};
-use raft::storage::MemStorage;
-use raft::{RawNode, ReadOnlyOption, StateRole, Storage as _};
+use raft::storage::{MemStorage, RaftState};
+use raft::{GetEntriesContext, RawNode, ReadOnlyOption, StateRole, Storage, StorageError};
 
 use palisade_dataplane::leadership::{LeadershipView, TIME_MAX_MS};
+use palisade_dataplane::replica::{
+    decode_batch, encode_batch, Command, LeaseName, LeaseState, Notice, Proposal, Record,
+    GROUP_DEFAULT,
+};
 use palisade_proto::Role;
 
 /// Where the core's state becomes durable.
@@ -94,6 +121,9 @@ pub struct CoreConfig {
     pub grace_ms: u64,
     /// Clock rate drift bound, parts per million.
     pub max_drift_ppm: u32,
+    /// Grants and releases are replicated (`leases.replication = "quorum"`):
+    /// no grace period, leases re-armed at takeover.
+    pub replicated: bool,
 }
 
 /// Why the core cannot continue. The node must stop.
@@ -108,7 +138,119 @@ pub enum CoreError {
     /// The term no longer fits the 32-bit epoch of a token.
     #[error("raft term {0} exceeds the 32-bit epoch space")]
     TermOverflow(u64),
+    /// A committed entry or a snapshot holds lease state this node cannot
+    /// read (a newer version wrote it, or a bug): it must not guess.
+    #[error("replicated lease state at index {index}: {reason}")]
+    LeaseState {
+        /// Log index (snapshot index for a snapshot).
+        index: u64,
+        /// What was wrong.
+        reason: String,
+    },
 }
+
+/// Raft's storage: raft-rs's in-memory log plus the latest snapshot *with*
+/// the lease state in it (raft-rs's own `MemStorage::snapshot` builds one
+/// with metadata only, which would hand a lagging follower an empty lease
+/// table).
+#[derive(Clone)]
+pub struct LogStore {
+    mem: MemStorage,
+    snapshot: Arc<RwLock<Option<Snapshot>>>,
+}
+
+impl LogStore {
+    fn new() -> LogStore {
+        LogStore {
+            mem: MemStorage::new(),
+            snapshot: Arc::new(RwLock::new(None)),
+        }
+    }
+
+    fn set_snapshot(&self, snapshot: Snapshot) {
+        *self
+            .snapshot
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(snapshot);
+    }
+}
+
+impl Storage for LogStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        self.mem.initial_state()
+    }
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.mem.entries(low, high, max_size, context)
+    }
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.mem.term(idx)
+    }
+    fn first_index(&self) -> raft::Result<u64> {
+        self.mem.first_index()
+    }
+    fn last_index(&self) -> raft::Result<u64> {
+        self.mem.last_index()
+    }
+    /// The snapshot of the last compaction (it covers every entry this
+    /// log no longer holds). Raft asks only for entries below the first
+    /// index, so one is there whenever it asks.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let guard = self
+            .snapshot
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match guard.as_ref() {
+            Some(snapshot) if snapshot.get_metadata().index >= request_index => {
+                Ok(snapshot.clone())
+            }
+            _ => Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            )),
+        }
+    }
+}
+
+/// What a node that just became leader must do before it serves: reset
+/// its lease table and install these leases (with replication), then
+/// serve from `at_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Takeover {
+    /// The epoch it serves in.
+    pub epoch: u32,
+    /// When it took over (monotonic ms): grants from then on.
+    pub at_ms: u64,
+    /// Every replicated lease, re-armed.
+    pub leases: Vec<Adopted>,
+}
+
+/// One lease a new leader installs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adopted {
+    /// The lease's name.
+    pub name: LeaseName,
+    /// As the log holds it.
+    pub record: Record,
+    /// Its re-armed expiry (monotonic ms).
+    pub expires_at_ms: u64,
+}
+
+/// Proposals in one raft entry awaiting its commit.
+#[derive(Debug)]
+struct Inflight {
+    index: u64,
+    term: u64,
+    tags: Vec<u64>,
+}
+
+/// The largest entry a proposal batch makes: raft sends at most 1 MiB per
+/// message (`max_size_per_msg`), and several entries share a message.
+pub const BATCH_BYTES_MAX: usize = 256 << 10;
 
 /// The state a log held at start.
 #[derive(Debug, Clone, Default)]
@@ -136,7 +278,7 @@ impl From<crate::raftlog::Recovered> for Restored {
 
 /// One node's control plane state machine.
 pub struct ControlCore {
-    raw: RawNode<MemStorage>,
+    raw: RawNode<LogStore>,
     config: CoreConfig,
     /// Term in which this node most recently became leader, and when.
     leader_term: u64,
@@ -154,6 +296,20 @@ pub struct ControlCore {
     graceless_term: Option<u64>,
     /// Elections this node started and won (metrics).
     elections: Elections,
+    /// The replicated lease state, as of the applied index.
+    leases: LeaseState,
+    /// Entries proposed in this leadership, in index order.
+    inflight: VecDeque<Inflight>,
+    /// What became of proposals, for the shell to hand to the cores.
+    notices: Vec<Notice>,
+    /// The term whose takeover was handed out (0: none yet), and when.
+    taken_over_term: u64,
+    serving_since_ms: u64,
+    /// Entries at or below this index were committed before a restart:
+    /// their membership changes are already in the conf state.
+    replayed_commit: u64,
+    /// The term in which this node last proposed a replication marker.
+    marker_term: u64,
 }
 
 /// Elections one node took part in as a candidate, counted since start.
@@ -209,11 +365,28 @@ impl ControlCore {
             "election needs at least 3 ticks"
         );
         assert!(config.tick_ms >= 1);
-        let storage = MemStorage::new();
+        let storage = LogStore::new();
+        let mut leases = LeaseState::new();
+        let mut applied = 0;
         {
-            let mut core = storage.wl();
+            let mut core = storage.mem.wl();
             if let Some(snapshot) = restored.snapshot.clone() {
-                core.apply_snapshot(snapshot)?;
+                let index = snapshot.get_metadata().index;
+                let (group, state) =
+                    LeaseState::decode(snapshot.get_data()).map_err(|e| CoreError::LeaseState {
+                        index,
+                        reason: e.to_string(),
+                    })?;
+                if group != GROUP_DEFAULT {
+                    return Err(CoreError::LeaseState {
+                        index,
+                        reason: format!("snapshot of raft group {group}; this node serves group 0"),
+                    });
+                }
+                leases = state;
+                applied = index;
+                core.apply_snapshot(snapshot.clone())?;
+                storage.set_snapshot(snapshot);
             }
             let conf_state = if restored.conf_state == ConfState::default() {
                 ConfState::from((config.voters.clone(), vec![]))
@@ -230,9 +403,9 @@ impl ControlCore {
             id: config.id,
             election_tick: config.election_ticks,
             heartbeat_tick: 1,
-            // Everything committed before a restart carried no state to
-            // re-apply (membership is in the conf state).
-            applied: restored.hard_state.commit,
+            // Committed entries after the snapshot are applied again: they
+            // rebuild the lease state (membership is in the conf state).
+            applied,
             check_quorum: true,
             pre_vote: true,
             read_only_option: ReadOnlyOption::Safe,
@@ -257,6 +430,13 @@ impl ControlCore {
             last_state: StateRole::Follower,
             graceless_term: None,
             elections: Elections::default(),
+            leases,
+            inflight: VecDeque::new(),
+            notices: Vec::new(),
+            taken_over_term: 0,
+            serving_since_ms: 0,
+            replayed_commit: restored.hard_state.commit,
+            marker_term: 0,
         })
     }
 
@@ -308,6 +488,13 @@ impl ControlCore {
             if state != StateRole::Leader {
                 self.grants_until_ms = 0;
                 self.rounds.clear();
+            }
+            if state != StateRole::Leader || term != self.taken_over_term {
+                // This leadership has ended: nothing it proposed will be
+                // answered by it (a later leader may still commit it; the
+                // client's retry with the same holder id finds out).
+                self.fail_inflight();
+                self.taken_over_term = 0;
             }
             self.last_term = term;
             self.last_state = state;
@@ -384,34 +571,47 @@ impl ControlCore {
     }
 
     /// Persists what raft produced and returns the messages that may now be
-    /// sent (S4: only after `persist.sync()` returned).
+    /// sent (S4: only after `persist.sync()` returned). A leader's appends
+    /// go to `send_now` first, before its own fsync: the leader writes its
+    /// log in parallel with replication (raft thesis §10.2.1; raft counts
+    /// the leader's own entries only once they are persisted). Nothing is
+    /// fsynced when raft needs nothing durable (a commit index or messages
+    /// only): what is queued rides with the next sync.
     pub fn poll_ready(
         &mut self,
         persist: &mut dyn Persist,
         now_ms: u64,
+        send_now: &mut dyn FnMut(Vec<Message>),
     ) -> Result<Vec<Message>, CoreError> {
         let mut out = Vec::new();
         if !self.raw.has_ready() {
             return Ok(out);
         }
         let mut ready = self.raw.ready();
+        let early = ready.take_messages();
+        if !early.is_empty() {
+            send_now(early);
+        }
         let store = self.raw.raft.raft_log.store.clone();
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
+            self.install_snapshot(&snapshot)?;
             persist.apply_snapshot(&snapshot);
-            store.wl().apply_snapshot(snapshot)?;
+            store.mem.wl().apply_snapshot(snapshot.clone())?;
+            store.set_snapshot(snapshot);
         }
         let committed = ready.take_committed_entries();
         if !ready.entries().is_empty() {
             persist.append(ready.entries());
-            store.wl().append(ready.entries())?;
+            store.mem.wl().append(ready.entries())?;
         }
         if let Some(hard_state) = ready.hs() {
             persist.set_hard_state(hard_state);
-            store.wl().set_hardstate(hard_state.clone());
+            store.mem.wl().set_hardstate(hard_state.clone());
         }
-        persist.sync().map_err(CoreError::Persist)?;
-        out.extend(ready.take_messages());
+        if ready.must_sync() {
+            persist.sync().map_err(CoreError::Persist)?;
+        }
         out.extend(ready.take_persisted_messages());
         for state in ready.take_read_states() {
             self.confirm(&state.request_ctx);
@@ -419,7 +619,7 @@ impl ControlCore {
         self.apply_committed(persist, committed)?;
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
-            store.wl().mut_hard_state().set_commit(commit);
+            store.mem.wl().mut_hard_state().set_commit(commit);
         }
         out.extend(light.take_messages());
         let committed = light.take_committed_entries();
@@ -427,6 +627,198 @@ impl ControlCore {
         self.raw.advance_apply();
         self.observe(now_ms);
         Ok(out)
+    }
+
+    /// A snapshot from the leader replaces the lease state.
+    fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), CoreError> {
+        let index = snapshot.get_metadata().index;
+        let (group, state) =
+            LeaseState::decode(snapshot.get_data()).map_err(|e| CoreError::LeaseState {
+                index,
+                reason: e.to_string(),
+            })?;
+        if group != GROUP_DEFAULT {
+            return Err(CoreError::LeaseState {
+                index,
+                reason: format!("snapshot of raft group {group}"),
+            });
+        }
+        self.leases = state;
+        Ok(())
+    }
+
+    /// Proposals from the data plane: those made in this node's current,
+    /// serving leadership go into raft entries (as many as fit a batch each);
+    /// the rest are refused at once (a notice that they will not commit).
+    pub fn propose(&mut self, proposals: Vec<Proposal>) {
+        let serving = self.serving();
+        let term = self.raw.raft.term;
+        let mut batch: Vec<Command> = Vec::new();
+        let mut tags: Vec<u64> = Vec::new();
+        let mut bytes = 0;
+        for proposal in proposals {
+            if !serving || u64::from(proposal.epoch) != term {
+                self.notices.push(Notice {
+                    tag: proposal.tag,
+                    committed: false,
+                });
+                continue;
+            }
+            bytes +=
+                32 + proposal.command.name().tenant.len() + proposal.command.name().resource.len();
+            batch.push(proposal.command);
+            tags.push(proposal.tag);
+            if bytes >= BATCH_BYTES_MAX {
+                self.propose_batch(std::mem::take(&mut batch), std::mem::take(&mut tags));
+                bytes = 0;
+            }
+        }
+        if !batch.is_empty() {
+            self.propose_batch(batch, tags);
+        }
+    }
+
+    fn propose_batch(&mut self, batch: Vec<Command>, tags: Vec<u64>) {
+        let data = encode_batch(GROUP_DEFAULT, &batch);
+        match self.raw.propose(Vec::new(), data) {
+            Ok(()) => {
+                let index = self.raw.raft.raft_log.last_index();
+                let term = self.raw.raft.term;
+                debug_assert!(self.inflight.back().is_none_or(|i| i.index < index));
+                self.inflight.push_back(Inflight { index, term, tags });
+            }
+            Err(_) => {
+                // Dropped (a leadership transfer under way): never logged.
+                self.notices.extend(tags.into_iter().map(|tag| Notice {
+                    tag,
+                    committed: false,
+                }));
+            }
+        }
+    }
+
+    fn fail_inflight(&mut self) {
+        for inflight in self.inflight.drain(..) {
+            self.notices
+                .extend(inflight.tags.into_iter().map(|tag| Notice {
+                    tag,
+                    committed: false,
+                }));
+        }
+    }
+
+    /// What became of proposals since the last call. Call after
+    /// `propose` and `poll_ready`; the shell hands each notice to the core
+    /// named in its tag.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// Whether this node leads, has taken over (its table holds the
+    /// replicated state) and so may propose.
+    #[must_use]
+    pub fn serving(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+            && self.taken_over_term == self.raw.raft.term
+            && self.taken_over_term != 0
+    }
+
+    /// The replicated lease state.
+    #[must_use]
+    pub fn leases(&self) -> &LeaseState {
+        &self.leases
+    }
+
+    /// A leader whose term has committed an entry (so every earlier
+    /// committed grant is applied) takes over once: the shell resets its
+    /// table, installs the returned leases and publishes; grants start at
+    /// once (with replication) or after the grace period (without).
+    pub fn poll_takeover(&mut self, now_ms: u64) -> Option<Takeover> {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader
+            || raft.term != self.leader_term
+            || !raft.commit_to_current_term()
+            || self.taken_over_term == raft.term
+            || raft.raft_log.applied < raft.raft_log.committed
+        {
+            return None;
+        }
+        let epoch = u32::try_from(raft.term).ok()?;
+        if !self.config.replicated && self.leases.replicated_since().is_some() {
+            // Without replication this leader will grant leases the log
+            // never sees: first tell later leaders (with replication) that
+            // the log no longer holds every live lease, and serve only once
+            // that is committed.
+            self.propose_marker(false);
+            return None;
+        }
+        self.taken_over_term = raft.term;
+        self.serving_since_ms = now_ms;
+        let leases = if self.config.replicated {
+            self.leases
+                .iter()
+                .map(|(name, record)| Adopted {
+                    name: name.clone(),
+                    record: *record,
+                    expires_at_ms: now_ms + self.rearm_ms(record.ttl_ms),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Some(Takeover {
+            epoch,
+            at_ms: now_ms,
+            leases,
+        })
+    }
+
+    /// Housekeeping of a serving leader, once per turn: with replication,
+    /// when the log does not yet vouch for every live lease (a fresh
+    /// cluster, an upgrade, or a leader without replication before), writes
+    /// the marker that says it does, once this leader's grace period has
+    /// passed (every lease granted outside the log has run out by then).
+    pub fn maintain(&mut self, now_ms: u64) {
+        if !self.config.replicated
+            || !self.serving()
+            || self.leases.replicated_since().is_some()
+            || now_ms < self.grace_from_ms()
+        {
+            return;
+        }
+        self.propose_marker(true);
+    }
+
+    /// Proposes a replication marker, once per term.
+    fn propose_marker(&mut self, on: bool) {
+        if self.marker_term == self.raw.raft.term {
+            return;
+        }
+        self.marker_term = self.raw.raft.term;
+        self.propose_batch(vec![Command::Replication { on }], Vec::new());
+    }
+
+    /// When this leadership may grant if the log does not vouch for every
+    /// live lease: after the grace period, or at once in the cluster's
+    /// first term.
+    fn grace_from_ms(&self) -> u64 {
+        if self.graceless_term == Some(self.raw.raft.term) {
+            self.leader_since_ms
+        } else {
+            (self.leader_since_ms + self.config.grace_ms).min(TIME_MAX_MS)
+        }
+    }
+
+    /// How long after a takeover a replicated lease of `ttl_ms` stays
+    /// held: `(ttl + election_timeout) × (1 + d) / (1 − d)`, rounded up
+    /// (the argument is in the module doc).
+    #[must_use]
+    pub fn rearm_ms(&self, ttl_ms: u32) -> u64 {
+        let ppm = u128::from(self.config.max_drift_ppm.min(999_999));
+        let election_ms = self.config.election_ticks as u128 * u128::from(self.config.tick_ms);
+        let base = u128::from(ttl_ms) + election_ms;
+        let scaled = (base * (1_000_000 + ppm)).div_ceil(1_000_000 - ppm);
+        u64::try_from(scaled).unwrap_or(u64::MAX)
     }
 
     fn confirm(&mut self, context: &[u8]) {
@@ -451,25 +843,76 @@ impl ControlCore {
         entries: Vec<Entry>,
     ) -> Result<(), CoreError> {
         for entry in entries {
+            self.answer_committed(&entry);
+            let replayed = entry.index <= self.replayed_commit;
             match entry.get_entry_type() {
-                EntryType::EntryNormal => {}
+                EntryType::EntryNormal if entry.data.is_empty() => {}
+                EntryType::EntryNormal => {
+                    let (group, commands) =
+                        decode_batch(&entry.data).map_err(|e| CoreError::LeaseState {
+                            index: entry.index,
+                            reason: e.to_string(),
+                        })?;
+                    if group != GROUP_DEFAULT {
+                        return Err(CoreError::LeaseState {
+                            index: entry.index,
+                            reason: format!("entry of raft group {group}"),
+                        });
+                    }
+                    for command in &commands {
+                        self.leases.apply(command, entry.term);
+                    }
+                }
+                // Applied before the restart: the conf state has it.
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 if replayed => {}
                 EntryType::EntryConfChange => {
                     let change = raft::eraftpb::ConfChange::parse_from_bytes(&entry.data)
                         .map_err(|e| CoreError::Persist(e.to_string()))?;
                     let conf_state = self.raw.apply_conf_change(&change)?;
                     persist.set_conf_state(&conf_state);
-                    self.raw.raft.raft_log.store.wl().set_conf_state(conf_state);
+                    self.raw
+                        .raft
+                        .raft_log
+                        .store
+                        .mem
+                        .wl()
+                        .set_conf_state(conf_state);
                 }
                 EntryType::EntryConfChangeV2 => {
                     let change = raft::eraftpb::ConfChangeV2::parse_from_bytes(&entry.data)
                         .map_err(|e| CoreError::Persist(e.to_string()))?;
                     let conf_state = self.raw.apply_conf_change(&change)?;
                     persist.set_conf_state(&conf_state);
-                    self.raw.raft.raft_log.store.wl().set_conf_state(conf_state);
+                    self.raw
+                        .raft
+                        .raft_log
+                        .store
+                        .mem
+                        .wl()
+                        .set_conf_state(conf_state);
                 }
             }
         }
         Ok(())
+    }
+
+    /// Proposals waiting for the entry at `entry.index`: committed if the
+    /// entry is the one proposed (same term), else overwritten by another
+    /// leader's log and never to commit.
+    fn answer_committed(&mut self, entry: &Entry) {
+        while let Some(front) = self.inflight.front() {
+            if front.index > entry.index {
+                return;
+            }
+            let inflight = self.inflight.pop_front().expect("front exists");
+            let committed = inflight.index == entry.index && inflight.term == entry.term;
+            self.notices.extend(
+                inflight
+                    .tags
+                    .into_iter()
+                    .map(|tag| Notice { tag, committed }),
+            );
+        }
     }
 
     /// Elections this node started and won since it started.
@@ -521,15 +964,23 @@ impl ControlCore {
         let self_id = u16::try_from(self.config.id).expect("node ids fit u16");
         let view = match raft.state {
             StateRole::Leader => {
-                let capable = raft.commit_to_current_term() && raft.term == self.leader_term;
+                // Serving needs the takeover done: the table reset (and
+                // the replicated leases installed).
+                let capable = raft.commit_to_current_term()
+                    && raft.term == self.leader_term
+                    && self.taken_over_term == raft.term;
                 LeadershipView {
                     epoch,
                     role: Role::Leader,
                     leader_id: self_id,
-                    grants_from_ms: if self.graceless_term == Some(raft.term) {
-                        self.leader_since_ms
+                    grants_from_ms: if self.config.replicated
+                        && self.leases.replicated_since().is_some()
+                    {
+                        // Each lease a previous leader granted is in the
+                        // table, re-armed: no global grace.
+                        self.serving_since_ms.max(self.leader_since_ms)
                     } else {
-                        (self.leader_since_ms + self.config.grace_ms).min(TIME_MAX_MS)
+                        self.grace_from_ms()
                     },
                     grants_until_ms: if capable {
                         self.grants_until_ms.min(TIME_MAX_MS)
@@ -577,6 +1028,9 @@ impl ControlCore {
         snapshot
             .mut_metadata()
             .set_conf_state(self.raw.raft.prs().conf().to_conf_state());
+        // The lease state is exactly as of `applied`: committed entries are
+        // applied as they are handed out.
+        snapshot.set_data(self.leases.encode(GROUP_DEFAULT).into());
         let rest = if last > applied {
             store
                 .entries(
@@ -589,8 +1043,9 @@ impl ControlCore {
         } else {
             Vec::new()
         };
-        store.wl().compact(applied).ok()?;
-        let hard_state = store.rl().hard_state().clone();
+        store.mem.wl().compact(applied).ok()?;
+        store.set_snapshot(snapshot.clone());
+        let hard_state = store.mem.rl().hard_state().clone();
         Some((snapshot, hard_state, rest))
     }
 }
@@ -608,6 +1063,7 @@ mod tests {
             election_ticks: 10,
             grace_ms: 1_000,
             max_drift_ppm: 10_000,
+            replicated: false,
         }
     }
 
@@ -619,9 +1075,18 @@ mod tests {
         restored.hard_state.term = 1; // somebody led before
         let mut core = ControlCore::new(config(), restored).expect("core");
         core.campaign(100).expect("campaign");
-        core.poll_ready(&mut log, 100).expect("ready");
+        core.poll_ready(&mut log, 100, &mut |_| {}).expect("ready");
         core.request_confirmation(100);
-        core.poll_ready(&mut log, 100).expect("ready");
+        core.poll_ready(&mut log, 100, &mut |_| {}).expect("ready");
+        let view = core.leadership().expect("view");
+        assert_eq!(view.grants_until_ms, 0, "no serving before the takeover");
+        let takeover = core.poll_takeover(100).expect("takes over");
+        assert_eq!(
+            takeover.leases,
+            vec![],
+            "nothing is installed without replication"
+        );
+        assert_eq!(core.poll_takeover(100), None, "once per term");
         let view = core.leadership().expect("view");
         assert_eq!(view.role, Role::Leader);
         assert_eq!(view.epoch, 2);
@@ -632,7 +1097,8 @@ mod tests {
         // Without further confirmation rounds the leadership lapses.
         assert!(view.check_grant(1_200).is_err());
         core.tick(1_150);
-        core.poll_ready(&mut log, 1_150).expect("ready");
+        core.poll_ready(&mut log, 1_150, &mut |_| {})
+            .expect("ready");
         let view = core.leadership().expect("view");
         assert!(view.check_grant(1_200).is_ok());
         assert_eq!(core.elections(), Elections { started: 1, won: 1 });
@@ -661,7 +1127,7 @@ mod tests {
         heartbeat.term = 5;
         heartbeat.commit = last + 100;
         core.step(heartbeat, 0).expect("dropped, not a panic");
-        core.poll_ready(&mut log, 0).expect("ready");
+        core.poll_ready(&mut log, 0, &mut |_| {}).expect("ready");
         assert_eq!(core.raw.raft.raft_log.last_index(), last);
         assert_eq!(
             core.raw.raft.term, 0,
@@ -697,14 +1163,14 @@ mod tests {
             let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
             let mut core = ControlCore::new(config(), recovered.into()).expect("core");
             core.campaign(100).expect("campaign");
-            core.poll_ready(&mut log, 100).expect("ready");
+            core.poll_ready(&mut log, 100, &mut |_| {}).expect("ready");
             assert_eq!(core.leadership().expect("view").grants_from_ms, 100);
         }
         let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
         assert_eq!(recovered.hard_state.term, 1, "the term survived");
         let mut core = ControlCore::new(config(), recovered.into()).expect("core");
         core.campaign(500).expect("campaign");
-        core.poll_ready(&mut log, 500).expect("ready");
+        core.poll_ready(&mut log, 500, &mut |_| {}).expect("ready");
         let view = core.leadership().expect("view");
         assert_eq!(view.epoch, 2, "S1: a restart leads in a higher term");
         assert_eq!(view.grants_from_ms, 1_500);
@@ -716,7 +1182,7 @@ mod tests {
         let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
         let mut core = ControlCore::new(config(), recovered.into()).expect("core");
         core.campaign(0).expect("campaign");
-        core.poll_ready(&mut log, 0).expect("ready");
+        core.poll_ready(&mut log, 0, &mut |_| {}).expect("ready");
         assert!(core.compaction(log.entries_written(), 100).is_none());
         let (snapshot, hard_state, rest) = core.compaction(101, 100).expect("compacts");
         assert_eq!(snapshot.get_metadata().index, core.commit_index());
@@ -733,7 +1199,260 @@ mod tests {
         let (mut log2, again) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
         let mut core = ControlCore::new(config(), again.into()).expect("core");
         core.campaign(10).expect("campaign");
-        core.poll_ready(&mut log2, 10).expect("ready");
+        core.poll_ready(&mut log2, 10, &mut |_| {}).expect("ready");
         assert_eq!(core.leadership().expect("view").epoch, 2);
+    }
+
+    fn replicated() -> CoreConfig {
+        CoreConfig {
+            replicated: true,
+            ..config()
+        }
+    }
+
+    fn name(resource: &str) -> LeaseName {
+        LeaseName {
+            tenant: "default".into(),
+            resource: resource.into(),
+        }
+    }
+
+    fn grant(resource: &str, token: u64, ttl_ms: u32) -> Command {
+        Command::Grant {
+            name: name(resource),
+            token,
+            holder: 42,
+            ttl_ms,
+            lock_delay_ms: 0,
+        }
+    }
+
+    /// A single node that has led and taken over at `now`.
+    fn leading(log: &mut RaftLog, restored: Restored, now: u64) -> ControlCore {
+        let mut core = ControlCore::new(replicated(), restored).expect("core");
+        core.campaign(now).expect("campaign");
+        core.poll_ready(log, now, &mut |_| {}).expect("ready");
+        core.request_confirmation(now);
+        core.poll_ready(log, now, &mut |_| {}).expect("ready");
+        core
+    }
+
+    #[test]
+    fn grants_are_answered_once_committed_and_survive_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+        let mut core = leading(&mut log, recovered.into(), 100);
+        let epoch = core.term() as u32;
+        // Not taken over yet: refused, never logged.
+        core.propose(vec![Proposal {
+            tag: 1,
+            epoch,
+            command: grant("early", u64::from(epoch) << 32 | 1, 1_000),
+        }]);
+        assert_eq!(
+            core.take_notices(),
+            vec![Notice {
+                tag: 1,
+                committed: false
+            }]
+        );
+        let takeover = core.poll_takeover(100).expect("takes over");
+        assert!(takeover.leases.is_empty());
+        let view = core.leadership().expect("view");
+        assert_eq!(
+            view.grants_from_ms, 100,
+            "the cluster's first term owes no grace"
+        );
+        // The log vouches for every live lease from here on.
+        core.maintain(100);
+        core.poll_ready(&mut log, 100, &mut |_| {}).expect("ready");
+        assert_eq!(core.leases().replicated_since(), Some(core.term()));
+        let token = u64::from(epoch) << 32 | 1;
+        core.propose(vec![
+            Proposal {
+                tag: 2,
+                epoch,
+                command: grant("disk0", token, 10_000),
+            },
+            Proposal {
+                tag: 3,
+                epoch: epoch - 1,
+                command: grant("stale", 9, 10_000),
+            },
+        ]);
+        assert_eq!(
+            core.take_notices(),
+            vec![Notice {
+                tag: 3,
+                committed: false
+            }],
+            "a proposal of another epoch is refused at once"
+        );
+        assert!(core.leases().is_empty(), "not applied before commit");
+        core.poll_ready(&mut log, 110, &mut |_| {}).expect("ready");
+        assert_eq!(
+            core.take_notices(),
+            vec![Notice {
+                tag: 2,
+                committed: true
+            }]
+        );
+        assert_eq!(
+            core.leases().get(&name("disk0")).map(|r| r.token),
+            Some(token)
+        );
+        drop(core);
+        drop(log);
+
+        // Restart: the log rebuilds the lease state, and the takeover
+        // re-arms it: (ttl + election timeout) x 1.01 / 0.99, rounded up.
+        let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+        let mut core = leading(&mut log, recovered.into(), 5_000);
+        assert!(
+            core.term() > u64::from(epoch),
+            "S1: a restart leads in a higher term"
+        );
+        let takeover = core.poll_takeover(5_000).expect("takes over");
+        assert_eq!(
+            core.leadership().expect("view").grants_from_ms,
+            5_000,
+            "no grace: every live lease is installed"
+        );
+        assert_eq!(takeover.leases.len(), 1);
+        let adopted = &takeover.leases[0];
+        assert_eq!(adopted.name, name("disk0"));
+        assert_eq!(adopted.record.token, token);
+        assert_eq!(adopted.record.holder, 42);
+        assert_eq!(core.rearm_ms(10_000), (10_100u64 * 101).div_ceil(99));
+        assert_eq!(adopted.expires_at_ms, 5_000 + core.rearm_ms(10_000));
+    }
+
+    #[test]
+    fn without_the_marker_a_leader_owes_the_grace_once() {
+        // A log from a version (or a leader) without replication: leases
+        // may be live that it does not hold.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+        let mut restored = Restored::from(recovered);
+        restored.hard_state.term = 4;
+        let mut core = leading(&mut log, restored, 100);
+        core.poll_takeover(100).expect("takes over");
+        assert_eq!(core.leadership().expect("view").grants_from_ms, 1_100);
+        core.maintain(1_099);
+        core.poll_ready(&mut log, 1_099, &mut |_| {})
+            .expect("ready");
+        assert_eq!(
+            core.leases().replicated_since(),
+            None,
+            "not before the grace ends"
+        );
+        core.maintain(1_100);
+        core.poll_ready(&mut log, 1_100, &mut |_| {})
+            .expect("ready");
+        assert_eq!(core.leases().replicated_since(), Some(5));
+        drop(core);
+        drop(log);
+        // Restarted without replication: the marker is withdrawn before
+        // this leader serves anything the log will not see.
+        let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+        let mut core = ControlCore::new(config(), recovered.into()).expect("core");
+        core.campaign(2_000).expect("campaign");
+        core.poll_ready(&mut log, 2_000, &mut |_| {})
+            .expect("ready");
+        assert_eq!(core.poll_takeover(2_000), None, "marker first");
+        core.poll_ready(&mut log, 2_000, &mut |_| {})
+            .expect("ready");
+        assert_eq!(core.leases().replicated_since(), None);
+        assert!(core.poll_takeover(2_000).is_some());
+        drop(core);
+        drop(log);
+        // With replication again: the grace once more.
+        let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+        let mut core = leading(&mut log, recovered.into(), 3_000);
+        core.poll_takeover(3_000).expect("takes over");
+        assert_eq!(core.leadership().expect("view").grants_from_ms, 4_000);
+    }
+
+    #[test]
+    fn a_compacted_log_carries_the_lease_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+        let mut core = leading(&mut log, recovered.into(), 100);
+        core.poll_takeover(100).expect("takes over");
+        let epoch = core.term() as u32;
+        for i in 1..=5u64 {
+            core.propose(vec![Proposal {
+                tag: i,
+                epoch,
+                command: grant(&format!("r{i}"), u64::from(epoch) << 32 | i, 1_000),
+            }]);
+            core.poll_ready(&mut log, 100, &mut |_| {}).expect("ready");
+        }
+        core.propose(vec![Proposal {
+            tag: 9,
+            epoch,
+            command: Command::Release {
+                name: name("r2"),
+                token: u64::from(epoch) << 32 | 2,
+            },
+        }]);
+        core.poll_ready(&mut log, 100, &mut |_| {}).expect("ready");
+        assert_eq!(core.leases().len(), 4);
+        let (snapshot, hard_state, rest) = core.compaction(101, 100).expect("compacts");
+        assert_eq!(
+            LeaseState::decode(snapshot.get_data()).expect("decodes").1,
+            core.leases().clone()
+        );
+        log.compact(&snapshot, &hard_state, &rest).expect("rewrite");
+        let before = core.leases().clone();
+        drop(core);
+        drop(log);
+        let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+        let core = leading(&mut log, recovered.into(), 200);
+        assert_eq!(core.leases(), &before);
+    }
+
+    #[test]
+    fn losing_leadership_fails_what_is_in_flight() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+        let mut cfg = replicated();
+        cfg.voters = vec![1, 2, 3];
+        let mut core = ControlCore::new(cfg, recovered.into()).expect("core");
+        core.raw.raft.become_candidate();
+        core.raw.raft.become_leader();
+        core.observe(10);
+        let epoch = core.term() as u32;
+        assert!(
+            core.poll_takeover(10).is_none(),
+            "its term has no commit yet"
+        );
+        core.poll_ready(&mut log, 10, &mut |_| {}).expect("ready");
+        // Node 2 acknowledges the term's first entry: a quorum.
+        let mut ack = Message::default();
+        ack.set_msg_type(MessageType::MsgAppendResponse);
+        ack.from = 2;
+        ack.to = 1;
+        ack.term = core.term();
+        ack.index = core.last_index();
+        core.step(ack, 10).expect("step");
+        core.poll_ready(&mut log, 10, &mut |_| {}).expect("ready");
+        assert!(core.poll_takeover(10).is_some());
+        core.propose(vec![Proposal {
+            tag: 5,
+            epoch,
+            command: grant("r", u64::from(epoch) << 32 | 1, 1_000),
+        }]);
+        assert!(core.take_notices().is_empty(), "in flight: no quorum yet");
+        core.raw.raft.become_follower(core.term() + 1, 2);
+        core.observe(20);
+        assert_eq!(
+            core.take_notices(),
+            vec![Notice {
+                tag: 5,
+                committed: false
+            }]
+        );
+        assert!(!core.serving());
     }
 }

@@ -27,6 +27,7 @@
 
 pub mod core;
 pub mod datadir;
+pub mod leases;
 pub mod logging;
 pub mod node;
 pub mod qos;

@@ -5,19 +5,19 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use palisade_dataplane::clock::{monotonic_ms, unix_ms};
 use palisade_dataplane::leadership::{Leadership, LeadershipView};
-use palisade_dataplane::server::{core_count, Cpus, Server, ServerOptions};
+use palisade_dataplane::replica::{tag_core, LeaseName, Notice, Proposal};
+use palisade_dataplane::server::{core_count, Cpus, ReplicaLink, Server, ServerOptions};
 use palisade_dataplane::service::{ControlStats, CoreStats, ServiceConfig, Shared, Tenant};
 use palisade_dataplane::table::{KeyHasher, LeaseTable};
 use palisade_proto::auth::StoredCredential;
 use palisade_proto::Role;
-use palisade_tuning::{Config, CoreSelection};
+use palisade_tuning::{Config, CoreSelection, Replication};
 use raft::eraftpb::Message;
 use tracing::{error, info, warn};
 
@@ -31,6 +31,15 @@ use crate::transport::Transport;
 const INBOX_MAX: usize = 8192;
 /// Peer messages stepped in one turn at most, after the first.
 const STEPS_PER_TURN_MAX: usize = 1024;
+/// Grants and releases the data plane may have queued for the control
+/// thread; a full queue answers "retry" at once.
+const PROPOSALS_MAX: usize = 65_536;
+/// Proposals taken into raft entries in one turn at most.
+const PROPOSALS_PER_TURN_MAX: usize = 16_384;
+/// Replicated leases compared with the table per turn by the pass that
+/// logs the ends the table saw alone (expiry, a release of an orphaned
+/// grant).
+const PRUNE_PER_TURN_MAX: usize = 4_096;
 
 /// Shortest cluster secret accepted.
 const SECRET_MIN: usize = 16;
@@ -80,7 +89,17 @@ pub struct Node {
     transport: Option<Transport>,
     /// The priority qdisc tree (`[qos]`), removed when dropped.
     qos: Option<crate::qos::Installed>,
-    inbox: Receiver<Message>,
+    inbox: flume::Receiver<Message>,
+    /// Kept so that the inbox never disconnects (a cluster of one has no
+    /// transport, and a selector on a closed channel would spin).
+    _inbox_tx: flume::Sender<Message>,
+    /// Grants and releases from the data plane, to be logged.
+    proposals: flume::Receiver<Proposal>,
+    /// Per core: what became of its proposals.
+    notices: Vec<flume::Sender<Vec<Notice>>>,
+    /// Tenant name to the index the table's keys use.
+    tenants: crate::leases::Tenants,
+    prune: Prune,
     tick_ms: u64,
     next_tick_ms: u64,
     snapshot_entries: u64,
@@ -89,6 +108,23 @@ pub struct Node {
     elections_seen: Elections,
     /// End of the grace period this node is in, to log when it ends.
     grace_until_ms: Option<u64>,
+}
+
+/// The leader's walk over the replicated leases, logging the end of each
+/// lease whose end only the table saw (it ran out past its lock delay, or
+/// the grant's connection was gone and the core released it).
+#[derive(Debug)]
+struct Prune {
+    enabled: bool,
+    cursor: Option<LeaseName>,
+    next_ms: u64,
+    interval_ms: u64,
+}
+
+/// One input the control loop woke up for.
+enum Input {
+    Peer(Message),
+    Proposal(Proposal),
 }
 
 /// Where the node keeps its state when neither `--data-dir` nor the config
@@ -204,6 +240,7 @@ impl Node {
         let election_ticks = election_ticks(tick_ms, millis(config.cluster.election_timeout));
         let grace_ms = millis(config.grace_period());
         let max_drift_ppm = (config.leases.max_drift * 1_000_000.0).ceil() as u32;
+        let replicated = config.leases.replication == Replication::Quorum;
         let mut core = ControlCore::new(
             CoreConfig {
                 id: u64::from(config.node.id),
@@ -212,26 +249,35 @@ impl Node {
                 election_ticks,
                 grace_ms,
                 max_drift_ppm,
+                replicated,
             },
             restored,
         )?;
+        if !core.leases().is_empty() {
+            info!(
+                leases = core.leases().len(),
+                "replicated leases in the log: a leader installs them, re-armed, before it serves"
+            );
+        }
         let start_ms = monotonic_ms();
         if alone {
             // Nobody else to hear from: lead at once.
             core.campaign(start_ms)?;
-            let _ = core.poll_ready(&mut log, start_ms)?;
+            let _ = core.poll_ready(&mut log, start_ms, &mut |_| {})?;
             core.request_confirmation(start_ms);
-            let _ = core.poll_ready(&mut log, start_ms)?;
+            let _ = core.poll_ready(&mut log, start_ms, &mut |_| {})?;
         }
         let view = core.leadership()?;
-        if fresh {
+        if replicated {
+            info!(dir = %data_dir.display(), epoch = view.epoch, "grants and releases are replicated (leases.replication = \"quorum\"): a new leader keeps every lease and grants free resources at once");
+        } else if fresh {
             info!(dir = %data_dir.display(), "first start of this data directory: a leader of the cluster's first term grants without a grace period");
         } else {
             info!(
                 dir = %data_dir.display(),
                 epoch = view.epoch,
                 grace_ms,
-                "no grants until (max_ttl + lock_delay_max + election_timeout) x (1 + max_drift) has passed after becoming leader"
+                "leases.replication = \"none\": no grants until (max_ttl + lock_delay_max + election_timeout) x (1 + max_drift) has passed after becoming leader"
             );
         }
 
@@ -270,6 +316,7 @@ impl Node {
                     .iter()
                     .map(|m| (m.id, m.client.to_string()))
                     .collect(),
+                replicated,
             },
             stats: (0..cores).map(|_| CoreStats::default()).collect(),
             control: ControlStats::default(),
@@ -278,6 +325,9 @@ impl Node {
             .control
             .peers
             .store(voters.len().saturating_sub(1) as u64, Ordering::Relaxed);
+        let (proposals_tx, proposals) = flume::bounded(PROPOSALS_MAX);
+        let (notices, notice_rxs): (Vec<_>, Vec<_>) =
+            (0..cores).map(|_| flume::unbounded()).unzip();
         let server_options = ServerOptions {
             listen: config.listen.client,
             cpus: selection,
@@ -292,11 +342,15 @@ impl Node {
             sweep_interval: config.leases.sweep_interval,
             reclaim_after: config.leases.reclaim_after,
             admin: config.admin.listen,
+            replica: replicated.then(|| ReplicaLink {
+                proposals: proposals_tx,
+                notices: notice_rxs,
+            }),
         };
         let server =
             Server::start(shared.clone(), server_options).context("starting the data plane")?;
 
-        let (inbox_tx, inbox) = mpsc::sync_channel(INBOX_MAX);
+        let (inbox_tx, inbox) = flume::bounded(INBOX_MAX);
         let transport = match config.peer_listen() {
             Some(listen) if !alone => {
                 let peers: Vec<(u16, std::net::SocketAddr)> = members
@@ -311,7 +365,7 @@ impl Node {
                         &secret,
                         listen,
                         &peers,
-                        inbox_tx,
+                        inbox_tx.clone(),
                         config.qos.peer_dscp,
                     )
                     .with_context(|| format!("starting the peer transport on {listen}"))?,
@@ -321,7 +375,18 @@ impl Node {
         };
         let qos = crate::qos::start(config);
         let now = monotonic_ms();
-        Ok(Node {
+        let tenant_index = config
+            .tenants
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                (
+                    t.name.clone(),
+                    u32::try_from(i).expect("tenant count is bounded"),
+                )
+            })
+            .collect();
+        let mut node = Node {
             _data: data,
             data_dir,
             log,
@@ -331,13 +396,28 @@ impl Node {
             transport,
             qos,
             inbox,
+            _inbox_tx: inbox_tx,
+            proposals,
+            notices,
+            tenants: tenant_index,
+            prune: Prune {
+                enabled: replicated,
+                cursor: None,
+                next_ms: now,
+                interval_ms: millis(config.leases.sweep_interval).max(10),
+            },
             tick_ms,
             next_tick_ms: now + tick_ms,
             snapshot_entries: config.cluster.snapshot_entries,
             published: None,
             elections_seen: Elections::default(),
             grace_until_ms: None,
-        })
+        };
+        // A cluster of one led before its data plane existed: take over
+        // now, so that it serves from its first turn.
+        node.take_over_if_due(now)?;
+        node.publish()?;
+        Ok(node)
     }
 
     /// The admin (metrics) endpoint's address, if enabled.
@@ -391,10 +471,14 @@ impl Node {
         unix_ms() + lead.grants_from_ms.saturating_sub(monotonic_ms())
     }
 
-    /// One pass of control work: ticks that are due, peer messages that
-    /// arrived (waiting at most `wait`), persistence, sending, publication
-    /// and compaction. An error means this node must stop: it has already
-    /// stopped granting.
+    /// One pass of control work: ticks that are due, peer messages and
+    /// data-plane proposals that arrived (waiting at most `wait` for the
+    /// first), persistence, sending, takeover, publication, answers to the
+    /// data plane, and compaction. An error means this node must stop: it
+    /// has already stopped granting.
+    ///
+    /// Group commit: proposals that arrive while a turn is in its fsync
+    /// wait in the channel and go into one entry in the next turn.
     pub fn turn(&mut self, wait: Duration) -> Result<()> {
         let now = monotonic_ms();
         if now >= self.next_tick_ms {
@@ -408,41 +492,64 @@ impl Node {
             };
         }
         let until_tick = Duration::from_millis(self.next_tick_ms.saturating_sub(now));
-        let mut idle = None;
-        match self.inbox.recv_timeout(until_tick.min(wait)) {
-            Ok(message) => {
-                self.core.step(message, monotonic_ms())?;
-                // Bounded, so a flood of messages cannot starve ticks; the
-                // clock is read per message, so a leadership that begins in
-                // the middle of a batch is timed when it began.
-                for _ in 0..STEPS_PER_TURN_MAX {
-                    let Ok(message) = self.inbox.try_recv() else {
-                        break;
-                    };
-                    self.core.step(message, monotonic_ms())?;
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            // No transport (a cluster of one): nothing will ever arrive, and
-            // recv_timeout returns at once. The turn waits at its end
-            // instead of spinning a CPU the data plane may share.
-            Err(RecvTimeoutError::Disconnected) => idle = Some(until_tick.min(wait)),
+        let first = flume::Selector::new()
+            .recv(&self.inbox, |m| m.ok().map(Input::Peer))
+            .recv(&self.proposals, |p| p.ok().map(Input::Proposal))
+            .wait_timeout(until_tick.min(wait))
+            .ok()
+            .flatten();
+        let mut batch = Vec::new();
+        match first {
+            Some(Input::Peer(message)) => self.core.step(message, monotonic_ms())?,
+            Some(Input::Proposal(proposal)) => batch.push(proposal),
+            None => {}
+        }
+        // Bounded, so a flood of messages cannot starve ticks; the clock
+        // is read per message, so a leadership that begins in the middle
+        // of a batch is timed when it began.
+        for _ in 0..STEPS_PER_TURN_MAX {
+            let Ok(message) = self.inbox.try_recv() else {
+                break;
+            };
+            self.core.step(message, monotonic_ms())?;
+        }
+        while batch.len() < PROPOSALS_PER_TURN_MAX {
+            let Ok(proposal) = self.proposals.try_recv() else {
+                break;
+            };
+            batch.push(proposal);
+        }
+        if !batch.is_empty() {
+            self.core.propose(batch);
         }
         if self.shared.leadership.take_new_epoch_request() {
             warn!("a resource used up its epoch's token space; it can be granted again after the next leader election");
         }
         let now = monotonic_ms();
-        let messages = match self.core.poll_ready(&mut self.log, now) {
+        let transport = self.transport.as_ref();
+        let sent = self.core.poll_ready(&mut self.log, now, &mut |messages| {
+            if let Some(transport) = transport {
+                transport.send(messages);
+            }
+        });
+        let messages = match sent {
             Ok(messages) => messages,
             Err(e) => {
                 self.stop_leading();
                 return Err(e).context("raft state could not be made durable; stopping");
             }
         };
+        if let Err(e) = self.take_over_if_due(now) {
+            self.stop_leading();
+            return Err(e);
+        }
+        self.core.maintain(now);
         // The data plane sees a lost leadership before any vote for somebody
         // else leaves this node.
         self.publish()?;
         self.report(now);
+        self.prune(now);
+        self.deliver_notices();
         if let Some(transport) = &self.transport {
             transport.send(messages);
         }
@@ -450,14 +557,105 @@ impl Node {
             .core
             .compaction(self.log.entries_written(), self.snapshot_entries)
         {
+            if self.log.has_pending() {
+                self.log
+                    .sync()
+                    .context("syncing the raft log before compacting")?;
+            }
             self.log
                 .compact(&snapshot, &hard_state, &rest)
                 .context("compacting the raft log")?;
         }
-        if let Some(idle) = idle {
-            std::thread::sleep(idle);
-        }
         Ok(())
+    }
+
+    /// A new leader's takeover, if due: end every lease the table held,
+    /// install the replicated ones, re-armed. Before [`Node::publish`], so
+    /// the data plane serves only a table that holds exactly the
+    /// replicated state.
+    fn take_over_if_due(&mut self, now: u64) -> Result<()> {
+        let Some(takeover) = self.core.poll_takeover(now) else {
+            return Ok(());
+        };
+        let done = crate::leases::install(&self.shared.table, &self.tenants, &takeover)
+            .map_err(|e| {
+                anyhow!(
+                    "installing {} replicated leases into the lease table: {e}; raise leases.table_capacity (now {})",
+                    takeover.leases.len(),
+                    self.shared.table.capacity()
+                )
+            })?;
+        if done.unknown_tenant > 0 {
+            warn!(
+                leases = done.unknown_tenant,
+                "replicated leases of tenants this node's config does not name were not installed; every node needs the same [[tenants]]"
+            );
+        }
+        info!(
+            epoch = takeover.epoch,
+            installed = done.installed,
+            ended_local = done.ended,
+            "took over: replicated leases installed with re-armed expiries"
+        );
+        Ok(())
+    }
+
+    /// Hands each core what became of its proposals.
+    fn deliver_notices(&mut self) {
+        let notices = self.core.take_notices();
+        if notices.is_empty() {
+            return;
+        }
+        let mut per_core: Vec<Vec<Notice>> = vec![Vec::new(); self.notices.len()];
+        for notice in notices {
+            // Tag 0: the control plane's own proposals (the prune pass).
+            if notice.tag == 0 {
+                continue;
+            }
+            if let Some(batch) = per_core.get_mut(tag_core(notice.tag)) {
+                batch.push(notice);
+            }
+        }
+        for (sender, batch) in self.notices.iter().zip(per_core) {
+            if !batch.is_empty() {
+                // A closed channel: the core stopped; nobody waits.
+                let _ = sender.send(batch);
+            }
+        }
+    }
+
+    /// Part of the leader's walk over the replicated leases: logs the end
+    /// of every lease the table no longer holds (released by a core without
+    /// the log, or run out past its lock delay), so the replicated state
+    /// does not keep dead leases for a later leader to re-arm.
+    fn prune(&mut self, now: u64) {
+        if !self.prune.enabled || !self.core.serving() || now < self.prune.next_ms {
+            return;
+        }
+        let epoch = self.shared.leadership.load().epoch;
+        let (ended, next) = crate::leases::ended(
+            self.core.leases(),
+            self.prune.cursor.as_ref(),
+            PRUNE_PER_TURN_MAX,
+            &self.shared.table,
+            &self.tenants,
+            now,
+        );
+        self.prune.cursor = next;
+        if self.prune.cursor.is_none() {
+            self.prune.next_ms = now + self.prune.interval_ms;
+        }
+        if !ended.is_empty() {
+            let proposals = ended
+                .into_iter()
+                .map(|command| Proposal {
+                    tag: 0,
+                    epoch,
+                    command,
+                })
+                .collect();
+            self.core.propose(proposals);
+        }
     }
 
     /// Publishes the control plane's numbers for metrics and logs the

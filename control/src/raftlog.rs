@@ -725,6 +725,13 @@ impl RaftLog {
         push_item(&mut self.pending, KIND_SNAPSHOT, &bytes);
     }
 
+    /// Whether something is queued that no sync has written yet (a commit
+    /// index raft did not need durable at once rides with the next sync).
+    #[must_use]
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// Entries written since the file was last rewritten.
     #[must_use]
     pub fn entries_written(&self) -> u64 {

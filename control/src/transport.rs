@@ -280,7 +280,7 @@ impl Transport {
         secret: &[u8],
         listen: SocketAddr,
         peers: &[(u16, SocketAddr)],
-        inbox: SyncSender<Message>,
+        inbox: flume::Sender<Message>,
     ) -> io::Result<Transport> {
         let dscp = PEER_DSCP_DEFAULT;
         Transport::start_with_dscp(self_id, cluster, secret, listen, peers, inbox, dscp)
@@ -294,7 +294,7 @@ impl Transport {
         secret: &[u8],
         listen: SocketAddr,
         peers: &[(u16, SocketAddr)],
-        inbox: SyncSender<Message>,
+        inbox: flume::Sender<Message>,
         peer_dscp: u8,
     ) -> io::Result<Transport> {
         let listener = TcpListener::bind(listen)?;
@@ -403,7 +403,7 @@ fn accept_loop(
     listener: &TcpListener,
     identity: &Identity,
     known: &[(u16, SocketAddr)],
-    inbox: &SyncSender<Message>,
+    inbox: &flume::Sender<Message>,
     stop: &Arc<AtomicBool>,
 ) {
     let live = Arc::new(AtomicUsize::new(0));
@@ -472,7 +472,7 @@ impl Link<'_> {
         &self,
         mut stream: TcpStream,
         remote: SocketAddr,
-        inbox: &SyncSender<Message>,
+        inbox: &flume::Sender<Message>,
     ) -> io::Result<()> {
         stream.set_nonblocking(false)?;
         let ipv6 = stream.local_addr()?.is_ipv6();
@@ -540,8 +540,8 @@ impl Link<'_> {
                 )));
             }
             match inbox.try_send(message) {
-                Ok(()) | Err(TrySendError::Full(_)) => {}
-                Err(TrySendError::Disconnected(_)) => return Ok(()),
+                Ok(()) | Err(flume::TrySendError::Full(_)) => {}
+                Err(flume::TrySendError::Disconnected(_)) => return Ok(()),
             }
         }
         Ok(())
@@ -827,8 +827,8 @@ mod tests {
     const SECRET: &[u8] = b"a cluster secret of some length";
 
     /// Node 2's transport, knowing node 1 on loopback; its inbox.
-    fn node2() -> (Transport, Receiver<Message>) {
-        let (tx, rx) = mpsc::sync_channel(64);
+    fn node2() -> (Transport, flume::Receiver<Message>) {
+        let (tx, rx) = flume::bounded(64);
         let one: SocketAddr = "127.0.0.1:9".parse().expect("addr");
         let transport = Transport::start(
             2,

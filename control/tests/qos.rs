@@ -646,7 +646,7 @@ fn peer_sockets_carry_the_configured_mark_both_ways() {
     // same for every user.
     let dscp = 40;
     let peer = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let (inbox, _messages) = mpsc::sync_channel(16);
+    let (inbox, _messages) = flume::bounded(16);
     let transport = Transport::start_with_dscp(
         1,
         "palisade",

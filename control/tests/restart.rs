@@ -1,8 +1,13 @@
 //! S1 and S2 across a crash: kill -9 right after a grant, restart on the
-//! same data directory, and check that (a) nothing is granted until the
-//! grace period, (max_ttl + lock_delay_max + election_timeout) x
-//! (1 + max_drift), has passed since the restart and (b) every later token
-//! is greater than the one granted before the crash.
+//! same data directory, and check that
+//! - with replication (the default), the restarted node still holds every
+//!   lease (same token; its holder renews and checks as before), grants a
+//!   free resource at once, and frees a dead holder's resource at that
+//!   lease's own re-armed expiry, never before;
+//! - without (`leases.replication = "none"`), nothing is granted until the
+//!   grace period, (max_ttl + lock_delay_max + election_timeout) x
+//!   (1 + max_drift), has passed since the restart;
+//! - every later token is greater than the one granted before the crash.
 
 mod common;
 
@@ -12,6 +17,18 @@ use palisade_client::clock::boottime_ms;
 const CONFIG: &str = r#"
 [leases]
 max_ttl = "2s"
+min_ttl = "100ms"
+max_drift = 0.05
+lock_delay_max = "500ms"
+replication = "none"
+"#;
+
+/// The same with replication (the default) and a max_ttl far above the
+/// leases the test takes: a dead holder's resource must free with its own
+/// lease, not after anything counted from max_ttl.
+const REPLICATED: &str = r#"
+[leases]
+max_ttl = "60s"
 min_ttl = "100ms"
 max_drift = 0.05
 lock_delay_max = "500ms"
@@ -84,6 +101,71 @@ fn sigkill_after_a_grant_keeps_tokens_growing_and_waits_out_old_leases() {
     assert_eq!(status["grace_remaining_ms"], 0);
     let (code, _) = server.cli(&["acquire", "fresh", "--ttl", "1s"]);
     assert_eq!(code, 0);
+}
+
+#[test]
+fn a_restart_keeps_every_lease_and_grants_free_resources_at_once() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let data_dir = work.path().join("data");
+    let mut server = Server::start_in(REPLICATED, &data_dir, work.path());
+    let (code, held) = server.cli(&["acquire", "disk0", "--ttl", "20s", "--holder", "77"]);
+    assert_eq!(code, 0, "{held}");
+    let held = token(&held);
+    let (code, dead) = server.cli(&["acquire", "dead", "--ttl", "1500ms"]);
+    assert_eq!(code, 0, "{dead}");
+    let dead = token(&dead);
+    let (code, released) = server.cli(&["acquire", "released", "--ttl", "20s"]);
+    assert_eq!(code, 0, "{released}");
+    let released = token(&released);
+    let (code, _) = server.cli(&["release", "released", &released.to_string()]);
+    assert_eq!(code, 0);
+    server.kill9();
+
+    let spawned_ms = boottime_ms();
+    let server = Server::start_in(REPLICATED, &data_dir, work.path());
+    assert_eq!(
+        server.ready["epoch"], 2,
+        "S1: a higher epoch after the crash"
+    );
+    let (code, status) = server.cli(&["status"]);
+    assert_eq!(code, 0);
+    assert_eq!(status["grace_remaining_ms"], 0, "no grace period: {status}");
+    // The holder still holds disk0: same token, current, renewable, and an
+    // acquire retried with its holder id hands the same token back.
+    let (code, check) = server.cli(&["check", "disk0", &held.to_string()]);
+    assert_eq!(code, 0, "{check}");
+    let (code, renewed) = server.cli(&["renew", "disk0", &held.to_string(), "--ttl", "20s"]);
+    assert_eq!(code, 0, "{renewed}");
+    let (code, again) = server.cli(&["acquire", "disk0", "--ttl", "20s", "--holder", "77"]);
+    assert_eq!(code, 0, "{again}");
+    assert_eq!(token(&again), held, "a retried acquire gets its token back");
+    let (code, busy) = server.cli(&["acquire", "disk0", "--ttl", "1s"]);
+    assert_eq!(code, 2, "someone else is refused: {busy}");
+    // Free and released resources are granted at once, above every token
+    // issued before the crash (S1).
+    for resource in ["fresh", "released"] {
+        let (code, granted) = server.cli(&["acquire", resource, "--ttl", "1s"]);
+        assert_eq!(code, 0, "{resource}: {granted}");
+        assert!(token(&granted) > released);
+        assert_eq!(token(&granted) >> 32, 2);
+    }
+    // The dead holder's resource frees at its own (re-armed) expiry: not
+    // before its 1.5 s lease could have ended, and long before anything
+    // counted from max_ttl (60 s).
+    let (code, taken) = server.cli(&["acquire", "dead", "--ttl", "1s", "--wait", "20s"]);
+    let granted_ms = boottime_ms();
+    assert_eq!(code, 0, "{taken}");
+    assert!(token(&taken) > dead, "S1");
+    assert!(
+        granted_ms >= spawned_ms + 1_500,
+        "S2: granted {} ms after the restart, within the dead lease's ttl",
+        granted_ms - spawned_ms
+    );
+    assert!(
+        granted_ms < spawned_ms + 15_000,
+        "freed {} ms after the restart: that is no lease's own expiry",
+        granted_ms - spawned_ms
+    );
 }
 
 #[test]

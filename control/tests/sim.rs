@@ -176,6 +176,7 @@ fn config(id: u64, voters: &[u64]) -> CoreConfig {
         election_ticks: ELECTION_TICKS,
         grace_ms: GRACE_MS,
         max_drift_ppm: MAX_DRIFT_PPM,
+        replicated: false,
     }
 }
 
@@ -267,8 +268,13 @@ impl Sim {
         let Some(core) = node.core.as_mut() else {
             return;
         };
-        let messages = match core.poll_ready(&mut node.disk, local) {
-            Ok(messages) => messages,
+        let mut early = Vec::new();
+        let messages = match core.poll_ready(&mut node.disk, local, &mut |m| early.extend(m)) {
+            Ok(mut messages) => {
+                let _ = core.poll_takeover(local);
+                early.append(&mut messages);
+                early
+            }
             Err(palisade_control::core::CoreError::Persist(_)) => {
                 // The real node exits on a persistence error; it comes back
                 // from what was synced.

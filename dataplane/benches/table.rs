@@ -36,7 +36,7 @@ fn cycle(table: &LeaseTable, key: LeaseKey, holder: u64) -> bool {
     };
     match table.acquire(key, grant, NOW_MS, EPOCH, AcquireMode::Fair) {
         Ok(Acquired::Granted { token, .. }) => {
-            black_box(table.release(key, token, NOW_MS, EPOCH));
+            black_box(table.release(key, token, NOW_MS));
             true
         }
         Ok(Acquired::Busy { .. }) => false,

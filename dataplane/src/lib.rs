@@ -8,7 +8,9 @@
 //! [`leadership::Leadership`] word it reads once per request, and, with the
 //! `server` feature, [`server::Server`]: the shell that moves bytes. Also
 //! [`metrics`] (per-core counters and their Prometheus exposition) and
-//! [`admin`] (the admin endpoint's HTTP, sans-IO).
+//! [`admin`] (the admin endpoint's HTTP, sans-IO), and [`replica`]: the
+//! replicated lease state machine and the commands a leader logs (the
+//! control plane drives raft; the data plane proposes and applies).
 //!
 //! What it never does: import raft or touch persistence (the control plane
 //! publishes the epoch it mints tokens in), take a mutex on a request path,
@@ -25,7 +27,7 @@
 //!     unreachable!()
 //! };
 //! assert_eq!(token, (1 << 32) | 1); // epoch 1, first grant
-//! assert_eq!(table.release(key, token, 2_000, 1), TokenOutcome::Released { wake_waiters: false });
+//! assert_eq!(table.release(key, token, 2_000), TokenOutcome::Released { wake_waiters: false });
 //! ```
 #![warn(missing_docs)]
 // The only unsafe code is the socket shim in `server::net`, which allows it
@@ -37,6 +39,7 @@ pub mod clock;
 pub mod leadership;
 pub mod mark;
 pub mod metrics;
+pub mod replica;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod service;

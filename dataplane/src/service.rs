@@ -4,6 +4,7 @@
 //! without sockets.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use palisade_proto::auth::{auth_message, verify_proof, StoredCredential};
 use palisade_proto::{
@@ -14,6 +15,7 @@ use palisade_proto::{
 use crate::leadership::{Leadership, NotGranting};
 pub use crate::metrics::{ControlStats, CoreStats};
 use crate::metrics::{Denial, Fenced};
+use crate::replica::{Command, LeaseName};
 use crate::table::{AcquireMode, Acquired, Grant, LeaseKey, LeaseTable, TableError, TokenOutcome};
 use crate::waiters::{Origin, WaitEvent, WaitRequest};
 
@@ -50,6 +52,9 @@ pub struct ServiceConfig {
     pub unix_offset_ms: i64,
     /// Client addresses of the cluster's nodes, for redirects.
     pub members: Vec<(u16, String)>,
+    /// Grants and releases go through the raft log before they are
+    /// answered (`leases.replication = "quorum"`).
+    pub replicated: bool,
 }
 
 /// Everything the request path reads, shared by all cores.
@@ -129,6 +134,28 @@ pub enum Outcome {
     /// Keep watching on this core (poll [`Shared::watch_poll`]); the
     /// answer comes later.
     Watch(WatchRequest),
+    /// Replicate first: propose `command` to the control plane and send
+    /// `reply` once it committed (a grant or release with replication).
+    Commit(Box<Commit>),
+}
+
+/// A table change the raft log must hold before it is answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Commit {
+    /// What to log.
+    pub command: Command,
+    /// The epoch the change was made in: a proposal made under an older
+    /// leadership is refused by the control plane.
+    pub epoch: u32,
+    /// The table key.
+    pub key: LeaseKey,
+    /// The answer once committed.
+    pub reply: Response,
+    /// If it never commits: a fresh grant is taken back out of the table
+    /// (release `token`); a repeated grant or a release stays as it is.
+    pub undo_grant: bool,
+    /// Wake the key's home core now (a release of a key with waiters).
+    pub wake: bool,
 }
 
 /// A parked `Watch`: polled on the connection's core until a token above
@@ -398,6 +425,15 @@ impl Shared {
         }
     }
 
+    /// The replicated log's name of a lease (only built with replication:
+    /// it allocates).
+    fn lease_name(&self, tenant: u32, resource: &str) -> LeaseName {
+        LeaseName {
+            tenant: self.tenants[tenant as usize].name.clone(),
+            resource: resource.to_owned(),
+        }
+    }
+
     fn key(&self, tenant: u32, resource: &str) -> Result<LeaseKey, Response> {
         validate_resource(resource).map_err(|why| error(ErrorCode::InvalidArgument, 0, why))?;
         Ok(self.table.hasher().key(tenant, resource.as_bytes()))
@@ -522,10 +558,14 @@ impl Shared {
                 if let Err(response) = self.check_ttl(ttl_ms) {
                     return Outcome::Reply(response);
                 }
-                match self.table.renew(key, token, ttl_ms, now_ms, epoch) {
-                    TokenOutcome::Current { .. } => {
+                match self.table.renew(key, token, ttl_ms, now_ms) {
+                    TokenOutcome::Current { expires_at_ms } => {
                         self.count(conn, |s| crate::metrics::bump(&s.renewals, 1));
-                        Response::Renewed { token, ttl_ms }
+                        // The table caps a renewal at the lease's own ttl.
+                        Response::Renewed {
+                            token,
+                            ttl_ms: clamp_u32(expires_at_ms - now_ms),
+                        }
                     }
                     other => {
                         self.count(conn, |s| s.fence(Fenced::Renew));
@@ -534,12 +574,32 @@ impl Shared {
                 }
             }
             ArchivedRequest::Release { .. } => {
-                let outcome = self.table.release(key, token, now_ms, epoch);
+                if self.config.replicated && conn.pending >= self.config.pending_per_connection_max
+                {
+                    return Outcome::Reply(too_many_pending());
+                }
+                let outcome = self.table.release(key, token, now_ms);
                 match outcome {
                     TokenOutcome::Released { .. } => {
                         self.count(conn, |s| crate::metrics::bump(&s.releases, 1));
                     }
                     _ => self.count(conn, |s| s.fence(Fenced::Release)),
+                }
+                if let (true, TokenOutcome::Released { wake_waiters }) =
+                    (self.config.replicated, outcome)
+                {
+                    conn.pending += 1;
+                    return Outcome::Commit(Box::new(Commit {
+                        command: Command::Release {
+                            name: self.lease_name(tenant, resource),
+                            token,
+                        },
+                        epoch,
+                        key,
+                        reply: Response::Released { token },
+                        undo_grant: false,
+                        wake: wake_waiters,
+                    }));
                 }
                 match outcome {
                     TokenOutcome::Released { wake_waiters: true } => {
@@ -551,7 +611,7 @@ impl Shared {
                     other => stale(other),
                 }
             }
-            _ => match self.table.check(key, token, now_ms, epoch) {
+            _ => match self.table.check(key, token, now_ms) {
                 TokenOutcome::Current { expires_at_ms } => Response::Current {
                     token,
                     remaining_ms: clamp_u32(expires_at_ms.saturating_sub(now_ms)),
@@ -629,7 +689,7 @@ impl Shared {
             }
         }
         // Token 0 is never issued, so checking it reads the key's state.
-        let (current_token, last_token) = match self.table.check(watch.key, 0, now_ms, lead.epoch) {
+        let (current_token, last_token) = match self.table.check(watch.key, 0, now_ms) {
             TokenOutcome::Stale {
                 current_token,
                 last_token,
@@ -706,6 +766,12 @@ impl Shared {
                 ),
             ));
         }
+        if conn.pending >= self.config.pending_per_connection_max
+            && (self.config.replicated || wait_ms > 0)
+        {
+            // With replication every grant waits for its commit.
+            return Outcome::Reply(too_many_pending());
+        }
         let deadline_ms = now_ms + u64::from(wait_ms);
         let wait = |conn: &mut Conn| -> Outcome {
             if conn.pending >= self.config.pending_per_connection_max {
@@ -714,6 +780,10 @@ impl Shared {
             conn.pending += 1;
             Outcome::Wait(WaitRequest {
                 key,
+                name: self
+                    .config
+                    .replicated
+                    .then(|| Arc::new(self.lease_name(tenant, resource))),
                 grant,
                 deadline_ms,
                 enqueued_ms: now_ms,
@@ -767,17 +837,37 @@ impl Shared {
         match outcome {
             Ok(Acquired::Granted {
                 token,
+                ttl_ms: lease_ttl_ms,
+                idempotent,
                 took_over_expired,
                 ..
             }) => {
                 if took_over_expired {
                     self.count(conn, |s| crate::metrics::bump(&s.expirations, 1));
                 }
-                Outcome::Reply(Response::Granted {
+                let reply = Response::Granted {
                     token,
                     ttl_ms: grant.ttl_ms,
                     waited_ms: 0,
-                })
+                };
+                if !self.config.replicated {
+                    return Outcome::Reply(reply);
+                }
+                conn.pending += 1;
+                Outcome::Commit(Box::new(Commit {
+                    command: Command::Grant {
+                        name: self.lease_name(tenant, resource),
+                        token,
+                        holder: grant.holder,
+                        ttl_ms: lease_ttl_ms,
+                        lock_delay_ms: grant.lock_delay_ms,
+                    },
+                    epoch,
+                    key,
+                    reply,
+                    undo_grant: !idempotent,
+                    wake: false,
+                }))
             }
             Ok(Acquired::Busy { .. }) if wait_ms > 0 => wait(conn),
             Ok(Acquired::Busy {
@@ -872,6 +962,7 @@ mod tests {
                 start_ms: 0,
                 unix_offset_ms: 1_700_000_000_000,
                 members: vec![(1, "127.0.0.1:7411".into()), (2, "127.0.0.1:7412".into())],
+                replicated: false,
             },
             stats: vec![CoreStats::default()],
             control: ControlStats::default(),

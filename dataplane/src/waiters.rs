@@ -13,10 +13,12 @@
 //! sleeps until [`WaitQueues::poll_timeout`].
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 
 use palisade_proto::ErrorCode;
 
 use crate::leadership::{LeadershipView, NotGranting};
+use crate::replica::LeaseName;
 use crate::table::{AcquireMode, Acquired, Grant, LeaseKey, LeaseTable, TableError};
 
 /// The core whose queue orders waiters for `key`.
@@ -43,10 +45,13 @@ pub struct Origin {
 }
 
 /// A request to wait for a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WaitRequest {
     /// Key to wait for.
     pub key: LeaseKey,
+    /// The lease's name, when grants are replicated (the log names
+    /// leases; the key is a per-process fingerprint).
+    pub name: Option<Arc<LeaseName>>,
     /// What to grant when its turn comes.
     pub grant: Grant,
     /// Give up at this monotonic ms.
@@ -57,10 +62,11 @@ pub struct WaitRequest {
     pub origin: Origin,
 }
 
-/// An answer for a waiter.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An answer for a waiter (or for a change that waited for its commit).
+#[derive(Debug, Clone, PartialEq)]
 pub enum WaitEvent {
-    /// Its turn came: the lease is granted.
+    /// Its turn came: the lease is granted. With replication the grant is
+    /// answered only once logged (the shell proposes it first).
     Granted {
         /// Where to answer.
         origin: Origin,
@@ -72,6 +78,9 @@ pub enum WaitEvent {
         ttl_ms: u32,
         /// Time spent waiting.
         waited_ms: u32,
+        /// What the replicated log must record: the holder, the lock delay
+        /// and the lease's name (`None` without replication).
+        log: Option<GrantLog>,
     },
     /// The deadline passed first.
     TimedOut {
@@ -95,6 +104,13 @@ pub enum WaitEvent {
         /// What to tell the client.
         message: &'static str,
     },
+    /// A replicated change committed: its answer.
+    Reply {
+        /// Where to answer.
+        origin: Origin,
+        /// The answer.
+        response: palisade_proto::Response,
+    },
     /// A watch saw a newer token, or its wait ran out.
     Watched {
         /// Where to answer.
@@ -108,6 +124,19 @@ pub enum WaitEvent {
     },
 }
 
+/// What a waiter's grant puts into the replicated log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantLog {
+    /// The lease's name.
+    pub name: Arc<LeaseName>,
+    /// The holder id granted.
+    pub holder: u64,
+    /// The lease's ttl.
+    pub ttl_ms: u32,
+    /// Its lock delay.
+    pub lock_delay_ms: u32,
+}
+
 impl WaitEvent {
     /// Where the answer goes.
     #[must_use]
@@ -116,12 +145,13 @@ impl WaitEvent {
             WaitEvent::Granted { origin, .. }
             | WaitEvent::TimedOut { origin, .. }
             | WaitEvent::Failed { origin, .. }
+            | WaitEvent::Reply { origin, .. }
             | WaitEvent::Watched { origin, .. } => *origin,
         }
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Waiting {
     id: u64,
     request: WaitRequest,
@@ -215,7 +245,8 @@ impl WaitQueues {
             });
             return;
         }
-        if let Err(err) = table.set_waiters(request.key, true, now_ms) {
+        let key = request.key;
+        if let Err(err) = table.set_waiters(key, true, now_ms) {
             let (code, message) = match err {
                 TableError::Full => (
                     ErrorCode::TableFull,
@@ -231,19 +262,19 @@ impl WaitQueues {
                 retry_after_ms: 1,
                 message,
             });
-            self.clear_flag_if_idle(table, request.key, now_ms);
+            self.clear_flag_if_idle(table, key, now_ms);
             return;
         }
         let id = self.next_id;
         self.next_id += 1;
+        self.deadlines.insert((request.deadline_ms, id));
+        self.key_of.insert(id, key);
         self.queues
-            .entry(request.key)
+            .entry(key)
             .or_default()
             .push_back(Waiting { id, request });
-        self.deadlines.insert((request.deadline_ms, id));
-        self.key_of.insert(id, request.key);
         self.waiting += 1;
-        self.try_head(table, lead, request.key, now_ms);
+        self.try_head(table, lead, key, now_ms);
     }
 
     /// A release of `key` happened somewhere: try to grant the head.
@@ -306,7 +337,7 @@ impl WaitQueues {
                 .expect("waiter is in its key's queue");
             let waiter = queue.remove(position).expect("position is in range");
             self.waiting -= 1;
-            let peek = table.peek(key, now_ms, lead.epoch);
+            let peek = table.peek(key, now_ms);
             self.events.push_back(WaitEvent::TimedOut {
                 origin: waiter.request.origin,
                 token: peek.token,
@@ -382,7 +413,7 @@ impl WaitQueues {
     /// next attempt.
     fn try_head(&mut self, table: &LeaseTable, lead: LeadershipView, key: LeaseKey, now_ms: u64) {
         loop {
-            let Some(head) = self.queues.get(&key).and_then(|q| q.front()).copied() else {
+            let Some(head) = self.queues.get(&key).and_then(|q| q.front()).cloned() else {
                 self.clear_flag_if_idle(table, key, now_ms);
                 return;
             };
@@ -420,18 +451,26 @@ impl WaitQueues {
             ) {
                 Ok(Acquired::Granted {
                     token,
+                    ttl_ms: lease_ttl_ms,
                     took_over_expired,
                     ..
                 }) => {
                     self.expirations += u64::from(took_over_expired);
                     let waiter = self.pop_head(key).expect("head exists");
                     assert_eq!(waiter.id, head.id);
+                    let grant = waiter.request.grant;
                     self.events.push_back(WaitEvent::Granted {
                         origin: waiter.request.origin,
                         key,
                         token,
-                        ttl_ms: waiter.request.grant.ttl_ms,
+                        ttl_ms: grant.ttl_ms,
                         waited_ms: clamp_u32(now_ms.saturating_sub(waiter.request.enqueued_ms)),
+                        log: waiter.request.name.map(|name| GrantLog {
+                            name,
+                            holder: grant.holder,
+                            ttl_ms: lease_ttl_ms,
+                            lock_delay_ms: grant.lock_delay_ms,
+                        }),
                     });
                     // Loop: the next head (if any) now waits on this grant.
                 }
@@ -500,6 +539,7 @@ mod tests {
     fn wait(key: LeaseKey, conn: u64, now: u64, deadline: u64) -> WaitRequest {
         WaitRequest {
             key,
+            name: None,
             grant: Grant {
                 holder: conn,
                 ttl_ms: 1000,
@@ -549,7 +589,7 @@ mod tests {
         assert_eq!(q.len(), 3);
         // A fresh acquire may not jump the queue, even when the lease is free.
         assert_eq!(
-            table.release(key, token, 20, 2),
+            table.release(key, token, 20),
             TokenOutcome::Released { wake_waiters: true }
         );
         assert!(matches!(
@@ -572,7 +612,7 @@ mod tests {
         assert!(first > token);
         assert_eq!(q.poll_event(), None);
         assert!(matches!(
-            table.release(key, first, 30, 2),
+            table.release(key, first, 30),
             TokenOutcome::Released { wake_waiters: true }
         ));
         q.handle_wake(&table, LEAD, key, 31);
@@ -580,7 +620,7 @@ mod tests {
         assert_eq!(conn, 2);
         assert!(second > first);
         assert!(matches!(
-            table.release(key, second, 40, 2),
+            table.release(key, second, 40),
             TokenOutcome::Released { .. }
         ));
         q.handle_wake(&table, LEAD, key, 41);
@@ -589,7 +629,7 @@ mod tests {
         assert!(q.is_empty());
         // The queue drained: the flag is gone and fair acquires work again.
         assert!(matches!(
-            table.release(key, third, 50, 2),
+            table.release(key, third, 50),
             TokenOutcome::Released {
                 wake_waiters: false
             }
@@ -634,7 +674,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        table.release(key, token, 150, 2);
+        table.release(key, token, 150);
         q.handle_wake(&table, LEAD, key, 150);
         let (conn, _) = granted_conn(q.poll_event());
         assert_eq!(conn, 2);
@@ -648,7 +688,7 @@ mod tests {
         q.handle_enqueue(&table, LEAD, wait(key, 2, 10, 10_000), 10);
         q.handle_cancel(&table, LEAD, 0, 1, 20);
         assert_eq!(q.len(), 1);
-        table.release(key, token, 30, 2);
+        table.release(key, token, 30);
         q.handle_wake(&table, LEAD, key, 30);
         let (conn, _) = granted_conn(q.poll_event());
         assert_eq!(conn, 2);
@@ -666,7 +706,7 @@ mod tests {
             q.poll_event(),
             Some(WaitEvent::Failed { code: ErrorCode::TooManyWaiters, origin, .. }) if origin.conn == 2
         ));
-        table.release(key, token, 20, 2);
+        table.release(key, token, 20);
         let grace = LeadershipView {
             grants_from_ms: 1_000,
             ..LEAD

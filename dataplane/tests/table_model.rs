@@ -1,6 +1,7 @@
 //! Property test: the lock-free table, driven on one thread, behaves like a
 //! plain sequential model of leases, and tokens per resource only grow (S1)
-//! across expiry, release, reclamation and epoch changes.
+//! across expiry, release, reclamation and takeovers (a new epoch that ends
+//! every lease and installs the replicated ones).
 
 use std::collections::HashMap;
 
@@ -41,7 +42,11 @@ enum Op {
     Advance {
         ms: u64,
     },
-    NewEpoch,
+    /// A new epoch: the table is reset and the held leases of the keys in
+    /// `keep` (a bit mask) are installed again, re-armed.
+    Takeover {
+        keep: u8,
+    },
 }
 
 /// Which token a token-carrying request presents.
@@ -68,15 +73,14 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (key, any::<bool>()).prop_map(|(key, on)| Op::Waiters { key, on }),
         1 => (0u64..300).prop_map(|reclaim_after_ms| Op::Sweep { reclaim_after_ms }),
         3 => (0u64..150).prop_map(|ms| Op::Advance { ms }),
-        1 => Just(Op::NewEpoch),
+        1 => (0u8..16).prop_map(|keep| Op::Takeover { keep }),
     ]
 }
 
 #[derive(Debug, Clone, Default)]
 struct ModelLease {
-    /// (token, holder, expiry, lock delay) of the lease last granted, while
-    /// it is held (not released).
-    held: Option<(u64, u8, u64, u64)>,
+    /// The lease last granted, while it is held (not released).
+    held: Option<Held>,
     /// When the key became free (release) or was created.
     free_since_ms: u64,
     waiters: bool,
@@ -85,16 +89,25 @@ struct ModelLease {
     expiry_counted: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    token: u64,
+    holder: u8,
+    expiry: u64,
+    delay: u64,
+    /// The lease's ttl: renewals never extend past it.
+    ttl: u32,
+}
+
 impl ModelLease {
-    /// The live lease of `epoch`: leases of earlier epochs are never
-    /// vouched for again.
-    fn live(&self, now: u64, epoch: u32) -> Option<(u64, u8, u64, u64)> {
-        self.held
-            .filter(|&(token, _, expiry, _)| now < expiry && (token >> 32) as u32 == epoch)
+    /// The unexpired lease, if any. A takeover ended every lease it did
+    /// not install again, so the table vouches for all it holds.
+    fn live(&self, now: u64) -> Option<Held> {
+        self.held.filter(|h| now < h.expiry)
     }
     fn idle_since(&self) -> u64 {
         match self.held {
-            Some((_, _, expiry, delay)) => expiry + delay,
+            Some(h) => h.expiry + h.delay,
             None => self.free_since_ms,
         }
     }
@@ -114,7 +127,7 @@ impl Harness {
     fn token(&self, key: u8, which: Which) -> u64 {
         let lease = self.model.get(&key);
         match which {
-            Which::Current => lease.and_then(|l| l.held).map_or(1, |h| h.0),
+            Which::Current => lease.and_then(|l| l.held).map_or(1, |h| h.token),
             Which::Previous => lease.map_or(2, |l| l.previous_token),
             Which::Bogus => u64::MAX - 7,
         }
@@ -153,39 +166,48 @@ impl Harness {
                     free_since_ms: now,
                     ..ModelLease::default()
                 });
-                let expect_busy = match lease.live(now, self.epoch) {
-                    Some((token, h, expiry, _)) if h == holder => {
-                        let new_expiry = expiry.max(now + u64::from(ttl_ms));
+                let expect_busy = match lease.live(now) {
+                    Some(h) if h.holder == holder => {
+                        let new_expiry = h.expiry.max(now + u64::from(ttl_ms));
+                        let ttl = h.ttl.max(ttl_ms);
                         assert_eq!(
                             got,
                             Acquired::Granted {
-                                token,
+                                token: h.token,
                                 expires_at_ms: new_expiry,
+                                ttl_ms: ttl,
                                 idempotent: true,
                                 took_over_expired: false,
                             }
                         );
-                        lease.held = Some((token, holder, new_expiry, u64::from(lock_delay_ms)));
+                        lease.held = Some(Held {
+                            expiry: new_expiry,
+                            delay: u64::from(lock_delay_ms),
+                            ttl,
+                            ..h
+                        });
                         return;
                     }
                     Some(_) => true,
                     None => {
-                        lease.held.is_some_and(|(_, _, e, d)| now < e + d)
+                        lease.held.is_some_and(|h| now < h.expiry + h.delay)
                             || (lease.waiters && !head)
                     }
                 };
                 match got {
                     Acquired::Busy { token, .. } => {
                         assert!(expect_busy, "table busy, model free: {lease:?} at {now}");
-                        assert_eq!(token, lease.live(now, self.epoch).map_or(0, |l| l.0));
+                        assert_eq!(token, lease.live(now).map_or(0, |l| l.token));
                     }
                     Acquired::Granted {
                         token,
                         expires_at_ms,
+                        ttl_ms: granted_ttl,
                         idempotent,
                         took_over_expired,
                     } => {
-                        let ran_out = lease.held.is_some_and(|(_, _, expiry, _)| now >= expiry);
+                        assert_eq!(granted_ttl, ttl_ms);
+                        let ran_out = lease.held.is_some_and(|h| now >= h.expiry);
                         assert_eq!(
                             took_over_expired,
                             ran_out && !lease.expiry_counted,
@@ -202,10 +224,16 @@ impl Harness {
                         assert!(token > *highest, "S1: {token:#x} after {highest:#x}");
                         assert_eq!((token >> 32) as u32, self.epoch);
                         *highest = token;
-                        if let Some((old, ..)) = lease.held {
-                            lease.previous_token = old;
+                        if let Some(old) = lease.held {
+                            lease.previous_token = old.token;
                         }
-                        lease.held = Some((token, holder, expires_at_ms, u64::from(lock_delay_ms)));
+                        lease.held = Some(Held {
+                            token,
+                            holder,
+                            expiry: expires_at_ms,
+                            delay: u64::from(lock_delay_ms),
+                            ttl: ttl_ms,
+                        });
                     }
                 }
             }
@@ -213,34 +241,27 @@ impl Harness {
                 let token = self.token(key, which);
                 let got = self
                     .table
-                    .renew(self.keys[key as usize], token, ttl_ms, now, self.epoch);
+                    .renew(self.keys[key as usize], token, ttl_ms, now);
                 let lease = self.model.get_mut(&key);
-                match lease.and_then(|l| l.live(now, self.epoch).map(|live| (l, live))) {
-                    Some((lease, (current, holder, _, delay))) if current == token => {
-                        let expiry = now + u64::from(ttl_ms);
+                match lease.and_then(|l| l.live(now).map(|live| (l, live))) {
+                    Some((lease, live)) if live.token == token => {
+                        let expiry = now + u64::from(ttl_ms.min(live.ttl));
                         assert_eq!(
                             got,
                             TokenOutcome::Current {
                                 expires_at_ms: expiry
                             }
                         );
-                        lease.held = Some((current, holder, expiry, delay));
+                        lease.held = Some(Held { expiry, ..live });
                     }
                     _ => assert!(matches!(got, TokenOutcome::Stale { .. }), "{got:?}"),
                 }
             }
             Op::Release { key, which } => {
                 let token = self.token(key, which);
-                let got = self
-                    .table
-                    .release(self.keys[key as usize], token, now, self.epoch);
-                let epoch = self.epoch;
+                let got = self.table.release(self.keys[key as usize], token, now);
                 match self.model.get_mut(&key) {
-                    Some(lease)
-                        if lease
-                            .held
-                            .is_some_and(|h| h.0 == token && (token >> 32) as u32 == epoch) =>
-                    {
+                    Some(lease) if lease.held.is_some_and(|h| h.token == token) => {
                         assert_eq!(
                             got,
                             TokenOutcome::Released {
@@ -257,22 +278,20 @@ impl Harness {
             }
             Op::Check { key, which } => {
                 let token = self.token(key, which);
-                let got = self
-                    .table
-                    .check(self.keys[key as usize], token, now, self.epoch);
-                let live = self.model.get(&key).and_then(|l| l.live(now, self.epoch));
+                let got = self.table.check(self.keys[key as usize], token, now);
+                let live = self.model.get(&key).and_then(|l| l.live(now));
                 match live {
-                    Some((current, _, expiry, _)) if current == token => {
+                    Some(live) if live.token == token => {
                         assert_eq!(
                             got,
                             TokenOutcome::Current {
-                                expires_at_ms: expiry
+                                expires_at_ms: live.expiry
                             }
                         );
                     }
                     _ => match got {
                         TokenOutcome::Stale { current_token, .. } => {
-                            assert_eq!(current_token, live.map_or(0, |l| l.0));
+                            assert_eq!(current_token, live.map_or(0, |l| l.token));
                         }
                         other => panic!("expected stale, got {other:?}"),
                     },
@@ -298,16 +317,14 @@ impl Harness {
                 let mut held = 0;
                 let mut expired = 0;
                 for lease in self.model.values_mut() {
-                    if lease.held.is_some_and(|(_, _, expiry, _)| now >= expiry)
-                        && !lease.expiry_counted
-                    {
+                    if lease.held.is_some_and(|h| now >= h.expiry) && !lease.expiry_counted {
                         lease.expiry_counted = true;
                         expired += 1;
                     }
                 }
                 self.model.retain(|_, lease| {
-                    // The sweeper counts (and keeps) unexpired leases of any epoch.
-                    if lease.held.is_some_and(|(_, _, expiry, _)| now < expiry) {
+                    // The sweeper counts (and keeps) unexpired leases.
+                    if lease.held.is_some_and(|h| now < h.expiry) {
                         held += 1;
                         return true;
                     }
@@ -323,7 +340,37 @@ impl Harness {
                 assert_eq!(self.table.live_keys(), self.model.len() as u64);
             }
             Op::Advance { ms } => self.now += ms,
-            Op::NewEpoch => self.epoch += 1,
+            Op::Takeover { keep } => {
+                self.epoch += 1;
+                let ended = self.table.reset(now);
+                let held = self.model.values().filter(|l| l.held.is_some()).count();
+                assert_eq!(ended, held as u64, "every held lease ends");
+                for (&key, lease) in &mut self.model {
+                    let Some(h) = lease.held.take() else {
+                        continue;
+                    };
+                    lease.expiry_counted = false;
+                    if keep & (1 << key) != 0 {
+                        // The replicated state still holds it: re-armed.
+                        let expiry = now + 1_000;
+                        self.table
+                            .install(
+                                self.keys[key as usize],
+                                h.token,
+                                u64::from(h.holder),
+                                h.ttl,
+                                expiry,
+                                h.delay as u32,
+                                now,
+                            )
+                            .expect("room");
+                        lease.held = Some(Held { expiry, ..h });
+                    } else {
+                        lease.previous_token = h.token;
+                        lease.free_since_ms = now;
+                    }
+                }
+            }
         }
     }
 }

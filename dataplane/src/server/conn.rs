@@ -126,6 +126,7 @@ fn event_response(event: WaitEvent) -> (u64, u32, Response) {
                 waited_ms,
             },
         ),
+        WaitEvent::Reply { origin, response } => (origin.request_id, origin.group, response),
         WaitEvent::Watched {
             origin,
             current_token,
@@ -314,6 +315,15 @@ async fn run(
                         }
                         Outcome::Wait(request) => waits.push(request),
                         Outcome::Watch(watch) => ctx.watch(watch),
+                        Outcome::Commit(commit) => {
+                            let origin = crate::waiters::Origin {
+                                core: conn.core,
+                                conn: conn.id,
+                                request_id: meta.request_id,
+                                group: meta.group,
+                            };
+                            ctx.commit(origin, *commit, arrived_ns);
+                        }
                     }
                 }
                 stats.bump_ops(served);

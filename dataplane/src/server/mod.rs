@@ -29,9 +29,10 @@ use tracing::{debug, info, warn};
 use crate::clock::monotonic_ms;
 use crate::leadership::LeadershipView;
 use crate::metrics::Denial;
-use crate::service::{Shared, WatchRequest};
+use crate::replica::{tag, tag_core, Command, Notice, Proposal};
+use crate::service::{Commit, Shared, WatchRequest};
 use crate::table::LeaseKey;
-use crate::waiters::{home_core, WaitEvent, WaitQueues, WaitRequest};
+use crate::waiters::{home_core, Origin, WaitEvent, WaitQueues, WaitRequest};
 
 mod admin;
 mod conn;
@@ -80,7 +81,39 @@ pub struct ServerOptions {
     pub reclaim_after: Duration,
     /// Admin endpoint (`GET /metrics`) address; `None`: no endpoint.
     pub admin: Option<SocketAddr>,
+    /// With replication: where grants and releases go to be logged, and
+    /// where each core hears back.
+    pub replica: Option<ReplicaLink>,
 }
+
+/// The data plane's side of replication: proposals go to the control
+/// thread, and core `i` receives what became of its proposals on
+/// `notices[i]`.
+#[derive(Debug, Clone)]
+pub struct ReplicaLink {
+    /// Bounded: a full channel answers "retry" at once.
+    pub proposals: flume::Sender<Proposal>,
+    /// One per core, in core order.
+    pub notices: Vec<flume::Receiver<Vec<Notice>>>,
+}
+
+/// A change waiting for its commit on the core that proposed it.
+#[derive(Debug)]
+struct PendingCommit {
+    /// Delivered once committed.
+    event: WaitEvent,
+    key: LeaseKey,
+    token: u64,
+    /// Never committed: take the fresh grant back out of the table.
+    undo_grant: bool,
+    /// When the request arrived (monotonic ns), to time its answer; waiter
+    /// grants are not timed (they waited by request).
+    arrived_ns: Option<u64>,
+}
+
+/// What a client hears when its change will not be committed by this
+/// leadership.
+const UNCOMMITTED: &str = "leadership changed before the change was committed; retry (an acquire with the same holder id gets the same token if its grant was committed)";
 
 /// Messages between cores.
 #[derive(Debug)]
@@ -123,6 +156,9 @@ struct CoreCtx {
     next_conn: Cell<u64>,
     connections: Arc<AtomicU64>,
     hot: TaskQueueHandle,
+    /// Changes proposed by this core, by tag, until their notice.
+    commits: RefCell<HashMap<u64, PendingCommit>>,
+    next_tag: Cell<u64>,
 }
 
 impl CoreCtx {
@@ -261,7 +297,32 @@ impl CoreCtx {
         let stats = &self.shared.stats[self.index];
         loop {
             let event = self.waits.borrow_mut().poll_event();
-            let Some(event) = event else { break };
+            let Some(mut event) = event else { break };
+            if let WaitEvent::Granted {
+                key, token, log, ..
+            } = &mut event
+            {
+                if let Some(log) = log.take() {
+                    // Replicated: answered once logged.
+                    let (key, token) = (*key, *token);
+                    let command = Command::Grant {
+                        name: (*log.name).clone(),
+                        token,
+                        holder: log.holder,
+                        ttl_ms: log.ttl_ms,
+                        lock_delay_ms: log.lock_delay_ms,
+                    };
+                    let pending = PendingCommit {
+                        event,
+                        key,
+                        token,
+                        undo_grant: true,
+                        arrived_ns: None,
+                    };
+                    self.propose(command, (token >> 32) as u32, pending);
+                    continue;
+                }
+            }
             match &event {
                 WaitEvent::Granted { .. } => crate::metrics::bump(&stats.grants, 1),
                 WaitEvent::TimedOut { .. } => stats.deny(Denial::Busy),
@@ -270,15 +331,9 @@ impl CoreCtx {
                         stats.deny(denial);
                     }
                 }
-                WaitEvent::Watched { .. } => {}
+                WaitEvent::Watched { .. } | WaitEvent::Reply { .. } => {}
             }
-            let origin = event.origin();
-            let to = usize::from(origin.core);
-            if to == self.index {
-                self.deliver_local(event);
-            } else {
-                self.post(to, CoreMsg::Deliver(event));
-            }
+            self.route(event);
         }
         stats
             .waiters
@@ -292,6 +347,133 @@ impl CoreCtx {
         }
         // A full kick channel already holds a wake-up; that is enough.
         let _ = self.waits_kick.try_send(());
+    }
+
+    /// Sends `command` to the control plane to be logged; `event` is
+    /// delivered once it committed.
+    fn propose(self: &Rc<Self>, command: Command, epoch: u32, pending: PendingCommit) {
+        let Some(link) = self.opts.replica.as_ref() else {
+            unreachable!("changes are proposed only with replication");
+        };
+        let seq = self.next_tag.get();
+        self.next_tag.set(seq + 1);
+        let tag = tag(self.index, seq);
+        self.commits.borrow_mut().insert(tag, pending);
+        if link
+            .proposals
+            .try_send(Proposal {
+                tag,
+                epoch,
+                command,
+            })
+            .is_err()
+        {
+            // Full (the log cannot keep up) or the control plane is gone.
+            self.on_notices(vec![Notice {
+                tag,
+                committed: false,
+            }]);
+        }
+    }
+
+    /// A connection's change that must be logged before it is answered.
+    fn commit(self: &Rc<Self>, origin: Origin, commit: Commit, arrived_ns: u64) {
+        let Commit {
+            command,
+            epoch,
+            key,
+            reply,
+            undo_grant,
+            wake,
+        } = commit;
+        let token = command.token();
+        let event = match reply {
+            palisade_proto::Response::Granted {
+                token,
+                ttl_ms,
+                waited_ms,
+            } => WaitEvent::Granted {
+                origin,
+                key,
+                token,
+                ttl_ms,
+                waited_ms,
+                log: None,
+            },
+            response => WaitEvent::Reply { origin, response },
+        };
+        self.propose(
+            command,
+            epoch,
+            PendingCommit {
+                event,
+                key,
+                token,
+                undo_grant,
+                arrived_ns: Some(arrived_ns),
+            },
+        );
+        if wake {
+            let ctx = self.clone();
+            server_spawn(self.hot, async move { ctx.wake(key).await });
+        }
+    }
+
+    /// What became of this core's proposals: answer the committed ones,
+    /// tell the others to retry (and take their fresh grants back).
+    fn on_notices(self: &Rc<Self>, notices: Vec<Notice>) {
+        let stats = &self.shared.stats[self.index];
+        let now = monotonic_ms();
+        let mut wakes = Vec::new();
+        for notice in notices {
+            debug_assert_eq!(tag_core(notice.tag), self.index);
+            let Some(pending) = self.commits.borrow_mut().remove(&notice.tag) else {
+                continue;
+            };
+            if let Some(arrived_ns) = pending.arrived_ns {
+                // Answered now, on the core the request arrived on.
+                stats
+                    .latency
+                    .record(crate::clock::monotonic_ns().saturating_sub(arrived_ns), 1);
+            }
+            if notice.committed {
+                if let WaitEvent::Granted { .. } = pending.event {
+                    crate::metrics::bump(&stats.grants, 1);
+                }
+                self.route(pending.event);
+                continue;
+            }
+            if pending.undo_grant {
+                if let crate::table::TokenOutcome::Released { wake_waiters: true } =
+                    self.shared.table.release(pending.key, pending.token, now)
+                {
+                    wakes.push(pending.key);
+                }
+            }
+            if let WaitEvent::Granted { .. } = pending.event {
+                stats.deny(Denial::Unavailable);
+            }
+            self.route(WaitEvent::Failed {
+                origin: pending.event.origin(),
+                code: palisade_proto::ErrorCode::Unavailable,
+                retry_after_ms: 50,
+                message: UNCOMMITTED,
+            });
+        }
+        for key in wakes {
+            let ctx = self.clone();
+            server_spawn(self.hot, async move { ctx.wake(key).await });
+        }
+    }
+
+    /// Sends an answer to its connection's core.
+    fn route(self: &Rc<Self>, event: WaitEvent) {
+        let to = usize::from(event.origin().core);
+        if to == self.index {
+            self.deliver_local(event);
+        } else {
+            self.post(to, CoreMsg::Deliver(event));
+        }
     }
 
     /// Hands an answer to a connection on this core. A grant for a
@@ -315,10 +497,10 @@ impl CoreCtx {
         };
         if let Some(WaitEvent::Granted { key, token, .. }) = undelivered {
             let now = monotonic_ms();
-            if let crate::table::TokenOutcome::Released { wake_waiters: true } = self
-                .shared
-                .table
-                .release(key, token, now, (token >> 32) as u32)
+            // With replication the log still holds the grant: the control
+            // plane sees the table no longer does and logs its end.
+            if let crate::table::TokenOutcome::Released { wake_waiters: true } =
+                self.shared.table.release(key, token, now)
             {
                 let ctx = self.clone();
                 let task = glommio::spawn_local_into(async move { ctx.wake(key).await }, self.hot);
@@ -610,6 +792,8 @@ async fn core_main(
         next_conn: Cell::new(1),
         connections,
         hot,
+        commits: RefCell::new(HashMap::new()),
+        next_tag: Cell::new(1),
     });
 
     for (_, receiver) in receivers.streams() {
@@ -621,6 +805,17 @@ async fn core_main(
         });
     }
     spawn(hot, wait_timer(ctx.clone(), kick_rx));
+    if let Some(link) = ctx.opts.replica.as_ref() {
+        let notices = link.notices[index].clone();
+        let ctx = ctx.clone();
+        spawn(hot, async move {
+            // The control thread's send wakes this task across threads
+            // (glommio queues a foreign wake and rings the core's eventfd).
+            while let Ok(batch) = notices.recv_async().await {
+                ctx.on_notices(batch);
+            }
+        });
+    }
     spawn(hot, conn::accept_loop(ctx.clone(), listener));
     spawn(background, sweeper(ctx.clone()));
     if index == 0 {
@@ -644,6 +839,17 @@ async fn core_main(
         glommio::timer::sleep(SHUTDOWN_POLL).await;
     }
     debug!(core = index, "core stopping");
+}
+
+/// Spawns a detached task from a context that cannot fail on it (the
+/// queue exists); a failure is logged, never a panic.
+fn server_spawn(queue: TaskQueueHandle, future: impl std::future::Future<Output = ()> + 'static) {
+    match glommio::spawn_local_into(future, queue) {
+        Ok(task) => {
+            task.detach();
+        }
+        Err(e) => warn!(error = %e, "could not spawn a task"),
+    }
 }
 
 fn spawn(queue: TaskQueueHandle, future: impl std::future::Future<Output = ()> + 'static) {

@@ -64,7 +64,7 @@ fn release_races_acquire() {
         let first = token_of(t.acquire(key, grant(1), 0, EPOCH, AcquireMode::Fair)).expect("free");
         let releaser = {
             let t = t.clone();
-            thread::spawn(move || t.release(key, first, 10, EPOCH))
+            thread::spawn(move || t.release(key, first, 10))
         };
         let second = token_of(t.acquire(key, grant(2), 10, EPOCH, AcquireMode::Fair));
         let released = releaser.join().expect("thread");
@@ -72,12 +72,12 @@ fn release_races_acquire() {
         if let Some(second) = second {
             assert!(second > first, "S1");
             assert!(matches!(
-                t.check(key, second, 11, EPOCH),
+                t.check(key, second, 11),
                 TokenOutcome::Current { .. }
             ));
         }
         assert!(matches!(
-            t.check(key, first, 11, EPOCH),
+            t.check(key, first, 11),
             TokenOutcome::Stale { .. }
         ));
     });
@@ -92,7 +92,7 @@ fn renew_at_the_deadline_races_takeover() {
         let renewer = {
             let t = t.clone();
             // The holder renews just before expiry (100) ...
-            thread::spawn(move || t.renew(key, first, 100, 99, EPOCH))
+            thread::spawn(move || t.renew(key, first, 100, 99))
         };
         // ... while another core sees the lease expired.
         let taken = token_of(t.acquire(key, grant(2), 100, EPOCH, AcquireMode::Fair));
@@ -113,7 +113,7 @@ fn reclaim_races_acquire_of_the_same_key() {
         let key = LeaseKey::from_raw(4 << 64 | 16);
         let first = token_of(t.acquire(key, grant(1), 0, EPOCH, AcquireMode::Fair)).expect("free");
         assert!(matches!(
-            t.release(key, first, 0, EPOCH),
+            t.release(key, first, 0),
             TokenOutcome::Released { .. }
         ));
         let sweeper = {
@@ -126,7 +126,7 @@ fn reclaim_races_acquire_of_the_same_key() {
         assert!(again > first, "S1 across reclamation");
         assert_eq!(occurrences(&t, key), 1);
         assert!(matches!(
-            t.check(key, again, 101, EPOCH),
+            t.check(key, again, 101),
             TokenOutcome::Current { .. }
         ));
     });
@@ -146,7 +146,7 @@ fn inserts_of_one_key_across_a_fresh_tombstone_stay_unique() {
         let new = LeaseKey::from_raw(5 << 64 | 24);
         let first = token_of(t.acquire(old, grant(1), 0, EPOCH, AcquireMode::Fair)).expect("free");
         assert!(matches!(
-            t.release(old, first, 0, EPOCH),
+            t.release(old, first, 0),
             TokenOutcome::Released { .. }
         ));
         let sweeper = {

@@ -81,6 +81,11 @@ const ISSUED: u64 = 1 << 59;
 /// each lease that runs out unreleased is counted once, by whichever of the
 /// sweeper or the grant that takes it over gets there first.
 const EXPIRY_COUNTED: u64 = 1 << 60;
+/// The lease was installed from the replicated state at a takeover
+/// ([`LeaseTable::install`]) rather than granted by this leadership. No
+/// state word written by anything else carries it, so an installed word
+/// never equals a word some stale compare-and-swap may still expect.
+const ADOPTED: u64 = 1 << 61;
 
 /// Largest lock delay a slot can store.
 pub const LOCK_DELAY_MAX_MS: u32 = DELAY_MASK as u32;
@@ -96,6 +101,11 @@ struct Slot {
     state: AtomicU128,
     holder: AtomicU128,
     inserts: AtomicU64,
+    /// The lease's ttl, tagged with the low 32 bits of its token:
+    /// `token as u32 << 32 | ttl_ms`. Renewals never extend past it: the
+    /// replicated state re-arms a lease at a takeover from the ttl its
+    /// grant logged, so no renewal may have promised more.
+    ttl: AtomicU64,
 }
 
 #[cfg(not(loom))]
@@ -108,6 +118,7 @@ impl Slot {
             state: AtomicU128::new(0),
             holder: AtomicU128::new(0),
             inserts: AtomicU64::new(0),
+            ttl: AtomicU64::new(0),
         }
     }
 }
@@ -148,6 +159,9 @@ impl State {
     fn vacant(self) -> bool {
         self.meta & VACANT != 0
     }
+    fn adopted(self) -> bool {
+        self.meta & ADOPTED != 0
+    }
     /// For a held lease: its expiry. For a free slot: when it became free.
     fn expiry_ms(self) -> u64 {
         self.time_ms()
@@ -163,13 +177,6 @@ impl State {
     /// Holding and unexpired at `now_ms`, in any epoch.
     fn live_at(self, now_ms: u64) -> bool {
         self.held() && now_ms < self.expiry_ms()
-    }
-    /// A live lease granted in `epoch`. A lease from an earlier epoch is
-    /// one this leadership never vouched for (it may come from this node's
-    /// earlier term, before another leader granted the resource): it is
-    /// never renewed, confirmed or handed back as the holder's.
-    fn live_in(self, now_ms: u64, epoch: u32) -> bool {
-        self.live_at(now_ms) && (self.token >> 32) as u32 == epoch
     }
     fn with_waiters(self, on: bool) -> State {
         let meta = if on {
@@ -249,6 +256,9 @@ pub enum Acquired {
         token: u64,
         /// Server-side expiry.
         expires_at_ms: u64,
+        /// The lease's ttl from now on: the request's, or for a repeated
+        /// acquire the larger of it and the lease's earlier ttl.
+        ttl_ms: u32,
         /// The caller already held it (same holder id): same token, expiry
         /// pushed to `now + ttl`.
         idempotent: bool,
@@ -320,6 +330,21 @@ pub struct Peek {
     pub grantable_at_ms: u64,
     /// Waiters are queued.
     pub waiters: bool,
+}
+
+/// A key's lease as [`LeaseTable::inspect`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inspected {
+    /// The slot's token: the lease's if held, else the last one issued.
+    pub token: u64,
+    /// A lease is held (possibly expired).
+    pub held: bool,
+    /// For a held lease, its expiry.
+    pub expires_at_ms: u64,
+    /// When a new grant may happen (expiry plus lock delay if held).
+    pub grantable_at_ms: u64,
+    /// Installed at a takeover and not granted since.
+    pub adopted: bool,
 }
 
 /// What a sweep pass found.
@@ -539,6 +564,21 @@ impl LeaseTable {
         panic!("find_or_insert: no progress after {RETRY_MAX} attempts");
     }
 
+    /// The ttl recorded for `token`'s lease in `slot`, if the slot's ttl
+    /// word is that lease's (it is written right after the grant's CAS, so
+    /// only a caller racing the grant itself can miss it).
+    fn lease_ttl(slot: &Slot, token: u64) -> Option<u32> {
+        let word = slot.ttl.load(Ordering::SeqCst);
+        ((word >> 32) as u32 == token as u32).then_some(word as u32)
+    }
+
+    fn record_ttl(slot: &Slot, token: u64, ttl_ms: u32) {
+        slot.ttl.store(
+            (u64::from(token as u32) << 32) | u64::from(ttl_ms),
+            Ordering::SeqCst,
+        );
+    }
+
     fn holder_is(&self, slot: &Slot, token: u64, holder: u64) -> bool {
         slot.holder.load(Ordering::SeqCst) == (u128::from(token) << 64) | u128::from(holder)
     }
@@ -583,7 +623,7 @@ impl LeaseTable {
                 continue;
             }
             let expires_at_ms = now_ms + u64::from(grant.ttl_ms);
-            if state.live_in(now_ms, epoch) {
+            if state.live_at(now_ms) {
                 if !self.holder_is(slot, state.token, grant.holder) {
                     return Ok(Acquired::Busy {
                         token: state.token,
@@ -591,7 +631,12 @@ impl LeaseTable {
                         waiters: state.waiters(),
                     });
                 }
-                // Same holder retrying: same token, lease pushed to now + ttl.
+                // Same holder retrying: same token, lease pushed to now + ttl
+                // (never shortened: an earlier answer may promise more), and
+                // the lease's ttl never lowered for the same reason.
+                let ttl_ms = Self::lease_ttl(slot, state.token)
+                    .unwrap_or(0)
+                    .max(grant.ttl_ms);
                 let renewed = State {
                     token: state.token,
                     meta: meta(
@@ -608,9 +653,11 @@ impl LeaseTable {
                     Ordering::SeqCst,
                 ) {
                     Ok(_) => {
+                        Self::record_ttl(slot, state.token, ttl_ms);
                         return Ok(Acquired::Granted {
                             token: state.token,
                             expires_at_ms: renewed.expiry_ms(),
+                            ttl_ms,
                             idempotent: true,
                             took_over_expired: false,
                         });
@@ -650,9 +697,11 @@ impl LeaseTable {
             ) {
                 Ok(_) => {
                     self.record_holder(slot, token, grant.holder);
+                    Self::record_ttl(slot, token, grant.ttl_ms);
                     return Ok(Acquired::Granted {
                         token,
                         expires_at_ms,
+                        ttl_ms: grant.ttl_ms,
                         idempotent: false,
                         took_over_expired: state.expired_uncounted(now_ms),
                     });
@@ -676,14 +725,14 @@ impl LeaseTable {
         Some((index, word, state))
     }
 
-    fn stale(state: Option<State>, now_ms: u64, epoch: u32) -> TokenOutcome {
+    fn stale(state: Option<State>, now_ms: u64) -> TokenOutcome {
         match state {
             None => TokenOutcome::Stale {
                 current_token: 0,
                 last_token: 0,
             },
             Some(state) => TokenOutcome::Stale {
-                current_token: if state.live_in(now_ms, epoch) {
+                current_token: if state.live_at(now_ms) {
                     state.token
                 } else {
                     0
@@ -697,24 +746,21 @@ impl LeaseTable {
         }
     }
 
-    /// Extends the lease `token` on `key` to `now + ttl`. Fails (stale) if
-    /// the lease expired: an expired lease is never revived.
-    pub fn renew(
-        &self,
-        key: LeaseKey,
-        token: u64,
-        ttl_ms: u32,
-        now_ms: u64,
-        epoch: u32,
-    ) -> TokenOutcome {
+    /// Extends the lease `token` on `key` to `now + ttl`, `ttl` capped at
+    /// the ttl the lease was granted with (the returned expiry tells).
+    /// Fails (stale) if the lease expired: an expired lease is never
+    /// revived.
+    pub fn renew(&self, key: LeaseKey, token: u64, ttl_ms: u32, now_ms: u64) -> TokenOutcome {
         assert!(ttl_ms > 0, "ttl is validated before the table");
         for _ in 0..RETRY_MAX {
             let Some((index, word, state)) = self.load_state(key) else {
-                return Self::stale(None, now_ms, epoch);
+                return Self::stale(None, now_ms);
             };
-            if state.token != token || !state.live_in(now_ms, epoch) {
-                return Self::stale(Some(state), now_ms, epoch);
+            if state.token != token || !state.live_at(now_ms) {
+                return Self::stale(Some(state), now_ms);
             }
+            let ttl_ms =
+                Self::lease_ttl(&self.slots[index], token).map_or(ttl_ms, |t| t.min(ttl_ms));
             let expires_at_ms = now_ms + u64::from(ttl_ms);
             let renewed = State {
                 token,
@@ -738,13 +784,13 @@ impl LeaseTable {
 
     /// Gives back the lease `token` on `key`. Releasing an expired lease
     /// that nobody took over also succeeds and cancels its lock delay.
-    pub fn release(&self, key: LeaseKey, token: u64, now_ms: u64, epoch: u32) -> TokenOutcome {
+    pub fn release(&self, key: LeaseKey, token: u64, now_ms: u64) -> TokenOutcome {
         for _ in 0..RETRY_MAX {
             let Some((index, word, state)) = self.load_state(key) else {
-                return Self::stale(None, now_ms, epoch);
+                return Self::stale(None, now_ms);
             };
-            if state.token != token || !state.held() || (token >> 32) as u32 != epoch {
-                return Self::stale(Some(state), now_ms, epoch);
+            if state.token != token || !state.held() {
+                return Self::stale(Some(state), now_ms);
             }
             let freed = State {
                 token,
@@ -766,15 +812,15 @@ impl LeaseTable {
 
     /// Whether `token` is the live lease on `key`. Reads only.
     #[must_use]
-    pub fn check(&self, key: LeaseKey, token: u64, now_ms: u64, epoch: u32) -> TokenOutcome {
+    pub fn check(&self, key: LeaseKey, token: u64, now_ms: u64) -> TokenOutcome {
         match self.load_state(key) {
-            Some((_, _, state)) if state.token == token && state.live_in(now_ms, epoch) => {
+            Some((_, _, state)) if state.token == token && state.live_at(now_ms) => {
                 TokenOutcome::Current {
                     expires_at_ms: state.expiry_ms(),
                 }
             }
-            Some((_, _, state)) => Self::stale(Some(state), now_ms, epoch),
-            None => Self::stale(None, now_ms, epoch),
+            Some((_, _, state)) => Self::stale(Some(state), now_ms),
+            None => Self::stale(None, now_ms),
         }
     }
 
@@ -913,7 +959,7 @@ impl LeaseTable {
     /// Reads `key` without changing it: the live lease's token (0 if none),
     /// when it may become grantable, and whether waiters are queued.
     #[must_use]
-    pub fn peek(&self, key: LeaseKey, now_ms: u64, epoch: u32) -> Peek {
+    pub fn peek(&self, key: LeaseKey, now_ms: u64) -> Peek {
         match self.load_state(key) {
             None => Peek {
                 token: 0,
@@ -921,7 +967,7 @@ impl LeaseTable {
                 waiters: false,
             },
             Some((_, _, state)) => Peek {
-                token: if state.live_in(now_ms, epoch) {
+                token: if state.live_at(now_ms) {
                     state.token
                 } else {
                     0
@@ -930,6 +976,107 @@ impl LeaseTable {
                 waiters: state.waiters(),
             },
         }
+    }
+
+    /// Reads `key`'s lease as it stands, for reconciling the replicated
+    /// state with the table: `None` if the key is absent.
+    #[must_use]
+    pub fn inspect(&self, key: LeaseKey) -> Option<Inspected> {
+        let (_, _, state) = self.load_state(key)?;
+        Some(Inspected {
+            token: state.token,
+            held: state.held(),
+            expires_at_ms: state.expiry_ms(),
+            grantable_at_ms: state.grantable_at_ms(),
+            adopted: state.adopted(),
+        })
+    }
+
+    /// Takeover, step one: ends every lease in the table, keeping each
+    /// slot's token history (S1) and its waiter flag. Call when this node
+    /// has just become leader, before it serves: what the table held came
+    /// from an earlier term of this node, and only the replicated state
+    /// (installed next) says which of those leases still stand. Without
+    /// replication nothing is installed and the grace period covers the
+    /// leases a previous leader granted.
+    ///
+    /// Returns the number of leases ended.
+    pub fn reset(&self, now_ms: u64) -> u64 {
+        let mut ended = 0;
+        for slot in self.slots.iter() {
+            for _ in 0..RETRY_MAX {
+                if slot.key.load(Ordering::SeqCst) & KIND_MASK != KIND_LIVE {
+                    break;
+                }
+                let word = slot.state.load(Ordering::SeqCst);
+                let state = State::unpack(word);
+                if state.vacant() || !state.held() {
+                    break;
+                }
+                let freed = State {
+                    token: state.token,
+                    meta: meta(now_ms, 0, false, state.waiters()) | ISSUED,
+                };
+                if slot
+                    .state
+                    .compare_exchange(word, freed.pack(), Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    ended += 1;
+                    break;
+                }
+            }
+        }
+        ended
+    }
+
+    /// Takeover, step two: makes `key` held by `token` for `holder` until
+    /// `expires_at_ms`, whatever the slot held before (the replicated
+    /// state decides). The token may be lower than tokens this node issued
+    /// in an earlier term that never committed; grants of the new term are
+    /// in a higher epoch and still exceed them all (S1).
+    #[allow(clippy::too_many_arguments)]
+    pub fn install(
+        &self,
+        key: LeaseKey,
+        token: u64,
+        holder: u64,
+        ttl_ms: u32,
+        expires_at_ms: u64,
+        lock_delay_ms: u32,
+        now_ms: u64,
+    ) -> Result<(), TableError> {
+        assert!(token != 0, "token 0 is never issued");
+        assert!(lock_delay_ms <= LOCK_DELAY_MAX_MS);
+        for _ in 0..RETRY_MAX {
+            let (index, word) = self.find_or_insert(key, now_ms)?;
+            let slot = &self.slots[index];
+            let state = State::unpack(word);
+            if state.vacant() {
+                continue;
+            }
+            let installed = State {
+                token,
+                meta: meta(expires_at_ms, lock_delay_ms, true, state.waiters()) | ADOPTED,
+            };
+            if slot
+                .state
+                .compare_exchange(word, installed.pack(), Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                // The holder word only moves forward for grants; an install
+                // sets it outright (it may hold an uncommitted later grant).
+                slot.holder.store(
+                    (u128::from(token) << 64) | u128::from(holder),
+                    Ordering::SeqCst,
+                );
+                Self::record_ttl(slot, token, ttl_ms);
+                // The key's floor keeps the highest token ever seen here.
+                self.floor(key).fetch_max(state.token, Ordering::SeqCst);
+                return Ok(());
+            }
+        }
+        panic!("install: no progress after {RETRY_MAX} attempts");
     }
 
     /// Debug and test helper: every present key's slot index and last token.

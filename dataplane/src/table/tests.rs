@@ -38,19 +38,19 @@ fn acquire_busy_release_reacquire() {
         })
     );
     assert_eq!(
-        t.check(key, first, 300, EPOCH),
+        t.check(key, first, 300),
         TokenOutcome::Current {
             expires_at_ms: 1100
         }
     );
     assert_eq!(
-        t.release(key, first, 400, EPOCH),
+        t.release(key, first, 400),
         TokenOutcome::Released {
             wake_waiters: false
         }
     );
     assert!(matches!(
-        t.check(key, first, 401, EPOCH),
+        t.check(key, first, 401),
         TokenOutcome::Stale {
             current_token: 0,
             ..
@@ -59,7 +59,7 @@ fn acquire_busy_release_reacquire() {
     let second = granted(t.acquire(key, grant(2, 1000), 500, EPOCH, AcquireMode::Fair));
     assert!(second > first, "S1");
     assert!(matches!(
-        t.check(key, first, 501, EPOCH),
+        t.check(key, first, 501),
         TokenOutcome::Stale { current_token, .. } if current_token == second
     ));
 }
@@ -73,10 +73,12 @@ fn same_holder_acquire_is_idempotent() {
         Ok(Acquired::Granted {
             token,
             expires_at_ms,
+            ttl_ms,
             idempotent,
             took_over_expired,
         }) => {
             assert!(!took_over_expired);
+            assert_eq!(ttl_ms, 1000);
             assert_eq!(token, first);
             assert_eq!(expires_at_ms, 1500);
             assert!(idempotent);
@@ -99,7 +101,7 @@ fn expiry_is_lazy_and_exact() {
         Ok(Acquired::Busy { .. })
     ));
     assert!(matches!(
-        t.renew(key, first, 100, 1100, EPOCH),
+        t.renew(key, first, 100, 1100),
         TokenOutcome::Stale { .. }
     ));
     let second = granted(t.acquire(key, grant(2, 100), 1100, EPOCH, AcquireMode::Fair));
@@ -110,9 +112,9 @@ fn expiry_is_lazy_and_exact() {
 fn renew_extends_and_never_revives() {
     let t = table(16);
     let key = t.hasher().key(0, b"r");
-    let token = granted(t.acquire(key, grant(1, 100), 0, EPOCH, AcquireMode::Fair));
+    let token = granted(t.acquire(key, grant(1, 300), 0, EPOCH, AcquireMode::Fair));
     assert_eq!(
-        t.renew(key, token, 300, 50, EPOCH),
+        t.renew(key, token, 300, 50),
         TokenOutcome::Current { expires_at_ms: 350 }
     );
     assert!(matches!(
@@ -120,11 +122,11 @@ fn renew_extends_and_never_revives() {
         Ok(Acquired::Busy { .. })
     ));
     assert!(matches!(
-        t.renew(key, token + 1, 300, 60, EPOCH),
+        t.renew(key, token + 1, 300, 60),
         TokenOutcome::Stale { .. }
     ));
     assert!(matches!(
-        t.renew(key, token, 300, 350, EPOCH),
+        t.renew(key, token, 300, 350),
         TokenOutcome::Stale { .. }
     ));
 }
@@ -151,7 +153,7 @@ fn lock_delay_blocks_after_unreleased_expiry_only() {
     assert!(next > token);
     // A released lease has no lock delay.
     assert!(matches!(
-        t.release(key, next, 160, EPOCH),
+        t.release(key, next, 160),
         TokenOutcome::Released { .. }
     ));
     granted(t.acquire(key, grant(3, 100), 160, EPOCH, AcquireMode::Fair));
@@ -164,7 +166,7 @@ fn waiters_block_fair_acquires_but_not_the_head() {
     let token = granted(t.acquire(key, grant(1, 100), 0, EPOCH, AcquireMode::Fair));
     t.set_waiters(key, true, 10).expect("room");
     assert_eq!(
-        t.release(key, token, 20, EPOCH),
+        t.release(key, token, 20),
         TokenOutcome::Released { wake_waiters: true }
     );
     assert!(matches!(
@@ -175,7 +177,7 @@ fn waiters_block_fair_acquires_but_not_the_head() {
     assert!(head > token);
     t.set_waiters(key, false, 23).expect("present");
     assert_eq!(
-        t.release(key, head, 24, EPOCH),
+        t.release(key, head, 24),
         TokenOutcome::Released {
             wake_waiters: false
         }
@@ -192,24 +194,12 @@ fn tenants_are_separate() {
     let tb = granted(t.acquire(b, grant(2, 100), 0, EPOCH, AcquireMode::Fair));
     // Tenant 1 releasing "its" disk0 never touches tenant 0's lease, even
     // with a token of the same value.
+    assert!(matches!(t.release(b, tb, 1), TokenOutcome::Released { .. }));
+    assert!(matches!(t.release(b, ta, 2), TokenOutcome::Stale { .. }));
+    assert!(matches!(t.check(a, ta, 3), TokenOutcome::Current { .. }));
+    assert!(matches!(t.renew(b, ta, 100, 3), TokenOutcome::Stale { .. }));
     assert!(matches!(
-        t.release(b, tb, 1, EPOCH),
-        TokenOutcome::Released { .. }
-    ));
-    assert!(matches!(
-        t.release(b, ta, 2, EPOCH),
-        TokenOutcome::Stale { .. }
-    ));
-    assert!(matches!(
-        t.check(a, ta, 3, EPOCH),
-        TokenOutcome::Current { .. }
-    ));
-    assert!(matches!(
-        t.renew(b, ta, 100, 3, EPOCH),
-        TokenOutcome::Stale { .. }
-    ));
-    assert!(matches!(
-        t.check(a, ta, 4, EPOCH),
+        t.check(a, ta, 4),
         TokenOutcome::Current { expires_at_ms: 100 }
     ));
 }
@@ -240,7 +230,7 @@ fn reclaim_frees_room_and_tokens_keep_growing() {
     let key = t.hasher().key(0, b"a");
     let first = granted(t.acquire(key, grant(1, 100), 0, EPOCH, AcquireMode::Fair));
     assert!(matches!(
-        t.release(key, first, 10, EPOCH),
+        t.release(key, first, 10),
         TokenOutcome::Released { .. }
     ));
     let other = t.hasher().key(0, b"b");
@@ -326,7 +316,7 @@ fn colliding_homes_and_tombstones_keep_one_slot_per_key() {
             if (i + round) % 2 == 0 {
                 let token = granted(t.acquire(key, grant(1, 10), now, EPOCH, AcquireMode::Fair));
                 assert!(matches!(
-                    t.release(key, token, now, EPOCH),
+                    t.release(key, token, now),
                     TokenOutcome::Released { .. }
                 ));
             }
@@ -347,11 +337,11 @@ fn stale_answers_report_only_tokens_issued_to_the_key() {
     let key = t.hasher().key(0, b"a");
     let first = granted(t.acquire(key, grant(1, 10), 0, EPOCH, AcquireMode::Fair));
     assert!(matches!(
-        t.release(key, first, 1, EPOCH),
+        t.release(key, first, 1),
         TokenOutcome::Released { .. }
     ));
     assert_eq!(
-        t.check(key, 0, 2, EPOCH),
+        t.check(key, 0, 2),
         TokenOutcome::Stale {
             current_token: 0,
             last_token: first
@@ -362,7 +352,7 @@ fn stale_answers_report_only_tokens_issued_to_the_key() {
     // anyone was issued for this key, so it is not reported.
     t.set_waiters(key, true, 100).expect("room");
     assert_eq!(
-        t.check(key, 0, 101, EPOCH),
+        t.check(key, 0, 101),
         TokenOutcome::Stale {
             current_token: 0,
             last_token: 0
@@ -371,37 +361,100 @@ fn stale_answers_report_only_tokens_issued_to_the_key() {
 }
 
 #[test]
-fn leases_of_an_earlier_epoch_are_never_vouched_for() {
+fn a_takeover_ends_earlier_leases_and_installs_the_replicated_ones() {
     // This node led in epoch 3, lost leadership, and leads again in
     // epoch 5: another leader may have granted the resource in epoch 4.
-    let t = table(4);
-    let key = t.hasher().key(0, b"a");
-    let old = granted(t.acquire(key, grant(1, 1000), 0, 3, AcquireMode::Fair));
+    let t = table(8);
+    let a = t.hasher().key(0, b"a");
+    let b = t.hasher().key(0, b"b");
+    let old = granted(t.acquire(a, grant(1, 1000), 0, 3, AcquireMode::Fair));
+    let uncommitted = granted(t.acquire(b, grant(2, 1000), 0, 3, AcquireMode::Fair));
+    assert_eq!(t.reset(10), 2, "both leases end");
     assert!(matches!(
-        t.check(key, old, 10, 5),
+        t.check(a, old, 10),
         TokenOutcome::Stale {
             current_token: 0,
             ..
         }
     ));
     assert!(matches!(
-        t.renew(key, old, 1000, 10, 5),
+        t.renew(a, old, 1000, 10),
         TokenOutcome::Stale { .. }
     ));
+    assert_eq!(t.reset(11), 0, "nothing left to end");
+    // The log says b is held by epoch 4's token (never this node's own
+    // uncommitted epoch-3 grant), until a re-armed expiry.
+    let logged = (4u64 << 32) | 7;
+    t.install(b, logged, 9, 600, 5_000, 250, 20).expect("room");
+    assert_eq!(
+        t.inspect(b),
+        Some(crate::table::Inspected {
+            token: logged,
+            held: true,
+            expires_at_ms: 5_000,
+            grantable_at_ms: 5_250,
+            adopted: true,
+        })
+    );
+    assert_eq!(
+        t.check(b, logged, 30),
+        TokenOutcome::Current {
+            expires_at_ms: 5_000
+        }
+    );
     assert!(matches!(
-        t.release(key, old, 10, 5),
-        TokenOutcome::Stale { .. }
+        t.check(b, uncommitted, 30),
+        TokenOutcome::Stale { current_token, .. } if current_token == logged
     ));
-    // The same holder retrying gets no idempotent success from the old
-    // epoch's lease: while it is unexpired it still blocks (conservatively)...
+    // The holder renews with its token; the renewal is capped at the
+    // logged ttl and no longer counts as adopted.
+    assert_eq!(
+        t.renew(b, logged, 10_000, 40),
+        TokenOutcome::Current { expires_at_ms: 640 }
+    );
+    assert!(!t.inspect(b).expect("present").adopted);
+    // The same holder acquiring again gets its token back (safe retry).
+    match t.acquire(b, grant(9, 700), 50, 5, AcquireMode::Fair) {
+        Ok(Acquired::Granted {
+            token,
+            idempotent: true,
+            ttl_ms,
+            ..
+        }) => {
+            assert_eq!(token, logged);
+            assert_eq!(ttl_ms, 700, "the larger of the two ttls");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Anyone else waits for its expiry plus lock delay; then epoch 5's
+    // grant exceeds every token the slot ever held (S1).
     assert!(matches!(
-        t.acquire(key, grant(1, 1000), 10, 5, AcquireMode::Fair),
-        Ok(Acquired::Busy { token: 0, .. })
+        t.acquire(b, grant(3, 1000), 60, 5, AcquireMode::Fair),
+        Ok(Acquired::Busy { token, .. }) if token == logged
     ));
-    // ...and once expired the new epoch grants a greater token.
-    let new = granted(t.acquire(key, grant(1, 1000), 1000, 5, AcquireMode::Fair));
-    assert!(new > old);
-    assert_eq!(new >> 32, 5);
+    let next = granted(t.acquire(b, grant(3, 1000), 1_000, 5, AcquireMode::Fair));
+    assert!(next > uncommitted && next > logged);
+    assert_eq!(next >> 32, 5);
+    // a, not in the log, is free at once in the new epoch.
+    let fresh = granted(t.acquire(a, grant(1, 1000), 12, 5, AcquireMode::Fair));
+    assert!(fresh > old);
+}
+
+#[test]
+fn renewals_never_exceed_the_granted_ttl() {
+    let t = table(4);
+    let key = t.hasher().key(0, b"r");
+    let token = granted(t.acquire(key, grant(1, 1000), 0, EPOCH, AcquireMode::Fair));
+    assert_eq!(
+        t.renew(key, token, 5_000, 100),
+        TokenOutcome::Current {
+            expires_at_ms: 1_100
+        }
+    );
+    assert_eq!(
+        t.renew(key, token, 300, 200),
+        TokenOutcome::Current { expires_at_ms: 500 }
+    );
 }
 
 #[test]
@@ -434,7 +487,7 @@ fn each_expiration_is_counted_once_by_sweep_or_take_over() {
     let token = granted(t.acquire(released, grant(1, 100), 0, EPOCH, AcquireMode::Fair));
     assert_eq!(t.sweep(all.clone(), 99, 60_000).expired, 0, "not yet due");
     // Released in time: never an expiration.
-    t.release(released, token, 50, EPOCH);
+    t.release(released, token, 50);
     // "taken" runs out and is taken over before any sweep sees it.
     assert!(took_over(t.acquire(
         taken,
