@@ -18,8 +18,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use palisade_control::core::{ControlCore, CoreConfig, Persist, Restored};
-use raft::eraftpb::{ConfState, Entry, HardState, Message, Snapshot};
+mod simulation;
+
+use palisade_control::core::{ControlCore, CoreConfig};
+use raft::eraftpb::Message;
+use simulation::{Disk, Rng};
 
 const TICK_MS: u64 = 10;
 const ELECTION_TICKS: usize = 10;
@@ -27,96 +30,6 @@ const MAX_TTL_MS: u64 = 200;
 const MAX_DRIFT_PPM: u32 = 10_000;
 /// (max_ttl + election_timeout) x (1 + drift), as the config computes it.
 const GRACE_MS: u64 = (MAX_TTL_MS + TICK_MS * ELECTION_TICKS as u64) * 101 / 100 + 1;
-
-/// xorshift64*: small, fast, and the same on every machine.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, per_mille: u64) -> bool {
-        self.below(1000) < per_mille
-    }
-}
-
-/// A disk: what was synced survives a crash, what was only queued does not.
-#[derive(Default, Clone)]
-struct Disk {
-    synced: Restored,
-    queued: Vec<Op>,
-    /// (term, vote) after every sync, for the S4 check.
-    history: Vec<(u64, u64)>,
-    /// The next sync fails (a disk error): the node must stop without
-    /// sending anything that depended on it.
-    fail_next_sync: bool,
-}
-
-#[derive(Clone)]
-enum Op {
-    Append(Vec<Entry>),
-    Hard(HardState),
-    Conf(ConfState),
-    Snap(Snapshot),
-}
-
-impl Persist for Disk {
-    fn append(&mut self, entries: &[Entry]) {
-        self.queued.push(Op::Append(entries.to_vec()));
-    }
-    fn set_hard_state(&mut self, hard_state: &HardState) {
-        self.queued.push(Op::Hard(hard_state.clone()));
-    }
-    fn set_conf_state(&mut self, conf_state: &ConfState) {
-        self.queued.push(Op::Conf(conf_state.clone()));
-    }
-    fn apply_snapshot(&mut self, snapshot: &Snapshot) {
-        self.queued.push(Op::Snap(snapshot.clone()));
-    }
-    fn sync(&mut self) -> Result<(), String> {
-        if std::mem::take(&mut self.fail_next_sync) {
-            self.queued.clear();
-            return Err("injected fsync failure".into());
-        }
-        for op in self.queued.drain(..) {
-            match op {
-                Op::Append(entries) => {
-                    for entry in entries {
-                        let first = self
-                            .synced
-                            .snapshot
-                            .as_ref()
-                            .map_or(1, |s| s.get_metadata().index + 1);
-                        if entry.index < first {
-                            continue;
-                        }
-                        let keep = (entry.index - first) as usize;
-                        self.synced.entries.truncate(keep);
-                        self.synced.entries.push(entry);
-                    }
-                }
-                Op::Hard(hs) => self.synced.hard_state = hs,
-                Op::Conf(cs) => self.synced.conf_state = cs,
-                Op::Snap(snap) => {
-                    let index = snap.get_metadata().index;
-                    self.synced.entries.retain(|e| e.index > index);
-                    self.synced.conf_state = snap.get_metadata().get_conf_state().clone();
-                    self.synced.snapshot = Some(snap);
-                }
-            }
-        }
-        self.history
-            .push((self.synced.hard_state.term, self.synced.hard_state.vote));
-        Ok(())
-    }
-}
 
 struct Node {
     id: u64,
