@@ -58,6 +58,8 @@ cargo test --locked -p palisade-dataplane -p palisade-proto --benches
 echo "== deterministic simulation of the control plane: 2000 seeded schedules"
 # Release build: each schedule is seconds of simulated raft under faults.
 PALISADE_SIM_SEEDS=2000 cargo test --locked --release -p palisade-control --test sim
+echo "== deterministic simulation of replicated leases with clients: 2000 seeded schedules each"
+PALISADE_SIM_SEEDS=2000 cargo test --locked --release -p palisade-control --test sim_leases
 
 echo "== loom models of the lease table"
 # A separate target dir: --cfg loom rebuilds the table's dependencies.

@@ -116,4 +116,3 @@ impl Persist for Disk {
         Ok(())
     }
 }
-
