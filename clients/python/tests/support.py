@@ -238,6 +238,19 @@ class Cluster:
             logs = "\n".join(f"--- node {i}\n{self.log(i)}" for i in live)
             raise AssertionError(f"no leader within {timeout} s\n{logs}") from None
 
+    def serving_leader(self, timeout: float = 30.0, among: Optional[List[int]] = None) -> int:
+        """Waits for a leader that grants: past any grace period it owes
+        (a leader not elected in the cluster's first term)."""
+        deadline = time.monotonic() + timeout
+        leader = self.leader(timeout, among)
+
+        def granting() -> bool:
+            status = self.status(leader)
+            return status is not None and status.role == Role.LEADER and status.grace_remaining_ms == 0
+
+        wait_for(granting, max(deadline - time.monotonic(), 1.0), "the leader's grace period to end")
+        return leader
+
     def close(self) -> None:
         for i in list(self.procs):
             self.kill(i)

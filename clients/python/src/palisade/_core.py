@@ -39,6 +39,10 @@ ATTEMPTS_MAX = 8
 #: First pause when no leader is known; doubles up to LEADERLESS_PAUSE_MAX_S.
 LEADERLESS_PAUSE_MIN_S = 0.025
 LEADERLESS_PAUSE_MAX_S = 0.5
+#: ``unavailable`` answers with a retry hint up to this long are retried
+#: within a call (elections, a lapsed quorum); longer ones (a grace period)
+#: go to the caller.
+UNAVAILABLE_RETRY_MAX_MS = 1000
 #: Largest response payload accepted.
 RESPONSE_PAYLOAD_MAX = 1 << 16
 #: Longest watch wait the server accepts.

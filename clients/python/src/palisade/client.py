@@ -32,6 +32,7 @@ from .wire import (
     Check,
     Current,
     Error,
+    ErrorCode,
     FrameError,
     FrameReader,
     Redirect,
@@ -389,6 +390,22 @@ class Client:
                 wait = pause if end is None else min(pause, max(end - _monotonic(), 0))
                 time.sleep(wait)
                 pause = min(pause * 2, _core.LEADERLESS_PAUSE_MAX_S)
+                if len(self._endpoints) > 1:
+                    self._drop(conn, advance=True, why=last)
+                continue
+            if (
+                isinstance(response, Error)
+                and response.code == ErrorCode.UNAVAILABLE
+                and response.retry_after_ms <= _core.UNAVAILABLE_RETRY_MAX_MS
+            ):
+                # Leadership not confirmed right now (an election, a lapsed
+                # quorum): not carried out, retry shortly, at the next
+                # member if there is one.
+                last = ServerError(response.code, response.retry_after_ms, response.message)
+                wait = max(response.retry_after_ms / 1000, _core.LEADERLESS_PAUSE_MIN_S)
+                if end is not None:
+                    wait = min(wait, max(end - _monotonic(), 0))
+                time.sleep(wait)
                 if len(self._endpoints) > 1:
                     self._drop(conn, advance=True, why=last)
                 continue
