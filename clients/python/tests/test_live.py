@@ -37,8 +37,8 @@ from palisade.aio import AsyncClient
 
 NODE: Optional[Node] = None
 TMP: Optional[tempfile.TemporaryDirectory] = None  # type: ignore[type-arg]
-GOOD_SECRET: Path
-BAD_SECRET: Path
+GOOD_SECRET = Path("/nonexistent/good.secret")  # set by setUpModule
+BAD_SECRET = Path("/nonexistent/bad.secret")
 
 
 def setUpModule() -> None:

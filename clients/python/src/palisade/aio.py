@@ -379,11 +379,13 @@ class AsyncClient:
         self, resource: Union[str, Lease], token: Optional[int] = None, *, deadline: Optional[float] = None
     ) -> bool:
         if isinstance(resource, Lease):
-            resource, token = resource.resource, resource.token
+            name, token = resource.resource, resource.token
+        else:
+            name = resource
         if token is None:
             raise ValueError("release needs a token")
-        validate_resource(resource)
-        response, _, _ = await self.call(Release(resource, token), deadline=deadline)
+        validate_resource(name)
+        response, _, _ = await self.call(Release(name, token), deadline=deadline)
         return _core.release_outcome(response)
 
     async def check(self, resource: str, token: int) -> Union[Current, Stale]:

@@ -448,11 +448,13 @@ class Client:
         """Gives a lease back. True if released; False if the token was not
         the live lease any more (expired and taken, or already released)."""
         if isinstance(resource, Lease):
-            resource, token = resource.resource, resource.token
+            name, token = resource.resource, resource.token
+        else:
+            name = resource
         if token is None:
             raise ValueError("release needs a token")
-        validate_resource(resource)
-        response, _, _ = self.call(Release(resource, token), deadline=deadline)
+        validate_resource(name)
+        response, _, _ = self.call(Release(name, token), deadline=deadline)
         return _core.release_outcome(response)
 
     def check(self, resource: str, token: int) -> Union[Current, Stale]:

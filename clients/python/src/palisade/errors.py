@@ -30,13 +30,18 @@ class PalisadeError(Exception):
     """Base class of everything this package raises (besides ValueError and
     TypeError for bad arguments)."""
 
-    retryable = False
+    _retryable = False
+
+    @property
+    def retryable(self) -> bool:
+        """Whether retrying the same call later may succeed."""
+        return self._retryable
 
 
 class ConnectionFailed(PalisadeError):
     """No endpoint could be reached, or the connection broke. Retryable."""
 
-    retryable = True
+    _retryable = True
 
     def __init__(self, message: str, attempts: Optional[List[Tuple[str, BaseException]]] = None):
         super().__init__(message)
@@ -47,14 +52,14 @@ class ConnectionFailed(PalisadeError):
 class RequestTimeout(PalisadeError):
     """No answer within the deadline. Retryable."""
 
-    retryable = True
+    _retryable = True
 
 
 class NoLeader(PalisadeError):
     """Redirects or attempts ran out without reaching a serving leader
     (an election may be under way). Retryable."""
 
-    retryable = True
+    _retryable = True
 
 
 class ServerError(PalisadeError):
@@ -69,8 +74,8 @@ class ServerError(PalisadeError):
         #: the connection after it).
         self.connection_level = connection_level
 
-    @property  # type: ignore[override]
-    def retryable(self) -> bool:  # noqa: D401
+    @property
+    def retryable(self) -> bool:
         return self.code.retryable
 
 
@@ -88,7 +93,7 @@ class LeaseBusy(PalisadeError):
     """Someone else holds the lease (or it is in its lock delay, or waiters
     come first)."""
 
-    retryable = True
+    _retryable = True
 
     def __init__(self, resource: str, token: int, remaining_ms: int, waiters: bool, waited_ms: int):
         super().__init__(
@@ -134,4 +139,4 @@ class LeaseLost(PalisadeError):
 
 def is_retryable(error: BaseException) -> bool:
     """Whether retrying the same call later may succeed."""
-    return isinstance(error, PalisadeError) and bool(error.retryable)
+    return isinstance(error, PalisadeError) and error.retryable

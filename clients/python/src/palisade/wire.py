@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union, cast
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -569,9 +569,9 @@ def _encode_payload(message: object, root_len: int) -> bytes:
                 root[off] = 1
                 root[off + 1 : off + 33] = _check_bytes(value, 32, name)
         elif kind == _ROLE:
-            root[off] = int(Role(value))
+            root[off] = int(Role(cast(int, value)))
         elif kind == _CODE:
-            root[off] = int(ErrorCode(value))
+            root[off] = int(ErrorCode(cast(int, value)))
         else:  # pragma: no cover - the tables above are closed
             raise AssertionError(kind)
     out += root
