@@ -164,11 +164,11 @@ class LeaseLifecycle(unittest.TestCase):
 
     def test_lock_delay_after_an_expiry(self) -> None:
         r = fresh("delay")
-        self.client.acquire(r, ttl=0.2, lock_delay=0.6)
-        time.sleep(0.3)
+        self.client.acquire(r, ttl=0.2, lock_delay=1.5)
+        time.sleep(0.4)
         with self.assertRaises(LeaseBusy):
             self.client.acquire(r, ttl=1)
-        time.sleep(0.6)
+        time.sleep(1.5)
         self.client.release(self.client.acquire(r, ttl=1))
 
     def test_watch_answers_on_a_new_grant(self) -> None:
@@ -408,10 +408,10 @@ class HoldAndKeepAlive(unittest.TestCase):
     def test_hold_renews_and_releases(self) -> None:
         r = fresh("hold")
         with Client(endpoint()) as c:
-            with c.hold(r, ttl=0.3) as held:
+            with c.hold(r, ttl=1.0) as held:
                 token = held.token
-                for _ in range(8):
-                    time.sleep(0.15)
+                for _ in range(6):
+                    time.sleep(0.4)
                     self.assertEqual(held.token, token)
                 self.assertGreater(held.lease.valid_until_ms, now_ms())
             self.assertEqual(c.check(r, token), Stale(current_token=0, last_token=token))
@@ -432,7 +432,7 @@ class HoldAndKeepAlive(unittest.TestCase):
         try:
             with Client(forwarder.endpoint, attempt_timeout=0.3) as c, Client(endpoint()) as other:
                 with self.assertRaises(LeaseLost) as exit_error:
-                    with c.hold(r, ttl=0.6, on_lost=lambda e: lost.append((now_ms(), e))) as held:
+                    with c.hold(r, ttl=1.0, on_lost=lambda e: lost.append((now_ms(), e))) as held:
                         time.sleep(0.5)
                         self.assertTrue(held.valid)
                         forwarder.cut()
@@ -554,9 +554,9 @@ class Asyncio(unittest.TestCase):
         async def main() -> None:
             r = fresh("asynchold")
             async with AsyncClient(endpoint()) as c:
-                async with c.hold(r, ttl=0.3) as held:
+                async with c.hold(r, ttl=1.0) as held:
                     token = held.token
-                    await asyncio.sleep(1.0)
+                    await asyncio.sleep(2.5)
                     self.assertEqual(held.token, token)
                 self.assertIsInstance(await c.check(r, token), Stale)
             forwarder = Forwarder(endpoint())
