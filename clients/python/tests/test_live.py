@@ -584,6 +584,24 @@ class Asyncio(unittest.TestCase):
         finally:
             hung.close()
 
+    def test_a_node_that_hangs_mid_session_is_left(self) -> None:
+        forwarder = Forwarder(endpoint())
+
+        async def main() -> None:
+            async with AsyncClient([forwarder.endpoint, endpoint()], attempt_timeout=0.5) as c:
+                self.assertEqual(c.endpoint, forwarder.endpoint)
+                forwarder.cut()
+                start = time.monotonic()
+                lease = await c.acquire(fresh("asyncmidhang"), ttl=2)
+                self.assertLess(time.monotonic() - start, 3)
+                self.assertEqual(c.endpoint, endpoint())
+                await c.release(lease)
+
+        try:
+            self.run_async(main())
+        finally:
+            forwarder.close()
+
 
 if __name__ == "__main__":
     unittest.main()
