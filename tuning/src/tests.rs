@@ -521,11 +521,15 @@ fn duration_bounds() {
 
     // Replication is one of two words.
     assert_eq!(
-        accepts("leases", "replication", "\"none\"").leases.replication,
+        accepts("leases", "replication", "\"none\"")
+            .leases
+            .replication,
         crate::Replication::None
     );
     assert_eq!(
-        accepts("leases", "replication", "\"Quorum\"").leases.replication,
+        accepts("leases", "replication", "\"Quorum\"")
+            .leases
+            .replication,
         crate::Replication::Quorum
     );
     assert_eq!(
