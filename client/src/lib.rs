@@ -37,6 +37,7 @@ mod blocking;
 pub mod cli;
 pub mod clock;
 mod error;
+pub mod failover;
 mod handshake;
 mod keepalive;
 mod lease;
