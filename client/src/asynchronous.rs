@@ -29,7 +29,7 @@ use crate::blocking::{
 };
 use crate::clock::boottime_ms;
 use crate::failover::{
-    connection_is_dead, is_node_failure, millis, Attempt, Endpoints, Next, Retry,
+    connection_is_dead, is_node_failure, millis, renew_attempt, Attempt, Endpoints, Next, Retry,
 };
 use crate::handshake::{Handshake, Step};
 use crate::lease::{AcquireOutcome, Lease, TokenOutcome};
@@ -248,6 +248,21 @@ impl AsyncClient {
         F: Fn(Arc<Inner>, Attempt) -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
+        self.follow_within(deadline_ms, self.link.options.attempt_timeout, attempt)
+            .await
+    }
+
+    /// [`AsyncClient::follow`] with another per-attempt deadline.
+    async fn follow_within<T, F, Fut>(
+        &self,
+        deadline_ms: u64,
+        budget: Duration,
+        attempt: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(Arc<Inner>, Attempt) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
         if boottime_ms() >= deadline_ms {
             return Err(ClientError::Timeout {
                 endpoint: self.current().endpoint.clone(),
@@ -255,7 +270,7 @@ impl AsyncClient {
             });
         }
         let count = self.link.endpoints.lock().expect("endpoints lock").len();
-        let mut retry = Retry::new(deadline_ms, self.link.options.attempt_timeout, count);
+        let mut retry = Retry::new(deadline_ms, budget, count);
         let mut want = Want::Current;
         loop {
             let connect_deadline = retry.attempt_deadline_ms(boottime_ms());
@@ -571,7 +586,8 @@ impl AsyncClient {
         deadline_ms: u64,
     ) -> Result<TokenOutcome, ClientError> {
         let ttl_ms = millis_u32(ttl, "ttl")?;
-        self.follow(deadline_ms, |inner, attempt| async move {
+        let budget = renew_attempt(self.link.options.attempt_timeout, ttl);
+        self.follow_within(deadline_ms, budget, |inner, attempt| async move {
             let send_ms = boottime_ms();
             let request = Request::Renew {
                 resource: resource.into(),

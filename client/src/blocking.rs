@@ -24,8 +24,8 @@ use palisade_proto::{
 
 use crate::clock::boottime_ms;
 use crate::failover::{
-    connection_is_dead, is_node_failure, millis, split_endpoints, Attempt, Endpoints, Next, Retry,
-    ATTEMPT_TIMEOUT_DEFAULT,
+    connection_is_dead, is_node_failure, millis, renew_attempt, split_endpoints, Attempt,
+    Endpoints, Next, Retry, ATTEMPT_TIMEOUT_DEFAULT,
 };
 use crate::handshake::{Handshake, Identity, Step};
 use crate::lease::{valid_until, AcquireOutcome, Lease, TokenOutcome};
@@ -647,12 +647,22 @@ impl Client {
     fn follow<T>(
         &mut self,
         deadline_ms: u64,
+        attempt: impl FnMut(&mut Conn, Attempt) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        self.follow_within(deadline_ms, self.attempt_timeout, attempt)
+    }
+
+    /// [`Client::follow`] with another per-attempt deadline.
+    fn follow_within<T>(
+        &mut self,
+        deadline_ms: u64,
+        budget: Duration,
         mut attempt: impl FnMut(&mut Conn, Attempt) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {
         if boottime_ms() >= deadline_ms {
             return Err(timeout_error(&self.endpoint, 0));
         }
-        let mut retry = Retry::new(deadline_ms, self.attempt_timeout, self.endpoints.len());
+        let mut retry = Retry::new(deadline_ms, budget, self.endpoints.len());
         let mut target: Option<String> = None;
         loop {
             let (error, endpoint, sent) = if self.conn.is_none() || target.is_some() {
@@ -786,7 +796,8 @@ impl Client {
             token,
             ttl_ms,
         };
-        self.follow(deadline_ms, |conn, attempt| {
+        let budget = renew_attempt(self.attempt_timeout, ttl);
+        self.follow_within(deadline_ms, budget, |conn, attempt| {
             let send_ms = boottime_ms();
             let response = conn.call(&request, attempt.deadline_ms)?;
             token_outcome(

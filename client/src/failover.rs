@@ -29,7 +29,22 @@
 //! Each attempt (connect and handshake, then the request) must finish
 //! within the per-attempt deadline, `min(attempt_timeout, time left)`, so
 //! one node that accepts connections and never answers costs a caller
-//! about one `attempt_timeout`, not its whole deadline.
+//! about one `attempt_timeout`, not its whole deadline. (A renewal's
+//! attempts also get at most a quarter of the ttl,
+//! [`RENEW_ATTEMPT_FRACTION`], so a hung leader cannot eat a short lease.)
+//! A request the server may hold for long (a waiting acquire, a watch) is
+//! due after its wait plus one `attempt_timeout`; while it waits, a silent
+//! connection is probed with a `Status` request every `attempt_timeout`,
+//! and a probe unanswered for as long marks the node as hung.
+//!
+//! What retries rely on: a redirected or refused request was not carried
+//! out; an acquire repeated with the same holder id returns the same token
+//! if the first one was granted (a new leader keeps the grant); a renewal
+//! with the same token is harmless; a release repeated after a lost answer
+//! may find the lease gone, which the clients report as released (see
+//! [`crate::Client::release`]). A waiting acquire re-sent after a failover
+//! asks for the wait that is left and loses its place in the old leader's
+//! queue.
 
 use std::time::Duration;
 
@@ -47,6 +62,12 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(25);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Redirects followed back to back without pausing.
 pub const REDIRECT_HOPS_FREE: u32 = 3;
+/// A renewal gives each attempt at most `ttl / RENEW_ATTEMPT_FRACTION`
+/// (and at most the per-attempt deadline), so that one hung node leaves
+/// most of a short lease's validity to the others.
+pub const RENEW_ATTEMPT_FRACTION: u32 = 4;
+/// The shortest per-attempt deadline a renewal gets, however short its ttl.
+pub const RENEW_ATTEMPT_MIN: Duration = Duration::from_millis(20);
 /// Attempts of one call at most, whatever its deadline (a bound on the
 /// loop, not a policy: at [`BACKOFF_MAX`] per round it is over an hour).
 pub const ATTEMPTS_MAX: u32 = 4096;
@@ -74,6 +95,12 @@ pub(crate) fn connection_is_dead(error: &ClientError) -> bool {
         ClientError::Server { code, .. } => code.closes_connection(),
         _ => false,
     }
+}
+
+/// The per-attempt deadline of a renewal for `ttl` (see
+/// [`RENEW_ATTEMPT_FRACTION`]).
+pub(crate) fn renew_attempt(attempt: Duration, ttl: Duration) -> Duration {
+    attempt.min((ttl / RENEW_ATTEMPT_FRACTION).max(RENEW_ATTEMPT_MIN))
 }
 
 pub(crate) fn millis(d: Duration) -> u64 {
@@ -408,6 +435,27 @@ mod tests {
         assert_eq!(attempt.answer_due_ms(1_000, 30_000), 20_000);
         assert_eq!(Attempt::wait_left_ms(1_000, 6_000), 5_000);
         assert_eq!(Attempt::wait_left_ms(7_000, 6_000), 0);
+    }
+
+    #[test]
+    fn renewals_give_each_attempt_a_quarter_of_the_ttl_at_most() {
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            renew_attempt(second, Duration::from_secs(10)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            renew_attempt(second, Duration::from_millis(900)),
+            Duration::from_millis(225)
+        );
+        assert_eq!(
+            renew_attempt(second, Duration::from_millis(10)),
+            RENEW_ATTEMPT_MIN
+        );
+        assert_eq!(
+            renew_attempt(Duration::from_millis(5), Duration::from_secs(10)),
+            Duration::from_millis(5)
+        );
     }
 
     #[test]

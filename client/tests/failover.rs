@@ -675,3 +675,39 @@ fn the_keepalive_thread_renews_through_a_hung_leader() {
     }
     kept.stop();
 }
+
+#[test]
+fn a_short_lease_survives_a_hung_leader_with_the_default_attempt_timeout() {
+    // Renewals at ttl/3 leave about 800 ms of validity; a full one-second
+    // attempt at the hung leader would eat all of it.
+    let shared = table();
+    let a = FakeNode::with_table(Mode::Serve, shared.clone());
+    let b = FakeNode::with_table(Mode::Serve, shared);
+    let options = options(&[&a, &b], ConnectOptions::new("x:1", "t").attempt_timeout);
+    assert_eq!(options.attempt_timeout, Duration::from_secs(1));
+    runtime().block_on(async {
+        let client = AsyncClient::connect(&options).await.expect("connect");
+        let lease = granted(
+            client
+                .acquire("kept", AcquireOptions::new(Duration::from_millis(1_200)))
+                .await
+                .expect("acquire"),
+        );
+        let mut kept = keep_alive(client, lease.clone(), None);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        a.set_mode(Mode::Hang);
+        tokio::time::sleep(Duration::from_millis(3_000)).await;
+        let mut renewals = 0;
+        while let Ok(event) = kept.events.try_recv() {
+            match event {
+                LeaseEvent::Renewed(renewed) => {
+                    assert_eq!(renewed.token, lease.token);
+                    renewals += 1;
+                }
+                lost @ LeaseEvent::Lost { .. } => panic!("lost to a hung leader: {lost:?}"),
+            }
+        }
+        assert!(renewals >= 3, "{renewals} renewals");
+        assert!(b.count(is_renew) >= 3, "renewed at b");
+    });
+}
