@@ -35,8 +35,8 @@ use crate::ClientError;
 pub const RESPONSE_PAYLOAD_MAX: u32 = 1 << 16;
 /// Largest request payload the client sends.
 const REQUEST_PAYLOAD_MAX: u32 = 1 << 14;
-/// Shortest read timeout (a zero timeout means "block" to std).
-const READ_TIMEOUT_MIN: Duration = Duration::from_millis(1);
+/// Shortest socket timeout (a zero timeout means "block" to std).
+const SOCKET_TIMEOUT_MIN: Duration = Duration::from_millis(1);
 
 /// Where and how to connect.
 ///
@@ -257,7 +257,7 @@ impl Conn {
                 ));
             }
             let timeout = options.connect_timeout.min(Duration::from_millis(left_ms));
-            match TcpStream::connect_timeout(&addr, timeout.max(READ_TIMEOUT_MIN)) {
+            match TcpStream::connect_timeout(&addr, timeout.max(SOCKET_TIMEOUT_MIN)) {
                 Ok(s) => {
                     stream = Some(s);
                     break;
@@ -272,6 +272,11 @@ impl Conn {
                 }))
             })?;
         stream.set_nodelay(true).map_err(io)?;
+        // A stopped peer whose receive window filled up must not block a
+        // write for ever: that is a failed node too.
+        stream
+            .set_write_timeout(Some(options.attempt_timeout.max(SOCKET_TIMEOUT_MIN)))
+            .map_err(io)?;
         let frame_max = HEADER_LEN + padded_len(RESPONSE_PAYLOAD_MAX as usize);
         let mut conn = Conn {
             stream,
@@ -430,7 +435,7 @@ impl Conn {
             self.flush()?;
             let read_timeout = Duration::from_millis(wake_ms.saturating_sub(now));
             self.stream
-                .set_read_timeout(Some(read_timeout.max(READ_TIMEOUT_MIN)))
+                .set_read_timeout(Some(read_timeout.max(SOCKET_TIMEOUT_MIN)))
                 .map_err(|e| self.io_error(e))?;
             let spare = self.rx.spare();
             match self.stream.read(spare) {
@@ -566,6 +571,7 @@ impl Client {
     /// Changes the time allowed for one attempt at one node.
     pub fn set_attempt_timeout(&mut self, timeout: Duration) {
         self.attempt_timeout = timeout;
+        self.options.attempt_timeout = timeout;
     }
 
     /// The endpoint this client talks to (or last talked to, while it has
