@@ -254,7 +254,7 @@ fn a_renewal_is_never_waited_on_past_the_leases_validity() {
     let now = boottime_ms();
     assert!(result.is_err(), "{result:?}");
     assert!(
-        now <= lease.valid_until_ms + 300,
+        now <= lease.valid_until_ms + 500,
         "gave up {} ms after the lease's validity ended",
         now.saturating_sub(lease.valid_until_ms)
     );
@@ -453,7 +453,8 @@ fn requeue_case(fail: fn(&FakeNode), run_async: bool) {
     let (first, again) = (a.acquires(), b.acquires());
     assert_eq!(first.len(), 1, "{first:?}");
     assert_eq!(again.len(), 1, "{again:?}");
-    assert_eq!(first[0], (31, 5_000));
+    assert_eq!(first[0].0, 31);
+    assert!(first[0].1 > 4_900, "first sent with {} ms", first[0].1);
     let (holder, wait_ms) = again[0];
     assert_eq!(holder, 31, "same holder id");
     assert!(
@@ -502,7 +503,10 @@ fn a_waiting_acquire_on_a_live_node_is_not_interrupted_by_its_probes() {
         client.acquire("disk0", acquire)
     });
     granted(result.expect("acquire"));
-    assert_eq!(a.acquires(), [(32, 3_000)], "queued once, never re-sent");
+    let queued = a.acquires();
+    assert_eq!(queued.len(), 1, "queued once, never re-sent: {queued:?}");
+    assert_eq!(queued[0].0, 32);
+    assert!(queued[0].1 > 2_900, "{queued:?}");
     assert_eq!(b.count(is_acquire), 0, "a live node was abandoned");
     assert!(
         a.count(|r| matches!(r, Request::Status)) >= 2,
@@ -581,7 +585,7 @@ fn keepalive_keeps_the_token_across_a_failover_and_reports_loss_at_validity_end(
             "reported lost while still valid"
         );
         assert!(
-            now <= lost.valid_until_ms + 300,
+            now <= lost.valid_until_ms + 500,
             "reported {} ms after validity ended",
             now - lost.valid_until_ms
         );
@@ -669,7 +673,7 @@ fn the_keepalive_thread_renews_through_a_hung_leader() {
                 now >= lost.valid_until_ms,
                 "reported lost while still valid"
             );
-            assert!(now <= lost.valid_until_ms + 300, "reported late");
+            assert!(now <= lost.valid_until_ms + 500, "reported late");
         }
         other => panic!("{other:?}"),
     }
