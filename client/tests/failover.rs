@@ -414,6 +414,61 @@ fn a_retried_release_that_finds_the_lease_gone_reports_released() {
     ));
 }
 
+// ------------------------------------------ abandoned grants (point 6)
+
+#[test]
+fn a_grant_that_arrives_after_the_caller_gave_up_is_released() {
+    let shared = table();
+    let node = FakeNode::with_table(Mode::Slow { delay_ms: 700 }, shared.clone());
+    // The caller's deadline passes before the slow node answers; the
+    // attempt deadline is longer, so the node is not taken for failed.
+    let mut options = options(&[&node], Duration::from_secs(5));
+    options.request_timeout = Duration::from_millis(300);
+    let mut client = Client::connect(&options).expect("connect");
+    let result = client.acquire("disk0", AcquireOptions::new(Duration::from_secs(10)));
+    assert!(
+        matches!(result, Err(ClientError::Timeout { .. })),
+        "{result:?}"
+    );
+    std::thread::sleep(Duration::from_millis(800)); // the grant is made
+    let token = shared.lock().expect("table").leases["disk0"].token;
+    node.set_mode(Mode::Serve);
+    // The next call reads the late grant and gives it back.
+    client.set_request_timeout(Duration::from_secs(5));
+    client.check("other", 1).expect("check");
+    let released = node.seen().into_iter().any(|s| {
+        matches!(s.request, Request::Release { ref resource, token: t } if resource == "disk0" && t == token)
+    });
+    assert!(released, "the abandoned grant was not released");
+    assert!(!shared.lock().expect("table").leases.contains_key("disk0"));
+}
+
+#[test]
+fn a_cancelled_async_waiting_acquire_releases_its_late_grant() {
+    let shared = table();
+    shared.lock().expect("table").hold("disk0", 999);
+    let node = FakeNode::with_table(Mode::Serve, shared.clone());
+    let options = options(&[&node], QUICK_ATTEMPT);
+    runtime().block_on(async {
+        let client = AsyncClient::connect(&options).await.expect("connect");
+        let mut acquire = AcquireOptions::new(Duration::from_secs(10));
+        acquire.wait = Duration::from_secs(5);
+        let cancelled =
+            tokio::time::timeout(Duration::from_millis(300), client.acquire("disk0", acquire))
+                .await;
+        assert!(cancelled.is_err(), "the caller gave up");
+        // The holder releases; the queued acquire is granted to nobody.
+        shared.lock().expect("table").leases.remove("disk0");
+        let deadline = boottime_ms() + 3_000;
+        while node.count(is_release) == 0 && boottime_ms() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(client);
+    });
+    assert_eq!(node.count(is_release), 1, "the late grant was given back");
+    assert!(!shared.lock().expect("table").leases.contains_key("disk0"));
+}
+
 // ------------------------------------------- waiting acquires (point 5)
 
 /// A resource held by someone else, a waiting acquire queued at `a`, and

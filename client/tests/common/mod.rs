@@ -42,6 +42,11 @@ pub enum Mode {
     /// Carry the first lease request out (commit it), then close without
     /// answering: the answer is lost.
     ApplyThenClose,
+    /// Serve, but only after this long (a slow leader).
+    Slow {
+        /// Delay before each lease answer.
+        delay_ms: u64,
+    },
     /// Answer lease requests `Unavailable` this many more times, then serve.
     Unavailable {
         /// Refusals left.
@@ -383,6 +388,12 @@ fn answer(shared: &Shared, request: &Request) -> Answer {
                 retry_after_ms: *retry_after_ms,
                 message: "not ready".into(),
             })
+        }
+        Mode::Slow { delay_ms } => {
+            let delay = Duration::from_millis(*delay_ms);
+            drop(mode);
+            std::thread::sleep(delay);
+            serve(shared, request)
         }
         Mode::Serve | Mode::Unavailable { .. } => serve(shared, request),
     }
