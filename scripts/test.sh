@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, property, integration (real `palisade serve`
 # processes on loopback), doc tests, benchmark smoke runs, the deterministic
-# simulation of the control plane, and the loom models of the lease table.
+# simulation of the control plane, the Python client's tests, and the loom
+# models of the lease table.
 # Needs a Rust toolchain, qemu-utils for the fencing proxy's tests and
 # promtool (Debian's prometheus package) for the metrics tests; as root on
 # Debian it installs them. Run from anywhere.
@@ -60,6 +61,17 @@ echo "== deterministic simulation of the control plane: 2000 seeded schedules"
 PALISADE_SIM_SEEDS=2000 cargo test --locked --release -p palisade-control --test sim
 echo "== deterministic simulation of replicated leases with clients: 2000 seeded schedules each"
 PALISADE_SIM_SEEDS=2000 cargo test --locked --release -p palisade-control --test sim_leases
+
+echo "== Python client (clients/python): codec against proto/vectors, live tests against real binaries"
+# Standard library only. The live tests run the release binaries (a single
+# node, a three-node cluster, the fencing proxy) and skip, saying why, when
+# one is missing.
+if command -v python3 >/dev/null && python3 -c 'import sys; sys.exit(sys.version_info < (3, 9))'; then
+    cargo build --locked --release --bin palisade --bin palisade-fencing-proxy
+    PALISADE_BIN_DIR="$PWD/target/release" python3 -m unittest discover -s clients/python/tests -t clients/python/tests
+else
+    echo "SKIP: python3 >= 3.9 not found: the Python client's tests did not run"
+fi
 
 echo "== loom models of the lease table"
 # A separate target dir: --cfg loom rebuilds the table's dependencies.

@@ -1,6 +1,12 @@
 //! An async client on tokio. One connection carries any number of
 //! concurrent calls: each gets a request id, a background task reads the
 //! answers and hands each to its caller (pipelining).
+//!
+//! Lease calls follow the leader across the endpoint list until their own
+//! deadline, exactly as the blocking client does ([`crate::failover`]):
+//! when the node fails (broken connection, no answer within the
+//! per-attempt deadline) or redirects, the client connects elsewhere and
+//! every clone moves to the new connection.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,12 +24,15 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use crate::blocking::{
-    acquire_outcome, acquire_request, millis_u32, token_outcome, unexpected, AcquireOptions,
-    ConnectOptions, RESPONSE_PAYLOAD_MAX,
+    acquire_outcome, acquire_request, millis_u32, release_outcome, token_outcome, unexpected,
+    AcquireOptions, ConnectOptions, RESPONSE_PAYLOAD_MAX,
 };
 use crate::clock::boottime_ms;
+use crate::failover::{
+    connection_is_dead, is_node_failure, millis, renew_attempt, Attempt, Endpoints, Next, Retry,
+};
 use crate::handshake::{Handshake, Step};
-use crate::lease::{AcquireOutcome, TokenOutcome};
+use crate::lease::{AcquireOutcome, Lease, TokenOutcome};
 use crate::ClientError;
 
 type Reply = oneshot::Sender<Result<Response, ClientError>>;
@@ -48,7 +57,6 @@ struct Inner {
     pending: Mutex<Pending>,
     next_id: AtomicU64,
     welcome: OnceLock<Welcome>,
-    request_timeout: Duration,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -79,6 +87,10 @@ impl Inner {
         }
     }
 
+    fn is_closed(&self) -> bool {
+        self.pending.lock().expect("pending lock").closed.is_some()
+    }
+
     /// Encodes and queues one frame; returns its id.
     fn send(&self, request: &Request) -> Result<u64, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -89,6 +101,10 @@ impl Inner {
             .send(frame)
             .map_err(|_| self.connection_error("connection closed"))?;
         Ok(id)
+    }
+
+    fn drift_ppm(&self) -> u32 {
+        self.welcome.get().map_or(0, |w| w.max_drift_ppm)
     }
 }
 
@@ -114,8 +130,8 @@ impl Drop for CallGuard<'_> {
 }
 
 /// A connected, authenticated async client. Cheap to clone; clones share
-/// the connection. Lease calls follow redirects to the leader: the client
-/// then reconnects there, for every clone.
+/// the connection. Lease calls follow the leader across the endpoint list
+/// (see the module docs): the client then reconnects, for every clone.
 #[derive(Clone)]
 pub struct AsyncClient {
     link: Arc<Link>,
@@ -123,6 +139,7 @@ pub struct AsyncClient {
 
 struct Link {
     options: ConnectOptions,
+    endpoints: Mutex<Endpoints>,
     current: Mutex<Arc<Inner>>,
 }
 
@@ -135,15 +152,31 @@ impl std::fmt::Debug for AsyncClient {
 }
 
 const REQUEST_PAYLOAD_MAX: u32 = 1 << 14;
-const WAIT_MARGIN: Duration = Duration::from_secs(5);
+
+/// Where the next attempt of a call runs.
+enum Want {
+    /// On the current connection, or, if it is closed, on a new one to the
+    /// endpoint after its own.
+    Current,
+    /// On a new connection to this endpoint (a redirect's leader).
+    Endpoint(String),
+    /// On the current connection if another call already replaced the one
+    /// that failed with an open one; otherwise on a new connection to the
+    /// endpoint after this one.
+    After(String),
+}
 
 impl AsyncClient {
-    /// Connects and completes the handshake.
+    /// Connects to the first endpoint of `options.endpoint` that completes
+    /// the handshake within the per-attempt deadline, trying each once in
+    /// order (see [`crate::Client::connect`]).
     pub async fn connect(options: &ConnectOptions) -> Result<AsyncClient, ClientError> {
-        let inner = open(options).await?;
+        let endpoints = Endpoints::parse(&options.endpoint)?;
+        let inner = connect_pass(options, &endpoints, &endpoints.list()[0]).await?;
         Ok(AsyncClient {
             link: Arc::new(Link {
                 options: options.clone(),
+                endpoints: Mutex::new(endpoints),
                 current: Mutex::new(inner),
             }),
         })
@@ -153,188 +186,371 @@ impl AsyncClient {
         self.link.current.lock().expect("link lock").clone()
     }
 
-    /// Runs `call` on the current connection, following redirects to the
-    /// leader and waiting out moments without one, up to
-    /// [`crate::blocking::REDIRECTS_MAX`] attempts.
-    async fn follow_leader<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    fn install(&self, inner: Arc<Inner>) {
+        *self.link.current.lock().expect("link lock") = inner;
+    }
+
+    fn endpoint_after(&self, failed: &str) -> String {
+        self.link
+            .endpoints
+            .lock()
+            .expect("endpoints lock")
+            .after(failed)
+    }
+
+    /// The endpoint of the current connection.
+    #[must_use]
+    pub fn endpoint(&self) -> String {
+        self.current().endpoint.clone()
+    }
+
+    /// The endpoints this client may fail over to, in order.
+    #[must_use]
+    pub fn endpoints(&self) -> Vec<String> {
+        self.link
+            .endpoints
+            .lock()
+            .expect("endpoints lock")
+            .list()
+            .to_vec()
+    }
+
+    /// The connection an attempt runs on, connecting within
+    /// `deadline_ms` if it needs a new one.
+    async fn connection(&self, want: Want, deadline_ms: u64) -> Result<Arc<Inner>, ClientError> {
+        let endpoint = match want {
+            Want::Current => {
+                let current = self.current();
+                if !current.is_closed() {
+                    return Ok(current);
+                }
+                self.endpoint_after(&current.endpoint)
+            }
+            Want::After(failed) => {
+                let current = self.current();
+                if !current.is_closed() && current.endpoint != failed {
+                    return Ok(current);
+                }
+                self.endpoint_after(&failed)
+            }
+            Want::Endpoint(endpoint) => endpoint,
+        };
+        let inner = open(&self.link.options, &endpoint, deadline_ms).await?;
+        self.install(inner.clone());
+        Ok(inner)
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or `deadline_ms`
+    /// passes, following the leader across the endpoint list as
+    /// [`crate::failover`] describes.
+    async fn follow<T, F, Fut>(&self, deadline_ms: u64, attempt: F) -> Result<T, ClientError>
     where
-        F: Fn(Arc<Inner>) -> Fut,
+        F: Fn(Arc<Inner>, Attempt) -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
-        let mut pause = Duration::from_millis(25);
-        let mut attempt = 1;
-        loop {
-            let inner = self.current();
-            match call(inner.clone()).await {
-                Err(ClientError::Redirect { endpoint, .. })
-                    if attempt < crate::blocking::REDIRECTS_MAX =>
-                {
-                    if endpoint.is_empty() || endpoint == inner.endpoint {
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_millis(500));
-                    } else {
-                        let mut options = self.link.options.clone();
-                        options.endpoint = endpoint;
-                        let fresh = open(&options).await?;
-                        let mut current = self.link.current.lock().expect("link lock");
-                        // Another clone may have moved on already.
-                        if Arc::ptr_eq(&current, &inner) {
-                            *current = fresh;
-                        }
-                    }
-                }
-                other => return other,
-            }
-            attempt += 1;
-        }
+        self.follow_within(deadline_ms, self.link.options.attempt_timeout, attempt)
+            .await
     }
-}
 
-/// Connects to `options.endpoint` and completes the handshake.
-async fn open(options: &ConnectOptions) -> Result<Arc<Inner>, ClientError> {
+    /// [`AsyncClient::follow`] with another per-attempt deadline.
+    async fn follow_within<T, F, Fut>(
+        &self,
+        deadline_ms: u64,
+        budget: Duration,
+        attempt: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(Arc<Inner>, Attempt) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
-        let io = |source| ClientError::Io {
-            endpoint: options.endpoint.clone(),
-            source,
-        };
-        let stream = tokio::time::timeout(
-            options.connect_timeout,
-            TcpStream::connect(options.endpoint.as_str()),
-        )
-        .await
-        .map_err(|_| ClientError::Timeout {
-            endpoint: options.endpoint.clone(),
-            timeout_ms: u64::try_from(options.connect_timeout.as_millis()).unwrap_or(u64::MAX),
-        })?
-        .map_err(io)?;
-        stream.set_nodelay(true).map_err(io)?;
-        let (read, write) = stream.into_split();
-        let (frames, frames_rx) = tokio::sync::mpsc::unbounded_channel();
-        let inner = Arc::new(Inner {
-            endpoint: options.endpoint.clone(),
-            frames,
-            pending: Mutex::new(Pending::default()),
-            next_id: AtomicU64::new(1),
-            welcome: OnceLock::new(),
-            request_timeout: options.request_timeout,
-            tasks: Mutex::new(Vec::new()),
-        });
-        let reader = tokio::spawn(read_loop(Arc::downgrade(&inner), read));
-        let writer = tokio::spawn(write_loop(Arc::downgrade(&inner), write, frames_rx));
-        inner
-            .tasks
-            .lock()
-            .expect("tasks lock")
-            .extend([reader, writer]);
-        let (mut handshake, hello) = Handshake::start(options.identity.clone());
-        let mut response = call_on(&inner, &hello, options.request_timeout).await?;
+        if boottime_ms() >= deadline_ms {
+            return Err(ClientError::Timeout {
+                endpoint: self.current().endpoint.clone(),
+                timeout_ms: 0,
+            });
+        }
+        let count = self.link.endpoints.lock().expect("endpoints lock").len();
+        let mut retry = Retry::new(deadline_ms, budget, count);
+        let mut want = Want::Current;
         loop {
-            match handshake.on_response(response)? {
-                Step::Send(request) => {
-                    response = call_on(&inner, &request, options.request_timeout).await?;
+            let connect_deadline = retry.attempt_deadline_ms(boottime_ms());
+            let target = match &want {
+                Want::Endpoint(e) | Want::After(e) => e.clone(),
+                Want::Current => self.current().endpoint.clone(),
+            };
+            let (error, endpoint, used) = match self.connection(want, connect_deadline).await {
+                Err(e) => {
+                    let failed = match &e {
+                        ClientError::Io { endpoint, .. }
+                        | ClientError::Timeout { endpoint, .. } => endpoint.clone(),
+                        _ => target,
+                    };
+                    (e, failed, None)
                 }
-                Step::Done(welcome) => {
-                    let _ = inner.welcome.set(welcome);
-                    return Ok(inner);
+                Ok(inner) => match attempt(inner.clone(), retry.attempt(boottime_ms())).await {
+                    Ok(value) => return Ok(value),
+                    Err(e) => (e, inner.endpoint.clone(), Some(inner)),
+                },
+            };
+            let next = retry.handle_error(boottime_ms(), &error, &endpoint, used.is_some());
+            if let Some(inner) = &used {
+                if connection_is_dead(&error) || matches!(next, Next::OtherNode { .. }) {
+                    // Every call on a hung or broken connection moves on
+                    // with this one. (A call that gives up at its own
+                    // deadline leaves a live connection open, so that a
+                    // late grant is still released.)
+                    inner.close(format!("given up on {}: {error}", inner.endpoint));
                 }
             }
+            want = match next {
+                Next::GiveUp => return Err(error),
+                Next::Again { .. } if used.is_some() => Want::Current,
+                Next::Again { .. } | Next::OtherNode { .. } => Want::After(endpoint),
+                Next::Connect { ref endpoint, .. } => Want::Endpoint(endpoint.clone()),
+            };
+            tokio::time::sleep(Duration::from_millis(next.pause_ms())).await;
         }
+    }
+
+    fn call_deadline(&self, extra: Duration) -> u64 {
+        boottime_ms() + millis(self.link.options.request_timeout + extra)
     }
 }
 
-impl Inner {
-    fn drift_ppm(&self) -> u32 {
-        self.welcome.get().map_or(0, |w| w.max_drift_ppm)
+/// One pass over the endpoint list, starting at `first`, until a node
+/// completes the handshake (each within the per-attempt deadline).
+async fn connect_pass(
+    options: &ConnectOptions,
+    endpoints: &Endpoints,
+    first: &str,
+) -> Result<Arc<Inner>, ClientError> {
+    let mut endpoints = endpoints.clone();
+    let mut endpoint = first.to_owned();
+    let budget = millis(options.attempt_timeout.min(options.request_timeout)).max(1);
+    let mut last = None;
+    for _ in 0..endpoints.len() {
+        match open(options, &endpoint, boottime_ms() + budget).await {
+            Ok(inner) => return Ok(inner),
+            Err(e) if is_node_failure(&e) => last = Some(e),
+            Err(e) => return Err(e),
+        }
+        endpoint = endpoints.after(&endpoint);
+    }
+    Err(last.expect("the list has at least one endpoint"))
+}
+
+/// Connects to `endpoint` and completes the handshake by `deadline_ms`.
+async fn open(
+    options: &ConnectOptions,
+    endpoint: &str,
+    deadline_ms: u64,
+) -> Result<Arc<Inner>, ClientError> {
+    let budget = Duration::from_millis(deadline_ms.saturating_sub(boottime_ms()));
+    let timed_out = || ClientError::Timeout {
+        endpoint: endpoint.to_owned(),
+        timeout_ms: millis(budget),
+    };
+    let io = |source| ClientError::Io {
+        endpoint: endpoint.to_owned(),
+        source,
+    };
+    let stream = tokio::time::timeout(
+        options.connect_timeout.min(budget),
+        TcpStream::connect(endpoint),
+    )
+    .await
+    .map_err(|_| timed_out())?
+    .map_err(io)?;
+    stream.set_nodelay(true).map_err(io)?;
+    let (read, write) = stream.into_split();
+    let (frames, frames_rx) = tokio::sync::mpsc::unbounded_channel();
+    let inner = Arc::new(Inner {
+        endpoint: endpoint.to_owned(),
+        frames,
+        pending: Mutex::new(Pending::default()),
+        next_id: AtomicU64::new(1),
+        welcome: OnceLock::new(),
+        tasks: Mutex::new(Vec::new()),
+    });
+    let reader = tokio::spawn(read_loop(Arc::downgrade(&inner), read));
+    let writer = tokio::spawn(write_loop(Arc::downgrade(&inner), write, frames_rx));
+    inner
+        .tasks
+        .lock()
+        .expect("tasks lock")
+        .extend([reader, writer]);
+    let (mut handshake, hello) = Handshake::start(options.identity.clone());
+    let mut response = call_until(&inner, &hello, deadline_ms).await?;
+    loop {
+        match handshake.on_response(response)? {
+            Step::Send(request) => {
+                response = call_until(&inner, &request, deadline_ms).await?;
+            }
+            Step::Done(welcome) => {
+                let _ = inner.welcome.set(welcome);
+                return Ok(inner);
+            }
+        }
     }
 }
 
 impl AsyncClient {
-    /// What the server said at the handshake.
+    /// What the server said at the handshake (the node of the current
+    /// connection).
     #[must_use]
     pub fn welcome(&self) -> Option<Welcome> {
         self.current().welcome.get().cloned()
     }
 
-    /// Sends one request and waits up to the request timeout for its answer.
-    pub async fn call(&self, request: &Request) -> Result<Response, ClientError> {
-        let inner = self.current();
-        call_on(&inner, request, inner.request_timeout).await
+    /// The current connection, reconnecting (one pass over the list) if
+    /// it was lost.
+    async fn connected(&self) -> Result<Arc<Inner>, ClientError> {
+        let current = self.current();
+        if !current.is_closed() {
+            return Ok(current);
+        }
+        let first = self.endpoint_after(&current.endpoint);
+        let endpoints = self.link.endpoints.lock().expect("endpoints lock").clone();
+        let inner = connect_pass(&self.link.options, &endpoints, &first).await?;
+        self.install(inner.clone());
+        Ok(inner)
     }
 
-    /// Sends one request and waits up to `timeout`.
+    /// Sends one request and waits up to the request timeout for its
+    /// answer, on the current connection (reconnecting first if it was
+    /// lost; no failover: see [`AsyncClient::acquire`] and friends).
+    pub async fn call(&self, request: &Request) -> Result<Response, ClientError> {
+        self.call_within(request, self.link.options.request_timeout)
+            .await
+    }
+
+    /// Sends one request and waits up to `timeout`, like
+    /// [`AsyncClient::call`].
     pub async fn call_within(
         &self,
         request: &Request,
         timeout: Duration,
     ) -> Result<Response, ClientError> {
-        call_on(&self.current(), request, timeout).await
+        let inner = self.connected().await?;
+        call_until(&inner, request, boottime_ms() + millis(timeout)).await
     }
 }
 
-/// Sends one request on `inner` and waits up to `timeout` for its answer.
-async fn call_on(
+/// Sends one request on `inner` and waits until `deadline_ms` for its
+/// answer.
+async fn call_until(
     inner: &Arc<Inner>,
     request: &Request,
-    timeout: Duration,
+    deadline_ms: u64,
 ) -> Result<Response, ClientError> {
-    {
-        let inner = &**inner;
-        let (tx, rx) = oneshot::channel();
-        let id = {
-            // Register before sending so the answer cannot outrun us.
-            let mut pending = inner.pending.lock().expect("pending lock");
-            if let Some(why) = &pending.closed {
-                return Err(inner.connection_error(why));
+    let inner = &**inner;
+    let (tx, rx) = oneshot::channel();
+    let id = {
+        // Register before sending so the answer cannot outrun us.
+        let mut pending = inner.pending.lock().expect("pending lock");
+        if let Some(why) = &pending.closed {
+            return Err(inner.connection_error(why));
+        }
+        let id = inner.send(request)?;
+        pending.waiting.insert(id, tx);
+        if let Request::Acquire { resource, .. } = request {
+            pending.acquires.insert(id, resource.clone());
+        }
+        id
+    };
+    let mut guard = CallGuard {
+        inner,
+        id,
+        answered: false,
+    };
+    let timeout = Duration::from_millis(deadline_ms.saturating_sub(boottime_ms()));
+    let result = match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(result)) => {
+            guard.answered = true;
+            result
+        }
+        Ok(Err(_)) => Err(inner.connection_error("connection closed before the answer")),
+        Err(_) => Err(ClientError::Timeout {
+            endpoint: inner.endpoint.clone(),
+            timeout_ms: millis(timeout),
+        }),
+    };
+    drop(guard);
+    result
+}
+
+/// Sends a request the server may hold for long (a waiting acquire, a
+/// watch) and waits until `deadline_ms` for its answer. Whenever
+/// `probe_ms` passes without the answer, a `Status` request must be
+/// answered within `probe_ms`; if it is not, the node is taken for hung,
+/// the connection is closed and the call ends with a timeout.
+async fn call_probed(
+    inner: &Arc<Inner>,
+    request: &Request,
+    deadline_ms: u64,
+    probe_ms: u64,
+) -> Result<Response, ClientError> {
+    let call = call_until(inner, request, deadline_ms);
+    tokio::pin!(call);
+    loop {
+        let quiet = tokio::time::sleep(Duration::from_millis(probe_ms));
+        tokio::select! {
+            result = &mut call => return result,
+            () = quiet => {}
+        }
+        let probe = call_until(inner, &Request::Status, boottime_ms() + probe_ms);
+        tokio::select! {
+            result = &mut call => return result,
+            probed = probe => {
+                if let Err(e) = probed {
+                    inner.close(format!("no answer to a liveness probe: {e}"));
+                    return Err(ClientError::Timeout {
+                        endpoint: inner.endpoint.clone(),
+                        timeout_ms: probe_ms,
+                    });
+                }
             }
-            let id = inner.send(request)?;
-            pending.waiting.insert(id, tx);
-            if let Request::Acquire { resource, .. } = request {
-                pending.acquires.insert(id, resource.clone());
-            }
-            id
-        };
-        let mut guard = CallGuard {
-            inner,
-            id,
-            answered: false,
-        };
-        let result = match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => {
-                guard.answered = true;
-                result
-            }
-            Ok(Err(_)) => Err(inner.connection_error("connection closed before the answer")),
-            Err(_) => Err(ClientError::Timeout {
-                endpoint: inner.endpoint.clone(),
-                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-            }),
-        };
-        drop(guard);
-        result
+        }
     }
 }
 
 impl AsyncClient {
-    /// Acquires `resource`, following the leader.
+    /// Acquires `resource`, following the leader until the request timeout
+    /// plus `options.wait` has passed. Retries keep the holder id, and a
+    /// waiting acquire is queued again at a new leader with the wait that
+    /// is left, as [`crate::Client::acquire`] describes.
     pub async fn acquire(
         &self,
         resource: &str,
         options: AcquireOptions,
     ) -> Result<AcquireOutcome, ClientError> {
-        let request = acquire_request(resource, &options)?;
-        self.follow_leader(|inner| {
-            let request = request.clone();
-            async move {
-                let send_ms = boottime_ms();
-                let timeout = inner.request_timeout + options.wait + WAIT_MARGIN;
-                let response = call_on(&inner, &request, timeout).await?;
-                acquire_outcome(resource, &options, send_ms, inner.drift_ppm(), response)
-            }
+        acquire_request(resource, &options)?;
+        let wait_end_ms = boottime_ms() + millis(options.wait);
+        let deadline_ms = self.call_deadline(options.wait);
+        self.follow(deadline_ms, |inner, attempt| async move {
+            let send_ms = boottime_ms();
+            let wait_ms = Attempt::wait_left_ms(send_ms, wait_end_ms);
+            let request = acquire_request(
+                resource,
+                &AcquireOptions {
+                    wait: Duration::from_millis(u64::from(wait_ms)),
+                    ..options
+                },
+            )?;
+            let due_ms = attempt.answer_due_ms(send_ms, wait_ms);
+            let response = if wait_ms > 0 {
+                call_probed(&inner, &request, due_ms, attempt.budget_ms).await?
+            } else {
+                call_until(&inner, &request, due_ms).await?
+            };
+            acquire_outcome(resource, &options, send_ms, inner.drift_ppm(), response)
         })
         .await
     }
 
-    /// Renews `token` on `resource` for `ttl` from now, following the leader.
+    /// Renews `token` on `resource` for `ttl` from now, following the
+    /// leader until the request timeout has passed. Keeping a lease alive,
+    /// prefer [`AsyncClient::renew_lease`].
     pub async fn renew(
         &self,
         resource: &str,
@@ -342,52 +558,90 @@ impl AsyncClient {
         ttl: Duration,
         holder: u64,
     ) -> Result<TokenOutcome, ClientError> {
+        let deadline_ms = self.call_deadline(Duration::ZERO);
+        self.renew_until(resource, token, ttl, holder, deadline_ms)
+            .await
+    }
+
+    /// Renews `lease` for its ttl, following the leader until the lease's
+    /// own `valid_until_ms` and never waiting past it (see
+    /// [`crate::Client::renew_lease`]).
+    pub async fn renew_lease(&self, lease: &Lease) -> Result<TokenOutcome, ClientError> {
+        self.renew_until(
+            &lease.resource,
+            lease.token,
+            Duration::from_millis(u64::from(lease.ttl_ms)),
+            lease.holder,
+            lease.valid_until_ms,
+        )
+        .await
+    }
+
+    async fn renew_until(
+        &self,
+        resource: &str,
+        token: u64,
+        ttl: Duration,
+        holder: u64,
+        deadline_ms: u64,
+    ) -> Result<TokenOutcome, ClientError> {
         let ttl_ms = millis_u32(ttl, "ttl")?;
-        self.follow_leader(|inner| async move {
+        let budget = renew_attempt(self.link.options.attempt_timeout, ttl);
+        self.follow_within(deadline_ms, budget, |inner, attempt| async move {
             let send_ms = boottime_ms();
             let request = Request::Renew {
                 resource: resource.into(),
                 token,
                 ttl_ms,
             };
-            let response = call_on(&inner, &request, inner.request_timeout).await?;
+            let response = call_until(&inner, &request, attempt.deadline_ms).await?;
             token_outcome(resource, holder, send_ms, inner.drift_ppm(), response)
         })
         .await
     }
 
-    /// Releases `token` on `resource`, following the leader.
+    /// Releases `token` on `resource`, following the leader. A retried
+    /// release that finds the lease already gone reports `Released`, as
+    /// [`crate::Client::release`] describes.
     pub async fn release(&self, resource: &str, token: u64) -> Result<TokenOutcome, ClientError> {
-        self.follow_leader(|inner| async move {
+        let deadline_ms = self.call_deadline(Duration::ZERO);
+        self.follow(deadline_ms, |inner, attempt| async move {
             let request = Request::Release {
                 resource: resource.into(),
                 token,
             };
-            let response = call_on(&inner, &request, inner.request_timeout).await?;
-            token_outcome(resource, 0, 0, 0, response)
+            let response = call_until(&inner, &request, attempt.deadline_ms).await?;
+            let outcome = token_outcome(resource, 0, 0, 0, response)?;
+            Ok(release_outcome(token, attempt.maybe_delivered, outcome))
         })
         .await
     }
 
     /// Asks the leader whether `token` is the current lease on `resource`.
     pub async fn check(&self, resource: &str, token: u64) -> Result<TokenOutcome, ClientError> {
-        self.follow_leader(|inner| async move {
+        let deadline_ms = self.call_deadline(Duration::ZERO);
+        self.follow(deadline_ms, |inner, attempt| async move {
             let request = Request::Check {
                 resource: resource.into(),
                 token,
             };
-            let response = call_on(&inner, &request, inner.request_timeout).await?;
+            let response = call_until(&inner, &request, attempt.deadline_ms).await?;
             token_outcome(resource, 0, 0, 0, response)
         })
         .await
     }
 
-    /// Node status.
+    /// Status of the node this client is connected to (another endpoint of
+    /// the list if that one fails).
     pub async fn status(&self) -> Result<StatusInfo, ClientError> {
-        match self.call(&Request::Status).await? {
-            Response::Status(status) => Ok(status),
-            other => Err(unexpected(other)),
-        }
+        let deadline_ms = self.call_deadline(Duration::ZERO);
+        self.follow(deadline_ms, |inner, attempt| async move {
+            match call_until(&inner, &Request::Status, attempt.deadline_ms).await? {
+                Response::Status(status) => Ok(status),
+                other => Err(unexpected(other)),
+            }
+        })
+        .await
     }
 }
 

@@ -41,7 +41,8 @@ fn token(text: &str) -> Result<u64, String> {
 #[derive(Args, Debug, Clone)]
 pub struct Common {
     /// Node to talk to; a comma-separated list is tried in order until one
-    /// answers (any node of a cluster redirects to its leader).
+    /// answers (any node of a cluster redirects to its leader), and the
+    /// command fails over along it until --timeout.
     #[arg(long, default_value = "127.0.0.1:7400", env = "PALISADE_ENDPOINT")]
     pub endpoint: String,
     /// Tenant to act for.
@@ -53,9 +54,14 @@ pub struct Common {
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Time allowed for the server to answer.
+    /// Time allowed for the command, across every node it tries (a
+    /// waiting acquire gets its --wait added).
     #[arg(long, default_value = "10s", value_parser = duration)]
     pub timeout: Duration,
+    /// Time allowed for one node to connect or answer before the next
+    /// endpoint is tried.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    pub attempt_timeout: Duration,
 }
 
 /// Client subcommands.
@@ -241,36 +247,22 @@ fn error_report(err: &ClientError) -> Report {
     }
 }
 
-/// Connects to the first endpoint of the list that accepts a connection.
-/// Only connection failures move on to the next one: a node that answers
-/// and refuses is an answer.
+/// Connects to the first endpoint of the list that completes the
+/// handshake within --attempt-timeout, so a node that accepts connections
+/// and never answers costs one attempt, not the whole --timeout. The
+/// command then follows the leader along the same list. Only node failures
+/// (unreachable, broken, silent, overloaded) move on to the next endpoint:
+/// a node that answers and refuses (unknown tenant, bad secret) is an
+/// answer.
 fn connect_any(common: &Common, secret: Option<Vec<u8>>) -> Result<Client, ClientError> {
-    let endpoints: Vec<&str> = common
-        .endpoint
-        .split(',')
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .collect();
-    if endpoints.is_empty() {
-        return Err(ClientError::InvalidArgument(
-            "--endpoint names no node".to_owned(),
-        ));
+    let mut options = ConnectOptions::new(common.endpoint.clone(), common.tenant.clone());
+    options.request_timeout = common.timeout;
+    options.attempt_timeout = common.attempt_timeout;
+    options.identity.client_name = format!("palisade-cli/{}", env!("CARGO_PKG_VERSION"));
+    if let Some(secret) = secret {
+        options = options.with_secret(secret);
     }
-    let mut last = None;
-    for endpoint in endpoints {
-        let mut options = ConnectOptions::new(endpoint.to_owned(), common.tenant.clone());
-        options.request_timeout = common.timeout;
-        options.identity.client_name = format!("palisade-cli/{}", env!("CARGO_PKG_VERSION"));
-        if let Some(secret) = &secret {
-            options = options.with_secret(secret.clone());
-        }
-        match Client::connect(&options) {
-            Ok(client) => return Ok(client),
-            Err(err @ ClientError::Io { .. }) => last = Some(err),
-            Err(err) => return Err(err),
-        }
-    }
-    Err(last.expect("at least one endpoint was tried"))
+    Client::connect(&options)
 }
 
 fn run_inner(command: &ClientCommand) -> Result<Report, ClientError> {

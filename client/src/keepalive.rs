@@ -1,11 +1,23 @@
 //! Keeping a lease alive, and saying so loudly when it is lost.
 //!
 //! The helper renews at a fraction of the ttl. Every successful renewal
-//! moves [`Lease::valid_until_ms`]; if a renewal comes back stale, or
-//! renewals keep failing until the lease's validity runs out, the helper
-//! reports [`LeaseEvent::Lost`] and stops. Applications must stop touching
-//! the resource on `Lost` (or once `Lease::is_valid` is false, whichever
-//! comes first).
+//! moves [`Lease::valid_until_ms`]. A renewal follows the leader across the
+//! client's endpoint list until the lease's own validity ends
+//! ([`crate::Client::renew_lease`]): during a leader election or after the
+//! leader died it keeps asking the other nodes, and the new leader, which
+//! kept the lease, renews it with the same token. Errors along the way
+//! (broken connections, redirects, `Unavailable`, nodes that do not
+//! answer) are not a loss. The helper reports [`LeaseEvent::Lost`] and
+//! stops only when
+//!
+//! - a node answers `Stale`: the lease is gone ([`LossReason::Stale`]), or
+//! - the lease's validity runs out without a renewal
+//!   ([`LossReason::Expired`]); no renewal is ever waited on past
+//!   `valid_until_ms`, so the report comes at that moment, not when a
+//!   stuck call gives up.
+//!
+//! Applications must stop touching the resource on `Lost` (or once
+//! `Lease::is_valid` is false, whichever comes first).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -77,15 +89,15 @@ enum Step {
     Retry,
 }
 
+/// What a renewal's result means for the lease. Only `Stale` or the end of
+/// validity lose it: any error while the lease is still valid is retried
+/// (giving up on the first error during an election was Consul PR#912).
 fn judge(lease: &Lease, result: Result<TokenOutcome, ClientError>) -> Step {
     match result {
         Ok(TokenOutcome::Renewed(renewed)) => Step::Renewed(renewed),
         Ok(TokenOutcome::Stale { current_token, .. }) => {
             Step::Lost(LossReason::Stale { current_token })
         }
-        Err(e) if !e.is_retryable() => Step::Lost(LossReason::Expired {
-            last_error: e.to_string(),
-        }),
         _ if lease.is_valid() => Step::Retry,
         Ok(other) => Step::Lost(LossReason::Expired {
             last_error: format!("unexpected renewal outcome {other:?}"),
@@ -114,7 +126,7 @@ impl Drop for KeepAlive {
 }
 
 /// Starts renewing `lease` through `client` every `every` (default:
-/// a third of its ttl).
+/// a third of its ttl), across leader changes, until it is lost.
 #[must_use]
 pub fn keep_alive(client: AsyncClient, lease: Lease, every: Option<Duration>) -> KeepAlive {
     let every = every.unwrap_or(Duration::from_millis(u64::from(
@@ -127,21 +139,17 @@ pub fn keep_alive(client: AsyncClient, lease: Lease, every: Option<Duration>) ->
         let mut pause = next_pause(&lease, every);
         loop {
             tokio::time::sleep(pause).await;
-            let ttl = Duration::from_millis(u64::from(lease.ttl_ms));
-            // Never wait on a renewal past the lease's validity: loss is
-            // reported at the deadline, not when a stuck call gives up.
-            let result = match tokio::time::timeout(
-                remaining(&lease),
-                client.renew(&lease.resource, lease.token, ttl, lease.holder),
-            )
-            .await
-            {
-                Ok(result) => result,
-                Err(_) => Err(ClientError::Timeout {
-                    endpoint: "renewal".into(),
-                    timeout_ms: 0,
-                }),
-            };
+            // renew_lease follows the leader until the lease's validity
+            // ends; the timeout only guards that promise (a name lookup,
+            // say, is not bounded by it).
+            let result =
+                match tokio::time::timeout(remaining(&lease), client.renew_lease(&lease)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(ClientError::Timeout {
+                        endpoint: client.endpoint(),
+                        timeout_ms: 0,
+                    }),
+                };
             match judge(&lease, result) {
                 Step::Renewed(renewed) => {
                     lease = renewed;
@@ -174,7 +182,8 @@ pub struct KeepAliveThread {
 }
 
 impl KeepAliveThread {
-    /// Starts renewing `lease` on `client` (which the thread owns).
+    /// Starts renewing `lease` on `client` (which the thread owns and
+    /// fails over across its endpoint list).
     #[must_use]
     pub fn spawn(mut client: Client, lease: Lease, every: Option<Duration>) -> KeepAliveThread {
         let every = every.unwrap_or(Duration::from_millis(u64::from(
@@ -183,7 +192,6 @@ impl KeepAliveThread {
         let (tx, events) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = stop.clone();
-        let request_timeout = client.request_timeout();
         let thread = std::thread::spawn(move || {
             let mut lease = lease;
             let mut pause = next_pause(&lease, every);
@@ -198,15 +206,9 @@ impl KeepAliveThread {
                         (wake_at - boottime_ms()).clamp(1, 20),
                     ));
                 }
-                let ttl = Duration::from_millis(u64::from(lease.ttl_ms));
-                // Bound the call by the lease's validity, so loss is
-                // reported at the deadline.
-                client.set_request_timeout(
-                    request_timeout
-                        .min(remaining(&lease))
-                        .max(Duration::from_millis(1)),
-                );
-                let result = client.renew(&lease.resource, lease.token, ttl, lease.holder);
+                // Follows the leader until the lease's validity ends and
+                // never waits past it, so loss is reported at the deadline.
+                let result = client.renew_lease(&lease);
                 match judge(&lease, result) {
                     Step::Renewed(renewed) => {
                         lease = renewed;

@@ -59,7 +59,7 @@ impl Lease {
 /// arrived in, so its expiry can come up to this much before arrival + ttl.
 pub const SERVER_CLOCK_GRANULARITY_MS: u64 = 1;
 
-/// `send_ms + ttl × (1 − drift) − 1 ms` ([`SERVER_CLOCK_GRANULARITY_MS`]),
+/// `send_ms + ttl × (1 − drift) − 1 ms` (`SERVER_CLOCK_GRANULARITY_MS`),
 /// rounded down; never before `send_ms`.
 #[must_use]
 pub fn valid_until(send_ms: u64, ttl_ms: u32, max_drift_ppm: u32) -> u64 {

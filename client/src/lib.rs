@@ -10,6 +10,22 @@
 //! [`KeepAliveThread`] (threads) renew at a third of the ttl and report
 //! [`LeaseEvent::Lost`] the moment the lease is gone.
 //!
+//! **Failover.** A client is given one endpoint or a list of them
+//! (`"10.0.0.1:7400,10.0.0.2:7400,10.0.0.3:7400"`, or
+//! [`ConnectOptions::for_endpoints`]). Every lease call follows the leader
+//! until its own deadline (request timeout, plus the wait of a waiting
+//! acquire; for [`Client::renew_lease`] and the keepalive helpers, the
+//! lease's `valid_until_ms`): it follows redirects, waits out `Unavailable`
+//! and `NotLeader` with capped back-off, and moves to the next endpoint
+//! when a node breaks the connection or misses the per-attempt deadline
+//! ([`ConnectOptions::attempt_timeout`], 1 s by default), so a hung node
+//! costs about one attempt. Retried acquires keep their holder id (a grant
+//! whose answer was lost comes back with the same token), waiting acquires
+//! are queued again at the new leader with the wait that is left, and a
+//! lease survives a leader change with its token. The keepalive helpers
+//! report a loss only on `Stale` or when validity runs out, never on an
+//! error during an election. The policy is in [`failover`].
+//!
 //! What this crate never does: mint or compare tokens on its own authority,
 //! or extend a lease's validity past what the server granted.
 //!
@@ -17,7 +33,9 @@
 //! use std::time::Duration;
 //! use palisade_client::{AcquireOptions, AcquireOutcome, Client, ConnectOptions};
 //!
-//! let mut client = Client::connect(&ConnectOptions::new("127.0.0.1:7400", "default"))?;
+//! // Any node of the cluster will do; the client finds the leader.
+//! let options = ConnectOptions::new("10.0.0.1:7400,10.0.0.2:7400,10.0.0.3:7400", "default");
+//! let mut client = Client::connect(&options)?;
 //! match client.acquire("disk0", AcquireOptions::new(Duration::from_secs(10)))? {
 //!     AcquireOutcome::Granted(lease) => {
 //!         // Send lease.token with every write to disk0 while lease.is_valid().
@@ -37,6 +55,7 @@ mod blocking;
 pub mod cli;
 pub mod clock;
 mod error;
+pub mod failover;
 mod handshake;
 mod keepalive;
 mod lease;

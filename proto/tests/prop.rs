@@ -47,6 +47,13 @@ fn request() -> impl Strategy<Value = Request> {
         (resource, any::<u64>()).prop_map(|(resource, token)| Request::Release { resource, token }),
         (resource, any::<u64>()).prop_map(|(resource, token)| Request::Check { resource, token }),
         Just(Request::Status),
+        (resource, any::<u64>(), any::<u32>()).prop_map(|(resource, after, wait_ms)| {
+            Request::Watch {
+                resource,
+                after,
+                wait_ms,
+            }
+        }),
     ]
 }
 
@@ -100,6 +107,16 @@ fn response() -> impl Strategy<Value = Response> {
             token,
             remaining_ms
         }),
+        (any::<u64>(), any::<u32>())
+            .prop_map(|(token, ttl_ms)| Response::Renewed { token, ttl_ms }),
+        any::<u64>().prop_map(|token| Response::Released { token }),
+        (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
+            |(current_token, last_token, changed)| Response::Watched {
+                current_token,
+                last_token,
+                changed
+            }
+        ),
         (any::<u16>(), "[0-9.:]{0,21}").prop_map(|(leader_id, endpoint)| Response::Redirect {
             leader_id,
             endpoint
