@@ -153,7 +153,7 @@ impl Sim {
     fn crash(&mut self, i: usize, down_for_ms: u64) {
         let node = &mut self.nodes[i];
         node.core = None;
-        node.disk.queued.clear(); // Unsynced writes are lost.
+        node.disk.crash(); // Unsynced writes are lost.
         node.down_until = Some(self.real_ms + down_for_ms);
     }
 

@@ -1,6 +1,9 @@
 //! What both deterministic simulations share: a seeded random source and a
 //! simulated disk that loses what was not synced when its node crashes.
 
+// Each simulation uses what it needs.
+#![allow(dead_code)]
+
 use palisade_control::core::{Persist, Restored};
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 
