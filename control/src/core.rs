@@ -337,7 +337,8 @@ impl std::fmt::Debug for ControlCore {
 const ROUNDS_MAX: usize = 64;
 
 /// Kinds of messages a peer's raft sends over the wire. Everything else
-/// (proposals, transfers, read-index forwarding, local kinds) is refused.
+/// (proposals, transfer requests, read-index forwarding, local kinds) is
+/// refused.
 fn peer_kind(kind: MessageType) -> bool {
     matches!(
         kind,
@@ -350,6 +351,9 @@ fn peer_kind(kind: MessageType) -> bool {
             | MessageType::MsgSnapshot
             | MessageType::MsgHeartbeat
             | MessageType::MsgHeartbeatResponse
+            // A leader handing over (a used-up epoch): the follower
+            // campaigns at once.
+            | MessageType::MsgTimeoutNow
     )
 }
 
@@ -807,6 +811,39 @@ impl ControlCore {
         } else {
             (self.leader_since_ms + self.config.grace_ms).min(TIME_MAX_MS)
         }
+    }
+
+    /// A resource used up its epoch's 2^32 tokens: move to a new term, so
+    /// that grants continue in a new epoch (S1), rather than refusing the
+    /// resource until the next election. Alone, the node steps down and
+    /// campaigns at once; in a cluster it hands leadership to the follower
+    /// with the most of the log (a raft leadership transfer: the follower
+    /// campaigns at once, without waiting out an election timeout). With
+    /// replication every lease survives the change like any failover.
+    pub fn force_new_term(&mut self, now_ms: u64) -> Result<(), CoreError> {
+        if self.raw.raft.state != StateRole::Leader {
+            return Ok(());
+        }
+        let me = self.config.id;
+        let best = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .max_by_key(|(id, progress)| (progress.matched, std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id);
+        match best {
+            Some(follower) => self.raw.transfer_leader(follower),
+            None => {
+                let term = self.raw.raft.term;
+                self.raw.raft.become_follower(term, raft::INVALID_ID);
+                self.observe(now_ms);
+                self.raw.campaign()?;
+            }
+        }
+        self.observe(now_ms);
+        Ok(())
     }
 
     /// How long after a takeover a replicated lease of `ttl_ms` stays
@@ -1371,6 +1408,85 @@ mod tests {
         let mut core = leading(&mut log, recovered.into(), 3_000);
         core.poll_takeover(3_000).expect("takes over");
         assert_eq!(core.leadership().expect("view").grants_from_ms, 4_000);
+    }
+
+    #[test]
+    fn a_used_up_epoch_moves_a_single_node_to_a_new_term_with_its_leases() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+        let mut core = leading(&mut log, recovered.into(), 100);
+        core.poll_takeover(100).expect("takes over");
+        core.maintain(100);
+        let epoch = core.term() as u32;
+        core.propose(vec![Proposal {
+            tag: 1,
+            epoch,
+            command: grant("hot", u64::from(epoch) << 32 | u64::from(u32::MAX), 10_000),
+        }]);
+        core.poll_ready(&mut log, 100, &mut |_| {}).expect("ready");
+        core.force_new_term(200).expect("new term");
+        core.poll_ready(&mut log, 200, &mut |_| {}).expect("ready");
+        assert_eq!(core.term(), u64::from(epoch) + 1);
+        assert_eq!(core.raft_state(), StateRole::Leader);
+        let takeover = core.poll_takeover(200).expect("takes over again");
+        assert_eq!(takeover.epoch, epoch + 1);
+        assert_eq!(takeover.leases.len(), 1, "the lease survives the change");
+        assert_eq!(
+            core.leadership().expect("view").grants_from_ms,
+            200,
+            "no grace: the log vouches for every lease"
+        );
+    }
+
+    #[test]
+    fn a_used_up_epoch_hands_a_cluster_to_the_most_caught_up_follower() {
+        // Three cores wired in memory.
+        let dirs: Vec<_> = (0..3)
+            .map(|_| tempfile::tempdir().expect("tempdir"))
+            .collect();
+        let mut nodes: Vec<(ControlCore, RaftLog)> = (1..=3u64)
+            .map(|id| {
+                let (log, recovered) =
+                    RaftLog::open(dirs[id as usize - 1].path(), "c", id as u16, false)
+                        .expect("open");
+                let mut cfg = replicated();
+                cfg.id = id;
+                cfg.voters = vec![1, 2, 3];
+                (ControlCore::new(cfg, recovered.into()).expect("core"), log)
+            })
+            .collect();
+        let mut deliver = |nodes: &mut Vec<(ControlCore, RaftLog)>, now: u64| {
+            for _ in 0..20 {
+                let mut mail = Vec::new();
+                for (core, log) in nodes.iter_mut() {
+                    let mut early = Vec::new();
+                    let out = core
+                        .poll_ready(log, now, &mut |m| early.extend(m))
+                        .expect("ready");
+                    mail.extend(early);
+                    mail.extend(out);
+                }
+                if mail.is_empty() {
+                    return;
+                }
+                for message in mail {
+                    let to = message.to as usize - 1;
+                    nodes[to].0.step(message, now).expect("step");
+                }
+            }
+        };
+        nodes[0].0.campaign(0).expect("campaign");
+        deliver(&mut nodes, 0);
+        assert_eq!(nodes[0].0.raft_state(), StateRole::Leader);
+        let term = nodes[0].0.term();
+        nodes[0].0.force_new_term(10).expect("transfer");
+        deliver(&mut nodes, 10);
+        let leader = nodes
+            .iter()
+            .position(|(c, _)| c.raft_state() == StateRole::Leader)
+            .expect("a leader");
+        assert_ne!(leader, 0, "leadership moved");
+        assert_eq!(nodes[leader].0.term(), term + 1, "a new epoch, at once");
     }
 
     #[test]

@@ -522,8 +522,12 @@ impl Node {
         if !batch.is_empty() {
             self.core.propose(batch);
         }
-        if self.shared.leadership.take_new_epoch_request() {
-            warn!("a resource used up its epoch's token space; it can be granted again after the next leader election");
+        if self.shared.leadership.take_new_epoch_request() && self.core.serving() {
+            warn!(
+                epoch = self.core.term(),
+                "a resource used up its epoch's token space: moving to a new term"
+            );
+            self.core.force_new_term(monotonic_ms())?;
         }
         let now = monotonic_ms();
         let transport = self.transport.as_ref();

@@ -1020,6 +1020,21 @@ impl Sim {
                     let i = self.rng.below(size) as usize;
                     self.nodes[i].disk.fail_next_sync = true;
                 }
+                14 => {
+                    // A resource used up its epoch's tokens: the leader
+                    // moves the cluster to a new term.
+                    if let Some(i) = self.leader() {
+                        let local = self.nodes[i].local(self.real_ms);
+                        let seed = self.seed;
+                        self.nodes[i]
+                            .core
+                            .as_mut()
+                            .expect("up")
+                            .force_new_term(local)
+                            .unwrap_or_else(|e| panic!("seed {seed}: new term: {e}"));
+                        self.pump(i);
+                    }
+                }
                 _ => {}
             }
             self.step_ms();

@@ -483,6 +483,20 @@ impl Shared {
         request: &ArchivedRequest,
         now_ms: u64,
     ) -> Outcome {
+        if meta.group != crate::replica::GROUP_DEFAULT
+            && !matches!(request, ArchivedRequest::Status)
+        {
+            // Groups are how scale-out will shard resources over several
+            // raft groups; today there is one.
+            return Outcome::Reply(error(
+                ErrorCode::InvalidArgument,
+                0,
+                format!(
+                    "resource group {} does not exist: this cluster serves group 0 only",
+                    meta.group
+                ),
+            ));
+        }
         let (resource, token) = match request {
             ArchivedRequest::Acquire {
                 resource,
@@ -1243,6 +1257,28 @@ mod tests {
                 ..
             }))
         ));
+    }
+
+    #[test]
+    fn requests_for_another_group_are_refused() {
+        let s = shared(0);
+        let mut conn = ready(&s);
+        let mut buf = FrameBuf::new();
+        encode_request(&mut buf, 9, 3, 4096, &acquire("r", 1, 1_000, 0)).expect("encodes");
+        let Ok(Decoded::Frame { payload, .. }) = decode_frame(&buf, 4096) else {
+            panic!("frame");
+        };
+        let archived = access_request(payload).expect("valid");
+        let meta = RequestMeta {
+            request_id: 9,
+            group: 3,
+        };
+        let out = s.handle(&mut conn, meta, archived, 0, &mut || [5; NONCE_LEN]);
+        assert_eq!(code(&out), Some(ErrorCode::InvalidArgument));
+        assert!(
+            matches!(out, Outcome::Reply(_)),
+            "the connection stays open"
+        );
     }
 
     #[test]
