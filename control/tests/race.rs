@@ -88,7 +88,9 @@ fn tokens_strictly_increase_under_contention() {
         .into_iter()
         .flat_map(|t| t.join().expect("client thread"))
         .collect();
-    assert!(all.len() > 100, "only {} grants", all.len());
+    // Each grant and release waits for its commit (an fsync) while seven
+    // other clients are refused: dozens of grants, not hundreds.
+    assert!(all.len() > 30, "only {} grants", all.len());
     let count = all.len();
     all.sort_unstable();
     all.dedup();
