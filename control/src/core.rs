@@ -55,8 +55,12 @@
 //! at least (ttl + ET) / (1 − d) real time after t0 > r − W, and ET > W.
 //! Renewals never promise more than the ttl the grant logged (the table
 //! caps them), so `ttl` here is the lease's own. Lock delay is added on top
-//! by the table, as for any expiry. Without replication the takeover only
-//! resets the table and the grace period above stands.
+//! by the table, as for any expiry. The re-arm counts not from the takeover
+//! but from the first moment this node knew of a leader in a term after the
+//! one that last served the lease ([`ControlCore::rearm_from`]; a leader
+//! logs its first renewal of a lease it took over), so a dead holder's
+//! lease is not extended at every takeover. Without replication the
+//! takeover only resets the table and the grace period above stands.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, RwLock};
@@ -310,7 +314,15 @@ pub struct ControlCore {
     replayed_commit: u64,
     /// The term in which this node last proposed a replication marker.
     marker_term: u64,
+    /// When this node first knew of a leader in each recent term (its own
+    /// leadership included), for re-arming leases from the first leader
+    /// change after they were last served.
+    leader_seen: BTreeMap<u64, u64>,
 }
+
+/// Terms whose first-seen leader time a node remembers. Forgetting old
+/// ones only makes a re-arm start later (safe).
+const LEADER_SEEN_MAX: usize = 1024;
 
 /// Elections one node took part in as a candidate, counted since start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -441,6 +453,7 @@ impl ControlCore {
             serving_since_ms: 0,
             replayed_commit: restored.hard_state.commit,
             marker_term: 0,
+            leader_seen: BTreeMap::new(),
         })
     }
 
@@ -462,6 +475,13 @@ impl ControlCore {
     /// After every raft call: re-draw the election timeout when raft reset
     /// it (a term or role change), and track when leadership began.
     fn observe(&mut self, now_ms: u64) {
+        let raft = &self.raw.raft;
+        if raft.leader_id != raft::INVALID_ID && !self.leader_seen.contains_key(&raft.term) {
+            self.leader_seen.insert(raft.term, now_ms);
+            while self.leader_seen.len() > LEADER_SEEN_MAX {
+                self.leader_seen.pop_first();
+            }
+        }
         let raft = &self.raw.raft;
         let (term, state) = (raft.term, raft.state);
         if term != self.last_term || state != self.last_state {
@@ -764,7 +784,8 @@ impl ControlCore {
                 .map(|(name, record)| Adopted {
                     name: name.clone(),
                     record: *record,
-                    expires_at_ms: now_ms + self.rearm_ms(record.ttl_ms),
+                    expires_at_ms: self.rearm_from(record.served_term, now_ms)
+                        + self.rearm_ms(record.ttl_ms),
                 })
                 .collect()
         } else {
@@ -844,6 +865,24 @@ impl ControlCore {
         }
         self.observe(now_ms);
         Ok(())
+    }
+
+    /// When the re-arm of a lease last served in `served_term` may start:
+    /// the first moment this node knew of a leader in any later term (that
+    /// leader was elected after the last round that confirmed the server of
+    /// `served_term`, which is all the argument in the module doc needs),
+    /// else the takeover itself. A leader of a later term serves the lease
+    /// only after logging it (its first renewal, or a grant), which moves
+    /// `served_term`; so a dead holder's lease is re-armed from the first
+    /// leader change after it was last served, not again at every takeover
+    /// (etcd#9888).
+    pub fn rearm_from(&self, served_term: u64, takeover_ms: u64) -> u64 {
+        self.leader_seen
+            .range(served_term + 1..)
+            .map(|(_, &seen)| seen)
+            .min()
+            .unwrap_or(takeover_ms)
+            .min(takeover_ms)
     }
 
     /// How long after a takeover a replicated lease of `ttl_ms` stays
@@ -1455,7 +1494,7 @@ mod tests {
                 (ControlCore::new(cfg, recovered.into()).expect("core"), log)
             })
             .collect();
-        let mut deliver = |nodes: &mut Vec<(ControlCore, RaftLog)>, now: u64| {
+        let deliver = |nodes: &mut Vec<(ControlCore, RaftLog)>, now: u64| {
             for _ in 0..20 {
                 let mut mail = Vec::new();
                 for (core, log) in nodes.iter_mut() {

@@ -69,6 +69,7 @@ struct Pending {
     key: LeaseKey,
     token: u64,
     undo_grant: bool,
+    confirm: bool,
 }
 
 /// A node's data plane: the real request service over a real table.
@@ -524,6 +525,9 @@ impl Sim {
                     conn.pending = conn.pending.saturating_sub(1);
                 }
                 if notice.committed {
+                    if pending.confirm {
+                        plane.shared.table.confirm(pending.key, pending.token);
+                    }
                     replies.push((pending.client, pending.request_id, pending.reply));
                 } else {
                     if pending.undo_grant {
@@ -616,6 +620,7 @@ impl Sim {
                         key: commit.key,
                         token: commit.command.token(),
                         undo_grant: commit.undo_grant,
+                        confirm: commit.confirm,
                     },
                 );
                 self.nodes[i]
@@ -1225,7 +1230,7 @@ impl Sim {
         self.clients.push(Client {
             rate_ppm: 1_000_000,
             clock_offset_ms: 0,
-            holder: 99,
+            holder: 1_000_000 + probe as u64,
             target: i,
             next_request_id: 1,
             inflight: None,
@@ -1241,7 +1246,7 @@ impl Sim {
             if node.core.is_some() && self.real_ms >= node.paused_until {
                 let request = Request::Acquire {
                     resource: resource.into(),
-                    holder: 99,
+                    holder: 1_000_000 + probe as u64,
                     ttl_ms: 500,
                     lock_delay_ms: 0,
                     wait_ms: 0,
@@ -1393,4 +1398,57 @@ fn a_leader_crash_loses_no_live_holder_and_frees_nothing_late() {
         slow * 10 <= count,
         "{slow} of {count} failovers were too slow to check the live holders"
     );
+}
+
+/// etcd#9888: a lease must not outlive its holder just because leaders
+/// keep changing. A holder takes a 500 ms lease and dies; the cluster then
+/// changes leader every 300 ms, less than the 612 ms a takeover re-arms a
+/// lease for. The lease is re-armed from the first leader change after it
+/// was last served, not at every takeover, so the resource frees.
+fn flapping_seed(seed: u64) {
+    let mut sim = Sim::new(seed, 3, 0);
+    sim.settle(5_000 + GRACE_MS);
+    let leader = sim.leader().expect("a leader");
+    let granted = sim
+        .probe_acquire(leader, "dead", 500)
+        .unwrap_or_else(|| panic!("seed {seed}: the first grant"));
+    let mut freed = None;
+    while sim.real_ms < granted + 4_000 {
+        if let Some(i) = sim.leader() {
+            let local = sim.nodes[i].local(sim.real_ms);
+            sim.nodes[i]
+                .core
+                .as_mut()
+                .expect("up")
+                .force_new_term(local)
+                .expect("new term");
+            sim.pump(i);
+        }
+        let Some(i) = (0..sim.nodes.len()).find(|&i| sim.nodes[i].core.is_some()) else {
+            sim.run_ms(300);
+            continue;
+        };
+        // A different holder (probe ids differ per call) tries.
+        if let Some(at) = sim.probe_acquire(i, "dead", 300) {
+            freed = Some(at);
+            break;
+        }
+    }
+    let freed = freed.unwrap_or_else(|| {
+        panic!(
+            "seed {seed}: a dead holder's lease outlived {} ms of leader changes",
+            sim.real_ms - granted
+        )
+    });
+    assert!(
+        freed >= granted + 490,
+        "seed {seed}: S2: freed {} ms after a 500 ms grant",
+        freed - granted
+    );
+    sim.check();
+}
+
+#[test]
+fn a_dead_holders_lease_expires_while_leaders_keep_changing() {
+    for_seeds(seeds(20, 300), flapping_seed);
 }

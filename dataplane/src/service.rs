@@ -156,6 +156,10 @@ pub struct Commit {
     pub undo_grant: bool,
     /// Wake the key's home core now (a release of a key with waiters).
     pub wake: bool,
+    /// Once committed, the lease no longer counts as adopted: its first
+    /// renewal under this leadership is logged (the leader serves it from
+    /// now on), later ones are answered at once.
+    pub confirm: bool,
 }
 
 /// A parked `Watch`: polled on the connection's core until a token above
@@ -573,13 +577,35 @@ impl Shared {
                     return Outcome::Reply(response);
                 }
                 match self.table.renew(key, token, ttl_ms, now_ms) {
-                    TokenOutcome::Current { expires_at_ms } => {
+                    TokenOutcome::Renewed {
+                        ttl_ms, adopted, ..
+                    } => {
                         self.count(conn, |s| crate::metrics::bump(&s.renewals, 1));
                         // The table caps a renewal at the lease's own ttl.
-                        Response::Renewed {
-                            token,
-                            ttl_ms: clamp_u32(expires_at_ms - now_ms),
+                        let reply = Response::Renewed { token, ttl_ms };
+                        if adopted && self.config.replicated {
+                            // The first renewal of a lease this leader took
+                            // over: logged before it is answered, so that a
+                            // later leader knows who served it last (and
+                            // re-arms a dead holder's lease only so far).
+                            if conn.pending >= self.config.pending_per_connection_max {
+                                return Outcome::Reply(too_many_pending());
+                            }
+                            conn.pending += 1;
+                            return Outcome::Commit(Box::new(Commit {
+                                command: Command::Renewed {
+                                    name: self.lease_name(tenant, resource),
+                                    token,
+                                },
+                                epoch,
+                                key,
+                                reply,
+                                undo_grant: false,
+                                wake: false,
+                                confirm: true,
+                            }));
                         }
+                        reply
                     }
                     other => {
                         self.count(conn, |s| s.fence(Fenced::Renew));
@@ -613,6 +639,7 @@ impl Shared {
                         reply: Response::Released { token },
                         undo_grant: false,
                         wake: wake_waiters,
+                        confirm: false,
                     }));
                 }
                 match outcome {
@@ -881,6 +908,7 @@ impl Shared {
                     reply,
                     undo_grant: !idempotent,
                     wake: false,
+                    confirm: false,
                 }))
             }
             Ok(Acquired::Busy { .. }) if wait_ms > 0 => wait(conn),
@@ -1112,11 +1140,12 @@ mod tests {
             resource: "disk0".into(),
             token: t,
         };
+        // A renewal never moves the server's expiry back (10 100).
         assert_eq!(
             run(&s, &mut b, &check(token), 400),
             Outcome::Reply(Response::Current {
                 token,
-                remaining_ms: 4_900
+                remaining_ms: 9_700
             })
         );
         assert!(matches!(

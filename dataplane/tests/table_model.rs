@@ -97,6 +97,8 @@ struct Held {
     delay: u64,
     /// The lease's ttl: renewals never extend past it.
     ttl: u32,
+    /// Installed at a takeover, not granted since.
+    adopted: bool,
 }
 
 impl ModelLease {
@@ -184,6 +186,7 @@ impl Harness {
                             expiry: new_expiry,
                             delay: u64::from(lock_delay_ms),
                             ttl,
+                            adopted: false,
                             ..h
                         });
                         return;
@@ -233,6 +236,7 @@ impl Harness {
                             expiry: expires_at_ms,
                             delay: u64::from(lock_delay_ms),
                             ttl: ttl_ms,
+                            adopted: false,
                         });
                     }
                 }
@@ -245,11 +249,14 @@ impl Harness {
                 let lease = self.model.get_mut(&key);
                 match lease.and_then(|l| l.live(now).map(|live| (l, live))) {
                     Some((lease, live)) if live.token == token => {
-                        let expiry = now + u64::from(ttl_ms.min(live.ttl));
+                        let applied = ttl_ms.min(live.ttl);
+                        let expiry = (now + u64::from(applied)).max(live.expiry);
                         assert_eq!(
                             got,
-                            TokenOutcome::Current {
-                                expires_at_ms: expiry
+                            TokenOutcome::Renewed {
+                                expires_at_ms: expiry,
+                                ttl_ms: applied,
+                                adopted: live.adopted,
                             }
                         );
                         lease.held = Some(Held { expiry, ..live });
@@ -364,7 +371,11 @@ impl Harness {
                                 now,
                             )
                             .expect("room");
-                        lease.held = Some(Held { expiry, ..h });
+                        lease.held = Some(Held {
+                            expiry,
+                            adopted: true,
+                            ..h
+                        });
                     } else {
                         lease.previous_token = h.token;
                         lease.free_since_ms = now;

@@ -109,6 +109,8 @@ struct PendingCommit {
     /// When the request arrived (monotonic ns), to time its answer; waiter
     /// grants are not timed (they waited by request).
     arrived_ns: Option<u64>,
+    /// Once committed, the adopted lease counts as served here.
+    confirm: bool,
 }
 
 /// What a client hears when its change will not be committed by this
@@ -318,6 +320,7 @@ impl CoreCtx {
                         token,
                         undo_grant: true,
                         arrived_ns: None,
+                        confirm: false,
                     };
                     self.propose(command, (token >> 32) as u32, pending);
                     continue;
@@ -385,6 +388,7 @@ impl CoreCtx {
             reply,
             undo_grant,
             wake,
+            confirm,
         } = commit;
         let token = command.token();
         let event = match reply {
@@ -411,6 +415,7 @@ impl CoreCtx {
                 token,
                 undo_grant,
                 arrived_ns: Some(arrived_ns),
+                confirm,
             },
         );
         if wake {
@@ -437,6 +442,9 @@ impl CoreCtx {
                     .record(crate::clock::monotonic_ns().saturating_sub(arrived_ns), 1);
             }
             if notice.committed {
+                if pending.confirm {
+                    self.shared.table.confirm(pending.key, pending.token);
+                }
                 if let WaitEvent::Granted { .. } = pending.event {
                     crate::metrics::bump(&stats.grants, 1);
                 }

@@ -97,7 +97,7 @@ fn renew_at_the_deadline_races_takeover() {
         // ... while another core sees the lease expired.
         let taken = token_of(t.acquire(key, grant(2), 100, EPOCH, AcquireMode::Fair));
         let renewed = renewer.join().expect("thread");
-        let renewed = matches!(renewed, TokenOutcome::Current { .. });
+        let renewed = matches!(renewed, TokenOutcome::Renewed { .. });
         assert!(
             !(renewed && taken.is_some()),
             "S2: renewal and takeover both succeeded"

@@ -281,10 +281,24 @@ pub enum Acquired {
 /// Result of renew, release and check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenOutcome {
-    /// The token is the live lease; for renew, the new expiry.
+    /// The token is the live lease (check).
     Current {
         /// Server-side expiry.
         expires_at_ms: u64,
+    },
+    /// Renewed (renew).
+    Renewed {
+        /// Server-side expiry: never lowered by a renewal (it may hold a
+        /// re-armed takeover expiry that covers an earlier leader's
+        /// answers).
+        expires_at_ms: u64,
+        /// What the holder may count on from its send time: the request's
+        /// ttl, capped at the lease's own.
+        ttl_ms: u32,
+        /// The lease was installed at a takeover and this leadership has
+        /// not yet logged that it serves it: with replication, the answer
+        /// waits for that log entry (see `replica::Command::Renewed`).
+        adopted: bool,
     },
     /// Released; `wake_waiters` tells the caller to wake the key's home core.
     Released {
@@ -747,9 +761,10 @@ impl LeaseTable {
     }
 
     /// Extends the lease `token` on `key` to `now + ttl`, `ttl` capped at
-    /// the ttl the lease was granted with (the returned expiry tells).
+    /// the ttl the lease was granted with (the returned `ttl_ms` is what the
+    /// holder may count on). The server-side expiry never moves back.
     /// Fails (stale) if the lease expired: an expired lease is never
-    /// revived.
+    /// revived. An adopted lease stays adopted until [`LeaseTable::confirm`].
     pub fn renew(&self, key: LeaseKey, token: u64, ttl_ms: u32, now_ms: u64) -> TokenOutcome {
         assert!(ttl_ms > 0, "ttl is validated before the table");
         for _ in 0..RETRY_MAX {
@@ -761,7 +776,8 @@ impl LeaseTable {
             }
             let ttl_ms =
                 Self::lease_ttl(&self.slots[index], token).map_or(ttl_ms, |t| t.min(ttl_ms));
-            let expires_at_ms = now_ms + u64::from(ttl_ms);
+            let expires_at_ms = (now_ms + u64::from(ttl_ms)).max(state.expiry_ms());
+            let adopted = state.adopted();
             let renewed = State {
                 token,
                 meta: meta(
@@ -769,14 +785,18 @@ impl LeaseTable {
                     state.lock_delay_ms() as u32,
                     true,
                     state.waiters(),
-                ),
+                ) | if adopted { ADOPTED } else { 0 },
             };
             if self.slots[index]
                 .state
                 .compare_exchange(word, renewed.pack(), Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
             {
-                return TokenOutcome::Current { expires_at_ms };
+                return TokenOutcome::Renewed {
+                    expires_at_ms,
+                    ttl_ms,
+                    adopted,
+                };
             }
         }
         panic!("renew: no progress after {RETRY_MAX} attempts");
@@ -976,6 +996,32 @@ impl LeaseTable {
                 waiters: state.waiters(),
             },
         }
+    }
+
+    /// The log now says this leadership serves `token`'s lease (its first
+    /// renewal after a takeover committed): later renewals are answered at
+    /// once. Does nothing if the lease changed meanwhile.
+    pub fn confirm(&self, key: LeaseKey, token: u64) {
+        for _ in 0..RETRY_MAX {
+            let Some((index, word, state)) = self.load_state(key) else {
+                return;
+            };
+            if state.token != token || !state.held() || !state.adopted() {
+                return;
+            }
+            let confirmed = State {
+                meta: state.meta & !ADOPTED,
+                ..state
+            };
+            if self.slots[index]
+                .state
+                .compare_exchange(word, confirmed.pack(), Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                return;
+            }
+        }
+        panic!("confirm: no progress after {RETRY_MAX} attempts");
     }
 
     /// Reads `key`'s lease as it stands, for reconciling the replicated

@@ -115,7 +115,11 @@ fn renew_extends_and_never_revives() {
     let token = granted(t.acquire(key, grant(1, 300), 0, EPOCH, AcquireMode::Fair));
     assert_eq!(
         t.renew(key, token, 300, 50),
-        TokenOutcome::Current { expires_at_ms: 350 }
+        TokenOutcome::Renewed {
+            expires_at_ms: 350,
+            ttl_ms: 300,
+            adopted: false
+        }
     );
     assert!(matches!(
         t.acquire(key, grant(2, 100), 200, EPOCH, AcquireMode::Fair),
@@ -406,13 +410,34 @@ fn a_takeover_ends_earlier_leases_and_installs_the_replicated_ones() {
         t.check(b, uncommitted, 30),
         TokenOutcome::Stale { current_token, .. } if current_token == logged
     ));
-    // The holder renews with its token; the renewal is capped at the
-    // logged ttl and no longer counts as adopted.
+    // The holder renews with its token: the answer promises at most the
+    // logged ttl, the re-armed expiry (which covers what an earlier leader
+    // may have answered) stays, and the lease stays adopted until the log
+    // says this leadership serves it.
     assert_eq!(
         t.renew(b, logged, 10_000, 40),
-        TokenOutcome::Current { expires_at_ms: 640 }
+        TokenOutcome::Renewed {
+            expires_at_ms: 5_000,
+            ttl_ms: 600,
+            adopted: true
+        }
     );
+    t.confirm(b, logged);
     assert!(!t.inspect(b).expect("present").adopted);
+    assert_eq!(
+        t.renew(b, logged, 600, 45),
+        TokenOutcome::Renewed {
+            expires_at_ms: 5_000,
+            ttl_ms: 600,
+            adopted: false
+        }
+    );
+    t.confirm(b, uncommitted);
+    assert_eq!(
+        t.inspect(b).expect("present").token,
+        logged,
+        "another token: no change"
+    );
     // The same holder acquiring again gets its token back (safe retry).
     match t.acquire(b, grant(9, 700), 50, 5, AcquireMode::Fair) {
         Ok(Acquired::Granted {
@@ -432,7 +457,7 @@ fn a_takeover_ends_earlier_leases_and_installs_the_replicated_ones() {
         t.acquire(b, grant(3, 1000), 60, 5, AcquireMode::Fair),
         Ok(Acquired::Busy { token, .. }) if token == logged
     ));
-    let next = granted(t.acquire(b, grant(3, 1000), 1_000, 5, AcquireMode::Fair));
+    let next = granted(t.acquire(b, grant(3, 1000), 5_000, 5, AcquireMode::Fair));
     assert!(next > uncommitted && next > logged);
     assert_eq!(next >> 32, 5);
     // a, not in the log, is free at once in the new epoch.
@@ -447,13 +472,29 @@ fn renewals_never_exceed_the_granted_ttl() {
     let token = granted(t.acquire(key, grant(1, 1000), 0, EPOCH, AcquireMode::Fair));
     assert_eq!(
         t.renew(key, token, 5_000, 100),
-        TokenOutcome::Current {
-            expires_at_ms: 1_100
+        TokenOutcome::Renewed {
+            expires_at_ms: 1_100,
+            ttl_ms: 1_000,
+            adopted: false
+        }
+    );
+    // A shorter renewal promises its own ttl but never moves the expiry
+    // back (an earlier answer may count on it).
+    assert_eq!(
+        t.renew(key, token, 300, 200),
+        TokenOutcome::Renewed {
+            expires_at_ms: 1_100,
+            ttl_ms: 300,
+            adopted: false
         }
     );
     assert_eq!(
-        t.renew(key, token, 300, 200),
-        TokenOutcome::Current { expires_at_ms: 500 }
+        t.renew(key, token, 1_000, 900),
+        TokenOutcome::Renewed {
+            expires_at_ms: 1_900,
+            ttl_ms: 1_000,
+            adopted: false
+        }
     );
 }
 
