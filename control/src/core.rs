@@ -244,6 +244,23 @@ pub struct Adopted {
     pub expires_at_ms: u64,
 }
 
+/// The lease state a snapshot carries (group 0 only, today).
+fn snapshot_leases(snapshot: &Snapshot) -> Result<LeaseState, CoreError> {
+    let index = snapshot.get_metadata().index;
+    let (group, state) =
+        LeaseState::decode(snapshot.get_data()).map_err(|e| CoreError::LeaseState {
+            index,
+            reason: e.to_string(),
+        })?;
+    if group != GROUP_DEFAULT {
+        return Err(CoreError::LeaseState {
+            index,
+            reason: format!("snapshot of raft group {group}; this node serves group 0"),
+        });
+    }
+    Ok(state)
+}
+
 /// Proposals in one raft entry awaiting its commit.
 #[derive(Debug)]
 struct Inflight {
@@ -388,17 +405,7 @@ impl ControlCore {
             let mut core = storage.mem.wl();
             if let Some(snapshot) = restored.snapshot.clone() {
                 let index = snapshot.get_metadata().index;
-                let (group, state) =
-                    LeaseState::decode(snapshot.get_data()).map_err(|e| CoreError::LeaseState {
-                        index,
-                        reason: e.to_string(),
-                    })?;
-                if group != GROUP_DEFAULT {
-                    return Err(CoreError::LeaseState {
-                        index,
-                        reason: format!("snapshot of raft group {group}; this node serves group 0"),
-                    });
-                }
+                let state = snapshot_leases(&snapshot)?;
                 leases = state;
                 applied = index;
                 core.apply_snapshot(snapshot.clone())?;
@@ -655,18 +662,7 @@ impl ControlCore {
 
     /// A snapshot from the leader replaces the lease state.
     fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), CoreError> {
-        let index = snapshot.get_metadata().index;
-        let (group, state) =
-            LeaseState::decode(snapshot.get_data()).map_err(|e| CoreError::LeaseState {
-                index,
-                reason: e.to_string(),
-            })?;
-        if group != GROUP_DEFAULT {
-            return Err(CoreError::LeaseState {
-                index,
-                reason: format!("snapshot of raft group {group}"),
-            });
-        }
+        let state = snapshot_leases(snapshot)?;
         self.leases = state;
         Ok(())
     }
