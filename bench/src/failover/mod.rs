@@ -309,12 +309,15 @@ fn run_mode(
     cluster
         .wait_granting(spec.grace_period() + Duration::from_secs(60))
         .context("waiting for the new cluster's first grant")?;
+    eprintln!(
+        "failover: configs, data and logs in {} (removed at the end)",
+        cluster.dir().display()
+    );
     let mut mode = Mode {
         replication: replication.as_str().into(),
         about: format!(
-            "{}, 3 nodes on loopback (configs and logs in {}, removed at the end), data planes spread over the CPUs, nothing pinned with taskset, leases.replication = \"{}\"",
+            "{}, 3 nodes on loopback, data planes spread over the CPUs, nothing pinned with taskset, leases.replication = \"{}\"",
             systems::palisade_version(bin),
-            cluster.dir().display(),
             replication.as_str()
         ),
         rounds: Vec::new(),

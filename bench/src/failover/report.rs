@@ -215,11 +215,18 @@ pub(crate) fn targets(report: &FailoverReport) -> Vec<Target> {
             format!("{lost} of {holders} holder-rounds"),
             any.then_some(lost == 0),
         );
+        // Only a holder that renewed at a new leader can show whether its
+        // token survived.
+        let renewed: u32 = mode.rounds.iter().map(|r| r.holders_renewed).sum();
         push(
-            "holders whose token changed",
+            "holders that renewed at the new leader with another token",
             "0",
-            changed.to_string(),
-            any.then_some(changed == 0),
+            if renewed == 0 {
+                "– (no holder renewed at a new leader)".into()
+            } else {
+                format!("{changed} of {renewed} renewals at a new leader")
+            },
+            (renewed > 0).then_some(changed == 0),
         );
     }
     out
@@ -489,7 +496,14 @@ mod tests {
         assert_eq!(find("none", "median").measured, "41700 ms");
         assert_eq!(find("none", "lost").measured, "48 of 48 holder-rounds");
         assert_eq!(find("none", "lost").met, Some(false));
-        assert_eq!(find("none", "token").met, Some(true));
+        assert_eq!(find("quorum", "token").met, Some(true));
+        assert_eq!(
+            find("quorum", "token").measured,
+            "0 of 320 renewals at a new leader"
+        );
+        // Every holder of none lost its lease: nothing says whether a token
+        // would have survived.
+        assert_eq!(find("none", "token").met, None);
 
         let s = summaries(&report.modes[1]);
         let elected = s[0].1.unwrap();
