@@ -425,6 +425,14 @@ fn settle(after_overload: bool) {
     }));
 }
 
+/// `/proc/loadavg`: the machine is shared, and a report says how busy it
+/// was.
+pub(crate) fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 /// This process's command line, quoted where an argument has a space.
 pub(crate) fn command_line() -> String {
     std::env::args()
@@ -553,6 +561,8 @@ pub fn compare(args: &CompareArgs) -> Result<()> {
         command: command_line(),
         date: command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         machine: machine(),
+        load_before: load_average(),
+        load_after: String::new(),
         method: format!(
             "{METHOD} Here: p99 bound {} ms, fixed-rate runs {} s after {} s of warm-up, sweep \
              steps {} s after {} s, servers on CPU {}, generator on CPU {}, echo messages of {} \
@@ -619,6 +629,7 @@ pub fn compare(args: &CompareArgs) -> Result<()> {
         }
         drop(server);
     }
+    report.load_after = load_average();
     write(&report, &args.out, &workloads, &args.connections)?;
     print_table(&report);
     Ok(())

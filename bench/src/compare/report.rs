@@ -136,6 +136,9 @@ pub(crate) struct Report {
     pub(crate) command: String,
     pub(crate) date: String,
     pub(crate) machine: String,
+    /// `/proc/loadavg` before and after the run: the machine is shared.
+    pub(crate) load_before: String,
+    pub(crate) load_after: String,
     pub(crate) method: String,
     pub(crate) p99_bound_us: f64,
     pub(crate) systems: Vec<SystemInfo>,
@@ -435,7 +438,12 @@ pub(crate) fn markdown(report: &Report) -> String {
     );
     let _ = writeln!(md, "Command: `{}`  ", report.command);
     let _ = writeln!(md, "Date: {}  ", report.date);
-    let _ = writeln!(md, "Machine: {}\n", report.machine);
+    let _ = writeln!(md, "Machine: {}  ", report.machine);
+    let _ = writeln!(
+        md,
+        "Load average (1, 5, 15 min, runnable/total, last pid) before: {}; after: {}\n",
+        report.load_before, report.load_after
+    );
     let _ = writeln!(md, "## Method\n\n{}\n", report.method);
     let _ = writeln!(md, "## Systems\n");
     let _ = writeln!(md, "| system | what ran |\n|---|---|");
@@ -767,6 +775,8 @@ mod tests {
             command: "c".into(),
             date: "d".into(),
             machine: "m".into(),
+            load_before: "1".into(),
+            load_after: "2".into(),
             method: "x".into(),
             p99_bound_us: 10_000.0,
             systems: Vec::new(),
@@ -904,6 +914,8 @@ mod tests {
             command: "c".into(),
             date: "d".into(),
             machine: "m".into(),
+            load_before: "1".into(),
+            load_after: "2".into(),
             method: "x".into(),
             p99_bound_us: 10_000.0,
             systems: Vec::new(),
@@ -920,6 +932,8 @@ mod tests {
             command: "c".into(),
             date: "d".into(),
             machine: "m".into(),
+            load_before: "1".into(),
+            load_after: "2".into(),
             method: "x".into(),
             p99_bound_us: 10_000.0,
             systems: Vec::new(),

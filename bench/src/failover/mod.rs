@@ -25,7 +25,7 @@ use palisade_proto::{Request, Response, Role};
 use palisade_tuning::{Config, LogLevel, Replication};
 
 use crate::compare::systems::{self, Cluster, ClusterSpec, Placement};
-use crate::compare::{command_line, command_output, machine};
+use crate::compare::{command_line, command_output, load_average, machine};
 use crate::load::now_ns;
 use holder::Holder;
 use report::{FailoverReport, Mode, Round, Settings};
@@ -126,6 +126,9 @@ impl FailoverArgs {
         if self.replication.is_empty() {
             bail!("--replication needs quorum, none or both");
         }
+        if self.max_ttl < Duration::from_millis(u64::from(PROBE_TTL_MS)) {
+            bail!("--max-ttl must be at least the grant probe's ttl ({PROBE_TTL_MS} ms)");
+        }
         let min_ttl = Config::builtin_default().leases.min_ttl;
         if self.holder_ttl < min_ttl || self.holder_ttl > self.max_ttl {
             bail!(
@@ -158,12 +161,6 @@ fn millis(d: Duration) -> u64 {
 
 fn elapsed_ms(from_ns: u64, to_ns: u64) -> f64 {
     to_ns.saturating_sub(from_ns) as f64 / 1e6
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn method(args: &FailoverArgs) -> String {
@@ -715,6 +712,7 @@ mod tests {
     fn settings_that_cannot_be_measured_are_refused() {
         let refused = |argv: &[&str]| format!("{:#}", parse(argv).unwrap().check().unwrap_err());
         assert!(refused(&["--rounds", "0"]).contains("--rounds"));
+        assert!(refused(&["--max-ttl", "500ms", "--holder-ttl", "400ms"]).contains("--max-ttl"));
         assert!(refused(&["--holder-ttl", "60s"]).contains("--holder-ttl"));
         assert!(refused(&["--holder-ttl", "50ms"]).contains("--holder-ttl"));
         assert!(refused(&["--renew-every", "10s"]).contains("--renew-every"));
