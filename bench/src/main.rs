@@ -5,12 +5,15 @@
 //! executor pinned to a CPU, and reports throughput and latency
 //! percentiles. `palisade-bench compare` is the open-loop tail-latency
 //! comparison with Redis, etcd, ZooKeeper and an io_uring echo floor. It
-//! measures; it never asserts a number.
+//! measures; it never asserts a number. `palisade-bench failover` kills
+//! the leader of a real three-node cluster round after round, with live
+//! lease holders, and measures election, the first grant and lost leases.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 mod compare;
 mod epoll;
+mod failover;
 mod load;
 mod nbd;
 
@@ -37,6 +40,9 @@ enum Command {
     OpenLoop(compare::OpenLoopArgs),
     /// The io_uring echo server that is the latency floor.
     EchoServer(compare::echo::EchoServerArgs),
+    /// Leader kills on a three-node cluster with live holders, per
+    /// `leases.replication` mode; writes RESULTS.md and results.json.
+    Failover(failover::FailoverArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,5 +52,6 @@ fn main() -> anyhow::Result<()> {
         Command::Compare(args) => compare::compare(&args),
         Command::OpenLoop(args) => compare::open_loop(&args),
         Command::EchoServer(args) => compare::echo::serve(&args),
+        Command::Failover(args) => failover::run(&args),
     }
 }

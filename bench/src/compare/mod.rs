@@ -33,17 +33,20 @@ pub(crate) mod zk;
 
 use codec::{Codec, CodecConfig, Op};
 use engine::{RunSpec, Workload};
+use palisade_tuning::Replication;
 use report::{Cell, Measured, Report, SystemInfo};
 use sweep::{Next, Plan, Step};
+use systems::ClusterSpec;
 
 fn duration(text: &str) -> Result<Duration, String> {
     palisade_tuning::parse_duration(text)
 }
 
 /// Every system `compare` knows, in the order it runs them.
-pub(crate) const SYSTEMS: [&str; 6] = [
+pub(crate) const SYSTEMS: [&str; 7] = [
     "palisade",
     "palisade-cluster",
+    "palisade-cluster-none",
     "redis",
     "etcd",
     "zookeeper",
@@ -68,12 +71,14 @@ pub struct CompareArgs {
     /// Where RESULTS.md, results.json and the plots go.
     #[arg(long, default_value = "bench/results/compare")]
     out: PathBuf,
-    /// Systems, comma-separated: palisade, palisade-cluster, redis, etcd,
-    /// zookeeper, echo.
+    /// Systems, comma-separated: palisade (one node, the default
+    /// `leases.replication = "quorum"`), palisade-cluster (three nodes,
+    /// quorum), palisade-cluster-none (three nodes, `replication =
+    /// "none"`), redis, etcd, zookeeper, echo.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "palisade,palisade-cluster,redis,etcd,zookeeper,echo"
+        default_value = "palisade,palisade-cluster,palisade-cluster-none,redis,etcd,zookeeper,echo"
     )]
     systems: Vec<String>,
     /// Workloads, comma-separated: uncontended, contended, renew, check.
@@ -160,7 +165,9 @@ pub struct OpenLoopArgs {
 
 fn codec_for(system: &str, config: &CodecConfig, addr: SocketAddr) -> Result<Box<dyn Codec>> {
     Ok(match system {
-        "palisade" | "palisade-cluster" => Box::new(palisade::PalisadeCodec::new(config)),
+        "palisade" | "palisade-cluster" | "palisade-cluster-none" => {
+            Box::new(palisade::PalisadeCodec::new(config))
+        }
         "echo" => Box::new(echo::EchoCodec::new(config)?),
         "redis" => Box::new(redis::RedisCodec::new(config)),
         "etcd" => Box::new(etcd::EtcdCodec::new(config, &addr.to_string())),
@@ -418,7 +425,23 @@ fn settle(after_overload: bool) {
     }));
 }
 
-fn command_output(program: &str, args: &[&str]) -> String {
+/// `/proc/loadavg`: the machine is shared, and a report says how busy it
+/// was.
+pub(crate) fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// This process's command line, quoted where an argument has a space.
+pub(crate) fn command_line() -> String {
+    std::env::args()
+        .map(|a| if a.contains(' ') { format!("{a:?}") } else { a })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub(crate) fn command_output(program: &str, args: &[&str]) -> String {
     std::process::Command::new(program)
         .args(args)
         .output()
@@ -426,7 +449,7 @@ fn command_output(program: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|text| {
@@ -535,12 +558,11 @@ pub fn compare(args: &CompareArgs) -> Result<()> {
         run_index: 0,
     };
     let mut report = Report {
-        command: std::env::args()
-            .map(|a| if a.contains(' ') { format!("{a:?}") } else { a })
-            .collect::<Vec<_>>()
-            .join(" "),
+        command: command_line(),
         date: command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         machine: machine(),
+        load_before: load_average(),
+        load_after: String::new(),
         method: format!(
             "{METHOD} Here: p99 bound {} ms, fixed-rate runs {} s after {} s of warm-up, sweep \
              steps {} s after {} s, servers on CPU {}, generator on CPU {}, echo messages of {} \
@@ -607,6 +629,7 @@ pub fn compare(args: &CompareArgs) -> Result<()> {
         }
         drop(server);
     }
+    report.load_after = load_average();
     write(&report, &args.out, &workloads, &args.connections)?;
     print_table(&report);
     Ok(())
@@ -619,8 +642,18 @@ fn start(
 ) -> Result<systems::Server> {
     let bin = || -> Result<&PathBuf> { palisade_bin.map_err(|e| anyhow::anyhow!("{e:#}")) };
     match name {
-        "palisade" => systems::palisade(bin()?, 1, args.server_cpu),
-        "palisade-cluster" => systems::palisade(bin()?, 3, args.server_cpu),
+        "palisade" => systems::palisade(
+            bin()?,
+            &ClusterSpec::compare(1, args.server_cpu, Replication::Quorum),
+        ),
+        "palisade-cluster" => systems::palisade(
+            bin()?,
+            &ClusterSpec::compare(3, args.server_cpu, Replication::Quorum),
+        ),
+        "palisade-cluster-none" => systems::palisade(
+            bin()?,
+            &ClusterSpec::compare(3, args.server_cpu, Replication::None),
+        ),
         "echo" => systems::echo(args.server_cpu, &[]),
         "redis" => systems::peer(peers::PeerKind::Redis, args.server_cpu),
         "etcd" => systems::peer(peers::PeerKind::Etcd, args.server_cpu),
@@ -653,7 +686,7 @@ fn write(report: &Report, out: &Path, workloads: &[Workload], connections: &[usi
 
 fn print_table(report: &Report) {
     println!(
-        "{:<17} {:<12} {:>5} {:>12} {:>16} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "{:<22} {:<12} {:>5} {:>12} {:>16} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "system",
         "workload",
         "conns",
@@ -668,7 +701,7 @@ fn print_table(report: &Report) {
     for cell in &report.cells {
         if let Some(e) = &cell.error {
             println!(
-                "{:<17} {:<12} {:>5} failed: {e}",
+                "{:<22} {:<12} {:>5} failed: {e}",
                 cell.system,
                 cell.workload.name(),
                 cell.connections
@@ -677,7 +710,7 @@ fn print_table(report: &Report) {
         }
         for m in &cell.runs {
             println!(
-                "{:<17} {:<12} {:>5} {:>12.0} {:>16} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+                "{:<22} {:<12} {:>5} {:>12.0} {:>16} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
                 cell.system,
                 cell.workload.name(),
                 cell.connections,
@@ -703,7 +736,7 @@ fn print_table(report: &Report) {
             "target: {} — needed {}, measured {}, {}",
             t.name,
             t.needed,
-            t.measured.map_or("–".into(), |m| format!("{m:.2}×")),
+            t.measured_text(),
             match t.met {
                 Some(true) => "met",
                 Some(false) => "NOT met",

@@ -136,6 +136,9 @@ pub(crate) struct Report {
     pub(crate) command: String,
     pub(crate) date: String,
     pub(crate) machine: String,
+    /// `/proc/loadavg` before and after the run: the machine is shared.
+    pub(crate) load_before: String,
+    pub(crate) load_after: String,
     pub(crate) method: String,
     pub(crate) p99_bound_us: f64,
     pub(crate) systems: Vec<SystemInfo>,
@@ -187,9 +190,161 @@ fn rate(v: f64) -> String {
 pub(crate) struct Target {
     pub(crate) name: String,
     pub(crate) measured: Option<f64>,
+    /// Written after `measured`: "×" for ratios, " ms" for latencies.
+    pub(crate) unit: &'static str,
     pub(crate) needed: String,
     pub(crate) met: Option<bool>,
     pub(crate) detail: String,
+}
+
+impl Target {
+    /// The measured value with its unit, or "–".
+    pub(crate) fn measured_text(&self) -> String {
+        self.measured
+            .map_or("–".into(), |m| format!("{m:.2}{}", self.unit))
+    }
+}
+
+/// Whether a cell's sweep never failed: it stopped at the sweep's rate
+/// cap, so the system's maximum is at least the reported one.
+pub(crate) fn capped(cell: &Cell) -> bool {
+    !cell.sweep.is_empty() && cell.sweep.iter().all(|s| s.failed.is_none())
+}
+
+/// The highest requests/s any connection count of `system` sustained on
+/// `workload`, and whether that cell stopped at the sweep's cap.
+fn best(report: &Report, system: &str, workload: Workload) -> Option<(f64, bool)> {
+    report
+        .cells
+        .iter()
+        .filter(|c| c.system == system && c.workload == workload)
+        .filter_map(|c| c.max_requests_per_s.map(|m| (m, capped(c))))
+        .reduce(|a, b| if b.0 > a.0 { b } else { a })
+}
+
+fn cap_note(capped: bool) -> &'static str {
+    if capped {
+        " (the sweep's cap: at least this)"
+    } else {
+        ""
+    }
+}
+
+/// Issue 12 ("Leases survive leader failover"): the three-node cluster
+/// with `leases.replication = "quorum"` (`palisade-cluster`) against etcd's
+/// lease-bound lock, and against the same cluster with `replication =
+/// "none"` (`palisade-cluster-none`) on the leader-local operations.
+pub(crate) fn replication_targets(report: &Report) -> Vec<Target> {
+    const QUORUM: &str = "palisade-cluster";
+    const NONE: &str = "palisade-cluster-none";
+    let mut out = Vec::new();
+    let (ours, etcd) = (
+        best(report, QUORUM, Workload::Uncontended),
+        best(report, "etcd", Workload::Uncontended),
+    );
+    let ratio = ours.zip(etcd).map(|(a, b)| a.0 / b.0);
+    out.push(Target {
+        name: "3-node cluster, quorum: maximum sustainable uncontended throughput (requests/s) vs etcd's lease-bound lock".into(),
+        measured: ratio,
+        unit: "×",
+        needed: "≥ 10×".into(),
+        met: ratio.map(|r| r >= 10.0),
+        detail: match (ours, etcd) {
+            (Some(a), Some(b)) => format!(
+                "{}{} vs {}{} requests/s",
+                rate(a.0),
+                cap_note(a.1),
+                rate(b.0),
+                cap_note(b.1)
+            ),
+            (_, None) => "etcd not measured".into(),
+            (None, _) => format!("{QUORUM} not measured"),
+        },
+    });
+    let mut connections: Vec<usize> = report
+        .cells
+        .iter()
+        .filter(|c| c.system == QUORUM && c.workload == Workload::Uncontended)
+        .map(|c| c.connections)
+        .collect();
+    connections.sort_unstable();
+    connections.dedup();
+    for conns in connections {
+        let m = run(
+            report.cell(QUORUM, Workload::Uncontended, conns),
+            "50% of max",
+        );
+        let p99_ms = m.map(|m| m.requests.p99 / 1e3);
+        out.push(Target {
+            name: format!(
+                "3-node cluster, quorum: uncontended p99 at 50% of its maximum rate ({conns} connection{})",
+                plural(conns)
+            ),
+            measured: p99_ms,
+            unit: " ms",
+            needed: "≤ 5 ms".into(),
+            met: p99_ms.map(|p| p <= 5.0),
+            detail: m.map_or("not measured".into(), |m| {
+                format!("{} µs at {} arrivals/s", us(m.requests.p99), rate(m.rate))
+            }),
+        });
+    }
+    for workload in [Workload::Renew, Workload::Check] {
+        let mut connections: Vec<usize> = report
+            .cells
+            .iter()
+            .filter(|c| (c.system == QUORUM || c.system == NONE) && c.workload == workload)
+            .map(|c| c.connections)
+            .collect();
+        connections.sort_unstable();
+        connections.dedup();
+        for conns in connections {
+            let max = |system: &str| {
+                report
+                    .cell(system, workload, conns)
+                    .and_then(|c| c.max_requests_per_s.map(|m| (m, capped(c))))
+            };
+            let (q, n) = (max(QUORUM), max(NONE));
+            let ratio = q.zip(n).map(|(q, n)| q.0 / n.0);
+            let both_capped = q.zip(n).is_some_and(|(q, n)| q.1 && n.1);
+            out.push(Target {
+                name: format!(
+                    "3-node cluster: maximum {} throughput (requests/s), quorum vs none ({conns} connection{})",
+                    workload.name(),
+                    plural(conns)
+                ),
+                measured: ratio,
+                unit: "×",
+                needed: "≥ 0.90× (within 10 %)".into(),
+                met: ratio.map(|r| r >= 0.9),
+                detail: match (q, n) {
+                    (Some(q), Some(n)) => format!(
+                        "{}{} vs {}{} requests/s{}",
+                        rate(q.0),
+                        cap_note(q.1),
+                        rate(n.0),
+                        cap_note(n.1),
+                        if both_capped {
+                            "; both reached the sweep's cap, raise --max-rate to tell them apart"
+                        } else {
+                            ""
+                        }
+                    ),
+                    (None, _) => format!("{QUORUM} not measured"),
+                    (_, None) => format!("{NONE} not measured"),
+                },
+            });
+        }
+    }
+    out
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
 }
 
 /// The issue's targets, computed from the report.
@@ -203,6 +358,7 @@ pub(crate) fn targets(report: &Report) -> Vec<Target> {
         name: "Palisade uncontended, 1 connection: p99 vs the echo floor's p99 at the same rate"
             .into(),
         measured: ratio,
+        unit: "×",
         needed: "≤ 1.3×".into(),
         met: ratio.map(|r| r <= 1.3),
         detail: p.zip(e).map_or("not measured".into(), |(p, e)| {
@@ -230,6 +386,7 @@ pub(crate) fn targets(report: &Report) -> Vec<Target> {
                 "maximum sustainable throughput (uncontended, requests/s): Palisade vs {peer}"
             ),
             measured: ratio,
+            unit: "×",
             needed: format!("≥ {needed}×"),
             met: ratio.map(|r| r >= needed),
             detail: match (ours, theirs) {
@@ -255,6 +412,7 @@ pub(crate) fn targets(report: &Report) -> Vec<Target> {
                 if connections == 1 { "" } else { "s" }
             ),
             measured: ratio,
+            unit: "×",
             needed: "≤ 1.5×".into(),
             met: ratio.map(|r| r <= 1.5),
             detail: p.zip(e).map_or("not measured".into(), |(p, e)| {
@@ -267,6 +425,7 @@ pub(crate) fn targets(report: &Report) -> Vec<Target> {
             }),
         });
     }
+    out.extend(replication_targets(report));
     out
 }
 
@@ -279,7 +438,12 @@ pub(crate) fn markdown(report: &Report) -> String {
     );
     let _ = writeln!(md, "Command: `{}`  ", report.command);
     let _ = writeln!(md, "Date: {}  ", report.date);
-    let _ = writeln!(md, "Machine: {}\n", report.machine);
+    let _ = writeln!(md, "Machine: {}  ", report.machine);
+    let _ = writeln!(
+        md,
+        "Load average (1, 5, 15 min, runnable/total, last pid) before: {}; after: {}\n",
+        report.load_before, report.load_after
+    );
     let _ = writeln!(md, "## Method\n\n{}\n", report.method);
     let _ = writeln!(md, "## Systems\n");
     let _ = writeln!(md, "| system | what ran |\n|---|---|");
@@ -296,7 +460,7 @@ pub(crate) fn markdown(report: &Report) -> String {
         "| target | needed | measured | met | detail |\n|---|---|---|---|---|"
     );
     for t in targets(report) {
-        let measured = t.measured.map_or("–".into(), |m| format!("{m:.2}×"));
+        let measured = t.measured_text();
         let met = match t.met {
             Some(true) => "yes",
             Some(false) => "**no**",
@@ -348,10 +512,8 @@ pub(crate) fn markdown(report: &Report) -> String {
                 }
                 // Never failed: the sweep stopped at its rate cap, so the
                 // system's maximum is at least this.
-                let capped =
-                    !cell.sweep.is_empty() && cell.sweep.iter().all(|s| s.failed.is_none());
                 let max = cell.max_rate.map_or("none within the bound".into(), |m| {
-                    if capped {
+                    if capped(cell) {
                         format!("≥ {} (the sweep's cap)", rate(m))
                     } else {
                         rate(m)
@@ -580,6 +742,155 @@ mod tests {
         }
     }
 
+    /// A cell whose sweep sustained `requests_per_s` at its maximum;
+    /// `capped`: the sweep never failed.
+    fn cell_at(
+        system: &str,
+        workload: Workload,
+        connections: usize,
+        requests_per_s: f64,
+        capped: bool,
+        runs: Vec<Measured>,
+    ) -> Cell {
+        Cell {
+            system: system.into(),
+            workload,
+            connections,
+            max_rate: Some(requests_per_s / 2.0),
+            max_requests_per_s: Some(requests_per_s),
+            sweep: vec![Step {
+                rate: requests_per_s / 2.0,
+                requests_per_s,
+                p99_us: 100.0,
+                failed: (!capped).then(|| "p99".to_string()),
+            }],
+            runs,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn replication_targets_from_known_numbers() {
+        let report = Report {
+            command: "c".into(),
+            date: "d".into(),
+            machine: "m".into(),
+            load_before: "1".into(),
+            load_after: "2".into(),
+            method: "x".into(),
+            p99_bound_us: 10_000.0,
+            systems: Vec::new(),
+            cells: vec![
+                // Uncontended: the best quorum cell is 32 connections,
+                // 120k requests/s; etcd's best is 8k: 15x.
+                cell_at(
+                    "palisade-cluster",
+                    Workload::Uncontended,
+                    1,
+                    100_000.0,
+                    false,
+                    vec![measured("50% of max", 25_000.0, &[1000, 2000, 4000])],
+                ),
+                cell_at(
+                    "palisade-cluster",
+                    Workload::Uncontended,
+                    32,
+                    120_000.0,
+                    false,
+                    vec![measured("50% of max", 30_000.0, &[1000, 2000, 6000])],
+                ),
+                cell_at("etcd", Workload::Uncontended, 1, 8_000.0, false, Vec::new()),
+                cell_at(
+                    "etcd",
+                    Workload::Uncontended,
+                    32,
+                    1_400.0,
+                    false,
+                    Vec::new(),
+                ),
+                // Renew: 95k vs 100k (0.95, met); check: 80k vs 100k (0.8,
+                // not met), both at the cap.
+                cell_at(
+                    "palisade-cluster",
+                    Workload::Renew,
+                    1,
+                    95_000.0,
+                    false,
+                    Vec::new(),
+                ),
+                cell_at(
+                    "palisade-cluster-none",
+                    Workload::Renew,
+                    1,
+                    100_000.0,
+                    false,
+                    Vec::new(),
+                ),
+                cell_at(
+                    "palisade-cluster",
+                    Workload::Check,
+                    1,
+                    80_000.0,
+                    true,
+                    Vec::new(),
+                ),
+                cell_at(
+                    "palisade-cluster-none",
+                    Workload::Check,
+                    1,
+                    100_000.0,
+                    true,
+                    Vec::new(),
+                ),
+                // Renew at 32 connections: only the quorum cluster.
+                cell_at(
+                    "palisade-cluster",
+                    Workload::Renew,
+                    32,
+                    1.0,
+                    false,
+                    Vec::new(),
+                ),
+            ],
+        };
+        let t = replication_targets(&report);
+        let names: Vec<&str> = t.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(t.len(), 6, "{names:#?}");
+        assert_eq!(t[0].measured, Some(15.0));
+        assert_eq!(t[0].met, Some(true));
+        assert!(t[0].detail.contains("120 000 vs 8 000"), "{:?}", t[0]);
+        // p99 at 50%: 4 ms (met) at 1 connection, 6 ms (not met) at 32.
+        assert!(t[1].name.contains("(1 connection)"), "{:?}", t[1]);
+        assert!((t[1].measured.unwrap() - 4.0).abs() < 0.01, "{:?}", t[1]);
+        assert_eq!(t[1].met, Some(true));
+        assert_eq!(t[1].measured_text(), "4.00 ms");
+        assert!(t[2].name.contains("(32 connections)"), "{:?}", t[2]);
+        assert_eq!(t[2].met, Some(false));
+        assert!(t[3].name.contains("renew") && t[3].name.contains("(1 connection)"));
+        assert!((t[3].measured.unwrap() - 0.95).abs() < 1e-9);
+        assert_eq!(t[3].met, Some(true));
+        assert_eq!(t[3].measured_text(), "0.95×");
+        assert!(t[4].name.contains("renew") && t[4].name.contains("(32 connections)"));
+        assert_eq!(t[4].met, None, "none not measured at 32: {:?}", t[4]);
+        assert!(t[4].detail.contains("palisade-cluster-none not measured"));
+        assert!(t[5].name.contains("check"));
+        assert!((t[5].measured.unwrap() - 0.8).abs() < 1e-9);
+        assert_eq!(t[5].met, Some(false));
+        assert!(
+            t[5].detail.contains("both reached the sweep's cap"),
+            "{:?}",
+            t[5]
+        );
+        // The report's own target list ends with these, and RESULTS.md
+        // prints them.
+        assert_eq!(targets(&report).len(), 5 + 6);
+        let md = markdown(&report);
+        assert!(
+            md.contains("| 3-node cluster, quorum: maximum sustainable uncontended throughput (requests/s) vs etcd's lease-bound lock | ≥ 10× | 15.00× | yes |"),
+            "{md}"
+        );
+    }
+
     #[test]
     fn percentiles_of_a_known_distribution() {
         // 1..=1000 µs once each: p50 = 500, p99 = 990, max = 1000.
@@ -603,6 +914,8 @@ mod tests {
             command: "c".into(),
             date: "d".into(),
             machine: "m".into(),
+            load_before: "1".into(),
+            load_after: "2".into(),
             method: "x".into(),
             p99_bound_us: 10_000.0,
             systems: Vec::new(),
@@ -619,6 +932,8 @@ mod tests {
             command: "c".into(),
             date: "d".into(),
             machine: "m".into(),
+            load_before: "1".into(),
+            load_after: "2".into(),
             method: "x".into(),
             p99_bound_us: 10_000.0,
             systems: Vec::new(),
