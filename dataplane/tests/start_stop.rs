@@ -10,10 +10,13 @@
 //! - `glommio_executor_timer_stalls` shows the cause without the server: a
 //!   bare glommio 0.9 executor with a 1 ms preemption timer that does
 //!   nothing but sleep 1 ms at a time. When the machine is busy it can
-//!   park for good with its task runnable.
+//!   park for good with its task runnable (see `server::nudge`);
+//!   `PALISADE_NUDGE=1` runs the same executor with the data plane's
+//!   workaround.
 #![cfg(feature = "server")]
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +24,8 @@ use std::time::Duration;
 use palisade_dataplane::clock::monotonic_ms;
 use palisade_dataplane::leadership::{Leadership, LeadershipView, TIME_MAX_MS};
 use palisade_dataplane::metrics::{ControlStats, CoreStats};
-use palisade_dataplane::server::{core_count, Cpus, Server, ServerOptions};
+use palisade_dataplane::server::nudge::Nudger;
+use palisade_dataplane::server::{core_count, Cpus, Server, ServerOptions, StartHooks};
 use palisade_dataplane::service::{ServiceConfig, Shared, Tenant};
 use palisade_dataplane::table::{KeyHasher, LeaseTable};
 use palisade_proto::Role;
@@ -188,12 +192,17 @@ fn start_and_stop_many_times() {
 /// One round: an executor sleeps 1 ms at a time for `run`; returns the
 /// longest sleep in ms, or `None` if the executor stopped answering.
 fn timer_round(run: Duration, nudged: bool) -> Option<u64> {
-    assert!(!nudged, "no workaround yet");
+    let nudger = nudged.then(|| Nudger::start(1).expect("nudge thread"));
+    let nudge = nudger.as_ref().map(Nudger::handle);
     let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .name("timer-round")
         .io_memory(512 << 10)
         .preempt_timer(Duration::from_millis(1))
         .spawn(move || async move {
+            let _registration = match nudge {
+                Some(nudge) => Some(nudge.register().await),
+                None => None,
+            };
             let mut worst_ms = 0;
             let began_ms = monotonic_ms();
             while monotonic_ms() - began_ms < run.as_millis() as u64 {
@@ -233,4 +242,67 @@ fn glommio_executor_timer_stalls() {
         }
     }
     eprintln!("{rounds} rounds of 2 s, nudged: {nudged}, longest 1 ms sleep: {worst_ms} ms");
+}
+
+#[test]
+fn start_and_stop_are_prompt() {
+    let cores = core_count(&Cpus::All).expect("cores");
+    let began_ms = monotonic_ms();
+    let mut server = Server::start(shared(cores), options()).expect("start");
+    let started_ms = monotonic_ms();
+    server.stop();
+    let stopped_ms = monotonic_ms();
+    assert!(
+        started_ms - began_ms < 10_000,
+        "start took {} ms",
+        started_ms - began_ms
+    );
+    // The stop is a wake, not a poll: no core waits out a timer first.
+    assert!(
+        stopped_ms - started_ms < 2_000,
+        "stop took {} ms",
+        stopped_ms - started_ms
+    );
+}
+
+#[test]
+fn a_start_whose_core_never_listens_fails_within_its_bound() {
+    let cores = core_count(&Cpus::All).expect("cores");
+    let release = Arc::new(AtomicBool::new(false));
+    let hooks = StartHooks {
+        start_timeout: Some(Duration::from_millis(1_000)),
+        stop_timeout: Some(Duration::from_millis(1_000)),
+        wedge: Some((0, release.clone())),
+        vanish: None,
+    };
+    let began_ms = monotonic_ms();
+    let result = Server::start_with_hooks(shared(cores), options(), hooks);
+    let took_ms = monotonic_ms() - began_ms;
+    release.store(true, Ordering::SeqCst);
+    let error = result.expect_err("a core never listens").to_string();
+    // Start timeout plus stop timeout, and scheduling slack.
+    assert!(took_ms < 4_000, "took {took_ms} ms: {error}");
+    assert!(
+        took_ms >= 1_000,
+        "gave up early, after {took_ms} ms: {error}"
+    );
+    assert!(error.contains("listened within"), "{error}");
+    // The wedged core ignores the shutdown flag; the others (waiting for it
+    // in the mesh join) do stop.
+    assert!(error.contains("1 core threads did not stop"), "{error}");
+}
+
+#[test]
+fn a_core_thread_that_ends_early_fails_the_start_at_once() {
+    let cores = core_count(&Cpus::All).expect("cores");
+    let hooks = StartHooks {
+        vanish: Some(0),
+        ..StartHooks::default()
+    };
+    let began_ms = monotonic_ms();
+    let result = Server::start_with_hooks(shared(cores), options(), hooks);
+    let took_ms = monotonic_ms() - began_ms;
+    let error = result.expect_err("a core thread ended").to_string();
+    assert!(took_ms < 5_000, "took {took_ms} ms: {error}");
+    assert!(error.contains("ended before it listened"), "{error}");
 }

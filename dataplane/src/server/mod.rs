@@ -15,7 +15,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use glommio::channels::channel_mesh::{MeshBuilder, Senders};
@@ -24,7 +25,7 @@ use glommio::{
     CpuSet, Latency, LocalExecutorPoolBuilder, PoolPlacement, PoolThreadHandles, Shares,
     TaskQueueHandle,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::clock::monotonic_ms;
 use crate::leadership::LeadershipView;
@@ -33,11 +34,13 @@ use crate::replica::{tag, tag_core, Command, Notice, Proposal};
 use crate::service::{Commit, Shared, WatchRequest};
 use crate::table::LeaseKey;
 use crate::waiters::{home_core, Origin, WaitEvent, WaitQueues, WaitRequest};
+use nudge::{Nudge, Nudger, Registration};
 
 mod admin;
 mod conn;
 pub mod heartbeat;
 pub mod net;
+pub mod nudge;
 
 /// Which CPUs run data-plane cores.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,8 +133,17 @@ enum CoreMsg {
 
 /// Capacity of each cross-core channel.
 const MESH_CHANNEL_CAPACITY: usize = 4096;
-/// How often a core looks at the shutdown flag.
-const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+/// How long [`Server::start`] waits for every core to listen before it
+/// gives up (the node then exits non-zero and its service manager restarts
+/// it).
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long [`Server::stop`] waits for the cores to end before it leaves
+/// them running (a core stuck in a task that never yields cannot be ended
+/// from outside; the process is about to exit anyway).
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a waiting [`Server::start`] or [`Server::stop`] looks at the
+/// core threads.
+const THREAD_POLL: Duration = Duration::from_millis(5);
 /// How often a parked watch re-reads its key: the longest a watcher hears
 /// of a new grant late. A table read is a few nanoseconds; a few watchers
 /// per fencing proxy cost nothing measurable.
@@ -517,10 +529,31 @@ impl CoreCtx {
     }
 }
 
+/// Test hooks for [`Server::start_with_hooks`]; all off by default.
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct StartHooks {
+    /// Replaces [`START_TIMEOUT`].
+    pub start_timeout: Option<Duration>,
+    /// Replaces [`STOP_TIMEOUT`].
+    pub stop_timeout: Option<Duration>,
+    /// The core thread that registers `n`-th (0 first) wedges before it
+    /// joins the mesh: it ignores the shutdown flag until the flag given
+    /// here is set, like a core stuck where nothing can reach it.
+    pub wedge: Option<(usize, Arc<AtomicBool>)>,
+    /// The core thread that registers `n`-th ends at once, without a word,
+    /// like a thread whose executor could not be built.
+    pub vanish: Option<usize>,
+}
+
 /// A running data plane.
 pub struct Server {
     handles: Option<PoolThreadHandles<()>>,
     shutdown: Arc<AtomicBool>,
+    /// Wakes every core from outside (glommio 0.9 can park a core with
+    /// runnable tasks; see [`nudge`]).
+    nudger: Nudger,
+    stop_timeout: Duration,
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     cores: usize,
@@ -588,8 +621,20 @@ fn placement(cpus: &Cpus) -> io::Result<PoolPlacement> {
 }
 
 impl Server {
-    /// Starts the cores and returns once every core listens.
+    /// Starts the cores and returns once every core listens, or with an
+    /// error within [`START_TIMEOUT`] (plus at most [`STOP_TIMEOUT`] to
+    /// end the cores that did start).
     pub fn start(shared: Arc<Shared>, opts: ServerOptions) -> io::Result<Server> {
+        Server::start_with_hooks(shared, opts, StartHooks::default())
+    }
+
+    /// [`Server::start`] with test hooks.
+    #[doc(hidden)]
+    pub fn start_with_hooks(
+        shared: Arc<Shared>,
+        opts: ServerOptions,
+        hooks: StartHooks,
+    ) -> io::Result<Server> {
         let placement = placement(&opts.cpus)?;
         let cores = placement.executor_count();
         assert!(cores >= 1);
@@ -623,6 +668,10 @@ impl Server {
         let mesh = MeshBuilder::<CoreMsg, _>::full(cores, MESH_CHANNEL_CAPACITY);
         let heartbeats = heartbeat::slots(cores, monotonic_ms());
         let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
+        let nudger = Nudger::start(cores)
+            .map_err(|e| io::Error::new(e.kind(), format!("starting the nudge thread: {e}")))?;
+        let start_timeout = hooks.start_timeout.unwrap_or(START_TIMEOUT);
+        let stop_timeout = hooks.stop_timeout.unwrap_or(STOP_TIMEOUT);
         let handles = LocalExecutorPoolBuilder::new(placement)
             .name("palisade-core")
             .preempt_timer(opts.preempt_timer)
@@ -630,12 +679,15 @@ impl Server {
             .on_all_shards({
                 let shutdown = shutdown.clone();
                 let heartbeats = heartbeats.clone();
+                let nudge = nudger.handle();
                 move || async move {
                     let links = CoreLinks {
                         connections,
                         shutdown,
                         heartbeats,
                         admin,
+                        nudge,
+                        hooks,
                     };
                     core_main(shared, opts, mesh, links, ready_tx).await;
                 }
@@ -644,23 +696,21 @@ impl Server {
         let mut server = Server {
             handles: Some(handles),
             shutdown,
+            nudger,
+            stop_timeout,
             local_addr,
             admin_addr,
             cores,
             heartbeats,
         };
-        for _ in 0..cores {
-            match ready_rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(Ok(core)) => debug!(core, "core listening"),
-                Ok(Err(message)) => {
-                    server.stop();
-                    return Err(io::Error::other(message));
-                }
-                Err(_) => {
-                    server.stop();
-                    return Err(io::Error::other("a data-plane core did not start"));
-                }
-            }
+        if let Err(message) = server.await_listening(&ready_rx, start_timeout) {
+            let left = server.stop_within(stop_timeout);
+            let message = if left > 0 {
+                format!("{message}; {left} core threads did not stop within {stop_timeout:?} and were left behind")
+            } else {
+                message
+            };
+            return Err(io::Error::other(message));
         }
         drop(reservation);
         info!(listen = %local_addr, cores, "data plane serving");
@@ -695,16 +745,104 @@ impl Server {
         out.extend(self.heartbeats.iter().map(|b| b.load(Ordering::Relaxed)));
     }
 
-    /// Stops every core and waits for them.
-    pub fn stop(&mut self) {
-        self.shutdown.store(true, Ordering::SeqCst);
-        if let Some(handles) = self.handles.take() {
-            for result in handles.join_all() {
-                if let Err(e) = result {
-                    warn!(error = %e, "data-plane core ended with an error");
+    /// Waits until every core reported that it listens, a core failed,
+    /// or `timeout` passed.
+    fn await_listening(
+        &self,
+        ready: &mpsc::Receiver<Result<usize, String>>,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let deadline_ms = monotonic_ms().saturating_add(timeout_ms);
+        let mut listening = 0;
+        while listening < self.cores {
+            let now_ms = monotonic_ms();
+            if now_ms >= deadline_ms {
+                return Err(format!(
+                    "only {listening} of {} data-plane cores listened within {timeout:?}",
+                    self.cores
+                ));
+            }
+            let wait = Duration::from_millis(deadline_ms - now_ms).min(THREAD_POLL);
+            match ready.recv_timeout(wait) {
+                Ok(Ok(core)) => {
+                    debug!(core, "core listening");
+                    listening += 1;
+                }
+                Ok(Err(message)) => return Err(message),
+                Err(timeout_or_gone) => {
+                    if timeout_or_gone == RecvTimeoutError::Disconnected {
+                        std::thread::sleep(THREAD_POLL);
+                    }
+                    // A thread that ended without a word never will (its
+                    // executor could not be built, or it panicked).
+                    if self.ended_cores() > listening {
+                        return Err(format!(
+                            "a data-plane core thread ended before it listened ({listening} of {} listening)",
+                            self.cores
+                        ));
+                    }
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Core threads that have ended.
+    fn ended_cores(&self) -> usize {
+        self.handles.as_ref().map_or(0, |handles| {
+            handles.handles().iter().filter(|h| h.is_finished()).count()
+        })
+    }
+
+    /// Stops every core and waits for them, at most [`STOP_TIMEOUT`]: a
+    /// core that does not end by then (stuck in a task that never yields)
+    /// is left running and logged.
+    pub fn stop(&mut self) {
+        let left = self.stop_within(self.stop_timeout);
+        if left > 0 {
+            error!(
+                left,
+                timeout = ?self.stop_timeout,
+                "data-plane cores did not stop; leaving them behind"
+            );
+        }
+    }
+
+    /// Sets the shutdown flag, wakes every core and waits up to `timeout`
+    /// for them to end. Returns how many did not.
+    fn stop_within(&mut self, timeout: Duration) -> usize {
+        self.shutdown.store(true, Ordering::SeqCst);
+        self.nudger.nudge_now();
+        let mut left = 0;
+        if let Some(handles) = self.handles.take() {
+            let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            let deadline_ms = monotonic_ms().saturating_add(timeout_ms);
+            loop {
+                let running = handles
+                    .handles()
+                    .iter()
+                    .filter(|h| !h.is_finished())
+                    .count();
+                if running == 0 {
+                    for result in handles.join_all() {
+                        if let Err(e) = result {
+                            warn!(error = %e, "data-plane core ended with an error");
+                        }
+                    }
+                    break;
+                }
+                if monotonic_ms() >= deadline_ms {
+                    // Dropping the handles detaches the threads.
+                    left = running;
+                    break;
+                }
+                std::thread::sleep(THREAD_POLL);
+            }
+        }
+        // Only now: a stopping core may still need a nudge.
+        self.nudger.stop();
+        left
     }
 }
 
@@ -724,6 +862,28 @@ struct CoreLinks {
     heartbeats: Arc<[AtomicU64]>,
     /// The admin listener, taken by core 0.
     admin: Arc<std::sync::Mutex<Option<socket2::Socket>>>,
+    /// Where each core registers to be woken from outside.
+    nudge: Arc<Nudge>,
+    /// Test hooks (off by default).
+    hooks: StartHooks,
+}
+
+/// Resolves once `shutdown` is set. The core's root task polls it; the
+/// nudge thread wakes that task every [`nudge::NUDGE_INTERVAL`] and at
+/// once when the server stops, so nothing else needs to wake it.
+async fn shutdown_requested(shutdown: &AtomicBool, registration: &Registration) {
+    std::future::poll_fn(|cx| {
+        if shutdown.load(Ordering::SeqCst) {
+            return std::task::Poll::Ready(());
+        }
+        registration.refresh(cx.waker());
+        if shutdown.load(Ordering::SeqCst) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
 }
 
 async fn core_main(
@@ -738,27 +898,42 @@ async fn core_main(
         shutdown,
         heartbeats,
         admin,
+        nudge,
+        hooks,
     } = links;
     let cores = mesh.nr_peers();
-    // glommio wakes a channel's connection waiters only when its reactor
-    // loop runs; an idle executor sleeping in io_uring may miss a peer that
-    // connects later (seen here: a 14 s start). Tick until joined.
-    let joined = Rc::new(Cell::new(false));
-    let ticker = glommio::spawn_local({
-        let joined = joined.clone();
-        async move {
-            while !joined.get() {
-                glommio::timer::sleep(Duration::from_millis(1)).await;
+    // From here on the nudge thread wakes this executor every few ms:
+    // glommio 0.9 may park it with runnable tasks under load (issue 16:
+    // starts hung here, in the mesh join, while the machine was busy).
+    let registration = nudge.register().await;
+    if hooks.vanish == Some(registration.slot()) {
+        warn!(slot = registration.slot(), "test hook: core thread ends");
+        return;
+    }
+    if let Some((slot, release)) = &hooks.wedge {
+        if *slot == registration.slot() {
+            warn!(slot, "test hook: core wedged, deaf to shutdown");
+            while !release.load(Ordering::SeqCst) {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
             }
+            return;
         }
-    });
-    let joined_mesh = mesh.join().await;
-    joined.set(true);
-    ticker.await;
+    }
+    // A peer that never joins (its thread died) must not keep this core
+    // from stopping.
+    let joined_mesh = futures_lite::future::or(async { Some(mesh.join().await) }, async {
+        shutdown_requested(&shutdown, &registration).await;
+        None
+    })
+    .await;
     let (senders, mut receivers) = match joined_mesh {
-        Ok(joined) => joined,
-        Err(e) => {
+        Some(Ok(joined)) => joined,
+        Some(Err(e)) => {
             let _ = ready.send(Err(format!("joining the core mesh: {e}")));
+            return;
+        }
+        None => {
+            debug!("stopped before the core mesh formed");
             return;
         }
     };
@@ -835,10 +1010,9 @@ async fn core_main(
     spawn(hot, heartbeat::beat(heartbeats, index));
     let _ = ready.send(Ok(index));
 
-    while !shutdown.load(Ordering::SeqCst) {
-        glommio::timer::sleep(SHUTDOWN_POLL).await;
-    }
+    shutdown_requested(&shutdown, &registration).await;
     debug!(core = index, "core stopping");
+    drop(registration);
 }
 
 /// Spawns a detached task from a context that cannot fail on it (the
