@@ -144,6 +144,9 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a waiting [`Server::start`] or [`Server::stop`] looks at the
 /// core threads.
 const THREAD_POLL: Duration = Duration::from_millis(5);
+/// How often a waiting [`Server::start`] or [`Server::stop`] kicks the core
+/// threads whose executor has not run its first task yet (see [`nudge`]).
+const KICK_INTERVAL_MS: u64 = 20;
 /// How often a parked watch re-reads its key: the longest a watcher hears
 /// of a new grant late. A table read is a few nanoseconds; a few watchers
 /// per fencing proxy cost nothing measurable.
@@ -755,8 +758,13 @@ impl Server {
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         let deadline_ms = monotonic_ms().saturating_add(timeout_ms);
         let mut listening = 0;
+        let mut kicked_ms = monotonic_ms();
         while listening < self.cores {
             let now_ms = monotonic_ms();
+            if now_ms - kicked_ms >= KICK_INTERVAL_MS {
+                self.kick_unregistered();
+                kicked_ms = now_ms;
+            }
             if now_ms >= deadline_ms {
                 return Err(format!(
                     "only {listening} of {} data-plane cores listened within {timeout:?}",
@@ -786,6 +794,20 @@ impl Server {
             }
         }
         Ok(())
+    }
+
+    /// Kicks every core thread that runs but has not registered with the
+    /// nudge thread: glommio may have parked it before its first task.
+    fn kick_unregistered(&self) {
+        let Some(handles) = self.handles.as_ref() else {
+            return;
+        };
+        let nudge = self.nudger.handle();
+        for handle in handles.handles() {
+            if !nudge.is_registered(handle.thread().id()) {
+                nudge::kick(handle);
+            }
+        }
     }
 
     /// Core threads that have ended.
@@ -818,7 +840,17 @@ impl Server {
         if let Some(handles) = self.handles.take() {
             let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
             let deadline_ms = monotonic_ms().saturating_add(timeout_ms);
+            let mut kicked_ms = 0;
             loop {
+                if monotonic_ms() - kicked_ms >= KICK_INTERVAL_MS {
+                    let nudge = self.nudger.handle();
+                    for handle in handles.handles() {
+                        if !nudge.is_registered(handle.thread().id()) {
+                            nudge::kick(handle);
+                        }
+                    }
+                    kicked_ms = monotonic_ms();
+                }
                 let running = handles
                     .handles()
                     .iter()

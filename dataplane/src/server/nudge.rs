@@ -24,6 +24,13 @@
 //! per interval. What it never does: run anything on a core, or touch the
 //! lease table.
 //!
+//! A waker exists only once the root task ran. The bug can strike before
+//! that, in the executor's first turn: then the core has no task to wake
+//! and nothing else to wait for. [`kick`] interrupts such a thread's
+//! `io_uring_enter` with a signal whose handler does nothing
+//! ([`KICK_SIGNAL`]); glommio takes the `EINTR` as an event and turns its
+//! loop again. [`Nudge::is_registered`] tells who still needs that.
+//!
 //! ```no_run
 //! use palisade_dataplane::server::nudge::Nudger;
 //!
@@ -39,12 +46,15 @@
 //!     .expect("ran");
 //! ```
 
+#![allow(unsafe_code)] // the signal shim in `kick`, nothing else
+
 use std::future::poll_fn;
 use std::io;
+use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Poll, Waker};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, ThreadId};
 use std::time::Duration;
 
 /// How often every registered executor is woken. The longest a stall
@@ -56,6 +66,8 @@ pub const NUDGE_INTERVAL: Duration = Duration::from_millis(10);
 pub struct Nudge {
     slots: Box<[Mutex<Option<Waker>>]>,
     next_slot: AtomicUsize,
+    /// The threads that registered, in slot order.
+    threads: Mutex<Vec<ThreadId>>,
     stopped: AtomicBool,
 }
 
@@ -64,6 +76,7 @@ impl Nudge {
         Nudge {
             slots: (0..slot_count).map(|_| Mutex::new(None)).collect(),
             next_slot: AtomicUsize::new(0),
+            threads: Mutex::new(Vec::with_capacity(slot_count)),
             stopped: AtomicBool::new(false),
         }
     }
@@ -86,7 +99,21 @@ impl Nudge {
             Poll::Ready(())
         })
         .await;
+        self.threads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(std::thread::current().id());
         registration
+    }
+
+    /// Whether `thread` registered (its executor has run its root task, so
+    /// nudges reach it).
+    #[must_use]
+    pub fn is_registered(&self, thread: ThreadId) -> bool {
+        self.threads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&thread)
     }
 
     /// Wakes every registered executor now.
@@ -135,6 +162,44 @@ impl Drop for Registration {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         drop(waker);
+    }
+}
+
+/// The signal [`kick`] sends: a real-time signal above the C library's own
+/// (`SIGRTMIN + 7`), handled by a function that does nothing.
+#[must_use]
+pub fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 7
+}
+
+extern "C" fn ignore_kick(_: libc::c_int) {}
+
+/// Interrupts whatever system call `thread` sleeps in (for a glommio core:
+/// `io_uring_enter`, which returns `EINTR`). For a core that has not
+/// registered yet (see the module docs); a thread that already ended is
+/// left alone. Installs the no-op handler on first use (`SA_RESTART`:
+/// other system calls of the thread resume).
+pub fn kick<T>(thread: &JoinHandle<T>) {
+    static HANDLER: std::sync::Once = std::sync::Once::new();
+    if thread.is_finished() {
+        return;
+    }
+    HANDLER.call_once(|| {
+        // SAFETY: a zeroed `sigaction` is a valid empty one; the handler
+        // is an `extern "C" fn(c_int)` that touches nothing, so it is
+        // async-signal-safe; the pointer arguments are valid or null.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = ignore_kick as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(kick_signal(), &action, std::ptr::null_mut());
+        }
+    });
+    // SAFETY: the handle is not joined, so its pthread_t is still valid
+    // (an ended thread answers ESRCH, which is ignored).
+    unsafe {
+        libc::pthread_kill(thread.as_pthread_t(), kick_signal());
     }
 }
 
