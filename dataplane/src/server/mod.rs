@@ -13,10 +13,12 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::os::unix::thread::JoinHandleExt;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use glommio::channels::channel_mesh::{MeshBuilder, Senders};
@@ -34,7 +36,7 @@ use crate::replica::{tag, tag_core, Command, Notice, Proposal};
 use crate::service::{Commit, Shared, WatchRequest};
 use crate::table::LeaseKey;
 use crate::waiters::{home_core, Origin, WaitEvent, WaitQueues, WaitRequest};
-use nudge::{Nudge, Nudger, Registration};
+use nudge::{CoreWakers, Kicker, Registration};
 
 mod admin;
 mod conn;
@@ -144,9 +146,9 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a waiting [`Server::start`] or [`Server::stop`] looks at the
 /// core threads.
 const THREAD_POLL: Duration = Duration::from_millis(5);
-/// How often a waiting [`Server::start`] or [`Server::stop`] kicks the core
-/// threads whose executor has not run its first task yet (see [`nudge`]).
-const KICK_INTERVAL_MS: u64 = 20;
+/// A listening core whose heartbeat is this old gets kicked (see
+/// [`nudge`]): its executor may be asleep with runnable tasks.
+const STALE_AFTER_MS: u64 = heartbeat::HEARTBEAT_PERIOD.as_millis() as u64 + 50;
 /// How often a parked watch re-reads its key: the longest a watcher hears
 /// of a new grant late. A table read is a few nanoseconds; a few watchers
 /// per fencing proxy cost nothing measurable.
@@ -553,9 +555,13 @@ pub struct StartHooks {
 pub struct Server {
     handles: Option<PoolThreadHandles<()>>,
     shutdown: Arc<AtomicBool>,
-    /// Wakes every core from outside (glommio 0.9 can park a core with
-    /// runnable tasks; see [`nudge`]).
-    nudger: Nudger,
+    /// Each core's root task, woken when the server stops.
+    wakers: Arc<CoreWakers>,
+    /// Kicks a core that does not listen yet or whose heartbeat is late:
+    /// glommio 0.9 can park a core with runnable tasks (see [`nudge`]).
+    kicker: Option<Kicker>,
+    /// The core threads that listen, with their core index.
+    listening: Arc<std::sync::Mutex<Vec<(ThreadId, usize)>>>,
     stop_timeout: Duration,
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
@@ -670,9 +676,8 @@ impl Server {
         let connections = Arc::new(AtomicU64::new(0));
         let mesh = MeshBuilder::<CoreMsg, _>::full(cores, MESH_CHANNEL_CAPACITY);
         let heartbeats = heartbeat::slots(cores, monotonic_ms());
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
-        let nudger = Nudger::start(cores)
-            .map_err(|e| io::Error::new(e.kind(), format!("starting the nudge thread: {e}")))?;
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(usize, ThreadId), String>>();
+        let wakers = Arc::new(CoreWakers::new(cores));
         let start_timeout = hooks.start_timeout.unwrap_or(START_TIMEOUT);
         let stop_timeout = hooks.stop_timeout.unwrap_or(STOP_TIMEOUT);
         let handles = LocalExecutorPoolBuilder::new(placement)
@@ -682,14 +687,14 @@ impl Server {
             .on_all_shards({
                 let shutdown = shutdown.clone();
                 let heartbeats = heartbeats.clone();
-                let nudge = nudger.handle();
+                let wakers = wakers.clone();
                 move || async move {
                     let links = CoreLinks {
                         connections,
                         shutdown,
                         heartbeats,
                         admin,
-                        nudge,
+                        wakers,
                         hooks,
                     };
                     core_main(shared, opts, mesh, links, ready_tx).await;
@@ -699,21 +704,29 @@ impl Server {
         let mut server = Server {
             handles: Some(handles),
             shutdown,
-            nudger,
+            wakers,
+            kicker: None,
+            listening: Arc::new(std::sync::Mutex::new(Vec::with_capacity(cores))),
             stop_timeout,
             local_addr,
             admin_addr,
             cores,
             heartbeats,
         };
-        if let Err(message) = server.await_listening(&ready_rx, start_timeout) {
+        let started = server.start_kicker().and_then(|()| {
+            server
+                .await_listening(&ready_rx, start_timeout)
+                .map_err(io::Error::other)
+        });
+        if let Err(e) = started {
             let left = server.stop_within(stop_timeout);
-            let message = if left > 0 {
-                format!("{message}; {left} core threads did not stop within {stop_timeout:?} and were left behind")
-            } else {
-                message
-            };
-            return Err(io::Error::other(message));
+            if left == 0 {
+                return Err(e);
+            }
+            return Err(io::Error::new(
+                e.kind(),
+                format!("{e}; {left} core threads did not stop within {stop_timeout:?} and were left behind"),
+            ));
         }
         drop(reservation);
         info!(listen = %local_addr, cores, "data plane serving");
@@ -748,23 +761,52 @@ impl Server {
         out.extend(self.heartbeats.iter().map(|b| b.load(Ordering::Relaxed)));
     }
 
+    /// Starts the thread that kicks stale cores (see [`nudge`]).
+    fn start_kicker(&mut self) -> io::Result<()> {
+        let Some(handles) = self.handles.as_ref() else {
+            return Ok(());
+        };
+        let threads = handles
+            .handles()
+            .iter()
+            .map(|h| (h.thread().id(), h.as_pthread_t()))
+            .collect();
+        let listening = self.listening.clone();
+        let heartbeats = self.heartbeats.clone();
+        let is_stale = move |thread: ThreadId| {
+            let core = listening
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .find(|(id, _)| *id == thread)
+                .map(|&(_, core)| core);
+            match core {
+                // Not listening yet: it may never run its first task.
+                None => true,
+                Some(core) => {
+                    let beat_ms = heartbeats[core].load(Ordering::Relaxed);
+                    monotonic_ms().saturating_sub(beat_ms) > STALE_AFTER_MS
+                }
+            }
+        };
+        let kicker = Kicker::start(threads, is_stale)
+            .map_err(|e| io::Error::new(e.kind(), format!("starting the kick thread: {e}")))?;
+        self.kicker = Some(kicker);
+        Ok(())
+    }
+
     /// Waits until every core reported that it listens, a core failed,
     /// or `timeout` passed.
     fn await_listening(
         &self,
-        ready: &mpsc::Receiver<Result<usize, String>>,
+        ready: &mpsc::Receiver<Result<(usize, ThreadId), String>>,
         timeout: Duration,
     ) -> Result<(), String> {
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         let deadline_ms = monotonic_ms().saturating_add(timeout_ms);
         let mut listening = 0;
-        let mut kicked_ms = monotonic_ms();
         while listening < self.cores {
             let now_ms = monotonic_ms();
-            if now_ms - kicked_ms >= KICK_INTERVAL_MS {
-                self.kick_unregistered();
-                kicked_ms = now_ms;
-            }
             if now_ms >= deadline_ms {
                 return Err(format!(
                     "only {listening} of {} data-plane cores listened within {timeout:?}",
@@ -773,8 +815,12 @@ impl Server {
             }
             let wait = Duration::from_millis(deadline_ms - now_ms).min(THREAD_POLL);
             match ready.recv_timeout(wait) {
-                Ok(Ok(core)) => {
+                Ok(Ok((core, thread))) => {
                     debug!(core, "core listening");
+                    self.listening
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push((thread, core));
                     listening += 1;
                 }
                 Ok(Err(message)) => return Err(message),
@@ -794,20 +840,6 @@ impl Server {
             }
         }
         Ok(())
-    }
-
-    /// Kicks every core thread that runs but has not registered with the
-    /// nudge thread: glommio may have parked it before its first task.
-    fn kick_unregistered(&self) {
-        let Some(handles) = self.handles.as_ref() else {
-            return;
-        };
-        let nudge = self.nudger.handle();
-        for handle in handles.handles() {
-            if !nudge.is_registered(handle.thread().id()) {
-                nudge::kick(handle);
-            }
-        }
     }
 
     /// Core threads that have ended.
@@ -835,45 +867,41 @@ impl Server {
     /// for them to end. Returns how many did not.
     fn stop_within(&mut self, timeout: Duration) -> usize {
         self.shutdown.store(true, Ordering::SeqCst);
-        self.nudger.nudge_now();
-        let mut left = 0;
-        if let Some(handles) = self.handles.take() {
-            let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-            let deadline_ms = monotonic_ms().saturating_add(timeout_ms);
-            let mut kicked_ms = 0;
-            loop {
-                if monotonic_ms() - kicked_ms >= KICK_INTERVAL_MS {
-                    let nudge = self.nudger.handle();
-                    for handle in handles.handles() {
-                        if !nudge.is_registered(handle.thread().id()) {
-                            nudge::kick(handle);
-                        }
-                    }
-                    kicked_ms = monotonic_ms();
+        self.wakers.wake_all();
+        let Some(handles) = self.handles.take() else {
+            if let Some(mut kicker) = self.kicker.take() {
+                kicker.stop();
+            }
+            return 0;
+        };
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let deadline_ms = monotonic_ms().saturating_add(timeout_ms);
+        // The kicker keeps kicking stale cores meanwhile: a stopping core
+        // may be parked too.
+        let left = loop {
+            let running = handles
+                .handles()
+                .iter()
+                .filter(|h| !h.is_finished())
+                .count();
+            if running == 0 || monotonic_ms() >= deadline_ms {
+                break running;
+            }
+            std::thread::sleep(THREAD_POLL);
+        };
+        // Before the threads are joined or detached: the kicker holds
+        // their pthread_t.
+        if let Some(mut kicker) = self.kicker.take() {
+            kicker.stop();
+        }
+        if left == 0 {
+            for result in handles.join_all() {
+                if let Err(e) = result {
+                    warn!(error = %e, "data-plane core ended with an error");
                 }
-                let running = handles
-                    .handles()
-                    .iter()
-                    .filter(|h| !h.is_finished())
-                    .count();
-                if running == 0 {
-                    for result in handles.join_all() {
-                        if let Err(e) = result {
-                            warn!(error = %e, "data-plane core ended with an error");
-                        }
-                    }
-                    break;
-                }
-                if monotonic_ms() >= deadline_ms {
-                    // Dropping the handles detaches the threads.
-                    left = running;
-                    break;
-                }
-                std::thread::sleep(THREAD_POLL);
             }
         }
-        // Only now: a stopping core may still need a nudge.
-        self.nudger.stop();
+        // Otherwise dropping the handles detaches the threads.
         left
     }
 }
@@ -894,15 +922,14 @@ struct CoreLinks {
     heartbeats: Arc<[AtomicU64]>,
     /// The admin listener, taken by core 0.
     admin: Arc<std::sync::Mutex<Option<socket2::Socket>>>,
-    /// Where each core registers to be woken from outside.
-    nudge: Arc<Nudge>,
+    /// Where each core registers to be woken when the server stops.
+    wakers: Arc<CoreWakers>,
     /// Test hooks (off by default).
     hooks: StartHooks,
 }
 
-/// Resolves once `shutdown` is set. The core's root task polls it; the
-/// nudge thread wakes that task every [`nudge::NUDGE_INTERVAL`] and at
-/// once when the server stops, so nothing else needs to wake it.
+/// Resolves once `shutdown` is set: [`Server::stop`] sets it and then wakes
+/// the task registered in `registration` (the core's root task).
 async fn shutdown_requested(shutdown: &AtomicBool, registration: &Registration) {
     std::future::poll_fn(|cx| {
         if shutdown.load(Ordering::SeqCst) {
@@ -923,21 +950,21 @@ async fn core_main(
     opts: ServerOptions,
     mesh: MeshBuilder<CoreMsg, glommio::channels::channel_mesh::Full>,
     links: CoreLinks,
-    ready: mpsc::Sender<Result<usize, String>>,
+    ready: mpsc::Sender<Result<(usize, ThreadId), String>>,
 ) {
     let CoreLinks {
         connections,
         shutdown,
         heartbeats,
         admin,
-        nudge,
+        wakers,
         hooks,
     } = links;
     let cores = mesh.nr_peers();
-    // From here on the nudge thread wakes this executor every few ms:
-    // glommio 0.9 may park it with runnable tasks under load (issue 16:
-    // starts hung here, in the mesh join, while the machine was busy).
-    let registration = nudge.register().await;
+    // Until this core listens, the kick thread interrupts its sleep every
+    // few ms: glommio 0.9 may park it with runnable tasks under load
+    // (issue 16: starts hung in the mesh join while the machine was busy).
+    let registration = wakers.register().await;
     if hooks.vanish == Some(registration.slot()) {
         warn!(slot = registration.slot(), "test hook: core thread ends");
         return;
@@ -1040,7 +1067,7 @@ async fn core_main(
     }
     drop(admin);
     spawn(hot, heartbeat::beat(heartbeats, index));
-    let _ = ready.send(Ok(index));
+    let _ = ready.send(Ok((index, std::thread::current().id())));
 
     shutdown_requested(&shutdown, &registration).await;
     debug!(core = index, "core stopping");
