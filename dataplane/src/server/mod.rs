@@ -1030,28 +1030,29 @@ async fn core_main(
         next_tag: Cell::new(1),
     });
 
+    let mut tasks = Vec::new();
     for (_, receiver) in receivers.streams() {
         let ctx = ctx.clone();
-        spawn(hot, async move {
+        tasks.push(spawn_owned(hot, async move {
             while let Some(msg) = receiver.recv().await {
                 ctx.on_message(msg);
             }
-        });
+        }));
     }
-    spawn(hot, wait_timer(ctx.clone(), kick_rx));
+    tasks.push(spawn_owned(hot, wait_timer(ctx.clone(), kick_rx)));
     if let Some(link) = ctx.opts.replica.as_ref() {
         let notices = link.notices[index].clone();
         let ctx = ctx.clone();
-        spawn(hot, async move {
+        tasks.push(spawn_owned(hot, async move {
             // The control thread's send wakes this task across threads
             // (glommio queues a foreign wake and rings the core's eventfd).
             while let Ok(batch) = notices.recv_async().await {
                 ctx.on_notices(batch);
             }
-        });
+        }));
     }
-    spawn(hot, conn::accept_loop(ctx.clone(), listener));
-    spawn(background, sweeper(ctx.clone()));
+    tasks.push(spawn_owned(hot, conn::accept_loop(ctx.clone(), listener)));
+    tasks.push(spawn_owned(background, sweeper(ctx.clone())));
     if index == 0 {
         let admin = admin
             .lock()
@@ -1059,18 +1060,23 @@ async fn core_main(
             .take();
         if let Some(sock) = admin {
             let listener = net::into_glommio(sock);
-            spawn(
+            tasks.push(spawn_owned(
                 background,
                 admin::accept_loop(ctx.clone(), listener, background),
-            );
+            ));
         }
     }
     drop(admin);
-    spawn(hot, heartbeat::beat(heartbeats, index));
+    tasks.push(spawn_owned(hot, heartbeat::beat(heartbeats, index)));
     let _ = ready.send(Ok((index, std::thread::current().id())));
 
     shutdown_requested(&shutdown, &registration).await;
     debug!(core = index, "core stopping");
+    // Cancel the core's long-lived tasks here, while the executor runs:
+    // left detached, they outlived it and kept its rings, its listener and
+    // its blocking thread alive (per core and stop: 3 io_uring instances,
+    // the listening socket, a thread).
+    drop(tasks);
     drop(registration);
 }
 
@@ -1086,9 +1092,16 @@ fn server_spawn(queue: TaskQueueHandle, future: impl std::future::Future<Output 
 }
 
 fn spawn(queue: TaskQueueHandle, future: impl std::future::Future<Output = ()> + 'static) {
-    glommio::spawn_local_into(future, queue)
-        .expect("task queues created on this executor exist")
-        .detach();
+    spawn_owned(queue, future).detach();
+}
+
+/// Spawns one of a core's long-lived tasks; dropping the returned task
+/// cancels it.
+fn spawn_owned(
+    queue: TaskQueueHandle,
+    future: impl std::future::Future<Output = ()> + 'static,
+) -> glommio::Task<()> {
+    glommio::spawn_local_into(future, queue).expect("task queues created on this executor exist")
 }
 
 /// Runs wait-queue deadlines and retries; sleeps until the next one or
