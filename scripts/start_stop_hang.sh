@@ -5,6 +5,7 @@
 #
 # Usage: scripts/start_stop_hang.sh [starts] [hogs]
 #   TEST=glommio_executor_timer_stalls PALISADE_ROUNDS=60 scripts/start_stop_hang.sh 0 4
+#   (add PALISADE_KICK=1 for the same executor with the data plane's kick thread)
 # Prints the test's summary; a hang prints the stuck threads and fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
