@@ -13,9 +13,12 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::os::unix::thread::JoinHandleExt;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, PoisonError};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use glommio::channels::channel_mesh::{MeshBuilder, Senders};
@@ -24,7 +27,7 @@ use glommio::{
     CpuSet, Latency, LocalExecutorPoolBuilder, PoolPlacement, PoolThreadHandles, Shares,
     TaskQueueHandle,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::clock::monotonic_ms;
 use crate::leadership::LeadershipView;
@@ -33,11 +36,13 @@ use crate::replica::{tag, tag_core, Command, Notice, Proposal};
 use crate::service::{Commit, Shared, WatchRequest};
 use crate::table::LeaseKey;
 use crate::waiters::{home_core, Origin, WaitEvent, WaitQueues, WaitRequest};
+use nudge::{CoreWakers, Kicker, Registration};
 
 mod admin;
 mod conn;
 pub mod heartbeat;
 pub mod net;
+pub mod nudge;
 
 /// Which CPUs run data-plane cores.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,8 +137,20 @@ enum CoreMsg {
 
 /// Capacity of each cross-core channel.
 const MESH_CHANNEL_CAPACITY: usize = 4096;
-/// How often a core looks at the shutdown flag.
-const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+/// How long [`Server::start`] waits for every core to listen before it
+/// gives up (the node then exits non-zero and its service manager restarts
+/// it).
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long [`Server::stop`] waits for the cores to end before it leaves
+/// them running (a core stuck in a task that never yields cannot be ended
+/// from outside; the process is about to exit anyway).
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a waiting [`Server::start`] or [`Server::stop`] looks at the
+/// core threads.
+const THREAD_POLL: Duration = Duration::from_millis(5);
+/// A listening core whose heartbeat is this old gets kicked (see
+/// [`nudge`]): its executor may be asleep with runnable tasks.
+const STALE_AFTER_MS: u64 = heartbeat::HEARTBEAT_PERIOD.as_millis() as u64 + 50;
 /// How often a parked watch re-reads its key: the longest a watcher hears
 /// of a new grant late. A table read is a few nanoseconds; a few watchers
 /// per fencing proxy cost nothing measurable.
@@ -525,10 +542,35 @@ impl CoreCtx {
     }
 }
 
+/// Test hooks for [`Server::start_with_hooks`]; all off by default.
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct StartHooks {
+    /// Replaces [`START_TIMEOUT`].
+    pub start_timeout: Option<Duration>,
+    /// Replaces [`STOP_TIMEOUT`].
+    pub stop_timeout: Option<Duration>,
+    /// The core thread that registers `n`-th (0 first) wedges before it
+    /// joins the mesh: it ignores the shutdown flag until the flag given
+    /// here is set, like a core stuck where nothing can reach it.
+    pub wedge: Option<(usize, Arc<AtomicBool>)>,
+    /// The core thread that registers `n`-th ends at once, without a word,
+    /// like a thread whose executor could not be built.
+    pub vanish: Option<usize>,
+}
+
 /// A running data plane.
 pub struct Server {
     handles: Option<PoolThreadHandles<()>>,
     shutdown: Arc<AtomicBool>,
+    /// Each core's root task, woken when the server stops.
+    wakers: Arc<CoreWakers>,
+    /// Kicks a core that does not listen yet or whose heartbeat is late:
+    /// glommio 0.9 can park a core with runnable tasks (see [`nudge`]).
+    kicker: Option<Kicker>,
+    /// The core threads that listen, with their core index.
+    listening: Arc<std::sync::Mutex<Vec<(ThreadId, usize)>>>,
+    stop_timeout: Duration,
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     cores: usize,
@@ -596,8 +638,20 @@ fn placement(cpus: &Cpus) -> io::Result<PoolPlacement> {
 }
 
 impl Server {
-    /// Starts the cores and returns once every core listens.
+    /// Starts the cores and returns once every core listens, or with an
+    /// error within [`START_TIMEOUT`] (plus at most [`STOP_TIMEOUT`] to
+    /// end the cores that did start).
     pub fn start(shared: Arc<Shared>, opts: ServerOptions) -> io::Result<Server> {
+        Server::start_with_hooks(shared, opts, StartHooks::default())
+    }
+
+    /// [`Server::start`] with test hooks.
+    #[doc(hidden)]
+    pub fn start_with_hooks(
+        shared: Arc<Shared>,
+        opts: ServerOptions,
+        hooks: StartHooks,
+    ) -> io::Result<Server> {
         let placement = placement(&opts.cpus)?;
         let cores = placement.executor_count();
         assert!(cores >= 1);
@@ -630,7 +684,10 @@ impl Server {
         let connections = Arc::new(AtomicU64::new(0));
         let mesh = MeshBuilder::<CoreMsg, _>::full(cores, MESH_CHANNEL_CAPACITY);
         let heartbeats = heartbeat::slots(cores, monotonic_ms());
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(usize, ThreadId), String>>();
+        let wakers = Arc::new(CoreWakers::new(cores));
+        let start_timeout = hooks.start_timeout.unwrap_or(START_TIMEOUT);
+        let stop_timeout = hooks.stop_timeout.unwrap_or(STOP_TIMEOUT);
         let handles = LocalExecutorPoolBuilder::new(placement)
             .name("palisade-core")
             .preempt_timer(opts.preempt_timer)
@@ -638,12 +695,15 @@ impl Server {
             .on_all_shards({
                 let shutdown = shutdown.clone();
                 let heartbeats = heartbeats.clone();
+                let wakers = wakers.clone();
                 move || async move {
                     let links = CoreLinks {
                         connections,
                         shutdown,
                         heartbeats,
                         admin,
+                        wakers,
+                        hooks,
                     };
                     core_main(shared, opts, mesh, links, ready_tx).await;
                 }
@@ -652,23 +712,29 @@ impl Server {
         let mut server = Server {
             handles: Some(handles),
             shutdown,
+            wakers,
+            kicker: None,
+            listening: Arc::new(std::sync::Mutex::new(Vec::with_capacity(cores))),
+            stop_timeout,
             local_addr,
             admin_addr,
             cores,
             heartbeats,
         };
-        for _ in 0..cores {
-            match ready_rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(Ok(core)) => debug!(core, "core listening"),
-                Ok(Err(message)) => {
-                    server.stop();
-                    return Err(io::Error::other(message));
-                }
-                Err(_) => {
-                    server.stop();
-                    return Err(io::Error::other("a data-plane core did not start"));
-                }
+        let started = server.start_kicker().and_then(|()| {
+            server
+                .await_listening(&ready_rx, start_timeout)
+                .map_err(io::Error::other)
+        });
+        if let Err(e) = started {
+            let left = server.stop_within(stop_timeout);
+            if left == 0 {
+                return Err(e);
             }
+            return Err(io::Error::new(
+                e.kind(),
+                format!("{e}; {left} core threads did not stop within {stop_timeout:?} and were left behind"),
+            ));
         }
         drop(reservation);
         info!(listen = %local_addr, cores, "data plane serving");
@@ -703,16 +769,148 @@ impl Server {
         out.extend(self.heartbeats.iter().map(|b| b.load(Ordering::Relaxed)));
     }
 
-    /// Stops every core and waits for them.
+    /// Starts the thread that kicks stale cores (see [`nudge`]).
+    fn start_kicker(&mut self) -> io::Result<()> {
+        let Some(handles) = self.handles.as_ref() else {
+            return Ok(());
+        };
+        let threads = handles
+            .handles()
+            .iter()
+            .map(|h| (h.thread().id(), h.as_pthread_t()))
+            .collect();
+        let listening = self.listening.clone();
+        let heartbeats = self.heartbeats.clone();
+        let is_stale = move |thread: ThreadId| {
+            let core = listening
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .find(|(id, _)| *id == thread)
+                .map(|&(_, core)| core);
+            match core {
+                // Not listening yet: it may never run its first task.
+                None => true,
+                Some(core) => {
+                    let beat_ms = heartbeats[core].load(Ordering::Relaxed);
+                    monotonic_ms().saturating_sub(beat_ms) > STALE_AFTER_MS
+                }
+            }
+        };
+        let kicker = Kicker::start(threads, is_stale)
+            .map_err(|e| io::Error::new(e.kind(), format!("starting the kick thread: {e}")))?;
+        self.kicker = Some(kicker);
+        Ok(())
+    }
+
+    /// Waits until every core reported that it listens, a core failed,
+    /// or `timeout` passed.
+    fn await_listening(
+        &self,
+        ready: &mpsc::Receiver<Result<(usize, ThreadId), String>>,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let deadline_ms = monotonic_ms().saturating_add(timeout_ms);
+        let mut listening = 0;
+        while listening < self.cores {
+            let now_ms = monotonic_ms();
+            if now_ms >= deadline_ms {
+                return Err(format!(
+                    "only {listening} of {} data-plane cores listened within {timeout:?}",
+                    self.cores
+                ));
+            }
+            let wait = Duration::from_millis(deadline_ms - now_ms).min(THREAD_POLL);
+            match ready.recv_timeout(wait) {
+                Ok(Ok((core, thread))) => {
+                    debug!(core, "core listening");
+                    self.listening
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push((thread, core));
+                    listening += 1;
+                }
+                Ok(Err(message)) => return Err(message),
+                Err(timeout_or_gone) => {
+                    if timeout_or_gone == RecvTimeoutError::Disconnected {
+                        std::thread::sleep(THREAD_POLL);
+                    }
+                    // A thread that ended without a word never will (its
+                    // executor could not be built, or it panicked).
+                    if self.ended_cores() > listening {
+                        return Err(format!(
+                            "a data-plane core thread ended before it listened ({listening} of {} listening)",
+                            self.cores
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Core threads that have ended.
+    fn ended_cores(&self) -> usize {
+        self.handles.as_ref().map_or(0, |handles| {
+            handles.handles().iter().filter(|h| h.is_finished()).count()
+        })
+    }
+
+    /// Stops every core and waits for them, at most [`STOP_TIMEOUT`]: a
+    /// core that does not end by then (stuck in a task that never yields)
+    /// is left running and logged.
     pub fn stop(&mut self) {
+        let left = self.stop_within(self.stop_timeout);
+        if left > 0 {
+            error!(
+                left,
+                timeout = ?self.stop_timeout,
+                "data-plane cores did not stop; leaving them behind"
+            );
+        }
+    }
+
+    /// Sets the shutdown flag, wakes every core and waits up to `timeout`
+    /// for them to end. Returns how many did not.
+    fn stop_within(&mut self, timeout: Duration) -> usize {
         self.shutdown.store(true, Ordering::SeqCst);
-        if let Some(handles) = self.handles.take() {
+        self.wakers.wake_all();
+        let Some(handles) = self.handles.take() else {
+            if let Some(mut kicker) = self.kicker.take() {
+                kicker.stop();
+            }
+            return 0;
+        };
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let deadline_ms = monotonic_ms().saturating_add(timeout_ms);
+        // The kicker keeps kicking stale cores meanwhile: a stopping core
+        // may be parked too.
+        let left = loop {
+            let running = handles
+                .handles()
+                .iter()
+                .filter(|h| !h.is_finished())
+                .count();
+            if running == 0 || monotonic_ms() >= deadline_ms {
+                break running;
+            }
+            std::thread::sleep(THREAD_POLL);
+        };
+        // Before the threads are joined or detached: the kicker holds
+        // their pthread_t.
+        if let Some(mut kicker) = self.kicker.take() {
+            kicker.stop();
+        }
+        if left == 0 {
             for result in handles.join_all() {
                 if let Err(e) = result {
                     warn!(error = %e, "data-plane core ended with an error");
                 }
             }
         }
+        // Otherwise dropping the handles detaches the threads.
+        left
     }
 }
 
@@ -732,6 +930,27 @@ struct CoreLinks {
     heartbeats: Arc<[AtomicU64]>,
     /// The admin listener, taken by core 0.
     admin: Arc<std::sync::Mutex<Option<socket2::Socket>>>,
+    /// Where each core registers to be woken when the server stops.
+    wakers: Arc<CoreWakers>,
+    /// Test hooks (off by default).
+    hooks: StartHooks,
+}
+
+/// Resolves once `shutdown` is set: [`Server::stop`] sets it and then wakes
+/// the task registered in `registration` (the core's root task).
+async fn shutdown_requested(shutdown: &AtomicBool, registration: &Registration) {
+    std::future::poll_fn(|cx| {
+        if shutdown.load(Ordering::SeqCst) {
+            return std::task::Poll::Ready(());
+        }
+        registration.refresh(cx.waker());
+        if shutdown.load(Ordering::SeqCst) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
 }
 
 async fn core_main(
@@ -739,34 +958,49 @@ async fn core_main(
     opts: ServerOptions,
     mesh: MeshBuilder<CoreMsg, glommio::channels::channel_mesh::Full>,
     links: CoreLinks,
-    ready: mpsc::Sender<Result<usize, String>>,
+    ready: mpsc::Sender<Result<(usize, ThreadId), String>>,
 ) {
     let CoreLinks {
         connections,
         shutdown,
         heartbeats,
         admin,
+        wakers,
+        hooks,
     } = links;
     let cores = mesh.nr_peers();
-    // glommio wakes a channel's connection waiters only when its reactor
-    // loop runs; an idle executor sleeping in io_uring may miss a peer that
-    // connects later (seen here: a 14 s start). Tick until joined.
-    let joined = Rc::new(Cell::new(false));
-    let ticker = glommio::spawn_local({
-        let joined = joined.clone();
-        async move {
-            while !joined.get() {
-                glommio::timer::sleep(Duration::from_millis(1)).await;
+    // Until this core listens, the kick thread interrupts its sleep every
+    // few ms: glommio 0.9 may park it with runnable tasks under load
+    // (issue 16: starts hung in the mesh join while the machine was busy).
+    let registration = wakers.register().await;
+    if hooks.vanish == Some(registration.slot()) {
+        warn!(slot = registration.slot(), "test hook: core thread ends");
+        return;
+    }
+    if let Some((slot, release)) = &hooks.wedge {
+        if *slot == registration.slot() {
+            warn!(slot, "test hook: core wedged, deaf to shutdown");
+            while !release.load(Ordering::SeqCst) {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
             }
+            return;
         }
-    });
-    let joined_mesh = mesh.join().await;
-    joined.set(true);
-    ticker.await;
+    }
+    // A peer that never joins (its thread died) must not keep this core
+    // from stopping.
+    let joined_mesh = futures_lite::future::or(async { Some(mesh.join().await) }, async {
+        shutdown_requested(&shutdown, &registration).await;
+        None
+    })
+    .await;
     let (senders, mut receivers) = match joined_mesh {
-        Ok(joined) => joined,
-        Err(e) => {
+        Some(Ok(joined)) => joined,
+        Some(Err(e)) => {
             let _ = ready.send(Err(format!("joining the core mesh: {e}")));
+            return;
+        }
+        None => {
+            debug!("stopped before the core mesh formed");
             return;
         }
     };
@@ -804,28 +1038,29 @@ async fn core_main(
         next_tag: Cell::new(1),
     });
 
+    let mut tasks = Vec::new();
     for (_, receiver) in receivers.streams() {
         let ctx = ctx.clone();
-        spawn(hot, async move {
+        tasks.push(spawn_owned(hot, async move {
             while let Some(msg) = receiver.recv().await {
                 ctx.on_message(msg);
             }
-        });
+        }));
     }
-    spawn(hot, wait_timer(ctx.clone(), kick_rx));
+    tasks.push(spawn_owned(hot, wait_timer(ctx.clone(), kick_rx)));
     if let Some(link) = ctx.opts.replica.as_ref() {
         let notices = link.notices[index].clone();
         let ctx = ctx.clone();
-        spawn(hot, async move {
+        tasks.push(spawn_owned(hot, async move {
             // The control thread's send wakes this task across threads
             // (glommio queues a foreign wake and rings the core's eventfd).
             while let Ok(batch) = notices.recv_async().await {
                 ctx.on_notices(batch);
             }
-        });
+        }));
     }
-    spawn(hot, conn::accept_loop(ctx.clone(), listener));
-    spawn(background, sweeper(ctx.clone()));
+    tasks.push(spawn_owned(hot, conn::accept_loop(ctx.clone(), listener)));
+    tasks.push(spawn_owned(background, sweeper(ctx.clone())));
     if index == 0 {
         let admin = admin
             .lock()
@@ -833,20 +1068,24 @@ async fn core_main(
             .take();
         if let Some(sock) = admin {
             let listener = net::into_glommio(sock);
-            spawn(
+            tasks.push(spawn_owned(
                 background,
                 admin::accept_loop(ctx.clone(), listener, background),
-            );
+            ));
         }
     }
     drop(admin);
-    spawn(hot, heartbeat::beat(heartbeats, index));
-    let _ = ready.send(Ok(index));
+    tasks.push(spawn_owned(hot, heartbeat::beat(heartbeats, index)));
+    let _ = ready.send(Ok((index, std::thread::current().id())));
 
-    while !shutdown.load(Ordering::SeqCst) {
-        glommio::timer::sleep(SHUTDOWN_POLL).await;
-    }
+    shutdown_requested(&shutdown, &registration).await;
     debug!(core = index, "core stopping");
+    // Cancel the core's long-lived tasks here, while the executor runs:
+    // left detached, they outlived it and kept its rings, its listener and
+    // its blocking thread alive (per core and stop: 3 io_uring instances,
+    // the listening socket, a thread).
+    drop(tasks);
+    drop(registration);
 }
 
 /// Spawns a detached task from a context that cannot fail on it (the
@@ -861,9 +1100,16 @@ fn server_spawn(queue: TaskQueueHandle, future: impl std::future::Future<Output 
 }
 
 fn spawn(queue: TaskQueueHandle, future: impl std::future::Future<Output = ()> + 'static) {
-    glommio::spawn_local_into(future, queue)
-        .expect("task queues created on this executor exist")
-        .detach();
+    spawn_owned(queue, future).detach();
+}
+
+/// Spawns one of a core's long-lived tasks; dropping the returned task
+/// cancels it.
+fn spawn_owned(
+    queue: TaskQueueHandle,
+    future: impl std::future::Future<Output = ()> + 'static,
+) -> glommio::Task<()> {
+    glommio::spawn_local_into(future, queue).expect("task queues created on this executor exist")
 }
 
 /// Runs wait-queue deadlines and retries; sleeps until the next one or

@@ -2,7 +2,8 @@
 //! listener with SO_REUSEPORT and a DSCP mark set before `listen`, and the
 //! mark on accepted streams (marked again rather than trusting what the
 //! kernel copies from the listener: `net.ipv4.tcp_reflect_tos`, for one,
-//! replaces it with the client's). The only `unsafe` of the server lives here.
+//! replaces it with the client's). Besides the signal shim of `nudge::kick`,
+//! the server's only `unsafe` lives here.
 #![allow(unsafe_code)]
 
 use std::io;

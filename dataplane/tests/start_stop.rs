@@ -1,0 +1,321 @@
+//! Issue 16: a rare data-plane start-up hang under CPU load.
+//!
+//! The slow tests here are ignored; `scripts/start_stop_hang.sh` runs them
+//! next to CPU hogs, which is what makes the hang likely:
+//!
+//! - `start_and_stop_many_times` starts and stops [`Server`] many times
+//!   (`PALISADE_STARTS`, default 200) and fails on the first start that
+//!   does not answer within `PALISADE_HANG_S` (default 10) seconds, after
+//!   printing every thread's kernel state and every io_uring's;
+//! - `glommio_executor_timer_stalls` shows the cause without the server: a
+//!   bare glommio 0.9 executor with a 1 ms preemption timer that does
+//!   nothing but sleep 1 ms at a time. When the machine is busy it can
+//!   park for good with its task runnable (see `server::nudge`);
+//!   `PALISADE_KICK=1` runs the same executor with the data plane's
+//!   workaround.
+#![cfg(feature = "server")]
+
+use std::net::SocketAddr;
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use palisade_dataplane::clock::monotonic_ms;
+use palisade_dataplane::leadership::{Leadership, LeadershipView, TIME_MAX_MS};
+use palisade_dataplane::metrics::{ControlStats, CoreStats};
+use palisade_dataplane::server::nudge::Kicker;
+use palisade_dataplane::server::{core_count, Cpus, Server, ServerOptions, StartHooks};
+use palisade_dataplane::service::{ServiceConfig, Shared, Tenant};
+use palisade_dataplane::table::{KeyHasher, LeaseTable};
+use palisade_proto::Role;
+
+fn shared(cores: usize) -> Arc<Shared> {
+    let leadership = Leadership::new(1);
+    leadership.publish(LeadershipView {
+        epoch: 1,
+        role: Role::Leader,
+        leader_id: 1,
+        grants_from_ms: 0,
+        grants_until_ms: TIME_MAX_MS,
+    });
+    Arc::new(Shared {
+        table: LeaseTable::new(1024, KeyHasher::new([3; 16])),
+        leadership,
+        tenants: vec![Tenant {
+            name: "default".into(),
+            credential: None,
+        }],
+        config: ServiceConfig {
+            node_id: 1,
+            min_ttl_ms: 100,
+            max_ttl_ms: 30_000,
+            lock_delay_max_ms: 60_000,
+            max_drift_ppm: 10_000,
+            pending_per_connection_max: 16,
+            cores: u16::try_from(cores).expect("few cores"),
+            start_ms: 0,
+            unix_offset_ms: 0,
+            members: vec![(1, "127.0.0.1:7411".into())],
+            replicated: false,
+        },
+        stats: (0..cores).map(|_| CoreStats::default()).collect(),
+        control: ControlStats::default(),
+    })
+}
+
+fn options() -> ServerOptions {
+    ServerOptions {
+        listen: "127.0.0.1:0".parse::<SocketAddr>().expect("address"),
+        cpus: Cpus::All,
+        // As shipped: 1 ms (docs/ARCHITECTURE.md, "Data plane shell").
+        preempt_timer: Duration::from_millis(1),
+        rpc_latency: Duration::from_micros(200),
+        dscp: 46,
+        connections_max: 64,
+        waiters_max: 64,
+        frame_payload_max: 64 << 10,
+        handshake_timeout: Duration::from_secs(5),
+        frame_timeout: Duration::from_secs(5),
+        sweep_interval: Duration::from_millis(100),
+        reclaim_after: Duration::from_secs(60),
+        admin: None,
+        replica: None,
+    }
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Prints every thread's state, kernel wait channel and system call.
+fn dump_threads() {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let read = |f: &str| {
+            std::fs::read_to_string(path.join(f))
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
+        let stat = read("stat");
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+            .unwrap_or('?');
+        eprintln!(
+            "  tid {} {:<16} state {} wchan {} syscall {}",
+            task.file_name().to_string_lossy(),
+            read("comm"),
+            state,
+            read("wchan"),
+            read("syscall").split(' ').next().unwrap_or("")
+        );
+    }
+}
+
+/// Prints the kernel's view of every io_uring instance of this process
+/// (submission and completion queue heads and tails, armed polls).
+fn dump_rings() {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    for fd in fds.flatten() {
+        let Ok(target) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
+        if !target.to_string_lossy().contains("io_uring") {
+            continue;
+        }
+        let name = fd.file_name().to_string_lossy().to_string();
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{name}")).unwrap_or_default();
+        let brief: Vec<&str> = info
+            .lines()
+            .filter(|l| {
+                ["SqHead", "SqTail", "CqHead", "CqTail", "  op="]
+                    .iter()
+                    .any(|k| l.starts_with(k))
+            })
+            .collect();
+        eprintln!("  io_uring fd {name}: {}", brief.join(" | "));
+    }
+}
+
+#[test]
+#[ignore = "slow: hundreds of starts; scripts/start_stop_hang.sh runs it under load (issue 16)"]
+fn start_and_stop_many_times() {
+    let starts = env_u64("PALISADE_STARTS", 200);
+    let hang_after = Duration::from_secs(env_u64("PALISADE_HANG_S", 10));
+    let cores = core_count(&Cpus::All).expect("cores");
+    let mut slowest_ms = 0;
+    let mut errors = 0;
+    for i in 0..starts {
+        let (tx, rx) = mpsc::channel();
+        let began_ms = monotonic_ms();
+        let worker = std::thread::spawn(move || {
+            let result = Server::start(shared(cores), options());
+            let _ = tx.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            drop(result);
+        });
+        match rx.recv_timeout(hang_after) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                errors += 1;
+                eprintln!(
+                    "start {i}: error after {} ms: {e}",
+                    monotonic_ms() - began_ms
+                );
+            }
+            Err(_) => {
+                eprintln!(
+                    "start {i}: HANG: no answer after {hang_after:?} (pid {})",
+                    std::process::id()
+                );
+                dump_threads();
+                dump_rings();
+                panic!("start {i} of {starts} hung");
+            }
+        }
+        worker.join().expect("start thread");
+        slowest_ms = slowest_ms.max(monotonic_ms() - began_ms);
+    }
+    eprintln!("{starts} starts, 0 hangs, {errors} errors, slowest start+stop {slowest_ms} ms");
+    assert_eq!(errors, 0);
+}
+
+/// One round: an executor sleeps 1 ms at a time for `run`; returns the
+/// longest sleep in ms, or `None` if the executor stopped answering. With
+/// `kicked`, a [`Kicker`] kicks it when it made no progress for 50 ms.
+fn timer_round(run: Duration, kicked: bool) -> Option<u64> {
+    let progress_ms = Arc::new(AtomicU64::new(monotonic_ms()));
+    let thread = std::thread::spawn({
+        let progress_ms = progress_ms.clone();
+        move || {
+            let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+                .name("timer-round")
+                .io_memory(512 << 10)
+                .preempt_timer(Duration::from_millis(1))
+                .make()
+                .expect("executor");
+            executor.run(async move {
+                let mut worst_ms = 0;
+                let began_ms = monotonic_ms();
+                while monotonic_ms() - began_ms < run.as_millis() as u64 {
+                    let t = monotonic_ms();
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                    progress_ms.store(monotonic_ms(), Ordering::Relaxed);
+                    worst_ms = u64::max(worst_ms, monotonic_ms() - t);
+                }
+                worst_ms
+            })
+        }
+    });
+    let kicker = kicked.then(|| {
+        let threads = vec![(thread.thread().id(), thread.as_pthread_t())];
+        let progress_ms = progress_ms.clone();
+        Kicker::start(threads, move |_| {
+            monotonic_ms().saturating_sub(progress_ms.load(Ordering::Relaxed)) > 50
+        })
+        .expect("kick thread")
+    });
+    let deadline_ms = monotonic_ms() + run.as_millis() as u64 + 10_000;
+    while !thread.is_finished() {
+        if monotonic_ms() > deadline_ms {
+            dump_threads();
+            dump_rings();
+            // The kicker goes before the thread is detached.
+            drop(kicker);
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(kicker);
+    Some(thread.join().expect("executor ran"))
+}
+
+#[test]
+#[ignore = "slow; shows a glommio 0.9 bug under CPU load (issue 16), see scripts/start_stop_hang.sh"]
+fn glommio_executor_timer_stalls() {
+    let rounds = env_u64("PALISADE_ROUNDS", 20);
+    let kicked = env_u64("PALISADE_KICK", 0) == 1;
+    let mut worst_ms = 0;
+    for round in 0..rounds {
+        match timer_round(Duration::from_secs(2), kicked) {
+            Some(ms) => worst_ms = worst_ms.max(ms),
+            None => panic!(
+                "round {round}: the executor parked with its task runnable (kicked: {kicked})"
+            ),
+        }
+    }
+    eprintln!("{rounds} rounds of 2 s, kicked: {kicked}, longest 1 ms sleep: {worst_ms} ms");
+}
+
+#[test]
+fn start_and_stop_are_prompt() {
+    let cores = core_count(&Cpus::All).expect("cores");
+    let began_ms = monotonic_ms();
+    let mut server = Server::start(shared(cores), options()).expect("start");
+    let started_ms = monotonic_ms();
+    server.stop();
+    let stopped_ms = monotonic_ms();
+    assert!(
+        started_ms - began_ms < 10_000,
+        "start took {} ms",
+        started_ms - began_ms
+    );
+    // The stop is a wake, not a poll: no core waits out a timer first.
+    assert!(
+        stopped_ms - started_ms < 2_000,
+        "stop took {} ms",
+        stopped_ms - started_ms
+    );
+}
+
+#[test]
+fn a_start_whose_core_never_listens_fails_within_its_bound() {
+    let cores = core_count(&Cpus::All).expect("cores");
+    let release = Arc::new(AtomicBool::new(false));
+    let hooks = StartHooks {
+        start_timeout: Some(Duration::from_millis(1_000)),
+        stop_timeout: Some(Duration::from_millis(1_000)),
+        wedge: Some((0, release.clone())),
+        vanish: None,
+    };
+    let began_ms = monotonic_ms();
+    let result = Server::start_with_hooks(shared(cores), options(), hooks);
+    let took_ms = monotonic_ms() - began_ms;
+    release.store(true, Ordering::SeqCst);
+    let error = result.expect_err("a core never listens").to_string();
+    // Start timeout plus stop timeout, and scheduling slack.
+    assert!(took_ms < 4_000, "took {took_ms} ms: {error}");
+    assert!(
+        took_ms >= 1_000,
+        "gave up early, after {took_ms} ms: {error}"
+    );
+    assert!(error.contains("listened within"), "{error}");
+    // The wedged core ignores the shutdown flag; the others (waiting for it
+    // in the mesh join) do stop.
+    assert!(error.contains("1 core threads did not stop"), "{error}");
+}
+
+#[test]
+fn a_core_thread_that_ends_early_fails_the_start_at_once() {
+    let cores = core_count(&Cpus::All).expect("cores");
+    let hooks = StartHooks {
+        vanish: Some(0),
+        ..StartHooks::default()
+    };
+    let began_ms = monotonic_ms();
+    let result = Server::start_with_hooks(shared(cores), options(), hooks);
+    let took_ms = monotonic_ms() - began_ms;
+    let error = result.expect_err("a core thread ended").to_string();
+    assert!(took_ms < 5_000, "took {took_ms} ms: {error}");
+    assert!(error.contains("ended before it listened"), "{error}");
+}
