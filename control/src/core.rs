@@ -418,7 +418,7 @@ impl ControlCore {
             ..raft::Config::default()
         };
         raft_config.validate()?;
-        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let logger = crate::logging::raft_logger(config.id);
         let raw = RawNode::new(&raft_config, storage, &logger)?;
         let term = raw.raft.term;
         Ok(ControlCore {
@@ -970,6 +970,13 @@ impl ControlCore {
         self.raw.raft.state
     }
 
+    /// The election timeout raft drew for this term and role, in ticks
+    /// (in `[election_ticks, 2 × election_ticks)`).
+    #[must_use]
+    pub fn election_timeout_drawn(&self) -> usize {
+        self.raw.raft.randomized_election_timeout()
+    }
+
     /// The node this one votes for in the current term (0 = none).
     #[must_use]
     pub fn vote(&self) -> u64 {
@@ -1455,7 +1462,7 @@ mod tests {
                 (ControlCore::new(cfg, recovered.into()).expect("core"), log)
             })
             .collect();
-        let mut deliver = |nodes: &mut Vec<(ControlCore, RaftLog)>, now: u64| {
+        let deliver = |nodes: &mut Vec<(ControlCore, RaftLog)>, now: u64| {
             for _ in 0..20 {
                 let mut mail = Vec::new();
                 for (core, log) in nodes.iter_mut() {
