@@ -19,7 +19,7 @@ use palisade_proto::auth::StoredCredential;
 use palisade_proto::Role;
 use palisade_tuning::{Config, CoreSelection, Replication};
 use raft::eraftpb::Message;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::core::{ControlCore, CoreConfig, Elections, Restored};
 use crate::datadir::DataDir;
@@ -106,6 +106,8 @@ pub struct Node {
     published: Option<LeadershipView>,
     /// Elections already logged and published.
     elections_seen: Elections,
+    /// Raft term and role last logged (debug).
+    raft_role_seen: Option<(u64, raft::StateRole)>,
     /// End of the grace period this node is in, to log when it ends.
     grace_until_ms: Option<u64>,
 }
@@ -411,6 +413,7 @@ impl Node {
             snapshot_entries: config.cluster.snapshot_entries,
             published: None,
             elections_seen: Elections::default(),
+            raft_role_seen: None,
             grace_until_ms: None,
         };
         // A cluster of one led before its data plane existed: take over
@@ -483,9 +486,15 @@ impl Node {
         let now = monotonic_ms();
         if now >= self.next_tick_ms {
             self.core.tick(now);
+            let late_ms = now - self.next_tick_ms;
             // Catch up without a burst of ticks after a stall: raft counts
             // ticks, and a stalled node should not believe time flew.
             self.next_tick_ms = if now > self.next_tick_ms + self.tick_ms {
+                debug!(
+                    late_ms,
+                    dropped = late_ms / self.tick_ms,
+                    "tick late: ticks dropped"
+                );
                 now + self.tick_ms
             } else {
                 self.next_tick_ms + self.tick_ms
@@ -697,6 +706,16 @@ impl Node {
             );
         }
         self.elections_seen = elections;
+        let role = (self.core.term(), self.core.raft_state());
+        if self.raft_role_seen != Some(role) {
+            debug!(
+                term = role.0,
+                role = ?role.1,
+                election_ticks = self.core.election_timeout_drawn(),
+                "raft role: election timeout drawn"
+            );
+            self.raft_role_seen = Some(role);
+        }
         if let Some(until) = self.grace_until_ms {
             let lead = self.shared.leadership.load();
             if lead.role != Role::Leader {
