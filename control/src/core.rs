@@ -418,7 +418,7 @@ impl ControlCore {
             ..raft::Config::default()
         };
         raft_config.validate()?;
-        let logger = crate::logging::raft_logger(config.id);
+        let logger = crate::logging::raft_logger();
         let raw = RawNode::new(&raft_config, storage, &logger)?;
         let term = raw.raft.term;
         Ok(ControlCore {

@@ -67,10 +67,10 @@ pub fn init(log: &LogConfig) -> Result<()> {
 }
 
 /// A `slog` logger for raft-rs that forwards to `tracing` under the target
-/// `raft`, tagged with the node's raft id. Formatting happens only when the
-/// event is enabled.
-pub fn raft_logger(id: u64) -> slog::Logger {
-    slog::Logger::root(RaftDrain, slog::o!("raft_id" => id))
+/// `raft` (raft-rs tags each line with `raft_id` itself). Formatting
+/// happens only when the event is enabled.
+pub fn raft_logger() -> slog::Logger {
+    slog::Logger::root(RaftDrain, slog::o!())
 }
 
 /// The drain behind [`raft_logger`].
