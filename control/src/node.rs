@@ -750,6 +750,15 @@ impl Node {
                     self.grace_until_ms = Some(view.grants_from_ms);
                 }
             }
+            if view.role == Role::Leader
+                && view.grants_until_ms > 0
+                && self.published.is_none_or(|p| p.grants_until_ms == 0)
+            {
+                debug!(
+                    epoch = view.epoch,
+                    "leadership quorum confirmed: grants allowed"
+                );
+            }
             self.shared.leadership.publish(view);
             self.published = Some(view);
         }

@@ -570,6 +570,11 @@ struct Phases {
     /// Pre-votes or votes refused for another reason (a shorter log, a vote
     /// already given).
     other_refusals: u32,
+    /// Pre-votes or votes granted whose response never reached the
+    /// candidate (lost on the way).
+    lost_grants: u32,
+    /// The winner's first quorum-confirmed grant window (it may grant).
+    confirmed: Option<u64>,
     /// Election timeouts the survivors drew after the kill (ticks).
     drawn: Vec<u64>,
     /// Ticks the survivors' control loops dropped after the kill.
@@ -583,6 +588,7 @@ impl Phases {
             ..Phases::default()
         };
         let end = killed_us + granted_us + 50_000;
+        let (mut granted, mut received) = (0u32, 0u32);
         for (_, log) in logs {
             for line in log.lines() {
                 let Some(at) = log_time_us(line) else {
@@ -605,6 +611,15 @@ impl Phases {
                     phases.lease_refusals += 1;
                 } else if line.contains("] rejected Msg") || line.contains("rejected vote") {
                     phases.other_refusals += 1;
+                } else if line.contains("cast vote for") {
+                    granted += 1;
+                } else if line.contains("received votes response")
+                    && line.contains("vote=true")
+                    && field(line, "from") != field(line, "raft_id")
+                {
+                    received += 1;
+                } else if line.contains("quorum confirmed") {
+                    phases.confirmed.get_or_insert(t);
                 } else if line.contains("tick late") {
                     phases.ticks_dropped += field(line, "dropped").unwrap_or(0);
                 }
@@ -615,6 +630,7 @@ impl Phases {
                 }
             }
         }
+        phases.lost_grants = granted.saturating_sub(received);
         phases
     }
 
@@ -634,15 +650,17 @@ impl Phases {
             )
         };
         eprintln!(
-            "median phases (ms): kill -> first campaign {}, -> candidate {}, -> leader {}, -> took over {}, -> client grant {}",
+            "median phases (ms): kill -> first campaign {}, -> candidate {}, -> leader {}, -> took over {}, -> confirmed {}, -> client grant {}",
             median(all.iter().filter_map(|p| p.first_campaign).collect()),
             gap(|p| p.first_campaign, |p| p.candidate),
             gap(|p| p.candidate, |p| p.leader),
             gap(|p| p.leader, |p| p.took_over),
-            gap(|p| p.took_over, |p| Some(p.granted)),
+            gap(|p| p.took_over, |p| p.confirmed),
+            gap(|p| p.confirmed, |p| Some(p.granted)),
         );
         eprintln!(
-            "rounds with a pre-vote ignored for the dead leader's lease: {}; with more than one campaign: {}; with dropped ticks: {}",
+            "rounds with a (pre-)vote granted but lost on the way: {}; ignored for the dead leader's lease: {}; with more than one campaign: {}; with dropped ticks: {}",
+            all.iter().filter(|p| p.lost_grants > 0).count(),
             all.iter().filter(|p| p.lease_refusals > 0).count(),
             all.iter().filter(|p| p.campaigns > 1).count(),
             all.iter().filter(|p| p.ticks_dropped > 0).count(),
@@ -655,14 +673,16 @@ impl std::fmt::Display for Phases {
         let ms = |t: Option<u64>| t.map_or("-".to_string(), |t| format!("{}", t / 1_000));
         write!(
             f,
-            "campaign {} candidate {} leader {} took over {} | campaigns {} lease-refused {} refused {} drawn {:?} ticks dropped {}",
+            "campaign {} candidate {} leader {} took over {} confirmed {} | campaigns {} lease-refused {} refused {} lost {} drawn {:?} ticks dropped {}",
             ms(self.first_campaign),
             ms(self.candidate),
             ms(self.leader),
             ms(self.took_over),
+            ms(self.confirmed),
             self.campaigns,
             self.lease_refusals,
             self.other_refusals,
+            self.lost_grants,
             self.drawn,
             self.ticks_dropped,
         )
