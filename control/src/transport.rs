@@ -1048,6 +1048,18 @@ mod tests {
         (transport, rx)
     }
 
+    /// Waits until `transport` has its outbound link up (messages queued
+    /// while a writer backs off are dropped by design).
+    fn wait_connected(transport: &Transport) {
+        for _ in 0..1_000 {
+            if transport.peers_connected() == 1 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("no outbound link within 10 s");
+    }
+
     #[test]
     fn the_first_message_after_a_peer_restarts_reaches_it() {
         // Node 1 at a fixed port, restarted; node 2 keeps running. The link
@@ -1063,6 +1075,7 @@ mod tests {
         let (two, inbox_two) = start_node(2, "127.0.0.1:0".parse().expect("addr"), (1, one));
         let two_addr = two.local_addr();
         let (first_run, inbox) = start_node(1, one, (2, two_addr));
+        wait_connected(&two);
         two.send(vec![heartbeat(2, 1, 1)]);
         let got = inbox
             .recv_timeout(Duration::from_secs(10))
@@ -1070,7 +1083,11 @@ mod tests {
         assert_eq!(got.commit, 1);
         first_run.stop();
         drop(inbox);
+        // Its readers notice the stop within READER_POLL and close their
+        // sockets, as a process that exits does at once.
+        std::thread::sleep(READER_POLL * 2);
         let (second_run, inbox) = start_node(1, one, (2, two_addr));
+        wait_connected(&second_run);
         // Node 1's second run dials node 2: a link the other way is up.
         second_run.send(vec![heartbeat(1, 2, 7)]);
         let got = inbox_two
