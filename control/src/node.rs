@@ -102,6 +102,8 @@ pub struct Node {
     prune: Prune,
     tick_ms: u64,
     next_tick_ms: u64,
+    /// Raft has messages to send: the next turn polls without waiting.
+    ready_now: bool,
     snapshot_entries: u64,
     published: Option<LeadershipView>,
     /// Elections already logged and published.
@@ -410,6 +412,7 @@ impl Node {
             },
             tick_ms,
             next_tick_ms: now + tick_ms,
+            ready_now: false,
             snapshot_entries: config.cluster.snapshot_entries,
             published: None,
             elections_seen: Elections::default(),
@@ -484,8 +487,12 @@ impl Node {
     /// wait in the channel and go into one entry in the next turn.
     pub fn turn(&mut self, wait: Duration) -> Result<()> {
         let now = monotonic_ms();
+        // Work raft already has (a tick's heartbeats or campaign, a
+        // confirmation round) goes out now, not after a wait for input.
+        let mut ready = std::mem::take(&mut self.ready_now);
         if now >= self.next_tick_ms {
             self.core.tick(now);
+            ready = true;
             let late_ms = now - self.next_tick_ms;
             // Catch up without a burst of ticks after a stall: raft counts
             // ticks, and a stalled node should not believe time flew.
@@ -504,7 +511,11 @@ impl Node {
         let first = flume::Selector::new()
             .recv(&self.inbox, |m| m.ok().map(Input::Peer))
             .recv(&self.proposals, |p| p.ok().map(Input::Proposal))
-            .wait_timeout(until_tick.min(wait))
+            .wait_timeout(if ready {
+                Duration::ZERO
+            } else {
+                until_tick.min(wait)
+            })
             .ok()
             .flatten();
         let mut batch = Vec::new();
@@ -610,6 +621,11 @@ impl Node {
             ended_local = done.ended,
             "took over: replicated leases installed with re-armed expiries"
         );
+        // It grants once a quorum confirms this leadership: ask now rather
+        // than at the next tick, which is most of a tick away when (as
+        // usual) its own tick started the election it just won.
+        self.core.request_confirmation(now);
+        self.ready_now = true;
         Ok(())
     }
 
