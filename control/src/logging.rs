@@ -3,6 +3,11 @@
 //! level when set.
 //!
 //! What it never does: log anything itself, or read the config file.
+//! raft-rs's own messages (it logs through `slog`) are forwarded under the
+//! target `raft` by [`raft_logger`]: its info and above at debug, the rest
+//! at trace, so the default `info` level leaves them out and
+//! `log.level = "info,raft=debug"` shows elections step by step (pre-votes,
+//! votes ignored while a follower still hears a leader, role changes).
 //!
 //! ```
 //! let config = palisade_tuning::Config::builtin_default();
@@ -59,6 +64,57 @@ pub fn init(log: &LogConfig) -> Result<()> {
             .try_init(),
     };
     installed.map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
+}
+
+/// A `slog` logger for raft-rs that forwards to `tracing` under the target
+/// `raft` (raft-rs tags each line with `raft_id` itself). Formatting
+/// happens only when the event is enabled.
+pub fn raft_logger() -> slog::Logger {
+    slog::Logger::root(RaftDrain, slog::o!())
+}
+
+/// The drain behind [`raft_logger`].
+struct RaftDrain;
+
+/// Key-value pairs of a slog record as ` key=value` text.
+struct KvText(String);
+
+impl slog::Serializer for KvText {
+    fn emit_arguments(&mut self, key: slog::Key, val: &std::fmt::Arguments<'_>) -> slog::Result {
+        use std::fmt::Write as _;
+        let _ = write!(self.0, " {key}={val}");
+        Ok(())
+    }
+}
+
+impl slog::Drain for RaftDrain {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(
+        &self,
+        record: &slog::Record<'_>,
+        values: &slog::OwnedKVList,
+    ) -> Result<(), slog::Never> {
+        let debug = record.level().is_at_least(slog::Level::Info);
+        let enabled = if debug {
+            tracing::enabled!(target: "raft", tracing::Level::DEBUG)
+        } else {
+            tracing::enabled!(target: "raft", tracing::Level::TRACE)
+        };
+        if !enabled {
+            return Ok(());
+        }
+        let mut kv = KvText(String::new());
+        let _ = slog::KV::serialize(&record.kv(), record, &mut kv);
+        let _ = slog::KV::serialize(values, record, &mut kv);
+        if debug {
+            tracing::debug!(target: "raft", "{}{}", record.msg(), kv.0);
+        } else {
+            tracing::trace!(target: "raft", "{}{}", record.msg(), kv.0);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use palisade_proto::auth::StoredCredential;
 use palisade_proto::Role;
 use palisade_tuning::{Config, CoreSelection, Replication};
 use raft::eraftpb::Message;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::core::{ControlCore, CoreConfig, Elections, Restored};
 use crate::datadir::DataDir;
@@ -102,10 +102,14 @@ pub struct Node {
     prune: Prune,
     tick_ms: u64,
     next_tick_ms: u64,
+    /// Raft has messages to send: the next turn polls without waiting.
+    ready_now: bool,
     snapshot_entries: u64,
     published: Option<LeadershipView>,
     /// Elections already logged and published.
     elections_seen: Elections,
+    /// Raft term and role last logged (debug).
+    raft_role_seen: Option<(u64, raft::StateRole)>,
     /// End of the grace period this node is in, to log when it ends.
     grace_until_ms: Option<u64>,
 }
@@ -408,9 +412,11 @@ impl Node {
             },
             tick_ms,
             next_tick_ms: now + tick_ms,
+            ready_now: false,
             snapshot_entries: config.cluster.snapshot_entries,
             published: None,
             elections_seen: Elections::default(),
+            raft_role_seen: None,
             grace_until_ms: None,
         };
         // A cluster of one led before its data plane existed: take over
@@ -481,11 +487,21 @@ impl Node {
     /// wait in the channel and go into one entry in the next turn.
     pub fn turn(&mut self, wait: Duration) -> Result<()> {
         let now = monotonic_ms();
+        // Work raft already has (a tick's heartbeats or campaign, a
+        // confirmation round) goes out now, not after a wait for input.
+        let mut ready = std::mem::take(&mut self.ready_now);
         if now >= self.next_tick_ms {
             self.core.tick(now);
+            ready = true;
+            let late_ms = now - self.next_tick_ms;
             // Catch up without a burst of ticks after a stall: raft counts
             // ticks, and a stalled node should not believe time flew.
             self.next_tick_ms = if now > self.next_tick_ms + self.tick_ms {
+                debug!(
+                    late_ms,
+                    dropped = late_ms / self.tick_ms,
+                    "tick late: ticks dropped"
+                );
                 now + self.tick_ms
             } else {
                 self.next_tick_ms + self.tick_ms
@@ -495,7 +511,11 @@ impl Node {
         let first = flume::Selector::new()
             .recv(&self.inbox, |m| m.ok().map(Input::Peer))
             .recv(&self.proposals, |p| p.ok().map(Input::Proposal))
-            .wait_timeout(until_tick.min(wait))
+            .wait_timeout(if ready {
+                Duration::ZERO
+            } else {
+                until_tick.min(wait)
+            })
             .ok()
             .flatten();
         let mut batch = Vec::new();
@@ -601,6 +621,11 @@ impl Node {
             ended_local = done.ended,
             "took over: replicated leases installed with re-armed expiries"
         );
+        // It grants once a quorum confirms this leadership: ask now rather
+        // than at the next tick, which is most of a tick away when (as
+        // usual) its own tick started the election it just won.
+        self.core.request_confirmation(now);
+        self.ready_now = true;
         Ok(())
     }
 
@@ -697,6 +722,16 @@ impl Node {
             );
         }
         self.elections_seen = elections;
+        let role = (self.core.term(), self.core.raft_state());
+        if self.raft_role_seen != Some(role) {
+            debug!(
+                term = role.0,
+                role = ?role.1,
+                election_ticks = self.core.election_timeout_drawn(),
+                "raft role: election timeout drawn"
+            );
+            self.raft_role_seen = Some(role);
+        }
         if let Some(until) = self.grace_until_ms {
             let lead = self.shared.leadership.load();
             if lead.role != Role::Leader {
@@ -730,6 +765,15 @@ impl Node {
                     );
                     self.grace_until_ms = Some(view.grants_from_ms);
                 }
+            }
+            if view.role == Role::Leader
+                && view.grants_until_ms > 0
+                && self.published.is_none_or(|p| p.grants_until_ms == 0)
+            {
+                debug!(
+                    epoch = view.epoch,
+                    "leadership quorum confirmed: grants allowed"
+                );
             }
             self.shared.leadership.publish(view);
             self.published = Some(view);

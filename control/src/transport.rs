@@ -3,6 +3,12 @@
 //! One outbound connection per peer, written by its own thread from a
 //! bounded queue; it reconnects with exponential backoff and drops
 //! messages while a peer is unreachable (raft retransmits what matters).
+//! A link the peer closed (it restarted, or closed an idle link) is noticed
+//! before the next write and within [`LINK_CHECK`] when idle, and redialed
+//! at once: a write into a closed link is accepted by the kernel and lost,
+//! and raft does not retransmit vote responses, so one such loss cost an
+//! election a whole timeout. A peer that dials in (it just started) wakes
+//! our writer to it out of its back-off.
 //! One thread per inbound connection reads frames into the control
 //! thread's inbox. Sockets carry a DSCP (`qos.peer_dscp`, CS6 by default)
 //! and its `SO_PRIORITY` (see `palisade_dataplane::mark`), `TCP_NODELAY`
@@ -81,6 +87,8 @@ const OUTBOX_MAX: usize = 4096;
 /// control), as `qos.peer_dscp` defaults to.
 pub const PEER_DSCP_DEFAULT: u8 = 48;
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// How often an idle outbound link is checked for a close by the peer.
+const LINK_CHECK: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time allowed for the whole handshake, however the bytes trickle in.
@@ -100,13 +108,27 @@ type HmacSha256 = Hmac<Sha256>;
 /// The running transport.
 #[derive(Debug)]
 pub struct Transport {
-    outboxes: HashMap<u64, SyncSender<Message>>,
+    outboxes: HashMap<u64, SyncSender<Outgoing>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     local_addr: SocketAddr,
     /// Outbound links up.
     connected: Arc<AtomicUsize>,
 }
+
+/// What a peer's writer thread is handed.
+#[derive(Debug)]
+enum Outgoing {
+    /// A raft message for the peer.
+    Message(Message),
+    /// The peer just opened an authenticated link to us, so it is up: dial
+    /// now if backing off, and check the link we have (it may be one the
+    /// peer's previous run left behind).
+    PeerUp,
+}
+
+/// Writer queues by peer id, for the accept loop's [`Outgoing::PeerUp`].
+type Wakers = HashMap<u16, SyncSender<Outgoing>>;
 
 /// What both directions of the handshake need to know.
 #[derive(Clone)]
@@ -308,6 +330,15 @@ impl Transport {
         };
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
+        let queues: Vec<_> = peers
+            .iter()
+            .map(|_| mpsc::sync_channel(OUTBOX_MAX))
+            .collect();
+        let wakers: Wakers = peers
+            .iter()
+            .zip(&queues)
+            .map(|(&(peer, _), (tx, _))| (peer, tx.clone()))
+            .collect();
         {
             let stop = stop.clone();
             let identity = identity.clone();
@@ -315,14 +346,15 @@ impl Transport {
             threads.push(
                 std::thread::Builder::new()
                     .name("palisade-peer-accept".into())
-                    .spawn(move || accept_loop(&listener, &identity, &known, &inbox, &stop))?,
+                    .spawn(move || {
+                        accept_loop(&listener, &identity, &known, &inbox, &wakers, &stop);
+                    })?,
             );
         }
         let bind_ip = Some(listen.ip()).filter(|ip| !ip.is_unspecified());
         let mut outboxes = HashMap::new();
         let connected = Arc::new(AtomicUsize::new(0));
-        for &(peer, addr) in peers {
-            let (tx, rx) = mpsc::sync_channel(OUTBOX_MAX);
+        for (&(peer, addr), (tx, rx)) in peers.iter().zip(queues) {
             outboxes.insert(u64::from(peer), tx);
             let stop = stop.clone();
             let identity = identity.clone();
@@ -370,7 +402,7 @@ impl Transport {
                 debug!(to = message.to, "message for an unknown peer dropped");
                 continue;
             };
-            match outbox.try_send(message) {
+            match outbox.try_send(Outgoing::Message(message)) {
                 Ok(()) | Err(TrySendError::Full(_)) => {}
                 Err(TrySendError::Disconnected(_)) => warn!("a peer writer thread is gone"),
             }
@@ -404,6 +436,7 @@ fn accept_loop(
     identity: &Identity,
     known: &[(u16, SocketAddr)],
     inbox: &flume::Sender<Message>,
+    wakers: &Wakers,
     stop: &Arc<AtomicBool>,
 ) {
     let live = Arc::new(AtomicUsize::new(0));
@@ -429,6 +462,7 @@ fn accept_loop(
                 let known = known.to_vec();
                 let stop = stop.clone();
                 let generations = generations.clone();
+                let wakers = wakers.clone();
                 let spawned = std::thread::Builder::new()
                     .name("palisade-peer-in".into())
                     .spawn(move || {
@@ -437,6 +471,7 @@ fn accept_loop(
                             identity: &identity,
                             known: &known,
                             generations: &generations,
+                            wakers: &wakers,
                             stop: &stop,
                         };
                         if let Err(e) = link.read(stream, from, &inbox) {
@@ -463,6 +498,7 @@ struct Link<'a> {
     identity: &'a Identity,
     known: &'a [(u16, SocketAddr)],
     generations: &'a Generations,
+    wakers: &'a Wakers,
     stop: &'a AtomicBool,
 }
 
@@ -515,6 +551,10 @@ impl Link<'_> {
             *generation
         };
         info!(from, %remote, "peer connected (inbound)");
+        if let Some(waker) = self.wakers.get(&from) {
+            // Full: the writer is busy writing, and a dead link shows then.
+            let _ = waker.try_send(Outgoing::PeerUp);
+        }
 
         stream.set_read_timeout(Some(READER_POLL))?;
         let mut heard_ms = monotonic_ms();
@@ -672,17 +712,59 @@ impl Drop for Up<'_> {
     }
 }
 
+/// Whether the peer closed (or reset) this outbound link. The acceptor
+/// never writes on a raft link after the handshake, so anything readable
+/// means the link is gone.
+fn link_closed(stream: &TcpStream) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(
+        stream,
+        PollFlags::IN | PollFlags::RDHUP | PollFlags::PRI,
+    )];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match poll(&mut fds, Some(&now)) {
+        Ok(0) => false,
+        Ok(_) => !fds[0].revents().is_empty(),
+        Err(rustix::io::Errno::INTR) => false,
+        Err(_) => true,
+    }
+}
+
+/// Waits out a back-off, dropping the messages queued meanwhile (they are
+/// stale by the time a link is up), but only until the peer shows it is up
+/// (it dialed us). Returns false when the transport is gone.
+fn back_off(outbox: &Receiver<Outgoing>, backoff: Duration, stop: &AtomicBool) -> bool {
+    let until_ms = monotonic_ms() + backoff.as_millis() as u64;
+    loop {
+        let left_ms = until_ms.saturating_sub(monotonic_ms());
+        if left_ms == 0 || stop.load(Ordering::SeqCst) {
+            return !stop.load(Ordering::SeqCst);
+        }
+        match outbox.recv_timeout(Duration::from_millis(left_ms)) {
+            Ok(Outgoing::Message(_)) => {}
+            Ok(Outgoing::PeerUp) | Err(mpsc::RecvTimeoutError::Timeout) => return true,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return false,
+        }
+    }
+}
+
 fn writer_loop(
     identity: &Identity,
     peer: u16,
     addr: SocketAddr,
     bind_ip: Option<IpAddr>,
-    outbox: &Receiver<Message>,
+    outbox: &Receiver<Outgoing>,
     stop: &AtomicBool,
     links_up: &AtomicUsize,
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut warned = false;
+    // A frame taken from the queue when the link turned out to be closed:
+    // it goes first on the next link (a vote response must not be lost).
+    let mut carried: Option<Vec<u8>> = None;
     while !stop.load(Ordering::SeqCst) {
         let connected = dial(addr, bind_ip, identity.peer_dscp).and_then(|mut stream| {
             link_options(&stream);
@@ -699,9 +781,10 @@ fn writer_loop(
                 } else {
                     debug!(peer, %addr, error = %e, "peer unreachable");
                 }
-                // Messages queued meanwhile are stale; drop them.
-                while outbox.try_recv().is_ok() {}
-                std::thread::sleep(backoff);
+                carried = None;
+                if !back_off(outbox, backoff, stop) {
+                    return;
+                }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
@@ -711,25 +794,37 @@ fn writer_loop(
         info!(peer, %addr, "peer connected (outbound)");
         let _up = Up::new(links_up);
         loop {
-            let message = match outbox.recv_timeout(Duration::from_millis(100)) {
-                Ok(message) => message,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if stop.load(Ordering::SeqCst) {
-                        return;
+            let bytes = match carried.take() {
+                Some(bytes) => bytes,
+                None => match outbox.recv_timeout(LINK_CHECK) {
+                    Ok(Outgoing::Message(message)) => match message.write_to_bytes() {
+                        Ok(bytes) => bytes,
+                        Err(e) => {
+                            warn!(peer, error = %e, "could not encode a raft message");
+                            continue;
+                        }
+                    },
+                    Ok(Outgoing::PeerUp) | Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if stop.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        if link_closed(&stream) {
+                            info!(peer, %addr, "peer closed the link (outbound); reconnecting");
+                            break;
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                },
             };
-            let bytes = match message.write_to_bytes() {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    warn!(peer, error = %e, "could not encode a raft message");
-                    continue;
-                }
-            };
+            if link_closed(&stream) {
+                info!(peer, %addr, "peer closed the link (outbound); reconnecting");
+                carried = Some(bytes);
+                break;
+            }
             if let Err(e) = write_frame(&mut stream, &bytes) {
                 info!(peer, %addr, error = %e, "peer disconnected (outbound); reconnecting");
+                carried = Some(bytes);
                 break;
             }
         }
@@ -931,5 +1026,81 @@ mod tests {
             .expect("the raft link still delivers");
         assert_eq!((got.from, got.to), (1, 2));
         transport.stop();
+    }
+
+    /// A heartbeat from `from` to `to`, tagged with `commit`.
+    fn heartbeat(from: u64, to: u64, commit: u64) -> Message {
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgHeartbeat);
+        message.from = from;
+        message.to = to;
+        message.commit = commit;
+        message
+    }
+
+    fn start_node(
+        id: u16,
+        listen: SocketAddr,
+        peer: (u16, SocketAddr),
+    ) -> (Transport, flume::Receiver<Message>) {
+        let (tx, rx) = flume::bounded(64);
+        let transport = Transport::start(id, "test", SECRET, listen, &[peer], tx).expect("start");
+        (transport, rx)
+    }
+
+    /// Waits until `transport` has its outbound link up (messages queued
+    /// while a writer backs off are dropped by design).
+    fn wait_connected(transport: &Transport) {
+        for _ in 0..1_000 {
+            if transport.peers_connected() == 1 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("no outbound link within 10 s");
+    }
+
+    #[test]
+    fn the_first_message_after_a_peer_restarts_reaches_it() {
+        // Node 1 at a fixed port, restarted; node 2 keeps running. The link
+        // node 2 dialed to node 1's first run is closed by then: a message
+        // written into it would be accepted by the kernel and lost (raft
+        // does not retransmit vote responses).
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let one: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let (two, inbox_two) = start_node(2, "127.0.0.1:0".parse().expect("addr"), (1, one));
+        let two_addr = two.local_addr();
+        let (first_run, inbox) = start_node(1, one, (2, two_addr));
+        wait_connected(&two);
+        two.send(vec![heartbeat(2, 1, 1)]);
+        let got = inbox
+            .recv_timeout(Duration::from_secs(10))
+            .expect("delivered to the first run");
+        assert_eq!(got.commit, 1);
+        first_run.stop();
+        drop(inbox);
+        // Its readers notice the stop within READER_POLL and close their
+        // sockets, as a process that exits does at once.
+        std::thread::sleep(READER_POLL * 2);
+        let (second_run, inbox) = start_node(1, one, (2, two_addr));
+        wait_connected(&second_run);
+        // Node 1's second run dials node 2: a link the other way is up.
+        second_run.send(vec![heartbeat(1, 2, 7)]);
+        let got = inbox_two
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the second run reaches node 2");
+        assert_eq!(got.commit, 7);
+        // One message from node 2, once: it must arrive.
+        two.send(vec![heartbeat(2, 1, 2)]);
+        let got = inbox
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the first message after the restart is delivered");
+        assert_eq!(got.commit, 2);
+        second_run.stop();
+        two.stop();
     }
 }

@@ -167,6 +167,18 @@ impl Cluster {
         Cluster::build(size, extra, HashMap::new(), (heartbeat_ms, election_ms))
     }
 
+    /// [`Cluster::start_timed`] with extra environment variables for some
+    /// nodes.
+    pub fn start_timed_with_env(
+        size: u16,
+        extra: &str,
+        env: HashMap<usize, Vec<(String, String)>>,
+        heartbeat_ms: u64,
+        election_ms: u64,
+    ) -> Cluster {
+        Cluster::build(size, extra, env, (heartbeat_ms, election_ms))
+    }
+
     /// [`Cluster::start`] with extra environment variables for some nodes.
     pub fn start_with_env(
         size: u16,
@@ -263,6 +275,8 @@ impl Cluster {
             .open(&node.log)
             .expect("log");
         let mut command = Command::new(BIN);
+        // A node's own environment may override the log level.
+        command.env("RUST_LOG", "info");
         for (key, value) in self.env.get(&i).into_iter().flatten() {
             command.env(key, value);
         }
@@ -271,7 +285,6 @@ impl Cluster {
             .arg(&node.config)
             .arg("--data-dir")
             .arg(&node.data_dir)
-            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
