@@ -31,10 +31,11 @@
 //!   such as `leases.max_ttl` or `tenants[1].name`.
 //! - Value helpers: [`parse_duration`] / [`format_duration`] and
 //!   [`parse_dscp`] / [`dscp_name`], [`parse_rate`] / [`format_rate`].
-//! - [`tune`]: the timing model behind `palisade tune` (heartbeat interval,
-//!   election timeout and `max_ttl` from RTT samples and a failure model),
-//!   pure like the rest of this crate. The shipped profiles are in
-//!   `tuning/profiles/`.
+//! - [`tune`]: the timing model behind `palisade tune` (heartbeat interval
+//!   and election timeout from RTT samples and a failure model; `max_ttl`
+//!   derived from the availability target with memory-only leases, kept
+//!   with replicated ones), pure like the rest of this crate. The shipped
+//!   profiles are in `tuning/profiles/`.
 //!
 //! # Example
 //!

@@ -1,7 +1,8 @@
 //! The timing calculator behind `palisade tune`: from round-trip-time
 //! samples and a failure model to a heartbeat interval, an election
-//! timeout and a `max_ttl`, with the false-positive rate and the failover
-//! time they predict.
+//! timeout and a `max_ttl`, with the false-positive rate, the failover
+//! time and the time until new grants resume that they predict, for either
+//! lease replication mode.
 //!
 //! It owns the model and nothing else. It never does I/O, reads no clock
 //! and spawns nothing: the binary measures (over the real peer transport)
@@ -12,8 +13,10 @@
 //!
 //! Inputs: round-trip times between members (µs), the cluster size `n`, the
 //! mean time between failures of one node `mtbf`, the false-positive
-//! fraction `f`, the availability target `A`, a heartbeat floor `h_min`, and
-//! from the config `max_drift`, `lock_delay_max` and `min_ttl`.
+//! fraction `f`, the availability target `A`, a heartbeat floor `h_min`, the
+//! time of one fsync of the raft log, and from the config
+//! `leases.replication`, `max_drift`, `lock_delay_max`, `min_ttl` and (with
+//! replication) `max_ttl`.
 //!
 //! 1. **Failures** of the leader arrive as a Poisson process with rate
 //!    `λ = 1 / mtbf` (the leader is one node; only its failure forces a
@@ -56,27 +59,57 @@
 //!    `[T, 2T)` fires after `T·(1 + 1/n)` on average (the heartbeat's age
 //!    at the crash and the tick phase, each `h/2` on average, cancel); at
 //!    most `2T`. Election: pre-vote, vote and the new leader's first commit,
-//!    three round trips: `3·mean(rtt)`, at most `3·rtt_max` (disk syncs are
-//!    not in the model). New grants wait a further grace
-//!    `(max_ttl + lock_delay_max + T)·(1 + max_drift)` (the code's
-//!    `Config::grace_period`).
-//! 10. **max_ttl.** The longest unavailability of new grants per failure,
-//!     `U = 2T + 3·rtt_max + grace`, must keep `λ·U ≤ 1 − A`, so
-//!     `max_ttl ≤ ((1 − A)·mtbf − 2T − 3·rtt_max)/(1 + max_drift) −
-//!     lock_delay_max − T`, rounded down (to a second from 10s up, else to a
-//!     millisecond) and capped at 24h. Below `min_ttl` the target cannot be
-//!     met and [`recommend`] says so.
+//!    three round trips: `3·mean(rtt)`, at most `3·rtt_max`. When new
+//!    grants resume after that depends on `leases.replication`
+//!    ([`TuneInputs::replication`]): step 10 or step 11.
+//! 10. **`replication = "none"`.** Leases live only in the leader's
+//!     memory, so every failover costs a further grace
+//!     `(max_ttl + lock_delay_max + T)·(1 + max_drift)` (the code's
+//!     `Config::grace_period`) before new grants; disk syncs are not in
+//!     this model (the grace dwarfs them). The longest unavailability of
+//!     new grants per failure, `U = 2T + 3·rtt_max + grace`, must keep
+//!     `λ·U ≤ 1 − A`, so `max_ttl ≤ ((1 − A)·mtbf − 2T − 3·rtt_max)/(1 +
+//!     max_drift) − lock_delay_max − T`, rounded down (to a second from 10s
+//!     up, else to a millisecond) and capped at 24h. Below `min_ttl` the
+//!     target cannot be met and [`recommend`] says so.
+//! 11. **`replication = "quorum"`** (the default). A new leader keeps every
+//!     lease and grants a free resource as soon as it has committed an
+//!     entry of its term, so there is no grace per failover. What the
+//!     election takes beyond its three round trips is three fsyncs of the
+//!     raft log in a row, each assumed to take [`TuneInputs::fsync`]: the
+//!     candidate's new term and vote (before it asks for votes), the
+//!     voter's vote (before it answers), and the first entry of the term
+//!     on a majority (the leader's own write runs alongside the followers',
+//!     so one counts). Pre-vote changes no state and syncs nothing.
+//!     Applying the log's tail and installing the lease table at the
+//!     takeover is memory work and left out. So
+//!     `U = 2T + 3·rtt_max + 3·fsync` worst, `T·(1 + 1/n) + 3·mean(rtt) +
+//!     3·fsync` mean, and [`recommend`] only checks `λ·U ≤ 1 − A` (there is
+//!     nothing left to trade against it: `T` is set by steps 5, 6 and 8).
+//!     `max_ttl` is not derived: the advice keeps [`TuneInputs::max_ttl`]
+//!     (the config's, else the built-in 30s). It bounds how long a dead
+//!     holder's resource stays taken: at a takeover its lease is re-armed
+//!     to `(ttl + T)·(1 + d)/(1 − d)` (`ControlCore::rearm_ms`, `d` =
+//!     `max_drift`), then its lock delay runs, so such a resource is free
+//!     at most `U + (max_ttl + T)·(1 + d)/(1 − d) + lock_delay_max` after
+//!     the failure. The grace of step 10 is still owed once: by the first
+//!     leader after an upgrade from a version without replicated leases or
+//!     a switch from `"none"`, and when a new cluster's first election
+//!     splits. It is reported, not budgeted.
 //!
 //! What it leaves out: process pauses on the leader are real failures, not
 //! noise, so they are not in the jitter; delays of successive heartbeats on
 //! one TCP stream are correlated, the model treats them as independent;
 //! samples are measured from one node to its peers only (run it on each
-//! node, or feed the worst link).
+//! node, or feed the worst link); the fsync time is assumed, not measured
+//! (give the one your raft log's disk has at its worst).
 //!
 //! # Example
 //!
 //! ```
-//! use palisade_tuning::tune::{recommend, RttFit, TuneInputs};
+//! use std::time::Duration;
+//! use palisade_tuning::tune::{recommend, MaxTtlRule, RttFit, TuneInputs};
+//! use palisade_tuning::Replication;
 //!
 //! // 100 samples: 200 µs on a quiet link, a few slower ones.
 //! let mut samples = vec![200.0; 90];
@@ -85,12 +118,22 @@
 //! let advice = recommend(&fit, &TuneInputs::default())?;
 //! assert!(advice.election_timeout >= 3 * advice.heartbeat_interval);
 //! assert!(advice.prediction.fp_rate_per_s <= advice.prediction.fp_budget_per_s);
+//! // Replicated leases (the default): max_ttl is kept, not derived.
+//! assert_eq!(advice.max_ttl, Duration::from_secs(30));
+//! assert_eq!(advice.max_ttl_rule, MaxTtlRule::Kept);
+//!
+//! // Memory-only leases: max_ttl is what the availability target allows
+//! // once the grace period after every failover is paid.
+//! let none = TuneInputs { replication: Replication::None, ..TuneInputs::default() };
+//! let advice = recommend(&fit, &none)?;
+//! assert_eq!(advice.max_ttl_rule, MaxTtlRule::Availability);
+//! assert!(advice.prediction.grants_resume_max <= advice.prediction.unavailability_budget);
 //! # Ok::<(), palisade_tuning::tune::TuneError>(())
 //! ```
 
 use std::time::Duration;
 
-use crate::config::{Config, LeaseConfig};
+use crate::config::{Config, LeaseConfig, Replication};
 use crate::duration::format_duration;
 
 /// Fewest RTT samples [`RttFit::from_samples`] accepts: with fewer, the
@@ -107,6 +150,13 @@ const ELECTION_TIMEOUT_MAX: Duration = Duration::from_secs(60);
 const HEARTBEAT_MAX: Duration = Duration::from_secs(10);
 const MAX_TTL_MIN: Duration = Duration::from_millis(10);
 const MAX_TTL_MAX: Duration = Duration::from_secs(24 * 3600);
+/// Longest fsync time accepted: a disk slower than that cannot keep a
+/// raft log.
+const FSYNC_MAX: Duration = Duration::from_secs(10);
+/// Fsyncs of the raft log in a row on the way to a new leader's first
+/// commit (step 11): the candidate's term and vote, a voter's vote, the
+/// term's first entry on a majority.
+const ELECTION_SYNCS: u32 = 3;
 /// Longest `mtbf` accepted: 100 years, far beyond any machine, and small
 /// enough for the floating-point arithmetic to stay exact to the
 /// millisecond.
@@ -309,12 +359,25 @@ pub struct TuneInputs {
     pub lock_delay_max: Duration,
     /// `leases.min_ttl`: the recommended `max_ttl` is never below it.
     pub min_ttl: Duration,
+    /// `leases.replication`: with [`Replication::None`] every failover
+    /// costs the grace period and `max_ttl` is derived from the
+    /// availability target (step 10); with [`Replication::Quorum`] it
+    /// costs three fsyncs instead and `max_ttl` is kept (step 11).
+    pub replication: Replication,
+    /// `leases.max_ttl` to keep with [`Replication::Quorum`]; unused with
+    /// [`Replication::None`], which derives it.
+    pub max_ttl: Duration,
+    /// How long one fsync of the raft log takes at worst, `0..=10s`
+    /// (step 11; unused with [`Replication::None`]).
+    pub fsync: Duration,
 }
 
 impl Default for TuneInputs {
     /// Three members, one failure a week per node, false positives at 1%
-    /// of real failures, 99.99% availability, a 10ms heartbeat floor, and
-    /// the lease defaults.
+    /// of real failures, 99.99% availability, a 10ms heartbeat floor, a
+    /// 10ms fsync (a SATA SSD or a network volume having a slow moment; an
+    /// NVMe drive with power-loss protection syncs in tens of µs), and the
+    /// lease defaults (replication `quorum`, `max_ttl` 30s).
     fn default() -> Self {
         let leases = LeaseConfig::default();
         Self {
@@ -326,12 +389,16 @@ impl Default for TuneInputs {
             max_drift: leases.max_drift,
             lock_delay_max: leases.lock_delay_max,
             min_ttl: leases.min_ttl,
+            replication: leases.replication,
+            max_ttl: leases.max_ttl,
+            fsync: Duration::from_millis(10),
         }
     }
 }
 
 impl TuneInputs {
-    /// The defaults with the cluster size and lease settings of `config`.
+    /// The defaults with the cluster size and lease settings of `config`
+    /// (its replication mode and `max_ttl` included).
     #[must_use]
     pub fn from_config(config: &Config) -> TuneInputs {
         TuneInputs {
@@ -339,6 +406,8 @@ impl TuneInputs {
             max_drift: config.leases.max_drift,
             lock_delay_max: config.leases.lock_delay_max,
             min_ttl: config.leases.min_ttl,
+            replication: config.leases.replication,
+            max_ttl: config.leases.max_ttl,
             ..TuneInputs::default()
         }
     }
@@ -399,6 +468,39 @@ impl TuneInputs {
         }
         crate::validate::check_max_drift(self.max_drift)
             .or_else(|reason| bad("leases.max_drift", reason))?;
+        if self.replication == Replication::Quorum {
+            if self.fsync > FSYNC_MAX {
+                return bad(
+                    "--fsync",
+                    format!(
+                        "must be at most {}, got {}",
+                        format_duration(FSYNC_MAX),
+                        format_duration(self.fsync)
+                    ),
+                );
+            }
+            if self.max_ttl < MAX_TTL_MIN || self.max_ttl > MAX_TTL_MAX {
+                return bad(
+                    "leases.max_ttl",
+                    format!(
+                        "must be between {} and {}, got {}",
+                        format_duration(MAX_TTL_MIN),
+                        format_duration(MAX_TTL_MAX),
+                        format_duration(self.max_ttl)
+                    ),
+                );
+            }
+            if self.max_ttl < self.min_ttl {
+                return bad(
+                    "leases.max_ttl",
+                    format!(
+                        "must not be below leases.min_ttl ({}), got {}",
+                        format_duration(self.min_ttl),
+                        format_duration(self.max_ttl)
+                    ),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -431,9 +533,33 @@ impl Binding {
     }
 }
 
+/// Where the recommended `max_ttl` comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxTtlRule {
+    /// Derived from the availability target through the grace period
+    /// (step 10, `replication = "none"`).
+    Availability,
+    /// Kept as given (step 11, `replication = "quorum"`): a failover
+    /// keeps every lease, so `max_ttl` does not bound availability.
+    Kept,
+}
+
+impl MaxTtlRule {
+    /// A short name for output, like `"kept"`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Availability => "availability",
+            Self::Kept => "kept",
+        }
+    }
+}
+
 /// What the model predicts for one set of timings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
+    /// The replication mode predicted for ([`TuneInputs::replication`]).
+    pub replication: Replication,
     /// `λ`, leader failures per second.
     pub failure_rate_per_s: f64,
     /// `f·λ`, false suspicions per second allowed.
@@ -448,18 +574,38 @@ pub struct Prediction {
     pub election_expected: Duration,
     /// Longest election time, three largest round trips.
     pub election_max: Duration,
-    /// Grace before the new leader grants (`Config::grace_period`).
+    /// The fsyncs in a row before the new leader's first commit,
+    /// `3·fsync` with quorum (step 11); zero with none (step 10 leaves
+    /// disk syncs out).
+    pub election_syncs: Duration,
+    /// The grace period (`Config::grace_period`): with none the new leader
+    /// waits it after every failover (it is in `grants_resume_*`); with
+    /// quorum only once, after an upgrade, a switch from none or a split
+    /// first election (it is not).
     pub grace: Duration,
     /// Detection + election, mean: a new leader exists.
     pub failover_expected: Duration,
     /// Detection + election, worst.
     pub failover_max: Duration,
-    /// Failover + grace, mean: new grants resume.
+    /// Mean time from a leader failure until new grants resume: failover
+    /// + grace (none) or failover + `election_syncs` (quorum).
     pub grants_resume_expected: Duration,
-    /// Failover + grace, worst: the `U` of step 10.
+    /// The same at worst: the `U` of steps 10 and 11.
     pub grants_resume_max: Duration,
     /// `(1 − A)·mtbf`: the most `U` may be.
     pub unavailability_budget: Duration,
+    /// `1 − λ·U`: the availability of new grants if every failure took
+    /// the worst `U`.
+    pub availability_worst: f64,
+    /// With quorum, how long after a takeover a lease of `max_ttl` whose
+    /// holder died stays taken before its lock delay:
+    /// `(max_ttl + T)·(1 + d)/(1 − d)` ([`rearmed_ttl`]). `None` with
+    /// none, which forgets every lease at a failover.
+    pub rearmed_ttl_max: Option<Duration>,
+    /// Longest time from a leader failure until a resource whose holder
+    /// died with it can be granted again: `U + rearmed_ttl_max +
+    /// lock_delay_max` with quorum, `U` with none.
+    pub held_resource_free_max: Duration,
 }
 
 /// The model's advice.
@@ -473,6 +619,8 @@ pub struct Recommendation {
     pub election_timeout: Duration,
     /// `leases.max_ttl`.
     pub max_ttl: Duration,
+    /// Where `max_ttl` comes from.
+    pub max_ttl_rule: MaxTtlRule,
     /// The rule that set `k`.
     pub binding: Binding,
     /// What these timings give.
@@ -531,7 +679,31 @@ pub fn predict(
     let secs = Duration::from_secs_f64;
     let failover_expected = secs(detection_expected + election_expected);
     let failover_max = secs(detection_max + election_max);
+    // Step 10 or 11: what new grants wait for after the failover.
+    let (election_syncs, wait) = match inputs.replication {
+        Replication::None => (Duration::ZERO, grace),
+        Replication::Quorum => {
+            let syncs = inputs.fsync.saturating_mul(ELECTION_SYNCS);
+            (syncs, syncs)
+        }
+    };
+    let grants_resume_max = failover_max.saturating_add(wait);
+    let rearmed_ttl_max = match inputs.replication {
+        Replication::None => None,
+        Replication::Quorum => Some(rearmed_ttl(
+            inputs.max_drift,
+            heartbeat,
+            election_timeout,
+            max_ttl,
+        )),
+    };
+    let held_resource_free_max = rearmed_ttl_max.map_or(grants_resume_max, |rearmed| {
+        grants_resume_max
+            .saturating_add(rearmed)
+            .saturating_add(inputs.lock_delay_max)
+    });
     Prediction {
+        replication: inputs.replication,
         failure_rate_per_s,
         fp_budget_per_s: inputs.fp_fraction * failure_rate_per_s,
         fp_rate_per_s: false_positive_rate_per_s(fit, inputs.members, heartbeat, ticks),
@@ -539,13 +711,41 @@ pub fn predict(
         detection_max: secs(detection_max),
         election_expected: secs(election_expected),
         election_max: secs(election_max),
+        election_syncs,
         grace,
         failover_expected,
         failover_max,
-        grants_resume_expected: failover_expected.saturating_add(grace),
-        grants_resume_max: failover_max.saturating_add(grace),
+        grants_resume_expected: failover_expected.saturating_add(wait),
+        grants_resume_max,
         unavailability_budget: secs((1.0 - inputs.availability) * inputs.mtbf.as_secs_f64()),
+        availability_worst: 1.0 - failure_rate_per_s * grants_resume_max.as_secs_f64(),
+        rearmed_ttl_max,
+        held_resource_free_max,
     }
+}
+
+/// A lease's expiry re-armed at a takeover with replicated leases,
+/// `(ttl + T)·(1 + d)/(1 − d)` for `d = max_drift`, exactly as the node
+/// computes it (`ControlCore::rearm_ms`): whole milliseconds, the heartbeat
+/// as the tick, the election timeout as whole ticks (at least 3), `d` in
+/// parts per million rounded up, the result rounded up. A holder that
+/// died keeps its resource this long after the takeover at most, then its
+/// lock delay.
+#[must_use]
+pub fn rearmed_ttl(
+    max_drift: f64,
+    heartbeat: Duration,
+    election_timeout: Duration,
+    ttl: Duration,
+) -> Duration {
+    let millis = |d: Duration| u128::from(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let tick_ms = millis(heartbeat).max(1);
+    let election_ms = (millis(election_timeout) / tick_ms).max(3) * tick_ms;
+    // `as` saturates: NaN and negative drift become 0.
+    let ppm = u128::from(((max_drift * 1e6).ceil() as u32).min(999_999));
+    let base_ms = millis(ttl) + election_ms;
+    let scaled_ms = (base_ms * (1_000_000 + ppm)).div_ceil(1_000_000 - ppm);
+    Duration::from_millis(u64::try_from(scaled_ms).unwrap_or(u64::MAX))
 }
 
 /// Ticks per election timeout, as the node computes them (rounded down).
@@ -564,7 +764,8 @@ fn grace(inputs: &TuneInputs, election_timeout: Duration, max_ttl: Duration) -> 
     config.grace_period()
 }
 
-/// The rules of the model that these timings break (steps 5, 6, 8, 10);
+/// The rules of the model that these timings break (steps 5, 6, 8, and 10
+/// or 11);
 /// empty when they meet every one. The shipped profiles' test calls it, and
 /// [`recommend`] asserts its own advice passes.
 #[must_use]
@@ -620,13 +821,14 @@ pub fn violations(
     broken
 }
 
-/// The model's advice for `fit` and `inputs` (steps 7, 8 and 10).
+/// The model's advice for `fit` and `inputs` (steps 7, 8, and 10 or 11).
 ///
 /// # Errors
 ///
 /// [`TuneError::BadInput`] for an input out of range;
-/// [`TuneError::Infeasible`] when the election timeout would pass 60s or
-/// no `max_ttl` of at least `min_ttl` meets the availability target.
+/// [`TuneError::Infeasible`] when the election timeout would pass 60s, or
+/// with none no `max_ttl` of at least `min_ttl` meets the availability
+/// target, or with quorum the failover alone does not.
 pub fn recommend(fit: &RttFit, inputs: &TuneInputs) -> Result<Recommendation, TuneError> {
     inputs.check()?;
     // Step 7.
@@ -669,7 +871,62 @@ pub fn recommend(fit: &RttFit, inputs: &TuneInputs) -> Result<Recommendation, Tu
         )));
     }
 
-    // Step 10.
+    let (max_ttl, max_ttl_rule) = match inputs.replication {
+        Replication::None => (
+            max_ttl_for_availability(fit, inputs, election_timeout)?,
+            MaxTtlRule::Availability,
+        ),
+        // Step 11: keep it; only the failover itself meets the budget.
+        Replication::Quorum => (inputs.max_ttl, MaxTtlRule::Kept),
+    };
+    let prediction = predict(fit, inputs, heartbeat, election_timeout, max_ttl);
+    if prediction.grants_resume_max > prediction.unavailability_budget {
+        assert_eq!(inputs.replication, Replication::Quorum, "step 10 fits U");
+        let shorter_timeout = match binding {
+            Binding::ConfigMinimum => "a lower --heartbeat-min",
+            Binding::FalsePositives => "a larger --fp-fraction",
+            Binding::RoundTrip => "a link with smaller worst round trips",
+        };
+        return Err(TuneError::Infeasible(format!(
+            "availability {} with an mtbf of {} allows {} without grants per failure, but \
+             detection (up to 2 x the election timeout {}), election (3 round trips, up to {}) \
+             and {ELECTION_SYNCS} fsyncs of {} take up to {}. Accept a lower --availability, \
+             give a faster disk's --fsync, or shorten the election timeout (set by the {} \
+             rule) with {shorter_timeout}",
+            inputs.availability,
+            format_duration(inputs.mtbf),
+            readable(prediction.unavailability_budget),
+            format_duration(election_timeout),
+            readable(prediction.election_max),
+            format_duration(inputs.fsync),
+            readable(prediction.grants_resume_max),
+            binding.as_str()
+        )));
+    }
+    let advice = Recommendation {
+        heartbeat_interval: heartbeat,
+        election_ticks,
+        election_timeout,
+        max_ttl,
+        max_ttl_rule,
+        binding,
+        prediction,
+    };
+    let broken = violations(fit, inputs, heartbeat, election_timeout, max_ttl);
+    assert!(
+        broken.is_empty(),
+        "the advice meets its own model: {broken:?}"
+    );
+    Ok(advice)
+}
+
+/// Step 10 (`replication = "none"`): the longest `max_ttl` whose grace
+/// still fits the availability budget.
+fn max_ttl_for_availability(
+    fit: &RttFit,
+    inputs: &TuneInputs,
+    election_timeout: Duration,
+) -> Result<Duration, TuneError> {
     let t = election_timeout.as_secs_f64();
     let budget = (1.0 - inputs.availability) * inputs.mtbf.as_secs_f64();
     let before_grace = 2.0 * t + 3.0 * fit.max_us * US;
@@ -685,7 +942,8 @@ pub fn recommend(fit: &RttFit, inputs: &TuneInputs) -> Result<Recommendation, Tu
              detection and election take up to {:.3}s and the grace period adds \
              lock_delay_max {} + election timeout {} before any max_ttl; max_ttl would be \
              {:.3}s, below min_ttl {}. Lower leases.lock_delay_max, or accept a lower \
-             --availability",
+             --availability (or replicate leases: leases.replication = \"quorum\" owes no \
+             grace per failover)",
             inputs.availability,
             format_duration(inputs.mtbf),
             budget,
@@ -696,22 +954,7 @@ pub fn recommend(fit: &RttFit, inputs: &TuneInputs) -> Result<Recommendation, Tu
             format_duration(floor)
         )));
     }
-
-    let prediction = predict(fit, inputs, heartbeat, election_timeout, max_ttl);
-    let advice = Recommendation {
-        heartbeat_interval: heartbeat,
-        election_ticks,
-        election_timeout,
-        max_ttl,
-        binding,
-        prediction,
-    };
-    let broken = violations(fit, inputs, heartbeat, election_timeout, max_ttl);
-    assert!(
-        broken.is_empty(),
-        "the advice meets its own model: {broken:?}"
-    );
-    Ok(advice)
+    Ok(max_ttl)
 }
 
 /// A config snippet with the advice and the lease inputs it assumed; it
@@ -724,15 +967,32 @@ pub fn snippet(advice: &Recommendation, inputs: &TuneInputs, header: &[String]) 
         out.push_str(&format!("# {line}\n"));
     }
     let p = &advice.prediction;
+    assert_eq!(p.replication, inputs.replication, "advice for these inputs");
+    let ms = readable;
+    let after_failover = match p.replication {
+        Replication::None => "the grace period after every failover".to_owned(),
+        Replication::Quorum => format!(
+            "{ELECTION_SYNCS} fsyncs of {}, no grace period",
+            format_duration(inputs.fsync)
+        ),
+    };
     out.push_str(&format!(
         "# predicted false suspicions {:.3e}/s (budget {:.3e}/s); failover {} mean, {} worst; \
-         grants resume after {} worst\n",
+         grants resume after {} worst ({after_failover})\n",
         p.fp_rate_per_s,
         p.fp_budget_per_s,
-        format_duration(round_up_ms(p.failover_expected)),
-        format_duration(round_up_ms(p.failover_max)),
-        format_duration(round_up_ms(p.grants_resume_max)),
+        ms(p.failover_expected),
+        ms(p.failover_max),
+        ms(p.grants_resume_max),
     ));
+    if let Some(rearmed) = p.rearmed_ttl_max {
+        out.push_str(&format!(
+            "# a dead holder's resource is free at most {} after a failure: max_ttl re-armed to \
+             {} at the takeover, then lock_delay_max\n",
+            ms(p.held_resource_free_max),
+            ms(rearmed),
+        ));
+    }
     out.push_str(&format!(
         "[cluster]\nheartbeat_interval = \"{}\"\nelection_timeout = \"{}\"  # {} heartbeats, set by the {} rule\n\n",
         format_duration(advice.heartbeat_interval),
@@ -740,8 +1000,24 @@ pub fn snippet(advice: &Recommendation, inputs: &TuneInputs, header: &[String]) 
         advice.election_ticks,
         advice.binding.as_str()
     ));
+    let (replication_note, max_ttl_note, inputs_note) = match advice.max_ttl_rule {
+        MaxTtlRule::Availability => (
+            "the model assumed it: every failover costs the grace period",
+            "the longest the availability target allows",
+            "the grace period",
+        ),
+        MaxTtlRule::Kept => (
+            "the model assumed it: a failover keeps every lease",
+            "kept: with quorum it does not bound availability, only how long a dead holder's \
+             resource stays taken",
+            "the re-armed expiry and the one-off grace period",
+        ),
+    };
     out.push_str(&format!(
-        "[leases]\nmax_ttl = \"{}\"\n# inputs the grace period was computed with:\nmin_ttl = \"{}\"\nlock_delay_max = \"{}\"\nmax_drift = {:?}\n",
+        "[leases]\nreplication = \"{}\"  # {replication_note}\nmax_ttl = \"{}\"  # {max_ttl_note}\n\
+         # inputs of {inputs_note}:\nmin_ttl = \"{}\"\nlock_delay_max = \"{}\"\n\
+         max_drift = {:?}\n",
+        p.replication.as_str(),
         format_duration(advice.max_ttl),
         format_duration(inputs.min_ttl),
         format_duration(inputs.lock_delay_max),
@@ -758,6 +1034,16 @@ fn ceil_ticks(x: f64) -> u32 {
     } else {
         rounded as u32
     }
+}
+
+/// A figure for people: seconds to the millisecond (rounded up) from 1s,
+/// else milliseconds to the microsecond, like `"40.824s"` or `"1.2ms"`.
+fn readable(duration: Duration) -> String {
+    if duration >= Duration::from_secs(1) {
+        return format!("{:.3}s", round_up_ms(duration).as_secs_f64());
+    }
+    let ms = format!("{:.3}", duration.as_secs_f64() / MS);
+    format!("{}ms", ms.trim_end_matches('0').trim_end_matches('.'))
 }
 
 fn round_up_ms(duration: Duration) -> Duration {

@@ -1,14 +1,16 @@
 //! Every shipped profile in `tuning/profiles/` loads with the real config
 //! loader, writes out every section, and its timings are what the model of
-//! `palisade tune` gives for the inputs its `# tune-model:` line states (so
-//! the comments cannot drift from the numbers).
+//! `palisade tune` gives for the inputs its `# tune-model:` line states and
+//! its own `leases.replication` (as `palisade tune --config` takes it), and
+//! its comments state the model's figures for that mode (so the comments
+//! cannot drift from the numbers).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use palisade_tuning::tune::{recommend, violations, RttFit, TuneInputs};
-use palisade_tuning::{parse_duration, Config, FsSource};
+use palisade_tuning::{parse_duration, Config, FsSource, Replication};
 
 fn profiles() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
@@ -105,8 +107,10 @@ fn every_profile_is_what_the_model_recommends() {
                 .unwrap_or_else(|_| panic!("{}: {key} is not a number", path.display()))
         };
         let duration = |key: &str| -> Duration {
-            parse_duration(&model[key])
-                .unwrap_or_else(|why| panic!("{}: {key}: {why}", path.display()))
+            let text = model
+                .get(key)
+                .unwrap_or_else(|| panic!("{}: tune-model lacks {key}", path.display()));
+            parse_duration(text).unwrap_or_else(|why| panic!("{}: {key}: {why}", path.display()))
         };
         let fit = RttFit::from_summary(
             number("rtt_min_us"),
@@ -115,11 +119,21 @@ fn every_profile_is_what_the_model_recommends() {
             number("rtt_max_us"),
         )
         .expect("a valid summary");
+        // max_ttl is an input only with quorum (kept, not derived): the
+        // line states it if the profile chose one, else it is the built-in
+        // default; never the file's own value, which is what is checked.
+        let max_ttl = if model.contains_key("max_ttl") {
+            duration("max_ttl")
+        } else {
+            TuneInputs::default().max_ttl
+        };
         let inputs = TuneInputs {
             mtbf: duration("mtbf"),
             fp_fraction: number("fp_fraction"),
             availability: number("availability"),
             heartbeat_min: duration("heartbeat_min"),
+            fsync: duration("fsync"),
+            max_ttl,
             ..TuneInputs::from_config(&config)
         };
         let (cluster, leases) = (&config.cluster, &config.leases);
@@ -153,5 +167,34 @@ fn every_profile_is_what_the_model_recommends() {
         );
         assert_eq!(got, want, "{}: {advice:#?}", path.display());
         assert_eq!(config.grace_period(), advice.prediction.grace);
+
+        // The comments state the mode's figures, to the millisecond.
+        let p = &advice.prediction;
+        let seconds = |d: Duration| format!("{:.3}s", d.as_secs_f64());
+        let mut stated = vec![seconds(p.grace)];
+        match config.leases.replication {
+            Replication::Quorum => {
+                let rearmed = p.rearmed_ttl_max.expect("quorum re-arms");
+                stated.extend([seconds(rearmed), seconds(p.held_resource_free_max)]);
+                for stale in [
+                    "grace period after every failover",
+                    "max_ttl from the availability target",
+                ] {
+                    assert!(
+                        !text.contains(stale),
+                        "{}: says {stale:?}, which holds only with replication = \"none\"",
+                        path.display()
+                    );
+                }
+            }
+            Replication::None => stated.push(seconds(p.grants_resume_max)),
+        }
+        for figure in stated {
+            assert!(
+                text.contains(&figure),
+                "{}: its comments do not state {figure}: {p:#?}",
+                path.display()
+            );
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
-use crate::Config;
+use crate::{Config, Replication};
 
 /// `|got − want| ≤ tol·|want|` (or `≤ tol` near zero).
 fn close(got: f64, want: f64, tol: f64) -> bool {
@@ -19,7 +19,8 @@ fn ms(value: u64) -> Duration {
 
 /// Inputs with round numbers for hand computation: 3 members,
 /// λ = 1/1e6 s, f = 0.01, A = 0.9999, h_min = 10ms, drift 0.01,
-/// lock_delay_max 10s, min_ttl 100ms.
+/// lock_delay_max 10s, min_ttl 100ms, memory-only leases (step 10; the
+/// max_ttl and fsync given are not used).
 fn round_inputs() -> TuneInputs {
     TuneInputs {
         members: 3,
@@ -30,6 +31,18 @@ fn round_inputs() -> TuneInputs {
         max_drift: 0.01,
         lock_delay_max: Duration::from_secs(10),
         min_ttl: ms(100),
+        replication: Replication::None,
+        max_ttl: Duration::from_secs(30),
+        fsync: ms(10),
+    }
+}
+
+/// [`round_inputs`] with replicated leases (step 11): max_ttl 30s kept,
+/// fsync 10ms.
+fn quorum_inputs() -> TuneInputs {
+    TuneInputs {
+        replication: Replication::Quorum,
+        ..round_inputs()
     }
 }
 
@@ -240,6 +253,158 @@ fn recommendation_by_hand_set_by_the_round_trip() {
 }
 
 #[test]
+fn quorum_by_hand_keeps_max_ttl_and_owes_no_grace() {
+    // The fit of the false-positive case: min 1ms, mean 2ms, p99 9ms,
+    // max 12ms. Steps 7 and 8 do not depend on the mode: h = 10ms, k = 5,
+    // T = 50ms, set by the false-positive rule.
+    let fit = RttFit::from_summary(1000.0, 2000.0, 9000.0, 12_000.0).expect("fit");
+    let inputs = quorum_inputs();
+    let advice = recommend(&fit, &inputs).expect("advice");
+    assert_eq!(advice.heartbeat_interval, ms(10));
+    assert_eq!(advice.election_ticks, 5);
+    assert_eq!(advice.election_timeout, ms(50));
+    assert_eq!(advice.binding, Binding::FalsePositives);
+    // Step 11: max_ttl is the one given, not the 88s of step 10.
+    assert_eq!(advice.max_ttl, Duration::from_secs(30));
+    assert_eq!(advice.max_ttl_rule, MaxTtlRule::Kept);
+
+    let p = &advice.prediction;
+    assert_eq!(p.replication, Replication::Quorum);
+    // Failover as for none: detection T·(1 + 1/3) = 66.667ms mean, 2T =
+    // 100ms worst; election 3·2 = 6ms mean, 3·12 = 36ms worst; so
+    // 72.667ms mean, 136ms worst.
+    assert!(close(
+        p.failover_expected.as_secs_f64(),
+        0.072_666_667,
+        1e-6
+    ));
+    assert!(close(p.failover_max.as_secs_f64(), 0.136, 1e-7));
+    // Then three fsyncs of 10ms, no grace: grants resume after
+    // 72.667 + 30 = 102.667ms mean, 136 + 30 = 166ms worst.
+    assert_eq!(p.election_syncs, ms(30));
+    assert!(close(
+        p.grants_resume_expected.as_secs_f64(),
+        0.102_666_667,
+        1e-6
+    ));
+    assert!(close(p.grants_resume_max.as_secs_f64(), 0.166, 1e-7));
+    // Budget (1 − A)·mtbf = 100s; worst availability 1 − 1e-6 · 0.166.
+    assert!(close(p.unavailability_budget.as_secs_f64(), 100.0, 1e-7));
+    assert!(close(p.availability_worst, 1.0 - 1.66e-7, 1e-12));
+    // Re-armed max_ttl: (30000 + 5·10) ms · 1.01/0.99 = 30050 · 101/99
+    // = 3035050/99 = 30657.07 → 30658ms (rounded up, as the node does).
+    assert_eq!(p.rearmed_ttl_max, Some(ms(30_658)));
+    // A dead holder's resource: 166ms + 30.658s + lock_delay_max 10s.
+    assert_eq!(p.held_resource_free_max, ms(40_824));
+    // The grace is still reported (owed once): (30 + 10 + 0.05)·1.01 =
+    // 40.4505s → 40.451s; it is not in grants_resume.
+    assert_eq!(p.grace, ms(40_451));
+}
+
+#[test]
+fn quorum_by_hand_on_a_long_link() {
+    // The round-trip case's link (h = 120ms, k = 5, T = 600ms) with
+    // replicated leases and max_ttl 30s, one failure a week.
+    let fit = RttFit::from_summary(100_000.0, 100_500.0, 120_000.0, 300_000.0).expect("fit");
+    let inputs = TuneInputs {
+        mtbf: Duration::from_secs(604_800),
+        ..quorum_inputs()
+    };
+    let advice = recommend(&fit, &inputs).expect("advice");
+    assert_eq!(advice.heartbeat_interval, ms(120));
+    assert_eq!(advice.election_timeout, ms(600));
+    assert_eq!(advice.binding, Binding::RoundTrip);
+    assert_eq!(advice.max_ttl, Duration::from_secs(30));
+    let p = &advice.prediction;
+    // Detection 0.8s mean, 1.2s worst; election 301.5ms mean, 900ms
+    // worst; fsyncs 30ms: 1.1315s mean, 2.13s worst.
+    assert!(close(p.grants_resume_expected.as_secs_f64(), 1.1315, 1e-7));
+    assert!(close(p.grants_resume_max.as_secs_f64(), 2.13, 1e-7));
+    // 2.13/604800 = 3.521825396825397e-6 of the time at worst.
+    assert!(close(
+        p.availability_worst,
+        1.0 - 3.521_825_396_825_397e-6,
+        1e-12
+    ));
+    // (30000 + 600)·101/99 = 3090600/99 = 31218.18 → 31219ms; plus 2.13s
+    // and 10s: 43.349s.
+    assert_eq!(p.rearmed_ttl_max, Some(ms(31_219)));
+    assert_eq!(p.held_resource_free_max, ms(43_349));
+    // Once only: (30 + 10 + 0.6)·1.01 = 41.006s.
+    assert_eq!(p.grace, ms(41_006));
+}
+
+#[test]
+fn rearmed_ttl_is_the_nodes_arithmetic() {
+    // (ttl + T)·(1 + d)/(1 − d) in whole ms, rounded up.
+    // d = 0: ttl + T exactly.
+    assert_eq!(
+        rearmed_ttl(0.0, ms(10), ms(50), Duration::from_secs(30)),
+        ms(30_050)
+    );
+    // d = 0.01: 10050·101/99 = 1015050/99 = 10253.03 → 10254ms.
+    assert_eq!(
+        rearmed_ttl(0.01, ms(10), ms(50), Duration::from_secs(10)),
+        ms(10_254)
+    );
+    // d = 0.05: (1000 + 30)·1.05/0.95 = 1030·21/19 = 21630/19 = 1138.42
+    // → 1139ms.
+    assert_eq!(rearmed_ttl(0.05, ms(10), ms(30), ms(1000)), ms(1139));
+    // The node counts the election timeout in whole ticks, at least 3:
+    // 55ms with a 10ms tick is 5 ticks, 50ms; 20ms is 3 ticks, 30ms.
+    assert_eq!(rearmed_ttl(0.0, ms(10), ms(55), ms(1000)), ms(1050));
+    assert_eq!(rearmed_ttl(0.0, ms(10), ms(20), ms(1000)), ms(1030));
+    // Drift is taken in ppm rounded up: 0.0000001 is 1 ppm,
+    // 1000·1000001/999999 = 1000.002 → 1001ms.
+    assert_eq!(rearmed_ttl(1e-7, ms(10), ms(0), ms(970)), ms(1001));
+}
+
+#[test]
+fn with_quorum_only_the_failover_meets_the_budget() {
+    // Budget (1 − 0.99999985)·1e6 = 0.15s. The failover alone takes
+    // 136ms worst (the false-positive case above).
+    let fit = RttFit::from_summary(1000.0, 2000.0, 9000.0, 12_000.0).expect("fit");
+    let tight = TuneInputs {
+        availability: 0.999_999_85,
+        ..quorum_inputs()
+    };
+    // Three fsyncs of 10ms: 166ms > 150ms, impossible, and the error says
+    // what took the time.
+    let error = recommend(&fit, &tight).unwrap_err();
+    match &error {
+        TuneError::Infeasible(why) => {
+            for words in ["availability", "fsyncs of 10ms", "166ms", "150ms"] {
+                assert!(why.contains(words), "{words}: {why}");
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+    // Three of 4ms: 148ms fits, whatever max_ttl and lock_delay_max are
+    // (neither enters the failover).
+    let fast_disk = TuneInputs {
+        fsync: ms(4),
+        max_ttl: Duration::from_secs(24 * 3600),
+        lock_delay_max: ms(65_535),
+        ..tight.clone()
+    };
+    let advice = recommend(&fit, &fast_disk).expect("fits");
+    assert_eq!(advice.election_timeout, ms(50));
+    assert_eq!(advice.max_ttl, Duration::from_secs(24 * 3600));
+    assert!(close(
+        advice.prediction.grants_resume_max.as_secs_f64(),
+        0.148,
+        1e-7
+    ));
+    // The same budget cannot carry any grace period: with none it fails.
+    let none = TuneInputs {
+        replication: Replication::None,
+        ..fast_disk
+    };
+    let error = recommend(&fit, &none).unwrap_err().to_string();
+    assert!(error.contains("lock_delay_max"), "{error}");
+}
+
+#[test]
 fn no_jitter_gives_the_config_minimum() {
     // m = 0: no false suspicions at any k ≥ 2; step 6 gives
     // 1 + ceil((10 + 0.1)/9.9) = 3; the config minimum is 3 too, and a tie
@@ -289,7 +454,7 @@ fn impossible_targets_say_why() {
 #[test]
 fn bad_inputs_are_named() {
     let fit = RttFit::from_summary(100.0, 150.0, 300.0, 500.0).expect("fit");
-    let cases: [(TuneInputs, &str); 10] = [
+    let cases: [(TuneInputs, &str); 13] = [
         (
             TuneInputs {
                 members: 1,
@@ -360,6 +525,27 @@ fn bad_inputs_are_named() {
             },
             "leases.max_drift",
         ),
+        (
+            TuneInputs {
+                fsync: Duration::from_secs(11),
+                ..quorum_inputs()
+            },
+            "--fsync",
+        ),
+        (
+            TuneInputs {
+                max_ttl: ms(50),
+                ..quorum_inputs()
+            },
+            "leases.max_ttl",
+        ),
+        (
+            TuneInputs {
+                max_ttl: Duration::from_secs(25 * 3600),
+                ..quorum_inputs()
+            },
+            "leases.max_ttl",
+        ),
     ];
     for (inputs, name) in cases {
         match recommend(&fit, &inputs) {
@@ -367,6 +553,14 @@ fn bad_inputs_are_named() {
             other => panic!("{name}: {other:?}"),
         }
     }
+    // With none, max_ttl is derived and fsync is not in the model: both
+    // are ignored.
+    let ignored = TuneInputs {
+        fsync: Duration::from_secs(11),
+        max_ttl: ms(50),
+        ..round_inputs()
+    };
+    assert!(recommend(&fit, &ignored).is_ok());
 }
 
 #[test]
@@ -387,6 +581,19 @@ fn violations_name_each_broken_rule() {
     let broken = violations(&fit, &inputs, ms(10), ms(50), ms(50));
     assert_eq!(broken.len(), 1, "{broken:#?}");
     assert!(broken[0].contains("below min_ttl"));
+
+    // With quorum the 200s max_ttl breaks nothing: no grace per failover.
+    let inputs = quorum_inputs();
+    let secs = Duration::from_secs;
+    assert!(violations(&fit, &inputs, ms(10), ms(50), secs(200)).is_empty());
+    // Its failover alone (166ms) against a 150ms budget does.
+    let tight = TuneInputs {
+        availability: 0.999_999_85,
+        ..inputs
+    };
+    let broken = violations(&fit, &tight, ms(10), ms(50), secs(30));
+    assert_eq!(broken.len(), 1, "{broken:#?}");
+    assert!(broken[0].contains("unavailability"), "{broken:#?}");
 }
 
 #[test]
@@ -402,12 +609,33 @@ fn the_snippet_loads_with_the_config_loader() {
     assert_eq!(config.leases.max_ttl, Duration::from_secs(88));
     assert_eq!(config.leases.min_ttl, ms(100));
     assert_eq!(config.leases.max_drift, 0.01);
+    assert_eq!(config.leases.replication, Replication::None);
     assert_eq!(config.grace_period(), advice.prediction.grace);
+    assert!(text.contains("grace period after every failover"), "{text}");
+
+    // With quorum the snippet keeps max_ttl, says why, and names the
+    // re-armed figure.
+    let inputs = quorum_inputs();
+    let advice = recommend(&fit, &inputs).expect("advice");
+    let text = snippet(&advice, &inputs, &[]);
+    let config = Config::from_toml_str(&text, None).expect("the snippet validates");
+    assert_eq!(config.leases.replication, Replication::Quorum);
+    assert_eq!(config.leases.max_ttl, Duration::from_secs(30));
+    assert_eq!(config.cluster.election_timeout, ms(50));
+    for words in [
+        "3 fsyncs of 10ms",
+        "kept",
+        "re-armed to 30.658s",
+        "free at most 40.824s",
+    ] {
+        assert!(text.contains(words), "{words}: {text}");
+    }
 }
 
 #[test]
 fn from_config_takes_members_and_lease_settings() {
     let text = "[node]\nid = 2\n[leases]\nlock_delay_max = \"2s\"\nmax_drift = 0.05\nmin_ttl = \"1s\"\n\
+                max_ttl = \"20s\"\nreplication = \"none\"\n\
                 [[cluster.peers]]\nid = 1\npeer = \"127.0.0.1:7421\"\nclient = \"127.0.0.1:7411\"\n\
                 [[cluster.peers]]\nid = 2\npeer = \"127.0.0.1:7422\"\nclient = \"127.0.0.1:7400\"\n";
     let config = Config::from_toml_str(text, None).expect("config");
@@ -416,7 +644,17 @@ fn from_config_takes_members_and_lease_settings() {
     assert_eq!(inputs.lock_delay_max, Duration::from_secs(2));
     assert_eq!(inputs.max_drift, 0.05);
     assert_eq!(inputs.min_ttl, Duration::from_secs(1));
+    assert_eq!(inputs.max_ttl, Duration::from_secs(20));
+    assert_eq!(inputs.replication, Replication::None);
     assert_eq!(inputs.fp_fraction, TuneInputs::default().fp_fraction);
+    assert_eq!(inputs.fsync, TuneInputs::default().fsync);
+    // A config that says nothing gets the defaults: quorum, 30s.
+    let config = Config::from_toml_str("", None).expect("config");
+    let inputs = TuneInputs::from_config(&config);
+    assert_eq!(inputs.replication, Replication::Quorum);
+    assert_eq!(inputs.max_ttl, Duration::from_secs(30));
+    assert_eq!(TuneInputs::default().replication, Replication::Quorum);
+    assert_eq!(TuneInputs::default().max_ttl, Duration::from_secs(30));
 }
 
 /// A fit with the given minimum, jitter mean, p99 and max (µs), made valid.
@@ -425,6 +663,14 @@ fn fit_of(min: f64, jitter: f64, p99_extra: f64, max_extra: f64) -> RttFit {
     let p99 = min + p99_extra;
     let max = mean.max(p99) + max_extra;
     RttFit::from_summary(min, mean, p99, max).expect("valid by construction")
+}
+
+fn mode(quorum: bool) -> Replication {
+    if quorum {
+        Replication::Quorum
+    } else {
+        Replication::None
+    }
 }
 
 fn timeout_of(fit: &RttFit, inputs: &TuneInputs) -> Option<Duration> {
@@ -443,10 +689,12 @@ proptest! {
         max_extra in 0.0f64..200_000.0,
         members in 2usize..8,
         fp_exp in -4.0f64..0.0,
+        quorum in any::<bool>(),
     ) {
         let inputs = TuneInputs {
             members,
             fp_fraction: 10f64.powf(fp_exp),
+            replication: mode(quorum),
             ..TuneInputs::default()
         };
         // Same p99 and max; only the mean (the jitter) grows.
@@ -470,9 +718,14 @@ proptest! {
         max_extra in 0.0f64..200_000.0,
         fp_exp in -6.0f64..0.0,
         smaller_by in 0.0f64..3.0,
+        quorum in any::<bool>(),
     ) {
         let fit = fit_of(min, jitter, p99_extra, max_extra);
-        let loose = TuneInputs { fp_fraction: 10f64.powf(fp_exp), ..TuneInputs::default() };
+        let loose = TuneInputs {
+            fp_fraction: 10f64.powf(fp_exp),
+            replication: mode(quorum),
+            ..TuneInputs::default()
+        };
         let strict = TuneInputs { fp_fraction: 10f64.powf(fp_exp - smaller_by), ..loose.clone() };
         match (timeout_of(&fit, &loose), timeout_of(&fit, &strict)) {
             (Some(loose_t), Some(strict_t)) => prop_assert!(strict_t >= loose_t),
@@ -487,21 +740,80 @@ proptest! {
         members in 2usize..8,
         fp_exp in -5.0f64..0.0,
         mtbf_h in 1u64..10_000,
+        quorum in any::<bool>(),
+        max_ttl_ms in 100u64..=86_400_000,
+        fsync_ms in 0u64..=100,
     ) {
         let fit = RttFit::from_samples(&samples).expect("valid samples");
         let inputs = TuneInputs {
             members,
             fp_fraction: 10f64.powf(fp_exp),
             mtbf: Duration::from_secs(mtbf_h * 3600),
+            replication: mode(quorum),
+            max_ttl: ms(max_ttl_ms),
+            fsync: ms(fsync_ms),
             ..TuneInputs::default()
         };
         if let Ok(advice) = recommend(&fit, &inputs) {
             let p = &advice.prediction;
             prop_assert!(p.fp_rate_per_s <= p.fp_budget_per_s * (1.0 + 1e-9));
             prop_assert!(p.grants_resume_max <= p.unavailability_budget);
+            prop_assert!(p.availability_worst >= inputs.availability - 1e-12);
+            prop_assert!(p.held_resource_free_max >= p.grants_resume_max);
+            if quorum {
+                // Kept, and a dead holder's resource waits at least its
+                // ttl stretched by the drift, after the failover.
+                prop_assert_eq!(advice.max_ttl, inputs.max_ttl);
+                prop_assert_eq!(advice.max_ttl_rule, MaxTtlRule::Kept);
+                let rearmed = p.rearmed_ttl_max.expect("quorum re-arms");
+                prop_assert!(rearmed >= advice.max_ttl + advice.election_timeout);
+                prop_assert_eq!(
+                    p.held_resource_free_max,
+                    p.grants_resume_max + rearmed + inputs.lock_delay_max
+                );
+                prop_assert_eq!(p.election_syncs, inputs.fsync * 3);
+            } else {
+                prop_assert_eq!(advice.max_ttl_rule, MaxTtlRule::Availability);
+                prop_assert_eq!(p.rearmed_ttl_max, None);
+                prop_assert_eq!(p.grants_resume_max, p.failover_max + p.grace);
+            }
             let text = snippet(&advice, &inputs, &[]);
             let config = Config::from_toml_str(&text, None);
             prop_assert!(config.is_ok(), "{text}\n{config:?}");
+            let config = config.expect("checked");
+            prop_assert_eq!(config.leases.replication, inputs.replication);
+            prop_assert_eq!(config.leases.max_ttl, advice.max_ttl);
+        }
+    }
+
+    #[test]
+    fn with_quorum_max_ttl_and_lock_delay_never_change_the_timing(
+        samples in proptest::collection::vec(1.0f64..2_000_000.0, SAMPLES_MIN..100),
+        mtbf_h in 1u64..1000,
+        availability_nines in 2.0f64..8.0,
+        max_ttl_ms in 100u64..=86_400_000,
+        lock_delay_ms in 0u64..=65_535,
+    ) {
+        let fit = RttFit::from_samples(&samples).expect("valid samples");
+        let base = TuneInputs {
+            mtbf: Duration::from_secs(mtbf_h * 3600),
+            availability: 1.0 - 10f64.powf(-availability_nines),
+            ..TuneInputs::default()
+        };
+        let other = TuneInputs {
+            max_ttl: ms(max_ttl_ms),
+            lock_delay_max: ms(lock_delay_ms),
+            ..base.clone()
+        };
+        match (recommend(&fit, &base), recommend(&fit, &other)) {
+            (Ok(a), Ok(b)) => {
+                prop_assert_eq!(a.heartbeat_interval, b.heartbeat_interval);
+                prop_assert_eq!(a.election_timeout, b.election_timeout);
+                prop_assert_eq!(a.prediction.grants_resume_max, b.prediction.grants_resume_max);
+                prop_assert_eq!(b.max_ttl, other.max_ttl);
+            }
+            (Err(a), Err(b)) => prop_assert_eq!(a, b),
+            (a, b) => prop_assert!(false, "feasibility changed: {a:?} vs {b:?}"),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! `palisade tune`: measure round trips to the configured peers over the
 //! peer transport (or read them from a file), run the model of
-//! [`palisade_tuning::tune`], print the advice, and optionally write it as a
-//! config snippet. The model is there; this is only the I/O around it.
+//! [`palisade_tuning::tune`] for the lease replication mode (the config's
+//! `leases.replication`, else `--replication`), print the advice, and
+//! optionally write it as a config snippet. The model is there; this is
+//! only the I/O around it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,8 +12,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use palisade_control::node::cluster_secret;
 use palisade_control::transport::Prober;
-use palisade_tuning::tune::{self, Recommendation, RttFit, TuneInputs};
-use palisade_tuning::{format_duration, parse_duration, Config, FsSource};
+use palisade_tuning::tune::{self, MaxTtlRule, Recommendation, RttFit, TuneInputs};
+use palisade_tuning::{format_duration, parse_duration, Config, FsSource, Replication};
 use serde_json::json;
 
 /// Flags of `palisade tune`.
@@ -19,9 +21,19 @@ use serde_json::json;
 pub struct TuneArgs {
     /// Config file: its peers are measured (as this node, from its peer
     /// address, with its cluster secret), and its cluster size and lease
-    /// settings feed the model.
+    /// settings (replication mode and max_ttl included) feed the model.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Lease replication mode to advise for when no --config is given:
+    /// "quorum" (the default: a failover keeps every lease and owes no
+    /// grace period) or "none" (every failover owes the grace period, and
+    /// max_ttl is derived from --availability).
+    #[arg(long, value_parser = replication_arg, conflicts_with = "config")]
+    replication: Option<Replication>,
+    /// Worst time of one fsync of the raft log on the members' disks; with
+    /// quorum an election waits for three in a row.
+    #[arg(long, default_value = "10ms", value_parser = duration_arg)]
+    fsync: Duration,
     /// Read RTTs from this file instead of measuring: one RTT in
     /// microseconds per line; blank lines and `#` comments are skipped.
     #[arg(long)]
@@ -39,7 +51,8 @@ pub struct TuneArgs {
     /// False suspicions allowed, as a fraction of the true failure rate.
     #[arg(long, default_value_t = 0.01)]
     fp_fraction: f64,
-    /// Availability target for new grants; sets max_ttl.
+    /// Availability target for new grants: with replication "none" it sets
+    /// max_ttl; with "quorum" the failover is checked against it.
     #[arg(long, default_value_t = 0.9999)]
     availability: f64,
     /// Shortest heartbeat interval to recommend.
@@ -61,6 +74,19 @@ const INTERVAL_MAX: Duration = Duration::from_secs(1);
 
 fn duration_arg(text: &str) -> Result<Duration, String> {
     parse_duration(text)
+}
+
+fn replication_arg(text: &str) -> Result<Replication, String> {
+    text.parse()
+}
+
+/// Where the lease inputs that decide the mode's advice came from, for the
+/// output.
+struct LeaseSources {
+    /// `"config"`, `"--replication"` or `"default"`.
+    replication: &'static str,
+    /// `"config"` or `"default"` (the built-in 30s).
+    max_ttl: &'static str,
 }
 
 /// One peer's round trips as measured, µs.
@@ -136,6 +162,24 @@ pub fn run(args: &TuneArgs) -> Result<()> {
     let mut inputs = config
         .as_ref()
         .map_or_else(TuneInputs::default, TuneInputs::from_config);
+    let sources = match (&config, args.replication) {
+        (Some(_), _) => LeaseSources {
+            replication: "config",
+            max_ttl: "config",
+        },
+        (None, Some(replication)) => {
+            inputs.replication = replication;
+            LeaseSources {
+                replication: "--replication",
+                max_ttl: "default",
+            }
+        }
+        (None, None) => LeaseSources {
+            replication: "default",
+            max_ttl: "default",
+        },
+    };
+    inputs.fsync = args.fsync;
     inputs.mtbf = args.mtbf;
     inputs.fp_fraction = args.fp_fraction;
     inputs.availability = args.availability;
@@ -149,9 +193,15 @@ pub fn run(args: &TuneArgs) -> Result<()> {
         write_snippet(path, &advice, &inputs, &source)?;
     }
     if args.json {
-        println!("{}", to_json(&source, &peers, &fit, &inputs, &advice));
+        println!(
+            "{}",
+            to_json(&source, &peers, &fit, &inputs, &sources, &advice)
+        );
     } else {
-        print!("{}", to_text(&source, &peers, &fit, &inputs, &advice));
+        print!(
+            "{}",
+            to_text(&source, &peers, &fit, &inputs, &sources, &advice)
+        );
     }
     Ok(())
 }
@@ -212,12 +262,15 @@ fn write_snippet(
     let header = [
         format!("written by `palisade tune`; RTTs {source}"),
         format!(
-            "model inputs: {} members, mtbf {}, fp fraction {}, availability {}, heartbeat floor {}",
+            "model inputs: {} members, mtbf {}, fp fraction {}, availability {}, heartbeat floor \
+             {}, replication {}, fsync {}",
             inputs.members,
             format_duration(inputs.mtbf),
             inputs.fp_fraction,
             inputs.availability,
-            format_duration(inputs.heartbeat_min)
+            format_duration(inputs.heartbeat_min),
+            inputs.replication.as_str(),
+            format_duration(inputs.fsync)
         ),
         "merge these keys into every member's config (they must agree)".to_owned(),
     ];
@@ -252,6 +305,7 @@ fn to_json(
     peers: &[PeerRtts],
     fit: &RttFit,
     inputs: &TuneInputs,
+    sources: &LeaseSources,
     advice: &Recommendation,
 ) -> serde_json::Value {
     let p = &advice.prediction;
@@ -276,6 +330,11 @@ fn to_json(
             "max_drift": inputs.max_drift,
             "lock_delay_max_ms": ms(inputs.lock_delay_max),
             "min_ttl_ms": ms(inputs.min_ttl),
+            "replication": inputs.replication.as_str(),
+            "replication_from": sources.replication,
+            "max_ttl_ms": ms(inputs.max_ttl),
+            "max_ttl_from": sources.max_ttl,
+            "fsync_ms": ms(inputs.fsync),
         },
         "recommendation": {
             "heartbeat_interval": format_duration(advice.heartbeat_interval),
@@ -286,6 +345,7 @@ fn to_json(
             "max_ttl_ms": ms(advice.max_ttl),
             "election_ticks": advice.election_ticks,
             "set_by": advice.binding.as_str(),
+            "max_ttl_set_by": advice.max_ttl_rule.as_str(),
         },
         "prediction": {
             "failure_rate_per_s": p.failure_rate_per_s,
@@ -297,10 +357,18 @@ fn to_json(
             "election_max_ms": ms(p.election_max),
             "failover_expected_ms": ms(p.failover_expected),
             "failover_max_ms": ms(p.failover_max),
+            "election_syncs_ms": ms(p.election_syncs),
             "grace_ms": ms(p.grace),
+            "grace_after": match p.replication {
+                Replication::None => "every failover",
+                Replication::Quorum => "once",
+            },
             "grants_resume_expected_ms": ms(p.grants_resume_expected),
             "grants_resume_max_ms": ms(p.grants_resume_max),
             "unavailability_budget_ms": ms(p.unavailability_budget),
+            "availability_worst": p.availability_worst,
+            "rearmed_ttl_max_ms": p.rearmed_ttl_max.map(ms),
+            "held_resource_free_max_ms": ms(p.held_resource_free_max),
         },
     })
 }
@@ -310,6 +378,7 @@ fn to_text(
     peers: &[PeerRtts],
     fit: &RttFit,
     inputs: &TuneInputs,
+    sources: &LeaseSources,
     advice: &Recommendation,
 ) -> String {
     let mut out = format!("RTTs {source}\n");
@@ -338,7 +407,7 @@ fn to_text(
     let p = &advice.prediction;
     out.push_str(&format!(
         "model: {} members, mtbf {} (λ = {:.3e}/s), fp fraction {}, availability {}, heartbeat \
-         floor {}\n\n",
+         floor {}\n",
         inputs.members,
         format_duration(inputs.mtbf),
         p.failure_rate_per_s,
@@ -346,9 +415,35 @@ fn to_text(
         inputs.availability,
         format_duration(inputs.heartbeat_min)
     ));
+    let quorum = inputs.replication == Replication::Quorum;
+    let from = |source: &str| match source {
+        "config" => "from the config",
+        "--replication" => "from --replication",
+        _ => "the default",
+    };
+    out.push_str(&format!(
+        "leases: replication \"{}\" ({}), lock_delay_max {}, max_drift {}",
+        inputs.replication.as_str(),
+        from(sources.replication),
+        format_duration(inputs.lock_delay_max),
+        inputs.max_drift
+    ));
+    if quorum {
+        out.push_str(&format!(
+            ", max_ttl {} ({}), fsync {} assumed",
+            format_duration(inputs.max_ttl),
+            from(sources.max_ttl),
+            format_duration(inputs.fsync)
+        ));
+    }
+    out.push_str("\n\n");
+    let max_ttl_note = match advice.max_ttl_rule {
+        MaxTtlRule::Availability => "the longest the availability target allows",
+        MaxTtlRule::Kept => "kept (see below)",
+    };
     out.push_str(&format!(
         "recommended:\n  heartbeat_interval = \"{}\"\n  election_timeout = \"{}\"   # {} \
-         heartbeats, set by the {} rule\n  max_ttl = \"{}\"\n\n",
+         heartbeats, set by the {} rule\n  max_ttl = \"{}\"   # {max_ttl_note}\n\n",
         format_duration(advice.heartbeat_interval),
         format_duration(advice.election_timeout),
         advice.election_ticks,
@@ -366,10 +461,10 @@ fn to_text(
         }
     };
     out.push_str(&format!(
-        "predicted:\n  false suspicions: {:.3e}/s (budget {:.3e}/s = {} x leader failure rate)\n  \
-         failover (new leader): {} mean, {} worst (detection {} / {}, election {} / {})\n  \
-         grace before new grants: {}\n  new grants resume after: {} mean, {} worst (budget {} \
-         per failure)\n",
+        "predicted (replication \"{}\"):\n  false suspicions: {:.3e}/s (budget {:.3e}/s = {} x \
+         leader failure rate)\n  failover (new leader): {} mean, {} worst (detection {} / {}, \
+         election {} / {})\n",
+        inputs.replication.as_str(),
         p.fp_rate_per_s,
         p.fp_budget_per_s,
         inputs.fp_fraction,
@@ -379,10 +474,143 @@ fn to_text(
         round(p.detection_max),
         round(p.election_expected),
         round(p.election_max),
-        round(p.grace),
+    ));
+    let resume = format!(
+        "{} mean, {} worst (budget {} per failure; availability {:.7} at worst)",
         round(p.grants_resume_expected),
         round(p.grants_resume_max),
         round(p.unavailability_budget),
-    ));
+        p.availability_worst
+    );
+    match p.rearmed_ttl_max {
+        None => out.push_str(&format!(
+            "  grace before new grants, after every failover: {}\n  new grants resume after: \
+             {resume}\n",
+            round(p.grace),
+        )),
+        Some(rearmed) => {
+            out.push_str(&format!(
+                "  new grants resume after the failover and 3 fsyncs ({}), no grace period: \
+                 {resume}\n  a dead holder's resource is free again at most {} after a failure \
+                 (its lease re-armed at the takeover to {}, then lock_delay_max {})\n  grace \
+                 period {}: owed once only, by the first leader after an upgrade or a switch \
+                 from \"none\", or when a new cluster's first election splits\n",
+                round(p.election_syncs),
+                round(p.held_resource_free_max),
+                round(rearmed),
+                format_duration(inputs.lock_delay_max),
+                round(p.grace),
+            ));
+            out.push_str(&format!(
+                "\nmax_ttl {} is kept ({}): with replication \"quorum\" a new leader keeps every \
+                 lease and grants a free resource once it has committed an entry of its term, so \
+                 max_ttl enters neither the failover nor the availability target. It bounds how \
+                 long a dead holder's resource stays taken: lower it to free such resources \
+                 sooner, at the cost of more renewals.\n",
+                format_duration(advice.max_ttl),
+                match sources.max_ttl {
+                    "config" => "the config's",
+                    _ => "the built-in default",
+                },
+            ));
+        }
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        tune: TuneArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<TuneArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("tune").chain(args.iter().copied())).map(|cli| cli.tune)
+    }
+
+    /// The samples of the CLI test: min 200, mean 220, p99 400, max 400 µs,
+    /// so h = 10ms and T = 30ms.
+    fn fit() -> RttFit {
+        let mut samples = vec![200.0; 90];
+        samples.extend([400.0; 10]);
+        RttFit::from_samples(&samples).expect("fit")
+    }
+
+    const DEFAULTS: LeaseSources = LeaseSources {
+        replication: "default",
+        max_ttl: "default",
+    };
+
+    #[test]
+    fn replication_is_a_flag_only_without_a_config() {
+        let args = parse(&["--samples", "x"]).expect("parses");
+        assert_eq!(args.replication, None);
+        assert_eq!(args.fsync, Duration::from_millis(10));
+        let args =
+            parse(&["--samples", "x", "--replication", "none", "--fsync", "2ms"]).expect("parses");
+        assert_eq!(args.replication, Some(Replication::None));
+        assert_eq!(args.fsync, Duration::from_millis(2));
+        assert!(parse(&["--replication", "sometimes"]).is_err());
+        let error = parse(&["--config", "c.toml", "--replication", "none"])
+            .expect_err("the config's mode is the one advised for");
+        assert!(error.to_string().contains("cannot be used with"), "{error}");
+    }
+
+    #[test]
+    fn quorum_output_keeps_max_ttl_and_says_why() {
+        let inputs = TuneInputs::default();
+        let advice = tune::recommend(&fit(), &inputs).expect("advice");
+        let text = to_text("from a test", &[], &fit(), &inputs, &DEFAULTS, &advice);
+        for words in [
+            "replication \"quorum\" (the default)",
+            "fsync 10ms assumed",
+            "max_ttl = \"30s\"   # kept",
+            "3 fsyncs (30.0 ms), no grace period: 70.7 ms mean, 91.2 ms worst",
+            "re-armed at the takeover to 30.64 s",
+            "free again at most 40.73 s",
+            "grace period 40.43 s: owed once only",
+            "max_ttl 30s is kept (the built-in default)",
+        ] {
+            assert!(text.contains(words), "{words}:\n{text}");
+        }
+        let json = to_json("from a test", &[], &fit(), &inputs, &DEFAULTS, &advice);
+        assert_eq!(json["inputs"]["replication"], "quorum");
+        assert_eq!(json["inputs"]["fsync_ms"], 10.0);
+        assert_eq!(json["recommendation"]["max_ttl"], "30s");
+        assert_eq!(json["recommendation"]["max_ttl_set_by"], "kept");
+        assert_eq!(json["prediction"]["grace_after"], "once");
+        assert_eq!(json["prediction"]["election_syncs_ms"], 30.0);
+        assert_eq!(json["prediction"]["rearmed_ttl_max_ms"], 30_637.0);
+    }
+
+    #[test]
+    fn none_output_is_the_grace_model() {
+        let inputs = TuneInputs {
+            replication: Replication::None,
+            ..TuneInputs::default()
+        };
+        let sources = LeaseSources {
+            replication: "--replication",
+            max_ttl: "default",
+        };
+        let advice = tune::recommend(&fit(), &inputs).expect("advice");
+        let text = to_text("from a test", &[], &fit(), &inputs, &sources, &advice);
+        for words in [
+            "replication \"none\" (from --replication)",
+            "max_ttl = \"49s\"   # the longest the availability target allows",
+            "grace before new grants, after every failover: 59.62 s",
+        ] {
+            assert!(text.contains(words), "{words}:\n{text}");
+        }
+        assert!(!text.contains("fsync"), "{text}");
+        let json = to_json("from a test", &[], &fit(), &inputs, &sources, &advice);
+        assert_eq!(json["recommendation"]["max_ttl_set_by"], "availability");
+        assert_eq!(json["prediction"]["grace_after"], "every failover");
+        assert!(json["prediction"]["rearmed_ttl_max_ms"].is_null());
+    }
 }
