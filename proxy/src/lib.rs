@@ -14,6 +14,7 @@ pub mod config;
 pub mod fence;
 pub mod gate;
 pub mod lease;
+pub mod limits;
 pub mod metrics;
 pub mod nbd;
 pub mod server;

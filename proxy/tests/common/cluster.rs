@@ -1,0 +1,179 @@
+//! A cluster of real `palisade serve` processes on loopback (as
+//! control/tests/cluster starts them, without the fault-injecting links),
+//! and a client for it.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use palisade_client::{AcquireOptions, AcquireOutcome, Client, ConnectOptions};
+
+use super::{free_port, now_ms, palisade_bin, sleep_ms};
+
+/// One node.
+pub struct Node {
+    pub id: u16,
+    pub client: SocketAddr,
+    pub peer: SocketAddr,
+    pub log: PathBuf,
+    child: Option<Child>,
+    stopped: bool,
+}
+
+/// A running cluster; every node is killed on drop.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `size` nodes (heartbeat 20 ms, election timeout 200 ms).
+    pub fn start(size: u16) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut nodes: Vec<Node> = (1..=size)
+            .map(|id| Node {
+                id,
+                client: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                peer: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                log: dir.path().join(format!("node{id}.log")),
+                child: None,
+                stopped: false,
+            })
+            .collect();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "correct horse battery staple\n").expect("secret");
+        let mut peers = String::new();
+        for node in &nodes {
+            peers.push_str(&format!(
+                "\n[[cluster.peers]]\nid = {}\npeer = \"{}\"\nclient = \"{}\"\n",
+                node.id, node.peer, node.client
+            ));
+        }
+        for node in &mut nodes {
+            let config = dir.path().join(format!("node{}.toml", node.id));
+            std::fs::write(
+                &config,
+                format!(
+                    "[node]\nid = {}\ncores = 1\n\n[listen]\nclient = \"{}\"\n\n[cluster]\nname = \"proxy-test\"\nheartbeat_interval = \"20ms\"\nelection_timeout = \"200ms\"\nsecret_file = \"{}\"\n\n[admin]\nlisten = \"off\"\n{peers}",
+                    node.id,
+                    node.client,
+                    secret.display()
+                ),
+            )
+            .expect("node config");
+            let child = Command::new(palisade_bin())
+                .args(["serve", "--config"])
+                .arg(&config)
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("data{}", node.id)))
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&node.log).expect("log"))
+                .spawn()
+                .expect("spawn palisade serve");
+            node.child = Some(child);
+        }
+        for node in &nodes {
+            let deadline = now_ms() + 20_000;
+            while TcpStream::connect(node.client).is_err() {
+                assert!(
+                    now_ms() < deadline,
+                    "node {} did not start: {}",
+                    node.id,
+                    std::fs::read_to_string(&node.log).unwrap_or_default()
+                );
+                sleep_ms(20);
+            }
+        }
+        Cluster { nodes, _dir: dir }
+    }
+
+    /// Every node's client endpoint, comma-separated, `first` (an index)
+    /// at the head.
+    pub fn endpoints_from(&self, first: usize) -> String {
+        let mut list = vec![self.nodes[first].client.to_string()];
+        for (i, node) in self.nodes.iter().enumerate() {
+            if i != first {
+                list.push(node.client.to_string());
+            }
+        }
+        list.join(",")
+    }
+
+    /// A client of the cluster, `attempt_ms` per node and attempt.
+    pub fn client(&self, endpoints: &str, attempt_ms: u64) -> Client {
+        let mut options = ConnectOptions::new(endpoints, "default")
+            .with_attempt_timeout(Duration::from_millis(attempt_ms));
+        options.request_timeout = Duration::from_secs(10);
+        Client::connect(&options).expect("connect to the cluster")
+    }
+
+    /// Index of the node that says it leads, waiting up to `ms`.
+    pub fn wait_leader(&self, ms: u64) -> usize {
+        let deadline = now_ms() + ms;
+        loop {
+            for (i, node) in self.nodes.iter().enumerate() {
+                if node.stopped {
+                    continue;
+                }
+                let mut options = ConnectOptions::new(node.client.to_string(), "default")
+                    .with_attempt_timeout(Duration::from_millis(300));
+                options.request_timeout = Duration::from_millis(500);
+                let Ok(mut client) = Client::connect(&options) else {
+                    continue;
+                };
+                if let Ok(status) = client.status() {
+                    if status.role == palisade_proto::Role::Leader {
+                        return i;
+                    }
+                }
+            }
+            assert!(now_ms() < deadline, "no leader within {ms} ms");
+            sleep_ms(50);
+        }
+    }
+
+    /// Acquires `resource` for `ttl_ms` through `client` (retrying while
+    /// the cluster cannot grant yet); the token.
+    pub fn acquire(client: &mut Client, resource: &str, ttl_ms: u64) -> u64 {
+        let deadline = now_ms() + 30_000;
+        loop {
+            let options = AcquireOptions::new(Duration::from_millis(ttl_ms));
+            match client.acquire(resource, options) {
+                Ok(AcquireOutcome::Granted(lease)) => return lease.token,
+                other => {
+                    assert!(now_ms() < deadline, "no grant of {resource}: {other:?}");
+                    sleep_ms(50);
+                }
+            }
+        }
+    }
+
+    /// Sends `signal` to node `i`.
+    pub fn signal(&mut self, i: usize, signal: i32) {
+        let child = self.nodes[i].child.as_ref().expect("running");
+        let pid = i32::try_from(child.id()).expect("pid");
+        // SAFETY: signalling our own child process by pid.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal})");
+        self.nodes[i].stopped = signal == libc::SIGSTOP;
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let pid = i32::try_from(child.id()).expect("pid");
+                // A stopped process dies of SIGKILL only once continued.
+                // SAFETY: signalling our own child process by pid.
+                unsafe {
+                    libc::kill(pid, libc::SIGCONT);
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
