@@ -62,7 +62,26 @@ impl LogEvery {
         Some(count)
     }
 
-    /// Events held back since the last line (for a final summary).
+    /// Call periodically (about once per interval): `Some(count)` when
+    /// events were held back and the interval since the last line has
+    /// passed, so the tail of a burst is reported too; log it then.
+    pub fn flush(&mut self, now_ms: u64) -> Option<u64> {
+        if self.held == 0 {
+            return None;
+        }
+        let due = self
+            .last_ms
+            .is_none_or(|last| now_ms >= last.saturating_add(self.interval_ms));
+        if !due {
+            return None;
+        }
+        self.last_ms = Some(now_ms);
+        let count = self.held;
+        self.held = 0;
+        Some(count)
+    }
+
+    /// Events held back since the last line.
     #[must_use]
     pub fn held(&self) -> u64 {
         self.held
@@ -221,6 +240,20 @@ mod tests {
         assert_eq!(log.hit(999), None);
         assert_eq!(log.hit(60_000), Some(2));
         assert_eq!(log.hit(61_000), Some(1));
+    }
+
+    #[test]
+    fn the_tail_of_a_burst_is_flushed_after_an_interval() {
+        let mut log = LogEvery::new(1_000);
+        assert_eq!(log.flush(0), None, "nothing held");
+        assert_eq!(log.hit(0), Some(1));
+        assert_eq!(log.hit(10), None);
+        assert_eq!(log.hit(20), None);
+        assert_eq!(log.flush(500), None, "too soon");
+        assert_eq!(log.flush(1_000), Some(2));
+        assert_eq!(log.flush(5_000), None);
+        assert_eq!(log.hit(5_001), Some(1));
+        assert_eq!(log.hit(5_002), None);
     }
 
     #[test]

@@ -556,8 +556,14 @@ pub fn run(
             );
             ready(local);
             let live = Rc::new(std::cell::Cell::new(0usize));
-            let mut refused_log = LogEvery::new(LOG_INTERVAL_MS);
-            let mut accept_log = LogEvery::new(LOG_INTERVAL_MS);
+            let refused_log = Rc::new(RefCell::new(LogEvery::new(LOG_INTERVAL_MS)));
+            let accept_log = Rc::new(RefCell::new(LogEvery::new(LOG_INTERVAL_MS)));
+            glommio::spawn_local(flush_logs(
+                refused_log.clone(),
+                accept_log.clone(),
+                limits.connections_max,
+            ))
+            .detach();
             let mut accept_backoff = ACCEPT_BACKOFF_MIN;
             loop {
                 let stream = match listener.accept().await {
@@ -570,7 +576,7 @@ pub fn run(
                         // stays queued and the next accept fails the same
                         // way at once, so wait, longer each time.
                         PROCESS.accept_errors.fetch_add(1, Ordering::Relaxed);
-                        if let Some(count) = accept_log.hit(monotonic_ms()) {
+                        if let Some(count) = accept_log.borrow_mut().hit(monotonic_ms()) {
                             warn!(
                                 error = %e,
                                 count,
@@ -585,7 +591,7 @@ pub fn run(
                 };
                 if live.get() >= limits.connections_max {
                     PROCESS.connections_refused.fetch_add(1, Ordering::Relaxed);
-                    if let Some(count) = refused_log.hit(monotonic_ms()) {
+                    if let Some(count) = refused_log.borrow_mut().hit(monotonic_ms()) {
                         warn!(
                             max = limits.connections_max,
                             count,
@@ -623,6 +629,32 @@ pub fn run(
     handle
         .join()
         .map_err(|e| anyhow::anyhow!("proxy executor: {e}"))?
+}
+
+/// Reports, once an interval has passed, refusals and failed accepts the
+/// rate limit held back, so the tail of a burst is logged too.
+async fn flush_logs(
+    refused_log: Rc<RefCell<LogEvery>>,
+    accept_log: Rc<RefCell<LogEvery>>,
+    connections_max: usize,
+) {
+    loop {
+        glommio::timer::sleep(Duration::from_millis(LOG_INTERVAL_MS)).await;
+        let now_ms = monotonic_ms();
+        if let Some(count) = refused_log.borrow_mut().flush(now_ms) {
+            warn!(
+                max = connections_max,
+                count,
+                "too many NBD clients: closed {count} new connection(s) since the last report (proxy.connections_max)"
+            );
+        }
+        if let Some(count) = accept_log.borrow_mut().flush(now_ms) {
+            warn!(
+                count,
+                "accept failed ({count} since the last report); backing off"
+            );
+        }
+    }
 }
 
 fn test_write_delay() -> Option<(u64, Duration)> {
