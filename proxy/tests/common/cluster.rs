@@ -2,14 +2,14 @@
 //! control/tests/cluster starts them, without the fault-injecting links),
 //! and a client for it.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use palisade_client::{AcquireOptions, AcquireOutcome, Client, ConnectOptions};
 
-use super::{free_port, now_ms, palisade_bin, sleep_ms};
+use super::{now_ms, palisade_bin, sleep_ms};
 
 /// One node.
 pub struct Node {
@@ -31,11 +31,17 @@ impl Cluster {
     /// Starts `size` nodes (heartbeat 20 ms, election timeout 200 ms).
     pub fn start(size: u16) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
+        // Every port at once, so no two of them are the same.
+        let held: Vec<TcpListener> = (0..2 * size)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+            .collect();
+        let ports: Vec<SocketAddr> = held.iter().map(|l| l.local_addr().expect("addr")).collect();
+        drop(held);
         let mut nodes: Vec<Node> = (1..=size)
             .map(|id| Node {
                 id,
-                client: SocketAddr::from(([127, 0, 0, 1], free_port())),
-                peer: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                client: ports[usize::from(id - 1) * 2],
+                peer: ports[usize::from(id - 1) * 2 + 1],
                 log: dir.path().join(format!("node{id}.log")),
                 child: None,
                 stopped: false,
@@ -74,12 +80,16 @@ impl Cluster {
                 .expect("spawn palisade serve");
             node.child = Some(child);
         }
-        for node in &nodes {
+        for node in &mut nodes {
             let deadline = now_ms() + 20_000;
             while TcpStream::connect(node.client).is_err() {
+                let exited = node
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten());
                 assert!(
-                    now_ms() < deadline,
-                    "node {} did not start: {}",
+                    now_ms() < deadline && exited.is_none(),
+                    "node {} did not start ({exited:?}): {}",
                     node.id,
                     std::fs::read_to_string(&node.log).unwrap_or_default()
                 );
