@@ -68,7 +68,7 @@ fn a_stopped_follower_at_the_head_of_the_list_does_not_blind_the_proxy() {
     // A pauses past its ttl; B is granted t2.
     a.signal(libc::SIGSTOP);
     sleep_ms(1_300);
-    let t2 = Cluster::acquire(&mut holders, "disk0", 30_000);
+    let t2 = Cluster::acquire(&mut holders, "disk0", 3_000);
     assert!(t2 > t1, "S1: {t2} > {t1}");
     // The watch raises the fence on the grant alone, before B connects.
     let raised_ms = wait_fence(&setup, t2, 5_000);
@@ -137,6 +137,57 @@ fn a_restarted_proxy_learns_the_newest_token_before_it_admits_the_fences_own() {
         "{}",
         proxy.log_text()
     );
+}
+
+#[test]
+fn a_restarted_proxy_led_to_an_isolated_former_leader_still_refuses_the_superseded_holder() {
+    if !ready() {
+        return;
+    }
+    let cluster = Cluster::start(3);
+    let old = cluster.wait_leader(20_000);
+    // As reported: the proxy's list leads with the node that leads now
+    // and will be cut off.
+    let endpoints = cluster.endpoints_from(old);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut setup = ProxySetup::file(tmp.path(), &endpoints);
+    setup.lease_extra = "timeout = \"8s\"\nattempt_timeout = \"300ms\"\n".into();
+    let mut proxy = Proxy::start(&setup, &[]);
+    let mut a_client = cluster.client(&endpoints, 300);
+    let t1 = Cluster::acquire(&mut a_client, "disk0", 1_000);
+    let url = setup.url(Some(t1));
+    let (ok, out) = qemu_io(&rw(&url), &["write -P 0xaa 0 64k"]);
+    assert!(ok, "A's write: {out}");
+    proxy.stop();
+
+    // The leader loses its peers (its clients still reach it); the other
+    // two elect a leader, which grants B t2 once A's lease lapsed.
+    cluster.isolate(old, true);
+    let mut b_client = cluster.client(&cluster.endpoints_except(old), 300);
+    let t2 = Cluster::acquire(&mut b_client, "disk0", 3_000);
+    assert!(t2 > t1, "S1: {t2} > {t1}");
+
+    // The proxy comes back with its durable fence t1, its list leading
+    // with the isolated former leader; A comes back with t1.
+    let proxy = Proxy::start(&setup, &[]);
+    let start_ms = now_ms();
+    let (ok, out) = qemu_io(&rw(&url), &["write -P 0xab 0 64k"]);
+    eprintln!(
+        "A's handshake answered {} ms after the restart",
+        now_ms() - start_ms
+    );
+    assert!(!ok, "A's stale write was admitted after the restart: {out}");
+    assert!(out.contains("stale"), "{out}");
+    assert_eq!(metric(setup.metrics, "palisade_proxy_fence"), t2);
+    assert_holds(&setup, "0xaa");
+    assert!(
+        proxy
+            .log_text()
+            .contains("the lease service confirmed the fence"),
+        "{}",
+        proxy.log_text()
+    );
+    cluster.isolate(old, false);
 }
 
 #[test]

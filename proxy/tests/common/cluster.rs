@@ -1,10 +1,14 @@
-//! A cluster of real `palisade serve` processes on loopback (as
-//! control/tests/cluster starts them, without the fault-injecting links),
-//! and a client for it.
+//! A cluster of real `palisade serve` processes on loopback, with a TCP
+//! relay on every directed peer link that can cut it (as
+//! control/tests/cluster starts them), and a client for it.
 
+use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_client::{AcquireOptions, AcquireOutcome, Client, ConnectOptions};
@@ -21,14 +25,107 @@ pub struct Node {
     stopped: bool,
 }
 
+/// A relay for the peer link `from -> to`: node `from` dials it, it dials
+/// node `to`'s peer port. While `blocked`, it breaks and refuses
+/// connections.
+struct Link {
+    listen: SocketAddr,
+    blocked: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+fn pump(mut src: TcpStream, mut dst: TcpStream, blocked: Arc<AtomicBool>, stop: Arc<AtomicBool>) {
+    let _ = src.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if stop.load(Ordering::SeqCst) || blocked.load(Ordering::SeqCst) {
+            let _ = src.shutdown(std::net::Shutdown::Both);
+            let _ = dst.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        match src.read(&mut buf) {
+            Ok(0) => {
+                let _ = dst.shutdown(std::net::Shutdown::Write);
+                return;
+            }
+            Ok(n) => {
+                if blocked.load(Ordering::SeqCst) || dst.write_all(&buf[..n]).is_err() {
+                    let _ = src.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => {
+                let _ = dst.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        }
+    }
+}
+
+impl Link {
+    fn start(listener: TcpListener, upstream: SocketAddr) -> Link {
+        let listen = listener.local_addr().expect("addr");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let blocked = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (b, s) = (blocked.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        if b.load(Ordering::SeqCst) {
+                            continue;
+                        }
+                        let _ = client.set_nonblocking(false);
+                        let Ok(server) = TcpStream::connect(upstream) else {
+                            continue;
+                        };
+                        let (client2, server2) = (
+                            client.try_clone().expect("clone"),
+                            server.try_clone().expect("clone"),
+                        );
+                        let (b1, b2, s1, s2) = (b.clone(), b.clone(), s.clone(), s.clone());
+                        std::thread::spawn(move || pump(client, server, b1, s1));
+                        std::thread::spawn(move || pump(server2, client2, b2, s2));
+                    }
+                    Err(_) => sleep_ms(5),
+                }
+            }
+        });
+        Link {
+            listen,
+            blocked,
+            stop,
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The nodes' `leases.max_ttl`, seconds: short, so that a newly elected
+/// leader's grace period (`max_ttl + lock_delay_max + election_timeout`)
+/// is a few seconds.
+pub const MAX_TTL_S: u64 = 3;
+
 /// A running cluster; every node is killed on drop.
 pub struct Cluster {
     pub nodes: Vec<Node>,
+    links: HashMap<(u16, u16), Link>,
     _dir: tempfile::TempDir,
 }
 
 impl Cluster {
-    /// Starts `size` nodes (heartbeat 20 ms, election timeout 200 ms).
+    /// Starts `size` nodes (heartbeat 20 ms, election timeout 200 ms,
+    /// leases of at most [`MAX_TTL_S`]).
     pub fn start(size: u16) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         // Every port at once, so no two of them are the same.
@@ -37,6 +134,16 @@ impl Cluster {
             .collect();
         let ports: Vec<SocketAddr> = held.iter().map(|l| l.local_addr().expect("addr")).collect();
         drop(held);
+        let mut links = HashMap::new();
+        for from in 1..=size {
+            for to in 1..=size {
+                if from != to {
+                    let upstream = ports[usize::from(to - 1) * 2 + 1];
+                    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+                    links.insert((from, to), Link::start(listener, upstream));
+                }
+            }
+        }
         let mut nodes: Vec<Node> = (1..=size)
             .map(|id| Node {
                 id,
@@ -49,19 +156,32 @@ impl Cluster {
             .collect();
         let secret = dir.path().join("secret");
         std::fs::write(&secret, "correct horse battery staple\n").expect("secret");
-        let mut peers = String::new();
-        for node in &nodes {
-            peers.push_str(&format!(
-                "\n[[cluster.peers]]\nid = {}\npeer = \"{}\"\nclient = \"{}\"\n",
-                node.id, node.peer, node.client
-            ));
-        }
-        for node in &mut nodes {
+        let peer_lists: Vec<String> = nodes
+            .iter()
+            .map(|me| {
+                let mut peers = String::new();
+                for other in &nodes {
+                    // Its own entry is its real port; the others go
+                    // through the relay for the link me -> other.
+                    let peer = if other.id == me.id {
+                        other.peer
+                    } else {
+                        links[&(me.id, other.id)].listen
+                    };
+                    peers.push_str(&format!(
+                        "\n[[cluster.peers]]\nid = {}\npeer = \"{}\"\nclient = \"{}\"\n",
+                        other.id, peer, other.client
+                    ));
+                }
+                peers
+            })
+            .collect();
+        for (node, peers) in nodes.iter_mut().zip(&peer_lists) {
             let config = dir.path().join(format!("node{}.toml", node.id));
             std::fs::write(
                 &config,
                 format!(
-                    "[node]\nid = {}\ncores = 1\n\n[listen]\nclient = \"{}\"\n\n[cluster]\nname = \"proxy-test\"\nheartbeat_interval = \"20ms\"\nelection_timeout = \"200ms\"\nsecret_file = \"{}\"\n\n[admin]\nlisten = \"off\"\n{peers}",
+                    "[node]\nid = {}\ncores = 1\n\n[listen]\nclient = \"{}\"\n\n[cluster]\nname = \"proxy-test\"\nheartbeat_interval = \"20ms\"\nelection_timeout = \"200ms\"\nsecret_file = \"{}\"\n\n[admin]\nlisten = \"off\"\n\n[leases]\nmax_ttl = \"{MAX_TTL_S}s\"\nlock_delay_max = \"1s\"\n{peers}",
                     node.id,
                     node.client,
                     secret.display()
@@ -96,7 +216,11 @@ impl Cluster {
                 sleep_ms(20);
             }
         }
-        Cluster { nodes, _dir: dir }
+        Cluster {
+            nodes,
+            links,
+            _dir: dir,
+        }
     }
 
     /// Every node's client endpoint, comma-separated, `first` (an index)
@@ -108,6 +232,18 @@ impl Cluster {
                 list.push(node.client.to_string());
             }
         }
+        list.join(",")
+    }
+
+    /// Every node's client endpoint but node `i`'s, comma-separated.
+    pub fn endpoints_except(&self, i: usize) -> String {
+        let list: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, node)| node.client.to_string())
+            .collect();
         list.join(",")
     }
 
@@ -156,6 +292,17 @@ impl Cluster {
                     assert!(now_ms() < deadline, "no grant of {resource}: {other:?}");
                     sleep_ms(50);
                 }
+            }
+        }
+    }
+
+    /// Cuts (or restores) every peer link of node `i`, both ways; its
+    /// clients still reach it.
+    pub fn isolate(&self, i: usize, blocked: bool) {
+        let id = self.nodes[i].id;
+        for ((from, to), link) in &self.links {
+            if *from == id || *to == id {
+                link.blocked.store(blocked, Ordering::SeqCst);
             }
         }
     }
