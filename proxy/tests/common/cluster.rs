@@ -200,7 +200,14 @@ impl Cluster {
                 .expect("spawn palisade serve");
             node.child = Some(child);
         }
-        for node in &mut nodes {
+        // Owned by the cluster before anything can panic: its drop kills
+        // the nodes.
+        let mut cluster = Cluster {
+            nodes,
+            links,
+            _dir: dir,
+        };
+        for node in &mut cluster.nodes {
             let deadline = now_ms() + 20_000;
             while TcpStream::connect(node.client).is_err() {
                 let exited = node
@@ -216,11 +223,7 @@ impl Cluster {
                 sleep_ms(20);
             }
         }
-        Cluster {
-            nodes,
-            links,
-            _dir: dir,
-        }
+        cluster
     }
 
     /// Every node's client endpoint, comma-separated, `first` (an index)
