@@ -6,10 +6,17 @@
 //! listen = "127.0.0.1:10809"      # NBD
 //! metrics = "127.0.0.1:10810"     # GET /metrics (Prometheus text)
 //! state_dir = "state"             # fence store; relative to this file
+//! connections_max = 1024          # NBD clients at once; more are closed at accept
+//! handshake_timeout = "10s"       # a client must finish the NBD handshake within this
+//! idle_timeout = "1h"             # a connection with a token, idle this long, is closed
+//! read_only_idle_timeout = "5m"   # the same for read-only connections (no token)
 //!
 //! [lease_service]
 //! endpoint = "127.0.0.1:7400"     # a comma-separated list for a cluster
-//! timeout = "2s"
+//! timeout = "2s"                  # per call, across every node it tries
+//! attempt_timeout = "1s"          # per node; default: the smaller of 1s and timeout / 2
+//! watch_wait = "10s"              # one watch call's wait
+//! require_check = false           # true: no write unless the service confirmed the fence
 //!
 //! [[exports]]
 //! name = "disk0"
@@ -30,6 +37,26 @@ use serde::Deserialize;
 
 /// Longest export name (the NBD protocol allows 4096 bytes).
 pub const EXPORT_NAME_MAX: usize = 256;
+/// Largest `proxy.connections_max`.
+pub const CONNECTIONS_MAX_LIMIT: usize = 65_536;
+/// Shortest `proxy.handshake_timeout`, `proxy.idle_timeout` and
+/// `proxy.read_only_idle_timeout`: below it a slow network or a busy
+/// machine would cut off healthy clients.
+pub const CONNECTION_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+/// Longest `proxy.handshake_timeout`.
+pub const HANDSHAKE_TIMEOUT_MAX: Duration = Duration::from_secs(600);
+/// Longest `proxy.idle_timeout` and `proxy.read_only_idle_timeout`.
+pub const IDLE_TIMEOUT_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Shortest `lease_service.attempt_timeout`.
+pub const ATTEMPT_TIMEOUT_MIN: Duration = Duration::from_millis(10);
+/// Longest `lease_service.timeout`: a call that may take longer holds a
+/// blocking thread and a waiting handshake for too long.
+pub const LEASE_TIMEOUT_MAX: Duration = Duration::from_secs(60);
+/// Shortest and longest `lease_service.watch_wait` (the service caps a
+/// watch's wait at 60 s).
+pub const WATCH_WAIT_MIN: Duration = Duration::from_secs(1);
+/// See [`WATCH_WAIT_MIN`].
+pub const WATCH_WAIT_MAX: Duration = Duration::from_secs(60);
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -57,6 +84,38 @@ pub struct ProxySection {
     pub metrics: Option<SocketAddr>,
     /// Fence store directory.
     pub state_dir: PathBuf,
+    /// NBD clients connected at once; a client beyond it is closed at
+    /// accept. Each connection holds two file descriptors (its socket and
+    /// its backend handle).
+    #[serde(default = "default_connections_max")]
+    pub connections_max: usize,
+    /// Time a client has from connecting to finishing the NBD handshake.
+    #[serde(default = "default_handshake_timeout", with = "duration_text")]
+    pub handshake_timeout: Duration,
+    /// A connection bound to a token that sends no request for this long
+    /// is closed.
+    #[serde(default = "default_idle_timeout", with = "duration_text")]
+    pub idle_timeout: Duration,
+    /// A read-only connection (no token: anyone may open one) that sends
+    /// no request for this long is closed.
+    #[serde(default = "default_read_only_idle_timeout", with = "duration_text")]
+    pub read_only_idle_timeout: Duration,
+}
+
+fn default_connections_max() -> usize {
+    1024
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_read_only_idle_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// `[lease_service]`.
@@ -65,9 +124,30 @@ pub struct ProxySection {
 pub struct LeaseService {
     /// Client endpoint(s) of the lease service, comma-separated.
     pub endpoint: String,
-    /// Time allowed per call.
+    /// Time allowed per call, across every node it tries. Also how long a
+    /// write under the fence's own token waits for the service to confirm
+    /// the fence after a start or a lost watch (see `require_check`).
     #[serde(default = "default_timeout", with = "duration_text")]
     pub timeout: Duration,
+    /// Time allowed per node and attempt (connect and handshake, or one
+    /// answer): a node that accepts connections and never answers costs
+    /// this, not the whole `timeout`. None: the smaller of 1 s and
+    /// `timeout / 2` ([`LeaseService::attempt_timeout`]).
+    #[serde(default, with = "optional_duration_text")]
+    pub attempt_timeout: Option<Duration>,
+    /// How long one watch call waits for a new grant. A watch that cannot
+    /// reach a serving leader is noticed (and the fences count as
+    /// unconfirmed) at most about `watch_wait + timeout` later.
+    #[serde(default = "default_watch_wait", with = "duration_text")]
+    pub watch_wait: Duration,
+    /// What to do with a write under a token the service could not vouch
+    /// for: the fence's own token while the fence is unconfirmed (after a
+    /// start or a lost watch, once `timeout` passed), or a token above the
+    /// fence while the service does not answer. `true`: refuse it (EPERM,
+    /// or a refused handshake). `false` (default): admit it on the local
+    /// fence alone and log a warning.
+    #[serde(default)]
+    pub require_check: bool,
     /// File holding the tenant secret, for tenants that need one.
     #[serde(default)]
     pub secret_file: Option<PathBuf>,
@@ -75,6 +155,22 @@ pub struct LeaseService {
 
 fn default_timeout() -> Duration {
     Duration::from_secs(2)
+}
+
+fn default_watch_wait() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl LeaseService {
+    /// The per-attempt deadline: `attempt_timeout` if set, else the
+    /// smaller of 1 s and `timeout / 2` (so a hung node leaves at least
+    /// half of every call to the others).
+    #[must_use]
+    pub fn attempt_timeout(&self) -> Duration {
+        self.attempt_timeout
+            .unwrap_or_else(|| (self.timeout / 2).min(Duration::from_secs(1)))
+            .max(ATTEMPT_TIMEOUT_MIN)
+    }
 }
 
 /// One `[[exports]]` entry.
@@ -153,6 +249,7 @@ impl ProxyConfig {
         if self.lease_service.endpoint.trim().is_empty() {
             return Err("lease_service.endpoint: must name at least one node".into());
         }
+        self.validate_limits()?;
         let mut names = HashSet::new();
         for (i, export) in self.exports.iter().enumerate() {
             let at = format!("exports[{i}]");
@@ -195,6 +292,57 @@ impl ProxyConfig {
         Ok(())
     }
 
+    fn validate_limits(&self) -> Result<(), String> {
+        let proxy = &self.proxy;
+        if !(1..=CONNECTIONS_MAX_LIMIT).contains(&proxy.connections_max) {
+            return Err(format!(
+                "proxy.connections_max: 1..={CONNECTIONS_MAX_LIMIT}, got {}",
+                proxy.connections_max
+            ));
+        }
+        in_range(
+            "proxy.handshake_timeout",
+            proxy.handshake_timeout,
+            CONNECTION_TIMEOUT_MIN,
+            HANDSHAKE_TIMEOUT_MAX,
+        )?;
+        in_range(
+            "proxy.idle_timeout",
+            proxy.idle_timeout,
+            CONNECTION_TIMEOUT_MIN,
+            IDLE_TIMEOUT_MAX,
+        )?;
+        in_range(
+            "proxy.read_only_idle_timeout",
+            proxy.read_only_idle_timeout,
+            CONNECTION_TIMEOUT_MIN,
+            IDLE_TIMEOUT_MAX,
+        )?;
+        let lease = &self.lease_service;
+        in_range(
+            "lease_service.timeout",
+            lease.timeout,
+            ATTEMPT_TIMEOUT_MIN,
+            LEASE_TIMEOUT_MAX,
+        )?;
+        if let Some(attempt) = lease.attempt_timeout {
+            in_range(
+                "lease_service.attempt_timeout",
+                attempt,
+                ATTEMPT_TIMEOUT_MIN,
+                lease.timeout,
+            )
+            .map_err(|e| format!("{e} (at most lease_service.timeout)"))?;
+        }
+        in_range(
+            "lease_service.watch_wait",
+            lease.watch_wait,
+            WATCH_WAIT_MIN,
+            WATCH_WAIT_MAX,
+        )?;
+        Ok(())
+    }
+
     /// `path` joined onto the config file's folder when relative.
     #[must_use]
     pub fn resolve(&self, path: &Path) -> PathBuf {
@@ -219,6 +367,33 @@ impl ProxyConfig {
             },
             (None, None) => unreachable!("validated: every export has a backend"),
         }
+    }
+}
+
+fn in_range(key: &str, value: Duration, min: Duration, max: Duration) -> Result<(), String> {
+    if value < min || value > max {
+        return Err(format!(
+            "{key}: {} ms is outside {}..={} ms",
+            value.as_millis(),
+            min.as_millis(),
+            max.as_millis()
+        ));
+    }
+    Ok(())
+}
+
+/// An optional `"2s"`, `"500ms"`.
+mod optional_duration_text {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        palisade_tuning::parse_duration(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -293,6 +468,19 @@ size = "64MiB"
         let config = ProxyConfig::parse(GOOD, Path::new("/etc/p")).expect("valid");
         assert_eq!(config.lease_service.timeout, Duration::from_secs(2));
         assert_eq!(
+            config.lease_service.attempt_timeout(),
+            Duration::from_secs(1)
+        );
+        assert_eq!(config.lease_service.watch_wait, Duration::from_secs(10));
+        assert!(!config.lease_service.require_check);
+        assert_eq!(config.proxy.connections_max, 1024);
+        assert_eq!(config.proxy.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(config.proxy.idle_timeout, Duration::from_secs(3600));
+        assert_eq!(
+            config.proxy.read_only_idle_timeout,
+            Duration::from_secs(300)
+        );
+        assert_eq!(
             config.backend(&config.exports[0]),
             BackendSpec::File {
                 path: PathBuf::from("/etc/p/disk0.img"),
@@ -343,11 +531,95 @@ size = "64MiB"
                 GOOD.replace("listen = \"127.0.0.1:10809\"", "listen = \"nowhere\""),
                 "listen",
             ),
+            (
+                GOOD.replace("state_dir", "connections_max = 0\nstate_dir"),
+                "proxy.connections_max",
+            ),
+            (
+                GOOD.replace("state_dir", "connections_max = 100000\nstate_dir"),
+                "proxy.connections_max",
+            ),
+            (
+                GOOD.replace("state_dir", "handshake_timeout = \"10ms\"\nstate_dir"),
+                "proxy.handshake_timeout",
+            ),
+            (
+                GOOD.replace("state_dir", "idle_timeout = \"0s\"\nstate_dir"),
+                "proxy.idle_timeout",
+            ),
+            (
+                GOOD.replace("state_dir", "read_only_idle_timeout = \"9999h\"\nstate_dir"),
+                "proxy.read_only_idle_timeout",
+            ),
+            (
+                GOOD.replace("state_dir", "idle_timeout = \"soon\"\nstate_dir"),
+                "idle_timeout",
+            ),
+            (
+                GOOD.replace(
+                    "endpoint = \"127.0.0.1:7400\"",
+                    "endpoint = \"127.0.0.1:7400\"\nattempt_timeout = \"3s\"",
+                ),
+                "lease_service.attempt_timeout",
+            ),
+            (
+                GOOD.replace(
+                    "endpoint = \"127.0.0.1:7400\"",
+                    "endpoint = \"127.0.0.1:7400\"\nwatch_wait = \"2m\"",
+                ),
+                "lease_service.watch_wait",
+            ),
+            (
+                GOOD.replace(
+                    "endpoint = \"127.0.0.1:7400\"",
+                    "endpoint = \"127.0.0.1:7400\"\ntimeout = \"0s\"",
+                ),
+                "lease_service.timeout",
+            ),
+            (
+                GOOD.replace(
+                    "endpoint = \"127.0.0.1:7400\"",
+                    "endpoint = \"127.0.0.1:7400\"\nrequire_check = \"yes\"",
+                ),
+                "require_check",
+            ),
         ];
         for (text, expected) in cases {
             let err = ProxyConfig::parse(&text, Path::new(".")).expect_err(expected);
             assert!(err.contains(expected), "{expected:?} not in {err}");
         }
+    }
+
+    #[test]
+    fn limits_and_policy_parse() {
+        let text = GOOD
+            .replace(
+                "state_dir",
+                "connections_max = 64\nhandshake_timeout = \"5s\"\nidle_timeout = \"2m\"\nread_only_idle_timeout = \"30s\"\nstate_dir",
+            )
+            .replace(
+                "endpoint = \"127.0.0.1:7400\"",
+                "endpoint = \"a:1, b:2,c:3\"\ntimeout = \"3s\"\nattempt_timeout = \"250ms\"\nwatch_wait = \"5s\"\nrequire_check = true",
+            );
+        let config = ProxyConfig::parse(&text, Path::new(".")).expect("valid");
+        assert_eq!(config.proxy.connections_max, 64);
+        assert_eq!(config.proxy.handshake_timeout, Duration::from_secs(5));
+        assert_eq!(config.proxy.idle_timeout, Duration::from_secs(120));
+        assert_eq!(config.proxy.read_only_idle_timeout, Duration::from_secs(30));
+        let lease = &config.lease_service;
+        assert_eq!(lease.attempt_timeout(), Duration::from_millis(250));
+        assert_eq!(lease.watch_wait, Duration::from_secs(5));
+        assert!(lease.require_check);
+        // Without attempt_timeout: half of a short timeout.
+        let short = GOOD.replace(
+            "endpoint = \"127.0.0.1:7400\"",
+            "endpoint = \"127.0.0.1:7400\"\ntimeout = \"600ms\"",
+        );
+        let config = ProxyConfig::parse(&short, Path::new(".")).expect("valid");
+        assert_eq!(
+            config.lease_service.attempt_timeout(),
+            Duration::from_millis(300)
+        );
     }
 
     #[test]

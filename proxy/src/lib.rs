@@ -3,7 +3,9 @@
 //! the highest one it has seen for that export (S3).
 //!
 //! It owns: the NBD protocol (sans-IO, [`nbd`]), the durable per-export
-//! fence ([`fence`]), and the ordering of writes around a fence change.
+//! fence ([`fence`]), the ordering of writes around a fence change
+//! ([`gate`], [`server`]), the link to the lease service ([`lease`]), and
+//! the bounds on what clients can make it hold ([`limits`], [`config`]).
 //! It must never acknowledge a write under a token below the durable fence,
 //! never raise a fence without making it durable first, and never guess a
 //! fence it cannot read: an export whose fence state is damaged refuses
@@ -14,6 +16,7 @@ pub mod config;
 pub mod fence;
 pub mod gate;
 pub mod lease;
+pub mod limits;
 pub mod metrics;
 pub mod nbd;
 pub mod server;

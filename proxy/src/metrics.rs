@@ -1,4 +1,5 @@
-//! Per-export counters and a Prometheus text endpoint (`GET /metrics`).
+//! Per-export counters, process-wide connection counters ([`PROCESS`]) and
+//! a Prometheus text endpoint (`GET /metrics`).
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -25,7 +26,41 @@ pub struct ExportMetrics {
     pub fence: AtomicU64,
     /// 1 while the export's fence state is damaged (writes refused).
     pub fence_damaged: AtomicU64,
+    /// 1 while the lease service has confirmed the fence and the watch
+    /// follows it; 0 after a start or a lost watch until it answers.
+    pub fence_confirmed: AtomicU64,
 }
+
+/// Counters of the whole proxy process (connections are not per export
+/// until their handshake names one).
+#[derive(Debug, Default)]
+pub struct ProcessMetrics {
+    /// NBD connections open now.
+    pub connections: AtomicU64,
+    /// Connections closed at accept because `proxy.connections_max` were
+    /// open.
+    pub connections_refused: AtomicU64,
+    /// Connections closed by the handshake deadline or an idle timeout.
+    pub connections_timed_out: AtomicU64,
+    /// Failed accepts (out of file descriptors, say).
+    pub accept_errors: AtomicU64,
+}
+
+/// The process's counters.
+pub static PROCESS: ProcessMetrics = ProcessMetrics {
+    connections: AtomicU64::new(0),
+    connections_refused: AtomicU64::new(0),
+    connections_timed_out: AtomicU64::new(0),
+    accept_errors: AtomicU64::new(0),
+};
+
+/// A process-wide metric family: name, type, help, and the field it reads.
+type ProcessFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ProcessMetrics) -> &AtomicU64,
+);
 
 /// Every export's counters, by name.
 pub type Registry = Arc<Vec<(String, Arc<ExportMetrics>)>>;
@@ -38,11 +73,17 @@ type Family = (
     fn(&ExportMetrics) -> &AtomicU64,
 );
 
-/// Prometheus text exposition of `registry`.
+/// Prometheus text exposition of `registry` and [`PROCESS`].
 #[must_use]
 pub fn render(registry: &Registry) -> String {
+    render_with(registry, &PROCESS)
+}
+
+/// Prometheus text exposition of `registry` and `process`.
+#[must_use]
+pub fn render_with(registry: &Registry, process: &ProcessMetrics) -> String {
     let mut out = String::new();
-    let families: [Family; 6] = [
+    let families: [Family; 7] = [
         (
             "palisade_proxy_writes_accepted_total",
             "counter",
@@ -79,6 +120,12 @@ pub fn render(registry: &Registry) -> String {
             "1 while the export's fence state is damaged and writes are refused.",
             |m| &m.fence_damaged,
         ),
+        (
+            "palisade_proxy_fence_confirmed",
+            "gauge",
+            "1 while the lease service has confirmed the export's fence and the watch follows it.",
+            |m| &m.fence_confirmed,
+        ),
     ];
     for (name, kind, help, field) in families {
         let _ = writeln!(out, "# HELP {name} {help}");
@@ -91,6 +138,37 @@ pub fn render(registry: &Registry) -> String {
                 field(metrics).load(Ordering::Relaxed)
             );
         }
+    }
+    let process_families: [ProcessFamily; 4] = [
+        (
+            "palisade_proxy_connections",
+            "gauge",
+            "NBD connections open.",
+            |m| &m.connections,
+        ),
+        (
+            "palisade_proxy_connections_refused_total",
+            "counter",
+            "NBD connections closed at accept because proxy.connections_max were open.",
+            |m| &m.connections_refused,
+        ),
+        (
+            "palisade_proxy_connections_timed_out_total",
+            "counter",
+            "NBD connections closed by the handshake deadline or an idle timeout.",
+            |m| &m.connections_timed_out,
+        ),
+        (
+            "palisade_proxy_accept_errors_total",
+            "counter",
+            "Failed accepts of NBD connections (out of file descriptors, say).",
+            |m| &m.accept_errors,
+        ),
+    ];
+    for (name, kind, help, field) in process_families {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {}", field(process).load(Ordering::Relaxed));
     }
     out
 }
@@ -154,5 +232,14 @@ mod tests {
         assert!(text.contains("# TYPE palisade_proxy_writes_fenced_total counter\n"));
         assert!(text.contains("palisade_proxy_writes_fenced_total{export=\"disk0\"} 3\n"));
         assert!(text.contains("{export=\"we\\\"ird\"}"));
+    }
+
+    #[test]
+    fn process_counters_have_no_export_label() {
+        let process = ProcessMetrics::default();
+        process.connections_refused.store(9, Ordering::Relaxed);
+        let text = render_with(&Arc::new(Vec::new()), &process);
+        assert!(text.contains("# TYPE palisade_proxy_connections gauge\n"));
+        assert!(text.contains("\npalisade_proxy_connections_refused_total 9\n"));
     }
 }

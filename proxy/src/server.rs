@@ -13,7 +13,18 @@
 //! 3. every write-like command re-reads the durable fence into the gate and
 //!    is refused with `EPERM` if its token is below it; a newer token's
 //!    first write waits until older-token writes in flight have reached the
-//!    backend (the gate's drain).
+//!    backend (the gate's drain);
+//! 4. after a start, and whenever the watch lost the lease service, the
+//!    fence is *unconfirmed*: a write (or a handshake) under the fence's own
+//!    token waits until the watch has learnt the current token from a
+//!    serving leader (and raised the fence to it), at most
+//!    `lease_service.timeout` after the fence became unconfirmed; after that
+//!    `lease_service.require_check` decides (refuse, or admit and log).
+//!
+//! It also bounds what clients can hold: `proxy.connections_max`
+//! connections, a handshake deadline, idle timeouts (read-only connections
+//! included), and log lines about refused connections and failed accepts
+//! at most once a second, with a count.
 //!
 //! It must never acknowledge a write whose token is below the durable
 //! fence, never raise the in-memory fence before the store returned, and
@@ -34,28 +45,45 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, PoolPlacement};
 use tracing::{debug, error, info, warn};
 
+use palisade_dataplane::clock::monotonic_ms;
+
 use crate::backend::{Backend, FileBackend, NbdUpstream};
 use crate::config::{BackendSpec, Export, ProxyConfig};
 use crate::fence::{Fence, FenceError, FenceStore};
 use crate::gate::{Admit, Gate};
 use crate::lease::{LeaseLink, Verdict};
-use crate::metrics::ExportMetrics;
+use crate::limits::LogEvery;
+use crate::metrics::{ExportMetrics, PROCESS};
 use crate::nbd::{
     self, transmission_flags as tf, Command, Errno, Event, ExportEntry, ExportInfo, Handshake,
     Incoming, OptionError, RepError, Request,
 };
 
-/// Clients connected at once; more are closed at accept.
-pub const CONNECTIONS_MAX: usize = 1024;
-/// A client must finish the handshake within this.
-const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(30);
 /// How often a write waiting for older-token writes looks again. Drains
 /// happen once per fence change, so a short poll costs nothing measurable.
 const DRAIN_POLL: Duration = Duration::from_micros(200);
-/// One watch call waits this long for a new grant.
-const WATCH_WAIT: Duration = Duration::from_secs(30);
-/// Bytes read from a client at once.
+/// How often a write waiting for the fence to be confirmed looks again.
+/// Confirmation is awaited after a start or a lost watch only.
+const CONFIRM_POLL: Duration = Duration::from_millis(5);
+/// Bytes read from a client at once while it transmits.
 const READ_CHUNK: usize = 256 << 10;
+/// Bytes read from a client at once during the handshake: options are
+/// small, and the handshake buffers a partial one itself.
+const HANDSHAKE_READ_CHUNK: usize = 4 << 10;
+/// First pause after a failed accept; doubles up to [`ACCEPT_BACKOFF_MAX`]
+/// while accepts keep failing (out of file descriptors, say).
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// Longest pause between two failing accepts.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Repetitive warnings (refused connections, failed accepts, writes
+/// admitted without confirmation) are logged at most this often.
+const LOG_INTERVAL_MS: u64 = 1_000;
+/// First pause of the watch after it lost the lease service; doubles up to
+/// [`WATCH_BACKOFF_MAX`].
+const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest pause of the watch between attempts (a waiting write cuts it
+/// short).
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Replies buffered before they are written out mid-batch.
 const OUT_HIGH_WATER: usize = 1 << 20;
 /// Threads for blocking calls (lease service, fence fsync).
@@ -63,8 +91,9 @@ const BLOCKING_THREADS: usize = 4;
 /// glommio's registered io memory; root can lock it, as the data plane does.
 const IO_MEMORY: usize = 512 << 10;
 
-/// One export's fence as every thread sees it: the durable value and
-/// whether the store said it cannot be trusted.
+/// One export's fence as every thread sees it: the durable value, whether
+/// the store said it cannot be trusted, and whether the lease service
+/// confirmed it since the last start or lost watch.
 #[derive(Debug)]
 pub struct FenceCell {
     /// The durable fence: only ever raised after the store returned.
@@ -73,6 +102,15 @@ pub struct FenceCell {
     damaged: AtomicBool,
     /// Why, for handshake refusals and logs.
     reason: Mutex<String>,
+    /// Set by the watch once a serving leader told it the newest token and
+    /// the fence is at least that; cleared when the watch loses the
+    /// service. Only the watch sets it: it is the one that keeps the fence
+    /// current while it stays set.
+    confirmed: AtomicBool,
+    /// Monotonic ms at which `confirmed` last went false (or the start).
+    unconfirmed_since_ms: AtomicU64,
+    /// The watch thread, woken early when a write waits for confirmation.
+    watcher: Mutex<Option<std::thread::Thread>>,
     metrics: Arc<ExportMetrics>,
 }
 
@@ -82,6 +120,9 @@ impl FenceCell {
             fence: AtomicU64::new(0),
             damaged: AtomicBool::new(false),
             reason: Mutex::new(String::new()),
+            confirmed: AtomicBool::new(false),
+            unconfirmed_since_ms: AtomicU64::new(monotonic_ms()),
+            watcher: Mutex::new(None),
             metrics,
         };
         match loaded {
@@ -104,6 +145,48 @@ impl FenceCell {
             Some(self.reason.lock().expect("reason lock").clone())
         } else {
             None
+        }
+    }
+
+    /// Whether the lease service confirmed the fence and the watch still
+    /// follows it.
+    #[must_use]
+    pub fn confirmed(&self) -> bool {
+        self.confirmed.load(Ordering::Acquire)
+    }
+
+    /// Monotonic ms since which the fence is unconfirmed (meaningless while
+    /// it is confirmed).
+    #[must_use]
+    pub fn unconfirmed_since_ms(&self) -> u64 {
+        self.unconfirmed_since_ms.load(Ordering::Acquire)
+    }
+
+    /// The watch learnt the newest token from a serving leader and the
+    /// durable fence is at least that. Returns whether it was unconfirmed.
+    fn confirm(&self) -> bool {
+        let was = self.confirmed.swap(true, Ordering::AcqRel);
+        self.metrics.fence_confirmed.store(1, Ordering::Relaxed);
+        !was
+    }
+
+    /// The watch lost the lease service at `now_ms`. Returns whether it
+    /// was confirmed. The start of an unconfirmed spell is kept: repeated
+    /// failures do not extend how long writes wait.
+    fn unconfirm(&self, now_ms: u64) -> bool {
+        let was = self.confirmed.swap(false, Ordering::AcqRel);
+        if was {
+            self.unconfirmed_since_ms.store(now_ms, Ordering::Release);
+        }
+        self.metrics.fence_confirmed.store(0, Ordering::Relaxed);
+        was
+    }
+
+    /// Wakes the watch thread if it pauses between attempts, so that a
+    /// waiting write gets its answer as soon as the service answers.
+    fn nudge_watch(&self) {
+        if let Some(thread) = self.watcher.lock().expect("watcher lock").as_ref() {
+            thread.unpark();
         }
     }
 
@@ -141,17 +224,46 @@ fn raise_durably(
     }
 }
 
-/// What every connection shares: exports, the fence store, the lease link.
+/// What every connection shares: exports, the fence store, the lease link,
+/// the connection limits.
 struct Exports {
     by_name: HashMap<String, Rc<ExportRt>>,
     names: Vec<String>,
     store: Arc<FenceStore>,
     link: LeaseLink,
+    limits: Limits,
     /// Test hook: `PALISADE_PROXY_TEST_WRITE_DELAY=TOKEN:MS` holds writes
     /// under TOKEN for MS after the gate admitted them, so tests can have
     /// writes in flight when a newer holder arrives.
     write_delay: Option<(u64, Duration)>,
     nbd: nbd::Config,
+}
+
+/// Timeouts and policy the connections apply, from the config.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    connections_max: usize,
+    handshake_timeout: Duration,
+    idle_timeout: Duration,
+    read_only_idle_timeout: Duration,
+    /// How long after the fence became unconfirmed a write under its token
+    /// waits for confirmation (`lease_service.timeout`).
+    confirm_wait: Duration,
+    /// `lease_service.require_check`.
+    require_check: bool,
+}
+
+impl Limits {
+    fn from_config(config: &ProxyConfig) -> Limits {
+        Limits {
+            connections_max: config.proxy.connections_max,
+            handshake_timeout: config.proxy.handshake_timeout,
+            idle_timeout: config.proxy.idle_timeout,
+            read_only_idle_timeout: config.proxy.read_only_idle_timeout,
+            confirm_wait: config.lease_service.timeout,
+            require_check: config.lease_service.require_check,
+        }
+    }
 }
 
 /// One export inside the executor.
@@ -162,6 +274,8 @@ struct ExportRt {
     file_size: Option<u64>,
     cell: Arc<FenceCell>,
     gate: RefCell<Gate>,
+    /// Writes admitted without confirmation (`require_check = false`).
+    unconfirmed_log: RefCell<LogEvery>,
 }
 
 impl ExportRt {
@@ -236,33 +350,83 @@ pub fn lease_link(config: &ProxyConfig) -> anyhow::Result<LeaseLink> {
         }
         None => None,
     };
-    Ok(LeaseLink {
-        endpoints: config.lease_service.endpoint.clone(),
-        timeout: config.lease_service.timeout,
+    Ok(LeaseLink::new(
+        config.lease_service.endpoint.clone(),
+        config.lease_service.timeout,
+        config.lease_service.attempt_timeout(),
         secret,
-    })
+    ))
 }
 
-/// Starts one watch thread per export: a new grant raises the fence
-/// durably before the new holder's first write. Threads run for the life of
-/// the process.
-pub fn start_watches(prepared: &[Prepared], store: &Arc<FenceStore>, link: &LeaseLink) {
+/// Starts one watch thread per export: it confirms the fence with the
+/// lease service (learning the newest token from a serving leader), then
+/// raises it durably on every new grant, before the new holder's first
+/// write. Threads run for the life of the process.
+pub fn start_watches(
+    config: &ProxyConfig,
+    prepared: &[Prepared],
+    store: &Arc<FenceStore>,
+    link: &LeaseLink,
+) {
+    let policy = WatchPolicy {
+        wait: config.lease_service.watch_wait,
+        confirm_wait: config.lease_service.timeout,
+        require_check: config.lease_service.require_check,
+    };
     for export in prepared {
         let store = store.clone();
         let link = link.clone();
         let cell = export.cell.clone();
-        let config = export.config.clone();
+        let export_config = export.config.clone();
         let spawned = std::thread::Builder::new()
-            .name(format!("watch-{}", config.name))
-            .spawn(move || watch_loop(&store, &link, &cell, &config));
-        if let Err(e) = spawned {
-            error!(export = %export.config.name, error = %e, "cannot start the watch thread; fences rise only at handshakes");
+            .name(format!("watch-{}", export_config.name))
+            .spawn(move || watch_loop(&store, &link, &cell, &export_config, policy));
+        match spawned {
+            Ok(handle) => {
+                *export.cell.watcher.lock().expect("watcher lock") = Some(handle.thread().clone());
+            }
+            Err(e) => {
+                error!(export = %export.config.name, error = %e, "cannot start the watch thread; fences rise only at handshakes and stay unconfirmed");
+            }
         }
     }
 }
 
-fn watch_loop(store: &FenceStore, link: &LeaseLink, cell: &FenceCell, export: &Export) {
-    let mut backoff = Duration::from_millis(100);
+/// What a watch thread needs from the config.
+#[derive(Debug, Clone, Copy)]
+struct WatchPolicy {
+    /// One watch call's wait.
+    wait: Duration,
+    /// `lease_service.timeout`, for the log.
+    confirm_wait: Duration,
+    /// `lease_service.require_check`, for the log.
+    require_check: bool,
+}
+
+impl WatchPolicy {
+    /// What happens to writes under the fence's token while unconfirmed.
+    fn consequence(&self) -> String {
+        let after = if self.require_check {
+            "then refused (lease_service.require_check = true)"
+        } else {
+            "then admitted on the local fence alone (lease_service.require_check = false)"
+        };
+        format!(
+            "writes under the fence's own token wait up to {} ms for the service, {after}",
+            self.confirm_wait.as_millis()
+        )
+    }
+}
+
+fn watch_loop(
+    store: &FenceStore,
+    link: &LeaseLink,
+    cell: &FenceCell,
+    export: &Export,
+    policy: WatchPolicy,
+) {
+    let mut backoff = WATCH_BACKOFF_MIN;
+    // Whether the last attempt reached the service (for the log only).
     let mut reachable = true;
     loop {
         if cell.damaged().is_some() {
@@ -272,45 +436,62 @@ fn watch_loop(store: &FenceStore, link: &LeaseLink, cell: &FenceCell, export: &E
         }
         let failure = match link.connect(&export.tenant) {
             Ok(mut client) => {
-                if !reachable {
-                    info!(export = %export.name, "lease service reachable again; watching grants");
-                    reachable = true;
-                }
-                backoff = Duration::from_millis(100);
+                // The first call waits for nothing: a serving leader answers
+                // at once with the newest token, which confirms the fence.
+                // The client follows the leader; only a serving leader
+                // answers a watch.
+                let mut wait = Duration::ZERO;
                 loop {
                     let after = cell.fence();
-                    match client.watch(&export.resource, after, WATCH_WAIT) {
-                        Ok(watched) if watched.last_token > after => {
-                            match raise_durably(store, cell, &export.name, watched.last_token) {
-                                Ok(durable) => info!(
-                                    export = %export.name,
-                                    fence = durable,
-                                    "a new grant raised the fence"
-                                ),
-                                Err(e) => {
-                                    error!(export = %export.name, error = %e, "raising the fence for a new grant failed");
-                                    std::thread::sleep(Duration::from_secs(1));
-                                    break None;
-                                }
+                    let watched = match client.watch(&export.resource, after, wait) {
+                        Ok(watched) => watched,
+                        Err(e) => break Some(e.to_string()),
+                    };
+                    if watched.last_token > after {
+                        match raise_durably(store, cell, &export.name, watched.last_token) {
+                            Ok(durable) => info!(
+                                export = %export.name,
+                                fence = durable,
+                                "a new grant raised the fence"
+                            ),
+                            Err(e) => {
+                                error!(export = %export.name, error = %e, "raising the fence for a new grant failed");
+                                std::thread::sleep(Duration::from_secs(1));
+                                break None;
                             }
                         }
-                        Ok(_) => {}
-                        Err(e) => break Some(e.to_string()),
                     }
+                    if cell.confirm() {
+                        info!(
+                            export = %export.name,
+                            fence = cell.fence(),
+                            endpoint = %client.endpoint(),
+                            "the lease service confirmed the fence; watching grants"
+                        );
+                    }
+                    reachable = true;
+                    backoff = WATCH_BACKOFF_MIN;
+                    wait = policy.wait;
                 }
             }
             Err(e) => Some(e.to_string()),
         };
-        if let Some(why) = failure {
-            if reachable {
-                warn!(export = %export.name, error = %why, "lost the lease service; the local fence still holds, grants raise it again once it answers");
-                reachable = false;
-            } else {
-                debug!(export = %export.name, error = %why, "lease service still unreachable");
-            }
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+        let was_confirmed = cell.unconfirm(monotonic_ms());
+        let why = failure.unwrap_or_else(|| "the fence store failed".into());
+        if was_confirmed || reachable {
+            warn!(
+                export = %export.name,
+                error = %why,
+                "lost the lease service: the fence is unconfirmed until it answers; {}",
+                policy.consequence()
+            );
+            reachable = false;
+        } else {
+            debug!(export = %export.name, error = %why, "lease service still unreachable");
         }
+        // A write waiting for confirmation unparks us early.
+        std::thread::park_timeout(backoff);
+        backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
     }
 }
 
@@ -327,6 +508,7 @@ pub fn run(
 ) -> anyhow::Result<()> {
     assert_eq!(beats.len(), 1, "one executor, one heartbeat");
     let listen = config.proxy.listen;
+    let limits = Limits::from_config(config);
     let write_delay = test_write_delay();
     let handle = LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .name("palisade-proxy")
@@ -346,6 +528,7 @@ pub fn run(
                         backend: p.backend,
                         file_size: p.file_size,
                         cell: p.cell,
+                        unconfirmed_log: RefCell::new(LogEvery::new(LOG_INTERVAL_MS)),
                     }),
                 );
             }
@@ -354,6 +537,7 @@ pub fn run(
                 names,
                 store,
                 link,
+                limits,
                 write_delay,
                 nbd: nbd::Config::default(),
             });
@@ -362,36 +546,79 @@ pub fn run(
             let local = listener
                 .local_addr()
                 .map_err(|e| anyhow::anyhow!("local address: {e}"))?;
-            info!(%local, "NBD on {local}");
+            info!(
+                %local,
+                connections_max = limits.connections_max,
+                handshake_timeout_ms = limits.handshake_timeout.as_millis(),
+                idle_timeout_ms = limits.idle_timeout.as_millis(),
+                read_only_idle_timeout_ms = limits.read_only_idle_timeout.as_millis(),
+                "NBD on {local}"
+            );
             ready(local);
             let live = Rc::new(std::cell::Cell::new(0usize));
+            let refused_log = Rc::new(RefCell::new(LogEvery::new(LOG_INTERVAL_MS)));
+            let accept_log = Rc::new(RefCell::new(LogEvery::new(LOG_INTERVAL_MS)));
+            glommio::spawn_local(flush_logs(
+                refused_log.clone(),
+                accept_log.clone(),
+                limits.connections_max,
+            ))
+            .detach();
+            let mut accept_backoff = ACCEPT_BACKOFF_MIN;
             loop {
                 let stream = match listener.accept().await {
-                    Ok(stream) => stream,
+                    Ok(stream) => {
+                        accept_backoff = ACCEPT_BACKOFF_MIN;
+                        stream
+                    }
                     Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                        // Out of file descriptors, say: the connection
+                        // stays queued and the next accept fails the same
+                        // way at once, so wait, longer each time.
+                        PROCESS.accept_errors.fetch_add(1, Ordering::Relaxed);
+                        if let Some(count) = accept_log.borrow_mut().hit(monotonic_ms()) {
+                            warn!(
+                                error = %e,
+                                count,
+                                backoff_ms = accept_backoff.as_millis(),
+                                "accept failed ({count} since the last report); backing off"
+                            );
+                        }
+                        glommio::timer::sleep(accept_backoff).await;
+                        accept_backoff = (accept_backoff * 2).min(ACCEPT_BACKOFF_MAX);
                         continue;
                     }
                 };
-                if live.get() >= CONNECTIONS_MAX {
-                    warn!(
-                        max = CONNECTIONS_MAX,
-                        "too many NBD clients; closing a new one"
-                    );
+                if live.get() >= limits.connections_max {
+                    PROCESS.connections_refused.fetch_add(1, Ordering::Relaxed);
+                    if let Some(count) = refused_log.borrow_mut().hit(monotonic_ms()) {
+                        warn!(
+                            max = limits.connections_max,
+                            count,
+                            "too many NBD clients: closed {count} new connection(s) since the last report (proxy.connections_max)"
+                        );
+                    }
                     drop(stream);
                     continue;
                 }
                 live.set(live.get() + 1);
+                PROCESS.connections.fetch_add(1, Ordering::Relaxed);
                 let exports = exports.clone();
                 let live = live.clone();
                 glommio::spawn_local(async move {
                     let peer = stream.peer_addr().ok();
                     match serve(stream, &exports).await {
                         Ok(()) => debug!(?peer, "client left"),
+                        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                            PROCESS
+                                .connections_timed_out
+                                .fetch_add(1, Ordering::Relaxed);
+                            debug!(?peer, error = %e, "client timed out; closed");
+                        }
                         Err(e) => debug!(?peer, error = %e, "client connection ended"),
                     }
                     live.set(live.get() - 1);
+                    PROCESS.connections.fetch_sub(1, Ordering::Relaxed);
                 })
                 .detach();
             }
@@ -402,6 +629,32 @@ pub fn run(
     handle
         .join()
         .map_err(|e| anyhow::anyhow!("proxy executor: {e}"))?
+}
+
+/// Reports, once an interval has passed, refusals and failed accepts the
+/// rate limit held back, so the tail of a burst is logged too.
+async fn flush_logs(
+    refused_log: Rc<RefCell<LogEvery>>,
+    accept_log: Rc<RefCell<LogEvery>>,
+    connections_max: usize,
+) {
+    loop {
+        glommio::timer::sleep(Duration::from_millis(LOG_INTERVAL_MS)).await;
+        let now_ms = monotonic_ms();
+        if let Some(count) = refused_log.borrow_mut().flush(now_ms) {
+            warn!(
+                max = connections_max,
+                count,
+                "too many NBD clients: closed {count} new connection(s) since the last report (proxy.connections_max)"
+            );
+        }
+        if let Some(count) = accept_log.borrow_mut().flush(now_ms) {
+            warn!(
+                count,
+                "accept failed ({count} since the last report); backing off"
+            );
+        }
+    }
 }
 
 fn test_write_delay() -> Option<(u64, Duration)> {
@@ -445,20 +698,47 @@ async fn write_out(stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<()> 
     Ok(())
 }
 
+/// Sets `stream`'s read timeout to what is left until `deadline_ms`; a
+/// deadline that passed is a `TimedOut` error naming `what`.
+fn read_until(stream: &TcpStream, deadline_ms: u64, what: &str) -> io::Result<()> {
+    let left_ms = deadline_ms.saturating_sub(monotonic_ms());
+    if left_ms == 0 {
+        return Err(io::Error::new(io::ErrorKind::TimedOut, what.to_owned()));
+    }
+    stream
+        .set_read_timeout(Some(Duration::from_millis(left_ms)))
+        .map_err(|e| io::Error::other(e.to_string()))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 async fn serve(mut stream: TcpStream, exports: &Exports) -> io::Result<()> {
+    let limits = exports.limits;
+    // The whole handshake, not each read: a client trickling bytes gets no
+    // more time than a silent one.
+    let deadline_ms = monotonic_ms().saturating_add(millis(limits.handshake_timeout));
     stream
         .set_nodelay(true)
         .map_err(|e| io::Error::other(e.to_string()))?;
     stream
-        .set_read_timeout(Some(HANDSHAKE_DEADLINE))
+        .set_write_timeout(Some(limits.handshake_timeout))
         .map_err(|e| io::Error::other(e.to_string()))?;
     let mut handshake = Handshake::new(exports.nbd);
     let mut out = Vec::new();
-    let mut buf = vec![0u8; READ_CHUNK];
+    // Small: thousands of connections may sit in the handshake at once.
+    // Transmission allocates its own larger buffer.
+    let mut buf = vec![0u8; HANDSHAKE_READ_CHUNK];
     handshake.poll_transmit(&mut out);
     write_out(&mut stream, &mut out).await?;
     let mut bound: Option<Bound> = None;
     loop {
+        read_until(
+            &stream,
+            deadline_ms,
+            "no complete NBD handshake within proxy.handshake_timeout",
+        )?;
         let n = stream.read(&mut buf).await?;
         if n == 0 {
             return Ok(());
@@ -522,10 +802,8 @@ async fn serve(mut stream: TcpStream, exports: &Exports) -> io::Result<()> {
         // Ready always follows an accepted GO / EXPORT_NAME.
         return Err(io::Error::other("handshake ended without an export"));
     };
-    stream
-        .set_read_timeout(None)
-        .map_err(|e| io::Error::other(e.to_string()))?;
-    transmission(stream, handshake, bound, exports, buf, out).await
+    drop(buf);
+    transmission(stream, handshake, bound, exports, out).await
 }
 
 async fn close_backend(backend: Backend) {
@@ -640,6 +918,19 @@ async fn bind_token(
     if token < fence {
         return Err(stale(export, token, fence));
     }
+    if token == fence && go {
+        // The fence's own token: fine if the fence is current. After a
+        // start or a lost watch, learn that first, so the holder a newer
+        // grant superseded meanwhile is told so now.
+        confirmed(exports, export, token)
+            .await
+            .map_err(|message| OptionError::new(RepError::Policy, message))?;
+        let fence = export.cell.fence();
+        if token < fence {
+            return Err(stale(export, token, fence));
+        }
+        return Ok(());
+    }
     if token == fence || !go {
         return Ok(());
     }
@@ -665,10 +956,20 @@ async fn bind_token(
                 ),
             ));
         }
+        Verdict::Unreachable(why) if exports.limits.require_check => {
+            warn!(export = %export.config.name, token, error = %why, "lease service unreachable; refusing a token above the fence it cannot vouch for (lease_service.require_check = true)");
+            return Err(OptionError::new(
+                RepError::Policy,
+                format!(
+                    "the lease service could not vouch for token {token} ({why}) and export {} requires its confirmation; try again",
+                    export.config.name
+                ),
+            ));
+        }
         Verdict::Unreachable(why) => {
             // The local fence still holds: accepting a higher token can
             // only fence more writers, never fewer.
-            warn!(export = %export.config.name, token, error = %why, "lease service unreachable; accepting a token above the fence on the local fence alone");
+            warn!(export = %export.config.name, token, error = %why, "lease service unreachable; accepting a token above the fence on the local fence alone (lease_service.require_check = false)");
             token
         }
     };
@@ -716,7 +1017,6 @@ async fn transmission(
     handshake: Handshake,
     mut bound: Bound,
     exports: &Exports,
-    mut buf: Vec<u8>,
     mut out: Vec<u8>,
 ) -> io::Result<()> {
     let mut tx = handshake.into_transmission();
@@ -726,9 +1026,27 @@ async fn transmission(
         token = ?bound.token,
         "client bound"
     );
+    // Anyone may open a read-only connection; a writer needs a token.
+    let (idle, idle_key) = if bound.token.is_some() {
+        (exports.limits.idle_timeout, "proxy.idle_timeout")
+    } else {
+        (
+            exports.limits.read_only_idle_timeout,
+            "proxy.read_only_idle_timeout",
+        )
+    };
+    let idle_ms = millis(idle);
+    let idle_reason = format!("no request for {idle_ms} ms ({idle_key})");
+    // A client that stops reading our replies is as idle as a silent one.
+    stream
+        .set_write_timeout(Some(idle))
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut active_ms = monotonic_ms();
     let result = loop {
         let mut closing = false;
         while let Some(incoming) = tx.poll_request() {
+            active_ms = monotonic_ms();
             match incoming {
                 Incoming::Request(request) => {
                     // The payload stays in the decoder's buffer until the
@@ -771,6 +1089,10 @@ async fn transmission(
         }
         if closing {
             break Ok(());
+        }
+        // Idle since the last request, even if bytes trickle in.
+        if let Err(e) = read_until(&stream, active_ms.saturating_add(idle_ms), &idle_reason) {
+            break Err(e);
         }
         match stream.read(&mut buf).await {
             Ok(0) => break Ok(()),
@@ -875,6 +1197,54 @@ async fn execute(
     }
 }
 
+/// Waits until the lease service confirmed the fence of `export`, or
+/// until `lease_service.timeout` after the fence became unconfirmed; `Ok`
+/// means a write under `token` may go on to the gate, `Err` is why it is
+/// refused. Returns at once while confirmed, or for a token below the
+/// fence (the gate refuses it).
+///
+/// Unconfirmed means: since the start, or since the watch lost the
+/// service, no serving leader told the watch the newest token. A write
+/// under the fence's token then waits for that answer: a newer grant it
+/// brings raises the fence first, and the write is fenced. Past the wait,
+/// `lease_service.require_check` decides: refuse, or admit on the local
+/// fence alone and log (once a second, with a count).
+async fn confirmed(exports: &Exports, export: &ExportRt, token: u64) -> Result<(), String> {
+    let cell = &export.cell;
+    let mut nudged = false;
+    loop {
+        if cell.confirmed() || token < cell.fence() {
+            return Ok(());
+        }
+        if !nudged {
+            cell.nudge_watch();
+            nudged = true;
+        }
+        let now_ms = monotonic_ms();
+        let waited_ms = now_ms.saturating_sub(cell.unconfirmed_since_ms());
+        if waited_ms < millis(exports.limits.confirm_wait) {
+            glommio::timer::sleep(CONFIRM_POLL).await;
+            continue;
+        }
+        if exports.limits.require_check {
+            return Err(format!(
+                "the lease service has not confirmed the fence of export {} for {waited_ms} ms and the proxy requires it (lease_service.require_check = true): writes under token {token} are refused until it answers",
+                export.config.name
+            ));
+        }
+        if let Some(count) = export.unconfirmed_log.borrow_mut().hit(now_ms) {
+            warn!(
+                export = %export.config.name,
+                token,
+                count,
+                unconfirmed_ms = waited_ms,
+                "lease service unreachable: admitted {count} write(s) or handshake(s) under the fence's own token on the local fence alone (lease_service.require_check = false)"
+            );
+        }
+        return Ok(());
+    }
+}
+
 /// Waits until the gate admits a write under `token`; `Err` is why it is
 /// fenced. On `Ok` the caller must call `gate.done(token)`.
 async fn admit(exports: &Exports, export: &ExportRt, token: u64) -> Result<(), String> {
@@ -882,6 +1252,9 @@ async fn admit(exports: &Exports, export: &ExportRt, token: u64) -> Result<(), S
         if let Some(reason) = export.cell.damaged() {
             return Err(format!("fence state damaged ({reason}): writes refused"));
         }
+        // No await between this and the gate: the gate sees the fence the
+        // confirmation brought.
+        confirmed(exports, export, token).await?;
         let verdict = {
             let mut gate = export.gate.borrow_mut();
             gate.raise(export.cell.fence());

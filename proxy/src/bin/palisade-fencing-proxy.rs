@@ -17,8 +17,10 @@ use palisade_dataplane::clock::monotonic_ms;
 use palisade_dataplane::server::heartbeat;
 use palisade_proxy::config::{BackendSpec, ProxyConfig};
 use palisade_proxy::fence::{Fence, FenceError, FenceStore};
+use palisade_proxy::limits::{self, Nofile};
 use palisade_proxy::supervise::Supervision;
 use palisade_proxy::{metrics, server};
+use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 /// The Palisade fencing proxy: an NBD server that refuses writes from
@@ -55,18 +57,54 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists (mallopt is not thread-safe before then).
+    let allocator_tuned = limits::tune_allocator();
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a person at a terminal, not for journald or a file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
+    if !allocator_tuned {
+        tracing::debug!("malloc tunables not set (not glibc, or refused): memory a flood of connections used may stay resident");
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("palisade-fencing-proxy: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to what `connections_max` needs, or
+/// warns that it cannot.
+fn check_nofile(connections_max: usize) {
+    match limits::ensure_nofile(connections_max) {
+        Nofile::Enough { soft } => {
+            tracing::debug!(soft, connections_max, "RLIMIT_NOFILE is enough");
+        }
+        Nofile::Raised { was, now } => info!(
+            was,
+            now,
+            connections_max,
+            "raised the soft RLIMIT_NOFILE from {was} to {now} for proxy.connections_max = {connections_max}"
+        ),
+        Nofile::Short {
+            soft,
+            needed,
+            usable,
+            why,
+        } => warn!(
+            soft,
+            needed,
+            usable,
+            connections_max,
+            "RLIMIT_NOFILE is {soft} ({why}), but proxy.connections_max = {connections_max} needs about {needed} (two per connection): about {usable} connections fit, accepts beyond fail; raise the limit (LimitNOFILE= in the unit, ulimit -n) or lower proxy.connections_max"
+        ),
     }
 }
 
@@ -104,6 +142,18 @@ fn run(cli: Cli) -> Result<()> {
                 "config ok: NBD on {}, lease service {}",
                 config.proxy.listen, config.lease_service.endpoint
             );
+            println!(
+                "limits: {} connections (needs about {} file descriptors), handshake {} ms, idle {} ms, read-only idle {} ms; lease service: call {} ms, attempt {} ms, watch {} ms, require_check = {}",
+                config.proxy.connections_max,
+                limits::nofile_needed(config.proxy.connections_max),
+                config.proxy.handshake_timeout.as_millis(),
+                config.proxy.idle_timeout.as_millis(),
+                config.proxy.read_only_idle_timeout.as_millis(),
+                config.lease_service.timeout.as_millis(),
+                config.lease_service.attempt_timeout().as_millis(),
+                config.lease_service.watch_wait.as_millis(),
+                config.lease_service.require_check,
+            );
             Ok(())
         }
         Command::Fences => {
@@ -133,6 +183,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Serve => {
+            check_nofile(config.proxy.connections_max);
             let supervision = Supervision::from_env()?;
             supervision.stop_on_signals()?;
             let store = Arc::new(open_store(&config)?);
@@ -142,7 +193,7 @@ fn run(cli: Cli) -> Result<()> {
                 metrics::serve(addr, registry)
                     .with_context(|| format!("serving metrics on {addr}"))?;
             }
-            server::start_watches(&prepared, &store, &link);
+            server::start_watches(&config, &prepared, &store, &link);
             let beats = heartbeat::slots(1, monotonic_ms());
             supervision.start_watchdog(beats.clone())?;
             let ready = supervision.ready_callback(config.exports.len());

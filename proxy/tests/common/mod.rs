@@ -1,7 +1,10 @@
 //! Real processes for the proxy's integration tests: a single-node
-//! `palisade serve`, the proxy itself, `qemu-io` clients (interactive, so a
-//! test can pause one mid-session) and `qemu-nbd` upstreams.
+//! `palisade serve` (and a cluster of them, [`cluster`]), the proxy itself,
+//! `qemu-io` clients (interactive, so a test can pause one mid-session),
+//! `qemu-nbd` upstreams, and a raw NBD client for misbehaving on purpose.
 #![allow(dead_code)]
+
+pub mod cluster;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -75,6 +78,7 @@ pub struct Lease {
     child: Child,
     pub endpoint: String,
     log: PathBuf,
+    reaped: bool,
 }
 
 impl Lease {
@@ -100,6 +104,7 @@ impl Lease {
             child,
             endpoint: String::new(),
             log,
+            reaped: false,
         };
         for _ in 0..1500 {
             if let Ok(text) = std::fs::read_to_string(&ready) {
@@ -133,8 +138,27 @@ impl Lease {
     }
 
     pub fn stop(&mut self) {
+        if self.reaped {
+            return;
+        }
+        // A stopped process must be continued before it can be reaped.
+        self.signal(libc::SIGCONT);
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.reaped = true;
+    }
+
+    /// Sends `signal` (SIGSTOP: a hung service that still accepts TCP).
+    pub fn signal(&self, signal: i32) {
+        if self.reaped {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: signalling our own child process by pid.
+            unsafe {
+                libc::kill(pid, signal);
+            }
+        }
     }
 }
 
@@ -152,6 +176,10 @@ pub struct ProxySetup {
     pub lease_endpoint: String,
     /// `file = ...` or `nbd = ...` lines of the export.
     pub backend: String,
+    /// More lines for `[proxy]` (limits, timeouts).
+    pub proxy_extra: String,
+    /// More lines for `[lease_service]`; `timeout = "1s"` unless they set it.
+    pub lease_extra: String,
 }
 
 impl ProxySetup {
@@ -162,6 +190,8 @@ impl ProxySetup {
             metrics: SocketAddr::from(([127, 0, 0, 1], free_port())),
             lease_endpoint: lease_endpoint.into(),
             backend: "file = \"disk0.img\"\nsize = \"64MiB\"\n".into(),
+            proxy_extra: String::new(),
+            lease_extra: String::new(),
         }
     }
 
@@ -170,9 +200,19 @@ impl ProxySetup {
     }
 
     pub fn write(&self) {
+        let timeout = if self.lease_extra.contains("timeout = ") {
+            ""
+        } else {
+            "timeout = \"1s\"\n"
+        };
         let text = format!(
-            "[proxy]\nlisten = \"{}\"\nmetrics = \"{}\"\nstate_dir = \"state\"\n\n[lease_service]\nendpoint = \"{}\"\ntimeout = \"1s\"\n\n[[exports]]\nname = \"disk0\"\ntenant = \"default\"\nresource = \"disk0\"\n{}",
-            self.listen, self.metrics, self.lease_endpoint, self.backend
+            "[proxy]\nlisten = \"{}\"\nmetrics = \"{}\"\nstate_dir = \"state\"\n{}\n[lease_service]\nendpoint = \"{}\"\n{timeout}{}\n[[exports]]\nname = \"disk0\"\ntenant = \"default\"\nresource = \"disk0\"\n{}",
+            self.listen,
+            self.metrics,
+            self.proxy_extra,
+            self.lease_endpoint,
+            self.lease_extra,
+            self.backend
         );
         std::fs::write(self.config_path(), text).expect("proxy config");
     }
@@ -194,6 +234,16 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn start(setup: &ProxySetup, env: &[(&str, String)]) -> Proxy {
+        Proxy::start_limited(setup, env, None)
+    }
+
+    /// [`Proxy::start`] with `RLIMIT_NOFILE` set to `(soft, hard)` in the
+    /// proxy's process.
+    pub fn start_limited(
+        setup: &ProxySetup,
+        env: &[(&str, String)],
+        nofile: Option<(u64, u64)>,
+    ) -> Proxy {
         setup.write();
         let log = setup.dir.join("proxy.log");
         let mut command = Command::new(PROXY);
@@ -211,6 +261,23 @@ impl Proxy {
             );
         for (k, v) in env {
             command.env(k, v);
+        }
+        if let Some((soft, hard)) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec only setrlimit runs, which is
+            // async-signal-safe; nothing allocates.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: soft,
+                        rlim_max: hard,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let mut proxy = Proxy {
             child: command.spawn().expect("spawn proxy"),
@@ -237,6 +304,15 @@ impl Proxy {
 
     pub fn log_text(&self) -> String {
         read_log(&self.log)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `VmRSS` of the proxy, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        vm_rss_kib(self.pid())
     }
 
     pub fn stop(&mut self) {
@@ -285,6 +361,135 @@ pub fn metric(addr: SocketAddr, name: &str) -> u64 {
         .trim()
         .parse()
         .expect("number")
+}
+
+/// `VmRSS` of process `pid` in KiB, from /proc/PID/status.
+pub fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to at least `want` (up to
+/// the hard limit); returns the soft limit now.
+pub fn raise_own_nofile(want: u64) -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to our own struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur < want {
+            limit.rlim_cur = want.min(limit.rlim_max);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
+    limit.rlim_cur
+}
+
+/// A raw NBD client: connects and reads the 18-byte greeting.
+pub fn nbd_connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut greeting = [0u8; 18];
+    stream.read_exact(&mut greeting)?;
+    if &greeting[..8] != b"NBDMAGIC" {
+        return Err(std::io::Error::other("not an NBD greeting"));
+    }
+    Ok(stream)
+}
+
+/// A raw NBD client through `NBD_OPT_GO` for `name`: `Ok` once the server
+/// acknowledged, ready for transmission; `Err` if it refused or closed.
+pub fn nbd_go(addr: SocketAddr, name: &str) -> std::io::Result<TcpStream> {
+    let mut stream = nbd_connect(addr)?;
+    // Client flags: fixed newstyle, no zeroes.
+    stream.write_all(&3u32.to_be_bytes())?;
+    let mut data = Vec::new();
+    data.extend_from_slice(&u32::try_from(name.len()).expect("short").to_be_bytes());
+    data.extend_from_slice(name.as_bytes());
+    data.extend_from_slice(&0u16.to_be_bytes());
+    let mut option = Vec::new();
+    option.extend_from_slice(b"IHAVEOPT");
+    option.extend_from_slice(&7u32.to_be_bytes()); // NBD_OPT_GO
+    option.extend_from_slice(&u32::try_from(data.len()).expect("short").to_be_bytes());
+    option.extend_from_slice(&data);
+    stream.write_all(&option)?;
+    loop {
+        let mut header = [0u8; 20];
+        stream.read_exact(&mut header)?;
+        let reply = u32::from_be_bytes(header[12..16].try_into().expect("4"));
+        let len = u32::from_be_bytes(header[16..20].try_into().expect("4"));
+        let mut body = vec![0u8; len as usize];
+        stream.read_exact(&mut body)?;
+        if reply == 1 {
+            return Ok(stream); // NBD_REP_ACK
+        }
+        if reply & 0x8000_0000 != 0 {
+            return Err(std::io::Error::other(format!(
+                "refused ({reply:#x}): {}",
+                String::from_utf8_lossy(&body[body.len().min(4)..])
+            )));
+        }
+    }
+}
+
+/// Waits up to `ms` for the server to close `stream` (EOF or reset);
+/// returns whether it did.
+pub fn closed_within(stream: &mut TcpStream, ms: u64) -> bool {
+    let deadline = now_ms() + ms;
+    let mut byte = [0u8; 1];
+    loop {
+        let left = deadline.saturating_sub(now_ms());
+        if left == 0 {
+            return false;
+        }
+        stream
+            .set_read_timeout(Some(Duration::from_millis(left)))
+            .expect("timeout");
+        match stream.read(&mut byte) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+/// The value of a process-wide metric (no labels).
+pub fn process_metric(addr: SocketAddr, name: &str) -> u64 {
+    let text = metrics(addr);
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .trim()
+        .parse()
+        .expect("number")
+}
+
+/// Waits up to `ms` until `name{export="disk0"}` equals `value`.
+pub fn wait_metric(addr: SocketAddr, name: &str, value: u64, ms: u64) {
+    let deadline = now_ms() + ms;
+    loop {
+        let now = metric(addr, name);
+        if now == value {
+            return;
+        }
+        assert!(
+            now_ms() < deadline,
+            "{name} is {now}, not {value}, after {ms} ms"
+        );
+        sleep_ms(20);
+    }
 }
 
 /// One-shot `qemu-io ARGS -c CMD...`: (success, stdout + stderr).
