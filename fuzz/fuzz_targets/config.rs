@@ -33,7 +33,9 @@ fuzz_target!(|data: &[u8]| {
         Err(errors) => {
             assert!(!errors.issues().is_empty(), "refused without naming an issue");
             for issue in errors.issues() {
-                assert!(!issue.key.is_empty(), "an issue without a key: {issue:?}");
+                // The key may be empty: a TOML key that is the empty
+                // string (`"" = 1`) is reported under its own (empty) name
+                // (fuzz/README.md, "Findings").
                 assert!(!issue.reason.is_empty(), "an issue without a reason: {issue:?}");
             }
             let _ = errors.to_string();

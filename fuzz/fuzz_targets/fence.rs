@@ -233,6 +233,13 @@ fuzz_target!(|data: &[u8]| {
             );
         }
         Fence::Known(value) => {
+            let seq_max = SLOTS.iter().any(|s| u64_at(&file, s + 8) == Some(u64::MAX));
+            if seq_max && palisade_fuzz::mask_known_findings() {
+                // Known finding: a raise panics when the winning slot's
+                // sequence is u64::MAX (proxy/src/fence.rs write_slots,
+                // "sequence below 2^64"); artifacts/fence/slot-sequence-u64-max.
+                return;
+            }
             if value > 0 {
                 assert_eq!(store.raise(EXPORT, value - 1).expect("raise below"), value);
             }

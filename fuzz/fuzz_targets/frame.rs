@@ -103,7 +103,7 @@ fn chunked(stream: &[u8], limit: u32, seed: u8) -> (Vec<(FrameHeader, Vec<u8>)>,
     let frame_max = HEADER_LEN + padded_len(limit.min(PAYLOAD_LEN_MAX_HARD) as usize);
     let capacity = 64.max(HEADER_LEN).min(frame_max.max(HEADER_LEN));
     let mut rx = RecvBuf::new(capacity, frame_max.max(capacity));
-    let mut chunks = Chunks::new(u32::from(seed) * 2654435761, 97);
+    let mut chunks = Chunks::new(u32::from(seed).wrapping_mul(2654435761), 97);
     let mut frames = Vec::new();
     let mut fed = 0;
     loop {

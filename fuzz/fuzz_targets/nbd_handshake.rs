@@ -76,7 +76,7 @@ fuzz_target!(|data: &[u8]| {
     handshake.poll_transmit(&mut out);
     assert_eq!(out.len(), GREETING_LEN);
 
-    let mut chunks = Chunks::new(u32::from(seed) * 2246822519, 40);
+    let mut chunks = Chunks::new(u32::from(seed).wrapping_mul(2246822519), 40);
     let mut fed = 0;
     let mut ended = false;
     let mut ready: Option<(String, bool)> = None;
