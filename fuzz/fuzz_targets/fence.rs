@@ -46,12 +46,7 @@ struct Template {
 fn template() -> &'static Template {
     static TEMPLATE: OnceLock<Template> = OnceLock::new();
     TEMPLATE.get_or_init(|| {
-        let root = palisade_fuzz::scratch_root();
-        let dir = tempfile::Builder::new()
-            .prefix("palisade-fuzz-fence-")
-            .tempdir_in(&root)
-            .expect("scratch dir")
-            .keep();
+        let dir = palisade_fuzz::scratch_dir("fence");
         let store = FenceStore::open(&dir.join("template")).expect("open template store");
         store.raise(EXPORT, 5).expect("raise");
         store.raise(EXPORT, TEMPLATE_FENCE).expect("raise");

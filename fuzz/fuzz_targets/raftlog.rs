@@ -36,13 +36,7 @@ const MAGIC_V2: &[u8] = b"palisade-raft-v2";
 
 fn dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("palisade-fuzz-raftlog-")
-            .tempdir_in(palisade_fuzz::scratch_root())
-            .expect("scratch dir");
-        dir.keep()
-    })
+    DIR.get_or_init(|| palisade_fuzz::scratch_dir("raftlog"))
 }
 
 fn record(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {

@@ -4,7 +4,7 @@
 //! Every read past the end returns zeros, so any input is a valid sequence
 //! of choices and a short input simply means "the smallest choices".
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Reads choices from the front of the fuzzer's input.
 #[derive(Debug, Clone)]
@@ -120,8 +120,8 @@ impl Chunks {
     }
 }
 
-/// A directory for targets that need files: on tmpfs when there is one,
-/// so an fsync costs nothing and the disk is not worn.
+/// Where targets that need files work: on tmpfs when there is one, so an
+/// fsync costs nothing and the disk is not worn.
 pub fn scratch_root() -> PathBuf {
     let shm = PathBuf::from("/dev/shm");
     if shm.is_dir() {
@@ -129,6 +129,30 @@ pub fn scratch_root() -> PathBuf {
     } else {
         std::env::temp_dir()
     }
+}
+
+/// A fresh, empty directory `palisade-fuzz-<name>-<pid>` under
+/// [`scratch_root`], for this process's whole life. libFuzzer ends the
+/// process with `exit`, so nothing is removed then; instead the
+/// directories of earlier runs whose process is gone are removed here.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let root = scratch_root();
+    let prefix = format!("palisade-fuzz-{name}-");
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(pid) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+                continue;
+            };
+            if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let dir = root.join(format!("{prefix}{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the scratch directory");
+    dir
 }
 
 /// Shared by the NBD targets: valid export answers built from choices, and
