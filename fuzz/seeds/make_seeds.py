@@ -4,13 +4,13 @@
 Deterministic: running it again rewrites the same files. Sources:
 - proto/vectors/frames.json and invalid.json (frames and payloads, byte for
   byte as docs/PROTOCOL.md defines them);
-- fuzz/seeds/raftlog/real-node.raft.log, a raft.log written by a real
+- fuzz/seed-sources/real-node.raft.log, a raft.log written by a real
   `palisade serve` (kept as it is; see README.md for how it was made),
   from which this script derives a version 1 file and torn variants;
 - the fence file and MANIFEST formats of proxy/src/fence.rs (checked
   against files the store itself wrote);
 - the shipped configs (tuning/profiles/, examples/cluster3/) and the
-  built-in default (fuzz/seeds/config/builtin-default.toml, from
+  built-in default (fuzz/seed-sources/builtin-default.toml, from
   `palisade config default`).
 
 Each target's input layout is described at the top of its
@@ -258,7 +258,7 @@ def records(data):
         at += 9 + n
 
 
-real = (SEEDS / "raftlog" / "real-node.raft.log").read_bytes()
+real = (FUZZ / "seed-sources" / "real-node.raft.log").read_bytes()
 recs = list(records(real))
 assert recs[0][0] == 0 and recs[0][1].startswith(b"palisade-raft-v2"), "a version 2 header first"
 header = recs[0][1]
@@ -322,3 +322,4 @@ for path in sorted((REPO / "tuning/profiles").glob("*.toml")) + sorted((REPO / "
     out("config", path.parent.name + "-" + path.name, path.read_bytes())
 out("config", "invalid-keys", b"[node]\nid = 0\n[leases]\nmax_ttl = 30\ncolour = \"red\"\n")
 out("config", "tenants", b'[[tenants]]\nname = "billing"\ncredential = "scram-sha256$4096$c2FsdA==$AAAA$BBBB"\n[[tenants]]\nname = "default"\n')
+out("config", "builtin-default.toml", (FUZZ / "seed-sources" / "builtin-default.toml").read_bytes())
