@@ -111,15 +111,16 @@ echo "== boot: systemd-nspawn -b (overlay over the cached rootfs, private networ
 # tree stays pristine and nothing needs cleaning afterwards.
 systemd-nspawn -D "$rootfs" -b --register=no --keep-unit -M "$machine" \
     --volatile=overlay --private-network --bind-ro="$repo:/palisade" \
+    --setenv=PALISADE_BOOT_TEST="$machine" \
     >"$log" 2>&1 </dev/null &
 nspawn_pid=$!
-# The container's PID 1: a process whose root is the rootfs and whose pid
-# in its own namespace is 1.
+# The container's PID 1: pid 1 in its own namespace, with the marker this
+# run put into its environment.
 for _ in $(seq 1 100); do
     for pid in $(pgrep -x systemd 2>/dev/null || true); do
         nspid=$(awk '/^NSpid:/ { print $NF }' "/proc/$pid/status" 2>/dev/null || true)
-        if [ "$nspid" = 1 ] && [ "$pid" != 1 ] && inside_ok=$(nsenter -t "$pid" -m -u hostname 2>/dev/null) &&
-            [ "$inside_ok" = "$machine" ]; then
+        if [ "$nspid" = 1 ] && [ "$pid" != 1 ] &&
+            tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "PALISADE_BOOT_TEST=$machine"; then
             pid1=$pid
             break 2
         fi
