@@ -56,9 +56,12 @@ command -v nsenter >/dev/null || fail "nsenter (util-linux) is missing"
 
 echo "== rootfs: $rootfs"
 stamp="$suite minbase $include"
+mkdir -p "$(dirname "$rootfs")"
+# Runs on one machine share the cache: one debootstrap at a time.
+exec 9>"$rootfs.lock"
+flock 9
 if [ ! -f "$rootfs/.palisade-rootfs" ] || [ "$(cat "$rootfs/.palisade-rootfs")" != "$stamp" ]; then
     echo "debootstrap --variant=minbase --include=$include $suite (first run only; cached afterwards)"
-    mkdir -p "$(dirname "$rootfs")"
     rm -rf "$rootfs.tmp"
     if ! debootstrap --variant=minbase --include="$include" "$suite" "$rootfs.tmp" >"$(dirname "$rootfs")/debootstrap.log" 2>&1; then
         tail -5 "$(dirname "$rootfs")/debootstrap.log"
@@ -71,6 +74,9 @@ if [ ! -f "$rootfs/.palisade-rootfs" ] || [ "$(cat "$rootfs/.palisade-rootfs")" 
 else
     echo "cached ($(cat "$rootfs/.palisade-rootfs"))"
 fi
+# Shared from here on (every boot overlays it read-only); a rebuild waits
+# for the boots that use the old tree.
+flock -s 9
 elapsed
 
 echo "== build the release binaries"
