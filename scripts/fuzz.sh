@@ -98,8 +98,10 @@ for t in "${targets[@]}"; do
     if [ "$rc" != 0 ]; then
         failed+=("$t")
         echo "FAIL: fuzz target $t (exit $rc); the end of its log ($log):" >&2
-        grep -E -A12 'panicked at|ERROR: libFuzzer|ERROR: AddressSanitizer' "$log" | head -40 >&2 || tail -40 "$log" >&2
-        echo "the input is in $artifacts/; reproduce with: $bin_dir/$t $artifacts/<file>" >&2
+        # The panic and its message, the sanitizer's verdict, the input.
+        grep -E -A1 'panicked at' "$log" | head -4 >&2 || true
+        grep -E 'ERROR: (libFuzzer|AddressSanitizer)|^SUMMARY|Test unit written to' "$log" >&2 || tail -30 "$log" >&2
+        echo "reproduce (with a backtrace): RUST_BACKTRACE=1 $bin_dir/$t <that file>" >&2
     fi
 done
 if [ ${#failed[@]} != 0 ]; then
