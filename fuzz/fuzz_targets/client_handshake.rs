@@ -137,7 +137,10 @@ fuzz_target!(|data: &[u8]| {
         .expect("the server thread runs");
     match Client::connect(&options) {
         Ok(client) => {
-            assert!(!with_secret, "connected with a secret to a server that proved nothing");
+            assert!(
+                !with_secret,
+                "connected with a secret to a server that proved nothing"
+            );
             let welcomes: Vec<&Welcome> = sent
                 .iter()
                 .filter_map(|r| match r {

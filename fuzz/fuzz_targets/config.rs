@@ -32,7 +32,10 @@ fuzz_target!(|data: &[u8]| {
     let source = MemSource::new().with(PATH, text);
     match Config::load(Path::new(PATH), &source) {
         Err(errors) => {
-            assert!(!errors.issues().is_empty(), "refused without naming an issue");
+            assert!(
+                !errors.issues().is_empty(),
+                "refused without naming an issue"
+            );
             for issue in errors.issues() {
                 // Known finding: a TOML key that is the empty string
                 // (`"" = 1`) is reported under an empty name, so the line
@@ -41,7 +44,10 @@ fuzz_target!(|data: &[u8]| {
                 if !palisade_fuzz::mask_known_findings() {
                     assert!(!issue.key.is_empty(), "an issue without a key: {issue:?}");
                 }
-                assert!(!issue.reason.is_empty(), "an issue without a reason: {issue:?}");
+                assert!(
+                    !issue.reason.is_empty(),
+                    "an issue without a reason: {issue:?}"
+                );
             }
             let _ = errors.to_string();
         }
@@ -56,12 +62,19 @@ fuzz_target!(|data: &[u8]| {
             let _ = config.secret_file_resolved();
             for (index, tenant) in config.tenants.iter().enumerate() {
                 let found = config.tenant(&tenant.name).map(|(i, _)| i as usize);
-                assert_eq!(found, Some(index), "tenant {:?} not found at its index", tenant.name);
+                assert_eq!(
+                    found,
+                    Some(index),
+                    "tenant {:?} not found at its index",
+                    tenant.name
+                );
             }
             let rendered = config.to_toml();
             let again = match Config::from_toml_str(&rendered, Some(Path::new("/etc/palisade"))) {
                 Ok(again) => again,
-                Err(errors) => panic!("to_toml wrote a config that does not load:\n{errors}\n---\n{rendered}"),
+                Err(errors) => {
+                    panic!("to_toml wrote a config that does not load:\n{errors}\n---\n{rendered}")
+                }
             };
             assert!(again == config, "to_toml changed the config:\n{rendered}");
             assert_eq!(again.to_toml(), rendered, "rendering is not a fixed point");

@@ -54,7 +54,11 @@ fn template() -> &'static Template {
         let file = std::fs::read(&path).expect("template fence file");
         let manifest = std::fs::read(dir.join("template/MANIFEST")).expect("template manifest");
         assert_eq!(file.len(), FILE_SIZE);
-        let file_name = path.file_name().expect("a file").to_string_lossy().into_owned();
+        let file_name = path
+            .file_name()
+            .expect("a file")
+            .to_string_lossy()
+            .into_owned();
         drop(store);
         Template {
             dir: dir.join("state"),
@@ -66,7 +70,9 @@ fn template() -> &'static Template {
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
-    bytes.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    bytes
+        .get(at..at + 8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
 }
 
 fn crc(bytes: &[u8]) -> u32 {
@@ -112,7 +118,14 @@ fn patched_file(input: &mut Input, base: &[u8]) -> (Vec<u8>, Option<usize>) {
             1 => {
                 let slot = SLOTS[usize::from(input.byte() & 1)];
                 let field = slot + 8 + 8 * usize::from(input.byte() & 1);
-                let value = input.choose(&[0, 1, TEMPLATE_FENCE - 1, TEMPLATE_FENCE + 1, u64::MAX - 1, u64::MAX]);
+                let value = input.choose(&[
+                    0,
+                    1,
+                    TEMPLATE_FENCE - 1,
+                    TEMPLATE_FENCE + 1,
+                    u64::MAX - 1,
+                    u64::MAX,
+                ]);
                 if field + 8 <= file.len() {
                     file[field..field + 8].copy_from_slice(&value.to_le_bytes());
                 }
@@ -197,7 +210,10 @@ fuzz_target!(|data: &[u8]| {
     if let Fence::Known(value) = fence {
         let slots: Vec<u64> = SLOTS.iter().filter_map(|s| u64_at(&file, s + 16)).collect();
         if file_present {
-            assert!(slots.contains(&value), "fence {value} is in neither slot {slots:?}");
+            assert!(
+                slots.contains(&value),
+                "fence {value} is in neither slot {slots:?}"
+            );
         } else {
             assert_eq!(value, 0, "no fence file, yet fence {value}");
         }
@@ -213,9 +229,16 @@ fuzz_target!(|data: &[u8]| {
     }
     if let (true, Some(at)) = (file_present, single_byte) {
         if at < BLOCK {
-            assert!(matches!(fence, Fence::Damaged(_)), "byte {at} of the header changed, yet {fence:?}");
+            assert!(
+                matches!(fence, Fence::Damaged(_)),
+                "byte {at} of the header changed, yet {fence:?}"
+            );
         } else {
-            assert_eq!(fence, Fence::Known(TEMPLATE_FENCE), "byte {at} of a slot changed");
+            assert_eq!(
+                fence,
+                Fence::Known(TEMPLATE_FENCE),
+                "byte {at} of a slot changed"
+            );
         }
     }
 
@@ -245,7 +268,11 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(store.load(EXPORT), Fence::Known(value + 1));
             drop(store);
             let store = FenceStore::open(dir).expect("reopen");
-            assert_eq!(store.load(EXPORT), Fence::Known(value + 1), "the raise did not last");
+            assert_eq!(
+                store.load(EXPORT),
+                Fence::Known(value + 1),
+                "the raise did not last"
+            );
         }
     }
 });

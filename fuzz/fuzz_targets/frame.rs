@@ -63,7 +63,11 @@ fn flat(stream: &[u8], limit: u32) -> (Vec<(FrameHeader, Vec<u8>)>, End) {
                 match needed {
                     None => assert!(rest.len() < HEADER_LEN, "header there but not parsed"),
                     Some(needed) => {
-                        assert!(needed > rest.len(), "incomplete with {needed} <= {}", rest.len());
+                        assert!(
+                            needed > rest.len(),
+                            "incomplete with {needed} <= {}",
+                            rest.len()
+                        );
                         let head = rest.first_chunk::<HEADER_LEN>().expect("a whole header");
                         let header = FrameHeader::parse(head, limit).expect("parsed before");
                         assert_eq!(needed, header.frame_len());
@@ -91,11 +95,19 @@ fn check_frame(rest: &[u8], limit: u32, header: &FrameHeader, payload: &[u8], fr
     assert_eq!(frame_len, header.frame_len());
     assert_eq!(frame_len % FRAME_ALIGN, 0);
     assert!(frame_len <= rest.len());
-    assert_eq!(payload.as_ptr() as usize % FRAME_ALIGN, 0, "payload not 8-aligned");
+    assert_eq!(
+        payload.as_ptr() as usize % FRAME_ALIGN,
+        0,
+        "payload not 8-aligned"
+    );
     assert_eq!(payload, &rest[HEADER_LEN..HEADER_LEN + payload.len()]);
     let mut written = [0u8; HEADER_LEN];
     header.write(&mut written);
-    assert_eq!(&written[..], &rest[..HEADER_LEN], "header does not re-encode to its bytes");
+    assert_eq!(
+        &written[..],
+        &rest[..HEADER_LEN],
+        "header does not re-encode to its bytes"
+    );
     assert_eq!(FrameHeader::parse(&written, limit).as_ref(), Ok(header));
 }
 
@@ -114,7 +126,11 @@ fn chunked(stream: &[u8], limit: u32, seed: u8) -> (Vec<(FrameHeader, Vec<u8>)>,
                     payload,
                     frame_len,
                 }) => {
-                    assert_eq!(payload.as_ptr() as usize % FRAME_ALIGN, 0, "payload not 8-aligned");
+                    assert_eq!(
+                        payload.as_ptr() as usize % FRAME_ALIGN,
+                        0,
+                        "payload not 8-aligned"
+                    );
                     frames.push((header, payload.to_vec()));
                     rx.consume(frame_len);
                 }
@@ -146,7 +162,11 @@ fuzz_target!(|data: &[u8]| {
 
     let (frames, end) = flat(stream, limit);
     let (frames_chunked, end_chunked) = chunked(stream, limit, seed);
-    assert_eq!(frames.len(), frames_chunked.len(), "frame count differs when chunked");
+    assert_eq!(
+        frames.len(),
+        frames_chunked.len(),
+        "frame count differs when chunked"
+    );
     assert!(frames == frames_chunked, "frames differ when chunked");
     assert_eq!(end, end_chunked, "the stream ends differently when chunked");
 });

@@ -32,8 +32,9 @@ fn canonical_request(request: &palisade_proto::Request) -> Vec<u8> {
     let mut out = FrameBuf::new();
     encode_request(&mut out, 1, 0, PAYLOAD_LEN_MAX_HARD, request)
         .expect("a decoded request re-encodes");
-    let Ok(Decoded::Frame { header, payload, .. }) =
-        palisade_proto::frame::decode_frame(&out, PAYLOAD_LEN_MAX_HARD)
+    let Ok(Decoded::Frame {
+        header, payload, ..
+    }) = palisade_proto::frame::decode_frame(&out, PAYLOAD_LEN_MAX_HARD)
     else {
         panic!("an encoded request is one whole frame");
     };
@@ -47,8 +48,9 @@ fn canonical_response(response: &palisade_proto::Response) -> Vec<u8> {
     let mut out = FrameBuf::new();
     encode_response(&mut out, 1, 0, PAYLOAD_LEN_MAX_HARD, response)
         .expect("a decoded response re-encodes");
-    let Ok(Decoded::Frame { header, payload, .. }) =
-        palisade_proto::frame::decode_frame(&out, PAYLOAD_LEN_MAX_HARD)
+    let Ok(Decoded::Frame {
+        header, payload, ..
+    }) = palisade_proto::frame::decode_frame(&out, PAYLOAD_LEN_MAX_HARD)
     else {
         panic!("an encoded response is one whole frame");
     };
@@ -61,22 +63,44 @@ fn canonical_response(response: &palisade_proto::Response) -> Vec<u8> {
 fn check(payload: &[u8]) {
     let in_place = access_request(payload).is_ok();
     let owned = decode_request(payload);
-    assert_eq!(in_place, owned.is_ok(), "access_request and decode_request disagree");
+    assert_eq!(
+        in_place,
+        owned.is_ok(),
+        "access_request and decode_request disagree"
+    );
     if let Ok(request) = owned {
         let canonical = canonical_request(&request);
-        assert!(canonical.len() <= payload.len(), "canonical request is longer than its source");
+        assert!(
+            canonical.len() <= payload.len(),
+            "canonical request is longer than its source"
+        );
         let request_again = decode_request(&aligned(&canonical)).expect("canonical decodes");
-        assert_eq!(canonical_request(&request_again), canonical, "encoding is not canonical");
+        assert_eq!(
+            canonical_request(&request_again),
+            canonical,
+            "encoding is not canonical"
+        );
     }
 
     let in_place = access_response(payload).is_ok();
     let owned = decode_response(payload);
-    assert_eq!(in_place, owned.is_ok(), "access_response and decode_response disagree");
+    assert_eq!(
+        in_place,
+        owned.is_ok(),
+        "access_response and decode_response disagree"
+    );
     if let Ok(response) = owned {
         let canonical = canonical_response(&response);
-        assert!(canonical.len() <= payload.len(), "canonical response is longer than its source");
+        assert!(
+            canonical.len() <= payload.len(),
+            "canonical response is longer than its source"
+        );
         let response_again = decode_response(&aligned(&canonical)).expect("canonical decodes");
-        assert_eq!(canonical_response(&response_again), canonical, "encoding is not canonical");
+        assert_eq!(
+            canonical_response(&response_again),
+            canonical,
+            "encoding is not canonical"
+        );
     }
 }
 

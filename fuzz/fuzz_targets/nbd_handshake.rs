@@ -27,7 +27,9 @@
 use libfuzzer_sys::fuzz_target;
 use palisade_fuzz::nbd;
 use palisade_fuzz::{Chunks, Input};
-use palisade_proxy::nbd::{wire, Event, ExportEntry, Handshake, OptionError, RepError, STRING_LEN_MAX};
+use palisade_proxy::nbd::{
+    wire, Event, ExportEntry, Handshake, OptionError, RepError, STRING_LEN_MAX,
+};
 
 const GREETING_LEN: usize = 18;
 
@@ -40,7 +42,10 @@ fn check_output(out: &[u8], ready: bool) {
     let mut rest = &out[GREETING_LEN..];
     while rest.len() >= 20 && rest[..8] == wire::OPTION_REPLY_MAGIC.to_be_bytes() {
         let len = u32::from_be_bytes(rest[16..20].try_into().expect("4 bytes")) as usize;
-        assert!(rest.len() >= 20 + len, "option reply shorter than its length field");
+        assert!(
+            rest.len() >= 20 + len,
+            "option reply shorter than its length field"
+        );
         rest = &rest[20 + len..];
     }
     if ready {
@@ -51,7 +56,11 @@ fn check_output(out: &[u8], ready: bool) {
             rest.len()
         );
     } else {
-        assert!(rest.is_empty(), "{} bytes that are not an option reply", rest.len());
+        assert!(
+            rest.is_empty(),
+            "{} bytes that are not an option reply",
+            rest.len()
+        );
     }
 }
 
@@ -59,7 +68,10 @@ fn answer(answers: &mut Input) -> Result<palisade_proxy::nbd::ExportInfo, Option
     match answers.byte() % 4 {
         0 | 1 => Ok(nbd::export_info(answers)),
         2 => Err(OptionError::new(RepError::Unknown, "no such export")),
-        _ => Err(OptionError::new(RepError::Policy, "a write token is required")),
+        _ => Err(OptionError::new(
+            RepError::Policy,
+            "a write token is required",
+        )),
     }
 }
 
@@ -86,7 +98,10 @@ fuzz_target!(|data: &[u8]| {
         handshake.handle_input(&stream[fed..fed + n]);
         fed += n;
         while let Some(event) = handshake.poll_event() {
-            assert!(!ended && ready.is_none(), "an event after the end: {event:?}");
+            assert!(
+                !ended && ready.is_none(),
+                "an event after the end: {event:?}"
+            );
             match event {
                 Event::Export { name, go } => {
                     assert!(name.len() <= STRING_LEN_MAX);
@@ -98,14 +113,23 @@ fuzz_target!(|data: &[u8]| {
                     let entries = match answers.byte() % 3 {
                         0 => Ok(vec![]),
                         1 => Ok(vec![
-                            ExportEntry { name: "disk0".into(), description: "first".into() },
-                            ExportEntry { name: "ü".repeat(2048), description: "d".repeat(5000) },
+                            ExportEntry {
+                                name: "disk0".into(),
+                                description: "first".into(),
+                            },
+                            ExportEntry {
+                                name: "ü".repeat(2048),
+                                description: "d".repeat(5000),
+                            },
                         ]),
                         _ => Err(OptionError::new(RepError::Policy, "listing is off")),
                     };
                     handshake.answer_list(entries);
                 }
-                Event::Ready { export, structured_replies } => {
+                Event::Ready {
+                    export,
+                    structured_replies,
+                } => {
                     assert!(last_export_go, "Ready without a GO or EXPORT_NAME");
                     ready = Some((export, structured_replies));
                 }

@@ -39,6 +39,13 @@ fuzz_target!(|data: &[u8]| {
     let mut whole = Transmission::new(config, "disk0".into(), info, structured);
     let seen_whole = nbd::drive(&mut whole, stream, None);
     let mut pieces = Transmission::new(config, "disk0".into(), info, structured);
-    let seen_pieces = nbd::drive(&mut pieces, stream, Some(Chunks::new(u32::from(seed) * 40503, 61)));
-    assert_eq!(seen_whole, seen_pieces, "the decoder depends on how the stream was read");
+    let seen_pieces = nbd::drive(
+        &mut pieces,
+        stream,
+        Some(Chunks::new(u32::from(seed) * 40503, 61)),
+    );
+    assert_eq!(
+        seen_whole, seen_pieces,
+        "the decoder depends on how the stream was read"
+    );
 });

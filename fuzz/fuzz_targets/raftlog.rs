@@ -93,7 +93,9 @@ fn huge_index(bytes: &[u8]) -> bool {
                 let mut rest = payload.get(4..).unwrap_or_default();
                 while rest.len() >= 4 {
                     let len = u32::from_le_bytes(rest[..4].try_into().expect("4")) as usize;
-                    let Some(entry) = rest.get(4..4 + len) else { break };
+                    let Some(entry) = rest.get(4..4 + len) else {
+                        break;
+                    };
                     if Entry::parse_from_bytes(entry).map_or(false, |e| e.index >= NEAR_MAX) {
                         return true;
                     }
@@ -108,12 +110,16 @@ fn huge_index(bytes: &[u8]) -> bool {
     while at + 9 <= bytes.len() {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4")) as usize;
         let kind = bytes[at + 8];
-        let Some(payload) = bytes.get(at + 9..at + 9 + len) else { break };
+        let Some(payload) = bytes.get(at + 9..at + 9 + len) else {
+            break;
+        };
         if kind == 5 {
             let mut rest = payload.get(8..).unwrap_or_default();
             while rest.len() >= 5 {
                 let n = u32::from_le_bytes(rest[..4].try_into().expect("4")) as usize;
-                let Some(item) = rest.get(5..5 + n) else { break };
+                let Some(item) = rest.get(5..5 + n) else {
+                    break;
+                };
                 if item_huge(rest[4], item) {
                     return true;
                 }
@@ -131,14 +137,27 @@ fn check_consistent(recovered: &Recovered) {
     let snapshot = recovered.snapshot.as_ref().map(|s| s.get_metadata());
     let first = snapshot.map_or(1, |m| m.index.wrapping_add(1));
     if let Some(entry) = recovered.entries.first() {
-        assert_eq!(entry.index, first, "entries do not start right after the snapshot");
+        assert_eq!(
+            entry.index, first,
+            "entries do not start right after the snapshot"
+        );
     }
     for pair in recovered.entries.windows(2) {
-        assert_eq!(pair[1].index, pair[0].index.wrapping_add(1), "a gap or disorder in the entries");
+        assert_eq!(
+            pair[1].index,
+            pair[0].index.wrapping_add(1),
+            "a gap or disorder in the entries"
+        );
     }
     if let Some(meta) = snapshot {
-        assert!(recovered.hard_state.commit >= meta.index, "commit behind the snapshot");
-        assert!(recovered.hard_state.term >= meta.term, "term behind the snapshot");
+        assert!(
+            recovered.hard_state.commit >= meta.index,
+            "commit behind the snapshot"
+        );
+        assert!(
+            recovered.hard_state.term >= meta.term,
+            "term behind the snapshot"
+        );
     }
 }
 
@@ -164,7 +183,12 @@ fuzz_target!(|data: &[u8]| {
         Ok(opened) => opened,
         Err(_) => {
             let after = std::fs::read(&path).expect("raft.log still readable");
-            assert!(after == bytes, "a refused log was changed ({} -> {} bytes)", bytes.len(), after.len());
+            assert!(
+                after == bytes,
+                "a refused log was changed ({} -> {} bytes)",
+                bytes.len(),
+                after.len()
+            );
             return;
         }
     };
@@ -173,14 +197,25 @@ fuzz_target!(|data: &[u8]| {
     check_consistent(&first);
     drop(log);
 
-    let (mut log, second) = RaftLog::open(dir, CLUSTER, NODE, false).expect("a recovered log opens again");
-    assert_eq!(second.torn_bytes, 0, "the repaired log still has a torn tail");
-    assert!(same_state(&first, &second), "reopening changed the recovered state");
+    let (mut log, second) =
+        RaftLog::open(dir, CLUSTER, NODE, false).expect("a recovered log opens again");
+    assert_eq!(
+        second.torn_bytes, 0,
+        "the repaired log still has a torn tail"
+    );
+    assert!(
+        same_state(&first, &second),
+        "reopening changed the recovered state"
+    );
 
     log.set_hard_state(&second.hard_state);
     log.sync().expect("sync on tmpfs");
     drop(log);
-    let (_log, third) = RaftLog::open(dir, CLUSTER, NODE, false).expect("the log opens after an append");
+    let (_log, third) =
+        RaftLog::open(dir, CLUSTER, NODE, false).expect("the log opens after an append");
     assert_eq!(third.torn_bytes, 0);
-    assert!(same_state(&second, &third), "a batch appended after recovery changed the state");
+    assert!(
+        same_state(&second, &third),
+        "a batch appended after recovery changed the state"
+    );
 });

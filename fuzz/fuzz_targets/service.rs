@@ -37,7 +37,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use palisade_dataplane::leadership::{Leadership, LeadershipView, TIME_MAX_MS};
 use palisade_dataplane::service::{
-    ControlStats, Conn, CoreStats, Outcome, Phase, RequestMeta, ServiceConfig, Shared, Tenant,
+    Conn, ControlStats, CoreStats, Outcome, Phase, RequestMeta, ServiceConfig, Shared, Tenant,
 };
 use palisade_dataplane::table::{KeyHasher, LeaseTable};
 use palisade_fuzz::Input;
@@ -315,8 +315,9 @@ impl World {
     fn send_frame(&mut self, index: usize, bytes: &[u8]) {
         let mut buf = FrameBuf::new();
         buf.extend_from_slice(bytes);
-        let Ok(Decoded::Frame { header, payload, .. }) =
-            palisade_proto::frame::decode_frame(&buf, FRAME_LIMIT)
+        let Ok(Decoded::Frame {
+            header, payload, ..
+        }) = palisade_proto::frame::decode_frame(&buf, FRAME_LIMIT)
         else {
             // A bad header or a short frame: the server answers with an
             // error and closes (or waits for more, then times out).
@@ -384,36 +385,46 @@ impl World {
         };
 
         match (&phase, request) {
-            (Phase::AwaitHello, Request::Hello { tenant, .. }) => {
-                match &response {
-                    Some(Response::Welcome(welcome)) => {
-                        let index = TENANTS
-                            .iter()
-                            .position(|t| t == tenant)
-                            .expect("Welcome only for a known tenant") as u32;
-                        assert_ne!(index, BILLING, "a tenant with a credential got in without proof");
-                        assert_eq!(phase_after, Phase::Ready { tenant: index });
-                        assert_eq!(welcome.server_signature, None);
-                    }
-                    Some(Response::Challenge {
-                        salt,
-                        iterations,
-                        server_nonce,
-                    }) => {
-                        assert_eq!(tenant, TENANTS[BILLING as usize]);
-                        assert!(matches!(phase_after, Phase::AwaitAuth { tenant: BILLING, .. }));
-                        client.challenge = Some((salt.clone(), *iterations, *server_nonce));
-                    }
-                    Some(Response::Error { .. }) => {
-                        assert!(closes, "a refused Hello closes the connection");
-                        assert_eq!(phase_after, Phase::AwaitHello);
-                    }
-                    other => panic!("unexpected answer to Hello: {other:?}"),
+            (Phase::AwaitHello, Request::Hello { tenant, .. }) => match &response {
+                Some(Response::Welcome(welcome)) => {
+                    let index = TENANTS
+                        .iter()
+                        .position(|t| t == tenant)
+                        .expect("Welcome only for a known tenant")
+                        as u32;
+                    assert_ne!(
+                        index, BILLING,
+                        "a tenant with a credential got in without proof"
+                    );
+                    assert_eq!(phase_after, Phase::Ready { tenant: index });
+                    assert_eq!(welcome.server_signature, None);
                 }
-            }
+                Some(Response::Challenge {
+                    salt,
+                    iterations,
+                    server_nonce,
+                }) => {
+                    assert_eq!(tenant, TENANTS[BILLING as usize]);
+                    assert!(matches!(
+                        phase_after,
+                        Phase::AwaitAuth {
+                            tenant: BILLING,
+                            ..
+                        }
+                    ));
+                    client.challenge = Some((salt.clone(), *iterations, *server_nonce));
+                }
+                Some(Response::Error { .. }) => {
+                    assert!(closes, "a refused Hello closes the connection");
+                    assert_eq!(phase_after, Phase::AwaitHello);
+                }
+                other => panic!("unexpected answer to Hello: {other:?}"),
+            },
             (Phase::AwaitAuth { .. }, Request::Auth { proof }) => {
-                let (salt, iterations, server_nonce) =
-                    client.challenge.clone().expect("AwaitAuth follows a Challenge");
+                let (salt, iterations, server_nonce) = client
+                    .challenge
+                    .clone()
+                    .expect("AwaitAuth follows a Challenge");
                 let message = auth_message(
                     TENANTS[BILLING as usize],
                     &client.client_nonce,
@@ -439,7 +450,10 @@ impl World {
                 }
             }
             (Phase::AwaitHello | Phase::AwaitAuth { .. }, _) => {
-                assert!(closes, "a request before the handshake must close: {outcome:?}");
+                assert!(
+                    closes,
+                    "a request before the handshake must close: {outcome:?}"
+                );
                 assert!(matches!(
                     response,
                     Some(Response::Error {
@@ -460,7 +474,10 @@ impl World {
                 assert_eq!(phase_after, phase);
             }
             (Phase::Ready { tenant }, _) => {
-                assert_eq!(phase_after, phase, "the tenant of a connection never changes");
+                assert_eq!(
+                    phase_after, phase,
+                    "the tenant of a connection never changes"
+                );
                 if let (Some(resource), Some(response)) = (lease_name(request), &response) {
                     self.check_lease(
                         *tenant, resource, request, response, now_ms, epoch, serving, granting,
@@ -498,8 +515,14 @@ impl World {
                 | Response::Watched { .. }
         );
         if succeeded {
-            assert!(serving, "a lease answer from a node that may not serve: {response:?}");
-            assert!(validate_resource(resource).is_ok(), "answered for an invalid resource name");
+            assert!(
+                serving,
+                "a lease answer from a node that may not serve: {response:?}"
+            );
+            assert!(
+                validate_resource(resource).is_ok(),
+                "answered for an invalid resource name"
+            );
         }
         if !serving {
             assert!(
@@ -521,7 +544,10 @@ impl World {
                     ..
                 },
             ) => {
-                assert!(granting, "granted outside a confirmed leadership or in the grace period");
+                assert!(
+                    granting,
+                    "granted outside a confirmed leadership or in the grace period"
+                );
                 assert_eq!(granted_ttl, ttl_ms);
                 assert!((MIN_TTL_MS..=MAX_TTL_MS).contains(ttl_ms));
                 assert!(*lock_delay_ms <= LOCK_DELAY_MAX_MS);
@@ -530,7 +556,10 @@ impl World {
                 let expires_at_ms = now_ms + u64::from(*ttl_ms);
                 let lease = match live {
                     Some(lease) if lease.holder == *holder => {
-                        assert_eq!(*token, lease.token, "a retry by the holder got another token");
+                        assert_eq!(
+                            *token, lease.token,
+                            "a retry by the holder got another token"
+                        );
                         Lease {
                             expires_at_ms: expires_at_ms.max(lease.expires_at_ms),
                             lock_delay_ms: *lock_delay_ms,
@@ -576,7 +605,9 @@ impl World {
                     assert_eq!(*token, lease.token);
                     assert_ne!(lease.holder, *holder, "the holder itself was told Busy");
                 } else {
-                    let lease = model.lease.expect("Busy without a lease: nothing blocks the key");
+                    let lease = model
+                        .lease
+                        .expect("Busy without a lease: nothing blocks the key");
                     assert!(now_ms >= lease.expires_at_ms || token_epoch(lease.token) != epoch);
                     assert!(
                         now_ms < lease.expires_at_ms + u64::from(lease.lock_delay_ms),
@@ -584,11 +615,20 @@ impl World {
                     );
                 }
             }
-            (Request::Renew { token, ttl_ms, .. }, Response::Renewed { token: renewed, ttl_ms: t }) => {
+            (
+                Request::Renew { token, ttl_ms, .. },
+                Response::Renewed {
+                    token: renewed,
+                    ttl_ms: t,
+                },
+            ) => {
                 assert_eq!(token, renewed);
                 assert_eq!(ttl_ms, t);
                 let lease = live.expect("renewed a lease that is not live");
-                assert_eq!(lease.token, *token, "renewed with a token that is not the lease's");
+                assert_eq!(
+                    lease.token, *token,
+                    "renewed with a token that is not the lease's"
+                );
                 let entry = self.keys.get_mut(&key).expect("live implies present");
                 entry.lease = Some(Lease {
                     expires_at_ms: now_ms + u64::from(*ttl_ms),
@@ -598,7 +638,10 @@ impl World {
             (Request::Release { token, .. }, Response::Released { token: released }) => {
                 assert_eq!(token, released);
                 let lease = model.lease.expect("released a lease never granted");
-                assert_eq!(lease.token, *token, "released with a token that is not the lease's");
+                assert_eq!(
+                    lease.token, *token,
+                    "released with a token that is not the lease's"
+                );
                 assert_eq!(token_epoch(*token), epoch);
                 self.keys.get_mut(&key).expect("present").lease = None;
             }
@@ -611,7 +654,10 @@ impl World {
             ) => {
                 assert_eq!(token, current);
                 let lease = live.expect("current but not live");
-                assert_eq!(lease.token, *token, "current for a token that is not the lease's");
+                assert_eq!(
+                    lease.token, *token,
+                    "current for a token that is not the lease's"
+                );
                 let remaining = (lease.expires_at_ms - now_ms).min(u64::from(u32::MAX));
                 assert_eq!(u64::from(*remaining_ms), remaining);
             }
@@ -628,7 +674,10 @@ impl World {
                 },
             ) => {
                 assert_eq!(*current_token, live.map_or(0, |lease| lease.token));
-                assert!(*last_token <= model.last_token, "names a token never granted");
+                assert!(
+                    *last_token <= model.last_token,
+                    "names a token never granted"
+                );
                 if let Request::Watch { after, .. } = request {
                     if let Response::Watched { changed, .. } = response {
                         assert_eq!(*changed, *last_token > *after);

@@ -216,7 +216,11 @@ pub mod nbd {
     }
 
     /// Checks one decoded request against the export as advertised.
-    pub fn check_request(info: &ExportInfo, request: &palisade_proxy::nbd::Request, payload: &[u8]) {
+    pub fn check_request(
+        info: &ExportInfo,
+        request: &palisade_proxy::nbd::Request,
+        payload: &[u8],
+    ) {
         assert!(
             !matches!(request.command, Command::Disc | Command::Other(_)),
             "{:?} is never a request to execute",
@@ -231,7 +235,11 @@ pub mod nbd {
             Command::WriteZeroes => allowed |= command_flags::NO_HOLE,
             _ => {}
         }
-        assert_eq!(request.flags & !allowed, 0, "unadvertised command flags accepted");
+        assert_eq!(
+            request.flags & !allowed,
+            0,
+            "unadvertised command flags accepted"
+        );
         match request.command {
             Command::Flush => assert_ne!(info.flags & tf::SEND_FLUSH, 0),
             Command::Trim => assert_ne!(info.flags & tf::SEND_TRIM, 0),
@@ -239,10 +247,18 @@ pub mod nbd {
             _ => {}
         }
         if request.command.writes() {
-            assert_eq!(info.flags & tf::READ_ONLY, 0, "a write reached a read-only export");
+            assert_eq!(
+                info.flags & tf::READ_ONLY,
+                0,
+                "a write reached a read-only export"
+            );
         }
         if request.command == Command::Write {
-            assert_eq!(payload.len(), request.length as usize, "write payload length");
+            assert_eq!(
+                payload.len(),
+                request.length as usize,
+                "write payload length"
+            );
         } else {
             assert!(payload.is_empty(), "payload for a {:?}", request.command);
         }
@@ -256,9 +272,16 @@ pub mod nbd {
         assert!(end <= info.size_bytes, "accepted a request beyond the end");
         let min = u64::from(info.block_size_min);
         assert_eq!(request.offset % min, 0, "accepted an unaligned offset");
-        assert_eq!(u64::from(request.length) % min, 0, "accepted an unaligned length");
+        assert_eq!(
+            u64::from(request.length) % min,
+            0,
+            "accepted an unaligned length"
+        );
         if matches!(request.command, Command::Read | Command::Write) {
-            assert!(request.length <= info.block_size_max, "accepted a length above the maximum");
+            assert!(
+                request.length <= info.block_size_max,
+                "accepted a length above the maximum"
+            );
         }
     }
 
@@ -282,7 +305,11 @@ pub mod nbd {
 
     /// Feeds `stream` to `transmission` in pieces, drains and checks every
     /// item, and answers each with the reply encoder. Returns what it saw.
-    pub fn drive(transmission: &mut Transmission, stream: &[u8], chunks: Option<Chunks>) -> Vec<Seen> {
+    pub fn drive(
+        transmission: &mut Transmission,
+        stream: &[u8],
+        chunks: Option<Chunks>,
+    ) -> Vec<Seen> {
         let info = *transmission.export_info();
         let config_payload_max = Config::PAYLOAD_LEN_MAX_MIN as usize;
         let replies = transmission.replies();
@@ -299,7 +326,10 @@ pub mod nbd {
             transmission.handle_input(&stream[fed..fed + n]);
             fed += n;
             while let Some(incoming) = transmission.poll_request() {
-                assert!(!stopped, "an item after a disconnect or a fatal error: {incoming:?}");
+                assert!(
+                    !stopped,
+                    "an item after a disconnect or a fatal error: {incoming:?}"
+                );
                 let payload = transmission.payload().to_vec();
                 let mut reply = Vec::new();
                 match &incoming {
@@ -318,14 +348,26 @@ pub mod nbd {
                     Incoming::Refuse(refusal) => {
                         assert!(payload.is_empty(), "a refused request carries no payload");
                         replies.refuse(&mut reply, refusal);
-                        check_reply(structured, &reply, refusal.request.cookie, refusal.error.to_wire(), 0);
+                        check_reply(
+                            structured,
+                            &reply,
+                            refusal.request.cookie,
+                            refusal.error.to_wire(),
+                            0,
+                        );
                     }
                     Incoming::Disconnect => stopped = true,
                     Incoming::Fatal { reply: last, .. } => {
                         stopped = true;
                         if let Some(refusal) = last {
                             replies.refuse(&mut reply, refusal);
-                            check_reply(structured, &reply, refusal.request.cookie, refusal.error.to_wire(), 0);
+                            check_reply(
+                                structured,
+                                &reply,
+                                refusal.request.cookie,
+                                refusal.error.to_wire(),
+                                0,
+                            );
                         }
                     }
                 }
