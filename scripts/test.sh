@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, property, integration (real `palisade serve`
 # processes on loopback), doc tests, benchmark smoke runs, the deterministic
-# simulation of the control plane, the Python client's tests, and the loom
-# models of the lease table.
+# simulation of the control plane, the Python client's tests, the loom
+# models of the lease table, the systemd units under a booted systemd, and
+# a time-boxed run of every fuzz target.
 # Needs a Rust toolchain, qemu-utils for the fencing proxy's tests and
 # promtool (Debian's prometheus package) for the metrics tests; as root on
 # Debian it installs them. Run from anywhere.
@@ -53,6 +54,11 @@ cargo test --workspace --locked
 echo "== systemd units (systemd-analyze verify, security) and scripts/install.sh"
 scripts/test-systemd.sh
 
+echo "== systemd units under a booted systemd (systemd-nspawn): install, start, SIGKILL restart, stop"
+# Root only; the first run debootstraps a minimal Debian into
+# /var/cache/palisade-test/rootfs (about a minute), later runs reuse it.
+scripts/test-systemd-boot.sh
+
 echo "== benchmarks compile and run once (criterion test mode)"
 cargo test --locked -p palisade-dataplane -p palisade-proto --benches
 
@@ -77,5 +83,11 @@ echo "== loom models of the lease table"
 # A separate target dir: --cfg loom rebuilds the table's dependencies.
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=3 \
     cargo test --locked -p palisade-dataplane --no-default-features --lib --release table::loom_tests
+
+echo "== fuzzing: every cargo-fuzz target for \$PALISADE_FUZZ_SECONDS (default 30 s) from its seed corpus"
+# fuzz/ is its own workspace, built with libFuzzer and ASan into
+# target/fuzz (about 5 minutes the first time); scripts/fuzz.sh installs
+# cargo-fuzz when missing and skips, saying why, only if it cannot.
+scripts/fuzz.sh
 
 echo "== all tests passed"
