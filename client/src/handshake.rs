@@ -73,6 +73,17 @@ impl Handshake {
                 if self.expected_signature.is_some() {
                     return Err(ClientError::Protocol("second challenge".into()));
                 }
+                // PBKDF2 runs as many rounds as the server names, on this
+                // thread: a wrong or hostile endpoint must not make us burn
+                // a core for an hour (found by the client_handshake fuzz
+                // target). No credential this project writes or accepts
+                // has more.
+                let most = palisade_tuning::TenantCredential::ITERATIONS_MAX;
+                if iterations > most {
+                    return Err(ClientError::Auth(format!(
+                        "the server asks for {iterations} PBKDF2 iterations, more than any credential has ({most}); is this the right endpoint?"
+                    )));
+                }
                 let message = auth_message(
                     &self.identity.tenant,
                     &self.client_nonce,
@@ -120,5 +131,28 @@ impl Handshake {
                 "unexpected handshake response {other:?}"
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_challenge_with_absurd_iterations_is_refused_at_once() {
+        let identity = Identity {
+            tenant: "billing".into(),
+            secret: Some(b"s3cret".to_vec()),
+            client_name: "test".into(),
+        };
+        let (mut handshake, _hello) = Handshake::start(identity);
+        let started = crate::clock::boottime_ms();
+        let outcome = handshake.on_response(Response::Challenge {
+            salt: vec![1; 16],
+            iterations: u32::MAX,
+            server_nonce: [2; palisade_proto::NONCE_LEN],
+        });
+        assert!(matches!(outcome, Err(ClientError::Auth(_))));
+        assert!(crate::clock::boottime_ms() - started < 5_000, "no PBKDF2 was run");
     }
 }

@@ -178,14 +178,23 @@ impl Recovered {
 
     /// raft's append: an entry at index i replaces everything from i on.
     fn append(&mut self, entry: Entry) -> Result<(), String> {
-        let first = self
-            .snapshot
-            .as_ref()
-            .map_or(1, |s| s.get_metadata().index + 1);
+        // Indexes near 2^64 are damage, not a log (found by the raftlog
+        // fuzz target: a snapshot at u64::MAX overflowed here).
+        let first = match self.snapshot.as_ref() {
+            None => 1,
+            Some(s) => s
+                .get_metadata()
+                .index
+                .checked_add(1)
+                .ok_or("a snapshot at the largest index")?,
+        };
         if entry.index < first {
             return Ok(()); // Already covered by the snapshot.
         }
-        let next = self.entries.last().map_or(first, |e| e.index + 1);
+        let next = match self.entries.last() {
+            None => first,
+            Some(e) => e.index.checked_add(1).ok_or("an entry at the largest index")?,
+        };
         if entry.index > next {
             return Err(format!(
                 "entry {} leaves a gap after {}",
@@ -867,6 +876,20 @@ mod tests {
             voters: voters.to_vec(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn indexes_at_the_top_of_the_range_are_damage_not_a_panic() {
+        // Found by the raftlog fuzz target: a snapshot at u64::MAX followed
+        // by an entry overflowed while replaying.
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (mut log, _) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+            log.apply_snapshot(&snapshot(u64::MAX, 2));
+            log.append(&[entry(5, 2)]);
+            log.sync().expect("sync");
+        }
+        assert!(RaftLog::open(dir.path(), "c", 1, false).is_err());
     }
 
     fn snapshot(index: u64, term: u64) -> Snapshot {

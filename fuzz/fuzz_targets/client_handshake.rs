@@ -32,13 +32,6 @@ use libfuzzer_sys::fuzz_target;
 use palisade_client::{Client, ConnectOptions};
 use palisade_proto::{decode_response, Decoded, FrameBuf, FrameKind, Response, Welcome};
 
-/// PBKDF2 work the client does for a server's `Challenge` is the server's
-/// choice (`iterations`, a u32). See fuzz/README.md, "Findings": above
-/// this many iterations the client computes for longer than any timeout
-/// (u32::MAX: hours), so such inputs are skipped here until the client
-/// bounds it; the reproducer is fuzz/artifacts/client_handshake/.
-const KNOWN_ISSUE_ITERATIONS_MAX: u32 = 1 << 16;
-
 /// The client's response limit (client/src/blocking.rs, not exported).
 const RESPONSE_PAYLOAD_MAX: u32 = 1 << 16;
 
@@ -113,14 +106,6 @@ fuzz_target!(|data: &[u8]| {
     };
     let with_secret = choice & 1 == 1;
     let sent = responses(script);
-    if with_secret
-        && palisade_fuzz::mask_known_findings()
-        && sent.iter().any(|r| {
-            matches!(r, Response::Challenge { iterations, .. } if *iterations > KNOWN_ISSUE_ITERATIONS_MAX)
-        })
-    {
-        return;
-    }
     let server = server();
     let mut options = ConnectOptions::new(server.addr.to_string(), "default")
         .with_attempt_timeout(Duration::from_millis(500));

@@ -252,10 +252,15 @@ fuzz_target!(|data: &[u8]| {
         }
         Fence::Known(value) => {
             let seq_max = SLOTS.iter().any(|s| u64_at(&file, s + 8) == Some(u64::MAX));
-            if seq_max && palisade_fuzz::mask_known_findings() {
-                // Known finding: a raise panics when the winning slot's
-                // sequence is u64::MAX (proxy/src/fence.rs write_slots,
-                // "sequence below 2^64"); artifacts/fence/slot-sequence-u64-max.
+            if seq_max {
+                // Once a finding (artifacts/fence/slot-sequence-u64-max): a
+                // raise panicked when the winning slot's sequence was
+                // u64::MAX. It must be damage, never a crash.
+                let raised = store.raise(EXPORT, value.saturating_add(1));
+                assert!(
+                    raised.is_ok() || matches!(raised, Err(FenceError::Damaged { .. })),
+                    "a used-up sequence: {raised:?}"
+                );
                 return;
             }
             if value > 0 {

@@ -182,16 +182,10 @@ pub mod nbd {
         let block_size_min: u32 = input.choose(&[1, 1, 512, 4096, 65536]);
         let preferred_base = block_size_min.max(512);
         let block_size_preferred = preferred_base << (input.byte() % 4);
-        // At least the preferred size, as every caller in the proxy has it
-        // (`ExportInfo::new`): a smaller maximum passes `advertised`'s
-        // checks but trips its own postcondition (fuzz/README.md,
-        // "Findings", artifacts/nbd_transmission/block-size-max-below-512).
-        // Unmasked, any maximum the checks admit: a multiple of the minimum.
-        let base = if super::mask_known_findings() {
-            block_size_preferred
-        } else {
-            block_size_min
-        };
+        // At least the preferred size: `ExportInfo`'s contract (a smaller
+        // maximum was once admitted and then advertised a preferred size
+        // under 512; artifacts/nbd_transmission/block-size-max-below-512).
+        let base = block_size_preferred;
         let block_size_max = match input.byte() % 3 {
             0 => u32::MAX,
             1 => base * (1 + u32::from(input.byte() % 16)),

@@ -218,6 +218,12 @@ pub enum Damage {
         /// The I/O error.
         error: String,
     },
+    /// The winning slot's sequence is at its maximum (2^64 − 1): no raise
+    /// can be ordered after it. Only a damaged or forged file holds that.
+    SequenceExhausted {
+        /// The fence file.
+        path: PathBuf,
+    },
     /// An earlier write or fsync of this export's state failed in this
     /// process, so what the disk holds is uncertain.
     WriteFailed {
@@ -276,6 +282,12 @@ impl std::fmt::Display for Damage {
                 f,
                 "an earlier write or fsync of {} failed ({error}), so its contents are \
                  uncertain; restart the proxy or run repair",
+                path.display()
+            ),
+            Damage::SequenceExhausted { path } => write!(
+                f,
+                "fence file {} has used up its write sequence (a damaged or forged file); \
+                 run repair",
                 path.display()
             ),
         }
@@ -695,7 +707,14 @@ impl FenceStore {
     ) -> Result<(), FenceError> {
         let (_, current) = slots.winner();
         assert!(fence > current.fence, "a raise only raises");
-        let seq = current.seq.checked_add(1).expect("sequence below 2^64");
+        let Some(seq) = current.seq.checked_add(1) else {
+            return Err(FenceError::Damaged {
+                export: export.to_owned(),
+                damage: Damage::SequenceExhausted {
+                    path: path.to_path_buf(),
+                },
+            });
+        };
         let block = encode_slot(name_crc(export), seq, fence);
         let file = OpenOptions::new()
             .read(true)
@@ -1322,6 +1341,27 @@ mod tests {
             vec![("disk0".to_owned(), Fence::Known(u64::MAX))]
         );
         assert_eq!(before.len(), FILE_SIZE);
+    }
+
+    #[test]
+    fn a_used_up_sequence_is_damage_not_a_crash() {
+        // Found by the `fence` fuzz target: a file whose slots carry the
+        // largest sequence (valid checksums) made the next raise panic.
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        assert_eq!(store.raise("disk0", 5).unwrap(), 5);
+        fs::write(store.path_of("disk0"), encode_file("disk0", u64::MAX, 9)).unwrap();
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(store.load("disk0"), Fence::Known(9), "the value still reads");
+        match store.raise("disk0", 10) {
+            Err(FenceError::Damaged {
+                damage: Damage::SequenceExhausted { .. },
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(store.load("disk0"), Fence::Known(9), "nothing was written");
     }
 
     #[test]

@@ -324,9 +324,9 @@ pub struct ExportInfo {
     /// Preferred block size: a power of two, at least
     /// `max(block_size_min, 512)`.
     pub block_size_preferred: u32,
-    /// Maximum block size: a multiple of `block_size_min`, or `u32::MAX` for
-    /// "no limit of my own". Advertised capped to
-    /// [`Config::payload_len_max`].
+    /// Maximum block size: a multiple of `block_size_min` and at least
+    /// `block_size_preferred`, or `u32::MAX` for "no limit of my own".
+    /// Advertised capped to [`Config::payload_len_max`].
     pub block_size_max: u32,
 }
 
@@ -358,6 +358,12 @@ impl ExportInfo {
         assert!(self.block_size_preferred.is_power_of_two());
         assert!(self.block_size_preferred >= self.block_size_min.max(512));
         assert!(self.block_size_max >= self.block_size_min);
+        // Below the preferred size the preferred one would be cut under 512
+        // (found by the nbd_transmission fuzz target).
+        assert!(
+            self.block_size_max >= self.block_size_preferred,
+            "block_size_max must be at least block_size_preferred"
+        );
         assert!(
             self.block_size_max == u32::MAX || self.block_size_max % self.block_size_min == 0,
             "block_size_max must be a multiple of block_size_min"

@@ -509,10 +509,21 @@ struct Section<'a> {
 }
 
 impl<'a> Section<'a> {
-    /// The dotted key of `name` in this section.
+    /// The dotted key of `name` in this section. A key that is empty, or
+    /// is not a bare TOML key, is shown quoted, as the file must spell it
+    /// (an empty key would otherwise name nothing).
     fn key(&self, name: &str) -> String {
-        if self.path.is_empty() {
+        let bare = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let name = if bare {
             name.to_owned()
+        } else {
+            format!("{name:?}")
+        };
+        if self.path.is_empty() {
+            name
         } else {
             format!("{}.{name}", self.path)
         }

@@ -51,6 +51,15 @@ fn rejects(section: &str, key: &str, value: &str) -> String {
 }
 
 #[test]
+fn an_empty_or_odd_key_is_named_as_the_file_spells_it() {
+    // Found by the `config` fuzz target: `""=""` was reported under an
+    // empty name.
+    let errors = parse_err("\"\" = \"\"\n[leases]\n\"max ttl\" = \"1s\"\n");
+    assert!(errors.get("\"\"").is_some(), "{errors}");
+    assert!(errors.get("leases.\"max ttl\"").is_some(), "{errors}");
+}
+
+#[test]
 fn builtin_default_validates_and_round_trips() {
     let config = Config::builtin_default();
     assert_eq!(config.validate(), Ok(()));
