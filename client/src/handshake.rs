@@ -153,6 +153,9 @@ mod tests {
             server_nonce: [2; palisade_proto::NONCE_LEN],
         });
         assert!(matches!(outcome, Err(ClientError::Auth(_))));
-        assert!(crate::clock::boottime_ms() - started < 5_000, "no PBKDF2 was run");
+        assert!(
+            crate::clock::boottime_ms() - started < 5_000,
+            "no PBKDF2 was run"
+        );
     }
 }

@@ -193,7 +193,10 @@ impl Recovered {
         }
         let next = match self.entries.last() {
             None => first,
-            Some(e) => e.index.checked_add(1).ok_or("an entry at the largest index")?,
+            Some(e) => e
+                .index
+                .checked_add(1)
+                .ok_or("an entry at the largest index")?,
         };
         if entry.index > next {
             return Err(format!(

@@ -1353,7 +1353,11 @@ mod tests {
         fs::write(store.path_of("disk0"), encode_file("disk0", u64::MAX, 9)).unwrap();
         drop(store);
         let store = open(dir.path());
-        assert_eq!(store.load("disk0"), Fence::Known(9), "the value still reads");
+        assert_eq!(
+            store.load("disk0"),
+            Fence::Known(9),
+            "the value still reads"
+        );
         match store.raise("disk0", 10) {
             Err(FenceError::Damaged {
                 damage: Damage::SequenceExhausted { .. },
