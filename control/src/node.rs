@@ -551,11 +551,17 @@ impl Node {
         }
         let now = monotonic_ms();
         let transport = self.transport.as_ref();
-        let sent = self.core.poll_ready(&mut self.log, now, &mut |messages| {
-            if let Some(transport) = transport {
-                transport.send(messages);
-            }
-        });
+        let senders = &self.notices;
+        let sent = self.core.poll_ready_with(
+            &mut self.log,
+            now,
+            &mut |messages| {
+                if let Some(transport) = transport {
+                    transport.send(messages);
+                }
+            },
+            Some(&mut |notices| deliver(senders, notices)),
+        );
         let messages = match sent {
             Ok(messages) => messages,
             Err(e) => {
@@ -631,26 +637,7 @@ impl Node {
 
     /// Hands each core what became of its proposals.
     fn deliver_notices(&mut self) {
-        let notices = self.core.take_notices();
-        if notices.is_empty() {
-            return;
-        }
-        let mut per_core: Vec<Vec<Notice>> = vec![Vec::new(); self.notices.len()];
-        for notice in notices {
-            // Tag 0: the control plane's own proposals (the prune pass).
-            if notice.tag == 0 {
-                continue;
-            }
-            if let Some(batch) = per_core.get_mut(tag_core(notice.tag)) {
-                batch.push(notice);
-            }
-        }
-        for (sender, batch) in self.notices.iter().zip(per_core) {
-            if !batch.is_empty() {
-                // A closed channel: the core stopped; nobody waits.
-                let _ = sender.send(batch);
-            }
-        }
+        deliver(&self.notices, self.core.take_notices());
     }
 
     /// Part of the leader's walk over the replicated leases: logs the end
@@ -818,6 +805,29 @@ impl Node {
         }
         drop(self.qos.take());
         info!("node stopped");
+    }
+}
+
+/// Hands each notice to the core named in its tag.
+fn deliver(senders: &[flume::Sender<Vec<Notice>>], notices: Vec<Notice>) {
+    if notices.is_empty() {
+        return;
+    }
+    let mut per_core: Vec<Vec<Notice>> = vec![Vec::new(); senders.len()];
+    for notice in notices {
+        // Tag 0: the control plane's own proposals (the prune pass).
+        if notice.tag == 0 {
+            continue;
+        }
+        if let Some(batch) = per_core.get_mut(tag_core(notice.tag)) {
+            batch.push(notice);
+        }
+    }
+    for (sender, batch) in senders.iter().zip(per_core) {
+        if !batch.is_empty() {
+            // A closed channel: the core stopped; nobody waits.
+            let _ = sender.send(batch);
+        }
     }
 }
 
