@@ -420,15 +420,8 @@ impl Shared {
         now_ms: u64,
         nonce: &mut dyn FnMut() -> [u8; NONCE_LEN],
     ) -> Outcome {
-        if let Some(retry_after_ms) = conn
-            .peer
-            .and_then(|peer| self.quotas.auth_refused(peer, now_ms))
-        {
-            return Outcome::ReplyAndClose(error(
-                ErrorCode::SlowDown,
-                retry_after_ms,
-                "too many failed credential proofs from this address lately; retry after retry_after_ms",
-            ));
+        if let Some(refusal) = self.slow_down(conn, now_ms) {
+            return refusal;
         }
         if let Err(why) = validate_tenant(tenant) {
             return Outcome::ReplyAndClose(error(ErrorCode::InvalidArgument, 0, why));
@@ -474,7 +467,24 @@ impl Shared {
         }
     }
 
+    /// Refuses a handshake step from a source whose failed proofs are over
+    /// the limit. Checked at `Hello` (before a challenge is issued) and
+    /// again at `Auth` (before the proof is verified): connections that
+    /// all got their challenge while the source was still under the limit
+    /// get one verification between them, not one each.
+    fn slow_down(&self, conn: &Conn, now_ms: u64) -> Option<Outcome> {
+        let retry_after_ms = self.quotas.auth_refused(conn.peer?, now_ms)?;
+        Some(Outcome::ReplyAndClose(error(
+            ErrorCode::SlowDown,
+            retry_after_ms,
+            "too many failed credential proofs from this address lately; retry after retry_after_ms",
+        )))
+    }
+
     fn auth(&self, conn: &mut Conn, proof: &[u8; 32], now_ms: u64) -> Outcome {
+        if let Some(refusal) = self.slow_down(conn, now_ms) {
+            return refusal;
+        }
         let Phase::AwaitAuth {
             tenant,
             auth_message,
