@@ -194,6 +194,22 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index]
 }
 
+/// The value of `palisade_connections_closed_total{reason=...}` on the
+/// node's admin endpoint (0 for a build without it).
+fn closed_total(server: &Server, reason: &str) -> u64 {
+    let addr = server.ready["admin"].as_str().expect("admin address");
+    let mut stream = TcpStream::connect(addr).expect("connect to admin");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: palisade\r\n\r\n")
+        .expect("send");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read");
+    let series = format!("palisade_connections_closed_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .map_or(0, |value| value.trim().parse().expect("a count"))
+}
+
 fn status_connections(endpoint: &str) -> u32 {
     let mut client = Client::connect(&ConnectOptions::new(endpoint, "default")).expect("connect");
     client.status().expect("status").connections
@@ -283,6 +299,12 @@ fn a_flood_of_silent_connections_does_not_lock_out_clients() {
     }
     stop.store(true, Ordering::SeqCst);
     attacker.join().expect("attacker");
+    let evicted = closed_total(&server, "evicted");
+    let timed_out = closed_total(&server, "handshake_timeout");
+    let refused = closed_total(&server, "connections_max");
+    eprintln!(
+        "node's count of closed connections: {evicted} evicted, {timed_out} handshake timeouts, {refused} refused at connections_max"
+    );
     handshakes.sort();
     acquires.sort();
     eprintln!(
@@ -314,6 +336,7 @@ fn an_idle_connection_is_closed_and_the_client_reconnects() {
     );
     assert!(closed, "an idle connection is closed");
     assert_eq!(codes, [ErrorCode::Timeout]);
+    assert_eq!(closed_total(&server, "idle"), 1);
 
     // A connection that renews a lease every 300 ms is never idle.
     let mut holder = Raw::handshake(&server.endpoint);
@@ -485,6 +508,7 @@ fn a_client_that_stops_reading_is_dropped() {
         dropped_after.is_some(),
         "the stuck connection is still open"
     );
+    assert_eq!(closed_total(&server, "write_stall"), 1);
     drop(stuck);
 }
 

@@ -13,8 +13,8 @@ use palisade_proto::{
 };
 
 use crate::leadership::{Leadership, NotGranting};
+use crate::metrics::{Closed, Denial, Fenced};
 pub use crate::metrics::{ControlStats, CoreStats};
-use crate::metrics::{Denial, Fenced};
 use crate::quota::Quotas;
 use crate::replica::{Command, LeaseName};
 use crate::table::{AcquireMode, Acquired, Grant, LeaseKey, LeaseTable, TableError, TokenOutcome};
@@ -258,6 +258,7 @@ impl Shared {
     /// quota of connections.
     fn admit(&self, conn: &mut Conn, tenant: u32, welcome: Response) -> Outcome {
         if !self.quotas.take_connection(tenant) {
+            self.count(conn, |s| s.close(Closed::TenantConnectionQuota));
             return Outcome::ReplyAndClose(error(
                 ErrorCode::TenantConnectionQuota,
                 1_000,
@@ -474,6 +475,7 @@ impl Shared {
     /// get one verification between them, not one each.
     fn slow_down(&self, conn: &Conn, now_ms: u64) -> Option<Outcome> {
         let retry_after_ms = self.quotas.auth_refused(conn.peer?, now_ms)?;
+        self.count(conn, |s| s.close(Closed::SlowDown));
         Some(Outcome::ReplyAndClose(error(
             ErrorCode::SlowDown,
             retry_after_ms,

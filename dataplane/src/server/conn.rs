@@ -19,6 +19,7 @@ use tracing::{debug, warn};
 
 use super::CoreCtx;
 use crate::clock::{monotonic_ms, monotonic_ns};
+use crate::metrics::{Closed, CoreStats};
 use crate::service::{Conn, Outcome, Phase, RequestMeta};
 use crate::waiters::WaitEvent;
 
@@ -107,6 +108,7 @@ pub(super) async fn accept_loop(ctx: Rc<CoreCtx>, listener: TcpListener) {
 }
 
 async fn refuse(ctx: &CoreCtx, mut stream: TcpStream) {
+    ctx.shared.stats[ctx.index].close(Closed::ConnectionsMax);
     let mut out = FrameBuf::new();
     let response = Response::Error {
         code: ErrorCode::TooManyConnections,
@@ -114,17 +116,25 @@ async fn refuse(ctx: &CoreCtx, mut stream: TcpStream) {
         message: "the node is at limits.connections_max; retry later".into(),
     };
     if encode_response(&mut out, 0, 0, ctx.opts.frame_payload_max, &response).is_ok() {
-        let _ = write_bounded(&mut stream, &out, ctx.opts.write_stall_timeout).await;
+        let stats = &ctx.shared.stats[ctx.index];
+        let _ = write_bounded(&mut stream, &out, ctx.opts.write_stall_timeout, stats).await;
     }
     let _ = stream.close().await;
 }
 
-/// Writes `bytes`, or fails with `TimedOut` if that takes longer than
-/// `stall` (the client stopped reading and both socket buffers are full).
-async fn write_bounded(stream: &mut TcpStream, bytes: &[u8], stall: Duration) -> io::Result<()> {
+/// Writes `bytes`, or fails with `TimedOut` (and counts a write stall in
+/// `stats`) if that takes longer than `stall`: the client stopped reading
+/// and both socket buffers are full.
+async fn write_bounded(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    stall: Duration,
+    stats: &CoreStats,
+) -> io::Result<()> {
     let write = async { stream.write_all(bytes).await };
     let stalled = async {
         glommio::timer::sleep(stall).await;
+        stats.close(Closed::WriteStall);
         Err(io::Error::new(
             io::ErrorKind::TimedOut,
             "replies could not be written within limits.write_stall_timeout; closing",
@@ -151,6 +161,14 @@ enum Deadline {
 }
 
 impl Deadline {
+    fn closed(self) -> Closed {
+        match self {
+            Deadline::Handshake => Closed::HandshakeTimeout,
+            Deadline::Frame => Closed::FrameTimeout,
+            Deadline::Idle => Closed::Idle,
+        }
+    }
+
     fn message(self) -> &'static str {
         match self {
             Deadline::Handshake => {
@@ -374,7 +392,7 @@ async fn run(
                 if rx.buffered() > 0 {
                     let response = frame_error_response(&FrameError::Truncated);
                     respond(ctx, &mut out, 0, 0, &response);
-                    let _ = write_bounded(stream, &out, stall).await;
+                    let _ = write_bounded(stream, &out, stall, stats).await;
                 }
                 return Ok(());
             }
@@ -490,7 +508,7 @@ async fn run(
                     ctx.route_wait(request).await;
                 }
                 if !out.is_empty() {
-                    write_bounded(stream, &out, stall).await?;
+                    write_bounded(stream, &out, stall, stats).await?;
                     out.clear();
                 }
                 stats
@@ -510,7 +528,7 @@ async fn run(
                 };
                 let (request_id, group, response) = event_response(event);
                 respond(ctx, &mut out, request_id, group, &response);
-                if let Err(e) = write_bounded(stream, &out, stall).await {
+                if let Err(e) = write_bounded(stream, &out, stall, stats).await {
                     // The grant never reached its holder: release it rather
                     // than leave it held by nobody until it expires.
                     if let Some(grant) = grant {
@@ -531,26 +549,28 @@ async fn run(
                     continue;
                 }
                 debug!(core = ctx.index, conn = conn.id, deadline = ?which, "connection timed out");
+                stats.close(which.closed());
                 let response = Response::Error {
                     code: ErrorCode::Timeout,
                     retry_after_ms: 0,
                     message: which.message().into(),
                 };
                 respond(ctx, &mut out, 0, 0, &response);
-                let _ = write_bounded(stream, &out, stall).await;
+                let _ = write_bounded(stream, &out, stall, stats).await;
                 return Ok(());
             }
             Event::Evicted => {
                 if matches!(conn.phase, Phase::Ready { .. }) {
                     continue;
                 }
+                stats.close(Closed::Evicted);
                 let response = Response::Error {
                     code: ErrorCode::TooManyConnections,
                     retry_after_ms: 0,
                     message: "closed to make room: limits.unauthenticated_max connections were in their handshake and this was the oldest; reconnect and complete the handshake promptly".into(),
                 };
                 respond(ctx, &mut out, 0, 0, &response);
-                let _ = write_bounded(stream, &out, stall).await;
+                let _ = write_bounded(stream, &out, stall, stats).await;
                 return Ok(());
             }
         }
