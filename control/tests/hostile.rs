@@ -370,6 +370,57 @@ fn an_idle_connection_is_closed_and_the_client_reconnects() {
         }
     }
 
+    // A long wait is not idleness, and the idle clock restarts when its
+    // answer goes out: the client has time to ask again.
+    let mut waiter = Raw::handshake(&server.endpoint);
+    waiter.send(
+        20,
+        &Request::Acquire {
+            resource: "held".into(),
+            holder: 8,
+            ttl_ms: 900,
+            lock_delay_ms: 0,
+            wait_ms: 1_500,
+        },
+    );
+    holder.send(
+        21,
+        &Request::Renew {
+            resource: "held".into(),
+            token,
+            ttl_ms: 900,
+        },
+    );
+    let renew_every = std::thread::spawn(move || {
+        // Keep the lease held through the wait.
+        for id in 22..30 {
+            match holder.hear(Duration::from_secs(5)) {
+                Heard::Frame(_, Response::Renewed { .. }) => {}
+                other => panic!("renewal: {other:?}"),
+            }
+            sleep_ms(250);
+            holder.send(
+                id,
+                &Request::Renew {
+                    resource: "held".into(),
+                    token,
+                    ttl_ms: 900,
+                },
+            );
+        }
+    });
+    match waiter.hear(Duration::from_secs(5)) {
+        Heard::Frame(20, Response::Busy { .. }) => {}
+        other => panic!("the wait ends Busy at its deadline: {other:?}"),
+    }
+    sleep_ms(500);
+    waiter.send(31, &Request::Status);
+    match waiter.hear(Duration::from_secs(5)) {
+        Heard::Frame(31, Response::Status(_)) => {}
+        other => panic!("the connection is still open after its wait: {other:?}"),
+    }
+    renew_every.join().expect("holder");
+
     // The client library: a call after the server closed the connection
     // for idleness reconnects and succeeds.
     let mut client =

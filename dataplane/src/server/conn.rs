@@ -343,6 +343,7 @@ async fn run(
     let stall = ctx.opts.write_stall_timeout;
     let handshake_deadline_ms = monotonic_ms().saturating_add(millis(ctx.opts.handshake_timeout));
     let mut partial_since_ms: Option<u64> = None;
+    // Last byte from the client or answer to it: the idle clock.
     let mut heard_ms = monotonic_ms();
     let mut authenticated = false;
     loop {
@@ -521,6 +522,10 @@ async fn run(
             Event::Read(Err(e)) => return Err(e),
             Event::Deliver(Some(event)) => {
                 conn.pending = conn.pending.saturating_sub(1);
+                // The idle clock restarts when the last pending answer goes
+                // out: a watch answered after a minute must leave its
+                // client time to watch again.
+                heard_ms = monotonic_ms();
                 ctx.shared.answered(conn, &event.origin());
                 let grant = match &event {
                     WaitEvent::Granted { .. } => Some(event.clone()),
