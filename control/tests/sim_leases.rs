@@ -348,6 +348,10 @@ impl Sim {
                 },
                 stats: vec![CoreStats::default()],
                 control: ControlStats::default(),
+                quotas: palisade_dataplane::quota::Quotas::new(
+                    1,
+                    palisade_dataplane::quota::QuotaConfig::UNLIMITED,
+                ),
             },
             conns: BTreeMap::new(),
             pending: BTreeMap::new(),
