@@ -39,7 +39,7 @@ use palisade_dataplane::leadership::{Leadership, LeadershipView, TIME_MAX_MS};
 use palisade_dataplane::service::{
     Conn, ControlStats, CoreStats, Outcome, Phase, RequestMeta, ServiceConfig, Shared, Tenant,
 };
-use palisade_dataplane::table::{KeyHasher, LeaseTable};
+use palisade_dataplane::table::{KeyHasher, LeaseTable, EXPIRY_MARGIN_MS};
 use palisade_fuzz::Input;
 use palisade_proto::auth::{auth_message, client_proof, derive_stored, StoredCredential};
 use palisade_proto::{
@@ -572,7 +572,8 @@ impl World {
                 assert!(*lock_delay_ms <= LOCK_DELAY_MAX_MS);
                 assert_ne!(*holder, 0);
                 assert_eq!(token_epoch(*token), epoch, "a token of another epoch");
-                let expires_at_ms = now_ms + u64::from(*ttl_ms);
+                // Counted from the end of the arrival millisecond.
+                let expires_at_ms = now_ms + u64::from(*ttl_ms) + EXPIRY_MARGIN_MS;
                 let lease = match live {
                     Some(lease) if lease.holder == *holder => {
                         assert_eq!(
@@ -653,7 +654,8 @@ impl World {
                 let entry = self.keys.get_mut(&key).expect("live implies present");
                 entry.lease = Some(Lease {
                     // The server's expiry never moves back.
-                    expires_at_ms: (now_ms + u64::from(*t)).max(lease.expires_at_ms),
+                    expires_at_ms: (now_ms + u64::from(*t) + EXPIRY_MARGIN_MS)
+                        .max(lease.expires_at_ms),
                     ..lease
                 });
             }
