@@ -76,7 +76,6 @@ fn build(input: &mut Input) -> Vec<u8> {
     out
 }
 
-
 fn check_consistent(recovered: &Recovered) {
     let snapshot = recovered.snapshot.as_ref().map(|s| s.get_metadata());
     let first = snapshot.map_or(1, |m| m.index.wrapping_add(1));

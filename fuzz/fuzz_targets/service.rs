@@ -650,7 +650,11 @@ impl World {
                     lease.token, *token,
                     "renewed with a token that is not the lease's"
                 );
-                assert_eq!(*t, (*ttl_ms).min(lease.ttl_ms), "a renewal promises at most the lease's ttl");
+                assert_eq!(
+                    *t,
+                    (*ttl_ms).min(lease.ttl_ms),
+                    "a renewal promises at most the lease's ttl"
+                );
                 let entry = self.keys.get_mut(&key).expect("live implies present");
                 entry.lease = Some(Lease {
                     // The server's expiry never moves back.
