@@ -13,6 +13,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod duplex;
 pub mod fence;
 pub mod gate;
 pub mod lease;
