@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What the fencing proxy costs: 4 KiB random writes through the proxy vs
-# directly against the same backend, all targets in one run, alternating.
+# directly against the same backend, all targets in one run, alternating,
+# at 1, 4 and 16 requests in flight per connection.
 #
 # Targets (the same 256 MiB image file, one target at a time):
 #   direct          qemu-nbd serving the file
@@ -9,19 +10,31 @@
 #                   (one more loopback hop than `direct`)
 # The writers hold live leases: every write goes through the fence check.
 #
+# The load is proxy/examples/nbd_pipeline_bench.rs: per connection a closed
+# loop keeping DEPTH writes in flight, replies matched by cookie; per round
+# and target writes/s and p50/p99/p99.9, then min and median over rounds
+# and ratios to `direct` in the same round.
+#
 # Needs qemu-utils (qemu-nbd). Usage:
-#   bench/scripts/proxy-overhead.sh [connections, default 4] [seconds per target per round, default 3s] [rounds, default 3]
+#   bench/scripts/proxy-overhead.sh [connections, default 4] [seconds per target per round, default 3]
+#       [rounds, default 5] [depths, default "1 4 16"]
+# PROXY_BIN=path runs another build of the proxy (a before/after comparison).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 connections=${1:-4}
-duration=${2:-3s}
-rounds=${3:-3}
+seconds=${2:-3}
+seconds=${seconds%s}
+rounds=${3:-5}
+depths=${4:-1 4 16}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
 command -v qemu-nbd >/dev/null || { echo "qemu-nbd missing: apt-get install qemu-utils" >&2; exit 1; }
-cargo build --release --locked -p palisade-control -p palisade-proxy -p palisade-bench
+cargo build --release --locked -p palisade-control -p palisade-proxy
+cargo build --release --locked -p palisade-proxy --example nbd_pipeline_bench
 bin=target/release
+load=$bin/examples/nbd_pipeline_bench
+proxy_bin=${PROXY_BIN:-$bin/palisade-fencing-proxy}
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 
 echo "== machine: $(nproc) CPUs, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
@@ -53,7 +66,7 @@ TOML
 for _ in $(seq 100); do
     "$bin/palisade" status --endpoint "127.0.0.1:$lease_port" >/dev/null 2>&1 && break; sleep 0.1
 done
-RUST_LOG=warn "$bin/palisade-fencing-proxy" --config "$work/proxy.toml" >"$work/proxy.log" 2>&1 &
+RUST_LOG=warn "$proxy_bin" --config "$work/proxy.toml" >"$work/proxy.log" 2>&1 &
 for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$proxy_port") 2>/dev/null && break; sleep 0.1
 done
@@ -63,9 +76,13 @@ token() {
 }
 t_file=$(token bench-file); t_up=$(token bench-upstream)
 
-"$bin/palisade-bench" nbd --connections "$connections" --duration "$duration" --rounds "$rounds" \
-    --target "direct=127.0.0.1:$nbd_port/up" \
-    --target "proxy-file=127.0.0.1:$proxy_port/file@$t_file" \
-    --target "proxy-upstream=127.0.0.1:$proxy_port/upstream@$t_up"
+echo "== proxy: $proxy_bin"
+for depth in $depths; do
+    echo
+    "$load" --connections "$connections" --depth "$depth" --seconds "$seconds" --rounds "$rounds" \
+        "direct=127.0.0.1:$nbd_port/up" \
+        "proxy-file=127.0.0.1:$proxy_port/file@$t_file" \
+        "proxy-upstream=127.0.0.1:$proxy_port/upstream@$t_up"
+done
 echo "== proxy warnings and errors (none expected)"
 grep -E "WARN|ERROR" "$work/proxy.log" | head -5 || true
