@@ -12,11 +12,12 @@
 //! completed, or the upstream server answered.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -25,6 +26,7 @@ use glommio::net::TcpStream;
 use glommio::Task;
 
 use crate::duplex::{SharedStream, Signal};
+use crate::pool::{BufPool, LARGE};
 
 /// Largest zero-fill buffer written at once for WRITE_ZEROES.
 const ZERO_CHUNK: usize = 1 << 20;
@@ -61,7 +63,7 @@ impl Backend {
     pub async fn read(&self, offset: u64, len: u32) -> io::Result<Vec<u8>> {
         match self {
             Backend::File(f) => f.read(offset, len).await,
-            Backend::Nbd(n) => n.call(NBD_CMD_READ, 0, offset, len, &[]).await,
+            Backend::Nbd(n) => n.call(NBD_CMD_READ, 0, offset, len, Vec::new()).await,
         }
     }
 
@@ -72,7 +74,7 @@ impl Backend {
             Backend::Nbd(n) => {
                 let len =
                     u32::try_from(data.len()).map_err(|_| upstream_err("request too large"))?;
-                n.call(NBD_CMD_WRITE, fua_flag(fua), offset, len, &data)
+                n.call(NBD_CMD_WRITE, fua_flag(fua), offset, len, data)
                     .await
                     .map(drop)
             }
@@ -83,7 +85,7 @@ impl Backend {
     pub async fn flush(&self) -> io::Result<()> {
         match self {
             Backend::File(f) => f.flush().await,
-            Backend::Nbd(n) => n.call(NBD_CMD_FLUSH, 0, 0, 0, &[]).await.map(drop),
+            Backend::Nbd(n) => n.call(NBD_CMD_FLUSH, 0, 0, 0, Vec::new()).await.map(drop),
         }
     }
 
@@ -92,7 +94,7 @@ impl Backend {
         match self {
             Backend::File(f) => f.zero(offset, len, true, fua).await,
             Backend::Nbd(n) => n
-                .call(NBD_CMD_TRIM, fua_flag(fua), offset, len, &[])
+                .call(NBD_CMD_TRIM, fua_flag(fua), offset, len, Vec::new())
                 .await
                 .map(drop),
         }
@@ -113,7 +115,7 @@ impl Backend {
                 if no_hole {
                     flags |= NBD_CMD_FLAG_NO_HOLE;
                 }
-                n.call(NBD_CMD_WRITE_ZEROES, flags, offset, len, &[])
+                n.call(NBD_CMD_WRITE_ZEROES, flags, offset, len, Vec::new())
                     .await
                     .map(drop)
             }
@@ -145,6 +147,10 @@ fn glommio_err(e: glommio::GlommioError<()>) -> io::Error {
 #[derive(Debug)]
 pub struct FileBackend {
     file: BufferedFile,
+    /// The export's shared handle, for large writes on a blocking thread
+    /// (their buffers come back to the pool; io_uring's would not).
+    shared: Arc<std::fs::File>,
+    pool: Rc<BufPool>,
     size: u64,
 }
 
@@ -188,16 +194,37 @@ pub fn prepare_file(path: &Path, size: Option<u64>) -> io::Result<u64> {
     }
 }
 
+/// The export-wide handle on a file backend, opened once at start (one
+/// file descriptor per export, not per connection).
+pub fn open_shared(path: &Path) -> io::Result<Arc<std::fs::File>> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    Ok(Arc::new(file))
+}
+
 impl FileBackend {
-    /// Opens `path` (which [`prepare_file`] made sure exists).
-    pub async fn open(path: &PathBuf, size: u64) -> io::Result<FileBackend> {
+    /// Opens `path` (which [`prepare_file`] made sure exists); `shared`
+    /// is the export's handle on the same file ([`open_shared`]).
+    pub async fn open(
+        path: &PathBuf,
+        size: u64,
+        shared: Arc<std::fs::File>,
+        pool: Rc<BufPool>,
+    ) -> io::Result<FileBackend> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .buffered_open(path)
             .await
             .map_err(glommio_err)?;
-        Ok(FileBackend { file, size })
+        Ok(FileBackend {
+            file,
+            shared,
+            pool,
+            size,
+        })
     }
 
     async fn read(&self, offset: u64, len: u32) -> io::Result<Vec<u8>> {
@@ -221,20 +248,35 @@ impl FileBackend {
     }
 
     async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> io::Result<()> {
-        let total = data.len();
-        // write_at consumes its buffer, so the payload goes in without a
-        // copy. A file or block device writes short only when it is full
-        // (or past a size limit), where a retry fails too: report it.
-        let n = self
-            .file
-            .write_at(data, offset)
-            .await
-            .map_err(glommio_err)?;
-        if n < total {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!("backend wrote {n} of {total} bytes at {offset} (full?)"),
-            ));
+        if data.len() >= LARGE {
+            // io_uring would keep the buffer; a blocking thread gives it
+            // back for the next large payload (see `pool`).
+            let shared = self.shared.clone();
+            let (data, written) = glommio::executor()
+                .spawn_blocking(move || {
+                    use std::os::unix::fs::FileExt;
+                    let written = shared.write_all_at(&data, offset);
+                    (data, written)
+                })
+                .await;
+            self.pool.give(data);
+            written?;
+        } else {
+            let total = data.len();
+            // write_at consumes its buffer, so the payload goes in without
+            // a copy. A file or block device writes short only when it is
+            // full (or past a size limit), where a retry fails too.
+            let n = self
+                .file
+                .write_at(data, offset)
+                .await
+                .map_err(glommio_err)?;
+            if n < total {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("backend wrote {n} of {total} bytes at {offset} (full?)"),
+                ));
+            }
         }
         if fua {
             self.flush().await?;
@@ -337,12 +379,17 @@ struct Mux {
     state: RefCell<MuxState>,
     /// Wakes the sender: requests are queued.
     send_ready: Signal,
+    /// Where large write payloads go once sent.
+    pool: Rc<BufPool>,
 }
 
 #[derive(Debug, Default)]
 struct MuxState {
     next_cookie: u64,
-    /// Requests encoded and not yet handed to the socket.
+    /// What goes out before `send_buf`, in order: batches of encoded
+    /// requests, and large write payloads, sent as they are (no copy).
+    queued: VecDeque<Chunk>,
+    /// Requests encoded and not yet handed to the socket (after `queued`).
     send_buf: Vec<u8>,
     /// Calls in flight, by cookie; an entry leaves when its call returns.
     pending: HashMap<u64, Pending>,
@@ -350,6 +397,14 @@ struct MuxState {
     broken: Option<String>,
     /// A goodbye is queued: the sender stops once it is written.
     closing: bool,
+}
+
+#[derive(Debug)]
+enum Chunk {
+    /// Encoded requests (headers, small payloads).
+    Batch(Vec<u8>),
+    /// A large write payload, back to the pool once written.
+    Payload(Vec<u8>),
 }
 
 #[derive(Debug)]
@@ -433,30 +488,44 @@ fn encode_request(
     out.extend_from_slice(data);
 }
 
-/// The sender task: writes whatever requests are queued, in one write per
-/// batch, until a goodbye went out or the connection failed.
+/// The sender task: writes whatever is queued, small requests batched in
+/// one write, until a goodbye went out or the connection failed.
 async fn send_requests(mux: Rc<Mux>, mut stream: SharedStream) {
-    let mut batch = Vec::new();
+    let mut spare = Vec::new();
     loop {
-        let closing = {
+        let (next, closing) = {
             let mut state = mux.state.borrow_mut();
-            std::mem::swap(&mut state.send_buf, &mut batch);
-            state.closing
+            let next = match state.queued.pop_front() {
+                Some(chunk) => Some(chunk),
+                None if !state.send_buf.is_empty() => Some(Chunk::Batch(std::mem::replace(
+                    &mut state.send_buf,
+                    std::mem::take(&mut spare),
+                ))),
+                None => None,
+            };
+            (next, state.closing)
         };
-        if batch.is_empty() {
+        let Some(chunk) = next else {
             if closing {
                 return;
             }
             mux.send_ready.wait().await;
             continue;
-        }
-        if let Err(e) = stream.write_all(&batch).await {
+        };
+        let bytes = match &chunk {
+            Chunk::Batch(bytes) | Chunk::Payload(bytes) => bytes,
+        };
+        if let Err(e) = stream.write_all(bytes).await {
             mux.fail(&format!("sending: {e}"));
             return;
         }
-        batch.clear();
-        if batch.capacity() > SEND_KEEP_MAX {
-            batch = Vec::new();
+        match chunk {
+            Chunk::Batch(mut batch) if batch.capacity() <= SEND_KEEP_MAX => {
+                batch.clear();
+                spare = batch;
+            }
+            Chunk::Batch(_) => {}
+            Chunk::Payload(payload) => mux.pool.give(payload),
         }
     }
 }
@@ -530,8 +599,13 @@ async fn parse_replies(mux: &Mux, stream: &mut SharedStream) -> io::Result<()> {
 }
 
 impl NbdUpstream {
-    /// Connects and negotiates `export`.
-    pub async fn connect(addr: SocketAddr, export: &str) -> io::Result<NbdUpstream> {
+    /// Connects and negotiates `export`; large write payloads go back to
+    /// `pool` once sent.
+    pub async fn connect(
+        addr: SocketAddr,
+        export: &str,
+        pool: Rc<BufPool>,
+    ) -> io::Result<NbdUpstream> {
         let mut stream = TcpStream::connect(addr).await.map_err(glommio_err)?;
         stream.set_nodelay(true).map_err(glommio_err)?;
         let mut greeting = [0u8; 18];
@@ -596,6 +670,7 @@ impl NbdUpstream {
                 ..MuxState::default()
             }),
             send_ready: Signal::default(),
+            pool,
         });
         let sender = glommio::spawn_local(send_requests(mux.clone(), stream.clone()));
         let receiver = glommio::spawn_local(receive_replies(mux.clone(), stream));
@@ -608,16 +683,17 @@ impl NbdUpstream {
         })
     }
 
-    /// Sends one request and waits for its reply: the data of a READ, an
-    /// empty vector otherwise; the server's error as an `io::Error`
-    /// carrying its error number.
+    /// Sends one request (`payload` is a WRITE's data, empty otherwise)
+    /// and waits for its reply: the data of a READ, an empty vector
+    /// otherwise; the server's error as an `io::Error` carrying its error
+    /// number.
     async fn call(
         &self,
         command: u16,
         flags: u16,
         offset: u64,
         len: u32,
-        data: &[u8],
+        payload: Vec<u8>,
     ) -> io::Result<Vec<u8>> {
         let cookie = {
             let mut state = self.mux.state.borrow_mut();
@@ -629,6 +705,9 @@ impl NbdUpstream {
             }
             let cookie = state.next_cookie;
             state.next_cookie += 1;
+            // A large payload follows its header as a chunk of its own.
+            let large = payload.len() >= LARGE;
+            let inline: &[u8] = if large { &[] } else { &payload };
             encode_request(
                 &mut state.send_buf,
                 command,
@@ -636,8 +715,13 @@ impl NbdUpstream {
                 cookie,
                 offset,
                 len,
-                data,
+                inline,
             );
+            if large {
+                let batch = std::mem::take(&mut state.send_buf);
+                state.queued.push_back(Chunk::Batch(batch));
+                state.queued.push_back(Chunk::Payload(payload));
+            }
             let read_len = if command == NBD_CMD_READ {
                 len as usize
             } else {

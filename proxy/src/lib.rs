@@ -20,5 +20,6 @@ pub mod lease;
 pub mod limits;
 pub mod metrics;
 pub mod nbd;
+pub mod pool;
 pub mod server;
 pub mod supervise;

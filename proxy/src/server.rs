@@ -59,6 +59,7 @@ use crate::nbd::{
     self, transmission_flags as tf, Command, Errno, Event, ExportEntry, ExportInfo, Handshake,
     Incoming, OptionError, RepError, Request,
 };
+use crate::pool::BufPool;
 
 /// How often a write waiting for older-token writes looks again. Drains
 /// happen once per fence change, so a short poll costs nothing measurable.
@@ -238,6 +239,8 @@ struct Exports {
     /// writes in flight when a newer holder arrives.
     write_delay: Option<(u64, Duration)>,
     nbd: nbd::Config,
+    /// Large write payloads, reused (see [`crate::pool`]).
+    pool: Rc<BufPool>,
 }
 
 /// Timeouts and policy the connections apply, from the config.
@@ -280,6 +283,8 @@ struct ExportRt {
     backend: BackendSpec,
     /// Size of a file backend (prepared at start).
     file_size: Option<u64>,
+    /// The file backend's export-wide handle (opened at start).
+    shared_file: Option<Arc<std::fs::File>>,
     cell: Arc<FenceCell>,
     gate: RefCell<Gate>,
     /// Writes admitted without confirmation (`require_check = false`).
@@ -297,6 +302,7 @@ pub struct Prepared {
     config: Export,
     backend: BackendSpec,
     file_size: Option<u64>,
+    shared_file: Option<Arc<std::fs::File>>,
     cell: Arc<FenceCell>,
 }
 
@@ -310,13 +316,15 @@ pub fn prepare(
     let mut registry = Vec::new();
     for export in &config.exports {
         let backend = config.backend(export);
-        let file_size = match &backend {
+        let (file_size, shared_file) = match &backend {
             BackendSpec::File { path, size } => {
-                Some(crate::backend::prepare_file(path, *size).map_err(|e| {
-                    anyhow::anyhow!("export {}: backend {}: {e}", export.name, path.display())
-                })?)
+                let failed =
+                    |e| anyhow::anyhow!("export {}: backend {}: {e}", export.name, path.display());
+                let size = crate::backend::prepare_file(path, *size).map_err(failed)?;
+                let shared = crate::backend::open_shared(path).map_err(failed)?;
+                (Some(size), Some(shared))
             }
-            BackendSpec::Nbd { .. } => None,
+            BackendSpec::Nbd { .. } => (None, None),
         };
         let loaded = store.load(&export.name);
         match &loaded {
@@ -336,6 +344,7 @@ pub fn prepare(
             config: export.clone(),
             backend,
             file_size,
+            shared_file,
             cell,
         });
     }
@@ -535,6 +544,7 @@ pub fn run(
                         config: p.config,
                         backend: p.backend,
                         file_size: p.file_size,
+                        shared_file: p.shared_file,
                         cell: p.cell,
                         unconfirmed_log: RefCell::new(LogEvery::new(LOG_INTERVAL_MS)),
                     }),
@@ -548,6 +558,7 @@ pub fn run(
                 limits,
                 write_delay,
                 nbd: nbd::Config::default(),
+                pool: Rc::new(BufPool::default()),
             });
             let listener = TcpListener::bind(listen)
                 .map_err(|e| anyhow::anyhow!("listening for NBD on {listen}: {e}"))?;
@@ -841,7 +852,7 @@ async fn select(
         }
     }
     let backend = if go || matches!(export.backend, BackendSpec::Nbd { .. }) {
-        Some(open_backend(export).await.map_err(|e| {
+        Some(open_backend(exports, export).await.map_err(|e| {
             error!(export = %export.config.name, error = %e, "backend unavailable");
             OptionError::new(
                 RepError::Unknown,
@@ -887,14 +898,21 @@ async fn select(
     }
 }
 
-async fn open_backend(export: &ExportRt) -> io::Result<Backend> {
+async fn open_backend(exports: &Exports, export: &ExportRt) -> io::Result<Backend> {
+    let pool = exports.pool.clone();
     match &export.backend {
         BackendSpec::File { path, .. } => {
             let size = export.file_size.expect("file backends are prepared");
-            Ok(Backend::File(FileBackend::open(path, size).await?))
+            let shared = export
+                .shared_file
+                .clone()
+                .expect("file backends are prepared");
+            Ok(Backend::File(
+                FileBackend::open(path, size, shared, pool).await?,
+            ))
         }
         BackendSpec::Nbd { addr, export: name } => {
-            Ok(Backend::Nbd(NbdUpstream::connect(*addr, name).await?))
+            Ok(Backend::Nbd(NbdUpstream::connect(*addr, name, pool).await?))
         }
     }
 }
@@ -1192,8 +1210,9 @@ async fn read_requests(
                     let cost = request_cost(&request);
                     conn.take_in(cost).await?;
                     // The payload leaves the decoder's buffer here: one copy,
-                    // which the file backend hands to io_uring as it is.
-                    let payload = tx.payload().to_vec();
+                    // which the backends pass on as it is.
+                    let mut payload = conn.exports.pool.take(tx.payload().len());
+                    payload.extend_from_slice(tx.payload());
                     glommio::spawn_local(execute(conn.clone(), request, payload)).detach();
                 }
                 Incoming::Refuse(refusal) => {
@@ -1329,6 +1348,7 @@ async fn execute(conn: Rc<Conn>, request: Request, payload: Vec<u8>) {
                     .writes_fenced
                     .fetch_add(1, Ordering::Relaxed);
                 debug!(export = %export.config.name, token, %message, "write fenced");
+                conn.exports.pool.give(payload);
                 conn.reply(cost, |out, replies| {
                     replies.error(out, cookie, Errno::Perm, &message);
                 });

@@ -497,3 +497,47 @@ fn no_older_token_write_reaches_the_backend_after_the_first_newer_one_with_many_
         "writes were pipelined upstream"
     );
 }
+
+#[test]
+fn large_writes_in_flight_reach_the_upstream_whole() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let lease = Lease::start(tmp.path());
+    let upstream = FakeUpstream::start(Duration::from_millis(1));
+    let mut setup = ProxySetup::file(tmp.path(), &lease.endpoint);
+    setup.backend = format!("nbd = \"{}\"\nnbd_export = \"up\"\n", upstream.addr);
+    let _proxy = Proxy::start(&setup, &[]);
+    let token = lease.acquire("disk0", "30s");
+    let mut pipe = Pipe::open(setup.listen, &format!("disk0@{token}"));
+    // 24 writes of 256 KiB (above the pool's threshold: sent upstream
+    // without a copy) mixed with small ones, 8 in flight, then read back.
+    const BIG: usize = 256 << 10;
+    let content = |i: usize, len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|j| (i as u8).wrapping_mul(13) ^ (j % 251) as u8)
+            .collect()
+    };
+    let len_of = |i: usize| if i % 3 == 2 { BLOCK } else { BIG };
+    let mut next = 0;
+    while next < 24 || !pipe.in_flight.is_empty() {
+        while next < 24 && pipe.in_flight.len() < 8 {
+            pipe.write((next * BIG) as u64, &content(next, len_of(next)));
+            next += 1;
+        }
+        assert_eq!(pipe.reply().error, 0);
+    }
+    let mut next = 0;
+    while next < 24 || !pipe.in_flight.is_empty() {
+        while next < 24 && pipe.in_flight.len() < 8 {
+            pipe.read((next * BIG) as u64, len_of(next) as u32);
+            next += 1;
+        }
+        let reply = pipe.reply();
+        assert_eq!(reply.error, 0);
+        let i = usize::try_from(reply.sent.offset).expect("offset") / BIG;
+        assert!(
+            reply.data == content(i, len_of(i)),
+            "write {i} came back wrong"
+        );
+    }
+    pipe.disconnect();
+}
