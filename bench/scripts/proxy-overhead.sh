@@ -15,10 +15,15 @@
 # and target writes/s and p50/p99/p99.9, then min and median over rounds
 # and ratios to `direct` in the same round.
 #
-# Needs qemu-utils (qemu-nbd). Usage:
+# Then a real client: qemu-img convert with 16 coroutines and out-of-order
+# writes (-m 16 -W) of 256 MiB onto each target, seconds per round.
+#
+# Needs qemu-utils (qemu-nbd, qemu-img) and bc. Usage:
 #   bench/scripts/proxy-overhead.sh [connections, default 4] [seconds per target per round, default 3]
 #       [rounds, default 5] [depths, default "1 4 16"]
-# PROXY_BIN=path runs another build of the proxy (a before/after comparison).
+# PROXY_BIN=path runs another build of the proxy instead of this one.
+# BASELINE_PROXY_BIN=path also runs that build, as targets base-file and
+# base-upstream in the same rounds (a before/after comparison in one run).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 connections=${1:-4}
@@ -45,10 +50,11 @@ lease_port=$(free_port); nbd_port=$(free_port); proxy_port=$(free_port)
 "$bin/palisade" serve --config "$work/palisade.toml" --listen "127.0.0.1:$lease_port" --admin-listen off \
     --data-dir "$work/lease" >"$work/lease.log" 2>&1 &
 qemu-nbd -f raw --persistent --shared=64 -b 127.0.0.1 -p "$nbd_port" -x up "$work/disk.img" &
-cat >"$work/proxy.toml" <<TOML
+proxy_config() { # listen port, state dir
+cat <<TOML
 [proxy]
-listen = "127.0.0.1:$proxy_port"
-state_dir = "state"
+listen = "127.0.0.1:$1"
+state_dir = "$2"
 [lease_service]
 endpoint = "127.0.0.1:$lease_port"
 [[exports]]
@@ -63,18 +69,32 @@ resource = "bench-upstream"
 nbd = "127.0.0.1:$nbd_port"
 nbd_export = "up"
 TOML
+}
+proxy_config "$proxy_port" state >"$work/proxy.toml"
 for _ in $(seq 100); do
     "$bin/palisade" status --endpoint "127.0.0.1:$lease_port" >/dev/null 2>&1 && break; sleep 0.1
 done
 RUST_LOG=warn "$proxy_bin" --config "$work/proxy.toml" >"$work/proxy.log" 2>&1 &
-for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$proxy_port") 2>/dev/null && break; sleep 0.1
+baseline=()
+if [ -n "${BASELINE_PROXY_BIN:-}" ]; then
+    base_port=$(free_port)
+    proxy_config "$base_port" base-state >"$work/base.toml"
+    RUST_LOG=warn "$BASELINE_PROXY_BIN" --config "$work/base.toml" >"$work/base.log" 2>&1 &
+fi
+for port in "$proxy_port" ${base_port:-}; do
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1
+    done
 done
 token() {
     "$bin/palisade" acquire "$1" --ttl 30s --json --endpoint "127.0.0.1:$lease_port" |
         python3 -c 'import json,sys;print(json.load(sys.stdin)["token"])'
 }
 t_file=$(token bench-file); t_up=$(token bench-upstream)
+if [ -n "${base_port:-}" ]; then
+    baseline=("base-file=127.0.0.1:$base_port/file@$t_file" "base-upstream=127.0.0.1:$base_port/upstream@$t_up")
+    echo "== baseline proxy: $BASELINE_PROXY_BIN"
+fi
 
 echo "== proxy: $proxy_bin"
 for depth in $depths; do
@@ -82,7 +102,28 @@ for depth in $depths; do
     "$load" --connections "$connections" --depth "$depth" --seconds "$seconds" --rounds "$rounds" \
         "direct=127.0.0.1:$nbd_port/up" \
         "proxy-file=127.0.0.1:$proxy_port/file@$t_file" \
-        "proxy-upstream=127.0.0.1:$proxy_port/upstream@$t_up"
+        "proxy-upstream=127.0.0.1:$proxy_port/upstream@$t_up" "${baseline[@]}"
+done
+# A real client: qemu-img convert (16 coroutines, out-of-order writes) of
+# 256 MiB of random data onto each target, several rounds alternating.
+echo
+echo "== qemu-img convert -m 16 -W, 256 MiB random data (seconds, each round)"
+head -c 256M /dev/urandom >"$work/source.img"
+convert_targets=("direct=nbd://127.0.0.1:$nbd_port/up"
+    "proxy-file=nbd://127.0.0.1:$proxy_port/file@$t_file"
+    "proxy-upstream=nbd://127.0.0.1:$proxy_port/upstream@$t_up")
+if [ -n "${base_port:-}" ]; then
+    convert_targets+=("base-file=nbd://127.0.0.1:$base_port/file@$t_file"
+        "base-upstream=nbd://127.0.0.1:$base_port/upstream@$t_up")
+fi
+for target in "${convert_targets[@]}"; do
+    printf '%-16s' "${target%%=*}"
+    for _ in $(seq "$rounds"); do
+        start=$(date +%s.%N)
+        qemu-img convert -n -f raw -O raw -m 16 -W "$work/source.img" "${target#*=}"
+        printf ' %6.2f' "$(echo "$(date +%s.%N) - $start" | bc)"
+    done
+    echo
 done
 echo "== proxy warnings and errors (none expected)"
-grep -E "WARN|ERROR" "$work/proxy.log" | head -5 || true
+grep -hE "WARN|ERROR" "$work/proxy.log" "$work/base.log" 2>/dev/null | head -5 || true
