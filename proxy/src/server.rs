@@ -21,10 +21,19 @@
 //!    `lease_service.timeout` after the fence became unconfirmed; after that
 //!    `lease_service.require_check` decides (refuse, or admit and log).
 //!
+//! A connection pipelines: a reader task decodes requests and spawns one
+//! task per request (up to `proxy.requests_in_flight_max` requests and
+//! `proxy.in_flight_bytes_max` bytes in flight), and a writer task sends
+//! their replies as they finish, by cookie, many per write. Admission at
+//! the gate is synchronous (no `.await` between reading the fence and
+//! counting the write), and a write stays counted until its backend call
+//! returned: that is what keeps S3 with many writes in flight
+//! (docs/ARCHITECTURE.md, "S3 with many writes in flight").
+//!
 //! It also bounds what clients can hold: `proxy.connections_max`
 //! connections, a handshake deadline, idle timeouts (read-only connections
-//! included), and log lines about refused connections and failed accepts
-//! at most once a second, with a count.
+//! included), the in-flight bounds, and log lines about refused
+//! connections and failed accepts at most once a second, with a count.
 //!
 //! It must never acknowledge a write whose token is below the durable
 //! fence, never raise the in-memory fence before the store returned, and
