@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What the fencing proxy costs: 4 KiB random writes through the proxy vs
-# directly against the same backend, all targets in one run, alternating.
+# directly against the same backend, all targets in one run, alternating,
+# at 1, 4 and 16 requests in flight per connection.
 #
 # Targets (the same 256 MiB image file, one target at a time):
 #   direct          qemu-nbd serving the file
@@ -9,19 +10,36 @@
 #                   (one more loopback hop than `direct`)
 # The writers hold live leases: every write goes through the fence check.
 #
-# Needs qemu-utils (qemu-nbd). Usage:
-#   bench/scripts/proxy-overhead.sh [connections, default 4] [seconds per target per round, default 3s] [rounds, default 3]
+# The load is proxy/examples/nbd_pipeline_bench.rs: per connection a closed
+# loop keeping DEPTH writes in flight, replies matched by cookie; per round
+# and target writes/s and p50/p99/p99.9, then min and median over rounds
+# and ratios to `direct` in the same round.
+#
+# Then a real client: qemu-img convert with 16 coroutines and out-of-order
+# writes (-m 16 -W) of 256 MiB onto each target, seconds per round.
+#
+# Needs qemu-utils (qemu-nbd, qemu-img) and bc. Usage:
+#   bench/scripts/proxy-overhead.sh [connections, default 4] [seconds per target per round, default 3]
+#       [rounds, default 5] [depths, default "1 4 16"]
+# PROXY_BIN=path runs another build of the proxy instead of this one.
+# BASELINE_PROXY_BIN=path also runs that build, as targets base-file and
+# base-upstream in the same rounds (a before/after comparison in one run).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 connections=${1:-4}
-duration=${2:-3s}
-rounds=${3:-3}
+seconds=${2:-3}
+seconds=${seconds%s}
+rounds=${3:-5}
+depths=${4:-1 4 16}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
 command -v qemu-nbd >/dev/null || { echo "qemu-nbd missing: apt-get install qemu-utils" >&2; exit 1; }
-cargo build --release --locked -p palisade-control -p palisade-proxy -p palisade-bench
+cargo build --release --locked -p palisade-control -p palisade-proxy
+cargo build --release --locked -p palisade-proxy --example nbd_pipeline_bench
 bin=target/release
+load=$bin/examples/nbd_pipeline_bench
+proxy_bin=${PROXY_BIN:-$bin/palisade-fencing-proxy}
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 
 echo "== machine: $(nproc) CPUs, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
@@ -32,10 +50,11 @@ lease_port=$(free_port); nbd_port=$(free_port); proxy_port=$(free_port)
 "$bin/palisade" serve --config "$work/palisade.toml" --listen "127.0.0.1:$lease_port" --admin-listen off \
     --data-dir "$work/lease" >"$work/lease.log" 2>&1 &
 qemu-nbd -f raw --persistent --shared=64 -b 127.0.0.1 -p "$nbd_port" -x up "$work/disk.img" &
-cat >"$work/proxy.toml" <<TOML
+proxy_config() { # listen port, state dir
+cat <<TOML
 [proxy]
-listen = "127.0.0.1:$proxy_port"
-state_dir = "state"
+listen = "127.0.0.1:$1"
+state_dir = "$2"
 [lease_service]
 endpoint = "127.0.0.1:$lease_port"
 [[exports]]
@@ -50,22 +69,61 @@ resource = "bench-upstream"
 nbd = "127.0.0.1:$nbd_port"
 nbd_export = "up"
 TOML
+}
+proxy_config "$proxy_port" state >"$work/proxy.toml"
 for _ in $(seq 100); do
     "$bin/palisade" status --endpoint "127.0.0.1:$lease_port" >/dev/null 2>&1 && break; sleep 0.1
 done
-RUST_LOG=warn "$bin/palisade-fencing-proxy" --config "$work/proxy.toml" >"$work/proxy.log" 2>&1 &
-for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$proxy_port") 2>/dev/null && break; sleep 0.1
+RUST_LOG=warn "$proxy_bin" --config "$work/proxy.toml" >"$work/proxy.log" 2>&1 &
+baseline=()
+if [ -n "${BASELINE_PROXY_BIN:-}" ]; then
+    base_port=$(free_port)
+    proxy_config "$base_port" base-state >"$work/base.toml"
+    RUST_LOG=warn "$BASELINE_PROXY_BIN" --config "$work/base.toml" >"$work/base.log" 2>&1 &
+fi
+for port in "$proxy_port" ${base_port:-}; do
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1
+    done
 done
 token() {
     "$bin/palisade" acquire "$1" --ttl 30s --json --endpoint "127.0.0.1:$lease_port" |
         python3 -c 'import json,sys;print(json.load(sys.stdin)["token"])'
 }
 t_file=$(token bench-file); t_up=$(token bench-upstream)
+if [ -n "${base_port:-}" ]; then
+    baseline=("base-file=127.0.0.1:$base_port/file@$t_file" "base-upstream=127.0.0.1:$base_port/upstream@$t_up")
+    echo "== baseline proxy: $BASELINE_PROXY_BIN"
+fi
 
-"$bin/palisade-bench" nbd --connections "$connections" --duration "$duration" --rounds "$rounds" \
-    --target "direct=127.0.0.1:$nbd_port/up" \
-    --target "proxy-file=127.0.0.1:$proxy_port/file@$t_file" \
-    --target "proxy-upstream=127.0.0.1:$proxy_port/upstream@$t_up"
+echo "== proxy: $proxy_bin"
+for depth in $depths; do
+    echo
+    "$load" --connections "$connections" --depth "$depth" --seconds "$seconds" --rounds "$rounds" \
+        "direct=127.0.0.1:$nbd_port/up" \
+        "proxy-file=127.0.0.1:$proxy_port/file@$t_file" \
+        "proxy-upstream=127.0.0.1:$proxy_port/upstream@$t_up" "${baseline[@]}"
+done
+# A real client: qemu-img convert (16 coroutines, out-of-order writes) of
+# 256 MiB of random data onto each target, several rounds alternating.
+echo
+echo "== qemu-img convert -m 16 -W, 256 MiB random data (seconds, each round)"
+head -c 256M /dev/urandom >"$work/source.img"
+convert_targets=("direct=nbd://127.0.0.1:$nbd_port/up"
+    "proxy-file=nbd://127.0.0.1:$proxy_port/file@$t_file"
+    "proxy-upstream=nbd://127.0.0.1:$proxy_port/upstream@$t_up")
+if [ -n "${base_port:-}" ]; then
+    convert_targets+=("base-file=nbd://127.0.0.1:$base_port/file@$t_file"
+        "base-upstream=nbd://127.0.0.1:$base_port/upstream@$t_up")
+fi
+for target in "${convert_targets[@]}"; do
+    printf '%-16s' "${target%%=*}"
+    for _ in $(seq "$rounds"); do
+        start=$(date +%s.%N)
+        qemu-img convert -n -f raw -O raw -m 16 -W "$work/source.img" "${target#*=}"
+        printf ' %6.2f' "$(echo "$(date +%s.%N) - $start" | bc)"
+    done
+    echo
+done
 echo "== proxy warnings and errors (none expected)"
-grep -E "WARN|ERROR" "$work/proxy.log" | head -5 || true
+grep -hE "WARN|ERROR" "$work/proxy.log" "$work/base.log" 2>/dev/null | head -5 || true

@@ -3,14 +3,30 @@
 //!
 //! Backends only move bytes. They never decide whether a write may happen:
 //! the gate did that before the call.
+//!
+//! Every method takes `&self`: a connection's request tasks call one
+//! backend concurrently. A file backend hands each call to io_uring; an
+//! upstream backend multiplexes them on its one connection (many requests
+//! sent, replies matched by cookie, in whatever order the server sends
+//! them). A call returns once the backend has the bytes: the file's write
+//! completed, or the upstream server answered.
 
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::io::{BufferedFile, OpenOptions};
 use glommio::net::TcpStream;
+use glommio::Task;
+
+use crate::duplex::{SharedStream, Signal};
+use crate::pool::{BufPool, LARGE};
 
 /// Largest zero-fill buffer written at once for WRITE_ZEROES.
 const ZERO_CHUNK: usize = 1 << 20;
@@ -44,43 +60,49 @@ impl Backend {
     }
 
     /// Reads `len` bytes at `offset` (inside the size: the caller checked).
-    pub async fn read(&mut self, offset: u64, len: u32) -> io::Result<Vec<u8>> {
+    pub async fn read(&self, offset: u64, len: u32) -> io::Result<Vec<u8>> {
         match self {
             Backend::File(f) => f.read(offset, len).await,
-            Backend::Nbd(n) => n.read(offset, len).await,
+            Backend::Nbd(n) => n.call(NBD_CMD_READ, 0, offset, len, Vec::new()).await,
         }
     }
 
     /// Writes `data` at `offset`; with `fua`, durably before returning.
-    pub async fn write(&mut self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
+    pub async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> io::Result<()> {
         match self {
             Backend::File(f) => f.write(offset, data, fua).await,
-            Backend::Nbd(n) => n.command(NBD_CMD_WRITE, fua_flag(fua), offset, data).await,
+            Backend::Nbd(n) => {
+                let len =
+                    u32::try_from(data.len()).map_err(|_| upstream_err("request too large"))?;
+                n.call(NBD_CMD_WRITE, fua_flag(fua), offset, len, data)
+                    .await
+                    .map(drop)
+            }
         }
     }
 
     /// Makes every acknowledged write durable.
-    pub async fn flush(&mut self) -> io::Result<()> {
+    pub async fn flush(&self) -> io::Result<()> {
         match self {
             Backend::File(f) => f.flush().await,
-            Backend::Nbd(n) => n.command(NBD_CMD_FLUSH, 0, 0, &[]).await,
+            Backend::Nbd(n) => n.call(NBD_CMD_FLUSH, 0, 0, 0, Vec::new()).await.map(drop),
         }
     }
 
     /// Discards a range (reads of it may return anything, here zeroes).
-    pub async fn trim(&mut self, offset: u64, len: u32, fua: bool) -> io::Result<()> {
+    pub async fn trim(&self, offset: u64, len: u32, fua: bool) -> io::Result<()> {
         match self {
             Backend::File(f) => f.zero(offset, len, true, fua).await,
-            Backend::Nbd(n) => {
-                n.command_len(NBD_CMD_TRIM, fua_flag(fua), offset, len)
-                    .await
-            }
+            Backend::Nbd(n) => n
+                .call(NBD_CMD_TRIM, fua_flag(fua), offset, len, Vec::new())
+                .await
+                .map(drop),
         }
     }
 
     /// Writes zeroes to a range; `no_hole` keeps it allocated.
     pub async fn write_zeroes(
-        &mut self,
+        &self,
         offset: u64,
         len: u32,
         no_hole: bool,
@@ -93,9 +115,18 @@ impl Backend {
                 if no_hole {
                     flags |= NBD_CMD_FLAG_NO_HOLE;
                 }
-                n.command_len(NBD_CMD_WRITE_ZEROES, flags, offset, len)
+                n.call(NBD_CMD_WRITE_ZEROES, flags, offset, len, Vec::new())
                     .await
+                    .map(drop)
             }
+        }
+    }
+
+    /// Closes the backend once no call is running (an upstream server is
+    /// told goodbye).
+    pub async fn close(self) {
+        if let Backend::Nbd(upstream) = self {
+            upstream.disconnect().await;
         }
     }
 }
@@ -116,6 +147,10 @@ fn glommio_err(e: glommio::GlommioError<()>) -> io::Error {
 #[derive(Debug)]
 pub struct FileBackend {
     file: BufferedFile,
+    /// The export's shared handle, for large writes on a blocking thread
+    /// (their buffers come back to the pool; io_uring's would not).
+    shared: Arc<std::fs::File>,
+    pool: Rc<BufPool>,
     size: u64,
 }
 
@@ -159,19 +194,40 @@ pub fn prepare_file(path: &Path, size: Option<u64>) -> io::Result<u64> {
     }
 }
 
+/// The export-wide handle on a file backend, opened once at start (one
+/// file descriptor per export, not per connection).
+pub fn open_shared(path: &Path) -> io::Result<Arc<std::fs::File>> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    Ok(Arc::new(file))
+}
+
 impl FileBackend {
-    /// Opens `path` (which [`prepare_file`] made sure exists).
-    pub async fn open(path: &PathBuf, size: u64) -> io::Result<FileBackend> {
+    /// Opens `path` (which [`prepare_file`] made sure exists); `shared`
+    /// is the export's handle on the same file ([`open_shared`]).
+    pub async fn open(
+        path: &PathBuf,
+        size: u64,
+        shared: Arc<std::fs::File>,
+        pool: Rc<BufPool>,
+    ) -> io::Result<FileBackend> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .buffered_open(path)
             .await
             .map_err(glommio_err)?;
-        Ok(FileBackend { file, size })
+        Ok(FileBackend {
+            file,
+            shared,
+            pool,
+            size,
+        })
     }
 
-    async fn read(&mut self, offset: u64, len: u32) -> io::Result<Vec<u8>> {
+    async fn read(&self, offset: u64, len: u32) -> io::Result<Vec<u8>> {
         let len = len as usize;
         let mut out = Vec::with_capacity(len);
         while out.len() < len {
@@ -191,23 +247,36 @@ impl FileBackend {
         Ok(out)
     }
 
-    async fn write(&mut self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
-        let mut written = 0;
-        while written < data.len() {
-            // write_at consumes its buffer: hand it a copy of the rest, so a
-            // short write can continue (one memcpy, far below a syscall).
+    async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> io::Result<()> {
+        if data.len() >= LARGE {
+            // io_uring would keep the buffer; a blocking thread gives it
+            // back for the next large payload (see `pool`).
+            let shared = self.shared.clone();
+            let (data, written) = glommio::executor()
+                .spawn_blocking(move || {
+                    use std::os::unix::fs::FileExt;
+                    let written = shared.write_all_at(&data, offset);
+                    (data, written)
+                })
+                .await;
+            self.pool.give(data);
+            written?;
+        } else {
+            let total = data.len();
+            // write_at consumes its buffer, so the payload goes in without
+            // a copy. A file or block device writes short only when it is
+            // full (or past a size limit), where a retry fails too.
             let n = self
                 .file
-                .write_at(data[written..].to_vec(), offset + written as u64)
+                .write_at(data, offset)
                 .await
                 .map_err(glommio_err)?;
-            if n == 0 {
+            if n < total {
                 return Err(io::Error::new(
                     io::ErrorKind::WriteZero,
-                    "backend wrote 0 bytes",
+                    format!("backend wrote {n} of {total} bytes at {offset} (full?)"),
                 ));
             }
-            written += n;
         }
         if fua {
             self.flush().await?;
@@ -215,11 +284,11 @@ impl FileBackend {
         Ok(())
     }
 
-    async fn flush(&mut self) -> io::Result<()> {
+    async fn flush(&self) -> io::Result<()> {
         self.file.fdatasync().await.map_err(glommio_err)
     }
 
-    async fn zero(&mut self, offset: u64, len: u32, punch: bool, fua: bool) -> io::Result<()> {
+    async fn zero(&self, offset: u64, len: u32, punch: bool, fua: bool) -> io::Result<()> {
         if punch && self.file.deallocate(offset, u64::from(len)).await.is_ok() {
             if fua {
                 self.flush().await?;
@@ -232,7 +301,8 @@ impl FileBackend {
         let mut done = 0u64;
         while done < u64::from(len) {
             let chunk = (u64::from(len) - done).min(ZERO_CHUNK as u64) as usize;
-            self.write(offset + done, &zeroes[..chunk], false).await?;
+            self.write(offset + done, zeroes[..chunk].to_vec(), false)
+                .await?;
             done += chunk as u64;
         }
         if fua {
@@ -267,22 +337,275 @@ const NBD_CMD_FLAG_NO_HOLE: u16 = 1 << 1;
 /// Longest option reply accepted from the upstream server.
 const OPT_REPLY_MAX: u32 = 64 << 10;
 
-/// A connection to an upstream NBD server.
-#[derive(Debug)]
+/// Bytes read from the upstream server at once.
+const RECEIVE_CHUNK: usize = 256 << 10;
+/// A send batch buffer larger than this is not kept for the next batch.
+const SEND_KEEP_MAX: usize = 4 << 20;
+/// How long a goodbye may take to reach an upstream server that stopped
+/// reading.
+const DISCONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// Length of a simple reply header.
+const SIMPLE_REPLY_LEN: usize = 16;
+
+/// A connection to an upstream NBD server, multiplexed: any number of
+/// calls in flight (the caller bounds them), each request sent as soon as
+/// the sender task gets to it (requests queued meanwhile go out in one
+/// write), each reply matched to its call by cookie.
 pub struct NbdUpstream {
-    stream: TcpStream,
     size: u64,
     flags: u16,
+    mux: Rc<Mux>,
+    /// Writes queued requests to the server. Dropping it cancels it.
+    sender: Task<()>,
+    /// Reads replies and completes calls. Dropping it cancels it.
+    receiver: Task<()>,
+}
+
+impl std::fmt::Debug for NbdUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.mux.state.borrow();
+        f.debug_struct("NbdUpstream")
+            .field("size", &self.size)
+            .field("flags", &self.flags)
+            .field("in_flight", &state.pending.len())
+            .field("broken", &state.broken)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the calls, the sender and the receiver share.
+#[derive(Debug, Default)]
+struct Mux {
+    state: RefCell<MuxState>,
+    /// Wakes the sender: requests are queued.
+    send_ready: Signal,
+    /// Where large write payloads go once sent.
+    pool: Rc<BufPool>,
+}
+
+#[derive(Debug, Default)]
+struct MuxState {
     next_cookie: u64,
+    /// What goes out before `send_buf`, in order: batches of encoded
+    /// requests, and large write payloads, sent as they are (no copy).
+    queued: VecDeque<Chunk>,
+    /// Requests encoded and not yet handed to the socket (after `queued`).
+    send_buf: Vec<u8>,
+    /// Calls in flight, by cookie; an entry leaves when its call returns.
+    pending: HashMap<u64, Pending>,
+    /// Why the connection cannot be used any more; calls fail at once.
+    broken: Option<String>,
+    /// A goodbye is queued: the sender stops once it is written.
+    closing: bool,
+}
+
+#[derive(Debug)]
+enum Chunk {
+    /// Encoded requests (headers, small payloads).
+    Batch(Vec<u8>),
+    /// A large write payload, back to the pool once written.
+    Payload(Vec<u8>),
+}
+
+#[derive(Debug)]
+struct Pending {
+    /// Data bytes that follow a successful reply (a READ's length).
+    read_len: usize,
+    /// The outcome, once the reply came (or the connection failed).
+    done: Option<io::Result<Vec<u8>>>,
+    waker: Option<Waker>,
+}
+
+impl Mux {
+    /// Data length a reply for `cookie` carries when it succeeds, if the
+    /// cookie is in flight and unanswered.
+    fn read_len(&self, cookie: u64) -> Option<usize> {
+        let state = self.state.borrow();
+        let pending = state.pending.get(&cookie)?;
+        pending.done.is_none().then_some(pending.read_len)
+    }
+
+    fn complete(&self, cookie: u64, result: io::Result<Vec<u8>>) {
+        let waker = {
+            let mut state = self.state.borrow_mut();
+            let pending = state
+                .pending
+                .get_mut(&cookie)
+                .expect("the receiver completes only cookies in flight");
+            pending.done = Some(result);
+            pending.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// The connection failed: every unanswered call fails with `why`, and
+    /// so does every later one.
+    fn fail(&self, why: &str) {
+        let wakers: Vec<Waker> = {
+            let mut state = self.state.borrow_mut();
+            state.broken.get_or_insert_with(|| why.to_owned());
+            state
+                .pending
+                .values_mut()
+                .filter(|p| p.done.is_none())
+                .filter_map(|p| {
+                    p.done = Some(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        format!("upstream NBD connection failed: {why}"),
+                    )));
+                    p.waker.take()
+                })
+                .collect()
+        };
+        for waker in wakers {
+            waker.wake();
+        }
+    }
 }
 
 fn upstream_err(what: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.into())
 }
 
+fn encode_request(
+    out: &mut Vec<u8>,
+    command: u16,
+    flags: u16,
+    cookie: u64,
+    offset: u64,
+    len: u32,
+    data: &[u8],
+) {
+    out.reserve(28 + data.len());
+    out.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+    out.extend_from_slice(&flags.to_be_bytes());
+    out.extend_from_slice(&command.to_be_bytes());
+    out.extend_from_slice(&cookie.to_be_bytes());
+    out.extend_from_slice(&offset.to_be_bytes());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(data);
+}
+
+/// The sender task: writes whatever is queued, small requests batched in
+/// one write, until a goodbye went out or the connection failed.
+async fn send_requests(mux: Rc<Mux>, mut stream: SharedStream) {
+    let mut spare = Vec::new();
+    loop {
+        let (next, closing) = {
+            let mut state = mux.state.borrow_mut();
+            let next = match state.queued.pop_front() {
+                Some(chunk) => Some(chunk),
+                None if !state.send_buf.is_empty() => Some(Chunk::Batch(std::mem::replace(
+                    &mut state.send_buf,
+                    std::mem::take(&mut spare),
+                ))),
+                None => None,
+            };
+            (next, state.closing)
+        };
+        let Some(chunk) = next else {
+            if closing {
+                return;
+            }
+            mux.send_ready.wait().await;
+            continue;
+        };
+        let bytes = match &chunk {
+            Chunk::Batch(bytes) | Chunk::Payload(bytes) => bytes,
+        };
+        if let Err(e) = stream.write_all(bytes).await {
+            mux.fail(&format!("sending: {e}"));
+            return;
+        }
+        match chunk {
+            Chunk::Batch(mut batch) if batch.capacity() <= SEND_KEEP_MAX => {
+                batch.clear();
+                spare = batch;
+            }
+            Chunk::Batch(_) => {}
+            Chunk::Payload(payload) => mux.pool.give(payload),
+        }
+    }
+}
+
+/// The receiver task: completes calls as their replies arrive, until the
+/// connection ends; then fails whatever is left.
+async fn receive_replies(mux: Rc<Mux>, mut stream: SharedStream) {
+    let why = match parse_replies(&mux, &mut stream).await {
+        Ok(()) => "the server closed the connection".to_owned(),
+        Err(e) => e.to_string(),
+    };
+    mux.fail(&why);
+}
+
+async fn parse_replies(mux: &Mux, stream: &mut SharedStream) -> io::Result<()> {
+    let mut input = vec![0u8; RECEIVE_CHUNK];
+    let (mut start, mut end) = (0usize, 0usize);
+    // A READ reply whose data is still arriving: cookie, data so far, length.
+    let mut partial: Option<(u64, Vec<u8>, usize)> = None;
+    loop {
+        loop {
+            if let Some((_, data, want)) = partial.as_mut() {
+                let take = (*want - data.len()).min(end - start);
+                data.extend_from_slice(&input[start..start + take]);
+                start += take;
+                if data.len() < *want {
+                    break;
+                }
+                let (cookie, data, _) = partial.take().expect("just matched");
+                mux.complete(cookie, Ok(data));
+                continue;
+            }
+            if end - start < SIMPLE_REPLY_LEN {
+                break;
+            }
+            let head = &input[start..start + SIMPLE_REPLY_LEN];
+            start += SIMPLE_REPLY_LEN;
+            let magic = u32::from_be_bytes(head[0..4].try_into().expect("4"));
+            let error = u32::from_be_bytes(head[4..8].try_into().expect("4"));
+            let cookie = u64::from_be_bytes(head[8..16].try_into().expect("8"));
+            if magic != SIMPLE_REPLY_MAGIC {
+                return Err(upstream_err(format!(
+                    "upstream NBD reply with magic {magic:#x}, not a simple reply"
+                )));
+            }
+            let Some(read_len) = mux.read_len(cookie) else {
+                return Err(upstream_err(format!(
+                    "upstream NBD reply for cookie {cookie}, which is not in flight"
+                )));
+            };
+            if error != 0 {
+                // A simple reply to a failed READ carries no data.
+                let error = i32::try_from(error).unwrap_or(libc::EIO);
+                mux.complete(cookie, Err(io::Error::from_raw_os_error(error)));
+            } else if read_len == 0 {
+                mux.complete(cookie, Ok(Vec::new()));
+            } else {
+                partial = Some((cookie, Vec::with_capacity(read_len), read_len));
+            }
+        }
+        // What is left is under one header: move it to the front.
+        input.copy_within(start..end, 0);
+        end -= start;
+        start = 0;
+        let n = stream.read(&mut input[end..]).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        end += n;
+    }
+}
+
 impl NbdUpstream {
-    /// Connects and negotiates `export`.
-    pub async fn connect(addr: SocketAddr, export: &str) -> io::Result<NbdUpstream> {
+    /// Connects and negotiates `export`; large write payloads go back to
+    /// `pool` once sent.
+    pub async fn connect(
+        addr: SocketAddr,
+        export: &str,
+        pool: Rc<BufPool>,
+    ) -> io::Result<NbdUpstream> {
         let mut stream = TcpStream::connect(addr).await.map_err(glommio_err)?;
         stream.set_nodelay(true).map_err(glommio_err)?;
         let mut greeting = [0u8; 18];
@@ -340,86 +663,119 @@ impl NbdUpstream {
             }
         }
         let size = size.ok_or_else(|| upstream_err(format!("{addr} sent no export size")))?;
+        let stream = SharedStream::new(stream);
+        let mux = Rc::new(Mux {
+            state: RefCell::new(MuxState {
+                next_cookie: 1,
+                ..MuxState::default()
+            }),
+            send_ready: Signal::default(),
+            pool,
+        });
+        let sender = glommio::spawn_local(send_requests(mux.clone(), stream.clone()));
+        let receiver = glommio::spawn_local(receive_replies(mux.clone(), stream));
         Ok(NbdUpstream {
-            stream,
             size,
             flags: tflags,
-            next_cookie: 1,
+            mux,
+            sender,
+            receiver,
         })
     }
 
-    async fn send(
-        &mut self,
+    /// Sends one request (`payload` is a WRITE's data, empty otherwise)
+    /// and waits for its reply: the data of a READ, an empty vector
+    /// otherwise; the server's error as an `io::Error` carrying its error
+    /// number.
+    async fn call(
+        &self,
         command: u16,
         flags: u16,
         offset: u64,
         len: u32,
-        data: &[u8],
-    ) -> io::Result<u64> {
-        let cookie = self.next_cookie;
-        self.next_cookie += 1;
-        let mut request = Vec::with_capacity(28 + data.len());
-        request.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
-        request.extend_from_slice(&flags.to_be_bytes());
-        request.extend_from_slice(&command.to_be_bytes());
-        request.extend_from_slice(&cookie.to_be_bytes());
-        request.extend_from_slice(&offset.to_be_bytes());
-        request.extend_from_slice(&len.to_be_bytes());
-        request.extend_from_slice(data);
-        self.stream.write_all(&request).await?;
-        Ok(cookie)
+        payload: Vec<u8>,
+    ) -> io::Result<Vec<u8>> {
+        let cookie = {
+            let mut state = self.mux.state.borrow_mut();
+            if let Some(why) = &state.broken {
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    format!("upstream NBD connection failed: {why}"),
+                ));
+            }
+            let cookie = state.next_cookie;
+            state.next_cookie += 1;
+            // A large payload follows its header as a chunk of its own.
+            let large = payload.len() >= LARGE;
+            let inline: &[u8] = if large { &[] } else { &payload };
+            encode_request(
+                &mut state.send_buf,
+                command,
+                flags,
+                cookie,
+                offset,
+                len,
+                inline,
+            );
+            if large {
+                let batch = std::mem::take(&mut state.send_buf);
+                state.queued.push_back(Chunk::Batch(batch));
+                state.queued.push_back(Chunk::Payload(payload));
+            }
+            let read_len = if command == NBD_CMD_READ {
+                len as usize
+            } else {
+                0
+            };
+            state.pending.insert(
+                cookie,
+                Pending {
+                    read_len,
+                    done: None,
+                    waker: None,
+                },
+            );
+            cookie
+        };
+        self.mux.send_ready.notify();
+        futures_lite::future::poll_fn(|cx| {
+            let mut state = self.mux.state.borrow_mut();
+            let pending = state
+                .pending
+                .get_mut(&cookie)
+                .expect("a call's entry stays until the call returns");
+            if let Some(result) = pending.done.take() {
+                state.pending.remove(&cookie);
+                return Poll::Ready(result);
+            }
+            pending.waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 
-    /// Reads a simple reply; its error as an `io::Error` carrying the NBD
-    /// error number.
-    async fn reply(&mut self, cookie: u64) -> io::Result<()> {
-        let mut head = [0u8; 16];
-        self.stream.read_exact(&mut head).await?;
-        let magic = u32::from_be_bytes(head[0..4].try_into().expect("4"));
-        let error = u32::from_be_bytes(head[4..8].try_into().expect("4"));
-        let got = u64::from_be_bytes(head[8..16].try_into().expect("8"));
-        if magic != SIMPLE_REPLY_MAGIC || got != cookie {
-            return Err(upstream_err("upstream NBD reply out of step"));
+    /// Says goodbye to the upstream server. Call when no call is running.
+    pub async fn disconnect(self) {
+        {
+            let mut state = self.mux.state.borrow_mut();
+            if state.broken.is_none() {
+                encode_request(&mut state.send_buf, NBD_CMD_DISC, 0, 0, 0, 0, &[]);
+            }
+            state.closing = true;
         }
-        if error != 0 {
-            return Err(io::Error::from_raw_os_error(error as i32));
-        }
-        Ok(())
-    }
-
-    async fn read(&mut self, offset: u64, len: u32) -> io::Result<Vec<u8>> {
-        let cookie = self.send(NBD_CMD_READ, 0, offset, len, &[]).await?;
-        self.reply(cookie).await?;
-        let mut data = vec![0u8; len as usize];
-        self.stream.read_exact(&mut data).await?;
-        Ok(data)
-    }
-
-    async fn command(
-        &mut self,
-        command: u16,
-        flags: u16,
-        offset: u64,
-        data: &[u8],
-    ) -> io::Result<()> {
-        let len = u32::try_from(data.len()).map_err(|_| upstream_err("request too large"))?;
-        let cookie = self.send(command, flags, offset, len, data).await?;
-        self.reply(cookie).await
-    }
-
-    async fn command_len(
-        &mut self,
-        command: u16,
-        flags: u16,
-        offset: u64,
-        len: u32,
-    ) -> io::Result<()> {
-        let cookie = self.send(command, flags, offset, len, &[]).await?;
-        self.reply(cookie).await
-    }
-
-    /// Says goodbye to the upstream server.
-    pub async fn disconnect(&mut self) {
-        let _ = self.send(NBD_CMD_DISC, 0, 0, 0, &[]).await;
+        self.mux.send_ready.notify();
+        // The goodbye is written, or the server stopped reading: either
+        // way dropping the tasks (which cancels them) closes the socket.
+        let sender = self.sender;
+        let sent = async move {
+            sender.await;
+            true
+        };
+        let waited = async {
+            glommio::timer::sleep(DISCONNECT_WAIT).await;
+            false
+        };
+        let _ = futures_lite::future::or(sent, waited).await;
+        drop(self.receiver);
     }
 }

@@ -10,6 +10,8 @@
 //! handshake_timeout = "10s"       # a client must finish the NBD handshake within this
 //! idle_timeout = "1h"             # a connection with a token, idle this long, is closed
 //! read_only_idle_timeout = "5m"   # the same for read-only connections (no token)
+//! requests_in_flight_max = 128    # NBD requests one connection may have in flight
+//! in_flight_bytes_max = "32MiB"   # their read and write bytes, per connection
 //!
 //! [lease_service]
 //! endpoint = "127.0.0.1:7400"     # a comma-separated list for a cluster
@@ -47,6 +49,12 @@ pub const CONNECTION_TIMEOUT_MIN: Duration = Duration::from_secs(1);
 pub const HANDSHAKE_TIMEOUT_MAX: Duration = Duration::from_secs(600);
 /// Longest `proxy.idle_timeout` and `proxy.read_only_idle_timeout`.
 pub const IDLE_TIMEOUT_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Largest `proxy.requests_in_flight_max`.
+pub const REQUESTS_IN_FLIGHT_LIMIT: usize = 4096;
+/// Smallest `proxy.in_flight_bytes_max`.
+pub const IN_FLIGHT_BYTES_MIN: u64 = 64 << 10;
+/// Largest `proxy.in_flight_bytes_max`.
+pub const IN_FLIGHT_BYTES_LIMIT: u64 = 1 << 30;
 /// Shortest `lease_service.attempt_timeout`.
 pub const ATTEMPT_TIMEOUT_MIN: Duration = Duration::from_millis(10);
 /// Longest `lease_service.timeout`: a call that may take longer holds a
@@ -100,6 +108,24 @@ pub struct ProxySection {
     /// no request for this long is closed.
     #[serde(default = "default_read_only_idle_timeout", with = "duration_text")]
     pub read_only_idle_timeout: Duration,
+    /// NBD requests one connection may have in flight (taken in and not
+    /// yet answered on the socket). A client that sends more waits: the
+    /// proxy stops reading its socket until a reply went out.
+    #[serde(default = "default_requests_in_flight_max")]
+    pub requests_in_flight_max: usize,
+    /// Read and write bytes one connection may have in flight; with
+    /// `requests_in_flight_max` it bounds a connection's memory. A request
+    /// larger than this still goes alone (nothing else in flight).
+    #[serde(default = "default_in_flight_bytes_max", with = "size_default")]
+    pub in_flight_bytes_max: u64,
+}
+
+fn default_requests_in_flight_max() -> usize {
+    128
+}
+
+fn default_in_flight_bytes_max() -> u64 {
+    32 << 20
 }
 
 fn default_connections_max() -> usize {
@@ -300,6 +326,18 @@ impl ProxyConfig {
                 proxy.connections_max
             ));
         }
+        if !(1..=REQUESTS_IN_FLIGHT_LIMIT).contains(&proxy.requests_in_flight_max) {
+            return Err(format!(
+                "proxy.requests_in_flight_max: 1..={REQUESTS_IN_FLIGHT_LIMIT}, got {}",
+                proxy.requests_in_flight_max
+            ));
+        }
+        if !(IN_FLIGHT_BYTES_MIN..=IN_FLIGHT_BYTES_LIMIT).contains(&proxy.in_flight_bytes_max) {
+            return Err(format!(
+                "proxy.in_flight_bytes_max: {IN_FLIGHT_BYTES_MIN}..={IN_FLIGHT_BYTES_LIMIT} bytes, got {}",
+                proxy.in_flight_bytes_max
+            ));
+        }
         in_range(
             "proxy.handshake_timeout",
             proxy.handshake_timeout,
@@ -405,6 +443,16 @@ mod duration_text {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         palisade_tuning::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A required-with-default `"32MiB"` as bytes.
+mod size_default {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let text = String::deserialize(d)?;
+        super::size_text::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -540,6 +588,14 @@ size = "64MiB"
                 "proxy.connections_max",
             ),
             (
+                GOOD.replace("state_dir", "requests_in_flight_max = 0\nstate_dir"),
+                "proxy.requests_in_flight_max",
+            ),
+            (
+                GOOD.replace("state_dir", "in_flight_bytes_max = \"4KiB\"\nstate_dir"),
+                "proxy.in_flight_bytes_max",
+            ),
+            (
                 GOOD.replace("state_dir", "handshake_timeout = \"10ms\"\nstate_dir"),
                 "proxy.handshake_timeout",
             ),
@@ -595,7 +651,7 @@ size = "64MiB"
         let text = GOOD
             .replace(
                 "state_dir",
-                "connections_max = 64\nhandshake_timeout = \"5s\"\nidle_timeout = \"2m\"\nread_only_idle_timeout = \"30s\"\nstate_dir",
+                "connections_max = 64\nhandshake_timeout = \"5s\"\nidle_timeout = \"2m\"\nread_only_idle_timeout = \"30s\"\nrequests_in_flight_max = 16\nin_flight_bytes_max = \"1MiB\"\nstate_dir",
             )
             .replace(
                 "endpoint = \"127.0.0.1:7400\"",
@@ -603,6 +659,8 @@ size = "64MiB"
             );
         let config = ProxyConfig::parse(&text, Path::new(".")).expect("valid");
         assert_eq!(config.proxy.connections_max, 64);
+        assert_eq!(config.proxy.requests_in_flight_max, 16);
+        assert_eq!(config.proxy.in_flight_bytes_max, 1 << 20);
         assert_eq!(config.proxy.handshake_timeout, Duration::from_secs(5));
         assert_eq!(config.proxy.idle_timeout, Duration::from_secs(120));
         assert_eq!(config.proxy.read_only_idle_timeout, Duration::from_secs(30));

@@ -4,8 +4,10 @@
 //!
 //! It owns: the NBD protocol (sans-IO, [`nbd`]), the durable per-export
 //! fence ([`fence`]), the ordering of writes around a fence change
-//! ([`gate`], [`server`]), the link to the lease service ([`lease`]), and
-//! the bounds on what clients can make it hold ([`limits`], [`config`]).
+//! ([`gate`], [`server`]), the link to the lease service ([`lease`]),
+//! the bounds on what clients can make it hold ([`limits`], [`config`]),
+//! and the pieces that let one connection have many requests in flight
+//! ([`duplex`], [`pool`], the multiplexed upstream in [`backend`]).
 //! It must never acknowledge a write under a token below the durable fence,
 //! never raise a fence without making it durable first, and never guess a
 //! fence it cannot read: an export whose fence state is damaged refuses
@@ -13,11 +15,13 @@
 
 pub mod backend;
 pub mod config;
+pub mod duplex;
 pub mod fence;
 pub mod gate;
 pub mod lease;
 pub mod limits;
 pub mod metrics;
 pub mod nbd;
+pub mod pool;
 pub mod server;
 pub mod supervise;

@@ -21,10 +21,19 @@
 //!    `lease_service.timeout` after the fence became unconfirmed; after that
 //!    `lease_service.require_check` decides (refuse, or admit and log).
 //!
+//! A connection pipelines: a reader task decodes requests and spawns one
+//! task per request (up to `proxy.requests_in_flight_max` requests and
+//! `proxy.in_flight_bytes_max` bytes in flight), and a writer task sends
+//! their replies as they finish, by cookie, many per write. Admission at
+//! the gate is synchronous (no `.await` between reading the fence and
+//! counting the write), and a write stays counted until its backend call
+//! returned: that is what keeps S3 with many writes in flight
+//! (docs/ARCHITECTURE.md, "S3 with many writes in flight").
+//!
 //! It also bounds what clients can hold: `proxy.connections_max`
 //! connections, a handshake deadline, idle timeouts (read-only connections
-//! included), and log lines about refused connections and failed accepts
-//! at most once a second, with a count.
+//! included), the in-flight bounds, and log lines about refused
+//! connections and failed accepts at most once a second, with a count.
 //!
 //! It must never acknowledge a write whose token is below the durable
 //! fence, never raise the in-memory fence before the store returned, and
@@ -49,6 +58,7 @@ use palisade_dataplane::clock::monotonic_ms;
 
 use crate::backend::{Backend, FileBackend, NbdUpstream};
 use crate::config::{BackendSpec, Export, ProxyConfig};
+use crate::duplex::{SharedStream, Signal};
 use crate::fence::{Fence, FenceError, FenceStore};
 use crate::gate::{Admit, Gate};
 use crate::lease::{LeaseLink, Verdict};
@@ -58,6 +68,7 @@ use crate::nbd::{
     self, transmission_flags as tf, Command, Errno, Event, ExportEntry, ExportInfo, Handshake,
     Incoming, OptionError, RepError, Request,
 };
+use crate::pool::BufPool;
 
 /// How often a write waiting for older-token writes looks again. Drains
 /// happen once per fence change, so a short poll costs nothing measurable.
@@ -84,8 +95,8 @@ const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest pause of the watch between attempts (a waiting write cuts it
 /// short).
 const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Replies buffered before they are written out mid-batch.
-const OUT_HIGH_WATER: usize = 1 << 20;
+/// A reply batch buffer larger than this is not kept for the next batch.
+const OUT_KEEP_MAX: usize = 4 << 20;
 /// Threads for blocking calls (lease service, fence fsync).
 const BLOCKING_THREADS: usize = 4;
 /// glommio's registered io memory; root can lock it, as the data plane does.
@@ -237,6 +248,8 @@ struct Exports {
     /// writes in flight when a newer holder arrives.
     write_delay: Option<(u64, Duration)>,
     nbd: nbd::Config,
+    /// Large write payloads, reused (see [`crate::pool`]).
+    pool: Rc<BufPool>,
 }
 
 /// Timeouts and policy the connections apply, from the config.
@@ -251,6 +264,10 @@ struct Limits {
     confirm_wait: Duration,
     /// `lease_service.require_check`.
     require_check: bool,
+    /// `proxy.requests_in_flight_max`.
+    requests_in_flight_max: usize,
+    /// `proxy.in_flight_bytes_max`.
+    in_flight_bytes_max: usize,
 }
 
 impl Limits {
@@ -262,6 +279,9 @@ impl Limits {
             read_only_idle_timeout: config.proxy.read_only_idle_timeout,
             confirm_wait: config.lease_service.timeout,
             require_check: config.lease_service.require_check,
+            requests_in_flight_max: config.proxy.requests_in_flight_max,
+            in_flight_bytes_max: usize::try_from(config.proxy.in_flight_bytes_max)
+                .unwrap_or(usize::MAX),
         }
     }
 }
@@ -272,6 +292,8 @@ struct ExportRt {
     backend: BackendSpec,
     /// Size of a file backend (prepared at start).
     file_size: Option<u64>,
+    /// The file backend's export-wide handle (opened at start).
+    shared_file: Option<Arc<std::fs::File>>,
     cell: Arc<FenceCell>,
     gate: RefCell<Gate>,
     /// Writes admitted without confirmation (`require_check = false`).
@@ -289,6 +311,7 @@ pub struct Prepared {
     config: Export,
     backend: BackendSpec,
     file_size: Option<u64>,
+    shared_file: Option<Arc<std::fs::File>>,
     cell: Arc<FenceCell>,
 }
 
@@ -302,13 +325,15 @@ pub fn prepare(
     let mut registry = Vec::new();
     for export in &config.exports {
         let backend = config.backend(export);
-        let file_size = match &backend {
+        let (file_size, shared_file) = match &backend {
             BackendSpec::File { path, size } => {
-                Some(crate::backend::prepare_file(path, *size).map_err(|e| {
-                    anyhow::anyhow!("export {}: backend {}: {e}", export.name, path.display())
-                })?)
+                let failed =
+                    |e| anyhow::anyhow!("export {}: backend {}: {e}", export.name, path.display());
+                let size = crate::backend::prepare_file(path, *size).map_err(failed)?;
+                let shared = crate::backend::open_shared(path).map_err(failed)?;
+                (Some(size), Some(shared))
             }
-            BackendSpec::Nbd { .. } => None,
+            BackendSpec::Nbd { .. } => (None, None),
         };
         let loaded = store.load(&export.name);
         match &loaded {
@@ -328,6 +353,7 @@ pub fn prepare(
             config: export.clone(),
             backend,
             file_size,
+            shared_file,
             cell,
         });
     }
@@ -527,6 +553,7 @@ pub fn run(
                         config: p.config,
                         backend: p.backend,
                         file_size: p.file_size,
+                        shared_file: p.shared_file,
                         cell: p.cell,
                         unconfirmed_log: RefCell::new(LogEvery::new(LOG_INTERVAL_MS)),
                     }),
@@ -540,6 +567,7 @@ pub fn run(
                 limits,
                 write_delay,
                 nbd: nbd::Config::default(),
+                pool: Rc::new(BufPool::default()),
             });
             let listener = TcpListener::bind(listen)
                 .map_err(|e| anyhow::anyhow!("listening for NBD on {listen}: {e}"))?;
@@ -607,7 +635,7 @@ pub fn run(
                 let live = live.clone();
                 glommio::spawn_local(async move {
                     let peer = stream.peer_addr().ok();
-                    match serve(stream, &exports).await {
+                    match serve(stream, exports).await {
                         Ok(()) => debug!(?peer, "client left"),
                         Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                             PROCESS
@@ -714,7 +742,7 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-async fn serve(mut stream: TcpStream, exports: &Exports) -> io::Result<()> {
+async fn serve(mut stream: TcpStream, exports: Rc<Exports>) -> io::Result<()> {
     let limits = exports.limits;
     // The whole handshake, not each read: a client trickling bytes gets no
     // more time than a silent one.
@@ -748,12 +776,12 @@ async fn serve(mut stream: TcpStream, exports: &Exports) -> io::Result<()> {
         while let Some(event) = handshake.poll_event() {
             match event {
                 Event::Export { name, go } => {
-                    let answer = select(exports, &name, go).await;
+                    let answer = select(&exports, &name, go).await;
                     let answer = match answer {
                         Ok((info, binding)) => {
                             if let Some(binding) = binding {
                                 if let Some(old) = bound.replace(binding) {
-                                    close_backend(old.backend).await;
+                                    old.backend.close().await;
                                 }
                             }
                             Ok(info)
@@ -806,12 +834,6 @@ async fn serve(mut stream: TcpStream, exports: &Exports) -> io::Result<()> {
     transmission(stream, handshake, bound, exports, out).await
 }
 
-async fn close_backend(backend: Backend) {
-    if let Backend::Nbd(mut upstream) = backend {
-        upstream.disconnect().await;
-    }
-}
-
 /// Answers the selection of `name`; for `GO`, binds the connection.
 async fn select(
     exports: &Exports,
@@ -839,7 +861,7 @@ async fn select(
         }
     }
     let backend = if go || matches!(export.backend, BackendSpec::Nbd { .. }) {
-        Some(open_backend(export).await.map_err(|e| {
+        Some(open_backend(exports, export).await.map_err(|e| {
             error!(export = %export.config.name, error = %e, "backend unavailable");
             OptionError::new(
                 RepError::Unknown,
@@ -878,21 +900,28 @@ async fn select(
             }),
         )),
         Some(backend) => {
-            close_backend(backend).await;
+            backend.close().await;
             Ok((info, None))
         }
         None => Ok((info, None)),
     }
 }
 
-async fn open_backend(export: &ExportRt) -> io::Result<Backend> {
+async fn open_backend(exports: &Exports, export: &ExportRt) -> io::Result<Backend> {
+    let pool = exports.pool.clone();
     match &export.backend {
         BackendSpec::File { path, .. } => {
             let size = export.file_size.expect("file backends are prepared");
-            Ok(Backend::File(FileBackend::open(path, size).await?))
+            let shared = export
+                .shared_file
+                .clone()
+                .expect("file backends are prepared");
+            Ok(Backend::File(
+                FileBackend::open(path, size, shared, pool).await?,
+            ))
         }
         BackendSpec::Nbd { addr, export: name } => {
-            Ok(Backend::Nbd(NbdUpstream::connect(*addr, name).await?))
+            Ok(Backend::Nbd(NbdUpstream::connect(*addr, name, pool).await?))
         }
     }
 }
@@ -1012,15 +1041,115 @@ async fn durable_raise(exports: &Exports, export: &ExportRt, token: u64) -> Resu
         })
 }
 
+/// What a request holds while in flight, for the connection's bound: the
+/// bytes of its payload or of its read data.
+fn request_cost(request: &Request) -> usize {
+    match request.command {
+        Command::Read | Command::Write => request.length as usize,
+        _ => 0,
+    }
+}
+
+/// One connection in transmission: what its reader, its writer and its
+/// request tasks share.
+///
+/// The reader decodes requests and spawns one task per request, up to the
+/// in-flight bounds; each task runs its request against the backend (a
+/// write asks the gate first) and puts its reply in the outbox; the writer
+/// hands the outbox to the socket, many replies per write. Replies go out
+/// in the order requests finish, each with its request's cookie.
+struct Conn {
+    exports: Rc<Exports>,
+    export: Rc<ExportRt>,
+    token: Option<u64>,
+    backend: Backend,
+    replies: nbd::ReplyEncoder,
+    outbox: RefCell<Outbox>,
+    /// Wakes the writer: replies wait in the outbox, or the reader is done.
+    replies_ready: Signal,
+    /// Wakes the reader: replies went out (room in flight), or the writer
+    /// failed.
+    room: Signal,
+}
+
+/// Replies waiting for the socket, and what the connection holds.
+#[derive(Debug, Default)]
+struct Outbox {
+    /// Encoded replies, whole, in the order their requests finished.
+    bytes: Vec<u8>,
+    /// Requests whose replies are in `bytes`, and their cost.
+    replies: usize,
+    replies_cost: usize,
+    /// Requests taken in and not yet answered on the socket (running, or
+    /// their reply in `bytes`), and their cost: the in-flight bounds.
+    in_flight: usize,
+    in_flight_cost: usize,
+    /// The reader stopped taking requests: the writer returns once every
+    /// request in flight is answered.
+    closing: bool,
+    /// The writer could not write: the reader stops.
+    failed: bool,
+}
+
+impl Conn {
+    /// Whether a request costing `cost` may go in flight now. One request
+    /// always may, whatever its size.
+    fn has_room(&self, cost: usize) -> bool {
+        let outbox = self.outbox.borrow();
+        let limits = &self.exports.limits;
+        outbox.in_flight == 0
+            || (outbox.in_flight < limits.requests_in_flight_max
+                && outbox.in_flight_cost + cost <= limits.in_flight_bytes_max)
+    }
+
+    /// Waits until a request costing `cost` may go in flight, then counts
+    /// it in. `Err` if the writer failed (the client is gone).
+    async fn take_in(&self, cost: usize) -> io::Result<()> {
+        loop {
+            if self.outbox.borrow().failed {
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "replies could not be written",
+                ));
+            }
+            if self.has_room(cost) {
+                let mut outbox = self.outbox.borrow_mut();
+                outbox.in_flight += 1;
+                outbox.in_flight_cost += cost;
+                return Ok(());
+            }
+            self.room.wait().await;
+        }
+    }
+
+    /// Queues the reply of a request taken in with `cost`.
+    fn reply(&self, cost: usize, encode: impl FnOnce(&mut Vec<u8>, &nbd::ReplyEncoder)) {
+        {
+            let mut outbox = self.outbox.borrow_mut();
+            assert!(
+                outbox.replies < outbox.in_flight,
+                "one reply per request taken in"
+            );
+            encode(&mut outbox.bytes, &self.replies);
+            outbox.replies += 1;
+            outbox.replies_cost += cost;
+        }
+        self.replies_ready.notify();
+    }
+
+    fn in_flight(&self) -> usize {
+        self.outbox.borrow().in_flight
+    }
+}
+
 async fn transmission(
-    mut stream: TcpStream,
+    stream: TcpStream,
     handshake: Handshake,
-    mut bound: Bound,
-    exports: &Exports,
-    mut out: Vec<u8>,
+    bound: Bound,
+    exports: Rc<Exports>,
+    out: Vec<u8>,
 ) -> io::Result<()> {
     let mut tx = handshake.into_transmission();
-    let replies = tx.replies();
     info!(
         export = %bound.export.config.name,
         token = ?bound.token,
@@ -1035,142 +1164,220 @@ async fn transmission(
             "proxy.read_only_idle_timeout",
         )
     };
-    let idle_ms = millis(idle);
-    let idle_reason = format!("no request for {idle_ms} ms ({idle_key})");
     // A client that stops reading our replies is as idle as a silent one.
     stream
         .set_write_timeout(Some(idle))
         .map_err(|e| io::Error::other(e.to_string()))?;
+    let stream = SharedStream::new(stream);
+    let conn = Rc::new(Conn {
+        replies: tx.replies(),
+        exports,
+        export: bound.export,
+        token: bound.token,
+        backend: bound.backend,
+        outbox: RefCell::new(Outbox {
+            bytes: out,
+            ..Outbox::default()
+        }),
+        replies_ready: Signal::default(),
+        room: Signal::default(),
+    });
+    let writer = glommio::spawn_local(write_replies(conn.clone(), stream.clone()));
+    let idle_reason = format!("no request for {} ms ({idle_key})", millis(idle));
+    let read = read_requests(&conn, &mut tx, stream, millis(idle), &idle_reason).await;
+    // Every request taken in is answered before the connection closes
+    // (NBD wants that after a disconnect), and the backend closes only once
+    // no request uses it.
+    conn.outbox.borrow_mut().closing = true;
+    conn.replies_ready.notify();
+    let written = writer.await;
+    // Every task queued its reply and ended, so this is the last handle;
+    // if not, the backend closes when the last one goes (without a goodbye).
+    if let Ok(conn) = Rc::try_unwrap(conn) {
+        conn.backend.close().await;
+    }
+    read.and(written)
+}
+
+/// The reader: decodes requests, takes each in flight (waiting for room),
+/// and spawns its task. Returns at a disconnect, the end of the stream, an
+/// idle timeout or a fatal protocol error.
+async fn read_requests(
+    conn: &Rc<Conn>,
+    tx: &mut nbd::Transmission,
+    mut stream: SharedStream,
+    idle_ms: u64,
+    idle_reason: &str,
+) -> io::Result<()> {
     let mut buf = vec![0u8; READ_CHUNK];
     let mut active_ms = monotonic_ms();
-    let result = loop {
-        let mut closing = false;
+    loop {
         while let Some(incoming) = tx.poll_request() {
             active_ms = monotonic_ms();
             match incoming {
                 Incoming::Request(request) => {
-                    // The payload stays in the decoder's buffer until the
-                    // backend has it: one copy, into glommio's write buffer.
-                    let payload = tx.payload();
-                    execute(exports, &mut bound, request, payload, &replies, &mut out).await;
+                    let cost = request_cost(&request);
+                    conn.take_in(cost).await?;
+                    // The payload leaves the decoder's buffer here: one copy,
+                    // which the backends pass on as it is.
+                    let mut payload = conn.exports.pool.take(tx.payload().len());
+                    payload.extend_from_slice(tx.payload());
+                    glommio::spawn_local(execute(conn.clone(), request, payload)).detach();
                 }
                 Incoming::Refuse(refusal) => {
                     if refusal.request.command.writes() && refusal.error == Errno::Perm {
-                        bound
-                            .export
+                        conn.export
                             .metrics()
                             .writes_fenced
                             .fetch_add(1, Ordering::Relaxed);
                     }
-                    replies.refuse(&mut out, &refusal);
+                    conn.take_in(0).await?;
+                    conn.reply(0, |out, replies| replies.refuse(out, &refusal));
                 }
-                Incoming::Disconnect => {
-                    closing = true;
-                    break;
-                }
+                Incoming::Disconnect => return Ok(()),
                 Incoming::Fatal { error, reply } => {
                     if let Some(reply) = reply {
-                        replies.refuse(&mut out, &reply);
+                        conn.take_in(0).await?;
+                        conn.reply(0, |out, replies| replies.refuse(out, &reply));
                     }
-                    let _ = write_out(&mut stream, &mut out).await;
-                    close_backend(bound.backend).await;
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         error.to_string(),
                     ));
                 }
             }
-            if out.len() >= OUT_HIGH_WATER {
-                write_out(&mut stream, &mut out).await?;
-            }
         }
-        if let Err(e) = write_out(&mut stream, &mut out).await {
-            break Err(e);
-        }
-        if closing {
-            break Ok(());
+        if conn.in_flight() > 0 {
+            // Requests in flight: the client waits for us, not idle.
+            active_ms = monotonic_ms();
         }
         // Idle since the last request, even if bytes trickle in.
-        if let Err(e) = read_until(&stream, active_ms.saturating_add(idle_ms), &idle_reason) {
-            break Err(e);
+        stream.with(|s| read_until(s, active_ms.saturating_add(idle_ms), idle_reason))?;
+        let n = stream.read(&mut buf).await?;
+        if conn.outbox.borrow().failed {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "replies could not be written",
+            ));
         }
-        match stream.read(&mut buf).await {
-            Ok(0) => break Ok(()),
-            Ok(n) => tx.handle_input(&buf[..n]),
-            Err(e) => break Err(e),
+        if n == 0 {
+            return Ok(());
         }
-    };
-    close_backend(bound.backend).await;
-    result
+        tx.handle_input(&buf[..n]);
+    }
 }
 
-/// Carries out one request and encodes its reply into `out`.
-async fn execute(
-    exports: &Exports,
-    bound: &mut Bound,
-    request: Request,
-    payload: &[u8],
-    replies: &nbd::ReplyEncoder,
-    out: &mut Vec<u8>,
-) {
-    let export = bound.export.clone();
+/// The writer: hands queued replies to the socket, as many as are ready per
+/// write, and frees their room in flight. Returns once the reader is done
+/// and every request it took in is answered. After a failed write it
+/// shuts the socket (so the reader stops) and drops later replies.
+async fn write_replies(conn: Rc<Conn>, mut stream: SharedStream) -> io::Result<()> {
+    let mut batch = Vec::new();
+    let mut failure = None;
+    loop {
+        let (count, cost, last) = {
+            let mut outbox = conn.outbox.borrow_mut();
+            std::mem::swap(&mut outbox.bytes, &mut batch);
+            let count = std::mem::take(&mut outbox.replies);
+            let cost = std::mem::take(&mut outbox.replies_cost);
+            (count, cost, outbox.closing && outbox.in_flight == count)
+        };
+        if count == 0 && !last {
+            conn.replies_ready.wait().await;
+            continue;
+        }
+        if failure.is_none() {
+            if let Err(e) = stream.write_all(&batch).await {
+                conn.outbox.borrow_mut().failed = true;
+                stream.shutdown().await;
+                failure = Some(e);
+            }
+        }
+        batch.clear();
+        if batch.capacity() > OUT_KEEP_MAX {
+            batch = Vec::new();
+        }
+        {
+            let mut outbox = conn.outbox.borrow_mut();
+            outbox.in_flight -= count;
+            outbox.in_flight_cost -= cost;
+        }
+        conn.room.notify();
+        if last {
+            return failure.map_or(Ok(()), Err);
+        }
+    }
+}
+
+/// Carries out one request and queues its reply.
+async fn execute(conn: Rc<Conn>, request: Request, payload: Vec<u8>) {
+    let cost = request_cost(&request);
+    let export = &conn.export;
     let cookie = request.cookie;
     match request.command {
-        Command::Read => match bound.backend.read(request.offset, request.length).await {
+        Command::Read => match conn.backend.read(request.offset, request.length).await {
             Ok(data) => {
                 export.metrics().reads.fetch_add(1, Ordering::Relaxed);
-                replies.read(out, cookie, request.offset, &data);
+                conn.reply(cost, |out, replies| {
+                    replies.read(out, cookie, request.offset, &data);
+                });
             }
             Err(e) => {
                 warn!(export = %export.config.name, error = %e, "backend read failed");
-                replies.error(out, cookie, Errno::Io, &format!("read failed: {e}"));
+                conn.reply(cost, |out, replies| {
+                    replies.error(out, cookie, Errno::Io, &format!("read failed: {e}"));
+                });
             }
         },
-        Command::Flush => match bound.backend.flush().await {
-            Ok(()) => replies.ok(out, cookie),
+        Command::Flush => match conn.backend.flush().await {
+            Ok(()) => conn.reply(cost, |out, replies| replies.ok(out, cookie)),
             Err(e) => {
                 warn!(export = %export.config.name, error = %e, "backend flush failed");
-                replies.error(out, cookie, Errno::Io, &format!("flush failed: {e}"));
+                conn.reply(cost, |out, replies| {
+                    replies.error(out, cookie, Errno::Io, &format!("flush failed: {e}"));
+                });
             }
         },
         Command::Write | Command::Trim | Command::WriteZeroes => {
-            let Some(token) = bound.token else {
+            let Some(token) = conn.token else {
                 // The decoder refuses writes on a read-only export; this is
                 // the belt to its braces.
                 export
                     .metrics()
                     .writes_fenced
                     .fetch_add(1, Ordering::Relaxed);
-                replies.error(out, cookie, Errno::Perm, "read-only: no fencing token");
+                conn.reply(cost, |out, replies| {
+                    replies.error(out, cookie, Errno::Perm, "read-only: no fencing token");
+                });
                 return;
             };
-            if let Err(message) = admit(exports, &export, token).await {
+            if let Err(message) = admit(&conn.exports, export, token).await {
                 export
                     .metrics()
                     .writes_fenced
                     .fetch_add(1, Ordering::Relaxed);
                 debug!(export = %export.config.name, token, %message, "write fenced");
-                replies.error(out, cookie, Errno::Perm, &message);
+                conn.exports.pool.give(payload);
+                conn.reply(cost, |out, replies| {
+                    replies.error(out, cookie, Errno::Perm, &message);
+                });
                 return;
             }
-            if let Some((delayed, wait)) = exports.write_delay {
+            // Admitted: the gate counts this write in flight under `token`
+            // until `done` below, and no newer token's write is admitted
+            // meanwhile (see the gate).
+            if let Some((delayed, wait)) = conn.exports.write_delay {
                 if delayed == token {
                     glommio::timer::sleep(wait).await;
                 }
             }
             let fua = request.fua();
             let result = match request.command {
-                Command::Write => bound.backend.write(request.offset, payload, fua).await,
-                Command::Trim => {
-                    bound
-                        .backend
-                        .trim(request.offset, request.length, fua)
-                        .await
-                }
+                Command::Write => conn.backend.write(request.offset, payload, fua).await,
+                Command::Trim => conn.backend.trim(request.offset, request.length, fua).await,
                 _ => {
                     let no_hole = request.flags & nbd::command_flags::NO_HOLE != 0;
-                    bound
-                        .backend
+                    conn.backend
                         .write_zeroes(request.offset, request.length, no_hole, fua)
                         .await
                 }
@@ -1182,17 +1389,21 @@ async fn execute(
                         .metrics()
                         .writes_accepted
                         .fetch_add(1, Ordering::Relaxed);
-                    replies.ok(out, cookie);
+                    conn.reply(cost, |out, replies| replies.ok(out, cookie));
                 }
                 Err(e) => {
                     warn!(export = %export.config.name, error = %e, "backend write failed");
-                    replies.error(out, cookie, Errno::Io, &format!("write failed: {e}"));
+                    conn.reply(cost, |out, replies| {
+                        replies.error(out, cookie, Errno::Io, &format!("write failed: {e}"));
+                    });
                 }
             }
         }
         Command::Disc | Command::Other(_) => {
             // The decoder turns these into Disconnect and Refuse.
-            replies.error(out, cookie, Errno::Inval, "unsupported command");
+            conn.reply(cost, |out, replies| {
+                replies.error(out, cookie, Errno::Inval, "unsupported command");
+            });
         }
     }
 }
