@@ -41,6 +41,7 @@ use nudge::{CoreWakers, Kicker, Registration};
 mod admin;
 mod conn;
 pub mod heartbeat;
+mod list;
 pub mod net;
 pub mod nudge;
 
@@ -133,6 +134,10 @@ enum CoreMsg {
     Cancel { core: u16, conn: u64 },
     /// An answer for a waiter (sent to the connection's core).
     Deliver(WaitEvent),
+    /// Asks for this core's page of a `List` (sent to every other core).
+    ListQuery(Box<list::Query>),
+    /// A core's page of a `List` (sent to the core gathering it).
+    ListPart { id: u64, part: crate::names::Part },
 }
 
 /// Capacity of each cross-core channel.
@@ -178,6 +183,8 @@ struct CoreCtx {
     /// Changes proposed by this core, by tag, until their notice.
     commits: RefCell<HashMap<u64, PendingCommit>>,
     next_tag: Cell<u64>,
+    /// Names for `List`, and the pages being gathered.
+    lists: RefCell<list::Lists>,
 }
 
 impl CoreCtx {
@@ -229,6 +236,8 @@ impl CoreCtx {
                     .handle_cancel(&self.shared.table, lead, core, conn, now);
             }
             CoreMsg::Deliver(event) => self.deliver_local(event),
+            CoreMsg::ListQuery(query) => self.on_list_query(&query),
+            CoreMsg::ListPart { id, part } => self.on_list_part(id, part),
         }
         self.drain_waits();
     }
@@ -1036,6 +1045,7 @@ async fn core_main(
         hot,
         commits: RefCell::new(HashMap::new()),
         next_tag: Cell::new(1),
+        lists: RefCell::default(),
     });
 
     let mut tasks = Vec::new();

@@ -1,0 +1,191 @@
+//! `List` across the cores: each core keeps the names its connections
+//! used ([`NameIndex`]); the connection's core asks every core for one
+//! page after the cursor, merges the pages ([`names::merge`]) and answers.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use palisade_proto::{validate_resource, ArchivedRequest, Response, HEADER_LEN};
+
+use super::{CoreCtx, CoreMsg};
+use crate::clock::monotonic_ms;
+use crate::names::{self, Live, NameIndex, Part, NOTE_GRACE_MS};
+use crate::service::{Conn, ListRequest, Phase};
+use crate::table::LeaseTable;
+use crate::waiters::WaitEvent;
+
+/// Payload bytes of a `Listed` answer besides its leases: the root and the
+/// longest cursor, padded.
+const LISTED_FIXED_BYTES: usize = 104 + 256 + 16;
+
+/// A core's `List` state.
+#[derive(Debug, Default)]
+pub(super) struct Lists {
+    names: NameIndex,
+    /// Pages being gathered on this core, by id.
+    gathers: HashMap<u64, Gather>,
+    next_id: u64,
+}
+
+#[derive(Debug)]
+struct Gather {
+    request: ListRequest,
+    parts: Vec<Part>,
+    /// Cores yet to answer.
+    waiting: usize,
+}
+
+/// A page request from another core.
+#[derive(Debug)]
+pub(super) struct Query {
+    id: u64,
+    from: usize,
+    tenant: u32,
+    prefix: String,
+    after: String,
+    limit: u32,
+}
+
+/// What the table says about a name of `tenant` now.
+fn live(table: &LeaseTable, tenant: u32, resource: &str, now_ms: u64) -> Option<Live> {
+    let key = table.hasher().key(tenant, resource.as_bytes());
+    let lease = table.inspect(key)?;
+    if !lease.held || lease.expires_at_ms <= now_ms {
+        return None;
+    }
+    Some(Live {
+        token: lease.token,
+        remaining_ms: u32::try_from(lease.expires_at_ms - now_ms).unwrap_or(u32::MAX),
+        waiters: table.peek(key, now_ms).waiters,
+    })
+}
+
+impl CoreCtx {
+    /// Notes the name of an acquire, or of a renewal this core has not
+    /// seen, for `List`. Cheap: a map lookup, and on an acquire two steps
+    /// of pruning.
+    pub(super) fn note_request(&self, conn: &Conn, request: &ArchivedRequest, now_ms: u64) {
+        let Phase::Ready { tenant } = conn.phase else {
+            return;
+        };
+        let (resource, keep_ms, acquire) = match request {
+            ArchivedRequest::Acquire {
+                resource, wait_ms, ..
+            } => (resource.as_str(), u64::from(wait_ms.to_native()), true),
+            ArchivedRequest::Renew { resource, .. } => (resource.as_str(), 0, false),
+            _ => return,
+        };
+        let mut lists = self.lists.borrow_mut();
+        if !acquire && lists.names.contains(tenant, resource) {
+            return;
+        }
+        if validate_resource(resource).is_err() {
+            return;
+        }
+        lists
+            .names
+            .note(tenant, resource, now_ms + keep_ms + NOTE_GRACE_MS);
+        if acquire {
+            let table = &self.shared.table;
+            lists
+                .names
+                .prune_step(now_ms, &mut |t, name| live(table, t, name, now_ms));
+        }
+    }
+
+    fn scan(&self, tenant: u32, prefix: &str, after: &str, limit: u32) -> Part {
+        let now_ms = monotonic_ms();
+        let table = &self.shared.table;
+        self.lists
+            .borrow_mut()
+            .names
+            .scan(tenant, prefix, after, limit, now_ms, &mut |name| {
+                live(table, tenant, name, now_ms)
+            })
+    }
+
+    /// Starts gathering one page for a connection of this core.
+    pub(super) fn list(self: &Rc<Self>, request: ListRequest) {
+        let part = self.scan(
+            request.tenant,
+            &request.prefix,
+            &request.after,
+            request.limit,
+        );
+        let id = {
+            let mut lists = self.lists.borrow_mut();
+            lists.next_id += 1;
+            lists.next_id
+        };
+        let query = || Query {
+            id,
+            from: self.index,
+            tenant: request.tenant,
+            prefix: request.prefix.clone(),
+            after: request.after.clone(),
+            limit: request.limit,
+        };
+        let others: Vec<usize> = (0..self.cores).filter(|&c| c != self.index).collect();
+        for &to in &others {
+            self.post(to, CoreMsg::ListQuery(Box::new(query())));
+        }
+        self.lists.borrow_mut().gathers.insert(
+            id,
+            Gather {
+                request,
+                parts: vec![part],
+                waiting: others.len(),
+            },
+        );
+        self.finish_list(id);
+    }
+
+    /// Another core asks for its page.
+    pub(super) fn on_list_query(self: &Rc<Self>, query: &Query) {
+        let part = self.scan(query.tenant, &query.prefix, &query.after, query.limit);
+        self.post(query.from, CoreMsg::ListPart { id: query.id, part });
+    }
+
+    /// Another core's page arrived.
+    pub(super) fn on_list_part(self: &Rc<Self>, id: u64, part: Part) {
+        if let Some(gather) = self.lists.borrow_mut().gathers.get_mut(&id) {
+            gather.parts.push(part);
+            gather.waiting -= 1;
+        }
+        self.finish_list(id);
+    }
+
+    /// Answers the page once every core's part is in.
+    fn finish_list(self: &Rc<Self>, id: u64) {
+        let gather = {
+            let mut lists = self.lists.borrow_mut();
+            match lists.gathers.get(&id) {
+                Some(gather) if gather.waiting == 0 => lists.gathers.remove(&id),
+                _ => None,
+            }
+        };
+        let Some(Gather { request, parts, .. }) = gather else {
+            return;
+        };
+        let bytes_max = (self.opts.frame_payload_max as usize)
+            .saturating_sub(LISTED_FIXED_BYTES + HEADER_LEN)
+            .max(1);
+        // A node that stopped leading while the pages were gathered does
+        // not answer for the leader's table.
+        let response = match self.shared.serving(monotonic_ms()) {
+            Ok(()) => {
+                let page = names::merge(parts, request.limit, bytes_max);
+                Response::Listed {
+                    leases: page.leases,
+                    next_after: page.next_after,
+                    more: page.more,
+                }
+            }
+            Err(response) => response,
+        };
+        self.deliver_local(WaitEvent::Reply {
+            origin: request.origin,
+            response,
+        });
+    }
+}
