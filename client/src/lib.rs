@@ -59,12 +59,17 @@ pub mod failover;
 mod handshake;
 mod keepalive;
 mod lease;
+pub mod watch;
 
-pub use asynchronous::AsyncClient;
-pub use blocking::{random_holder, AcquireOptions, Client, ConnectOptions, Watched};
+pub use asynchronous::{AsyncClient, WatchStream};
+pub use blocking::{
+    random_holder, AcquireOptions, Client, ConnectOptions, ListPage, WatchEvents, Watched,
+};
 pub use error::ClientError;
 pub use handshake::Identity;
 pub use keepalive::{
     keep_alive, KeepAlive, KeepAliveThread, LeaseEvent, LossReason, RENEW_FRACTION,
 };
 pub use lease::{valid_until, AcquireOutcome, Lease, TokenOutcome};
+pub use palisade_proto::ListedLease;
+pub use watch::{WatchEvent, WatchKind};

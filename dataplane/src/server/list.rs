@@ -17,6 +17,9 @@ use crate::waiters::WaitEvent;
 /// Payload bytes of a `Listed` answer besides its leases: the root and the
 /// longest cursor, padded.
 const LISTED_FIXED_BYTES: usize = 104 + 256 + 16;
+/// Largest `Listed` payload sent whatever `limits.frame_payload_max` says:
+/// the size clients are sure to accept (the Rust client's 64 KiB).
+const LISTED_PAYLOAD_MAX: usize = 1 << 16;
 
 /// A core's `List` state.
 #[derive(Debug, Default)]
@@ -168,6 +171,7 @@ impl CoreCtx {
             return;
         };
         let bytes_max = (self.opts.frame_payload_max as usize)
+            .min(LISTED_PAYLOAD_MAX)
             .saturating_sub(LISTED_FIXED_BYTES + HEADER_LEN)
             .max(1);
         // A node that stopped leading while the pages were gathered does
