@@ -54,9 +54,11 @@ mod asynchronous;
 mod blocking;
 pub mod cli;
 pub mod clock;
+mod commands;
 mod error;
 pub mod failover;
 mod handshake;
+pub mod hold;
 mod keepalive;
 mod lease;
 pub mod watch;
@@ -67,6 +69,7 @@ pub use blocking::{
 };
 pub use error::ClientError;
 pub use handshake::Identity;
+pub use hold::{AsyncHold, Hold};
 pub use keepalive::{
     keep_alive, KeepAlive, KeepAliveThread, LeaseEvent, LossReason, RENEW_FRACTION,
 };

@@ -1,0 +1,291 @@
+//! `palisade hold RESOURCE -- CMD`: lock and run, with real processes. The
+//! command gets its lease in its environment, the lease is released the
+//! moment it exits, and when the lease is lost the command is stopped
+//! before the lease's validity ends. The exit-code table of `palisade hold
+//! --help` is checked here.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::{token, Server, BIN};
+use serde_json::Value;
+
+/// Runs `palisade hold ARGS --endpoint E --json -- CMD...`.
+fn hold(endpoint: &str, args: &[&str], command: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("hold")
+        .args(args)
+        .args(["--endpoint", endpoint, "--json", "--"])
+        .args(command)
+        .output()
+        .expect("run palisade hold")
+}
+
+/// The JSON event lines `palisade hold --json` wrote on stderr.
+fn events(stderr: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+fn names(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["event"].as_str().expect("event name").to_string())
+        .collect()
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[test]
+fn the_command_runs_with_its_lease_and_the_lease_is_released_when_it_exits() {
+    let server = Server::start("");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let script = format!(
+        "echo \"$PALISADE_RESOURCE $PALISADE_TOKEN $PALISADE_VALID_UNTIL_UNIX_MS {{token}}\" > {}; exit 7",
+        out.display()
+    );
+    let output = hold(
+        &server.endpoint,
+        &["disk0", "--ttl", "30s"],
+        &["sh", "-c", &script],
+    );
+    let events = events(&output.stderr);
+    assert_eq!(output.status.code(), Some(7), "CMD's status: {events:?}");
+    assert_eq!(
+        names(&events),
+        ["granted", "exited", "released"],
+        "{events:?}"
+    );
+    let granted = token(&events[0]);
+    let text = read(&out);
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(fields.len(), 4, "{text:?}");
+    assert_eq!(fields[0], "disk0");
+    assert_eq!(fields[1].parse::<u64>().expect("token"), granted);
+    assert_eq!(
+        fields[2].parse::<u64>().expect("validity"),
+        events[0]["valid_until_unix_ms"].as_u64().expect("validity")
+    );
+    assert_eq!(fields[3], fields[1], "{{token}} in an argument is replaced");
+
+    // Released at once: the next acquire is granted without waiting for
+    // the 30 s ttl, and its token is greater.
+    let (code, next) = server.cli(&["acquire", "disk0", "--ttl", "5s"]);
+    assert_eq!(code, 0, "{next}");
+    assert_eq!(next["waited_ms"], 0);
+    assert!(token(&next) > granted);
+}
+
+#[test]
+fn exit_codes_say_what_happened() {
+    let server = Server::start("");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ran = dir.path().join("ran");
+    let touch = format!("touch {}", ran.display());
+
+    // CMD's own status, and 128 + N when a signal killed it.
+    let ok = hold(&server.endpoint, &["r-ok"], &["true"]);
+    assert_eq!(ok.status.code(), Some(0));
+    let killed = hold(&server.endpoint, &["r-ok"], &["sh", "-c", "kill -USR1 $$"]);
+    assert_eq!(killed.status.code(), Some(128 + 10), "SIGUSR1 is 10");
+
+    // 121: busy until --wait ran out; CMD never runs.
+    let (code, held) = server.cli(&["acquire", "busy", "--ttl", "30s"]);
+    assert_eq!(code, 0, "{held}");
+    let busy = hold(
+        &server.endpoint,
+        &["busy", "--wait", "200ms"],
+        &["sh", "-c", &touch],
+    );
+    assert_eq!(busy.status.code(), Some(121), "{:?}", events(&busy.stderr));
+    assert_eq!(names(&events(&busy.stderr)), ["not_granted"]);
+    assert!(!ran.exists(), "CMD ran without the lease");
+
+    // 127: CMD not found; the lease is released again.
+    let missing = hold(&server.endpoint, &["r-missing"], &["/nonexistent/cmd"]);
+    assert_eq!(missing.status.code(), Some(127));
+    let (code, again) = server.cli(&["acquire", "r-missing"]);
+    assert_eq!(code, 0, "released after the failed start: {again}");
+
+    // 126: CMD is not executable.
+    let file = dir.path().join("not-executable");
+    std::fs::write(&file, "#!/bin/sh\n").expect("write");
+    let cannot = hold(
+        &server.endpoint,
+        &["r-noexec"],
+        &[file.to_str().expect("utf8")],
+    );
+    assert_eq!(cannot.status.code(), Some(126));
+
+    // 123: no node to talk to.
+    let nobody = hold("127.0.0.1:1", &["r", "--timeout", "1s"], &["true"]);
+    assert_eq!(nobody.status.code(), Some(123));
+    // 123: options that cannot work.
+    let bad = hold(
+        &server.endpoint,
+        &["r", "--ttl", "1s", "--kill-before", "2s"],
+        &["true"],
+    );
+    assert_eq!(bad.status.code(), Some(123));
+
+    // 122 (lost) is the next test's.
+}
+
+/// The last millisecond timestamp the command wrote.
+fn last_stamp(path: &Path) -> u64 {
+    read(path)
+        .lines()
+        .filter_map(|l| l.trim().parse::<u64>().ok())
+        .max()
+        .expect("the command wrote timestamps")
+}
+
+#[test]
+fn a_lost_lease_stops_the_command_before_its_validity_ends() {
+    let server = Server::start("");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stamps = dir.path().join("stamps");
+    // Ignores SIGTERM (so SIGKILL has to come) and records the wall clock
+    // every few milliseconds for as long as it runs.
+    let script = format!(
+        "trap '' TERM; while :; do date +%s%3N >> {}; sleep 0.005; done",
+        stamps.display()
+    );
+    let mut child = Command::new(BIN)
+        .args([
+            "hold",
+            "disk0",
+            "--ttl",
+            "2s",
+            "--kill-before",
+            "400ms",
+            "--kill-after",
+            "100ms",
+        ])
+        .args([
+            "--endpoint",
+            &server.endpoint,
+            "--json",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn palisade hold");
+    let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if let Ok(value) = serde_json::from_str::<Value>(&line) {
+                let _ = tx.send(value);
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    // Let it renew once, then freeze the node: renewals go unanswered.
+    while !names(&seen).contains(&"renewed".to_string()) {
+        seen.push(
+            rx.recv_timeout(std::time::Duration::from_secs(10))
+                .expect("an event"),
+        );
+    }
+    let pid = i32::try_from(server.child.id()).expect("pid");
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let status = child.wait().expect("hold exits");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    seen.extend(rx.try_iter());
+    let events = names(&seen);
+    assert_eq!(status.code(), Some(122), "lost: {seen:?}");
+    for expected in ["granted", "renewed", "signal", "lost", "exited"] {
+        assert!(
+            events.contains(&expected.to_string()),
+            "{expected} in {seen:?}"
+        );
+    }
+    let signals: Vec<&str> = seen
+        .iter()
+        .filter(|e| e["event"] == "signal")
+        .map(|e| e["signal"].as_str().expect("signal"))
+        .collect();
+    assert_eq!(signals, ["SIGTERM", "SIGKILL"], "{seen:?}");
+
+    // The command never ran past the validity the client last computed.
+    let valid_until = seen
+        .iter()
+        .filter(|e| e["event"] == "granted" || e["event"] == "renewed")
+        .filter_map(|e| e["valid_until_unix_ms"].as_u64())
+        .max()
+        .expect("a validity");
+    let last = last_stamp(&stamps);
+    assert!(
+        last <= valid_until,
+        "the command wrote at {last}, after the lease's validity ended at {valid_until}"
+    );
+    // Nothing is left running to write more.
+    let before = read(&stamps).len();
+    common::sleep_ms(100);
+    assert_eq!(read(&stamps).len(), before, "the command's group is gone");
+
+    // The next holder gets a greater token once the lease ran out.
+    let first = seen
+        .iter()
+        .find(|e| e["event"] == "granted")
+        .map(token)
+        .expect("granted");
+    let (code, next) = server.cli(&["acquire", "disk0", "--wait", "10s"]);
+    assert_eq!(code, 0, "{next}");
+    assert!(token(&next) > first);
+}
+
+#[test]
+fn sigterm_to_hold_is_passed_on_and_the_lease_released() {
+    let server = Server::start("");
+    let mut child = Command::new(BIN)
+        .args([
+            "hold",
+            "disk0",
+            "--ttl",
+            "30s",
+            "--endpoint",
+            &server.endpoint,
+            "--json",
+        ])
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "trap 'exit 42' TERM; while :; do sleep 0.01; done",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn palisade hold");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("granted line");
+    assert!(line.contains("\"granted\""), "{line}");
+    // Give the shell a moment to install its trap.
+    common::sleep_ms(200);
+    let pid = i32::try_from(child.id()).expect("pid");
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = child.wait().expect("hold exits");
+    assert_eq!(
+        status.code(),
+        Some(42),
+        "CMD's own exit after the forwarded signal"
+    );
+    let (code, next) = server.cli(&["acquire", "disk0"]);
+    assert_eq!(code, 0, "released: {next}");
+}
