@@ -289,3 +289,83 @@ fn sigterm_to_hold_is_passed_on_and_the_lease_released() {
     let (code, next) = server.cli(&["acquire", "disk0"]);
     assert_eq!(code, 0, "released: {next}");
 }
+
+#[test]
+fn the_hold_guard_reports_a_loss_on_its_channel_and_to_its_callback() {
+    use palisade_client::hold::wait_lost;
+    use palisade_client::LeaseEvent;
+    use palisade_client::{AcquireOptions, ConnectOptions, Hold};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let server = Server::start("");
+    let options = ConnectOptions::new(server.endpoint.clone(), "default");
+    let losses = Arc::new(AtomicUsize::new(0));
+    let counted = losses.clone();
+    let on_event = Box::new(move |event: &LeaseEvent| {
+        if matches!(event, LeaseEvent::Lost { .. }) {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let guard = Hold::acquire_with(
+        &options,
+        "guarded",
+        AcquireOptions::new(std::time::Duration::from_millis(900)),
+        Some(on_event),
+    )
+    .expect("acquire")
+    .expect("granted");
+    let held = guard.lease().token;
+    let pid = i32::try_from(server.child.id()).expect("pid");
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let lost = wait_lost(&guard.events, std::time::Duration::from_secs(10));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    assert!(
+        matches!(lost, Some(palisade_client::LossReason::Expired { .. })),
+        "{lost:?}"
+    );
+    assert_eq!(losses.load(Ordering::SeqCst), 1);
+    drop(guard);
+    let (code, next) = server.cli(&["acquire", "guarded", "--wait", "5s"]);
+    assert_eq!(code, 0, "{next}");
+    assert!(token(&next) > held);
+}
+
+#[test]
+fn the_async_guard_and_the_watch_stream() {
+    use palisade_client::{AcquireOptions, AsyncClient, AsyncHold, ConnectOptions, WatchKind};
+
+    let server = Server::start("");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let options = ConnectOptions::new(server.endpoint.clone(), "default");
+        let client = AsyncClient::connect(&options).await.expect("connect");
+        let mut stream = client.watch_stream("async-r", 0);
+        // The watch's first answer (nothing held) comes before the grant.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let hold = AsyncHold::acquire(
+            &client,
+            "async-r",
+            AcquireOptions::new(std::time::Duration::from_secs(5)),
+        )
+        .await
+        .expect("acquire")
+        .expect("granted");
+        let token = hold.lease().token;
+        let granted = stream.next().await.expect("event").expect("no error");
+        assert_eq!((granted.kind, granted.token), (WatchKind::Granted, token));
+        hold.release().await.expect("release");
+        let released = stream.next().await.expect("event").expect("no error");
+        assert_eq!(
+            (released.kind, released.token),
+            (WatchKind::Released, token)
+        );
+        let page = client.list("", "", 10).await.expect("list");
+        assert!(page.leases.is_empty() && !page.more, "{page:?}");
+    });
+}
