@@ -4,6 +4,7 @@
 //! before the lease's validity ends. The exit-code table of `palisade hold
 //! --help` is checked here.
 
+mod cluster;
 mod common;
 
 use std::io::{BufRead, BufReader};
@@ -148,13 +149,14 @@ fn last_stamp(path: &Path) -> u64 {
         .expect("the command wrote timestamps")
 }
 
-#[test]
-fn a_lost_lease_stops_the_command_before_its_validity_ends() {
-    let server = Server::start("");
+/// Runs `palisade hold disk0 --ttl 2s` on `endpoint` with a command that
+/// ignores SIGTERM and records the wall clock every few milliseconds; once
+/// the lease was renewed, calls `disrupt` (which must make the lease lost)
+/// and checks that the command was killed before the validity the client
+/// last computed, and that `palisade hold` exited 122. Returns the token.
+fn lost_while_running(endpoint: &str, disrupt: impl FnOnce()) -> u64 {
     let dir = tempfile::tempdir().expect("tempdir");
     let stamps = dir.path().join("stamps");
-    // Ignores SIGTERM (so SIGKILL has to come) and records the wall clock
-    // every few milliseconds for as long as it runs.
     let script = format!(
         "trap '' TERM; while :; do date +%s%3N >> {}; sleep 0.005; done",
         stamps.display()
@@ -170,15 +172,7 @@ fn a_lost_lease_stops_the_command_before_its_validity_ends() {
             "--kill-after",
             "100ms",
         ])
-        .args([
-            "--endpoint",
-            &server.endpoint,
-            "--json",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ])
+        .args(["--endpoint", endpoint, "--json", "--", "sh", "-c", &script])
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn palisade hold");
@@ -192,19 +186,15 @@ fn a_lost_lease_stops_the_command_before_its_validity_ends() {
         }
     });
     let mut seen = Vec::new();
-    // Let it renew once, then freeze the node: renewals go unanswered.
+    // Let it renew once, then take the lease away.
     while !names(&seen).contains(&"renewed".to_string()) {
         seen.push(
             rx.recv_timeout(std::time::Duration::from_secs(10))
                 .expect("an event"),
         );
     }
-    let pid = i32::try_from(server.child.id()).expect("pid");
-    // SAFETY: signalling our own child process.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    disrupt();
     let status = child.wait().expect("hold exits");
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
     seen.extend(rx.try_iter());
     let events = names(&seen);
     assert_eq!(status.code(), Some(122), "lost: {seen:?}");
@@ -237,16 +227,54 @@ fn a_lost_lease_stops_the_command_before_its_validity_ends() {
     let before = read(&stamps).len();
     common::sleep_ms(100);
     assert_eq!(read(&stamps).len(), before, "the command's group is gone");
-
-    // The next holder gets a greater token once the lease ran out.
-    let first = seen
-        .iter()
+    seen.iter()
         .find(|e| e["event"] == "granted")
         .map(token)
-        .expect("granted");
+        .expect("granted")
+}
+
+#[test]
+fn a_lost_lease_stops_the_command_before_its_validity_ends() {
+    let server = Server::start("");
+    let pid = i32::try_from(server.child.id()).expect("pid");
+    // A frozen node: renewals go unanswered until the validity runs out.
+    let first = lost_while_running(&server.endpoint, || {
+        // SAFETY: signalling our own child process.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    });
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    // The next holder gets a greater token once the lease ran out.
     let (code, next) = server.cli(&["acquire", "disk0", "--wait", "10s"]);
     assert_eq!(code, 0, "{next}");
     assert!(token(&next) > first);
+}
+
+#[test]
+fn a_leader_that_dies_without_replication_takes_the_lease_with_it() {
+    // Without replication the new leader knows no lease: it waits out a
+    // grace period of (max_ttl + lock_delay_max + election timeout) and
+    // then grants in its own, higher epoch.
+    let extra = "[leases]\nreplication = \"none\"\nmax_ttl = \"2s\"\nlock_delay_max = \"0ms\"\n";
+    let mut nodes = cluster::Cluster::start(3, extra);
+    let leader = nodes.wait_leader(10_000, &[0, 1, 2]);
+    let endpoints = nodes.endpoints().join(",");
+    let first = lost_while_running(&endpoints, || nodes.kill9(leader));
+    let (code, next) = common::cli(
+        &endpoints,
+        &[
+            "acquire",
+            "disk0",
+            "--ttl",
+            "1s",
+            "--wait",
+            "20s",
+            "--timeout",
+            "30s",
+        ],
+    );
+    assert_eq!(code, 0, "{next}");
+    assert!(token(&next) > first, "a later epoch");
 }
 
 #[test]
