@@ -11,33 +11,13 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+use common::hold::{events, granted, names, valid_until, Running, SHORT};
 use common::{token, Server, BIN};
-use serde_json::Value;
 
-/// Runs `palisade hold ARGS --endpoint E --json -- CMD...`.
+/// Runs `palisade hold RESOURCE ARGS --endpoint E --json -- CMD...`.
 fn hold(endpoint: &str, args: &[&str], command: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("hold")
-        .args(args)
-        .args(["--endpoint", endpoint, "--json", "--"])
-        .args(command)
-        .output()
-        .expect("run palisade hold")
-}
-
-/// The JSON event lines `palisade hold --json` wrote on stderr.
-fn events(stderr: &[u8]) -> Vec<Value> {
-    String::from_utf8_lossy(stderr)
-        .lines()
-        .filter_map(|line| serde_json::from_str(line).ok())
-        .collect()
-}
-
-fn names(events: &[Value]) -> Vec<String> {
-    events
-        .iter()
-        .map(|e| e["event"].as_str().expect("event name").to_string())
-        .collect()
+    let (resource, args) = args.split_first().expect("a resource");
+    common::hold::run(resource, args, endpoint, command)
 }
 
 fn read(path: &Path) -> String {
@@ -161,43 +141,13 @@ fn lost_while_running(endpoint: &str, disrupt: impl FnOnce()) -> u64 {
         "trap '' TERM; while :; do date +%s%3N >> {}; sleep 0.005; done",
         stamps.display()
     );
-    let mut child = Command::new(BIN)
-        .args([
-            "hold",
-            "disk0",
-            "--ttl",
-            "2s",
-            "--kill-before",
-            "400ms",
-            "--kill-after",
-            "100ms",
-        ])
-        .args(["--endpoint", endpoint, "--json", "--", "sh", "-c", &script])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn palisade hold");
-    let stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if let Ok(value) = serde_json::from_str::<Value>(&line) {
-                let _ = tx.send(value);
-            }
-        }
-    });
-    let mut seen = Vec::new();
+    let mut running = Running::start("disk0", &SHORT, endpoint, &["sh", "-c", &script]);
     // Let it renew once, then take the lease away.
-    while !names(&seen).contains(&"renewed".to_string()) {
-        seen.push(
-            rx.recv_timeout(std::time::Duration::from_secs(10))
-                .expect("an event"),
-        );
-    }
+    running.wait_for("renewed");
     disrupt();
-    let status = child.wait().expect("hold exits");
-    seen.extend(rx.try_iter());
+    let (status, seen) = running.finish();
     let events = names(&seen);
-    assert_eq!(status.code(), Some(122), "lost: {seen:?}");
+    assert_eq!(status, Some(122), "lost: {seen:?}");
     for expected in ["granted", "renewed", "signal", "lost", "exited"] {
         assert!(
             events.contains(&expected.to_string()),
@@ -212,12 +162,7 @@ fn lost_while_running(endpoint: &str, disrupt: impl FnOnce()) -> u64 {
     assert_eq!(signals, ["SIGTERM", "SIGKILL"], "{seen:?}");
 
     // The command never ran past the validity the client last computed.
-    let valid_until = seen
-        .iter()
-        .filter(|e| e["event"] == "granted" || e["event"] == "renewed")
-        .filter_map(|e| e["valid_until_unix_ms"].as_u64())
-        .max()
-        .expect("a validity");
+    let valid_until = valid_until(&seen);
     let last = last_stamp(&stamps);
     assert!(
         last <= valid_until,
@@ -227,10 +172,7 @@ fn lost_while_running(endpoint: &str, disrupt: impl FnOnce()) -> u64 {
     let before = read(&stamps).len();
     common::sleep_ms(100);
     assert_eq!(read(&stamps).len(), before, "the command's group is gone");
-    seen.iter()
-        .find(|e| e["event"] == "granted")
-        .map(token)
-        .expect("granted")
+    granted(&seen)
 }
 
 #[test]
