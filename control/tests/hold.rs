@@ -117,6 +117,22 @@ fn exit_codes_say_what_happened() {
     );
     assert_eq!(bad.status.code(), Some(123));
 
+    // The table is in the help.
+    let help = Command::new(BIN)
+        .args(["hold", "--help"])
+        .output()
+        .expect("run palisade hold --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for code in [
+        "121",
+        "122",
+        "123",
+        "126 / 127",
+        "PALISADE_VALID_UNTIL_UNIX_MS",
+    ] {
+        assert!(help.contains(code), "{code} in {help}");
+    }
+
     // 122 (lost) is the next test's.
 }
 
