@@ -54,7 +54,8 @@ pub struct Common {
     /// File holding the tenant secret (or set PALISADE_SECRET).
     #[arg(long)]
     pub secret_file: Option<PathBuf>,
-    /// Print one JSON object on stdout.
+    /// Print one JSON object on stdout (`hold`: one JSON line per event
+    /// on stderr; `watch` always prints JSON lines).
     #[arg(long)]
     pub json: bool,
     /// Time allowed for the command, across every node it tries (a

@@ -26,6 +26,14 @@
 //! report a loss only on `Stale` or when validity runs out, never on an
 //! error during an election. The policy is in [`failover`].
 //!
+//! **Holding, watching, listing.** [`Hold`] (threads) and [`AsyncHold`]
+//! (tokio) acquire and keep a lease alive, report its loss on a channel,
+//! and release it when dropped; [`hold::Supervisor`] is the sans-IO logic
+//! `palisade hold` stops its command with before the lease's validity
+//! ends. [`Client::watch_events`] and [`AsyncClient::watch_stream`] follow
+//! a resource's grants, releases and expiries ([`watch`]).
+//! [`Client::list`] pages through the tenant's live leases.
+//!
 //! What this crate never does: mint or compare tokens on its own authority,
 //! or extend a lease's validity past what the server granted.
 //!
