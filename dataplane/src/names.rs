@@ -7,8 +7,10 @@
 //! only a hint: `List` reports it only if the table holds a live lease for
 //! its key at that moment, and a name whose key is not live is dropped once
 //! the acquire that noted it can no longer be granted (its wait is over).
-//! A rolling pruning step on every acquire keeps each index near the
-//! number of live leases plus recent acquires.
+//! A background task on each core prunes its index in rolling order
+//! ([`NameIndex::prune`]), which keeps it near the number of live leases
+//! plus recent acquires; the request path only looks a name up (and
+//! inserts it the first time).
 //!
 //! A listing asks every core for one page ([`NameIndex::scan`], bounded
 //! work: at most [`scan_budget`] names examined) and merges the pages
@@ -25,8 +27,6 @@ use palisade_proto::{ListedLease, LIST_LIMIT_MAX};
 /// How long a noted name outlives its acquire's wait when its key is not
 /// live: covers a grant that is committed or delivered a little later.
 pub const NOTE_GRACE_MS: u64 = 2_000;
-/// Names the pruning step examines per noted acquire.
-const PRUNE_STEP: usize = 2;
 
 /// Most names one core examines for one page: enough for `limit` live
 /// leases among some dead names, never the whole index.
@@ -62,7 +62,7 @@ pub struct Part {
 #[derive(Debug, Default)]
 pub struct NameIndex {
     tenants: Vec<BTreeMap<String, u64>>,
-    /// Where the rolling pruning step continues: tenant and last name.
+    /// Where [`NameIndex::prune`] continues: tenant and last name examined.
     prune_at: (usize, Option<String>),
 }
 
@@ -108,33 +108,51 @@ impl NameIndex {
             .is_some_and(|names| names.contains_key(resource))
     }
 
-    /// Examines the next few names in rolling order and drops those whose
-    /// key is not live (`live` returns `None`) and whose keep time passed.
-    pub fn prune_step(&mut self, now_ms: u64, live: &mut dyn FnMut(u32, &str) -> Option<Live>) {
-        if self.tenants.is_empty() {
-            return;
-        }
-        for _ in 0..PRUNE_STEP {
-            let (tenant, after) = self.prune_at.clone();
+    /// Examines up to `count` names in rolling order (continuing where the
+    /// last call stopped, across tenants) and drops those whose key is not
+    /// live (`live` returns `None`) and whose keep time passed.
+    pub fn prune(
+        &mut self,
+        now_ms: u64,
+        count: usize,
+        live: &mut dyn FnMut(u32, &str) -> Option<Live>,
+    ) {
+        let mut left = count;
+        // Each tenant's names at most once per call.
+        let mut tenants_left = self.tenants.len() + 1;
+        while left > 0 && tenants_left > 0 && !self.tenants.is_empty() {
+            let (tenant, after) = std::mem::take(&mut self.prune_at);
             let tenant = tenant.min(self.tenants.len() - 1);
-            let names = &mut self.tenants[tenant];
-            let next = match &after {
-                Some(after) => names
-                    .range::<str, _>((Bound::Excluded(after.as_str()), Bound::Unbounded))
-                    .next(),
-                None => names.iter().next(),
-            }
-            .map(|(name, keep)| (name.clone(), *keep));
-            let Some((name, keep_until_ms)) = next else {
-                // This tenant's names are done: the next tenant's from the start.
-                self.prune_at = ((tenant + 1) % self.tenants.len(), None);
-                continue;
-            };
             let tenant_id = u32::try_from(tenant).expect("tenant index fits u32");
-            if keep_until_ms < now_ms && live(tenant_id, &name).is_none() {
+            let names = &mut self.tenants[tenant];
+            let range = match &after {
+                Some(after) => {
+                    names.range::<str, _>((Bound::Excluded(after.as_str()), Bound::Unbounded))
+                }
+                None => names.range::<str, _>(..),
+            };
+            let mut dead = Vec::new();
+            let mut last = None;
+            let mut examined = 0usize;
+            for (name, keep_until_ms) in range.take(left) {
+                examined += 1;
+                if *keep_until_ms < now_ms && live(tenant_id, name).is_none() {
+                    dead.push(name.clone());
+                }
+                last = Some(name);
+            }
+            let last = last.cloned();
+            for name in dead {
                 names.remove(&name);
             }
-            self.prune_at = (tenant, Some(name));
+            left -= examined;
+            self.prune_at = if left > 0 {
+                // This tenant's names are done: the next tenant's from the start.
+                tenants_left -= 1;
+                ((tenant + 1) % self.tenants.len(), None)
+            } else {
+                (tenant, last)
+            };
         }
     }
 
@@ -388,9 +406,24 @@ mod tests {
         assert!(part.leases.is_empty());
         assert!(core.contains(0, "waiting"));
         assert!(!core.contains(0, "gone"));
-        for _ in 0..10 {
-            core.prune_step(2_000, &mut |_, _| None);
+        core.note(0, "waiting", 1_000);
+        core.note(1, "live", 10);
+        // A small budget continues where the last call stopped.
+        for _ in 0..3 {
+            core.prune(2_000, 1, &mut |_, name| {
+                (name == "live").then_some(Live {
+                    token: 1,
+                    remaining_ms: 1,
+                    waiters: false,
+                })
+            });
         }
+        assert!(!core.contains(0, "waiting"));
+        assert!(!core.contains(3, "other"));
+        assert!(core.contains(1, "live"), "a live name stays");
+        assert_eq!(core.len(), 1);
+        // A large budget visits each tenant once and stops.
+        core.prune(3_000, 1_000, &mut |_, _| None);
         assert!(core.is_empty(), "{core:?}");
     }
 

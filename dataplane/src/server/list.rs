@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::Duration;
 
 use palisade_proto::{validate_resource, ArchivedRequest, Response, HEADER_LEN};
 
@@ -49,6 +50,34 @@ pub(super) struct Query {
     limit: u32,
 }
 
+/// How often each core prunes its names.
+const PRUNE_EVERY: Duration = Duration::from_millis(100);
+/// Names pruned between yields.
+const PRUNE_CHUNK: usize = 256;
+
+/// Prunes this core's names in the background: each round examines a
+/// fiftieth of them (at least 1024), so every name is looked at within
+/// about five seconds, whatever the request path does.
+pub(super) async fn prune_names(ctx: Rc<CoreCtx>) {
+    loop {
+        glommio::timer::sleep(PRUNE_EVERY).await;
+        let mut left = (ctx.lists.borrow().names.len() / 50).max(1024);
+        while left > 0 {
+            let step = left.min(PRUNE_CHUNK);
+            let now_ms = monotonic_ms();
+            let table = &ctx.shared.table;
+            ctx.lists
+                .borrow_mut()
+                .names
+                .prune(now_ms, step, &mut |tenant, name| {
+                    live(table, tenant, name, now_ms)
+                });
+            left -= step;
+            glommio::yield_if_needed().await;
+        }
+    }
+}
+
 /// What the table says about a name of `tenant` now.
 fn live(table: &LeaseTable, tenant: u32, resource: &str, now_ms: u64) -> Option<Live> {
     let key = table.hasher().key(tenant, resource.as_bytes());
@@ -65,8 +94,7 @@ fn live(table: &LeaseTable, tenant: u32, resource: &str, now_ms: u64) -> Option<
 
 impl CoreCtx {
     /// Notes the name of an acquire, or of a renewal this core has not
-    /// seen, for `List`. Cheap: a map lookup, and on an acquire two steps
-    /// of pruning.
+    /// seen, for `List`. Cheap: a map lookup (an insert the first time).
     pub(super) fn note_request(&self, conn: &Conn, request: &ArchivedRequest, now_ms: u64) {
         let Phase::Ready { tenant } = conn.phase else {
             return;
@@ -88,12 +116,6 @@ impl CoreCtx {
         lists
             .names
             .note(tenant, resource, now_ms + keep_ms + NOTE_GRACE_MS);
-        if acquire {
-            let table = &self.shared.table;
-            lists
-                .names
-                .prune_step(now_ms, &mut |t, name| live(table, t, name, now_ms));
-        }
     }
 
     fn scan(&self, tenant: u32, prefix: &str, after: &str, limit: u32) -> Part {

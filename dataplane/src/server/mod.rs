@@ -1071,6 +1071,7 @@ async fn core_main(
     }
     tasks.push(spawn_owned(hot, conn::accept_loop(ctx.clone(), listener)));
     tasks.push(spawn_owned(background, sweeper(ctx.clone())));
+    tasks.push(spawn_owned(background, list::prune_names(ctx.clone())));
     if index == 0 {
         let admin = admin
             .lock()
