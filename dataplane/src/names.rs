@@ -169,9 +169,29 @@ impl NameIndex {
         now_ms: u64,
         live: &mut dyn FnMut(&str) -> Option<Live>,
     ) -> Part {
+        let budget = scan_budget(limit);
+        self.scan_some(tenant, prefix, after, limit, budget, now_ms, live)
+            .0
+    }
+
+    /// [`NameIndex::scan`] examining at most `budget` names (at least 1);
+    /// also returns how many it examined. A scan cut into pieces continues
+    /// with `after` = the piece's `stopped_at`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn scan_some(
+        &mut self,
+        tenant: u32,
+        prefix: &str,
+        after: &str,
+        limit: u32,
+        budget: usize,
+        now_ms: u64,
+        live: &mut dyn FnMut(&str) -> Option<Live>,
+    ) -> (Part, usize) {
         assert!(limit >= 1, "a page holds at least one lease");
+        assert!(budget >= 1, "a scan examines at least one name");
         let Some(names) = self.tenants.get_mut(tenant as usize) else {
-            return Part::default();
+            return (Part::default(), 0);
         };
         // Names with the prefix start at the prefix itself.
         let start = if after < prefix {
@@ -179,7 +199,6 @@ impl NameIndex {
         } else {
             Bound::Excluded(after)
         };
-        let budget = scan_budget(limit);
         let mut part = Part::default();
         let mut dead = Vec::new();
         let mut examined = 0usize;
@@ -212,7 +231,7 @@ impl NameIndex {
             .leases
             .windows(2)
             .all(|w| w[0].resource < w[1].resource));
-        part
+        (part, examined)
     }
 }
 

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
+use glommio::TaskQueueHandle;
 use palisade_proto::{validate_resource, ArchivedRequest, Response, HEADER_LEN};
 
 use super::{CoreCtx, CoreMsg};
@@ -29,6 +30,9 @@ pub(super) struct Lists {
     /// Pages being gathered on this core, by id.
     gathers: HashMap<u64, Gather>,
     next_id: u64,
+    /// The core's background queue (set by [`prune_names`]): scans run
+    /// there, in pieces, so lease requests on the hot queue come first.
+    background: Option<TaskQueueHandle>,
 }
 
 #[derive(Debug)]
@@ -52,13 +56,14 @@ pub(super) struct Query {
 
 /// How often each core prunes its names.
 const PRUNE_EVERY: Duration = Duration::from_millis(100);
-/// Names pruned between yields.
+/// Names pruned, or examined by a scan, between yields.
 const PRUNE_CHUNK: usize = 256;
 
 /// Prunes this core's names in the background: each round examines a
 /// fiftieth of them (at least 1024), so every name is looked at within
 /// about five seconds, whatever the request path does.
 pub(super) async fn prune_names(ctx: Rc<CoreCtx>) {
+    ctx.lists.borrow_mut().background = Some(glommio::executor().current_task_queue());
     loop {
         glommio::timer::sleep(PRUNE_EVERY).await;
         let mut left = (ctx.lists.borrow().names.len() / 50).max(1024);
@@ -118,57 +123,98 @@ impl CoreCtx {
             .note(tenant, resource, now_ms + keep_ms + NOTE_GRACE_MS);
     }
 
-    fn scan(&self, tenant: u32, prefix: &str, after: &str, limit: u32) -> Part {
-        let now_ms = monotonic_ms();
-        let table = &self.shared.table;
-        self.lists
-            .borrow_mut()
-            .names
-            .scan(tenant, prefix, after, limit, now_ms, &mut |name| {
-                live(table, tenant, name, now_ms)
-            })
+    /// This core's part of a page, examining [`names::scan_budget`] names
+    /// at most, in pieces with yields in between.
+    async fn scan(&self, tenant: u32, prefix: &str, after: &str, limit: u32) -> Part {
+        let budget = names::scan_budget(limit);
+        let mut examined = 0usize;
+        let mut part = Part::default();
+        let mut cursor = after.to_owned();
+        loop {
+            let now_ms = monotonic_ms();
+            let table = &self.shared.table;
+            let wanted = limit - u32::try_from(part.leases.len()).expect("at most limit");
+            let (piece, seen) = self.lists.borrow_mut().names.scan_some(
+                tenant,
+                prefix,
+                &cursor,
+                wanted,
+                (budget - examined).min(PRUNE_CHUNK),
+                now_ms,
+                &mut |name| live(table, tenant, name, now_ms),
+            );
+            examined += seen;
+            part.leases.extend(piece.leases);
+            match piece.stopped_at {
+                // Every name under the prefix after the cursor examined.
+                None => return part,
+                Some(at) if part.leases.len() >= limit as usize || examined >= budget => {
+                    part.stopped_at = Some(at);
+                    return part;
+                }
+                Some(at) => cursor = at,
+            }
+            glommio::yield_if_needed().await;
+        }
+    }
+
+    /// Runs `task` on the core's background queue (the hot one until the
+    /// background tasks started).
+    fn spawn_scan(self: &Rc<Self>, task: impl std::future::Future<Output = ()> + 'static) {
+        let queue = self.lists.borrow().background.unwrap_or(self.hot);
+        super::server_spawn(queue, task);
     }
 
     /// Starts gathering one page for a connection of this core.
     pub(super) fn list(self: &Rc<Self>, request: ListRequest) {
-        let part = self.scan(
-            request.tenant,
-            &request.prefix,
-            &request.after,
-            request.limit,
-        );
         let id = {
             let mut lists = self.lists.borrow_mut();
             lists.next_id += 1;
             lists.next_id
         };
-        let query = || Query {
-            id,
-            from: self.index,
-            tenant: request.tenant,
-            prefix: request.prefix.clone(),
-            after: request.after.clone(),
-            limit: request.limit,
-        };
         let others: Vec<usize> = (0..self.cores).filter(|&c| c != self.index).collect();
         for &to in &others {
-            self.post(to, CoreMsg::ListQuery(Box::new(query())));
+            let query = Query {
+                id,
+                from: self.index,
+                tenant: request.tenant,
+                prefix: request.prefix.clone(),
+                after: request.after.clone(),
+                limit: request.limit,
+            };
+            self.post(to, CoreMsg::ListQuery(Box::new(query)));
         }
+        let (tenant, prefix, after, limit) = (
+            request.tenant,
+            request.prefix.clone(),
+            request.after.clone(),
+            request.limit,
+        );
         self.lists.borrow_mut().gathers.insert(
             id,
             Gather {
                 request,
-                parts: vec![part],
-                waiting: others.len(),
+                parts: Vec::new(),
+                // The other cores and this one.
+                waiting: others.len() + 1,
             },
         );
-        self.finish_list(id);
+        let ctx = self.clone();
+        self.spawn_scan(async move {
+            let part = ctx.scan(tenant, &prefix, &after, limit).await;
+            ctx.on_list_part(id, part);
+        });
     }
 
-    /// Another core asks for its page.
-    pub(super) fn on_list_query(self: &Rc<Self>, query: &Query) {
-        let part = self.scan(query.tenant, &query.prefix, &query.after, query.limit);
-        self.post(query.from, CoreMsg::ListPart { id: query.id, part });
+    /// Another core asks for its part of a page.
+    pub(super) fn on_list_query(self: &Rc<Self>, query: Query) {
+        let ctx = self.clone();
+        self.spawn_scan(async move {
+            let part = ctx
+                .scan(query.tenant, &query.prefix, &query.after, query.limit)
+                .await;
+            ctx.post(query.from, CoreMsg::ListPart { id: query.id, part });
+        });
     }
 
     /// Another core's page arrived.

@@ -236,7 +236,7 @@ impl CoreCtx {
                     .handle_cancel(&self.shared.table, lead, core, conn, now);
             }
             CoreMsg::Deliver(event) => self.deliver_local(event),
-            CoreMsg::ListQuery(query) => self.on_list_query(&query),
+            CoreMsg::ListQuery(query) => self.on_list_query(*query),
             CoreMsg::ListPart { id, part } => self.on_list_part(id, part),
         }
         self.drain_waits();
