@@ -355,3 +355,40 @@ fn the_async_guard_and_the_watch_stream() {
         assert!(page.leases.is_empty() && !page.more, "{page:?}");
     });
 }
+
+#[test]
+fn a_leader_change_with_replicated_leases_does_not_stop_the_command() {
+    let mut nodes = cluster::Cluster::start(3, "");
+    let leader = nodes.wait_leader(10_000, &[0, 1, 2]);
+    let endpoints = nodes.endpoints().join(",");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let go = dir.path().join("go");
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.01; done; exit 5",
+        go.display()
+    );
+    let mut running = Running::start(
+        "disk0",
+        &["--ttl", "3s"],
+        &endpoints,
+        &["sh", "-c", &script],
+    );
+    running.wait_for("granted");
+    nodes.kill9(leader);
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    nodes.wait_leader(10_000, &others);
+    // Longer than the ttl: the lease lives on only if the new leader
+    // renewed it.
+    common::sleep_ms(3_500);
+    std::fs::write(&go, "").expect("touch");
+    let (status, seen) = running.finish();
+    assert_eq!(status, Some(5), "CMD's own status: {seen:?}");
+    let events = names(&seen);
+    assert!(!events.contains(&"lost".to_string()), "{seen:?}");
+    assert!(!events.contains(&"signal".to_string()), "{seen:?}");
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("released"),
+        "{seen:?}"
+    );
+}

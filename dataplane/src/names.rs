@@ -19,10 +19,13 @@
 //! listing walked with the returned cursor, and every lease live for the
 //! whole walk appears on one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Bound;
 
 use palisade_proto::{ListedLease, LIST_LIMIT_MAX};
+
+use crate::table::{KeyHasher, LeaseKey};
 
 /// How long a noted name outlives its acquire's wait when its key is not
 /// live: covers a grant that is committed or delivered a little later.
@@ -58,19 +61,61 @@ pub struct Part {
     pub stopped_at: Option<String>,
 }
 
-/// The names one core has seen, per tenant, in byte order.
+/// Hashes a [`LeaseKey`] by its fingerprint's low bits: the fingerprint is
+/// already a keyed SipHash, uniform and secret.
 #[derive(Debug, Default)]
+pub struct Fingerprint(u64);
+
+impl Hasher for Fingerprint {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached through a type other than LeaseKey: fold the bytes.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u128(&mut self, value: u128) {
+        self.0 ^= (value >> 2) as u64;
+    }
+}
+
+/// The names one core has seen, per tenant, in byte order, and how long to
+/// keep each by its table key.
+#[derive(Debug)]
 pub struct NameIndex {
-    tenants: Vec<BTreeMap<String, u64>>,
+    hasher: KeyHasher,
+    tenants: Vec<BTreeSet<String>>,
+    /// Keep-until time of each name, by key: all the request path touches
+    /// for a name it has seen (one hash-map lookup).
+    keep: HashMap<LeaseKey, u64, BuildHasherDefault<Fingerprint>>,
     /// Where [`NameIndex::prune`] continues: tenant and last name examined.
     prune_at: (usize, Option<String>),
 }
 
 impl NameIndex {
+    /// An empty index keying names with the table's `hasher`.
+    #[must_use]
+    pub fn new(hasher: KeyHasher) -> NameIndex {
+        NameIndex {
+            hasher,
+            tenants: Vec::new(),
+            keep: HashMap::default(),
+            prune_at: (0, None),
+        }
+    }
+
     /// Names held, all tenants.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.tenants.iter().map(BTreeMap::len).sum()
+        debug_assert_eq!(
+            self.keep.len(),
+            self.tenants.iter().map(BTreeSet::len).sum::<usize>()
+        );
+        self.keep.len()
     }
 
     /// Whether no name is held.
@@ -79,33 +124,46 @@ impl NameIndex {
         self.len() == 0
     }
 
-    fn tenant_mut(&mut self, tenant: u32) -> &mut BTreeMap<String, u64> {
-        let index = tenant as usize;
-        if self.tenants.len() <= index {
-            self.tenants.resize_with(index + 1, BTreeMap::new);
-        }
-        &mut self.tenants[index]
+    fn key(&self, tenant: u32, resource: &str) -> LeaseKey {
+        self.hasher.key(tenant, resource.as_bytes())
     }
 
     /// Notes `resource` for `tenant`; keep it at least until `keep_until_ms`
     /// even if its key is not live.
     pub fn note(&mut self, tenant: u32, resource: &str, keep_until_ms: u64) {
-        let names = self.tenant_mut(tenant);
-        match names.get_mut(resource) {
-            Some(keep) => *keep = (*keep).max(keep_until_ms),
-            None => {
-                names.insert(resource.to_owned(), keep_until_ms);
-            }
+        let key = self.key(tenant, resource);
+        if let Some(keep) = self.keep.get_mut(&key) {
+            *keep = (*keep).max(keep_until_ms);
+            return;
         }
+        self.keep.insert(key, keep_until_ms);
+        let index = tenant as usize;
+        if self.tenants.len() <= index {
+            self.tenants.resize_with(index + 1, BTreeSet::new);
+        }
+        let inserted = self.tenants[index].insert(resource.to_owned());
+        debug_assert!(inserted, "a name and its key are noted together");
     }
 
     /// Whether `resource` is noted for `tenant` (a cheap check before
     /// [`NameIndex::note`] on the renewal path).
     #[must_use]
     pub fn contains(&self, tenant: u32, resource: &str) -> bool {
-        self.tenants
-            .get(tenant as usize)
-            .is_some_and(|names| names.contains_key(resource))
+        self.keep.contains_key(&self.key(tenant, resource))
+    }
+
+    /// Whether `name` of `tenant` may go: not kept any more and not live.
+    fn expendable(&self, tenant: u32, name: &str, now_ms: u64, live: bool) -> Option<LeaseKey> {
+        let key = self.key(tenant, name);
+        let keep_until_ms = self.keep.get(&key).copied().unwrap_or(0);
+        (!live && keep_until_ms < now_ms).then_some(key)
+    }
+
+    fn forget(&mut self, tenant: usize, dead: Vec<(String, LeaseKey)>) {
+        for (name, key) in dead {
+            self.tenants[tenant].remove(&name);
+            self.keep.remove(&key);
+        }
     }
 
     /// Examines up to `count` names in rolling order (continuing where the
@@ -124,7 +182,7 @@ impl NameIndex {
             let (tenant, after) = std::mem::take(&mut self.prune_at);
             let tenant = tenant.min(self.tenants.len() - 1);
             let tenant_id = u32::try_from(tenant).expect("tenant index fits u32");
-            let names = &mut self.tenants[tenant];
+            let names = &self.tenants[tenant];
             let range = match &after {
                 Some(after) => {
                     names.range::<str, _>((Bound::Excluded(after.as_str()), Bound::Unbounded))
@@ -134,17 +192,16 @@ impl NameIndex {
             let mut dead = Vec::new();
             let mut last = None;
             let mut examined = 0usize;
-            for (name, keep_until_ms) in range.take(left) {
+            for name in range.take(left) {
                 examined += 1;
-                if *keep_until_ms < now_ms && live(tenant_id, name).is_none() {
-                    dead.push(name.clone());
+                let is_live = live(tenant_id, name).is_some();
+                if let Some(key) = self.expendable(tenant_id, name, now_ms, is_live) {
+                    dead.push((name.clone(), key));
                 }
                 last = Some(name);
             }
             let last = last.cloned();
-            for name in dead {
-                names.remove(&name);
-            }
+            self.forget(tenant, dead);
             left -= examined;
             self.prune_at = if left > 0 {
                 // This tenant's names are done: the next tenant's from the start.
@@ -190,7 +247,7 @@ impl NameIndex {
     ) -> (Part, usize) {
         assert!(limit >= 1, "a page holds at least one lease");
         assert!(budget >= 1, "a scan examines at least one name");
-        let Some(names) = self.tenants.get_mut(tenant as usize) else {
+        let Some(names) = self.tenants.get(tenant as usize) else {
             return (Part::default(), 0);
         };
         // Names with the prefix start at the prefix itself.
@@ -202,7 +259,7 @@ impl NameIndex {
         let mut part = Part::default();
         let mut dead = Vec::new();
         let mut examined = 0usize;
-        for (name, keep_until_ms) in names.range::<str, _>((start, Bound::Unbounded)) {
+        for name in names.range::<str, _>((start, Bound::Unbounded)) {
             if !name.starts_with(prefix) {
                 // Sorted by bytes: past the prefix's range.
                 break;
@@ -215,17 +272,18 @@ impl NameIndex {
                     remaining_ms: lease.remaining_ms,
                     waiters: lease.waiters,
                 }),
-                None if *keep_until_ms < now_ms => dead.push(name.clone()),
-                None => {}
+                None => {
+                    if let Some(key) = self.expendable(tenant, name, now_ms, false) {
+                        dead.push((name.clone(), key));
+                    }
+                }
             }
             if part.leases.len() >= limit as usize || examined >= budget {
                 part.stopped_at = Some(name.clone());
                 break;
             }
         }
-        for name in dead {
-            names.remove(&name);
-        }
+        self.forget(tenant as usize, dead);
         debug_assert!(part.leases.len() <= limit as usize);
         debug_assert!(part
             .leases
@@ -306,6 +364,10 @@ mod tests {
 
     use super::*;
 
+    fn index() -> NameIndex {
+        NameIndex::new(KeyHasher::new([3; 16]))
+    }
+
     fn live_set(set: &BTreeSet<String>) -> impl FnMut(&str) -> Option<Live> + '_ {
         move |name| {
             set.contains(name).then_some(Live {
@@ -345,7 +407,7 @@ mod tests {
 
     #[test]
     fn a_walk_returns_each_live_name_once_across_cores() {
-        let mut cores: Vec<NameIndex> = (0..3).map(|_| NameIndex::default()).collect();
+        let mut cores: Vec<NameIndex> = (0..3).map(|_| index()).collect();
         let mut live = BTreeSet::new();
         for i in 0..2_000u32 {
             let name = format!("r{i:05}");
@@ -359,10 +421,10 @@ mod tests {
             }
         }
         for limit in [1, 7, 100, 1000] {
-            let mut fresh: Vec<NameIndex> = (0..3).map(|_| NameIndex::default()).collect();
+            let mut fresh: Vec<NameIndex> = (0..3).map(|_| index()).collect();
             for (core, fresh) in cores.iter().zip(fresh.iter_mut()) {
                 for names in &core.tenants {
-                    for name in names.keys() {
+                    for name in names {
                         fresh.note(0, name, u64::MAX);
                     }
                 }
@@ -375,7 +437,7 @@ mod tests {
 
     #[test]
     fn prefixes_and_tenants_are_kept_apart() {
-        let mut core = NameIndex::default();
+        let mut core = index();
         let live: BTreeSet<String> = ["a/1", "a/2", "ab", "b/1", "a"]
             .iter()
             .map(|s| s.to_string())
@@ -398,7 +460,7 @@ mod tests {
 
     #[test]
     fn a_scan_is_bounded_even_among_many_dead_names() {
-        let mut core = NameIndex::default();
+        let mut core = index();
         for i in 0..10_000 {
             core.note(0, &format!("d{i:05}"), u64::MAX);
         }
@@ -417,7 +479,7 @@ mod tests {
 
     #[test]
     fn dead_names_are_dropped_once_their_keep_time_passed() {
-        let mut core = NameIndex::default();
+        let mut core = index();
         core.note(0, "waiting", 1_000);
         core.note(0, "gone", 10);
         core.note(3, "other", 10);

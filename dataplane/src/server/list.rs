@@ -13,7 +13,7 @@ use super::{CoreCtx, CoreMsg};
 use crate::clock::monotonic_ms;
 use crate::names::{self, Live, NameIndex, Part, NOTE_GRACE_MS};
 use crate::service::{Conn, ListRequest, Phase};
-use crate::table::LeaseTable;
+use crate::table::{KeyHasher, LeaseTable};
 use crate::waiters::WaitEvent;
 
 /// Payload bytes of a `Listed` answer besides its leases: the root and the
@@ -26,7 +26,8 @@ const LISTED_PAYLOAD_MAX: usize = 1 << 16;
 /// A core's `List` state.
 #[derive(Debug, Default)]
 pub(super) struct Lists {
-    names: NameIndex,
+    /// Made on first use, with the table's key hasher.
+    names: Option<NameIndex>,
     /// Pages being gathered on this core, by id.
     gathers: HashMap<u64, Gather>,
     next_id: u64,
@@ -41,6 +42,13 @@ struct Gather {
     parts: Vec<Part>,
     /// Cores yet to answer.
     waiting: usize,
+}
+
+impl Lists {
+    fn names(&mut self, hasher: &KeyHasher) -> &mut NameIndex {
+        self.names
+            .get_or_insert_with(|| NameIndex::new(hasher.clone()))
+    }
 }
 
 /// A page request from another core.
@@ -66,17 +74,17 @@ pub(super) async fn prune_names(ctx: Rc<CoreCtx>) {
     ctx.lists.borrow_mut().background = Some(glommio::executor().current_task_queue());
     loop {
         glommio::timer::sleep(PRUNE_EVERY).await;
-        let mut left = (ctx.lists.borrow().names.len() / 50).max(1024);
+        let held = ctx.lists.borrow().names.as_ref().map_or(0, NameIndex::len);
+        let mut left = (held / 50).max(1024);
         while left > 0 {
             let step = left.min(PRUNE_CHUNK);
             let now_ms = monotonic_ms();
             let table = &ctx.shared.table;
-            ctx.lists
-                .borrow_mut()
-                .names
-                .prune(now_ms, step, &mut |tenant, name| {
-                    live(table, tenant, name, now_ms)
-                });
+            ctx.lists.borrow_mut().names(table.hasher()).prune(
+                now_ms,
+                step,
+                &mut |tenant, name| live(table, tenant, name, now_ms),
+            );
             left -= step;
             glommio::yield_if_needed().await;
         }
@@ -112,15 +120,14 @@ impl CoreCtx {
             _ => return,
         };
         let mut lists = self.lists.borrow_mut();
-        if !acquire && lists.names.contains(tenant, resource) {
+        let names = lists.names(self.shared.table.hasher());
+        if !acquire && names.contains(tenant, resource) {
             return;
         }
         if validate_resource(resource).is_err() {
             return;
         }
-        lists
-            .names
-            .note(tenant, resource, now_ms + keep_ms + NOTE_GRACE_MS);
+        names.note(tenant, resource, now_ms + keep_ms + NOTE_GRACE_MS);
     }
 
     /// This core's part of a page, examining [`names::scan_budget`] names
@@ -134,7 +141,7 @@ impl CoreCtx {
             let now_ms = monotonic_ms();
             let table = &self.shared.table;
             let wanted = limit - u32::try_from(part.leases.len()).expect("at most limit");
-            let (piece, seen) = self.lists.borrow_mut().names.scan_some(
+            let (piece, seen) = self.lists.borrow_mut().names(table.hasher()).scan_some(
                 tenant,
                 prefix,
                 &cursor,
