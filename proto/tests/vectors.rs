@@ -818,6 +818,44 @@ fn invalid_document() -> Value {
     payload_of(&mut f)[8 + 8..8 + 12].copy_from_slice(&9u32.to_le_bytes());
     payloads.push(("vec_overruns_root", "response", "a byte vector must end at or before the root (9 bytes from offset 0 reach into the root at 8)", f));
 
+    // One listed lease with an inline name: the 24-byte element at 0, the
+    // root at 24.
+    let listed = resp(Response::Listed {
+        leases: vec![ListedLease {
+            resource: "a".into(),
+            token: 1,
+            remaining_ms: 1,
+            waiters: false,
+        }],
+        next_after: String::new(),
+        more: false,
+    });
+    let mut f = listed.clone();
+    payload_of(&mut f)[20] = 2;
+    payloads.push((
+        "listed_lease_waiters_not_bool",
+        "response",
+        "a listed lease's waiters byte (element offset 20) must be 0 or 1",
+        f,
+    ));
+    // The same element moved to offset 4 (4 zero bytes before it, 4 after,
+    // the root at 32): inside the window, overlapping nothing, but not
+    // 8-aligned.
+    let payload = &listed[HEADER_LEN..];
+    let mut moved = listed[..HEADER_LEN].to_vec();
+    moved.extend_from_slice(&[0; 4]);
+    moved.extend_from_slice(&payload[..24]);
+    moved.extend_from_slice(&[0; 4]);
+    moved.extend_from_slice(&payload[24..]);
+    payload_of(&mut moved)[36..40].copy_from_slice(&(-32i32).to_le_bytes());
+    set_payload_len(&mut moved, 32 + RESPONSE_ROOT_LEN);
+    payloads.push((
+        "listed_lease_array_misaligned",
+        "response",
+        "a Vec<ListedLease> element array must start at a multiple of 8 (4 here)",
+        moved,
+    ));
+
     let mut f = req(Request::Status);
     set_payload_len(&mut f, 32);
     payloads.push((
