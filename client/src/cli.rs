@@ -91,6 +91,23 @@ Exit status:
 --json prints one JSON line per event on stderr: granted, renewed, lost,
 signal, exited, released (or not_granted, error).";
 
+/// What `acquire` and `hold` ask for.
+#[derive(Args, Debug, Clone)]
+pub struct LeaseArgs {
+    /// Resource name.
+    pub resource: String,
+    /// Lease duration.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub ttl: Duration,
+    /// Queue (FIFO) up to this long if the resource is busy.
+    #[arg(long, value_parser = duration)]
+    pub wait: Option<Duration>,
+    /// Keep the resource ungrantable this long if the lease expires
+    /// without a release.
+    #[arg(long, value_parser = duration)]
+    pub lock_delay: Option<Duration>,
+}
+
 /// Client subcommands.
 #[derive(Subcommand, Debug, Clone)]
 pub enum ClientCommand {
@@ -98,18 +115,9 @@ pub enum ClientCommand {
     /// command exits; stop the command before the lease could be lost.
     #[command(after_help = HOLD_AFTER_HELP)]
     Hold {
-        /// Resource name.
-        resource: String,
-        /// Lease duration.
-        #[arg(long, default_value = "10s", value_parser = duration)]
-        ttl: Duration,
-        /// Queue (FIFO) up to this long if the resource is busy.
-        #[arg(long, value_parser = duration)]
-        wait: Option<Duration>,
-        /// Keep the resource ungrantable this long if the lease expires
-        /// without a release.
-        #[arg(long, value_parser = duration)]
-        lock_delay: Option<Duration>,
+        /// The lease wanted.
+        #[command(flatten)]
+        lease: LeaseArgs,
         /// Send CMD SIGTERM once the lease's validity is this close without a
         /// renewal (default: a tenth of the ttl).
         #[arg(long, value_parser = duration)]
@@ -160,18 +168,9 @@ pub enum ClientCommand {
     },
     /// Take a lease on a resource.
     Acquire {
-        /// Resource name.
-        resource: String,
-        /// Lease duration.
-        #[arg(long, default_value = "10s", value_parser = duration)]
-        ttl: Duration,
-        /// Queue (FIFO) up to this long if the resource is busy.
-        #[arg(long, value_parser = duration)]
-        wait: Option<Duration>,
-        /// Keep the resource ungrantable this long if the lease expires
-        /// without a release.
-        #[arg(long, value_parser = duration)]
-        lock_delay: Option<Duration>,
+        /// The lease wanted.
+        #[command(flatten)]
+        lease: LeaseArgs,
         /// Holder id; repeating an acquire with the same id while holding
         /// returns the same token. Default: random.
         #[arg(long)]
@@ -380,19 +379,13 @@ fn run_inner(command: &ClientCommand) -> Result<Report, ClientError> {
     let mut client = connect_any(common, secret)?;
     let tenant = common.tenant.as_str();
     Ok(match command {
-        ClientCommand::Acquire {
-            resource,
-            ttl,
-            wait,
-            lock_delay,
-            holder,
-            ..
-        } => {
+        ClientCommand::Acquire { lease, holder, .. } => {
+            let resource = &lease.resource;
             let options = AcquireOptions {
-                ttl: *ttl,
+                ttl: lease.ttl,
                 holder: holder.unwrap_or_else(random_holder),
-                lock_delay: lock_delay.unwrap_or_default(),
-                wait: wait.unwrap_or_default(),
+                lock_delay: lease.lock_delay.unwrap_or_default(),
+                wait: lease.wait.unwrap_or_default(),
             };
             match client.acquire(resource, options)? {
                 AcquireOutcome::Granted(lease) => Report {
@@ -539,20 +532,17 @@ fn run_inner(command: &ClientCommand) -> Result<Report, ClientError> {
 pub fn run(command: &ClientCommand) -> i32 {
     match command {
         ClientCommand::Hold {
-            resource,
-            ttl,
-            wait,
-            lock_delay,
+            lease,
             kill_before,
             kill_after,
             common,
             command,
         } => {
             let args = crate::commands::HoldArgs {
-                resource,
-                ttl: *ttl,
-                wait: wait.unwrap_or_default(),
-                lock_delay: lock_delay.unwrap_or_default(),
+                resource: &lease.resource,
+                ttl: lease.ttl,
+                wait: lease.wait.unwrap_or_default(),
+                lock_delay: lease.lock_delay.unwrap_or_default(),
                 kill_before: *kill_before,
                 kill_after: *kill_after,
                 command,

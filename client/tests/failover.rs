@@ -140,10 +140,12 @@ fn a_hung_first_endpoint_costs_the_cli_about_one_attempt() {
     let hung = FakeNode::start(Mode::Hang);
     let live = FakeNode::start(Mode::Serve);
     let command = ClientCommand::Acquire {
-        resource: "disk0".into(),
-        ttl: Duration::from_secs(10),
-        wait: None,
-        lock_delay: None,
+        lease: cli::LeaseArgs {
+            resource: "disk0".into(),
+            ttl: Duration::from_secs(10),
+            wait: None,
+            lock_delay: None,
+        },
         holder: Some(42),
         common: Common {
             endpoint: format!("{},{}", hung.endpoint, live.endpoint),
