@@ -13,10 +13,10 @@
 #   5. SIGKILL of the node (`systemctl kill -s KILL`): systemd restarts it
 #      (NRestarts goes up, active again, a higher term);
 #   6. the lease is still held with the same token (`palisade check`
-#      answers current): leases are replicated through raft
-#      (leases.replication = "quorum"). Until the replicated lease state is
-#      in this tree (dataplane/src/replica.rs), this step is an expected
-#      failure (XFAIL, reported, not fatal); once it is, a failure fails;
+#      answers current) and its holder renews it: leases are replicated
+#      through raft (leases.replication = "quorum", the default);
+#   6b. the same across `systemctl restart palisade` (a clean stop and
+#      start): check answers current, renew succeeds, same token;
 #   7. `systemctl stop` of both: inactive, Result=success, exit status 0;
 #   8. the container is powered off.
 # Needs root, debootstrap, systemd-nspawn (Debian: systemd-container) and
@@ -225,34 +225,37 @@ echo "NRestarts $restarts_before -> $(prop palisade.service NRestarts)"
 wait_status palisade.service '^leader term [2-9][0-9]*, (granting|grace period \(no grants yet\))$' 30
 elapsed
 
-echo "== the lease survives the restart (same token, current)"
-if [ -f dataplane/src/replica.rs ]; then
-    expect_kept=1
-else
-    expect_kept=0
-fi
-kept=0
-answer=
-for _ in $(seq 1 20); do
-    rc=0
-    answer=$(inside /usr/local/bin/palisade check disk0 "$token" --json 2>&1) || rc=$?
-    if [ "$rc" = 0 ]; then
-        kept=1
-        break
-    fi
-    # 2: busy or unavailable (an election, a grace period): retry shortly.
-    [ "$rc" = 2 ] || break
-    sleep 0.5
-done
-if [ "$kept" = 1 ]; then
-    echo "lease kept: $answer"
-elif [ "$expect_kept" = 1 ]; then
-    fail "token $token on disk0 is not current after the restart: $answer"
-else
-    echo "XFAIL: token $token on disk0 is not current after the restart ($answer)."
-    echo "       Expected until replicated lease state (leases.replication = \"quorum\") is in this tree;"
-    echo "       this check becomes fatal once dataplane/src/replica.rs exists."
-fi
+# A lease kept: `check` answers current (retried through the election or
+# the takeover), then its holder renews it with the same token.
+expect_kept() {
+    local when=$1 kept=0 answer= rc
+    for _ in $(seq 1 20); do
+        rc=0
+        answer=$(inside /usr/local/bin/palisade check disk0 "$token" --json 2>&1) || rc=$?
+        if [ "$rc" = 0 ]; then
+            kept=1
+            break
+        fi
+        # 2: busy or unavailable (an election, a takeover): retry shortly.
+        [ "$rc" = 2 ] || break
+        sleep 0.5
+    done
+    [ "$kept" = 1 ] || fail "token $token on disk0 is not current $when: $answer"
+    echo "   check: $answer"
+    answer=$(inside /usr/local/bin/palisade renew disk0 "$token" --ttl 30s --json 2>&1) ||
+        fail "the holder cannot renew token $token $when: $answer"
+    echo "   renew: $answer"
+}
+
+echo "== the lease survives the SIGKILL (same token, current, renewable)"
+expect_kept "after the SIGKILL restart"
+elapsed
+
+echo "== systemctl restart palisade: the lease survives it too"
+inside systemctl restart palisade
+expect_running palisade.service
+wait_status palisade.service '^leader term ([3-9]|[1-9][0-9]+), (granting|grace period \(no grants yet\))$' 30
+expect_kept "after systemctl restart"
 elapsed
 
 echo "== systemctl stop: both stop cleanly"

@@ -631,6 +631,22 @@ impl ControlCore {
         now_ms: u64,
         send_now: &mut dyn FnMut(Vec<Message>),
     ) -> Result<Vec<Message>, CoreError> {
+        self.poll_ready_with(persist, now_ms, send_now, None)
+    }
+
+    /// [`ControlCore::poll_ready`], handing the notices of entries that
+    /// were already committed to `before_sync` before this node's own
+    /// fsync of the new entries. raft hands out only entries that are
+    /// committed *and* persisted here (`min(committed, persisted)`), so
+    /// their outcome is final: answering them need not wait for the sync
+    /// of later entries (without this, every answer paid one more fsync).
+    pub fn poll_ready_with(
+        &mut self,
+        persist: &mut dyn Persist,
+        now_ms: u64,
+        send_now: &mut dyn FnMut(Vec<Message>),
+        before_sync: Option<&mut dyn FnMut(Vec<Notice>)>,
+    ) -> Result<Vec<Message>, CoreError> {
         let mut out = Vec::new();
         if !self.raw.has_ready() {
             return Ok(out);
@@ -648,7 +664,16 @@ impl ControlCore {
             store.mem.wl().apply_snapshot(snapshot.clone())?;
             store.set_snapshot(snapshot);
         }
+        // Committed entries are persisted here already (see above): apply
+        // them first, so their answers leave before the sync below.
         let committed = ready.take_committed_entries();
+        self.apply_committed(persist, committed)?;
+        if let Some(before_sync) = before_sync {
+            let notices = std::mem::take(&mut self.notices);
+            if !notices.is_empty() {
+                before_sync(notices);
+            }
+        }
         if !ready.entries().is_empty() {
             persist.append(ready.entries());
             store.mem.wl().append(ready.entries())?;
@@ -664,7 +689,6 @@ impl ControlCore {
         for state in ready.take_read_states() {
             self.confirm(&state.request_ctx);
         }
-        self.apply_committed(persist, committed)?;
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
             store.mem.wl().mut_hard_state().set_commit(commit);

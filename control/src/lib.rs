@@ -32,5 +32,6 @@ pub mod logging;
 pub mod node;
 pub mod qos;
 pub mod raftlog;
+pub mod rlimit;
 pub mod supervise;
 pub mod transport;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use palisade_dataplane::clock::{monotonic_ms, unix_ms};
 use palisade_dataplane::leadership::{Leadership, LeadershipView};
+use palisade_dataplane::quota::{QuotaConfig, Quotas};
 use palisade_dataplane::replica::{tag_core, LeaseName, Notice, Proposal};
 use palisade_dataplane::server::{core_count, Cpus, ReplicaLink, Server, ServerOptions};
 use palisade_dataplane::service::{ControlStats, CoreStats, ServiceConfig, Shared, Tenant};
@@ -302,8 +303,11 @@ impl Node {
             .collect();
         let leadership = Leadership::new(config.node.id);
         leadership.publish(view);
+        let limits = &config.limits;
+        let tenant_count = config.tenants.len();
         let shared = Arc::new(Shared {
-            table: LeaseTable::new(config.leases.table_capacity, KeyHasher::new(hash_key)),
+            table: LeaseTable::new(config.leases.table_capacity, KeyHasher::new(hash_key))
+                .with_tenant_quota(tenant_count, u64::from(limits.tenant_leases_max)),
             leadership,
             tenants,
             config: ServiceConfig {
@@ -324,6 +328,15 @@ impl Node {
             },
             stats: (0..cores).map(|_| CoreStats::default()).collect(),
             control: ControlStats::default(),
+            quotas: Quotas::new(
+                tenant_count,
+                QuotaConfig {
+                    tenant_connections_max: u64::from(limits.tenant_connections_max),
+                    tenant_waiters_max: u64::from(limits.tenant_waiters_max),
+                    waiters_per_connection_max: limits.waiters_per_connection_max,
+                    wait_max_ms: millis_u32(limits.wait_max),
+                },
+            ),
         });
         shared
             .control
@@ -343,6 +356,9 @@ impl Node {
             frame_payload_max: config.limits.frame_payload_max,
             handshake_timeout: config.limits.handshake_timeout,
             frame_timeout: config.limits.frame_timeout,
+            unauthenticated_max: config.limits.unauthenticated_max,
+            idle_timeout: config.limits.idle_timeout,
+            write_stall_timeout: config.limits.write_stall_timeout,
             sweep_interval: config.leases.sweep_interval,
             reclaim_after: config.leases.reclaim_after,
             admin: config.admin.listen,
@@ -351,6 +367,12 @@ impl Node {
                 notices: notice_rxs,
             }),
         };
+        crate::rlimit::ensure(crate::rlimit::needed(
+            config.limits.connections_max,
+            config.limits.unauthenticated_max,
+            members.len().saturating_sub(1),
+            cores,
+        ));
         let server =
             Server::start(shared.clone(), server_options).context("starting the data plane")?;
 
@@ -551,11 +573,17 @@ impl Node {
         }
         let now = monotonic_ms();
         let transport = self.transport.as_ref();
-        let sent = self.core.poll_ready(&mut self.log, now, &mut |messages| {
-            if let Some(transport) = transport {
-                transport.send(messages);
-            }
-        });
+        let senders = &self.notices;
+        let sent = self.core.poll_ready_with(
+            &mut self.log,
+            now,
+            &mut |messages| {
+                if let Some(transport) = transport {
+                    transport.send(messages);
+                }
+            },
+            Some(&mut |notices| deliver(senders, notices)),
+        );
         let messages = match sent {
             Ok(messages) => messages,
             Err(e) => {
@@ -631,26 +659,7 @@ impl Node {
 
     /// Hands each core what became of its proposals.
     fn deliver_notices(&mut self) {
-        let notices = self.core.take_notices();
-        if notices.is_empty() {
-            return;
-        }
-        let mut per_core: Vec<Vec<Notice>> = vec![Vec::new(); self.notices.len()];
-        for notice in notices {
-            // Tag 0: the control plane's own proposals (the prune pass).
-            if notice.tag == 0 {
-                continue;
-            }
-            if let Some(batch) = per_core.get_mut(tag_core(notice.tag)) {
-                batch.push(notice);
-            }
-        }
-        for (sender, batch) in self.notices.iter().zip(per_core) {
-            if !batch.is_empty() {
-                // A closed channel: the core stopped; nobody waits.
-                let _ = sender.send(batch);
-            }
-        }
+        deliver(&self.notices, self.core.take_notices());
     }
 
     /// Part of the leader's walk over the replicated leases: logs the end
@@ -818,6 +827,29 @@ impl Node {
         }
         drop(self.qos.take());
         info!("node stopped");
+    }
+}
+
+/// Hands each notice to the core named in its tag.
+fn deliver(senders: &[flume::Sender<Vec<Notice>>], notices: Vec<Notice>) {
+    if notices.is_empty() {
+        return;
+    }
+    let mut per_core: Vec<Vec<Notice>> = vec![Vec::new(); senders.len()];
+    for notice in notices {
+        // Tag 0: the control plane's own proposals (the prune pass).
+        if notice.tag == 0 {
+            continue;
+        }
+        if let Some(batch) = per_core.get_mut(tag_core(notice.tag)) {
+            batch.push(notice);
+        }
+    }
+    for (sender, batch) in senders.iter().zip(per_core) {
+        if !batch.is_empty() {
+            // A closed channel: the core stopped; nobody waits.
+            let _ = sender.send(batch);
+        }
     }
 }
 

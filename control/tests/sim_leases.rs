@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use palisade_control::core::{ControlCore, CoreConfig, CoreError};
 use palisade_control::leases::{self, Tenants};
 use palisade_dataplane::leadership::Leadership;
-use palisade_dataplane::replica::Proposal;
+use palisade_dataplane::replica::{Notice, Proposal};
 use palisade_dataplane::service::{
     Conn, ControlStats, CoreStats, Outcome, Phase, RequestMeta, ServiceConfig, Shared, Tenant,
 };
@@ -348,6 +348,10 @@ impl Sim {
                 },
                 stats: vec![CoreStats::default()],
                 control: ControlStats::default(),
+                quotas: palisade_dataplane::quota::Quotas::new(
+                    1,
+                    palisade_dataplane::quota::QuotaConfig::UNLIMITED,
+                ),
             },
             conns: BTreeMap::new(),
             pending: BTreeMap::new(),
@@ -416,13 +420,22 @@ impl Sim {
         let local = self.nodes[i].local(real);
         let seed = self.seed;
         let mut early = Vec::new();
+        // As the real node: answers of entries already committed and
+        // persisted here go out before this node's own sync of new ones.
+        let mut answered_early = Vec::new();
         let result = {
             let node = &mut self.nodes[i];
             let Some(core) = node.core.as_mut() else {
                 return;
             };
-            core.poll_ready(&mut node.disk, local, &mut |m| early.extend(m))
+            core.poll_ready_with(
+                &mut node.disk,
+                local,
+                &mut |m| early.extend(m),
+                Some(&mut |n| answered_early.extend(n)),
+            )
         };
+        self.answer(i, answered_early, local);
         // Crash point: after the local append (and any sync), before the
         // leader's appends reach anyone or its answers go out.
         if self.crash_points && self.is_leader(i) && self.rng.chance(1) {
@@ -511,6 +524,12 @@ impl Sim {
             self.crash(i, down);
             return;
         }
+        self.answer(i, notices, local);
+        self.send_raft(messages);
+    }
+
+    /// Answers the clients whose proposals `notices` settle.
+    fn answer(&mut self, i: usize, notices: Vec<Notice>, local: u64) {
         let mut replies = Vec::new();
         {
             let plane = self.nodes[i].plane.as_mut().expect("up");
@@ -551,7 +570,6 @@ impl Sim {
         for (client, request_id, response) in replies {
             self.respond(client, request_id, response);
         }
-        self.send_raft(messages);
     }
 
     fn is_leader(&self, i: usize) -> bool {

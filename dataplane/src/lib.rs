@@ -40,6 +40,7 @@ pub mod leadership;
 pub mod mark;
 pub mod metrics;
 pub mod names;
+pub mod quota;
 pub mod replica;
 #[cfg(feature = "server")]
 pub mod server;

@@ -137,16 +137,22 @@ pub enum Denial {
     TableFull,
     /// Waiter limits (per connection or per node) were reached.
     TooManyWaiters,
+    /// The tenant holds `limits.tenant_leases_max` leases.
+    TenantLeaseQuota,
+    /// The tenant has `limits.tenant_waiters_max` acquires queued.
+    TenantWaiterQuota,
 }
 
 impl Denial {
     /// Every reason, in exposition order.
-    pub const ALL: [Denial; 5] = [
+    pub const ALL: [Denial; 7] = [
         Denial::Busy,
         Denial::NotLeader,
         Denial::Unavailable,
         Denial::TableFull,
         Denial::TooManyWaiters,
+        Denial::TenantLeaseQuota,
+        Denial::TenantWaiterQuota,
     ];
 
     /// The `reason` label.
@@ -158,6 +164,8 @@ impl Denial {
             Denial::Unavailable => "unavailable",
             Denial::TableFull => "table_full",
             Denial::TooManyWaiters => "too_many_waiters",
+            Denial::TenantLeaseQuota => "tenant_lease_quota",
+            Denial::TenantWaiterQuota => "tenant_waiter_quota",
         }
     }
 
@@ -171,7 +179,60 @@ impl Denial {
             ErrorCode::Unavailable => Some(Denial::Unavailable),
             ErrorCode::TableFull => Some(Denial::TableFull),
             ErrorCode::TooManyWaiters => Some(Denial::TooManyWaiters),
+            ErrorCode::TenantLeaseQuota => Some(Denial::TenantLeaseQuota),
+            ErrorCode::TenantWaiterQuota => Some(Denial::TenantWaiterQuota),
             _ => None,
+        }
+    }
+}
+
+/// Why the node closed a client connection for one of its limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// Refused at accept: the node was at `limits.connections_max`.
+    ConnectionsMax,
+    /// The oldest unfinished handshake, closed for a newer one
+    /// (`limits.unauthenticated_max`).
+    Evicted,
+    /// No complete handshake within `limits.handshake_timeout`.
+    HandshakeTimeout,
+    /// A started frame did not complete within `limits.frame_timeout`.
+    FrameTimeout,
+    /// Authenticated, nothing pending, silent for `limits.idle_timeout`.
+    Idle,
+    /// A reply could not be written within `limits.write_stall_timeout`.
+    WriteStall,
+    /// The tenant had `limits.tenant_connections_max` connections.
+    TenantConnectionQuota,
+    /// Too many failed proofs from the source address.
+    SlowDown,
+}
+
+impl Closed {
+    /// Every reason, in exposition order.
+    pub const ALL: [Closed; 8] = [
+        Closed::ConnectionsMax,
+        Closed::Evicted,
+        Closed::HandshakeTimeout,
+        Closed::FrameTimeout,
+        Closed::Idle,
+        Closed::WriteStall,
+        Closed::TenantConnectionQuota,
+        Closed::SlowDown,
+    ];
+
+    /// The `reason` label.
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            Closed::ConnectionsMax => "connections_max",
+            Closed::Evicted => "evicted",
+            Closed::HandshakeTimeout => "handshake_timeout",
+            Closed::FrameTimeout => "frame_timeout",
+            Closed::Idle => "idle",
+            Closed::WriteStall => "write_stall",
+            Closed::TenantConnectionQuota => "tenant_connection_quota",
+            Closed::SlowDown => "slow_down",
         }
     }
 }
@@ -227,6 +288,8 @@ pub struct CoreStats {
     pub fenced: [AtomicU64; Fenced::ALL.len()],
     /// Leases that ran out unreleased (sweep or take-over on this core).
     pub expirations: AtomicU64,
+    /// Connections closed for a limit, by [`Closed`].
+    pub closed: [AtomicU64; Closed::ALL.len()],
     /// Time from a request's bytes arriving to its answer being written.
     pub latency: LatencyHistogram,
 }
@@ -245,6 +308,11 @@ impl CoreStats {
     /// Counts one stale-token refusal.
     pub fn fence(&self, fenced: Fenced) {
         bump(&self.fenced[fenced as usize], 1);
+    }
+
+    /// Counts one connection closed for a limit.
+    pub fn close(&self, closed: Closed) {
+        bump(&self.closed[closed as usize], 1);
     }
 }
 
@@ -408,6 +476,15 @@ pub fn render(shared: &Shared, now_ms: u64) -> String {
         "gauge",
         "Open client connections.",
         sum(&|s| &s.connections),
+    );
+    labelled(
+        &mut out,
+        (
+            "palisade_connections_closed_total",
+            "Client connections the node closed for one of its limits, by reason.",
+        ),
+        "reason",
+        Closed::ALL.map(|closed| (closed.label(), sum(&|s| &s.closed[closed as usize]))),
     );
     single(
         &mut out,

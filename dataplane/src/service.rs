@@ -13,8 +13,9 @@ use palisade_proto::{
 };
 
 use crate::leadership::{Leadership, NotGranting};
+use crate::metrics::{Closed, Denial, Fenced};
 pub use crate::metrics::{ControlStats, CoreStats};
-use crate::metrics::{Denial, Fenced};
+use crate::quota::Quotas;
 use crate::replica::{Command, LeaseName};
 use crate::table::{AcquireMode, Acquired, Grant, LeaseKey, LeaseTable, TableError, TokenOutcome};
 use crate::waiters::{Origin, WaitEvent, WaitRequest};
@@ -72,6 +73,10 @@ pub struct Shared {
     pub stats: Vec<CoreStats>,
     /// What the control plane publishes for metrics.
     pub control: ControlStats,
+    /// Per-tenant connection and waiter counts, `wait_ms` and per-connection
+    /// waiter limits, and the failed-proof limiter (the per-tenant lease
+    /// quota is the table's).
+    pub quotas: Quotas,
 }
 
 /// Where a connection is in its life.
@@ -104,6 +109,12 @@ pub struct Conn {
     pub id: u64,
     /// Requests waiting in some queue.
     pub pending: u32,
+    /// Of those, queued acquires (counted against the connection's and the
+    /// tenant's waiter limits).
+    pub waits: u32,
+    /// Where the connection comes from (failed proofs are limited per
+    /// source); `None` for tests without sockets.
+    pub peer: Option<std::net::IpAddr>,
 }
 
 impl Conn {
@@ -115,6 +126,8 @@ impl Conn {
             core,
             id,
             pending: 0,
+            waits: 0,
+            peer: None,
         }
     }
 }
@@ -230,6 +243,54 @@ pub struct RequestMeta {
 }
 
 impl Shared {
+    /// An answer for `origin` reached its connection `conn` (or was
+    /// dropped with it): a queued acquire no longer counts against the
+    /// waiter limits. Call for every delivered event.
+    pub fn answered(&self, conn: &mut Conn, origin: &Origin) {
+        if !origin.queued {
+            return;
+        }
+        debug_assert!(
+            conn.waits > 0,
+            "a queued answer for a connection without waits"
+        );
+        conn.waits = conn.waits.saturating_sub(1);
+        if let Phase::Ready { tenant } = conn.phase {
+            self.quotas.give_waiters(tenant, 1);
+        }
+    }
+
+    /// `conn` closed: its tenant's counts no longer include it or its
+    /// queued acquires (whose queues drop them on the cancel that
+    /// follows). Call once, when the connection ends.
+    pub fn closed(&self, conn: &mut Conn) {
+        if let Phase::Ready { tenant } = conn.phase {
+            self.quotas.give_waiters(tenant, u64::from(conn.waits));
+            self.quotas.give_connection(tenant);
+        }
+        conn.waits = 0;
+        conn.phase = Phase::AwaitHello;
+    }
+
+    /// Completes the handshake as `tenant`, unless the tenant has its
+    /// quota of connections.
+    fn admit(&self, conn: &mut Conn, tenant: u32, welcome: Response) -> Outcome {
+        if !self.quotas.take_connection(tenant) {
+            self.count(conn, |s| s.close(Closed::TenantConnectionQuota));
+            return Outcome::ReplyAndClose(error(
+                ErrorCode::TenantConnectionQuota,
+                1_000,
+                format!(
+                    "tenant {:?} has limits.tenant_connections_max ({}) connections to this node; close some or retry later",
+                    self.tenants[tenant as usize].name,
+                    self.quotas.config().tenant_connections_max
+                ),
+            ));
+        }
+        conn.phase = Phase::Ready { tenant };
+        Outcome::Reply(welcome)
+    }
+
     /// Runs `f` on the counters of `conn`'s core (the only core that writes
     /// them: the one running this request).
     fn count(&self, conn: &Conn, f: impl FnOnce(&CoreStats)) {
@@ -339,9 +400,12 @@ impl Shared {
                 tenant.as_str(),
                 client_nonce,
                 client_name.as_str(),
+                now_ms,
                 nonce,
             ),
-            (Phase::AwaitAuth { .. }, ArchivedRequest::Auth { proof }) => self.auth(conn, proof),
+            (Phase::AwaitAuth { .. }, ArchivedRequest::Auth { proof }) => {
+                self.auth(conn, proof, now_ms)
+            }
             (Phase::Ready { .. }, ArchivedRequest::Hello { .. } | ArchivedRequest::Auth { .. }) => {
                 Outcome::Reply(error(
                     ErrorCode::InvalidArgument,
@@ -372,8 +436,12 @@ impl Shared {
         tenant: &str,
         client_nonce: &[u8; NONCE_LEN],
         client_name: &str,
+        now_ms: u64,
         nonce: &mut dyn FnMut() -> [u8; NONCE_LEN],
     ) -> Outcome {
+        if let Some(refusal) = self.slow_down(conn, now_ms) {
+            return refusal;
+        }
         if let Err(why) = validate_tenant(tenant) {
             return Outcome::ReplyAndClose(error(ErrorCode::InvalidArgument, 0, why));
         }
@@ -395,10 +463,7 @@ impl Shared {
         };
         let index = u32::try_from(index).expect("tenant count is bounded by config");
         match &self.tenants[index as usize].credential {
-            None => {
-                conn.phase = Phase::Ready { tenant: index };
-                Outcome::Reply(self.welcome(None))
-            }
+            None => self.admit(conn, index, self.welcome(None)),
             Some(credential) => {
                 let server_nonce = nonce();
                 let message = auth_message(
@@ -421,7 +486,25 @@ impl Shared {
         }
     }
 
-    fn auth(&self, conn: &mut Conn, proof: &[u8; 32]) -> Outcome {
+    /// Refuses a handshake step from a source whose failed proofs are over
+    /// the limit. Checked at `Hello` (before a challenge is issued) and
+    /// again at `Auth` (before the proof is verified): connections that
+    /// all got their challenge while the source was still under the limit
+    /// get one verification between them, not one each.
+    fn slow_down(&self, conn: &Conn, now_ms: u64) -> Option<Outcome> {
+        let retry_after_ms = self.quotas.auth_refused(conn.peer?, now_ms)?;
+        self.count(conn, |s| s.close(Closed::SlowDown));
+        Some(Outcome::ReplyAndClose(error(
+            ErrorCode::SlowDown,
+            retry_after_ms,
+            "too many failed credential proofs from this address lately; retry after retry_after_ms",
+        )))
+    }
+
+    fn auth(&self, conn: &mut Conn, proof: &[u8; 32], now_ms: u64) -> Outcome {
+        if let Some(refusal) = self.slow_down(conn, now_ms) {
+            return refusal;
+        }
         let Phase::AwaitAuth {
             tenant,
             auth_message,
@@ -435,15 +518,17 @@ impl Shared {
             .as_ref()
             .expect("AwaitAuth only for tenants with a credential");
         match verify_proof(credential, auth_message, proof) {
-            Some(signature) => {
-                conn.phase = Phase::Ready { tenant };
-                Outcome::Reply(self.welcome(Some(signature)))
+            Some(signature) => self.admit(conn, tenant, self.welcome(Some(signature))),
+            None => {
+                if let Some(peer) = conn.peer {
+                    self.quotas.auth_failed(peer, now_ms);
+                }
+                Outcome::ReplyAndClose(error(
+                    ErrorCode::AuthFailed,
+                    0,
+                    "credential proof did not verify; check the tenant secret",
+                ))
             }
-            None => Outcome::ReplyAndClose(error(
-                ErrorCode::AuthFailed,
-                0,
-                "credential proof did not verify; check the tenant secret",
-            )),
         }
     }
 
@@ -732,6 +817,7 @@ impl Shared {
                 conn: conn.id,
                 request_id: meta.request_id,
                 group: meta.group,
+                queued: false,
             },
         };
         match self.watch_answer(&watch, now_ms) {
@@ -791,6 +877,9 @@ impl Shared {
                 conn: conn.id,
                 request_id: meta.request_id,
                 group: meta.group,
+                // Not a queued acquire: counts only against the
+                // connection's pending requests.
+                queued: false,
             },
         }))
     }
@@ -898,6 +987,16 @@ impl Shared {
                 ),
             ));
         }
+        let wait_max_ms = self.quotas.config().wait_max_ms;
+        if wait_ms > wait_max_ms {
+            return Outcome::Reply(error(
+                ErrorCode::InvalidArgument,
+                0,
+                format!(
+                    "wait {wait_ms}ms exceeds this node's limits.wait_max ({wait_max_ms}ms); wait less, and acquire again if need be"
+                ),
+            ));
+        }
         if conn.pending >= self.config.pending_per_connection_max
             && (self.config.replicated || wait_ms > 0)
         {
@@ -909,7 +1008,26 @@ impl Shared {
             if conn.pending >= self.config.pending_per_connection_max {
                 return Outcome::Reply(too_many_pending());
             }
+            if conn.waits >= self.quotas.config().waiters_per_connection_max {
+                return Outcome::Reply(error(
+                    ErrorCode::TooManyWaiters,
+                    100,
+                    "this connection has limits.waiters_per_connection_max queued acquires",
+                ));
+            }
+            if !self.quotas.take_waiter(tenant) {
+                return Outcome::Reply(error(
+                    ErrorCode::TenantWaiterQuota,
+                    100,
+                    format!(
+                        "tenant {:?} has limits.tenant_waiters_max ({}) acquires queued on this node; retry later",
+                        self.tenants[tenant as usize].name,
+                        self.quotas.config().tenant_waiters_max
+                    ),
+                ));
+            }
             conn.pending += 1;
+            conn.waits += 1;
             Outcome::Wait(WaitRequest {
                 key,
                 name: self
@@ -924,6 +1042,7 @@ impl Shared {
                     conn: conn.id,
                     request_id: meta.request_id,
                     group: meta.group,
+                    queued: true,
                 },
             })
         };
@@ -1018,6 +1137,14 @@ impl Shared {
                 100,
                 "lease table is full; release leases or raise leases.table_capacity",
             )),
+            Err(TableError::TenantQuota) => Outcome::Reply(error(
+                ErrorCode::TenantLeaseQuota,
+                100,
+                format!(
+                    "tenant {:?} holds limits.tenant_leases_max leases on this node; release some and retry",
+                    self.tenants[tenant as usize].name
+                ),
+            )),
             Err(TableError::EpochExhausted | TableError::StaleEpoch) => {
                 self.leadership.request_new_epoch();
                 Outcome::Reply(error(
@@ -1099,6 +1226,7 @@ mod tests {
             },
             stats: vec![CoreStats::default()],
             control: ControlStats::default(),
+            quotas: Quotas::new(2, crate::quota::QuotaConfig::UNLIMITED),
         }
     }
 
@@ -1210,7 +1338,8 @@ mod tests {
             run(&s, &mut b, &acquire("disk0", 2, 10_000, 0), 200),
             Outcome::Reply(Response::Busy {
                 token,
-                remaining_ms: 9_900,
+                // Granted at 100 for 10 000 ms: it ends at 10 101.
+                remaining_ms: 9_901,
                 waiters: false,
                 waited_ms: 0
             })
@@ -1231,12 +1360,12 @@ mod tests {
             resource: "disk0".into(),
             token: t,
         };
-        // A renewal never moves the server's expiry back (10 100).
+        // A renewal never moves the server's expiry back (10 101).
         assert_eq!(
             run(&s, &mut b, &check(token), 400),
             Outcome::Reply(Response::Current {
                 token,
-                remaining_ms: 9_700
+                remaining_ms: 9_701
             })
         );
         assert!(matches!(
@@ -1342,6 +1471,123 @@ mod tests {
             Some(ErrorCode::TooManyWaiters)
         );
         assert_eq!(conn.pending, 2);
+    }
+
+    fn limited() -> Shared {
+        let mut s = shared(0);
+        s.table = LeaseTable::new(64, KeyHasher::new([9; 16])).with_tenant_quota(2, 2);
+        s.quotas = Quotas::new(
+            2,
+            crate::quota::QuotaConfig {
+                tenant_connections_max: 3,
+                tenant_waiters_max: 2,
+                waiters_per_connection_max: 1,
+                wait_max_ms: 60_000,
+            },
+        );
+        s.config.pending_per_connection_max = 100;
+        s
+    }
+
+    #[test]
+    fn tenant_quotas_refuse_new_things_with_their_own_codes() {
+        let s = limited();
+        let mut a = ready(&s);
+        let mut b = ready(&s);
+        let mut c = ready(&s);
+        let out = run(&s, &mut Conn::new(0, 4), &hello("default"), 0);
+        assert!(matches!(out, Outcome::ReplyAndClose(_)), "{out:?}");
+        assert_eq!(code(&out), Some(ErrorCode::TenantConnectionQuota));
+        for (resource, holder) in [("r1", 1), ("r2", 2)] {
+            assert!(matches!(
+                run(&s, &mut a, &acquire(resource, holder, 1_000, 0), 0),
+                Outcome::Reply(Response::Granted { .. })
+            ));
+        }
+        assert_eq!(
+            code(&run(&s, &mut a, &acquire("r3", 3, 1_000, 0), 0)),
+            Some(ErrorCode::TenantLeaseQuota)
+        );
+        // Waits: one per connection, two per tenant.
+        assert!(matches!(
+            run(&s, &mut a, &acquire("r1", 4, 1_000, 500), 0),
+            Outcome::Wait(_)
+        ));
+        assert_eq!(
+            code(&run(&s, &mut a, &acquire("r2", 5, 1_000, 500), 0)),
+            Some(ErrorCode::TooManyWaiters)
+        );
+        let Outcome::Wait(waiting) = run(&s, &mut b, &acquire("r2", 6, 1_000, 500), 0) else {
+            panic!("second waiter of the tenant queues");
+        };
+        assert!(waiting.origin.queued);
+        assert_eq!(
+            code(&run(&s, &mut c, &acquire("r2", 7, 1_000, 500), 0)),
+            Some(ErrorCode::TenantWaiterQuota)
+        );
+        // An answered wait frees its slot; a closed connection frees the
+        // rest and its connection.
+        s.answered(&mut b, &waiting.origin);
+        assert_eq!(s.quotas.tenant_waiters(0), 1);
+        assert!(matches!(
+            run(&s, &mut c, &acquire("r2", 7, 1_000, 500), 0),
+            Outcome::Wait(_)
+        ));
+        s.closed(&mut a);
+        assert_eq!(s.quotas.tenant_waiters(0), 1);
+        assert_eq!(s.quotas.tenant_connections(0), 2);
+        assert!(matches!(
+            run(&s, &mut Conn::new(0, 5), &hello("default"), 0),
+            Outcome::Reply(Response::Welcome(_))
+        ));
+    }
+
+    #[test]
+    fn waits_beyond_wait_max_are_refused() {
+        let s = limited();
+        let mut conn = ready(&s);
+        let out = run(&s, &mut conn, &acquire("r", 1, 1_000, 60_001), 0);
+        assert_eq!(code(&out), Some(ErrorCode::InvalidArgument));
+        assert!(
+            matches!(out, Outcome::Reply(_)),
+            "the connection stays open"
+        );
+        assert!(matches!(
+            run(&s, &mut conn, &acquire("r", 1, 1_000, 60_000), 0),
+            Outcome::Reply(Response::Granted { .. })
+        ));
+    }
+
+    #[test]
+    fn failed_proofs_slow_their_source_down() {
+        let s = shared(0);
+        let peer: std::net::IpAddr = "192.0.2.7".parse().expect("ip");
+        let attempt = || {
+            let mut conn = Conn::new(0, 1);
+            conn.peer = Some(peer);
+            let out = run(&s, &mut conn, &hello("billing"), 0);
+            if code(&out) == Some(ErrorCode::SlowDown) {
+                return out;
+            }
+            run(&s, &mut conn, &Request::Auth { proof: [0; 32] }, 0)
+        };
+        for _ in 0..=crate::quota::AUTH_FAILURE_BURST {
+            assert_eq!(code(&attempt()), Some(ErrorCode::AuthFailed));
+        }
+        let out = attempt();
+        assert!(matches!(out, Outcome::ReplyAndClose(_)));
+        assert!(matches!(
+            out,
+            Outcome::ReplyAndClose(Response::Error { code: ErrorCode::SlowDown, retry_after_ms, .. })
+                if retry_after_ms > 0
+        ));
+        // Another source is not affected.
+        let mut other = Conn::new(0, 2);
+        other.peer = Some("192.0.2.8".parse().expect("ip"));
+        assert!(matches!(
+            run(&s, &mut other, &hello("billing"), 0),
+            Outcome::Reply(Response::Challenge { .. })
+        ));
     }
 
     #[test]

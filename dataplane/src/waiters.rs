@@ -42,6 +42,9 @@ pub struct Origin {
     pub request_id: u64,
     /// Group from the request frame.
     pub group: u32,
+    /// A queued acquire (counts against the connection's and the tenant's
+    /// waiter limits until it is answered), not a commit or a watch.
+    pub queued: bool,
 }
 
 /// A request to wait for a key.
@@ -252,7 +255,10 @@ impl WaitQueues {
                     ErrorCode::TableFull,
                     "lease table is full; raise leases.table_capacity",
                 ),
-                TableError::Contended | TableError::EpochExhausted | TableError::StaleEpoch => {
+                TableError::Contended
+                | TableError::EpochExhausted
+                | TableError::StaleEpoch
+                | TableError::TenantQuota => {
                     (ErrorCode::Unavailable, "transient contention; retry")
                 }
             };
@@ -480,13 +486,27 @@ impl WaitQueues {
                     self.schedule_retry(key, grantable_at_ms.max(now_ms + 1));
                     return;
                 }
-                Err(TableError::Full) => {
+                Err(refusal @ (TableError::Full | TableError::TenantQuota)) => {
+                    // The head's turn came but no new grant fits: the table
+                    // is full, or (quotas refuse only new grants) its
+                    // tenant holds its quota of leases elsewhere.
+                    let (code, message) = if refusal == TableError::Full {
+                        (
+                            ErrorCode::TableFull,
+                            "lease table is full; raise leases.table_capacity",
+                        )
+                    } else {
+                        (
+                            ErrorCode::TenantLeaseQuota,
+                            "the tenant holds limits.tenant_leases_max leases on this node; release some and retry",
+                        )
+                    };
                     let waiter = self.pop_head(key).expect("head exists");
                     self.events.push_back(WaitEvent::Failed {
                         origin: waiter.request.origin,
-                        code: ErrorCode::TableFull,
+                        code,
                         retry_after_ms: 100,
-                        message: "lease table is full; raise leases.table_capacity",
+                        message,
                     });
                 }
                 Err(TableError::EpochExhausted) => {
@@ -533,6 +553,7 @@ mod tests {
             conn,
             request_id: conn * 10,
             group: 0,
+            queued: true,
         }
     }
 
@@ -641,11 +662,12 @@ mod tests {
         let (table, key, _token) = setup();
         let mut q = WaitQueues::new(10);
         q.handle_enqueue(&table, LEAD, wait(key, 1, 10, 10_000), 10);
-        assert_eq!(q.poll_timeout(), Some(500), "retry when the lease expires");
-        q.handle_timeout(&table, LEAD, 499);
+        // Granted at 0 for 500 ms: it ends at 501 (EXPIRY_MARGIN_MS).
+        assert_eq!(q.poll_timeout(), Some(501), "retry when the lease expires");
+        q.handle_timeout(&table, LEAD, 500);
         assert_eq!(q.poll_event(), None);
         assert_eq!(q.take_expirations(), 0);
-        q.handle_timeout(&table, LEAD, 500);
+        q.handle_timeout(&table, LEAD, 501);
         let (conn, _) = granted_conn(q.poll_event());
         assert_eq!(conn, 1);
         assert_eq!(q.take_expirations(), 1, "the holder's lease ran out");
@@ -669,7 +691,7 @@ mod tests {
             }) => {
                 assert_eq!(origin.conn, 1);
                 assert_eq!(holder, token);
-                assert_eq!(remaining_ms, 400);
+                assert_eq!(remaining_ms, 401);
                 assert_eq!(waited_ms, 90);
             }
             other => panic!("{other:?}"),

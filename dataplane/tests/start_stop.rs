@@ -62,6 +62,10 @@ fn shared(cores: usize) -> Arc<Shared> {
         },
         stats: (0..cores).map(|_| CoreStats::default()).collect(),
         control: ControlStats::default(),
+        quotas: palisade_dataplane::quota::Quotas::new(
+            1,
+            palisade_dataplane::quota::QuotaConfig::UNLIMITED,
+        ),
     })
 }
 
@@ -78,6 +82,9 @@ fn options() -> ServerOptions {
         frame_payload_max: 64 << 10,
         handshake_timeout: Duration::from_secs(5),
         frame_timeout: Duration::from_secs(5),
+        unauthenticated_max: 64,
+        idle_timeout: Duration::from_secs(60),
+        write_stall_timeout: Duration::from_secs(10),
         sweep_interval: Duration::from_millis(100),
         reclaim_after: Duration::from_secs(60),
         admin: None,

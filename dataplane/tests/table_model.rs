@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use palisade_dataplane::table::{
-    AcquireMode, Acquired, Grant, KeyHasher, LeaseKey, LeaseTable, TokenOutcome,
+    AcquireMode, Acquired, Grant, KeyHasher, LeaseKey, LeaseTable, TokenOutcome, EXPIRY_MARGIN_MS,
 };
 use proptest::prelude::*;
 
@@ -170,7 +170,7 @@ impl Harness {
                 });
                 let expect_busy = match lease.live(now) {
                     Some(h) if h.holder == holder => {
-                        let new_expiry = h.expiry.max(now + u64::from(ttl_ms));
+                        let new_expiry = h.expiry.max(now + u64::from(ttl_ms) + EXPIRY_MARGIN_MS);
                         let ttl = h.ttl.max(ttl_ms);
                         assert_eq!(
                             got,
@@ -222,7 +222,7 @@ impl Harness {
                             "table granted, model busy: {lease:?} at {now}"
                         );
                         assert!(!idempotent);
-                        assert_eq!(expires_at_ms, now + u64::from(ttl_ms));
+                        assert_eq!(expires_at_ms, now + u64::from(ttl_ms) + EXPIRY_MARGIN_MS);
                         let highest = self.highest.entry(key).or_insert(0);
                         assert!(token > *highest, "S1: {token:#x} after {highest:#x}");
                         assert_eq!((token >> 32) as u32, self.epoch);
@@ -250,7 +250,7 @@ impl Harness {
                 match lease.and_then(|l| l.live(now).map(|live| (l, live))) {
                     Some((lease, live)) if live.token == token => {
                         let applied = ttl_ms.min(live.ttl);
-                        let expiry = (now + u64::from(applied)).max(live.expiry);
+                        let expiry = (now + u64::from(applied) + EXPIRY_MARGIN_MS).max(live.expiry);
                         assert_eq!(
                             got,
                             TokenOutcome::Renewed {
@@ -411,6 +411,15 @@ proptest! {
         };
         for op in &ops {
             harness.apply(op);
+            // The tenant's lease count (its quota's measure) follows every
+            // grant, release, sweep and takeover: held and not yet counted
+            // as run out.
+            let charged = harness
+                .model
+                .values()
+                .filter(|l| l.held.is_some() && !l.expiry_counted)
+                .count() as u64;
+            prop_assert_eq!(harness.table.tenant_leases(0), charged, "after {:?}", op);
         }
     }
 }

@@ -108,6 +108,10 @@ fn shared() -> Shared {
         },
         stats: vec![CoreStats::default()],
         control: ControlStats::default(),
+        quotas: palisade_dataplane::quota::Quotas::new(
+            TENANTS.len(),
+            palisade_dataplane::quota::QuotaConfig::UNLIMITED,
+        ),
     }
 }
 

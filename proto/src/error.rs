@@ -46,11 +46,23 @@ pub enum ErrorCode {
     Timeout = 13,
     /// A server-side failure that is not the client's fault.
     Internal = 14,
+    /// The tenant holds `limits.tenant_leases_max` leases on this node.
+    /// Retry after its leases are released or expire.
+    TenantLeaseQuota = 15,
+    /// The tenant has `limits.tenant_waiters_max` acquires queued on this
+    /// node. Retry later.
+    TenantWaiterQuota = 16,
+    /// The tenant has `limits.tenant_connections_max` authenticated
+    /// connections to this node (answers the handshake; closes).
+    TenantConnectionQuota = 17,
+    /// Too many failed credential proofs came from this source address
+    /// lately; retry after `retry_after_ms` (answers `Hello`; closes).
+    SlowDown = 18,
 }
 
 impl ErrorCode {
     /// Every code, in discriminant order (for docs and tests).
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::Malformed,
         ErrorCode::UnsupportedVersion,
         ErrorCode::FrameTooLarge,
@@ -65,6 +77,10 @@ impl ErrorCode {
         ErrorCode::TooManyConnections,
         ErrorCode::Timeout,
         ErrorCode::Internal,
+        ErrorCode::TenantLeaseQuota,
+        ErrorCode::TenantWaiterQuota,
+        ErrorCode::TenantConnectionQuota,
+        ErrorCode::SlowDown,
     ];
 
     /// Stable snake_case name used in logs and JSON output.
@@ -85,6 +101,10 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
+            ErrorCode::TenantLeaseQuota => "tenant_lease_quota",
+            ErrorCode::TenantWaiterQuota => "tenant_waiter_quota",
+            ErrorCode::TenantConnectionQuota => "tenant_connection_quota",
+            ErrorCode::SlowDown => "slow_down",
         }
     }
 
@@ -102,6 +122,8 @@ impl ErrorCode {
                 | ErrorCode::NotAuthenticated
                 | ErrorCode::TooManyConnections
                 | ErrorCode::Timeout
+                | ErrorCode::TenantConnectionQuota
+                | ErrorCode::SlowDown
         )
     }
 }
@@ -125,6 +147,10 @@ impl ArchivedErrorCode {
             ArchivedErrorCode::TooManyConnections => ErrorCode::TooManyConnections,
             ArchivedErrorCode::Timeout => ErrorCode::Timeout,
             ArchivedErrorCode::Internal => ErrorCode::Internal,
+            ArchivedErrorCode::TenantLeaseQuota => ErrorCode::TenantLeaseQuota,
+            ArchivedErrorCode::TenantWaiterQuota => ErrorCode::TenantWaiterQuota,
+            ArchivedErrorCode::TenantConnectionQuota => ErrorCode::TenantConnectionQuota,
+            ArchivedErrorCode::SlowDown => ErrorCode::SlowDown,
         }
     }
 }

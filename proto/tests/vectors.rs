@@ -786,10 +786,10 @@ fn invalid_document() -> Value {
     };
     let mut f = resp(error.clone());
     payload_of(&mut f)[1] = 0;
-    payloads.push(("error_code_0", "response", "error codes are 1..=14", f));
+    payloads.push(("error_code_0", "response", "error codes are 1..=18", f));
     let mut f = resp(error);
-    payload_of(&mut f)[1] = 15;
-    payloads.push(("error_code_15", "response", "error codes are 1..=14", f));
+    payload_of(&mut f)[1] = 19;
+    payloads.push(("error_code_19", "response", "error codes are 1..=18", f));
 
     let mut f = resp(Response::Welcome(welcome(None)));
     payload_of(&mut f)[28] = 2;

@@ -221,7 +221,7 @@ pub struct LimitsConfig {
     /// Largest frame payload in bytes, `1024..=1048576`. Default 16384.
     pub frame_payload_max: u32,
     /// Time a new connection has to finish its handshake, `10ms..=10m`.
-    /// Default 5s.
+    /// Default 1s.
     pub handshake_timeout: Duration,
     /// Time a frame that has started arriving has to complete, `10ms..=10m`.
     /// Default 10s.
@@ -229,6 +229,32 @@ pub struct LimitsConfig {
     /// Outstanding (waiting) requests per connection, at least 1.
     /// Default 1024.
     pub pending_per_connection_max: u32,
+    /// Connections that have not finished the handshake, node-wide (split
+    /// evenly over cores), at least 1. When full, the oldest unfinished
+    /// handshake is closed to make room. Default 128.
+    pub unauthenticated_max: u32,
+    /// An authenticated connection with nothing pending that sends nothing
+    /// for this long is closed, `1s..=24h`; keep it above `leases.max_ttl / 3`
+    /// (a holder renews every third of its ttl).
+    /// Default 60s.
+    pub idle_timeout: Duration,
+    /// A connection whose replies cannot be written for this long (the
+    /// client stopped reading) is closed, `10ms..=10m`. Default 10s.
+    pub write_stall_timeout: Duration,
+    /// Queued acquires (`wait_ms > 0`) per connection, at least 1.
+    /// Default 256.
+    pub waiters_per_connection_max: u32,
+    /// Longest `wait_ms` of an acquire, `0s..=24h`; a longer one is refused
+    /// with `invalid_argument`. Default 5m.
+    pub wait_max: Duration,
+    /// Leases one tenant may hold on this node, at least 1. Default 32768.
+    pub tenant_leases_max: u32,
+    /// Acquires one tenant may have queued on this node, at least 1.
+    /// Default 5000.
+    pub tenant_waiters_max: u32,
+    /// Authenticated connections one tenant may have open to this node, at
+    /// least 1. Default 5000.
+    pub tenant_connections_max: u32,
 }
 
 /// The `[dataplane]` section.
@@ -551,9 +577,17 @@ impl Default for LimitsConfig {
             connections_max: 10_000,
             waiters_max: 10_000,
             frame_payload_max: 16_384,
-            handshake_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(1),
             frame_timeout: Duration::from_secs(10),
             pending_per_connection_max: 1024,
+            unauthenticated_max: 128,
+            idle_timeout: Duration::from_secs(60),
+            write_stall_timeout: Duration::from_secs(10),
+            waiters_per_connection_max: 256,
+            wait_max: Duration::from_secs(300),
+            tenant_leases_max: 32_768,
+            tenant_waiters_max: 5_000,
+            tenant_connections_max: 5_000,
         }
     }
 }

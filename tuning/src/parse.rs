@@ -68,6 +68,14 @@ const LIMITS_KEYS: &[&str] = &[
     "handshake_timeout",
     "frame_timeout",
     "pending_per_connection_max",
+    "unauthenticated_max",
+    "idle_timeout",
+    "write_stall_timeout",
+    "waiters_per_connection_max",
+    "wait_max",
+    "tenant_leases_max",
+    "tenant_waiters_max",
+    "tenant_connections_max",
 ];
 const DATAPLANE_KEYS: &[&str] = &["preempt_timer", "rpc_latency", "client_dscp"];
 const QOS_KEYS: &[&str] = &["enabled", "interface", "rate", "peer_dscp", "client_dscp"];
@@ -334,6 +342,42 @@ fn walk_limits(limits: &Section<'_>, config: &mut Config, issues: &mut Issues) {
         &mut target.pending_per_connection_max,
         issues,
     );
+    for (key, rule, field) in [
+        (
+            "unauthenticated_max",
+            validate::UNAUTHENTICATED_MAX,
+            &mut target.unauthenticated_max,
+        ),
+        (
+            "waiters_per_connection_max",
+            validate::WAITERS_PER_CONNECTION_MAX,
+            &mut target.waiters_per_connection_max,
+        ),
+        (
+            "tenant_leases_max",
+            validate::TENANT_LEASES_MAX,
+            &mut target.tenant_leases_max,
+        ),
+        (
+            "tenant_waiters_max",
+            validate::TENANT_WAITERS_MAX,
+            &mut target.tenant_waiters_max,
+        ),
+        (
+            "tenant_connections_max",
+            validate::TENANT_CONNECTIONS_MAX,
+            &mut target.tenant_connections_max,
+        ),
+    ] {
+        limits.int(key, rule, field, issues);
+    }
+    limits.duration("idle_timeout", &mut target.idle_timeout, issues);
+    limits.duration(
+        "write_stall_timeout",
+        &mut target.write_stall_timeout,
+        issues,
+    );
+    limits.duration("wait_max", &mut target.wait_max, issues);
 }
 
 fn walk_dataplane(dataplane: &Section<'_>, config: &mut Config, issues: &mut Issues) {

@@ -183,6 +183,46 @@ pub(crate) fn render(config: &Config) -> String {
         limits.pending_per_connection_max,
         ">= 1: outstanding requests per connection",
     );
+    out.key(
+        "unauthenticated_max",
+        limits.unauthenticated_max,
+        ">= 1: unfinished handshakes per node; when full the oldest is closed",
+    );
+    out.key(
+        "idle_timeout",
+        duration(limits.idle_timeout),
+        "1s ..= 24h, above leases.max_ttl / 3: an authenticated connection with nothing pending is closed after this silence",
+    );
+    out.key(
+        "write_stall_timeout",
+        duration(limits.write_stall_timeout),
+        "10ms ..= 10m: a connection whose replies cannot be written this long is closed",
+    );
+    out.key(
+        "waiters_per_connection_max",
+        limits.waiters_per_connection_max,
+        ">= 1: queued acquires per connection",
+    );
+    out.key(
+        "wait_max",
+        duration(limits.wait_max),
+        "0s ..= 24h: a longer acquire wait_ms is refused (invalid_argument)",
+    );
+    out.key(
+        "tenant_leases_max",
+        limits.tenant_leases_max,
+        ">= 1: leases one tenant may hold (tenant_lease_quota)",
+    );
+    out.key(
+        "tenant_waiters_max",
+        limits.tenant_waiters_max,
+        ">= 1: queued acquires of one tenant (tenant_waiter_quota)",
+    );
+    out.key(
+        "tenant_connections_max",
+        limits.tenant_connections_max,
+        ">= 1: authenticated connections of one tenant (tenant_connection_quota)",
+    );
 
     let dataplane = &config.dataplane;
     out.section("dataplane");

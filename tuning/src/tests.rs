@@ -198,6 +198,14 @@ fn every_field_round_trips() {
             handshake_timeout: Duration::from_secs(600),
             frame_timeout: Duration::from_millis(10),
             pending_per_connection_max: 7,
+            unauthenticated_max: 3,
+            idle_timeout: Duration::from_secs(86_400),
+            write_stall_timeout: Duration::from_millis(10),
+            waiters_per_connection_max: 5,
+            wait_max: Duration::ZERO,
+            tenant_leases_max: 11,
+            tenant_waiters_max: 13,
+            tenant_connections_max: u32::MAX,
         },
         dataplane: DataplaneConfig {
             preempt_timer: Duration::from_micros(100),
@@ -414,6 +422,11 @@ fn integer_bounds() {
         "connections_max",
         "waiters_max",
         "pending_per_connection_max",
+        "unauthenticated_max",
+        "waiters_per_connection_max",
+        "tenant_leases_max",
+        "tenant_waiters_max",
+        "tenant_connections_max",
     ] {
         accepts("limits", key, "1");
         accepts("limits", key, "4294967295");
@@ -455,6 +468,16 @@ fn duration_bounds() {
         ),
         ("limits", "handshake_timeout", "10ms", "9ms", "10m", "601s"),
         ("limits", "frame_timeout", "10ms", "0s", "10m", "1h"),
+        (
+            "limits",
+            "write_stall_timeout",
+            "10ms",
+            "9ms",
+            "10m",
+            "601s",
+        ),
+        ("limits", "idle_timeout", "1s", "999ms", "24h", "1441m"),
+        ("limits", "wait_max", "0s", "0s", "24h", "1441m"),
         (
             "dataplane",
             "preempt_timer",

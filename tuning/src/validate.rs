@@ -175,6 +175,22 @@ pub(crate) const FRAME_PAYLOAD_MAX: IntRule = IntRule::between(1024, 1 << 20);
 pub(crate) const HANDSHAKE_TIMEOUT: DurationRule = DurationRule::between(ms(10), ms(600_000));
 pub(crate) const FRAME_TIMEOUT: DurationRule = DurationRule::between(ms(10), ms(600_000));
 pub(crate) const PENDING_PER_CONNECTION_MAX: IntRule = IntRule::at_least_u32(1);
+pub(crate) const UNAUTHENTICATED_MAX: IntRule = IntRule::at_least_u32(1);
+/// Keep it above `leases.max_ttl / 3`: a holder that renews every third of
+/// its ttl then keeps its connection (otherwise its client reconnects at
+/// each renewal, which works but costs a handshake).
+pub(crate) const IDLE_TIMEOUT: DurationRule = DurationRule::between(ms(1000), ms(86_400_000));
+pub(crate) const WRITE_STALL_TIMEOUT: DurationRule = DurationRule::between(ms(10), ms(600_000));
+pub(crate) const WAITERS_PER_CONNECTION_MAX: IntRule = IntRule::at_least_u32(1);
+/// `wait_ms` is a u32 on the wire; a day is far below its range.
+pub(crate) const WAIT_MAX: DurationRule = DurationRule {
+    min: Duration::ZERO,
+    max: Some(ms(86_400_000)),
+    whole_ms: true,
+};
+pub(crate) const TENANT_LEASES_MAX: IntRule = IntRule::at_least_u32(1);
+pub(crate) const TENANT_WAITERS_MAX: IntRule = IntRule::at_least_u32(1);
+pub(crate) const TENANT_CONNECTIONS_MAX: IntRule = IntRule::at_least_u32(1);
 
 pub(crate) const PREEMPT_TIMER: DurationRule = DurationRule::between(us(100), ms(100));
 pub(crate) const RPC_LATENCY: DurationRule = DurationRule::between(us(10), ms(100));
@@ -595,6 +611,38 @@ fn validate_limits(config: &Config, checker: &mut Checker<'_>) {
         "limits.pending_per_connection_max",
         PENDING_PER_CONNECTION_MAX,
         limits.pending_per_connection_max,
+    );
+    checker.int(
+        "limits.unauthenticated_max",
+        UNAUTHENTICATED_MAX,
+        limits.unauthenticated_max,
+    );
+    checker.duration("limits.idle_timeout", IDLE_TIMEOUT, limits.idle_timeout);
+    checker.duration(
+        "limits.write_stall_timeout",
+        WRITE_STALL_TIMEOUT,
+        limits.write_stall_timeout,
+    );
+    checker.int(
+        "limits.waiters_per_connection_max",
+        WAITERS_PER_CONNECTION_MAX,
+        limits.waiters_per_connection_max,
+    );
+    checker.duration("limits.wait_max", WAIT_MAX, limits.wait_max);
+    checker.int(
+        "limits.tenant_leases_max",
+        TENANT_LEASES_MAX,
+        limits.tenant_leases_max,
+    );
+    checker.int(
+        "limits.tenant_waiters_max",
+        TENANT_WAITERS_MAX,
+        limits.tenant_waiters_max,
+    );
+    checker.int(
+        "limits.tenant_connections_max",
+        TENANT_CONNECTIONS_MAX,
+        limits.tenant_connections_max,
     );
 }
 

@@ -7,7 +7,11 @@
 //! 50% and 90% of that rate. The echo floor is also measured at Palisade's
 //! rates, so the two are compared at equal load. Servers run pinned to one
 //! CPU, the engine to another; one engine drives every system through its
-//! codec. It measures and reports; it never asserts a number.
+//! codec. With `--rates` it also measures every system at the same fixed
+//! rates in alternating rounds (min and median per percentile, and the
+//! servers' CPU per request: see [`fixed`]), because "50% of the maximum"
+//! alone hides the shape of the tail. It measures and reports; it never
+//! asserts a number.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +22,7 @@ use anyhow::{bail, Context, Result};
 pub(crate) mod codec;
 pub(crate) mod echo;
 pub(crate) mod engine;
+pub(crate) mod fixed;
 pub(crate) mod palisade;
 pub(crate) mod report;
 pub(crate) mod sweep;
@@ -121,6 +126,17 @@ pub struct CompareArgs {
     /// The `palisade` binary (default: next to this one).
     #[arg(long)]
     palisade_bin: Option<PathBuf>,
+    /// Fixed-rate table: every system at each of these arrival rates
+    /// (comma-separated), `--rounds` times, alternating the systems.
+    #[arg(long, value_delimiter = ',')]
+    rates: Vec<f64>,
+    /// Rounds of the fixed-rate table (min and median are reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Skip the sweep and the runs at 50% and 90% of the maximum (with
+    /// `--rates`: only the fixed-rate table).
+    #[arg(long)]
+    no_sweep: bool,
     /// Quick check that the harness works: 2 s runs, Palisade and echo
     /// only, uncontended at 1 connection, a short sweep up to 8000/s with
     /// a p99 bound of at least 1 s.
@@ -579,10 +595,20 @@ pub fn compare(args: &CompareArgs) -> Result<()> {
         p99_bound_us: args.p99_bound.as_secs_f64() * 1e6,
         systems: Vec::new(),
         cells: Vec::new(),
+        fixed: Vec::new(),
     };
+    if args.no_sweep && args.rates.is_empty() {
+        bail!("--no-sweep needs --rates: nothing would be measured");
+    }
+    if args.rates.iter().any(|r| !r.is_finite() || *r <= 0.0) {
+        bail!("--rates must be positive arrival rates");
+    }
+    if !args.rates.is_empty() && args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
     for name in SYSTEMS
         .iter()
-        .filter(|s| args.systems.iter().any(|a| a == *s))
+        .filter(|s| !args.no_sweep && args.systems.iter().any(|a| a == *s))
     {
         eprintln!("compare: {name}");
         let server = match start(name, &args, palisade_bin.as_ref()) {
@@ -629,10 +655,121 @@ pub fn compare(args: &CompareArgs) -> Result<()> {
         }
         drop(server);
     }
+    if !args.rates.is_empty() {
+        fixed_rounds(&mut ctx, &mut report, &workloads, palisade_bin.as_ref());
+    }
     report.load_after = load_average();
     write(&report, &args.out, &workloads, &args.connections)?;
     print_table(&report);
     Ok(())
+}
+
+/// `--rates`: rounds over the systems, each started afresh per round,
+/// every workload, connection count and rate measured on it.
+fn fixed_rounds(
+    ctx: &mut Ctx<'_>,
+    report: &mut Report,
+    workloads: &[Workload],
+    palisade_bin: Result<&PathBuf, &anyhow::Error>,
+) {
+    let args = ctx.args;
+    let hz = fixed::ticks_per_second();
+    for round in 1..=args.rounds {
+        for name in SYSTEMS
+            .iter()
+            .filter(|s| args.systems.iter().any(|a| a == *s))
+        {
+            eprintln!("compare: fixed rates, round {round}: {name}");
+            let server = match start(name, args, palisade_bin) {
+                Ok(server) => server,
+                Err(why) => {
+                    let why = format!("{why:#}");
+                    eprintln!("compare: {name} is not measured: {why}");
+                    if !report.systems.iter().any(|s| s.name == *name) {
+                        report.systems.push(SystemInfo {
+                            name: name.to_string(),
+                            about: String::new(),
+                            missing: Some(why),
+                        });
+                    }
+                    continue;
+                }
+            };
+            if let Some(info) = report.systems.iter_mut().find(|s| s.name == *name) {
+                if info.missing.is_some() {
+                    info.missing = None;
+                    info.about.clone_from(&server.about);
+                }
+            } else {
+                report.systems.push(SystemInfo {
+                    name: name.to_string(),
+                    about: server.about.clone(),
+                    missing: None,
+                });
+            }
+            let pids = server.pids();
+            for &workload in workloads {
+                for &connections in &args.connections {
+                    for &rate in &args.rates {
+                        let spec = ctx.spec(
+                            server.addr,
+                            workload,
+                            connections,
+                            rate,
+                            args.warmup,
+                            args.duration,
+                        );
+                        let before = fixed::cpu_ticks(&pids);
+                        let outcome = ctx.measure(name, &spec);
+                        let ticks = fixed::cpu_ticks(&pids).saturating_sub(before);
+                        let mut run = fixed::FixedRun {
+                            system: name.to_string(),
+                            workload,
+                            connections,
+                            rate,
+                            round,
+                            measured: None,
+                            cpu_us_per_request: None,
+                            error: None,
+                        };
+                        match outcome {
+                            Ok(result) => {
+                                let m = Measured::of(&format!("{rate:.0}/s"), &result);
+                                // The CPU counted covers warm-up and
+                                // recording alike: divide by both.
+                                let answered = result.request_rate()
+                                    * (args.duration + args.warmup).as_secs_f64();
+                                if answered > 0.0 {
+                                    run.cpu_us_per_request =
+                                        Some(ticks as f64 / hz * 1e6 / answered);
+                                }
+                                settle(m.unanswered > 0 || m.overloaded.is_some());
+                                eprintln!(
+                                    "  {name} {} x{connections}: {rate:.0}/s: p99 {:.1} p99.9 {:.1} max {:.1} µs, CPU {:.1} µs/request",
+                                    workload.name(),
+                                    m.requests.p99,
+                                    m.requests.p99_9,
+                                    m.requests.max,
+                                    run.cpu_us_per_request.unwrap_or(f64::NAN)
+                                );
+                                run.measured = Some(m);
+                            }
+                            Err(e) => {
+                                eprintln!(
+                                    "  {name} {} x{connections}: {rate:.0}/s: {e:#}",
+                                    workload.name()
+                                );
+                                run.error = Some(format!("{e:#}"));
+                                settle(true);
+                            }
+                        }
+                        report.fixed.push(run);
+                    }
+                }
+            }
+            drop(server);
+        }
+    }
 }
 
 fn start(

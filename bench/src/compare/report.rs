@@ -143,6 +143,8 @@ pub(crate) struct Report {
     pub(crate) p99_bound_us: f64,
     pub(crate) systems: Vec<SystemInfo>,
     pub(crate) cells: Vec<Cell>,
+    /// `--rates`: every system at the same rates, in rounds.
+    pub(crate) fixed: Vec<super::fixed::FixedRun>,
 }
 
 impl Report {
@@ -552,6 +554,7 @@ pub(crate) fn markdown(report: &Report) -> String {
             }
         }
     }
+    md.push_str(&super::fixed::markdown(&report.fixed));
     md
 }
 
@@ -780,6 +783,7 @@ mod tests {
             method: "x".into(),
             p99_bound_us: 10_000.0,
             systems: Vec::new(),
+            fixed: Vec::new(),
             cells: vec![
                 // Uncontended: the best quorum cell is 32 connections,
                 // 120k requests/s; etcd's best is 8k: 15x.
@@ -919,6 +923,7 @@ mod tests {
             method: "x".into(),
             p99_bound_us: 10_000.0,
             systems: Vec::new(),
+            fixed: Vec::new(),
             cells: vec![cell("redis", 1.0, Vec::new())],
         };
         let svg = svg(&report, Workload::Uncontended, 1);
@@ -937,6 +942,7 @@ mod tests {
             method: "x".into(),
             p99_bound_us: 10_000.0,
             systems: Vec::new(),
+            fixed: Vec::new(),
             cells: vec![
                 cell(
                     "palisade",

@@ -35,6 +35,26 @@ pub(crate) struct Server {
     pub(crate) about: String,
 }
 
+impl Server {
+    /// Its processes (a cluster's nodes, a peer's main process), for CPU
+    /// accounting.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.children.iter().map(Child::id).collect();
+        if let Some(cluster) = &self._cluster {
+            pids.extend(
+                cluster
+                    .nodes
+                    .iter()
+                    .filter_map(|n| n.child.as_ref().map(Child::id)),
+            );
+        }
+        if let Some(peer) = &self._peer {
+            pids.push(peer.pid());
+        }
+        pids
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         for child in &mut self.children {

@@ -428,10 +428,12 @@ class HoldAndKeepAlive(unittest.TestCase):
     def test_hold_renews_and_releases(self) -> None:
         r = fresh("hold")
         with Client(endpoint()) as c:
-            with c.hold(r, ttl=1.0) as held:
+            # A ttl of seconds: a loaded machine's stalls cannot eat a
+            # whole renewal margin; 4 s is still several renewals.
+            with c.hold(r, ttl=3.0) as held:
                 token = held.token
-                for _ in range(6):
-                    time.sleep(0.4)
+                for _ in range(8):
+                    time.sleep(0.5)
                     self.assertEqual(held.token, token)
                 self.assertGreater(held.lease.valid_until_ms, now_ms())
             self.assertEqual(c.check(r, token), Stale(current_token=0, last_token=token))
@@ -576,9 +578,11 @@ class Asyncio(unittest.TestCase):
         async def main() -> None:
             r = fresh("asynchold")
             async with AsyncClient(endpoint()) as c:
-                async with c.hold(r, ttl=1.0) as held:
+                # Several renewals; a ttl of seconds, so a loaded machine's
+                # scheduling stalls cannot eat a whole renewal margin.
+                async with c.hold(r, ttl=3.0) as held:
                     token = held.token
-                    await asyncio.sleep(2.5)
+                    await asyncio.sleep(4.0)
                     self.assertEqual(held.token, token)
                 self.assertIsInstance(await c.check(r, token), Stale)
             forwarder = Forwarder(endpoint())

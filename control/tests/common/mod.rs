@@ -40,13 +40,39 @@ impl Server {
 
     /// Starts a server keeping its data in `data_dir` and its files in `work`.
     pub fn start_in(config: &str, data_dir: &Path, work: &Path) -> Server {
+        Server::start_wrapped(config, data_dir, work, &[])
+    }
+
+    /// Starts a server with `config` under `wrapper` (a command such as
+    /// `prlimit --nofile=256` that runs the rest of its arguments).
+    pub fn start_under(config: &str, wrapper: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let mut server = Server::start_wrapped(config, &data_dir, tmp.path(), wrapper);
+        server._tmp = Some(tmp);
+        server
+    }
+
+    /// [`Server::start_in`] under `wrapper` (empty: none). The binary is
+    /// `$PALISADE_SERVE_BIN` if set (to measure another build), else this
+    /// build's.
+    pub fn start_wrapped(config: &str, data_dir: &Path, work: &Path, wrapper: &[&str]) -> Server {
         let config_path = work.join("palisade.toml");
         std::fs::write(&config_path, config).expect("write config");
         let ready = work.join("ready.json");
         let _ = std::fs::remove_file(&ready);
         let log = work.join(format!("server-{}.log", std::process::id()));
         let log_file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(BIN)
+        let bin = std::env::var("PALISADE_SERVE_BIN").unwrap_or_else(|_| BIN.to_owned());
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&bin);
+                command
+            }
+            None => Command::new(&bin),
+        };
+        let child = command
             .args([
                 "serve",
                 "--listen",

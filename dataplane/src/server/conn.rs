@@ -19,20 +19,70 @@ use tracing::{debug, warn};
 
 use super::CoreCtx;
 use crate::clock::{monotonic_ms, monotonic_ns};
+use crate::metrics::{Closed, CoreStats};
 use crate::service::{Conn, Outcome, Phase, RequestMeta};
 use crate::waiters::WaitEvent;
 
 /// Receive buffer a connection starts with; it grows up to one maximal frame.
 const RECV_BUF_INITIAL: usize = 4096;
+/// Pause after a failed accept (out of file descriptors, say), doubled on
+/// each failure in a row up to [`ACCEPT_BACKOFF_MAX`]: the listener stays
+/// readable while the backlog holds connections, so retrying at once would
+/// spin.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(100);
+/// At most one log line per core per this long about failed accepts; the
+/// line counts the failures it stands for.
+const ACCEPT_LOG_INTERVAL_MS: u64 = 1_000;
+
+/// Rate-limits the log of failed accepts: one line per
+/// [`ACCEPT_LOG_INTERVAL_MS`], with the number of failures not logged since
+/// the last line.
+#[derive(Debug, Default)]
+pub(crate) struct AcceptLog {
+    logged_ms: Option<u64>,
+    suppressed: u64,
+}
+
+impl AcceptLog {
+    /// A failure at `now_ms`: `Some(count)` means log now, `count` being the
+    /// failures suppressed since the last line.
+    pub(crate) fn failed(&mut self, now_ms: u64) -> Option<u64> {
+        match self.logged_ms {
+            Some(at) if now_ms < at + ACCEPT_LOG_INTERVAL_MS => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.logged_ms = Some(now_ms);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
 
 pub(super) async fn accept_loop(ctx: Rc<CoreCtx>, listener: TcpListener) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut log = AcceptLog::default();
     loop {
         let stream = match listener.accept().await {
-            Ok(stream) => stream,
+            Ok(stream) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                stream
+            }
             Err(e) => {
                 // Out of file descriptors and the like: back off, keep serving.
-                warn!(core = ctx.index, error = %e, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
+                if let Some(suppressed) = log.failed(monotonic_ms()) {
+                    warn!(
+                        core = ctx.index,
+                        error = %e,
+                        suppressed,
+                        backoff_ms = backoff.as_millis() as u64,
+                        "accept failed (more failures since the last line: suppressed); if out of file descriptors, raise LimitNOFILE or lower limits.connections_max"
+                    );
+                }
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
         };
@@ -58,6 +108,7 @@ pub(super) async fn accept_loop(ctx: Rc<CoreCtx>, listener: TcpListener) {
 }
 
 async fn refuse(ctx: &CoreCtx, mut stream: TcpStream) {
+    ctx.shared.stats[ctx.index].close(Closed::ConnectionsMax);
     let mut out = FrameBuf::new();
     let response = Response::Error {
         code: ErrorCode::TooManyConnections,
@@ -65,9 +116,31 @@ async fn refuse(ctx: &CoreCtx, mut stream: TcpStream) {
         message: "the node is at limits.connections_max; retry later".into(),
     };
     if encode_response(&mut out, 0, 0, ctx.opts.frame_payload_max, &response).is_ok() {
-        let _ = stream.write_all(&out).await;
+        let stats = &ctx.shared.stats[ctx.index];
+        let _ = write_bounded(&mut stream, &out, ctx.opts.write_stall_timeout, stats).await;
     }
     let _ = stream.close().await;
+}
+
+/// Writes `bytes`, or fails with `TimedOut` (and counts a write stall in
+/// `stats`) if that takes longer than `stall`: the client stopped reading
+/// and both socket buffers are full.
+async fn write_bounded(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    stall: Duration,
+    stats: &CoreStats,
+) -> io::Result<()> {
+    let write = async { stream.write_all(bytes).await };
+    let stalled = async {
+        glommio::timer::sleep(stall).await;
+        stats.close(Closed::WriteStall);
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "replies could not be written within limits.write_stall_timeout; closing",
+        ))
+    };
+    futures_lite::future::or(write, stalled).await
 }
 
 /// What woke the connection task.
@@ -75,6 +148,38 @@ enum Event {
     Read(io::Result<usize>),
     Deliver(Option<WaitEvent>),
     Timeout,
+    /// Closed to make room for a newer handshake.
+    Evicted,
+}
+
+/// Which deadline a connection waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deadline {
+    Handshake,
+    Frame,
+    Idle,
+}
+
+impl Deadline {
+    fn closed(self) -> Closed {
+        match self {
+            Deadline::Handshake => Closed::HandshakeTimeout,
+            Deadline::Frame => Closed::FrameTimeout,
+            Deadline::Idle => Closed::Idle,
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Deadline::Handshake => {
+                "the handshake did not complete within limits.handshake_timeout; closing"
+            }
+            Deadline::Frame => "a frame did not complete within limits.frame_timeout; closing",
+            Deadline::Idle => {
+                "the connection was idle for limits.idle_timeout; closing (reconnect to go on)"
+            }
+        }
+    }
 }
 
 fn frame_error_response(err: &FrameError) -> Response {
@@ -166,17 +271,46 @@ fn random_nonce() -> [u8; NONCE_LEN] {
     nonce
 }
 
+/// Registers connection `id` as unauthenticated; if that makes more than
+/// this core's share, the oldest unauthenticated connection is told to
+/// close. Refusing the newest instead would let a flood that keeps its
+/// connections open hold every slot; evicting the oldest means a client
+/// that completes its handshake promptly always gets through, and a flood
+/// only shortens the time a slow handshake may take.
+fn register_unauthenticated(ctx: &CoreCtx, id: u64) -> local_channel::LocalReceiver<()> {
+    let (evict_tx, evict_rx) = local_channel::new_bounded(1);
+    let mut unauthenticated = ctx.unauthenticated.borrow_mut();
+    unauthenticated.insert(id, evict_tx);
+    while unauthenticated.len() > ctx.unauthenticated_max {
+        let Some((oldest, evict)) = unauthenticated.pop_first() else {
+            break;
+        };
+        debug!(
+            core = ctx.index,
+            conn = oldest,
+            "evicting the oldest unfinished handshake"
+        );
+        // A full channel already holds the request.
+        let _ = evict.try_send(());
+    }
+    evict_rx
+}
+
 async fn serve(ctx: &Rc<CoreCtx>, mut stream: TcpStream, id: u64) -> io::Result<()> {
     let ipv6 = ctx.opts.listen.is_ipv6();
     super::net::prepare_stream(stream.as_raw_fd(), ipv6, ctx.opts.dscp)?;
+    let evict = register_unauthenticated(ctx, id);
     // Unbounded but never long: the service admits at most
     // pending_per_connection_max waits per connection.
     let (deliver_tx, deliver_rx) = local_channel::new_unbounded();
     ctx.conns.borrow_mut().insert(id, deliver_tx);
     let core = u16::try_from(ctx.index).expect("core count fits u16");
     let mut conn = Conn::new(core, id);
-    let result = run(ctx, &mut stream, &mut conn, &deliver_rx).await;
+    conn.peer = stream.peer_addr().ok().map(|addr| addr.ip());
+    let result = run(ctx, &mut stream, &mut conn, &deliver_rx, &evict).await;
+    ctx.unauthenticated.borrow_mut().remove(&id);
     ctx.conns.borrow_mut().remove(&id);
+    ctx.shared.closed(&mut conn);
     if conn.pending > 0 {
         ctx.cancel(id);
     }
@@ -193,6 +327,7 @@ async fn run(
     stream: &mut TcpStream,
     conn: &mut Conn,
     deliveries: &local_channel::LocalReceiver<WaitEvent>,
+    evict: &local_channel::LocalReceiver<()>,
 ) -> io::Result<()> {
     let payload_max = ctx.opts.frame_payload_max;
     let frame_max = HEADER_LEN + padded_len(payload_max as usize);
@@ -202,23 +337,42 @@ async fn run(
     );
     let mut out = FrameBuf::with_capacity(4096);
     let stats = &ctx.shared.stats[ctx.index];
-    let frame_timeout_ms = u64::try_from(ctx.opts.frame_timeout.as_millis()).unwrap_or(u64::MAX);
-    let handshake_deadline_ms =
-        monotonic_ms() + u64::try_from(ctx.opts.handshake_timeout.as_millis()).unwrap_or(u64::MAX);
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let frame_timeout_ms = millis(ctx.opts.frame_timeout);
+    let idle_timeout_ms = millis(ctx.opts.idle_timeout);
+    let stall = ctx.opts.write_stall_timeout;
+    let handshake_deadline_ms = monotonic_ms().saturating_add(millis(ctx.opts.handshake_timeout));
     let mut partial_since_ms: Option<u64> = None;
+    // Last byte from the client or answer to it: the idle clock.
+    let mut heard_ms = monotonic_ms();
+    let mut authenticated = false;
     loop {
         let now_ms = monotonic_ms();
-        let mut deadline_ms = partial_since_ms.map(|since| since + frame_timeout_ms);
-        if !matches!(conn.phase, Phase::Ready { .. }) {
-            deadline_ms =
-                Some(deadline_ms.map_or(handshake_deadline_ms, |d| d.min(handshake_deadline_ms)));
-        }
+        let ready = matches!(conn.phase, Phase::Ready { .. });
+        let deadlines = [
+            partial_since_ms.map(|since| (since.saturating_add(frame_timeout_ms), Deadline::Frame)),
+            (!ready).then_some((handshake_deadline_ms, Deadline::Handshake)),
+            // Idle: authenticated, nothing half-read and nothing pending
+            // (a waiting acquire or a watch is the server's turn).
+            (ready && partial_since_ms.is_none() && conn.pending == 0)
+                .then(|| (heard_ms.saturating_add(idle_timeout_ms), Deadline::Idle)),
+        ];
+        let deadline = deadlines.into_iter().flatten().min_by_key(|&(at, _)| at);
         let event = {
             let read = async { Event::Read(stream.read(rx.spare()).await) };
             let deliver = async { Event::Deliver(deliveries.recv().await) };
+            let evicted = async {
+                if ready {
+                    std::future::pending::<()>().await;
+                }
+                match evict.recv().await {
+                    Some(()) => Event::Evicted,
+                    None => std::future::pending().await,
+                }
+            };
             let timer = async {
-                match deadline_ms {
-                    Some(at) => {
+                match deadline {
+                    Some((at, _)) => {
                         glommio::timer::sleep(Duration::from_millis(at.saturating_sub(now_ms)))
                             .await;
                         Event::Timeout
@@ -228,19 +382,24 @@ async fn run(
             };
             // Deliveries first: a client that never stops sending must still
             // get its queued answers.
-            futures_lite::future::or(deliver, futures_lite::future::or(read, timer)).await
+            futures_lite::future::or(
+                deliver,
+                futures_lite::future::or(read, futures_lite::future::or(evicted, timer)),
+            )
+            .await
         };
         match event {
             Event::Read(Ok(0)) => {
                 if rx.buffered() > 0 {
                     let response = frame_error_response(&FrameError::Truncated);
                     respond(ctx, &mut out, 0, 0, &response);
-                    let _ = stream.write_all(&out).await;
+                    let _ = write_bounded(stream, &out, stall, stats).await;
                 }
                 return Ok(());
             }
             Event::Read(Ok(n)) => {
                 rx.filled(n);
+                heard_ms = monotonic_ms();
                 // Read the clock after the bytes arrived: a lease's server
                 // interval then starts no earlier than the client sent it.
                 let arrived_ns = monotonic_ns();
@@ -323,12 +482,19 @@ async fn run(
                                 conn: conn.id,
                                 request_id: meta.request_id,
                                 group: meta.group,
+                                queued: false,
                             };
                             ctx.commit(origin, *commit, arrived_ns);
                         }
                     }
                 }
                 stats.bump_ops(served);
+                if !authenticated && matches!(conn.phase, Phase::Ready { .. }) {
+                    // Out of the handshake budget before the next await, so
+                    // that an eviction never picks an authenticated one.
+                    authenticated = true;
+                    ctx.unauthenticated.borrow_mut().remove(&conn.id);
+                }
                 // A frame timeout measures how long one frame takes to
                 // arrive: restart the clock whenever a frame completed.
                 partial_since_ms = match (rx.buffered() > 0, served > 0) {
@@ -345,7 +511,7 @@ async fn run(
                     ctx.route_wait(request).await;
                 }
                 if !out.is_empty() {
-                    stream.write_all(&out).await?;
+                    write_bounded(stream, &out, stall, stats).await?;
                     out.clear();
                 }
                 stats
@@ -358,13 +524,18 @@ async fn run(
             Event::Read(Err(e)) => return Err(e),
             Event::Deliver(Some(event)) => {
                 conn.pending = conn.pending.saturating_sub(1);
+                // The idle clock restarts when the last pending answer goes
+                // out: a watch answered after a minute must leave its
+                // client time to watch again.
+                heard_ms = monotonic_ms();
+                ctx.shared.answered(conn, &event.origin());
                 let grant = match &event {
                     WaitEvent::Granted { .. } => Some(event.clone()),
                     _ => None,
                 };
                 let (request_id, group, response) = event_response(event);
                 respond(ctx, &mut out, request_id, group, &response);
-                if let Err(e) = stream.write_all(&out).await {
+                if let Err(e) = write_bounded(stream, &out, stall, stats).await {
                     // The grant never reached its holder: release it rather
                     // than leave it held by nobody until it expires.
                     if let Some(grant) = grant {
@@ -377,18 +548,36 @@ async fn run(
             }
             Event::Deliver(None) => return Ok(()),
             Event::Timeout => {
+                let Some((at, which)) = deadline else {
+                    continue;
+                };
+                if monotonic_ms() < at {
+                    // Woken early by the timer's granularity: look again.
+                    continue;
+                }
+                debug!(core = ctx.index, conn = conn.id, deadline = ?which, "connection timed out");
+                stats.close(which.closed());
                 let response = Response::Error {
                     code: ErrorCode::Timeout,
                     retry_after_ms: 0,
-                    message: if matches!(conn.phase, Phase::Ready { .. }) {
-                        "a frame did not complete within limits.frame_timeout; closing".into()
-                    } else {
-                        "the handshake did not complete within limits.handshake_timeout; closing"
-                            .into()
-                    },
+                    message: which.message().into(),
                 };
                 respond(ctx, &mut out, 0, 0, &response);
-                let _ = stream.write_all(&out).await;
+                let _ = write_bounded(stream, &out, stall, stats).await;
+                return Ok(());
+            }
+            Event::Evicted => {
+                if matches!(conn.phase, Phase::Ready { .. }) {
+                    continue;
+                }
+                stats.close(Closed::Evicted);
+                let response = Response::Error {
+                    code: ErrorCode::TooManyConnections,
+                    retry_after_ms: 0,
+                    message: "closed to make room: limits.unauthenticated_max connections were in their handshake and this was the oldest; reconnect and complete the handshake promptly".into(),
+                };
+                respond(ctx, &mut out, 0, 0, &response);
+                let _ = write_bounded(stream, &out, stall, stats).await;
                 return Ok(());
             }
         }

@@ -81,6 +81,15 @@ pub struct ServerOptions {
     pub handshake_timeout: Duration,
     /// Time allowed for a frame to arrive once it started.
     pub frame_timeout: Duration,
+    /// Connections that have not finished the handshake, node-wide (split
+    /// evenly over cores); when a core's share is full, its oldest
+    /// unfinished handshake is closed to make room for the new one.
+    pub unauthenticated_max: u32,
+    /// An authenticated connection with nothing pending is closed after
+    /// this long without a byte from its client.
+    pub idle_timeout: Duration,
+    /// A connection whose replies cannot be written for this long is closed.
+    pub write_stall_timeout: Duration,
     /// How often each core sweeps its part of the table.
     pub sweep_interval: Duration,
     /// Idle time after which a key is reclaimed.
@@ -177,6 +186,11 @@ struct CoreCtx {
     /// Wakes the wait-queue timer task when its next deadline may have moved.
     waits_kick: LocalSender<()>,
     conns: RefCell<HashMap<u64, LocalSender<WaitEvent>>>,
+    /// Connections still in their handshake, oldest first, each with the
+    /// sender that closes it (see [`ServerOptions::unauthenticated_max`]).
+    unauthenticated: RefCell<std::collections::BTreeMap<u64, LocalSender<()>>>,
+    /// This core's share of [`ServerOptions::unauthenticated_max`].
+    unauthenticated_max: usize,
     next_conn: Cell<u64>,
     connections: Arc<AtomicU64>,
     hot: TaskQueueHandle,
@@ -1030,6 +1044,7 @@ async fn core_main(
         }
     };
     let waiters_per_core = (opts.waiters_max as usize).div_ceil(cores).max(1);
+    let ctx_unauthenticated_max = opts.unauthenticated_max;
     let (kick_tx, kick_rx) = local_channel::new_bounded::<()>(1);
     let ctx = Rc::new(CoreCtx {
         shared,
@@ -1040,6 +1055,8 @@ async fn core_main(
         waits: RefCell::new(WaitQueues::new(waiters_per_core)),
         waits_kick: kick_tx,
         conns: RefCell::new(HashMap::new()),
+        unauthenticated: RefCell::new(std::collections::BTreeMap::new()),
+        unauthenticated_max: (ctx_unauthenticated_max as usize).div_ceil(cores).max(1),
         next_conn: Cell::new(1),
         connections,
         hot,

@@ -3,14 +3,16 @@
 use siphasher::sip128::{Hasher128, SipHasher13};
 use std::hash::Hasher;
 
-/// A table key: SipHash-1-3 (128-bit) of the tenant index and the resource
-/// name under the table's secret key, with the two low bits reserved for the
-/// slot kind.
+/// A table key: the tenant index in the top 16 bits, then SipHash-1-3
+/// (128-bit) of the tenant index and the resource name under the table's
+/// secret key, with the two low bits reserved for the slot kind.
 ///
-/// The fingerprint stands in for the name. Two different (tenant, resource)
-/// pairs collide with probability about 2^-126 per pair, and because the
-/// hash key is random per process and never leaves it, a client cannot
-/// search for collisions offline.
+/// The fingerprint stands in for the name. Keys of different tenants never
+/// collide (their top bits differ); two resources of one tenant collide
+/// with probability about 2^-110 per pair, and because the hash key is
+/// random per process and never leaves it, a client cannot search for
+/// collisions offline. The tenant bits let the table count each tenant's
+/// leases ([`LeaseKey::tenant`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LeaseKey(u128);
 
@@ -27,6 +29,14 @@ impl LeaseKey {
         LeaseKey(hash & !0b11)
     }
 
+    /// The tenant index this key belongs to (keys built by
+    /// [`KeyHasher::key`]; raw test keys belong to tenant 0 unless their
+    /// top bits say otherwise).
+    #[must_use]
+    pub fn tenant(self) -> u32 {
+        (self.0 >> TENANT_SHIFT) as u32
+    }
+
     pub(crate) fn from_word(word: u128) -> LeaseKey {
         LeaseKey::from_raw(word)
     }
@@ -35,6 +45,10 @@ impl LeaseKey {
         self.0 | kind
     }
 }
+
+/// Where the tenant index sits in a key: its top 16 bits (a config lists at
+/// most 65 536 tenants).
+const TENANT_SHIFT: u32 = 112;
 
 /// Turns (tenant, resource) into [`LeaseKey`]s under a secret 128-bit key.
 #[derive(Clone)]
@@ -64,15 +78,23 @@ impl KeyHasher {
     }
 
     /// The key for `resource` of tenant number `tenant`. The tenant is part
-    /// of the hashed input, so tenants never share a key (S5).
+    /// of the hashed input and fills the key's top bits, so tenants never
+    /// share a key (S5).
+    ///
+    /// # Panics
+    ///
+    /// If `tenant` does not fit in 16 bits (config validation bounds the
+    /// tenant count).
     #[must_use]
     pub fn key(&self, tenant: u32, resource: &[u8]) -> LeaseKey {
+        assert!(tenant <= u32::from(u16::MAX), "tenant index fits 16 bits");
         let mut hasher = SipHasher13::new_with_keys(self.k0, self.k1);
         // The tenant prefix has a fixed width, so (tenant, resource) splits
         // unambiguously.
         hasher.write(&tenant.to_le_bytes());
         hasher.write(resource);
-        LeaseKey::from_raw(hasher.finish128().as_u128())
+        let fingerprint = hasher.finish128().as_u128() & ((1u128 << TENANT_SHIFT) - 1);
+        LeaseKey::from_raw(fingerprint | (u128::from(tenant) << TENANT_SHIFT))
     }
 }
 
@@ -88,6 +110,8 @@ mod tests {
         assert_ne!(a, hasher.key(1, b"disk0"));
         assert_ne!(a, hasher.key(0, b"disk1"));
         assert_eq!(a.hash() & 0b11, 0);
+        assert_eq!(a.tenant(), 0);
+        assert_eq!(hasher.key(65_535, b"disk0").tenant(), 65_535);
     }
 
     #[test]

@@ -184,3 +184,30 @@ fn expired_holder_retry_races_new_holder() {
         assert!(winner > first, "an expired lease is never handed back");
     });
 }
+
+#[test]
+fn a_tenant_quota_holds_across_racing_grants() {
+    loom::model(|| {
+        // Quota 1: two threads grant two different keys of tenant 0 at
+        // once; exactly one wins, and the count says one.
+        let t = Arc::new(LeaseTable::new(2, KeyHasher::new([3; 16])).with_tenant_quota(1, 1));
+        let a_key = LeaseKey::from_raw(7 << 64 | 32);
+        let b_key = LeaseKey::from_raw(8 << 64 | 36);
+        let a = {
+            let t = t.clone();
+            thread::spawn(move || t.acquire(a_key, grant(1), 10, EPOCH, AcquireMode::Fair))
+        };
+        let b = t.acquire(b_key, grant(2), 10, EPOCH, AcquireMode::Fair);
+        let a = a.join().expect("thread");
+        let granted = [&a, &b]
+            .iter()
+            .filter(|r| matches!(r, Ok(Acquired::Granted { .. })))
+            .count();
+        let refused = [&a, &b]
+            .iter()
+            .filter(|r| matches!(r, Err(TableError::TenantQuota)))
+            .count();
+        assert_eq!((granted, refused), (1, 1), "{a:?} {b:?}");
+        assert_eq!(t.tenant_leases(0), 1);
+    });
+}

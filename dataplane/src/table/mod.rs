@@ -87,6 +87,22 @@ const EXPIRY_COUNTED: u64 = 1 << 60;
 /// never equals a word some stale compare-and-swap may still expect.
 const ADOPTED: u64 = 1 << 61;
 
+/// Added to every expiry the table computes from a request's arrival.
+/// Arrival times are whole milliseconds rounded down, so a request that
+/// arrived at 1 000.9 ms is seen at 1 000: without this margin its lease
+/// would end at 1 000 + ttl, up to 1 ms before arrival + ttl on this clock,
+/// and a client counting ttl from its send time (PROTOCOL.md, "Validity on
+/// the client") could still use it while a new grant is made. With it, the
+/// lease ends strictly after arrival + ttl.
+pub const EXPIRY_MARGIN_MS: u64 = 1;
+
+/// Tenants whose leases a table counts unless told otherwise
+/// ([`LeaseTable::with_tenant_quota`]).
+#[cfg(not(loom))]
+const TENANT_COUNT_DEFAULT: usize = 16;
+#[cfg(loom)]
+const TENANT_COUNT_DEFAULT: usize = 1;
+
 /// Largest lock delay a slot can store.
 pub const LOCK_DELAY_MAX_MS: u32 = DELAY_MASK as u32;
 /// Largest time value the table stores (about 34 years of milliseconds).
@@ -177,6 +193,12 @@ impl State {
     /// Holding and unexpired at `now_ms`, in any epoch.
     fn live_at(self, now_ms: u64) -> bool {
         self.held() && now_ms < self.expiry_ms()
+    }
+    /// Counts against its tenant's lease quota: held and not yet counted
+    /// as expired (the sweeper marks a run-out lease within a sweep
+    /// interval; a grant that takes it over keeps the count as it is).
+    fn charged(self) -> bool {
+        self.held() && self.meta & EXPIRY_COUNTED == 0
     }
     fn with_waiters(self, on: bool) -> State {
         let meta = if on {
@@ -333,6 +355,10 @@ pub enum TableError {
     /// (it was descheduled mid-insert). Retry.
     #[error("contended insert, retry")]
     Contended,
+    /// The key's tenant holds its quota of leases
+    /// ([`LeaseTable::with_tenant_quota`]); only a fresh grant is refused.
+    #[error("the tenant holds its quota of leases")]
+    TenantQuota,
 }
 
 /// A read-only look at one key.
@@ -386,6 +412,13 @@ pub struct LeaseTable {
     live: AtomicU64,
     floors: Box<[AtomicU64]>,
     hasher: KeyHasher,
+    /// Leases each tenant holds ([`State::charged`]), by tenant index. A
+    /// tenant beyond the array is not counted (and has no quota).
+    tenant_leases: Box<[AtomicU64]>,
+    /// The most leases one tenant may hold: a grant that would hold one
+    /// more is refused. Renewals, repeated acquires, takeovers of a run-out
+    /// lease and installs are never refused.
+    tenant_leases_max: u64,
 }
 
 impl LeaseTable {
@@ -404,6 +437,79 @@ impl LeaseTable {
             live: AtomicU64::new(0),
             floors,
             hasher,
+            tenant_leases: (0..TENANT_COUNT_DEFAULT)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            tenant_leases_max: u64::MAX,
+        }
+    }
+
+    /// Counts the leases of `tenants` tenants (indexes `0..tenants`) and
+    /// refuses a grant that would give one of them more than `leases_max`.
+    /// Call once, before the table is shared.
+    #[must_use]
+    pub fn with_tenant_quota(mut self, tenants: usize, leases_max: u64) -> LeaseTable {
+        assert!(leases_max >= 1);
+        self.tenant_leases = (0..tenants).map(|_| AtomicU64::new(0)).collect();
+        self.tenant_leases_max = leases_max;
+        self
+    }
+
+    /// Leases tenant `tenant` holds now: held, and not yet found expired
+    /// by the sweeper (which looks every sweep interval).
+    #[must_use]
+    pub fn tenant_leases(&self, tenant: u32) -> u64 {
+        self.tenant_leases
+            .get(tenant as usize)
+            .map_or(0, |count| count.load(Ordering::SeqCst))
+    }
+
+    /// Takes one lease of `key`'s tenant's quota ahead of a grant that
+    /// will hold one more; give it back with [`LeaseTable::unreserve`] if
+    /// the grant does not happen.
+    fn reserve(&self, key: LeaseKey) -> Result<(), TableError> {
+        let Some(count) = self.tenant_leases.get(key.tenant() as usize) else {
+            return Ok(());
+        };
+        let mut seen = count.load(Ordering::SeqCst);
+        loop {
+            if seen >= self.tenant_leases_max {
+                return Err(TableError::TenantQuota);
+            }
+            match count.compare_exchange(seen, seen + 1, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => return Ok(()),
+                Err(actual) => seen = actual,
+            }
+        }
+    }
+
+    fn unreserve(&self, key: LeaseKey) {
+        let Some(count) = self.tenant_leases.get(key.tenant() as usize) else {
+            return;
+        };
+        let mut seen = count.load(Ordering::SeqCst);
+        // Saturating: a miscount must never wrap into a quota that refuses
+        // the tenant forever.
+        while seen > 0 {
+            match count.compare_exchange(seen, seen - 1, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => return,
+                Err(actual) => seen = actual,
+            }
+        }
+        debug_assert!(false, "a tenant's lease count never goes below 0");
+    }
+
+    /// Keeps the tenant's lease count after a state change other than a
+    /// grant (grants reserve first).
+    fn recount(&self, key: LeaseKey, old: State, new: State) {
+        match (old.charged(), new.charged()) {
+            (false, true) => {
+                if let Some(count) = self.tenant_leases.get(key.tenant() as usize) {
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            (true, false) => self.unreserve(key),
+            _ => {}
         }
     }
 
@@ -636,7 +742,7 @@ impl LeaseTable {
                 (index, word) = self.find_or_insert(key, now_ms)?;
                 continue;
             }
-            let expires_at_ms = now_ms + u64::from(grant.ttl_ms);
+            let expires_at_ms = now_ms + u64::from(grant.ttl_ms) + EXPIRY_MARGIN_MS;
             if state.live_at(now_ms) {
                 if !self.holder_is(slot, state.token, grant.holder) {
                     return Ok(Acquired::Busy {
@@ -667,6 +773,9 @@ impl LeaseTable {
                     Ordering::SeqCst,
                 ) {
                     Ok(_) => {
+                        // The sweeper may have counted it as run out
+                        // after this request's clock was read.
+                        self.recount(key, state, renewed);
                         Self::record_ttl(slot, state.token, ttl_ms);
                         return Ok(Acquired::Granted {
                             token: state.token,
@@ -701,6 +810,12 @@ impl LeaseTable {
                 token,
                 meta: meta(expires_at_ms, grant.lock_delay_ms, true, state.waiters()),
             };
+            // A grant over a lease that still counts (run out, not yet
+            // swept) keeps the tenant's count; any other holds one more.
+            let reserved = !state.charged();
+            if reserved {
+                self.reserve(key)?;
+            }
             // The CAS is on the exact state judged free above, expiry
             // included: a renewal in between makes it fail.
             match slot.state.compare_exchange(
@@ -721,7 +836,12 @@ impl LeaseTable {
                     });
                 }
                 // Someone else changed the state first: judge the new one.
-                Err(actual) => word = actual,
+                Err(actual) => {
+                    if reserved {
+                        self.unreserve(key);
+                    }
+                    word = actual;
+                }
             }
         }
         panic!("acquire: no progress after {RETRY_MAX} attempts");
@@ -776,7 +896,8 @@ impl LeaseTable {
             }
             let ttl_ms =
                 Self::lease_ttl(&self.slots[index], token).map_or(ttl_ms, |t| t.min(ttl_ms));
-            let expires_at_ms = (now_ms + u64::from(ttl_ms)).max(state.expiry_ms());
+            let expires_at_ms =
+                (now_ms + u64::from(ttl_ms) + EXPIRY_MARGIN_MS).max(state.expiry_ms());
             let adopted = state.adopted();
             let renewed = State {
                 token,
@@ -792,6 +913,9 @@ impl LeaseTable {
                 .compare_exchange(word, renewed.pack(), Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
             {
+                // As for a repeated acquire: the sweeper may have counted
+                // it as run out after this request's clock was read.
+                self.recount(key, state, renewed);
                 return TokenOutcome::Renewed {
                     expires_at_ms,
                     ttl_ms,
@@ -822,6 +946,7 @@ impl LeaseTable {
                 .compare_exchange(word, freed.pack(), Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
             {
+                self.recount(key, state, freed);
                 return TokenOutcome::Released {
                     wake_waiters: state.waiters(),
                 };
@@ -933,6 +1058,7 @@ impl LeaseTable {
                     continue;
                 }
                 stats.expired += 1;
+                self.recount(LeaseKey::from_word(key_word), state, counted);
                 word = counted.pack();
                 state = counted;
             }
@@ -960,6 +1086,7 @@ impl LeaseTable {
                 .compare_exchange(word, vacant.pack(), Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
             {
+                self.recount(key, state, vacant);
                 // Only the VACANT winner touches a LIVE key word, so this
                 // cannot fail.
                 let retired = slot.key.compare_exchange(
@@ -1051,7 +1178,8 @@ impl LeaseTable {
         let mut ended = 0;
         for slot in self.slots.iter() {
             for _ in 0..RETRY_MAX {
-                if slot.key.load(Ordering::SeqCst) & KIND_MASK != KIND_LIVE {
+                let key_word = slot.key.load(Ordering::SeqCst);
+                if key_word & KIND_MASK != KIND_LIVE {
                     break;
                 }
                 let word = slot.state.load(Ordering::SeqCst);
@@ -1068,6 +1196,7 @@ impl LeaseTable {
                     .compare_exchange(word, freed.pack(), Ordering::SeqCst, Ordering::SeqCst)
                     .is_ok()
                 {
+                    self.recount(LeaseKey::from_word(key_word), state, freed);
                     ended += 1;
                     break;
                 }
@@ -1110,6 +1239,8 @@ impl LeaseTable {
                 .compare_exchange(word, installed.pack(), Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
             {
+                // Never refused: the replicated state decides what is held.
+                self.recount(key, state, installed);
                 // The holder word only moves forward for grants; an install
                 // sets it outright (it may hold an uncommitted later grant).
                 slot.holder.store(

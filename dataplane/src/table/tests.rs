@@ -33,14 +33,15 @@ fn acquire_busy_release_reacquire() {
         t.acquire(key, grant(2, 1000), 200, EPOCH, AcquireMode::Fair),
         Ok(Acquired::Busy {
             token: first,
-            grantable_at_ms: 1100,
+            // Expiry is arrival + ttl + EXPIRY_MARGIN_MS.
+            grantable_at_ms: 1101,
             waiters: false
         })
     );
     assert_eq!(
         t.check(key, first, 300),
         TokenOutcome::Current {
-            expires_at_ms: 1100
+            expires_at_ms: 1101
         }
     );
     assert_eq!(
@@ -80,13 +81,13 @@ fn same_holder_acquire_is_idempotent() {
             assert!(!took_over_expired);
             assert_eq!(ttl_ms, 1000);
             assert_eq!(token, first);
-            assert_eq!(expires_at_ms, 1500);
+            assert_eq!(expires_at_ms, 1501);
             assert!(idempotent);
         }
         other => panic!("{other:?}"),
     }
     // After expiry the same holder gets a new, greater token.
-    let later = granted(t.acquire(key, grant(9, 1000), 1500, EPOCH, AcquireMode::Fair));
+    let later = granted(t.acquire(key, grant(9, 1000), 1501, EPOCH, AcquireMode::Fair));
     assert!(later > first);
 }
 
@@ -95,16 +96,18 @@ fn expiry_is_lazy_and_exact() {
     let t = table(16);
     let key = t.hasher().key(0, b"r");
     let first = granted(t.acquire(key, grant(1, 100), 1000, EPOCH, AcquireMode::Fair));
-    // At 1099 the lease is live; at 1100 it is expired (expiry is exclusive).
+    // Granted in millisecond 1000, so at some time in [1000, 1001): the
+    // lease must outlast 1000.999 + 100. At 1100 it is live; at 1101 it is
+    // expired (expiry is exclusive).
     assert!(matches!(
-        t.acquire(key, grant(2, 100), 1099, EPOCH, AcquireMode::Fair),
+        t.acquire(key, grant(2, 100), 1100, EPOCH, AcquireMode::Fair),
         Ok(Acquired::Busy { .. })
     ));
     assert!(matches!(
-        t.renew(key, first, 100, 1100),
+        t.renew(key, first, 100, 1101),
         TokenOutcome::Stale { .. }
     ));
-    let second = granted(t.acquire(key, grant(2, 100), 1100, EPOCH, AcquireMode::Fair));
+    let second = granted(t.acquire(key, grant(2, 100), 1101, EPOCH, AcquireMode::Fair));
     assert!(second > first);
 }
 
@@ -116,7 +119,7 @@ fn renew_extends_and_never_revives() {
     assert_eq!(
         t.renew(key, token, 300, 50),
         TokenOutcome::Renewed {
-            expires_at_ms: 350,
+            expires_at_ms: 351,
             ttl_ms: 300,
             adopted: false
         }
@@ -130,7 +133,7 @@ fn renew_extends_and_never_revives() {
         TokenOutcome::Stale { .. }
     ));
     assert!(matches!(
-        t.renew(key, token, 300, 350),
+        t.renew(key, token, 300, 351),
         TokenOutcome::Stale { .. }
     ));
 }
@@ -149,11 +152,11 @@ fn lock_delay_blocks_after_unreleased_expiry_only() {
         t.acquire(key, grant(2, 100), 120, EPOCH, AcquireMode::Fair),
         Ok(Acquired::Busy {
             token: 0,
-            grantable_at_ms: 150,
+            grantable_at_ms: 151,
             waiters: false
         })
     );
-    let next = granted(t.acquire(key, grant(2, 100), 150, EPOCH, AcquireMode::Fair));
+    let next = granted(t.acquire(key, grant(2, 100), 151, EPOCH, AcquireMode::Fair));
     assert!(next > token);
     // A released lease has no lock delay.
     assert!(matches!(
@@ -204,7 +207,7 @@ fn tenants_are_separate() {
     assert!(matches!(t.renew(b, ta, 100, 3), TokenOutcome::Stale { .. }));
     assert!(matches!(
         t.check(a, ta, 4),
-        TokenOutcome::Current { expires_at_ms: 100 }
+        TokenOutcome::Current { expires_at_ms: 101 }
     ));
 }
 
@@ -266,8 +269,8 @@ fn expired_unreleased_keys_are_reclaimed_after_their_delay() {
     };
     let first = granted(t.acquire(key, g, 0, EPOCH, AcquireMode::Fair));
     assert_eq!(t.sweep(0..t.slot_count(), 50, 10).held, 1);
-    assert_eq!(t.sweep(0..t.slot_count(), 305, 10).reclaimed, 0);
-    assert_eq!(t.sweep(0..t.slot_count(), 310, 10).reclaimed, 1);
+    assert_eq!(t.sweep(0..t.slot_count(), 310, 10).reclaimed, 0);
+    assert_eq!(t.sweep(0..t.slot_count(), 311, 10).reclaimed, 1);
     let again = granted(t.acquire(key, grant(2, 100), 400, EPOCH, AcquireMode::Fair));
     assert!(again > first);
 }
@@ -473,7 +476,7 @@ fn renewals_never_exceed_the_granted_ttl() {
     assert_eq!(
         t.renew(key, token, 5_000, 100),
         TokenOutcome::Renewed {
-            expires_at_ms: 1_100,
+            expires_at_ms: 1_101,
             ttl_ms: 1_000,
             adopted: false
         }
@@ -483,7 +486,7 @@ fn renewals_never_exceed_the_granted_ttl() {
     assert_eq!(
         t.renew(key, token, 300, 200),
         TokenOutcome::Renewed {
-            expires_at_ms: 1_100,
+            expires_at_ms: 1_101,
             ttl_ms: 300,
             adopted: false
         }
@@ -491,7 +494,7 @@ fn renewals_never_exceed_the_granted_ttl() {
     assert_eq!(
         t.renew(key, token, 1_000, 900),
         TokenOutcome::Renewed {
-            expires_at_ms: 1_900,
+            expires_at_ms: 1_901,
             ttl_ms: 1_000,
             adopted: false
         }
@@ -550,8 +553,75 @@ fn each_expiration_is_counted_once_by_sweep_or_take_over() {
         AcquireMode::Fair
     )));
     assert_eq!(
-        t.sweep(all, 600, 60_000).expired,
+        t.sweep(all, 601, 60_000).expired,
         1,
         "the new lease ran out too"
     );
+}
+
+#[test]
+fn a_tenant_at_its_lease_quota_gets_no_new_grant() {
+    let t = LeaseTable::new(16, KeyHasher::new([7; 16])).with_tenant_quota(2, 2);
+    let key = |tenant: u32, name: &str| t.hasher().key(tenant, name.as_bytes());
+    let acquire = |k: LeaseKey, holder: u64, now: u64| {
+        t.acquire(k, grant(holder, 100), now, EPOCH, AcquireMode::Fair)
+    };
+    let a = granted(acquire(key(0, "a"), 1, 0));
+    let b = granted(acquire(key(0, "b"), 1, 0));
+    assert_eq!(t.tenant_leases(0), 2);
+    assert_eq!(acquire(key(0, "c"), 1, 0), Err(TableError::TenantQuota));
+    granted(acquire(key(1, "c"), 1, 0));
+    assert_eq!(t.tenant_leases(1), 1, "another tenant has its own count");
+    // What a holder already has is never refused: renewals and retries.
+    assert!(matches!(
+        t.renew(key(0, "a"), a, 100, 50),
+        TokenOutcome::Renewed { .. }
+    ));
+    assert_eq!(
+        granted(acquire(key(0, "b"), 1, 60)),
+        b,
+        "same holder retries"
+    );
+    assert_eq!(t.tenant_leases(0), 2);
+    // A release gives a unit back.
+    t.release(key(0, "b"), b, 70);
+    let c = granted(acquire(key(0, "c"), 1, 70));
+    // A run-out lease taken over before a sweep keeps the count as it is.
+    let a2 = granted(acquire(key(0, "a"), 2, 200));
+    assert!(a2 > a);
+    assert_eq!(t.tenant_leases(0), 2);
+    // A sweep gives back what ran out.
+    let stats = t.sweep(0..t.slot_count(), 1_000, 60_000);
+    assert_eq!(stats.expired, 3);
+    assert_eq!(t.tenant_leases(0), 0);
+    assert_eq!(t.tenant_leases(1), 0);
+    granted(acquire(key(0, "d"), 1, 1_000));
+    // A takeover ends every lease and installs the replicated ones, past
+    // the quota if the log says so: quotas refuse only new grants.
+    assert_eq!(t.reset(1_001), 4, "held, run out or not");
+    assert_eq!(t.tenant_leases(0), 0);
+    for (name, token) in [("a", a2), ("c", c), ("e", 99)] {
+        t.install(key(0, name), token, 1, 100, 2_000, 0, 1_001)
+            .expect("room");
+    }
+    assert_eq!(t.tenant_leases(0), 3);
+    assert_eq!(acquire(key(0, "f"), 1, 1_002), Err(TableError::TenantQuota));
+    t.release(key(0, "e"), 99, 1_003);
+    t.release(key(0, "c"), c, 1_003);
+    granted(acquire(key(0, "f"), 1, 1_004));
+    assert_eq!(t.tenant_leases(0), 2);
+}
+
+#[test]
+fn a_lease_outlasts_its_arrival_millisecond_plus_ttl() {
+    // Arrival at 1000.9 ms is seen as 1000; the lease must not end before
+    // 1100.9, so no grant may happen at 1100.
+    let t = table(4);
+    let key = t.hasher().key(0, b"r");
+    granted(t.acquire(key, grant(1, 100), 1_000, EPOCH, AcquireMode::Fair));
+    assert!(matches!(
+        t.acquire(key, grant(2, 100), 1_100, EPOCH, AcquireMode::Fair),
+        Ok(Acquired::Busy { .. })
+    ));
+    granted(t.acquire(key, grant(2, 100), 1_101, EPOCH, AcquireMode::Fair));
 }

@@ -111,6 +111,10 @@ class ErrorCode(enum.IntEnum):
     TOO_MANY_CONNECTIONS = 12
     TIMEOUT = 13
     INTERNAL = 14
+    TENANT_LEASE_QUOTA = 15
+    TENANT_WAITER_QUOTA = 16
+    TENANT_CONNECTION_QUOTA = 17
+    SLOW_DOWN = 18
 
     @property
     def wire_name(self) -> str:
@@ -143,6 +147,8 @@ _CLOSING = frozenset(
         ErrorCode.NOT_AUTHENTICATED,
         ErrorCode.TOO_MANY_CONNECTIONS,
         ErrorCode.TIMEOUT,
+        ErrorCode.TENANT_CONNECTION_QUOTA,
+        ErrorCode.SLOW_DOWN,
     }
 )
 _RETRYABLE = frozenset(
@@ -152,6 +158,10 @@ _RETRYABLE = frozenset(
         ErrorCode.UNAVAILABLE,
         ErrorCode.NOT_LEADER,
         ErrorCode.TOO_MANY_CONNECTIONS,
+        ErrorCode.TENANT_LEASE_QUOTA,
+        ErrorCode.TENANT_WAITER_QUOTA,
+        ErrorCode.TENANT_CONNECTION_QUOTA,
+        ErrorCode.SLOW_DOWN,
     }
 )
 

@@ -1,0 +1,243 @@
+//! The fixed-rate table of `compare --rates`: every system at the same
+//! chosen arrival rates, in rounds that alternate the systems (each round
+//! starts each system afresh, measures every rate, stops it), so a quiet
+//! or a noisy minute of the shared machine falls on all of them alike.
+//! The report gives the minimum and the median of each percentile over the
+//! rounds, never the best run, and the servers' CPU time per request
+//! (process and descendants, user + system, from `/proc`).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::engine::Workload;
+use super::report::Measured;
+
+/// One system at one rate in one round.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct FixedRun {
+    pub(crate) system: String,
+    pub(crate) workload: Workload,
+    pub(crate) connections: usize,
+    /// Offered arrivals per second.
+    pub(crate) rate: f64,
+    /// From 1.
+    pub(crate) round: usize,
+    pub(crate) measured: Option<Measured>,
+    /// Server CPU time (all its processes) per answered request.
+    pub(crate) cpu_us_per_request: Option<f64>,
+    pub(crate) error: Option<String>,
+}
+
+/// User + system CPU ticks of `roots` and every process descending from
+/// them, from `/proc/*/stat` (a Palisade cluster is three processes; a
+/// peer may run under a wrapper).
+pub(crate) fn cpu_ticks(roots: &[u32]) -> u64 {
+    let mut parent: HashMap<u32, u32> = HashMap::new();
+    let mut ticks: HashMap<u32, u64> = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if let Some((ppid, t)) = parse_stat(&stat) {
+            parent.insert(pid, ppid);
+            ticks.insert(pid, t);
+        }
+    }
+    let mut total = 0;
+    for (&pid, &t) in &ticks {
+        let mut at = pid;
+        // Bounded walk up the tree (a pid reused mid-scan cannot loop it).
+        for _ in 0..64 {
+            if roots.contains(&at) {
+                total += t;
+                break;
+            }
+            match parent.get(&at) {
+                Some(&p) if p != 0 && p != at => at = p,
+                _ => break,
+            }
+        }
+    }
+    total
+}
+
+/// `(ppid, utime + stime)` of one `/proc/PID/stat` line. The command name
+/// is in parentheses and may hold spaces or parentheses itself: fields are
+/// counted from the last `)`.
+fn parse_stat(stat: &str) -> Option<(u32, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state(0) ppid(1) ... utime(11) stime(12).
+    let ppid = fields.get(1)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((ppid, utime + stime))
+}
+
+/// Clock ticks per second of `/proc` times.
+pub(crate) fn ticks_per_second() -> f64 {
+    rustix::param::clock_ticks_per_second().max(1) as f64
+}
+
+/// `min / median` of some values, formatted by `f`; "–" when none.
+fn min_median(mut values: Vec<f64>, f: impl Fn(f64) -> String) -> String {
+    values.retain(|v| v.is_finite());
+    if values.is_empty() {
+        return "–".into();
+    }
+    values.sort_by(f64::total_cmp);
+    let median = if values.len() % 2 == 1 {
+        values[values.len() / 2]
+    } else {
+        (values[values.len() / 2 - 1] + values[values.len() / 2]) / 2.0
+    };
+    format!("{} / {}", f(values[0]), f(median))
+}
+
+fn us(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.1} ms", v / 1000.0)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// The markdown section: one table per workload and connection count,
+/// rows by rate then system.
+pub(crate) fn markdown(runs: &[FixedRun]) -> String {
+    let mut md = String::new();
+    if runs.is_empty() {
+        return md;
+    }
+    let rounds = runs.iter().map(|r| r.round).max().unwrap_or(0);
+    let _ = writeln!(
+        md,
+        "\n## Fixed rates\n\nEvery system at the same offered rates, {rounds} round{} \
+         alternating the systems (each round starts each system afresh). Each cell is \
+         **min / median** over the rounds. CPU is the servers' processes' user + system \
+         time per answered request.",
+        if rounds == 1 { "" } else { "s" }
+    );
+    let mut keys: Vec<(Workload, usize)> =
+        runs.iter().map(|r| (r.workload, r.connections)).collect();
+    keys.sort_by_key(|(w, c)| (w.name(), *c));
+    keys.dedup();
+    for (workload, conns) in keys {
+        let _ = writeln!(
+            md,
+            "\n### {}, {} connection{}\n",
+            workload.name(),
+            conns,
+            if conns == 1 { "" } else { "s" }
+        );
+        let _ = writeln!(
+            md,
+            "| arrivals/s | system | rounds | p50 µs | p99 µs | p99.9 µs | max µs | CPU µs/request | failed |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+        let mut rates: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.workload == workload && r.connections == conns)
+            .map(|r| r.rate)
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        rates.dedup();
+        let mut systems: Vec<&str> = Vec::new();
+        for r in runs {
+            if !systems.contains(&r.system.as_str()) {
+                systems.push(&r.system);
+            }
+        }
+        for rate in rates {
+            for system in &systems {
+                let cell: Vec<&FixedRun> = runs
+                    .iter()
+                    .filter(|r| {
+                        r.workload == workload
+                            && r.connections == conns
+                            && r.rate == rate
+                            && r.system == *system
+                    })
+                    .collect();
+                if cell.is_empty() {
+                    continue;
+                }
+                let ok: Vec<&Measured> = cell
+                    .iter()
+                    .filter_map(|r| r.measured.as_ref())
+                    .filter(|m| m.unanswered == 0 && m.overloaded.is_none())
+                    .collect();
+                let failed = cell.len() - ok.len();
+                let pick = |f: fn(&Measured) -> f64| ok.iter().map(|m| f(m)).collect::<Vec<_>>();
+                let cpu: Vec<f64> = cell
+                    .iter()
+                    .filter(|r| r.measured.is_some())
+                    .filter_map(|r| r.cpu_us_per_request)
+                    .collect();
+                let _ = writeln!(
+                    md,
+                    "| {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    rate,
+                    system,
+                    cell.len(),
+                    min_median(pick(|m| m.requests.p50), us),
+                    min_median(pick(|m| m.requests.p99), us),
+                    min_median(pick(|m| m.requests.p99_9), us),
+                    min_median(pick(|m| m.requests.max), us),
+                    min_median(cpu, |v| format!("{v:.1}")),
+                    if failed == 0 {
+                        String::new()
+                    } else {
+                        format!("{failed} (not sustained or error)")
+                    }
+                );
+            }
+        }
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_count_from_the_last_parenthesis() {
+        let line = "4242 (a (b) c) S 17 4242 4242 0 -1 4194560 100 0 0 0 250 31 0 0 20 0 9 0";
+        assert_eq!(parse_stat(line), Some((17, 281)));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn this_process_burns_cpu_that_the_scan_sees() {
+        let me = std::process::id();
+        let before = cpu_ticks(&[me]);
+        let start = crate::load::now_ns();
+        let mut x = 0u64;
+        while crate::load::now_ns() - start < 200_000_000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        assert!(
+            cpu_ticks(&[me]) > before,
+            "200 ms of spinning took no ticks"
+        );
+        assert!(ticks_per_second() >= 1.0);
+    }
+
+    #[test]
+    fn min_and_median_ignore_order_and_nan() {
+        let f = |v: f64| format!("{v:.0}");
+        assert_eq!(min_median(vec![3.0, 1.0, 2.0], f), "1 / 2");
+        assert_eq!(min_median(vec![4.0, 1.0, 2.0, 3.0], f), "1 / 2");
+        assert_eq!(min_median(vec![f64::NAN], f), "–");
+    }
+}
