@@ -24,8 +24,9 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use crate::blocking::{
-    acquire_outcome, acquire_request, millis_u32, release_outcome, token_outcome, unexpected,
-    AcquireOptions, ConnectOptions, RESPONSE_PAYLOAD_MAX,
+    acquire_outcome, acquire_request, list_page, list_request, millis_u32, release_outcome,
+    token_outcome, unexpected, watch_end_ms, watched, AcquireOptions, ConnectOptions, ListPage,
+    Watched, RESPONSE_PAYLOAD_MAX,
 };
 use crate::clock::boottime_ms;
 use crate::failover::{
@@ -33,6 +34,7 @@ use crate::failover::{
 };
 use crate::handshake::{Handshake, Step};
 use crate::lease::{AcquireOutcome, Lease, TokenOutcome};
+use crate::watch::{WatchEvent, WatchStep, WatchTracker};
 use crate::ClientError;
 
 type Reply = oneshot::Sender<Result<Response, ClientError>>;
@@ -631,6 +633,97 @@ impl AsyncClient {
         .await
     }
 
+    /// Waits up to `wait` (at most 60 s) for a token above `after` to be
+    /// issued for `resource`, following the leader, as
+    /// [`crate::Client::watch`] does.
+    pub async fn watch(
+        &self,
+        resource: &str,
+        after: u64,
+        wait: Duration,
+    ) -> Result<Watched, ClientError> {
+        let wait_end_ms = watch_end_ms(resource, wait)?;
+        let deadline_ms = self.call_deadline(wait);
+        self.follow(deadline_ms, |inner, attempt| async move {
+            let send_ms = boottime_ms();
+            let wait_ms = Attempt::wait_left_ms(send_ms, wait_end_ms);
+            let request = Request::Watch {
+                resource: resource.into(),
+                after,
+                wait_ms,
+            };
+            let due_ms = attempt.answer_due_ms(send_ms, wait_ms);
+            let response = if wait_ms > 0 {
+                call_probed(&inner, &request, due_ms, attempt.budget_ms).await?
+            } else {
+                call_until(&inner, &request, due_ms).await?
+            };
+            watched(response)
+        })
+        .await
+    }
+
+    /// Follows `resource`'s leases as a [`futures_core::Stream`] of grants,
+    /// releases and expiries of tokens above `after`, across leader
+    /// changes (see [`crate::watch`]). An error item (no leader reachable
+    /// within the request timeout) does not end the stream: the next item
+    /// continues the watch. Dropping the stream stops it.
+    #[must_use]
+    pub fn watch_stream(&self, resource: &str, after: u64) -> WatchStream {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let client = self.clone();
+        let resource = resource.to_owned();
+        let task = tokio::spawn(async move {
+            let mut tracker = WatchTracker::new(after);
+            loop {
+                let result = match tracker.step(boottime_ms()) {
+                    WatchStep::Watch { after, wait_ms } => client
+                        .watch(&resource, after, Duration::from_millis(u64::from(wait_ms)))
+                        .await
+                        .map(|watched| tracker.on_watched(boottime_ms(), watched)),
+                    WatchStep::Check { token } => client
+                        .check(&resource, token)
+                        .await
+                        .map(|outcome| tracker.on_check(boottime_ms(), &outcome)),
+                };
+                match result {
+                    Ok(events) => {
+                        for event in events {
+                            if tx.send(Ok(event)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        if tx.send(Err(e)).await.is_err() {
+                            return;
+                        }
+                        // The calls already retried until their deadline.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        WatchStream { rx, task }
+    }
+
+    /// One page of the caller's tenant's live leases, from the leader, as
+    /// [`crate::Client::list`] describes.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<ListPage, ClientError> {
+        let request = list_request(prefix, after, limit)?;
+        let deadline_ms = self.call_deadline(Duration::ZERO);
+        let request = &request;
+        self.follow(deadline_ms, |inner, attempt| async move {
+            list_page(call_until(&inner, request, attempt.deadline_ms).await?)
+        })
+        .await
+    }
+
     /// Status of the node this client is connected to (another endpoint of
     /// the list if that one fails).
     pub async fn status(&self) -> Result<StatusInfo, ClientError> {
@@ -642,6 +735,38 @@ impl AsyncClient {
             }
         })
         .await
+    }
+}
+
+/// The `Stream` of [`AsyncClient::watch_stream`]. Dropping it stops the
+/// watch.
+#[derive(Debug)]
+pub struct WatchStream {
+    rx: tokio::sync::mpsc::Receiver<Result<WatchEvent, ClientError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl futures_core::Stream for WatchStream {
+    type Item = Result<WatchEvent, ClientError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl WatchStream {
+    /// The next change (`None` only if the watch task ended).
+    pub async fn next(&mut self) -> Option<Result<WatchEvent, ClientError>> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use palisade_proto::frame::padded_len;
 use palisade_proto::{
-    decode_response, encode_request, Decoded, FrameBuf, FrameKind, RecvBuf, Request, Response,
-    Welcome, HEADER_LEN,
+    decode_response, encode_request, Decoded, FrameBuf, FrameKind, ListedLease, RecvBuf, Request,
+    Response, Welcome, HEADER_LEN, LIST_LIMIT_MAX,
 };
 
 use crate::clock::boottime_ms;
@@ -29,6 +29,7 @@ use crate::failover::{
 };
 use crate::handshake::{Handshake, Identity, Step};
 use crate::lease::{valid_until, AcquireOutcome, Lease, TokenOutcome};
+use crate::watch::{WatchEvent, WatchStep, WatchTracker};
 use crate::ClientError;
 
 /// Largest response payload the client accepts.
@@ -175,6 +176,110 @@ pub struct Watched {
     pub last_token: u64,
     /// Whether `last_token` passed `after` (false: the wait ran out).
     pub changed: bool,
+}
+
+/// One page of [`Client::list`]: live leases of the caller's tenant in
+/// resource-name order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListPage {
+    /// The leases (resource, token, remaining ms, waiters queued).
+    pub leases: Vec<ListedLease>,
+    /// Pass as `after` for the next page.
+    pub next_after: String,
+    /// Whether another page may follow.
+    pub more: bool,
+}
+
+/// Checks a watch's arguments; returns when its wait ends.
+pub(crate) fn watch_end_ms(resource: &str, wait: Duration) -> Result<u64, ClientError> {
+    palisade_proto::validate_resource(resource)
+        .map_err(|why| ClientError::InvalidArgument(why.into()))?;
+    millis_u32(wait, "watch wait")?;
+    Ok(boottime_ms() + millis(wait))
+}
+
+pub(crate) fn watched(response: Response) -> Result<Watched, ClientError> {
+    match response {
+        Response::Watched {
+            current_token,
+            last_token,
+            changed,
+        } => Ok(Watched {
+            current_token,
+            last_token,
+            changed,
+        }),
+        other => Err(unexpected(other)),
+    }
+}
+
+pub(crate) fn list_request(prefix: &str, after: &str, limit: u32) -> Result<Request, ClientError> {
+    if limit == 0 || limit > LIST_LIMIT_MAX {
+        return Err(ClientError::InvalidArgument(format!(
+            "list limit {limit} is outside 1..={LIST_LIMIT_MAX}"
+        )));
+    }
+    Ok(Request::List {
+        prefix: prefix.into(),
+        after: after.into(),
+        limit,
+    })
+}
+
+pub(crate) fn list_page(response: Response) -> Result<ListPage, ClientError> {
+    match response {
+        Response::Listed {
+            leases,
+            next_after,
+            more,
+        } => Ok(ListPage {
+            leases,
+            next_after,
+            more,
+        }),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The blocking iterator of [`Client::watch_events`].
+#[derive(Debug)]
+pub struct WatchEvents<'a> {
+    client: &'a mut Client,
+    resource: String,
+    tracker: WatchTracker,
+    queue: std::collections::VecDeque<WatchEvent>,
+}
+
+impl Iterator for WatchEvents<'_> {
+    type Item = Result<WatchEvent, ClientError>;
+
+    /// The next change; blocks until there is one. An error (no leader
+    /// reachable within the request timeout) leaves the watch where it
+    /// was: calling `next` again continues it.
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                return Some(Ok(event));
+            }
+            match self.tracker.step(boottime_ms()) {
+                WatchStep::Watch { after, wait_ms } => {
+                    let wait = Duration::from_millis(u64::from(wait_ms));
+                    match self.client.watch(&self.resource, after, wait) {
+                        Ok(watched) => self
+                            .queue
+                            .extend(self.tracker.on_watched(boottime_ms(), watched)),
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+                WatchStep::Check { token } => match self.client.check(&self.resource, token) {
+                    Ok(outcome) => self
+                        .queue
+                        .extend(self.tracker.on_check(boottime_ms(), &outcome)),
+                    Err(e) => return Some(Err(e)),
+                },
+            }
+        }
+    }
 }
 
 /// A client of a Palisade node or cluster.
@@ -861,10 +966,7 @@ impl Client {
         after: u64,
         wait: Duration,
     ) -> Result<Watched, ClientError> {
-        palisade_proto::validate_resource(resource)
-            .map_err(|why| ClientError::InvalidArgument(why.into()))?;
-        millis_u32(wait, "watch wait")?;
-        let wait_end_ms = boottime_ms() + millis(wait);
+        let wait_end_ms = watch_end_ms(resource, wait)?;
         let deadline_ms = self.call_deadline(wait);
         self.follow(deadline_ms, |conn, attempt| {
             let send_ms = boottime_ms();
@@ -875,19 +977,52 @@ impl Client {
                 wait_ms,
             })?;
             let probe_ms = (wait_ms > 0).then_some(attempt.budget_ms);
-            match conn.wait(id, attempt.answer_due_ms(send_ms, wait_ms), probe_ms)? {
-                Response::Watched {
-                    current_token,
-                    last_token,
-                    changed,
-                } => Ok(Watched {
-                    current_token,
-                    last_token,
-                    changed,
-                }),
-                other => Err(unexpected(other)),
-            }
+            watched(conn.wait(id, attempt.answer_due_ms(send_ms, wait_ms), probe_ms)?)
         })
+    }
+
+    /// Follows `resource`'s leases: an endless iterator of grants,
+    /// releases and expiries of tokens above `after` (0: starting with the
+    /// lease held now), across leader changes. See [`crate::watch`] for how
+    /// releases and expiries are told apart.
+    pub fn watch_events(&mut self, resource: &str, after: u64) -> WatchEvents<'_> {
+        WatchEvents {
+            client: self,
+            resource: resource.to_owned(),
+            tracker: WatchTracker::new(after),
+            queue: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// One page of the caller's tenant's live leases whose names start with
+    /// `prefix` and sort after `after` ("" = from the start), at most
+    /// `limit` (1..=1000) of them, from the leader. Walk the table by
+    /// passing each page's `next_after` while `more`.
+    pub fn list(&mut self, prefix: &str, after: &str, limit: u32) -> Result<ListPage, ClientError> {
+        let request = list_request(prefix, after, limit)?;
+        let deadline_ms = self.call_deadline(Duration::ZERO);
+        self.follow(deadline_ms, |conn, attempt| {
+            list_page(conn.call(&request, attempt.deadline_ms)?)
+        })
+    }
+
+    /// Every live lease of the caller's tenant under `prefix`, fetched in
+    /// pages of `page_limit`.
+    pub fn list_all(
+        &mut self,
+        prefix: &str,
+        page_limit: u32,
+    ) -> Result<Vec<ListedLease>, ClientError> {
+        let mut leases = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = self.list(prefix, &after, page_limit)?;
+            leases.extend(page.leases);
+            if !page.more {
+                return Ok(leases);
+            }
+            after = page.next_after;
+        }
     }
 
     /// Status of the node this client is connected to (another endpoint of

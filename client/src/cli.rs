@@ -1,8 +1,11 @@
-//! The client half of the `palisade` command line: `acquire`, `renew`,
-//! `release`, `check`, `status`.
+//! The client half of the `palisade` command line: `hold` (lock and run),
+//! `acquire`, `renew`, `release`, `check`, `watch`, `leases`, `status`.
 //!
 //! Exit codes: 0 ok, 2 busy or denied (including the grace period after a
 //! restart), 3 stale token, 1 any other error (the message says what to do).
+//! `hold` exits with its command's status, or with its own codes
+//! ([`crate::hold::EXIT_NOT_GRANTED`] and friends, see `palisade hold
+//! --help`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,7 +54,8 @@ pub struct Common {
     /// File holding the tenant secret (or set PALISADE_SECRET).
     #[arg(long)]
     pub secret_file: Option<PathBuf>,
-    /// Print one JSON object on stdout.
+    /// Print one JSON object on stdout (`hold`: one JSON line per event
+    /// on stderr; `watch` always prints JSON lines).
     #[arg(long)]
     pub json: bool,
     /// Time allowed for the command, across every node it tries (a
@@ -64,23 +68,109 @@ pub struct Common {
     pub attempt_timeout: Duration,
 }
 
+/// What `palisade hold --help` says after the options.
+const HOLD_AFTER_HELP: &str = "\
+CMD runs with PALISADE_RESOURCE, PALISADE_TOKEN and PALISADE_VALID_UNTIL_UNIX_MS
+(the validity at start) in its environment, and `{token}` in its arguments
+replaced by the token. It runs in its own process group; SIGINT and SIGTERM
+sent to `palisade hold` are passed on to that group.
+
+The lease is renewed every third of the ttl. If renewals fail until the
+lease's validity (as this client computes it) comes within --kill-before,
+or the node says the lease is gone, CMD's process group gets SIGTERM, then
+SIGKILL after --kill-after and in any case 5 ms before the validity ends:
+CMD never runs past the lease. When CMD exits the lease is released at once.
+
+Exit status:
+  CMD's own       CMD exited while the lease was held (128+N: killed by signal N)
+  121             the lease was not granted (busy until --wait ran out, or denied for now)
+  122             the lease was lost while CMD ran; CMD was stopped
+  123             palisade hold failed (bad arguments, no node reachable)
+  126 / 127       CMD could not be run / was not found
+
+--json prints one JSON line per event on stderr: granted, renewed, lost,
+signal, exited, released (or not_granted, error).";
+
+/// What `acquire` and `hold` ask for.
+#[derive(Args, Debug, Clone)]
+pub struct LeaseArgs {
+    /// Resource name.
+    pub resource: String,
+    /// Lease duration.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub ttl: Duration,
+    /// Queue (FIFO) up to this long if the resource is busy.
+    #[arg(long, value_parser = duration)]
+    pub wait: Option<Duration>,
+    /// Keep the resource ungrantable this long if the lease expires
+    /// without a release.
+    #[arg(long, value_parser = duration)]
+    pub lock_delay: Option<Duration>,
+}
+
 /// Client subcommands.
 #[derive(Subcommand, Debug, Clone)]
 pub enum ClientCommand {
-    /// Take a lease on a resource.
-    Acquire {
+    /// Acquire a lease, run a command while holding it, release it when the
+    /// command exits; stop the command before the lease could be lost.
+    #[command(after_help = HOLD_AFTER_HELP)]
+    Hold {
+        /// The lease wanted.
+        #[command(flatten)]
+        lease: LeaseArgs,
+        /// Send CMD SIGTERM once the lease's validity is this close without a
+        /// renewal (default: a tenth of the ttl).
+        #[arg(long, value_parser = duration)]
+        kill_before: Option<Duration>,
+        /// Send SIGKILL this long after SIGTERM (default: half of
+        /// --kill-before; never later than the validity allows).
+        #[arg(long, value_parser = duration)]
+        kill_after: Option<Duration>,
+        /// Connection and output options (--json: events on stderr).
+        #[command(flatten)]
+        common: Common,
+        /// The command and its arguments (after `--`).
+        #[arg(required = true, last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Print one JSON line each time a resource's lease changes (granted,
+    /// released, expired), following the leader; Ctrl-C ends it (exit 0).
+    Watch {
         /// Resource name.
         resource: String,
-        /// Lease duration.
-        #[arg(long, default_value = "10s", value_parser = duration)]
-        ttl: Duration,
-        /// Queue (FIFO) up to this long if the resource is busy.
-        #[arg(long, value_parser = duration)]
-        wait: Option<Duration>,
-        /// Keep the resource ungrantable this long if the lease expires
-        /// without a release.
-        #[arg(long, value_parser = duration)]
-        lock_delay: Option<Duration>,
+        /// Report only tokens above this (default: starting with the
+        /// current lease).
+        #[arg(long, value_parser = token, default_value = "0")]
+        after: u64,
+        /// Connection options.
+        #[command(flatten)]
+        common: Common,
+    },
+    /// List your tenant's live leases (resource, token, time left, waiters)
+    /// in resource-name order.
+    Leases {
+        /// Only resources whose name starts with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Leases per page (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Continue after this resource name (the `next_after` of the last
+        /// page).
+        #[arg(long, default_value = "")]
+        after: String,
+        /// Fetch every page, not just one.
+        #[arg(long)]
+        all: bool,
+        /// Connection and output options.
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Take a lease on a resource.
+    Acquire {
+        /// The lease wanted.
+        #[command(flatten)]
+        lease: LeaseArgs,
         /// Holder id; repeating an acquire with the same id while holding
         /// returns the same token. Default: random.
         #[arg(long)]
@@ -137,6 +227,9 @@ impl ClientCommand {
     fn common(&self) -> &Common {
         match self {
             ClientCommand::Acquire { common, .. }
+            | ClientCommand::Hold { common, .. }
+            | ClientCommand::Watch { common, .. }
+            | ClientCommand::Leases { common, .. }
             | ClientCommand::Renew { common, .. }
             | ClientCommand::Release { common, .. }
             | ClientCommand::Check { common, .. }
@@ -145,7 +238,7 @@ impl ClientCommand {
     }
 }
 
-fn secret(common: &Common) -> Result<Option<Vec<u8>>, String> {
+pub(crate) fn secret(common: &Common) -> Result<Option<Vec<u8>>, String> {
     if let Some(path) = &common.secret_file {
         let bytes = std::fs::read(path)
             .map_err(|e| format!("reading --secret-file {}: {e}", path.display()))?;
@@ -159,10 +252,10 @@ fn secret(common: &Common) -> Result<Option<Vec<u8>>, String> {
 }
 
 /// What to print and how to exit.
-struct Report {
-    code: i32,
-    json: Value,
-    human: String,
+pub(crate) struct Report {
+    pub(crate) code: i32,
+    pub(crate) json: Value,
+    pub(crate) human: String,
 }
 
 fn lease_json(resource: &str, tenant: &str, lease: &crate::Lease) -> Value {
@@ -202,7 +295,7 @@ fn stale_report(resource: &str, token: u64, current_token: u64, last_token: u64)
     }
 }
 
-fn error_report(err: &ClientError) -> Report {
+pub(crate) fn error_report(err: &ClientError) -> Report {
     let (code, kind, retry_after_ms) = match err {
         ClientError::Server {
             code: code @ (ErrorCode::Unavailable | ErrorCode::TooManyWaiters),
@@ -255,6 +348,11 @@ fn error_report(err: &ClientError) -> Report {
 /// a node that answers and refuses (unknown tenant, bad secret) is an
 /// answer.
 fn connect_any(common: &Common, secret: Option<Vec<u8>>) -> Result<Client, ClientError> {
+    Client::connect(&connect_options(common, secret))
+}
+
+/// The client options the common flags describe.
+pub(crate) fn connect_options(common: &Common, secret: Option<Vec<u8>>) -> ConnectOptions {
     let mut options = ConnectOptions::new(common.endpoint.clone(), common.tenant.clone());
     options.request_timeout = common.timeout;
     options.attempt_timeout = common.attempt_timeout;
@@ -262,28 +360,32 @@ fn connect_any(common: &Common, secret: Option<Vec<u8>>) -> Result<Client, Clien
     if let Some(secret) = secret {
         options = options.with_secret(secret);
     }
-    Client::connect(&options)
+    options
 }
 
 fn run_inner(command: &ClientCommand) -> Result<Report, ClientError> {
     let common = command.common();
     let secret = secret(common).map_err(ClientError::InvalidArgument)?;
+    if let ClientCommand::Leases {
+        prefix,
+        limit,
+        after,
+        all,
+        ..
+    } = command
+    {
+        return crate::commands::leases(common, secret, prefix, *limit, after, *all);
+    }
     let mut client = connect_any(common, secret)?;
     let tenant = common.tenant.as_str();
     Ok(match command {
-        ClientCommand::Acquire {
-            resource,
-            ttl,
-            wait,
-            lock_delay,
-            holder,
-            ..
-        } => {
+        ClientCommand::Acquire { lease, holder, .. } => {
+            let resource = &lease.resource;
             let options = AcquireOptions {
-                ttl: *ttl,
+                ttl: lease.ttl,
                 holder: holder.unwrap_or_else(random_holder),
-                lock_delay: lock_delay.unwrap_or_default(),
-                wait: wait.unwrap_or_default(),
+                lock_delay: lease.lock_delay.unwrap_or_default(),
+                wait: lease.wait.unwrap_or_default(),
             };
             match client.acquire(resource, options)? {
                 AcquireOutcome::Granted(lease) => Report {
@@ -381,6 +483,9 @@ fn run_inner(command: &ClientCommand) -> Result<Report, ClientError> {
             } => stale_report(resource, *token, current_token, last_token),
             other => return Err(ClientError::Protocol(format!("check answered {other:?}"))),
         },
+        ClientCommand::Hold { .. } | ClientCommand::Watch { .. } | ClientCommand::Leases { .. } => {
+            unreachable!("run() dispatches these before run_inner")
+        }
         ClientCommand::Status { .. } => {
             let s = client.status()?;
             let grants_resume = if s.grace_remaining_ms == 0 {
@@ -425,6 +530,32 @@ fn run_inner(command: &ClientCommand) -> Result<Report, ClientError> {
 /// Runs one client command, prints its result and returns the exit code.
 #[must_use]
 pub fn run(command: &ClientCommand) -> i32 {
+    match command {
+        ClientCommand::Hold {
+            lease,
+            kill_before,
+            kill_after,
+            common,
+            command,
+        } => {
+            let args = crate::commands::HoldArgs {
+                resource: &lease.resource,
+                ttl: lease.ttl,
+                wait: lease.wait.unwrap_or_default(),
+                lock_delay: lease.lock_delay.unwrap_or_default(),
+                kill_before: *kill_before,
+                kill_after: *kill_after,
+                command,
+            };
+            return crate::commands::hold(common, &args);
+        }
+        ClientCommand::Watch {
+            resource,
+            after,
+            common,
+        } => return crate::commands::watch(common, resource, *after),
+        _ => {}
+    }
     let json = command.common().json;
     let report = run_inner(command).unwrap_or_else(|e| error_report(&e));
     if json {

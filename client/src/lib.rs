@@ -26,6 +26,14 @@
 //! report a loss only on `Stale` or when validity runs out, never on an
 //! error during an election. The policy is in [`failover`].
 //!
+//! **Holding, watching, listing.** [`Hold`] (threads) and [`AsyncHold`]
+//! (tokio) acquire and keep a lease alive, report its loss on a channel,
+//! and release it when dropped; [`hold::Supervisor`] is the sans-IO logic
+//! `palisade hold` stops its command with before the lease's validity
+//! ends. [`Client::watch_events`] and [`AsyncClient::watch_stream`] follow
+//! a resource's grants, releases and expiries ([`watch`]).
+//! [`Client::list`] pages through the tenant's live leases.
+//!
 //! What this crate never does: mint or compare tokens on its own authority,
 //! or extend a lease's validity past what the server granted.
 //!
@@ -54,17 +62,25 @@ mod asynchronous;
 mod blocking;
 pub mod cli;
 pub mod clock;
+mod commands;
 mod error;
 pub mod failover;
 mod handshake;
+pub mod hold;
 mod keepalive;
 mod lease;
+pub mod watch;
 
-pub use asynchronous::AsyncClient;
-pub use blocking::{random_holder, AcquireOptions, Client, ConnectOptions, Watched};
+pub use asynchronous::{AsyncClient, WatchStream};
+pub use blocking::{
+    random_holder, AcquireOptions, Client, ConnectOptions, ListPage, WatchEvents, Watched,
+};
 pub use error::ClientError;
 pub use handshake::Identity;
+pub use hold::{AsyncHold, Hold};
 pub use keepalive::{
     keep_alive, KeepAlive, KeepAliveThread, LeaseEvent, LossReason, RENEW_FRACTION,
 };
 pub use lease::{valid_until, AcquireOutcome, Lease, TokenOutcome};
+pub use palisade_proto::ListedLease;
+pub use watch::{WatchEvent, WatchKind};

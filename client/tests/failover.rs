@@ -140,10 +140,12 @@ fn a_hung_first_endpoint_costs_the_cli_about_one_attempt() {
     let hung = FakeNode::start(Mode::Hang);
     let live = FakeNode::start(Mode::Serve);
     let command = ClientCommand::Acquire {
-        resource: "disk0".into(),
-        ttl: Duration::from_secs(10),
-        wait: None,
-        lock_delay: None,
+        lease: cli::LeaseArgs {
+            resource: "disk0".into(),
+            ttl: Duration::from_secs(10),
+            wait: None,
+            lock_delay: None,
+        },
         holder: Some(42),
         common: Common {
             endpoint: format!("{},{}", hung.endpoint, live.endpoint),
@@ -768,5 +770,38 @@ fn a_short_lease_survives_a_hung_leader_with_the_default_attempt_timeout() {
         }
         assert!(renewals >= 3, "{renewals} renewals");
         assert!(b.count(is_renew) >= 3, "renewed at b");
+    });
+}
+
+#[test]
+fn list_follows_the_leader_on_both_clients() {
+    let leader = FakeNode::start(Mode::Serve);
+    let follower = FakeNode::start(Mode::Redirect(leader.endpoint.clone()));
+    let mut client = Client::connect(&options(&[&follower], QUICK_ATTEMPT)).expect("connect");
+    for name in ["b", "a", "c"] {
+        granted(
+            client
+                .acquire(name, AcquireOptions::new(Duration::from_secs(10)))
+                .expect("acquire"),
+        );
+    }
+    let page = client.list("", "", 2).expect("list");
+    let names: Vec<&str> = page.leases.iter().map(|l| l.resource.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert!(page.more);
+    let all = client.list_all("", 2).expect("list_all");
+    assert_eq!(all.len(), 3);
+    assert!(matches!(
+        client.list("", "", 0),
+        Err(palisade_client::ClientError::InvalidArgument(_))
+    ));
+    runtime().block_on(async {
+        let client = AsyncClient::connect(&options(&[&follower], QUICK_ATTEMPT))
+            .await
+            .expect("connect");
+        let page = client.list("", "b", 10).await.expect("list");
+        let names: Vec<&str> = page.leases.iter().map(|l| l.resource.as_str()).collect();
+        assert_eq!(names, ["c"]);
+        assert!(!page.more);
     });
 }

@@ -651,8 +651,8 @@ impl Sim {
                         command: commit.command,
                     }]);
             }
-            Outcome::Wait(_) | Outcome::Watch(_) => {
-                panic!("the simulated clients never wait or watch")
+            Outcome::Wait(_) | Outcome::Watch(_) | Outcome::List(_) => {
+                panic!("the simulated clients never wait, watch or list")
             }
         }
         self.pump(i);

@@ -39,6 +39,7 @@ pub mod clock;
 pub mod leadership;
 pub mod mark;
 pub mod metrics;
+pub mod names;
 pub mod quota;
 pub mod replica;
 #[cfg(feature = "server")]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use palisade_proto::auth::{auth_message, verify_proof, StoredCredential};
 use palisade_proto::{
     validate_resource, validate_tenant, ArchivedRequest, ErrorCode, Response, StatusInfo, Welcome,
-    CLIENT_NAME_LEN_MAX, NONCE_LEN,
+    CLIENT_NAME_LEN_MAX, LIST_LIMIT_MAX, NONCE_LEN, RESOURCE_LEN_MAX,
 };
 
 use crate::leadership::{Leadership, NotGranting};
@@ -150,6 +150,24 @@ pub enum Outcome {
     /// Replicate first: propose `command` to the control plane and send
     /// `reply` once it committed (a grant or release with replication).
     Commit(Box<Commit>),
+    /// Gather one page of the tenant's leases from every core; the answer
+    /// comes later.
+    List(Box<ListRequest>),
+}
+
+/// A `List` to gather across the cores (see [`crate::names`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListRequest {
+    /// The caller's tenant (S5: only its names are read).
+    pub tenant: u32,
+    /// Only names starting with this.
+    pub prefix: String,
+    /// Only names after this.
+    pub after: String,
+    /// Most leases, 1..=[`LIST_LIMIT_MAX`].
+    pub limit: u32,
+    /// Where to answer.
+    pub origin: Origin,
 }
 
 /// A table change the raft log must hold before it is answered.
@@ -629,6 +647,21 @@ impl Shared {
                     now_ms,
                 );
             }
+            ArchivedRequest::List {
+                prefix,
+                after,
+                limit,
+            } => {
+                return self.list(
+                    conn,
+                    tenant,
+                    meta,
+                    prefix.as_str(),
+                    after.as_str(),
+                    limit.to_native(),
+                    now_ms,
+                );
+            }
             ArchivedRequest::Renew {
                 resource, token, ..
             }
@@ -797,6 +830,67 @@ impl Shared {
                 conn.pending += 1;
                 Outcome::Watch(watch)
             }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn list(
+        &self,
+        conn: &mut Conn,
+        tenant: u32,
+        meta: RequestMeta,
+        prefix: &str,
+        after: &str,
+        limit: u32,
+        now_ms: u64,
+    ) -> Outcome {
+        if limit == 0 || limit > LIST_LIMIT_MAX {
+            return Outcome::Reply(error(
+                ErrorCode::InvalidArgument,
+                0,
+                format!("list limit {limit} is outside 1..={LIST_LIMIT_MAX}; page with the cursor"),
+            ));
+        }
+        for (what, text) in [("prefix", prefix), ("cursor", after)] {
+            if text.len() > RESOURCE_LEN_MAX || text.chars().any(char::is_control) {
+                return Outcome::Reply(error(
+                    ErrorCode::InvalidArgument,
+                    0,
+                    format!("list {what} must be at most 256 bytes without control characters"),
+                ));
+            }
+        }
+        if let Err(response) = self.serving(now_ms) {
+            return Outcome::Reply(response);
+        }
+        if conn.pending >= self.config.pending_per_connection_max {
+            return Outcome::Reply(too_many_pending());
+        }
+        conn.pending += 1;
+        Outcome::List(Box::new(ListRequest {
+            tenant,
+            prefix: prefix.to_owned(),
+            after: after.to_owned(),
+            limit,
+            origin: Origin {
+                core: conn.core,
+                conn: conn.id,
+                request_id: meta.request_id,
+                group: meta.group,
+                // Not a queued acquire: counts only against the
+                // connection's pending requests.
+                queued: false,
+            },
+        }))
+    }
+
+    /// `Ok` if this node answers lease requests now; otherwise the answer
+    /// that says where to go instead.
+    pub fn serving(&self, now_ms: u64) -> Result<(), Response> {
+        match self.leadership.load().check_serve(now_ms) {
+            Ok(()) => Ok(()),
+            Err(NotGranting::NotLeader { leader_id }) => Err(self.not_leader(leader_id)),
+            Err(NotGranting::Unconfirmed | NotGranting::Grace { .. }) => Err(Self::unconfirmed()),
         }
     }
 
@@ -1513,6 +1607,7 @@ mod tests {
                 resource: "r".into(),
                 token: 1,
             },
+            list("", "", 10),
         ] {
             assert_eq!(
                 run(&s, &mut conn, &request, 0),
@@ -1529,6 +1624,48 @@ mod tests {
                 ..
             }))
         ));
+    }
+
+    fn list(prefix: &str, after: &str, limit: u32) -> Request {
+        Request::List {
+            prefix: prefix.into(),
+            after: after.into(),
+            limit,
+        }
+    }
+
+    #[test]
+    fn a_list_is_gathered_for_the_callers_tenant_only_and_bounded() {
+        let s = shared(0);
+        let mut b = Conn::new(0, 9);
+        b.phase = Phase::Ready { tenant: 1 };
+        match run(&s, &mut b, &list("vol/", "vol/a", 1_000), 0) {
+            Outcome::List(request) => {
+                assert_eq!(
+                    request.tenant, 1,
+                    "the connection's tenant, never the wire's"
+                );
+                assert_eq!(request.prefix, "vol/");
+                assert_eq!(request.after, "vol/a");
+                assert_eq!(request.limit, 1_000);
+                assert_eq!(request.origin.conn, 9);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(b.pending, 1);
+        let mut conn = ready(&s);
+        for bad in [
+            list("", "", 0),
+            list("", "", LIST_LIMIT_MAX + 1),
+            list(&"p".repeat(257), "", 10),
+            list("", "a\nb", 10),
+        ] {
+            assert_eq!(
+                code(&run(&s, &mut conn, &bad, 0)),
+                Some(ErrorCode::InvalidArgument)
+            );
+        }
+        assert_eq!(conn.pending, 0);
     }
 
     #[test]

@@ -44,7 +44,7 @@ use palisade_fuzz::Input;
 use palisade_proto::auth::{auth_message, client_proof, derive_stored, StoredCredential};
 use palisade_proto::{
     access_request, decode_request, encode_request, token_epoch, validate_resource, Decoded,
-    ErrorCode, FrameBuf, FrameKind, Request, Response, Role, NONCE_LEN,
+    ErrorCode, FrameBuf, FrameKind, Request, Response, Role, LIST_LIMIT_MAX, NONCE_LEN,
 };
 
 const SECRET: &[u8] = b"fuzz-secret";
@@ -322,6 +322,11 @@ impl World {
                 token: self.token(input),
             },
             6 => Request::Status,
+            _ if input.bool() => Request::List {
+                prefix: Self::resource(input),
+                after: Self::resource(input),
+                limit: input.choose(&[1, 100, LIST_LIMIT_MAX, 0, LIST_LIMIT_MAX + 1]),
+            },
             _ => Request::Watch {
                 resource: Self::resource(input),
                 after: self.token(input),
@@ -491,6 +496,22 @@ impl World {
                     })
                 ));
                 assert_eq!(phase_after, phase);
+            }
+            (Phase::Ready { tenant }, Request::List { limit, .. }) => {
+                assert_eq!(phase_after, phase);
+                match &outcome {
+                    // Gathered by the shell: only for the connection's own
+                    // tenant (S5), from a serving leader, within the limit.
+                    Outcome::List(list) => {
+                        assert_eq!(list.tenant, *tenant);
+                        assert!(serving, "a list from a node that may not serve");
+                        assert!((1..=LIST_LIMIT_MAX).contains(limit));
+                    }
+                    Outcome::Reply(
+                        Response::Error { .. } | Response::Redirect { .. },
+                    ) => {}
+                    other => panic!("unexpected answer to List: {other:?}"),
+                }
             }
             (Phase::Ready { tenant }, _) => {
                 assert_eq!(

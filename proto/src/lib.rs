@@ -46,7 +46,8 @@ pub use codec::{
 pub use error::{ArchivedErrorCode, ErrorCode};
 pub use frame::{Decoded, FrameError, FrameHeader, FrameKind, HEADER_LEN, PROTOCOL_VERSION};
 pub use msg::{
-    token_epoch, token_seq, validate_resource, validate_tenant, ArchivedRequest, ArchivedResponse,
-    ArchivedRole, ArchivedStatusInfo, ArchivedWelcome, Peer, Request, Response, Role, StatusInfo,
-    Welcome, CLIENT_NAME_LEN_MAX, NONCE_LEN, RESOURCE_LEN_MAX, TENANT_LEN_MAX,
+    token_epoch, token_seq, validate_resource, validate_tenant, ArchivedListedLease,
+    ArchivedRequest, ArchivedResponse, ArchivedRole, ArchivedStatusInfo, ArchivedWelcome,
+    ListedLease, Peer, Request, Response, Role, StatusInfo, Welcome, CLIENT_NAME_LEN_MAX,
+    LIST_LIMIT_MAX, NONCE_LEN, RESOURCE_LEN_MAX, TENANT_LEN_MAX,
 };

@@ -13,6 +13,8 @@ pub const TENANT_LEN_MAX: usize = 64;
 pub const CLIENT_NAME_LEN_MAX: usize = 128;
 /// Length of handshake nonces.
 pub const NONCE_LEN: usize = 16;
+/// Most leases one `List` answer carries; a larger `limit` is refused.
+pub const LIST_LIMIT_MAX: u32 = 1000;
 
 /// A client-to-server message.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -84,6 +86,19 @@ pub enum Request {
         /// Longest wait, at most 60 000 ms; 0 answers at once.
         wait_ms: u32,
     },
+    /// One page of the caller's tenant's live leases, in resource-name
+    /// (byte) order: those whose name starts with `prefix` and sorts after
+    /// `after`.
+    List {
+        /// Only resources whose name starts with these bytes ("" = all).
+        prefix: String,
+        /// Cursor: only resources whose name sorts strictly after this
+        /// ("" = from the start). Pass the previous page's `next_after`.
+        after: String,
+        /// Most leases wanted, 1..=[`LIST_LIMIT_MAX`]. The server may
+        /// return fewer (its frame size bound), with `more` set.
+        limit: u32,
+    },
 }
 
 /// What the server says after a successful handshake.
@@ -152,6 +167,20 @@ pub struct Peer {
     pub id: u16,
     /// Client address.
     pub endpoint: String,
+}
+
+/// A live lease as `List` reports it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ListedLease {
+    /// Resource name.
+    pub resource: String,
+    /// The lease's fencing token.
+    pub token: u64,
+    /// Time left on the lease, on the leader's clock.
+    pub remaining_ms: u32,
+    /// Whether acquires are queued waiting for it.
+    pub waiters: bool,
 }
 
 /// Role of a node.
@@ -272,6 +301,16 @@ pub enum Response {
         retry_after_ms: u32,
         /// Human-readable detail saying what to do.
         message: String,
+    },
+    /// Answer to `List`: one page of live leases in resource-name order.
+    Listed {
+        /// The leases, in resource-name (byte) order.
+        leases: Vec<ListedLease>,
+        /// Cursor for the next page: pass it as `after` (empty when `more`
+        /// is false).
+        next_after: String,
+        /// Whether more leases may follow `next_after`.
+        more: bool,
     },
 }
 

@@ -24,8 +24,8 @@ use palisade_proto::auth::{auth_message, client_proof, derive_stored, verify_pro
 use palisade_proto::frame::{decode_frame, FrameError, FrameHeader};
 use palisade_proto::{
     access_request, access_response, decode_request, decode_response, encode_request,
-    encode_response, Decoded, ErrorCode, FrameBuf, FrameKind, Peer, Request, Response, Role,
-    StatusInfo, Welcome, HEADER_LEN,
+    encode_response, Decoded, ErrorCode, FrameBuf, FrameKind, ListedLease, Peer, Request, Response,
+    Role, StatusInfo, Welcome, HEADER_LEN,
 };
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -109,6 +109,7 @@ fn request_variant(request: &Request) -> &'static str {
         Request::Check { .. } => "Check",
         Request::Status => "Status",
         Request::Watch { .. } => "Watch",
+        Request::List { .. } => "List",
     }
 }
 
@@ -126,14 +127,15 @@ fn response_variant(response: &Response) -> &'static str {
         Response::Watched { .. } => "Watched",
         Response::Redirect { .. } => "Redirect",
         Response::Error { .. } => "Error",
+        Response::Listed { .. } => "Listed",
     }
 }
 
 /// Tags as PROTOCOL.md states them: declaration order, from 0.
-const REQUEST_TAGS: [&str; 8] = [
-    "Hello", "Auth", "Acquire", "Renew", "Release", "Check", "Status", "Watch",
+const REQUEST_TAGS: [&str; 9] = [
+    "Hello", "Auth", "Acquire", "Renew", "Release", "Check", "Status", "Watch", "List",
 ];
-const RESPONSE_TAGS: [&str; 12] = [
+const RESPONSE_TAGS: [&str; 13] = [
     "Welcome",
     "Challenge",
     "Granted",
@@ -146,6 +148,7 @@ const RESPONSE_TAGS: [&str; 12] = [
     "Watched",
     "Redirect",
     "Error",
+    "Listed",
 ];
 
 fn role_name(role: Role) -> &'static str {
@@ -203,6 +206,11 @@ fn to_json(msg: &Msg) -> Value {
                     after,
                     wait_ms,
                 } => json!({"resource": resource, "after": after, "wait_ms": wait_ms}),
+                Request::List {
+                    prefix,
+                    after,
+                    limit,
+                } => json!({"prefix": prefix, "after": after, "limit": limit}),
             };
             v["type"] = json!(request_variant(request));
             v
@@ -283,6 +291,15 @@ fn to_json(msg: &Msg) -> Value {
                 } => {
                     json!({"code": code.as_str(), "code_value": *code as u16, "retry_after_ms": retry_after_ms, "message": message})
                 }
+                Response::Listed {
+                    leases,
+                    next_after,
+                    more,
+                } => json!({
+                    "leases": leases.iter().map(|l| json!({"resource": l.resource, "token": l.token, "remaining_ms": l.remaining_ms, "waiters": l.waiters})).collect::<Vec<_>>(),
+                    "next_after": next_after,
+                    "more": more,
+                }),
             };
             v["type"] = json!(response_variant(response));
             v
@@ -365,6 +382,11 @@ fn from_json(name: &str, direction: &str, value: &Value) -> Msg {
                 resource: f.str("resource"),
                 after: f.u64("after"),
                 wait_ms: f.u32("wait_ms"),
+            },
+            "List" => Request::List {
+                prefix: f.str("prefix"),
+                after: f.str("after"),
+                limit: f.u32("limit"),
             },
             other => panic!("vector {name}: unknown request type {other:?}"),
         }),
@@ -460,6 +482,25 @@ fn from_json(name: &str, direction: &str, value: &Value) -> Msg {
                     message: f.str("message"),
                 }
             }
+            "Listed" => Response::Listed {
+                leases: f
+                    .get("leases")
+                    .as_array()
+                    .expect("leases is a list")
+                    .iter()
+                    .map(|l| {
+                        let l = Fields { name, value: l };
+                        ListedLease {
+                            resource: l.str("resource"),
+                            token: l.u64("token"),
+                            remaining_ms: l.u32("remaining_ms"),
+                            waiters: l.bool("waiters"),
+                        }
+                    })
+                    .collect(),
+                next_after: f.str("next_after"),
+                more: f.bool("more"),
+            },
             other => panic!("vector {name}: unknown response type {other:?}"),
         }),
         other => panic!("vector {name}: direction {other:?}"),
@@ -545,6 +586,8 @@ fn cases() -> Vec<Case> {
         Case { name: "status", notes: "a unit variant: the tag and 39 zero bytes", request_id: 12, msg: Q(Request::Status) },
         Case { name: "watch", notes: "Watch is tag 7, after Status (6)", request_id: 0xfedc_ba98_7654_3210, msg: Q(Request::Watch { resource: "disk0".into(), after: TOKEN, wait_ms: 30_000 }) },
         Case { name: "watch_out_of_line", notes: "", request_id: 13, msg: Q(Request::Watch { resource: "volumes/db-primary".into(), after: 0, wait_ms: 60_000 }) },
+        Case { name: "list_first_page", notes: "List is tag 8, after Watch (7): no prefix, no cursor (two empty strings)", request_id: 14, msg: Q(Request::List { prefix: String::new(), after: String::new(), limit: 100 }) },
+        Case { name: "list_out_of_line", notes: "prefix and cursor out of line, in field order", request_id: 15, msg: Q(Request::List { prefix: "volumes/db-".into(), after: "volumes/db-primary".into(), limit: 1_000 }) },
         Case { name: "welcome_no_signature", notes: "every response root is 104 bytes (set by Status)", request_id: 1, msg: A(Response::Welcome(welcome(None))) },
         Case { name: "welcome_signature", notes: "Option: a tag byte (0 None, 1 Some) then the value", request_id: 2, msg: A(Response::Welcome(welcome(Some(ramp(0xc0))))) },
         Case { name: "challenge", notes: "the salt is a byte vector: its bytes precede the root; the root holds a relative offset and a length", request_id: 1, msg: A(Response::Challenge { salt: ramp::<16>(0x30).to_vec(), iterations: 4096, server_nonce: ramp(0x50) }) },
@@ -565,6 +608,12 @@ fn cases() -> Vec<Case> {
         Case { name: "watched_unchanged", notes: "", request_id: 13, msg: A(Response::Watched { current_token: 0, last_token: TOKEN, changed: false }) },
         Case { name: "redirect", notes: "", request_id: 3, msg: A(Response::Redirect { leader_id: 3, endpoint: "127.0.0.1:7413".into() }) },
         Case { name: "redirect_unknown", notes: "no leader known: leader_id 0 and an empty endpoint", request_id: 3, msg: A(Response::Redirect { leader_id: 0, endpoint: String::new() }) },
+        Case { name: "listed_page", notes: "Listed is tag 12, after Error (11): the long resource names first, in element order, then zero padding to 8, then the array of 24-byte, 8-aligned elements, then the long cursor, then the root", request_id: 15, msg: A(Response::Listed { leases: vec![
+            ListedLease { resource: "disk0".into(), token: TOKEN, remaining_ms: 9_000, waiters: false },
+            ListedLease { resource: "volumes/db-primary".into(), token: (8 << 32) | 1, remaining_ms: 250, waiters: true },
+            ListedLease { resource: "volumes/db-replica".into(), token: 1, remaining_ms: 0, waiters: false },
+        ], next_after: "volumes/db-replica".into(), more: true }) },
+        Case { name: "listed_empty", notes: "the last page: no leases (an empty vector still points where its elements would start), empty cursor, more false", request_id: 14, msg: A(Response::Listed { leases: Vec::new(), next_after: String::new(), more: false }) },
         Case { name: "error_timeout_connection_level", notes: "request_id 0: a connection-level error; the server closes the connection after it", request_id: 0, msg: A(Response::Error { code: ErrorCode::Timeout, retry_after_ms: 0, message: "the handshake did not complete within limits.handshake_timeout; closing".into() }) },
         Case { name: "error_unavailable", notes: "", request_id: 3, msg: A(Response::Error { code: ErrorCode::Unavailable, retry_after_ms: 1_500, message: "grace period".into() }) },
     ];
@@ -643,20 +692,20 @@ fn invalid_document() -> Value {
     let mut payloads: Vec<(&str, &str, &str, Vec<u8>)> = Vec::new();
 
     let mut f = req(Request::Status);
-    payload_of(&mut f)[0] = 8;
+    payload_of(&mut f)[0] = 9;
     payloads.push((
         "request_unknown_tag",
         "request",
-        "request tag 8 does not exist (0..=7)",
+        "request tag 9 does not exist (0..=8)",
         f,
     ));
 
     let mut f = resp(Response::Released { token: 1 });
-    payload_of(&mut f)[0] = 12;
+    payload_of(&mut f)[0] = 13;
     payloads.push((
         "response_unknown_tag",
         "response",
-        "response tag 12 does not exist (0..=11)",
+        "response tag 13 does not exist (0..=12)",
         f,
     ));
 
@@ -768,6 +817,44 @@ fn invalid_document() -> Value {
     });
     payload_of(&mut f)[8 + 8..8 + 12].copy_from_slice(&9u32.to_le_bytes());
     payloads.push(("vec_overruns_root", "response", "a byte vector must end at or before the root (9 bytes from offset 0 reach into the root at 8)", f));
+
+    // One listed lease with an inline name: the 24-byte element at 0, the
+    // root at 24.
+    let listed = resp(Response::Listed {
+        leases: vec![ListedLease {
+            resource: "a".into(),
+            token: 1,
+            remaining_ms: 1,
+            waiters: false,
+        }],
+        next_after: String::new(),
+        more: false,
+    });
+    let mut f = listed.clone();
+    payload_of(&mut f)[20] = 2;
+    payloads.push((
+        "listed_lease_waiters_not_bool",
+        "response",
+        "a listed lease's waiters byte (element offset 20) must be 0 or 1",
+        f,
+    ));
+    // The same element moved to offset 4 (4 zero bytes before it, 4 after,
+    // the root at 32): inside the window, overlapping nothing, but not
+    // 8-aligned.
+    let payload = &listed[HEADER_LEN..];
+    let mut moved = listed[..HEADER_LEN].to_vec();
+    moved.extend_from_slice(&[0; 4]);
+    moved.extend_from_slice(&payload[..24]);
+    moved.extend_from_slice(&[0; 4]);
+    moved.extend_from_slice(&payload[24..]);
+    payload_of(&mut moved)[36..40].copy_from_slice(&(-32i32).to_le_bytes());
+    set_payload_len(&mut moved, 32 + RESPONSE_ROOT_LEN);
+    payloads.push((
+        "listed_lease_array_misaligned",
+        "response",
+        "a Vec<ListedLease> element array must start at a multiple of 8 (4 here)",
+        moved,
+    ));
 
     let mut f = req(Request::Status);
     set_payload_len(&mut f, 32);

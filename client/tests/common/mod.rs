@@ -482,6 +482,37 @@ fn serve(shared: &Shared, request: &Request) -> Answer {
             last_token: table.last.get(resource).copied().unwrap_or(0),
             changed: false,
         },
+        Request::List {
+            prefix,
+            after,
+            limit,
+        } => {
+            let mut names: Vec<&String> = table
+                .leases
+                .keys()
+                .filter(|r| r.starts_with(prefix.as_str()) && *r > after)
+                .collect();
+            names.sort();
+            let more = names.len() > *limit as usize;
+            names.truncate(*limit as usize);
+            Response::Listed {
+                leases: names
+                    .iter()
+                    .map(|r| palisade_proto::ListedLease {
+                        resource: (*r).clone(),
+                        token: table.leases[*r].token,
+                        remaining_ms: 1_000,
+                        waiters: false,
+                    })
+                    .collect(),
+                next_after: if more {
+                    names.last().map(|r| (*r).clone()).unwrap_or_default()
+                } else {
+                    String::new()
+                },
+                more,
+            }
+        }
         Request::Hello { .. } | Request::Auth { .. } | Request::Status => Response::Error {
             code: ErrorCode::Malformed,
             retry_after_ms: 0,

@@ -269,6 +269,24 @@ class Tenants(unittest.TestCase):
             theirs.release(their_lease)
             mine.release(lease)
 
+    def test_list_pages_through_the_tenants_own_leases(self) -> None:
+        prefix = fresh("list") + "/"
+        with Client(endpoint()) as mine, Client(endpoint(), tenant="billing", secret_file=GOOD_SECRET) as theirs:
+            held = [mine.acquire(f"{prefix}{i:02}", ttl=10) for i in range(7)]
+            their_lease = theirs.acquire(f"{prefix}theirs", ttl=10)
+            leases = mine.list_all(prefix, page_limit=3)
+            self.assertEqual([(l.resource, l.token) for l in leases], [(h.resource, h.token) for h in held])
+            page = mine.list(prefix, limit=2)
+            self.assertTrue(page.more)
+            self.assertEqual(page.next_after, f"{prefix}01")
+            self.assertEqual([l.resource for l in theirs.list_all(prefix)], [f"{prefix}theirs"])
+            with self.assertRaises(ValueError):
+                mine.list(limit=0)
+            for lease in held:
+                mine.release(lease)
+            theirs.release(their_lease)
+            self.assertEqual(mine.list_all(prefix), [])
+
 
 class RawProtocol(unittest.TestCase):
     """What PROTOCOL.md says the server does, checked byte for byte."""
@@ -361,7 +379,7 @@ class RawProtocol(unittest.TestCase):
 
     def test_a_malformed_payload_is_answered_with_its_id_and_closes(self) -> None:
         bad = bytearray(wire.encode_request(wire.Status(), 11))
-        bad[24] = 8  # no such request tag
+        bad[24] = 9  # no such request tag
         with self.connect() as s:
             self.hello(s)
             s.sendall(bytes(bad))
@@ -535,6 +553,8 @@ class Asyncio(unittest.TestCase):
                 self.assertEqual(renewed.token, lease.token)
                 watched = await c.watch(r, after=0, wait=0)
                 self.assertEqual(watched.last_token, lease.token)
+                listed = await c.list_all(r)
+                self.assertEqual([(l.resource, l.token) for l in listed], [(r, lease.token)])
                 self.assertTrue(await c.release(lease))
                 self.assertFalse(await c.release(lease))
                 status = await c.status()

@@ -31,6 +31,7 @@ REQUESTS = {
     "Check": wire.Check,
     "Status": wire.Status,
     "Watch": wire.Watch,
+    "List": wire.List,
 }
 RESPONSES = {
     "Welcome": wire.Welcome,
@@ -45,6 +46,7 @@ RESPONSES = {
     "Watched": wire.Watched,
     "Redirect": wire.Redirect,
     "Error": wire.Error,
+    "Listed": wire.Listed,
 }
 BYTES_FIELDS = ("client_nonce", "proof", "salt", "server_nonce")
 
@@ -60,6 +62,10 @@ def message(vector: Dict[str, Any]) -> Any:
         fields["server_signature"] = bytes.fromhex(fields["server_signature"])
     if "peers" in fields:
         fields["peers"] = tuple(wire.Peer(p["id"], p["endpoint"]) for p in fields["peers"])
+    if "leases" in fields:
+        fields["leases"] = tuple(
+            wire.ListedLease(l["resource"], l["token"], l["remaining_ms"], l["waiters"]) for l in fields["leases"]
+        )
     if "role" in fields:
         fields["role"] = Role[fields["role"].upper()]
     if "code" in fields:

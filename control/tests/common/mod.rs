@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod hold;
 pub mod promtool;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_palisade");

@@ -442,6 +442,7 @@ async fn run(
                                         now_ms,
                                         &mut random_nonce,
                                     );
+                                    ctx.note_request(conn, request, now_ms);
                                     (outcome, frame_len, meta)
                                 }
                                 Err(err) => {
@@ -474,6 +475,7 @@ async fn run(
                         }
                         Outcome::Wait(request) => waits.push(request),
                         Outcome::Watch(watch) => ctx.watch(watch),
+                        Outcome::List(list) => ctx.list(*list),
                         Outcome::Commit(commit) => {
                             let origin = crate::waiters::Origin {
                                 core: conn.core,

@@ -41,6 +41,7 @@ use nudge::{CoreWakers, Kicker, Registration};
 mod admin;
 mod conn;
 pub mod heartbeat;
+mod list;
 pub mod net;
 pub mod nudge;
 
@@ -142,6 +143,10 @@ enum CoreMsg {
     Cancel { core: u16, conn: u64 },
     /// An answer for a waiter (sent to the connection's core).
     Deliver(WaitEvent),
+    /// Asks for this core's page of a `List` (sent to every other core).
+    ListQuery(Box<list::Query>),
+    /// A core's page of a `List` (sent to the core gathering it).
+    ListPart { id: u64, part: crate::names::Part },
 }
 
 /// Capacity of each cross-core channel.
@@ -192,6 +197,8 @@ struct CoreCtx {
     /// Changes proposed by this core, by tag, until their notice.
     commits: RefCell<HashMap<u64, PendingCommit>>,
     next_tag: Cell<u64>,
+    /// Names for `List`, and the pages being gathered.
+    lists: RefCell<list::Lists>,
 }
 
 impl CoreCtx {
@@ -243,6 +250,8 @@ impl CoreCtx {
                     .handle_cancel(&self.shared.table, lead, core, conn, now);
             }
             CoreMsg::Deliver(event) => self.deliver_local(event),
+            CoreMsg::ListQuery(query) => self.on_list_query(*query),
+            CoreMsg::ListPart { id, part } => self.on_list_part(id, part),
         }
         self.drain_waits();
     }
@@ -1053,6 +1062,7 @@ async fn core_main(
         hot,
         commits: RefCell::new(HashMap::new()),
         next_tag: Cell::new(1),
+        lists: RefCell::default(),
     });
 
     let mut tasks = Vec::new();
@@ -1078,6 +1088,7 @@ async fn core_main(
     }
     tasks.push(spawn_owned(hot, conn::accept_loop(ctx.clone(), listener)));
     tasks.push(spawn_owned(background, sweeper(ctx.clone())));
+    tasks.push(spawn_owned(background, list::prune_names(ctx.clone())));
     if index == 0 {
         let admin = admin
             .lock()

@@ -37,7 +37,20 @@ from .errors import (
     is_retryable,
 )
 from .lease import HeldLease, Lease, now_ms, valid_until_ms
-from .wire import Current, ErrorCode, Peer, Role, Stale, StatusInfo, Watched, Welcome, token_epoch, token_seq
+from .wire import (
+    Current,
+    ErrorCode,
+    Listed,
+    ListedLease,
+    Peer,
+    Role,
+    Stale,
+    StatusInfo,
+    Watched,
+    Welcome,
+    token_epoch,
+    token_seq,
+)
 
 __all__ = [
     "__version__",
@@ -54,6 +67,8 @@ __all__ = [
     "LeaseBusy",
     "LeaseLost",
     "LeaseStale",
+    "Listed",
+    "ListedLease",
     "NoLeader",
     "PalisadeError",
     "Peer",

@@ -39,6 +39,10 @@ from .wire import (
     Stale,
     Status,
     StatusInfo,
+    LIST_LIMIT_MAX,
+    List as ListRequest,
+    Listed,
+    ListedLease,
     Watch,
     Watched,
     Welcome,
@@ -401,6 +405,29 @@ class AsyncClient:
         if isinstance(response, Watched):
             return response
         raise _core.unexpected(response)
+
+    async def list(self, prefix: str = "", after: str = "", limit: int = 100) -> Listed:
+        """One page of this tenant's live leases whose names start with
+        ``prefix`` and sort after ``after``, at most ``limit`` (1..=1000),
+        in name order, from the leader. Continue with ``next_after`` while
+        ``more``."""
+        if not 1 <= limit <= LIST_LIMIT_MAX:
+            raise ValueError(f"list limit must be 1..={LIST_LIMIT_MAX}")
+        response, _, _ = await self.call(ListRequest(prefix, after, limit))
+        if isinstance(response, Listed):
+            return response
+        raise _core.unexpected(response)
+
+    async def list_all(self, prefix: str = "", page_limit: int = 100) -> List[ListedLease]:
+        """Every live lease of this tenant under ``prefix``, page by page."""
+        leases: List[ListedLease] = []
+        after = ""
+        while True:
+            page = await self.list(prefix, after, page_limit)
+            leases.extend(page.leases)
+            if not page.more:
+                return leases
+            after = page.next_after
 
     async def status(self) -> StatusInfo:
         conn = await self._connection(_monotonic() + self.attempt_timeout * (len(self._endpoints) + 1))

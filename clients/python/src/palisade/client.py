@@ -43,6 +43,10 @@ from .wire import (
     Stale,
     Status,
     StatusInfo,
+    LIST_LIMIT_MAX,
+    List as ListRequest,
+    Listed,
+    ListedLease,
     Watch,
     Watched,
     Welcome,
@@ -474,6 +478,29 @@ class Client:
         if isinstance(response, Watched):
             return response
         raise _core.unexpected(response)
+
+    def list(self, prefix: str = "", after: str = "", limit: int = 100) -> Listed:
+        """One page of this tenant's live leases whose names start with
+        ``prefix`` and sort after ``after``, at most ``limit`` (1..=1000),
+        in name order, from the leader. Continue with ``next_after`` while
+        ``more``."""
+        if not 1 <= limit <= LIST_LIMIT_MAX:
+            raise ValueError(f"list limit must be 1..={LIST_LIMIT_MAX}")
+        response, _, _ = self.call(ListRequest(prefix, after, limit))
+        if isinstance(response, Listed):
+            return response
+        raise _core.unexpected(response)
+
+    def list_all(self, prefix: str = "", page_limit: int = 100) -> List[ListedLease]:
+        """Every live lease of this tenant under ``prefix``, page by page."""
+        leases: List[ListedLease] = []
+        after = ""
+        while True:
+            page = self.list(prefix, after, page_limit)
+            leases.extend(page.leases)
+            if not page.more:
+                return leases
+            after = page.next_after
 
     def status(self) -> StatusInfo:
         """Status of the node this client is connected to (any node answers)."""

@@ -41,6 +41,7 @@ __all__ = [
     "Check",
     "Status",
     "Watch",
+    "List",
     "Welcome",
     "Challenge",
     "Granted",
@@ -54,6 +55,9 @@ __all__ = [
     "Watched",
     "Redirect",
     "Error",
+    "ListedLease",
+    "Listed",
+    "LIST_LIMIT_MAX",
     "Request",
     "Response",
     "encode_request",
@@ -235,6 +239,16 @@ class Watch:
 
 
 @dataclass(frozen=True)
+class List:
+    """One page of the tenant's live leases: names starting with
+    ``prefix``, sorting after ``after``, at most ``limit`` (1..=1000)."""
+
+    prefix: str
+    after: str
+    limit: int
+
+
+@dataclass(frozen=True)
 class Welcome:
     node_id: int
     epoch: int
@@ -325,6 +339,24 @@ class Watched:
 
 
 @dataclass(frozen=True)
+class ListedLease:
+    resource: str
+    token: int
+    remaining_ms: int
+    waiters: bool
+
+
+@dataclass(frozen=True)
+class Listed:
+    """Answer to :class:`List`: leases in name order; pass ``next_after``
+    as the next page's ``after`` while ``more``."""
+
+    leases: Tuple[ListedLease, ...] = field(default_factory=tuple)
+    next_after: str = ""
+    more: bool = False
+
+
+@dataclass(frozen=True)
 class Redirect:
     leader_id: int
     endpoint: str
@@ -337,7 +369,7 @@ class Error:
     message: str
 
 
-Request = Union[Hello, Auth, Acquire, Renew, Release, Check, Status, Watch]
+Request = Union[Hello, Auth, Acquire, Renew, Release, Check, Status, Watch, List]
 Response = Union[
     Welcome,
     Challenge,
@@ -351,6 +383,7 @@ Response = Union[
     Watched,
     Redirect,
     Error,
+    Listed,
 ]
 
 # ------------------------------------------------------------------ layout
@@ -362,6 +395,7 @@ Response = Union[
 _U8, _BOOL, _U16K, _U32K, _U64K = "u8", "bool", "u16", "u32", "u64"
 _STR, _VEC_U8, _VEC_PEER, _OPT32 = "string", "vec_u8", "vec_peer", "option32"
 _B16, _B32, _ROLE, _CODE = "bytes16", "bytes32", "role", "code"
+_VEC_LEASE = "vec_lease"
 
 _Field = Tuple[str, int, str]
 _Variant = Tuple[int, type, Tuple[_Field, ...]]
@@ -385,6 +419,7 @@ _REQUESTS: Tuple[_Variant, ...] = (
     (5, Check, (("resource", 4, _STR), ("token", 16, _U64K))),
     (6, Status, ()),
     (7, Watch, (("resource", 4, _STR), ("after", 16, _U64K), ("wait_ms", 24, _U32K))),
+    (8, List, (("prefix", 4, _STR), ("after", 12, _STR), ("limit", 20, _U32K))),
 )
 
 _RESPONSES: Tuple[_Variant, ...] = (
@@ -441,10 +476,16 @@ _RESPONSES: Tuple[_Variant, ...] = (
     (9, Watched, (("current_token", 8, _U64K), ("last_token", 16, _U64K), ("changed", 24, _BOOL))),
     (10, Redirect, (("leader_id", 2, _U16K), ("endpoint", 4, _STR))),
     (11, Error, (("code", 1, _CODE), ("retry_after_ms", 4, _U32K), ("message", 8, _STR))),
+    (12, Listed, (("leases", 4, _VEC_LEASE), ("next_after", 12, _STR), ("more", 20, _BOOL))),
 )
+
+LIST_LIMIT_MAX = 1000
 
 _PEER_LEN = 12
 _PEER_ENDPOINT_AT = 4
+# A ListedLease element: resource (string) at 0, token u64 at 8,
+# remaining_ms u32 at 16, waiters bool at 20; 24 bytes, 8-aligned.
+_LEASE_LEN = 24
 
 _BY_CLASS: Dict[type, _Variant] = {v[1]: v for v in _REQUESTS + _RESPONSES}
 _REQUEST_BY_TAG: Dict[int, _Variant] = {v[0]: v for v in _REQUESTS}
@@ -538,6 +579,28 @@ def _encode_payload(message: object, root_len: int) -> bytes:
                 out += struct.pack("<H", peer_id) + b"\x00\x00"
                 out += _string_repr(endpoint, target, element + _PEER_ENDPOINT_AT)
             values[name] = len(peer_data)
+        elif kind == _VEC_LEASE:
+            leases = list(value)
+            names = [_utf8(lease.resource, "lease resource") for lease in leases]
+            lease_targets: List[Optional[int]] = []
+            for data in names:
+                if len(data) > _INLINE_MAX:
+                    lease_targets.append(len(out))
+                    out += data
+                else:
+                    lease_targets.append(None)
+            _pad(out, 8)
+            targets[name] = len(out)
+            for lease, data, target in zip(leases, names, lease_targets):
+                element = len(out)
+                out += _string_repr(data, target, element)
+                out += struct.pack(
+                    "<QIB3x",
+                    _check_int(lease.token, _U64, "lease token"),
+                    _check_int(lease.remaining_ms, _U32, "lease remaining_ms"),
+                    1 if lease.waiters else 0,
+                )
+            values[name] = len(leases)
         else:
             values[name] = value
     # 2. Align the root.
@@ -555,7 +618,7 @@ def _encode_payload(message: object, root_len: int) -> bytes:
         elif kind == _VEC_U8:
             assert isinstance(value, bytes)
             struct.pack_into("<iI", root, off, targets[name] - at, len(value))
-        elif kind == _VEC_PEER:
+        elif kind in (_VEC_PEER, _VEC_LEASE):
             assert isinstance(value, int)
             struct.pack_into("<iI", root, off, targets[name] - at, value)
         elif kind == _U64K:
@@ -670,6 +733,23 @@ def _read_string(buf: bytes, at: int, window: _Window, what: str) -> str:
         raise FrameError(f"{what}: invalid UTF-8 ({e})") from None
 
 
+def _elements(
+    buf: bytes, at: int, window: _Window, name: str, element_len: int, align: int
+) -> List[Tuple[int, _Window]]:
+    """The element positions of the vector field at ``at``, each with the
+    window its out-of-line strings must lie in. The array itself must fit
+    the current window, start aligned, and the strings its elements point
+    to must lie before it; afterwards the window starts past the array."""
+    offset, count = struct.unpack_from("<iI", buf, at)
+    start = at + offset
+    end = start + count * element_len
+    if start < window.lo or end > window.hi or start % align:
+        raise FrameError(f"{name}: array {start}..{end} outside {window.lo}..{window.hi}")
+    inner = _Window(window.lo, start)
+    window.lo = end
+    return [(start + i * element_len, inner) for i in range(count)]
+
+
 def _decode_payload(
     payload: bytes, root_len: int, by_tag: Dict[int, _Variant], what: str
 ) -> object:
@@ -698,22 +778,21 @@ def _decode_payload(
             window.claim(start, count, 1, name)
             value = buf[start : start + count]
         elif kind == _VEC_PEER:
-            offset, count = struct.unpack_from("<iI", buf, at)
-            start = at + offset
-            end = start + count * _PEER_LEN
-            # The array itself must fit the current window; the endpoints
-            # its elements point to must lie before the array.
-            if start < window.lo or end > window.hi or start % 4:
-                raise FrameError(f"{name}: peer array {start}..{end} outside {window.lo}..{window.hi}")
-            inner = _Window(window.lo, start)
             peers = []
-            for i in range(count):
-                element = start + i * _PEER_LEN
+            for element, inner in _elements(buf, at, window, name, _PEER_LEN, 4):
                 (peer_id,) = struct.unpack_from("<H", buf, element)
                 endpoint = _read_string(buf, element + _PEER_ENDPOINT_AT, inner, "peer endpoint")
                 peers.append(Peer(peer_id, endpoint))
-            window.lo = end
             value = tuple(peers)
+        elif kind == _VEC_LEASE:
+            leases = []
+            for element, inner in _elements(buf, at, window, name, _LEASE_LEN, 8):
+                resource = _read_string(buf, element, inner, "lease resource")
+                token, remaining_ms, waiters = struct.unpack_from("<QIB", buf, element + 8)
+                if waiters > 1:
+                    raise FrameError(f"lease waiters: bool byte {waiters}")
+                leases.append(ListedLease(resource, token, remaining_ms, waiters == 1))
+            value = tuple(leases)
         elif kind == _U64K:
             (value,) = struct.unpack_from("<Q", buf, at)
         elif kind == _U32K:

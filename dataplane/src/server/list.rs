@@ -1,0 +1,270 @@
+//! `List` across the cores: each core keeps the names its connections
+//! used ([`NameIndex`]); the connection's core asks every core for one
+//! page after the cursor, merges the pages ([`names::merge`]) and answers.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::TaskQueueHandle;
+use palisade_proto::{validate_resource, ArchivedRequest, Response, HEADER_LEN};
+
+use super::{CoreCtx, CoreMsg};
+use crate::clock::monotonic_ms;
+use crate::names::{self, Live, NameIndex, Part, NOTE_GRACE_MS};
+use crate::service::{Conn, ListRequest, Phase};
+use crate::table::{KeyHasher, LeaseTable};
+use crate::waiters::WaitEvent;
+
+/// Payload bytes of a `Listed` answer besides its leases: the root and the
+/// longest cursor, padded.
+const LISTED_FIXED_BYTES: usize = 104 + 256 + 16;
+/// Largest `Listed` payload sent whatever `limits.frame_payload_max` says:
+/// the size clients are sure to accept (the Rust client's 64 KiB).
+const LISTED_PAYLOAD_MAX: usize = 1 << 16;
+
+/// A core's `List` state.
+#[derive(Debug, Default)]
+pub(super) struct Lists {
+    /// Made on first use, with the table's key hasher.
+    names: Option<NameIndex>,
+    /// Pages being gathered on this core, by id.
+    gathers: HashMap<u64, Gather>,
+    next_id: u64,
+    /// The core's background queue (set by [`prune_names`]): scans run
+    /// there, in pieces, so lease requests on the hot queue come first.
+    background: Option<TaskQueueHandle>,
+}
+
+#[derive(Debug)]
+struct Gather {
+    request: ListRequest,
+    parts: Vec<Part>,
+    /// Cores yet to answer.
+    waiting: usize,
+}
+
+impl Lists {
+    fn names(&mut self, hasher: &KeyHasher) -> &mut NameIndex {
+        self.names
+            .get_or_insert_with(|| NameIndex::new(hasher.clone()))
+    }
+}
+
+/// A page request from another core.
+#[derive(Debug)]
+pub(super) struct Query {
+    id: u64,
+    from: usize,
+    tenant: u32,
+    prefix: String,
+    after: String,
+    limit: u32,
+}
+
+/// How often each core prunes its names.
+const PRUNE_EVERY: Duration = Duration::from_millis(100);
+/// Names pruned, or examined by a scan, between yields.
+const PRUNE_CHUNK: usize = 256;
+
+/// Prunes this core's names in the background: each round examines a
+/// fiftieth of them (at least 1024), so every name is looked at within
+/// about five seconds, whatever the request path does.
+pub(super) async fn prune_names(ctx: Rc<CoreCtx>) {
+    ctx.lists.borrow_mut().background = Some(glommio::executor().current_task_queue());
+    loop {
+        glommio::timer::sleep(PRUNE_EVERY).await;
+        let held = ctx.lists.borrow().names.as_ref().map_or(0, NameIndex::len);
+        let mut left = (held / 50).max(1024);
+        while left > 0 {
+            let step = left.min(PRUNE_CHUNK);
+            let now_ms = monotonic_ms();
+            let table = &ctx.shared.table;
+            ctx.lists.borrow_mut().names(table.hasher()).prune(
+                now_ms,
+                step,
+                &mut |tenant, name| live(table, tenant, name, now_ms),
+            );
+            left -= step;
+            glommio::yield_if_needed().await;
+        }
+    }
+}
+
+/// What the table says about a name of `tenant` now.
+fn live(table: &LeaseTable, tenant: u32, resource: &str, now_ms: u64) -> Option<Live> {
+    let key = table.hasher().key(tenant, resource.as_bytes());
+    let lease = table.inspect(key)?;
+    if !lease.held || lease.expires_at_ms <= now_ms {
+        return None;
+    }
+    Some(Live {
+        token: lease.token,
+        remaining_ms: u32::try_from(lease.expires_at_ms - now_ms).unwrap_or(u32::MAX),
+        waiters: table.peek(key, now_ms).waiters,
+    })
+}
+
+impl CoreCtx {
+    /// Notes the name of an acquire, or of a renewal this core has not
+    /// seen, for `List`. Cheap: a map lookup (an insert the first time).
+    pub(super) fn note_request(&self, conn: &Conn, request: &ArchivedRequest, now_ms: u64) {
+        let Phase::Ready { tenant } = conn.phase else {
+            return;
+        };
+        let (resource, keep_ms, acquire) = match request {
+            ArchivedRequest::Acquire {
+                resource, wait_ms, ..
+            } => (resource.as_str(), u64::from(wait_ms.to_native()), true),
+            ArchivedRequest::Renew { resource, .. } => (resource.as_str(), 0, false),
+            _ => return,
+        };
+        let mut lists = self.lists.borrow_mut();
+        let names = lists.names(self.shared.table.hasher());
+        if !acquire && names.contains(tenant, resource) {
+            return;
+        }
+        if validate_resource(resource).is_err() {
+            return;
+        }
+        names.note(tenant, resource, now_ms + keep_ms + NOTE_GRACE_MS);
+    }
+
+    /// This core's part of a page, examining [`names::scan_budget`] names
+    /// at most, in pieces with yields in between.
+    async fn scan(&self, tenant: u32, prefix: &str, after: &str, limit: u32) -> Part {
+        let budget = names::scan_budget(limit);
+        let mut examined = 0usize;
+        let mut part = Part::default();
+        let mut cursor = after.to_owned();
+        loop {
+            let now_ms = monotonic_ms();
+            let table = &self.shared.table;
+            let wanted = limit - u32::try_from(part.leases.len()).expect("at most limit");
+            let (piece, seen) = self.lists.borrow_mut().names(table.hasher()).scan_some(
+                tenant,
+                prefix,
+                &cursor,
+                wanted,
+                (budget - examined).min(PRUNE_CHUNK),
+                now_ms,
+                &mut |name| live(table, tenant, name, now_ms),
+            );
+            examined += seen;
+            part.leases.extend(piece.leases);
+            match piece.stopped_at {
+                // Every name under the prefix after the cursor examined.
+                None => return part,
+                Some(at) if part.leases.len() >= limit as usize || examined >= budget => {
+                    part.stopped_at = Some(at);
+                    return part;
+                }
+                Some(at) => cursor = at,
+            }
+            glommio::yield_if_needed().await;
+        }
+    }
+
+    /// Runs `task` on the core's background queue (the hot one until the
+    /// background tasks started).
+    fn spawn_scan(self: &Rc<Self>, task: impl std::future::Future<Output = ()> + 'static) {
+        let queue = self.lists.borrow().background.unwrap_or(self.hot);
+        super::server_spawn(queue, task);
+    }
+
+    /// Starts gathering one page for a connection of this core.
+    pub(super) fn list(self: &Rc<Self>, request: ListRequest) {
+        let id = {
+            let mut lists = self.lists.borrow_mut();
+            lists.next_id += 1;
+            lists.next_id
+        };
+        let others: Vec<usize> = (0..self.cores).filter(|&c| c != self.index).collect();
+        for &to in &others {
+            let query = Query {
+                id,
+                from: self.index,
+                tenant: request.tenant,
+                prefix: request.prefix.clone(),
+                after: request.after.clone(),
+                limit: request.limit,
+            };
+            self.post(to, CoreMsg::ListQuery(Box::new(query)));
+        }
+        let (tenant, prefix, after, limit) = (
+            request.tenant,
+            request.prefix.clone(),
+            request.after.clone(),
+            request.limit,
+        );
+        self.lists.borrow_mut().gathers.insert(
+            id,
+            Gather {
+                request,
+                parts: Vec::new(),
+                // The other cores and this one.
+                waiting: others.len() + 1,
+            },
+        );
+        let ctx = self.clone();
+        self.spawn_scan(async move {
+            let part = ctx.scan(tenant, &prefix, &after, limit).await;
+            ctx.on_list_part(id, part);
+        });
+    }
+
+    /// Another core asks for its part of a page.
+    pub(super) fn on_list_query(self: &Rc<Self>, query: Query) {
+        let ctx = self.clone();
+        self.spawn_scan(async move {
+            let part = ctx
+                .scan(query.tenant, &query.prefix, &query.after, query.limit)
+                .await;
+            ctx.post(query.from, CoreMsg::ListPart { id: query.id, part });
+        });
+    }
+
+    /// Another core's page arrived.
+    pub(super) fn on_list_part(self: &Rc<Self>, id: u64, part: Part) {
+        if let Some(gather) = self.lists.borrow_mut().gathers.get_mut(&id) {
+            gather.parts.push(part);
+            gather.waiting -= 1;
+        }
+        self.finish_list(id);
+    }
+
+    /// Answers the page once every core's part is in.
+    fn finish_list(self: &Rc<Self>, id: u64) {
+        let gather = {
+            let mut lists = self.lists.borrow_mut();
+            match lists.gathers.get(&id) {
+                Some(gather) if gather.waiting == 0 => lists.gathers.remove(&id),
+                _ => None,
+            }
+        };
+        let Some(Gather { request, parts, .. }) = gather else {
+            return;
+        };
+        let bytes_max = (self.opts.frame_payload_max as usize)
+            .min(LISTED_PAYLOAD_MAX)
+            .saturating_sub(LISTED_FIXED_BYTES + HEADER_LEN)
+            .max(1);
+        // A node that stopped leading while the pages were gathered does
+        // not answer for the leader's table.
+        let response = match self.shared.serving(monotonic_ms()) {
+            Ok(()) => {
+                let page = names::merge(parts, request.limit, bytes_max);
+                Response::Listed {
+                    leases: page.leases,
+                    next_after: page.next_after,
+                    more: page.more,
+                }
+            }
+            Err(response) => response,
+        };
+        self.deliver_local(WaitEvent::Reply {
+            origin: request.origin,
+            response,
+        });
+    }
+}
