@@ -84,11 +84,11 @@ echo "== loom models of the lease table"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=3 \
     cargo test --locked -p palisade-dataplane --no-default-features --lib --release table::loom_tests
 
-echo "== fuzzing: every cargo-fuzz target for \$PALISADE_FUZZ_SECONDS (20 s here) from its seed corpus"
+echo "== fuzzing: every cargo-fuzz target for \$PALISADE_FUZZ_SECONDS (30 s here) from its seed corpus"
 # fuzz/ is its own workspace, built with libFuzzer and ASan into
 # target/fuzz (about 5 minutes the first time); scripts/fuzz.sh installs
 # cargo-fuzz when missing and skips, saying why, only if it cannot. Longer
 # runs: PALISADE_FUZZ_SECONDS=600 scripts/fuzz.sh TARGET.
-PALISADE_FUZZ_SECONDS=${PALISADE_FUZZ_SECONDS:-20} scripts/fuzz.sh
+PALISADE_FUZZ_SECONDS=${PALISADE_FUZZ_SECONDS:-30} scripts/fuzz.sh
 
 echo "== all tests passed"
