@@ -4,7 +4,8 @@
 //!
 //! It owns: the NBD protocol (sans-IO, [`nbd`]), the durable per-export
 //! fence ([`fence`]), the ordering of writes around a fence change
-//! ([`gate`], [`server`]), the link to the lease service ([`lease`]),
+//! ([`admission`], a plain type over [`gate`]; the shell in [`server`]
+//! only awaits what it asks for), the link to the lease service ([`lease`]),
 //! the bounds on what clients can make it hold ([`limits`], [`config`]),
 //! and the pieces that let one connection have many requests in flight
 //! ([`duplex`], [`pool`], the multiplexed upstream in [`backend`]).
@@ -13,6 +14,7 @@
 //! fence it cannot read: an export whose fence state is damaged refuses
 //! writes until an operator repairs it.
 
+pub mod admission;
 pub mod backend;
 pub mod config;
 pub mod duplex;

@@ -56,11 +56,11 @@ use tracing::{debug, error, info, warn};
 
 use palisade_dataplane::clock::monotonic_ms;
 
+use crate::admission::{Admission, Confirmation, Durable, Step};
 use crate::backend::{Backend, FileBackend, NbdUpstream};
 use crate::config::{BackendSpec, Export, ProxyConfig};
 use crate::duplex::{SharedStream, Signal};
 use crate::fence::{Fence, FenceError, FenceStore};
-use crate::gate::{Admit, Gate};
 use crate::lease::{LeaseLink, Verdict};
 use crate::limits::LogEvery;
 use crate::metrics::{ExportMetrics, PROCESS};
@@ -295,7 +295,8 @@ struct ExportRt {
     /// The file backend's export-wide handle (opened at start).
     shared_file: Option<Arc<std::fs::File>>,
     cell: Arc<FenceCell>,
-    gate: RefCell<Gate>,
+    /// The order of writes around a fence change (S3).
+    admission: RefCell<Admission>,
     /// Writes admitted without confirmation (`require_check = false`).
     unconfirmed_log: RefCell<LogEvery>,
 }
@@ -549,7 +550,10 @@ pub fn run(
                 by_name.insert(
                     p.config.name.clone(),
                     Rc::new(ExportRt {
-                        gate: RefCell::new(Gate::new(p.cell.fence())),
+                        admission: RefCell::new(Admission::new(
+                            p.cell.fence(),
+                            limits.require_check,
+                        )),
                         config: p.config,
                         backend: p.backend,
                         file_size: p.file_size,
@@ -1382,7 +1386,7 @@ async fn execute(conn: Rc<Conn>, request: Request, payload: Vec<u8>) {
                         .await
                 }
             };
-            export.gate.borrow_mut().done(token);
+            export.admission.borrow_mut().done(token);
             match result {
                 Ok(()) => {
                     export
@@ -1408,80 +1412,135 @@ async fn execute(conn: Rc<Conn>, request: Request, payload: Vec<u8>) {
     }
 }
 
-/// Waits until the lease service confirmed the fence of `export`, or
-/// until `lease_service.timeout` after the fence became unconfirmed; `Ok`
-/// means a write under `token` may go on to the gate, `Err` is why it is
-/// refused. Returns at once while confirmed, or for a token below the
-/// fence (the gate refuses it).
-///
-/// Unconfirmed means: since the start, or since the watch lost the
-/// service, no serving leader told the watch the newest token. A write
-/// under the fence's token then waits for that answer: a newer grant it
-/// brings raises the fence first, and the write is fenced. Past the wait,
-/// `lease_service.require_check` decides: refuse, or admit on the local
-/// fence alone and log (once a second, with a count).
-async fn confirmed(exports: &Exports, export: &ExportRt, token: u64) -> Result<(), String> {
+/// The durable fence of `export` as a write or a handshake under `token`
+/// sees it now. Reads the clock only while the fence is unconfirmed.
+fn durable(exports: &Exports, export: &ExportRt) -> Durable {
     let cell = &export.cell;
-    let mut nudged = false;
-    loop {
-        if cell.confirmed() || token < cell.fence() {
-            return Ok(());
-        }
-        if !nudged {
-            cell.nudge_watch();
-            nudged = true;
-        }
-        let now_ms = monotonic_ms();
-        let waited_ms = now_ms.saturating_sub(cell.unconfirmed_since_ms());
-        if waited_ms < millis(exports.limits.confirm_wait) {
-            glommio::timer::sleep(CONFIRM_POLL).await;
-            continue;
-        }
-        if exports.limits.require_check {
-            return Err(format!(
-                "the lease service has not confirmed the fence of export {} for {waited_ms} ms and the proxy requires it (lease_service.require_check = true): writes under token {token} are refused until it answers",
-                export.config.name
-            ));
-        }
-        if let Some(count) = export.unconfirmed_log.borrow_mut().hit(now_ms) {
-            warn!(
-                export = %export.config.name,
-                token,
-                count,
-                unconfirmed_ms = waited_ms,
-                "lease service unreachable: admitted {count} write(s) or handshake(s) under the fence's own token on the local fence alone (lease_service.require_check = false)"
-            );
-        }
-        return Ok(());
+    let confirmed = cell.confirmed();
+    let waited_ms = if confirmed {
+        0
+    } else {
+        monotonic_ms().saturating_sub(cell.unconfirmed_since_ms())
+    };
+    Durable {
+        fence: cell.fence(),
+        damaged: cell.damaged().is_some(),
+        confirmation: Confirmation::judge(
+            confirmed,
+            waited_ms,
+            millis(exports.limits.confirm_wait),
+        ),
     }
 }
 
-/// Waits until the gate admits a write under `token`; `Err` is why it is
-/// fenced. On `Ok` the caller must call `gate.done(token)`.
-async fn admit(exports: &Exports, export: &ExportRt, token: u64) -> Result<(), String> {
+/// Why a write or a handshake under `token` is refused after the lease
+/// service stayed silent for `waited_ms` (`lease_service.require_check`).
+fn unconfirmed_refusal(export: &ExportRt, token: u64, waited_ms: u64) -> String {
+    format!(
+        "the lease service has not confirmed the fence of export {} for {waited_ms} ms and the proxy requires it (lease_service.require_check = true): writes under token {token} are refused until it answers",
+        export.config.name
+    )
+}
+
+/// Logs (once a second, with a count) a write or handshake under `token`
+/// admitted on the local fence alone.
+fn log_unconfirmed(export: &ExportRt, token: u64, waited_ms: u64) {
+    if let Some(count) = export.unconfirmed_log.borrow_mut().hit(monotonic_ms()) {
+        warn!(
+            export = %export.config.name,
+            token,
+            count,
+            unconfirmed_ms = waited_ms,
+            "lease service unreachable: admitted {count} write(s) or handshake(s) under the fence's own token on the local fence alone (lease_service.require_check = false)"
+        );
+    }
+}
+
+/// Waits until the lease service confirmed the fence of `export`, or
+/// until `lease_service.timeout` after the fence became unconfirmed; `Ok`
+/// means a handshake under `token` (the fence's own) may bind, `Err` is
+/// why it is refused. Returns at once while confirmed, or for a token below
+/// the fence (the caller refuses it).
+///
+/// Unconfirmed means: since the start, or since the watch lost the
+/// service, no serving leader told the watch the newest token. A
+/// handshake under the fence's token then waits for that answer: a newer
+/// grant it brings raises the fence first, and the handshake is refused.
+/// Past the wait, `lease_service.require_check` decides: refuse, or admit
+/// on the local fence alone and log (once a second, with a count). Writes
+/// follow the same rule through [`Admission`].
+async fn confirmed(exports: &Exports, export: &ExportRt, token: u64) -> Result<(), String> {
+    let mut nudged = false;
     loop {
-        if let Some(reason) = export.cell.damaged() {
-            return Err(format!("fence state damaged ({reason}): writes refused"));
+        let now = durable(exports, export);
+        if token < now.fence {
+            return Ok(());
         }
-        // No await between this and the gate: the gate sees the fence the
-        // confirmation brought.
-        confirmed(exports, export, token).await?;
-        let verdict = {
-            let mut gate = export.gate.borrow_mut();
-            gate.raise(export.cell.fence());
-            gate.admit(token)
-        };
-        match verdict {
-            Admit::Go => return Ok(()),
-            Admit::Fenced { fence } => {
+        match now.confirmation {
+            Confirmation::Confirmed => return Ok(()),
+            Confirmation::Waiting { .. } => {
+                if !nudged {
+                    export.cell.nudge_watch();
+                    nudged = true;
+                }
+                glommio::timer::sleep(CONFIRM_POLL).await;
+            }
+            Confirmation::Expired { waited_ms } if exports.limits.require_check => {
+                return Err(unconfirmed_refusal(export, token, waited_ms));
+            }
+            Confirmation::Expired { waited_ms } => {
+                log_unconfirmed(export, token, waited_ms);
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Waits until the export's [`Admission`] lets a write under `token` go;
+/// `Err` is why it is fenced. On `Ok` the caller must call
+/// `admission.done(token)` once the backend call returned.
+///
+/// This only awaits what the admission asks for: confirmation, a drain, a
+/// durable raise on a blocking thread. Reading the durable fence and asking
+/// the admission happen with no `.await` in between.
+async fn admit(exports: &Exports, export: &ExportRt, token: u64) -> Result<(), String> {
+    let mut nudged = false;
+    loop {
+        let step = export
+            .admission
+            .borrow_mut()
+            .admit(token, durable(exports, export));
+        match step {
+            Step::Go { unconfirmed_ms } => {
+                if let Some(waited_ms) = unconfirmed_ms {
+                    log_unconfirmed(export, token, waited_ms);
+                }
+                return Ok(());
+            }
+            Step::Fenced { fence } => {
                 return Err(format!(
                     "stale fencing token {token}: export {} is fenced at {fence}",
                     export.config.name
                 ))
             }
-            Admit::Drain => glommio::timer::sleep(DRAIN_POLL).await,
-            Admit::Unraised => {
-                durable_raise(exports, export, token).await?;
+            Step::Damaged => {
+                let reason = export.cell.damaged().unwrap_or_default();
+                return Err(format!("fence state damaged ({reason}): writes refused"));
+            }
+            Step::Unconfirmed { waited_ms } => {
+                return Err(unconfirmed_refusal(export, token, waited_ms));
+            }
+            Step::AwaitConfirmation => {
+                if !nudged {
+                    export.cell.nudge_watch();
+                    nudged = true;
+                }
+                glommio::timer::sleep(CONFIRM_POLL).await;
+            }
+            Step::DrainFirst => glommio::timer::sleep(DRAIN_POLL).await,
+            Step::NeedsDurableRaise => {
+                let raised = durable_raise(exports, export, token).await?;
+                export.admission.borrow_mut().raised(token, raised);
             }
         }
     }
