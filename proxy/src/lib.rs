@@ -18,6 +18,7 @@ pub mod admission;
 pub mod backend;
 pub mod config;
 pub mod duplex;
+pub mod failpoints;
 pub mod fence;
 pub mod gate;
 pub mod lease;

@@ -20,10 +20,6 @@ use palisade_dataplane::clock::monotonic_ms;
 use palisade_systemd::{watchdog_from_env, Notifier, Watchdog, WatchdogAction};
 use tracing::{error, info, warn};
 
-/// Test hook: while the file this names exists, the proxy's executor
-/// blocks its thread (a stuck executor). Never set it in production.
-pub const STALL_HOOK: &str = "PALISADE_PROXY_TEST_STALL_FILE";
-
 /// The proxy's conversation with its service manager; inert without
 /// `$NOTIFY_SOCKET`.
 #[derive(Debug)]
@@ -33,8 +29,9 @@ pub struct Supervision {
 }
 
 impl Supervision {
-    /// Reads `$NOTIFY_SOCKET`, `$WATCHDOG_USEC`, `$WATCHDOG_PID`, and arms
-    /// the stall test hook if it is set. A malformed value is an error.
+    /// Reads `$NOTIFY_SOCKET`, `$WATCHDOG_USEC`, `$WATCHDOG_PID`. A
+    /// malformed value is an error. (The stall test hook is armed by
+    /// [`crate::failpoints::Failpoints::arm_stall`], with `--failpoints`.)
     pub fn from_env() -> Result<Supervision> {
         let notifier = Notifier::from_env()
             .context("the service manager's environment")?
@@ -42,9 +39,6 @@ impl Supervision {
         let watchdog = watchdog_from_env()
             .context("the service manager's environment")?
             .filter(|_| notifier.is_some());
-        if let Some(file) = std::env::var_os(STALL_HOOK) {
-            palisade_dataplane::server::heartbeat::arm_core_stall_failpoint(0, file.into());
-        }
         Ok(Supervision { notifier, watchdog })
     }
 
