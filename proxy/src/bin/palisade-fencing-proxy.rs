@@ -125,7 +125,7 @@ fn open_store(config: &ProxyConfig) -> Result<FenceStore> {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let config = ProxyConfig::load(&cli.config).map_err(anyhow::Error::msg)?;
+    let config = ProxyConfig::load(&cli.config)?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Check => {
             for export in &config.exports {
@@ -204,7 +204,8 @@ fn run(cli: Cli) -> Result<()> {
             let beats = heartbeat::slots(1, monotonic_ms());
             supervision.start_watchdog(beats.clone())?;
             let ready = supervision.ready_callback(config.exports.len());
-            server::run(&config, prepared, store, link, beats, &failpoints, ready)
+            server::run(&config, prepared, store, link, beats, &failpoints, ready)?;
+            Ok(())
         }
     }
 }

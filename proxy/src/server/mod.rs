@@ -51,6 +51,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -212,20 +213,78 @@ pub struct Prepared {
     cell: Arc<FenceCell>,
 }
 
+/// Why the proxy cannot start serving: what [`prepare`], [`lease_link`]
+/// and [`run`] return. Each is the operator's to fix (a path, a secret,
+/// an address) or the host's (resources for the executor).
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// An export's file backend could not be created or opened.
+    #[error("export {export}: backend {}", path.display())]
+    Backend {
+        /// The export.
+        export: String,
+        /// Its backend file.
+        path: PathBuf,
+        /// What the file system said.
+        #[source]
+        source: io::Error,
+    },
+    /// `lease_service.secret_file` could not be read.
+    #[error("lease_service.secret_file {}", path.display())]
+    SecretFile {
+        /// The file, resolved against the config's directory.
+        path: PathBuf,
+        /// What the file system said.
+        #[source]
+        source: io::Error,
+    },
+    /// `lease_service.secret_file` holds nothing but trailing whitespace.
+    #[error("lease_service.secret_file {} is empty", path.display())]
+    EmptySecret {
+        /// The file, resolved against the config's directory.
+        path: PathBuf,
+    },
+    /// The NBD listener could not be bound (`proxy.listen`).
+    #[error("listening for NBD on {addr}")]
+    Listen {
+        /// `proxy.listen`.
+        addr: SocketAddr,
+        /// What the socket layer said.
+        #[source]
+        source: io::Error,
+    },
+    /// The bound listener has no local address.
+    #[error("local address")]
+    LocalAddr(#[source] io::Error),
+    /// The executor could not be started (threads, io memory) or ended
+    /// with an error.
+    #[error("{what}")]
+    Executor {
+        /// Starting it, or joining it.
+        what: &'static str,
+        /// What glommio said.
+        #[source]
+        source: io::Error,
+    },
+}
+
 /// Loads each export's fence, creates missing file backends, and returns
 /// the per-export state plus the metrics registry.
 pub fn prepare(
     config: &ProxyConfig,
     store: &FenceStore,
-) -> anyhow::Result<(Vec<Prepared>, crate::metrics::Registry)> {
+) -> Result<(Vec<Prepared>, crate::metrics::Registry), ServerError> {
     let mut prepared = Vec::new();
     let mut registry = Vec::new();
     for export in &config.exports {
         let backend = config.backend(export);
         let (file_size, shared_file) = match &backend {
             BackendSpec::File { path, size } => {
-                let failed =
-                    |e| anyhow::anyhow!("export {}: backend {}: {e}", export.name, path.display());
+                let failed = |source| ServerError::Backend {
+                    export: export.name.clone(),
+                    path: path.clone(),
+                    source,
+                };
                 let size = crate::backend::prepare_file(path, *size).map_err(failed)?;
                 let shared = crate::backend::open_shared(path).map_err(failed)?;
                 (Some(size), Some(shared))
@@ -258,16 +317,17 @@ pub fn prepare(
 }
 
 /// The lease link described by the config.
-pub fn lease_link(config: &ProxyConfig) -> anyhow::Result<LeaseLink> {
+pub fn lease_link(config: &ProxyConfig) -> Result<LeaseLink, ServerError> {
     let secret = match &config.lease_service.secret_file {
         Some(path) => {
             let path = config.resolve(path);
-            let bytes = std::fs::read(&path).map_err(|e| {
-                anyhow::anyhow!("lease_service.secret_file {}: {e}", path.display())
-            })?;
+            let bytes = match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(source) => return Err(ServerError::SecretFile { path, source }),
+            };
             let trimmed = bytes.trim_ascii_end().to_vec();
             if trimmed.is_empty() {
-                anyhow::bail!("lease_service.secret_file {} is empty", path.display());
+                return Err(ServerError::EmptySecret { path });
             }
             Some(trimmed)
         }
@@ -294,7 +354,7 @@ pub fn run(
     beats: Arc<[AtomicU64]>,
     failpoints: &Failpoints,
     ready: impl FnOnce(SocketAddr) + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), ServerError> {
     assert_eq!(beats.len(), 1, "one executor, one heartbeat");
     let listen = config.proxy.listen;
     let limits = Limits::from_config(config);
@@ -335,11 +395,13 @@ pub fn run(
                 nbd: nbd::Config::default(),
                 pool: Rc::new(BufPool::default()),
             });
-            let listener = TcpListener::bind(listen)
-                .map_err(|e| anyhow::anyhow!("listening for NBD on {listen}: {e}"))?;
+            let listener = TcpListener::bind(listen).map_err(|e| ServerError::Listen {
+                addr: listen,
+                source: e.into(),
+            })?;
             let local = listener
                 .local_addr()
-                .map_err(|e| anyhow::anyhow!("local address: {e}"))?;
+                .map_err(|e| ServerError::LocalAddr(e.into()))?;
             info!(
                 %local,
                 connections_max = limits.connections_max,
@@ -417,12 +479,16 @@ pub fn run(
                 .detach();
             }
             #[allow(unreachable_code)]
-            Ok::<(), anyhow::Error>(())
+            Ok::<(), ServerError>(())
         })
-        .map_err(|e| anyhow::anyhow!("starting the proxy executor: {e}"))?;
-    handle
-        .join()
-        .map_err(|e| anyhow::anyhow!("proxy executor: {e}"))?
+        .map_err(|e| ServerError::Executor {
+            what: "starting the proxy executor",
+            source: e.into(),
+        })?;
+    handle.join().map_err(|e| ServerError::Executor {
+        what: "proxy executor",
+        source: e.into(),
+    })?
 }
 
 /// Reports, once an interval has passed, refusals and failed accepts the
