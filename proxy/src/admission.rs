@@ -27,6 +27,13 @@
 //! 6. **Go.** The write is counted in flight under its token until the
 //!    shell calls [`Admission::done`] once the backend call returned.
 //!
+//! A handshake that binds a connection to a token follows the same order
+//! through [`Admission::bind`] ([`Binding`]): damaged or stale tokens are
+//! refused, the fence's own token waits for confirmation, and a token
+//! above the fence is first checked with the lease service
+//! ([`Admission::checked`], [`Checked`]) and made durable before the
+//! handshake completes ([`Admission::bound`]).
+//!
 //! The shell keeps the one rule this type cannot: no `.await` between
 //! reading [`Durable`] and calling `admit`, and none between a
 //! [`Step::Go`] and the backend call's start other than the call itself
@@ -54,6 +61,7 @@
 //! ```
 
 use crate::gate::{Admit, Gate};
+use crate::lease::Verdict;
 
 /// Whether the lease service vouched for the durable fence lately, as the
 /// shell judged it from the export's `FenceCell` and the clock.
@@ -136,6 +144,64 @@ pub enum Step {
     /// The token is above the durable fence: make it durable, call
     /// [`Admission::raised`], ask again. If that fails, refuse the write.
     NeedsDurableRaise,
+}
+
+/// What a handshake binding a connection to a token does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// The connection is bound to the token (its writes still ask
+    /// [`Admission::admit`]). `unconfirmed_ms` as in [`Step::Go`]: log it.
+    Bound {
+        /// How long the fence has been unconfirmed, if it is.
+        unconfirmed_ms: Option<u64>,
+    },
+    /// The fence state is damaged: refuse the token.
+    Damaged,
+    /// The token is below the fence: refuse it.
+    Stale {
+        /// The fence that refused it.
+        fence: u64,
+    },
+    /// Wait (and wake the watch) until the lease service confirmed the
+    /// fence, then ask again.
+    AwaitConfirmation,
+    /// The lease service has not confirmed the fence for `waited_ms` and
+    /// the proxy requires it: refuse the token.
+    Unconfirmed {
+        /// Since the fence became unconfirmed.
+        waited_ms: u64,
+    },
+    /// The token is above the fence: ask the lease service whether it is
+    /// current, then call [`Admission::checked`].
+    AskLeaseService,
+}
+
+/// What a handshake does with the lease service's verdict on a token above
+/// the fence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    /// Make `to` durable, then call [`Admission::bound`]. `vouched` is false
+    /// when the service did not answer and the local fence alone decides
+    /// (`lease_service.require_check = false`): log it. If the raise fails,
+    /// refuse the token.
+    Raise {
+        /// The token to make durable (the one asked about).
+        to: u64,
+        /// Whether the lease service vouched for it.
+        vouched: bool,
+    },
+    /// The token is not the current lease: refuse it; first raise the fence
+    /// to `newest` (best effort) if `raise_first`, fencing its holder
+    /// sooner.
+    RefuseStale {
+        /// The newest token the service vouches for.
+        newest: u64,
+        /// Whether `newest` is above the durable fence.
+        raise_first: bool,
+    },
+    /// The service did not answer and the proxy requires it
+    /// (`lease_service.require_check = true`): refuse the token.
+    RefuseUnvouched,
 }
 
 /// One export's write admission: the gate (its fence and the writes in
@@ -223,6 +289,83 @@ impl Admission {
             "the store made {durable} durable when asked for {token}"
         );
         self.gate.raise(durable);
+    }
+
+    /// Asks whether a handshake may bind its connection to `token`, the
+    /// durable fence being `durable`. `go` is false for `NBD_OPT_INFO`,
+    /// which only asks and never raises the fence.
+    #[must_use]
+    pub fn bind(&self, token: u64, durable: Durable, go: bool) -> Binding {
+        if durable.damaged {
+            return Binding::Damaged;
+        }
+        if token < durable.fence {
+            return Binding::Stale {
+                fence: durable.fence,
+            };
+        }
+        if !go {
+            return Binding::Bound {
+                unconfirmed_ms: None,
+            };
+        }
+        if token > durable.fence {
+            return Binding::AskLeaseService;
+        }
+        // The fence's own token: fine if the fence is current. After a
+        // start or a lost watch, learn that first, so the holder a newer
+        // grant superseded meanwhile is told so now.
+        match durable.confirmation {
+            Confirmation::Confirmed => Binding::Bound {
+                unconfirmed_ms: None,
+            },
+            Confirmation::Waiting { .. } => Binding::AwaitConfirmation,
+            Confirmation::Expired { waited_ms } if self.require_check => {
+                Binding::Unconfirmed { waited_ms }
+            }
+            Confirmation::Expired { waited_ms } => Binding::Bound {
+                unconfirmed_ms: Some(waited_ms),
+            },
+        }
+    }
+
+    /// The lease service's `verdict` on `token`, above the durable fence
+    /// `fence`, after [`Binding::AskLeaseService`].
+    #[must_use]
+    pub fn checked(&self, token: u64, verdict: &Verdict, fence: u64) -> Checked {
+        match verdict {
+            Verdict::Current => Checked::Raise {
+                to: token,
+                vouched: true,
+            },
+            Verdict::Stale { newest } => Checked::RefuseStale {
+                newest: *newest,
+                raise_first: *newest > fence,
+            },
+            Verdict::Unreachable(_) if self.require_check => Checked::RefuseUnvouched,
+            // The local fence still holds: accepting a higher token can
+            // only fence more writers, never fewer.
+            Verdict::Unreachable(_) => Checked::Raise {
+                to: token,
+                vouched: false,
+            },
+        }
+    }
+
+    /// The store made `durable` the fence after [`Checked::Raise`] for
+    /// `token`: the handshake binds, unless a newer grant raced it.
+    #[must_use]
+    pub fn bound(&self, token: u64, durable: u64) -> Binding {
+        assert!(
+            durable >= token,
+            "the store made {durable} durable when asked for {token}"
+        );
+        if token < durable {
+            return Binding::Stale { fence: durable };
+        }
+        Binding::Bound {
+            unconfirmed_ms: None,
+        }
     }
 
     /// A write that got [`Step::Go`] under `token` finished at the backend
@@ -400,6 +543,97 @@ mod tests {
     fn done_without_go_is_a_bug() {
         let mut admission = Admission::new(5, true);
         admission.done(5);
+    }
+
+    const BOUND: Binding = Binding::Bound {
+        unconfirmed_ms: None,
+    };
+
+    #[test]
+    fn a_handshake_refuses_damaged_and_stale_tokens() {
+        let admission = Admission::new(5, false);
+        let damaged = Durable {
+            damaged: true,
+            ..at(5)
+        };
+        assert_eq!(admission.bind(5, damaged, true), Binding::Damaged);
+        assert_eq!(admission.bind(4, at(5), true), Binding::Stale { fence: 5 });
+        assert_eq!(admission.bind(4, at(5), false), Binding::Stale { fence: 5 });
+    }
+
+    #[test]
+    fn a_handshake_under_the_fences_own_token_waits_for_confirmation() {
+        let waiting = Durable {
+            confirmation: Confirmation::Waiting { waited_ms: 3 },
+            ..at(5)
+        };
+        let expired = Durable {
+            confirmation: Confirmation::Expired { waited_ms: 2_000 },
+            ..at(5)
+        };
+        let strict = Admission::new(5, true);
+        assert_eq!(strict.bind(5, at(5), true), BOUND);
+        assert_eq!(strict.bind(5, waiting, true), Binding::AwaitConfirmation);
+        assert_eq!(
+            strict.bind(5, expired, true),
+            Binding::Unconfirmed { waited_ms: 2_000 }
+        );
+        // The watch raised the fence while the handshake waited.
+        assert_eq!(strict.bind(5, at(6), true), Binding::Stale { fence: 6 });
+        let lenient = Admission::new(5, false);
+        assert_eq!(
+            lenient.bind(5, expired, true),
+            Binding::Bound {
+                unconfirmed_ms: Some(2_000)
+            }
+        );
+        // NBD_OPT_INFO only asks: no wait, no raise.
+        assert_eq!(strict.bind(5, waiting, false), BOUND);
+        assert_eq!(strict.bind(9, at(5), false), BOUND);
+    }
+
+    #[test]
+    fn a_token_above_the_fence_is_checked_then_raised_durably_before_it_binds() {
+        let admission = Admission::new(5, true);
+        assert_eq!(admission.bind(7, at(5), true), Binding::AskLeaseService);
+        assert_eq!(
+            admission.checked(7, &Verdict::Current, 5),
+            Checked::Raise {
+                to: 7,
+                vouched: true
+            }
+        );
+        assert_eq!(admission.bound(7, 7), BOUND);
+        // A newer grant was made durable while the raise ran.
+        assert_eq!(admission.bound(7, 9), Binding::Stale { fence: 9 });
+    }
+
+    #[test]
+    fn a_stale_or_unvouched_token_above_the_fence_is_refused() {
+        let strict = Admission::new(5, true);
+        assert_eq!(
+            strict.checked(7, &Verdict::Stale { newest: 8 }, 5),
+            Checked::RefuseStale {
+                newest: 8,
+                raise_first: true
+            }
+        );
+        assert_eq!(
+            strict.checked(7, &Verdict::Stale { newest: 0 }, 5),
+            Checked::RefuseStale {
+                newest: 0,
+                raise_first: false
+            }
+        );
+        let silent = Verdict::Unreachable("timed out".into());
+        assert_eq!(strict.checked(7, &silent, 5), Checked::RefuseUnvouched);
+        assert_eq!(
+            Admission::new(5, false).checked(7, &silent, 5),
+            Checked::Raise {
+                to: 7,
+                vouched: false
+            }
+        );
     }
 
     proptest! {

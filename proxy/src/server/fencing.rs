@@ -1,7 +1,7 @@
 //! The shell's half of the fence ordering: the export's [`FenceCell`] (the
 //! durable fence every thread sees, its damage and its confirmation), the
-//! durable raise on a blocking thread, and the loops that await what
-//! [`Admission`] and the handshake's confirmation ask for.
+//! durable raise on a blocking thread, and the loop that awaits what
+//! [`Admission`] asks of a write.
 
 use super::*;
 
@@ -157,7 +157,7 @@ pub(super) async fn durable_raise(
 
 /// The durable fence of `export` as a write or a handshake under `token`
 /// sees it now. Reads the clock only while the fence is unconfirmed.
-fn durable(exports: &Exports, export: &ExportRt) -> Durable {
+pub(super) fn durable(exports: &Exports, export: &ExportRt) -> Durable {
     let cell = &export.cell;
     let confirmed = cell.confirmed();
     let waited_ms = if confirmed {
@@ -178,7 +178,7 @@ fn durable(exports: &Exports, export: &ExportRt) -> Durable {
 
 /// Why a write or a handshake under `token` is refused after the lease
 /// service stayed silent for `waited_ms` (`lease_service.require_check`).
-fn unconfirmed_refusal(export: &ExportRt, token: u64, waited_ms: u64) -> String {
+pub(super) fn unconfirmed_refusal(export: &ExportRt, token: u64, waited_ms: u64) -> String {
     format!(
         "the lease service has not confirmed the fence of export {} for {waited_ms} ms and the proxy requires it (lease_service.require_check = true): writes under token {token} are refused until it answers",
         export.config.name
@@ -187,7 +187,7 @@ fn unconfirmed_refusal(export: &ExportRt, token: u64, waited_ms: u64) -> String 
 
 /// Logs (once a second, with a count) a write or handshake under `token`
 /// admitted on the local fence alone.
-fn log_unconfirmed(export: &ExportRt, token: u64, waited_ms: u64) {
+pub(super) fn log_unconfirmed(export: &ExportRt, token: u64, waited_ms: u64) {
     if let Some(count) = export.unconfirmed_log.borrow_mut().hit(monotonic_ms()) {
         warn!(
             export = %export.config.name,
@@ -196,50 +196,6 @@ fn log_unconfirmed(export: &ExportRt, token: u64, waited_ms: u64) {
             unconfirmed_ms = waited_ms,
             "lease service unreachable: admitted {count} write(s) or handshake(s) under the fence's own token on the local fence alone (lease_service.require_check = false)"
         );
-    }
-}
-
-/// Waits until the lease service confirmed the fence of `export`, or
-/// until `lease_service.timeout` after the fence became unconfirmed; `Ok`
-/// means a handshake under `token` (the fence's own) may bind, `Err` is
-/// why it is refused. Returns at once while confirmed, or for a token below
-/// the fence (the caller refuses it).
-///
-/// Unconfirmed means: since the start, or since the watch lost the
-/// service, no serving leader told the watch the newest token. A
-/// handshake under the fence's token then waits for that answer: a newer
-/// grant it brings raises the fence first, and the handshake is refused.
-/// Past the wait, `lease_service.require_check` decides: refuse, or admit
-/// on the local fence alone and log (once a second, with a count). Writes
-/// follow the same rule through [`Admission`].
-pub(super) async fn confirmed(
-    exports: &Exports,
-    export: &ExportRt,
-    token: u64,
-) -> Result<(), String> {
-    let mut nudged = false;
-    loop {
-        let now = durable(exports, export);
-        if token < now.fence {
-            return Ok(());
-        }
-        match now.confirmation {
-            Confirmation::Confirmed => return Ok(()),
-            Confirmation::Waiting { .. } => {
-                if !nudged {
-                    export.cell.nudge_watch();
-                    nudged = true;
-                }
-                glommio::timer::sleep(CONFIRM_POLL).await;
-            }
-            Confirmation::Expired { waited_ms } if exports.limits.require_check => {
-                return Err(unconfirmed_refusal(export, token, waited_ms));
-            }
-            Confirmation::Expired { waited_ms } => {
-                log_unconfirmed(export, token, waited_ms);
-                return Ok(());
-            }
-        }
     }
 }
 

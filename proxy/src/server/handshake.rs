@@ -2,9 +2,10 @@
 //! export selection, and binding a connection to a token (the lease
 //! service's check, then a durable raise) before it may write.
 
-use super::fencing::{confirmed, durable_raise};
+use super::fencing::{durable, durable_raise, log_unconfirmed, unconfirmed_refusal};
 use super::transmission::transmission;
 use super::*;
+use crate::admission::{Binding, Checked};
 
 /// `EXPORT@TOKEN` → (`EXPORT`, token); `EXPORT` → (`EXPORT`, none).
 fn split_name(name: &str) -> Result<(&str, Option<u64>), OptionError> {
@@ -220,54 +221,97 @@ async fn open_backend(exports: &Exports, export: &ExportRt) -> io::Result<Backen
 }
 
 /// Decides whether `token` may write to `export`; raises the durable fence
-/// first when it is above it and `go` is set.
+/// first when it is above it and `go` is set. Awaits and calls what the
+/// export's [`Admission`] asks for (confirmation, the lease service, a
+/// durable raise), nothing more.
 async fn bind_token(
     exports: &Exports,
     export: &Rc<ExportRt>,
     token: u64,
     go: bool,
 ) -> Result<(), OptionError> {
-    if let Some(reason) = export.cell.damaged() {
-        return Err(OptionError::new(
-            RepError::Policy,
-            format!(
-                "export {} refuses writes: its fence state is damaged ({reason}); an operator must run `palisade-fencing-proxy repair`; connect without a token to read",
-                export.config.name
-            ),
-        ));
-    }
-    let fence = export.cell.fence();
-    if token < fence {
-        return Err(stale(export, token, fence));
-    }
-    if token == fence && go {
-        // The fence's own token: fine if the fence is current. After a
-        // start or a lost watch, learn that first, so the holder a newer
-        // grant superseded meanwhile is told so now.
-        confirmed(exports, export, token)
-            .await
-            .map_err(|message| OptionError::new(RepError::Policy, message))?;
-        let fence = export.cell.fence();
-        if token < fence {
-            return Err(stale(export, token, fence));
+    let mut nudged = false;
+    let mut binding = export
+        .admission
+        .borrow()
+        .bind(token, durable(exports, export), go);
+    loop {
+        match binding {
+            Binding::Bound { unconfirmed_ms } => {
+                if let Some(waited_ms) = unconfirmed_ms {
+                    log_unconfirmed(export, token, waited_ms);
+                }
+                return Ok(());
+            }
+            Binding::Damaged => {
+                let reason = export.cell.damaged().unwrap_or_default();
+                return Err(OptionError::new(
+                    RepError::Policy,
+                    format!(
+                        "export {} refuses writes: its fence state is damaged ({reason}); an operator must run `palisade-fencing-proxy repair`; connect without a token to read",
+                        export.config.name
+                    ),
+                ));
+            }
+            Binding::Stale { fence } => return Err(stale(export, token, fence)),
+            Binding::Unconfirmed { waited_ms } => {
+                return Err(OptionError::new(
+                    RepError::Policy,
+                    unconfirmed_refusal(export, token, waited_ms),
+                ));
+            }
+            Binding::AwaitConfirmation => {
+                if !nudged {
+                    export.cell.nudge_watch();
+                    nudged = true;
+                }
+                glommio::timer::sleep(CONFIRM_POLL).await;
+                binding = export
+                    .admission
+                    .borrow()
+                    .bind(token, durable(exports, export), go);
+            }
+            Binding::AskLeaseService => {
+                binding = check_and_raise(exports, export, token).await?;
+            }
         }
-        return Ok(());
     }
-    if token == fence || !go {
-        return Ok(());
-    }
-    // Above the fence: ask the lease service, then make it durable.
+}
+
+/// A token above the fence: asks the lease service, then makes the token
+/// durable, as the export's [`Admission`] says.
+async fn check_and_raise(
+    exports: &Exports,
+    export: &ExportRt,
+    token: u64,
+) -> Result<Binding, OptionError> {
     let link = exports.link.clone();
     let (tenant, resource) = (export.config.tenant.clone(), export.config.resource.clone());
     let verdict = glommio::executor()
         .spawn_blocking(move || link.check(&tenant, &resource, token))
         .await;
-    let raise_to = match verdict {
-        Verdict::Current => token,
-        Verdict::Stale { newest } => {
+    let why = match &verdict {
+        Verdict::Unreachable(why) => why.as_str(),
+        _ => "",
+    };
+    let checked = export
+        .admission
+        .borrow()
+        .checked(token, &verdict, export.cell.fence());
+    let raise_to = match checked {
+        Checked::Raise { to, vouched } => {
+            if !vouched {
+                warn!(export = %export.config.name, token, error = %why, "lease service unreachable; accepting a token above the fence on the local fence alone (lease_service.require_check = false)");
+            }
+            to
+        }
+        Checked::RefuseStale {
+            newest,
+            raise_first,
+        } => {
             // The service vouches for `newest`: raise to it (fencing the
             // stale holder sooner), then refuse.
-            if newest > export.cell.fence() {
+            if raise_first {
                 let _ = durable_raise(exports, export, newest).await;
             }
             return Err(OptionError::new(
@@ -278,7 +322,7 @@ async fn bind_token(
                 ),
             ));
         }
-        Verdict::Unreachable(why) if exports.limits.require_check => {
+        Checked::RefuseUnvouched => {
             warn!(export = %export.config.name, token, error = %why, "lease service unreachable; refusing a token above the fence it cannot vouch for (lease_service.require_check = true)");
             return Err(OptionError::new(
                 RepError::Policy,
@@ -287,12 +331,6 @@ async fn bind_token(
                     export.config.name
                 ),
             ));
-        }
-        Verdict::Unreachable(why) => {
-            // The local fence still holds: accepting a higher token can
-            // only fence more writers, never fewer.
-            warn!(export = %export.config.name, token, error = %why, "lease service unreachable; accepting a token above the fence on the local fence alone (lease_service.require_check = false)");
-            token
         }
     };
     let durable = durable_raise(exports, export, raise_to)
@@ -303,12 +341,11 @@ async fn bind_token(
                 format!("cannot record the fence durably: {e}"),
             )
         })?;
-    if token < durable {
-        // A newer grant raced us.
-        return Err(stale(export, token, durable));
+    let binding = export.admission.borrow().bound(token, durable);
+    if matches!(binding, Binding::Bound { .. }) {
+        info!(export = %export.config.name, fence = durable, "fence raised by a new holder");
     }
-    info!(export = %export.config.name, fence = durable, "fence raised by a new holder");
-    Ok(())
+    Ok(binding)
 }
 
 fn stale(export: &ExportRt, token: u64, fence: u64) -> OptionError {
