@@ -42,10 +42,10 @@
 //! never block the executor: lease-service calls and fence fsyncs run on
 //! blocking threads.
 //!
-//! Its parts: [`fencing`] (the [`FenceCell`] and the loops that await what
-//! the admission asks for), [`watch`] (a thread per export following the
-//! lease service), [`handshake`] (negotiation and binding a token),
-//! [`transmission`] (the pipelined request loop).
+//! Its parts: `fencing` (the [`FenceCell`] and the loop that awaits what
+//! the admission asks of a write), `watch` (a thread per export following
+//! the lease service), `handshake` (negotiation and binding a token),
+//! `transmission` (the pipelined request loop).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
