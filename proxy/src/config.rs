@@ -37,6 +37,37 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// Why a config cannot be used; always the operator's to fix. The
+/// message names the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {}", path.display())]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// What the file system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not TOML, an unknown or missing key, or a value of the wrong type.
+    #[error(transparent)]
+    Syntax(#[from] toml::de::Error),
+    /// A value out of its range, or values that do not fit together; the
+    /// message names the key.
+    #[error("{0}")]
+    Invalid(String),
+    /// One of the above, in this file.
+    #[error("{}", path.display())]
+    InFile {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong in it.
+        #[source]
+        source: Box<ConfigError>,
+    },
+}
+
 /// Longest export name (the NBD protocol allows 4096 bytes).
 pub const EXPORT_NAME_MAX: usize = 256;
 /// Largest `proxy.connections_max`.
@@ -244,9 +275,11 @@ pub enum BackendSpec {
 
 impl ProxyConfig {
     /// Reads and validates `path`.
-    pub fn load(path: &Path) -> Result<ProxyConfig, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<ProxyConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let base = path
             .parent()
             .map(|p| {
@@ -257,14 +290,17 @@ impl ProxyConfig {
                 }
             })
             .unwrap_or(Path::new("."));
-        ProxyConfig::parse(&text, base).map_err(|e| format!("{}: {e}", path.display()))
+        ProxyConfig::parse(&text, base).map_err(|e| ConfigError::InFile {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
     }
 
     /// Parses and validates `text`; relative paths resolve against `base`.
-    pub fn parse(text: &str, base: &Path) -> Result<ProxyConfig, String> {
-        let mut config: ProxyConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str, base: &Path) -> Result<ProxyConfig, ConfigError> {
+        let mut config: ProxyConfig = toml::from_str(text)?;
         config.base_dir = base.to_path_buf();
-        config.validate()?;
+        config.validate().map_err(ConfigError::Invalid)?;
         Ok(config)
     }
 
@@ -641,7 +677,9 @@ size = "64MiB"
             ),
         ];
         for (text, expected) in cases {
-            let err = ProxyConfig::parse(&text, Path::new(".")).expect_err(expected);
+            let err = ProxyConfig::parse(&text, Path::new("."))
+                .expect_err(expected)
+                .to_string();
             assert!(err.contains(expected), "{expected:?} not in {err}");
         }
     }

@@ -13,7 +13,9 @@
 //!   newer-token write does.
 //!
 //! The gate holds the fence in memory only. The caller raises it after the
-//! fence store made the new value durable, never before.
+//! fence store made the new value durable, never before. The proxy asks it
+//! through [`crate::admission::Admission`], which composes it with the
+//! durable fence and the lease service's confirmation.
 
 use std::collections::BTreeMap;
 
@@ -79,13 +81,16 @@ impl Gate {
     }
 
     /// A write admitted under `token` finished (successfully or not).
-    pub fn done(&mut self, token: u64) {
-        if let Some(count) = self.inflight.get_mut(&token) {
-            *count -= 1;
-            if *count == 0 {
-                self.inflight.remove(&token);
-            }
+    /// Returns whether one was in flight under `token`.
+    pub fn done(&mut self, token: u64) -> bool {
+        let Some(count) = self.inflight.get_mut(&token) else {
+            return false;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.inflight.remove(&token);
         }
+        true
     }
 
     /// Writes in flight, all tokens.
@@ -147,7 +152,7 @@ mod tests {
                     1 => gate.raise(token),
                     _ => {
                         if let Some(t) = running.pop() {
-                            gate.done(t);
+                            prop_assert!(gate.done(t));
                         }
                     }
                 }

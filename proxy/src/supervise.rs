@@ -15,14 +15,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use palisade_dataplane::clock::monotonic_ms;
-use palisade_systemd::{watchdog_from_env, Notifier, Watchdog, WatchdogAction};
+use palisade_systemd::{watchdog_from_env, Notifier, NotifyError, Watchdog, WatchdogAction};
 use tracing::{error, info, warn};
 
-/// Test hook: while the file this names exists, the proxy's executor
-/// blocks its thread (a stuck executor). Never set it in production.
-pub const STALL_HOOK: &str = "PALISADE_PROXY_TEST_STALL_FILE";
+/// Why the proxy cannot talk to its service manager as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    /// `$NOTIFY_SOCKET`, `$WATCHDOG_USEC` or `$WATCHDOG_PID` is malformed:
+    /// the unit's (or whoever started the proxy's) to fix.
+    #[error("the service manager's environment")]
+    Environment(#[source] NotifyError),
+    /// A thread (watchdog, signals) could not be started, or the signal
+    /// handlers could not be installed: the host's resources.
+    #[error("{what}")]
+    Host {
+        /// What could not be done.
+        what: &'static str,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// The proxy's conversation with its service manager; inert without
 /// `$NOTIFY_SOCKET`.
@@ -33,18 +47,16 @@ pub struct Supervision {
 }
 
 impl Supervision {
-    /// Reads `$NOTIFY_SOCKET`, `$WATCHDOG_USEC`, `$WATCHDOG_PID`, and arms
-    /// the stall test hook if it is set. A malformed value is an error.
-    pub fn from_env() -> Result<Supervision> {
+    /// Reads `$NOTIFY_SOCKET`, `$WATCHDOG_USEC`, `$WATCHDOG_PID`. A
+    /// malformed value is an error. (The stall test hook is armed by
+    /// [`crate::failpoints::Failpoints::arm_stall`], with `--failpoints`.)
+    pub fn from_env() -> Result<Supervision, SuperviseError> {
         let notifier = Notifier::from_env()
-            .context("the service manager's environment")?
+            .map_err(SuperviseError::Environment)?
             .map(Arc::new);
         let watchdog = watchdog_from_env()
-            .context("the service manager's environment")?
+            .map_err(SuperviseError::Environment)?
             .filter(|_| notifier.is_some());
-        if let Some(file) = std::env::var_os(STALL_HOOK) {
-            palisade_dataplane::server::heartbeat::arm_core_stall_failpoint(0, file.into());
-        }
         Ok(Supervision { notifier, watchdog })
     }
 
@@ -64,7 +76,7 @@ impl Supervision {
 
     /// Starts the watchdog thread if systemd asked for one; `beats` holds
     /// the executor's heartbeat.
-    pub fn start_watchdog(&self, beats: Arc<[AtomicU64]>) -> Result<()> {
+    pub fn start_watchdog(&self, beats: Arc<[AtomicU64]>) -> Result<(), SuperviseError> {
         let (Some(notifier), Some(interval)) = (self.notifier.clone(), self.watchdog) else {
             return Ok(());
         };
@@ -113,17 +125,25 @@ impl Supervision {
                     std::thread::sleep(poll);
                 }
             })
-            .context("starting the watchdog thread")?;
+            .map_err(|source| SuperviseError::Host {
+                what: "starting the watchdog thread",
+                source,
+            })?;
         Ok(())
     }
 
     /// Handles `SIGTERM` and `SIGINT`: sends `STOPPING=1` and exits 0.
     /// Nothing needs flushing: a fence is durable before it is used, and an
     /// unacknowledged write may be lost by any stop.
-    pub fn stop_on_signals(&self) -> Result<()> {
+    pub fn stop_on_signals(&self) -> Result<(), SuperviseError> {
         use signal_hook::consts::{SIGINT, SIGTERM};
-        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
-            .context("installing signal handlers")?;
+        let mut signals =
+            signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|source| {
+                SuperviseError::Host {
+                    what: "installing signal handlers",
+                    source,
+                }
+            })?;
         let notifier = self.notifier.clone();
         std::thread::Builder::new()
             .name("signals".into())
@@ -138,7 +158,10 @@ impl Supervision {
                     std::process::exit(0);
                 }
             })
-            .context("starting the signal thread")?;
+            .map_err(|source| SuperviseError::Host {
+                what: "starting the signal thread",
+                source,
+            })?;
         Ok(())
     }
 }

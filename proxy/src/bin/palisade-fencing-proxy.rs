@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 use palisade_dataplane::clock::monotonic_ms;
 use palisade_dataplane::server::heartbeat;
 use palisade_proxy::config::{BackendSpec, ProxyConfig};
+use palisade_proxy::failpoints::Failpoints;
 use palisade_proxy::fence::{Fence, FenceError, FenceStore};
 use palisade_proxy::limits::{self, Nofile};
 use palisade_proxy::supervise::Supervision;
@@ -31,6 +32,10 @@ struct Cli {
     /// The proxy's config file.
     #[arg(long, short)]
     config: PathBuf,
+    /// Arm the test hooks (`PALISADE_PROXY_TEST_*` environment variables;
+    /// tests only).
+    #[arg(long, hide = true)]
+    failpoints: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -120,7 +125,7 @@ fn open_store(config: &ProxyConfig) -> Result<FenceStore> {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let config = ProxyConfig::load(&cli.config).map_err(anyhow::Error::msg)?;
+    let config = ProxyConfig::load(&cli.config)?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Check => {
             for export in &config.exports {
@@ -184,6 +189,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Serve => {
             check_nofile(config.proxy.connections_max);
+            let failpoints = Failpoints::from_env(cli.failpoints);
+            failpoints.arm_stall();
             let supervision = Supervision::from_env()?;
             supervision.stop_on_signals()?;
             let store = Arc::new(open_store(&config)?);
@@ -197,7 +204,8 @@ fn run(cli: Cli) -> Result<()> {
             let beats = heartbeat::slots(1, monotonic_ms());
             supervision.start_watchdog(beats.clone())?;
             let ready = supervision.ready_callback(config.exports.len());
-            server::run(&config, prepared, store, link, beats, ready)
+            server::run(&config, prepared, store, link, beats, &failpoints, ready)?;
+            Ok(())
         }
     }
 }

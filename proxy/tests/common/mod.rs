@@ -262,6 +262,13 @@ impl Proxy {
         for (k, v) in env {
             command.env(k, v);
         }
+        // Test hooks arm only with --failpoints, as in the node.
+        if env
+            .iter()
+            .any(|(k, _)| k.starts_with("PALISADE_PROXY_TEST_"))
+        {
+            command.arg("--failpoints");
+        }
         if let Some((soft, hard)) = nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: between fork and exec only setrlimit runs, which is
