@@ -1052,6 +1052,7 @@ mod tests {
             ttl_ms,
             tenant: "t".into(),
             echo_size: 0,
+            secret: None,
         }
     }
 

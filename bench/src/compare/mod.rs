@@ -37,7 +37,7 @@ pub(crate) mod redis;
 pub(crate) mod zk;
 
 use codec::{Codec, CodecConfig, Op};
-use engine::{RunSpec, Workload};
+use engine::{RunSpec, Schedule, Workload};
 use palisade_tuning::Replication;
 use report::{Cell, Measured, Report, SystemInfo};
 use sweep::{Next, Plan, Step};
@@ -179,7 +179,12 @@ pub struct OpenLoopArgs {
     json: bool,
 }
 
-fn codec_for(system: &str, config: &CodecConfig, addr: SocketAddr) -> Result<Box<dyn Codec>> {
+/// The codec of `system` (a name in [`SYSTEMS`]) for one connection.
+pub(crate) fn codec_for(
+    system: &str,
+    config: &CodecConfig,
+    addr: SocketAddr,
+) -> Result<Box<dyn Codec>> {
     Ok(match system {
         "palisade" | "palisade-cluster" | "palisade-cluster-none" => {
             Box::new(palisade::PalisadeCodec::new(config))
@@ -198,11 +203,12 @@ pub fn open_loop(args: &OpenLoopArgs) -> Result<()> {
         ttl_ms: 60_000,
         tenant: "default".into(),
         echo_size: args.echo_size,
+        secret: None,
     };
     let spec = RunSpec {
         addr: args.endpoint,
         connections: args.connections,
-        rate: args.rate,
+        schedule: Schedule::Open { rate: args.rate },
         warmup: args.warmup,
         duration: args.duration,
         workload: Workload::parse(&args.workload)?,
@@ -260,7 +266,7 @@ impl Ctx<'_> {
         RunSpec {
             addr,
             connections,
-            rate,
+            schedule: Schedule::Open { rate },
             warmup,
             duration,
             workload,
@@ -275,7 +281,7 @@ impl Ctx<'_> {
             // seen for a while); the leases renew and check hold are taken
             // fresh for each run.
             resource_base: match workload {
-                Workload::Uncontended => 0,
+                Workload::Uncontended | Workload::AcquireOnly => 0,
                 Workload::Contended => 1 << 40,
                 Workload::Renew | Workload::Check => (1 << 41) | (self.run_index << 20),
             },
@@ -547,6 +553,7 @@ pub fn compare(args: &CompareArgs) -> Result<()> {
         ttl_ms: 60_000,
         tenant: "default".into(),
         echo_size: 64,
+        secret: None,
     };
     let mut acquire = Vec::new();
     palisade::PalisadeCodec::new(&probe_config).encode(
@@ -569,6 +576,7 @@ pub fn compare(args: &CompareArgs) -> Result<()> {
             ttl_ms: 60_000,
             tenant: "default".into(),
             echo_size: acquire.len(),
+            secret: None,
         },
         args: &args,
         run_index: 0,
