@@ -171,6 +171,13 @@ pub struct OpenLoopArgs {
     /// Message size of the echo protocol.
     #[arg(long, default_value_t = 64)]
     echo_size: usize,
+    /// Tenant (Palisade).
+    #[arg(long, default_value = "default")]
+    tenant: String,
+    /// File holding the tenant secret (or set PALISADE_SECRET), for a
+    /// Palisade tenant with a credential.
+    #[arg(long)]
+    secret_file: Option<PathBuf>,
     /// CPU to pin the generator to.
     #[arg(long)]
     cpu: Option<usize>,
@@ -201,9 +208,13 @@ pub(crate) fn codec_for(
 pub fn open_loop(args: &OpenLoopArgs) -> Result<()> {
     let config = CodecConfig {
         ttl_ms: 60_000,
-        tenant: "default".into(),
+        tenant: args.tenant.clone(),
         echo_size: args.echo_size,
-        secret: None,
+        secret: if args.system.starts_with("palisade") {
+            palisade_client::handshake::read_secret(args.secret_file.as_deref())?
+        } else {
+            None
+        },
     };
     let spec = RunSpec {
         addr: args.endpoint,
