@@ -424,10 +424,13 @@ fn holder_id(connection: usize, n: u64) -> u64 {
     ((connection as u64 + 1) << 40) | (n & ((1 << 40) - 1))
 }
 
-/// When arrival number `n` is due: never, for a closed loop (infinite
-/// interval).
+/// When arrival number `n` is due: never (`u64::MAX`) for a closed loop,
+/// whose interval is infinite.
 fn arrival_ns(start_ns: u64, n: u64, interval_ns: f64) -> u64 {
-    // A float-to-integer cast saturates: infinity is `u64::MAX`.
+    if !interval_ns.is_finite() {
+        // Not `0 × ∞`, which is NaN and casts to 0: due at once.
+        return u64::MAX;
+    }
     start_ns.saturating_add((n as f64 * interval_ns) as u64)
 }
 
@@ -665,4 +668,120 @@ pub(crate) fn run(spec: &RunSpec, codec: &dyn Fn() -> Result<Box<dyn Codec>>) ->
         release_held(&mut conns)?;
     }
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::compare::codec::CodecConfig;
+    use crate::compare::echo::EchoCodec;
+
+    const SIZE: usize = 16;
+
+    /// What the echo server below saw.
+    #[derive(Default)]
+    struct Seen {
+        /// Most whole messages one read brought (the server answers all
+        /// of them before it reads again: the client's requests in flight).
+        burst_max: AtomicUsize,
+        /// Messages per kind byte (1 acquire, 2 release).
+        kinds: [AtomicUsize; 5],
+    }
+
+    /// A thread-per-connection echo server on loopback.
+    fn echo_server(seen: Arc<Seen>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let mut pending = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 {
+                            return;
+                        }
+                        pending.extend_from_slice(&buf[..n]);
+                        let whole = pending.len() / SIZE * SIZE;
+                        seen.burst_max.fetch_max(whole / SIZE, Ordering::Relaxed);
+                        for message in pending[..whole].chunks(SIZE) {
+                            seen.kinds[usize::from(message[8]).min(4)]
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                        if stream.write_all(&pending[..whole]).is_err() {
+                            return;
+                        }
+                        pending.drain(..whole);
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn closed(addr: SocketAddr, workload: Workload, in_flight: usize) -> RunResult {
+        let spec = RunSpec {
+            addr,
+            connections: 2,
+            schedule: Schedule::Closed { in_flight },
+            warmup: Duration::from_millis(50),
+            duration: Duration::from_millis(300),
+            workload,
+            resources: 100,
+            held_per_connection: 0,
+            resource_base: 0,
+            cpu: None,
+            outstanding_max: usize::MAX,
+            drain: Duration::from_secs(5),
+            seed: 7,
+        };
+        let config = CodecConfig {
+            ttl_ms: 1000,
+            tenant: String::new(),
+            echo_size: SIZE,
+            secret: None,
+        };
+        run(&spec, &|| Ok(Box::new(EchoCodec::new(&config)?))).unwrap()
+    }
+
+    #[test]
+    fn a_closed_loop_keeps_its_cycles_in_flight_and_no_more() {
+        let seen = Arc::new(Seen::default());
+        let addr = echo_server(seen.clone());
+        let result = closed(addr, Workload::Uncontended, 3);
+        assert!(result.granted > 0, "cycles ran");
+        assert_eq!(result.unanswered, 0);
+        assert_eq!(result.offered_rate, 0.0);
+        assert_eq!(result.overloaded, None);
+        // Every grant is released (the echo grants every acquire), and a
+        // connection never has more than its three requests unanswered.
+        assert!(seen.kinds[2].load(Ordering::Relaxed) > 0);
+        assert_eq!(
+            seen.kinds[1].load(Ordering::Relaxed),
+            seen.kinds[2].load(Ordering::Relaxed)
+        );
+        let burst = seen.burst_max.load(Ordering::Relaxed);
+        assert!((1..=3).contains(&burst), "burst {burst}");
+    }
+
+    #[test]
+    fn acquire_only_cycles_never_release() {
+        let seen = Arc::new(Seen::default());
+        let addr = echo_server(seen.clone());
+        let result = closed(addr, Workload::AcquireOnly, 1);
+        assert!(result.granted > 0);
+        assert_eq!(result.done, 0);
+        assert!(seen.kinds[1].load(Ordering::Relaxed) > 0);
+        assert_eq!(seen.kinds[2].load(Ordering::Relaxed), 0);
+        assert_eq!(seen.burst_max.load(Ordering::Relaxed), 1);
+        // Requests answered = cycles: one request each.
+        assert_eq!(result.requests.len(), result.cycles.len());
+    }
 }
