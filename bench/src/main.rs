@@ -1,18 +1,19 @@
 //! `palisade-bench`: load generators for Palisade.
 //!
-//! `palisade-bench load` drives a node with closed-loop acquire+release
-//! cycles on random resources over N connections from one glommio
-//! executor pinned to a CPU, and reports throughput and latency
-//! percentiles. `palisade-bench compare` is the open-loop tail-latency
-//! comparison with Redis, etcd, ZooKeeper and an io_uring echo floor. It
-//! measures; it never asserts a number. `palisade-bench failover` kills
+//! One load engine (`compare::engine`: one epoll thread, sans-IO codecs
+//! per system) runs every load. `palisade-bench load` drives a node (or
+//! Redis) with closed-loop acquire+release cycles on random resources over
+//! N connections, and reports throughput and latency percentiles.
+//! `palisade-bench compare` is the open-loop tail-latency comparison with
+//! Redis, etcd, ZooKeeper and an io_uring echo floor. It measures; it
+//! never asserts a number. `palisade-bench failover` kills
 //! the leader of a real three-node cluster round after round, with live
 //! lease holders, and measures election, the first grant and lost leases.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod clock;
 mod compare;
-mod epoll;
 mod failover;
 mod load;
 mod nbd;

@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 
-use crate::load::now_ns;
+use crate::clock::now_ns;
 
 fn duration(text: &str) -> Result<Duration, String> {
     palisade_tuning::parse_duration(text)

@@ -65,7 +65,7 @@ pub mod clock;
 mod commands;
 mod error;
 pub mod failover;
-mod handshake;
+pub mod handshake;
 pub mod hold;
 mod keepalive;
 mod lease;
@@ -76,7 +76,7 @@ pub use blocking::{
     random_holder, AcquireOptions, Client, ConnectOptions, ListPage, WatchEvents, Watched,
 };
 pub use error::ClientError;
-pub use handshake::Identity;
+pub use handshake::{FramedHandshake, Handshake, Identity};
 pub use hold::{AsyncHold, Hold};
 pub use keepalive::{
     keep_alive, KeepAlive, KeepAliveThread, LeaseEvent, LossReason, RENEW_FRACTION,

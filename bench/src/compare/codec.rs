@@ -70,7 +70,7 @@ pub enum Outcome {
 }
 
 /// Settings every codec of a run shares.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct CodecConfig {
     /// Lease ttl in milliseconds.
     pub ttl_ms: u32,
@@ -78,6 +78,20 @@ pub struct CodecConfig {
     pub tenant: String,
     /// Bytes of a request and its echo (echo codec only).
     pub echo_size: usize,
+    /// The tenant's secret, for a Palisade tenant with a credential
+    /// (`--secret-file` or `PALISADE_SECRET`); `None` for an open tenant.
+    pub secret: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for CodecConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodecConfig")
+            .field("ttl_ms", &self.ttl_ms)
+            .field("tenant", &self.tenant)
+            .field("echo_size", &self.echo_size)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// A sans-IO client protocol for one connection.

@@ -219,6 +219,7 @@ mod tests {
             ttl_ms: 1000,
             tenant: "default".into(),
             echo_size: size,
+            secret: None,
         })
         .unwrap()
     }
@@ -267,7 +268,8 @@ mod tests {
         assert!(EchoCodec::new(&CodecConfig {
             ttl_ms: 1,
             tenant: String::new(),
-            echo_size: 8
+            echo_size: 8,
+            secret: None,
         })
         .is_err());
     }

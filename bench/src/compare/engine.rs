@@ -1,22 +1,28 @@
-//! The open-loop engine: one thread, nonblocking sockets, epoll, a
-//! constant-rate arrival schedule, and latency measured from each
-//! request's intended send time.
+//! The load engine: one thread, nonblocking sockets, epoll, and one of
+//! two schedules. Every load `palisade-bench` generates goes through it.
 //!
-//! Arrivals are spaced `1 / rate` apart and dealt to the connections in
+//! **Open loop** ([`Schedule::Open`], `compare` and `open-loop`):
+//! arrivals are spaced `1 / rate` apart and dealt to the connections in
 //! turn. An arrival starts a cycle whether or not earlier requests have
 //! been answered, so a server that stalls is charged for every arrival
 //! that waits behind the stall (no coordinated omission): the first
 //! request of a cycle is timed from its scheduled arrival, not from when
 //! the engine got round to sending it; a release that follows a grant is
 //! timed from the moment the grant was read, which is when it is due.
-//!
 //! The engine spins (epoll with a zero timeout) while an arrival is due
 //! within 2 ms, so its own timer is not a source of jitter; it is meant to
-//! run pinned to a CPU of its own. Every system is driven by this same loop
-//! through a [`Codec`]; the codecs never see the clock.
+//! run pinned to a CPU of its own.
 //!
-//! The engine never judges a result; [`RunResult`] carries everything the
-//! sweep and the report need.
+//! **Closed loop** ([`Schedule::Closed`], `load`): each connection keeps
+//! a fixed number of cycles in flight and starts the next one when one
+//! ends, that is when the previous answer arrives; every request is timed
+//! from when it was sent. It measures the throughput a number of clients
+//! get, the way redis-benchmark does (one `write` and one `read` per batch
+//! of ready requests on each connection).
+//!
+//! Every system is driven by this same loop through a [`Codec`]; the
+//! codecs never see the clock. The engine never judges a result;
+//! [`RunResult`] carries everything the sweep and the reports need.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
@@ -30,7 +36,7 @@ use palisade_proto::FrameBuf;
 use rustix::event::epoll;
 
 use super::codec::{Codec, Held, Op, Outcome};
-use crate::load::{now_ns, Rng};
+use crate::clock::now_ns;
 
 /// What the arrivals do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -45,6 +51,10 @@ pub(crate) enum Workload {
     Renew,
     /// Fencing check of one of the leases this connection holds.
     Check,
+    /// Acquire a random resource out of many and never release it (the
+    /// `SET NX PX` of redis-benchmark; `load --target redis`). Not part of
+    /// the comparison.
+    AcquireOnly,
 }
 
 impl Workload {
@@ -61,6 +71,7 @@ impl Workload {
             Workload::Contended => "contended",
             Workload::Renew => "renew",
             Workload::Check => "check",
+            Workload::AcquireOnly => "acquire-only",
         }
     }
 
@@ -84,15 +95,44 @@ impl Workload {
     }
 }
 
-/// One measured run at one offered rate.
+/// A xorshift generator: cheap, seeded, good enough to spread resources.
+pub(crate) struct Rng(pub(crate) u64);
+
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// When cycles start.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Schedule {
+    /// Open loop: this many arrivals (cycles) per second over all
+    /// connections, whether or not earlier ones were answered.
+    Open {
+        /// Arrivals per second.
+        rate: f64,
+    },
+    /// Closed loop: each connection keeps this many independent cycles in
+    /// flight; one ends, the next starts.
+    Closed {
+        /// Cycles in flight per connection.
+        in_flight: usize,
+    },
+}
+
+/// One measured run.
 #[derive(Clone, Debug)]
 pub(crate) struct RunSpec {
     /// Where the system listens.
     pub(crate) addr: SocketAddr,
     /// Connections, opened before the clock starts.
     pub(crate) connections: usize,
-    /// Arrivals (cycles) per second over all connections.
-    pub(crate) rate: f64,
+    /// When cycles start.
+    pub(crate) schedule: Schedule,
     /// Time run but not recorded, before `duration`.
     pub(crate) warmup: Duration,
     /// Recorded time.
@@ -118,7 +158,7 @@ pub(crate) struct RunSpec {
 
 /// What a run measured. Latencies are in nanoseconds.
 pub(crate) struct RunResult {
-    /// Arrivals per second offered.
+    /// Arrivals per second offered (0 for a closed loop).
     pub(crate) offered_rate: f64,
     /// Every request whose cycle arrived in the recorded window, timed
     /// from its intended send time.
@@ -384,6 +424,16 @@ fn holder_id(connection: usize, n: u64) -> u64 {
     ((connection as u64 + 1) << 40) | (n & ((1 << 40) - 1))
 }
 
+/// When arrival number `n` is due: never (`u64::MAX`) for a closed loop,
+/// whose interval is infinite.
+fn arrival_ns(start_ns: u64, n: u64, interval_ns: f64) -> u64 {
+    if !interval_ns.is_finite() {
+        // Not `0 × ∞`, which is NaN and casts to 0: due at once.
+        return u64::MAX;
+    }
+    start_ns.saturating_add((n as f64 * interval_ns) as u64)
+}
+
 /// Latencies up to an hour, 3 significant digits.
 fn histogram() -> Result<Histogram<u64>> {
     Ok(Histogram::new_with_bounds(1, 3_600_000_000_000, 3)?)
@@ -396,13 +446,42 @@ fn record(h: &mut Histogram<u64>, ns: u64) {
     h.saturating_record(ns);
 }
 
-/// Runs one open-loop measurement.
-pub(crate) fn run(spec: &RunSpec, codec: &dyn Fn() -> Result<Box<dyn Codec>>) -> Result<RunResult> {
-    if !(spec.rate.is_finite() && spec.rate > 0.0) {
-        bail!("rate must be positive, got {}", spec.rate);
+/// The request that starts a cycle on connection `index`.
+fn first_op(spec: &RunSpec, conn: &Conn, index: usize, rng: &mut Rng, holder_seq: &mut u64) -> Op {
+    match spec.workload {
+        Workload::Uncontended | Workload::Contended | Workload::AcquireOnly => {
+            *holder_seq += 1;
+            Op::Acquire {
+                resource: spec.resource_base + rng.next() % spec.resources,
+                holder: holder_id(index, *holder_seq),
+            }
+        }
+        Workload::Renew | Workload::Check => {
+            let (resource, held) = conn.held[(rng.next() % conn.held.len() as u64) as usize];
+            if spec.workload == Workload::Renew {
+                Op::Renew { resource, held }
+            } else {
+                Op::Check { resource, held }
+            }
+        }
     }
+}
+
+/// Runs one measurement.
+pub(crate) fn run(spec: &RunSpec, codec: &dyn Fn() -> Result<Box<dyn Codec>>) -> Result<RunResult> {
+    // Open loop: nanoseconds between arrivals. Closed loop: cycles per
+    // connection, and no arrivals.
+    let (interval_ns, in_flight) = match spec.schedule {
+        Schedule::Open { rate } if rate.is_finite() && rate > 0.0 => (1e9 / rate, 0),
+        Schedule::Open { rate } => bail!("rate must be positive, got {rate}"),
+        Schedule::Closed { in_flight: 0 } => bail!("at least one cycle in flight is needed"),
+        Schedule::Closed { in_flight } => (f64::INFINITY, in_flight),
+    };
     if spec.connections == 0 {
         bail!("at least one connection is needed");
+    }
+    if spec.resources == 0 && !spec.workload.holds() {
+        bail!("at least one resource is needed");
     }
     if let Some(cpu) = spec.cpu {
         let mut set = rustix::thread::CpuSet::new();
@@ -423,13 +502,15 @@ pub(crate) fn run(spec: &RunSpec, codec: &dyn Fn() -> Result<Box<dyn Codec>>) ->
         )?;
     }
     let mut rng = Rng(spec.seed | 1);
-    let interval_ns = 1e9 / spec.rate;
     let start_ns = now_ns() + 1_000_000;
     let record_from = start_ns + u64::try_from(spec.warmup.as_nanos())?;
     let end_ns = record_from + u64::try_from(spec.duration.as_nanos())?;
     let drain_until = end_ns + u64::try_from(spec.drain.as_nanos())?;
     let mut result = RunResult {
-        offered_rate: spec.rate,
+        offered_rate: match spec.schedule {
+            Schedule::Open { rate } => rate,
+            Schedule::Closed { .. } => 0.0,
+        },
         requests: histogram()?,
         cycles: histogram()?,
         seconds: spec.duration.as_secs_f64(),
@@ -446,36 +527,34 @@ pub(crate) fn run(spec: &RunSpec, codec: &dyn Fn() -> Result<Box<dyn Codec>>) ->
     let mut outstanding = 0usize;
     let mut events = Vec::with_capacity(spec.connections.max(16));
     let mut holder_seq = 0u64;
+    // A closed loop starts its cycles at once (the warm-up is not
+    // recorded) and then one for each that ends.
+    let first_ns = now_ns();
+    for (index, conn) in conns.iter_mut().enumerate() {
+        for _ in 0..in_flight {
+            let op = first_op(spec, conn, index, &mut rng, &mut holder_seq);
+            conn.send(op, first_ns, first_ns)?;
+            outstanding += 1;
+        }
+    }
     loop {
         let now = now_ns();
-        // Start every cycle that is due.
-        let mut due = start_ns + (arrivals as f64 * interval_ns) as u64;
+        // Start every arrival that is due (open loop only).
+        let mut due = arrival_ns(start_ns, arrivals, interval_ns);
         while due <= now && due < end_ns {
-            let conn = &mut conns[next_conn];
-            let op = match spec.workload {
-                Workload::Uncontended | Workload::Contended => {
-                    holder_seq += 1;
-                    Op::Acquire {
-                        resource: spec.resource_base + rng.next() % spec.resources,
-                        holder: holder_id(next_conn, holder_seq),
-                    }
-                }
-                Workload::Renew | Workload::Check => {
-                    let (resource, held) =
-                        conn.held[(rng.next() % conn.held.len() as u64) as usize];
-                    if spec.workload == Workload::Renew {
-                        Op::Renew { resource, held }
-                    } else {
-                        Op::Check { resource, held }
-                    }
-                }
-            };
-            conn.send(op, due, due)?;
+            let op = first_op(
+                spec,
+                &conns[next_conn],
+                next_conn,
+                &mut rng,
+                &mut holder_seq,
+            );
+            conns[next_conn].send(op, due, due)?;
             outstanding += 1;
             result.send_lag_max_ns = result.send_lag_max_ns.max(now - due);
             next_conn = (next_conn + 1) % conns.len();
             arrivals += 1;
-            due = start_ns + (arrivals as f64 * interval_ns) as u64;
+            due = arrival_ns(start_ns, arrivals, interval_ns);
         }
         let mut unsent = false;
         for conn in &mut conns {
@@ -560,6 +639,11 @@ pub(crate) fn run(spec: &RunSpec, codec: &dyn Fn() -> Result<Box<dyn Codec>>) ->
                         record(&mut result.cycles, read_ns.saturating_sub(pending.cycle_ns));
                     }
                 }
+                if cycle_over && in_flight > 0 && read_ns < end_ns {
+                    let op = first_op(spec, conn, index, &mut rng, &mut holder_seq);
+                    conn.send(op, read_ns, read_ns)?;
+                    outstanding += 1;
+                }
             }
             conn.replies = replies;
             conn.replies.clear();
@@ -584,4 +668,120 @@ pub(crate) fn run(spec: &RunSpec, codec: &dyn Fn() -> Result<Box<dyn Codec>>) ->
         release_held(&mut conns)?;
     }
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::compare::codec::CodecConfig;
+    use crate::compare::echo::EchoCodec;
+
+    const SIZE: usize = 16;
+
+    /// What the echo server below saw.
+    #[derive(Default)]
+    struct Seen {
+        /// Most whole messages one read brought (the server answers all
+        /// of them before it reads again: the client's requests in flight).
+        burst_max: AtomicUsize,
+        /// Messages per kind byte (1 acquire, 2 release).
+        kinds: [AtomicUsize; 5],
+    }
+
+    /// A thread-per-connection echo server on loopback.
+    fn echo_server(seen: Arc<Seen>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let mut pending = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 {
+                            return;
+                        }
+                        pending.extend_from_slice(&buf[..n]);
+                        let whole = pending.len() / SIZE * SIZE;
+                        seen.burst_max.fetch_max(whole / SIZE, Ordering::Relaxed);
+                        for message in pending[..whole].chunks(SIZE) {
+                            seen.kinds[usize::from(message[8]).min(4)]
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                        if stream.write_all(&pending[..whole]).is_err() {
+                            return;
+                        }
+                        pending.drain(..whole);
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn closed(addr: SocketAddr, workload: Workload, in_flight: usize) -> RunResult {
+        let spec = RunSpec {
+            addr,
+            connections: 2,
+            schedule: Schedule::Closed { in_flight },
+            warmup: Duration::from_millis(50),
+            duration: Duration::from_millis(300),
+            workload,
+            resources: 100,
+            held_per_connection: 0,
+            resource_base: 0,
+            cpu: None,
+            outstanding_max: usize::MAX,
+            drain: Duration::from_secs(5),
+            seed: 7,
+        };
+        let config = CodecConfig {
+            ttl_ms: 1000,
+            tenant: String::new(),
+            echo_size: SIZE,
+            secret: None,
+        };
+        run(&spec, &|| Ok(Box::new(EchoCodec::new(&config)?))).unwrap()
+    }
+
+    #[test]
+    fn a_closed_loop_keeps_its_cycles_in_flight_and_no_more() {
+        let seen = Arc::new(Seen::default());
+        let addr = echo_server(seen.clone());
+        let result = closed(addr, Workload::Uncontended, 3);
+        assert!(result.granted > 0, "cycles ran");
+        assert_eq!(result.unanswered, 0);
+        assert_eq!(result.offered_rate, 0.0);
+        assert_eq!(result.overloaded, None);
+        // Every grant is released (the echo grants every acquire), and a
+        // connection never has more than its three requests unanswered.
+        assert!(seen.kinds[2].load(Ordering::Relaxed) > 0);
+        assert_eq!(
+            seen.kinds[1].load(Ordering::Relaxed),
+            seen.kinds[2].load(Ordering::Relaxed)
+        );
+        let burst = seen.burst_max.load(Ordering::Relaxed);
+        assert!((1..=3).contains(&burst), "burst {burst}");
+    }
+
+    #[test]
+    fn acquire_only_cycles_never_release() {
+        let seen = Arc::new(Seen::default());
+        let addr = echo_server(seen.clone());
+        let result = closed(addr, Workload::AcquireOnly, 1);
+        assert!(result.granted > 0);
+        assert_eq!(result.done, 0);
+        assert!(seen.kinds[1].load(Ordering::Relaxed) > 0);
+        assert_eq!(seen.kinds[2].load(Ordering::Relaxed), 0);
+        assert_eq!(seen.burst_max.load(Ordering::Relaxed), 1);
+        // Requests answered = cycles: one request each.
+        assert_eq!(result.requests.len(), result.cycles.len());
+    }
 }

@@ -37,7 +37,7 @@ pub(crate) mod redis;
 pub(crate) mod zk;
 
 use codec::{Codec, CodecConfig, Op};
-use engine::{RunSpec, Workload};
+use engine::{RunSpec, Schedule, Workload};
 use palisade_tuning::Replication;
 use report::{Cell, Measured, Report, SystemInfo};
 use sweep::{Next, Plan, Step};
@@ -171,6 +171,13 @@ pub struct OpenLoopArgs {
     /// Message size of the echo protocol.
     #[arg(long, default_value_t = 64)]
     echo_size: usize,
+    /// Tenant (Palisade).
+    #[arg(long, default_value = "default")]
+    tenant: String,
+    /// File holding the tenant secret (or set PALISADE_SECRET), for a
+    /// Palisade tenant with a credential.
+    #[arg(long)]
+    secret_file: Option<PathBuf>,
     /// CPU to pin the generator to.
     #[arg(long)]
     cpu: Option<usize>,
@@ -179,7 +186,12 @@ pub struct OpenLoopArgs {
     json: bool,
 }
 
-fn codec_for(system: &str, config: &CodecConfig, addr: SocketAddr) -> Result<Box<dyn Codec>> {
+/// The codec of `system` (a name in [`SYSTEMS`]) for one connection.
+pub(crate) fn codec_for(
+    system: &str,
+    config: &CodecConfig,
+    addr: SocketAddr,
+) -> Result<Box<dyn Codec>> {
     Ok(match system {
         "palisade" | "palisade-cluster" | "palisade-cluster-none" => {
             Box::new(palisade::PalisadeCodec::new(config))
@@ -196,13 +208,18 @@ fn codec_for(system: &str, config: &CodecConfig, addr: SocketAddr) -> Result<Box
 pub fn open_loop(args: &OpenLoopArgs) -> Result<()> {
     let config = CodecConfig {
         ttl_ms: 60_000,
-        tenant: "default".into(),
+        tenant: args.tenant.clone(),
         echo_size: args.echo_size,
+        secret: if args.system.starts_with("palisade") {
+            palisade_client::handshake::read_secret(args.secret_file.as_deref())?
+        } else {
+            None
+        },
     };
     let spec = RunSpec {
         addr: args.endpoint,
         connections: args.connections,
-        rate: args.rate,
+        schedule: Schedule::Open { rate: args.rate },
         warmup: args.warmup,
         duration: args.duration,
         workload: Workload::parse(&args.workload)?,
@@ -260,7 +277,7 @@ impl Ctx<'_> {
         RunSpec {
             addr,
             connections,
-            rate,
+            schedule: Schedule::Open { rate },
             warmup,
             duration,
             workload,
@@ -275,7 +292,7 @@ impl Ctx<'_> {
             // seen for a while); the leases renew and check hold are taken
             // fresh for each run.
             resource_base: match workload {
-                Workload::Uncontended => 0,
+                Workload::Uncontended | Workload::AcquireOnly => 0,
                 Workload::Contended => 1 << 40,
                 Workload::Renew | Workload::Check => (1 << 41) | (self.run_index << 20),
             },
@@ -547,6 +564,7 @@ pub fn compare(args: &CompareArgs) -> Result<()> {
         ttl_ms: 60_000,
         tenant: "default".into(),
         echo_size: 64,
+        secret: None,
     };
     let mut acquire = Vec::new();
     palisade::PalisadeCodec::new(&probe_config).encode(
@@ -569,6 +587,7 @@ pub fn compare(args: &CompareArgs) -> Result<()> {
             ttl_ms: 60_000,
             tenant: "default".into(),
             echo_size: acquire.len(),
+            secret: None,
         },
         args: &args,
         run_index: 0,

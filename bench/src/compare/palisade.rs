@@ -8,10 +8,13 @@
 //! | renew | `Renew{resource, token, ttl}` | `Renewed` → done, `Stale` → stale |
 //! | check | `Check{resource, token}` (the fencing check) | `Current` → done, `Stale` → stale |
 //!
-//! Start-up is the `Hello` handshake of an open tenant; operations wait
-//! for its `Welcome`.
+//! Start-up is the client library's handshake ([`FramedHandshake`]):
+//! `Hello`, and for a tenant with a credential the challenge and the
+//! mutual proof; operations wait for its `Welcome`.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use palisade_client::handshake::{FramedHandshake, Progress};
+use palisade_client::Identity;
 use palisade_proto::frame::decode_frame;
 use palisade_proto::{
     access_response, encode_request, ArchivedResponse, Decoded, FrameBuf, Request,
@@ -22,13 +25,14 @@ use super::codec::{Codec, CodecConfig, Held, Op, Outcome};
 /// Largest payload the bench accepts from a server.
 const PAYLOAD_MAX: u32 = 1 << 16;
 /// The handshake's request id (the engine's ids start at 1).
-const HELLO_ID: u64 = 0;
+const HELLO_ID: u64 = FramedHandshake::REQUEST_ID;
 
 /// Client side of Palisade's protocol for one connection.
 pub(crate) struct PalisadeCodec {
     ttl_ms: u32,
-    tenant: String,
-    ready: bool,
+    identity: Identity,
+    /// Set by `start`; done once the server's `Welcome` was read.
+    handshake: Option<FramedHandshake>,
     frame: FrameBuf,
     resource: String,
     /// Scratch space to realign a payload that arrives at an address not
@@ -40,8 +44,12 @@ impl PalisadeCodec {
     pub(crate) fn new(config: &CodecConfig) -> PalisadeCodec {
         PalisadeCodec {
             ttl_ms: config.ttl_ms,
-            tenant: config.tenant.clone(),
-            ready: false,
+            identity: Identity {
+                tenant: config.tenant.clone(),
+                secret: config.secret.clone(),
+                client_name: "palisade-bench".into(),
+            },
+            handshake: None,
             frame: FrameBuf::with_capacity(256),
             resource: String::with_capacity(24),
             aligned: FrameBuf::new(),
@@ -65,16 +73,16 @@ impl PalisadeCodec {
 
 impl Codec for PalisadeCodec {
     fn start(&mut self, out: &mut Vec<u8>) -> Result<()> {
-        let hello = Request::Hello {
-            tenant: self.tenant.clone(),
-            client_nonce: [0; 16],
-            client_name: "palisade-bench compare".into(),
-        };
-        self.push(HELLO_ID, &hello, out)
+        let handshake =
+            FramedHandshake::start(self.identity.clone(), out).context("Palisade handshake")?;
+        self.handshake = Some(handshake);
+        Ok(())
     }
 
     fn ready(&self) -> bool {
-        self.ready
+        self.handshake
+            .as_ref()
+            .is_some_and(FramedHandshake::is_done)
     }
 
     fn encode(&mut self, id: u64, op: &Op, out: &mut Vec<u8>) -> Result<()> {
@@ -110,9 +118,21 @@ impl Codec for PalisadeCodec {
         &mut self,
         input: &[u8],
         replies: &mut Vec<(u64, Outcome)>,
-        _out: &mut Vec<u8>,
+        out: &mut Vec<u8>,
     ) -> Result<usize> {
         let mut at = 0;
+        if !self.ready() {
+            let Some(handshake) = &mut self.handshake else {
+                bail!("Palisade answered before the handshake was sent");
+            };
+            let (used, progress) = handshake
+                .receive(input, out)
+                .context("Palisade refused the handshake")?;
+            at = used;
+            if progress == Progress::Pending {
+                return Ok(at);
+            }
+        }
         while let Decoded::Frame {
             header,
             payload,
@@ -128,26 +148,19 @@ impl Codec for PalisadeCodec {
             };
             let response = access_response(payload)?;
             let id = header.request_id;
-            if id == HELLO_ID {
-                match response {
-                    ArchivedResponse::Welcome(_) => self.ready = true,
-                    other => bail!("Palisade refused the handshake: {other:?}"),
-                }
-            } else {
-                let outcome = match response {
-                    ArchivedResponse::Granted { token, .. } => Outcome::Granted(Held {
-                        token: token.to_native(),
-                        aux: 0,
-                    }),
-                    ArchivedResponse::Busy { .. } => Outcome::Busy,
-                    ArchivedResponse::Released { .. }
-                    | ArchivedResponse::Renewed { .. }
-                    | ArchivedResponse::Current { .. } => Outcome::Done,
-                    ArchivedResponse::Stale { .. } => Outcome::Stale,
-                    other => bail!("Palisade answered request {id} with {other:?}"),
-                };
-                replies.push((id, outcome));
-            }
+            let outcome = match response {
+                ArchivedResponse::Granted { token, .. } => Outcome::Granted(Held {
+                    token: token.to_native(),
+                    aux: 0,
+                }),
+                ArchivedResponse::Busy { .. } => Outcome::Busy,
+                ArchivedResponse::Released { .. }
+                | ArchivedResponse::Renewed { .. }
+                | ArchivedResponse::Current { .. } => Outcome::Done,
+                ArchivedResponse::Stale { .. } => Outcome::Stale,
+                other => bail!("Palisade answered request {id} with {other:?}"),
+            };
+            replies.push((id, outcome));
             at += frame_len;
         }
         Ok(at)
@@ -162,11 +175,29 @@ mod tests {
 
     use super::*;
 
+    /// A codec whose `Hello` was sent.
     fn codec() -> PalisadeCodec {
-        PalisadeCodec::new(&CodecConfig {
+        let mut codec = PalisadeCodec::new(&CodecConfig {
             ttl_ms: 5000,
             tenant: "default".into(),
             echo_size: 64,
+            secret: None,
+        });
+        let mut hello = Vec::new();
+        codec.start(&mut hello).unwrap();
+        assert!(!hello.is_empty() && !codec.ready());
+        codec
+    }
+
+    fn welcome() -> Response {
+        Response::Welcome(Welcome {
+            node_id: 1,
+            epoch: 7,
+            max_ttl_ms: 60_000,
+            min_ttl_ms: 1,
+            lock_delay_max_ms: 0,
+            max_drift_ppm: 0,
+            server_signature: None,
         })
     }
 
@@ -183,18 +214,7 @@ mod tests {
     #[test]
     fn handshake_then_outcomes_however_the_bytes_arrive() {
         let bytes = wire(&[
-            (
-                0,
-                Response::Welcome(Welcome {
-                    node_id: 1,
-                    epoch: 7,
-                    max_ttl_ms: 60_000,
-                    min_ttl_ms: 1,
-                    lock_delay_max_ms: 0,
-                    max_drift_ppm: 0,
-                    server_signature: None,
-                }),
-            ),
+            (0, welcome()),
             (
                 3,
                 Response::Granted {
@@ -281,18 +301,64 @@ mod tests {
             .decode(&refused, &mut Vec::new(), &mut Vec::new())
             .unwrap_err();
         assert!(err.to_string().contains("refused the handshake"), "{err}");
-        let error = wire(&[(
-            5,
-            Response::Error {
-                code: ErrorCode::Unavailable,
-                retry_after_ms: 0,
-                message: "grace".into(),
-            },
-        )]);
+        let error = wire(&[
+            (0, welcome()),
+            (
+                5,
+                Response::Error {
+                    code: ErrorCode::Unavailable,
+                    retry_after_ms: 0,
+                    message: "grace".into(),
+                },
+            ),
+        ]);
         let err = codec()
             .decode(&error, &mut Vec::new(), &mut Vec::new())
             .unwrap_err();
         assert!(err.to_string().contains("request 5"), "{err}");
+    }
+
+    #[test]
+    fn a_tenant_with_a_credential_answers_the_challenge_with_a_proof() {
+        let mut c = PalisadeCodec::new(&CodecConfig {
+            ttl_ms: 5000,
+            tenant: "billing".into(),
+            echo_size: 64,
+            secret: Some(b"s3cret".to_vec()),
+        });
+        let mut out = Vec::new();
+        c.start(&mut out).unwrap();
+        out.clear();
+        let challenge = wire(&[(
+            0,
+            Response::Challenge {
+                salt: vec![1; 16],
+                iterations: 1000,
+                server_nonce: [2; palisade_proto::NONCE_LEN],
+            },
+        )]);
+        let mut replies = Vec::new();
+        let used = c.decode(&challenge, &mut replies, &mut out).unwrap();
+        assert_eq!(used, challenge.len());
+        assert!(replies.is_empty() && !c.ready());
+        let mut sent = AlignedVec::new();
+        sent.extend_from_slice(&out);
+        let Decoded::Frame {
+            header, payload, ..
+        } = decode_frame(&sent, PAYLOAD_MAX).unwrap()
+        else {
+            panic!("no Auth frame");
+        };
+        assert_eq!(header.request_id, HELLO_ID);
+        assert!(matches!(
+            palisade_proto::decode_request(payload).unwrap(),
+            Request::Auth { .. }
+        ));
+        // A Welcome without the server's proof is refused.
+        let err = c
+            .decode(&wire(&[(0, welcome())]), &mut replies, &mut out)
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("credential"), "{err:#}");
     }
 
     #[test]

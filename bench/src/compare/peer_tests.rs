@@ -158,6 +158,7 @@ pub(crate) fn live_cfg(ttl_ms: u32) -> CodecConfig {
         ttl_ms,
         tenant: "bench".into(),
         echo_size: 0,
+        secret: None,
     }
 }
 

@@ -157,7 +157,7 @@ fn free_ports<const N: usize>() -> Result<[u16; N]> {
 }
 
 fn now_ms() -> u64 {
-    crate::load::now_ns() / 1_000_000
+    crate::clock::now_ns() / 1_000_000
 }
 
 /// The last `LOG_TAIL_BYTES` of `path`, for error messages.
@@ -357,6 +357,7 @@ impl Peer {
                     ttl_ms: 4_000,
                     tenant: String::new(),
                     echo_size: 0,
+                    secret: None,
                 };
                 zk_handshake_with(&mut s, ZkCodec::new(&cfg)?)?;
             }

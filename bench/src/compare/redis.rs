@@ -350,6 +350,7 @@ mod tests {
             ttl_ms: 5000,
             tenant: "t".into(),
             echo_size: 0,
+            secret: None,
         }
     }
 

@@ -20,7 +20,7 @@ use palisade_tuning::{Config, CoreSelection, LogLevel, PeerConfig, Replication};
 use super::codec::{Codec, CodecConfig, Op, Outcome};
 use super::engine;
 use super::palisade::PalisadeCodec;
-use crate::load::now_ns;
+use crate::clock::now_ns;
 
 /// A running server process; stopped on drop.
 pub(crate) struct Server {
@@ -491,6 +491,7 @@ fn grants(addr: SocketAddr) -> bool {
         ttl_ms: 1000,
         tenant: "default".into(),
         echo_size: 64,
+        secret: None,
     };
     let make = || -> Result<Box<dyn Codec>> { Ok(Box::new(PalisadeCodec::new(&config))) };
     let probe = [Op::Acquire {

@@ -367,6 +367,7 @@ mod tests {
             ttl_ms: 6000,
             tenant: "t".into(),
             echo_size: 0,
+            secret: None,
         }
     }
 

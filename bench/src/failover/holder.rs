@@ -23,7 +23,7 @@ use palisade_client::{
     random_holder, AcquireOptions, AcquireOutcome, Client, ConnectOptions, Lease, TokenOutcome,
 };
 
-use crate::load::now_ns;
+use crate::clock::now_ns;
 
 /// Pause between attempts on different nodes after a failed renewal.
 const RETRY_PAUSE: Duration = Duration::from_millis(20);

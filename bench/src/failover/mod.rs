@@ -24,9 +24,9 @@ use palisade_client::{random_holder, Client, ConnectOptions};
 use palisade_proto::{Request, Response, Role};
 use palisade_tuning::{Config, LogLevel, Replication};
 
+use crate::clock::now_ns;
 use crate::compare::systems::{self, Cluster, ClusterSpec, Placement};
 use crate::compare::{command_line, command_output, load_average, machine};
-use crate::load::now_ns;
 use holder::Holder;
 use report::{FailoverReport, Mode, Round, Settings};
 
