@@ -29,10 +29,10 @@ pub struct TenantCredential {
 impl TenantCredential {
     /// The fewest PBKDF2 iterations [`check`](Self::check) accepts (RFC 7677
     /// asks for at least 4096).
-    pub const ITERATIONS_MIN: u32 = 4096;
+    pub const ITERATIONS_MIN: u32 = palisade_proto::auth::ITERATIONS_MIN;
     /// The most PBKDF2 iterations [`check`](Self::check) accepts; more would
     /// let one handshake stall a core for seconds.
-    pub const ITERATIONS_MAX: u32 = 10_000_000;
+    pub const ITERATIONS_MAX: u32 = palisade_proto::auth::ITERATIONS_MAX;
     /// The shortest salt [`check`](Self::check) accepts, in bytes.
     pub const SALT_BYTES_MIN: usize = 16;
     /// The longest salt [`check`](Self::check) accepts, in bytes.
