@@ -22,7 +22,7 @@ pub(crate) fn now_ns() -> u64 {
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
-fn duration(text: &str) -> Result<Duration, String> {
+fn duration(text: &str) -> Result<Duration, palisade_tuning::ValueError> {
     palisade_tuning::parse_duration(text)
 }
 

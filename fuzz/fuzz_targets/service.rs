@@ -37,7 +37,8 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use palisade_dataplane::leadership::{Leadership, LeadershipView, TIME_MAX_MS};
 use palisade_dataplane::service::{
-    Conn, ControlStats, CoreStats, Outcome, Phase, RequestMeta, ServiceConfig, RequestService, Tenant,
+    Conn, ControlStats, CoreStats, Outcome, Phase, RequestMeta, RequestService, ServiceConfig,
+    Tenant,
 };
 use palisade_dataplane::table::{KeyHasher, LeaseTable, EXPIRY_MARGIN_MS};
 use palisade_fuzz::Input;

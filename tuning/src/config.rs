@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::credential::TenantCredential;
 use crate::error::{ConfigErrors, ConfigIssue, Issues};
 use crate::source::Source;
-use crate::{parse, render, validate};
+use crate::{parse, render, validate, ValueError};
 
 /// The default client listener: loopback, so the default tenant needs no
 /// credential.
@@ -197,15 +197,17 @@ impl Replication {
 }
 
 impl FromStr for Replication {
-    type Err = String;
+    type Err = ValueError;
 
     /// Parses `quorum` or `none` in any letter case.
-    fn from_str(text: &str) -> Result<Self, String> {
+    fn from_str(text: &str) -> Result<Self, ValueError> {
         [Self::Quorum, Self::None]
             .into_iter()
             .find(|mode| mode.as_str().eq_ignore_ascii_case(text))
             .ok_or_else(|| {
-                format!("unknown replication mode {text:?}; expected \"quorum\" or \"none\"")
+                ValueError::Keyword(format!(
+                    "unknown replication mode {text:?}; expected \"quorum\" or \"none\""
+                ))
             })
     }
 }
@@ -351,14 +353,18 @@ impl LogFormat {
 }
 
 impl FromStr for LogFormat {
-    type Err = String;
+    type Err = ValueError;
 
     /// Parses `text` or `json` in any letter case.
-    fn from_str(text: &str) -> Result<Self, String> {
+    fn from_str(text: &str) -> Result<Self, ValueError> {
         [Self::Text, Self::Json]
             .into_iter()
             .find(|format| format.as_str().eq_ignore_ascii_case(text))
-            .ok_or_else(|| format!("unknown log format {text:?}; expected \"text\" or \"json\""))
+            .ok_or_else(|| {
+                ValueError::Keyword(format!(
+                    "unknown log format {text:?}; expected \"text\" or \"json\""
+                ))
+            })
     }
 }
 
@@ -385,7 +391,13 @@ impl LogConfig {
     /// # Errors
     ///
     /// What is wrong with the first bad directive, naming it.
-    pub fn parse_filter(text: &str) -> Result<(LogLevel, Vec<LogTarget>), String> {
+    pub fn parse_filter(text: &str) -> Result<(LogLevel, Vec<LogTarget>), ValueError> {
+        Self::filter_of(text).map_err(ValueError::LogFilter)
+    }
+
+    /// [`parse_filter`](Self::parse_filter)'s work; the message becomes the
+    /// error's reason.
+    fn filter_of(text: &str) -> Result<(LogLevel, Vec<LogTarget>), String> {
         let mut level = None;
         let mut targets: Vec<LogTarget> = Vec::new();
         for item in text.split(',') {
@@ -509,17 +521,17 @@ impl std::fmt::Display for LogLevel {
 }
 
 impl FromStr for LogLevel {
-    type Err = String;
+    type Err = ValueError;
 
     /// Parses a level name in any letter case.
-    fn from_str(text: &str) -> Result<Self, String> {
+    fn from_str(text: &str) -> Result<Self, ValueError> {
         Self::ALL
             .into_iter()
             .find(|level| level.as_str().eq_ignore_ascii_case(text))
             .ok_or_else(|| {
-                format!(
+                ValueError::Keyword(format!(
                     "unknown log level {text:?}; expected one of: error, warn, info, debug, trace"
-                )
+                ))
             })
     }
 }
@@ -985,7 +997,7 @@ mod tests {
             ("x=info,x=debug", "two directives"),
         ] {
             let reason = LogConfig::parse_filter(bad).expect_err(bad);
-            assert!(reason.contains(says), "{bad:?}: {reason}");
+            assert!(reason.reason().contains(says), "{bad:?}: {reason}");
         }
         assert_eq!("JSON".parse::<LogFormat>(), Ok(LogFormat::Json));
         assert!("yaml".parse::<LogFormat>().is_err());

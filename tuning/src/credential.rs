@@ -6,6 +6,8 @@
 
 use std::fmt::Write as _;
 
+use crate::ValueError;
+
 /// The text form starts with this scheme name.
 const SCHEME: &str = "scram-sha256";
 
@@ -48,7 +50,13 @@ impl TenantCredential {
     /// # Errors
     ///
     /// A message naming the bad field. It never echoes the keys.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, ValueError> {
+        Self::parse_fields(text).map_err(ValueError::Credential)
+    }
+
+    /// [`parse`](Self::parse)'s work; the message becomes the error's
+    /// reason.
+    fn parse_fields(text: &str) -> Result<Self, String> {
         let fields: Vec<&str> = text.trim().split('$').collect();
         let [scheme, iterations, salt, stored_key, server_key] = fields.as_slice() else {
             return Err(format!(
@@ -109,7 +117,7 @@ impl TenantCredential {
     /// # Errors
     ///
     /// Every policy violation, joined with `"; "`.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), ValueError> {
         let mut problems = Vec::new();
         if !(Self::ITERATIONS_MIN..=Self::ITERATIONS_MAX).contains(&self.iterations) {
             problems.push(format!(
@@ -130,7 +138,7 @@ impl TenantCredential {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(problems.join("; "))
+            Err(ValueError::Credential(problems.join("; ")))
         }
     }
 }
@@ -262,7 +270,7 @@ mod tests {
         ];
         for (text, expected) in cases {
             let error = TenantCredential::parse(&text).unwrap_err();
-            assert!(error.contains(expected), "{text:?}: {error}");
+            assert!(error.reason().contains(expected), "{text:?}: {error}");
         }
     }
 
@@ -271,21 +279,21 @@ mod tests {
         assert_eq!(sample().check(), Ok(()));
         let mut weak = sample();
         weak.iterations = 4095;
-        assert!(weak.check().unwrap_err().contains("iterations"));
+        assert!(weak.check().unwrap_err().reason().contains("iterations"));
         weak.iterations = 10_000_000;
         assert_eq!(weak.check(), Ok(()));
         weak.iterations = 10_000_001;
         assert!(weak.check().is_err());
         weak.iterations = 4096;
         weak.salt = vec![0; 15];
-        assert!(weak.check().unwrap_err().contains("salt"));
+        assert!(weak.check().unwrap_err().reason().contains("salt"));
         weak.salt = vec![0; 64];
         assert_eq!(weak.check(), Ok(()));
         weak.salt = vec![0; 65];
         weak.iterations = 1;
         let both = weak.check().unwrap_err();
         assert!(
-            both.contains("iterations") && both.contains("salt"),
+            both.reason().contains("iterations") && both.reason().contains("salt"),
             "{both}"
         );
     }

@@ -4,6 +4,8 @@
 //! lease traffic ahead of bulk traffic. Operators know the names (`EF`,
 //! `AF41`, `CS6`), so the config accepts them as well as the raw number.
 
+use crate::ValueError;
+
 /// The largest DSCP: it is a 6-bit field.
 pub const DSCP_MAX: u8 = 63;
 
@@ -32,7 +34,12 @@ const EF: u8 = 46;
 /// assert_eq!(parse_dscp("10"), Ok(10));
 /// assert!(parse_dscp("64").is_err());
 /// ```
-pub fn parse_dscp(text: &str) -> Result<u8, String> {
+pub fn parse_dscp(text: &str) -> Result<u8, ValueError> {
+    dscp_of(text).map_err(ValueError::Dscp)
+}
+
+/// [`parse_dscp`]'s work; the message becomes the error's reason.
+fn dscp_of(text: &str) -> Result<u8, String> {
     let trimmed = text.trim();
     if !trimmed.is_empty() && trimmed.bytes().all(|byte| byte.is_ascii_digit()) {
         return match trimmed.parse::<u8>() {
@@ -141,7 +148,7 @@ mod tests {
             "-1", "BE",
         ] {
             let error = parse_dscp(text).unwrap_err();
-            assert!(error.contains("EF, CS0..CS7"), "{text:?}: {error}");
+            assert!(error.reason().contains("EF, CS0..CS7"), "{text:?}: {error}");
         }
     }
 

@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use crate::ValueError;
+
 const NANOS_PER_US: u128 = 1_000;
 const NANOS_PER_MS: u128 = 1_000_000;
 const NANOS_PER_S: u128 = 1_000_000_000;
@@ -40,9 +42,14 @@ const FRACTION_DIGITS_MAX: usize = 18;
 ///
 /// assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
 /// assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
-/// assert!(parse_duration("30").unwrap_err().contains("add one"));
+/// assert!(parse_duration("30").unwrap_err().reason().contains("add one"));
 /// ```
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, ValueError> {
+    duration_of(text).map_err(ValueError::Duration)
+}
+
+/// [`parse_duration`]'s work; the message becomes the error's reason.
+fn duration_of(text: &str) -> Result<Duration, String> {
     let trimmed = text.trim();
     if trimmed.is_empty() {
         return Err(format!(
@@ -206,21 +213,24 @@ mod tests {
             Ok(Duration::from_millis(1500))
         );
         let finer = parse_duration("0.0001us").unwrap_err();
-        assert!(finer.contains("nanosecond"), "{finer}");
+        assert!(finer.reason().contains("nanosecond"), "{finer}");
     }
 
     #[test]
     fn bare_number_says_add_a_unit() {
         let error = parse_duration("30").unwrap_err();
-        assert!(error.contains("no unit"), "{error}");
-        assert!(error.contains("\"30s\""), "{error}");
-        assert!(parse_duration("0").unwrap_err().contains("no unit"));
+        assert!(error.reason().contains("no unit"), "{error}");
+        assert!(error.reason().contains("\"30s\""), "{error}");
+        assert!(parse_duration("0")
+            .unwrap_err()
+            .reason()
+            .contains("no unit"));
     }
 
     #[test]
     fn negative_is_rejected() {
         let error = parse_duration("-1s").unwrap_err();
-        assert!(error.contains("negative"), "{error}");
+        assert!(error.reason().contains("negative"), "{error}");
     }
 
     #[test]
@@ -234,7 +244,7 @@ mod tests {
             "5124095576030432h".to_owned(),
         ] {
             let error = parse_duration(&text).unwrap_err();
-            assert!(error.contains("too large"), "{text}: {error}");
+            assert!(error.reason().contains("too large"), "{text}: {error}");
         }
     }
 
@@ -248,6 +258,7 @@ mod tests {
         }
         assert!(parse_duration("10 sec")
             .unwrap_err()
+            .reason()
             .contains("unknown unit"));
     }
 

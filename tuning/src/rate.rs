@@ -5,6 +5,8 @@
 //! line. `tc`'s byte units (`bps`, `kbps`, ...) are refused with a hint:
 //! `"8mbps"` reads as megabits to most people and as megabytes to `tc`.
 
+use crate::ValueError;
+
 /// The units, smallest first, with their size in bits per second.
 const UNITS: [(&str, u64); 5] = [
     ("bit", 1),
@@ -35,10 +37,15 @@ const RATE_EXPECTED: &str =
 ///
 /// assert_eq!(parse_rate("1gbit"), Ok(1_000_000_000));
 /// assert_eq!(parse_rate("250 Mbit"), Ok(250_000_000));
-/// assert!(parse_rate("1000").unwrap_err().contains("unit"));
-/// assert!(parse_rate("8mbps").unwrap_err().contains("bytes"));
+/// assert!(parse_rate("1000").unwrap_err().reason().contains("unit"));
+/// assert!(parse_rate("8mbps").unwrap_err().reason().contains("bytes"));
 /// ```
-pub fn parse_rate(text: &str) -> Result<u64, String> {
+pub fn parse_rate(text: &str) -> Result<u64, ValueError> {
+    rate_of(text).map_err(ValueError::Rate)
+}
+
+/// [`parse_rate`]'s work; the message becomes the error's reason.
+fn rate_of(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
     let unit_start = trimmed
         .find(|c: char| !c.is_ascii_digit())
@@ -118,16 +125,18 @@ mod tests {
             "", "gbit", "1", "1.5gbit", "-1gbit", "1 g", "1kib", "1gbits",
         ] {
             let error = parse_rate(text).unwrap_err();
-            assert!(error.contains(text.trim()), "{text:?}: {error}");
+            assert!(error.reason().contains(text.trim()), "{text:?}: {error}");
         }
         let error = parse_rate("8mbps").unwrap_err();
-        assert!(error.contains("(64mbit)"), "{error}");
-        assert!(error.contains("like \"8mbit\""), "{error}");
+        assert!(error.reason().contains("(64mbit)"), "{error}");
+        assert!(error.reason().contains("like \"8mbit\""), "{error}");
         assert!(parse_rate("99999999999999999999bit")
             .unwrap_err()
+            .reason()
             .contains("too large"));
         assert!(parse_rate("18446744073709552tbit")
             .unwrap_err()
+            .reason()
             .contains("too large"));
     }
 
