@@ -30,9 +30,10 @@ pub(super) const ISSUED: u64 = 1 << 59;
 /// sweeper or the grant that takes it over gets there first.
 pub(super) const EXPIRY_COUNTED: u64 = 1 << 60;
 /// The lease was installed from the replicated state at a takeover
-/// ([`LeaseTable::install`](super::LeaseTable::install)) rather than granted by this leadership. No
-/// state word written by anything else carries it, so an installed word
-/// never equals a word some stale compare-and-swap may still expect.
+/// ([`LeaseTable::install`](super::LeaseTable::install)) rather than
+/// granted by this leadership. No state word written by anything else
+/// carries it, so an installed word never equals a word some stale
+/// compare-and-swap may still expect.
 pub(super) const ADOPTED: u64 = 1 << 61;
 
 /// One cache line per slot so that cores working on different resources do
