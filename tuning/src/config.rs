@@ -390,7 +390,8 @@ impl LogConfig {
     ///
     /// # Errors
     ///
-    /// What is wrong with the first bad directive, naming it.
+    /// [`ValueError::LogFilter`]: what is wrong with the first bad
+    /// directive, naming it.
     pub fn parse_filter(text: &str) -> Result<(LogLevel, Vec<LogTarget>), ValueError> {
         Self::filter_of(text).map_err(ValueError::LogFilter)
     }

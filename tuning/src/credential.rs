@@ -49,7 +49,8 @@ impl TenantCredential {
     ///
     /// # Errors
     ///
-    /// A message naming the bad field. It never echoes the keys.
+    /// [`ValueError::Credential`], its message naming the bad field. It
+    /// never echoes the keys.
     pub fn parse(text: &str) -> Result<Self, ValueError> {
         Self::parse_fields(text).map_err(ValueError::Credential)
     }
@@ -116,7 +117,8 @@ impl TenantCredential {
     ///
     /// # Errors
     ///
-    /// Every policy violation, joined with `"; "`.
+    /// [`ValueError::Credential`] with every policy violation, joined with
+    /// `"; "`.
     pub fn check(&self) -> Result<(), ValueError> {
         let mut problems = Vec::new();
         if !(Self::ITERATIONS_MIN..=Self::ITERATIONS_MAX).contains(&self.iterations) {

@@ -24,7 +24,7 @@ const EF: u8 = 46;
 ///
 /// # Errors
 ///
-/// A message saying what is accepted.
+/// [`ValueError::Dscp`], its message saying what is accepted.
 ///
 /// ```
 /// use palisade_tuning::parse_dscp;

@@ -33,7 +33,7 @@ const FRACTION_DIGITS_MAX: usize = 18;
 ///
 /// # Errors
 ///
-/// A message naming the problem: no unit, unknown unit, negative, not a
+/// [`ValueError::Duration`], its message naming the problem: no unit, unknown unit, negative, not a
 /// number, finer than one nanosecond, or larger than [`Duration::MAX`].
 ///
 /// ```

@@ -29,7 +29,7 @@ const RATE_EXPECTED: &str =
 ///
 /// # Errors
 ///
-/// A message saying what is accepted; for `tc`'s byte units (`mbps`) it
+/// [`ValueError::Rate`], its message saying what is accepted; for `tc`'s byte units (`mbps`) it
 /// says to write bits.
 ///
 /// ```
