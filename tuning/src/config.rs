@@ -393,42 +393,40 @@ impl LogConfig {
     /// [`ValueError::LogFilter`]: what is wrong with the first bad
     /// directive, naming it.
     pub fn parse_filter(text: &str) -> Result<(LogLevel, Vec<LogTarget>), ValueError> {
-        Self::filter_of(text).map_err(ValueError::LogFilter)
-    }
-
-    /// [`parse_filter`](Self::parse_filter)'s work; the message becomes the
-    /// error's reason.
-    fn filter_of(text: &str) -> Result<(LogLevel, Vec<LogTarget>), String> {
         let mut level = None;
         let mut targets: Vec<LogTarget> = Vec::new();
         for item in text.split(',') {
             let item = item.trim();
             if item.is_empty() {
-                return Err(format!(
+                return Err(ValueError::LogFilter(format!(
                     "empty directive in {text:?}; write a level like \"info\" or \
                      directives like \"info,palisade_control=debug\""
-                ));
+                )));
             }
             match item.split_once('=') {
                 None => {
                     if level.is_some() {
-                        return Err(format!(
+                        return Err(ValueError::LogFilter(format!(
                             "{text:?} has two default levels; give one bare level and \
                              target=level for the rest"
-                        ));
+                        )));
                     }
-                    level = Some(item.parse::<LogLevel>()?);
+                    level = Some(
+                        item.parse::<LogLevel>()
+                            .map_err(|error| ValueError::LogFilter(error.into()))?,
+                    );
                 }
                 Some((target, target_level)) => {
                     let target = target.trim();
-                    check_log_target(target)?;
+                    check_log_target(target).map_err(ValueError::LogFilter)?;
                     if targets.iter().any(|t| t.target == target) {
-                        return Err(format!("target {target:?} has two directives"));
+                        return Err(ValueError::LogFilter(format!(
+                            "target {target:?} has two directives"
+                        )));
                     }
-                    let level = target_level
-                        .trim()
-                        .parse::<LogLevel>()
-                        .map_err(|reason| format!("in directive {item:?}: {reason}"))?;
+                    let level = target_level.trim().parse::<LogLevel>().map_err(|reason| {
+                        ValueError::LogFilter(format!("in directive {item:?}: {reason}"))
+                    })?;
                     targets.push(LogTarget {
                         target: target.to_owned(),
                         level,

@@ -52,42 +52,39 @@ impl TenantCredential {
     /// [`ValueError::Credential`], its message naming the bad field. It
     /// never echoes the keys.
     pub fn parse(text: &str) -> Result<Self, ValueError> {
-        Self::parse_fields(text).map_err(ValueError::Credential)
-    }
-
-    /// [`parse`](Self::parse)'s work; the message becomes the error's
-    /// reason.
-    fn parse_fields(text: &str) -> Result<Self, String> {
         let fields: Vec<&str> = text.trim().split('$').collect();
         let [scheme, iterations, salt, stored_key, server_key] = fields.as_slice() else {
-            return Err(format!(
+            return Err(ValueError::Credential(format!(
                 "expected 5 fields separated by '$' \
                  (\"{SCHEME}$<iterations>$<salt hex>$<stored_key hex>$<server_key hex>\"), \
                  got {}",
                 fields.len()
-            ));
+            )));
         };
         if *scheme != SCHEME {
-            return Err(format!(
+            return Err(ValueError::Credential(format!(
                 "unknown credential scheme {scheme:?}; expected \"{SCHEME}\""
-            ));
+            )));
         }
         let all_digits = !iterations.is_empty() && iterations.bytes().all(|b| b.is_ascii_digit());
         let iterations = all_digits
             .then(|| iterations.parse::<u32>().ok())
             .flatten()
             .ok_or_else(|| {
-                format!(
+                ValueError::Credential(format!(
                     "iterations {iterations:?} is not a whole number from 0 to {}",
                     u32::MAX
-                )
+                ))
             })?;
-        let salt = decode_hex(salt).map_err(|why| format!("salt: {why}"))?;
+        let salt =
+            decode_hex(salt).map_err(|why| ValueError::Credential(format!("salt: {why}")))?;
         if salt.is_empty() {
-            return Err("salt is empty".to_owned());
+            return Err(ValueError::Credential("salt is empty".to_owned()));
         }
-        let stored_key = decode_key(stored_key).map_err(|why| format!("stored_key: {why}"))?;
-        let server_key = decode_key(server_key).map_err(|why| format!("server_key: {why}"))?;
+        let stored_key = decode_key(stored_key)
+            .map_err(|why| ValueError::Credential(format!("stored_key: {why}")))?;
+        let server_key = decode_key(server_key)
+            .map_err(|why| ValueError::Credential(format!("server_key: {why}")))?;
         Ok(Self {
             iterations,
             salt,

@@ -35,22 +35,18 @@ const EF: u8 = 46;
 /// assert!(parse_dscp("64").is_err());
 /// ```
 pub fn parse_dscp(text: &str) -> Result<u8, ValueError> {
-    dscp_of(text).map_err(ValueError::Dscp)
-}
-
-/// [`parse_dscp`]'s work; the message becomes the error's reason.
-fn dscp_of(text: &str) -> Result<u8, String> {
     let trimmed = text.trim();
     if !trimmed.is_empty() && trimmed.bytes().all(|byte| byte.is_ascii_digit()) {
         return match trimmed.parse::<u8>() {
             Ok(value) if value <= DSCP_MAX => Ok(value),
-            _ => Err(format!(
+            _ => Err(ValueError::Dscp(format!(
                 "DSCP {text:?} is out of range; expected {DSCP_EXPECTED}"
-            )),
+            ))),
         };
     }
     let upper = trimmed.to_ascii_uppercase();
-    dscp_by_name(&upper).ok_or_else(|| format!("unknown DSCP {text:?}; expected {DSCP_EXPECTED}"))
+    dscp_by_name(&upper)
+        .ok_or_else(|| ValueError::Dscp(format!("unknown DSCP {text:?}; expected {DSCP_EXPECTED}")))
 }
 
 /// Looks up an upper-case DSCP name.

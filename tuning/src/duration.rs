@@ -45,21 +45,16 @@ const FRACTION_DIGITS_MAX: usize = 18;
 /// assert!(parse_duration("30").unwrap_err().reason().contains("add one"));
 /// ```
 pub fn parse_duration(text: &str) -> Result<Duration, ValueError> {
-    duration_of(text).map_err(ValueError::Duration)
-}
-
-/// [`parse_duration`]'s work; the message becomes the error's reason.
-fn duration_of(text: &str) -> Result<Duration, String> {
     let trimmed = text.trim();
     if trimmed.is_empty() {
-        return Err(format!(
+        return Err(ValueError::Duration(format!(
             "empty duration; expected a number and a unit ({UNITS_TEXT}), like \"10s\""
-        ));
+        )));
     }
     if trimmed.starts_with('-') {
-        return Err(format!(
+        return Err(ValueError::Duration(format!(
             "duration {text:?} is negative; it must be 0 or more"
-        ));
+        )));
     }
     let unit_start = trimmed
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -67,14 +62,14 @@ fn duration_of(text: &str) -> Result<Duration, String> {
     let (number, unit) = trimmed.split_at(unit_start);
     let unit = unit.trim_start();
     if number.is_empty() {
-        return Err(format!(
+        return Err(ValueError::Duration(format!(
             "invalid duration {text:?}: expected a number followed by a unit ({UNITS_TEXT}), like \"10s\""
-        ));
+        )));
     }
     if unit.is_empty() {
-        return Err(format!(
+        return Err(ValueError::Duration(format!(
             "duration {text:?} has no unit; add one, like \"{number}s\" or \"{number}ms\" (units: {UNITS_TEXT})"
-        ));
+        )));
     }
     let unit_nanos = match unit {
         "us" | "µs" => NANOS_PER_US,
@@ -83,9 +78,9 @@ fn duration_of(text: &str) -> Result<Duration, String> {
         "m" => NANOS_PER_M,
         "h" => NANOS_PER_H,
         _ => {
-            return Err(format!(
+            return Err(ValueError::Duration(format!(
                 "unknown unit {unit:?} in duration {text:?}; use one of {UNITS_TEXT}"
-            ))
+            )))
         }
     };
     let (whole_text, fraction_text) = match number.split_once('.') {
@@ -95,11 +90,11 @@ fn duration_of(text: &str) -> Result<Duration, String> {
     let malformed = whole_text.is_empty()
         || fraction_text.is_some_and(|fraction| fraction.is_empty() || fraction.contains('.'));
     if malformed {
-        return Err(format!(
+        return Err(ValueError::Duration(format!(
             "invalid number {number:?} in duration {text:?}; write it like \"10s\" or \"1.5s\""
-        ));
+        )));
     }
-    let too_large = || format!("duration {text:?} is too large");
+    let too_large = || ValueError::Duration(format!("duration {text:?} is too large"));
 
     let whole = parse_digits(whole_text).ok_or_else(too_large)?;
     let mut nanos = whole.checked_mul(unit_nanos).ok_or_else(too_large)?;
@@ -107,7 +102,9 @@ fn duration_of(text: &str) -> Result<Duration, String> {
     if let Some(fraction) = fraction_text {
         let fraction = fraction.trim_end_matches('0');
         if fraction.len() > FRACTION_DIGITS_MAX {
-            return Err(format!("duration {text:?} is finer than one nanosecond"));
+            return Err(ValueError::Duration(format!(
+                "duration {text:?} is finer than one nanosecond"
+            )));
         }
         let numerator = parse_digits(fraction)
             .expect("at most 18 digits fit in u128")
@@ -115,7 +112,9 @@ fn duration_of(text: &str) -> Result<Duration, String> {
             .expect("below 10^18 times at most 3.6*10^12 fits in u128");
         let denominator = 10u128.pow(u32::try_from(fraction.len()).expect("at most 18"));
         if numerator % denominator != 0 {
-            return Err(format!("duration {text:?} is finer than one nanosecond"));
+            return Err(ValueError::Duration(format!(
+                "duration {text:?} is finer than one nanosecond"
+            )));
         }
         nanos = nanos
             .checked_add(numerator / denominator)

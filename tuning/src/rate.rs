@@ -41,11 +41,6 @@ const RATE_EXPECTED: &str =
 /// assert!(parse_rate("8mbps").unwrap_err().reason().contains("bytes"));
 /// ```
 pub fn parse_rate(text: &str) -> Result<u64, ValueError> {
-    rate_of(text).map_err(ValueError::Rate)
-}
-
-/// [`parse_rate`]'s work; the message becomes the error's reason.
-fn rate_of(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
     let unit_start = trimmed
         .find(|c: char| !c.is_ascii_digit())
@@ -53,12 +48,14 @@ fn rate_of(text: &str) -> Result<u64, String> {
     let (number, unit) = trimmed.split_at(unit_start);
     let unit = unit.trim_start().to_ascii_lowercase();
     if number.is_empty() {
-        return Err(format!("invalid rate {text:?}; expected {RATE_EXPECTED}"));
+        return Err(ValueError::Rate(format!(
+            "invalid rate {text:?}; expected {RATE_EXPECTED}"
+        )));
     }
     if unit.is_empty() {
-        return Err(format!(
+        return Err(ValueError::Rate(format!(
             "rate {text:?} has no unit; expected {RATE_EXPECTED}"
-        ));
+        )));
     }
     if let Some(prefix) = unit.strip_suffix("bps") {
         // tc reads "bps" as bytes per second; say what that would be.
@@ -67,21 +64,21 @@ fn rate_of(text: &str) -> Result<u64, String> {
             .ok()
             .and_then(|number| number.checked_mul(8))
             .map_or_else(String::new, |bits| format!(" ({bits}{prefix}bit)"));
-        return Err(format!(
+        return Err(ValueError::Rate(format!(
             "rate {text:?} is in bytes per second to tc{in_bits}; write the rate in bits, \
              like \"{number}{prefix}bit\" if bits were meant"
-        ));
+        )));
     }
     let Some(&(_, scale)) = UNITS.iter().find(|(name, _)| *name == unit) else {
-        return Err(format!(
+        return Err(ValueError::Rate(format!(
             "unknown unit {unit:?} in rate {text:?}; expected {RATE_EXPECTED}"
-        ));
+        )));
     };
     number
         .parse::<u64>()
         .ok()
         .and_then(|number| number.checked_mul(scale))
-        .ok_or_else(|| format!("rate {text:?} is too large"))
+        .ok_or_else(|| ValueError::Rate(format!("rate {text:?} is too large")))
 }
 
 /// Writes a rate in the largest unit that divides it exactly (`"1gbit"`,
