@@ -24,7 +24,7 @@ use crate::compare::codec::CodecConfig;
 use crate::compare::codec_for;
 use crate::compare::engine::{self, RunResult, RunSpec, Schedule, Workload};
 
-fn duration(text: &str) -> Result<Duration, String> {
+fn duration(text: &str) -> Result<Duration, palisade_tuning::ValueError> {
     palisade_tuning::parse_duration(text)
 }
 

@@ -20,7 +20,7 @@ use hdrhistogram::Histogram;
 
 use crate::clock::now_ns;
 
-fn duration(text: &str) -> Result<Duration, String> {
+fn duration(text: &str) -> Result<Duration, palisade_tuning::ValueError> {
     palisade_tuning::parse_duration(text)
 }
 

@@ -28,16 +28,21 @@ pub const EXIT_BUSY: i32 = 2;
 /// The token is stale.
 pub const EXIT_STALE: i32 = 3;
 
-fn duration(text: &str) -> Result<Duration, String> {
+fn duration(text: &str) -> Result<Duration, palisade_tuning::ValueError> {
     palisade_tuning::parse_duration(text)
 }
 
-fn token(text: &str) -> Result<u64, String> {
+/// A `--token` argument that is not a number.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a token (a decimal or 0x-hex number)")]
+struct NotAToken(String);
+
+fn token(text: &str) -> Result<u64, NotAToken> {
     let parsed = match text.strip_prefix("0x") {
         Some(hex) => u64::from_str_radix(hex, 16),
         None => text.parse(),
     };
-    parsed.map_err(|_| format!("{text:?} is not a token (a decimal or 0x-hex number)"))
+    parsed.map_err(|_| NotAToken(text.to_owned()))
 }
 
 /// Options every client command takes.

@@ -199,7 +199,7 @@ impl Handshake {
                 // a core for an hour (found by the client_handshake fuzz
                 // target). No credential this project writes or accepts
                 // has more.
-                let most = palisade_tuning::TenantCredential::ITERATIONS_MAX;
+                let most = palisade_proto::auth::ITERATIONS_MAX;
                 if iterations > most {
                     return Err(ClientError::Auth(format!(
                         "the server asks for {iterations} PBKDF2 iterations, more than any credential has ({most}); is this the right endpoint?"

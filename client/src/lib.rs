@@ -1,4 +1,5 @@
-//! The Palisade client library and the client half of the CLI.
+//! The Palisade client library and, behind the default `cli` feature, the
+//! client half of the `palisade` command line (module `cli`).
 //!
 //! Two clients speak the same protocol: [`Client`], blocking on std
 //! sockets, and [`AsyncClient`] on tokio (what applications run). Both
@@ -34,6 +35,11 @@
 //! a resource's grants, releases and expiries ([`watch`]).
 //! [`Client::list`] pages through the tenant's live leases.
 //!
+//! **Features.** `cli` (default) adds the module `cli`, the client commands of the
+//! `palisade` binary, with clap, JSON output and the config crate's
+//! duration parser. An application that only links the library builds
+//! with `default-features = false` and pulls in none of those.
+//!
 //! What this crate never does: mint or compare tokens on its own authority,
 //! or extend a lease's validity past what the server granted.
 //!
@@ -60,8 +66,10 @@
 
 mod asynchronous;
 mod blocking;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod clock;
+#[cfg(feature = "cli")]
 mod commands;
 mod error;
 pub mod failover;

@@ -13,6 +13,7 @@ mod common;
 use std::time::Duration;
 
 use common::{table, FakeNode, Mode};
+#[cfg(feature = "cli")]
 use palisade_client::cli::{self, ClientCommand, Common};
 use palisade_client::clock::boottime_ms;
 use palisade_client::{
@@ -136,6 +137,7 @@ fn a_hung_first_endpoint_costs_the_async_client_about_one_attempt() {
 }
 
 #[test]
+#[cfg(feature = "cli")]
 fn a_hung_first_endpoint_costs_the_cli_about_one_attempt() {
     let hung = FakeNode::start(Mode::Hang);
     let live = FakeNode::start(Mode::Serve);

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use palisade_dataplane::replica::{Command, LeaseName, LeaseState};
 use palisade_dataplane::table::{LeaseTable, TableError, LOCK_DELAY_MAX_MS};
 
-use crate::core::Takeover;
+use crate::consensus::Takeover;
 
 /// Tenant names to the indexes this node's table keys use.
 pub type Tenants = HashMap<String, u32>;
@@ -106,7 +106,7 @@ pub fn ended(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::Adopted;
+    use crate::consensus::Adopted;
     use palisade_dataplane::replica::Record;
     use palisade_dataplane::table::{AcquireMode, Grant, KeyHasher};
 

@@ -1,7 +1,7 @@
 //! The Palisade control plane and the daemon that starts everything.
 //!
 //! It owns the raft log ([`raftlog::RaftLog`]), the sans-IO raft driver
-//! that decides who leads and when it may grant ([`core::ControlCore`]),
+//! that decides who leads and when it may grant ([`consensus::ControlCore`]),
 //! the peer transport ([`transport::Transport`]), the priority qdisc tree
 //! of `[qos]` ([`qos::TreePlan`]), and the `palisade`
 //! binary; it publishes the `Leadership` word the data plane reads on every
@@ -12,7 +12,7 @@
 //! What it never does: touch the lease table's entries, or let the data
 //! plane mint a token in an epoch that is not yet durable.
 //!
-//! Main types: [`node::Node`], [`core::ControlCore`], [`raftlog::RaftLog`].
+//! Main types: [`node::Node`], [`consensus::ControlCore`], [`raftlog::RaftLog`].
 //!
 //! ```no_run
 //! use palisade_control::node::{default_data_dir, Node};
@@ -25,7 +25,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
-pub mod core;
+pub mod consensus;
 pub mod datadir;
 pub mod leases;
 pub mod logging;

@@ -14,7 +14,7 @@ use palisade_dataplane::leadership::{Leadership, LeadershipView};
 use palisade_dataplane::quota::{QuotaConfig, Quotas};
 use palisade_dataplane::replica::{tag_core, LeaseName, Notice, Proposal};
 use palisade_dataplane::server::{core_count, Cpus, ReplicaLink, Server, ServerOptions};
-use palisade_dataplane::service::{ControlStats, CoreStats, ServiceConfig, Shared, Tenant};
+use palisade_dataplane::service::{ControlStats, CoreStats, RequestService, ServiceConfig, Tenant};
 use palisade_dataplane::table::{KeyHasher, LeaseTable};
 use palisade_proto::auth::StoredCredential;
 use palisade_proto::Role;
@@ -22,7 +22,7 @@ use palisade_tuning::{Config, CoreSelection, Replication};
 use raft::eraftpb::Message;
 use tracing::{debug, error, info, warn};
 
-use crate::core::{ControlCore, CoreConfig, Elections, Restored};
+use crate::consensus::{ControlCore, CoreConfig, Elections, Restored};
 use crate::datadir::DataDir;
 use crate::raftlog::RaftLog;
 use crate::transport::Transport;
@@ -85,7 +85,7 @@ pub struct Node {
     data_dir: PathBuf,
     log: RaftLog,
     core: ControlCore,
-    shared: Arc<Shared>,
+    shared: Arc<RequestService>,
     server: Server,
     transport: Option<Transport>,
     /// The priority qdisc tree (`[qos]`), removed when dropped.
@@ -232,7 +232,7 @@ impl Node {
             if restored.hard_state.term < u64::from(epoch) {
                 restored.hard_state.term = u64::from(epoch);
                 restored.hard_state.vote = 0;
-                crate::core::Persist::set_hard_state(&mut log, &restored.hard_state);
+                crate::consensus::Persist::set_hard_state(&mut log, &restored.hard_state);
                 log.sync()?;
                 info!(
                     epoch,
@@ -305,7 +305,7 @@ impl Node {
         leadership.publish(view);
         let limits = &config.limits;
         let tenant_count = config.tenants.len();
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(RequestService {
             table: LeaseTable::new(config.leases.table_capacity, KeyHasher::new(hash_key))
                 .with_tenant_quota(tenant_count, u64::from(limits.tenant_leases_max)),
             leadership,

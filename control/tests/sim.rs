@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 
 mod simulation;
 
-use palisade_control::core::{ControlCore, CoreConfig};
+use palisade_control::consensus::{ControlCore, CoreConfig};
 use raft::eraftpb::Message;
 use simulation::{Disk, Rng};
 
@@ -188,7 +188,7 @@ impl Sim {
                 early.append(&mut messages);
                 early
             }
-            Err(palisade_control::core::CoreError::Persist(_)) => {
+            Err(palisade_control::consensus::CoreError::Persist(_)) => {
                 // The real node exits on a persistence error; it comes back
                 // from what was synced.
                 let down = 1 + self.rng.below(300);

@@ -1,6 +1,6 @@
 //! Deterministic simulation of replicated leases
 //! (`leases.replication = "quorum"`): real `ControlCore`s and, on every node,
-//! the real request service (`Shared::handle`) over a real lease table,
+//! the real request service (`RequestService::handle`) over a real lease table,
 //! driven by simulated clients over a simulated network, with drifting
 //! clocks, lossy links, partitions, pauses, fsync failures, crash-restarts
 //! that lose unsynced writes (at chosen points of a grant's life: before its
@@ -28,12 +28,13 @@ mod simulation;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use palisade_control::core::{ControlCore, CoreConfig, CoreError};
+use palisade_control::consensus::{ControlCore, CoreConfig, CoreError};
 use palisade_control::leases::{self, Tenants};
 use palisade_dataplane::leadership::Leadership;
 use palisade_dataplane::replica::{Notice, Proposal};
 use palisade_dataplane::service::{
-    Conn, ControlStats, CoreStats, Outcome, Phase, RequestMeta, ServiceConfig, Shared, Tenant,
+    Conn, ControlStats, CoreStats, Outcome, Phase, RequestMeta, RequestService, ServiceConfig,
+    Tenant,
 };
 use palisade_dataplane::table::{KeyHasher, LeaseKey, LeaseTable};
 use palisade_proto::frame::decode_frame;
@@ -74,7 +75,7 @@ struct Pending {
 
 /// A node's data plane: the real request service over a real table.
 struct Plane {
-    shared: Shared,
+    shared: RequestService,
     conns: BTreeMap<usize, Conn>,
     pending: BTreeMap<u64, Pending>,
     next_tag: u64,
@@ -326,7 +327,7 @@ impl Sim {
         }));
         node.core = Some(core);
         node.plane = Some(Plane {
-            shared: Shared {
+            shared: RequestService {
                 table: LeaseTable::new(64, KeyHasher::new(hash_key)),
                 leadership: Leadership::new(node.id as u16),
                 tenants: vec![Tenant {

@@ -3,7 +3,7 @@
 //!
 //! What it owns: [`table::LeaseTable`] (one array of cache-line slots shared
 //! by every core; every lease operation is a compare-and-swap), the FIFO
-//! [`waiters::WaitQueues`] of each key's home core, [`service::Shared::handle`]
+//! [`waiters::WaitQueues`] of each key's home core, [`service::RequestService::handle`]
 //! (one archived request in, one [`service::Outcome`] out, no I/O), the
 //! [`leadership::Leadership`] word it reads once per request, and, with the
 //! `server` feature, [`server::Server`]: the shell that moves bytes. Also

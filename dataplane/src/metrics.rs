@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use palisade_proto::Role;
 
-use crate::service::Shared;
+use crate::service::RequestService;
 
 /// Upper bounds of the request latency buckets, in nanoseconds: 5 µs to
 /// 2.5 s in 1-2.5-5 steps. Answers slower than the last land in `+Inf`.
@@ -367,7 +367,7 @@ fn seconds(ns: u64) -> String {
 /// The Prometheus text exposition (format 0.0.4) of `shared` at `now_ms`:
 /// per-core counters summed, the latency histogram per core.
 #[must_use]
-pub fn render(shared: &Shared, now_ms: u64) -> String {
+pub fn render(shared: &RequestService, now_ms: u64) -> String {
     let mut out = String::with_capacity(8192);
     let sum = |f: &dyn Fn(&CoreStats) -> &AtomicU64| -> u64 {
         shared
@@ -594,7 +594,7 @@ fn histogram_lines(out: &mut String, labels: &str, snapshot: &HistogramSnapshot)
 
 /// Sum of every core's latency histogram (status and tests).
 #[must_use]
-pub fn latency_total(shared: &Shared) -> HistogramSnapshot {
+pub fn latency_total(shared: &RequestService) -> HistogramSnapshot {
     let mut total = HistogramSnapshot {
         buckets: [0; BUCKETS],
         sum_ns: 0,

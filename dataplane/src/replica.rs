@@ -6,7 +6,7 @@
 //! only once the raft entry that carries it is committed. Renewals and
 //! checks never touch the log. Every node applies committed commands in log
 //! order; a node that becomes leader installs the state it holds into its
-//! lease table, re-armed conservatively (see `control::core`), so a live
+//! lease table, re-armed conservatively (see `control::consensus`), so a live
 //! holder keeps its token and renews there.
 //!
 //! Commands name resources by tenant and resource *name*: the table's keys

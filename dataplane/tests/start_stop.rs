@@ -27,11 +27,11 @@ use palisade_dataplane::leadership::{Leadership, LeadershipView, TIME_MAX_MS};
 use palisade_dataplane::metrics::{ControlStats, CoreStats};
 use palisade_dataplane::server::nudge::Kicker;
 use palisade_dataplane::server::{core_count, Cpus, Server, ServerOptions, StartHooks};
-use palisade_dataplane::service::{ServiceConfig, Shared, Tenant};
+use palisade_dataplane::service::{RequestService, ServiceConfig, Tenant};
 use palisade_dataplane::table::{KeyHasher, LeaseTable};
 use palisade_proto::Role;
 
-fn shared(cores: usize) -> Arc<Shared> {
+fn shared(cores: usize) -> Arc<RequestService> {
     let leadership = Leadership::new(1);
     leadership.publish(LeadershipView {
         epoch: 1,
@@ -40,7 +40,7 @@ fn shared(cores: usize) -> Arc<Shared> {
         grants_from_ms: 0,
         grants_until_ms: TIME_MAX_MS,
     });
-    Arc::new(Shared {
+    Arc::new(RequestService {
         table: LeaseTable::new(1024, KeyHasher::new([3; 16])),
         leadership,
         tenants: vec![Tenant {

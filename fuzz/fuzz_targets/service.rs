@@ -1,5 +1,5 @@
 //! The server's request service, sans-IO: `palisade_dataplane::service::
-//! Shared::handle` driven through the handshake (Hello, Challenge, Auth) and
+//! RequestService::handle` driven through the handshake (Hello, Challenge, Auth) and
 //! every lease request, on up to three connections, while time passes and
 //! leadership changes, checked against a model of the leases.
 //!
@@ -37,7 +37,8 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use palisade_dataplane::leadership::{Leadership, LeadershipView, TIME_MAX_MS};
 use palisade_dataplane::service::{
-    Conn, ControlStats, CoreStats, Outcome, Phase, RequestMeta, ServiceConfig, Shared, Tenant,
+    Conn, ControlStats, CoreStats, Outcome, Phase, RequestMeta, RequestService, ServiceConfig,
+    Tenant,
 };
 use palisade_dataplane::table::{KeyHasher, LeaseTable, EXPIRY_MARGIN_MS};
 use palisade_fuzz::Input;
@@ -70,7 +71,7 @@ fn credential() -> StoredCredential {
         .clone()
 }
 
-fn shared() -> Shared {
+fn shared() -> RequestService {
     let leadership = Leadership::new(1);
     leadership.publish(LeadershipView {
         epoch: 1,
@@ -79,7 +80,7 @@ fn shared() -> Shared {
         grants_from_ms: 0,
         grants_until_ms: TIME_MAX_MS,
     });
-    Shared {
+    RequestService {
         table: LeaseTable::new(8, KeyHasher::new([7; 16])),
         leadership,
         tenants: TENANTS
@@ -156,7 +157,7 @@ struct Client {
 }
 
 struct World {
-    shared: Shared,
+    shared: RequestService,
     clients: [Option<Client>; 3],
     next_conn_id: u64,
     now_ms: u64,

@@ -24,6 +24,14 @@ use sha2::{Digest, Sha256};
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// The fewest PBKDF2 iterations a credential may have (RFC 7677 asks for
+/// at least 4096). The config loader refuses fewer.
+pub const ITERATIONS_MIN: u32 = 4096;
+/// The most PBKDF2 iterations a credential may have; more would let one
+/// handshake stall a core for seconds. A client refuses a challenge that
+/// asks for more, so a hostile endpoint cannot make it burn a core.
+pub const ITERATIONS_MAX: u32 = 10_000_000;
+
 /// What a server keeps for one tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredCredential {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::credential::TenantCredential;
 use crate::error::{ConfigErrors, ConfigIssue, Issues};
 use crate::source::Source;
-use crate::{parse, render, validate};
+use crate::{parse, render, validate, ValueError};
 
 /// The default client listener: loopback, so the default tenant needs no
 /// credential.
@@ -197,15 +197,17 @@ impl Replication {
 }
 
 impl FromStr for Replication {
-    type Err = String;
+    type Err = ValueError;
 
     /// Parses `quorum` or `none` in any letter case.
-    fn from_str(text: &str) -> Result<Self, String> {
+    fn from_str(text: &str) -> Result<Self, ValueError> {
         [Self::Quorum, Self::None]
             .into_iter()
             .find(|mode| mode.as_str().eq_ignore_ascii_case(text))
             .ok_or_else(|| {
-                format!("unknown replication mode {text:?}; expected \"quorum\" or \"none\"")
+                ValueError::Keyword(format!(
+                    "unknown replication mode {text:?}; expected \"quorum\" or \"none\""
+                ))
             })
     }
 }
@@ -351,14 +353,18 @@ impl LogFormat {
 }
 
 impl FromStr for LogFormat {
-    type Err = String;
+    type Err = ValueError;
 
     /// Parses `text` or `json` in any letter case.
-    fn from_str(text: &str) -> Result<Self, String> {
+    fn from_str(text: &str) -> Result<Self, ValueError> {
         [Self::Text, Self::Json]
             .into_iter()
             .find(|format| format.as_str().eq_ignore_ascii_case(text))
-            .ok_or_else(|| format!("unknown log format {text:?}; expected \"text\" or \"json\""))
+            .ok_or_else(|| {
+                ValueError::Keyword(format!(
+                    "unknown log format {text:?}; expected \"text\" or \"json\""
+                ))
+            })
     }
 }
 
@@ -384,38 +390,43 @@ impl LogConfig {
     ///
     /// # Errors
     ///
-    /// What is wrong with the first bad directive, naming it.
-    pub fn parse_filter(text: &str) -> Result<(LogLevel, Vec<LogTarget>), String> {
+    /// [`ValueError::LogFilter`]: what is wrong with the first bad
+    /// directive, naming it.
+    pub fn parse_filter(text: &str) -> Result<(LogLevel, Vec<LogTarget>), ValueError> {
         let mut level = None;
         let mut targets: Vec<LogTarget> = Vec::new();
         for item in text.split(',') {
             let item = item.trim();
             if item.is_empty() {
-                return Err(format!(
+                return Err(ValueError::LogFilter(format!(
                     "empty directive in {text:?}; write a level like \"info\" or \
                      directives like \"info,palisade_control=debug\""
-                ));
+                )));
             }
             match item.split_once('=') {
                 None => {
                     if level.is_some() {
-                        return Err(format!(
+                        return Err(ValueError::LogFilter(format!(
                             "{text:?} has two default levels; give one bare level and \
                              target=level for the rest"
-                        ));
+                        )));
                     }
-                    level = Some(item.parse::<LogLevel>()?);
+                    level = Some(
+                        item.parse::<LogLevel>()
+                            .map_err(|error| ValueError::LogFilter(error.into()))?,
+                    );
                 }
                 Some((target, target_level)) => {
                     let target = target.trim();
-                    check_log_target(target)?;
+                    check_log_target(target).map_err(ValueError::LogFilter)?;
                     if targets.iter().any(|t| t.target == target) {
-                        return Err(format!("target {target:?} has two directives"));
+                        return Err(ValueError::LogFilter(format!(
+                            "target {target:?} has two directives"
+                        )));
                     }
-                    let level = target_level
-                        .trim()
-                        .parse::<LogLevel>()
-                        .map_err(|reason| format!("in directive {item:?}: {reason}"))?;
+                    let level = target_level.trim().parse::<LogLevel>().map_err(|reason| {
+                        ValueError::LogFilter(format!("in directive {item:?}: {reason}"))
+                    })?;
                     targets.push(LogTarget {
                         target: target.to_owned(),
                         level,
@@ -509,17 +520,17 @@ impl std::fmt::Display for LogLevel {
 }
 
 impl FromStr for LogLevel {
-    type Err = String;
+    type Err = ValueError;
 
     /// Parses a level name in any letter case.
-    fn from_str(text: &str) -> Result<Self, String> {
+    fn from_str(text: &str) -> Result<Self, ValueError> {
         Self::ALL
             .into_iter()
             .find(|level| level.as_str().eq_ignore_ascii_case(text))
             .ok_or_else(|| {
-                format!(
+                ValueError::Keyword(format!(
                     "unknown log level {text:?}; expected one of: error, warn, info, debug, trace"
-                )
+                ))
             })
     }
 }
@@ -985,7 +996,7 @@ mod tests {
             ("x=info,x=debug", "two directives"),
         ] {
             let reason = LogConfig::parse_filter(bad).expect_err(bad);
-            assert!(reason.contains(says), "{bad:?}: {reason}");
+            assert!(reason.reason().contains(says), "{bad:?}: {reason}");
         }
         assert_eq!("JSON".parse::<LogFormat>(), Ok(LogFormat::Json));
         assert!("yaml".parse::<LogFormat>().is_err());

@@ -6,6 +6,8 @@
 
 use std::fmt::Write as _;
 
+use crate::ValueError;
+
 /// The text form starts with this scheme name.
 const SCHEME: &str = "scram-sha256";
 
@@ -29,10 +31,10 @@ pub struct TenantCredential {
 impl TenantCredential {
     /// The fewest PBKDF2 iterations [`check`](Self::check) accepts (RFC 7677
     /// asks for at least 4096).
-    pub const ITERATIONS_MIN: u32 = 4096;
+    pub const ITERATIONS_MIN: u32 = palisade_proto::auth::ITERATIONS_MIN;
     /// The most PBKDF2 iterations [`check`](Self::check) accepts; more would
     /// let one handshake stall a core for seconds.
-    pub const ITERATIONS_MAX: u32 = 10_000_000;
+    pub const ITERATIONS_MAX: u32 = palisade_proto::auth::ITERATIONS_MAX;
     /// The shortest salt [`check`](Self::check) accepts, in bytes.
     pub const SALT_BYTES_MIN: usize = 16;
     /// The longest salt [`check`](Self::check) accepts, in bytes.
@@ -47,38 +49,42 @@ impl TenantCredential {
     ///
     /// # Errors
     ///
-    /// A message naming the bad field. It never echoes the keys.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    /// [`ValueError::Credential`], its message naming the bad field. It
+    /// never echoes the keys.
+    pub fn parse(text: &str) -> Result<Self, ValueError> {
         let fields: Vec<&str> = text.trim().split('$').collect();
         let [scheme, iterations, salt, stored_key, server_key] = fields.as_slice() else {
-            return Err(format!(
+            return Err(ValueError::Credential(format!(
                 "expected 5 fields separated by '$' \
                  (\"{SCHEME}$<iterations>$<salt hex>$<stored_key hex>$<server_key hex>\"), \
                  got {}",
                 fields.len()
-            ));
+            )));
         };
         if *scheme != SCHEME {
-            return Err(format!(
+            return Err(ValueError::Credential(format!(
                 "unknown credential scheme {scheme:?}; expected \"{SCHEME}\""
-            ));
+            )));
         }
         let all_digits = !iterations.is_empty() && iterations.bytes().all(|b| b.is_ascii_digit());
         let iterations = all_digits
             .then(|| iterations.parse::<u32>().ok())
             .flatten()
             .ok_or_else(|| {
-                format!(
+                ValueError::Credential(format!(
                     "iterations {iterations:?} is not a whole number from 0 to {}",
                     u32::MAX
-                )
+                ))
             })?;
-        let salt = decode_hex(salt).map_err(|why| format!("salt: {why}"))?;
+        let salt =
+            decode_hex(salt).map_err(|why| ValueError::Credential(format!("salt: {why}")))?;
         if salt.is_empty() {
-            return Err("salt is empty".to_owned());
+            return Err(ValueError::Credential("salt is empty".to_owned()));
         }
-        let stored_key = decode_key(stored_key).map_err(|why| format!("stored_key: {why}"))?;
-        let server_key = decode_key(server_key).map_err(|why| format!("server_key: {why}"))?;
+        let stored_key = decode_key(stored_key)
+            .map_err(|why| ValueError::Credential(format!("stored_key: {why}")))?;
+        let server_key = decode_key(server_key)
+            .map_err(|why| ValueError::Credential(format!("server_key: {why}")))?;
         Ok(Self {
             iterations,
             salt,
@@ -108,8 +114,9 @@ impl TenantCredential {
     ///
     /// # Errors
     ///
-    /// Every policy violation, joined with `"; "`.
-    pub fn check(&self) -> Result<(), String> {
+    /// [`ValueError::Credential`] with every policy violation, joined with
+    /// `"; "`.
+    pub fn check(&self) -> Result<(), ValueError> {
         let mut problems = Vec::new();
         if !(Self::ITERATIONS_MIN..=Self::ITERATIONS_MAX).contains(&self.iterations) {
             problems.push(format!(
@@ -130,7 +137,7 @@ impl TenantCredential {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(problems.join("; "))
+            Err(ValueError::Credential(problems.join("; ")))
         }
     }
 }
@@ -262,7 +269,7 @@ mod tests {
         ];
         for (text, expected) in cases {
             let error = TenantCredential::parse(&text).unwrap_err();
-            assert!(error.contains(expected), "{text:?}: {error}");
+            assert!(error.reason().contains(expected), "{text:?}: {error}");
         }
     }
 
@@ -271,21 +278,21 @@ mod tests {
         assert_eq!(sample().check(), Ok(()));
         let mut weak = sample();
         weak.iterations = 4095;
-        assert!(weak.check().unwrap_err().contains("iterations"));
+        assert!(weak.check().unwrap_err().reason().contains("iterations"));
         weak.iterations = 10_000_000;
         assert_eq!(weak.check(), Ok(()));
         weak.iterations = 10_000_001;
         assert!(weak.check().is_err());
         weak.iterations = 4096;
         weak.salt = vec![0; 15];
-        assert!(weak.check().unwrap_err().contains("salt"));
+        assert!(weak.check().unwrap_err().reason().contains("salt"));
         weak.salt = vec![0; 64];
         assert_eq!(weak.check(), Ok(()));
         weak.salt = vec![0; 65];
         weak.iterations = 1;
         let both = weak.check().unwrap_err();
         assert!(
-            both.contains("iterations") && both.contains("salt"),
+            both.reason().contains("iterations") && both.reason().contains("salt"),
             "{both}"
         );
     }

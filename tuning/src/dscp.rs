@@ -4,6 +4,8 @@
 //! lease traffic ahead of bulk traffic. Operators know the names (`EF`,
 //! `AF41`, `CS6`), so the config accepts them as well as the raw number.
 
+use crate::ValueError;
+
 /// The largest DSCP: it is a 6-bit field.
 pub const DSCP_MAX: u8 = 63;
 
@@ -22,7 +24,7 @@ const EF: u8 = 46;
 ///
 /// # Errors
 ///
-/// A message saying what is accepted.
+/// [`ValueError::Dscp`], its message saying what is accepted.
 ///
 /// ```
 /// use palisade_tuning::parse_dscp;
@@ -32,18 +34,19 @@ const EF: u8 = 46;
 /// assert_eq!(parse_dscp("10"), Ok(10));
 /// assert!(parse_dscp("64").is_err());
 /// ```
-pub fn parse_dscp(text: &str) -> Result<u8, String> {
+pub fn parse_dscp(text: &str) -> Result<u8, ValueError> {
     let trimmed = text.trim();
     if !trimmed.is_empty() && trimmed.bytes().all(|byte| byte.is_ascii_digit()) {
         return match trimmed.parse::<u8>() {
             Ok(value) if value <= DSCP_MAX => Ok(value),
-            _ => Err(format!(
+            _ => Err(ValueError::Dscp(format!(
                 "DSCP {text:?} is out of range; expected {DSCP_EXPECTED}"
-            )),
+            ))),
         };
     }
     let upper = trimmed.to_ascii_uppercase();
-    dscp_by_name(&upper).ok_or_else(|| format!("unknown DSCP {text:?}; expected {DSCP_EXPECTED}"))
+    dscp_by_name(&upper)
+        .ok_or_else(|| ValueError::Dscp(format!("unknown DSCP {text:?}; expected {DSCP_EXPECTED}")))
 }
 
 /// Looks up an upper-case DSCP name.
@@ -141,7 +144,7 @@ mod tests {
             "-1", "BE",
         ] {
             let error = parse_dscp(text).unwrap_err();
-            assert!(error.contains("EF, CS0..CS7"), "{text:?}: {error}");
+            assert!(error.reason().contains("EF, CS0..CS7"), "{text:?}: {error}");
         }
     }
 

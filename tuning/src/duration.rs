@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use crate::ValueError;
+
 const NANOS_PER_US: u128 = 1_000;
 const NANOS_PER_MS: u128 = 1_000_000;
 const NANOS_PER_S: u128 = 1_000_000_000;
@@ -31,7 +33,7 @@ const FRACTION_DIGITS_MAX: usize = 18;
 ///
 /// # Errors
 ///
-/// A message naming the problem: no unit, unknown unit, negative, not a
+/// [`ValueError::Duration`], its message naming the problem: no unit, unknown unit, negative, not a
 /// number, finer than one nanosecond, or larger than [`Duration::MAX`].
 ///
 /// ```
@@ -40,19 +42,19 @@ const FRACTION_DIGITS_MAX: usize = 18;
 ///
 /// assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
 /// assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
-/// assert!(parse_duration("30").unwrap_err().contains("add one"));
+/// assert!(parse_duration("30").unwrap_err().reason().contains("add one"));
 /// ```
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, ValueError> {
     let trimmed = text.trim();
     if trimmed.is_empty() {
-        return Err(format!(
+        return Err(ValueError::Duration(format!(
             "empty duration; expected a number and a unit ({UNITS_TEXT}), like \"10s\""
-        ));
+        )));
     }
     if trimmed.starts_with('-') {
-        return Err(format!(
+        return Err(ValueError::Duration(format!(
             "duration {text:?} is negative; it must be 0 or more"
-        ));
+        )));
     }
     let unit_start = trimmed
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -60,14 +62,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = trimmed.split_at(unit_start);
     let unit = unit.trim_start();
     if number.is_empty() {
-        return Err(format!(
+        return Err(ValueError::Duration(format!(
             "invalid duration {text:?}: expected a number followed by a unit ({UNITS_TEXT}), like \"10s\""
-        ));
+        )));
     }
     if unit.is_empty() {
-        return Err(format!(
+        return Err(ValueError::Duration(format!(
             "duration {text:?} has no unit; add one, like \"{number}s\" or \"{number}ms\" (units: {UNITS_TEXT})"
-        ));
+        )));
     }
     let unit_nanos = match unit {
         "us" | "µs" => NANOS_PER_US,
@@ -76,9 +78,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => NANOS_PER_M,
         "h" => NANOS_PER_H,
         _ => {
-            return Err(format!(
+            return Err(ValueError::Duration(format!(
                 "unknown unit {unit:?} in duration {text:?}; use one of {UNITS_TEXT}"
-            ))
+            )))
         }
     };
     let (whole_text, fraction_text) = match number.split_once('.') {
@@ -88,11 +90,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let malformed = whole_text.is_empty()
         || fraction_text.is_some_and(|fraction| fraction.is_empty() || fraction.contains('.'));
     if malformed {
-        return Err(format!(
+        return Err(ValueError::Duration(format!(
             "invalid number {number:?} in duration {text:?}; write it like \"10s\" or \"1.5s\""
-        ));
+        )));
     }
-    let too_large = || format!("duration {text:?} is too large");
+    let too_large = || ValueError::Duration(format!("duration {text:?} is too large"));
 
     let whole = parse_digits(whole_text).ok_or_else(too_large)?;
     let mut nanos = whole.checked_mul(unit_nanos).ok_or_else(too_large)?;
@@ -100,7 +102,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if let Some(fraction) = fraction_text {
         let fraction = fraction.trim_end_matches('0');
         if fraction.len() > FRACTION_DIGITS_MAX {
-            return Err(format!("duration {text:?} is finer than one nanosecond"));
+            return Err(ValueError::Duration(format!(
+                "duration {text:?} is finer than one nanosecond"
+            )));
         }
         let numerator = parse_digits(fraction)
             .expect("at most 18 digits fit in u128")
@@ -108,7 +112,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .expect("below 10^18 times at most 3.6*10^12 fits in u128");
         let denominator = 10u128.pow(u32::try_from(fraction.len()).expect("at most 18"));
         if numerator % denominator != 0 {
-            return Err(format!("duration {text:?} is finer than one nanosecond"));
+            return Err(ValueError::Duration(format!(
+                "duration {text:?} is finer than one nanosecond"
+            )));
         }
         nanos = nanos
             .checked_add(numerator / denominator)
@@ -206,21 +212,24 @@ mod tests {
             Ok(Duration::from_millis(1500))
         );
         let finer = parse_duration("0.0001us").unwrap_err();
-        assert!(finer.contains("nanosecond"), "{finer}");
+        assert!(finer.reason().contains("nanosecond"), "{finer}");
     }
 
     #[test]
     fn bare_number_says_add_a_unit() {
         let error = parse_duration("30").unwrap_err();
-        assert!(error.contains("no unit"), "{error}");
-        assert!(error.contains("\"30s\""), "{error}");
-        assert!(parse_duration("0").unwrap_err().contains("no unit"));
+        assert!(error.reason().contains("no unit"), "{error}");
+        assert!(error.reason().contains("\"30s\""), "{error}");
+        assert!(parse_duration("0")
+            .unwrap_err()
+            .reason()
+            .contains("no unit"));
     }
 
     #[test]
     fn negative_is_rejected() {
         let error = parse_duration("-1s").unwrap_err();
-        assert!(error.contains("negative"), "{error}");
+        assert!(error.reason().contains("negative"), "{error}");
     }
 
     #[test]
@@ -234,7 +243,7 @@ mod tests {
             "5124095576030432h".to_owned(),
         ] {
             let error = parse_duration(&text).unwrap_err();
-            assert!(error.contains("too large"), "{text}: {error}");
+            assert!(error.reason().contains("too large"), "{text}: {error}");
         }
     }
 
@@ -248,6 +257,7 @@ mod tests {
         }
         assert!(parse_duration("10 sec")
             .unwrap_err()
+            .reason()
             .contains("unknown unit"));
     }
 

@@ -67,6 +67,67 @@ impl From<ConfigIssue> for ConfigErrors {
     }
 }
 
+/// Why one value written as text was refused: a duration, a rate, a DSCP
+/// mark, a tenant credential, a keyword (replication mode, log level, log
+/// format) or a log filter. The error of every value parser this crate
+/// exports ([`parse_duration`](crate::parse_duration),
+/// [`parse_rate`](crate::parse_rate), [`parse_dscp`](crate::parse_dscp),
+/// [`TenantCredential`](crate::TenantCredential)'s `parse` and `check`, the
+/// `FromStr` of [`Replication`](crate::Replication),
+/// [`LogLevel`](crate::LogLevel) and [`LogFormat`](crate::LogFormat), and
+/// [`LogConfig::parse_filter`](crate::LogConfig::parse_filter)).
+///
+/// The operator is at fault: the text is wrong. Not retryable until it is
+/// edited. `Display` is the message the operator reads (the same as
+/// [`reason`](Self::reason)): what is wrong and, where it helps, what would
+/// be right. The config loader files it as a [`ConfigIssue`]'s reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// Not a duration: no or an unknown unit, negative, not a number, finer
+    /// than a nanosecond or too large.
+    #[error("{0}")]
+    Duration(String),
+    /// Not a link rate in bits per second (no unit, a byte unit, too large).
+    #[error("{0}")]
+    Rate(String),
+    /// Not a DSCP mark (unknown name, or a number above 63).
+    #[error("{0}")]
+    Dscp(String),
+    /// A tenant credential that is malformed or below the strength policy.
+    /// The message never echoes the keys.
+    #[error("{0}")]
+    Credential(String),
+    /// Not one of a fixed set of words (replication mode, log level, log
+    /// format); the message lists them.
+    #[error("{0}")]
+    Keyword(String),
+    /// A log filter (`[log] level`) with a bad directive.
+    #[error("{0}")]
+    LogFilter(String),
+}
+
+impl ValueError {
+    /// The message, as `Display` writes it.
+    #[must_use]
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Duration(reason)
+            | Self::Rate(reason)
+            | Self::Dscp(reason)
+            | Self::Credential(reason)
+            | Self::Keyword(reason)
+            | Self::LogFilter(reason) => reason,
+        }
+    }
+}
+
+/// The config loader keeps a refused value's message as the issue's reason.
+impl From<ValueError> for String {
+    fn from(error: ValueError) -> Self {
+        error.reason().to_owned()
+    }
+}
+
 /// Writes issues one per line, without a trailing newline.
 struct Lines<'a>(&'a [ConfigIssue]);
 

@@ -30,7 +30,8 @@
 //! - [`ConfigErrors`], a list of [`ConfigIssue`]s, each with a dotted key
 //!   such as `leases.max_ttl` or `tenants[1].name`.
 //! - Value helpers: [`parse_duration`] / [`format_duration`] and
-//!   [`parse_dscp`] / [`dscp_name`], [`parse_rate`] / [`format_rate`].
+//!   [`parse_dscp`] / [`dscp_name`], [`parse_rate`] / [`format_rate`];
+//!   every value parser fails with a [`ValueError`].
 //! - [`tune`]: the timing model behind `palisade tune` (heartbeat interval
 //!   and election timeout from RTT samples and a failure model; `max_ttl`
 //!   derived from the availability target with memory-only leases, kept
@@ -102,7 +103,7 @@ pub use config::{
 pub use credential::TenantCredential;
 pub use dscp::{dscp_name, parse_dscp, DSCP_MAX};
 pub use duration::{format_duration, parse_duration};
-pub use error::{ConfigErrors, ConfigIssue};
+pub use error::{ConfigErrors, ConfigIssue, ValueError};
 pub use rate::{format_rate, parse_rate};
 pub use source::{FsSource, MemSource, Source};
 pub use validate::{

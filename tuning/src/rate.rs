@@ -5,6 +5,8 @@
 //! line. `tc`'s byte units (`bps`, `kbps`, ...) are refused with a hint:
 //! `"8mbps"` reads as megabits to most people and as megabytes to `tc`.
 
+use crate::ValueError;
+
 /// The units, smallest first, with their size in bits per second.
 const UNITS: [(&str, u64); 5] = [
     ("bit", 1),
@@ -27,7 +29,7 @@ const RATE_EXPECTED: &str =
 ///
 /// # Errors
 ///
-/// A message saying what is accepted; for `tc`'s byte units (`mbps`) it
+/// [`ValueError::Rate`], its message saying what is accepted; for `tc`'s byte units (`mbps`) it
 /// says to write bits.
 ///
 /// ```
@@ -35,10 +37,10 @@ const RATE_EXPECTED: &str =
 ///
 /// assert_eq!(parse_rate("1gbit"), Ok(1_000_000_000));
 /// assert_eq!(parse_rate("250 Mbit"), Ok(250_000_000));
-/// assert!(parse_rate("1000").unwrap_err().contains("unit"));
-/// assert!(parse_rate("8mbps").unwrap_err().contains("bytes"));
+/// assert!(parse_rate("1000").unwrap_err().reason().contains("unit"));
+/// assert!(parse_rate("8mbps").unwrap_err().reason().contains("bytes"));
 /// ```
-pub fn parse_rate(text: &str) -> Result<u64, String> {
+pub fn parse_rate(text: &str) -> Result<u64, ValueError> {
     let trimmed = text.trim();
     let unit_start = trimmed
         .find(|c: char| !c.is_ascii_digit())
@@ -46,12 +48,14 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
     let (number, unit) = trimmed.split_at(unit_start);
     let unit = unit.trim_start().to_ascii_lowercase();
     if number.is_empty() {
-        return Err(format!("invalid rate {text:?}; expected {RATE_EXPECTED}"));
+        return Err(ValueError::Rate(format!(
+            "invalid rate {text:?}; expected {RATE_EXPECTED}"
+        )));
     }
     if unit.is_empty() {
-        return Err(format!(
+        return Err(ValueError::Rate(format!(
             "rate {text:?} has no unit; expected {RATE_EXPECTED}"
-        ));
+        )));
     }
     if let Some(prefix) = unit.strip_suffix("bps") {
         // tc reads "bps" as bytes per second; say what that would be.
@@ -60,21 +64,21 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
             .ok()
             .and_then(|number| number.checked_mul(8))
             .map_or_else(String::new, |bits| format!(" ({bits}{prefix}bit)"));
-        return Err(format!(
+        return Err(ValueError::Rate(format!(
             "rate {text:?} is in bytes per second to tc{in_bits}; write the rate in bits, \
              like \"{number}{prefix}bit\" if bits were meant"
-        ));
+        )));
     }
     let Some(&(_, scale)) = UNITS.iter().find(|(name, _)| *name == unit) else {
-        return Err(format!(
+        return Err(ValueError::Rate(format!(
             "unknown unit {unit:?} in rate {text:?}; expected {RATE_EXPECTED}"
-        ));
+        )));
     };
     number
         .parse::<u64>()
         .ok()
         .and_then(|number| number.checked_mul(scale))
-        .ok_or_else(|| format!("rate {text:?} is too large"))
+        .ok_or_else(|| ValueError::Rate(format!("rate {text:?} is too large")))
 }
 
 /// Writes a rate in the largest unit that divides it exactly (`"1gbit"`,
@@ -118,16 +122,18 @@ mod tests {
             "", "gbit", "1", "1.5gbit", "-1gbit", "1 g", "1kib", "1gbits",
         ] {
             let error = parse_rate(text).unwrap_err();
-            assert!(error.contains(text.trim()), "{text:?}: {error}");
+            assert!(error.reason().contains(text.trim()), "{text:?}: {error}");
         }
         let error = parse_rate("8mbps").unwrap_err();
-        assert!(error.contains("(64mbit)"), "{error}");
-        assert!(error.contains("like \"8mbit\""), "{error}");
+        assert!(error.reason().contains("(64mbit)"), "{error}");
+        assert!(error.reason().contains("like \"8mbit\""), "{error}");
         assert!(parse_rate("99999999999999999999bit")
             .unwrap_err()
+            .reason()
             .contains("too large"));
         assert!(parse_rate("18446744073709552tbit")
             .unwrap_err()
+            .reason()
             .contains("too large"));
     }
 

@@ -778,7 +778,7 @@ fn validate_tenants(config: &Config, checker: &mut Checker<'_>) {
         }
         if let Some(credential) = &tenant.credential {
             let key = format!("tenants[{index}].credential");
-            checker.check(&key, || credential.check());
+            checker.check(&key, || credential.check().map_err(String::from));
         }
     }
 

@@ -43,7 +43,7 @@ use report::{Cell, Measured, Report, SystemInfo};
 use sweep::{Next, Plan, Step};
 use systems::ClusterSpec;
 
-fn duration(text: &str) -> Result<Duration, String> {
+fn duration(text: &str) -> Result<Duration, palisade_tuning::ValueError> {
     palisade_tuning::parse_duration(text)
 }
 

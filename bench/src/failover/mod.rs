@@ -30,11 +30,11 @@ use crate::compare::{command_line, command_output, load_average, machine};
 use holder::Holder;
 use report::{FailoverReport, Mode, Round, Settings};
 
-fn duration(text: &str) -> Result<Duration, String> {
+fn duration(text: &str) -> Result<Duration, palisade_tuning::ValueError> {
     palisade_tuning::parse_duration(text)
 }
 
-fn replication(text: &str) -> Result<Replication, String> {
+fn replication(text: &str) -> Result<Replication, palisade_tuning::ValueError> {
     text.parse()
 }
 

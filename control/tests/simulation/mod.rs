@@ -4,7 +4,7 @@
 // Each simulation uses what it needs.
 #![allow(dead_code)]
 
-use palisade_control::core::{Persist, Restored};
+use palisade_control::consensus::{Persist, Restored};
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 
 /// xorshift64*: small, fast, and the same on every machine.

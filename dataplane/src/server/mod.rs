@@ -1,5 +1,5 @@
 //! The glommio shell: one pinned executor per core, each with its own
-//! SO_REUSEPORT listener. It reads bytes, feeds [`Shared::handle`], drains
+//! SO_REUSEPORT listener. It reads bytes, feeds [`RequestService::handle`], drains
 //! wait-queue events and writes bytes; every decision is made in the
 //! sans-IO layers below.
 //!
@@ -33,7 +33,7 @@ use crate::clock::monotonic_ms;
 use crate::leadership::LeadershipView;
 use crate::metrics::Denial;
 use crate::replica::{tag, tag_core, Command, Notice, Proposal};
-use crate::service::{Commit, Shared, WatchRequest};
+use crate::service::{Commit, RequestService, WatchRequest};
 use crate::table::LeaseKey;
 use crate::waiters::{home_core, Origin, WaitEvent, WaitQueues, WaitRequest};
 use nudge::{CoreWakers, Kicker, Registration};
@@ -177,7 +177,7 @@ const IO_MEMORY: usize = 512 << 10;
 
 /// Per-core state, shared by the core's tasks.
 struct CoreCtx {
-    shared: Arc<Shared>,
+    shared: Arc<RequestService>,
     opts: ServerOptions,
     index: usize,
     cores: usize,
@@ -664,14 +664,14 @@ impl Server {
     /// Starts the cores and returns once every core listens, or with an
     /// error within [`START_TIMEOUT`] (plus at most [`STOP_TIMEOUT`] to
     /// end the cores that did start).
-    pub fn start(shared: Arc<Shared>, opts: ServerOptions) -> io::Result<Server> {
+    pub fn start(shared: Arc<RequestService>, opts: ServerOptions) -> io::Result<Server> {
         Server::start_with_hooks(shared, opts, StartHooks::default())
     }
 
     /// [`Server::start`] with test hooks.
     #[doc(hidden)]
     pub fn start_with_hooks(
-        shared: Arc<Shared>,
+        shared: Arc<RequestService>,
         opts: ServerOptions,
         hooks: StartHooks,
     ) -> io::Result<Server> {
@@ -977,7 +977,7 @@ async fn shutdown_requested(shutdown: &AtomicBool, registration: &Registration) 
 }
 
 async fn core_main(
-    shared: Arc<Shared>,
+    shared: Arc<RequestService>,
     opts: ServerOptions,
     mesh: MeshBuilder<CoreMsg, glommio::channels::channel_mesh::Full>,
     links: CoreLinks,

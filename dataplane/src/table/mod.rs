@@ -30,10 +30,15 @@
 //! floor (`floors`, indexed by fingerprint) carries the highest token of a
 //! reclaimed key over to wherever that key lands next.
 
-use crate::sync::{spin_hint, yield_thread, AtomicU128, AtomicU64, Ordering};
+use crate::sync::{spin_hint, yield_thread, AtomicU64, Ordering};
 
 mod key;
+mod slot;
 pub use key::{KeyHasher, LeaseKey};
+use slot::{
+    meta, Slot, State, ADOPTED, DELAY_MASK, EXPIRY_COUNTED, ISSUED, KEY_EMPTY, KEY_TOMB, KIND_LIVE,
+    KIND_MASK, KIND_PENDING, TIME_MASK, VACANT,
+};
 
 #[cfg(all(test, loom))]
 mod loom_tests;
@@ -59,34 +64,6 @@ const FLOOR_COUNT: usize = 1024;
 #[cfg(loom)]
 const FLOOR_COUNT: usize = 2;
 
-const KIND_MASK: u128 = 0b11;
-const KIND_TOMB: u128 = 0b01;
-const KIND_PENDING: u128 = 0b10;
-const KIND_LIVE: u128 = 0b11;
-const KEY_EMPTY: u128 = 0;
-const KEY_TOMB: u128 = KIND_TOMB;
-
-const TIME_BITS: u32 = 40;
-const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
-const DELAY_SHIFT: u32 = 40;
-const DELAY_MASK: u64 = 0xffff;
-const HELD: u64 = 1 << 56;
-const WAITERS: u64 = 1 << 57;
-const VACANT: u64 = 1 << 58;
-/// A token was issued in this slot since the key was inserted. Without it,
-/// the state's token is only the starting floor, which may come from
-/// another key (or tenant) and must not be reported.
-const ISSUED: u64 = 1 << 59;
-/// A held lease past its expiry was counted as expired (by the sweeper):
-/// each lease that runs out unreleased is counted once, by whichever of the
-/// sweeper or the grant that takes it over gets there first.
-const EXPIRY_COUNTED: u64 = 1 << 60;
-/// The lease was installed from the replicated state at a takeover
-/// ([`LeaseTable::install`]) rather than granted by this leadership. No
-/// state word written by anything else carries it, so an installed word
-/// never equals a word some stale compare-and-swap may still expect.
-const ADOPTED: u64 = 1 << 61;
-
 /// Added to every expiry the table computes from a request's arrival.
 /// Arrival times are whole milliseconds rounded down, so a request that
 /// arrived at 1 000.9 ms is seen at 1 000: without this margin its lease
@@ -107,124 +84,6 @@ const TENANT_COUNT_DEFAULT: usize = 1;
 pub const LOCK_DELAY_MAX_MS: u32 = DELAY_MASK as u32;
 /// Largest time value the table stores (about 34 years of milliseconds).
 pub const TIME_MAX_MS: u64 = TIME_MASK;
-
-/// One cache line per slot so that cores working on different resources do
-/// not share lines.
-#[repr(C, align(64))]
-#[derive(Debug)]
-struct Slot {
-    key: AtomicU128,
-    state: AtomicU128,
-    holder: AtomicU128,
-    inserts: AtomicU64,
-    /// The lease's ttl, tagged with the low 32 bits of its token:
-    /// `token as u32 << 32 | ttl_ms`. Renewals never extend past it: the
-    /// replicated state re-arms a lease at a takeover from the ttl its
-    /// grant logged, so no renewal may have promised more.
-    ttl: AtomicU64,
-}
-
-#[cfg(not(loom))]
-const _: () = assert!(core::mem::size_of::<Slot>() == 64);
-
-impl Slot {
-    fn new() -> Slot {
-        Slot {
-            key: AtomicU128::new(KEY_EMPTY),
-            state: AtomicU128::new(0),
-            holder: AtomicU128::new(0),
-            inserts: AtomicU64::new(0),
-            ttl: AtomicU64::new(0),
-        }
-    }
-}
-
-/// A decoded state word.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct State {
-    token: u64,
-    meta: u64,
-}
-
-impl State {
-    fn unpack(word: u128) -> State {
-        State {
-            token: (word >> 64) as u64,
-            meta: word as u64,
-        }
-    }
-    fn pack(self) -> u128 {
-        (u128::from(self.token) << 64) | u128::from(self.meta)
-    }
-    fn time_ms(self) -> u64 {
-        self.meta & TIME_MASK
-    }
-    fn lock_delay_ms(self) -> u64 {
-        (self.meta >> DELAY_SHIFT) & DELAY_MASK
-    }
-    fn held(self) -> bool {
-        self.meta & HELD != 0
-    }
-    fn waiters(self) -> bool {
-        self.meta & WAITERS != 0
-    }
-    /// Held, past its expiry and not yet counted as expired.
-    fn expired_uncounted(self, now_ms: u64) -> bool {
-        self.held() && now_ms >= self.expiry_ms() && self.meta & EXPIRY_COUNTED == 0
-    }
-    fn vacant(self) -> bool {
-        self.meta & VACANT != 0
-    }
-    fn adopted(self) -> bool {
-        self.meta & ADOPTED != 0
-    }
-    /// For a held lease: its expiry. For a free slot: when it became free.
-    fn expiry_ms(self) -> u64 {
-        self.time_ms()
-    }
-    /// Earliest time a new grant may happen (ignoring waiters).
-    fn grantable_at_ms(self) -> u64 {
-        if self.held() {
-            self.expiry_ms() + self.lock_delay_ms()
-        } else {
-            0
-        }
-    }
-    /// Holding and unexpired at `now_ms`, in any epoch.
-    fn live_at(self, now_ms: u64) -> bool {
-        self.held() && now_ms < self.expiry_ms()
-    }
-    /// Counts against its tenant's lease quota: held and not yet counted
-    /// as expired (the sweeper marks a run-out lease within a sweep
-    /// interval; a grant that takes it over keeps the count as it is).
-    fn charged(self) -> bool {
-        self.held() && self.meta & EXPIRY_COUNTED == 0
-    }
-    fn with_waiters(self, on: bool) -> State {
-        let meta = if on {
-            self.meta | WAITERS
-        } else {
-            self.meta & !WAITERS
-        };
-        State { meta, ..self }
-    }
-}
-
-/// Meta for a slot. A held lease, or one released after being held, has
-/// had a token issued in this incarnation (ISSUED); only a freshly inserted
-/// key has neither.
-fn meta(time_ms: u64, lock_delay_ms: u32, held: bool, waiters: bool) -> u64 {
-    assert!(time_ms <= TIME_MASK, "time beyond the table's 40-bit range");
-    assert!(lock_delay_ms <= LOCK_DELAY_MAX_MS);
-    let mut meta = time_ms | (u64::from(lock_delay_ms) << DELAY_SHIFT);
-    if held {
-        meta |= HELD | ISSUED;
-    }
-    if waiters {
-        meta |= WAITERS;
-    }
-    meta
-}
 
 /// The token after `last` in `epoch`.
 ///

@@ -72,11 +72,11 @@ pub struct TuneArgs {
 /// Longest pause between pings: 10000 pings still finish within hours.
 const INTERVAL_MAX: Duration = Duration::from_secs(1);
 
-fn duration_arg(text: &str) -> Result<Duration, String> {
+fn duration_arg(text: &str) -> Result<Duration, palisade_tuning::ValueError> {
     parse_duration(text)
 }
 
-fn replication_arg(text: &str) -> Result<Replication, String> {
+fn replication_arg(text: &str) -> Result<Replication, palisade_tuning::ValueError> {
     text.parse()
 }
 

@@ -1,0 +1,506 @@
+//! Tests of the consensus core, driven without threads, sockets or disk.
+
+use super::*;
+use crate::raftlog::RaftLog;
+
+fn config() -> CoreConfig {
+    CoreConfig {
+        id: 1,
+        voters: vec![1],
+        tick_ms: 10,
+        election_ticks: 10,
+        grace_ms: 1_000,
+        max_drift_ppm: 10_000,
+        replicated: false,
+    }
+}
+
+#[test]
+fn a_follower_campaigns_only_after_its_peers_leases_ran_out() {
+    for election_ticks in [3, 10, 20] {
+        let (min, max) = election_timeout_range(election_ticks);
+        assert!(min > election_ticks, "past the check-quorum lease");
+        assert!(max > min + 1, "still randomized");
+        for i in 0..50 {
+            let core = ControlCore::new(
+                CoreConfig {
+                    id: 1 + i % 3,
+                    voters: vec![1, 2, 3],
+                    election_ticks,
+                    ..config()
+                },
+                Restored::default(),
+            )
+            .expect("core");
+            let drawn = core.election_timeout_drawn();
+            assert!((min..max).contains(&drawn), "{drawn} not in {min}..{max}");
+        }
+    }
+}
+
+#[test]
+fn a_single_node_leads_confirms_and_grants_after_its_grace() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+    let mut restored = Restored::from(recovered);
+    restored.hard_state.term = 1; // somebody led before
+    let mut core = ControlCore::new(config(), restored).expect("core");
+    core.campaign(100).expect("campaign");
+    core.poll_ready(&mut log, 100, &mut |_| {}).expect("ready");
+    core.request_confirmation(100);
+    core.poll_ready(&mut log, 100, &mut |_| {}).expect("ready");
+    let view = core.leadership().expect("view");
+    assert_eq!(view.grants_until_ms, 0, "no serving before the takeover");
+    let takeover = core.poll_takeover(100).expect("takes over");
+    assert_eq!(
+        takeover.leases,
+        vec![],
+        "nothing is installed without replication"
+    );
+    assert_eq!(core.poll_takeover(100), None, "once per term");
+    let view = core.leadership().expect("view");
+    assert_eq!(view.role, Role::Leader);
+    assert_eq!(view.epoch, 2);
+    assert_eq!(view.grants_from_ms, 1_100, "grace after becoming leader");
+    // (10 - 1) ticks of 10 ms, shortened by 1 % drift.
+    assert_eq!(view.grants_until_ms, 100 + 89);
+    assert!(view.check_grant(1_099).is_err());
+    // Without further confirmation rounds the leadership lapses.
+    assert!(view.check_grant(1_200).is_err());
+    core.tick(1_150);
+    core.poll_ready(&mut log, 1_150, &mut |_| {})
+        .expect("ready");
+    let view = core.leadership().expect("view");
+    assert!(view.check_grant(1_200).is_ok());
+    assert_eq!(core.elections(), Elections { started: 1, won: 1 });
+}
+
+#[test]
+fn messages_peers_never_send_are_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+    let mut cfg = config();
+    cfg.voters = vec![1, 2, 3];
+    let mut core = ControlCore::new(cfg, recovered.into()).expect("core");
+    let last = core.raw.raft.raft_log.last_index();
+    // A forged proposal would append an entry (or be forwarded).
+    let mut propose = Message::default();
+    propose.set_msg_type(MessageType::MsgPropose);
+    propose.from = 2;
+    propose.to = 1;
+    propose.set_entries(vec![Entry::default()].into());
+    core.step(propose, 0).expect("dropped, not an error");
+    // A heartbeat committing past our log makes raft-rs panic.
+    let mut heartbeat = Message::default();
+    heartbeat.set_msg_type(MessageType::MsgHeartbeat);
+    heartbeat.from = 2;
+    heartbeat.to = 1;
+    heartbeat.term = 5;
+    heartbeat.commit = last + 100;
+    core.step(heartbeat, 0).expect("dropped, not a panic");
+    core.poll_ready(&mut log, 0, &mut |_| {}).expect("ready");
+    assert_eq!(core.raw.raft.raft_log.last_index(), last);
+    assert_eq!(
+        core.raw.raft.term, 0,
+        "nothing from the forged messages was taken"
+    );
+}
+
+#[test]
+fn a_second_election_owes_grace_even_on_a_fresh_log() {
+    // Three voters, the first election split: node 1 wins only in
+    // term 2, where a term-1 leader may have granted.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+    let mut cfg = config();
+    cfg.voters = vec![1, 2, 3];
+    let mut core = ControlCore::new(cfg, recovered.into()).expect("core");
+    core.raw.raft.become_candidate(); // term 1: no majority
+    core.observe(20);
+    core.raw.raft.become_candidate(); // term 2
+    core.observe(40);
+    assert_eq!(core.raw.raft.term, 2);
+    assert_eq!(core.elections(), Elections { started: 2, won: 0 });
+    core.raw.raft.become_leader();
+    core.observe(60);
+    assert_eq!(core.elections(), Elections { started: 2, won: 1 });
+    assert_eq!(core.leadership().expect("view").grants_from_ms, 1_060);
+}
+
+#[test]
+fn the_first_term_needs_no_grace_and_a_restart_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+        let mut core = ControlCore::new(config(), recovered.into()).expect("core");
+        core.campaign(100).expect("campaign");
+        core.poll_ready(&mut log, 100, &mut |_| {}).expect("ready");
+        assert_eq!(core.leadership().expect("view").grants_from_ms, 100);
+    }
+    let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+    assert_eq!(recovered.hard_state.term, 1, "the term survived");
+    let mut core = ControlCore::new(config(), recovered.into()).expect("core");
+    core.campaign(500).expect("campaign");
+    core.poll_ready(&mut log, 500, &mut |_| {}).expect("ready");
+    let view = core.leadership().expect("view");
+    assert_eq!(view.epoch, 2, "S1: a restart leads in a higher term");
+    assert_eq!(view.grants_from_ms, 1_500);
+}
+
+#[test]
+fn compaction_rewrites_the_log_and_keeps_the_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+    let mut core = ControlCore::new(config(), recovered.into()).expect("core");
+    core.campaign(0).expect("campaign");
+    core.poll_ready(&mut log, 0, &mut |_| {}).expect("ready");
+    assert!(core.compaction(log.entries_written(), 100).is_none());
+    let (snapshot, hard_state, rest) = core.compaction(101, 100).expect("compacts");
+    assert_eq!(snapshot.get_metadata().index, core.commit_index());
+    assert!(rest.iter().all(|e| e.index > snapshot.get_metadata().index));
+    log.compact(&snapshot, &hard_state, &rest).expect("rewrite");
+    drop(log);
+    let (_, after) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+    assert_eq!(after.hard_state.term, hard_state.term);
+    assert_eq!(
+        after.snapshot.expect("snapshot").get_metadata().index,
+        snapshot.get_metadata().index
+    );
+    // The compacted log restarts a working node in a higher term.
+    let (mut log2, again) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+    let mut core = ControlCore::new(config(), again.into()).expect("core");
+    core.campaign(10).expect("campaign");
+    core.poll_ready(&mut log2, 10, &mut |_| {}).expect("ready");
+    assert_eq!(core.leadership().expect("view").epoch, 2);
+}
+
+fn replicated() -> CoreConfig {
+    CoreConfig {
+        replicated: true,
+        ..config()
+    }
+}
+
+fn name(resource: &str) -> LeaseName {
+    LeaseName {
+        tenant: "default".into(),
+        resource: resource.into(),
+    }
+}
+
+fn grant(resource: &str, token: u64, ttl_ms: u32) -> Command {
+    Command::Grant {
+        name: name(resource),
+        token,
+        holder: 42,
+        ttl_ms,
+        lock_delay_ms: 0,
+    }
+}
+
+/// A single node that has led and taken over at `now`.
+fn leading(log: &mut RaftLog, restored: Restored, now: u64) -> ControlCore {
+    let mut core = ControlCore::new(replicated(), restored).expect("core");
+    core.campaign(now).expect("campaign");
+    core.poll_ready(log, now, &mut |_| {}).expect("ready");
+    core.request_confirmation(now);
+    core.poll_ready(log, now, &mut |_| {}).expect("ready");
+    core
+}
+
+#[test]
+fn grants_are_answered_once_committed_and_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+    let mut core = leading(&mut log, recovered.into(), 100);
+    let epoch = core.term() as u32;
+    // Not taken over yet: refused, never logged.
+    core.propose(vec![Proposal {
+        tag: 1,
+        epoch,
+        command: grant("early", u64::from(epoch) << 32 | 1, 1_000),
+    }]);
+    assert_eq!(
+        core.take_notices(),
+        vec![Notice {
+            tag: 1,
+            committed: false
+        }]
+    );
+    let takeover = core.poll_takeover(100).expect("takes over");
+    assert!(takeover.leases.is_empty());
+    let view = core.leadership().expect("view");
+    assert_eq!(
+        view.grants_from_ms, 100,
+        "the cluster's first term owes no grace"
+    );
+    // The log vouches for every live lease from here on.
+    core.maintain(100);
+    core.poll_ready(&mut log, 100, &mut |_| {}).expect("ready");
+    assert_eq!(core.leases().replicated_since(), Some(core.term()));
+    let token = u64::from(epoch) << 32 | 1;
+    core.propose(vec![
+        Proposal {
+            tag: 2,
+            epoch,
+            command: grant("disk0", token, 10_000),
+        },
+        Proposal {
+            tag: 3,
+            epoch: epoch - 1,
+            command: grant("stale", 9, 10_000),
+        },
+    ]);
+    assert_eq!(
+        core.take_notices(),
+        vec![Notice {
+            tag: 3,
+            committed: false
+        }],
+        "a proposal of another epoch is refused at once"
+    );
+    assert!(core.leases().is_empty(), "not applied before commit");
+    core.poll_ready(&mut log, 110, &mut |_| {}).expect("ready");
+    assert_eq!(
+        core.take_notices(),
+        vec![Notice {
+            tag: 2,
+            committed: true
+        }]
+    );
+    assert_eq!(
+        core.leases().get(&name("disk0")).map(|r| r.token),
+        Some(token)
+    );
+    drop(core);
+    drop(log);
+
+    // Restart: the log rebuilds the lease state, and the takeover
+    // re-arms it: (ttl + election timeout) x 1.01 / 0.99, rounded up.
+    let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+    let mut core = leading(&mut log, recovered.into(), 5_000);
+    assert!(
+        core.term() > u64::from(epoch),
+        "S1: a restart leads in a higher term"
+    );
+    let takeover = core.poll_takeover(5_000).expect("takes over");
+    assert_eq!(
+        core.leadership().expect("view").grants_from_ms,
+        5_000,
+        "no grace: every live lease is installed"
+    );
+    assert_eq!(takeover.leases.len(), 1);
+    let adopted = &takeover.leases[0];
+    assert_eq!(adopted.name, name("disk0"));
+    assert_eq!(adopted.record.token, token);
+    assert_eq!(adopted.record.holder, 42);
+    assert_eq!(core.rearm_ms(10_000), (10_100u64 * 101).div_ceil(99));
+    assert_eq!(adopted.expires_at_ms, 5_000 + core.rearm_ms(10_000));
+}
+
+#[test]
+fn without_the_marker_a_leader_owes_the_grace_once() {
+    // A log from a version (or a leader) without replication: leases
+    // may be live that it does not hold.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+    let mut restored = Restored::from(recovered);
+    restored.hard_state.term = 4;
+    let mut core = leading(&mut log, restored, 100);
+    core.poll_takeover(100).expect("takes over");
+    assert_eq!(core.leadership().expect("view").grants_from_ms, 1_100);
+    core.maintain(1_099);
+    core.poll_ready(&mut log, 1_099, &mut |_| {})
+        .expect("ready");
+    assert_eq!(
+        core.leases().replicated_since(),
+        None,
+        "not before the grace ends"
+    );
+    core.maintain(1_100);
+    core.poll_ready(&mut log, 1_100, &mut |_| {})
+        .expect("ready");
+    assert_eq!(core.leases().replicated_since(), Some(5));
+    drop(core);
+    drop(log);
+    // Restarted without replication: the marker is withdrawn before
+    // this leader serves anything the log will not see.
+    let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+    let mut core = ControlCore::new(config(), recovered.into()).expect("core");
+    core.campaign(2_000).expect("campaign");
+    core.poll_ready(&mut log, 2_000, &mut |_| {})
+        .expect("ready");
+    assert_eq!(core.poll_takeover(2_000), None, "marker first");
+    core.poll_ready(&mut log, 2_000, &mut |_| {})
+        .expect("ready");
+    assert_eq!(core.leases().replicated_since(), None);
+    assert!(core.poll_takeover(2_000).is_some());
+    drop(core);
+    drop(log);
+    // With replication again: the grace once more.
+    let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+    let mut core = leading(&mut log, recovered.into(), 3_000);
+    core.poll_takeover(3_000).expect("takes over");
+    assert_eq!(core.leadership().expect("view").grants_from_ms, 4_000);
+}
+
+#[test]
+fn a_used_up_epoch_moves_a_single_node_to_a_new_term_with_its_leases() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+    let mut core = leading(&mut log, recovered.into(), 100);
+    core.poll_takeover(100).expect("takes over");
+    core.maintain(100);
+    let epoch = core.term() as u32;
+    core.propose(vec![Proposal {
+        tag: 1,
+        epoch,
+        command: grant("hot", u64::from(epoch) << 32 | u64::from(u32::MAX), 10_000),
+    }]);
+    core.poll_ready(&mut log, 100, &mut |_| {}).expect("ready");
+    core.force_new_term(200).expect("new term");
+    core.poll_ready(&mut log, 200, &mut |_| {}).expect("ready");
+    assert_eq!(core.term(), u64::from(epoch) + 1);
+    assert_eq!(core.raft_state(), StateRole::Leader);
+    let takeover = core.poll_takeover(200).expect("takes over again");
+    assert_eq!(takeover.epoch, epoch + 1);
+    assert_eq!(takeover.leases.len(), 1, "the lease survives the change");
+    assert_eq!(
+        core.leadership().expect("view").grants_from_ms,
+        200,
+        "no grace: the log vouches for every lease"
+    );
+}
+
+#[test]
+fn a_used_up_epoch_hands_a_cluster_to_the_most_caught_up_follower() {
+    // Three cores wired in memory.
+    let dirs: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let mut nodes: Vec<(ControlCore, RaftLog)> = (1..=3u64)
+        .map(|id| {
+            let (log, recovered) =
+                RaftLog::open(dirs[id as usize - 1].path(), "c", id as u16, false).expect("open");
+            let mut cfg = replicated();
+            cfg.id = id;
+            cfg.voters = vec![1, 2, 3];
+            (ControlCore::new(cfg, recovered.into()).expect("core"), log)
+        })
+        .collect();
+    let deliver = |nodes: &mut Vec<(ControlCore, RaftLog)>, now: u64| {
+        for _ in 0..20 {
+            let mut mail = Vec::new();
+            for (core, log) in nodes.iter_mut() {
+                let mut early = Vec::new();
+                let out = core
+                    .poll_ready(log, now, &mut |m| early.extend(m))
+                    .expect("ready");
+                mail.extend(early);
+                mail.extend(out);
+            }
+            if mail.is_empty() {
+                return;
+            }
+            for message in mail {
+                let to = message.to as usize - 1;
+                nodes[to].0.step(message, now).expect("step");
+            }
+        }
+    };
+    nodes[0].0.campaign(0).expect("campaign");
+    deliver(&mut nodes, 0);
+    assert_eq!(nodes[0].0.raft_state(), StateRole::Leader);
+    let term = nodes[0].0.term();
+    nodes[0].0.force_new_term(10).expect("transfer");
+    deliver(&mut nodes, 10);
+    let leader = nodes
+        .iter()
+        .position(|(c, _)| c.raft_state() == StateRole::Leader)
+        .expect("a leader");
+    assert_ne!(leader, 0, "leadership moved");
+    assert_eq!(nodes[leader].0.term(), term + 1, "a new epoch, at once");
+}
+
+#[test]
+fn a_compacted_log_carries_the_lease_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+    let mut core = leading(&mut log, recovered.into(), 100);
+    core.poll_takeover(100).expect("takes over");
+    let epoch = core.term() as u32;
+    for i in 1..=5u64 {
+        core.propose(vec![Proposal {
+            tag: i,
+            epoch,
+            command: grant(&format!("r{i}"), u64::from(epoch) << 32 | i, 1_000),
+        }]);
+        core.poll_ready(&mut log, 100, &mut |_| {}).expect("ready");
+    }
+    core.propose(vec![Proposal {
+        tag: 9,
+        epoch,
+        command: Command::Release {
+            name: name("r2"),
+            token: u64::from(epoch) << 32 | 2,
+        },
+    }]);
+    core.poll_ready(&mut log, 100, &mut |_| {}).expect("ready");
+    assert_eq!(core.leases().len(), 4);
+    let (snapshot, hard_state, rest) = core.compaction(101, 100).expect("compacts");
+    assert_eq!(
+        LeaseState::decode(snapshot.get_data()).expect("decodes").1,
+        core.leases().clone()
+    );
+    log.compact(&snapshot, &hard_state, &rest).expect("rewrite");
+    let before = core.leases().clone();
+    drop(core);
+    drop(log);
+    let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+    let core = leading(&mut log, recovered.into(), 200);
+    assert_eq!(core.leases(), &before);
+}
+
+#[test]
+fn losing_leadership_fails_what_is_in_flight() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+    let mut cfg = replicated();
+    cfg.voters = vec![1, 2, 3];
+    let mut core = ControlCore::new(cfg, recovered.into()).expect("core");
+    core.raw.raft.become_candidate();
+    core.raw.raft.become_leader();
+    core.observe(10);
+    let epoch = core.term() as u32;
+    assert!(
+        core.poll_takeover(10).is_none(),
+        "its term has no commit yet"
+    );
+    core.poll_ready(&mut log, 10, &mut |_| {}).expect("ready");
+    // Node 2 acknowledges the term's first entry: a quorum.
+    let mut ack = Message::default();
+    ack.set_msg_type(MessageType::MsgAppendResponse);
+    ack.from = 2;
+    ack.to = 1;
+    ack.term = core.term();
+    ack.index = core.last_index();
+    core.step(ack, 10).expect("step");
+    core.poll_ready(&mut log, 10, &mut |_| {}).expect("ready");
+    assert!(core.poll_takeover(10).is_some());
+    core.propose(vec![Proposal {
+        tag: 5,
+        epoch,
+        command: grant("r", u64::from(epoch) << 32 | 1, 1_000),
+    }]);
+    assert!(core.take_notices().is_empty(), "in flight: no quorum yet");
+    core.raw.raft.become_follower(core.term() + 1, 2);
+    core.observe(20);
+    assert_eq!(
+        core.take_notices(),
+        vec![Notice {
+            tag: 5,
+            committed: false
+        }]
+    );
+    assert!(!core.serving());
+}
