@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use palisade_dataplane::clock::{monotonic_ms, unix_ms};
 use palisade_dataplane::leadership::{Leadership, LeadershipView};
 use palisade_dataplane::quota::{QuotaConfig, Quotas};
 use palisade_dataplane::replica::{tag_core, LeaseName, Notice, Proposal};
 use palisade_dataplane::server::{core_count, Cpus, ReplicaLink, Server, ServerOptions};
 use palisade_dataplane::service::{ControlStats, CoreStats, ServiceConfig, Shared, Tenant};
 use palisade_dataplane::table::{KeyHasher, LeaseTable};
+use palisade_host::clock::{monotonic_ms, unix_ms};
 use palisade_proto::auth::StoredCredential;
 use palisade_proto::Role;
 use palisade_tuning::{Config, CoreSelection, Replication};

@@ -1,5 +1,5 @@
 //! `palisade serve` under a service manager: readiness, status lines, the
-//! watchdog and the stop notice, sent with [`palisade_systemd::Notifier`].
+//! watchdog and the stop notice, sent with [`palisade_host::notify::Notifier`].
 //!
 //! - `READY=1` goes out once, when the node serves: it leads (a leader in
 //!   its grace period answers clients, with a retry time), or it follows a
@@ -8,7 +8,7 @@
 //!   once the cluster has a leader.
 //! - `STATUS=` follows the role: `leader term 3, granting`, `follower of
 //!   node 2, term 3`, `candidate in term 4, no leader known`.
-//! - `WATCHDOG=1` is decided by [`palisade_systemd::Watchdog`] from the
+//! - `WATCHDOG=1` is decided by [`palisade_host::notify::Watchdog`] from the
 //!   heartbeat of every data-plane core, and sent from the control loop,
 //!   so a ping also proves the control thread turns. A stuck core or a
 //!   stuck control loop stops the pings and systemd restarts the node.
@@ -21,8 +21,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use palisade_dataplane::leadership::LeadershipView;
+use palisade_host::notify::{watchdog_from_env, Notifier, Watchdog, WatchdogAction};
 use palisade_proto::Role;
-use palisade_systemd::{watchdog_from_env, Notifier, Watchdog, WatchdogAction};
 use tracing::{error, info, warn};
 
 use crate::node::Node;
@@ -41,10 +41,7 @@ pub fn arm_core_stall_failpoint(data_dir: &Path) -> Result<()> {
     let core = value
         .parse::<usize>()
         .with_context(|| format!("PALISADE_TEST_STALL_CORE={value:?} is not a core index"))?;
-    palisade_dataplane::server::heartbeat::arm_core_stall_failpoint(
-        core,
-        data_dir.join(CORE_STALL_FAILPOINT),
-    );
+    palisade_host::heartbeat::arm_core_stall_failpoint(core, data_dir.join(CORE_STALL_FAILPOINT));
     Ok(())
 }
 
@@ -146,7 +143,10 @@ impl Supervision {
         self.status = status;
     }
 
-    fn send(&mut self, what: impl FnOnce(&Notifier) -> Result<(), palisade_systemd::NotifyError>) {
+    fn send(
+        &mut self,
+        what: impl FnOnce(&Notifier) -> Result<(), palisade_host::notify::NotifyError>,
+    ) {
         let Some(notifier) = &self.notifier else {
             return;
         };
