@@ -190,7 +190,7 @@ fn serve(
     supervision.stopping();
     info!("shutting down");
     node.shutdown();
-    result
+    Ok(result?)
 }
 
 fn tenant_credential(secret_file: Option<PathBuf>, iterations: u32) -> Result<()> {
