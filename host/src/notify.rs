@@ -354,7 +354,7 @@ mod tests {
 
     #[test]
     fn sends_to_an_abstract_address() {
-        let name = format!("palisade-systemd-test-{}", std::process::id());
+        let name = format!("palisade-host-notify-test-{}", std::process::id());
         let addr = SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract name");
         let manager = UnixDatagram::bind_addr(&addr).expect("bind abstract");
         let notifier = Notifier::connect(&format!("@{name}")).expect("connect");
