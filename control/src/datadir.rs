@@ -12,6 +12,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use palisade_host::durable::{self, DurableError, Step};
 use rustix::fs::{flock, FlockOperation};
 
 const LEGACY_MAGIC: &str = "palisade-epoch v1";
@@ -58,34 +59,19 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
     }
 }
 
-/// Creates `dir` and any missing parents, fsyncing each parent after the
-/// entry is added: a directory that vanished in a power cut would make the
-/// next start look like the first one.
-fn create_dir_durably(dir: &Path) -> Result<(), DataDirError> {
-    let mut missing = Vec::new();
-    let mut at = dir;
-    while !at.exists() {
-        missing.push(at.to_path_buf());
-        match at.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => at = parent,
-            _ => break,
+impl From<DurableError> for DataDirError {
+    fn from(error: DurableError) -> DataDirError {
+        let (step, path, source) = error.into_parts();
+        let action = match step {
+            Step::CreateDir => "creating data directory",
+            step => step.doing(),
+        };
+        DataDirError::Io {
+            action,
+            path,
+            source,
         }
     }
-    for path in missing.into_iter().rev() {
-        match fs::create_dir(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(io_err("creating data directory", &path)(e)),
-        }
-        let parent = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        File::open(parent)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err("fsyncing directory", parent))?;
-    }
-    Ok(())
 }
 
 /// The locked data directory. The lock lasts as long as this value.
@@ -98,7 +84,9 @@ pub struct DataDir {
 impl DataDir {
     /// Creates (durably) and locks `dir`.
     pub fn lock(dir: &Path) -> Result<DataDir, DataDirError> {
-        create_dir_durably(dir)?;
+        // A directory that vanished in a power cut would make the next
+        // start look like the first one.
+        durable::create_dir_all(dir)?;
         let lock_path = dir.join(LOCK_FILE);
         let mut lock = OpenOptions::new()
             .read(true)

@@ -20,7 +20,7 @@
 //! let mut node = Node::start(&config, default_data_dir())?;
 //! println!("serving on {}", node.local_addr());
 //! node.run_until(|| false)?;
-//! # Ok::<(), anyhow::Error>(())
+//! # Ok::<(), palisade_control::node::NodeError>(())
 //! ```
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]

@@ -15,9 +15,38 @@
 //! assert_eq!(filter.to_string(), "info");
 //! ```
 
-use anyhow::{Context, Result};
 use palisade_tuning::{LogConfig, LogFormat};
+use tracing_subscriber::filter::ParseError;
 use tracing_subscriber::EnvFilter;
+
+/// Why logging could not be set up. The operator's to fix (a bad filter),
+/// or a bug (a second subscriber).
+#[derive(Debug, thiserror::Error)]
+pub enum LoggingError {
+    /// `RUST_LOG` is not a filter `EnvFilter` accepts. The environment's
+    /// fault.
+    #[error("RUST_LOG={directives:?} is not a valid log filter")]
+    Env {
+        /// The variable's value.
+        directives: String,
+        /// What `EnvFilter` said.
+        #[source]
+        source: ParseError,
+    },
+    /// The config's `log.level` is not a filter `EnvFilter` accepts (config
+    /// validation should have refused it first).
+    #[error("log.level = {directives:?} is not a valid log filter")]
+    Config {
+        /// The directives.
+        directives: String,
+        /// What `EnvFilter` said.
+        #[source]
+        source: ParseError,
+    },
+    /// A log subscriber is already installed in this process: a bug.
+    #[error("installing the log subscriber: {0}")]
+    Install(Box<dyn std::error::Error + Send + Sync>),
+}
 
 /// The filter to log with: `RUST_LOG` (`env`) when given, else the
 /// config's `log.level` directives.
@@ -26,14 +55,16 @@ use tracing_subscriber::EnvFilter;
 ///
 /// A `RUST_LOG` (or, should the config's syntax ever drift from
 /// `EnvFilter`'s, a `log.level`) that `EnvFilter` refuses, named.
-pub fn filter(log: &LogConfig, env: Option<&str>) -> Result<EnvFilter> {
+pub fn filter(log: &LogConfig, env: Option<&str>) -> Result<EnvFilter, LoggingError> {
     match env {
-        Some(directives) => EnvFilter::try_new(directives)
-            .with_context(|| format!("RUST_LOG={directives:?} is not a valid log filter")),
+        Some(directives) => EnvFilter::try_new(directives).map_err(|source| LoggingError::Env {
+            directives: directives.to_owned(),
+            source,
+        }),
         None => {
             let directives = log.filter();
             EnvFilter::try_new(&directives)
-                .with_context(|| format!("log.level = {directives:?} is not a valid log filter"))
+                .map_err(|source| LoggingError::Config { directives, source })
         }
     }
 }
@@ -45,7 +76,7 @@ pub fn filter(log: &LogConfig, env: Option<&str>) -> Result<EnvFilter> {
 /// # Errors
 ///
 /// A bad filter, or a subscriber already installed.
-pub fn init(log: &LogConfig) -> Result<()> {
+pub fn init(log: &LogConfig) -> Result<(), LoggingError> {
     let env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
     let filter = filter(log, env.as_deref())?;
     // Colours only for a person at a terminal, not for journald or a file.
@@ -63,7 +94,7 @@ pub fn init(log: &LogConfig) -> Result<()> {
             .with_current_span(false)
             .try_init(),
     };
-    installed.map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
+    installed.map_err(LoggingError::Install)
 }
 
 /// A `slog` logger for raft-rs that forwards to `tracing` under the target

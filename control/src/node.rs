@@ -8,23 +8,22 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
-use palisade_dataplane::clock::{monotonic_ms, unix_ms};
 use palisade_dataplane::leadership::{Leadership, LeadershipView};
 use palisade_dataplane::quota::{QuotaConfig, Quotas};
 use palisade_dataplane::replica::{tag_core, LeaseName, Notice, Proposal};
 use palisade_dataplane::server::{core_count, Cpus, ReplicaLink, Server, ServerOptions};
 use palisade_dataplane::service::{ControlStats, CoreStats, RequestService, ServiceConfig, Tenant};
 use palisade_dataplane::table::{KeyHasher, LeaseTable};
+use palisade_host::clock::{monotonic_ms, unix_ms};
 use palisade_proto::auth::StoredCredential;
 use palisade_proto::Role;
 use palisade_tuning::{Config, CoreSelection, Replication};
 use raft::eraftpb::Message;
 use tracing::{debug, error, info, warn};
 
-use crate::consensus::{ControlCore, CoreConfig, Elections, Restored};
-use crate::datadir::DataDir;
-use crate::raftlog::RaftLog;
+use crate::consensus::{ControlCore, CoreConfig, CoreError, Elections, Restored};
+use crate::datadir::{DataDir, DataDirError};
+use crate::raftlog::{LogError, RaftLog};
 use crate::transport::Transport;
 
 /// Peer messages waiting for the control thread before new ones are
@@ -45,25 +44,117 @@ const PRUNE_PER_TURN_MAX: usize = 4_096;
 /// Shortest cluster secret accepted.
 const SECRET_MIN: usize = 16;
 
+/// Why a node could not start, or had to stop. Every variant stops the
+/// node; each says whose fault it is.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The cluster secret file cannot be read. The operator's to fix.
+    #[error("reading cluster.secret_file {}", path.display())]
+    SecretUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The cluster secret is too short. The operator's to fix.
+    #[error("cluster.secret_file {} holds {len} bytes; a cluster secret needs at least {SECRET_MIN} (for example `head -c 32 /dev/urandom | base64 > {}`)", path.display(), path.display())]
+    SecretTooShort {
+        /// The file.
+        path: PathBuf,
+        /// Bytes it holds (trailing white space not counted).
+        len: usize,
+    },
+    /// The config names no member with this node's id. The operator's.
+    #[error("node.id {0} is not among the cluster members")]
+    NotAMember(u16),
+    /// `node.cores` cannot be placed on this machine's CPUs.
+    #[error("placing data-plane cores")]
+    Cores(#[source] std::io::Error),
+    /// More data-plane cores than a core index holds.
+    #[error("too many cores")]
+    TooManyCores(#[source] std::num::TryFromIntError),
+    /// The OS random source failed (the host's fault).
+    #[error("reading the OS random source")]
+    Random(#[source] getrandom::Error),
+    /// The data directory cannot be used.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// The raft log cannot be opened, read or written.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The raft log could not be synced before compacting.
+    #[error("syncing the raft log before compacting")]
+    SyncBeforeCompact(#[source] LogError),
+    /// The raft log could not be compacted.
+    #[error("compacting the raft log")]
+    Compact(#[source] LogError),
+    /// The raft driver refused to go on (a bug or a corrupt log).
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// Raft state could not be made durable: the node stopped granting.
+    #[error("raft state could not be made durable; stopping")]
+    NotDurable(#[source] CoreError),
+    /// The data plane did not start (a port in use, cores that did not come
+    /// up).
+    #[error("starting the data plane")]
+    DataPlane(#[source] std::io::Error),
+    /// The peer transport did not start (its port in use).
+    #[error("starting the peer transport on {listen}")]
+    Transport {
+        /// The peer address it was to listen on.
+        listen: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A new leader's replicated leases do not fit the lease table. The
+    /// operator's to fix.
+    #[error("installing {leases} replicated leases into the lease table: {reason}; raise leases.table_capacity (now {capacity})")]
+    TakeoverTable {
+        /// Replicated leases to install.
+        leases: usize,
+        /// What the table said.
+        reason: String,
+        /// The table's capacity.
+        capacity: u64,
+    },
+}
+
+impl NodeError {
+    /// The error and its causes on one line, `a: b: c` (for a log line).
+    #[must_use]
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(error) = cause {
+            text.push_str(": ");
+            text.push_str(&error.to_string());
+            cause = error.source();
+        }
+        text
+    }
+}
+
 /// Reads the cluster secret file (empty when none is configured).
 ///
 /// # Errors
 ///
 /// The file cannot be read or holds fewer than 16 bytes.
-pub fn cluster_secret(config: &Config) -> Result<Vec<u8>> {
+pub fn cluster_secret(config: &Config) -> Result<Vec<u8>, NodeError> {
     let Some(path) = config.secret_file_resolved() else {
         return Ok(Vec::new());
     };
-    let bytes = std::fs::read(&path)
-        .with_context(|| format!("reading cluster.secret_file {}", path.display()))?;
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(source) => return Err(NodeError::SecretUnreadable { path, source }),
+    };
     let secret = bytes.trim_ascii_end().to_vec();
     if secret.len() < SECRET_MIN {
-        bail!(
-            "cluster.secret_file {} holds {} bytes; a cluster secret needs at least {SECRET_MIN} (for example `head -c 32 /dev/urandom | base64 > {}`)",
-            path.display(),
-            secret.len(),
-            path.display()
-        );
+        return Err(NodeError::SecretTooShort {
+            path,
+            len: secret.len(),
+        });
     }
     Ok(secret)
 }
@@ -188,21 +279,22 @@ pub struct StartOptions {
 
 impl Node {
     /// Starts a node from `config`, keeping state in `data_dir`.
-    pub fn start(config: &Config, data_dir: PathBuf) -> Result<Node> {
+    pub fn start(config: &Config, data_dir: PathBuf) -> Result<Node, NodeError> {
         Node::start_with(config, data_dir, StartOptions::default())
     }
 
     /// [`Node::start`] with test switches.
-    pub fn start_with(config: &Config, data_dir: PathBuf, options: StartOptions) -> Result<Node> {
+    pub fn start_with(
+        config: &Config,
+        data_dir: PathBuf,
+        options: StartOptions,
+    ) -> Result<Node, NodeError> {
         let selection = cpus(&config.node.cores);
-        let cores = core_count(&selection).context("placing data-plane cores")?;
+        let cores = core_count(&selection).map_err(NodeError::Cores)?;
         let members = config.members();
         let voters: Vec<u64> = members.iter().map(|m| u64::from(m.id)).collect();
         if !voters.contains(&u64::from(config.node.id)) {
-            bail!(
-                "node.id {} is not among the cluster members",
-                config.node.id
-            );
+            return Err(NodeError::NotAMember(config.node.id));
         }
         let alone = voters.len() == 1;
         let secret = cluster_secret(config)?;
@@ -287,7 +379,7 @@ impl Node {
         }
 
         let mut hash_key = [0u8; 16];
-        getrandom::fill(&mut hash_key).context("reading the OS random source")?;
+        getrandom::fill(&mut hash_key).map_err(NodeError::Random)?;
         let tenants = config
             .tenants
             .iter()
@@ -317,7 +409,7 @@ impl Node {
                 lock_delay_max_ms: millis_u32(config.leases.lock_delay_max),
                 max_drift_ppm,
                 pending_per_connection_max: config.limits.pending_per_connection_max,
-                cores: u16::try_from(cores).context("too many cores")?,
+                cores: u16::try_from(cores).map_err(NodeError::TooManyCores)?,
                 start_ms,
                 unix_offset_ms: unix_ms() as i64 - start_ms as i64,
                 members: members
@@ -373,8 +465,7 @@ impl Node {
             members.len().saturating_sub(1),
             cores,
         ));
-        let server =
-            Server::start(shared.clone(), server_options).context("starting the data plane")?;
+        let server = Server::start(shared.clone(), server_options).map_err(NodeError::DataPlane)?;
 
         let (inbox_tx, inbox) = flume::bounded(INBOX_MAX);
         let transport = match config.peer_listen() {
@@ -394,7 +485,7 @@ impl Node {
                         inbox_tx.clone(),
                         config.qos.peer_dscp,
                     )
-                    .with_context(|| format!("starting the peer transport on {listen}"))?,
+                    .map_err(|source| NodeError::Transport { listen, source })?,
                 )
             }
             _ => None,
@@ -507,7 +598,7 @@ impl Node {
     ///
     /// Group commit: proposals that arrive while a turn is in its fsync
     /// wait in the channel and go into one entry in the next turn.
-    pub fn turn(&mut self, wait: Duration) -> Result<()> {
+    pub fn turn(&mut self, wait: Duration) -> Result<(), NodeError> {
         let now = monotonic_ms();
         // Work raft already has (a tick's heartbeats or campaign, a
         // confirmation round) goes out now, not after a wait for input.
@@ -588,7 +679,7 @@ impl Node {
             Ok(messages) => messages,
             Err(e) => {
                 self.stop_leading();
-                return Err(e).context("raft state could not be made durable; stopping");
+                return Err(NodeError::NotDurable(e));
             }
         };
         if let Err(e) = self.take_over_if_due(now) {
@@ -610,13 +701,11 @@ impl Node {
             .compaction(self.log.entries_written(), self.snapshot_entries)
         {
             if self.log.has_pending() {
-                self.log
-                    .sync()
-                    .context("syncing the raft log before compacting")?;
+                self.log.sync().map_err(NodeError::SyncBeforeCompact)?;
             }
             self.log
                 .compact(&snapshot, &hard_state, &rest)
-                .context("compacting the raft log")?;
+                .map_err(NodeError::Compact)?;
         }
         Ok(())
     }
@@ -625,17 +714,17 @@ impl Node {
     /// install the replicated ones, re-armed. Before [`Node::publish`], so
     /// the data plane serves only a table that holds exactly the
     /// replicated state.
-    fn take_over_if_due(&mut self, now: u64) -> Result<()> {
+    fn take_over_if_due(&mut self, now: u64) -> Result<(), NodeError> {
         let Some(takeover) = self.core.poll_takeover(now) else {
             return Ok(());
         };
-        let done = crate::leases::install(&self.shared.table, &self.tenants, &takeover)
-            .map_err(|e| {
-                anyhow!(
-                    "installing {} replicated leases into the lease table: {e}; raise leases.table_capacity (now {})",
-                    takeover.leases.len(),
-                    self.shared.table.capacity()
-                )
+        let done =
+            crate::leases::install(&self.shared.table, &self.tenants, &takeover).map_err(|e| {
+                NodeError::TakeoverTable {
+                    leases: takeover.leases.len(),
+                    reason: e.to_string(),
+                    capacity: self.shared.table.capacity(),
+                }
             })?;
         if done.unknown_tenant > 0 {
             warn!(
@@ -752,7 +841,7 @@ impl Node {
         }
     }
 
-    fn publish(&mut self) -> Result<()> {
+    fn publish(&mut self) -> Result<(), NodeError> {
         let view = self.core.leadership()?;
         if self.published != Some(view) {
             if self.published.map(|p| (p.role, p.epoch, p.leader_id))
@@ -802,16 +891,16 @@ impl Node {
     }
 
     /// Runs control work until `stop` returns true.
-    pub fn run_until(&mut self, mut stop: impl FnMut() -> bool) -> Result<()> {
+    pub fn run_until(&mut self, mut stop: impl FnMut() -> bool) -> Result<(), NodeError> {
         self.run_until_with(|_| stop())
     }
 
     /// [`Node::run_until`], handing `stop` the node on every turn of the
     /// control loop (the service-manager watchdog pings from there).
-    pub fn run_until_with(&mut self, mut stop: impl FnMut(&Node) -> bool) -> Result<()> {
+    pub fn run_until_with(&mut self, mut stop: impl FnMut(&Node) -> bool) -> Result<(), NodeError> {
         while !stop(self) {
             if let Err(e) = self.turn(Duration::from_millis(10)) {
-                error!(error = %format!("{e:#}"), "control plane failed");
+                error!(error = %e.chain(), "control plane failed");
                 return Err(e);
             }
         }
@@ -855,7 +944,35 @@ fn deliver(senders: &[flume::Sender<Vec<Notice>>], notices: Vec<Notice>) {
 
 #[cfg(test)]
 mod tests {
-    use super::election_ticks;
+    use super::{cluster_secret, election_ticks, NodeError};
+    use palisade_tuning::Config;
+
+    #[test]
+    fn secret_errors_name_the_file_and_keep_their_cause() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("secret");
+        let mut config = Config::builtin_default();
+        config.cluster.secret_file = Some(path.clone());
+        let err = cluster_secret(&config).expect_err("missing");
+        assert!(matches!(err, NodeError::SecretUnreadable { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!("reading cluster.secret_file {}", path.display())
+        );
+        assert!(err.chain().ends_with("(os error 2)"), "{}", err.chain());
+        std::fs::write(&path, "short\n").expect("write");
+        let err = cluster_secret(&config).expect_err("too short");
+        assert!(
+            err.to_string()
+                .contains("holds 5 bytes; a cluster secret needs at least 16"),
+            "{err}"
+        );
+        std::fs::write(&path, "0123456789abcdef0123\n").expect("write");
+        assert_eq!(
+            cluster_secret(&config).expect("long enough"),
+            b"0123456789abcdef0123"
+        );
+    }
 
     #[test]
     fn the_confirmation_window_stays_below_the_election_timeout() {

@@ -1,7 +1,7 @@
 //! The priority qdisc tree: when the node's own link is congested, packets
 //! marked with the client or peer DSCP leave before bulk traffic.
 //!
-//! Marking sockets (`palisade_dataplane::mark`) only helps where something
+//! Marking sockets (`palisade_host::mark`) only helps where something
 //! reads the mark. A host that sends bulk traffic (backups, replication of
 //! another service) on the same interface queues lease replies and raft
 //! heartbeats behind it in its own egress queue. With `qos.enabled` the

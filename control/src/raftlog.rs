@@ -42,12 +42,13 @@
 //! is easier to audit and to fault-test (every truncation point is tested)
 //! than a general-purpose engine built for TiKV's write rates.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use palisade_host::durable::{self, DurableError};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 
@@ -609,10 +610,15 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsyncing directory", dir))
+impl From<DurableError> for LogError {
+    fn from(error: DurableError) -> LogError {
+        let (step, path, source) = error.into_parts();
+        LogError::Io {
+            action: step.doing(),
+            path,
+            source,
+        }
+    }
 }
 
 impl RaftLog {
@@ -701,7 +707,7 @@ impl RaftLog {
                     .write_all(&header)
                     .map_err(io_err("writing", &path))?;
                 log.file.sync_all().map_err(io_err("fsyncing", &path))?;
-                sync_dir(dir)?;
+                durable::sync_dir(dir)?;
             }
         }
         log.file
@@ -825,19 +831,7 @@ impl RaftLog {
             &header_payload(MAGIC_V2, &self.cluster, self.node),
         );
         bytes.extend(batch_record(1, items));
-        {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io_err("creating", &tmp))?;
-            file.write_all(&bytes).map_err(io_err("writing", &tmp))?;
-            file.sync_all().map_err(io_err("fsyncing", &tmp))?;
-        }
-        fs::rename(&tmp, &self.path).map_err(io_err("renaming over", &self.path))?;
-        sync_dir(&self.dir)?;
+        durable::replace(&self.path, &tmp, &bytes, 0o600)?;
         self.file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -855,6 +849,7 @@ impl RaftLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn entry(index: u64, term: u64) -> Entry {
         Entry {

@@ -1,5 +1,5 @@
 //! `palisade serve` under a service manager: readiness, status lines, the
-//! watchdog and the stop notice, sent with [`palisade_systemd::Notifier`].
+//! watchdog and the stop notice, sent with [`palisade_host::notify::Notifier`].
 //!
 //! - `READY=1` goes out once, when the node serves: it leads (a leader in
 //!   its grace period answers clients, with a retry time), or it follows a
@@ -8,7 +8,7 @@
 //!   once the cluster has a leader.
 //! - `STATUS=` follows the role: `leader term 3, granting`, `follower of
 //!   node 2, term 3`, `candidate in term 4, no leader known`.
-//! - `WATCHDOG=1` is decided by [`palisade_systemd::Watchdog`] from the
+//! - `WATCHDOG=1` is decided by [`palisade_host::notify::Watchdog`] from the
 //!   heartbeat of every data-plane core, and sent from the control loop,
 //!   so a ping also proves the control thread turns. A stuck core or a
 //!   stuck control loop stops the pings and systemd restarts the node.
@@ -19,10 +19,9 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use palisade_dataplane::leadership::LeadershipView;
+use palisade_host::notify::{watchdog_from_env, Notifier, NotifyError, Watchdog, WatchdogAction};
 use palisade_proto::Role;
-use palisade_systemd::{watchdog_from_env, Notifier, Watchdog, WatchdogAction};
 use tracing::{error, info, warn};
 
 use crate::node::Node;
@@ -32,19 +31,37 @@ use crate::node::Node;
 /// data directory.
 pub const CORE_STALL_FAILPOINT: &str = "failpoint-stall-core";
 
+/// Why supervision could not start. The environment's fault: the unit file
+/// or the test that set the variable.
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    /// `$NOTIFY_SOCKET`, `$WATCHDOG_USEC` or `$WATCHDOG_PID` is malformed.
+    #[error("the service manager's environment")]
+    Environment(#[source] NotifyError),
+    /// `PALISADE_TEST_STALL_CORE` is not a core index.
+    #[error("PALISADE_TEST_STALL_CORE={value:?} is not a core index")]
+    StallCore {
+        /// The variable's value.
+        value: String,
+        /// Why it does not parse.
+        #[source]
+        source: std::num::ParseIntError,
+    },
+}
+
 /// Arms the core-stall test hook if `PALISADE_TEST_STALL_CORE` is set.
 /// Call only when `--failpoints` was given, before the node starts.
-pub fn arm_core_stall_failpoint(data_dir: &Path) -> Result<()> {
+pub fn arm_core_stall_failpoint(data_dir: &Path) -> Result<(), SuperviseError> {
     let Ok(value) = std::env::var("PALISADE_TEST_STALL_CORE") else {
         return Ok(());
     };
     let core = value
         .parse::<usize>()
-        .with_context(|| format!("PALISADE_TEST_STALL_CORE={value:?} is not a core index"))?;
-    palisade_dataplane::server::heartbeat::arm_core_stall_failpoint(
-        core,
-        data_dir.join(CORE_STALL_FAILPOINT),
-    );
+        .map_err(|source| SuperviseError::StallCore {
+            value: value.clone(),
+            source,
+        })?;
+    palisade_host::heartbeat::arm_core_stall_failpoint(core, data_dir.join(CORE_STALL_FAILPOINT));
     Ok(())
 }
 
@@ -65,10 +82,10 @@ impl Supervision {
     /// malformed value is an error: the unit file or the environment is
     /// wrong, and a service manager waiting for `READY=1` would otherwise
     /// time out with no reason given.
-    pub fn from_env() -> Result<Supervision> {
-        let notifier = Notifier::from_env().context("the service manager's environment")?;
+    pub fn from_env() -> Result<Supervision, SuperviseError> {
+        let notifier = Notifier::from_env().map_err(SuperviseError::Environment)?;
         let watchdog = watchdog_from_env()
-            .context("the service manager's environment")?
+            .map_err(SuperviseError::Environment)?
             .filter(|_| notifier.is_some())
             .map(Watchdog::new);
         if let (Some(notifier), Some(dog)) = (&notifier, &watchdog) {
@@ -146,7 +163,7 @@ impl Supervision {
         self.status = status;
     }
 
-    fn send(&mut self, what: impl FnOnce(&Notifier) -> Result<(), palisade_systemd::NotifyError>) {
+    fn send(&mut self, what: impl FnOnce(&Notifier) -> Result<(), NotifyError>) {
         let Some(notifier) = &self.notifier else {
             return;
         };

@@ -11,7 +11,7 @@
 //! our writer to it out of its back-off.
 //! One thread per inbound connection reads frames into the control
 //! thread's inbox. Sockets carry a DSCP (`qos.peer_dscp`, CS6 by default)
-//! and its `SO_PRIORITY` (see `palisade_dataplane::mark`), `TCP_NODELAY`
+//! and its `SO_PRIORITY` (see `palisade_host::mark`), `TCP_NODELAY`
 //! and TCP keepalive;
 //! outbound sockets are bound to this node's peer address, so a peer sees
 //! them come from the address its config names.
@@ -62,7 +62,7 @@ use sha2::Sha256;
 use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
 use tracing::{debug, info, warn};
 
-use palisade_dataplane::clock::monotonic_ms;
+use palisade_host::clock::monotonic_ms;
 
 const MAGIC: &[u8; 8] = b"PLSDPEER";
 /// The magic of a probe link's hello.
@@ -154,7 +154,7 @@ impl std::fmt::Debug for Identity {
 /// Sets the DSCP mark and priority (before `connect` on outbound sockets,
 /// so the SYN carries it too). A failure costs only priority: logged.
 fn mark_dscp(sock: &SockRef<'_>, ipv6: bool, dscp: u8) {
-    if let Err(e) = palisade_dataplane::mark::mark(sock, ipv6, dscp) {
+    if let Err(e) = palisade_host::mark::mark(sock, ipv6, dscp) {
         warn!(dscp, error = %e, "could not mark a peer socket");
     }
 }
@@ -886,7 +886,7 @@ impl Prober {
             }
             let mut ping = PING.to_vec();
             ping.extend_from_slice(&seq.to_le_bytes());
-            let sent_ns = palisade_dataplane::clock::monotonic_ns();
+            let sent_ns = palisade_host::clock::monotonic_ns();
             write_frame(&mut stream, &ping)?;
             let deadline = monotonic_ms() + IO_TIMEOUT.as_millis() as u64;
             let pong = frames
@@ -898,7 +898,7 @@ impl Prober {
                     ),
                     _ => e,
                 })?;
-            let received_ns = palisade_dataplane::clock::monotonic_ns();
+            let received_ns = palisade_host::clock::monotonic_ns();
             let mut expected = PONG.to_vec();
             expected.extend_from_slice(&seq.to_le_bytes());
             if pong != expected {

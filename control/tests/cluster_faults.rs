@@ -521,10 +521,7 @@ fn failover_timing() {
 /// Microseconds since the Unix epoch (the nodes' log lines carry wall-clock
 /// timestamps).
 fn unix_us() -> u64 {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970");
-    u64::try_from(since.as_micros()).expect("fits")
+    palisade_host::clock::unix_us()
 }
 
 /// The Unix time in µs of a log line's RFC 3339 timestamp

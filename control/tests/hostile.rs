@@ -33,10 +33,10 @@ struct Instant(u64);
 
 impl Instant {
     fn now() -> Instant {
-        Instant(palisade_dataplane::clock::monotonic_ns())
+        Instant(palisade_host::clock::monotonic_ns())
     }
     fn elapsed(self) -> Duration {
-        Duration::from_nanos(palisade_dataplane::clock::monotonic_ns().saturating_sub(self.0))
+        Duration::from_nanos(palisade_host::clock::monotonic_ns().saturating_sub(self.0))
     }
     fn saturating_duration_since(self, earlier: Instant) -> Duration {
         Duration::from_nanos(self.0.saturating_sub(earlier.0))

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use palisade_control::qos::{self, classify_root, QosError, RootQdisc, TcFailure, TreePlan};
 use palisade_control::transport::Transport;
-use palisade_dataplane::clock::monotonic_ns;
-use palisade_dataplane::mark;
+use palisade_host::clock::monotonic_ns;
+use palisade_host::mark;
 use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
 use socket2::{Domain, SockRef, Socket, Type};
 

@@ -16,8 +16,8 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use palisade_dataplane::clock::monotonic_ns;
 use palisade_dataplane::table::{AcquireMode, Acquired, Grant, KeyHasher, LeaseKey, LeaseTable};
+use palisade_host::clock::monotonic_ns;
 
 const EPOCH: u32 = 1;
 const NOW_MS: u64 = 1_000;

@@ -7,10 +7,12 @@
 //! (one archived request in, one [`service::Outcome`] out, no I/O), the
 //! [`leadership::Leadership`] word it reads once per request, and, with the
 //! `server` feature, [`server::Server`]: the shell that moves bytes. Also
-//! [`metrics`] (per-core counters and their Prometheus exposition) and
-//! [`admin`] (the admin endpoint's HTTP, sans-IO), and [`replica`]: the
-//! replicated lease state machine and the commands a leader logs (the
-//! control plane drives raft; the data plane proposes and applies).
+//! [`metrics`] (per-core counters and their Prometheus exposition, served
+//! through `palisade_host::admin`), and [`replica`]: the replicated lease
+//! state machine and the commands a leader logs (the control plane drives
+//! raft; the data plane proposes and applies). Process plumbing (the clock,
+//! DSCP marks, the admin endpoint's HTTP, core heartbeats) is
+//! `palisade_host`'s.
 //!
 //! What it never does: import raft or touch persistence (the control plane
 //! publishes the epoch it mints tokens in), take a mutex on a request path,
@@ -34,10 +36,7 @@
 // locally with a SAFETY comment on each block.
 #![deny(unsafe_code)]
 
-pub mod admin;
-pub mod clock;
 pub mod leadership;
-pub mod mark;
 pub mod metrics;
 pub mod names;
 pub mod quota;
@@ -48,3 +47,9 @@ pub mod service;
 mod sync;
 pub mod table;
 pub mod waiters;
+
+// TEMPORARY: the proxy moves to palisade_host at merge. These are exactly
+// the paths `proxy/` imports today (`palisade_dataplane::clock::…`; the
+// heartbeat is re-exported as `server::heartbeat`).
+#[doc(hidden)]
+pub use palisade_host::clock;

@@ -22,13 +22,13 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade_dataplane::clock::monotonic_ms;
 use palisade_dataplane::leadership::{Leadership, LeadershipView, TIME_MAX_MS};
 use palisade_dataplane::metrics::{ControlStats, CoreStats};
 use palisade_dataplane::server::nudge::Kicker;
 use palisade_dataplane::server::{core_count, Cpus, Server, ServerOptions, StartHooks};
 use palisade_dataplane::service::{RequestService, ServiceConfig, Tenant};
 use palisade_dataplane::table::{KeyHasher, LeaseTable};
+use palisade_host::clock::monotonic_ms;
 use palisade_proto::Role;
 
 fn shared(cores: usize) -> Arc<RequestService> {

@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use palisade_client::cli::{self, ClientCommand};
 use palisade_control::node::{default_data_dir, Node, StartOptions};
 use palisade_control::supervise::Supervision;
-use palisade_dataplane::clock::monotonic_ms;
+use palisade_host::clock::monotonic_ms;
 use palisade_tuning::{Config, FsSource, TenantCredential};
 use tracing::info;
 
@@ -153,7 +153,7 @@ fn serve(
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
         {
-            palisade_dataplane::clock::set_rate_ppm(ppm);
+            palisade_host::clock::set_rate_ppm(ppm);
             tracing::warn!(
                 ppm,
                 "test failpoint: this node's clock runs at a drifted rate"
@@ -190,7 +190,7 @@ fn serve(
     supervision.stopping();
     info!("shutting down");
     node.shutdown();
-    result
+    Ok(result?)
 }
 
 fn tenant_credential(secret_file: Option<PathBuf>, iterations: u32) -> Result<()> {

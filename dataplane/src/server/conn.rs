@@ -18,10 +18,10 @@ use palisade_proto::{
 use tracing::{debug, warn};
 
 use super::CoreCtx;
-use crate::clock::{monotonic_ms, monotonic_ns};
 use crate::metrics::{Closed, CoreStats};
 use crate::service::{Conn, Outcome, Phase, RequestMeta};
 use crate::waiters::WaitEvent;
+use palisade_host::clock::{monotonic_ms, monotonic_ns};
 
 /// Receive buffer a connection starts with; it grows up to one maximal frame.
 const RECV_BUF_INITIAL: usize = 4096;

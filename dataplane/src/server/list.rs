@@ -10,11 +10,11 @@ use glommio::TaskQueueHandle;
 use palisade_proto::{validate_resource, ArchivedRequest, Response, HEADER_LEN};
 
 use super::{CoreCtx, CoreMsg};
-use crate::clock::monotonic_ms;
 use crate::names::{self, Live, NameIndex, Part, NOTE_GRACE_MS};
 use crate::service::{Conn, ListRequest, Phase};
 use crate::table::{KeyHasher, LeaseTable};
 use crate::waiters::WaitEvent;
+use palisade_host::clock::monotonic_ms;
 
 /// Payload bytes of a `Listed` answer besides its leases: the root and the
 /// longest cursor, padded.

@@ -29,7 +29,6 @@ use glommio::{
 };
 use tracing::{debug, error, info, warn};
 
-use crate::clock::monotonic_ms;
 use crate::leadership::LeadershipView;
 use crate::metrics::Denial;
 use crate::replica::{tag, tag_core, Command, Notice, Proposal};
@@ -37,10 +36,13 @@ use crate::service::{Commit, RequestService, WatchRequest};
 use crate::table::LeaseKey;
 use crate::waiters::{home_core, Origin, WaitEvent, WaitQueues, WaitRequest};
 use nudge::{CoreWakers, Kicker, Registration};
+use palisade_host::clock::monotonic_ms;
 
-mod admin;
 mod conn;
-pub mod heartbeat;
+// TEMPORARY: the proxy moves to palisade_host at merge (it imports
+// `palisade_dataplane::server::heartbeat`).
+#[doc(hidden)]
+pub use palisade_host::heartbeat;
 mod list;
 pub mod net;
 pub mod nudge;
@@ -477,9 +479,10 @@ impl CoreCtx {
             };
             if let Some(arrived_ns) = pending.arrived_ns {
                 // Answered now, on the core the request arrived on.
-                stats
-                    .latency
-                    .record(crate::clock::monotonic_ns().saturating_sub(arrived_ns), 1);
+                stats.latency.record(
+                    palisade_host::clock::monotonic_ns().saturating_sub(arrived_ns),
+                    1,
+                );
             }
             if notice.committed {
                 if pending.confirm {
@@ -1096,9 +1099,12 @@ async fn core_main(
             .take();
         if let Some(sock) = admin {
             let listener = net::into_glommio(sock);
+            let metrics_ctx = ctx.clone();
+            let pages =
+                Rc::new(move |now_ms: u64| crate::metrics::render(&metrics_ctx.shared, now_ms));
             tasks.push(spawn_owned(
                 background,
-                admin::accept_loop(ctx.clone(), listener, background),
+                palisade_host::admin::accept_loop(pages, listener, background),
             ));
         }
     }

@@ -12,7 +12,7 @@ use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd, RawFd};
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
-use crate::mark::{mark, marks_of, Marked};
+use palisade_host::mark::{mark, marks_of, Marked};
 
 /// Listen backlog of every core's listener.
 const BACKLOG: i32 = 1024;
@@ -134,7 +134,7 @@ mod tests {
     fn listener_and_accepted_streams_carry_the_mark() {
         let (marks, nodelay) = accepted_marks("127.0.0.1:0", 46);
         assert_eq!(marks.dscp, 46, "EF");
-        assert_eq!(marks.priority, crate::mark::PRIO_INTERACTIVE);
+        assert_eq!(marks.priority, palisade_host::mark::PRIO_INTERACTIVE);
         assert!(nodelay);
     }
 
@@ -146,7 +146,7 @@ mod tests {
         }
         let (marks, nodelay) = accepted_marks("[::1]:0", 34);
         assert_eq!(marks.dscp, 34, "AF41 in IPV6_TCLASS");
-        assert_eq!(marks.priority, crate::mark::priority_for_dscp(34));
+        assert_eq!(marks.priority, palisade_host::mark::priority_for_dscp(34));
         assert!(nodelay);
     }
 }

@@ -1,5 +1,8 @@
-//! The server's one clock: `CLOCK_MONOTONIC`, read through here so that
+//! The process's one clock: `CLOCK_MONOTONIC`, read through here so that
 //! everything below the I/O shell takes time as an argument.
+//!
+//! `clippy.toml` disallows `Instant`, `Instant::now`, `SystemTime::now` and
+//! `clock_gettime` everywhere else; this module alone allows them.
 //!
 //! Monotonic time stops while the machine is suspended. That is the safe
 //! direction for a lease server: a suspended server's leases look longer,
@@ -17,6 +20,7 @@ static RATE_PPM: AtomicU64 = AtomicU64::new(1_000_000);
 static RATE_BASE_NS: AtomicU64 = AtomicU64::new(0);
 static RATE_OFFSET_NS: AtomicU64 = AtomicU64::new(0);
 
+#[allow(clippy::disallowed_methods)] // the one reading of the monotonic clock
 fn raw_ns() -> u64 {
     let ts = clock_gettime(ClockId::Monotonic);
     let secs = u64::try_from(ts.tv_sec).expect("monotonic clock is non-negative");
@@ -55,13 +59,35 @@ pub fn monotonic_ms() -> u64 {
     monotonic_ns() / 1_000_000
 }
 
-/// Milliseconds since the Unix epoch (for display only, never for leases).
+/// Milliseconds on the boot-time clock (`CLOCK_BOOTTIME`), which keeps
+/// counting while the machine is suspended: the clock a lease *holder*
+/// judges its lease by, so that a laptop that slept through its lease does
+/// not wake up believing it still holds it. (The server's leases use
+/// [`monotonic_ms`], which stops in suspend: the safe direction there.)
 #[must_use]
-pub fn unix_ms() -> u64 {
+#[allow(clippy::disallowed_methods)] // the one reading of the boot-time clock
+pub fn boottime_ms() -> u64 {
+    let ts = clock_gettime(ClockId::Boottime);
+    let secs = u64::try_from(ts.tv_sec).expect("boot-time clock is non-negative");
+    let nanos = u64::try_from(ts.tv_nsec).expect("tv_nsec is within 0..1e9");
+    secs * 1000 + nanos / 1_000_000
+}
+
+/// Microseconds since the Unix epoch (for display and for matching log
+/// timestamps, never for leases).
+#[must_use]
+#[allow(clippy::disallowed_methods)] // the one reading of the real-time clock
+pub fn unix_us() -> u64 {
     let ts = clock_gettime(ClockId::Realtime);
     let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
     let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
-    secs * 1000 + nanos / 1_000_000
+    secs * 1_000_000 + nanos / 1_000
+}
+
+/// Milliseconds since the Unix epoch (for display only, never for leases).
+#[must_use]
+pub fn unix_ms() -> u64 {
+    unix_us() / 1_000
 }
 
 #[cfg(test)]
@@ -75,5 +101,8 @@ mod tests {
         assert!(b >= a);
         assert!(monotonic_ms() >= a / 1_000_000);
         assert!(unix_ms() > 1_600_000_000_000);
+        assert!(unix_us() / 1_000 >= unix_ms() - 1_000);
+        let boot = boottime_ms();
+        assert!(boottime_ms() >= boot);
     }
 }

@@ -26,7 +26,7 @@
 //! `$NOTIFY_SOCKET`: [`Notifier::from_env`] returns `None`).
 //!
 //! ```
-//! use palisade_systemd::{Watchdog, WatchdogAction};
+//! use palisade_host::notify::{Watchdog, WatchdogAction};
 //! use std::time::Duration;
 //! let mut dog = Watchdog::new(Duration::from_secs(10));
 //! // Two workers that beat at 0 ms and 1 ms: healthy, first ping is due.
@@ -39,8 +39,6 @@
 //!     WatchdogAction::Withhold { worker: 1, age_ms: 11_000, first_report: true }
 //! );
 //! ```
-#![warn(missing_docs)]
-#![forbid(unsafe_code)]
 
 use std::io;
 use std::os::linux::net::SocketAddrExt;
@@ -356,7 +354,7 @@ mod tests {
 
     #[test]
     fn sends_to_an_abstract_address() {
-        let name = format!("palisade-systemd-test-{}", std::process::id());
+        let name = format!("palisade-host-notify-test-{}", std::process::id());
         let addr = SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract name");
         let manager = UnixDatagram::bind_addr(&addr).expect("bind abstract");
         let notifier = Notifier::connect(&format!("@{name}")).expect("connect");

@@ -1,23 +1,25 @@
 //! Per-core heartbeats: proof that each core's executor still runs tasks.
 //!
-//! Every core runs a task on its `lease-rpc` queue that stores the
+//! Every core (each of the data plane's cores, the fencing proxy's one
+//! executor) runs a task on its most important queue that stores the
 //! monotonic time into the core's slot every [`HEARTBEAT_PERIOD`]. glommio
 //! is cooperative, so a task that never yields (a blocking call, a loop
 //! without `yield_if_needed`) stops every task of its core, and with them
-//! the heartbeat. The service-manager watchdog reads the slots
-//! ([`super::Server::core_heartbeats_ms`]) and stops vouching for a
-//! process one of whose cores has gone quiet.
+//! the heartbeat. The service-manager watchdog ([`crate::notify::Watchdog`])
+//! reads the slots and stops vouching for a process one of whose cores has
+//! gone quiet.
 //!
-//! It never decides anything itself and never touches the lease table.
+//! The slots and the stall failpoint are plain std; the beating task
+//! (`beat`) needs the `glommio` feature.
+//!
+//! It never decides anything itself.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tracing::warn;
-
-use crate::clock::monotonic_ms;
 
 /// How often each core stores its heartbeat. A watchdog interval should be
 /// many of these (the units use 30 s).
@@ -44,14 +46,19 @@ pub fn slots(cores: usize, now_ms: u64) -> Arc<[AtomicU64]> {
 
 /// The heartbeat task of core `index`: spawn it on the executor's most
 /// important task queue.
+#[cfg(feature = "glommio")]
 pub async fn beat(slots: Arc<[AtomicU64]>, index: usize) {
     loop {
-        slots[index].store(monotonic_ms(), Ordering::Relaxed);
+        slots[index].store(
+            crate::clock::monotonic_ms(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         stall_if_armed(index);
         glommio::timer::sleep(HEARTBEAT_PERIOD).await;
     }
 }
 
+#[cfg(feature = "glommio")]
 fn stall_if_armed(index: usize) {
     let Some((core, file)) = STALL_FAILPOINT.get() else {
         return;

@@ -1,7 +1,9 @@
-//! The admin endpoint's shell: one listener on core 0, served from the
-//! low-share `background` task queue, so a scrape never delays lease
-//! traffic in `lease-rpc`. Reads a request head (bounded in size and time),
-//! asks [`crate::admin`] what to answer, writes it, closes.
+//! The admin endpoint's shell, on a glommio executor: one listener, served
+//! from a low-share task queue the caller names, so a scrape never delays
+//! the daemon's own traffic (the data plane passes core 0's `background`
+//! queue). Reads a request head (bounded in size and time), asks
+//! [`super::parse_head`] what to answer, renders the daemon's
+//! [`Pages`], writes the response, closes.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -9,17 +11,21 @@ use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
+use glommio::TaskQueueHandle;
 use tracing::{debug, warn};
 
-use super::CoreCtx;
-use crate::admin::{self, Head, Route, Status};
+use super::{Pages, Route, Status};
+use crate::admin::{self, Head};
 use crate::clock::monotonic_ms;
 
-/// Accepts admin connections on this core's background queue.
-pub(super) async fn accept_loop(
-    ctx: Rc<CoreCtx>,
+/// Accepts admin connections on `queue` (a task queue of the calling
+/// executor) and answers each from `pages`, until the executor stops.
+/// Spawn it on that executor; at most [`admin::CONNECTIONS_MAX`]
+/// connections are served at once, the rest get a 503.
+pub async fn accept_loop<P: Pages + 'static>(
+    pages: Rc<P>,
     listener: TcpListener,
-    queue: glommio::TaskQueueHandle,
+    queue: TaskQueueHandle,
 ) {
     let active = Rc::new(Cell::new(0usize));
     loop {
@@ -32,7 +38,7 @@ pub(super) async fn accept_loop(
             }
         };
         if active.get() >= admin::CONNECTIONS_MAX {
-            super::spawn(queue, async move {
+            spawn(queue, async move {
                 let response =
                     admin::error_response(Status::Unavailable, "too many admin connections; retry");
                 let _ = with_deadline(admin::WRITE_DEADLINE, stream.write_all(&response)).await;
@@ -41,14 +47,20 @@ pub(super) async fn accept_loop(
             continue;
         }
         active.set(active.get() + 1);
-        let ctx = ctx.clone();
+        let pages = pages.clone();
         let active = active.clone();
-        super::spawn(queue, async move {
-            serve(&ctx, &mut stream).await;
+        spawn(queue, async move {
+            serve(&*pages, &mut stream).await;
             let _ = stream.close().await;
             active.set(active.get() - 1);
         });
     }
+}
+
+fn spawn(queue: TaskQueueHandle, future: impl std::future::Future<Output = ()> + 'static) {
+    glommio::spawn_local_into(future, queue)
+        .expect("the admin queue was created on this executor")
+        .detach();
 }
 
 /// `future`'s output, or `None` once `limit` has passed.
@@ -63,7 +75,7 @@ async fn with_deadline<T>(
     .await
 }
 
-async fn serve(ctx: &CoreCtx, stream: &mut TcpStream) {
+async fn serve(pages: &impl Pages, stream: &mut TcpStream) {
     let deadline_ms = monotonic_ms() + admin::READ_DEADLINE.as_millis() as u64;
     let mut buf = vec![0u8; admin::REQUEST_HEAD_MAX];
     let mut filled = 0;
@@ -90,7 +102,7 @@ async fn serve(ctx: &CoreCtx, stream: &mut TcpStream) {
     };
     let response = match route {
         Route::Metrics { head_only } => {
-            let body = crate::metrics::render(&ctx.shared, monotonic_ms());
+            let body = pages.metrics(monotonic_ms());
             admin::response(Status::Ok, admin::METRICS_CONTENT_TYPE, &body, head_only)
         }
         Route::Error(status, why) => {

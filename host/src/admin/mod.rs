@@ -1,6 +1,8 @@
 //! The admin endpoint's HTTP/1.1, sans-IO: request heads in, whole
-//! responses out. The shell (`server::admin`) reads bytes until
-//! [`parse_head`] decides, writes the response and closes the connection.
+//! responses out. The shell ([`accept_loop`], feature `glommio`) reads
+//! bytes until [`parse_head`] decides, renders the daemon's [`Pages`],
+//! writes the response and closes the connection. Both daemons serve their
+//! admin endpoint through it: each implements [`Pages`].
 //!
 //! What it serves: `GET /metrics` (and `HEAD`), the Prometheus text format.
 //! Everything else gets a plain-text 4xx naming the problem: unknown paths
@@ -13,13 +15,32 @@
 //! What it never does: touch sockets, block, or panic on input.
 //!
 //! ```
-//! use palisade_dataplane::admin::{parse_head, Head, Route};
+//! use palisade_host::admin::{parse_head, Head, Route};
 //! assert_eq!(parse_head(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
 //!            Head::Complete(Route::Metrics { head_only: false }));
 //! assert_eq!(parse_head(b"GET /metr"), Head::Incomplete);
 //! ```
 
 use std::time::Duration;
+
+#[cfg(feature = "glommio")]
+mod shell;
+#[cfg(feature = "glommio")]
+pub use shell::accept_loop;
+
+/// What a daemon serves on its admin endpoint. A new page is a new route in
+/// [`parse_head`] and a method here.
+pub trait Pages {
+    /// The Prometheus text exposition for `GET /metrics`, rendered at
+    /// `now_ms` (monotonic). Called once per scrape, on the admin queue.
+    fn metrics(&self, now_ms: u64) -> String;
+}
+
+impl<F: Fn(u64) -> String> Pages for F {
+    fn metrics(&self, now_ms: u64) -> String {
+        self(now_ms)
+    }
+}
 
 /// Largest request head read (request line and headers).
 pub const REQUEST_HEAD_MAX: usize = 8192;

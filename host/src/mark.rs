@@ -14,7 +14,7 @@
 //! (it falls back and says so once).
 //!
 //! ```
-//! use palisade_dataplane::mark::{mark, marks_of, priority_for_dscp};
+//! use palisade_host::mark::{mark, marks_of, priority_for_dscp};
 //! use socket2::SockRef;
 //!
 //! let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -71,7 +71,7 @@ pub struct Marked {
 /// | CS6, CS7 (48..=63)        | 6, 7  | 7 control              |
 ///
 /// ```
-/// use palisade_dataplane::mark::priority_for_dscp;
+/// use palisade_host::mark::priority_for_dscp;
 /// assert_eq!(priority_for_dscp(46), 6); // EF
 /// assert_eq!(priority_for_dscp(48), 7); // CS6
 /// assert_eq!(priority_for_dscp(0), 0);

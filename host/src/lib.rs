@@ -1,0 +1,55 @@
+//! Process plumbing for Palisade's daemons (`palisade serve` and
+//! `palisade-fencing-proxy`): the things every process needs from its host
+//! and that no lease logic should own.
+//!
+//! What it owns:
+//! - [`clock`]: the one place the process reads the clock
+//!   (`CLOCK_MONOTONIC` for leases, the real-time clock for display), with
+//!   the clock-rate test hook. `clippy.toml` disallows reading time
+//!   anywhere else.
+//! - [`mark`]: DSCP and `SO_PRIORITY` marks on a socket.
+//! - [`admin`]: the admin endpoint's HTTP/1.1, sans-IO, and (feature
+//!   `glommio`) the accept loop that serves a daemon's [`admin::Pages`].
+//! - [`heartbeat`]: the per-executor heartbeat slots the service-manager
+//!   watchdog reads, and (feature `glommio`) the task that beats them.
+//! - [`durable`]: files and directories that survive a power cut (write,
+//!   fsync, rename, fsync the directory) and the read-back of a file's
+//!   prefix.
+//! - [`notify`]: systemd's notify protocol and the watchdog decision.
+//!
+//! What it never does: know about leases, tokens, raft or NBD; panic on
+//! input from the network; or pull in an async runtime unless the
+//! `glommio` feature asks for one (without it the crate is std, rustix and
+//! socket2, light enough for the client library and bench).
+//!
+//! Main types: [`admin::Pages`], [`heartbeat::slots`],
+//! [`durable::DurableError`], [`notify::Notifier`], [`notify::Watchdog`].
+//!
+//! ```
+//! use palisade_host::clock::monotonic_ms;
+//! use palisade_host::durable;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("state");
+//! durable::replace(&path, &durable::tmp_path(&path), b"epoch 7\n", 0o600)?;
+//! let mut buf = [0u8; 64];
+//! let len = durable::read_prefix(&path, &mut buf)?.expect("the file exists");
+//! assert_eq!(&buf[..len], b"epoch 7\n");
+//! assert!(monotonic_ms() > 0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod clock;
+pub mod durable;
+pub mod heartbeat;
+pub mod mark;
+pub mod notify;
+
+// TEMPORARY: the proxy moves to palisade_host at merge. Its
+// `palisade_systemd::{…}` imports resolve here through the workspace's
+// `palisade-systemd` alias of this crate.
+#[doc(hidden)]
+pub use notify::{watchdog_from_env, Notifier, NotifyError, Watchdog, WatchdogAction};
