@@ -51,6 +51,18 @@ fi
 echo "== workspace tests"
 cargo test --workspace --locked
 
+echo "== crate boundaries: the client library without its CLI"
+# An application that links palisade-client without default features gets
+# no CLI dependencies (docs/ARCHITECTURE.md, the crate table).
+client_deps=$(cargo tree --locked -p palisade-client --no-default-features -e normal --prefix none)
+for forbidden in clap toml serde_json; do
+    if grep -q "^$forbidden v" <<<"$client_deps"; then
+        echo "palisade-client without default features depends on $forbidden" >&2
+        exit 1
+    fi
+done
+cargo test --locked -p palisade-client --no-default-features
+
 echo "== systemd units (systemd-analyze verify, security) and scripts/install.sh"
 scripts/test-systemd.sh
 

@@ -12,7 +12,6 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
-mod clock;
 mod compare;
 mod failover;
 mod load;

@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 
-use crate::clock::now_ns;
+use palisade_host::clock::monotonic_ns;
 
 fn duration(text: &str) -> Result<Duration, palisade_tuning::ValueError> {
     palisade_tuning::parse_duration(text)
@@ -190,9 +190,9 @@ fn measure(target: &Target, args: &NbdArgs, seed: u64) -> Result<(Histogram<u64>
                     x ^= x >> 7;
                     x ^= x << 17;
                     let offset = (x % blocks) * block;
-                    let start = now_ns();
+                    let start = monotonic_ns();
                     conn.write(offset, &data)?;
-                    histogram.record((now_ns() - start).max(1))?;
+                    histogram.record((monotonic_ns() - start).max(1))?;
                     writes += 1;
                 }
                 conn.close();

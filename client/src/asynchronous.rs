@@ -28,7 +28,6 @@ use crate::blocking::{
     token_outcome, unexpected, watch_end_ms, watched, AcquireOptions, ConnectOptions, ListPage,
     Watched, RESPONSE_PAYLOAD_MAX,
 };
-use crate::clock::boottime_ms;
 use crate::failover::{
     connection_is_dead, is_node_failure, millis, renew_attempt, Attempt, Endpoints, Next, Retry,
 };
@@ -36,6 +35,7 @@ use crate::handshake::{Handshake, Step};
 use crate::lease::{AcquireOutcome, Lease, TokenOutcome};
 use crate::watch::{WatchEvent, WatchStep, WatchTracker};
 use crate::ClientError;
+use palisade_host::clock::boottime_ms;
 
 type Reply = oneshot::Sender<Result<Response, ClientError>>;
 

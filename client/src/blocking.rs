@@ -22,7 +22,6 @@ use palisade_proto::{
     Response, Welcome, HEADER_LEN, LIST_LIMIT_MAX,
 };
 
-use crate::clock::boottime_ms;
 use crate::failover::{
     connection_is_dead, is_node_failure, millis, renew_attempt, split_endpoints, Attempt,
     Endpoints, Next, Retry, ATTEMPT_TIMEOUT_DEFAULT,
@@ -31,6 +30,7 @@ use crate::handshake::{Handshake, Identity, Step};
 use crate::lease::{valid_until, AcquireOutcome, Lease, TokenOutcome};
 use crate::watch::{WatchEvent, WatchStep, WatchTracker};
 use crate::ClientError;
+use palisade_host::clock::boottime_ms;
 
 /// Largest response payload the client accepts.
 pub const RESPONSE_PAYLOAD_MAX: u32 = 1 << 16;

@@ -15,9 +15,9 @@ use palisade_proto::{token_epoch, token_seq, ErrorCode};
 use serde_json::{json, Value};
 
 use crate::blocking::{random_holder, AcquireOptions, Client, ConnectOptions};
-use crate::clock::{boottime_ms, unix_ms};
 use crate::lease::{AcquireOutcome, TokenOutcome};
 use crate::ClientError;
+use palisade_host::clock::{boottime_ms, unix_ms};
 
 /// Success.
 pub const EXIT_OK: i32 = 0;
@@ -244,16 +244,10 @@ impl ClientCommand {
 }
 
 pub(crate) fn secret(common: &Common) -> Result<Option<Vec<u8>>, String> {
-    if let Some(path) = &common.secret_file {
-        let bytes = std::fs::read(path)
-            .map_err(|e| format!("reading --secret-file {}: {e}", path.display()))?;
-        let trimmed = bytes.trim_ascii_end().to_vec();
-        if trimmed.is_empty() {
-            return Err(format!("--secret-file {} is empty", path.display()));
-        }
-        return Ok(Some(trimmed));
-    }
-    Ok(std::env::var_os("PALISADE_SECRET").map(|s| s.into_encoded_bytes()))
+    crate::handshake::read_secret(common.secret_file.as_deref()).map_err(|e| match e {
+        ClientError::InvalidArgument(why) => why,
+        other => other.to_string(),
+    })
 }
 
 /// What to print and how to exit.

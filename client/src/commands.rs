@@ -15,7 +15,6 @@ use serde_json::{json, Value};
 
 use crate::blocking::{AcquireOptions, Client};
 use crate::cli::{connect_options, error_report, secret, Common, Report, EXIT_ERROR, EXIT_OK};
-use crate::clock::{boottime_ms, unix_ms};
 use crate::hold::{
     Action, ChildExit, HoldEvent, Signal, StopReason, Supervisor, SupervisorConfig,
     EXIT_CANNOT_RUN, EXIT_HOLD_ERROR, EXIT_NOT_FOUND, EXIT_NOT_GRANTED,
@@ -23,6 +22,7 @@ use crate::hold::{
 use crate::keepalive::{KeepAliveThread, LeaseEvent, LossReason};
 use crate::lease::{AcquireOutcome, Lease, TokenOutcome};
 use crate::ClientError;
+use palisade_host::clock::{boottime_ms, unix_ms};
 
 /// How often the shells look at the child, the keepalive and the signals
 /// when no deadline is nearer.

@@ -21,10 +21,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::blocking::{AcquireOptions, Client, ConnectOptions};
-use crate::clock::boottime_ms;
 use crate::keepalive::{keep_alive, KeepAlive, KeepAliveThread, LeaseEvent, LossReason};
 use crate::lease::{AcquireOutcome, Lease, TokenOutcome};
 use crate::{AsyncClient, ClientError};
+use palisade_host::clock::boottime_ms;
 
 /// `palisade hold` exit code: the lease was never granted (busy until
 /// `--wait` ran out, or denied for now: grace period, waiter limit).

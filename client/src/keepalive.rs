@@ -24,9 +24,9 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use crate::blocking::Client;
-use crate::clock::boottime_ms;
 use crate::lease::{Lease, TokenOutcome};
 use crate::{AsyncClient, ClientError};
+use palisade_host::clock::boottime_ms;
 
 /// What happened to a kept-alive lease.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! Lease values handed to applications.
 
-use crate::clock::boottime_ms;
+use palisade_host::clock::boottime_ms;
 
 /// A granted lease as the client sees it.
 ///

@@ -68,7 +68,6 @@ mod asynchronous;
 mod blocking;
 #[cfg(feature = "cli")]
 pub mod cli;
-pub mod clock;
 #[cfg(feature = "cli")]
 mod commands;
 mod error;

@@ -15,11 +15,11 @@ use std::time::Duration;
 use common::{table, FakeNode, Mode};
 #[cfg(feature = "cli")]
 use palisade_client::cli::{self, ClientCommand, Common};
-use palisade_client::clock::boottime_ms;
 use palisade_client::{
     keep_alive, AcquireOptions, AcquireOutcome, AsyncClient, Client, ClientError, ConnectOptions,
     KeepAliveThread, Lease, LeaseEvent, LossReason, TokenOutcome,
 };
+use palisade_host::clock::boottime_ms;
 use palisade_proto::{ErrorCode, Request};
 
 /// A caller's own timeout, long enough that waiting it out would fail the

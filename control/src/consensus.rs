@@ -77,6 +77,8 @@ use palisade_dataplane::replica::{
 };
 use palisade_proto::Role;
 
+use crate::raftlog::LogError;
+
 /// Where the core's state becomes durable.
 pub trait Persist {
     /// Queues entries (an entry at index i replaces the log from i on).
@@ -88,8 +90,9 @@ pub trait Persist {
     /// Queues a snapshot received from the leader.
     fn apply_snapshot(&mut self, snapshot: &Snapshot);
     /// Makes everything queued durable. Nothing that depends on it may be
-    /// sent before this returns.
-    fn sync(&mut self) -> Result<(), String>;
+    /// sent before this returns. The error keeps its cause (the failed
+    /// write or fsync and its `io::Error`).
+    fn sync(&mut self) -> Result<(), LogError>;
 }
 
 impl Persist for crate::raftlog::RaftLog {
@@ -105,8 +108,8 @@ impl Persist for crate::raftlog::RaftLog {
     fn apply_snapshot(&mut self, snapshot: &Snapshot) {
         crate::raftlog::RaftLog::apply_snapshot(self, snapshot);
     }
-    fn sync(&mut self) -> Result<(), String> {
-        crate::raftlog::RaftLog::sync(self).map_err(|e| e.to_string())
+    fn sync(&mut self) -> Result<(), LogError> {
+        crate::raftlog::RaftLog::sync(self)
     }
 }
 
@@ -138,7 +141,15 @@ pub enum CoreError {
     Raft(#[from] raft::Error),
     /// Persisting failed: nothing that depended on it was sent.
     #[error("persisting raft state: {0}")]
-    Persist(String),
+    Persist(#[source] LogError),
+    /// A committed membership change cannot be decoded.
+    #[error("membership change at index {index} cannot be read: {reason}")]
+    ConfChange {
+        /// Log index of the entry.
+        index: u64,
+        /// The decoder's complaint.
+        reason: String,
+    },
     /// The term no longer fits the 32-bit epoch of a token.
     #[error("raft term {0} exceeds the 32-bit epoch space")]
     TermOverflow(u64),
@@ -979,8 +990,13 @@ impl ControlCore {
                 // Applied before the restart: the conf state has it.
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 if replayed => {}
                 EntryType::EntryConfChange => {
-                    let change = raft::eraftpb::ConfChange::parse_from_bytes(&entry.data)
-                        .map_err(|e| CoreError::Persist(e.to_string()))?;
+                    let change =
+                        raft::eraftpb::ConfChange::parse_from_bytes(&entry.data).map_err(|e| {
+                            CoreError::ConfChange {
+                                index: entry.index,
+                                reason: e.to_string(),
+                            }
+                        })?;
                     let conf_state = self.raw.apply_conf_change(&change)?;
                     persist.set_conf_state(&conf_state);
                     self.raw
@@ -993,7 +1009,10 @@ impl ControlCore {
                 }
                 EntryType::EntryConfChangeV2 => {
                     let change = raft::eraftpb::ConfChangeV2::parse_from_bytes(&entry.data)
-                        .map_err(|e| CoreError::Persist(e.to_string()))?;
+                        .map_err(|e| CoreError::ConfChange {
+                            index: entry.index,
+                            reason: e.to_string(),
+                        })?;
                     let conf_state = self.raw.apply_conf_change(&change)?;
                     persist.set_conf_state(&conf_state);
                     self.raw

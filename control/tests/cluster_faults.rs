@@ -392,8 +392,8 @@ fn a_node_with_another_secret_is_kept_out() {
 #[test]
 #[ignore = "a measurement, run by hand"]
 fn failover_timing() {
-    use palisade_client::clock::boottime_ms;
     use palisade_client::{AcquireOptions, AcquireOutcome, Client, ConnectOptions};
+    use palisade_host::clock::boottime_ms;
     use std::time::Duration;
     const ROUNDS: usize = 20;
     let extra = "[leases]\nmax_ttl = \"2s\"\nlock_delay_max = \"0ms\"\n";

@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cluster::{check_history, sleep_ms, Cluster, Held};
-use palisade_client::clock::boottime_ms;
 use palisade_client::{
     AcquireOptions, AcquireOutcome, Client, ConnectOptions, KeepAliveThread, Lease, LeaseEvent,
     TokenOutcome,
 };
+use palisade_host::clock::boottime_ms;
 
 /// max_ttl far above the leases here: anything that waited for it (a
 /// grace period) would show.

@@ -292,9 +292,9 @@ fn json_logs_carry_the_events_fields() {
     // format still comes from the file.
     // The election is logged by the control loop's first turn, which may
     // run just after the node reports itself ready.
-    let deadline = palisade_client::clock::boottime_ms() + 10_000;
+    let deadline = palisade_host::clock::boottime_ms() + 10_000;
     let mut log = server.log_text();
-    while !log.contains("election won") && palisade_client::clock::boottime_ms() < deadline {
+    while !log.contains("election won") && palisade_host::clock::boottime_ms() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
         log = server.log_text();
     }

@@ -12,7 +12,7 @@
 mod common;
 
 use common::{token, Server};
-use palisade_client::clock::boottime_ms;
+use palisade_host::clock::boottime_ms;
 
 const CONFIG: &str = r#"
 [leases]

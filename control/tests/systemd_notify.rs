@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use cluster::{free_port, sleep_ms, BIN, CLUSTER_SECRET};
-use palisade_client::clock::boottime_ms;
+use palisade_host::clock::boottime_ms;
 use serde_json::Value;
 
 /// The service manager's end: a bound datagram socket.

@@ -3,9 +3,10 @@
 //! through the public `palisade_client::Client::connect` against a fake
 //! server on loopback that answers with the fuzzer's bytes.
 //!
-//! The handshake state machine itself is `pub(crate)` (`Handshake`,
-//! `Step`), so it cannot be driven without a socket from outside the
-//! crate; a loopback connection per input is the closest public entry.
+//! The handshake state machine is public now (`FramedHandshake`) and
+//! could be driven without a socket; this target keeps the loopback
+//! connection because it also covers the receive path around it (frame
+//! reads, request-id matching) that a sans-IO drive would skip.
 //!
 //! Input: one byte choosing the identity (bit 0: with a tenant secret),
 //! then the byte stream the server sends (all of it at once, then it shuts

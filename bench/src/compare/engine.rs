@@ -36,7 +36,7 @@ use palisade_proto::FrameBuf;
 use rustix::event::epoll;
 
 use super::codec::{Codec, Held, Op, Outcome};
-use crate::clock::now_ns;
+use palisade_host::clock::monotonic_ns;
 
 /// What the arrivals do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -502,7 +502,7 @@ pub(crate) fn run(spec: &RunSpec, codec: &dyn Fn() -> Result<Box<dyn Codec>>) ->
         )?;
     }
     let mut rng = Rng(spec.seed | 1);
-    let start_ns = now_ns() + 1_000_000;
+    let start_ns = monotonic_ns() + 1_000_000;
     let record_from = start_ns + u64::try_from(spec.warmup.as_nanos())?;
     let end_ns = record_from + u64::try_from(spec.duration.as_nanos())?;
     let drain_until = end_ns + u64::try_from(spec.drain.as_nanos())?;
@@ -529,7 +529,7 @@ pub(crate) fn run(spec: &RunSpec, codec: &dyn Fn() -> Result<Box<dyn Codec>>) ->
     let mut holder_seq = 0u64;
     // A closed loop starts its cycles at once (the warm-up is not
     // recorded) and then one for each that ends.
-    let first_ns = now_ns();
+    let first_ns = monotonic_ns();
     for (index, conn) in conns.iter_mut().enumerate() {
         for _ in 0..in_flight {
             let op = first_op(spec, conn, index, &mut rng, &mut holder_seq);
@@ -538,7 +538,7 @@ pub(crate) fn run(spec: &RunSpec, codec: &dyn Fn() -> Result<Box<dyn Codec>>) ->
         }
     }
     loop {
-        let now = now_ns();
+        let now = monotonic_ns();
         // Start every arrival that is due (open loop only).
         let mut due = arrival_ns(start_ns, arrivals, interval_ns);
         while due <= now && due < end_ns {
@@ -605,7 +605,7 @@ pub(crate) fn run(spec: &RunSpec, codec: &dyn Fn() -> Result<Box<dyn Codec>>) ->
             }
             // Stamped per read: bytes that arrived while earlier
             // connections were being handled are not timed early.
-            let read_ns = now_ns();
+            let read_ns = monotonic_ns();
             let replies = std::mem::take(&mut conn.replies);
             for &(id, outcome) in &replies {
                 let pending = conn.take(id)?;
@@ -652,7 +652,7 @@ pub(crate) fn run(spec: &RunSpec, codec: &dyn Fn() -> Result<Box<dyn Codec>>) ->
     }
     // Whatever is still in flight was never answered: record it with the
     // time it has waited so far, which is a lower bound.
-    let last = now_ns();
+    let last = monotonic_ns();
     for conn in &conns {
         for pending in conn.pending.iter().flatten() {
             if pending.cycle_ns >= record_from && pending.cycle_ns < end_ns {

@@ -157,7 +157,7 @@ fn free_ports<const N: usize>() -> Result<[u16; N]> {
 }
 
 fn now_ms() -> u64 {
-    crate::clock::now_ns() / 1_000_000
+    palisade_host::clock::monotonic_ns() / 1_000_000
 }
 
 /// The last `LOG_TAIL_BYTES` of `path`, for error messages.

@@ -20,7 +20,7 @@ use palisade_tuning::{Config, CoreSelection, LogLevel, PeerConfig, Replication};
 use super::codec::{Codec, CodecConfig, Op, Outcome};
 use super::engine;
 use super::palisade::PalisadeCodec;
-use crate::clock::now_ns;
+use palisade_host::clock::monotonic_ns;
 
 /// A running server process; stopped on drop.
 pub(crate) struct Server {
@@ -70,8 +70,8 @@ pub(crate) fn stop(child: &mut Child) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
     }
-    let until = now_ns() + 5_000_000_000;
-    while now_ns() < until {
+    let until = monotonic_ns() + 5_000_000_000;
+    while monotonic_ns() < until {
         if let Ok(Some(_)) = child.try_wait() {
             return;
         }
@@ -433,14 +433,14 @@ impl Cluster {
     /// Waits until some node grants a probe lease; returns its address.
     pub(crate) fn wait_granting(&mut self, timeout: Duration) -> Result<SocketAddr> {
         let clients: Vec<SocketAddr> = self.nodes.iter().map(|n| n.client).collect();
-        let until = now_ns() + u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+        let until = monotonic_ns() + u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
         loop {
             self.check_running()?;
             // The node that grants is the leader; followers redirect.
             if let Some(addr) = clients.iter().find(|addr| grants(**addr)) {
                 return Ok(*addr);
             }
-            if now_ns() > until {
+            if monotonic_ns() > until {
                 bail!(
                     "no Palisade node granted within {:.0} s (logs in {})",
                     timeout.as_secs_f64(),

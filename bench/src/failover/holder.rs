@@ -18,12 +18,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use palisade_client::clock::boottime_ms;
 use palisade_client::{
     random_holder, AcquireOptions, AcquireOutcome, Client, ConnectOptions, Lease, TokenOutcome,
 };
+use palisade_host::clock::boottime_ms;
 
-use crate::clock::now_ns;
+use palisade_host::clock::monotonic_ns;
 
 /// Pause between attempts on different nodes after a failed renewal.
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
@@ -123,12 +123,12 @@ impl Holder {
         let mut last_error = String::new();
         let mut at = 0;
         let (lease, sent_ns) = loop {
-            if now_ns() > deadline_ns {
+            if monotonic_ns() > deadline_ns {
                 bail!("could not acquire {resource}: {last_error}");
             }
             let endpoint = &endpoints[at % endpoints.len()];
             at += 1;
-            let sent_ns = now_ns();
+            let sent_ns = monotonic_ns();
             let outcome = connect(endpoint, CONNECT_TIMEOUT)
                 .and_then(|mut client| client.acquire(resource, options));
             match outcome {
@@ -142,7 +142,7 @@ impl Holder {
             first_token: lease.token,
             lease,
             renewed_sent_ns: sent_ns,
-            renewed_at_ns: now_ns(),
+            renewed_at_ns: monotonic_ns(),
             lost: None,
             token_changed: false,
             errors: 0,
@@ -222,7 +222,7 @@ fn renew_loop(
                 };
                 update(state, |s| {
                     s.lost = Some(Loss {
-                        at_ns: now_ns(),
+                        at_ns: monotonic_ns(),
                         kind,
                     });
                 });
@@ -240,7 +240,7 @@ fn renew_loop(
                     c.set_request_timeout(
                         RENEW_TIMEOUT.min(remaining).max(Duration::from_millis(1)),
                     );
-                    let sent_ns = now_ns();
+                    let sent_ns = monotonic_ns();
                     match c.renew(&lease.resource, lease.token, ttl, lease.holder) {
                         Ok(TokenOutcome::Renewed(renewed)) => {
                             let changed = renewed.token != lease.token;
@@ -248,7 +248,7 @@ fn renew_loop(
                             update(state, |s| {
                                 s.lease = lease.clone();
                                 s.renewed_sent_ns = sent_ns;
-                                s.renewed_at_ns = now_ns();
+                                s.renewed_at_ns = monotonic_ns();
                                 s.token_changed |= changed;
                             });
                             client = Some(c);
@@ -257,7 +257,7 @@ fn renew_loop(
                         Ok(TokenOutcome::Stale { current_token, .. }) => {
                             update(state, |s| {
                                 s.lost = Some(Loss {
-                                    at_ns: now_ns(),
+                                    at_ns: monotonic_ns(),
                                     kind: LossKind::Stale { current_token },
                                 });
                             });

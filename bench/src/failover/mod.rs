@@ -24,10 +24,10 @@ use palisade_client::{random_holder, Client, ConnectOptions};
 use palisade_proto::{Request, Response, Role};
 use palisade_tuning::{Config, LogLevel, Replication};
 
-use crate::clock::now_ns;
 use crate::compare::systems::{self, Cluster, ClusterSpec, Placement};
 use crate::compare::{command_line, command_output, load_average, machine};
 use holder::Holder;
+use palisade_host::clock::monotonic_ns;
 use report::{FailoverReport, Mode, Round, Settings};
 
 fn duration(text: &str) -> Result<Duration, palisade_tuning::ValueError> {
@@ -383,7 +383,7 @@ fn status(addr: SocketAddr) -> Result<palisade_proto::StatusInfo> {
 /// Waits until one running node leads and every other running node
 /// follows it in its epoch; returns (leader id, epoch).
 fn stable_leader(cluster: &mut Cluster, timeout: Duration, poll: Duration) -> Result<(u16, u32)> {
-    let until = now_ns() + u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+    let until = monotonic_ns() + u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
     loop {
         cluster.check_running()?;
         let seen: Vec<(u16, Result<palisade_proto::StatusInfo>)> = cluster
@@ -420,7 +420,7 @@ fn stable_leader(cluster: &mut Cluster, timeout: Duration, poll: Duration) -> Re
             })
             .collect::<Vec<_>>()
             .join("; ");
-        if now_ns() > until {
+        if monotonic_ns() > until {
             bail!(
                 "no stable leader within {:.0} s ({last})",
                 timeout.as_secs_f64()
@@ -446,14 +446,14 @@ fn watch_leader(
             if let Some(c) = client.as_mut() {
                 match c.status() {
                     Ok(s) if s.role == Role::Leader && s.epoch > old_epoch => {
-                        return Ok((now_ns(), s.node_id, s.epoch));
+                        return Ok((monotonic_ns(), s.node_id, s.epoch));
                     }
                     Ok(_) => {}
                     Err(_) => *client = None,
                 }
             }
         }
-        if now_ns() > deadline_ns {
+        if monotonic_ns() > deadline_ns {
             bail!("no survivor reported itself leader in a later epoch");
         }
         std::thread::sleep(interval);
@@ -484,7 +484,7 @@ fn probe_grant(
             let Some(c) = client.as_mut() else { continue };
             match c.call(&acquire) {
                 Ok(Response::Granted { token, .. }) => {
-                    let at = now_ns();
+                    let at = monotonic_ns();
                     let _ = c.call(&Request::Release {
                         resource: resource.into(),
                         token,
@@ -498,7 +498,7 @@ fn probe_grant(
                 }
             }
         }
-        if now_ns() > deadline_ns {
+        if monotonic_ns() > deadline_ns {
             bail!("no survivor granted {resource} (last answer: {last})");
         }
         std::thread::sleep(interval);
@@ -526,7 +526,8 @@ fn one_round(
         }
         *slot = None;
         let resource = format!("failover-h{i}-g{generation}");
-        let deadline = now_ns() + u64::try_from(SETTLE_TIMEOUT.as_nanos()).unwrap_or(u64::MAX);
+        let deadline =
+            monotonic_ns() + u64::try_from(SETTLE_TIMEOUT.as_nanos()).unwrap_or(u64::MAX);
         *slot = Some(Holder::start(
             endpoints,
             &resource,
@@ -552,7 +553,7 @@ fn one_round(
     let free = format!("failover-free-r{}", round.index);
     let interval = args.probe_interval;
 
-    let kill_ns = now_ns();
+    let kill_ns = monotonic_ns();
     cluster.kill(leader)?;
     let deadline = kill_ns + u64::try_from(args.round_timeout().as_nanos()).unwrap_or(u64::MAX);
     let (watched, granted) = std::thread::scope(|scope| {
@@ -596,7 +597,7 @@ fn one_round(
         let settled = states
             .iter()
             .all(|s| s.lost.is_some() || s.renewed_sent_ns > kill_ns);
-        if settled || palisade_client::clock::boottime_ms() > valid_max_ms + 2000 {
+        if settled || palisade_host::clock::boottime_ms() > valid_max_ms + 2000 {
             round.holders_lost = 0;
             round.losses.clear();
             for s in &states {
@@ -632,10 +633,10 @@ fn one_round(
     // Restart the killed node from its data directory; the round ends
     // when all three agree on one leader.
     cluster.spawn(leader)?;
-    let spawned_ns = now_ns();
+    let spawned_ns = monotonic_ns();
     match stable_leader(cluster, SETTLE_TIMEOUT, Duration::from_millis(10)) {
         Ok((now_leader, now_epoch)) => {
-            round.rejoined_ms = Some(elapsed_ms(spawned_ns, now_ns()));
+            round.rejoined_ms = Some(elapsed_ms(spawned_ns, monotonic_ns()));
             if round.new_leader.is_some()
                 && (Some(now_leader), Some(now_epoch)) != (round.new_leader, round.new_epoch)
             {

@@ -231,7 +231,7 @@ fn wake_queued(shared: &Shared, queued: &mut Vec<Queued>, out: &mut FrameBuf) {
     if *shared.mode.lock().expect("mode") == Mode::Hang {
         return;
     }
-    let now = palisade_client::clock::boottime_ms();
+    let now = palisade_host::clock::boottime_ms();
     let mut table = shared.table.lock().expect("table");
     queued.retain(|q| {
         let response = if !table.leases.contains_key(&q.resource) {
@@ -295,7 +295,7 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) {
             rx.consume(frame_len);
             shared.seen.lock().expect("seen").push(Seen {
                 request: request.clone(),
-                at_ms: palisade_client::clock::boottime_ms(),
+                at_ms: palisade_host::clock::boottime_ms(),
             });
             match answer(shared, &request) {
                 Answer::Queue => {
@@ -314,7 +314,7 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) {
                         resource,
                         holder,
                         ttl_ms,
-                        until_ms: palisade_client::clock::boottime_ms() + u64::from(wait_ms),
+                        until_ms: palisade_host::clock::boottime_ms() + u64::from(wait_ms),
                     });
                 }
                 Answer::Send(response) => {

@@ -342,14 +342,14 @@ impl Cluster {
     /// reconnects (backoff up to 1 s, then the authenticated handshake), so
     /// tests poll rather than guess.
     pub fn wait_follower(&self, i: usize, ms: u64) -> Value {
-        let deadline = palisade_client::clock::boottime_ms() + ms;
+        let deadline = palisade_host::clock::boottime_ms() + ms;
         loop {
             let status = self.status(i).unwrap_or_default();
             if status["role"] == "follower" && status["leader"].as_u64().is_some_and(|l| l != 0) {
                 return status;
             }
             assert!(
-                palisade_client::clock::boottime_ms() < deadline,
+                palisade_host::clock::boottime_ms() < deadline,
                 "node {i} is not a follower within {ms} ms: {status}"
             );
             sleep_ms(50);
@@ -359,7 +359,7 @@ impl Cluster {
     /// Index of the node that says it leads and whose peers agree, waiting
     /// up to `ms`.
     pub fn wait_leader(&self, ms: u64, among: &[usize]) -> usize {
-        let deadline = palisade_client::clock::boottime_ms() + ms;
+        let deadline = palisade_host::clock::boottime_ms() + ms;
         loop {
             for &i in among {
                 if let Some(status) = self.status(i) {
@@ -369,7 +369,7 @@ impl Cluster {
                 }
             }
             assert!(
-                palisade_client::clock::boottime_ms() < deadline,
+                palisade_host::clock::boottime_ms() < deadline,
                 "no leader among {among:?} within {ms} ms"
             );
             sleep_ms(20);
@@ -470,8 +470,8 @@ pub fn workload(
     stop: Arc<AtomicBool>,
     history: Arc<Mutex<Vec<Held>>>,
 ) -> Vec<std::thread::JoinHandle<u64>> {
-    use palisade_client::clock::boottime_ms;
     use palisade_client::{AcquireOptions, AcquireOutcome, Client, ConnectOptions, TokenOutcome};
+    use palisade_host::clock::boottime_ms;
     (0..threads)
         .map(|t| {
             let endpoints = endpoints.clone();

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use palisade_control::consensus::{Persist, Restored};
+use palisade_control::raftlog::LogError;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 
 /// xorshift64*: small, fast, and the same on every machine.
@@ -82,10 +83,14 @@ impl Persist for Disk {
     fn apply_snapshot(&mut self, snapshot: &Snapshot) {
         self.queued.push(Op::Snap(snapshot.clone()));
     }
-    fn sync(&mut self) -> Result<(), String> {
+    fn sync(&mut self) -> Result<(), LogError> {
         if std::mem::take(&mut self.fail_next_sync) {
             self.queued.clear();
-            return Err("injected fsync failure".into());
+            return Err(LogError::Io {
+                action: "syncing",
+                path: "simulated/raft.log".into(),
+                source: std::io::Error::other("injected fsync failure"),
+            });
         }
         for op in self.queued.drain(..) {
             match op {
