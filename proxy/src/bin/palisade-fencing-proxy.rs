@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use palisade_dataplane::clock::monotonic_ms;
-use palisade_dataplane::server::heartbeat;
+use palisade_host::clock::monotonic_ms;
+use palisade_host::heartbeat;
 use palisade_proxy::config::{BackendSpec, ProxyConfig};
 use palisade_proxy::failpoints::Failpoints;
 use palisade_proxy::fence::{Fence, FenceError, FenceStore};

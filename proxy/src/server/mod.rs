@@ -62,7 +62,7 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, PoolPlacement};
 use tracing::{debug, error, info, warn};
 
-use palisade_dataplane::clock::monotonic_ms;
+use palisade_host::clock::monotonic_ms;
 
 use crate::admission::{Admission, Confirmation, Durable, Step};
 use crate::backend::{Backend, FileBackend, NbdUpstream};
@@ -364,7 +364,7 @@ pub fn run(
         .io_memory(IO_MEMORY)
         .blocking_thread_pool_placement(PoolPlacement::Unbound(BLOCKING_THREADS))
         .spawn(move || async move {
-            glommio::spawn_local(palisade_dataplane::server::heartbeat::beat(beats, 0)).detach();
+            glommio::spawn_local(palisade_host::heartbeat::beat(beats, 0)).detach();
             let mut by_name = HashMap::new();
             let mut names = Vec::new();
             for p in prepared {
