@@ -47,9 +47,3 @@ pub mod service;
 mod sync;
 pub mod table;
 pub mod waiters;
-
-// TEMPORARY: the proxy moves to palisade_host at merge. These are exactly
-// the paths `proxy/` imports today (`palisade_dataplane::clock::…`; the
-// heartbeat is re-exported as `server::heartbeat`).
-#[doc(hidden)]
-pub use palisade_host::clock;

@@ -47,9 +47,3 @@ pub mod durable;
 pub mod heartbeat;
 pub mod mark;
 pub mod notify;
-
-// TEMPORARY: the proxy moves to palisade_host at merge. Its
-// `palisade_systemd::{…}` imports resolve here through the workspace's
-// `palisade-systemd` alias of this crate.
-#[doc(hidden)]
-pub use notify::{watchdog_from_env, Notifier, NotifyError, Watchdog, WatchdogAction};

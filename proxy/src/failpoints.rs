@@ -78,7 +78,7 @@ impl Failpoints {
     /// executor starts.
     pub fn arm_stall(&self) {
         if let Some(file) = &self.stall_file {
-            palisade_dataplane::server::heartbeat::arm_core_stall_failpoint(0, file.clone());
+            palisade_host::heartbeat::arm_core_stall_failpoint(0, file.clone());
         }
     }
 }

@@ -1,14 +1,19 @@
-//! Per-export counters, process-wide connection counters ([`PROCESS`]) and
-//! a Prometheus text endpoint (`GET /metrics`).
+//! Per-export counters, process-wide connection counters ([`PROCESS`]),
+//! their Prometheus text exposition ([`render`]) and the `/metrics`
+//! endpoint ([`Endpoint`]), served by `palisade_host::admin` as the lease
+//! node's is.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use tracing::{info, warn};
+use glommio::TaskQueueHandle;
+use socket2::{Domain, Protocol, Socket, Type};
+use tracing::info;
 
 /// Counters of one export.
 #[derive(Debug, Default)]
@@ -180,40 +185,64 @@ fn escape(label: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Serves `GET /metrics` on `addr` from a background thread.
-pub fn serve(addr: SocketAddr, registry: Registry) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
-    let local = listener.local_addr()?;
-    info!(%local, "metrics on http://{local}/metrics");
-    std::thread::Builder::new()
-        .name("proxy-metrics".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-                let mut request = [0u8; 1024];
-                let n = stream.read(&mut request).unwrap_or(0);
-                let head = String::from_utf8_lossy(&request[..n]);
-                let response = if head.starts_with("GET /metrics ") {
-                    let body = render(&registry);
-                    format!(
-                        "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    )
-                } else {
-                    let body = "try GET /metrics\n";
-                    format!(
-                        "HTTP/1.0 404 Not Found\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    )
-                };
-                if let Err(e) = stream.write_all(response.as_bytes()) {
-                    warn!(error = %e, "metrics client went away");
-                }
-            }
-        })?;
-    Ok(local)
+/// Pending connections the `/metrics` listener queues.
+const BACKLOG: i32 = 64;
+
+/// The `/metrics` endpoint (`proxy.metrics`): a listener bound before the
+/// executor starts, so a port that cannot be bound fails the start, and
+/// served by [`palisade_host::admin::accept_loop`] on the executor's
+/// low-share admin queue once [`crate::server::run`] has it.
+#[derive(Debug)]
+pub struct Endpoint {
+    listener: Socket,
+    local: SocketAddr,
+    registry: Registry,
+}
+
+impl Endpoint {
+    /// Binds `addr`; `registry` is what its scrapes render.
+    ///
+    /// With `SO_REUSEPORT`, as glommio binds the NBD listener: a killed
+    /// proxy's pending io_uring accept keeps its listener open for a moment
+    /// after the process is gone (the ring is torn down asynchronously), and
+    /// a restart must not fail on that.
+    pub fn bind(addr: SocketAddr, registry: Registry) -> io::Result<Endpoint> {
+        let listener = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        listener.set_reuse_address(true)?;
+        listener.set_reuse_port(true)?;
+        listener.set_nonblocking(true)?;
+        listener.bind(&addr.into())?;
+        listener.listen(BACKLOG)?;
+        let local = listener
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("bound address is not an IP socket address"))?;
+        info!(%local, "metrics on http://{local}/metrics");
+        Ok(Endpoint {
+            listener,
+            local,
+            registry,
+        })
+    }
+
+    /// The bound address.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Serves `GET /metrics` (and `HEAD`) until the executor stops; spawn
+    /// it on the executor that owns `queue`.
+    pub(crate) async fn serve(self, queue: TaskQueueHandle) {
+        let fd = self.listener.into_raw_fd();
+        // SAFETY: `fd` was just released by `into_raw_fd`, so it is an open,
+        // bound and listening TCP socket that nothing else owns; the
+        // glommio listener takes sole ownership and closes it on drop.
+        let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
+        let registry = self.registry;
+        let pages = Rc::new(move |_now_ms: u64| render(&registry));
+        palisade_host::admin::accept_loop(pages, listener, queue).await;
+    }
 }
 
 #[cfg(test)]
@@ -241,5 +270,61 @@ mod tests {
         let text = render_with(&Arc::new(Vec::new()), &process);
         assert!(text.contains("# TYPE palisade_proxy_connections gauge\n"));
         assert!(text.contains("\npalisade_proxy_connections_refused_total 9\n"));
+    }
+
+    /// One request on a fresh connection; the whole response.
+    fn ask(addr: SocketAddr, request: &[u8]) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream.write_all(request).expect("request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("response");
+        response
+    }
+
+    #[test]
+    fn the_endpoint_serves_the_registry_on_the_admin_queue() {
+        use std::sync::atomic::AtomicBool;
+        use std::time::Duration;
+
+        let disk = Arc::new(ExportMetrics::default());
+        disk.reads.store(4, Ordering::Relaxed);
+        let registry: Registry = Arc::new(vec![("disk0".into(), disk)]);
+        let endpoint =
+            Endpoint::bind(SocketAddr::from(([127, 0, 0, 1], 0)), registry).expect("bind");
+        let addr = endpoint.local_addr();
+        assert_ne!(addr.port(), 0);
+        let done = Arc::new(AtomicBool::new(false));
+        let stop = done.clone();
+        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(move || async move {
+                let queue = glommio::executor().create_task_queue(
+                    glommio::Shares::Static(50),
+                    glommio::Latency::NotImportant,
+                    "admin",
+                );
+                let stopped = async {
+                    while !stop.load(Ordering::Acquire) {
+                        glommio::timer::sleep(Duration::from_millis(5)).await;
+                    }
+                };
+                futures_lite::future::or(endpoint.serve(queue), stopped).await;
+            })
+            .expect("executor");
+
+        let get = ask(addr, b"GET /metrics HTTP/1.0\r\n\r\n");
+        let head = ask(addr, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        let other = ask(addr, b"GET / HTTP/1.1\r\n\r\n");
+        done.store(true, Ordering::Release);
+        executor.join().expect("executor ends");
+
+        assert!(get.starts_with("HTTP/1.1 200 OK\r\n"), "{get}");
+        assert!(
+            get.contains("\npalisade_proxy_reads_total{export=\"disk0\"} 4\n"),
+            "{get}"
+        );
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(head.ends_with("\r\n\r\n"), "HEAD has no body: {head}");
+        assert!(other.starts_with("HTTP/1.1 404 "), "{other}");
     }
 }

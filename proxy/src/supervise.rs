@@ -1,10 +1,10 @@
 //! The proxy under a service manager: `READY=1` once the NBD listener is
 //! bound (the fence store is opened before that), `STATUS=`, `WATCHDOG=1`
 //! while the proxy's executor beats, and `STOPPING=1` on `SIGTERM` or
-//! `SIGINT`, all through [`palisade_systemd::Notifier`].
+//! `SIGINT`, all through [`palisade_host::notify::Notifier`].
 //!
 //! The watchdog thread only judges: it pings when the executor's heartbeat
-//! ([`palisade_dataplane::server::heartbeat`], a task on the executor that
+//! ([`palisade_host::heartbeat`], a task on the executor that
 //! stores the time every 100 ms) is younger than the interval, and stays
 //! silent while the executor is stuck, so systemd restarts the proxy.
 //!
@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade_dataplane::clock::monotonic_ms;
-use palisade_systemd::{watchdog_from_env, Notifier, NotifyError, Watchdog, WatchdogAction};
+use palisade_host::clock::monotonic_ms;
+use palisade_host::notify::{watchdog_from_env, Notifier, NotifyError, Watchdog, WatchdogAction};
 use tracing::{error, info, warn};
 
 /// Why the proxy cannot talk to its service manager as asked.

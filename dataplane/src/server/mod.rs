@@ -37,12 +37,9 @@ use crate::table::LeaseKey;
 use crate::waiters::{home_core, Origin, WaitEvent, WaitQueues, WaitRequest};
 use nudge::{CoreWakers, Kicker, Registration};
 use palisade_host::clock::monotonic_ms;
+use palisade_host::heartbeat;
 
 mod conn;
-// TEMPORARY: the proxy moves to palisade_host at merge (it imports
-// `palisade_dataplane::server::heartbeat`).
-#[doc(hidden)]
-pub use palisade_host::heartbeat;
 mod list;
 pub mod net;
 pub mod nudge;

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use palisade_dataplane::clock::monotonic_ms;
-use palisade_dataplane::server::heartbeat;
+use palisade_host::clock::monotonic_ms;
+use palisade_host::heartbeat;
 use palisade_proxy::config::{BackendSpec, ProxyConfig};
 use palisade_proxy::failpoints::Failpoints;
 use palisade_proxy::fence::{Fence, FenceError, FenceStore};
@@ -196,15 +196,27 @@ fn run(cli: Cli) -> Result<()> {
             let store = Arc::new(open_store(&config)?);
             let link = server::lease_link(&config)?;
             let (prepared, registry) = server::prepare(&config, &store)?;
-            if let Some(addr) = config.proxy.metrics {
-                metrics::serve(addr, registry)
-                    .with_context(|| format!("serving metrics on {addr}"))?;
-            }
+            let metrics = match config.proxy.metrics {
+                Some(addr) => Some(
+                    metrics::Endpoint::bind(addr, registry)
+                        .with_context(|| format!("serving metrics on {addr}"))?,
+                ),
+                None => None,
+            };
             server::start_watches(&config, &prepared, &store, &link);
             let beats = heartbeat::slots(1, monotonic_ms());
             supervision.start_watchdog(beats.clone())?;
             let ready = supervision.ready_callback(config.exports.len());
-            server::run(&config, prepared, store, link, beats, &failpoints, ready)?;
+            server::run(
+                &config,
+                prepared,
+                store,
+                link,
+                beats,
+                metrics,
+                &failpoints,
+                ready,
+            )?;
             Ok(())
         }
     }

@@ -30,12 +30,6 @@ pub(super) fn file_name_of(export: &str) -> String {
     name
 }
 
-pub(super) fn tmp_path(path: &Path) -> PathBuf {
-    let mut tmp = OsString::from(path.as_os_str());
-    tmp.push(TMP_SUFFIX);
-    PathBuf::from(tmp)
-}
-
 /// FNV-1a, 64 bits. Part of the file name format: do not change.
 pub(super) fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -248,43 +242,28 @@ pub(super) fn decode_file(bytes: &[u8], export: &str, path: &Path) -> Result<Slo
 
 /// Reads and decodes a fence file; `Ok(None)` if it does not exist.
 pub(super) fn read_fence_file(path: &Path, export: &str) -> Result<Option<Slots>, Damage> {
-    let io_damage = |error: io::Error| Damage::Io {
-        path: path.to_path_buf(),
-        error: error.to_string(),
-    };
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(io_damage(error)),
-    };
     let mut bytes = [0u8; FILE_SIZE];
-    let len = read_prefix(&file, &mut bytes).map_err(io_damage)?;
+    let len = match durable::read_prefix(path, &mut bytes) {
+        Ok(Some(len)) => len,
+        Ok(None) => return Ok(None),
+        Err(error) => {
+            let (_, path, error) = error.into_parts();
+            return Err(Damage::Io {
+                path,
+                error: error.to_string(),
+            });
+        }
+    };
     decode_file(&bytes[..len], export, path).map(Some)
 }
 
 /// The export named by a fence file's header, if it is valid.
 pub(super) fn read_header_name(path: &Path) -> Option<String> {
-    let file = File::open(path).ok()?;
     let mut block = [0u8; BLOCK_SIZE];
-    let len = read_prefix(&file, &mut block).ok()?;
+    let len = durable::read_prefix(path, &mut block).ok()??;
     decode_header(&block[..len])
         .ok()
         .filter(|name| valid_export(name))
-}
-
-/// Reads from offset 0 until `buf` is full or the file ends.
-pub(super) fn read_prefix(file: &File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut len = 0;
-    while len < buf.len() {
-        let offset = u64::try_from(len).expect("small offset");
-        match file.read_at(&mut buf[len..], offset) {
-            Ok(0) => break,
-            Ok(read) => len += read,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(len)
 }
 
 pub(super) fn encode_manifest(names: &BTreeSet<String>) -> Vec<u8> {

@@ -103,12 +103,13 @@
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use palisade_host::durable::{self, tmp_path, DurableError, TMP_SUFFIX};
 
 use crate::config::EXPORT_NAME_MAX;
 
@@ -137,7 +138,6 @@ const FILE_PREFIX: &str = "fence-";
 const HASHED_MARK: &str = "h";
 /// Longest hex name used as is; longer names are hashed (ext4: 255 bytes).
 const HEX_NAME_MAX: usize = 200;
-const TMP_SUFFIX: &str = ".tmp";
 const MANIFEST_NAME: &str = "MANIFEST";
 const MANIFEST_MAGIC: &str = "PLSDMAN1";
 const LOCK_NAME: &str = "LOCK";
@@ -325,6 +325,15 @@ pub enum FenceError {
     },
 }
 
+impl From<DurableError> for FenceError {
+    /// Every durable-file step's failure is the local disk's: its path and
+    /// `io::Error` become [`FenceError::Io`].
+    fn from(error: DurableError) -> FenceError {
+        let (_, path, source) = error.into_parts();
+        FenceError::Io { path, source }
+    }
+}
+
 /// The durable fence of every export, in one state directory.
 ///
 /// Shared through an `Arc`; every method blocks on disk I/O and on the
@@ -421,10 +430,7 @@ impl FenceStore {
     /// directory, and adds to the manifest any fence file it does not list
     /// (left by a crash between creating the file and recording it).
     pub fn open(dir: &Path) -> Result<FenceStore, FenceError> {
-        create_dir_durably(dir).map_err(|source| FenceError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        durable::create_dir_all(dir).map_err(FenceError::from)?;
         let lock_path = dir.join(LOCK_NAME);
         let lock = OpenOptions::new()
             .read(true)
@@ -681,15 +687,9 @@ impl FenceStore {
         fence: u64,
     ) -> Result<(), FenceError> {
         let tmp = tmp_path(path);
-        let io_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| FenceError::Io { path, source }
-        };
-        write_file_synced(&tmp, &encode_file(export, seq, fence)).map_err(io_err(&tmp))?;
+        durable::write_synced(&tmp, &encode_file(export, seq, fence), 0o666)?;
         // From the rename on, a failure leaves the visible state uncertain.
-        let done = fs::rename(&tmp, path)
-            .map_err(io_err(path))
-            .and_then(|()| sync_dir(&self.dir).map_err(io_err(&self.dir)));
+        let done = durable::rename_synced(&tmp, path).map_err(FenceError::from);
         if let Err(error) = &done {
             self.mark_write_failed(inner, export, path, error);
         }
@@ -851,23 +851,10 @@ impl FenceStore {
 
     fn write_manifest(&self, names: &BTreeSet<String>) -> Result<(), FenceError> {
         let path = self.manifest_path();
-        let mut tmp = path.clone().into_os_string();
-        tmp.push(TMP_SUFFIX);
-        let tmp = PathBuf::from(tmp);
         let bytes = encode_manifest(names);
         debug_assert_eq!(parse_manifest(&bytes).as_ref(), Ok(names));
-        write_file_synced(&tmp, &bytes).map_err(|source| FenceError::Io {
-            path: tmp.clone(),
-            source,
-        })?;
-        fs::rename(&tmp, &path).map_err(|source| FenceError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        sync_dir(&self.dir).map_err(|source| FenceError::Io {
-            path: self.dir.clone(),
-            source,
-        })
+        durable::replace(&path, &tmp_path(&path), &bytes, 0o666)?;
+        Ok(())
     }
 
     /// The fence files in the directory (not `.tmp` files nor foreign ones).
@@ -907,10 +894,8 @@ impl FenceStore {
     }
 }
 
-mod durable;
 mod format;
 
-use durable::{create_dir_durably, sync_dir, write_file_synced};
 use format::*;
 
 #[cfg(test)]

@@ -59,10 +59,10 @@ use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
-use glommio::{LocalExecutorBuilder, PoolPlacement};
+use glommio::{Latency, LocalExecutorBuilder, PoolPlacement, Shares};
 use tracing::{debug, error, info, warn};
 
-use palisade_dataplane::clock::monotonic_ms;
+use palisade_host::clock::monotonic_ms;
 
 use crate::admission::{Admission, Confirmation, Durable, Step};
 use crate::backend::{Backend, FileBackend, NbdUpstream};
@@ -72,7 +72,7 @@ use crate::failpoints::Failpoints;
 use crate::fence::{Fence, FenceError, FenceStore};
 use crate::lease::{LeaseLink, Verdict};
 use crate::limits::LogEvery;
-use crate::metrics::{ExportMetrics, PROCESS};
+use crate::metrics::{self, ExportMetrics, PROCESS};
 use crate::nbd::{
     self, transmission_flags as tf, Command, Errno, Event, ExportEntry, ExportInfo, Handshake,
     Incoming, OptionError, RepError, Request,
@@ -131,6 +131,9 @@ const BLOCKING_THREADS: usize = 4;
 
 /// glommio's registered io memory; root can lock it, as the data plane does.
 const IO_MEMORY: usize = 512 << 10;
+/// Shares of the admin queue (`/metrics`) against the NBD tasks' default
+/// queue (1000): a scrape never delays client traffic, as on a lease node.
+const ADMIN_SHARES: usize = 50;
 
 /// What every connection shares: exports, the fence store, the lease link,
 /// the connection limits.
@@ -345,13 +348,16 @@ pub fn lease_link(config: &ProxyConfig) -> Result<LeaseLink, ServerError> {
 /// `ready` gets the bound address once clients can connect. The executor
 /// stores its heartbeat in `beats[0]` (the watchdog reads it).
 /// `failpoints` are the armed test hooks ([`Failpoints::default`] in
-/// production).
+/// production). `metrics` (if `proxy.metrics` is set) is served on a
+/// low-share task queue of the same executor, before `ready` is called.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     config: &ProxyConfig,
     prepared: Vec<Prepared>,
     store: Arc<FenceStore>,
     link: LeaseLink,
     beats: Arc<[AtomicU64]>,
+    metrics: Option<metrics::Endpoint>,
     failpoints: &Failpoints,
     ready: impl FnOnce(SocketAddr) + Send + 'static,
 ) -> Result<(), ServerError> {
@@ -364,7 +370,17 @@ pub fn run(
         .io_memory(IO_MEMORY)
         .blocking_thread_pool_placement(PoolPlacement::Unbound(BLOCKING_THREADS))
         .spawn(move || async move {
-            glommio::spawn_local(palisade_dataplane::server::heartbeat::beat(beats, 0)).detach();
+            glommio::spawn_local(palisade_host::heartbeat::beat(beats, 0)).detach();
+            if let Some(endpoint) = metrics {
+                let admin = glommio::executor().create_task_queue(
+                    Shares::Static(ADMIN_SHARES),
+                    Latency::NotImportant,
+                    "admin",
+                );
+                glommio::spawn_local_into(endpoint.serve(admin), admin)
+                    .expect("the admin queue was just created on this executor")
+                    .detach();
+            }
             let mut by_name = HashMap::new();
             let mut names = Vec::new();
             for p in prepared {
