@@ -6,13 +6,12 @@
 use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use glommio::TaskQueueHandle;
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::Socket;
 use tracing::info;
 
 /// Counters of one export.
@@ -185,9 +184,6 @@ fn escape(label: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Pending connections the `/metrics` listener queues.
-const BACKLOG: i32 = 64;
-
 /// The `/metrics` endpoint (`proxy.metrics`): a listener bound before the
 /// executor starts, so a port that cannot be bound fails the start, and
 /// served by [`palisade_host::admin::accept_loop`] on the executor's
@@ -207,16 +203,7 @@ impl Endpoint {
     /// after the process is gone (the ring is torn down asynchronously), and
     /// a restart must not fail on that.
     pub fn bind(addr: SocketAddr, registry: Registry) -> io::Result<Endpoint> {
-        let listener = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        listener.set_reuse_address(true)?;
-        listener.set_reuse_port(true)?;
-        listener.set_nonblocking(true)?;
-        listener.bind(&addr.into())?;
-        listener.listen(BACKLOG)?;
-        let local = listener
-            .local_addr()?
-            .as_socket()
-            .ok_or_else(|| io::Error::other("bound address is not an IP socket address"))?;
+        let (listener, local) = palisade_host::admin::bind_listener(addr, true)?;
         info!(%local, "metrics on http://{local}/metrics");
         Ok(Endpoint {
             listener,
@@ -234,11 +221,7 @@ impl Endpoint {
     /// Serves `GET /metrics` (and `HEAD`) until the executor stops; spawn
     /// it on the executor that owns `queue`.
     pub(crate) async fn serve(self, queue: TaskQueueHandle) {
-        let fd = self.listener.into_raw_fd();
-        // SAFETY: `fd` was just released by `into_raw_fd`, so it is an open,
-        // bound and listening TCP socket that nothing else owns; the
-        // glommio listener takes sole ownership and closes it on drop.
-        let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
+        let listener = palisade_host::admin::into_glommio(self.listener);
         let registry = self.registry;
         let pages = Rc::new(move |_now_ms: u64| render(&registry));
         palisade_host::admin::accept_loop(pages, listener, queue).await;

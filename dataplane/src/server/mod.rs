@@ -690,9 +690,12 @@ impl Server {
         // takes it over (a one-time hand-off at start, hence the mutex).
         let (admin, admin_addr) = match opts.admin {
             Some(addr) => {
-                let (sock, local) = net::admin_listener(addr).map_err(|e| {
-                    io::Error::new(e.kind(), format!("binding admin.listen {addr}: {e}"))
-                })?;
+                // Without SO_REUSEPORT: a second process on the same port must
+                // fail rather than take half the scrapes.
+                let (sock, local) =
+                    palisade_host::admin::bind_listener(addr, false).map_err(|e| {
+                        io::Error::new(e.kind(), format!("binding admin.listen {addr}: {e}"))
+                    })?;
                 (Some(sock), Some(local))
             }
             None => (None, None),
@@ -1095,7 +1098,7 @@ async fn core_main(
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         if let Some(sock) = admin {
-            let listener = net::into_glommio(sock);
+            let listener = palisade_host::admin::into_glommio(sock);
             let metrics_ctx = ctx.clone();
             let pages =
                 Rc::new(move |now_ms: u64| crate::metrics::render(&metrics_ctx.shared, now_ms));

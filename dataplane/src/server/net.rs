@@ -8,7 +8,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{BorrowedFd, RawFd};
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
@@ -50,36 +50,7 @@ pub fn listener(addr: SocketAddr, dscp: u8) -> io::Result<glommio::net::TcpListe
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
     sock.listen(BACKLOG)?;
-    Ok(into_glommio(sock))
-}
-
-/// Backlog of the admin listener: scrapes are few.
-const ADMIN_BACKLOG: i32 = 64;
-
-/// The admin (metrics) listener: bound and listening on `addr`, without
-/// SO_REUSEPORT (one core serves it, and a second process on the same port
-/// must fail rather than take half the scrapes), nonblocking. Returns it
-/// with the address it got (port 0 picks one).
-pub fn admin_listener(addr: SocketAddr) -> io::Result<(Socket, SocketAddr)> {
-    let sock = socket_for(addr)?;
-    sock.set_reuse_address(true)?;
-    sock.set_nonblocking(true)?;
-    sock.bind(&addr.into())?;
-    sock.listen(ADMIN_BACKLOG)?;
-    let local = sock
-        .local_addr()?
-        .as_socket()
-        .ok_or_else(|| io::Error::other("bound address is not an IP socket address"))?;
-    Ok((sock, local))
-}
-
-/// Hands a listening socket to glommio.
-pub fn into_glommio(sock: Socket) -> glommio::net::TcpListener {
-    let fd = sock.into_raw_fd();
-    // SAFETY: `fd` was just released by `into_raw_fd`, so it is an open
-    // TCP socket that nothing else owns; the listener takes sole ownership
-    // and closes it on drop. Callers pass only bound, listening sockets.
-    unsafe { glommio::net::TcpListener::from_raw_fd(fd) }
+    Ok(palisade_host::admin::into_glommio(sock))
 }
 
 /// Marks an accepted stream with DSCP `dscp` (and its `SO_PRIORITY`, see

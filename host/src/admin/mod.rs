@@ -21,12 +21,16 @@
 //! assert_eq!(parse_head(b"GET /metr"), Head::Incomplete);
 //! ```
 
+use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
 
 #[cfg(feature = "glommio")]
 mod shell;
 #[cfg(feature = "glommio")]
-pub use shell::accept_loop;
+pub use shell::{accept_loop, into_glommio};
 
 /// What a daemon serves on its admin endpoint. A new page is a new route in
 /// [`parse_head`] and a method here.
@@ -50,6 +54,38 @@ pub const READ_DEADLINE: Duration = Duration::from_secs(5);
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 /// Admin connections served at once; more are answered 503 at once.
 pub const CONNECTIONS_MAX: usize = 16;
+
+/// Pending connections the admin listener queues.
+const BACKLOG: i32 = 64;
+
+/// Binds and listens on `addr` for the admin endpoint, non-blocking, ready
+/// for [`into_glommio`]. Returns the socket and the bound address (port 0
+/// resolved).
+///
+/// `reuse_port` sets `SO_REUSEPORT`: the fencing proxy needs it to rebind
+/// its port at once after being killed (its dead ring's pending accept
+/// keeps the old listener open for a moment). The node does not set it, so
+/// a second node configured with the same admin port fails to start rather
+/// than sharing the scrapes.
+///
+/// # Errors
+///
+/// Creating, binding or listening on the socket.
+pub fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<(Socket, SocketAddr)> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    if reuse_port {
+        sock.set_reuse_port(true)?;
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(BACKLOG)?;
+    let local = sock
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("bound address is not an IP socket address"))?;
+    Ok((sock, local))
+}
 /// The Prometheus text exposition format's content type.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 

@@ -6,17 +6,34 @@
 //! [`Pages`], writes the response, closes.
 
 use std::cell::Cell;
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::TaskQueueHandle;
+use socket2::Socket;
 use tracing::{debug, warn};
 
 use super::{Pages, Route, Status};
 use crate::admin::{self, Head};
 use crate::clock::monotonic_ms;
+
+/// Hands a bound, listening socket (from [`super::bind_listener`], or any
+/// other the caller bound and listened on) to glommio.
+#[must_use]
+pub fn into_glommio(sock: Socket) -> TcpListener {
+    let fd = sock.into_raw_fd();
+    // SAFETY: `fd` was just released by `into_raw_fd`, so it is an open
+    // TCP socket that nothing else owns; the listener takes sole ownership
+    // and closes it on drop. Callers pass only bound, listening sockets
+    // (the test below accepts a connection through one).
+    #[allow(unsafe_code)]
+    unsafe {
+        TcpListener::from_raw_fd(fd)
+    }
+}
 
 /// Accepts admin connections on `queue` (a task queue of the calling
 /// executor) and answers each from `pages`, until the executor stops.
@@ -114,5 +131,60 @@ async fn serve(pages: &impl Pages, stream: &mut TcpStream) {
         Some(Ok(())) => {}
         Some(Err(e)) => debug!(error = %e, "admin client went away"),
         None => debug!("admin client did not take the response in time"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use glommio::{Latency, LocalExecutorBuilder, Shares};
+
+    use super::*;
+    use crate::admin::bind_listener;
+
+    #[test]
+    fn a_listener_handed_to_glommio_serves_the_pages() {
+        let (sock, local) = bind_listener("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let client = std::thread::spawn(move || {
+            let mut stream = std::net::TcpStream::connect(local).unwrap();
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).unwrap();
+            answer
+        });
+        LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let queue = glommio::executor().create_task_queue(
+                    Shares::Static(50),
+                    Latency::NotImportant,
+                    "admin",
+                );
+                let pages = Rc::new(|_now_ms: u64| "palisade_test 1\n".to_string());
+                let listener = into_glommio(sock);
+                let _server = glommio::spawn_local_into(accept_loop(pages, listener, queue), queue)
+                    .unwrap()
+                    .detach();
+                while !client.is_finished() {
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                }
+                let answer = client.join().unwrap();
+                assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+                assert!(answer.ends_with("palisade_test 1\n"), "{answer}");
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn only_a_reuse_port_listener_shares_its_port() {
+        let (_first, local) = bind_listener("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let err = bind_listener(local, false).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        let (_a, local) = bind_listener("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        bind_listener(local, true).expect("SO_REUSEPORT lets a second listener bind");
     }
 }

@@ -23,7 +23,7 @@ pub fn sleep_ms(ms: u64) {
 
 /// Milliseconds on the monotonic clock (tests may not use `Instant`).
 pub fn now_ms() -> u64 {
-    palisade_dataplane::clock::boottime_ms()
+    palisade_host::clock::boottime_ms()
 }
 
 /// Whether `tool` runs; prints why a test skips when it does not.
