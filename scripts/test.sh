@@ -51,7 +51,13 @@ fi
 echo "== workspace tests"
 cargo test --workspace --locked
 
-echo "== crate boundaries: the client library without its CLI"
+echo "== crate boundaries: the proxy without the lease table, the client library without its CLI"
+# The fencing proxy checks tokens and never mints them: it must not even
+# link the data plane (docs/ARCHITECTURE.md, the crate table).
+if cargo tree --locked -p palisade-fencing-proxy -e normal --prefix none | grep -q "^palisade-dataplane v"; then
+    echo "palisade-fencing-proxy depends on palisade-dataplane" >&2
+    exit 1
+fi
 # An application that links palisade-client without default features gets
 # no CLI dependencies (docs/ARCHITECTURE.md, the crate table).
 client_deps=$(cargo tree --locked -p palisade-client --no-default-features -e normal --prefix none)

@@ -10,7 +10,7 @@
 #                   (one more loopback hop than `direct`)
 # The writers hold live leases: every write goes through the fence check.
 #
-# The load is proxy/examples/nbd_pipeline_bench.rs: per connection a closed
+# The load is fencing-proxy/examples/nbd_pipeline_bench.rs: per connection a closed
 # loop keeping DEPTH writes in flight, replies matched by cookie; per round
 # and target writes/s and p50/p99/p99.9, then min and median over rounds
 # and ratios to `direct` in the same round.
@@ -35,8 +35,8 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
 command -v qemu-nbd >/dev/null || { echo "qemu-nbd missing: apt-get install qemu-utils" >&2; exit 1; }
-cargo build --release --locked -p palisade-control -p palisade-proxy
-cargo build --release --locked -p palisade-proxy --example nbd_pipeline_bench
+cargo build --release --locked -p palisade-control -p palisade-fencing-proxy
+cargo build --release --locked -p palisade-fencing-proxy --example nbd_pipeline_bench
 bin=target/release
 load=$bin/examples/nbd_pipeline_bench
 proxy_bin=${PROXY_BIN:-$bin/palisade-fencing-proxy}

@@ -41,7 +41,7 @@ fn proxy_bin() -> PathBuf {
         build.args([
             "build",
             "-p",
-            "palisade-proxy",
+            "palisade-fencing-proxy",
             "--bin",
             "palisade-fencing-proxy",
         ]);

@@ -10,7 +10,7 @@ usage: flood.py PID HOST:PORT [COUNT] [WAIT_S] [--ro]
 
 How the figures in docs/OPERATIONS.md ("Memory") were taken, with
 handshake_timeout and read_only_idle_timeout at 5s (the proxy's own
-limit test, proxy/tests/limits.rs, does the same in Rust):
+limit test, fencing-proxy/tests/limits.rs, does the same in Rust):
 
   palisade-fencing-proxy --config proxy.toml &
   python3 flood.py $! 127.0.0.1:10809 1000 40

@@ -1,4 +1,4 @@
-//! The fencing proxy's durable fence store: `palisade_proxy::fence::
+//! The fencing proxy's durable fence store: `palisade_fencing_proxy::fence::
 //! FenceStore` opening a state directory whose fence file and `MANIFEST`
 //! hold arbitrary bytes, then reading, raising and reopening.
 //!
@@ -9,7 +9,7 @@
 //! patched file's checksums can be recomputed (mode bit), so that damage
 //! the CRCs cannot see is reached too.
 //!
-//! Asserts (proxy/src/fence.rs module docs, DESIGN.md S3):
+//! Asserts (fencing-proxy/src/fence/ module docs, DESIGN.md S3):
 //! - no panic on any directory contents;
 //! - it never guesses: a fence read as known is the fence field of one of
 //!   the file's two slots, or 0 with no file at all; a file the manifest
@@ -28,7 +28,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use palisade_fuzz::Input;
-use palisade_proxy::fence::{Damage, Fence, FenceError, FenceStore};
+use palisade_fencing_proxy::fence::{Damage, Fence, FenceError, FenceStore};
 
 const EXPORT: &str = "disk0";
 const TEMPLATE_FENCE: u64 = 9;

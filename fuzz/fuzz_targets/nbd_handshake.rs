@@ -1,5 +1,5 @@
 //! The NBD handshake (fixed newstyle option haggling), sans-IO:
-//! `palisade_proxy::nbd::Handshake` on an arbitrary client byte stream,
+//! `palisade_fencing_proxy::nbd::Handshake` on an arbitrary client byte stream,
 //! answered the way the proxy's shell answers (accept or refuse an export,
 //! list exports), then, if the client got in, the transmission phase on
 //! the rest of the stream.
@@ -8,7 +8,7 @@
 //! answers (one choice per question the handshake asks), then the client's
 //! byte stream.
 //!
-//! Asserts (proxy/src/nbd.rs module docs):
+//! Asserts (fencing-proxy/src/nbd/ module docs):
 //! - no panic on any stream, when every question is answered as documented;
 //! - the greeting is exactly NBDMAGIC, IHAVEOPT and the server flags;
 //! - everything else sent during haggling is a sequence of well-formed
@@ -27,7 +27,7 @@
 use libfuzzer_sys::fuzz_target;
 use palisade_fuzz::nbd;
 use palisade_fuzz::{Chunks, Input};
-use palisade_proxy::nbd::{
+use palisade_fencing_proxy::nbd::{
     wire, Event, ExportEntry, Handshake, OptionError, RepError, STRING_LEN_MAX,
 };
 
@@ -64,7 +64,7 @@ fn check_output(out: &[u8], ready: bool) {
     }
 }
 
-fn answer(answers: &mut Input) -> Result<palisade_proxy::nbd::ExportInfo, OptionError> {
+fn answer(answers: &mut Input) -> Result<palisade_fencing_proxy::nbd::ExportInfo, OptionError> {
     match answers.byte() % 4 {
         0 | 1 => Ok(nbd::export_info(answers)),
         2 => Err(OptionError::new(RepError::Unknown, "no such export")),

@@ -1,11 +1,11 @@
-//! The NBD transmission phase, sans-IO: `palisade_proxy::nbd::Transmission`
+//! The NBD transmission phase, sans-IO: `palisade_fencing_proxy::nbd::Transmission`
 //! on an arbitrary request stream, for an arbitrary (valid) export.
 //!
 //! Input: limits, the export as the caller describes it (size, flags,
 //! block sizes), whether structured replies were negotiated, a seed for how
 //! the stream is cut into reads, then the client's byte stream.
 //!
-//! Asserts (proxy/src/nbd.rs module docs; docs/DESIGN.md S3's premise that
+//! Asserts (fencing-proxy/src/nbd/ module docs; docs/DESIGN.md S3's premise that
 //! no refused request reaches the backend):
 //! - no panic on any stream;
 //! - every `Incoming::Request` is one the export allows: a command it
@@ -26,7 +26,7 @@
 use libfuzzer_sys::fuzz_target;
 use palisade_fuzz::nbd;
 use palisade_fuzz::{Chunks, Input};
-use palisade_proxy::nbd::Transmission;
+use palisade_fencing_proxy::nbd::Transmission;
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);

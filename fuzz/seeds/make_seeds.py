@@ -7,7 +7,7 @@ Deterministic: running it again rewrites the same files. Sources:
 - fuzz/seed-sources/real-node.raft.log, a raft.log written by a real
   `palisade serve` (kept as it is; see README.md for how it was made),
   from which this script derives a version 1 file and torn variants;
-- the fence file and MANIFEST formats of proxy/src/fence.rs (checked
+- the fence file and MANIFEST formats of fencing-proxy/src/fence/ (checked
   against files the store itself wrote);
 - the shipped configs (tuning/profiles/, examples/cluster3/) and the
   built-in default (fuzz/seed-sources/builtin-default.toml, from

@@ -159,7 +159,7 @@ pub fn scratch_dir(name: &str) -> PathBuf {
 /// a checked run of the transmission decoder.
 pub mod nbd {
     use super::{Chunks, Input};
-    use palisade_proxy::nbd::{
+    use palisade_fencing_proxy::nbd::{
         command_flags, transmission_flags as tf, wire, Command, Config, ExportInfo, Incoming,
         Transmission, REQUEST_HEADER_LEN,
     };
@@ -212,7 +212,7 @@ pub mod nbd {
     /// Checks one decoded request against the export as advertised.
     pub fn check_request(
         info: &ExportInfo,
-        request: &palisade_proxy::nbd::Request,
+        request: &palisade_fencing_proxy::nbd::Request,
         payload: &[u8],
     ) {
         assert!(

@@ -15,7 +15,7 @@
 //! warning; the proxy serves what it can.
 //!
 //! ```
-//! use palisade_proxy::limits::LogEvery;
+//! use palisade_fencing_proxy::limits::LogEvery;
 //! let mut refusals = LogEvery::new(1_000);
 //! assert_eq!(refusals.hit(5_000), Some(1)); // the first is logged
 //! assert_eq!(refusals.hit(5_100), None); // held back, counted

@@ -44,7 +44,7 @@
 //! token's write is in flight.
 //!
 //! ```
-//! use palisade_proxy::admission::{Admission, Confirmation, Durable, Step};
+//! use palisade_fencing_proxy::admission::{Admission, Confirmation, Durable, Step};
 //!
 //! let mut admission = Admission::new(5, true);
 //! let at = |fence| Durable { fence, damaged: false, confirmation: Confirmation::Confirmed };

@@ -57,7 +57,7 @@
 //! # Example
 //!
 //! ```
-//! use palisade_proxy::nbd::{
+//! use palisade_fencing_proxy::nbd::{
 //!     transmission_flags, wire, Command, Config, Event, ExportInfo, Handshake, Incoming,
 //! };
 //!

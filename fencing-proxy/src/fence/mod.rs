@@ -16,7 +16,7 @@
 //! Main types: [`FenceStore`], [`Fence`], [`Damage`], [`FenceError`].
 //!
 //! ```
-//! use palisade_proxy::fence::{Fence, FenceStore};
+//! use palisade_fencing_proxy::fence::{Fence, FenceStore};
 //!
 //! let dir = tempfile::tempdir().unwrap();
 //! let store = FenceStore::open(dir.path()).unwrap();

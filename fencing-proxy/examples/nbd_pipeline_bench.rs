@@ -2,7 +2,7 @@
 //! per connection, for `bench/scripts/proxy-overhead.sh`.
 //!
 //! ```text
-//! cargo run --release -p palisade-proxy --example nbd_pipeline_bench -- \
+//! cargo run --release -p palisade-fencing-proxy --example nbd_pipeline_bench -- \
 //!     --connections 4 --depth 16 --seconds 3 --rounds 5 \
 //!     direct=127.0.0.1:10900/up proxy-upstream=127.0.0.1:10809/upstream@7
 //! ```

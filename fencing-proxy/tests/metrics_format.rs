@@ -6,7 +6,7 @@ mod promtool;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use palisade_proxy::metrics::{render, ExportMetrics, Registry};
+use palisade_fencing_proxy::metrics::{render, ExportMetrics, Registry};
 
 #[test]
 fn promtool_accepts_the_proxy_exposition() {

@@ -366,7 +366,7 @@ pub fn run(
     let limits = Limits::from_config(config);
     let write_delay = failpoints.write_delay;
     let handle = LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .name("palisade-proxy")
+        .name("palisade-fencing-proxy")
         .io_memory(IO_MEMORY)
         .blocking_thread_pool_placement(PoolPlacement::Unbound(BLOCKING_THREADS))
         .spawn(move || async move {

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{nbd_go, sleep_ms, Lease, Proxy, ProxySetup};
-use palisade_proxy::nbd::{
+use palisade_fencing_proxy::nbd::{
     self, transmission_flags as tf, Command, Event, ExportInfo, Handshake, Incoming,
 };
 

@@ -13,14 +13,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use palisade_fencing_proxy::config::{BackendSpec, ProxyConfig};
+use palisade_fencing_proxy::failpoints::Failpoints;
+use palisade_fencing_proxy::fence::{Fence, FenceError, FenceStore};
+use palisade_fencing_proxy::limits::{self, Nofile};
+use palisade_fencing_proxy::supervise::Supervision;
+use palisade_fencing_proxy::{metrics, server};
 use palisade_host::clock::monotonic_ms;
 use palisade_host::heartbeat;
-use palisade_proxy::config::{BackendSpec, ProxyConfig};
-use palisade_proxy::failpoints::Failpoints;
-use palisade_proxy::fence::{Fence, FenceError, FenceStore};
-use palisade_proxy::limits::{self, Nofile};
-use palisade_proxy::supervise::Supervision;
-use palisade_proxy::{metrics, server};
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 

@@ -9,7 +9,7 @@
 //! to [`POOL_BYTES_MAX`]; smaller payloads come from the heap as before.
 //!
 //! ```
-//! use palisade_proxy::pool::{BufPool, LARGE};
+//! use palisade_fencing_proxy::pool::{BufPool, LARGE};
 //! let pool = BufPool::default();
 //! let mut payload = pool.take(LARGE);
 //! payload.extend_from_slice(&vec![7u8; LARGE]);
