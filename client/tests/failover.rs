@@ -440,11 +440,18 @@ fn a_grant_that_arrives_after_the_caller_gave_up_is_released() {
     // The next call reads the late grant and gives it back.
     client.set_request_timeout(Duration::from_secs(5));
     client.check("other", 1).expect("check");
-    let released = node.seen().into_iter().any(|s| {
-        matches!(s.request, Request::Release { ref resource, token: t } if resource == "disk0" && t == token)
-    });
-    assert!(released, "the abandoned grant was not released");
-    assert!(!shared.lock().expect("table").leases.contains_key("disk0"));
+    // The release goes out without waiting for its answer, so the node may
+    // read it after it answered the check: wait for it (bounded).
+    let released = || {
+        node.seen().into_iter().any(|s| {
+            matches!(s.request, Request::Release { ref resource, token: t } if resource == "disk0" && t == token)
+        }) && !shared.lock().expect("table").leases.contains_key("disk0")
+    };
+    let deadline = boottime_ms() + 10_000;
+    while !released() && boottime_ms() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(released(), "the abandoned grant was not released");
 }
 
 #[test]
