@@ -1,0 +1,472 @@
+use super::*;
+use std::fs;
+
+fn entry(index: u64, term: u64) -> Entry {
+    Entry {
+        index,
+        term,
+        data: vec![index as u8; 3].into(),
+        ..Default::default()
+    }
+}
+
+fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
+    HardState {
+        term,
+        vote,
+        commit,
+        ..Default::default()
+    }
+}
+
+fn conf(voters: &[u64]) -> ConfState {
+    ConfState {
+        voters: voters.to_vec(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn indexes_at_the_top_of_the_range_are_damage_not_a_panic() {
+    // Found by the raftlog fuzz target: a snapshot at u64::MAX followed
+    // by an entry overflowed while replaying.
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (mut log, _) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+        log.apply_snapshot(&snapshot(u64::MAX, 2));
+        log.append(&[entry(5, 2)]);
+        log.sync().expect("sync");
+    }
+    assert!(RaftLog::open(dir.path(), "c", 1, false).is_err());
+}
+
+fn snapshot(index: u64, term: u64) -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    snapshot.mut_metadata().index = index;
+    snapshot.mut_metadata().term = term;
+    snapshot.mut_metadata().set_conf_state(conf(&[1, 2, 3]));
+    snapshot
+}
+
+type State = (HardState, ConfState, Option<u64>, Vec<(u64, u64)>);
+
+/// What a recovery yields for raft: hard state, membership, snapshot
+/// index, and entries as (index, term).
+fn state(recovered: &Recovered) -> State {
+    (
+        recovered.hard_state.clone(),
+        recovered.conf_state.clone(),
+        recovered.snapshot.as_ref().map(|s| s.get_metadata().index),
+        recovered
+            .entries
+            .iter()
+            .map(|e| (e.index, e.term))
+            .collect(),
+    )
+}
+
+/// Opens a log file holding `bytes`.
+fn open_bytes(bytes: &[u8]) -> (tempfile::TempDir, Result<Recovered, LogError>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join(LOG_FILE), bytes).expect("write");
+    let recovered = RaftLog::open(dir.path(), "c", 1, false).map(|(_, r)| r);
+    (dir, recovered)
+}
+
+/// Where each record of a whole file ends: the header, then each batch.
+fn record_ends(bytes: &[u8]) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        at = read_record(bytes, at).expect("a whole record").end;
+        ends.push(at);
+    }
+    ends
+}
+
+/// Writes a known history of four syncs, each a batch of several
+/// items, and returns the file's bytes.
+fn history(dir: &Path) -> Vec<u8> {
+    let (mut log, recovered) = RaftLog::open(dir, "c", 1, false).expect("open");
+    assert!(!recovered.existed);
+    log.set_conf_state(&conf(&[1, 2, 3]));
+    log.set_hard_state(&hard_state(1, 1, 0));
+    log.append(&[entry(1, 1), entry(2, 1), entry(3, 1)]);
+    log.sync().expect("sync");
+    log.set_hard_state(&hard_state(2, 2, 2));
+    log.append(&[entry(3, 2), entry(4, 2)]);
+    log.sync().expect("sync");
+    // A snapshot from the leader of term 3, as raft-rs hands it over:
+    // with the hard state that commits it.
+    log.apply_snapshot(&snapshot(4, 2));
+    log.set_hard_state(&hard_state(3, 0, 4));
+    log.sync().expect("sync");
+    log.append(&[entry(5, 3)]);
+    log.set_hard_state(&hard_state(3, 0, 5));
+    log.sync().expect("sync");
+    fs::read(dir.join(LOG_FILE)).expect("read")
+}
+
+/// The state after each whole prefix of the history: (end, state).
+fn history_states(full: &[u8]) -> Vec<(usize, State)> {
+    let mut states = vec![(0, state(&Recovered::default()))];
+    for end in record_ends(full) {
+        let (_dir, recovered) = open_bytes(&full[..end]);
+        let recovered = recovered.expect("a whole prefix opens");
+        assert_eq!(recovered.torn_bytes, 0);
+        states.push((end, state(&recovered)));
+    }
+    states
+}
+
+#[test]
+fn replay_applies_raft_append_semantics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let full = history(dir.path());
+    let states: Vec<State> = history_states(&full).into_iter().map(|s| s.1).collect();
+    let voters = conf(&[1, 2, 3]);
+    let fresh = state(&Recovered::default());
+    assert_eq!(states.len(), 6, "nothing, header, four batches");
+    assert_eq!(states[1], fresh, "a header alone");
+    assert_eq!(
+        states[2],
+        (
+            hard_state(1, 1, 0),
+            voters.clone(),
+            None,
+            vec![(1, 1), (2, 1), (3, 1)]
+        )
+    );
+    assert_eq!(
+        states[3],
+        (
+            hard_state(2, 2, 2),
+            voters.clone(),
+            None,
+            vec![(1, 1), (2, 1), (3, 2), (4, 2)]
+        )
+    );
+    assert_eq!(
+        states[4],
+        (hard_state(3, 0, 4), voters.clone(), Some(4), vec![])
+    );
+    assert_eq!(
+        states[5],
+        (hard_state(3, 0, 5), voters, Some(4), vec![(5, 3)])
+    );
+    let (_, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+    assert!(recovered.existed);
+    assert_eq!(recovered.torn_bytes, 0);
+    assert_eq!(state(&recovered), states[5]);
+}
+
+#[test]
+fn every_truncation_recovers_whole_batches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let full = history(dir.path());
+    let states = history_states(&full);
+    let header_end = states[1].0;
+    for cut in 0..=full.len() {
+        // A cut inside a batch drops that batch whole, never part of it.
+        let (good_end, expected) = states
+            .iter()
+            .rev()
+            .find(|(end, _)| *end <= cut)
+            .expect("0 is a boundary");
+        let (case, recovered) = open_bytes(&full[..cut]);
+        let recovered = recovered.unwrap_or_else(|e| panic!("cut at {cut} refused: {e}"));
+        assert_eq!(&state(&recovered), expected, "cut at {cut}");
+        assert_eq!(recovered.torn_bytes, (cut - good_end) as u64, "cut {cut}");
+        let repaired = fs::read(case.path().join(LOG_FILE)).expect("read");
+        assert_eq!(repaired, full[..(*good_end).max(header_end)], "cut {cut}");
+        let reopened = RaftLog::open(case.path(), "c", 1, false)
+            .expect("reopen after repair")
+            .1;
+        assert_eq!(reopened.torn_bytes, 0, "the tail was cut at {cut}");
+        assert_eq!(state(&reopened), state(&recovered), "cut {cut}");
+    }
+}
+
+#[test]
+fn damage_anywhere_in_the_last_batch_is_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let full = history(dir.path());
+    let states = history_states(&full);
+    let (start, before) = states[states.len() - 2].clone();
+    let torn = (full.len() - start) as u64;
+    let check = |bytes: &[u8], what: &str| {
+        let (_dir, recovered) = open_bytes(bytes);
+        let recovered = recovered.unwrap_or_else(|e| panic!("{what} refused: {e}"));
+        assert_eq!(state(&recovered), before, "{what}");
+        assert_eq!(recovered.torn_bytes, torn, "{what}");
+    };
+    for at in start..full.len() {
+        let mut bytes = full.clone();
+        bytes[at] ^= 0x5a;
+        check(&bytes, &format!("byte {at} flipped"));
+        // The pages holding the batch's start never reached the disk,
+        // a later one did: its header reads as zeros.
+        let mut bytes = full.clone();
+        bytes[start..=at].fill(0);
+        check(&bytes, &format!("zeros up to byte {at}"));
+        let mut bytes = full.clone();
+        bytes[at..].fill(0);
+        check(&bytes, &format!("zeros from byte {at}"));
+    }
+    // After the cut, the log goes on where the torn batch was.
+    let mut bytes = full.clone();
+    bytes[start..start + 20].fill(0);
+    let (case, recovered) = open_bytes(&bytes);
+    assert_eq!(recovered.expect("cut").torn_bytes, torn);
+    let (mut log, _) = RaftLog::open(case.path(), "c", 1, false).expect("reopen");
+    log.append(&[entry(5, 4)]);
+    log.set_hard_state(&hard_state(4, 1, 4));
+    log.sync().expect("sync");
+    let (_, after) = RaftLog::open(case.path(), "c", 1, false).expect("reopen");
+    assert_eq!(after.torn_bytes, 0);
+    assert_eq!(after.hard_state, hard_state(4, 1, 4));
+    assert_eq!(state(&after).3, [(5, 4)]);
+}
+
+#[test]
+fn damage_before_the_last_batch_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let full = history(dir.path());
+    let ends = record_ends(&full);
+    let last_start = ends[ends.len() - 2];
+    let refused = |bytes: &[u8], what: &str| {
+        let (_dir, recovered) = open_bytes(bytes);
+        match recovered {
+            Err(LogError::Corrupt { .. }) => {}
+            Err(e) => panic!("{what}: {e}"),
+            Ok(_) => panic!("{what} was accepted"),
+        }
+    };
+    for at in 0..last_start {
+        let mut bytes = full.clone();
+        bytes[at] ^= 0x5a;
+        refused(&bytes, &format!("byte {at} flipped"));
+    }
+    // A synced batch zeroed from its start, a later batch whole.
+    for batch in ends.windows(2).take(ends.len() - 2) {
+        for at in batch[0]..batch[1] {
+            let mut bytes = full.clone();
+            bytes[batch[0]..=at].fill(0);
+            refused(&bytes, &format!("zeros over {}..={at}", batch[0]));
+        }
+    }
+    // Damage in the first batch stays damage when the last is torn too.
+    let mut bytes = full[..full.len() - 3].to_vec();
+    bytes[ends[0] + HEADER_LEN + 1] ^= 0x40;
+    refused(&bytes, "first batch flipped, last torn");
+}
+
+#[test]
+fn a_snapshot_discards_every_entry_before_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+    log.set_conf_state(&conf(&[1, 2, 3]));
+    log.set_hard_state(&hard_state(1, 1, 0));
+    log.append(&[
+        entry(1, 1),
+        entry(2, 1),
+        entry(3, 1),
+        entry(4, 1),
+        entry(5, 1),
+    ]);
+    log.sync().expect("sync");
+    // The leader of term 2 sent a snapshot at 3: entries 4 and 5 of
+    // term 1 are from a history it abandoned.
+    log.apply_snapshot(&snapshot(3, 2));
+    log.set_hard_state(&hard_state(2, 0, 3));
+    log.sync().expect("sync");
+    let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+    assert_eq!(
+        state(&recovered),
+        (hard_state(2, 0, 3), conf(&[1, 2, 3]), Some(3), vec![])
+    );
+    log.append(&[entry(4, 2)]);
+    log.sync().expect("sync");
+    let (_, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+    assert_eq!(state(&recovered).3, [(4, 2)]);
+}
+
+#[test]
+fn the_hard_state_is_brought_up_to_the_snapshot() {
+    // Term and commit behind the snapshot: the term is raised, and the
+    // vote of the older term does not carry over.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+    log.set_hard_state(&hard_state(1, 1, 0));
+    log.sync().expect("sync");
+    log.apply_snapshot(&snapshot(5, 4));
+    log.sync().expect("sync");
+    let (_, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+    assert_eq!(recovered.hard_state, hard_state(4, 0, 5));
+    // Only the commit behind: term and vote stay.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+    log.set_hard_state(&hard_state(6, 3, 1));
+    log.apply_snapshot(&snapshot(5, 4));
+    log.sync().expect("sync");
+    let (_, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+    assert_eq!(recovered.hard_state, hard_state(6, 3, 5));
+}
+
+/// A file as version 1 wrote it: one top-level record per item.
+fn version_1(records: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    let mut bytes = record(KIND_HEADER, &header_payload(MAGIC_V1, "c", 1));
+    for (kind, payload) in records {
+        bytes.extend(record(*kind, payload));
+    }
+    bytes
+}
+
+#[test]
+fn a_version_1_log_is_read_and_rewritten() {
+    let records = [
+        (
+            KIND_CONF_STATE,
+            conf(&[1, 2, 3]).write_to_bytes().expect("encodes"),
+        ),
+        (
+            KIND_HARD_STATE,
+            hard_state(1, 1, 0).write_to_bytes().expect("encodes"),
+        ),
+        (
+            KIND_ENTRIES,
+            encode_entries(&[entry(1, 1), entry(2, 1), entry(3, 1)]),
+        ),
+        (
+            KIND_HARD_STATE,
+            hard_state(2, 2, 2).write_to_bytes().expect("encodes"),
+        ),
+        (KIND_ENTRIES, encode_entries(&[entry(3, 2), entry(4, 2)])),
+    ];
+    let expected = (
+        hard_state(2, 2, 2),
+        conf(&[1, 2, 3]),
+        None,
+        vec![(1, 1), (2, 1), (3, 2), (4, 2)],
+    );
+    let bytes = version_1(&records);
+    let (dir, recovered) = open_bytes(&bytes);
+    assert_eq!(state(&recovered.expect("a version 1 log opens")), expected);
+    let rewritten = fs::read(dir.path().join(LOG_FILE)).expect("read");
+    let header = read_record(&rewritten, 0).expect("header");
+    assert!(
+        header.payload.starts_with(MAGIC_V2),
+        "rewritten as version 2"
+    );
+    let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+    assert_eq!(state(&recovered), expected);
+    log.append(&[entry(5, 2)]);
+    log.sync().expect("sync");
+    let (_, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+    assert_eq!(state(&recovered).3.last(), Some(&(5, 2)));
+
+    // Version 1's rule: a torn last record is cut, damage before it
+    // refuses.
+    let (_dir, recovered) = open_bytes(&bytes[..bytes.len() - 2]);
+    let recovered = recovered.expect("torn last record");
+    assert_eq!(state(&recovered).0, hard_state(2, 2, 2));
+    assert_eq!(state(&recovered).3, [(1, 1), (2, 1), (3, 1)]);
+    let mut damaged = bytes.clone();
+    let middle = record_ends(&bytes)[2] + HEADER_LEN + 1;
+    damaged[middle] ^= 0x40;
+    assert!(matches!(
+        open_bytes(&damaged).1,
+        Err(LogError::Corrupt { .. })
+    ));
+
+    // A snapshot whose hard state was torn away from it.
+    let mut records = records.to_vec();
+    records.push((
+        KIND_SNAPSHOT,
+        snapshot(4, 3).write_to_bytes().expect("encodes"),
+    ));
+    let (_dir, recovered) = open_bytes(&version_1(&records));
+    assert_eq!(
+        state(&recovered.expect("opens")),
+        (hard_state(3, 0, 4), conf(&[1, 2, 3]), Some(4), vec![])
+    );
+}
+
+#[test]
+fn a_newer_format_is_named() {
+    let bytes = record(KIND_HEADER, &header_payload(b"palisade-raft-v9", "c", 1));
+    let (_dir, recovered) = open_bytes(&bytes);
+    assert!(
+        matches!(recovered, Err(LogError::UnknownFormat { ref found, .. }) if found == "palisade-raft-v9"),
+        "{recovered:?}"
+    );
+}
+
+#[test]
+fn a_log_of_another_node_or_cluster_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    history(dir.path());
+    assert!(matches!(
+        RaftLog::open(dir.path(), "c", 2, false),
+        Err(LogError::Foreign { found_node: 1, .. })
+    ));
+    assert!(matches!(
+        RaftLog::open(dir.path(), "other", 1, false),
+        Err(LogError::Foreign { .. })
+    ));
+}
+
+#[test]
+fn compaction_keeps_state_and_drops_covered_entries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+    log.set_conf_state(&conf(&[1, 2, 3]));
+    log.set_hard_state(&hard_state(2, 2, 3));
+    log.append(&[entry(1, 1), entry(2, 1), entry(3, 2), entry(4, 2)]);
+    log.sync().expect("sync");
+    let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+    let rest: Vec<Entry> = recovered
+        .entries
+        .iter()
+        .filter(|e| e.index > 3)
+        .cloned()
+        .collect();
+    log.compact(&snapshot(3, 2), &recovered.hard_state, &rest)
+        .expect("compact");
+    assert_eq!(log.entries_written(), 1);
+    log.append(&[entry(5, 2)]);
+    log.sync().expect("sync");
+    let (_, after) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+    assert_eq!(after.torn_bytes, 0);
+    assert_eq!(
+        state(&after),
+        (
+            hard_state(2, 2, 3),
+            conf(&[1, 2, 3]),
+            Some(3),
+            vec![(4, 2), (5, 2)]
+        )
+    );
+}
+
+#[test]
+fn the_fsync_failpoint_stalls_until_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _) = RaftLog::open(dir.path(), "c", 1, true).expect("open");
+    let stall = dir.path().join(FSYNC_STALL_FAILPOINT);
+    fs::write(&stall, "").expect("arm");
+    let remover = {
+        let stall = stall.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            fs::remove_file(stall).expect("disarm");
+        })
+    };
+    log.set_hard_state(&hard_state(1, 0, 0));
+    log.sync().expect("sync after the stall");
+    assert!(
+        !stall.exists(),
+        "sync returned while the failpoint was armed"
+    );
+    remover.join().expect("remover");
+}
