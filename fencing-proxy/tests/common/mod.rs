@@ -328,21 +328,15 @@ pub fn vm_rss_kib(pid: u32) -> u64 {
 }
 
 /// Raises this process's soft `RLIMIT_NOFILE` to at least `want` (up to
-/// the hard limit); returns the soft limit now.
+/// the hard limit, with the daemons' own [`palisade_host::rlimit`]);
+/// returns the soft limit now.
 pub fn raise_own_nofile(want: u64) -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to our own struct.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        if limit.rlim_cur < want {
-            limit.rlim_cur = want.min(limit.rlim_max);
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-        }
+    use palisade_host::rlimit::{raise_nofile, Raise};
+    match raise_nofile(want) {
+        Raise::Enough { soft } => soft.unwrap_or(u64::MAX),
+        Raise::Raised { to, .. } => to,
+        Raise::Short { soft, .. } => soft,
     }
-    limit.rlim_cur
 }
 
 /// A raw NBD client: connects and reads the 18-byte greeting.
