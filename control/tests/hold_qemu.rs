@@ -77,29 +77,14 @@ impl Drop for Proxy {
     }
 }
 
-/// `qemu-io -f raw [-r] URL -c COMMAND`: (succeeded, output). qemu-io
-/// exits 0 when a command fails; failures print a reason.
+/// `qemu-io -f raw [-r] URL -c COMMAND`: (succeeded, output).
 fn qemu_io(url: &str, read_only: bool, command: &str) -> (bool, String) {
-    let mut qemu = Command::new("qemu-io");
-    qemu.args(["-f", "raw"]);
+    let mut args = vec!["-f", "raw"];
     if read_only {
-        qemu.arg("-r");
+        args.push("-r");
     }
-    let output = qemu
-        .arg(url)
-        .args(["-c", command])
-        .output()
-        .expect("run qemu-io");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let failed = !output.status.success()
-        || text.contains("failed")
-        || text.contains("can't open")
-        || text.contains("not permitted");
-    (!failed, text)
+    args.push(url);
+    palisade_testkit::qemu_io(&args, &[command])
 }
 
 #[test]

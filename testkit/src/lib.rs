@@ -12,6 +12,7 @@
 //! - [`sibling_bin`]: another package's binary of this build, built first
 //!   when the calling package's tests run alone.
 //! - [`wait_for_nbd_greeting`]: waits until a fencing proxy answers.
+//! - [`qemu_io`]: one `qemu-io` run and whether its commands succeeded.
 //! - [`read_log`]: a child's log file, or nothing.
 //!
 //! What it must never do: be a normal dependency of a shipped crate (it is
@@ -95,6 +96,30 @@ pub fn read_log(path: &Path) -> String {
         let _ = f.read_to_string(&mut text);
     }
     text
+}
+
+/// One-shot `qemu-io ARGS -c CMD...`: (success, stdout + stderr).
+/// qemu-io exits 0 even when a command fails; failures print a reason
+/// (`… failed`, including `Pattern verification failed` and `write failed:
+/// Operation not permitted`, or `can't open`), which counts as failing.
+#[must_use]
+pub fn qemu_io(args: &[&str], commands: &[&str]) -> (bool, String) {
+    let mut command = Command::new("qemu-io");
+    command.args(args);
+    for c in commands {
+        command.args(["-c", c]);
+    }
+    let output = command.output().expect("run qemu-io");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let failed = !output.status.success()
+        || text.contains("failed")
+        || text.contains("can't open")
+        || text.contains("not permitted");
+    (!failed, text)
 }
 
 /// Waits (up to about 30 s) until the fencing proxy `child` listening on

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 // Not every test binary uses all of them (as `dead_code` above).
 #[allow(unused_imports)]
-pub use palisade_testkit::{free_port, have, read_log, sleep_ms};
+pub use palisade_testkit::{free_port, have, qemu_io, read_log, sleep_ms};
 use palisade_testkit::{sibling_bin, wait_for_nbd_greeting};
 
 pub const PROXY: &str = env!("CARGO_BIN_EXE_palisade-fencing-proxy");
@@ -438,27 +438,6 @@ pub fn wait_metric(addr: SocketAddr, name: &str, value: u64, ms: u64) {
         );
         sleep_ms(20);
     }
-}
-
-/// One-shot `qemu-io ARGS -c CMD...`: (success, stdout + stderr).
-pub fn qemu_io(args: &[&str], commands: &[&str]) -> (bool, String) {
-    let mut command = Command::new("qemu-io");
-    command.args(args);
-    for c in commands {
-        command.args(["-c", c]);
-    }
-    let output = command.output().expect("run qemu-io");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    // qemu-io exits 0 even when a command fails; failures print a reason.
-    let failed = !output.status.success()
-        || text.contains("failed")
-        || text.contains("can't open")
-        || text.contains("Pattern verification failed");
-    (!failed, text)
 }
 
 /// An interactive `qemu-io` session on one NBD connection.
