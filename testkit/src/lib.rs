@@ -6,7 +6,8 @@
 //! What it owns:
 //! - [`free_port`], [`free_addr`], [`sleep_ms`]: loopback ports and pauses.
 //! - [`link`]: a TCP relay for one directed link that a test can cut
-//!   ([`link::LinkState::blocked`]) or slow down.
+//!   ([`link::LinkState::blocked`]) or slow down, and the [`link::Mesh`]
+//!   of a cluster's relays that isolates or mutes one node.
 //! - [`have`]: whether a tool (qemu-utils) is installed, saying why a
 //!   test skips when it is not.
 //! - [`sibling_bin`]: another package's binary of this build, built first

@@ -1,9 +1,12 @@
 //! A TCP relay for one directed link between two daemons (`from` dials
 //! [`Link::listen`], the relay dials `to`), which a test can cut or slow
-//! down through its [`LinkState`]. Stopped on drop.
+//! down through its [`LinkState`]. Stopped on drop. A cluster's relays
+//! make a [`Mesh`], which cuts every link of one node at once.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::Index;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,16 +36,7 @@ impl Link {
     /// A relay to `upstream` on a free loopback port.
     #[must_use]
     pub fn start(upstream: SocketAddr) -> Link {
-        Link::start_on(
-            TcpListener::bind("127.0.0.1:0").expect("link bind"),
-            upstream,
-        )
-    }
-
-    /// A relay to `upstream` accepting on `listener` (bound earlier, so
-    /// its address could go into a config first).
-    #[must_use]
-    pub fn start_on(listener: TcpListener, upstream: SocketAddr) -> Link {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("link bind");
         let listen = listener.local_addr().expect("addr");
         listener.set_nonblocking(true).expect("nonblocking");
         let state = Arc::new(LinkState::default());
@@ -54,6 +48,53 @@ impl Link {
             state,
             stop,
         }
+    }
+}
+
+/// The relays of a cluster's directed peer links, by (from, to) node id.
+#[derive(Debug, Default)]
+pub struct Mesh {
+    links: HashMap<(u16, u16), Link>,
+}
+
+impl Mesh {
+    /// No links yet.
+    #[must_use]
+    pub fn new() -> Mesh {
+        Mesh::default()
+    }
+
+    /// Adds the relay for the link `from -> to`.
+    pub fn insert(&mut self, from: u16, to: u16, link: Link) {
+        let old = self.links.insert((from, to), link);
+        assert!(old.is_none(), "one relay per link {from} -> {to}");
+    }
+
+    /// Blocks or unblocks every link between node `id` and the others,
+    /// both ways.
+    pub fn isolate(&self, id: u16, blocked: bool) {
+        for ((from, to), link) in &self.links {
+            if *from == id || *to == id {
+                link.state.blocked.store(blocked, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Blocks or unblocks only the links *from* node `id`.
+    pub fn mute(&self, id: u16, blocked: bool) {
+        for ((from, _), link) in &self.links {
+            if *from == id {
+                link.state.blocked.store(blocked, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+impl Index<&(u16, u16)> for Mesh {
+    type Output = Link;
+
+    fn index(&self, link: &(u16, u16)) -> &Link {
+        &self.links[link]
     }
 }
 
@@ -154,5 +195,23 @@ mod tests {
             .expect("timeout");
         // The blocked link breaks the connection: EOF or an error, no data.
         assert!(matches!(conn.read(&mut buf), Ok(0) | Err(_)));
+    }
+
+    #[test]
+    fn a_mesh_isolates_or_mutes_one_node() {
+        let upstream = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let to = upstream.local_addr().expect("addr");
+        let mut mesh = Mesh::new();
+        for (from, to_id) in [(1, 2), (2, 1), (2, 3), (3, 2), (1, 3), (3, 1)] {
+            mesh.insert(from, to_id, Link::start(to));
+        }
+        let blocked = |from, to_id| mesh[&(from, to_id)].state.blocked.load(Ordering::SeqCst);
+        mesh.mute(1, true);
+        assert!(blocked(1, 2) && blocked(1, 3));
+        assert!(!blocked(2, 1) && !blocked(3, 1) && !blocked(2, 3));
+        mesh.mute(1, false);
+        mesh.isolate(2, true);
+        assert!(blocked(1, 2) && blocked(2, 1) && blocked(2, 3) && blocked(3, 2));
+        assert!(!blocked(1, 3) && !blocked(3, 1));
     }
 }

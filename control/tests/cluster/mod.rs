@@ -18,7 +18,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 /// A fault-injecting TCP relay for the link `from -> to`: node `from`
 /// dials it, it dials node `to`'s real peer port.
 #[allow(unused_imports)]
-pub use palisade_testkit::link::{Link as Proxy, LinkState};
+pub use palisade_testkit::link::{Link as Proxy, LinkState, Mesh};
 #[allow(unused_imports)]
 pub use palisade_testkit::{free_port, sleep_ms};
 
@@ -39,7 +39,7 @@ pub const CLUSTER_SECRET: &str = "correct horse battery staple\n";
 pub struct Cluster {
     pub nodes: Vec<NodeProc>,
     /// Proxy for each directed link (from, to).
-    pub links: HashMap<(u16, u16), Proxy>,
+    pub links: Mesh,
     pub dir: tempfile::TempDir,
     pub extra: String,
     /// Extra environment per node index.
@@ -102,11 +102,11 @@ impl Cluster {
                 child: None,
             });
         }
-        let mut links = HashMap::new();
+        let mut links = Mesh::new();
         for from in &nodes {
             for to in &nodes {
                 if from.id != to.id {
-                    links.insert((from.id, to.id), Proxy::start(to.peer));
+                    links.insert(from.id, to.id, Proxy::start(to.peer));
                 }
             }
         }
@@ -271,22 +271,12 @@ impl Cluster {
 
     /// Blocks or unblocks every link between `i` and the others, both ways.
     pub fn isolate(&self, i: usize, blocked: bool) {
-        let id = self.nodes[i].id;
-        for ((from, to), proxy) in &self.links {
-            if *from == id || *to == id {
-                proxy.state.blocked.store(blocked, Ordering::SeqCst);
-            }
-        }
+        self.links.isolate(self.nodes[i].id, blocked);
     }
 
     /// Blocks or unblocks only traffic *from* node `i`.
     pub fn mute(&self, i: usize, blocked: bool) {
-        let id = self.nodes[i].id;
-        for ((from, _), proxy) in &self.links {
-            if *from == id {
-                proxy.state.blocked.store(blocked, Ordering::SeqCst);
-            }
-        }
+        self.links.mute(self.nodes[i].id, blocked);
     }
 
     pub fn data_dir(&self, i: usize) -> &Path {

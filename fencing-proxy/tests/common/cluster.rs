@@ -2,17 +2,15 @@
 //! relay on every directed peer link that can cut it (as
 //! control/tests/cluster starts them), and a client for it.
 
-use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use palisade_client::{AcquireOptions, AcquireOutcome, Client, ConnectOptions};
 // A relay for the peer link `from -> to`: node `from` dials it, it dials
 // node `to`'s peer port. While blocked, it breaks and refuses connections.
-use palisade_testkit::link::Link;
+use palisade_testkit::link::{Link, Mesh};
 
 use super::{now_ms, palisade_bin, sleep_ms};
 
@@ -34,7 +32,7 @@ pub const MAX_TTL_S: u64 = 3;
 /// A running cluster; every node is killed on drop.
 pub struct Cluster {
     pub nodes: Vec<Node>,
-    links: HashMap<(u16, u16), Link>,
+    links: Mesh,
     _dir: tempfile::TempDir,
 }
 
@@ -49,13 +47,12 @@ impl Cluster {
             .collect();
         let ports: Vec<SocketAddr> = held.iter().map(|l| l.local_addr().expect("addr")).collect();
         drop(held);
-        let mut links = HashMap::new();
+        let mut links = Mesh::new();
         for from in 1..=size {
             for to in 1..=size {
                 if from != to {
                     let upstream = ports[usize::from(to - 1) * 2 + 1];
-                    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-                    links.insert((from, to), Link::start_on(listener, upstream));
+                    links.insert(from, to, Link::start(upstream));
                 }
             }
         }
@@ -217,12 +214,7 @@ impl Cluster {
     /// Cuts (or restores) every peer link of node `i`, both ways; its
     /// clients still reach it.
     pub fn isolate(&self, i: usize, blocked: bool) {
-        let id = self.nodes[i].id;
-        for ((from, to), link) in &self.links {
-            if *from == id || *to == id {
-                link.state.blocked.store(blocked, Ordering::SeqCst);
-            }
-        }
+        self.links.isolate(self.nodes[i].id, blocked);
     }
 
     /// Sends `signal` to node `i`.
