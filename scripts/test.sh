@@ -68,6 +68,11 @@ for forbidden in clap toml serde_json; do
     fi
 done
 cargo test --locked -p palisade-client --no-default-features
+# The test helpers are a dev-dependency only: no shipped crate links them.
+if cargo tree --locked --workspace --exclude palisade-testkit -e normal --prefix none | grep -q "^palisade-testkit v"; then
+    echo "a workspace crate has palisade-testkit as a normal dependency" >&2
+    exit 1
+fi
 
 echo "== systemd units (systemd-analyze verify, security) and scripts/install.sh"
 scripts/test-systemd.sh

@@ -68,8 +68,8 @@ pub struct LoadArgs {
     /// `compare`.
     #[arg(long, default_value = "epoll")]
     engine: String,
-    /// What to load: `palisade`, or `redis` (SET lock:<n> <holder> NX PX
-    /// <ttl>).
+    /// What to load: `palisade`, or `redis` (`SET lock:<n> <holder> NX PX
+    /// <ttl>`).
     #[arg(long, default_value = "palisade")]
     pub(crate) target: String,
     /// Independent cycles in flight per connection.

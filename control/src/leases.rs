@@ -111,10 +111,7 @@ mod tests {
     use palisade_dataplane::table::{AcquireMode, Grant, KeyHasher};
 
     fn name(resource: &str) -> LeaseName {
-        LeaseName {
-            tenant: "default".into(),
-            resource: resource.into(),
-        }
+        LeaseName::new("default", resource)
     }
 
     fn record(token: u64, lock_delay_ms: u32) -> Record {

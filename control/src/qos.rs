@@ -102,7 +102,7 @@ impl TreePlan {
     /// # Panics
     ///
     /// When no DSCP is left, a DSCP is above 63, or the rate is below
-    /// [`PRIORITY_SHARE_DIVISOR`] bit/s: a validated config never does
+    /// `PRIORITY_SHARE_DIVISOR` bit/s: a validated config never does
     /// that.
     #[must_use]
     pub fn new(interface: &str, rate_bps: u64, dscps: &[u8]) -> TreePlan {

@@ -4,7 +4,7 @@
 //! bounded queue; it reconnects with exponential backoff and drops
 //! messages while a peer is unreachable (raft retransmits what matters).
 //! A link the peer closed (it restarted, or closed an idle link) is noticed
-//! before the next write and within [`LINK_CHECK`] when idle, and redialed
+//! before the next write and within `LINK_CHECK` when idle, and redialed
 //! at once: a write into a closed link is accepted by the kernel and lost,
 //! and raft does not retransmit vote responses, so one such loss cost an
 //! election a whole timeout. A peer that dials in (it just started) wakes

@@ -7,60 +7,20 @@
 
 mod common;
 
-use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use common::hold::{events, granted, valid_until, Running, SHORT};
-use common::{sleep_ms, Server, BIN};
+use common::{Server, BIN};
+use palisade_testkit::{free_addr, have, read_log, sibling_bin, wait_for_nbd_greeting};
 
 const BLOCK: u64 = 4096;
-
-fn have(tool: &str) -> bool {
-    let ok = Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("SKIP: {tool} is not installed (Debian: apt-get install qemu-utils)");
-    }
-    ok
-}
 
 /// The fencing proxy of this build, next to `palisade` (built first when
 /// this package's tests run alone).
 fn proxy_bin() -> PathBuf {
-    let bin = Path::new(BIN).with_file_name("palisade-fencing-proxy");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args([
-            "build",
-            "-p",
-            "palisade-fencing-proxy",
-            "--bin",
-            "palisade-fencing-proxy",
-        ]);
-        if !BIN.contains("/debug/") {
-            build.arg("--release");
-        }
-        assert!(
-            build.status().expect("run cargo build").success(),
-            "building the proxy failed"
-        );
-    }
-    bin
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
+    sibling_bin(BIN, "palisade-fencing-proxy", "palisade-fencing-proxy")
 }
 
 /// The proxy with one 64 MiB file-backed export `disk0` fenced by
@@ -93,26 +53,13 @@ impl Proxy {
             .expect("spawn the proxy");
         let mut proxy = Proxy { child, listen, log };
         // Ready once it sends the NBD greeting.
-        for _ in 0..1500 {
-            if let Ok(mut stream) = TcpStream::connect(listen) {
-                let mut greeting = [0u8; 8];
-                stream
-                    .set_read_timeout(Some(Duration::from_secs(2)))
-                    .expect("timeout");
-                if stream.read_exact(&mut greeting).is_ok() && &greeting == b"NBDMAGIC" {
-                    return proxy;
-                }
-            }
-            if let Ok(Some(status)) = proxy.child.try_wait() {
-                panic!("proxy exited with {status}: {}", proxy.log_text());
-            }
-            sleep_ms(20);
-        }
-        panic!("proxy did not start: {}", proxy.log_text());
+        let log = proxy.log.clone();
+        wait_for_nbd_greeting(listen, &mut proxy.child, || read_log(&log));
+        proxy
     }
 
     fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        read_log(&self.log)
     }
 
     fn url(&self, token: Option<u64>) -> String {
@@ -130,29 +77,14 @@ impl Drop for Proxy {
     }
 }
 
-/// `qemu-io -f raw [-r] URL -c COMMAND`: (succeeded, output). qemu-io
-/// exits 0 when a command fails; failures print a reason.
+/// `qemu-io -f raw [-r] URL -c COMMAND`: (succeeded, output).
 fn qemu_io(url: &str, read_only: bool, command: &str) -> (bool, String) {
-    let mut qemu = Command::new("qemu-io");
-    qemu.args(["-f", "raw"]);
+    let mut args = vec!["-f", "raw"];
     if read_only {
-        qemu.arg("-r");
+        args.push("-r");
     }
-    let output = qemu
-        .arg(url)
-        .args(["-c", command])
-        .output()
-        .expect("run qemu-io");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let failed = !output.status.success()
-        || text.contains("failed")
-        || text.contains("can't open")
-        || text.contains("not permitted");
-    (!failed, text)
+    args.push(url);
+    palisade_testkit::qemu_io(&args, &[command])
 }
 
 #[test]

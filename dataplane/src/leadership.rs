@@ -59,6 +59,20 @@ pub enum NotGranting {
 }
 
 impl LeadershipView {
+    /// `leader_id` leads `epoch`, with no grace period and a quorum
+    /// confirmation that never runs out: what a harness without a control
+    /// plane (tests, fuzzing, benches) publishes so every request is served.
+    #[must_use]
+    pub const fn leading_forever(epoch: u32, leader_id: u16) -> LeadershipView {
+        LeadershipView {
+            epoch,
+            role: Role::Leader,
+            leader_id,
+            grants_from_ms: 0,
+            grants_until_ms: TIME_MAX_MS,
+        }
+    }
+
     /// Whether a grant at `now_ms` is allowed (S2: confirmed leader, grace
     /// over).
     pub fn check_grant(&self, now_ms: u64) -> Result<(), NotGranting> {

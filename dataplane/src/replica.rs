@@ -57,6 +57,17 @@ pub struct LeaseName {
     pub resource: String,
 }
 
+impl LeaseName {
+    /// The lease `resource` of `tenant`.
+    #[must_use]
+    pub fn new(tenant: impl Into<String>, resource: impl Into<String>) -> LeaseName {
+        LeaseName {
+            tenant: tenant.into(),
+            resource: resource.into(),
+        }
+    }
+}
+
 /// One change to the replicated lease state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -548,10 +559,7 @@ mod tests {
     use super::*;
 
     fn name(resource: &str) -> LeaseName {
-        LeaseName {
-            tenant: "default".into(),
-            resource: resource.into(),
-        }
+        LeaseName::new("default", resource)
     }
 
     fn grant(resource: &str, token: u64, ttl_ms: u32) -> Command {

@@ -539,13 +539,7 @@ mod tests {
     use crate::table::{KeyHasher, TokenOutcome};
     use palisade_proto::Role;
 
-    const LEAD: LeadershipView = LeadershipView {
-        epoch: 2,
-        role: Role::Leader,
-        leader_id: 1,
-        grants_from_ms: 0,
-        grants_until_ms: crate::leadership::TIME_MAX_MS,
-    };
+    const LEAD: LeadershipView = LeadershipView::leading_forever(2, 1);
 
     fn origin(conn: u64) -> Origin {
         Origin {

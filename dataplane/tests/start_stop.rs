@@ -22,24 +22,17 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade_dataplane::leadership::{Leadership, LeadershipView, TIME_MAX_MS};
+use palisade_dataplane::leadership::{Leadership, LeadershipView};
 use palisade_dataplane::metrics::{ControlStats, CoreStats};
 use palisade_dataplane::server::nudge::Kicker;
 use palisade_dataplane::server::{core_count, Cpus, Server, ServerOptions, StartHooks};
 use palisade_dataplane::service::{RequestService, ServiceConfig, Tenant};
 use palisade_dataplane::table::{KeyHasher, LeaseTable};
 use palisade_host::clock::monotonic_ms;
-use palisade_proto::Role;
 
 fn shared(cores: usize) -> Arc<RequestService> {
     let leadership = Leadership::new(1);
-    leadership.publish(LeadershipView {
-        epoch: 1,
-        role: Role::Leader,
-        leader_id: 1,
-        grants_from_ms: 0,
-        grants_until_ms: TIME_MAX_MS,
-    });
+    leadership.publish(LeadershipView::leading_forever(1, 1));
     Arc::new(RequestService {
         table: LeaseTable::new(1024, KeyHasher::new([3; 16])),
         leadership,

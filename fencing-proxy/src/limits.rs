@@ -131,41 +131,28 @@ pub enum Nofile {
 }
 
 /// Compares `RLIMIT_NOFILE` with [`nofile_needed`] for `connections_max`
-/// and raises the soft limit (up to the hard limit) if it is lower. Call
+/// and raises the soft limit (up to the hard limit) if it is lower, with
+/// [`palisade_host::rlimit::raise_nofile`]. Call
 /// once at start, before the first connection.
 #[must_use]
 pub fn ensure_nofile(connections_max: usize) -> Nofile {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    use palisade_host::rlimit::{raise_nofile, Raise};
     let needed = nofile_needed(connections_max);
-    let limit = getrlimit(Resource::Nofile);
-    // None is RLIM_INFINITY.
-    let soft = limit.current.unwrap_or(u64::MAX);
-    let hard = limit.maximum.unwrap_or(u64::MAX);
-    if soft >= needed {
-        return Nofile::Enough { soft };
-    }
-    let target = needed.min(hard);
-    let raised = target > soft
-        && setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current: Some(target),
-                maximum: limit.maximum,
+    match raise_nofile(needed) {
+        // None is RLIM_INFINITY.
+        Raise::Enough { soft } => Nofile::Enough {
+            soft: soft.unwrap_or(u64::MAX),
+        },
+        Raise::Raised { from, to } => Nofile::Raised { was: from, now: to },
+        Raise::Short { soft, hard, .. } => Nofile::Short {
+            soft,
+            needed,
+            usable: soft.saturating_sub(NOFILE_SPARE) / 2,
+            why: if hard.is_some_and(|hard| hard < needed) {
+                "the hard limit is lower"
+            } else {
+                "setrlimit failed"
             },
-        )
-        .is_ok();
-    let now = if raised { target } else { soft };
-    if now >= needed {
-        return Nofile::Raised { was: soft, now };
-    }
-    Nofile::Short {
-        soft: now,
-        needed,
-        usable: now.saturating_sub(NOFILE_SPARE) / 2,
-        why: if hard < needed {
-            "the hard limit is lower"
-        } else {
-            "setrlimit failed"
         },
     }
 }

@@ -73,13 +73,7 @@ fn credential() -> StoredCredential {
 
 fn shared() -> RequestService {
     let leadership = Leadership::new(1);
-    leadership.publish(LeadershipView {
-        epoch: 1,
-        role: Role::Leader,
-        leader_id: 1,
-        grants_from_ms: 0,
-        grants_until_ms: TIME_MAX_MS,
-    });
+    leadership.publish(LeadershipView::leading_forever(1, 1));
     RequestService {
         table: LeaseTable::new(8, KeyHasher::new([7; 16])),
         leadership,

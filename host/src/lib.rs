@@ -16,6 +16,8 @@
 //!   fsync, rename, fsync the directory) and the read-back of a file's
 //!   prefix.
 //! - [`notify`]: systemd's notify protocol and the watchdog decision.
+//! - [`rlimit`]: raising the soft `RLIMIT_NOFILE` towards what a daemon
+//!   needs.
 //!
 //! What it never does: know about leases, tokens, raft or NBD; panic on
 //! input from the network; or pull in an async runtime unless the
@@ -49,3 +51,4 @@ pub mod durable;
 pub mod heartbeat;
 pub mod mark;
 pub mod notify;
+pub mod rlimit;

@@ -182,10 +182,7 @@ fn replicated() -> CoreConfig {
 }
 
 fn name(resource: &str) -> LeaseName {
-    LeaseName {
-        tenant: "default".into(),
-        resource: resource.into(),
-    }
+    LeaseName::new("default", resource)
 }
 
 fn grant(resource: &str, token: u64, ttl_ms: u32) -> Command {

@@ -4,11 +4,10 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,118 +15,12 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 
-pub fn sleep_ms(ms: u64) {
-    std::thread::sleep(Duration::from_millis(ms));
-}
-
-/// A free loopback port (bind 0, read it, close).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-/// One directed link's behaviour.
-#[derive(Default)]
-pub struct LinkState {
-    /// Drop everything (and break connections).
-    pub blocked: AtomicBool,
-    /// Added one-way delay per chunk, ms.
-    pub delay_ms: AtomicU64,
-}
-
-/// A TCP proxy for the link `from -> to`: node `from` dials it, it dials
-/// node `to`'s real peer port.
-pub struct Proxy {
-    pub listen: SocketAddr,
-    pub state: Arc<LinkState>,
-    stop: Arc<AtomicBool>,
-}
-
-fn pump(mut src: TcpStream, mut dst: TcpStream, state: Arc<LinkState>, stop: Arc<AtomicBool>) {
-    let _ = src.set_read_timeout(Some(Duration::from_millis(50)));
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        if stop.load(Ordering::SeqCst) || state.blocked.load(Ordering::SeqCst) {
-            let _ = src.shutdown(std::net::Shutdown::Both);
-            let _ = dst.shutdown(std::net::Shutdown::Both);
-            return;
-        }
-        match src.read(&mut buf) {
-            Ok(0) => {
-                let _ = dst.shutdown(std::net::Shutdown::Write);
-                return;
-            }
-            Ok(n) => {
-                let delay = state.delay_ms.load(Ordering::SeqCst);
-                if delay > 0 {
-                    sleep_ms(delay);
-                }
-                if state.blocked.load(Ordering::SeqCst) || dst.write_all(&buf[..n]).is_err() {
-                    let _ = src.shutdown(std::net::Shutdown::Both);
-                    return;
-                }
-            }
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut => {}
-            Err(_) => {
-                let _ = dst.shutdown(std::net::Shutdown::Both);
-                return;
-            }
-        }
-    }
-}
-
-impl Proxy {
-    pub fn start(upstream: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
-        let listen = listener.local_addr().expect("addr");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let state = Arc::new(LinkState::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        {
-            let state = state.clone();
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    match listener.accept() {
-                        Ok((client, _)) => {
-                            if state.blocked.load(Ordering::SeqCst) {
-                                drop(client);
-                                continue;
-                            }
-                            let _ = client.set_nonblocking(false);
-                            let Ok(server) = TcpStream::connect(upstream) else {
-                                continue;
-                            };
-                            let (s1, s2) = (state.clone(), state.clone());
-                            let (k1, k2) = (stop.clone(), stop.clone());
-                            let client2 = client.try_clone().expect("clone");
-                            let server2 = server.try_clone().expect("clone");
-                            std::thread::spawn(move || pump(client, server, s1, k1));
-                            std::thread::spawn(move || pump(server2, client2, s2, k2));
-                        }
-                        Err(_) => sleep_ms(5),
-                    }
-                }
-            });
-        }
-        Proxy {
-            listen,
-            state,
-            stop,
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
+/// A fault-injecting TCP relay for the link `from -> to`: node `from`
+/// dials it, it dials node `to`'s real peer port.
+#[allow(unused_imports)]
+pub use palisade_testkit::link::{Link as Proxy, LinkState, Mesh};
+#[allow(unused_imports)]
+pub use palisade_testkit::{free_port, sleep_ms};
 
 pub struct NodeProc {
     pub id: u16,
@@ -146,7 +39,7 @@ pub const CLUSTER_SECRET: &str = "correct horse battery staple\n";
 pub struct Cluster {
     pub nodes: Vec<NodeProc>,
     /// Proxy for each directed link (from, to).
-    pub links: HashMap<(u16, u16), Proxy>,
+    pub links: Mesh,
     pub dir: tempfile::TempDir,
     pub extra: String,
     /// Extra environment per node index.
@@ -209,11 +102,11 @@ impl Cluster {
                 child: None,
             });
         }
-        let mut links = HashMap::new();
+        let mut links = Mesh::new();
         for from in &nodes {
             for to in &nodes {
                 if from.id != to.id {
-                    links.insert((from.id, to.id), Proxy::start(to.peer));
+                    links.insert(from.id, to.id, Proxy::start(to.peer));
                 }
             }
         }
@@ -378,22 +271,12 @@ impl Cluster {
 
     /// Blocks or unblocks every link between `i` and the others, both ways.
     pub fn isolate(&self, i: usize, blocked: bool) {
-        let id = self.nodes[i].id;
-        for ((from, to), proxy) in &self.links {
-            if *from == id || *to == id {
-                proxy.state.blocked.store(blocked, Ordering::SeqCst);
-            }
-        }
+        self.links.isolate(self.nodes[i].id, blocked);
     }
 
     /// Blocks or unblocks only traffic *from* node `i`.
     pub fn mute(&self, i: usize, blocked: bool) {
-        let id = self.nodes[i].id;
-        for ((from, _), proxy) in &self.links {
-            if *from == id {
-                proxy.state.blocked.store(blocked, Ordering::SeqCst);
-            }
-        }
+        self.links.mute(self.nodes[i].id, blocked);
     }
 
     pub fn data_dir(&self, i: usize) -> &Path {

@@ -54,7 +54,7 @@ pub fn listener(addr: SocketAddr, dscp: u8) -> io::Result<glommio::net::TcpListe
 }
 
 /// Marks an accepted stream with DSCP `dscp` (and its `SO_PRIORITY`, see
-/// [`crate::mark`]) and disables Nagle.
+/// `palisade_host::mark`) and disables Nagle.
 pub fn prepare_stream(fd: RawFd, ipv6: bool, dscp: u8) -> io::Result<()> {
     // SAFETY: `fd` belongs to a `TcpStream` the caller holds for the whole
     // call, so it stays open while borrowed; the borrow does not outlive

@@ -15,11 +15,8 @@ const META: RequestMeta = RequestMeta {
 fn shared(grants_from_ms: u64) -> RequestService {
     let leadership = Leadership::new(1);
     leadership.publish(LeadershipView {
-        epoch: 4,
-        role: Role::Leader,
-        leader_id: 1,
         grants_from_ms,
-        grants_until_ms: crate::leadership::TIME_MAX_MS,
+        ..LeadershipView::leading_forever(4, 1)
     });
     RequestService {
         table: LeaseTable::new(64, KeyHasher::new([9; 16])),

@@ -2,16 +2,15 @@
 //! relay on every directed peer link that can cut it (as
 //! control/tests/cluster starts them), and a client for it.
 
-use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_client::{AcquireOptions, AcquireOutcome, Client, ConnectOptions};
+// A relay for the peer link `from -> to`: node `from` dials it, it dials
+// node `to`'s peer port. While blocked, it breaks and refuses connections.
+use palisade_testkit::link::{Link, Mesh};
 
 use super::{now_ms, palisade_bin, sleep_ms};
 
@@ -25,92 +24,6 @@ pub struct Node {
     stopped: bool,
 }
 
-/// A relay for the peer link `from -> to`: node `from` dials it, it dials
-/// node `to`'s peer port. While `blocked`, it breaks and refuses
-/// connections.
-struct Link {
-    listen: SocketAddr,
-    blocked: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-}
-
-fn pump(mut src: TcpStream, mut dst: TcpStream, blocked: Arc<AtomicBool>, stop: Arc<AtomicBool>) {
-    let _ = src.set_read_timeout(Some(Duration::from_millis(50)));
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        if stop.load(Ordering::SeqCst) || blocked.load(Ordering::SeqCst) {
-            let _ = src.shutdown(std::net::Shutdown::Both);
-            let _ = dst.shutdown(std::net::Shutdown::Both);
-            return;
-        }
-        match src.read(&mut buf) {
-            Ok(0) => {
-                let _ = dst.shutdown(std::net::Shutdown::Write);
-                return;
-            }
-            Ok(n) => {
-                if blocked.load(Ordering::SeqCst) || dst.write_all(&buf[..n]).is_err() {
-                    let _ = src.shutdown(std::net::Shutdown::Both);
-                    return;
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => {
-                let _ = dst.shutdown(std::net::Shutdown::Both);
-                return;
-            }
-        }
-    }
-}
-
-impl Link {
-    fn start(listener: TcpListener, upstream: SocketAddr) -> Link {
-        let listen = listener.local_addr().expect("addr");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let blocked = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (b, s) = (blocked.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((client, _)) => {
-                        if b.load(Ordering::SeqCst) {
-                            continue;
-                        }
-                        let _ = client.set_nonblocking(false);
-                        let Ok(server) = TcpStream::connect(upstream) else {
-                            continue;
-                        };
-                        let (client2, server2) = (
-                            client.try_clone().expect("clone"),
-                            server.try_clone().expect("clone"),
-                        );
-                        let (b1, b2, s1, s2) = (b.clone(), b.clone(), s.clone(), s.clone());
-                        std::thread::spawn(move || pump(client, server, b1, s1));
-                        std::thread::spawn(move || pump(server2, client2, b2, s2));
-                    }
-                    Err(_) => sleep_ms(5),
-                }
-            }
-        });
-        Link {
-            listen,
-            blocked,
-            stop,
-        }
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
 /// The nodes' `leases.max_ttl`, seconds: short, so that a newly elected
 /// leader's grace period (`max_ttl + lock_delay_max + election_timeout`)
 /// is a few seconds.
@@ -119,7 +32,7 @@ pub const MAX_TTL_S: u64 = 3;
 /// A running cluster; every node is killed on drop.
 pub struct Cluster {
     pub nodes: Vec<Node>,
-    links: HashMap<(u16, u16), Link>,
+    links: Mesh,
     _dir: tempfile::TempDir,
 }
 
@@ -134,13 +47,12 @@ impl Cluster {
             .collect();
         let ports: Vec<SocketAddr> = held.iter().map(|l| l.local_addr().expect("addr")).collect();
         drop(held);
-        let mut links = HashMap::new();
+        let mut links = Mesh::new();
         for from in 1..=size {
             for to in 1..=size {
                 if from != to {
                     let upstream = ports[usize::from(to - 1) * 2 + 1];
-                    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-                    links.insert((from, to), Link::start(listener, upstream));
+                    links.insert(from, to, Link::start(upstream));
                 }
             }
         }
@@ -302,12 +214,7 @@ impl Cluster {
     /// Cuts (or restores) every peer link of node `i`, both ways; its
     /// clients still reach it.
     pub fn isolate(&self, i: usize, blocked: bool) {
-        let id = self.nodes[i].id;
-        for ((from, to), link) in &self.links {
-            if *from == id || *to == id {
-                link.blocked.store(blocked, Ordering::SeqCst);
-            }
-        }
+        self.links.isolate(self.nodes[i].id, blocked);
     }
 
     /// Sends `signal` to node `i`.

@@ -7,7 +7,7 @@
 pub mod cluster;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -15,62 +15,22 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-pub const PROXY: &str = env!("CARGO_BIN_EXE_palisade-fencing-proxy");
+// Not every test binary uses all of them (as `dead_code` above).
+#[allow(unused_imports)]
+pub use palisade_testkit::{free_port, have, qemu_io, read_log, sleep_ms};
+use palisade_testkit::{sibling_bin, wait_for_nbd_greeting};
 
-pub fn sleep_ms(ms: u64) {
-    std::thread::sleep(Duration::from_millis(ms));
-}
+pub const PROXY: &str = env!("CARGO_BIN_EXE_palisade-fencing-proxy");
 
 /// Milliseconds on the monotonic clock (tests may not use `Instant`).
 pub fn now_ms() -> u64 {
     palisade_host::clock::boottime_ms()
 }
 
-/// Whether `tool` runs; prints why a test skips when it does not.
-pub fn have(tool: &str) -> bool {
-    let ok = Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("SKIP: {tool} is not installed (Debian: apt-get install qemu-utils); scripts/test.sh installs it when run as root");
-    }
-    ok
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// The `palisade` binary of this build, built first if this package's
 /// tests run alone.
 pub fn palisade_bin() -> PathBuf {
-    let bin = Path::new(PROXY).with_file_name("palisade");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args(["build", "-p", "palisade-control", "--bin", "palisade"]);
-        if !PROXY.contains("/debug/") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo build");
-        assert!(status.success(), "building palisade failed");
-    }
-    bin
-}
-
-fn read_log(path: &Path) -> String {
-    let mut text = String::new();
-    if let Ok(mut f) = std::fs::File::open(path) {
-        let _ = f.read_to_string(&mut text);
-    }
-    text
+    sibling_bin(PROXY, "palisade-control", "palisade")
 }
 
 /// A single-node `palisade serve`, killed on drop.
@@ -291,22 +251,9 @@ impl Proxy {
             log,
         };
         // Ready once it sends the NBD greeting.
-        for _ in 0..1500 {
-            if let Ok(mut stream) = TcpStream::connect(setup.listen) {
-                let mut greeting = [0u8; 8];
-                stream
-                    .set_read_timeout(Some(Duration::from_secs(2)))
-                    .expect("timeout");
-                if stream.read_exact(&mut greeting).is_ok() && &greeting == b"NBDMAGIC" {
-                    return proxy;
-                }
-            }
-            if let Ok(Some(status)) = proxy.child.try_wait() {
-                panic!("proxy exited with {status}: {}", proxy.log_text());
-            }
-            sleep_ms(20);
-        }
-        panic!("proxy did not start: {}", proxy.log_text());
+        let log = proxy.log.clone();
+        wait_for_nbd_greeting(setup.listen, &mut proxy.child, || read_log(&log));
+        proxy
     }
 
     pub fn log_text(&self) -> String {
@@ -381,21 +328,15 @@ pub fn vm_rss_kib(pid: u32) -> u64 {
 }
 
 /// Raises this process's soft `RLIMIT_NOFILE` to at least `want` (up to
-/// the hard limit); returns the soft limit now.
+/// the hard limit, with the daemons' own [`palisade_host::rlimit`]);
+/// returns the soft limit now.
 pub fn raise_own_nofile(want: u64) -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to our own struct.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        if limit.rlim_cur < want {
-            limit.rlim_cur = want.min(limit.rlim_max);
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-        }
+    use palisade_host::rlimit::{raise_nofile, Raise};
+    match raise_nofile(want) {
+        Raise::Enough { soft } => soft.unwrap_or(u64::MAX),
+        Raise::Raised { to, .. } => to,
+        Raise::Short { soft, .. } => soft,
     }
-    limit.rlim_cur
 }
 
 /// A raw NBD client: connects and reads the 18-byte greeting.
@@ -497,27 +438,6 @@ pub fn wait_metric(addr: SocketAddr, name: &str, value: u64, ms: u64) {
         );
         sleep_ms(20);
     }
-}
-
-/// One-shot `qemu-io ARGS -c CMD...`: (success, stdout + stderr).
-pub fn qemu_io(args: &[&str], commands: &[&str]) -> (bool, String) {
-    let mut command = Command::new("qemu-io");
-    command.args(args);
-    for c in commands {
-        command.args(["-c", c]);
-    }
-    let output = command.output().expect("run qemu-io");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    // qemu-io exits 0 even when a command fails; failures print a reason.
-    let failed = !output.status.success()
-        || text.contains("failed")
-        || text.contains("can't open")
-        || text.contains("Pattern verification failed");
-    (!failed, text)
 }
 
 /// An interactive `qemu-io` session on one NBD connection.

@@ -1,5 +1,5 @@
 //! The admin endpoint's HTTP/1.1, sans-IO: request heads in, whole
-//! responses out. The shell ([`accept_loop`], feature `glommio`) reads
+//! responses out. The shell (`accept_loop`, feature `glommio`) reads
 //! bytes until [`parse_head`] decides, renders the daemon's [`Pages`],
 //! writes the response and closes the connection. Both daemons serve their
 //! admin endpoint through it: each implements [`Pages`].
@@ -59,7 +59,7 @@ pub const CONNECTIONS_MAX: usize = 16;
 const BACKLOG: i32 = 64;
 
 /// Binds and listens on `addr` for the admin endpoint, non-blocking, ready
-/// for [`into_glommio`]. Returns the socket and the bound address (port 0
+/// for `into_glommio` (feature `glommio`). Returns the socket and the bound address (port 0
 /// resolved).
 ///
 /// `reuse_port` sets `SO_REUSEPORT`: the fencing proxy needs it to rebind

@@ -24,7 +24,7 @@
 //!   keepalive stream (answers come back in order on it) → TTL > 0 →
 //!   `Done`, else `Stale`. It renews every key of the session.
 //! - Check: `KV/Range` (key), linearizable (the default) →
-//!   kvs[0].create_revision == token → `Done`, else `Stale`.
+//!   `kvs[0].create_revision == token` → `Done`, else `Stale`.
 //!
 //! The transport is [`http2`] (a sans-IO gRPC client connection over
 //! HTTP/2 cleartext); the messages are encoded and decoded with
