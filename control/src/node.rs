@@ -187,6 +187,10 @@ pub struct Node {
     _inbox_tx: flume::Sender<Message>,
     /// Grants and releases from the data plane, to be logged.
     proposals: flume::Receiver<Proposal>,
+    /// Kept so that `proposals` never disconnects: without replication the
+    /// data plane holds no sender, and a selector on a closed channel
+    /// returns at once, every turn (the control loop spun a whole CPU).
+    _proposals_tx: flume::Sender<Proposal>,
     /// Per core: what became of its proposals.
     notices: Vec<flume::Sender<Vec<Notice>>>,
     /// Tenant name to the index the table's keys use.
@@ -455,7 +459,7 @@ impl Node {
             reclaim_after: config.leases.reclaim_after,
             admin: config.admin.listen,
             replica: replicated.then(|| ReplicaLink {
-                proposals: proposals_tx,
+                proposals: proposals_tx.clone(),
                 notices: notice_rxs,
             }),
         };
@@ -515,6 +519,7 @@ impl Node {
             inbox,
             _inbox_tx: inbox_tx,
             proposals,
+            _proposals_tx: proposals_tx,
             notices,
             tenants: tenant_index,
             prune: Prune {
