@@ -510,6 +510,12 @@ impl Conn {
         let mut probe_sent_ms: Option<u64> = None;
         loop {
             if let Some(response) = self.drain(id)? {
+                // `drain` may have queued the release of a late grant
+                // behind this answer: send it now, not at the next call
+                // (there may be none). A write error here means the
+                // connection is broken; the next call reports it, and
+                // this answer is still the caller's.
+                let _ = self.flush();
                 return Ok(response);
             }
             let now = boottime_ms();

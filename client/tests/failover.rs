@@ -455,6 +455,38 @@ fn a_grant_that_arrives_after_the_caller_gave_up_is_released() {
 }
 
 #[test]
+fn a_late_grant_that_arrives_with_the_next_answer_is_released() {
+    // The late grant and the answer to the next call come in one write,
+    // so the client reads both at once: the release it queues for the
+    // grant must still go out although that call needs no further read
+    // (CI once caught it sitting unsent in the client's buffer).
+    let shared = table();
+    let node = FakeNode::with_table(Mode::ApplyAndHold, shared.clone());
+    let mut options = options(&[&node], Duration::from_secs(5));
+    options.request_timeout = Duration::from_millis(300);
+    let mut client = Client::connect(&options).expect("connect");
+    let result = client.acquire("disk0", AcquireOptions::new(Duration::from_secs(10)));
+    assert!(
+        matches!(result, Err(ClientError::Timeout { .. })),
+        "{result:?}"
+    );
+    let token = shared.lock().expect("table").leases["disk0"].token;
+    node.set_mode(Mode::Serve);
+    client.set_request_timeout(Duration::from_secs(5));
+    client.check("other", 1).expect("check");
+    let released = || {
+        node.seen().into_iter().any(|s| {
+            matches!(s.request, Request::Release { ref resource, token: t } if resource == "disk0" && t == token)
+        }) && !shared.lock().expect("table").leases.contains_key("disk0")
+    };
+    let deadline = boottime_ms() + 5_000;
+    while !released() && boottime_ms() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(released(), "the abandoned grant was not released");
+}
+
+#[test]
 fn a_cancelled_async_waiting_acquire_releases_its_late_grant() {
     let shared = table();
     shared.lock().expect("table").hold("disk0", 999);

@@ -42,6 +42,11 @@ pub enum Mode {
     /// Carry the first lease request out (commit it), then close without
     /// answering: the answer is lost.
     ApplyThenClose,
+    /// Carry lease requests out (commit them) but hold their answers
+    /// back; they go out in the same write as the next answer sent in
+    /// another mode (a late answer that reaches the client together with
+    /// a newer one).
+    ApplyAndHold,
     /// Serve, but only after this long (a slow leader).
     Slow {
         /// Delay before each lease answer.
@@ -258,6 +263,7 @@ fn wake_queued(shared: &Shared, queued: &mut Vec<Queued>, out: &mut FrameBuf) {
 fn serve_connection(mut stream: TcpStream, shared: &Shared) {
     let mut rx = RecvBuf::new(4096, 1 << 20);
     let mut queued: Vec<Queued> = Vec::new();
+    let mut held: Vec<u8> = Vec::new();
     loop {
         if shared.dead.load(Ordering::SeqCst) {
             return;
@@ -326,6 +332,12 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) {
                         Ok(Decoded::Frame { .. })
                     ));
                 }
+                Answer::Hold(response) => {
+                    let mut frame = FrameBuf::new();
+                    encode_response(&mut frame, request_id, 0, PAYLOAD_MAX, &response)
+                        .expect("encode");
+                    held.extend_from_slice(&frame);
+                }
                 Answer::Nothing => {}
                 Answer::Close => {
                     let _ = stream.write_all(&out);
@@ -334,14 +346,22 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) {
                 }
             }
         }
-        if !out.is_empty() && stream.write_all(&out).is_err() {
-            return;
+        if !out.is_empty() {
+            // Held answers go first, in the same write.
+            held.extend_from_slice(&out);
+            let write = stream.write_all(&held);
+            held.clear();
+            if write.is_err() {
+                return;
+            }
         }
     }
 }
 
 enum Answer {
     Send(Response),
+    /// Send, but only together with the next answer that is sent.
+    Hold(Response),
     Queue,
     Nothing,
     Close,
@@ -389,6 +409,10 @@ fn answer(shared: &Shared, request: &Request) -> Answer {
                 message: "not ready".into(),
             })
         }
+        Mode::ApplyAndHold => match serve(shared, request) {
+            Answer::Send(response) => Answer::Hold(response),
+            other => other,
+        },
         Mode::Slow { delay_ms } => {
             let delay = Duration::from_millis(*delay_ms);
             drop(mode);
