@@ -3,6 +3,8 @@
 //! and that no lease logic should own.
 //!
 //! What it owns:
+//! - [`affinity`]: the CPUs a thread may run on, the CPUs the data plane
+//!   leaves over, and pinning the node's other threads to them.
 //! - [`clock`]: the one place the process reads the clock
 //!   (`CLOCK_MONOTONIC` for leases, the real-time clock for display), with
 //!   the clock-rate test hook. `clippy.toml` disallows reading time
@@ -24,7 +26,7 @@
 //! `glommio` feature asks for one (without it the crate is std, rustix and
 //! socket2, light enough for the client library and bench).
 //!
-//! Main types: [`admin::Pages`], [`heartbeat::slots`],
+//! Main types: [`admin::Pages`], [`affinity::AffinityError`], [`heartbeat::slots`],
 //! [`durable::DurableError`], [`notify::Notifier`], [`notify::Watchdog`].
 //!
 //! ```
@@ -46,6 +48,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod affinity;
 pub mod clock;
 pub mod durable;
 pub mod heartbeat;
