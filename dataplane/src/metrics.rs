@@ -332,6 +332,10 @@ pub struct ControlStats {
     pub peers_connected: AtomicU64,
     /// Other members of the cluster.
     pub peers: AtomicU64,
+    /// 1 when the node's threads other than the data-plane cores (the
+    /// control thread, the peer transport) are pinned to CPUs no core
+    /// uses; 0 when they share the cores' CPUs. Set once at start.
+    pub control_pinned: AtomicU64,
 }
 
 /// One metric family's header.
@@ -560,6 +564,13 @@ pub fn render(shared: &RequestService, now_ms: u64) -> String {
         "gauge",
         "Other members this node has a working connection to.",
         load(&control.peers_connected),
+    );
+    single(
+        &mut out,
+        "palisade_control_pinned",
+        "gauge",
+        "1 when the control plane's threads run on CPUs no data-plane core uses; 0 when they share the cores' CPUs.",
+        load(&control.control_pinned),
     );
 
     family(

@@ -599,6 +599,17 @@ pub struct Server {
     cores: usize,
     /// Each core's last heartbeat (monotonic ms).
     heartbeats: Arc<[AtomicU64]>,
+    /// The CPUs the cores are pinned to, ascending (empty until they all
+    /// listen).
+    cpus: Vec<usize>,
+}
+
+/// What a core reports once it listens.
+struct Listening {
+    core: usize,
+    thread: ThreadId,
+    /// The CPUs its executor thread is pinned to.
+    cpus: Vec<usize>,
 }
 
 impl std::fmt::Debug for Server {
@@ -607,6 +618,7 @@ impl std::fmt::Debug for Server {
             .field("local_addr", &self.local_addr)
             .field("admin_addr", &self.admin_addr)
             .field("cores", &self.cores)
+            .field("cpus", &self.cpus)
             .finish_non_exhaustive()
     }
 }
@@ -615,8 +627,8 @@ impl std::fmt::Debug for Server {
 /// `taskset`, systemd's `CPUAffinity=` and cgroup cpusets restrict).
 fn allowed_cpus() -> io::Result<CpuSet> {
     let online = CpuSet::online().map_err(|e| io::Error::other(e.to_string()))?;
-    let affinity = rustix::thread::sched_getaffinity(None)?;
-    let allowed = online.filter(|l| affinity.is_set(l.cpu));
+    let affinity = palisade_host::affinity::allowed_cpus().map_err(io::Error::other)?;
+    let allowed = online.filter(|l| affinity.contains(&l.cpu));
     if allowed.is_empty() {
         return Err(io::Error::other(
             "the process may not run on any online CPU (affinity mask)",
@@ -710,7 +722,7 @@ impl Server {
         let connections = Arc::new(AtomicU64::new(0));
         let mesh = MeshBuilder::<CoreMsg, _>::full(cores, MESH_CHANNEL_CAPACITY);
         let heartbeats = heartbeat::slots(cores, monotonic_ms());
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(usize, ThreadId), String>>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<Listening, String>>();
         let wakers = Arc::new(CoreWakers::new(cores));
         let start_timeout = hooks.start_timeout.unwrap_or(START_TIMEOUT);
         let stop_timeout = hooks.stop_timeout.unwrap_or(STOP_TIMEOUT);
@@ -746,24 +758,34 @@ impl Server {
             admin_addr,
             cores,
             heartbeats,
+            cpus: Vec::new(),
         };
         let started = server.start_kicker().and_then(|()| {
             server
                 .await_listening(&ready_rx, start_timeout)
                 .map_err(io::Error::other)
         });
-        if let Err(e) = started {
-            let left = server.stop_within(stop_timeout);
-            if left == 0 {
-                return Err(e);
+        let cpus = match started {
+            Ok(cpus) => cpus,
+            Err(e) => {
+                let left = server.stop_within(stop_timeout);
+                if left == 0 {
+                    return Err(e);
+                }
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{e}; {left} core threads did not stop within {stop_timeout:?} and were left behind"),
+                ));
             }
-            return Err(io::Error::new(
-                e.kind(),
-                format!("{e}; {left} core threads did not stop within {stop_timeout:?} and were left behind"),
-            ));
-        }
+        };
+        server.cpus = cpus;
         drop(reservation);
-        info!(listen = %local_addr, cores, "data plane serving");
+        info!(
+            listen = %local_addr,
+            cores,
+            cpus = %palisade_host::affinity::cpu_list(&server.cpus),
+            "data plane serving"
+        );
         if let Some(admin) = admin_addr {
             info!(%admin, "metrics on http://{admin}/metrics");
         }
@@ -786,6 +808,32 @@ impl Server {
     #[must_use]
     pub fn cores(&self) -> usize {
         self.cores
+    }
+
+    /// The CPUs the data-plane cores are pinned to, ascending, as each
+    /// core's executor thread read its own mask once it listened: what
+    /// the node's other threads should stay off (see
+    /// [`palisade_host::affinity::spare_cpus`]).
+    #[must_use]
+    pub fn cpus(&self) -> &[usize] {
+        &self.cpus
+    }
+
+    /// Pins the server's own thread that is not a core (the kick thread,
+    /// see [`nudge`]) to `cpus`. Call once after [`Server::start`], with
+    /// the CPUs the cores leave over. The cores keep theirs.
+    ///
+    /// # Errors
+    ///
+    /// The kernel refused the mask; the thread keeps its own.
+    pub fn pin_helpers(
+        &self,
+        cpus: &[usize],
+    ) -> Result<(), palisade_host::affinity::AffinityError> {
+        match &self.kicker {
+            Some(kicker) => palisade_host::affinity::pin_thread(kicker.tid(), cpus),
+            None => Ok(()),
+        }
     }
 
     /// Each core's last heartbeat in monotonic ms, by core index, into
@@ -830,15 +878,16 @@ impl Server {
     }
 
     /// Waits until every core reported that it listens, a core failed,
-    /// or `timeout` passed.
+    /// or `timeout` passed. Returns the CPUs the cores are pinned to.
     fn await_listening(
         &self,
-        ready: &mpsc::Receiver<Result<(usize, ThreadId), String>>,
+        ready: &mpsc::Receiver<Result<Listening, String>>,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<Vec<usize>, String> {
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         let deadline_ms = monotonic_ms().saturating_add(timeout_ms);
         let mut listening = 0;
+        let mut cpus = Vec::with_capacity(self.cores);
         while listening < self.cores {
             let now_ms = monotonic_ms();
             if now_ms >= deadline_ms {
@@ -849,12 +898,17 @@ impl Server {
             }
             let wait = Duration::from_millis(deadline_ms - now_ms).min(THREAD_POLL);
             match ready.recv_timeout(wait) {
-                Ok(Ok((core, thread))) => {
-                    debug!(core, "core listening");
+                Ok(Ok(Listening {
+                    core,
+                    thread,
+                    cpus: core_cpus,
+                })) => {
+                    debug!(core, cpus = ?core_cpus, "core listening");
                     self.listening
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .push((thread, core));
+                    cpus.extend(core_cpus);
                     listening += 1;
                 }
                 Ok(Err(message)) => return Err(message),
@@ -873,7 +927,9 @@ impl Server {
                 }
             }
         }
-        Ok(())
+        cpus.sort_unstable();
+        cpus.dedup();
+        Ok(cpus)
     }
 
     /// Core threads that have ended.
@@ -984,7 +1040,7 @@ async fn core_main(
     opts: ServerOptions,
     mesh: MeshBuilder<CoreMsg, glommio::channels::channel_mesh::Full>,
     links: CoreLinks,
-    ready: mpsc::Sender<Result<(usize, ThreadId), String>>,
+    ready: mpsc::Sender<Result<Listening, String>>,
 ) {
     let CoreLinks {
         connections,
@@ -1110,7 +1166,20 @@ async fn core_main(
     }
     drop(admin);
     tasks.push(spawn_owned(hot, heartbeat::beat(heartbeats, index)));
-    let _ = ready.send(Ok((index, std::thread::current().id())));
+    // glommio pinned this thread before it ran the executor: its mask is
+    // the core's placement.
+    let cpus = match palisade_host::affinity::allowed_cpus() {
+        Ok(cpus) => cpus,
+        Err(e) => {
+            let _ = ready.send(Err(format!("core {index}: {e}")));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(Listening {
+        core: index,
+        thread: std::thread::current().id(),
+        cpus,
+    }));
 
     shutdown_requested(&shutdown, &registration).await;
     debug!(core = index, "core stopping");

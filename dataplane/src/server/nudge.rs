@@ -60,6 +60,8 @@ use std::task::{Poll, Waker};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::Duration;
 
+use palisade_host::affinity::{current_tid, Tid};
+
 /// How often [`Kicker`] looks at the threads (and kicks the stale ones).
 pub const KICK_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -106,6 +108,9 @@ pub fn kick(thread: libc::pthread_t) {
 pub struct Kicker {
     stopped: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// The kick thread's kernel id, to pin it once the cores' CPUs are
+    /// known.
+    tid: Tid,
 }
 
 impl Kicker {
@@ -117,11 +122,13 @@ impl Kicker {
         is_stale: impl Fn(ThreadId) -> bool + Send + 'static,
     ) -> io::Result<Kicker> {
         let stopped = Arc::new(AtomicBool::new(false));
+        let (tid_tx, tid_rx) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("palisade-kick".into())
             .spawn({
                 let stopped = stopped.clone();
                 move || {
+                    let _ = tid_tx.send(current_tid());
                     while !stopped.load(Ordering::SeqCst) {
                         std::thread::park_timeout(KICK_INTERVAL);
                         if stopped.load(Ordering::SeqCst) {
@@ -135,10 +142,22 @@ impl Kicker {
                     }
                 }
             })?;
+        // The thread sends it first thing: no answer means it is gone.
+        let tid = tid_rx
+            .recv()
+            .map_err(|_| io::Error::other("the kick thread ended at once"))?;
         Ok(Kicker {
             stopped,
             thread: Some(thread),
+            tid,
         })
+    }
+
+    /// The kick thread's kernel id (to pin it, see
+    /// [`palisade_host::affinity::pin_thread`]).
+    #[must_use]
+    pub fn tid(&self) -> Tid {
+        self.tid
     }
 
     /// Stops the thread and waits for it; no kick is sent after this.
