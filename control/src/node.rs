@@ -2,6 +2,16 @@
 //! log, start the data plane and the peer transport, then run the control
 //! loop (ticks, peer messages, persistence, Leadership publication) until
 //! told to stop. A single node is a cluster of one and runs the same code.
+//!
+//! Thread placement: the data-plane cores are pinned one per CPU by the
+//! data plane. Once they run, [`Node::start`] pins the thread that called
+//! it (the control thread: raft, the raft log's fsync, the service
+//! manager's watchdog) and the data plane's kick thread to the CPUs the
+//! cores leave over, then starts the peer transport from the control
+//! thread, so its threads (and the readers its acceptor spawns) inherit
+//! that mask. Nothing but request work then runs on a core's CPU. When no
+//! CPU is left over (`node.cores = "all"`, or one allowed CPU) every
+//! thread stays where it was and shares the cores' CPUs, as logged.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -14,6 +24,7 @@ use palisade_dataplane::replica::{tag_core, LeaseName, Notice, Proposal};
 use palisade_dataplane::server::{core_count, Cpus, ReplicaLink, Server, ServerOptions};
 use palisade_dataplane::service::{ControlStats, CoreStats, RequestService, ServiceConfig, Tenant};
 use palisade_dataplane::table::{KeyHasher, LeaseTable};
+use palisade_host::affinity::{self, cpu_list, Tid};
 use palisade_host::clock::{monotonic_ms, unix_ms};
 use palisade_proto::auth::StoredCredential;
 use palisade_proto::Role;
@@ -181,6 +192,8 @@ pub struct Node {
     transport: Option<Transport>,
     /// The priority qdisc tree (`[qos]`), removed when dropped.
     qos: Option<crate::qos::Installed>,
+    /// The control thread's pin off the data-plane cores, if any.
+    control_pin: Option<ControlPin>,
     inbox: flume::Receiver<Message>,
     /// Kept so that the inbox never disconnects (a cluster of one has no
     /// transport, and a selector on a closed channel would spin).
@@ -219,6 +232,72 @@ struct Prune {
     cursor: Option<LeaseName>,
     next_ms: u64,
     interval_ms: u64,
+}
+
+/// The control thread's pin to the CPUs the data-plane cores leave over.
+#[derive(Debug)]
+struct ControlPin {
+    /// The control thread.
+    tid: Tid,
+    /// Its mask before, given back when the node stops on that thread (so
+    /// that a node started again there places its cores as the first did).
+    before: Vec<usize>,
+}
+
+/// Pins the calling thread (the control thread) and the data plane's kick
+/// thread to the CPUs `server`'s cores leave over, so that neither
+/// preempts a core; threads the control thread spawns later inherit the
+/// mask. Call right after the data plane started (its placement is
+/// computed from this thread's full mask) and before the peer transport
+/// starts. `None`, and everything left where it was, when no CPU is left
+/// over or the kernel refuses; both are logged.
+fn pin_control_plane(server: &Server) -> Option<ControlPin> {
+    let data_plane = server.cpus();
+    let allowed = match affinity::allowed_cpus() {
+        Ok(allowed) => allowed,
+        Err(e) => {
+            warn!(error = %e, "cannot read the CPU affinity mask: the control plane shares the data-plane cores");
+            return None;
+        }
+    };
+    let spare = affinity::spare_cpus(&allowed, data_plane);
+    if spare.is_empty() {
+        info!(
+            data_plane = %cpu_list(data_plane),
+            "no CPU is left over for the control plane: the control thread (raft log fsync), the peer transport and the kick thread share the data-plane cores and may preempt request work; set node.cores to fewer CPUs than this process may use to keep them off"
+        );
+        return None;
+    }
+    if let Err(e) = affinity::pin_current_thread(&spare) {
+        warn!(error = %e, "could not pin the control thread off the data-plane cores: the control plane shares them");
+        return None;
+    }
+    let pin = ControlPin {
+        tid: affinity::current_tid(),
+        before: allowed,
+    };
+    if let Err(e) = server.pin_helpers(&spare) {
+        warn!(error = %e, "could not pin the kick thread off the data-plane cores: the control plane shares them");
+        unpin(&pin);
+        return None;
+    }
+    info!(
+        data_plane = %cpu_list(data_plane),
+        control = %cpu_list(&spare),
+        "control plane pinned off the data-plane cores: the control thread (raft log fsync), the peer transport and the kick thread run on the CPUs the cores leave over"
+    );
+    Some(pin)
+}
+
+/// Gives the control thread its mask from before [`pin_control_plane`],
+/// if called on that thread.
+fn unpin(pin: &ControlPin) {
+    if affinity::current_tid() != pin.tid {
+        return;
+    }
+    if let Err(e) = affinity::pin_current_thread(&pin.before) {
+        debug!(error = %e, "could not give the control thread its CPU mask back");
+    }
 }
 
 /// One input the control loop woke up for.
@@ -282,7 +361,11 @@ pub struct StartOptions {
 }
 
 impl Node {
-    /// Starts a node from `config`, keeping state in `data_dir`.
+    /// Starts a node from `config`, keeping state in `data_dir`. Call it on
+    /// the thread that will run the control loop ([`Node::turn`]): when
+    /// the data-plane cores leave a CPU over, it pins the calling thread
+    /// there (see the module docs); [`Node::shutdown`] on that thread
+    /// gives it its mask back.
     pub fn start(config: &Config, data_dir: PathBuf) -> Result<Node, NodeError> {
         Node::start_with(config, data_dir, StartOptions::default())
     }
@@ -470,6 +553,12 @@ impl Node {
             cores,
         ));
         let server = Server::start(shared.clone(), server_options).map_err(NodeError::DataPlane)?;
+        // Before the transport: its threads inherit the control thread's mask.
+        let control_pin = pin_control_plane(&server);
+        shared
+            .control
+            .control_pinned
+            .store(u64::from(control_pin.is_some()), Ordering::Relaxed);
 
         let (inbox_tx, inbox) = flume::bounded(INBOX_MAX);
         let transport = match config.peer_listen() {
@@ -516,6 +605,7 @@ impl Node {
             server,
             transport,
             qos,
+            control_pin,
             inbox,
             _inbox_tx: inbox_tx,
             proposals,
@@ -920,6 +1010,9 @@ impl Node {
             transport.stop();
         }
         drop(self.qos.take());
+        if let Some(pin) = self.control_pin.take() {
+            unpin(&pin);
+        }
         info!("node stopped");
     }
 }

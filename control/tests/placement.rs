@@ -1,0 +1,193 @@
+//! Where a real `palisade serve` runs its threads, read from
+//! `/proc/<pid>/task/*/status` (`Cpus_allowed_list`):
+//! - when `node.cores` leaves a CPU over, the data-plane core runs alone on
+//!   its CPU and every other thread of the node (the control thread, the
+//!   kick thread, the peer transport's acceptor and writer, and a reader
+//!   the acceptor spawns later) runs on the CPUs left over, never on the
+//!   core's;
+//! - when none is left over, every thread stays where it was, sharing the
+//!   cores' CPUs, and the node says so.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{sleep_ms, Server};
+use palisade_host::affinity::{allowed_cpus, parse_cpu_list, spare_cpus};
+
+/// One thread of a process, as `/proc` shows it.
+#[derive(Debug)]
+struct Thread {
+    tid: String,
+    name: String,
+    cpus: Vec<usize>,
+}
+
+/// The threads of process `pid` (a thread that ends while they are read
+/// is left out).
+fn threads(pid: u32) -> Vec<Thread> {
+    let mut threads = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/<pid>/task");
+    for task in tasks {
+        let path = task.expect("task entry").path();
+        let (Ok(name), Ok(status)) = (
+            std::fs::read_to_string(path.join("comm")),
+            std::fs::read_to_string(path.join("status")),
+        ) else {
+            continue;
+        };
+        let list = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+            .expect("Cpus_allowed_list in status");
+        threads.push(Thread {
+            tid: path
+                .file_name()
+                .expect("tid")
+                .to_string_lossy()
+                .into_owned(),
+            name: name.trim().to_string(),
+            cpus: parse_cpu_list(list).expect("a CPU list"),
+        });
+    }
+    threads
+}
+
+/// Whether `thread` carries the thread name `name` (the kernel keeps the
+/// first 15 bytes: `palisade-peer-accept` shows as `palisade-peer-a`).
+fn named(thread: &Thread, name: &str) -> bool {
+    thread.name == name[..name.len().min(15)]
+}
+
+fn is_core(thread: &Thread) -> bool {
+    // glommio names each executor thread `palisade-core-<n>`; its blocking
+    // thread, spawned by it, carries the same name.
+    thread.name.starts_with("palisade-core")
+}
+
+/// `palisade_control_pinned` from the node's admin endpoint.
+fn control_pinned(server: &Server) -> String {
+    let admin = server.ready["admin"].as_str().expect("admin address");
+    let mut stream = TcpStream::connect(admin).expect("connect to admin");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: palisade\r\n\r\n")
+        .expect("send");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).expect("read to close");
+    body.lines()
+        .find_map(|line| line.strip_prefix("palisade_control_pinned "))
+        .unwrap_or_else(|| panic!("no palisade_control_pinned in {body}"))
+        .to_string()
+}
+
+#[test]
+fn the_control_plane_stays_off_the_data_plane_core_when_a_cpu_is_spare() {
+    let allowed = allowed_cpus().expect("this test's CPU mask");
+    if allowed.len() < 2 {
+        eprintln!(
+            "skipped: this test may run on {} CPU(s) ({allowed:?}); a spare CPU needs at least 2",
+            allowed.len()
+        );
+        return;
+    }
+    // CPU 0 on most machines: the first this process may use.
+    let core_cpu = allowed[0];
+    let spare = spare_cpus(&allowed, &[core_cpu]);
+    // A member of a two-node cluster, so that the peer transport runs; the
+    // other member never starts (nothing listens on its port).
+    let client = palisade_testkit::free_port();
+    let config = format!(
+        "[node]\nid = 1\ncores = [{core_cpu}]\n\n[listen]\nclient = \"127.0.0.1:{client}\"\n\n\
+         [cluster]\nname = \"test\"\n\n\
+         [[cluster.peers]]\nid = 1\npeer = \"127.0.0.1:{}\"\nclient = \"127.0.0.1:{client}\"\n\n\
+         [[cluster.peers]]\nid = 2\npeer = \"127.0.0.1:{}\"\nclient = \"127.0.0.1:{}\"\n",
+        palisade_testkit::free_port(),
+        palisade_testkit::free_port(),
+        palisade_testkit::free_port(),
+    );
+    let server = Server::start(&config);
+    let pid = server.child.id();
+    // A connection to the peer port: the acceptor, pinned by inheritance,
+    // spawns a reader for it after the node started. It waits for a
+    // handshake that never comes, long enough to be seen.
+    let peer = server.ready["peer"].as_str().expect("peer address");
+    let _link = TcpStream::connect(peer).expect("connect to the peer port");
+    let expected = [
+        "palisade",
+        "palisade-kick",
+        "palisade-peer-accept",
+        "palisade-peer-2",
+        "palisade-peer-in",
+    ];
+    let mut seen = threads(pid);
+    for _ in 0..250 {
+        if expected
+            .iter()
+            .all(|name| seen.iter().any(|t| named(t, name)))
+        {
+            break;
+        }
+        sleep_ms(20);
+        seen = threads(pid);
+    }
+    for name in expected {
+        assert!(
+            seen.iter().any(|t| named(t, name)),
+            "no thread {name}: {seen:#?}"
+        );
+    }
+    assert!(seen.iter().any(is_core), "no data-plane core: {seen:#?}");
+    for thread in &seen {
+        if is_core(thread) {
+            assert_eq!(
+                thread.cpus,
+                vec![core_cpu],
+                "a data-plane thread runs on its CPU only: {thread:?}"
+            );
+        } else {
+            assert!(
+                !thread.cpus.contains(&core_cpu),
+                "thread {} ({}) may run on the data-plane core's CPU {core_cpu}: {thread:?}",
+                thread.name,
+                thread.tid
+            );
+            assert_eq!(
+                thread.cpus, spare,
+                "every other thread runs on the CPUs left over: {thread:?}"
+            );
+        }
+    }
+    assert_eq!(control_pinned(&server), "1");
+    assert!(
+        server
+            .log_text()
+            .contains("control plane pinned off the data-plane cores"),
+        "{}",
+        server.log_text()
+    );
+}
+
+#[test]
+fn without_a_spare_cpu_every_thread_shares_the_data_plane_cores() {
+    let allowed = allowed_cpus().expect("this test's CPU mask");
+    let cpu = allowed[0].to_string();
+    // `cores = "all"` under a one-CPU mask: one core, nothing left over.
+    let server = Server::start_under("", &["taskset", "-c", &cpu]);
+    let seen = threads(server.child.id());
+    assert!(seen.iter().any(is_core), "no data-plane core: {seen:#?}");
+    for thread in &seen {
+        assert_eq!(thread.cpus, vec![allowed[0]], "{thread:?}");
+    }
+    assert_eq!(control_pinned(&server), "0");
+    let log = server.log_text();
+    assert!(
+        log.contains("no CPU is left over for the control plane")
+            && log.contains("set node.cores to fewer CPUs"),
+        "{log}"
+    );
+}
