@@ -25,6 +25,10 @@ use palisade_host::clock::{monotonic_ms, monotonic_ns};
 
 /// Receive buffer a connection starts with; it grows up to one maximal frame.
 const RECV_BUF_INITIAL: usize = 4096;
+/// Queued answers written together at most: a group commit answers many
+/// requests of one connection at once, and one write per answer costs a
+/// send each (the bound keeps reads and other connections turning).
+const DELIVERIES_PER_WRITE_MAX: usize = 64;
 /// Pause after a failed accept (out of file descriptors, say), doubled on
 /// each failure in a row up to [`ACCEPT_BACKOFF_MAX`]: the listener stays
 /// readable while the backlog holds connections, so retrying at once would
@@ -522,24 +526,37 @@ async fn run(
                 }
             }
             Event::Read(Err(e)) => return Err(e),
-            Event::Deliver(Some(event)) => {
-                conn.pending = conn.pending.saturating_sub(1);
+            Event::Deliver(Some(first)) => {
                 // The idle clock restarts when the last pending answer goes
                 // out: a watch answered after a minute must leave its
                 // client time to watch again.
                 heard_ms = monotonic_ms();
-                ctx.shared.answered(conn, &event.origin());
-                let grant = match &event {
-                    WaitEvent::Granted { .. } => Some(event.clone()),
-                    _ => None,
-                };
-                let (request_id, group, response) = event_response(event);
-                respond(ctx, &mut out, request_id, group, &response);
+                // Every answer already queued (a group commit answers many
+                // at once) goes out in this one write, up to a bound.
+                let mut grants = Vec::new();
+                let mut next = Some(first);
+                let mut taken = 0;
+                while let Some(event) = next.take() {
+                    conn.pending = conn.pending.saturating_sub(1);
+                    ctx.shared.answered(conn, &event.origin());
+                    if let WaitEvent::Granted { .. } = &event {
+                        grants.push(event.clone());
+                    }
+                    let (request_id, group, response) = event_response(event);
+                    respond(ctx, &mut out, request_id, group, &response);
+                    taken += 1;
+                    if taken < DELIVERIES_PER_WRITE_MAX {
+                        next = futures_lite::future::poll_once(deliveries.recv())
+                            .await
+                            .flatten();
+                    }
+                }
                 if let Err(e) = write_bounded(stream, &out, stall, stats).await {
-                    // The grant never reached its holder: release it rather
-                    // than leave it held by nobody until it expires.
-                    if let Some(grant) = grant {
-                        ctx.conns.borrow_mut().remove(&conn.id);
+                    // The grants never reached their holder: release them
+                    // rather than leave them held by nobody until they
+                    // expire.
+                    ctx.conns.borrow_mut().remove(&conn.id);
+                    for grant in grants {
                         ctx.deliver_local(grant);
                     }
                     return Err(e);
