@@ -5,7 +5,7 @@
 //!
 //! The watchdog thread only judges: it pings when the executor's heartbeat
 //! ([`palisade_host::heartbeat`], a task on the executor that
-//! stores the time every 100 ms) is younger than the interval, and stays
+//! stores the time every 10 ms) is younger than the interval, and stays
 //! silent while the executor is stuck, so systemd restarts the proxy.
 //!
 //! It never touches fences or client traffic.

@@ -22,8 +22,12 @@ use std::time::Duration;
 use tracing::warn;
 
 /// How often each core stores its heartbeat. A watchdog interval should be
-/// many of these (the units use 30 s).
-pub const HEARTBEAT_PERIOD: Duration = Duration::from_millis(100);
+/// many of these (the units use 30 s). Short, because a late heartbeat is
+/// also how the data plane's kick thread finds a core that glommio put to
+/// sleep with runnable tasks (`palisade_dataplane::server::nudge`): the
+/// period bounds how long such a core goes unnoticed. A timer wake every
+/// 10 ms costs a core a few microseconds of it.
+pub const HEARTBEAT_PERIOD: Duration = Duration::from_millis(10);
 
 /// Test hook: which core stalls, and the file that arms the stall.
 static STALL_FAILPOINT: OnceLock<(usize, PathBuf)> = OnceLock::new();

@@ -162,8 +162,12 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// core threads.
 const THREAD_POLL: Duration = Duration::from_millis(5);
 /// A listening core whose heartbeat is this old gets kicked (see
-/// [`nudge`]): its executor may be asleep with runnable tasks.
-const STALE_AFTER_MS: u64 = heartbeat::HEARTBEAT_PERIOD.as_millis() as u64 + 50;
+/// [`nudge`]): its executor may be asleep with runnable tasks. Two periods:
+/// a core that merely waited for the CPU a little is left alone, and a
+/// core asleep with work queued (a connection's answers, say) is woken
+/// within about 20 ms plus one kick interval rather than at its next
+/// timer of its own.
+const STALE_AFTER_MS: u64 = 2 * heartbeat::HEARTBEAT_PERIOD.as_millis() as u64;
 /// How often a parked watch re-reads its key: the longest a watcher hears
 /// of a new grant late. A table read is a few nanoseconds; a few watchers
 /// per fencing proxy cost nothing measurable.
