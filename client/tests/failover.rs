@@ -10,9 +10,10 @@
 
 mod common;
 
+use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{table, FakeNode, Mode};
+use common::{table, FakeNode, Mode, Table};
 #[cfg(feature = "cli")]
 use palisade_client::cli::{self, ClientCommand, Common};
 use palisade_client::{
@@ -420,6 +421,26 @@ fn a_retried_release_that_finds_the_lease_gone_reports_released() {
 
 // ------------------------------------------ abandoned grants (point 6)
 
+/// Asserts that `node` received the release of `resource` at `token` and
+/// that the lease is gone. The client sends such a release without
+/// waiting for its answer, so the node may read it after it answered the
+/// call that carried it: waited for, with a bound.
+fn assert_released(node: &FakeNode, shared: &Mutex<Table>, resource: &str, token: u64) {
+    let released = || {
+        node.seen().into_iter().any(|s| {
+            matches!(s.request, Request::Release { resource: ref r, token: t } if r == resource && t == token)
+        }) && !shared.lock().expect("table").leases.contains_key(resource)
+    };
+    let deadline = boottime_ms() + 10_000;
+    while !released() && boottime_ms() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        released(),
+        "the abandoned grant of {resource} was not released"
+    );
+}
+
 #[test]
 fn a_grant_that_arrives_after_the_caller_gave_up_is_released() {
     let shared = table();
@@ -440,18 +461,7 @@ fn a_grant_that_arrives_after_the_caller_gave_up_is_released() {
     // The next call reads the late grant and gives it back.
     client.set_request_timeout(Duration::from_secs(5));
     client.check("other", 1).expect("check");
-    // The release goes out without waiting for its answer, so the node may
-    // read it after it answered the check: wait for it (bounded).
-    let released = || {
-        node.seen().into_iter().any(|s| {
-            matches!(s.request, Request::Release { ref resource, token: t } if resource == "disk0" && t == token)
-        }) && !shared.lock().expect("table").leases.contains_key("disk0")
-    };
-    let deadline = boottime_ms() + 10_000;
-    while !released() && boottime_ms() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(released(), "the abandoned grant was not released");
+    assert_released(&node, &shared, "disk0", token);
 }
 
 #[test]
@@ -474,16 +484,7 @@ fn a_late_grant_that_arrives_with_the_next_answer_is_released() {
     node.set_mode(Mode::Serve);
     client.set_request_timeout(Duration::from_secs(5));
     client.check("other", 1).expect("check");
-    let released = || {
-        node.seen().into_iter().any(|s| {
-            matches!(s.request, Request::Release { ref resource, token: t } if resource == "disk0" && t == token)
-        }) && !shared.lock().expect("table").leases.contains_key("disk0")
-    };
-    let deadline = boottime_ms() + 5_000;
-    while !released() && boottime_ms() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(released(), "the abandoned grant was not released");
+    assert_released(&node, &shared, "disk0", token);
 }
 
 #[test]
