@@ -1,14 +1,21 @@
 //! Peer transport: raft messages between nodes over TCP.
 //!
-//! One outbound connection per peer, written by its own thread from a
-//! bounded queue; it reconnects with exponential backoff and drops
-//! messages while a peer is unreachable (raft retransmits what matters).
+//! One outbound connection per peer. The sender (the control thread)
+//! writes its messages itself, without blocking: it queues their frames on
+//! the peer's backlog and writes as much of the backlog as the socket
+//! takes, several frames per `writev`, so a raft round costs no hand-off
+//! to another thread. The peer's *link thread* dials and handshakes,
+//! reconnects with exponential backoff, and writes what the socket did not
+//! take (waiting until it is writable); messages are dropped while a peer
+//! is unreachable or its backlog is full (raft retransmits what matters),
+//! and a link that makes no progress for `IO_TIMEOUT` is redialed.
 //! A link the peer closed (it restarted, or closed an idle link) is noticed
 //! before the next write and within `LINK_CHECK` when idle, and redialed
-//! at once: a write into a closed link is accepted by the kernel and lost,
-//! and raft does not retransmit vote responses, so one such loss cost an
-//! election a whole timeout. A peer that dials in (it just started) wakes
-//! our writer to it out of its back-off.
+//! at once, with the frame that had not gone out whole sent first again: a
+//! write into a closed link is accepted by the kernel and lost, and raft
+//! does not retransmit vote responses, so one such loss cost an election a
+//! whole timeout. A peer that dials in (it just started) wakes our link
+//! thread to it out of its back-off.
 //! One thread per inbound connection reads frames into the control
 //! thread's inbox. Sockets carry a DSCP (`qos.peer_dscp`, CS6 by default)
 //! and its `SO_PRIORITY` (see `palisade_host::mark`), `TCP_NODELAY`
@@ -46,12 +53,12 @@
 //! [`IDLE_MAX`], and a newer connection from the same peer retires the
 //! older one.
 
-use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -81,8 +88,12 @@ const HELLO_MAX: usize = 128;
 /// Largest frame accepted. raft sends at most 1 MiB of entries per message
 /// (`max_size_per_msg`) and snapshots carry membership only.
 pub const FRAME_MAX: usize = 4 << 20;
-/// Messages queued per peer before new ones are dropped.
-const OUTBOX_MAX: usize = 4096;
+/// Frames queued for a peer before new ones are dropped.
+const BACKLOG_FRAMES_MAX: usize = 4096;
+/// Bytes queued for a peer before new frames are dropped.
+const BACKLOG_BYTES_MAX: usize = 16 << 20;
+/// Frames handed to one `writev` at most.
+const WRITEV_FRAMES_MAX: usize = 64;
 /// DSCP of peer connections unless configured: class selector 6 (network
 /// control), as `qos.peer_dscp` defaults to.
 pub const PEER_DSCP_DEFAULT: u8 = 48;
@@ -108,7 +119,7 @@ type HmacSha256 = Hmac<Sha256>;
 /// The running transport.
 #[derive(Debug)]
 pub struct Transport {
-    outboxes: HashMap<u64, SyncSender<Outgoing>>,
+    peers: HashMap<u64, Arc<PeerOut>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     local_addr: SocketAddr,
@@ -116,19 +127,189 @@ pub struct Transport {
     connected: Arc<AtomicUsize>,
 }
 
-/// What a peer's writer thread is handed.
+/// One peer's outbound side: shared by the sender, which queues frames
+/// and writes what the socket takes at once, and the peer's link thread,
+/// which dials, writes the rest when the socket is writable, and redials.
+/// Neither blocks while it holds `state`: the socket is non-blocking.
 #[derive(Debug)]
-enum Outgoing {
-    /// A raft message for the peer.
-    Message(Message),
-    /// The peer just opened an authenticated link to us, so it is up: dial
-    /// now if backing off, and check the link we have (it may be one the
-    /// peer's previous run left behind).
-    PeerUp,
+struct PeerOut {
+    state: Mutex<OutState>,
+    /// Wakes the link thread: a backlog the socket did not take, a link
+    /// that failed, the peer dialed us, or the transport stops.
+    wake: SyncSender<()>,
 }
 
-/// Writer queues by peer id, for the accept loop's [`Outgoing::PeerUp`].
-type Wakers = HashMap<u16, SyncSender<Outgoing>>;
+/// The part of [`PeerOut`] behind its lock.
+#[derive(Debug, Default)]
+struct OutState {
+    /// The link, once dialed and handshaken; non-blocking.
+    link: Option<TcpStream>,
+    /// The link failed (a write error, or the peer closed it): the link
+    /// thread redials.
+    failed: bool,
+    /// The link thread is backing off after a failed dial: new frames are
+    /// dropped (they would be stale by the time a link is up).
+    backing_off: bool,
+    /// Whole frames not yet written, oldest first.
+    frames: VecDeque<Vec<u8>>,
+    /// Their bytes.
+    bytes: usize,
+    /// Bytes of the first frame already written on `link`; a new link
+    /// sends that frame whole again.
+    written: usize,
+}
+
+impl OutState {
+    /// Queues a frame; gives it back when the backlog is full or the peer
+    /// unreachable.
+    fn queue(&mut self, frame: Vec<u8>) -> Result<(), Vec<u8>> {
+        if self.backing_off
+            || self.frames.len() >= BACKLOG_FRAMES_MAX
+            || self.bytes + frame.len() > BACKLOG_BYTES_MAX
+        {
+            return Err(frame);
+        }
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+        Ok(())
+    }
+
+    /// Takes a new link and writes the backlog on it.
+    fn install(&mut self, link: TcpStream) {
+        self.link = Some(link);
+        self.failed = false;
+        self.written = 0;
+        if self.flush().is_err() {
+            self.failed = true;
+        }
+    }
+
+    /// Gives up the link; the frame it cut short goes whole on the next.
+    fn take_link(&mut self) -> Option<TcpStream> {
+        self.failed = false;
+        self.written = 0;
+        self.link.take()
+    }
+
+    /// Drops every queued frame.
+    fn clear(&mut self) {
+        self.frames.clear();
+        self.bytes = 0;
+        self.written = 0;
+    }
+
+    /// Writes queued frames until all are written (`Ok(true)`) or the
+    /// socket takes no more (`Ok(false)`). No link: `Ok(false)`.
+    fn flush(&mut self) -> io::Result<bool> {
+        let Some(link) = self.link.as_mut() else {
+            return Ok(false);
+        };
+        while !self.frames.is_empty() {
+            let slices: Vec<IoSlice<'_>> = self
+                .frames
+                .iter()
+                .take(WRITEV_FRAMES_MAX)
+                .enumerate()
+                .map(|(i, frame)| {
+                    IoSlice::new(if i == 0 {
+                        &frame[self.written..]
+                    } else {
+                        frame
+                    })
+                })
+                .collect();
+            let mut n = match link.write_vectored(&slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            while n > 0 {
+                let left = self.frames[0].len() - self.written;
+                if n < left {
+                    self.written += n;
+                    break;
+                }
+                n -= left;
+                let frame = self.frames.pop_front().expect("a frame was written");
+                self.bytes -= frame.len();
+                self.written = 0;
+            }
+        }
+        Ok(true)
+    }
+}
+
+impl PeerOut {
+    fn new() -> (Arc<PeerOut>, Receiver<()>) {
+        let (wake, woken) = mpsc::sync_channel(1);
+        let out = PeerOut {
+            state: Mutex::new(OutState::default()),
+            wake,
+        };
+        (Arc::new(out), woken)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wakes the link thread (a wake already pending is enough).
+    fn wake(&self) {
+        let _ = self.wake.try_send(());
+    }
+
+    /// Queues `frames` and writes what the socket takes now; the link
+    /// thread is woken for the rest, or when the link turns out closed.
+    fn send(&self, peer: u64, frames: Vec<Vec<u8>>) {
+        let mut state = self.lock();
+        let mut dropped = 0usize;
+        for frame in frames {
+            let Err(frame) = state.queue(frame) else {
+                continue;
+            };
+            // Full: write what the socket takes, then try again.
+            if !state.failed && state.flush().is_err() {
+                state.failed = true;
+            }
+            if state.queue(frame).is_err() {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            debug!(
+                peer,
+                dropped, "messages dropped: the peer is unreachable or its backlog is full"
+            );
+        }
+        let wake = match state.link.as_ref() {
+            // Dialing (it writes the backlog once up) or backing off.
+            None => false,
+            Some(_) if state.failed => false,
+            Some(link) if link_closed(link) => {
+                state.failed = true;
+                true
+            }
+            Some(_) => match state.flush() {
+                Ok(done) => !done,
+                Err(e) => {
+                    debug!(peer, error = %e, "peer link write failed");
+                    state.failed = true;
+                    true
+                }
+            },
+        };
+        drop(state);
+        if wake {
+            self.wake();
+        }
+    }
+}
+
+/// Link threads by peer id, for the accept loop's wake-up when a peer
+/// dials in.
+type Wakers = HashMap<u16, Arc<PeerOut>>;
 
 /// What both directions of the handshake need to know.
 #[derive(Clone)]
@@ -203,12 +384,17 @@ fn nonce() -> io::Result<[u8; NONCE_LEN]> {
     Ok(nonce)
 }
 
-fn write_frame(stream: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
+/// `payload` as a frame: its length, then itself.
+fn frame(payload: &[u8]) -> io::Result<Vec<u8>> {
     let len = u32::try_from(payload.len()).map_err(|_| io::Error::other("frame too large"))?;
     let mut frame = Vec::with_capacity(4 + payload.len());
     frame.extend_from_slice(&len.to_le_bytes());
     frame.extend_from_slice(payload);
-    stream.write_all(&frame)
+    Ok(frame)
+}
+
+fn write_frame(stream: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
+    stream.write_all(&frame(payload)?)
 }
 
 fn invalid(why: String) -> io::Error {
@@ -330,14 +516,11 @@ impl Transport {
         };
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        let queues: Vec<_> = peers
-            .iter()
-            .map(|_| mpsc::sync_channel(OUTBOX_MAX))
-            .collect();
+        let outs: Vec<_> = peers.iter().map(|_| PeerOut::new()).collect();
         let wakers: Wakers = peers
             .iter()
-            .zip(&queues)
-            .map(|(&(peer, _), (tx, _))| (peer, tx.clone()))
+            .zip(&outs)
+            .map(|(&(peer, _), (out, _))| (peer, out.clone()))
             .collect();
         {
             let stop = stop.clone();
@@ -352,10 +535,10 @@ impl Transport {
             );
         }
         let bind_ip = Some(listen.ip()).filter(|ip| !ip.is_unspecified());
-        let mut outboxes = HashMap::new();
+        let mut by_id = HashMap::new();
         let connected = Arc::new(AtomicUsize::new(0));
-        for (&(peer, addr), (tx, rx)) in peers.iter().zip(queues) {
-            outboxes.insert(u64::from(peer), tx);
+        for (&(peer, addr), (out, woken)) in peers.iter().zip(outs) {
+            by_id.insert(u64::from(peer), out.clone());
             let stop = stop.clone();
             let identity = identity.clone();
             let connected = connected.clone();
@@ -363,7 +546,13 @@ impl Transport {
                 std::thread::Builder::new()
                     .name(format!("palisade-peer-{peer}"))
                     .spawn(move || {
-                        writer_loop(&identity, peer, addr, bind_ip, &rx, &stop, &connected);
+                        let link = OutLink {
+                            identity: &identity,
+                            peer,
+                            addr,
+                            bind_ip,
+                        };
+                        link.run(&out, &woken, &stop, &connected);
                     })?,
             );
         }
@@ -374,7 +563,7 @@ impl Transport {
             "peer transport started"
         );
         Ok(Transport {
-            outboxes,
+            peers: by_id,
             stop,
             threads,
             local_addr,
@@ -394,17 +583,37 @@ impl Transport {
         self.local_addr
     }
 
-    /// Queues messages for their peers; drops them when a peer's queue is
-    /// full (the peer is slow or unreachable; raft retransmits).
+    /// Sends messages to their peers from the calling thread, without
+    /// blocking: what a socket does not take at once is written by the
+    /// peer's link thread. Drops messages for a peer that is unreachable
+    /// or whose backlog is full (raft retransmits).
     pub fn send(&self, messages: Vec<Message>) {
+        let mut frames: Vec<(u64, Vec<Vec<u8>>)> = Vec::new();
         for message in messages {
-            let Some(outbox) = self.outboxes.get(&message.to) else {
-                debug!(to = message.to, "message for an unknown peer dropped");
+            let to = message.to;
+            if !self.peers.contains_key(&to) {
+                debug!(to, "message for an unknown peer dropped");
                 continue;
+            }
+            let frame = match message
+                .write_to_bytes()
+                .map_err(io::Error::other)
+                .and_then(|b| frame(&b))
+            {
+                Ok(frame) => frame,
+                Err(e) => {
+                    warn!(to, error = %e, "could not encode a raft message");
+                    continue;
+                }
             };
-            match outbox.try_send(Outgoing::Message(message)) {
-                Ok(()) | Err(TrySendError::Full(_)) => {}
-                Err(TrySendError::Disconnected(_)) => warn!("a peer writer thread is gone"),
+            match frames.iter_mut().find(|(peer, _)| *peer == to) {
+                Some((_, queued)) => queued.push(frame),
+                None => frames.push((to, vec![frame])),
+            }
+        }
+        for (peer, queued) in frames {
+            if let Some(out) = self.peers.get(&peer) {
+                out.send(peer, queued);
             }
         }
     }
@@ -412,9 +621,22 @@ impl Transport {
     /// Stops every thread.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        self.outboxes.clear(); // Writers see their queue close.
+        for out in self.peers.values() {
+            out.wake();
+        }
         for thread in self.threads.drain(..) {
             let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Transport {
+    /// A transport dropped without [`Transport::stop`] still ends its
+    /// threads (without waiting for them).
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for out in self.peers.values() {
+            out.wake();
         }
     }
 }
@@ -551,9 +773,10 @@ impl Link<'_> {
             *generation
         };
         info!(from, %remote, "peer connected (inbound)");
-        if let Some(waker) = self.wakers.get(&from) {
-            // Full: the writer is busy writing, and a dead link shows then.
-            let _ = waker.try_send(Outgoing::PeerUp);
+        if let Some(out) = self.wakers.get(&from) {
+            // Out of a back-off, or to check the link it has: it may be
+            // one the peer's previous run left behind.
+            out.wake();
         }
 
         stream.set_read_timeout(Some(READER_POLL))?;
@@ -733,99 +956,152 @@ fn link_closed(stream: &TcpStream) -> bool {
     }
 }
 
-/// Waits out a back-off, dropping the messages queued meanwhile (they are
-/// stale by the time a link is up), but only until the peer shows it is up
-/// (it dialed us). Returns false when the transport is gone.
-fn back_off(outbox: &Receiver<Outgoing>, backoff: Duration, stop: &AtomicBool) -> bool {
-    let until_ms = monotonic_ms() + backoff.as_millis() as u64;
-    loop {
-        let left_ms = until_ms.saturating_sub(monotonic_ms());
-        if left_ms == 0 || stop.load(Ordering::SeqCst) {
-            return !stop.load(Ordering::SeqCst);
-        }
-        match outbox.recv_timeout(Duration::from_millis(left_ms)) {
-            Ok(Outgoing::Message(_)) => {}
-            Ok(Outgoing::PeerUp) | Err(mpsc::RecvTimeoutError::Timeout) => return true,
-            Err(mpsc::RecvTimeoutError::Disconnected) => return false,
-        }
+/// Waits out a back-off, but only until the peer shows it is up (it
+/// dialed us). Returns false when the transport is gone.
+fn back_off(woken: &Receiver<()>, backoff: Duration, stop: &AtomicBool) -> bool {
+    match woken.recv_timeout(backoff) {
+        Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => !stop.load(Ordering::SeqCst),
+        Err(mpsc::RecvTimeoutError::Disconnected) => false,
     }
 }
 
-fn writer_loop(
-    identity: &Identity,
+/// Whether `stream` can take bytes within `wait` (or has an error or a
+/// close to report, which the next write or check finds).
+fn writable_within(stream: &TcpStream, wait: Duration) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(stream, PollFlags::OUT)];
+    let timeout = Timespec {
+        tv_sec: 0,
+        tv_nsec: i64::try_from(wait.as_nanos())
+            .unwrap_or(i64::MAX)
+            .min(999_999_999),
+    };
+    matches!(poll(&mut fds, Some(&timeout)), Ok(n) if n > 0)
+}
+
+/// A peer's link thread: what it dials and as whom.
+struct OutLink<'a> {
+    identity: &'a Identity,
     peer: u16,
     addr: SocketAddr,
     bind_ip: Option<IpAddr>,
-    outbox: &Receiver<Outgoing>,
-    stop: &AtomicBool,
-    links_up: &AtomicUsize,
-) {
-    let mut backoff = BACKOFF_MIN;
-    let mut warned = false;
-    // A frame taken from the queue when the link turned out to be closed:
-    // it goes first on the next link (a vote response must not be lost).
-    let mut carried: Option<Vec<u8>> = None;
-    while !stop.load(Ordering::SeqCst) {
-        let connected = dial(addr, bind_ip, identity.peer_dscp).and_then(|mut stream| {
-            link_options(&stream);
-            stream.set_write_timeout(Some(IO_TIMEOUT))?;
-            handshake(&mut stream, identity, peer, MAGIC)?;
-            Ok(stream)
-        });
-        let mut stream = match connected {
-            Ok(stream) => stream,
-            Err(e) => {
-                if e.kind() == io::ErrorKind::InvalidData && !warned {
-                    warn!(peer, %addr, error = %e, "peer handshake refused");
-                    warned = true;
-                } else {
-                    debug!(peer, %addr, error = %e, "peer unreachable");
+}
+
+impl OutLink<'_> {
+    /// Dials (with back-off), hands the link to `out`, writes what its
+    /// sender could not, notices a closed or stuck link and redials, until
+    /// `stop`.
+    fn run(&self, out: &PeerOut, woken: &Receiver<()>, stop: &AtomicBool, links_up: &AtomicUsize) {
+        let (peer, addr) = (self.peer, self.addr);
+        let mut backoff = BACKOFF_MIN;
+        let mut warned = false;
+        while !stop.load(Ordering::SeqCst) {
+            out.lock().backing_off = false;
+            let connected = self.dial();
+            let (stream, watch) = match connected {
+                Ok(pair) => pair,
+                Err(e) => {
+                    if e.kind() == io::ErrorKind::InvalidData && !warned {
+                        warn!(peer, %addr, error = %e, "peer handshake refused");
+                        warned = true;
+                    } else {
+                        debug!(peer, %addr, error = %e, "peer unreachable");
+                    }
+                    {
+                        let mut state = out.lock();
+                        state.clear();
+                        state.backing_off = true;
+                    }
+                    if !back_off(woken, backoff, stop) {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
                 }
-                carried = None;
-                if !back_off(outbox, backoff, stop) {
-                    return;
+            };
+            backoff = BACKOFF_MIN;
+            warned = false;
+            info!(peer, %addr, "peer connected (outbound)");
+            let up = Up::new(links_up);
+            out.lock().install(stream);
+            let why = self.serve(out, woken, stop, &watch);
+            drop(up);
+            drop(out.lock().take_link());
+            // Wake-ups meant for the link just closed.
+            while woken.try_recv().is_ok() {}
+            match why {
+                None => return,
+                Some(why) => info!(peer, %addr, why, "peer link lost (outbound); reconnecting"),
+            }
+        }
+    }
+
+    /// Dials and handshakes; the link non-blocking, and a handle on the same
+    /// socket for this thread's checks.
+    fn dial(&self) -> io::Result<(TcpStream, TcpStream)> {
+        let mut stream = dial(self.addr, self.bind_ip, self.identity.peer_dscp)?;
+        link_options(&stream);
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        handshake(&mut stream, self.identity, self.peer, MAGIC)?;
+        stream.set_nonblocking(true)?;
+        let watch = stream.try_clone()?;
+        Ok((stream, watch))
+    }
+
+    /// Keeps an established link: writes the backlog the sender left when
+    /// the socket is writable, checks an idle link every `LINK_CHECK`.
+    /// Returns why the link is done, or `None` when the transport stops.
+    fn serve(
+        &self,
+        out: &PeerOut,
+        woken: &Receiver<()>,
+        stop: &AtomicBool,
+        watch: &TcpStream,
+    ) -> Option<&'static str> {
+        // Since when queued frames have waited without a byte going out.
+        let mut stuck_since_ms: Option<u64> = None;
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return None;
+            }
+            let (failed, pending) = {
+                let state = out.lock();
+                (state.failed, !state.frames.is_empty())
+            };
+            if failed {
+                return Some("closed by the peer, or a write failed");
+            }
+            if pending {
+                writable_within(watch, LINK_CHECK);
+                let mut state = out.lock();
+                let before = (state.frames.len(), state.written);
+                if link_closed(watch) {
+                    state.failed = true;
+                    continue;
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                match state.flush() {
+                    Ok(true) => stuck_since_ms = None,
+                    Ok(false) if (state.frames.len(), state.written) != before => {
+                        stuck_since_ms = None;
+                    }
+                    Ok(false) => {
+                        let now = monotonic_ms();
+                        let since = *stuck_since_ms.get_or_insert(now);
+                        if now.saturating_sub(since) > IO_TIMEOUT.as_millis() as u64 {
+                            return Some("the peer took nothing for IO_TIMEOUT");
+                        }
+                    }
+                    Err(_) => state.failed = true,
+                }
                 continue;
             }
-        };
-        backoff = BACKOFF_MIN;
-        warned = false;
-        info!(peer, %addr, "peer connected (outbound)");
-        let _up = Up::new(links_up);
-        loop {
-            let bytes = match carried.take() {
-                Some(bytes) => bytes,
-                None => match outbox.recv_timeout(LINK_CHECK) {
-                    Ok(Outgoing::Message(message)) => match message.write_to_bytes() {
-                        Ok(bytes) => bytes,
-                        Err(e) => {
-                            warn!(peer, error = %e, "could not encode a raft message");
-                            continue;
-                        }
-                    },
-                    Ok(Outgoing::PeerUp) | Err(mpsc::RecvTimeoutError::Timeout) => {
-                        if stop.load(Ordering::SeqCst) {
-                            return;
-                        }
-                        if link_closed(&stream) {
-                            info!(peer, %addr, "peer closed the link (outbound); reconnecting");
-                            break;
-                        }
-                        continue;
-                    }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                },
-            };
-            if link_closed(&stream) {
-                info!(peer, %addr, "peer closed the link (outbound); reconnecting");
-                carried = Some(bytes);
-                break;
+            stuck_since_ms = None;
+            match woken.recv_timeout(LINK_CHECK) {
+                Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
             }
-            if let Err(e) = write_frame(&mut stream, &bytes) {
-                info!(peer, %addr, error = %e, "peer disconnected (outbound); reconnecting");
-                carried = Some(bytes);
-                break;
+            if link_closed(watch) {
+                out.lock().failed = true;
             }
         }
     }
@@ -1101,6 +1377,158 @@ mod tests {
             .expect("the first message after the restart is delivered");
         assert_eq!(got.commit, 2);
         second_run.stop();
+        two.stop();
+    }
+
+    /// A connected pair of loopback TCP sockets: (ours, the peer's).
+    fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let ours = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (theirs, _) = listener.accept().expect("accept");
+        ours.set_nonblocking(true).expect("non-blocking");
+        (ours, theirs)
+    }
+
+    /// Reads from `stream` until `len` bytes came.
+    fn read_exactly(stream: &mut TcpStream, len: usize) -> Vec<u8> {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut got = vec![0u8; len];
+        stream.read_exact(&mut got).expect("the bytes arrive");
+        got
+    }
+
+    #[test]
+    fn a_backlog_the_socket_did_not_take_goes_out_whole_and_in_order() {
+        let (ours, mut theirs) = socket_pair();
+        let mut state = OutState {
+            link: Some(ours),
+            ..OutState::default()
+        };
+        // Frames of distinct bytes until the socket buffers are full (the
+        // peer reads nothing yet), then some more.
+        let mut expected = Vec::new();
+        let mut n = 0u32;
+        loop {
+            let payload = vec![u8::try_from(n % 251).expect("small"); 1000 + (n as usize % 7)];
+            let frame = frame(&payload).expect("frame");
+            expected.extend_from_slice(&frame);
+            assert!(state.queue(frame).is_ok());
+            n += 1;
+            if !state.flush().expect("writes") {
+                break;
+            }
+        }
+        for _ in 0..10 {
+            let frame = frame(&[0xab; 3000]).expect("frame");
+            expected.extend_from_slice(&frame);
+            assert!(state.queue(frame).is_ok());
+        }
+        assert!(state.bytes > 0, "the socket was full, so bytes wait");
+        // The peer reads; every flush writes what it can, in order.
+        let reader =
+            std::thread::spawn(move || read_exactly(&mut theirs, expected.len()) == expected);
+        while !state.flush().expect("writes") {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!((state.frames.len(), state.bytes, state.written), (0, 0, 0));
+        assert!(
+            reader.join().expect("reader"),
+            "the bytes differ from the frames queued"
+        );
+    }
+
+    #[test]
+    fn a_frame_cut_short_goes_whole_on_the_next_link() {
+        let first = frame(b"first frame").expect("frame");
+        let second = frame(b"second").expect("frame");
+        let (old_link, _) = socket_pair();
+        let (new_link, mut theirs) = socket_pair();
+        let mut state = OutState::default();
+        state.install(old_link);
+        state.failed = true; // Nothing goes out on it.
+        assert!(state.queue(first.clone()).is_ok());
+        assert!(state.queue(second.clone()).is_ok());
+        // As if 5 bytes of the first frame went out before the link failed.
+        state.written = 5;
+        assert!(state.take_link().is_some());
+        state.install(new_link);
+        assert!(!state.failed);
+        let mut expected = first;
+        expected.extend_from_slice(&second);
+        assert_eq!(read_exactly(&mut theirs, expected.len()), expected);
+        assert_eq!((state.frames.len(), state.bytes), (0, 0));
+    }
+
+    #[test]
+    fn an_unreachable_peer_queues_nothing_and_a_full_backlog_drops_new_frames() {
+        let mut state = OutState {
+            backing_off: true,
+            ..OutState::default()
+        };
+        assert!(
+            state.queue(vec![0; 8]).is_err(),
+            "dropped while backing off"
+        );
+        state.backing_off = false;
+        for _ in 0..BACKLOG_FRAMES_MAX {
+            assert!(state.queue(vec![0; 8]).is_ok());
+        }
+        assert!(
+            state.queue(vec![0; 8]).is_err(),
+            "dropped beyond the frame cap"
+        );
+        state.clear();
+        assert!(state.queue(vec![0; BACKLOG_BYTES_MAX]).is_ok());
+        assert!(
+            state.queue(vec![0; 1]).is_err(),
+            "dropped beyond the byte cap"
+        );
+    }
+
+    #[test]
+    fn thousands_of_messages_sent_at_once_all_arrive_in_order() {
+        // Far more than a socket holds: the sender writes what the socket
+        // takes, the link thread the rest, and none is dropped or reordered.
+        let (tx, inbox) = flume::bounded(20_000);
+        let two = Transport::start(
+            2,
+            "test",
+            SECRET,
+            "127.0.0.1:0".parse().expect("addr"),
+            &[(1, "127.0.0.1:9".parse().expect("addr"))],
+            tx,
+        )
+        .expect("start");
+        let (_tx1, _inbox1) = flume::bounded::<Message>(1);
+        let one = Transport::start(
+            1,
+            "test",
+            SECRET,
+            "127.0.0.1:0".parse().expect("addr"),
+            &[(2, two.local_addr())],
+            _tx1,
+        )
+        .expect("start");
+        wait_connected(&one);
+        // 8 MiB in one call: more than the socket takes at once, within
+        // the backlog's caps.
+        let count = BACKLOG_FRAMES_MAX as u64 - 96;
+        let mut messages = Vec::new();
+        for commit in 1..=count {
+            let mut message = heartbeat(1, 2, commit);
+            message.context = vec![7; 2048].into();
+            messages.push(message);
+        }
+        one.send(messages);
+        for commit in 1..=count {
+            let got = inbox
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("message {commit} of {count} did not arrive: {e}"));
+            assert_eq!(got.commit, commit, "in the order sent");
+        }
+        one.stop();
         two.stop();
     }
 }
