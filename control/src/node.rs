@@ -52,6 +52,9 @@ const PROPOSALS_PER_TURN_MAX: usize = 16_384;
 /// grant).
 const PRUNE_PER_TURN_MAX: usize = 4_096;
 
+/// Bytes reserved ahead of the raft log's end (see `RaftLog::preallocate`).
+const LOG_PREALLOCATE: u64 = 4 << 20;
+
 /// Shortest cluster secret accepted.
 const SECRET_MIN: usize = 16;
 
@@ -397,12 +400,15 @@ impl Node {
             config.node.id,
             options.failpoints,
         )?;
-        if recovered.torn_bytes > 0 {
+        // Zeros at the end are the space reserved ahead of the log.
+        let torn = recovered.torn_bytes - recovered.zero_tail;
+        if torn > 0 {
             warn!(
-                bytes = recovered.torn_bytes,
+                bytes = torn,
                 "cut a torn record off the end of the raft log"
             );
         }
+        log.preallocate(LOG_PREALLOCATE)?;
         let fresh = !recovered.existed && legacy_epoch.is_none();
         let mut restored = Restored::from(recovered);
         if let Some(epoch) = legacy_epoch {

@@ -470,3 +470,119 @@ fn the_fsync_failpoint_stalls_until_removed() {
     );
     remover.join().expect("remover");
 }
+
+/// An entry carrying `len` bytes.
+fn big_entry(index: u64, term: u64, len: usize) -> Entry {
+    Entry {
+        index,
+        term,
+        data: vec![index as u8; len].into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_preallocated_log_keeps_space_ahead_and_recovers_every_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(LOG_FILE);
+    let len = || fs::metadata(&path).expect("metadata").len();
+    let chunk = 64 << 10;
+    let (mut log, _) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+    log.preallocate(chunk).expect("reserve");
+    assert_eq!(len(), log.end + chunk, "reserved ahead of the header");
+    log.set_conf_state(&conf(&[1, 2, 3]));
+    // 300 batches of about 1 KiB: the reserve runs out several times.
+    for index in 1..=300 {
+        log.append(&[big_entry(index, 1, 1000)]);
+        log.set_hard_state(&hard_state(1, 1, index - 1));
+        log.sync().expect("sync");
+        assert!(len() >= log.end, "batch {index} is inside the file");
+    }
+    let end = log.end;
+    assert!(end > 4 * chunk, "the test crosses several reserves");
+    assert!(len() > end, "space is reserved after the last batch");
+    drop(log);
+    let file_len = len();
+    let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+    assert_eq!(recovered.entries.len(), 300);
+    assert_eq!(recovered.hard_state, hard_state(1, 1, 299));
+    assert_eq!(recovered.torn_bytes, file_len - end, "the reserve is cut");
+    assert_eq!(
+        recovered.zero_tail, recovered.torn_bytes,
+        "and it was zeros"
+    );
+    assert_eq!(len(), end);
+    // Reserved again, and the log goes on after the last batch.
+    log.preallocate(chunk).expect("reserve");
+    assert_eq!(len(), end + chunk);
+    log.append(&[big_entry(301, 2, 10)]);
+    log.set_hard_state(&hard_state(2, 0, 300));
+    log.sync().expect("sync");
+    drop(log);
+    let (_, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+    assert_eq!(recovered.entries.len(), 301);
+    assert_eq!(recovered.hard_state, hard_state(2, 0, 300));
+}
+
+#[test]
+fn a_torn_batch_before_the_reserved_space_is_cut_and_told_apart_from_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let full = history(dir.path());
+    let states = history_states(&full);
+    let (start, before) = states[states.len() - 2].clone();
+    let reserve = 8192;
+    // Every whole prefix followed by reserved zeros recovers that prefix.
+    for (end, expected) in &states[1..] {
+        let mut bytes = full[..*end].to_vec();
+        bytes.resize(end + reserve, 0);
+        let (_dir, recovered) = open_bytes(&bytes);
+        let recovered = recovered.unwrap_or_else(|e| panic!("prefix {end} refused: {e}"));
+        assert_eq!(&state(&recovered), expected, "prefix {end}");
+        assert_eq!(recovered.torn_bytes, reserve as u64);
+        assert_eq!(recovered.zero_tail, reserve as u64);
+    }
+    // The last batch damaged, the reserve after it: the batch is cut, and
+    // only its bytes count as torn.
+    for at in start..full.len() {
+        let mut bytes = full.clone();
+        bytes[at] ^= 0x5a;
+        bytes.resize(full.len() + reserve, 0);
+        let (_dir, recovered) = open_bytes(&bytes);
+        let recovered = recovered.unwrap_or_else(|e| panic!("byte {at} refused: {e}"));
+        assert_eq!(state(&recovered), before, "byte {at}");
+        assert_eq!(recovered.torn_bytes, (bytes.len() - start) as u64);
+        assert_eq!(
+            recovered.torn_bytes - recovered.zero_tail,
+            (full.len() - start) as u64,
+            "byte {at}: the torn batch ends in a non-zero byte"
+        );
+    }
+}
+
+#[test]
+fn compaction_reserves_space_in_the_new_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(LOG_FILE);
+    let chunk = 32 << 10;
+    let (mut log, _) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+    log.preallocate(chunk).expect("reserve");
+    log.append(&[entry(1, 1), entry(2, 1)]);
+    log.set_hard_state(&hard_state(1, 1, 2));
+    log.sync().expect("sync");
+    log.compact(&snapshot(1, 1), &hard_state(1, 1, 2), &[entry(2, 1)])
+        .expect("compact");
+    assert_eq!(
+        fs::metadata(&path).expect("metadata").len(),
+        log.end + chunk
+    );
+    log.append(&[entry(3, 1)]);
+    log.sync().expect("sync");
+    drop(log);
+    let (_, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+    assert_eq!(state(&recovered).3, [(2, 1), (3, 1)]);
+    assert_eq!(
+        recovered.torn_bytes, recovered.zero_tail,
+        "only the reserve was cut"
+    );
+    assert!(recovered.zero_tail > 0);
+}
