@@ -397,6 +397,9 @@ struct MuxState {
     broken: Option<String>,
     /// A goodbye is queued: the sender stops once it is written.
     closing: bool,
+    /// Writes the sender handed to the socket (each a batch of requests or
+    /// a large payload): what batching saves shows here.
+    writes: u64,
 }
 
 #[derive(Debug)]
@@ -519,6 +522,7 @@ async fn send_requests(mux: Rc<Mux>, mut stream: SharedStream) {
             mux.fail(&format!("sending: {e}"));
             return;
         }
+        mux.state.borrow_mut().writes += 1;
         match chunk {
             Chunk::Batch(mut batch) if batch.capacity() <= SEND_KEEP_MAX => {
                 batch.clear();
@@ -777,5 +781,116 @@ impl NbdUpstream {
         };
         let _ = futures_lite::future::or(sent, waited).await;
         drop(self.receiver);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A minimal upstream NBD server on a thread: negotiates one export of
+    /// `size` bytes, then answers every request it reads (writes and
+    /// flushes with success), and returns how many requests it answered
+    /// once the client says goodbye.
+    fn fake_upstream(size: u64) -> (SocketAddr, std::thread::JoinHandle<usize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut greeting = Vec::new();
+            greeting.extend_from_slice(&NBDMAGIC.to_be_bytes());
+            greeting.extend_from_slice(&IHAVEOPT.to_be_bytes());
+            greeting.extend_from_slice(&NBD_FLAG_FIXED_NEWSTYLE.to_be_bytes());
+            s.write_all(&greeting).expect("greeting");
+            let mut client_flags = [0u8; 4];
+            s.read_exact(&mut client_flags).expect("client flags");
+            let mut head = [0u8; 16];
+            s.read_exact(&mut head).expect("option header");
+            let len = u32::from_be_bytes(head[12..16].try_into().expect("4"));
+            let mut data = vec![0u8; len as usize];
+            s.read_exact(&mut data).expect("option data");
+            let option_reply = |s: &mut std::net::TcpStream, kind: u32, data: &[u8]| {
+                let mut out = Vec::new();
+                out.extend_from_slice(&OPT_REPLY_MAGIC.to_be_bytes());
+                out.extend_from_slice(&NBD_OPT_GO.to_be_bytes());
+                out.extend_from_slice(&kind.to_be_bytes());
+                out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+                out.extend_from_slice(data);
+                s.write_all(&out).expect("option reply");
+            };
+            let mut info = Vec::new();
+            info.extend_from_slice(&NBD_INFO_EXPORT.to_be_bytes());
+            info.extend_from_slice(&size.to_be_bytes());
+            info.extend_from_slice(&NBD_FLAG_SEND_TRIM.to_be_bytes());
+            option_reply(&mut s, NBD_REP_INFO, &info);
+            option_reply(&mut s, NBD_REP_ACK, &[]);
+            let mut answered = 0;
+            loop {
+                let mut request = [0u8; 28];
+                if s.read_exact(&mut request).is_err() {
+                    return answered;
+                }
+                let command = u16::from_be_bytes([request[6], request[7]]);
+                let cookie = &request[8..16];
+                let len = u32::from_be_bytes(request[24..28].try_into().expect("4"));
+                if command == NBD_CMD_DISC {
+                    return answered;
+                }
+                if command == NBD_CMD_WRITE {
+                    let mut payload = vec![0u8; len as usize];
+                    s.read_exact(&mut payload).expect("payload");
+                }
+                let mut reply = Vec::new();
+                reply.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+                reply.extend_from_slice(&0u32.to_be_bytes());
+                reply.extend_from_slice(cookie);
+                s.write_all(&reply).expect("reply");
+                answered += 1;
+            }
+        });
+        (addr, server)
+    }
+
+    /// Calls started in one executor turn go to the upstream server in one
+    /// write, however many there are.
+    #[test]
+    fn requests_ready_together_go_out_in_one_write() {
+        const CALLS: usize = 8;
+        let (addr, server) = fake_upstream(1 << 20);
+        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(move || async move {
+                let pool = Rc::new(BufPool::default());
+                let upstream = Rc::new(
+                    NbdUpstream::connect(addr, "disk", pool)
+                        .await
+                        .expect("connect"),
+                );
+                assert_eq!(upstream.size, 1 << 20);
+                // Every call encodes its request before any task awaits
+                // the socket: they are all ready when the sender runs.
+                let calls: Vec<_> = (0..CALLS)
+                    .map(|i| {
+                        let upstream = upstream.clone();
+                        glommio::spawn_local(async move {
+                            let offset = (i * 4096) as u64;
+                            upstream
+                                .call(NBD_CMD_WRITE, 0, offset, 4096, vec![i as u8; 4096])
+                                .await
+                        })
+                    })
+                    .collect();
+                for call in calls {
+                    call.await.expect("write answered");
+                }
+                let writes = upstream.mux.state.borrow().writes;
+                let upstream = Rc::try_unwrap(upstream).expect("the calls are done");
+                upstream.disconnect().await;
+                writes
+            })
+            .expect("executor");
+        let writes = executor.join().expect("executor ran");
+        assert_eq!(server.join().expect("fake upstream"), CALLS);
+        assert_eq!(writes, 1, "{CALLS} ready requests took {writes} writes");
     }
 }
