@@ -70,6 +70,7 @@ use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
 use tracing::{debug, info, warn};
 
 use palisade_host::clock::monotonic_ms;
+use palisade_host::throttle::LogThrottle;
 
 const MAGIC: &[u8; 8] = b"PLSDPEER";
 /// The magic of a probe link's hello.
@@ -665,6 +666,7 @@ fn accept_loop(
     let max = inbound_max(known.len() + 1);
     let generations: Generations = Arc::default();
     let mut refused_at_ms = 0;
+    let mut accept_log = LogThrottle::new(1_000);
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, from)) => {
@@ -708,7 +710,11 @@ fn accept_loop(
                 std::thread::sleep(Duration::from_millis(10));
             }
             Err(e) => {
-                warn!(error = %e, "peer accept failed");
+                // Out of file descriptors, say: it fails as fast as it is
+                // retried, so log once a second.
+                if let Some(suppressed) = accept_log.failed(monotonic_ms()) {
+                    warn!(error = %e, suppressed, "peer accept failed (more failures since the last line: suppressed)");
+                }
                 std::thread::sleep(Duration::from_millis(50));
             }
         }

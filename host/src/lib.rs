@@ -20,6 +20,8 @@
 //! - [`notify`]: systemd's notify protocol and the watchdog decision.
 //! - [`rlimit`]: raising the soft `RLIMIT_NOFILE` towards what a daemon
 //!   needs.
+//! - [`throttle`]: a repeating failure's log line at most once per
+//!   interval, with the count it stands for (the accept loops).
 //!
 //! What it never does: know about leases, tokens, raft or NBD; panic on
 //! input from the network; or pull in an async runtime unless the
@@ -55,3 +57,4 @@ pub mod heartbeat;
 pub mod mark;
 pub mod notify;
 pub mod rlimit;
+pub mod throttle;

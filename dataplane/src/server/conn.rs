@@ -22,6 +22,7 @@ use crate::metrics::{Closed, CoreStats};
 use crate::service::{Conn, Outcome, Phase, RequestMeta};
 use crate::waiters::WaitEvent;
 use palisade_host::clock::{monotonic_ms, monotonic_ns};
+use palisade_host::throttle::LogThrottle;
 
 /// Receive buffer a connection starts with; it grows up to one maximal frame.
 const RECV_BUF_INITIAL: usize = 4096;
@@ -56,35 +57,9 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(100);
 /// line counts the failures it stands for.
 const ACCEPT_LOG_INTERVAL_MS: u64 = 1_000;
 
-/// Rate-limits the log of failed accepts: one line per
-/// [`ACCEPT_LOG_INTERVAL_MS`], with the number of failures not logged since
-/// the last line.
-#[derive(Debug, Default)]
-pub(crate) struct AcceptLog {
-    logged_ms: Option<u64>,
-    suppressed: u64,
-}
-
-impl AcceptLog {
-    /// A failure at `now_ms`: `Some(count)` means log now, `count` being the
-    /// failures suppressed since the last line.
-    pub(crate) fn failed(&mut self, now_ms: u64) -> Option<u64> {
-        match self.logged_ms {
-            Some(at) if now_ms < at + ACCEPT_LOG_INTERVAL_MS => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.logged_ms = Some(now_ms);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
-
 pub(super) async fn accept_loop(ctx: Rc<CoreCtx>, listener: TcpListener) {
     let mut backoff = ACCEPT_BACKOFF_MIN;
-    let mut log = AcceptLog::default();
+    let mut log = LogThrottle::new(ACCEPT_LOG_INTERVAL_MS);
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => {

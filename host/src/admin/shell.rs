@@ -19,6 +19,7 @@ use tracing::{debug, warn};
 use super::{Pages, Route, Status};
 use crate::admin::{self, Head};
 use crate::clock::monotonic_ms;
+use crate::throttle::LogThrottle;
 
 /// Hands a bound, listening socket (from [`super::bind_listener`], or any
 /// other the caller bound and listened on) to glommio.
@@ -45,12 +46,22 @@ pub async fn accept_loop<P: Pages + 'static>(
     queue: TaskQueueHandle,
 ) {
     let active = Rc::new(Cell::new(0usize));
+    // Out of file descriptors, accepts fail as fast as they are retried:
+    // back off (10 ms doubling to 100) and log once a second.
+    let mut log = LogThrottle::new(1_000);
+    let mut backoff = Duration::from_millis(10);
     loop {
         let mut stream = match listener.accept().await {
-            Ok(stream) => stream,
+            Ok(stream) => {
+                backoff = Duration::from_millis(10);
+                stream
+            }
             Err(e) => {
-                warn!(error = %e, "admin accept failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
+                if let Some(suppressed) = log.failed(monotonic_ms()) {
+                    warn!(error = %e, suppressed, "admin accept failed (more failures since the last line: suppressed)");
+                }
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(100));
                 continue;
             }
         };
