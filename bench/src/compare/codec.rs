@@ -67,6 +67,11 @@ pub enum Outcome {
     Done,
     /// Renew or Check: the lock is no longer ours.
     Stale,
+    /// Any request: the server pushed back because this connection has
+    /// too much pending (Palisade's `too_many_waiters` when its uncommitted
+    /// changes reach `limits.pending_per_connection_max`): the load is past
+    /// what it sustains, as when the generator's own cap is reached.
+    Overloaded,
 }
 
 /// Settings every codec of a run shares.

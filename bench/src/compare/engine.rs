@@ -525,6 +525,8 @@ pub(crate) fn run(spec: &RunSpec, codec: &dyn Fn() -> Result<Box<dyn Codec>>) ->
     let mut arrivals: u64 = 0;
     let mut next_conn = 0;
     let mut outstanding = 0usize;
+    // The server answered a request with back-pressure (`Outcome::Overloaded`).
+    let mut refused = false;
     let mut events = Vec::with_capacity(spec.connections.max(16));
     let mut holder_seq = 0u64;
     // A closed loop starts its cycles at once (the warm-up is not
@@ -561,11 +563,15 @@ pub(crate) fn run(spec: &RunSpec, codec: &dyn Fn() -> Result<Box<dyn Codec>>) ->
             conn.flush()?;
             unsent |= conn.has_unsent();
         }
-        if outstanding > spec.outstanding_max {
-            result.overloaded = Some(format!(
-                "more than {} requests unanswered at once",
-                spec.outstanding_max
-            ));
+        if outstanding > spec.outstanding_max || refused {
+            result.overloaded = Some(if refused {
+                "the server pushed back: too many requests pending on a connection".to_string()
+            } else {
+                format!(
+                    "more than {} requests unanswered at once",
+                    spec.outstanding_max
+                )
+            });
             // Rates are per recorded second actually run.
             result.seconds = (now.saturating_sub(record_from) as f64 / 1e9).max(1e-3);
             break;
@@ -627,6 +633,11 @@ pub(crate) fn run(spec: &RunSpec, codec: &dyn Fn() -> Result<Box<dyn Codec>>) ->
                     }
                     (Op::Release { .. } | Op::Renew { .. } | Op::Check { .. }, Outcome::Stale) => {
                         result.stale += u64::from(recorded);
+                    }
+                    (_, Outcome::Overloaded) => {
+                        // Cut short below, as at the generator's own cap.
+                        refused = true;
+                        continue;
                     }
                     (op, outcome) => bail!("{op:?} was answered {outcome:?}"),
                 }

@@ -17,7 +17,7 @@ use palisade_client::handshake::{FramedHandshake, Progress};
 use palisade_client::Identity;
 use palisade_proto::frame::decode_frame;
 use palisade_proto::{
-    access_response, encode_request, ArchivedResponse, Decoded, FrameBuf, Request,
+    access_response, encode_request, ArchivedResponse, Decoded, ErrorCode, FrameBuf, Request,
 };
 
 use super::codec::{Codec, CodecConfig, Held, Op, Outcome};
@@ -158,6 +158,9 @@ impl Codec for PalisadeCodec {
                 | ArchivedResponse::Renewed { .. }
                 | ArchivedResponse::Current { .. } => Outcome::Done,
                 ArchivedResponse::Stale { .. } => Outcome::Stale,
+                ArchivedResponse::Error { code, .. } if *code == ErrorCode::TooManyWaiters => {
+                    Outcome::Overloaded
+                }
                 other => bail!("Palisade answered request {id} with {other:?}"),
             };
             replies.push((id, outcome));
@@ -316,6 +319,23 @@ mod tests {
             .decode(&error, &mut Vec::new(), &mut Vec::new())
             .unwrap_err();
         assert!(err.to_string().contains("request 5"), "{err}");
+        // Back-pressure on a connection is overload, not a broken server.
+        let pushed_back = wire(&[
+            (0, welcome()),
+            (
+                6,
+                Response::Error {
+                    code: ErrorCode::TooManyWaiters,
+                    retry_after_ms: 100,
+                    message: "pending".into(),
+                },
+            ),
+        ]);
+        let mut replies = Vec::new();
+        codec()
+            .decode(&pushed_back, &mut replies, &mut Vec::new())
+            .expect("decoded");
+        assert_eq!(replies, vec![(6, Outcome::Overloaded)]);
     }
 
     #[test]
