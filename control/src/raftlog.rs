@@ -35,7 +35,8 @@
 //! ([`RaftLog::preallocate`], which the node uses): a batch then lands in
 //! blocks the file already owns, and its fdatasync writes the data alone,
 //! not the file's new size and block map as well — on this project's test
-//! disk about a quarter less time and CPU per sync. The reserved space
+//! disk a quarter to a half less time per sync (`benches/raftlog.rs`). The
+//! reserved space
 //! reads as zeros, which recovery treats as what it is: no whole batch
 //! follows, so it is cut like a torn tail ([`Recovered::zero_tail`] says
 //! how much of what was cut was zeros) and reserved again.
