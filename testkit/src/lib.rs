@@ -31,6 +31,7 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 /// Sleeps `ms` milliseconds.
@@ -38,16 +39,49 @@ pub fn sleep_ms(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
 }
 
-/// A free loopback address (bind port 0, read it, close).
+/// The lowest port [`free_addr`] hands out.
+const LISTEN_PORTS_FROM: u32 = 10_000;
+
+/// A free loopback address: a port nothing listens on right now, taken
+/// from below the kernel's ephemeral range.
+///
+/// Binding port 0 and closing it (what this did before) races with every
+/// outbound `connect` on the machine: the kernel hands the same ephemeral
+/// range to connecting sockets, so between the test picking the port and
+/// the daemon binding it, a relay or client dialling somewhere could take
+/// it ("Address already in use", a CI failure). Ports below
+/// `ip_local_port_range` are never handed out implicitly; a per-process
+/// cursor (started at a pid-derived offset) keeps this process's tests and
+/// another test binary from taking the same one.
 #[must_use]
 pub fn free_addr() -> SocketAddr {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let below = ephemeral_low().unwrap_or(32_768);
+    if below > LISTEN_PORTS_FROM + 1_000 {
+        let span = below - LISTEN_PORTS_FROM;
+        let start = std::process::id().wrapping_mul(7_919) % span;
+        for _ in 0..span {
+            let k = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = LISTEN_PORTS_FROM + (start + k) % span;
+            let port = u16::try_from(port).expect("below the ephemeral range");
+            if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+                return listener.local_addr().expect("addr");
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
         .expect("addr")
 }
 
-/// A free loopback port (bind 0, read it, close).
+/// The first port of the kernel's ephemeral range, if it can be read.
+fn ephemeral_low() -> Option<u32> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
+}
+
+/// A free loopback port (see [`free_addr`]).
 #[must_use]
 pub fn free_port() -> u16 {
     free_addr().port()
@@ -154,6 +188,22 @@ mod tests {
         let addr = free_addr();
         assert!(addr.ip().is_loopback());
         TcpListener::bind(addr).expect("still free");
+    }
+
+    #[test]
+    fn free_ports_stay_out_of_the_ephemeral_range_and_differ() {
+        let low = ephemeral_low().expect("linux has the range");
+        let ports: Vec<u16> = (0..64).map(|_| free_port()).collect();
+        for &port in &ports {
+            assert!(
+                u32::from(port) < low,
+                "port {port} is in the ephemeral range"
+            );
+        }
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "a port handed out twice");
     }
 
     #[test]
