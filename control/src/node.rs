@@ -26,6 +26,7 @@ use palisade_dataplane::service::{ControlStats, CoreStats, RequestService, Servi
 use palisade_dataplane::table::{KeyHasher, LeaseTable};
 use palisade_host::affinity::{self, cpu_list, Tid};
 use palisade_host::clock::{monotonic_ms, unix_ms};
+use palisade_host::doorbell::Doorbell;
 use palisade_proto::auth::StoredCredential;
 use palisade_proto::Role;
 use palisade_tuning::{Config, CoreSelection, Replication};
@@ -37,9 +38,6 @@ use crate::datadir::{DataDir, DataDirError};
 use crate::raftlog::{LogError, RaftLog};
 use crate::transport::Transport;
 
-/// Peer messages waiting for the control thread before new ones are
-/// dropped (raft retransmits).
-const INBOX_MAX: usize = 8192;
 /// Peer messages stepped in one turn at most, after the first.
 const STEPS_PER_TURN_MAX: usize = 1024;
 /// Grants and releases the data plane may have queued for the control
@@ -109,6 +107,9 @@ pub enum NodeError {
     /// Raft state could not be made durable: the node stopped granting.
     #[error("raft state could not be made durable; stopping")]
     NotDurable(#[source] CoreError),
+    /// The control thread's doorbell (an `eventfd`) could not be made.
+    #[error("creating the control thread's doorbell (eventfd)")]
+    Doorbell(#[source] std::io::Error),
     /// The data plane did not start (a port in use, cores that did not come
     /// up).
     #[error("starting the data plane")]
@@ -197,10 +198,11 @@ pub struct Node {
     qos: Option<crate::qos::Installed>,
     /// The control thread's pin off the data-plane cores, if any.
     control_pin: Option<ControlPin>,
-    inbox: flume::Receiver<Message>,
-    /// Kept so that the inbox never disconnects (a cluster of one has no
-    /// transport, and a selector on a closed channel would spin).
-    _inbox_tx: flume::Sender<Message>,
+    /// Rung by the data plane's proposals and the transport's hand-overs
+    /// while the control thread sleeps in `poll()`.
+    doorbell: Arc<Doorbell>,
+    /// Peer messages read in a turn (kept for its allocation).
+    received: Vec<Message>,
     /// Grants and releases from the data plane, to be logged.
     proposals: flume::Receiver<Proposal>,
     /// Kept so that `proposals` never disconnects: without replication the
@@ -301,12 +303,6 @@ fn unpin(pin: &ControlPin) {
     if let Err(e) = affinity::pin_current_thread(&pin.before) {
         debug!(error = %e, "could not give the control thread its CPU mask back");
     }
-}
-
-/// One input the control loop woke up for.
-enum Input {
-    Peer(Message),
-    Proposal(Proposal),
 }
 
 /// Where the node keeps its state when neither `--data-dir` nor the config
@@ -528,6 +524,7 @@ impl Node {
             .peers
             .store(voters.len().saturating_sub(1) as u64, Ordering::Relaxed);
         let (proposals_tx, proposals) = flume::bounded(PROPOSALS_MAX);
+        let doorbell = Arc::new(Doorbell::new().map_err(NodeError::Doorbell)?);
         let (notices, notice_rxs): (Vec<_>, Vec<_>) =
             (0..cores).map(|_| flume::unbounded()).unzip();
         let server_options = ServerOptions {
@@ -549,6 +546,7 @@ impl Node {
             admin: config.admin.listen,
             replica: replicated.then(|| ReplicaLink {
                 proposals: proposals_tx.clone(),
+                doorbell: doorbell.clone(),
                 notices: notice_rxs,
             }),
         };
@@ -566,7 +564,6 @@ impl Node {
             .control_pinned
             .store(u64::from(control_pin.is_some()), Ordering::Relaxed);
 
-        let (inbox_tx, inbox) = flume::bounded(INBOX_MAX);
         let transport = match config.peer_listen() {
             Some(listen) if !alone => {
                 let peers: Vec<(u16, std::net::SocketAddr)> = members
@@ -581,7 +578,7 @@ impl Node {
                         &secret,
                         listen,
                         &peers,
-                        inbox_tx.clone(),
+                        doorbell.clone(),
                         config.qos.peer_dscp,
                     )
                     .map_err(|source| NodeError::Transport { listen, source })?,
@@ -612,8 +609,8 @@ impl Node {
             transport,
             qos,
             control_pin,
-            inbox,
-            _inbox_tx: inbox_tx,
+            doorbell,
+            received: Vec::new(),
             proposals,
             _proposals_tx: proposals_tx,
             notices,
@@ -722,31 +719,31 @@ impl Node {
             };
         }
         let until_tick = Duration::from_millis(self.next_tick_ms.saturating_sub(now));
-        let first = flume::Selector::new()
-            .recv(&self.inbox, |m| m.ok().map(Input::Peer))
-            .recv(&self.proposals, |p| p.ok().map(Input::Proposal))
-            .wait_timeout(if ready {
-                Duration::ZERO
-            } else {
-                until_tick.min(wait)
-            })
-            .ok()
-            .flatten();
-        let mut batch = Vec::new();
-        match first {
-            Some(Input::Peer(message)) => self.core.step(message, monotonic_ms())?,
-            Some(Input::Proposal(proposal)) => batch.push(proposal),
-            None => {}
-        }
-        // Bounded, so a flood of messages cannot starve ticks; the clock
-        // is read per message, so a leadership that begins in the middle
-        // of a batch is timed when it began.
-        for _ in 0..STEPS_PER_TURN_MAX {
-            let Ok(message) = self.inbox.try_recv() else {
-                break;
-            };
+        // One wait for everything: the peer sockets and the doorbell the
+        // data plane rings with a proposal (see `palisade_host::doorbell`
+        // for why no ring is lost between the look at the queue and the
+        // sleep).
+        self.doorbell.sleep_begins();
+        let wait = if ready || !self.proposals.is_empty() {
+            Duration::ZERO
+        } else {
+            until_tick.min(wait)
+        };
+        let mut received = std::mem::take(&mut self.received);
+        // Bounded, so a flood of messages cannot starve ticks; the rest
+        // waits in the sockets.
+        let rung = match self.transport.as_mut() {
+            Some(transport) => transport.receive(wait, &mut received, STEPS_PER_TURN_MAX),
+            None => !wait.is_zero() && self.doorbell.wait(wait),
+        };
+        self.doorbell.awake(rung);
+        // The clock is read per message, so a leadership that begins in
+        // the middle of a batch is timed when it began.
+        for message in received.drain(..) {
             self.core.step(message, monotonic_ms())?;
         }
+        self.received = received;
+        let mut batch = Vec::new();
         while batch.len() < PROPOSALS_PER_TURN_MAX {
             let Ok(proposal) = self.proposals.try_recv() else {
                 break;

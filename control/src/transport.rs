@@ -16,8 +16,15 @@
 //! does not retransmit vote responses, so one such loss cost an election a
 //! whole timeout. A peer that dials in (it just started) wakes our link
 //! thread to it out of its back-off.
-//! One thread per inbound connection reads frames into the control
-//! thread's inbox. Sockets carry a DSCP (`qos.peer_dscp`, CS6 by default)
+//! Inbound links are read by the control thread itself: a short-lived
+//! thread per inbound connection does the handshake (blocking, with a
+//! deadline) and then hands the socket over; the control thread waits in
+//! one `poll()` on every adopted link and its doorbell
+//! (`palisade_host::doorbell`, rung by the data plane's proposals and by a
+//! hand-over) and reads what arrived in [`Transport::receive`], so an
+//! inbound raft message reaches raft without a hand-off between threads.
+//! At most `max` messages are taken per call; the rest waits in the socket
+//! (TCP pushes back on the sender) rather than being dropped. Sockets carry a DSCP (`qos.peer_dscp`, CS6 by default)
 //! and its `SO_PRIORITY` (see `palisade_host::mark`), `TCP_NODELAY`
 //! and TCP keepalive;
 //! outbound sockets are bound to this node's peer address, so a peer sees
@@ -70,7 +77,9 @@ use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
 use tracing::{debug, info, warn};
 
 use palisade_host::clock::monotonic_ms;
+use palisade_host::doorbell::{poll_for, Doorbell};
 use palisade_host::throttle::LogThrottle;
+use rustix::event::{PollFd, PollFlags};
 
 const MAGIC: &[u8; 8] = b"PLSDPEER";
 /// The magic of a probe link's hello.
@@ -108,8 +117,11 @@ pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(2);
 /// An inbound link that carries nothing for this long is closed; its
 /// dialer reconnects when it has something to say.
 pub const IDLE_MAX: Duration = Duration::from_secs(60);
-/// How often a reader blocked on an idle link looks at its flags.
+/// How often a probe link's reader blocked on an idle link looks at its
+/// flags.
 const READER_POLL: Duration = Duration::from_millis(500);
+/// Bytes an adopted inbound link reads at once (at least).
+const READ_CHUNK: usize = 64 << 10;
 /// Inbound connections (handshaking or not) at once: a few per member.
 fn inbound_max(members: usize) -> usize {
     8 + 2 * members
@@ -126,6 +138,54 @@ pub struct Transport {
     local_addr: SocketAddr,
     /// Outbound links up.
     connected: Arc<AtomicUsize>,
+    self_id: u16,
+    /// Inbound raft links, read by [`Transport::receive`].
+    inbound: Vec<InLink>,
+    /// Where handshake threads leave the links they authenticated.
+    handover: Arc<Handover>,
+}
+
+/// An authenticated inbound raft link, read by the control thread.
+#[derive(Debug)]
+struct InLink {
+    from: u16,
+    remote: SocketAddr,
+    /// Non-blocking.
+    stream: TcpStream,
+    /// Holds whatever the handshake read past the proof.
+    frames: FrameReader,
+    heard_ms: u64,
+    /// Counts against the inbound cap while the link lives.
+    _slot: Slot,
+}
+
+/// Inbound links whose handshake is done, waiting for the control thread
+/// to adopt them.
+#[derive(Debug)]
+struct Handover {
+    links: Mutex<Vec<InLink>>,
+    /// Set with every hand-over, so the control thread looks at `links`
+    /// (a lock) only when there is something there.
+    waiting: AtomicBool,
+    doorbell: Arc<Doorbell>,
+}
+
+impl Handover {
+    fn hand(&self, link: InLink) {
+        self.links
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(link);
+        self.waiting.store(true, Ordering::SeqCst);
+        self.doorbell.ring();
+    }
+
+    fn take(&self) -> Vec<InLink> {
+        if !self.waiting.swap(false, Ordering::SeqCst) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.links.lock().unwrap_or_else(PoisonError::into_inner))
+    }
 }
 
 /// One peer's outbound side: shared by the sender, which queues frames
@@ -308,6 +368,47 @@ impl PeerOut {
     }
 }
 
+impl InLink {
+    /// Reads once if `poll` found the link `readable`, then appends the
+    /// whole frames it holds to `out`, as messages, until `out` holds
+    /// `max`. An error closes the link.
+    fn read_ready(
+        &mut self,
+        readable: bool,
+        self_id: u16,
+        now_ms: u64,
+        out: &mut Vec<Message>,
+        max: usize,
+    ) -> io::Result<()> {
+        if readable {
+            match self.frames.read_from(&mut self.stream, READ_CHUNK) {
+                Ok(_) => self.heard_ms = now_ms,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        while out.len() < max {
+            let Some(frame) = self.frames.take(FRAME_MAX)? else {
+                break;
+            };
+            let message = Message::parse_from_bytes(&frame)
+                .map_err(|e| invalid(format!("bad message: {e}")))?;
+            if message.from != u64::from(self.from) || message.to != u64::from(self_id) {
+                return Err(invalid(format!(
+                    "message from {} to {} on a link from {}",
+                    message.from, message.to, self.from
+                )));
+            }
+            out.push(message);
+        }
+        Ok(())
+    }
+}
+
 /// Link threads by peer id, for the accept loop's wake-up when a peer
 /// dials in.
 type Wakers = HashMap<u16, Arc<PeerOut>>;
@@ -403,10 +504,12 @@ fn invalid(why: String) -> io::Error {
 }
 
 /// Reassembles length-prefixed frames from a socket whose reads may time
-/// out part-way through a frame.
+/// out (or would block) part-way through a frame. Frames are taken from
+/// `start`; the unread rest moves to the front only before the next read.
 #[derive(Debug)]
 struct FrameReader {
     buf: Vec<u8>,
+    start: usize,
     filled: usize,
 }
 
@@ -414,32 +517,85 @@ impl FrameReader {
     fn new() -> FrameReader {
         FrameReader {
             buf: vec![0; 4096],
+            start: 0,
             filled: 0,
+        }
+    }
+
+    /// A whole frame from what was read, if there is one.
+    fn take(&mut self, max: usize) -> io::Result<Option<Vec<u8>>> {
+        let have = self.filled - self.start;
+        if have < 4 {
+            return Ok(None);
+        }
+        let header: [u8; 4] = self.buf[self.start..self.start + 4]
+            .try_into()
+            .expect("4 bytes");
+        let len = u32::from_le_bytes(header) as usize;
+        if len > max {
+            return Err(invalid(format!("frame of {len} bytes exceeds {max}")));
+        }
+        if have < 4 + len {
+            return Ok(None);
+        }
+        let frame = self.buf[self.start + 4..self.start + 4 + len].to_vec();
+        self.start += 4 + len;
+        if self.start == self.filled {
+            (self.start, self.filled) = (0, 0);
+        }
+        Ok(Some(frame))
+    }
+
+    /// Whether a whole frame waits in the buffer (`take` would give it
+    /// or fail on it).
+    fn has_frame(&self) -> bool {
+        let have = self.filled - self.start;
+        have >= 4
+            && have
+                >= 4 + u32::from_le_bytes(
+                    self.buf[self.start..self.start + 4]
+                        .try_into()
+                        .expect("4 bytes"),
+                ) as usize
+    }
+
+    /// One `read` into the buffer, made room for first (at least `chunk`
+    /// bytes free, and the whole of a frame whose header came). End of
+    /// stream is an error: a peer link never ends cleanly mid-protocol.
+    fn read_from(&mut self, stream: &mut TcpStream, chunk: usize) -> io::Result<usize> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.filled, 0);
+            self.filled -= self.start;
+            self.start = 0;
+        }
+        let mut want = self.filled + chunk;
+        if self.filled >= 4 {
+            let len = u32::from_le_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
+            // A longer frame is refused by `take`, not buffered.
+            if len <= FRAME_MAX {
+                want = want.max(4 + len);
+            }
+        }
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        }
+        match stream.read(&mut self.buf[self.filled..])? {
+            0 => Err(io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                self.filled += n;
+                Ok(n)
+            }
         }
     }
 
     /// The next frame, or `None` when a read timed out first.
     fn next(&mut self, stream: &mut TcpStream, max: usize) -> io::Result<Option<Vec<u8>>> {
         loop {
-            if self.filled >= 4 {
-                let len = u32::from_le_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
-                if len > max {
-                    return Err(invalid(format!("frame of {len} bytes exceeds {max}")));
-                }
-                let end = 4 + len;
-                if self.filled >= end {
-                    let frame = self.buf[4..end].to_vec();
-                    self.buf.copy_within(end..self.filled, 0);
-                    self.filled -= end;
-                    return Ok(Some(frame));
-                }
-                if self.buf.len() < end {
-                    self.buf.resize(end, 0);
-                }
+            if let Some(frame) = self.take(max)? {
+                return Ok(Some(frame));
             }
-            match stream.read(&mut self.buf[self.filled..]) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => self.filled += n,
+            match self.read_from(stream, 4096) {
+                Ok(_) => {}
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -480,19 +636,21 @@ impl FrameReader {
 
 impl Transport {
     /// Listens on `listen` and connects to every peer in `peers` (id,
-    /// address; this node excluded). Received messages go to `inbox`.
-    /// `secret` is the cluster secret (empty: none). Peer sockets carry
-    /// [`PEER_DSCP_DEFAULT`]; [`Transport::start_with_dscp`] chooses.
+    /// address; this node excluded). Received messages are read by
+    /// [`Transport::receive`]; a link authenticated while the caller
+    /// sleeps there rings `doorbell`. `secret` is the cluster secret
+    /// (empty: none). Peer sockets carry [`PEER_DSCP_DEFAULT`];
+    /// [`Transport::start_with_dscp`] chooses.
     pub fn start(
         self_id: u16,
         cluster: &str,
         secret: &[u8],
         listen: SocketAddr,
         peers: &[(u16, SocketAddr)],
-        inbox: flume::Sender<Message>,
+        doorbell: Arc<Doorbell>,
     ) -> io::Result<Transport> {
         let dscp = PEER_DSCP_DEFAULT;
-        Transport::start_with_dscp(self_id, cluster, secret, listen, peers, inbox, dscp)
+        Transport::start_with_dscp(self_id, cluster, secret, listen, peers, doorbell, dscp)
     }
 
     /// [`Transport::start`] with peer sockets marked with `peer_dscp`
@@ -503,7 +661,7 @@ impl Transport {
         secret: &[u8],
         listen: SocketAddr,
         peers: &[(u16, SocketAddr)],
-        inbox: flume::Sender<Message>,
+        doorbell: Arc<Doorbell>,
         peer_dscp: u8,
     ) -> io::Result<Transport> {
         let listener = TcpListener::bind(listen)?;
@@ -516,6 +674,11 @@ impl Transport {
             peer_dscp,
         };
         let stop = Arc::new(AtomicBool::new(false));
+        let handover = Arc::new(Handover {
+            links: Mutex::new(Vec::new()),
+            waiting: AtomicBool::new(false),
+            doorbell,
+        });
         let mut threads = Vec::new();
         let outs: Vec<_> = peers.iter().map(|_| PeerOut::new()).collect();
         let wakers: Wakers = peers
@@ -527,11 +690,12 @@ impl Transport {
             let stop = stop.clone();
             let identity = identity.clone();
             let known = peers.to_vec();
+            let handover = handover.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name("palisade-peer-accept".into())
                     .spawn(move || {
-                        accept_loop(&listener, &identity, &known, &inbox, &wakers, &stop);
+                        accept_loop(&listener, &identity, &known, &handover, &wakers, &stop);
                     })?,
             );
         }
@@ -569,7 +733,94 @@ impl Transport {
             threads,
             local_addr,
             connected,
+            self_id,
+            inbound: Vec::new(),
+            handover,
         })
+    }
+
+    /// Waits up to `wait` for inbound raft messages or a ring of the
+    /// doorbell, then reads every link `poll` found readable and appends
+    /// their messages to `out`, `max` at most (the rest stays in the
+    /// socket). Returns whether the doorbell rang (pass it to
+    /// [`Doorbell::awake`]). Call it between [`Doorbell::sleep_begins`]
+    /// and [`Doorbell::awake`]; with `wait` zero it does not sleep.
+    ///
+    /// A link that fails, sends a bad frame or a message that does not
+    /// match its handshake, or idles past [`IDLE_MAX`] is closed and
+    /// logged (its dialer reconnects); a newer link from the same peer
+    /// replaces the older one.
+    pub fn receive(&mut self, wait: Duration, out: &mut Vec<Message>, max: usize) -> bool {
+        for link in self.handover.take() {
+            if let Some(old) = self.inbound.iter().position(|l| l.from == link.from) {
+                debug!(
+                    from = link.from,
+                    "a newer link from the same peer took over"
+                );
+                self.inbound.swap_remove(old);
+            }
+            self.inbound.push(link);
+        }
+        let buffered = self.inbound.iter().any(|l| l.frames.has_frame());
+        let wait = if buffered { Duration::ZERO } else { wait };
+        let mut readable = vec![false; self.inbound.len()];
+        let rung = {
+            let mut fds = Vec::with_capacity(1 + self.inbound.len());
+            fds.push(PollFd::from_borrowed_fd(
+                self.handover.doorbell.fd(),
+                PollFlags::IN,
+            ));
+            for link in &self.inbound {
+                fds.push(PollFd::new(&link.stream, PollFlags::IN));
+            }
+            poll_for(&mut fds, wait);
+            for (flag, fd) in readable.iter_mut().zip(&fds[1..]) {
+                *flag = !fd.revents().is_empty();
+            }
+            fds[0].revents().contains(PollFlags::IN)
+        };
+        let now = monotonic_ms();
+        let self_id = self.self_id;
+        let mut i = 0;
+        let mut closed = 0;
+        self.inbound.retain_mut(|link| {
+            let was_readable = readable[i];
+            i += 1;
+            let result = if out.len() >= max {
+                Ok(())
+            } else {
+                link.read_ready(was_readable, self_id, now, out, max)
+            };
+            let result = result.and_then(|()| {
+                if now.saturating_sub(link.heard_ms) > IDLE_MAX.as_millis() as u64 {
+                    Err(invalid("idle".into()))
+                } else {
+                    Ok(())
+                }
+            });
+            match result {
+                Ok(()) => true,
+                Err(e) => {
+                    info!(from = link.from, remote = %link.remote, error = %e, "peer disconnected (inbound)");
+                    closed += 1;
+                    false
+                }
+            }
+        });
+        if closed > 0 {
+            debug!(
+                closed,
+                open = self.inbound.len(),
+                "inbound peer links closed"
+            );
+        }
+        rung
+    }
+
+    /// Inbound raft links adopted and open.
+    #[must_use]
+    pub fn inbound_links(&self) -> usize {
+        self.inbound.len()
     }
 
     /// Peers whose outbound link is up (handshake done, last write good).
@@ -642,10 +893,8 @@ impl Drop for Transport {
     }
 }
 
-/// Per-peer generation of the newest authenticated inbound link.
-type Generations = Arc<Mutex<HashMap<u16, u64>>>;
-
 /// Counts a live inbound connection; uncounts it when dropped.
+#[derive(Debug)]
 struct Slot(Arc<AtomicUsize>);
 
 impl Drop for Slot {
@@ -658,13 +907,12 @@ fn accept_loop(
     listener: &TcpListener,
     identity: &Identity,
     known: &[(u16, SocketAddr)],
-    inbox: &flume::Sender<Message>,
+    handover: &Arc<Handover>,
     wakers: &Wakers,
     stop: &Arc<AtomicBool>,
 ) {
     let live = Arc::new(AtomicUsize::new(0));
     let max = inbound_max(known.len() + 1);
-    let generations: Generations = Arc::default();
     let mut refused_at_ms = 0;
     let mut accept_log = LogThrottle::new(1_000);
     while !stop.load(Ordering::SeqCst) {
@@ -681,24 +929,21 @@ fn accept_loop(
                     continue;
                 }
                 let slot = Slot(live.clone());
-                let inbox = inbox.clone();
+                let handover = handover.clone();
                 let identity = identity.clone();
                 let known = known.to_vec();
                 let stop = stop.clone();
-                let generations = generations.clone();
                 let wakers = wakers.clone();
                 let spawned = std::thread::Builder::new()
                     .name("palisade-peer-in".into())
                     .spawn(move || {
-                        let _slot = slot;
                         let link = Link {
                             identity: &identity,
                             known: &known,
-                            generations: &generations,
                             wakers: &wakers,
                             stop: &stop,
                         };
-                        if let Err(e) = link.read(stream, from, &inbox) {
+                        if let Err(e) = link.accept(stream, from, slot, &handover) {
                             info!(%from, error = %e, "peer disconnected (inbound)");
                         }
                     });
@@ -725,18 +970,19 @@ fn accept_loop(
 struct Link<'a> {
     identity: &'a Identity,
     known: &'a [(u16, SocketAddr)],
-    generations: &'a Generations,
     wakers: &'a Wakers,
     stop: &'a AtomicBool,
 }
 
 impl Link<'_> {
-    /// Handshakes as the acceptor, then reads messages into `inbox`.
-    fn read(
+    /// Handshakes as the acceptor, then hands a raft link over to the
+    /// control thread (or answers a probe link's pings itself).
+    fn accept(
         &self,
         mut stream: TcpStream,
         remote: SocketAddr,
-        inbox: &flume::Sender<Message>,
+        slot: Slot,
+        handover: &Handover,
     ) -> io::Result<()> {
         stream.set_nonblocking(false)?;
         let ipv6 = stream.local_addr()?.is_ipv6();
@@ -772,47 +1018,22 @@ impl Link<'_> {
             debug!(from, %remote, "probe link up");
             return self.answer_pings(&mut stream, &mut frames);
         }
-        let generation = {
-            let mut generations = self.generations.lock().expect("not poisoned");
-            let generation = generations.entry(from).or_insert(0);
-            *generation += 1;
-            *generation
-        };
         info!(from, %remote, "peer connected (inbound)");
         if let Some(out) = self.wakers.get(&from) {
             // Out of a back-off, or to check the link it has: it may be
             // one the peer's previous run left behind.
             out.wake();
         }
-
-        stream.set_read_timeout(Some(READER_POLL))?;
-        let mut heard_ms = monotonic_ms();
-        while !self.stop.load(Ordering::SeqCst) {
-            let Some(frame) = frames.next(&mut stream, FRAME_MAX)? else {
-                let current =
-                    self.generations.lock().expect("not poisoned").get(&from) == Some(&generation);
-                if !current {
-                    return Err(invalid("a newer link from the same peer took over".into()));
-                }
-                if monotonic_ms().saturating_sub(heard_ms) > IDLE_MAX.as_millis() as u64 {
-                    return Err(invalid("idle".into()));
-                }
-                continue;
-            };
-            heard_ms = monotonic_ms();
-            let message = Message::parse_from_bytes(&frame)
-                .map_err(|e| invalid(format!("bad message: {e}")))?;
-            if message.from != u64::from(from) || message.to != u64::from(self.identity.self_id) {
-                return Err(invalid(format!(
-                    "message from {} to {} on a link from {from}",
-                    message.from, message.to
-                )));
-            }
-            match inbox.try_send(message) {
-                Ok(()) | Err(flume::TrySendError::Full(_)) => {}
-                Err(flume::TrySendError::Disconnected(_)) => return Ok(()),
-            }
-        }
+        stream.set_read_timeout(None)?;
+        stream.set_nonblocking(true)?;
+        handover.hand(InLink {
+            from,
+            remote,
+            stream,
+            frames,
+            heard_ms: monotonic_ms(),
+            _slot: slot,
+        });
         Ok(())
     }
 
@@ -1203,20 +1424,36 @@ mod tests {
 
     const SECRET: &[u8] = b"a cluster secret of some length";
 
-    /// Node 2's transport, knowing node 1 on loopback; its inbox.
-    fn node2() -> (Transport, flume::Receiver<Message>) {
-        let (tx, rx) = flume::bounded(64);
+    fn doorbell() -> Arc<Doorbell> {
+        Arc::new(Doorbell::new().expect("eventfd"))
+    }
+
+    /// Node 2's transport, knowing node 1 on loopback.
+    fn node2() -> Transport {
         let one: SocketAddr = "127.0.0.1:9".parse().expect("addr");
-        let transport = Transport::start(
+        Transport::start(
             2,
             "test",
             SECRET,
             "127.0.0.1:0".parse().expect("addr"),
             &[(1, one)],
-            tx,
+            doorbell(),
         )
-        .expect("start");
-        (transport, rx)
+        .expect("start")
+    }
+
+    /// The next message `transport` receives (read as the control thread
+    /// does), failing after 10 s; `pending` keeps what one read brought
+    /// beyond it.
+    fn next_message(transport: &mut Transport, pending: &mut VecDeque<Message>) -> Message {
+        let deadline = monotonic_ms() + 10_000;
+        let mut out = Vec::new();
+        while pending.is_empty() {
+            assert!(monotonic_ms() < deadline, "no message within 10 s");
+            transport.receive(Duration::from_millis(50), &mut out, usize::MAX);
+            pending.extend(out.drain(..));
+        }
+        pending.pop_front().expect("not empty")
     }
 
     /// Node 1 as its transport would present itself.
@@ -1235,7 +1472,7 @@ mod tests {
 
     #[test]
     fn a_member_with_the_secret_gets_every_ping_answered() {
-        let (transport, _inbox) = node2();
+        let transport = node2();
         let prober = Prober::new(1, "test", SECRET, loopback());
         let rtts = prober
             .rtts(2, transport.local_addr(), 20, Duration::ZERO)
@@ -1247,7 +1484,7 @@ mod tests {
 
     #[test]
     fn probes_pass_the_same_checks_as_raft_links() {
-        let (transport, _inbox) = node2();
+        let transport = node2();
         let addr = transport.local_addr();
         let refusals = [
             Prober::new(1, "test", b"another secret, just as long", loopback()),
@@ -1268,7 +1505,7 @@ mod tests {
 
     #[test]
     fn anything_but_a_ping_closes_a_probe_link() {
-        let (transport, _inbox) = node2();
+        let transport = node2();
         let identity = node1();
         for bad in [b"PONG00000000".to_vec(), b"PING".to_vec(), vec![0u8; 12]] {
             let mut stream =
@@ -1287,7 +1524,7 @@ mod tests {
 
     #[test]
     fn a_probe_never_retires_the_raft_link() {
-        let (transport, inbox) = node2();
+        let mut transport = node2();
         let identity = node1();
         let mut raft_link =
             dial(transport.local_addr(), loopback(), PEER_DSCP_DEFAULT).expect("dial");
@@ -1296,17 +1533,124 @@ mod tests {
         prober
             .rtts(2, transport.local_addr(), 3, Duration::ZERO)
             .expect("pings");
-        // A retired reader notices at its next poll (READER_POLL); wait past it.
-        std::thread::sleep(READER_POLL * 2);
         let mut message = Message::default();
         message.set_msg_type(MessageType::MsgHeartbeat);
         message.from = 1;
         message.to = 2;
         write_frame(&mut raft_link, &message.write_to_bytes().expect("encode")).expect("write");
-        let got = inbox
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the raft link still delivers");
+        let got = next_message(&mut transport, &mut VecDeque::new());
         assert_eq!((got.from, got.to), (1, 2));
+        assert_eq!(transport.inbound_links(), 1, "the probe was never adopted");
+        transport.stop();
+    }
+
+    /// A raft link dialed to `transport` as node 1, handshake done.
+    fn raft_link_to(transport: &Transport) -> TcpStream {
+        let mut link = dial(transport.local_addr(), loopback(), PEER_DSCP_DEFAULT).expect("dial");
+        handshake(&mut link, &node1(), 2, MAGIC).expect("handshake");
+        link
+    }
+
+    /// Whether the acceptor closed `link` (a read sees the end, not data).
+    fn closed_by_acceptor(link: &mut TcpStream) -> bool {
+        link.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        matches!(link.read(&mut buf), Ok(0))
+    }
+
+    #[test]
+    fn a_link_handed_over_while_the_control_thread_sleeps_wakes_it() {
+        let bell = doorbell();
+        let one: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        let mut transport = Transport::start(
+            2,
+            "test",
+            SECRET,
+            "127.0.0.1:0".parse().expect("addr"),
+            &[(1, one)],
+            bell.clone(),
+        )
+        .expect("start");
+        let addr = transport.local_addr();
+        let dialer = std::thread::spawn(move || {
+            let mut link = dial(addr, loopback(), PEER_DSCP_DEFAULT).expect("dial");
+            handshake(&mut link, &node1(), 2, MAGIC).expect("handshake");
+            write_frame(
+                &mut link,
+                &heartbeat(1, 2, 5).write_to_bytes().expect("encode"),
+            )
+            .expect("write");
+            link
+        });
+        // Asleep with nothing adopted: only the hand-over's ring can end
+        // this wait before its (long) timeout.
+        bell.sleep_begins();
+        let mut out = Vec::new();
+        let rung = transport.receive(Duration::from_secs(60), &mut out, usize::MAX);
+        bell.awake(rung);
+        assert!(rung, "the hand-over rang the doorbell");
+        let got = next_message(&mut transport, &mut out.into_iter().collect());
+        assert_eq!(got.commit, 5);
+        drop(dialer.join().expect("dialer"));
+        transport.stop();
+    }
+
+    #[test]
+    fn a_newer_link_from_the_same_peer_replaces_the_older() {
+        let mut transport = node2();
+        let mut pending = VecDeque::new();
+        let mut old = raft_link_to(&transport);
+        write_frame(
+            &mut old,
+            &heartbeat(1, 2, 1).write_to_bytes().expect("encode"),
+        )
+        .expect("write");
+        assert_eq!(next_message(&mut transport, &mut pending).commit, 1);
+        let mut new = raft_link_to(&transport);
+        write_frame(
+            &mut new,
+            &heartbeat(1, 2, 2).write_to_bytes().expect("encode"),
+        )
+        .expect("write");
+        assert_eq!(next_message(&mut transport, &mut pending).commit, 2);
+        assert_eq!(transport.inbound_links(), 1);
+        assert!(closed_by_acceptor(&mut old), "the older link is closed");
+        transport.stop();
+    }
+
+    #[test]
+    fn a_message_that_does_not_match_its_link_closes_only_that_link() {
+        let mut transport = node2();
+        let mut pending = VecDeque::new();
+        let mut bad = raft_link_to(&transport);
+        // Node 1's link carrying a message that claims to be from node 3.
+        write_frame(
+            &mut bad,
+            &heartbeat(3, 2, 1).write_to_bytes().expect("encode"),
+        )
+        .expect("write");
+        bad.set_nonblocking(true).expect("non-blocking");
+        let deadline = monotonic_ms() + 10_000;
+        let mut out = Vec::new();
+        loop {
+            transport.receive(Duration::from_millis(50), &mut out, usize::MAX);
+            assert!(out.is_empty(), "a mismatched message was delivered");
+            let mut byte = [0u8; 1];
+            if matches!(bad.read(&mut byte), Ok(0)) {
+                break;
+            }
+            assert!(monotonic_ms() < deadline, "the link was never closed");
+        }
+        assert_eq!(transport.inbound_links(), 0);
+        // A good link still works.
+        let mut good = raft_link_to(&transport);
+        write_frame(
+            &mut good,
+            &heartbeat(1, 2, 9).write_to_bytes().expect("encode"),
+        )
+        .expect("write");
+        assert_eq!(next_message(&mut transport, &mut pending).commit, 9);
         transport.stop();
     }
 
@@ -1320,14 +1664,8 @@ mod tests {
         message
     }
 
-    fn start_node(
-        id: u16,
-        listen: SocketAddr,
-        peer: (u16, SocketAddr),
-    ) -> (Transport, flume::Receiver<Message>) {
-        let (tx, rx) = flume::bounded(64);
-        let transport = Transport::start(id, "test", SECRET, listen, &[peer], tx).expect("start");
-        (transport, rx)
+    fn start_node(id: u16, listen: SocketAddr, peer: (u16, SocketAddr)) -> Transport {
+        Transport::start(id, "test", SECRET, listen, &[peer], doorbell()).expect("start")
     }
 
     /// Waits until `transport` has its outbound link up (messages queued
@@ -1354,33 +1692,25 @@ mod tests {
             .expect("addr")
             .port();
         let one: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let (two, inbox_two) = start_node(2, "127.0.0.1:0".parse().expect("addr"), (1, one));
+        let mut two = start_node(2, "127.0.0.1:0".parse().expect("addr"), (1, one));
         let two_addr = two.local_addr();
-        let (first_run, inbox) = start_node(1, one, (2, two_addr));
+        let mut first_run = start_node(1, one, (2, two_addr));
         wait_connected(&two);
         two.send(vec![heartbeat(2, 1, 1)]);
-        let got = inbox
-            .recv_timeout(Duration::from_secs(10))
-            .expect("delivered to the first run");
+        let got = next_message(&mut first_run, &mut VecDeque::new());
         assert_eq!(got.commit, 1);
+        // Stopping closes the inbound links it adopted, as a process that
+        // exits does.
         first_run.stop();
-        drop(inbox);
-        // Its readers notice the stop within READER_POLL and close their
-        // sockets, as a process that exits does at once.
-        std::thread::sleep(READER_POLL * 2);
-        let (second_run, inbox) = start_node(1, one, (2, two_addr));
+        let mut second_run = start_node(1, one, (2, two_addr));
         wait_connected(&second_run);
         // Node 1's second run dials node 2: a link the other way is up.
         second_run.send(vec![heartbeat(1, 2, 7)]);
-        let got = inbox_two
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the second run reaches node 2");
+        let got = next_message(&mut two, &mut VecDeque::new());
         assert_eq!(got.commit, 7);
         // One message from node 2, once: it must arrive.
         two.send(vec![heartbeat(2, 1, 2)]);
-        let got = inbox
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the first message after the restart is delivered");
+        let got = next_message(&mut second_run, &mut VecDeque::new());
         assert_eq!(got.commit, 2);
         second_run.stop();
         two.stop();
@@ -1497,24 +1827,14 @@ mod tests {
     fn thousands_of_messages_sent_at_once_all_arrive_in_order() {
         // Far more than a socket holds: the sender writes what the socket
         // takes, the link thread the rest, and none is dropped or reordered.
-        let (tx, inbox) = flume::bounded(20_000);
-        let two = Transport::start(
-            2,
-            "test",
-            SECRET,
-            "127.0.0.1:0".parse().expect("addr"),
-            &[(1, "127.0.0.1:9".parse().expect("addr"))],
-            tx,
-        )
-        .expect("start");
-        let (_tx1, _inbox1) = flume::bounded::<Message>(1);
+        let mut two = node2();
         let one = Transport::start(
             1,
             "test",
             SECRET,
             "127.0.0.1:0".parse().expect("addr"),
             &[(2, two.local_addr())],
-            _tx1,
+            doorbell(),
         )
         .expect("start");
         wait_connected(&one);
@@ -1528,10 +1848,9 @@ mod tests {
             messages.push(message);
         }
         one.send(messages);
+        let mut pending = VecDeque::new();
         for commit in 1..=count {
-            let got = inbox
-                .recv_timeout(Duration::from_secs(10))
-                .unwrap_or_else(|e| panic!("message {commit} of {count} did not arrive: {e}"));
+            let got = next_message(&mut two, &mut pending);
             assert_eq!(got.commit, commit, "in the order sent");
         }
         one.stop();

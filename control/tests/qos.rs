@@ -646,14 +646,14 @@ fn peer_sockets_carry_the_configured_mark_both_ways() {
     // same for every user.
     let dscp = 40;
     let peer = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let (inbox, _messages) = flume::bounded(16);
+    let doorbell = std::sync::Arc::new(palisade_host::doorbell::Doorbell::new().expect("eventfd"));
     let transport = Transport::start_with_dscp(
         1,
         "palisade",
         b"",
         "127.0.0.1:0".parse().expect("literal"),
         &[(2, peer.local_addr().expect("addr"))],
-        inbox,
+        doorbell,
         dscp,
     )
     .expect("transport");

@@ -9,6 +9,9 @@
 //!   (`CLOCK_MONOTONIC` for leases, the real-time clock for display), with
 //!   the clock-rate test hook. `clippy.toml` disallows reading time
 //!   anywhere else.
+//! - [`doorbell`]: the `eventfd` other threads ring to wake a thread
+//!   that waits in `poll()` (the control thread), rung only when that
+//!   thread is about to sleep.
 //! - [`mark`]: DSCP and `SO_PRIORITY` marks on a socket.
 //! - [`admin`]: the admin endpoint's HTTP/1.1, sans-IO, and (feature
 //!   `glommio`) the accept loop that serves a daemon's [`admin::Pages`].
@@ -52,6 +55,7 @@
 pub mod admin;
 pub mod affinity;
 pub mod clock;
+pub mod doorbell;
 pub mod durable;
 pub mod heartbeat;
 pub mod mark;

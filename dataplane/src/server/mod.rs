@@ -107,6 +107,9 @@ pub struct ServerOptions {
 pub struct ReplicaLink {
     /// Bounded: a full channel answers "retry" at once.
     pub proposals: flume::Sender<Proposal>,
+    /// Rung after a proposal is queued, so that a control thread asleep in
+    /// `poll()` takes it (a busy one costs the ring no system call).
+    pub doorbell: Arc<palisade_host::doorbell::Doorbell>,
     /// One per core, in core order.
     pub notices: Vec<flume::Receiver<Vec<Notice>>>,
 }
@@ -405,15 +408,14 @@ impl CoreCtx {
         self.next_tag.set(seq + 1);
         let tag = tag(self.index, seq);
         self.commits.borrow_mut().insert(tag, pending);
-        if link
-            .proposals
-            .try_send(Proposal {
-                tag,
-                epoch,
-                command,
-            })
-            .is_err()
-        {
+        let queued = link.proposals.try_send(Proposal {
+            tag,
+            epoch,
+            command,
+        });
+        if queued.is_ok() {
+            link.doorbell.ring();
+        } else {
             // Full (the log cannot keep up) or the control plane is gone.
             self.on_notices(vec![Notice {
                 tag,
