@@ -129,6 +129,10 @@ pub struct EchoServerArgs {
     /// they take none of the `--delay-us` / `--stall-*` modes.
     #[arg(long, value_enum, default_value_t = EchoRuntime::Glommio)]
     runtime: EchoRuntime,
+    /// With `--runtime uring`: each enter waits for one completion past
+    /// the sends it submits (one enter per lone request, not two).
+    #[arg(long)]
+    uring_wait_past_sends: bool,
     /// Address to listen on (port 0: any free port; the bound address is
     /// printed as `listening <addr>` on stdout).
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -194,6 +198,9 @@ fn serve_plain(args: &EchoServerArgs) -> Result<()> {
     if args.delay_us != 0 || args.stall_after != 0 {
         bail!("--delay-us and --stall-* need --runtime glommio");
     }
+    if args.uring_wait_past_sends && args.runtime != EchoRuntime::Uring {
+        bail!("--uring-wait-past-sends needs --runtime uring");
+    }
     if let Some(cpu) = args.cpu {
         palisade_host::affinity::pin_current_thread(&[cpu])
             .map_err(|e| anyhow::anyhow!("pinning the echo loop to CPU {cpu}: {e}"))?;
@@ -210,7 +217,9 @@ fn serve_plain(args: &EchoServerArgs) -> Result<()> {
         eprintln!("echo-server: {about}");
     };
     match args.runtime {
-        EchoRuntime::Uring => super::uring_echo::run(listener, &stats, announce),
+        EchoRuntime::Uring => {
+            super::uring_echo::run(listener, &stats, args.uring_wait_past_sends, announce)
+        }
         EchoRuntime::Epoll => super::epoll_echo::run(listener, &stats, announce),
         EchoRuntime::Glommio => unreachable!("glommio is served above"),
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::echo::{EchoRuntime, EchoStats};
 use palisade_host::clock::monotonic_ns;
 
-fn start(runtime: EchoRuntime) -> (SocketAddr, Arc<EchoStats>) {
+fn start(runtime: EchoRuntime, wait_past_sends: bool) -> (SocketAddr, Arc<EchoStats>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let stats = Arc::new(EchoStats::default());
@@ -24,7 +24,9 @@ fn start(runtime: EchoRuntime) -> (SocketAddr, Arc<EchoStats>) {
         .spawn(move || {
             let announce = |about: &str| tx.send(about.to_string()).unwrap();
             let result = match runtime {
-                EchoRuntime::Uring => super::uring_echo::run(listener, &thread_stats, announce),
+                EchoRuntime::Uring => {
+                    super::uring_echo::run(listener, &thread_stats, wait_past_sends, announce)
+                }
                 EchoRuntime::Epoll => super::epoll_echo::run(listener, &thread_stats, announce),
                 EchoRuntime::Glommio => unreachable!("not a plain loop"),
             };
@@ -66,8 +68,8 @@ fn wait_open(stats: &EchoStats, n: usize) {
     }
 }
 
-fn round_trips(runtime: EchoRuntime) {
-    let (addr, stats) = start(runtime);
+fn round_trips(runtime: EchoRuntime, wait_past_sends: bool) {
+    let (addr, stats) = start(runtime, wait_past_sends);
     // Many connections at once, each with pipelined messages.
     let mut conns: Vec<TcpStream> = (0..64).map(|_| connect(addr)).collect();
     for round in 0..20 {
@@ -144,10 +146,15 @@ fn round_trips(runtime: EchoRuntime) {
 
 #[test]
 fn uring_echo_round_trips_over_loopback() {
-    round_trips(EchoRuntime::Uring);
+    round_trips(EchoRuntime::Uring, false);
+}
+
+#[test]
+fn uring_echo_waiting_past_its_sends_round_trips_over_loopback() {
+    round_trips(EchoRuntime::Uring, true);
 }
 
 #[test]
 fn epoll_echo_round_trips_over_loopback() {
-    round_trips(EchoRuntime::Epoll);
+    round_trips(EchoRuntime::Epoll, false);
 }

@@ -53,7 +53,7 @@ fn duration(text: &str) -> Result<Duration, palisade_tuning::ValueError> {
 }
 
 /// Every system `compare` knows, in the order it runs them.
-pub(crate) const SYSTEMS: [&str; 9] = [
+pub(crate) const SYSTEMS: [&str; 10] = [
     "palisade",
     "palisade-cluster",
     "palisade-cluster-none",
@@ -62,6 +62,7 @@ pub(crate) const SYSTEMS: [&str; 9] = [
     "zookeeper",
     "echo",
     "echo-uring",
+    "echo-uring-past-sends",
     "echo-epoll",
 ];
 
@@ -87,8 +88,9 @@ pub struct CompareArgs {
     /// `leases.replication = "quorum"`), palisade-cluster (three nodes,
     /// quorum), palisade-cluster-none (three nodes, `replication =
     /// "none"`), redis, etcd, zookeeper, echo (the floor: glommio), and,
-    /// only when named, echo-uring (the same echo on a ring of our own) and
-    /// echo-epoll (on a Redis-style epoll loop).
+    /// only when named, echo-uring (the same echo on a ring of our own),
+    /// echo-uring-past-sends (its enters also wait past their own sends)
+    /// and echo-epoll (on a Redis-style epoll loop).
     #[arg(
         long,
         value_delimiter = ',',
@@ -206,7 +208,9 @@ pub(crate) fn codec_for(
         "palisade" | "palisade-cluster" | "palisade-cluster-none" => {
             Box::new(palisade::PalisadeCodec::new(config))
         }
-        "echo" | "echo-uring" | "echo-epoll" => Box::new(echo::EchoCodec::new(config)?),
+        "echo" | "echo-uring" | "echo-uring-past-sends" | "echo-epoll" => {
+            Box::new(echo::EchoCodec::new(config)?)
+        }
         "redis" => Box::new(redis::RedisCodec::new(config)),
         "etcd" => Box::new(etcd::EtcdCodec::new(config, &addr.to_string())),
         "zookeeper" => Box::new(zk::ZkCodec::new(config)?),
@@ -822,6 +826,14 @@ fn start(
         ),
         "echo" => systems::echo(args.server_cpu, &[]),
         "echo-uring" => systems::echo(args.server_cpu, &["--runtime".into(), "uring".into()]),
+        "echo-uring-past-sends" => systems::echo(
+            args.server_cpu,
+            &[
+                "--runtime".into(),
+                "uring".into(),
+                "--uring-wait-past-sends".into(),
+            ],
+        ),
         "echo-epoll" => systems::echo(args.server_cpu, &["--runtime".into(), "epoll".into()]),
         "redis" => systems::peer(peers::PeerKind::Redis, args.server_cpu),
         "etcd" => systems::peer(peers::PeerKind::Etcd, args.server_cpu),

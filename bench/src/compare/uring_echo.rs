@@ -15,6 +15,14 @@
 //! makes one `io_uring_enter` (`submit_and_wait(1)`) that submits those
 //! sends and waits for the next completion.
 //!
+//! That wait usually ends at once, on the completion of a send it just
+//! submitted (a loopback send completes inline), so a lone request costs
+//! two enters. With `wait_past_sends` (`--uring-wait-past-sends`, the
+//! system `echo-uring-past-sends`) the enter waits for one completion more
+//! than it submitted sends, so a lone request costs one; a 1 ms timeout
+//! on that wait bounds the case where a send came up short and nothing
+//! else arrives (its rest goes out at the next turn).
+//!
 //! It never frees memory the kernel may still write: the provided buffers
 //! and the loop's state are leaked (the loop runs until the process
 //! ends), a connection's reply buffer is not touched while its send is in
@@ -275,10 +283,11 @@ struct Echo {
 
 /// Serves echo on `listener` until the process ends; calls `announce`
 /// once the ring is set up (with which flags the kernel took) and
-/// accepts are armed.
+/// accepts are armed. `wait_past_sends`: see the module doc.
 pub(crate) fn run(
     listener: TcpListener,
     stats: &EchoStats,
+    wait_past_sends: bool,
     announce: impl FnOnce(&str),
 ) -> Result<()> {
     let (ring, setup, refused) = build_ring()?;
@@ -296,15 +305,20 @@ pub(crate) fn run(
     echo.arm_accept()?;
     let mut about = format!(
         "uring echo: one thread, ring {}, multishot accept and recv, {BUF_COUNT} provided \
-         buffers of {BUF_SIZE} bytes, one send per connection per turn",
-        setup.name()
+         buffers of {BUF_SIZE} bytes, one send per connection per turn, each enter waits for {}",
+        setup.name(),
+        if wait_past_sends {
+            "one completion past the sends it submits (1 ms timeout)"
+        } else {
+            "one completion"
+        }
     );
     for r in refused {
         about.push_str("; ");
         about.push_str(&r);
     }
     announce(&about);
-    let never: Result<Infallible> = echo.serve(stats);
+    let never: Result<Infallible> = echo.serve(stats, wait_past_sends);
     never.map(|n| match n {})
 }
 
@@ -351,8 +365,9 @@ impl Echo {
     }
 
     /// Queues the next send of `slot`: the rest of `sending` if a send
-    /// was short, else everything gathered.
-    fn send(&mut self, slot: u32) -> Result<()> {
+    /// was short, else everything gathered. False if there was nothing to
+    /// send.
+    fn send(&mut self, slot: u32) -> Result<bool> {
         let conn = self.conns[slot as usize]
             .as_mut()
             .expect("sending on a live slot");
@@ -363,7 +378,7 @@ impl Echo {
             std::mem::swap(&mut conn.sending, &mut conn.gathered);
         }
         if conn.sending.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let rest = &conn.sending[conn.sent..];
         let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
@@ -376,18 +391,32 @@ impl Echo {
         // neither written, resized nor freed while `send_in_flight` (the
         // connection is dropped only when no send is in flight, and the
         // loop's state is leaked); the socket stays open as long.
-        unsafe { self.push(&entry) }
+        unsafe { self.push(&entry) }?;
+        Ok(true)
     }
 
-    fn serve(&mut self, stats: &EchoStats) -> Result<Infallible> {
+    fn serve(&mut self, stats: &EchoStats, wait_past_sends: bool) -> Result<Infallible> {
+        let short_wait = types::Timespec::new().nsec(1_000_000);
+        let short_wait = types::SubmitArgs::new().timespec(&short_wait);
+        // Sends queued by the last turn.
+        let mut sends = 0;
         loop {
-            match self.ring.submit_and_wait(1) {
+            let entered = if wait_past_sends && sends > 0 {
+                self.ring
+                    .submitter()
+                    .submit_with_args(sends + 1, &short_wait)
+            } else {
+                self.ring.submit_and_wait(1)
+            };
+            match entered {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INTR.raw_os_error()) => {}
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::TIME.raw_os_error()) => {}
                 // The completion queue overflowed: drain it, then enter.
                 Err(e) if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) => {}
                 Err(e) => return Err(e).context("io_uring_enter"),
             }
+            sends = 0;
             self.completions.clear();
             self.completions.extend(
                 self.ring
@@ -410,7 +439,7 @@ impl Echo {
                 };
                 conn.queued = false;
                 if !conn.send_in_flight {
-                    self.send(slot)?;
+                    sends += usize::from(self.send(slot)?);
                 }
                 self.maybe_close(slot, stats);
             }
