@@ -8,7 +8,8 @@
 //! buffer; then, like Redis's `beforeSleep`, writes each connection's
 //! replies with one `write`. Only a connection whose write came up short
 //! asks for `EPOLLOUT` until its replies are out. No unsafe code; it
-//! measures nothing itself.
+//! measures nothing itself, and like the uring loop it applies no
+//! back-pressure (a client that never reads grows its reply buffer).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -121,8 +122,14 @@ impl Echo {
                     return Ok(());
                 }
             };
-            stream.set_nonblocking(true)?;
-            stream.set_nodelay(true)?;
+            if let Err(e) = stream
+                .set_nonblocking(true)
+                .and_then(|()| stream.set_nodelay(true))
+            {
+                // A peer that reset at once: drop it, keep serving.
+                eprintln!("echo-server: setting up a new connection failed ({e}); closing it");
+                continue;
+            }
             let slot = match self.free.pop() {
                 Some(slot) => slot,
                 None if self.conns.len() < CONNECTIONS_MAX => {
@@ -134,13 +141,16 @@ impl Echo {
                     continue;
                 }
             };
-            epoll::add(
+            if let Err(e) = epoll::add(
                 &self.epoll,
                 &stream,
                 epoll::EventData::new_u64(slot as u64),
                 epoll::EventFlags::IN,
-            )
-            .context("adding a connection to epoll")?;
+            ) {
+                eprintln!("echo-server: adding a connection to epoll failed ({e}); closing it");
+                self.free.push(slot);
+                continue;
+            }
             self.conns[slot] = Some(Conn {
                 stream,
                 out: Vec::new(),

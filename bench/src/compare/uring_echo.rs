@@ -27,7 +27,9 @@
 //! and the loop's state are leaked (the loop runs until the process
 //! ends), a connection's reply buffer is not touched while its send is in
 //! flight, and a connection is dropped (its socket closed) only once its
-//! receive has ended and no send is in flight. It measures nothing itself.
+//! receive has ended and no send is in flight. It measures nothing itself,
+//! and it applies no back-pressure: a client that sends without reading
+//! grows its reply buffer without bound (the data plane would cap it).
 
 use std::cell::UnsafeCell;
 use std::convert::Infallible;
@@ -556,7 +558,11 @@ impl Echo {
     }
 
     fn accepted(&mut self, stream: TcpStream, stats: &EchoStats) -> Result<()> {
-        stream.set_nodelay(true).context("TCP_NODELAY")?;
+        if let Err(e) = stream.set_nodelay(true) {
+            // A peer that reset at once: drop it, keep serving.
+            eprintln!("echo-server: TCP_NODELAY on a new connection failed ({e}); closing it");
+            return Ok(());
+        }
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None if self.conns.len() < CONNECTIONS_MAX => {
