@@ -6,6 +6,12 @@
 //! request/response service on this loopback can answer faster, so its
 //! latency at a given rate is the floor the others are compared against.
 //!
+//! `--runtime` picks the event loop under the same echo: `glommio` (the
+//! floor, the default), `uring` (a ring of our own, [`super::uring_echo`])
+//! or `epoll` (a Redis-style loop, [`super::epoll_echo`]). The last two are
+//! candidates for the data plane's client sockets (issue 17), measured
+//! beside glommio as the systems `echo-uring` and `echo-epoll`.
+//!
 //! Each request is `size` bytes: the request id (u64, little-endian), the
 //! operation kind, zero padding. The reply is the same bytes. An acquire is
 //! always "granted" (the echo does no lock work): the echo cycle has the
@@ -17,6 +23,7 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
@@ -95,9 +102,37 @@ impl Codec for EchoCodec {
     }
 }
 
+/// The event loop under `echo-server`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EchoRuntime {
+    /// A glommio 0.9 executor, the data plane's runtime today.
+    Glommio,
+    /// One thread and one ring of our own (`io-uring` crate): multishot
+    /// accept and receive, provided buffers, one `io_uring_enter` a turn.
+    Uring,
+    /// A plain non-blocking epoll loop with read and write, like Redis's.
+    Epoll,
+}
+
+/// What a plain echo loop (`uring`, `epoll`) counts, for tests.
+#[derive(Debug, Default)]
+pub(crate) struct EchoStats {
+    /// Connections accepted and not yet closed.
+    pub(crate) connections_open: AtomicUsize,
+}
+
 /// Arguments of `palisade-bench echo-server`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct EchoServerArgs {
+    /// The event loop: glommio (the echo floor), uring (our own ring) or
+    /// epoll (a Redis-style loop). `uring` and `epoll` are plain echoes:
+    /// they take none of the `--delay-us` / `--stall-*` modes.
+    #[arg(long, value_enum, default_value_t = EchoRuntime::Glommio)]
+    runtime: EchoRuntime,
+    /// With `--runtime uring`: each enter waits for one completion past
+    /// the sends it submits (one enter per lone request, not two).
+    #[arg(long)]
+    uring_wait_past_sends: bool,
     /// Address to listen on (port 0: any free port; the bound address is
     /// printed as `listening <addr>` on stdout).
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -127,6 +162,9 @@ pub fn serve(args: &EchoServerArgs) -> Result<()> {
     if args.size < ECHO_SIZE_MIN {
         bail!("--size must be at least {ECHO_SIZE_MIN}");
     }
+    if args.runtime != EchoRuntime::Glommio {
+        return serve_plain(args);
+    }
     let placement = match args.cpu {
         Some(cpu) => Placement::Fixed(cpu),
         None => Placement::Unbound,
@@ -151,6 +189,40 @@ pub fn serve(args: &EchoServerArgs) -> Result<()> {
     handle
         .join()
         .map_err(|e| anyhow::anyhow!("echo executor failed: {e:?}"))?
+}
+
+/// `--runtime uring` or `epoll`: one thread (this one), pinned to
+/// `--cpu`, runs the loop. Prints `about <text>` (what the loop set up,
+/// for the report) before `listening <addr>`.
+fn serve_plain(args: &EchoServerArgs) -> Result<()> {
+    if args.delay_us != 0 || args.stall_after != 0 {
+        bail!("--delay-us and --stall-* need --runtime glommio");
+    }
+    if args.uring_wait_past_sends && args.runtime != EchoRuntime::Uring {
+        bail!("--uring-wait-past-sends needs --runtime uring");
+    }
+    if let Some(cpu) = args.cpu {
+        palisade_host::affinity::pin_current_thread(&[cpu])
+            .map_err(|e| anyhow::anyhow!("pinning the echo loop to CPU {cpu}: {e}"))?;
+    }
+    let listener = std::net::TcpListener::bind(args.listen)
+        .map_err(|e| anyhow::anyhow!("binding {}: {e}", args.listen))?;
+    let local = listener.local_addr()?;
+    let stats = EchoStats::default();
+    let announce = |about: &str| {
+        let mut stdout = std::io::stdout();
+        let _ = writeln!(stdout, "about {about}");
+        let _ = writeln!(stdout, "listening {local}");
+        let _ = stdout.flush();
+        eprintln!("echo-server: {about}");
+    };
+    match args.runtime {
+        EchoRuntime::Uring => {
+            super::uring_echo::run(listener, &stats, args.uring_wait_past_sends, announce)
+        }
+        EchoRuntime::Epoll => super::epoll_echo::run(listener, &stats, announce),
+        EchoRuntime::Glommio => unreachable!("glommio is served above"),
+    }
 }
 
 async fn accept_loop(listener: TcpListener, args: EchoServerArgs) -> Result<()> {

@@ -21,12 +21,17 @@ use anyhow::{bail, Context, Result};
 
 pub(crate) mod codec;
 pub(crate) mod echo;
+#[cfg(test)]
+mod echo_tests;
 pub(crate) mod engine;
+pub(crate) mod epoll_echo;
 pub(crate) mod fixed;
 pub(crate) mod palisade;
 pub(crate) mod report;
 pub(crate) mod sweep;
 pub(crate) mod systems;
+#[allow(unsafe_code)]
+pub(crate) mod uring_echo;
 
 // Codecs and process management of the peer systems.
 pub(crate) mod etcd;
@@ -48,7 +53,7 @@ fn duration(text: &str) -> Result<Duration, palisade_tuning::ValueError> {
 }
 
 /// Every system `compare` knows, in the order it runs them.
-pub(crate) const SYSTEMS: [&str; 7] = [
+pub(crate) const SYSTEMS: [&str; 10] = [
     "palisade",
     "palisade-cluster",
     "palisade-cluster-none",
@@ -56,6 +61,9 @@ pub(crate) const SYSTEMS: [&str; 7] = [
     "etcd",
     "zookeeper",
     "echo",
+    "echo-uring",
+    "echo-uring-past-sends",
+    "echo-epoll",
 ];
 
 /// Arguments of `palisade-bench compare`.
@@ -79,7 +87,10 @@ pub struct CompareArgs {
     /// Systems, comma-separated: palisade (one node, the default
     /// `leases.replication = "quorum"`), palisade-cluster (three nodes,
     /// quorum), palisade-cluster-none (three nodes, `replication =
-    /// "none"`), redis, etcd, zookeeper, echo.
+    /// "none"`), redis, etcd, zookeeper, echo (the floor: glommio), and,
+    /// only when named, echo-uring (the same echo on a ring of our own),
+    /// echo-uring-past-sends (its enters also wait past their own sends)
+    /// and echo-epoll (on a Redis-style epoll loop).
     #[arg(
         long,
         value_delimiter = ',',
@@ -150,7 +161,8 @@ pub struct OpenLoopArgs {
     /// Server address.
     #[arg(long)]
     endpoint: SocketAddr,
-    /// Its protocol: palisade, echo, redis, etcd or zookeeper.
+    /// Its protocol: palisade, echo (any echo runtime), redis, etcd or
+    /// zookeeper.
     #[arg(long, default_value = "palisade")]
     system: String,
     /// Arrivals per second.
@@ -196,7 +208,9 @@ pub(crate) fn codec_for(
         "palisade" | "palisade-cluster" | "palisade-cluster-none" => {
             Box::new(palisade::PalisadeCodec::new(config))
         }
-        "echo" => Box::new(echo::EchoCodec::new(config)?),
+        "echo" | "echo-uring" | "echo-uring-past-sends" | "echo-epoll" => {
+            Box::new(echo::EchoCodec::new(config)?)
+        }
         "redis" => Box::new(redis::RedisCodec::new(config)),
         "etcd" => Box::new(etcd::EtcdCodec::new(config, &addr.to_string())),
         "zookeeper" => Box::new(zk::ZkCodec::new(config)?),
@@ -811,6 +825,16 @@ fn start(
             &ClusterSpec::compare(3, args.server_cpu, Replication::None),
         ),
         "echo" => systems::echo(args.server_cpu, &[]),
+        "echo-uring" => systems::echo(args.server_cpu, &["--runtime".into(), "uring".into()]),
+        "echo-uring-past-sends" => systems::echo(
+            args.server_cpu,
+            &[
+                "--runtime".into(),
+                "uring".into(),
+                "--uring-wait-past-sends".into(),
+            ],
+        ),
+        "echo-epoll" => systems::echo(args.server_cpu, &["--runtime".into(), "epoll".into()]),
         "redis" => systems::peer(peers::PeerKind::Redis, args.server_cpu),
         "etcd" => systems::peer(peers::PeerKind::Etcd, args.server_cpu),
         "zookeeper" => systems::peer(peers::PeerKind::ZooKeeper, args.server_cpu),

@@ -120,7 +120,9 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Starts the echo floor on `cpu`.
+/// Starts the echo floor on `cpu` (`extra`: more `echo-server` flags,
+/// e.g. `--runtime uring`). Lines it prints as `about <text>` before its
+/// `listening <addr>` line go into the report's description.
 pub(crate) fn echo(cpu: usize, extra: &[String]) -> Result<Server> {
     let exe = std::env::current_exe()?;
     let mut child = Command::new(&exe)
@@ -137,19 +139,35 @@ pub(crate) fn echo(cpu: usize, extra: &[String]) -> Result<Server> {
         _cluster: None,
         _peer: None,
         addr: "127.0.0.1:0".parse()?,
-        about: format!("palisade-bench echo-server (glommio, io_uring) on CPU {cpu}"),
+        about: if extra.is_empty() {
+            format!("palisade-bench echo-server (glommio, io_uring) on CPU {cpu}")
+        } else {
+            format!(
+                "palisade-bench echo-server {} on CPU {cpu}",
+                extra.join(" ")
+            )
+        },
     };
     let stdout = child.stdout.take().context("echo-server stdout");
     server.children.push(child);
-    let mut line = String::new();
-    BufReader::new(stdout?)
-        .read_line(&mut line)
-        .context("reading the echo server's address")?;
-    let Some(addr) = line.trim().strip_prefix("listening ") else {
-        bail!("echo-server did not start (printed {line:?})");
-    };
-    server.addr = addr.parse().context("echo-server printed a bad address")?;
-    Ok(server)
+    let mut reader = BufReader::new(stdout?);
+    // Bounded: `about` lines come before `listening`.
+    for _ in 0..16 {
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .context("reading the echo server's address")?;
+        if let Some(about) = line.trim().strip_prefix("about ") {
+            server.about = format!("{} ({about})", server.about);
+            continue;
+        }
+        let Some(addr) = line.trim().strip_prefix("listening ") else {
+            bail!("echo-server did not start (printed {line:?})");
+        };
+        server.addr = addr.parse().context("echo-server printed a bad address")?;
+        return Ok(server);
+    }
+    bail!("echo-server printed no `listening` line")
 }
 
 /// Where a cluster's nodes run.
