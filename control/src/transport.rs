@@ -23,8 +23,10 @@
 //! (`palisade_host::doorbell`, rung by the data plane's proposals and by a
 //! hand-over) and reads what arrived in [`Transport::receive`], so an
 //! inbound raft message reaches raft without a hand-off between threads.
-//! At most `max` messages are taken per call; the rest waits in the socket
-//! (TCP pushes back on the sender) rather than being dropped. Sockets carry a DSCP (`qos.peer_dscp`, CS6 by default)
+//! At most `max` messages are taken per call, starting at another link
+//! each time; the rest waits in the socket (TCP pushes back on the
+//! sender) rather than being dropped. Sockets carry a DSCP
+//! (`qos.peer_dscp`, CS6 by default)
 //! and its `SO_PRIORITY` (see `palisade_host::mark`), `TCP_NODELAY`
 //! and TCP keepalive;
 //! outbound sockets are bound to this node's peer address, so a peer sees
@@ -141,6 +143,8 @@ pub struct Transport {
     self_id: u16,
     /// Inbound raft links, read by [`Transport::receive`].
     inbound: Vec<InLink>,
+    /// The link [`Transport::receive`] read first last time.
+    first: usize,
     /// Where handshake threads leave the links they authenticated.
     handover: Arc<Handover>,
 }
@@ -735,6 +739,7 @@ impl Transport {
             connected,
             self_id,
             inbound: Vec::new(),
+            first: 0,
             handover,
         })
     }
@@ -780,40 +785,41 @@ impl Transport {
             fds[0].revents().contains(PollFlags::IN)
         };
         let now = monotonic_ms();
-        let self_id = self.self_id;
-        let mut i = 0;
-        let mut closed = 0;
-        self.inbound.retain_mut(|link| {
-            let was_readable = readable[i];
-            i += 1;
+        let count = self.inbound.len();
+        // Each call starts at the next link, so a link that alone fills
+        // `max` cannot keep the others unread.
+        self.first = if count == 0 {
+            0
+        } else {
+            (self.first + 1) % count
+        };
+        let mut failed: Vec<Option<io::Error>> = (0..count).map(|_| None).collect();
+        for k in 0..count {
+            let i = (self.first + k) % count;
+            let link = &mut self.inbound[i];
             let result = if out.len() >= max {
                 Ok(())
             } else {
-                link.read_ready(was_readable, self_id, now, out, max)
+                link.read_ready(readable[i], self.self_id, now, out, max)
             };
-            let result = result.and_then(|()| {
-                if now.saturating_sub(link.heard_ms) > IDLE_MAX.as_millis() as u64 {
-                    Err(invalid("idle".into()))
-                } else {
-                    Ok(())
-                }
-            });
-            match result {
-                Ok(()) => true,
-                Err(e) => {
-                    info!(from = link.from, remote = %link.remote, error = %e, "peer disconnected (inbound)");
-                    closed += 1;
-                    false
-                }
+            failed[i] = result
+                .and_then(|()| {
+                    if now.saturating_sub(link.heard_ms) > IDLE_MAX.as_millis() as u64 {
+                        Err(invalid("idle".into()))
+                    } else {
+                        Ok(())
+                    }
+                })
+                .err();
+        }
+        let mut failed = failed.into_iter();
+        self.inbound.retain(|link| match failed.next().flatten() {
+            None => true,
+            Some(e) => {
+                info!(from = link.from, remote = %link.remote, error = %e, "peer disconnected (inbound)");
+                false
             }
         });
-        if closed > 0 {
-            debug!(
-                closed,
-                open = self.inbound.len(),
-                "inbound peer links closed"
-            );
-        }
         rung
     }
 
@@ -1593,6 +1599,68 @@ mod tests {
         let got = next_message(&mut transport, &mut out.into_iter().collect());
         assert_eq!(got.commit, 5);
         drop(dialer.join().expect("dialer"));
+        transport.stop();
+    }
+
+    #[test]
+    fn a_link_that_fills_every_turn_does_not_keep_another_unread() {
+        let one: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        let three: SocketAddr = "127.0.0.1:10".parse().expect("addr");
+        let mut transport = Transport::start(
+            2,
+            "test",
+            SECRET,
+            "127.0.0.1:0".parse().expect("addr"),
+            &[(1, one), (3, three)],
+            doorbell(),
+        )
+        .expect("start");
+        let mut out = Vec::new();
+        let deadline = monotonic_ms() + 10_000;
+        let adopt = |transport: &mut Transport, links: usize| {
+            while transport.inbound_links() < links {
+                assert!(monotonic_ms() < deadline, "links not adopted");
+                transport.receive(Duration::from_millis(10), &mut Vec::new(), 0);
+            }
+        };
+        // The busy link first: the one a fixed order would always read first.
+        let mut busy = raft_link_to(&transport);
+        adopt(&mut transport, 1);
+        let mut quiet = dial(transport.local_addr(), loopback(), PEER_DSCP_DEFAULT).expect("dial");
+        let mut node3 = node1();
+        node3.self_id = 3;
+        handshake(&mut quiet, &node3, 2, MAGIC).expect("handshake");
+        // Not held back by Nagle behind the unacknowledged proof.
+        quiet.set_nodelay(true).expect("nodelay");
+        adopt(&mut transport, 2);
+        let mut frames = Vec::new();
+        for commit in 1..=2_000 {
+            frames.extend_from_slice(
+                &frame(&heartbeat(1, 2, commit).write_to_bytes().expect("encode")).expect("frame"),
+            );
+        }
+        busy.write_all(&frames).expect("write");
+        write_frame(
+            &mut quiet,
+            &heartbeat(3, 2, 0).write_to_bytes().expect("encode"),
+        )
+        .expect("write");
+        // Ten messages per turn: the busy link alone could fill 200 turns.
+        let mut before = 0;
+        loop {
+            assert!(monotonic_ms() < deadline, "node 3's message never read");
+            out.clear();
+            transport.receive(Duration::from_millis(10), &mut out, 10);
+            if let Some(at) = out.iter().position(|m| m.from == 3) {
+                before += at;
+                break;
+            }
+            before += out.len();
+        }
+        assert!(
+            before <= 20,
+            "{before} of node 1's messages were read before node 3's one"
+        );
         transport.stop();
     }
 
