@@ -16,11 +16,12 @@ pub enum ClientError {
         source: std::io::Error,
     },
     /// The server did not answer in time. Retryable.
-    #[error("no answer from {endpoint} within {timeout_ms} ms")]
+    #[error("{}", timeout_message(endpoint, *timeout_ms))]
     Timeout {
         /// Endpoint in use.
         endpoint: String,
-        /// The timeout that passed.
+        /// The time waited for the answer; 0 when the request's time had
+        /// run out before a wait for it could begin.
         timeout_ms: u64,
     },
     /// The node asked does not lead; `endpoint` is the leader's client
@@ -72,5 +73,42 @@ impl ClientError {
             ),
             _ => false,
         }
+    }
+}
+
+/// What a [`ClientError::Timeout`] says: how long it waited, or, when it
+/// could not wait at all, that the request's time was already spent
+/// ("within 0 ms" read like a server that failed at once).
+fn timeout_message(endpoint: &str, timeout_ms: u64) -> String {
+    if timeout_ms == 0 {
+        format!(
+            "no answer from {endpoint}: the request's time (its timeout, plus any wait) ran out before an answer could come"
+        )
+    } else {
+        format!("no answer from {endpoint} within {timeout_ms} ms")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_says_how_long_it_waited_or_that_no_time_was_left() {
+        let waited = ClientError::Timeout {
+            endpoint: "10.0.0.1:7000".into(),
+            timeout_ms: 250,
+        };
+        assert_eq!(
+            waited.to_string(),
+            "no answer from 10.0.0.1:7000 within 250 ms"
+        );
+        let spent = ClientError::Timeout {
+            endpoint: "10.0.0.1:7000".into(),
+            timeout_ms: 0,
+        };
+        let text = spent.to_string();
+        assert!(!text.contains("0 ms"), "{text}");
+        assert!(text.contains("ran out"), "{text}");
     }
 }
