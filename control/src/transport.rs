@@ -526,16 +526,19 @@ impl FrameReader {
         }
     }
 
+    /// The length the next frame's header announces, once it was read.
+    fn next_len(&self) -> Option<usize> {
+        let header = self.buf.get(self.start..self.start + 4)?;
+        (self.filled - self.start >= 4)
+            .then(|| u32::from_le_bytes(header.try_into().expect("4 bytes")) as usize)
+    }
+
     /// A whole frame from what was read, if there is one.
     fn take(&mut self, max: usize) -> io::Result<Option<Vec<u8>>> {
         let have = self.filled - self.start;
-        if have < 4 {
+        let Some(len) = self.next_len() else {
             return Ok(None);
-        }
-        let header: [u8; 4] = self.buf[self.start..self.start + 4]
-            .try_into()
-            .expect("4 bytes");
-        let len = u32::from_le_bytes(header) as usize;
+        };
         if len > max {
             return Err(invalid(format!("frame of {len} bytes exceeds {max}")));
         }
@@ -553,14 +556,8 @@ impl FrameReader {
     /// Whether a whole frame waits in the buffer (`take` would give it
     /// or fail on it).
     fn has_frame(&self) -> bool {
-        let have = self.filled - self.start;
-        have >= 4
-            && have
-                >= 4 + u32::from_le_bytes(
-                    self.buf[self.start..self.start + 4]
-                        .try_into()
-                        .expect("4 bytes"),
-                ) as usize
+        self.next_len()
+            .is_some_and(|len| self.filled - self.start >= 4 + len)
     }
 
     /// One `read` into the buffer, made room for first (at least `chunk`
@@ -573,12 +570,9 @@ impl FrameReader {
             self.start = 0;
         }
         let mut want = self.filled + chunk;
-        if self.filled >= 4 {
-            let len = u32::from_le_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
-            // A longer frame is refused by `take`, not buffered.
-            if len <= FRAME_MAX {
-                want = want.max(4 + len);
-            }
+        // A longer frame is refused by `take`, not buffered.
+        if let Some(len) = self.next_len().filter(|&len| len <= FRAME_MAX) {
+            want = want.max(4 + len);
         }
         if self.buf.len() < want {
             self.buf.resize(want, 0);
@@ -793,7 +787,7 @@ impl Transport {
         } else {
             (self.first + 1) % count
         };
-        let mut failed: Vec<Option<io::Error>> = (0..count).map(|_| None).collect();
+        let mut failed = Vec::new();
         for k in 0..count {
             let i = (self.first + k) % count;
             let link = &mut self.inbound[i];
@@ -802,24 +796,19 @@ impl Transport {
             } else {
                 link.read_ready(readable[i], self.self_id, now, out, max)
             };
-            failed[i] = result
-                .and_then(|()| {
-                    if now.saturating_sub(link.heard_ms) > IDLE_MAX.as_millis() as u64 {
-                        Err(invalid("idle".into()))
-                    } else {
-                        Ok(())
-                    }
-                })
-                .err();
-        }
-        let mut failed = failed.into_iter();
-        self.inbound.retain(|link| match failed.next().flatten() {
-            None => true,
-            Some(e) => {
-                info!(from = link.from, remote = %link.remote, error = %e, "peer disconnected (inbound)");
-                false
+            let idle = now.saturating_sub(link.heard_ms) > IDLE_MAX.as_millis() as u64;
+            match result {
+                Err(e) => failed.push((i, e)),
+                Ok(()) if idle => failed.push((i, invalid("idle".into()))),
+                Ok(()) => {}
             }
-        });
+        }
+        // Highest index first, so the indices left stay valid.
+        failed.sort_unstable_by_key(|(i, _)| std::cmp::Reverse(*i));
+        for (i, e) in failed {
+            let link = self.inbound.swap_remove(i);
+            info!(from = link.from, remote = %link.remote, error = %e, "peer disconnected (inbound)");
+        }
         rung
     }
 
