@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # Issue 16: runs the data plane's start/stop loop (or, with TEST set, another
 # test of dataplane/tests/start_stop.rs) next to CPU hogs, which is what
-# makes a glommio executor park with runnable tasks.
+# made a glommio executor park with runnable tasks (the data plane ran on
+# glommio then; its cores are epoll loops now).
 #
 # Usage: scripts/start_stop_hang.sh [starts] [hogs]
-#   TEST=glommio_executor_timer_stalls PALISADE_ROUNDS=60 scripts/start_stop_hang.sh 0 4
-#   (add PALISADE_KICK=1 for the same executor with the data plane's kick thread)
 # Prints the test's summary; a hang prints the stuck threads and fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."

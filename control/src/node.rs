@@ -210,7 +210,7 @@ pub struct Node {
     /// returns at once, every turn (the control loop spun a whole CPU).
     _proposals_tx: flume::Sender<Proposal>,
     /// Per core: what became of its proposals.
-    notices: Vec<flume::Sender<Vec<Notice>>>,
+    notices: Vec<palisade_dataplane::server::NoticeSender>,
     /// Tenant name to the index the table's keys use.
     tenants: crate::leases::Tenants,
     prune: Prune,
@@ -525,13 +525,11 @@ impl Node {
             .store(voters.len().saturating_sub(1) as u64, Ordering::Relaxed);
         let (proposals_tx, proposals) = flume::bounded(PROPOSALS_MAX);
         let doorbell = Arc::new(Doorbell::new().map_err(NodeError::Doorbell)?);
-        let (notices, notice_rxs): (Vec<_>, Vec<_>) =
-            (0..cores).map(|_| flume::unbounded()).unzip();
+        let (notices, notice_rxs) =
+            palisade_dataplane::server::notice_channels(cores).map_err(NodeError::Doorbell)?;
         let server_options = ServerOptions {
             listen: config.listen.client,
             cpus: selection,
-            preempt_timer: config.dataplane.preempt_timer,
-            rpc_latency: config.dataplane.rpc_latency,
             dscp: config.dataplane.client_dscp,
             connections_max: config.limits.connections_max,
             waiters_max: config.limits.waiters_max,
@@ -1021,7 +1019,7 @@ impl Node {
 }
 
 /// Hands each notice to the core named in its tag.
-fn deliver(senders: &[flume::Sender<Vec<Notice>>], notices: Vec<Notice>) {
+fn deliver(senders: &[palisade_dataplane::server::NoticeSender], notices: Vec<Notice>) {
     if notices.is_empty() {
         return;
     }

@@ -62,8 +62,10 @@ pub async fn beat(slots: Arc<[AtomicU64]>, index: usize) {
     }
 }
 
-#[cfg(feature = "glommio")]
-fn stall_if_armed(index: usize) {
+/// Test hook: while the stall failpoint of core `index` is armed (see
+/// [`arm_core_stall_failpoint`]), blocks the calling thread. A core's loop
+/// calls it once per turn; it costs a load when no failpoint is armed.
+pub fn stall_if_armed(index: usize) {
     let Some((core, file)) = STALL_FAILPOINT.get() else {
         return;
     };

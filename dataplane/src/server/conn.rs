@@ -1,152 +1,48 @@
-//! One client connection: read frames into an aligned buffer, answer each
-//! from the archived bytes in place, write all answers of a batch at once.
+//! Client connections on a core: accept, read frames into an aligned
+//! buffer and answer each from the archived bytes in place, write each
+//! connection's answers with one `write` per turn, and close on a
+//! deadline, an error or the client's end.
+//!
+//! Back-pressure: a connection whose answers could not all be written
+//! stops being read (its epoll interest becomes `OUT` only) until they
+//! are, and is closed once they stay unwritten for
+//! `limits.write_stall_timeout`.
 
-use std::io;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::channels::local_channel;
-use glommio::net::{TcpListener, TcpStream};
 use palisade_proto::frame::padded_len;
 use palisade_proto::{
     access_request, encode_response, Decoded, ErrorCode, FrameBuf, FrameError, FrameKind, RecvBuf,
     Response, HEADER_LEN, NONCE_LEN,
 };
+use rustix::event::epoll;
 use tracing::{debug, warn};
 
-use super::CoreCtx;
-use crate::metrics::{Closed, CoreStats};
+use super::core::Core;
+use crate::metrics::Closed;
 use crate::service::{Conn, Outcome, Phase, RequestMeta};
+use crate::table::LeaseKey;
 use crate::waiters::WaitEvent;
 use palisade_host::clock::{monotonic_ms, monotonic_ns};
-use palisade_host::throttle::LogThrottle;
 
 /// Receive buffer a connection starts with; it grows up to one maximal frame.
 const RECV_BUF_INITIAL: usize = 4096;
-/// Queued answers written together at most: a group commit answers many
-/// requests of one connection at once, and one write per answer costs a
-/// send each (the bound keeps reads and other connections turning).
-const DELIVERIES_PER_WRITE_MAX: usize = 64;
-/// While a connection has traffic, the longest its task waits before it
-/// looks again, whatever its deadlines. glommio 0.9 can put the core to
-/// sleep with runnable tasks (issue 16, see [`super::nudge`]): a turn of
-/// its loop that finds the preemption timer already fired runs nothing and
-/// parks, and the tasks it had just woken wait for the core's next timer.
-/// The connection's own timer is one: kept this close while requests flow
-/// densely (two in a row less than this apart), it bounds such a stall to
-/// this long instead of the heartbeat period (10 ms; with the 100 ms
-/// heartbeat before issue 16's kick change, these stalls gave renewals at
-/// 100 000/s on a shared CPU a p99 of 30 ms). It costs one extra wake when
-/// a burst ends; sparser traffic is left alone, since a look after every
-/// request would cost a wake each (30-50 µs of CPU per request at 700
-/// requests/s, measured), and an idle connection never wakes its core.
-/// Why 2 ms: at 1 ms, one connection at 20 000 checks/s cost 41.1-41.6 µs
-/// of CPU per request against 37.6-39.8 without the guard (this VM, kernel
-/// HZ 250, alternating A/B runs); at 2 ms 39.5-39.6, at 5 ms 37.6-38.6.
-pub(crate) const PARK_GUARD: Duration = Duration::from_millis(2);
+/// Connections accepted per turn at most: the rest wait one turn, so a
+/// flood of connects cannot starve the connections already open.
+const ACCEPTS_PER_TURN: usize = 64;
 /// Pause after a failed accept (out of file descriptors, say), doubled on
 /// each failure in a row up to [`ACCEPT_BACKOFF_MAX`]: the listener stays
 /// readable while the backlog holds connections, so retrying at once would
 /// spin.
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+pub(super) const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(100);
 /// At most one log line per core per this long about failed accepts; the
 /// line counts the failures it stands for.
-const ACCEPT_LOG_INTERVAL_MS: u64 = 1_000;
-
-pub(super) async fn accept_loop(ctx: Rc<CoreCtx>, listener: TcpListener) {
-    let mut backoff = ACCEPT_BACKOFF_MIN;
-    let mut log = LogThrottle::new(ACCEPT_LOG_INTERVAL_MS);
-    loop {
-        let stream = match listener.accept().await {
-            Ok(stream) => {
-                backoff = ACCEPT_BACKOFF_MIN;
-                stream
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: back off, keep serving.
-                if let Some(suppressed) = log.failed(monotonic_ms()) {
-                    warn!(
-                        core = ctx.index,
-                        error = %e,
-                        suppressed,
-                        backoff_ms = backoff.as_millis() as u64,
-                        "accept failed (more failures since the last line: suppressed); if out of file descriptors, raise LimitNOFILE or lower limits.connections_max"
-                    );
-                }
-                glommio::timer::sleep(backoff).await;
-                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                continue;
-            }
-        };
-        let id = ctx.next_conn.get();
-        ctx.next_conn.set(id + 1);
-        let ctx2 = ctx.clone();
-        super::spawn(ctx.hot, async move {
-            let open = ctx2.connections.fetch_add(1, Ordering::SeqCst);
-            ctx2.shared.stats[ctx2.index]
-                .connections
-                .fetch_add(1, Ordering::Relaxed);
-            if open >= u64::from(ctx2.opts.connections_max) {
-                refuse(&ctx2, stream).await;
-            } else if let Err(e) = serve(&ctx2, stream, id).await {
-                debug!(core = ctx2.index, conn = id, error = %e, "connection ended");
-            }
-            ctx2.connections.fetch_sub(1, Ordering::SeqCst);
-            ctx2.shared.stats[ctx2.index]
-                .connections
-                .fetch_sub(1, Ordering::Relaxed);
-        });
-    }
-}
-
-async fn refuse(ctx: &CoreCtx, mut stream: TcpStream) {
-    ctx.shared.stats[ctx.index].close(Closed::ConnectionsMax);
-    let mut out = FrameBuf::new();
-    let response = Response::Error {
-        code: ErrorCode::TooManyConnections,
-        retry_after_ms: 100,
-        message: "the node is at limits.connections_max; retry later".into(),
-    };
-    if encode_response(&mut out, 0, 0, ctx.opts.frame_payload_max, &response).is_ok() {
-        let stats = &ctx.shared.stats[ctx.index];
-        let _ = write_bounded(&mut stream, &out, ctx.opts.write_stall_timeout, stats).await;
-    }
-    let _ = stream.close().await;
-}
-
-/// Writes `bytes`, or fails with `TimedOut` (and counts a write stall in
-/// `stats`) if that takes longer than `stall`: the client stopped reading
-/// and both socket buffers are full.
-async fn write_bounded(
-    stream: &mut TcpStream,
-    bytes: &[u8],
-    stall: Duration,
-    stats: &CoreStats,
-) -> io::Result<()> {
-    let write = async { stream.write_all(bytes).await };
-    let stalled = async {
-        glommio::timer::sleep(stall).await;
-        stats.close(Closed::WriteStall);
-        Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "replies could not be written within limits.write_stall_timeout; closing",
-        ))
-    };
-    futures_lite::future::or(write, stalled).await
-}
-
-/// What woke the connection task.
-enum Event {
-    Read(io::Result<usize>),
-    Deliver(Option<WaitEvent>),
-    Timeout,
-    /// Closed to make room for a newer handshake.
-    Evicted,
-}
+pub(super) const ACCEPT_LOG_INTERVAL_MS: u64 = 1_000;
 
 /// Which deadline a connection waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +50,7 @@ enum Deadline {
     Handshake,
     Frame,
     Idle,
+    WriteStall,
 }
 
 impl Deadline {
@@ -162,6 +59,7 @@ impl Deadline {
             Deadline::Handshake => Closed::HandshakeTimeout,
             Deadline::Frame => Closed::FrameTimeout,
             Deadline::Idle => Closed::Idle,
+            Deadline::WriteStall => Closed::WriteStall,
         }
     }
 
@@ -174,28 +72,623 @@ impl Deadline {
             Deadline::Idle => {
                 "the connection was idle for limits.idle_timeout; closing (reconnect to go on)"
             }
+            Deadline::WriteStall => {
+                "replies could not be written within limits.write_stall_timeout; closing"
+            }
         }
     }
 }
 
-/// How long a connection task waits for its next event: until its
-/// earliest deadline (`deadline_in` from now, `None`: none), and, while it
-/// has dense traffic (`busy`: its last two reads or deliveries were less
-/// than [`PARK_GUARD`] apart), at most [`PARK_GUARD`]. `None`: no timer at
-/// all.
-pub(crate) fn wait_bound(deadline_in: Option<Duration>, busy: bool) -> Option<Duration> {
-    match (deadline_in, busy) {
-        (Some(wait), true) => Some(wait.min(PARK_GUARD)),
-        (Some(wait), false) => Some(wait),
-        (None, true) => Some(PARK_GUARD),
-        (None, false) => None,
+/// One client connection's state on its core.
+pub(super) struct Client {
+    stream: TcpStream,
+    conn: Conn,
+    rx: RecvBuf,
+    /// Answers not yet written: `out[sent..]` is left.
+    out: FrameBuf,
+    sent: usize,
+    /// Grants whose answer is in `out`, with the offset where the answer
+    /// ends: released if the connection closes before they are written.
+    unsent_grants: Vec<(LeaseKey, u64, usize)>,
+    /// When the frame now half-read started to arrive.
+    partial_since_ms: Option<u64>,
+    /// Last byte from the client or answer to it: the idle clock.
+    heard_ms: u64,
+    handshake_deadline_ms: u64,
+    /// Since when `out` could not be written in full.
+    blocked_since_ms: Option<u64>,
+    /// The epoll interest is `OUT` (answers wait to be written), not `IN`.
+    writing: bool,
+    /// In this turn's list of connections to write.
+    dirty: bool,
+    /// Its last answer is in `out`: close once written, read no more.
+    closing: bool,
+    /// The deadline entry in the core's timers (an earlier deadline adds
+    /// another entry; a later one waits for this one to come due).
+    timer_ms: Option<u64>,
+    /// Requests answered in this turn, and when the first of them arrived
+    /// (monotonic ns): recorded once the answers are written.
+    answered: u64,
+    arrived_ns: u64,
+}
+
+impl Client {
+    /// The connection's earliest deadline.
+    fn deadline(&self, opts: &super::ServerOptions) -> Option<(u64, Deadline)> {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        if let Some(since) = self.blocked_since_ms {
+            return Some((
+                since.saturating_add(millis(opts.write_stall_timeout)),
+                Deadline::WriteStall,
+            ));
+        }
+        if self.closing {
+            return None;
+        }
+        let ready = matches!(self.conn.phase, Phase::Ready { .. });
+        let deadlines = [
+            self.partial_since_ms
+                .map(|since| (since.saturating_add(millis(opts.frame_timeout)), Deadline::Frame)),
+            (!ready).then_some((self.handshake_deadline_ms, Deadline::Handshake)),
+            // Idle: authenticated, nothing half-read and nothing pending
+            // (a waiting acquire or a watch is the server's turn).
+            (ready && self.partial_since_ms.is_none() && self.conn.pending == 0).then(|| {
+                (
+                    self.heard_ms.saturating_add(millis(opts.idle_timeout)),
+                    Deadline::Idle,
+                )
+            }),
+        ];
+        deadlines.into_iter().flatten().min_by_key(|&(at, _)| at)
     }
 }
 
-/// Whether traffic at `now_ns` after traffic at `previous_ns` (monotonic
-/// ns, 0: none yet) is dense enough for [`wait_bound`]'s `busy`.
-pub(crate) fn dense_traffic(previous_ns: u64, now_ns: u64) -> bool {
-    previous_ns != 0 && now_ns.saturating_sub(previous_ns) < PARK_GUARD.as_nanos() as u64
+impl Core {
+    /// Accepts what the listener holds, up to [`ACCEPTS_PER_TURN`].
+    pub(super) fn accept(&mut self) {
+        for _ in 0..ACCEPTS_PER_TURN {
+            let flags = rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC;
+            match rustix::net::accept_with(&self.listener, flags) {
+                Ok(fd) => {
+                    self.accept_backoff = ACCEPT_BACKOFF_MIN;
+                    self.adopt(TcpStream::from(fd));
+                }
+                Err(rustix::io::Errno::AGAIN) => return,
+                // A connection reset while it waited in the backlog.
+                Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => {}
+                Err(e) => {
+                    // Out of file descriptors and the like: the listener
+                    // stays readable, so take it out of the set for a while.
+                    let now_ms = monotonic_ms();
+                    if let Some(suppressed) = self.accept_log.failed(now_ms) {
+                        warn!(
+                            core = self.index,
+                            error = %e,
+                            suppressed,
+                            backoff_ms = self.accept_backoff.as_millis() as u64,
+                            "accept failed (more failures since the last line: suppressed); if out of file descriptors, raise LimitNOFILE or lower limits.connections_max"
+                        );
+                    }
+                    if epoll::delete(&self.epoll, &self.listener).is_ok() {
+                        let backoff = self.accept_backoff.as_millis() as u64;
+                        self.accept_paused_until_ms = Some(now_ms + backoff);
+                        self.accept_backoff = (self.accept_backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Puts the listener back into the epoll set after a pause.
+    pub(super) fn resume_accepting(&mut self) {
+        self.accept_paused_until_ms = None;
+        if let Err(e) = epoll::add(
+            &self.epoll,
+            &self.listener,
+            epoll::EventData::new_u64(super::core::LISTENER),
+            epoll::EventFlags::IN,
+        ) {
+            warn!(core = self.index, error = %e, "could not resume accepting; retrying");
+            self.accept_paused_until_ms = Some(monotonic_ms() + ACCEPT_BACKOFF_MAX.as_millis() as u64);
+        }
+    }
+
+    /// Takes a freshly accepted connection in (or refuses it at the
+    /// connection limit).
+    fn adopt(&mut self, stream: TcpStream) {
+        let open = self.connections.fetch_add(1, Ordering::SeqCst);
+        let stats = &self.shared.stats[self.index];
+        stats.connections.fetch_add(1, Ordering::Relaxed);
+        let gone = |core: &Core| {
+            core.connections.fetch_sub(1, Ordering::SeqCst);
+            core.shared.stats[core.index]
+                .connections
+                .fetch_sub(1, Ordering::Relaxed);
+        };
+        if open >= u64::from(self.opts.connections_max) {
+            self.refuse(stream);
+            gone(self);
+            return;
+        }
+        let ipv6 = self.opts.listen.is_ipv6();
+        if let Err(e) = super::net::prepare_stream(stream.as_raw_fd(), ipv6, self.opts.dscp) {
+            debug!(core = self.index, error = %e, "a new connection failed its set-up; closed");
+            gone(self);
+            return;
+        }
+        let id = self.next_conn;
+        self.next_conn += 1;
+        if let Err(e) = epoll::add(
+            &self.epoll,
+            &stream,
+            epoll::EventData::new_u64(id),
+            epoll::EventFlags::IN,
+        ) {
+            warn!(core = self.index, error = %e, "could not watch a new connection; closed");
+            gone(self);
+            return;
+        }
+        let core = u16::try_from(self.index).expect("core count fits u16");
+        let mut conn = Conn::new(core, id);
+        conn.peer = stream.peer_addr().ok().map(|addr| addr.ip());
+        let payload_max = self.opts.frame_payload_max;
+        let frame_max = HEADER_LEN + padded_len(payload_max as usize);
+        let now_ms = monotonic_ms();
+        let handshake_ms = u64::try_from(self.opts.handshake_timeout.as_millis()).unwrap_or(u64::MAX);
+        self.clients.insert(
+            id,
+            Client {
+                stream,
+                conn,
+                rx: RecvBuf::new(
+                    RECV_BUF_INITIAL.min(frame_max),
+                    frame_max.max(RECV_BUF_INITIAL),
+                ),
+                out: FrameBuf::new(),
+                sent: 0,
+                unsent_grants: Vec::new(),
+                partial_since_ms: None,
+                heard_ms: now_ms,
+                handshake_deadline_ms: now_ms.saturating_add(handshake_ms),
+                blocked_since_ms: None,
+                writing: false,
+                dirty: false,
+                closing: false,
+                timer_ms: None,
+                answered: 0,
+                arrived_ns: 0,
+            },
+        );
+        self.schedule(id);
+        self.register_unauthenticated(id);
+    }
+
+    /// Answers a connection over the limit and closes it.
+    fn refuse(&mut self, mut stream: TcpStream) {
+        self.shared.stats[self.index].close(Closed::ConnectionsMax);
+        let mut out = FrameBuf::new();
+        let response = Response::Error {
+            code: ErrorCode::TooManyConnections,
+            retry_after_ms: 100,
+            message: "the node is at limits.connections_max; retry later".into(),
+        };
+        if encode_response(&mut out, 0, 0, self.opts.frame_payload_max, &response).is_ok() {
+            // A fresh socket's send buffer takes it; if not, the close says it.
+            let _ = stream.write(&out);
+        }
+    }
+
+    /// Registers connection `id` as unauthenticated; if that makes more
+    /// than this core's share, the oldest unauthenticated connection is
+    /// closed. Refusing the newest instead would let a flood that keeps
+    /// its connections open hold every slot; evicting the oldest means a
+    /// client that completes its handshake promptly always gets through,
+    /// and a flood only shortens the time a slow handshake may take.
+    fn register_unauthenticated(&mut self, id: u64) {
+        self.unauthenticated.insert(id);
+        while self.unauthenticated.len() > self.unauthenticated_max {
+            let Some(oldest) = self.unauthenticated.pop_first() else {
+                break;
+            };
+            debug!(
+                core = self.index,
+                conn = oldest,
+                "evicting the oldest unfinished handshake"
+            );
+            self.shared.stats[self.index].close(Closed::Evicted);
+            let response = Response::Error {
+                code: ErrorCode::TooManyConnections,
+                retry_after_ms: 0,
+                message: "closed to make room: limits.unauthenticated_max connections were in their handshake and this was the oldest; reconnect and complete the handshake promptly".into(),
+            };
+            self.finish(oldest, 0, 0, &response);
+        }
+    }
+
+    /// A connection's epoll event.
+    pub(super) fn on_event(&mut self, id: u64, flags: epoll::EventFlags) {
+        let Some(client) = self.clients.get(&id) else {
+            // Closed earlier in this turn.
+            return;
+        };
+        if client.writing {
+            if flags.intersects(
+                epoll::EventFlags::OUT | epoll::EventFlags::ERR | epoll::EventFlags::HUP,
+            ) {
+                self.flush(id);
+            }
+        } else if !client.closing {
+            self.read(id);
+        }
+    }
+
+    /// Reads once from a readable connection and answers what it holds.
+    fn read(&mut self, id: u64) {
+        // Out of the map while its requests are served: everything that
+        // reaches a connection meanwhile waits in `delivered`.
+        let Some(mut client) = self.clients.remove(&id) else {
+            return;
+        };
+        let read = client.stream.read(client.rx.spare());
+        let n = match read {
+            Ok(0) => {
+                self.clients.insert(id, client);
+                if self.clients[&id].rx.buffered() > 0 {
+                    let response = frame_error_response(&FrameError::Truncated);
+                    self.finish(id, 0, 0, &response);
+                } else {
+                    self.close(id);
+                }
+                return;
+            }
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                self.clients.insert(id, client);
+                return;
+            }
+            Err(e) => {
+                debug!(core = self.index, conn = id, error = %e, "connection ended");
+                self.clients.insert(id, client);
+                self.close(id);
+                return;
+            }
+        };
+        client.rx.filled(n);
+        let close = self.serve_frames(&mut client);
+        self.clients.insert(id, client);
+        if close {
+            self.finish_written(id);
+        } else {
+            self.mark_dirty(id);
+            self.schedule(id);
+        }
+    }
+
+    /// Answers every whole frame in the connection's buffer. Returns
+    /// whether the connection must close once its answers are out.
+    fn serve_frames(&mut self, client: &mut Client) -> bool {
+        // Read the clock after the bytes arrived: a lease's server
+        // interval then starts no earlier than the client sent it.
+        let arrived_ns = monotonic_ns();
+        let now_ms = arrived_ns / 1_000_000;
+        client.heard_ms = now_ms;
+        let payload_max = self.opts.frame_payload_max;
+        let mut served = 0u64;
+        // Requests answered in this batch (not those left waiting).
+        let mut answered = 0u64;
+        let mut close = false;
+        let mut waits = Vec::new();
+        let conn = &mut client.conn;
+        let out = &mut client.out;
+        loop {
+            let (outcome, frame_len, meta) = match client.rx.next_frame(payload_max) {
+                Ok(Decoded::Incomplete { .. }) => break,
+                Err(err) => {
+                    respond(payload_max, out, 0, 0, &frame_error_response(&err));
+                    close = true;
+                    break;
+                }
+                Ok(Decoded::Frame {
+                    header,
+                    payload,
+                    frame_len,
+                }) => {
+                    let meta = RequestMeta {
+                        request_id: header.request_id,
+                        group: header.group,
+                    };
+                    if header.kind != FrameKind::Request {
+                        let err = frame_error_response(&FrameError::BadKind { got: 2 });
+                        respond(payload_max, out, header.request_id, header.group, &err);
+                        close = true;
+                        break;
+                    }
+                    match access_request(payload) {
+                        Ok(request) => {
+                            let outcome =
+                                self.shared
+                                    .handle(conn, meta, request, now_ms, &mut random_nonce);
+                            self.lists
+                                .note_request(&self.shared.table, conn, request, now_ms);
+                            (outcome, frame_len, meta)
+                        }
+                        Err(err) => {
+                            let response = frame_error_response(&err);
+                            respond(payload_max, out, meta.request_id, meta.group, &response);
+                            close = true;
+                            break;
+                        }
+                    }
+                }
+            };
+            client.rx.consume(frame_len);
+            served += 1;
+            answered += u64::from(matches!(
+                outcome,
+                Outcome::Reply(_) | Outcome::ReplyAndWake(..) | Outcome::ReplyAndClose(_)
+            ));
+            match outcome {
+                Outcome::Reply(response) => {
+                    respond(payload_max, out, meta.request_id, meta.group, &response);
+                }
+                Outcome::ReplyAndWake(response, key) => {
+                    respond(payload_max, out, meta.request_id, meta.group, &response);
+                    self.wakes.push(key);
+                }
+                Outcome::ReplyAndClose(response) => {
+                    respond(payload_max, out, meta.request_id, meta.group, &response);
+                    close = true;
+                    break;
+                }
+                Outcome::Wait(request) => waits.push(request),
+                Outcome::Watch(watch) => self.watch(watch),
+                Outcome::List(list) => self.list(*list),
+                Outcome::Commit(commit) => {
+                    let origin = crate::waiters::Origin {
+                        core: conn.core,
+                        conn: conn.id,
+                        request_id: meta.request_id,
+                        group: meta.group,
+                        queued: false,
+                    };
+                    self.commit(origin, *commit, arrived_ns);
+                }
+            }
+        }
+        self.shared.stats[self.index].bump_ops(served);
+        if matches!(conn.phase, Phase::Ready { .. }) {
+            self.unauthenticated.remove(&conn.id);
+        }
+        // A frame timeout measures how long one frame takes to arrive:
+        // restart the clock whenever a frame completed.
+        client.partial_since_ms = match (client.rx.buffered() > 0, served > 0) {
+            (false, _) => None,
+            (true, true) => Some(now_ms),
+            (true, false) => Some(client.partial_since_ms.unwrap_or(now_ms)),
+        };
+        for request in waits {
+            self.route_wait(request);
+        }
+        if answered > 0 {
+            if client.answered == 0 {
+                client.arrived_ns = arrived_ns;
+            }
+            client.answered += answered;
+        }
+        close
+    }
+
+    /// Hands an answer to its connection on this core. A grant for a
+    /// connection that is gone (or closing) is released at once.
+    pub(super) fn hand_over(&mut self, event: WaitEvent) {
+        let origin = event.origin();
+        let payload_max = self.opts.frame_payload_max;
+        let Some(client) = self
+            .clients
+            .get_mut(&origin.conn)
+            .filter(|client| !client.closing)
+        else {
+            if let WaitEvent::Granted { key, token, .. } = event {
+                self.release_orphan(key, token);
+            }
+            return;
+        };
+        client.conn.pending = client.conn.pending.saturating_sub(1);
+        self.shared.answered(&mut client.conn, &origin);
+        // The idle clock restarts when the last pending answer goes out: a
+        // watch answered after a minute must leave its client time to
+        // watch again.
+        client.heard_ms = monotonic_ms();
+        let grant = match &event {
+            WaitEvent::Granted { key, token, .. } => Some((*key, *token)),
+            _ => None,
+        };
+        let (request_id, group, response) = event_response(event);
+        respond(payload_max, &mut client.out, request_id, group, &response);
+        if let Some((key, token)) = grant {
+            client.unsent_grants.push((key, token, client.out.len()));
+        }
+        self.mark_dirty(origin.conn);
+        self.schedule(origin.conn);
+    }
+
+    fn mark_dirty(&mut self, id: u64) {
+        if let Some(client) = self.clients.get_mut(&id) {
+            if !client.dirty && client.out.len() > client.sent {
+                client.dirty = true;
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    /// Writes every connection with new answers.
+    pub(super) fn flush_dirty(&mut self) {
+        for id in std::mem::take(&mut self.dirty) {
+            if let Some(client) = self.clients.get_mut(&id) {
+                client.dirty = false;
+                if !client.writing {
+                    self.flush(id);
+                }
+            }
+        }
+    }
+
+    /// Writes what the connection has left; switches it to waiting for
+    /// `OUT` if the socket takes less, closes it if it was closing and
+    /// everything is out.
+    fn flush(&mut self, id: u64) {
+        let Some(client) = self.clients.get_mut(&id) else {
+            return;
+        };
+        let mut failed = None;
+        while client.sent < client.out.len() {
+            match client.stream.write(&client.out[client.sent..]) {
+                Ok(0) => {
+                    failed = Some(io::Error::from(ErrorKind::WriteZero));
+                    break;
+                }
+                Ok(n) => client.sent += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            debug!(core = self.index, conn = id, error = %e, "connection ended");
+            self.close(id);
+            return;
+        }
+        let sent = client.sent;
+        client.unsent_grants.retain(|&(_, _, end)| end > sent);
+        if client.answered > 0 && sent == client.out.len() {
+            self.shared.stats[self.index].latency.record(
+                monotonic_ns().saturating_sub(client.arrived_ns),
+                client.answered,
+            );
+            client.answered = 0;
+        }
+        let interest = if sent == client.out.len() {
+            client.out.clear();
+            client.sent = 0;
+            client.blocked_since_ms = None;
+            if client.closing {
+                self.close(id);
+                return;
+            }
+            client.writing.then_some(epoll::EventFlags::IN)
+        } else {
+            client.blocked_since_ms.get_or_insert_with(monotonic_ms);
+            (!client.writing).then_some(epoll::EventFlags::OUT)
+        };
+        if let Some(interest) = interest {
+            client.writing = interest == epoll::EventFlags::OUT;
+            if let Err(e) = epoll::modify(
+                &self.epoll,
+                &client.stream,
+                epoll::EventData::new_u64(id),
+                interest,
+            ) {
+                warn!(core = self.index, conn = id, error = %e, "could not change a connection's interest; closing it");
+                self.close(id);
+                return;
+            }
+        }
+        self.schedule(id);
+    }
+
+    /// Queues `response` as the connection's last answer; it closes once
+    /// that is written (or its write stalls).
+    fn finish(&mut self, id: u64, request_id: u64, group: u32, response: &Response) {
+        let payload_max = self.opts.frame_payload_max;
+        let Some(client) = self.clients.get_mut(&id) else {
+            return;
+        };
+        respond(payload_max, &mut client.out, request_id, group, response);
+        self.finish_written(id);
+    }
+
+    /// The connection's last answer is in its buffer: close once written.
+    fn finish_written(&mut self, id: u64) {
+        let Some(client) = self.clients.get_mut(&id) else {
+            return;
+        };
+        client.closing = true;
+        self.unauthenticated.remove(&id);
+        if !client.writing {
+            self.flush(id);
+        }
+    }
+
+    /// Enters the connection's earliest deadline in the timers, unless an
+    /// entry at or before it is there already.
+    pub(super) fn schedule(&mut self, id: u64) {
+        let Some(client) = self.clients.get_mut(&id) else {
+            return;
+        };
+        let Some((at, _)) = client.deadline(&self.opts) else {
+            return;
+        };
+        if client.timer_ms.is_some_and(|timer| timer <= at) {
+            return;
+        }
+        client.timer_ms = Some(at);
+        self.timers.push(std::cmp::Reverse((at, id)));
+    }
+
+    /// A timer entry of connection `id` for `at` came due.
+    pub(super) fn on_timer(&mut self, id: u64, at: u64, now_ms: u64) {
+        let Some(client) = self.clients.get_mut(&id) else {
+            return;
+        };
+        if client.timer_ms != Some(at) {
+            // Superseded by an earlier entry that already ran.
+            return;
+        }
+        client.timer_ms = None;
+        match client.deadline(&self.opts) {
+            Some((due, which)) if due <= now_ms => {
+                debug!(core = self.index, conn = id, deadline = ?which, "connection timed out");
+                self.shared.stats[self.index].close(which.closed());
+                if which == Deadline::WriteStall {
+                    self.close(id);
+                    return;
+                }
+                let response = Response::Error {
+                    code: ErrorCode::Timeout,
+                    retry_after_ms: 0,
+                    message: which.message().into(),
+                };
+                self.finish(id, 0, 0, &response);
+            }
+            // Moved later meanwhile (traffic came): wait for the new one.
+            _ => self.schedule(id),
+        }
+    }
+
+    /// Closes connection `id`: gives back its quota, cancels its waits
+    /// and releases the grants it never heard of.
+    pub(super) fn close(&mut self, id: u64) {
+        let Some(mut client) = self.clients.remove(&id) else {
+            return;
+        };
+        self.unauthenticated.remove(&id);
+        self.shared.closed(&mut client.conn);
+        if client.conn.pending > 0 {
+            self.cancel(id);
+        }
+        for (key, token, _) in std::mem::take(&mut client.unsent_grants) {
+            self.release_orphan(key, token);
+        }
+        self.connections.fetch_sub(1, Ordering::SeqCst);
+        self.shared.stats[self.index]
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
+        // Dropping the stream closes it, which takes it out of the epoll set.
+    }
 }
 
 fn frame_error_response(err: &FrameError) -> Response {
@@ -287,352 +780,10 @@ fn random_nonce() -> [u8; NONCE_LEN] {
     nonce
 }
 
-/// Registers connection `id` as unauthenticated; if that makes more than
-/// this core's share, the oldest unauthenticated connection is told to
-/// close. Refusing the newest instead would let a flood that keeps its
-/// connections open hold every slot; evicting the oldest means a client
-/// that completes its handshake promptly always gets through, and a flood
-/// only shortens the time a slow handshake may take.
-fn register_unauthenticated(ctx: &CoreCtx, id: u64) -> local_channel::LocalReceiver<()> {
-    let (evict_tx, evict_rx) = local_channel::new_bounded(1);
-    let mut unauthenticated = ctx.unauthenticated.borrow_mut();
-    unauthenticated.insert(id, evict_tx);
-    while unauthenticated.len() > ctx.unauthenticated_max {
-        let Some((oldest, evict)) = unauthenticated.pop_first() else {
-            break;
-        };
-        debug!(
-            core = ctx.index,
-            conn = oldest,
-            "evicting the oldest unfinished handshake"
-        );
-        // A full channel already holds the request.
-        let _ = evict.try_send(());
-    }
-    evict_rx
-}
-
-async fn serve(ctx: &Rc<CoreCtx>, mut stream: TcpStream, id: u64) -> io::Result<()> {
-    let ipv6 = ctx.opts.listen.is_ipv6();
-    super::net::prepare_stream(stream.as_raw_fd(), ipv6, ctx.opts.dscp)?;
-    let evict = register_unauthenticated(ctx, id);
-    // Unbounded but never long: the service admits at most
-    // pending_per_connection_max waits per connection.
-    let (deliver_tx, deliver_rx) = local_channel::new_unbounded();
-    ctx.conns.borrow_mut().insert(id, deliver_tx);
-    let core = u16::try_from(ctx.index).expect("core count fits u16");
-    let mut conn = Conn::new(core, id);
-    conn.peer = stream.peer_addr().ok().map(|addr| addr.ip());
-    let result = run(ctx, &mut stream, &mut conn, &deliver_rx, &evict).await;
-    ctx.unauthenticated.borrow_mut().remove(&id);
-    ctx.conns.borrow_mut().remove(&id);
-    ctx.shared.closed(&mut conn);
-    if conn.pending > 0 {
-        ctx.cancel(id);
-    }
-    // Answers that arrived after the loop ended: release orphaned grants.
-    while let Some(Some(event)) = futures_lite::future::poll_once(deliver_rx.recv()).await {
-        ctx.deliver_local(event);
-    }
-    let _ = stream.close().await;
-    result
-}
-
-async fn run(
-    ctx: &Rc<CoreCtx>,
-    stream: &mut TcpStream,
-    conn: &mut Conn,
-    deliveries: &local_channel::LocalReceiver<WaitEvent>,
-    evict: &local_channel::LocalReceiver<()>,
-) -> io::Result<()> {
-    let payload_max = ctx.opts.frame_payload_max;
-    let frame_max = HEADER_LEN + padded_len(payload_max as usize);
-    let mut rx = RecvBuf::new(
-        RECV_BUF_INITIAL.min(frame_max),
-        frame_max.max(RECV_BUF_INITIAL),
-    );
-    let mut out = FrameBuf::with_capacity(4096);
-    let stats = &ctx.shared.stats[ctx.index];
-    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    let frame_timeout_ms = millis(ctx.opts.frame_timeout);
-    let idle_timeout_ms = millis(ctx.opts.idle_timeout);
-    let stall = ctx.opts.write_stall_timeout;
-    let handshake_deadline_ms = monotonic_ms().saturating_add(millis(ctx.opts.handshake_timeout));
-    let mut partial_since_ms: Option<u64> = None;
-    // Last byte from the client or answer to it: the idle clock.
-    let mut heard_ms = monotonic_ms();
-    let mut authenticated = false;
-    // The last two events were traffic (reads or deliveries) less than
-    // PARK_GUARD apart: keep the timer within PARK_GUARD (see `wait_bound`).
-    let mut busy = false;
-    let mut traffic_ns = 0u64;
-    loop {
-        let now_ms = monotonic_ms();
-        let ready = matches!(conn.phase, Phase::Ready { .. });
-        let deadlines = [
-            partial_since_ms.map(|since| (since.saturating_add(frame_timeout_ms), Deadline::Frame)),
-            (!ready).then_some((handshake_deadline_ms, Deadline::Handshake)),
-            // Idle: authenticated, nothing half-read and nothing pending
-            // (a waiting acquire or a watch is the server's turn).
-            (ready && partial_since_ms.is_none() && conn.pending == 0)
-                .then(|| (heard_ms.saturating_add(idle_timeout_ms), Deadline::Idle)),
-        ];
-        let deadline = deadlines.into_iter().flatten().min_by_key(|&(at, _)| at);
-        let event = {
-            let read = async { Event::Read(stream.read(rx.spare()).await) };
-            let deliver = async { Event::Deliver(deliveries.recv().await) };
-            let evicted = async {
-                if ready {
-                    std::future::pending::<()>().await;
-                }
-                match evict.recv().await {
-                    Some(()) => Event::Evicted,
-                    None => std::future::pending().await,
-                }
-            };
-            let wait = wait_bound(
-                deadline.map(|(at, _)| Duration::from_millis(at.saturating_sub(now_ms))),
-                busy,
-            );
-            let timer = async {
-                match wait {
-                    Some(wait) => {
-                        glommio::timer::sleep(wait).await;
-                        Event::Timeout
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            // Deliveries first: a client that never stops sending must still
-            // get its queued answers.
-            futures_lite::future::or(
-                deliver,
-                futures_lite::future::or(read, futures_lite::future::or(evicted, timer)),
-            )
-            .await
-        };
-        match event {
-            Event::Read(Ok(0)) => {
-                if rx.buffered() > 0 {
-                    let response = frame_error_response(&FrameError::Truncated);
-                    respond(ctx, &mut out, 0, 0, &response);
-                    let _ = write_bounded(stream, &out, stall, stats).await;
-                }
-                return Ok(());
-            }
-            Event::Read(Ok(n)) => {
-                rx.filled(n);
-                // Read the clock after the bytes arrived: a lease's server
-                // interval then starts no earlier than the client sent it.
-                let arrived_ns = monotonic_ns();
-                heard_ms = arrived_ns / 1_000_000;
-                busy = dense_traffic(traffic_ns, arrived_ns);
-                traffic_ns = arrived_ns;
-                let now_ms = arrived_ns / 1_000_000;
-                let mut served = 0u64;
-                // Requests answered in this batch (not those left waiting).
-                let mut answered = 0u64;
-                let mut close = false;
-                let mut waits = Vec::new();
-                let mut wakes = Vec::new();
-                loop {
-                    let (outcome, frame_len, meta) = match rx.next_frame(payload_max) {
-                        Ok(Decoded::Incomplete { .. }) => break,
-                        Err(err) => {
-                            respond(ctx, &mut out, 0, 0, &frame_error_response(&err));
-                            close = true;
-                            break;
-                        }
-                        Ok(Decoded::Frame {
-                            header,
-                            payload,
-                            frame_len,
-                        }) => {
-                            let meta = RequestMeta {
-                                request_id: header.request_id,
-                                group: header.group,
-                            };
-                            if header.kind != FrameKind::Request {
-                                let err = frame_error_response(&FrameError::BadKind { got: 2 });
-                                respond(ctx, &mut out, header.request_id, header.group, &err);
-                                close = true;
-                                break;
-                            }
-                            match access_request(payload) {
-                                Ok(request) => {
-                                    let outcome = ctx.shared.handle(
-                                        conn,
-                                        meta,
-                                        request,
-                                        now_ms,
-                                        &mut random_nonce,
-                                    );
-                                    ctx.note_request(conn, request, now_ms);
-                                    (outcome, frame_len, meta)
-                                }
-                                Err(err) => {
-                                    let response = frame_error_response(&err);
-                                    respond(ctx, &mut out, meta.request_id, meta.group, &response);
-                                    close = true;
-                                    break;
-                                }
-                            }
-                        }
-                    };
-                    rx.consume(frame_len);
-                    served += 1;
-                    answered += u64::from(matches!(
-                        outcome,
-                        Outcome::Reply(_) | Outcome::ReplyAndWake(..) | Outcome::ReplyAndClose(_)
-                    ));
-                    match outcome {
-                        Outcome::Reply(response) => {
-                            respond(ctx, &mut out, meta.request_id, meta.group, &response);
-                        }
-                        Outcome::ReplyAndWake(response, key) => {
-                            respond(ctx, &mut out, meta.request_id, meta.group, &response);
-                            wakes.push(key);
-                        }
-                        Outcome::ReplyAndClose(response) => {
-                            respond(ctx, &mut out, meta.request_id, meta.group, &response);
-                            close = true;
-                            break;
-                        }
-                        Outcome::Wait(request) => waits.push(request),
-                        Outcome::Watch(watch) => ctx.watch(watch),
-                        Outcome::List(list) => ctx.list(*list),
-                        Outcome::Commit(commit) => {
-                            let origin = crate::waiters::Origin {
-                                core: conn.core,
-                                conn: conn.id,
-                                request_id: meta.request_id,
-                                group: meta.group,
-                                queued: false,
-                            };
-                            ctx.commit(origin, *commit, arrived_ns);
-                        }
-                    }
-                }
-                stats.bump_ops(served);
-                if !authenticated && matches!(conn.phase, Phase::Ready { .. }) {
-                    // Out of the handshake budget before the next await, so
-                    // that an eviction never picks an authenticated one.
-                    authenticated = true;
-                    ctx.unauthenticated.borrow_mut().remove(&conn.id);
-                }
-                // A frame timeout measures how long one frame takes to
-                // arrive: restart the clock whenever a frame completed.
-                partial_since_ms = match (rx.buffered() > 0, served > 0) {
-                    (false, _) => None,
-                    (true, true) => Some(now_ms),
-                    (true, false) => Some(partial_since_ms.unwrap_or(now_ms)),
-                };
-                // Waiters must hear about releases, and waits must queue,
-                // whatever happens to this connection's write.
-                for key in wakes {
-                    ctx.wake(key).await;
-                }
-                for request in waits {
-                    ctx.route_wait(request).await;
-                }
-                if !out.is_empty() {
-                    write_bounded(stream, &out, stall, stats).await?;
-                    out.clear();
-                }
-                stats
-                    .latency
-                    .record(monotonic_ns().saturating_sub(arrived_ns), answered);
-                if close {
-                    return Ok(());
-                }
-            }
-            Event::Read(Err(e)) => return Err(e),
-            Event::Deliver(Some(first)) => {
-                // The idle clock restarts when the last pending answer goes
-                // out: a watch answered after a minute must leave its
-                // client time to watch again.
-                let now_ns = monotonic_ns();
-                heard_ms = now_ns / 1_000_000;
-                busy = dense_traffic(traffic_ns, now_ns);
-                traffic_ns = now_ns;
-                // Every answer already queued (a group commit answers many
-                // at once) goes out in this one write, up to a bound.
-                let mut grants = Vec::new();
-                let mut next = Some(first);
-                let mut taken = 0;
-                while let Some(event) = next.take() {
-                    conn.pending = conn.pending.saturating_sub(1);
-                    ctx.shared.answered(conn, &event.origin());
-                    if let WaitEvent::Granted { .. } = &event {
-                        grants.push(event.clone());
-                    }
-                    let (request_id, group, response) = event_response(event);
-                    respond(ctx, &mut out, request_id, group, &response);
-                    taken += 1;
-                    if taken < DELIVERIES_PER_WRITE_MAX {
-                        next = futures_lite::future::poll_once(deliveries.recv())
-                            .await
-                            .flatten();
-                    }
-                }
-                if let Err(e) = write_bounded(stream, &out, stall, stats).await {
-                    // The grants never reached their holder: release them
-                    // rather than leave them held by nobody until they
-                    // expire.
-                    ctx.conns.borrow_mut().remove(&conn.id);
-                    for grant in grants {
-                        ctx.deliver_local(grant);
-                    }
-                    return Err(e);
-                }
-                out.clear();
-            }
-            Event::Deliver(None) => return Ok(()),
-            Event::Timeout => {
-                // A quiet look (PARK_GUARD) or a deadline: either way no
-                // traffic came meanwhile.
-                busy = false;
-                let Some((at, which)) = deadline else {
-                    continue;
-                };
-                if monotonic_ms() < at {
-                    // Woken before the deadline (PARK_GUARD, or the timer's
-                    // granularity): look again.
-                    continue;
-                }
-                debug!(core = ctx.index, conn = conn.id, deadline = ?which, "connection timed out");
-                stats.close(which.closed());
-                let response = Response::Error {
-                    code: ErrorCode::Timeout,
-                    retry_after_ms: 0,
-                    message: which.message().into(),
-                };
-                respond(ctx, &mut out, 0, 0, &response);
-                let _ = write_bounded(stream, &out, stall, stats).await;
-                return Ok(());
-            }
-            Event::Evicted => {
-                if matches!(conn.phase, Phase::Ready { .. }) {
-                    continue;
-                }
-                stats.close(Closed::Evicted);
-                let response = Response::Error {
-                    code: ErrorCode::TooManyConnections,
-                    retry_after_ms: 0,
-                    message: "closed to make room: limits.unauthenticated_max connections were in their handshake and this was the oldest; reconnect and complete the handshake promptly".into(),
-                };
-                respond(ctx, &mut out, 0, 0, &response);
-                let _ = write_bounded(stream, &out, stall, stats).await;
-                return Ok(());
-            }
-        }
-    }
-}
-
 /// Appends one response frame. Encoding our own responses cannot fail short
 /// of a bug; if it ever does, answer with a bare internal error.
-fn respond(ctx: &CoreCtx, out: &mut FrameBuf, request_id: u64, group: u32, response: &Response) {
-    let limit = ctx.opts.frame_payload_max.max(1024);
+fn respond(payload_max: u32, out: &mut FrameBuf, request_id: u64, group: u32, response: &Response) {
+    let limit = payload_max.max(1024);
     if let Err(e) = encode_response(out, request_id, group, limit, response) {
         warn!(error = %e, "could not encode a response");
         let fallback = Response::Error {
@@ -645,43 +796,3 @@ fn respond(ctx: &CoreCtx, out: &mut FrameBuf, request_id: u64, group: u32, respo
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_busy_connection_looks_again_within_the_park_guard() {
-        let far = Duration::from_secs(60);
-        let near = PARK_GUARD / 2;
-        assert_eq!(wait_bound(Some(far), true), Some(PARK_GUARD));
-        assert_eq!(wait_bound(Some(near), true), Some(near));
-        // Pending requests and no deadline: still looks again while busy.
-        assert_eq!(wait_bound(None, true), Some(PARK_GUARD));
-    }
-
-    #[test]
-    fn only_traffic_closer_than_the_park_guard_is_dense() {
-        let guard_ns = PARK_GUARD.as_nanos() as u64;
-        let start = 5_000_000_000u64;
-        // The first event has nothing before it.
-        assert!(!dense_traffic(0, start));
-        assert!(dense_traffic(start, start + guard_ns / 4));
-        assert!(dense_traffic(start, start));
-        assert!(!dense_traffic(start, start + guard_ns));
-        assert!(!dense_traffic(start, start + 2 * guard_ns));
-        // A clock that did not move forward is still dense, never a panic.
-        assert!(dense_traffic(start, start - guard_ns));
-    }
-
-    #[test]
-    fn a_quiet_connection_waits_for_its_deadline_only() {
-        let far = Duration::from_secs(60);
-        assert_eq!(wait_bound(Some(far), false), Some(far));
-        assert_eq!(
-            wait_bound(Some(Duration::ZERO), false),
-            Some(Duration::ZERO)
-        );
-        // Nothing due and nothing flowing: no timer, the core may sleep.
-        assert_eq!(wait_bound(None, false), None);
-    }
-}

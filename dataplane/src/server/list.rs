@@ -3,13 +3,11 @@
 //! page after the cursor, merges the pages ([`names::merge`]) and answers.
 
 use std::collections::HashMap;
-use std::rc::Rc;
-use std::time::Duration;
 
-use glommio::TaskQueueHandle;
 use palisade_proto::{validate_resource, ArchivedRequest, Response, HEADER_LEN};
 
-use super::{CoreCtx, CoreMsg};
+use super::core::Core;
+use super::CoreMsg;
 use crate::names::{self, Live, NameIndex, Part, NOTE_GRACE_MS};
 use crate::service::{Conn, ListRequest, Phase};
 use crate::table::{KeyHasher, LeaseTable};
@@ -31,9 +29,6 @@ pub(super) struct Lists {
     /// Pages being gathered on this core, by id.
     gathers: HashMap<u64, Gather>,
     next_id: u64,
-    /// The core's background queue (set by [`prune_names`]): scans run
-    /// there, in pieces, so lease requests on the hot queue come first.
-    background: Option<TaskQueueHandle>,
 }
 
 #[derive(Debug)]
@@ -49,6 +44,68 @@ impl Lists {
         self.names
             .get_or_insert_with(|| NameIndex::new(hasher.clone()))
     }
+
+    /// Names held.
+    pub(super) fn len(&self) -> usize {
+        self.names.as_ref().map_or(0, NameIndex::len)
+    }
+
+    /// Examines up to `step` names and drops those no longer live.
+    pub(super) fn prune(&mut self, table: &LeaseTable, now_ms: u64, step: usize) {
+        if self.names.is_none() {
+            return;
+        }
+        self.names(table.hasher())
+            .prune(now_ms, step, &mut |tenant, name| {
+                live(table, tenant, name, now_ms)
+            });
+    }
+
+    /// Notes the name of an acquire, or of a renewal this core has not
+    /// seen, for `List`. Cheap: a map lookup (an insert the first time).
+    pub(super) fn note_request(
+        &mut self,
+        table: &LeaseTable,
+        conn: &Conn,
+        request: &ArchivedRequest,
+        now_ms: u64,
+    ) {
+        let Phase::Ready { tenant } = conn.phase else {
+            return;
+        };
+        let (resource, keep_ms, acquire) = match request {
+            ArchivedRequest::Acquire {
+                resource, wait_ms, ..
+            } => (resource.as_str(), u64::from(wait_ms.to_native()), true),
+            ArchivedRequest::Renew { resource, .. } => (resource.as_str(), 0, false),
+            _ => return,
+        };
+        let names = self.names(table.hasher());
+        if !acquire && names.contains(tenant, resource) {
+            return;
+        }
+        if validate_resource(resource).is_err() {
+            return;
+        }
+        names.note(tenant, resource, now_ms + keep_ms + NOTE_GRACE_MS);
+    }
+
+    /// This core's part of a page, examining [`names::scan_budget`] names
+    /// at most (a bounded piece of work, done in one go).
+    fn scan(&mut self, table: &LeaseTable, tenant: u32, prefix: &str, after: &str, limit: u32) -> Part {
+        let budget = names::scan_budget(limit);
+        let now_ms = monotonic_ms();
+        let (piece, _) = self.names(table.hasher()).scan_some(
+            tenant,
+            prefix,
+            after,
+            limit,
+            budget,
+            now_ms,
+            &mut |name| live(table, tenant, name, now_ms),
+        );
+        piece
+    }
 }
 
 /// A page request from another core.
@@ -60,35 +117,6 @@ pub(super) struct Query {
     prefix: String,
     after: String,
     limit: u32,
-}
-
-/// How often each core prunes its names.
-const PRUNE_EVERY: Duration = Duration::from_millis(100);
-/// Names pruned, or examined by a scan, between yields.
-const PRUNE_CHUNK: usize = 256;
-
-/// Prunes this core's names in the background: each round examines a
-/// fiftieth of them (at least 1024), so every name is looked at within
-/// about five seconds, whatever the request path does.
-pub(super) async fn prune_names(ctx: Rc<CoreCtx>) {
-    ctx.lists.borrow_mut().background = Some(glommio::executor().current_task_queue());
-    loop {
-        glommio::timer::sleep(PRUNE_EVERY).await;
-        let held = ctx.lists.borrow().names.as_ref().map_or(0, NameIndex::len);
-        let mut left = (held / 50).max(1024);
-        while left > 0 {
-            let step = left.min(PRUNE_CHUNK);
-            let now_ms = monotonic_ms();
-            let table = &ctx.shared.table;
-            ctx.lists.borrow_mut().names(table.hasher()).prune(
-                now_ms,
-                step,
-                &mut |tenant, name| live(table, tenant, name, now_ms),
-            );
-            left -= step;
-            glommio::yield_if_needed().await;
-        }
-    }
 }
 
 /// What the table says about a name of `tenant` now.
@@ -105,80 +133,11 @@ fn live(table: &LeaseTable, tenant: u32, resource: &str, now_ms: u64) -> Option<
     })
 }
 
-impl CoreCtx {
-    /// Notes the name of an acquire, or of a renewal this core has not
-    /// seen, for `List`. Cheap: a map lookup (an insert the first time).
-    pub(super) fn note_request(&self, conn: &Conn, request: &ArchivedRequest, now_ms: u64) {
-        let Phase::Ready { tenant } = conn.phase else {
-            return;
-        };
-        let (resource, keep_ms, acquire) = match request {
-            ArchivedRequest::Acquire {
-                resource, wait_ms, ..
-            } => (resource.as_str(), u64::from(wait_ms.to_native()), true),
-            ArchivedRequest::Renew { resource, .. } => (resource.as_str(), 0, false),
-            _ => return,
-        };
-        let mut lists = self.lists.borrow_mut();
-        let names = lists.names(self.shared.table.hasher());
-        if !acquire && names.contains(tenant, resource) {
-            return;
-        }
-        if validate_resource(resource).is_err() {
-            return;
-        }
-        names.note(tenant, resource, now_ms + keep_ms + NOTE_GRACE_MS);
-    }
-
-    /// This core's part of a page, examining [`names::scan_budget`] names
-    /// at most, in pieces with yields in between.
-    async fn scan(&self, tenant: u32, prefix: &str, after: &str, limit: u32) -> Part {
-        let budget = names::scan_budget(limit);
-        let mut examined = 0usize;
-        let mut part = Part::default();
-        let mut cursor = after.to_owned();
-        loop {
-            let now_ms = monotonic_ms();
-            let table = &self.shared.table;
-            let wanted = limit - u32::try_from(part.leases.len()).expect("at most limit");
-            let (piece, seen) = self.lists.borrow_mut().names(table.hasher()).scan_some(
-                tenant,
-                prefix,
-                &cursor,
-                wanted,
-                (budget - examined).min(PRUNE_CHUNK),
-                now_ms,
-                &mut |name| live(table, tenant, name, now_ms),
-            );
-            examined += seen;
-            part.leases.extend(piece.leases);
-            match piece.stopped_at {
-                // Every name under the prefix after the cursor examined.
-                None => return part,
-                Some(at) if part.leases.len() >= limit as usize || examined >= budget => {
-                    part.stopped_at = Some(at);
-                    return part;
-                }
-                Some(at) => cursor = at,
-            }
-            glommio::yield_if_needed().await;
-        }
-    }
-
-    /// Runs `task` on the core's background queue (the hot one until the
-    /// background tasks started).
-    fn spawn_scan(self: &Rc<Self>, task: impl std::future::Future<Output = ()> + 'static) {
-        let queue = self.lists.borrow().background.unwrap_or(self.hot);
-        super::server_spawn(queue, task);
-    }
-
+impl Core {
     /// Starts gathering one page for a connection of this core.
-    pub(super) fn list(self: &Rc<Self>, request: ListRequest) {
-        let id = {
-            let mut lists = self.lists.borrow_mut();
-            lists.next_id += 1;
-            lists.next_id
-        };
+    pub(super) fn list(&mut self, request: ListRequest) {
+        self.lists.next_id += 1;
+        let id = self.lists.next_id;
         let others: Vec<usize> = (0..self.cores).filter(|&c| c != self.index).collect();
         for &to in &others {
             let query = Query {
@@ -191,13 +150,14 @@ impl CoreCtx {
             };
             self.post(to, CoreMsg::ListQuery(Box::new(query)));
         }
-        let (tenant, prefix, after, limit) = (
+        let part = self.lists.scan(
+            &self.shared.table,
             request.tenant,
-            request.prefix.clone(),
-            request.after.clone(),
+            &request.prefix,
+            &request.after,
             request.limit,
         );
-        self.lists.borrow_mut().gathers.insert(
+        self.lists.gathers.insert(
             id,
             Gather {
                 request,
@@ -206,27 +166,24 @@ impl CoreCtx {
                 waiting: others.len() + 1,
             },
         );
-        let ctx = self.clone();
-        self.spawn_scan(async move {
-            let part = ctx.scan(tenant, &prefix, &after, limit).await;
-            ctx.on_list_part(id, part);
-        });
+        self.on_list_part(id, part);
     }
 
     /// Another core asks for its part of a page.
-    pub(super) fn on_list_query(self: &Rc<Self>, query: Query) {
-        let ctx = self.clone();
-        self.spawn_scan(async move {
-            let part = ctx
-                .scan(query.tenant, &query.prefix, &query.after, query.limit)
-                .await;
-            ctx.post(query.from, CoreMsg::ListPart { id: query.id, part });
-        });
+    pub(super) fn on_list_query(&mut self, query: Query) {
+        let part = self.lists.scan(
+            &self.shared.table,
+            query.tenant,
+            &query.prefix,
+            &query.after,
+            query.limit,
+        );
+        self.post(query.from, CoreMsg::ListPart { id: query.id, part });
     }
 
     /// Another core's page arrived.
-    pub(super) fn on_list_part(self: &Rc<Self>, id: u64, part: Part) {
-        if let Some(gather) = self.lists.borrow_mut().gathers.get_mut(&id) {
+    pub(super) fn on_list_part(&mut self, id: u64, part: Part) {
+        if let Some(gather) = self.lists.gathers.get_mut(&id) {
             gather.parts.push(part);
             gather.waiting -= 1;
         }
@@ -234,13 +191,10 @@ impl CoreCtx {
     }
 
     /// Answers the page once every core's part is in.
-    fn finish_list(self: &Rc<Self>, id: u64) {
-        let gather = {
-            let mut lists = self.lists.borrow_mut();
-            match lists.gathers.get(&id) {
-                Some(gather) if gather.waiting == 0 => lists.gathers.remove(&id),
-                _ => None,
-            }
+    fn finish_list(&mut self, id: u64) {
+        let gather = match self.lists.gathers.get(&id) {
+            Some(gather) if gather.waiting == 0 => self.lists.gathers.remove(&id),
+            _ => None,
         };
         let Some(Gather { request, parts, .. }) = gather else {
             return;
@@ -262,7 +216,7 @@ impl CoreCtx {
             }
             Err(response) => response,
         };
-        self.deliver_local(WaitEvent::Reply {
+        self.delivered.push(WaitEvent::Reply {
             origin: request.origin,
             response,
         });

@@ -1,9 +1,8 @@
-//! Socket set-up the data plane needs and glommio does not offer: a
-//! listener with SO_REUSEPORT and a DSCP mark set before `listen`, and the
+//! Socket set-up of the data plane: a listener with SO_REUSEPORT and a
+//! DSCP mark set before `listen`, and the
 //! mark on accepted streams (marked again rather than trusting what the
 //! kernel copies from the listener: `net.ipv4.tcp_reflect_tos`, for one,
-//! replaces it with the client's). Besides the signal shim of `nudge::kick`,
-//! the server's only `unsafe` lives here.
+//! replaces it with the client's). The server's only `unsafe` lives here.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -42,7 +41,7 @@ pub fn reserve(addr: SocketAddr) -> io::Result<(Socket, SocketAddr)> {
 
 /// A listening socket on `addr` for one core: SO_REUSEPORT (every core binds
 /// the same port and the kernel spreads connections), DSCP mark, nonblocking.
-pub fn listener(addr: SocketAddr, dscp: u8) -> io::Result<glommio::net::TcpListener> {
+pub fn listener(addr: SocketAddr, dscp: u8) -> io::Result<std::net::TcpListener> {
     let sock = socket_for(addr)?;
     sock.set_reuse_port(true)?;
     sock.set_reuse_address(true)?;
@@ -50,7 +49,7 @@ pub fn listener(addr: SocketAddr, dscp: u8) -> io::Result<glommio::net::TcpListe
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
     sock.listen(BACKLOG)?;
-    Ok(palisade_host::admin::into_glommio(sock))
+    Ok(sock.into())
 }
 
 /// Marks an accepted stream with DSCP `dscp` (and its `SO_PRIORITY`, see
@@ -82,23 +81,23 @@ mod tests {
     fn accepted_marks(addr: &str, dscp: u8) -> (Marked, bool) {
         let (reservation, addr) = reserve(addr.parse().expect("addr")).expect("reserve");
         let ipv6 = addr.is_ipv6();
-        let handle = glommio::LocalExecutorBuilder::default()
-            .spawn(move || async move {
-                let listener = listener(addr, dscp).expect("listener");
-                let client = std::thread::spawn(move || {
-                    std::net::TcpStream::connect(addr).expect("connect")
-                });
-                let stream = listener.accept().await.expect("accept");
-                prepare_stream(stream.as_raw_fd(), ipv6, dscp).expect("prepare");
-                let marks = marks_of_fd(stream.as_raw_fd(), ipv6).expect("read mark");
-                let nodelay = stream.nodelay().expect("nodelay");
-                drop(client.join().expect("client"));
-                (marks, nodelay)
-            })
-            .expect("executor");
-        let outcome = handle.join().expect("join");
+        let listener = listener(addr, dscp).expect("listener");
+        let client = std::thread::spawn(move || std::net::TcpStream::connect(addr).expect("connect"));
+        let stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        prepare_stream(stream.as_raw_fd(), ipv6, dscp).expect("prepare");
+        let marks = marks_of_fd(stream.as_raw_fd(), ipv6).expect("read mark");
+        let nodelay = stream.nodelay().expect("nodelay");
+        drop(client.join().expect("client"));
         drop(reservation);
-        outcome
+        (marks, nodelay)
     }
 
     #[test]

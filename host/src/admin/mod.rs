@@ -1,5 +1,6 @@
 //! The admin endpoint's HTTP/1.1, sans-IO: request heads in, whole
-//! responses out. The shell (`accept_loop`, feature `glommio`) reads
+//! responses out. A shell (`accept_loop` on a glommio executor, feature
+//! `glommio`, or [`threaded`] on plain threads) reads
 //! bytes until [`parse_head`] decides, renders the daemon's [`Pages`],
 //! writes the response and closes the connection. Both daemons serve their
 //! admin endpoint through it: each implements [`Pages`].
@@ -29,6 +30,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 #[cfg(feature = "glommio")]
 mod shell;
+pub mod threaded;
 #[cfg(feature = "glommio")]
 pub use shell::{accept_loop, into_glommio};
 

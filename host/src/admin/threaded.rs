@@ -1,0 +1,264 @@
+//! The admin endpoint's shell on plain threads, for a daemon whose cores
+//! must not serve scrapes (the data plane runs its own loop per core): one
+//! acceptor thread, and one short-lived thread per scrape, at most
+//! [`admin::CONNECTIONS_MAX`] at once (the rest get a 503 at once). Reads a
+//! request head (bounded in size and time), asks [`super::parse_head`]
+//! what to answer, renders the daemon's [`Pages`], writes, closes.
+//!
+//! What it never does: run on a data-plane core (the owner pins the
+//! acceptor with [`AdminThread::tid`]; the scrape threads inherit its
+//! mask), or keep a connection past its deadlines.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rustix::event::{poll, PollFd, PollFlags};
+use socket2::Socket;
+use tracing::{debug, warn};
+
+use super::{Pages, Route, Status};
+use crate::admin::{self, Head};
+use crate::affinity::Tid;
+use crate::clock::monotonic_ms;
+use crate::throttle::LogThrottle;
+
+/// How often the acceptor looks at its stop flag while no scrape comes.
+const STOP_POLL: Duration = Duration::from_millis(100);
+
+/// The running acceptor thread; stops (and is joined) on drop.
+#[derive(Debug)]
+pub struct AdminThread {
+    handle: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    tid: Tid,
+}
+
+impl AdminThread {
+    /// The acceptor thread's kernel id, to pin it.
+    #[must_use]
+    pub fn tid(&self) -> Tid {
+        self.tid
+    }
+
+    /// Stops accepting and joins the acceptor (within [`STOP_POLL`]);
+    /// scrapes under way finish on their own threads.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for AdminThread {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Serves `pages` on `sock` (bound and listening, from
+/// [`super::bind_listener`]) from a new thread named `palisade-admin`.
+///
+/// # Errors
+///
+/// The thread could not be started.
+pub fn start<P: Pages + Send + Sync + 'static>(
+    sock: Socket,
+    pages: Arc<P>,
+) -> io::Result<AdminThread> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::Builder::new()
+        .name("palisade-admin".into())
+        .spawn({
+            let stop = stop.clone();
+            move || {
+                let _ = tid_tx.send(crate::affinity::current_tid());
+                accept_loop(&sock, &pages, &stop);
+            }
+        })?;
+    let tid = tid_rx
+        .recv()
+        .map_err(|_| io::Error::other("the admin thread ended before it started"))?;
+    Ok(AdminThread {
+        handle: Some(handle),
+        stop,
+        tid,
+    })
+}
+
+fn accept_loop<P: Pages + Send + Sync + 'static>(
+    sock: &Socket,
+    pages: &Arc<P>,
+    stop: &AtomicBool,
+) {
+    let active = Arc::new(AtomicUsize::new(0));
+    // Out of file descriptors, accepts fail as fast as they are retried:
+    // back off (10 ms doubling to 100) and log once a second.
+    let mut log = LogThrottle::new(1_000);
+    let mut backoff = Duration::from_millis(10);
+    while !stop.load(Ordering::SeqCst) {
+        let fd = sock.as_fd();
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        let timeout = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: STOP_POLL.as_nanos() as i64,
+        };
+        match poll(&mut fds, Some(&timeout)) {
+            Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, "admin endpoint: poll failed; it stops");
+                return;
+            }
+        }
+        let stream = match sock.accept() {
+            Ok((stream, _)) => {
+                backoff = Duration::from_millis(10);
+                TcpStream::from(stream)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                if let Some(suppressed) = log.failed(monotonic_ms()) {
+                    warn!(error = %e, suppressed, "admin accept failed (more failures since the last line: suppressed)");
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(100));
+                continue;
+            }
+        };
+        // Accepted sockets may inherit O_NONBLOCK: the scrape threads block,
+        // with deadlines.
+        if stream.set_nonblocking(false).is_err() {
+            continue;
+        }
+        if active.load(Ordering::SeqCst) >= admin::CONNECTIONS_MAX {
+            let response =
+                admin::error_response(Status::Unavailable, "too many admin connections; retry");
+            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+            let _ = (&stream).write_all(&response);
+            continue;
+        }
+        active.fetch_add(1, Ordering::SeqCst);
+        let pages = pages.clone();
+        let done = active.clone();
+        let spawned = std::thread::Builder::new()
+            .name("palisade-admin".into())
+            .spawn(move || {
+                serve(&*pages, stream);
+                done.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            active.fetch_sub(1, Ordering::SeqCst);
+            warn!(error = %e, "admin endpoint: could not start a thread for a scrape");
+        }
+    }
+}
+
+fn serve(pages: &impl Pages, mut stream: TcpStream) {
+    let deadline_ms = monotonic_ms() + admin::READ_DEADLINE.as_millis() as u64;
+    let mut buf = vec![0u8; admin::REQUEST_HEAD_MAX];
+    let mut filled = 0;
+    let route = loop {
+        let left = deadline_ms.saturating_sub(monotonic_ms());
+        if left == 0 {
+            break Route::Error(
+                Status::RequestTimeout,
+                "the request head did not arrive within 5 s",
+            );
+        }
+        if stream
+            .set_read_timeout(Some(Duration::from_millis(left)))
+            .is_err()
+        {
+            return;
+        }
+        match stream.read(&mut buf[filled..]) {
+            Ok(0) => return,
+            Ok(n) => filled += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                debug!(error = %e, "admin connection failed");
+                return;
+            }
+        }
+        match admin::parse_head(&buf[..filled]) {
+            Head::Incomplete => {}
+            Head::Complete(route) => break route,
+        }
+    };
+    let response = match route {
+        Route::Metrics { head_only } => {
+            let body = pages.metrics(monotonic_ms());
+            admin::response(Status::Ok, admin::METRICS_CONTENT_TYPE, &body, head_only)
+        }
+        Route::Error(status, why) => {
+            debug!(code = status.line().0, why, "admin request refused");
+            admin::error_response(status, why)
+        }
+    };
+    if stream
+        .set_write_timeout(Some(admin::WRITE_DEADLINE))
+        .is_err()
+    {
+        return;
+    }
+    if let Err(e) = stream.write_all(&response) {
+        debug!(error = %e, "admin client went away or did not take the response in time");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::bind_listener;
+
+    fn get(addr: std::net::SocketAddr, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream.write_all(request).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    }
+
+    #[test]
+    fn the_thread_serves_the_pages_and_refuses_other_paths() {
+        let (sock, local) = bind_listener("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let pages = Arc::new(|_now_ms: u64| "palisade_test 1\n".to_string());
+        let mut admin = start(sock, pages).unwrap();
+        let answer = get(local, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("palisade_test 1\n"), "{answer}");
+        let answer = get(local, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+        admin.stop();
+        // Stopped: the listener is closed with the thread.
+        assert!(TcpStream::connect(local).is_err());
+    }
+
+    #[test]
+    fn a_client_that_sends_nothing_does_not_hold_up_the_next_scrape() {
+        let (sock, local) = bind_listener("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let pages = Arc::new(|_now_ms: u64| "palisade_test 2\n".to_string());
+        let _admin = start(sock, pages).unwrap();
+        let _silent = TcpStream::connect(local).unwrap();
+        let answer = get(local, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(answer.ends_with("palisade_test 2\n"), "{answer}");
+    }
+}
