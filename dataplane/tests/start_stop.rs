@@ -14,71 +14,16 @@
 //! answering.
 #![cfg(feature = "server")]
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade_dataplane::leadership::{Leadership, LeadershipView};
-use palisade_dataplane::metrics::{ControlStats, CoreStats};
-use palisade_dataplane::server::{core_count, Cpus, Server, ServerOptions, StartHooks};
-use palisade_dataplane::service::{RequestService, ServiceConfig, Tenant};
-use palisade_dataplane::table::{KeyHasher, LeaseTable};
+use palisade_dataplane::server::{core_count, Cpus, Server, StartHooks};
 use palisade_host::clock::monotonic_ms;
 
-fn shared(cores: usize) -> Arc<RequestService> {
-    let leadership = Leadership::new(1);
-    leadership.publish(LeadershipView::leading_forever(1, 1));
-    Arc::new(RequestService {
-        table: LeaseTable::new(1024, KeyHasher::new([3; 16])),
-        leadership,
-        tenants: vec![Tenant {
-            name: "default".into(),
-            credential: None,
-        }],
-        config: ServiceConfig {
-            node_id: 1,
-            min_ttl_ms: 100,
-            max_ttl_ms: 30_000,
-            lock_delay_max_ms: 60_000,
-            max_drift_ppm: 10_000,
-            pending_per_connection_max: 16,
-            cores: u16::try_from(cores).expect("few cores"),
-            start_ms: 0,
-            unix_offset_ms: 0,
-            members: vec![(1, "127.0.0.1:7411".into())],
-            replicated: false,
-        },
-        stats: (0..cores).map(|_| CoreStats::default()).collect(),
-        control: ControlStats::default(),
-        quotas: palisade_dataplane::quota::Quotas::new(
-            1,
-            palisade_dataplane::quota::QuotaConfig::UNLIMITED,
-        ),
-    })
-}
-
-fn options() -> ServerOptions {
-    ServerOptions {
-        listen: "127.0.0.1:0".parse::<SocketAddr>().expect("address"),
-        cpus: Cpus::All,
-        // As shipped: 1 ms (docs/ARCHITECTURE.md, "Data plane shell").
-        dscp: 46,
-        connections_max: 64,
-        waiters_max: 64,
-        frame_payload_max: 64 << 10,
-        handshake_timeout: Duration::from_secs(5),
-        frame_timeout: Duration::from_secs(5),
-        unauthenticated_max: 64,
-        idle_timeout: Duration::from_secs(60),
-        write_stall_timeout: Duration::from_secs(10),
-        sweep_interval: Duration::from_millis(100),
-        reclaim_after: Duration::from_secs(60),
-        admin: None,
-        replica: None,
-    }
-}
+mod common;
+use common::{options, shared};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)

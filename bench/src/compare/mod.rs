@@ -53,8 +53,9 @@ fn duration(text: &str) -> Result<Duration, palisade_tuning::ValueError> {
 }
 
 /// Every system `compare` knows, in the order it runs them.
-pub(crate) const SYSTEMS: [&str; 10] = [
+pub(crate) const SYSTEMS: [&str; 11] = [
     "palisade",
+    "palisade-none",
     "palisade-cluster",
     "palisade-cluster-none",
     "redis",
@@ -85,7 +86,9 @@ pub struct CompareArgs {
     #[arg(long, default_value = "bench/results/compare")]
     out: PathBuf,
     /// Systems, comma-separated: palisade (one node, the default
-    /// `leases.replication = "quorum"`), palisade-cluster (three nodes,
+    /// `leases.replication = "quorum"`), palisade-none (one node,
+    /// `replication = "none"`: the memory-speed grants issue 17's echo-floor
+    /// targets are about; only when named), palisade-cluster (three nodes,
     /// quorum), palisade-cluster-none (three nodes, `replication =
     /// "none"`), redis, etcd, zookeeper, echo (the floor: glommio), and,
     /// only when named, echo-uring (the same echo on a ring of our own),
@@ -205,7 +208,7 @@ pub(crate) fn codec_for(
     addr: SocketAddr,
 ) -> Result<Box<dyn Codec>> {
     Ok(match system {
-        "palisade" | "palisade-cluster" | "palisade-cluster-none" => {
+        "palisade" | "palisade-none" | "palisade-cluster" | "palisade-cluster-none" => {
             Box::new(palisade::PalisadeCodec::new(config))
         }
         "echo" | "echo-uring" | "echo-uring-past-sends" | "echo-epoll" => {
@@ -815,6 +818,10 @@ fn start(
         "palisade" => systems::palisade(
             bin()?,
             &ClusterSpec::compare(1, args.server_cpu, Replication::Quorum),
+        ),
+        "palisade-none" => systems::palisade(
+            bin()?,
+            &ClusterSpec::compare(1, args.server_cpu, Replication::None),
         ),
         "palisade-cluster" => systems::palisade(
             bin()?,

@@ -281,14 +281,26 @@ impl Core {
 
     /// Registers connection `id` as unauthenticated; if that makes more
     /// than this core's share, the oldest unauthenticated connection is
-    /// closed. Refusing the newest instead would let a flood that keeps
-    /// its connections open hold every slot; evicting the oldest means a
-    /// client that completes its handshake promptly always gets through,
-    /// and a flood only shortens the time a slow handshake may take.
+    /// closed: the oldest that has not said `Hello` (other than `id`), or
+    /// if none is left, the oldest challenged one. Refusing the newest instead would let a
+    /// flood that keeps its connections open hold every slot; evicting the
+    /// oldest means a client that completes its handshake promptly gets
+    /// through, and a flood only shortens the time a slow handshake may
+    /// take. Silent connections go first: a client that is mid-handshake
+    /// has shown it speaks the protocol, and a flood of silent connects
+    /// (the cheapest there is) cannot evict it however fast it connects.
     fn register_unauthenticated(&mut self, id: u64) {
         self.unauthenticated.insert(id);
-        while self.unauthenticated.len() > self.unauthenticated_max {
-            let Some(oldest) = self.unauthenticated.pop_first() else {
+        while self.unauthenticated.len() + self.challenged.len() > self.unauthenticated_max {
+            // Never the newcomer itself: refusing the newest would hand the
+            // slots to whoever holds them (a flood that says `Hello` and
+            // stalls would lock everyone out until its handshakes time out).
+            let silent = self.unauthenticated.first().copied().filter(|&c| c != id);
+            let oldest = match silent {
+                Some(oldest) => self.unauthenticated.take(&oldest),
+                None => self.challenged.pop_first(),
+            };
+            let Some(oldest) = oldest else {
                 break;
             };
             debug!(
@@ -457,8 +469,17 @@ impl Core {
             }
         }
         self.shared.stats[self.index].bump_ops(served);
-        if matches!(conn.phase, Phase::Ready { .. }) {
-            self.unauthenticated.remove(&conn.id);
+        match conn.phase {
+            Phase::Ready { .. } => {
+                self.unauthenticated.remove(&conn.id);
+                self.challenged.remove(&conn.id);
+            }
+            Phase::AwaitAuth { .. } => {
+                if self.unauthenticated.remove(&conn.id) {
+                    self.challenged.insert(conn.id);
+                }
+            }
+            Phase::AwaitHello => {}
         }
         // A frame timeout measures how long one frame takes to arrive:
         // restart the clock whenever a frame completed.
@@ -618,6 +639,7 @@ impl Core {
         };
         client.closing = true;
         self.unauthenticated.remove(&id);
+        self.challenged.remove(&id);
         if !client.writing {
             self.flush(id);
         }
@@ -676,6 +698,7 @@ impl Core {
             return;
         };
         self.unauthenticated.remove(&id);
+        self.challenged.remove(&id);
         self.shared.closed(&mut client.conn);
         if client.conn.pending > 0 {
             self.cancel(id);

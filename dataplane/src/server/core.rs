@@ -144,9 +144,12 @@ pub(super) struct Core {
     pub(super) accept_log: palisade_host::throttle::LogThrottle,
     waits: WaitQueues,
     pub(super) clients: HashMap<u64, Client>,
-    /// Connections still in their handshake, oldest first (see
-    /// [`ServerOptions::unauthenticated_max`]).
+    /// Connections still in their handshake that have not said `Hello`,
+    /// oldest first (see [`ServerOptions::unauthenticated_max`]).
     pub(super) unauthenticated: BTreeSet<u64>,
+    /// Connections in their handshake that were challenged (said `Hello`),
+    /// oldest first: evicted only when no silent one is left.
+    pub(super) challenged: BTreeSet<u64>,
     /// This core's share of [`ServerOptions::unauthenticated_max`].
     pub(super) unauthenticated_max: usize,
     pub(super) next_conn: u64,
@@ -232,6 +235,7 @@ impl Core {
             waits: WaitQueues::new(waiters_per_core),
             clients: HashMap::new(),
             unauthenticated: BTreeSet::new(),
+            challenged: BTreeSet::new(),
             unauthenticated_max,
             next_conn: 1,
             connections,
