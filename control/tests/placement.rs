@@ -62,8 +62,7 @@ fn named(thread: &Thread, name: &str) -> bool {
 }
 
 fn is_core(thread: &Thread) -> bool {
-    // glommio names each executor thread `palisade-core-<n>`; its blocking
-    // thread, spawned by it, carries the same name.
+    // Each data-plane core's thread is `palisade-core-<n>`.
     thread.name.starts_with("palisade-core")
 }
 
@@ -119,7 +118,7 @@ fn the_control_plane_stays_off_the_data_plane_core_when_a_cpu_is_spare() {
     let _link = TcpStream::connect(peer).expect("connect to the peer port");
     let expected = [
         "palisade",
-        "palisade-kick",
+        "palisade-admin",
         "palisade-peer-accept",
         "palisade-peer-2",
         "palisade-peer-in",

@@ -86,7 +86,7 @@ impl Server {
             .arg(data_dir)
             .arg("--ready-file")
             .arg(&ready)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("PALISADE_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
@@ -153,6 +153,17 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() {
+            // The test failed: its server's last words, before the
+            // temporary directory holding them goes.
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(200)..];
+            eprintln!("--- the server's log (last {} lines) ---", tail.len());
+            for line in tail {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 

@@ -31,8 +31,9 @@ use palisade_host::clock::{monotonic_ms, monotonic_ns};
 
 /// Receive buffer a connection starts with; it grows up to one maximal frame.
 const RECV_BUF_INITIAL: usize = 4096;
-/// Connections accepted per turn at most: the rest wait one turn, so a
-/// flood of connects cannot starve the connections already open.
+/// Connections accepted per turn at most (and at most half the core's share
+/// of `limits.unauthenticated_max`): the rest wait one turn, so a flood of
+/// connects cannot starve the connections already open.
 const ACCEPTS_PER_TURN: usize = 64;
 /// Pause after a failed accept (out of file descriptors, say), doubled on
 /// each failure in a row up to [`ACCEPT_BACKOFF_MAX`]: the listener stays
@@ -146,7 +147,11 @@ impl Client {
 impl Core {
     /// Accepts what the listener holds, up to [`ACCEPTS_PER_TURN`].
     pub(super) fn accept(&mut self) {
-        for _ in 0..ACCEPTS_PER_TURN {
+        // Fewer than the core's share of unfinished handshakes per turn: a
+        // connection accepted in one turn has its first bytes read in the
+        // next before more connections arrive than could evict it.
+        let accepts = ACCEPTS_PER_TURN.min(self.unauthenticated_max.div_ceil(2));
+        for _ in 0..accepts {
             let flags = rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC;
             match rustix::net::accept_with(&self.listener, flags) {
                 Ok(fd) => {
@@ -262,6 +267,9 @@ impl Core {
         );
         self.schedule(id);
         self.register_unauthenticated(id);
+        // A client sends its `Hello` right after its connect: read it now,
+        // while the connection is the newest of the unfinished handshakes.
+        self.read(id);
     }
 
     /// Answers a connection over the limit and closes it.

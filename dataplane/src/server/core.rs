@@ -45,6 +45,9 @@ const SWEEP_CHUNK: usize = 4096;
 const PRUNE_EVERY_MS: u64 = 100;
 /// Names pruned per turn while a prune is under way.
 const PRUNE_CHUNK: usize = 256;
+/// A turn this long (everything between two `epoll_wait`s) is logged: every
+/// connection of the core waited that long (or the thread was descheduled).
+const SLOW_TURN_MS: u64 = 50;
 
 /// Another core as this one reaches it.
 #[derive(Debug)]
@@ -173,6 +176,8 @@ pub(super) struct Core {
     /// checked against the connection's own when it comes due.
     pub(super) timers: BinaryHeap<Reverse<(u64, u64)>>,
     background: Background,
+    /// At most one line a second about slow turns.
+    slow_turn_log: palisade_host::throttle::LogThrottle,
     heartbeats: Arc<[AtomicU64]>,
     shutdown: Arc<AtomicBool>,
     bell: Arc<Doorbell>,
@@ -253,6 +258,7 @@ impl Core {
                 prune_at_ms: now_ms + PRUNE_EVERY_MS,
                 ..Background::default()
             },
+            slow_turn_log: palisade_host::throttle::LogThrottle::new(1_000),
             heartbeats,
             shutdown,
             bell,
@@ -307,12 +313,20 @@ impl Core {
             if !more {
                 self.bell.awake(rung);
             }
+            let turn_began_ms = monotonic_ms();
+            // Connections first, new ones last: a flood of connects must not
+            // evict a connection whose `Hello` is already waiting to be read.
+            let mut listener_ready = false;
             for event in &events {
                 match event.data.u64() {
                     BELL => {}
-                    LISTENER => self.accept(),
+                    LISTENER => listener_ready = true,
                     id => self.on_event(id, event.flags),
                 }
+                self.settle();
+            }
+            if listener_ready {
+                self.accept();
                 self.settle();
             }
             more = self.take_messages();
@@ -322,6 +336,18 @@ impl Core {
             self.settle();
             self.flush_dirty();
             more |= events.len() == EVENTS_MAX;
+            let turn_ms = monotonic_ms().saturating_sub(turn_began_ms);
+            if turn_ms >= SLOW_TURN_MS {
+                if let Some(suppressed) = self.slow_turn_log.failed(turn_began_ms) {
+                    warn!(
+                        core = self.index,
+                        turn_ms,
+                        events = events.len(),
+                        suppressed,
+                        "a turn of the core's loop took long (its own work, or its thread waiting for the CPU): every connection on this core waited (more since the last line: suppressed)"
+                    );
+                }
+            }
         }
         Ok(())
     }

@@ -218,6 +218,34 @@ fn serve(pages: &impl Pages, mut stream: TcpStream) {
     }
     if let Err(e) = stream.write_all(&response) {
         debug!(error = %e, "admin client went away or did not take the response in time");
+        return;
+    }
+    linger(&mut stream);
+}
+
+/// Most request bytes read and dropped after the response, and for how
+/// long at most.
+const LINGER_BYTES: usize = 64 << 10;
+const LINGER_TIME: Duration = Duration::from_secs(1);
+
+/// Ends the response with a FIN, then reads what the client still sends
+/// (the rest of a head that was cut off at 8 KiB, say) for a moment before
+/// closing: a socket closed with unread bytes sends a reset, and the reset
+/// can destroy the response before the client read it.
+fn linger(stream: &mut TcpStream) {
+    if stream.shutdown(std::net::Shutdown::Write).is_err()
+        || stream.set_read_timeout(Some(LINGER_TIME)).is_err()
+    {
+        return;
+    }
+    let deadline_ms = monotonic_ms() + LINGER_TIME.as_millis() as u64;
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    while drained < LINGER_BYTES && monotonic_ms() < deadline_ms {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => drained += n,
+        }
     }
 }
 
@@ -250,6 +278,19 @@ mod tests {
         admin.stop();
         // Stopped: the listener is closed with the thread.
         assert!(TcpStream::connect(local).is_err());
+    }
+
+    #[test]
+    fn a_head_cut_off_at_its_limit_still_gets_its_answer() {
+        let (sock, local) = bind_listener("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let pages = Arc::new(|_now_ms: u64| String::new());
+        let _admin = start(sock, pages).unwrap();
+        let mut long = b"GET /metrics HTTP/1.1\r\nX-Long: ".to_vec();
+        long.resize(3 * admin::REQUEST_HEAD_MAX, b'a');
+        for _ in 0..20 {
+            let answer = get(local, &long);
+            assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+        }
     }
 
     #[test]
