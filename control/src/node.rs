@@ -527,6 +527,16 @@ impl Node {
         let doorbell = Arc::new(Doorbell::new().map_err(NodeError::Doorbell)?);
         let (notices, notice_rxs) =
             palisade_dataplane::server::notice_channels(cores).map_err(NodeError::Doorbell)?;
+        let glommio_settings = palisade_tuning::DataplaneConfig::default();
+        if config.dataplane.preempt_timer != glommio_settings.preempt_timer
+            || config.dataplane.rpc_latency != glommio_settings.rpc_latency
+        {
+            warn!(
+                preempt_timer = ?config.dataplane.preempt_timer,
+                rpc_latency = ?config.dataplane.rpc_latency,
+                "dataplane.preempt_timer and dataplane.rpc_latency have no effect (they were the glommio executor's; the data plane's cores are epoll loops now): remove them from the config"
+            );
+        }
         let server_options = ServerOptions {
             listen: config.listen.client,
             cpus: selection,

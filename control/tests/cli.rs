@@ -206,3 +206,15 @@ fn an_endpoint_list_moves_past_dead_nodes() {
         "the last failure is named: {dead}"
     );
 }
+
+#[test]
+fn the_glommio_settings_of_older_files_load_and_are_named_as_ignored() {
+    let server = Server::start("[dataplane]\npreempt_timer = \"2ms\"\nrpc_latency = \"1ms\"\n");
+    let (code, _) = cli(&server.endpoint, &["acquire", "old-file", "--ttl", "5s"]);
+    assert_eq!(code, 0, "an older file's node serves");
+    assert!(
+        server.log_text().contains("have no effect"),
+        "{}",
+        server.log_text()
+    );
+}

@@ -1,5 +1,6 @@
 //! The Palisade data plane: the lock-free lease table, the wait queues, the
-//! request service, and the glommio thread-per-core server around them.
+//! request service, and the thread-per-core server around them (a pinned
+//! epoll loop per core).
 //!
 //! What it owns: [`table::LeaseTable`] (one array of cache-line slots shared
 //! by every core; every lease operation is a compare-and-swap), the FIFO

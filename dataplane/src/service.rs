@@ -1,5 +1,5 @@
 //! Request handling, sans-IO: one decoded (archived, in-place) request in,
-//! one [`Outcome`] out. The glommio shell only moves bytes; everything a
+//! one [`Outcome`] out. The shell only moves bytes; everything a
 //! client can make the server do is decided here, and tests drive it
 //! without sockets.
 

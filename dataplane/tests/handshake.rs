@@ -93,9 +93,15 @@ fn a_silent_flood_evicts_silent_connections_before_a_challenged_one() {
         // Let the core accept it before the next one arrives.
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(closed_by_server(&mut silent), "the oldest silent connection made room");
+    assert!(
+        closed_by_server(&mut silent),
+        "the oldest silent connection made room"
+    );
     for stream in &mut flood[..7] {
-        assert!(closed_by_server(stream), "older silent connections made room");
+        assert!(
+            closed_by_server(stream),
+            "older silent connections made room"
+        );
     }
     assert!(
         still_open(&mut challenged),
@@ -113,7 +119,10 @@ fn challenged_connections_make_room_when_no_silent_one_is_left() {
     hello(&mut second);
     let mut third = connect(&server);
     std::thread::sleep(Duration::from_millis(20));
-    assert!(closed_by_server(&mut first), "the oldest challenged connection made room");
+    assert!(
+        closed_by_server(&mut first),
+        "the oldest challenged connection made room"
+    );
     assert!(still_open(&mut second));
     assert!(still_open(&mut third));
 }

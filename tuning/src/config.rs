@@ -262,10 +262,13 @@ pub struct LimitsConfig {
 /// The `[dataplane]` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataplaneConfig {
-    /// Executor preemption timer, `100us..=100ms`. Default 1ms.
+    /// No effect: the glommio executor's preemption timer, from when the
+    /// data plane ran on glommio (its cores are epoll loops now). Still
+    /// parsed and checked (`100us..=100ms`, default 1ms) so that older files
+    /// load; `palisade serve` logs that it is ignored when set.
     pub preempt_timer: Duration,
-    /// Latency target of the lease RPC task queue, `10us..=100ms`.
-    /// Default 200us.
+    /// No effect: the latency target of glommio's lease RPC task queue
+    /// (`10us..=100ms`, default 200us); see `preempt_timer`.
     pub rpc_latency: Duration,
     /// DSCP marked on client replies, `0..=63`. Default 46 (`EF`).
     pub client_dscp: u8,

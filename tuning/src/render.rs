@@ -229,12 +229,12 @@ pub(crate) fn render(config: &Config) -> String {
     out.key(
         "preempt_timer",
         duration(dataplane.preempt_timer),
-        "100us ..= 100ms",
+        "100us ..= 100ms; no effect since the data plane left glommio (older files load)",
     );
     out.key(
         "rpc_latency",
         duration(dataplane.rpc_latency),
-        "10us ..= 100ms",
+        "10us ..= 100ms; no effect since the data plane left glommio (older files load)",
     );
     out.key(
         "client_dscp",

@@ -86,7 +86,10 @@ impl Server {
             .arg(data_dir)
             .arg("--ready-file")
             .arg(&ready)
-            .env("RUST_LOG", std::env::var("PALISADE_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("PALISADE_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()

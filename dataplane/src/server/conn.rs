@@ -128,8 +128,12 @@ impl Client {
         }
         let ready = matches!(self.conn.phase, Phase::Ready { .. });
         let deadlines = [
-            self.partial_since_ms
-                .map(|since| (since.saturating_add(millis(opts.frame_timeout)), Deadline::Frame)),
+            self.partial_since_ms.map(|since| {
+                (
+                    since.saturating_add(millis(opts.frame_timeout)),
+                    Deadline::Frame,
+                )
+            }),
             (!ready).then_some((self.handshake_deadline_ms, Deadline::Handshake)),
             // Idle: authenticated, nothing half-read and nothing pending
             // (a waiting acquire or a watch is the server's turn).
@@ -195,7 +199,8 @@ impl Core {
             epoll::EventFlags::IN,
         ) {
             warn!(core = self.index, error = %e, "could not resume accepting; retrying");
-            self.accept_paused_until_ms = Some(monotonic_ms() + ACCEPT_BACKOFF_MAX.as_millis() as u64);
+            self.accept_paused_until_ms =
+                Some(monotonic_ms() + ACCEPT_BACKOFF_MAX.as_millis() as u64);
         }
     }
 
@@ -240,7 +245,8 @@ impl Core {
         let payload_max = self.opts.frame_payload_max;
         let frame_max = HEADER_LEN + padded_len(payload_max as usize);
         let now_ms = monotonic_ms();
-        let handshake_ms = u64::try_from(self.opts.handshake_timeout.as_millis()).unwrap_or(u64::MAX);
+        let handshake_ms =
+            u64::try_from(self.opts.handshake_timeout.as_millis()).unwrap_or(u64::MAX);
         self.clients.insert(
             id,
             Client {
@@ -826,4 +832,3 @@ fn respond(payload_max: u32, out: &mut FrameBuf, request_id: u64, group: u32, re
             .expect("a bare error response always fits");
     }
 }
-

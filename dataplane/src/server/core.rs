@@ -71,7 +71,11 @@ pub(super) struct Setup {
 
 /// A core thread's body: pin, listen, report, serve until the shutdown
 /// flag is set.
-pub(super) fn run(setup: Setup, hooks: &StartHooks, ready: &mpsc::Sender<Result<Listening, String>>) {
+pub(super) fn run(
+    setup: Setup,
+    hooks: &StartHooks,
+    ready: &mpsc::Sender<Result<Listening, String>>,
+) {
     let index = setup.index;
     if hooks.vanish == Some(index) {
         warn!(core = index, "test hook: core thread ends");
@@ -236,7 +240,9 @@ impl Core {
             listener,
             accept_paused_until_ms: None,
             accept_backoff: super::conn::ACCEPT_BACKOFF_MIN,
-            accept_log: palisade_host::throttle::LogThrottle::new(super::conn::ACCEPT_LOG_INTERVAL_MS),
+            accept_log: palisade_host::throttle::LogThrottle::new(
+                super::conn::ACCEPT_LOG_INTERVAL_MS,
+            ),
             waits: WaitQueues::new(waiters_per_core),
             clients: HashMap::new(),
             unauthenticated: BTreeSet::new(),
@@ -468,7 +474,8 @@ impl Core {
             if end >= range.end {
                 core_stats.leases_held.store(held, Ordering::Relaxed);
                 self.background.sweep = None;
-                let interval = u64::try_from(self.opts.sweep_interval.as_millis()).unwrap_or(u64::MAX);
+                let interval =
+                    u64::try_from(self.opts.sweep_interval.as_millis()).unwrap_or(u64::MAX);
                 self.background.sweep_at_ms = now_ms.saturating_add(interval);
             } else {
                 self.background.sweep = Some((end, held));
@@ -596,10 +603,7 @@ impl Core {
     /// Routes queue answers to their connections (replicated grants first
     /// go to the log).
     fn drain_waits(&mut self) {
-        loop {
-            let Some(mut event) = self.waits.poll_event() else {
-                break;
-            };
+        while let Some(mut event) = self.waits.poll_event() {
             if let WaitEvent::Granted {
                 key, token, log, ..
             } = &mut event
@@ -785,6 +789,9 @@ impl Core {
         {
             self.wakes.push(key);
         }
-        debug!(core = self.index, "released a grant for a closed connection");
+        debug!(
+            core = self.index,
+            "released a grant for a closed connection"
+        );
     }
 }

@@ -92,7 +92,14 @@ impl Lists {
 
     /// This core's part of a page, examining [`names::scan_budget`] names
     /// at most (a bounded piece of work, done in one go).
-    fn scan(&mut self, table: &LeaseTable, tenant: u32, prefix: &str, after: &str, limit: u32) -> Part {
+    fn scan(
+        &mut self,
+        table: &LeaseTable,
+        tenant: u32,
+        prefix: &str,
+        after: &str,
+        limit: u32,
+    ) -> Part {
         let budget = names::scan_budget(limit);
         let now_ms = monotonic_ms();
         let (piece, _) = self.names(table.hasher()).scan_some(

@@ -600,10 +600,8 @@ impl Server {
             std::thread::sleep(THREAD_POLL);
         };
         for handle in std::mem::take(&mut self.threads) {
-            if handle.is_finished() {
-                if handle.join().is_err() {
-                    warn!("a data-plane core ended with a panic");
-                }
+            if handle.is_finished() && handle.join().is_err() {
+                warn!("a data-plane core ended with a panic");
             }
             // Otherwise dropping the handle detaches the thread.
         }

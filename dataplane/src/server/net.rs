@@ -82,7 +82,8 @@ mod tests {
         let (reservation, addr) = reserve(addr.parse().expect("addr")).expect("reserve");
         let ipv6 = addr.is_ipv6();
         let listener = listener(addr, dscp).expect("listener");
-        let client = std::thread::spawn(move || std::net::TcpStream::connect(addr).expect("connect"));
+        let client =
+            std::thread::spawn(move || std::net::TcpStream::connect(addr).expect("connect"));
         let stream = loop {
             match listener.accept() {
                 Ok((stream, _)) => break stream,

@@ -22,7 +22,6 @@ pub fn shared_with(
     cores: usize,
     credential: Option<palisade_proto::auth::StoredCredential>,
 ) -> Arc<RequestService> {
-
     let leadership = Leadership::new(1);
     leadership.publish(LeadershipView::leading_forever(1, 1));
     Arc::new(RequestService {
@@ -74,4 +73,3 @@ pub fn options() -> ServerOptions {
         replica: None,
     }
 }
-

@@ -92,11 +92,7 @@ pub fn start<P: Pages + Send + Sync + 'static>(
     })
 }
 
-fn accept_loop<P: Pages + Send + Sync + 'static>(
-    sock: &Socket,
-    pages: &Arc<P>,
-    stop: &AtomicBool,
-) {
+fn accept_loop<P: Pages + Send + Sync + 'static>(sock: &Socket, pages: &Arc<P>, stop: &AtomicBool) {
     let active = Arc::new(AtomicUsize::new(0));
     // Out of file descriptors, accepts fail as fast as they are retried:
     // back off (10 ms doubling to 100) and log once a second.
