@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""Min / median table of `palisade-bench compare --no-sweep` runs.
+
+Usage: fixed-table.py LABEL=DIR [LABEL=DIR ...]
+Each DIR holds a results.json; a LABEL names the Palisade binary of that
+run (its `palisade*` systems are shown as `system (LABEL)`), so runs of
+two builds, alternated, fold into one table. Prints, per workload,
+connections and rate, the min / median over all rounds of every run of
+p99, p99.9 and CPU per request (µs) of each system.
+"""
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+rows = defaultdict(list)
+systems = []
+for arg in sys.argv[1:]:
+    label, path = arg.split("=", 1)
+    data = json.load(open(f"{path}/results.json"))
+    for cell in data["fixed"]:
+        if cell.get("error"):
+            continue
+        name = cell["system"]
+        if name.startswith("palisade"):
+            name = f"{name} ({label})"
+        if name not in systems:
+            systems.append(name)
+        m = cell["measured"]["requests"]
+        key = (cell["workload"], cell["connections"], int(cell["rate"]), name)
+        rows[key].append((m["p99"], m["p99_9"], cell["cpu_us_per_request"]))
+
+
+def mm(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    return f"{min(values):.1f} / {statistics.median(values):.1f}"
+
+
+cells = sorted({k[:3] for k in rows})
+for what, index in (("p99 (µs)", 0), ("p99.9 (µs)", 1), ("CPU per request (µs)", 2)):
+    print(f"\n### {what}, min / median of the rounds\n")
+    print("| workload | conns | arrivals/s | " + " | ".join(systems) + " |")
+    print("|---|---|---|" + "---|" * len(systems))
+    for workload, conns, rate in cells:
+        values = [mm([r[index] for r in rows.get((workload, conns, rate, s), [])]) for s in systems]
+        rounds = max(len(rows.get((workload, conns, rate, s), [])) for s in systems)
+        print(f"| {workload} | {conns} | {rate:,} | " + " | ".join(values) + " |")
+    print(f"\n(rounds per cell: up to {rounds})")
