@@ -1,7 +1,8 @@
 //! The admin endpoint's shell on plain threads, for a daemon whose cores
 //! must not serve scrapes (the data plane runs its own loop per core): one
 //! acceptor thread, and one short-lived thread per scrape, at most
-//! [`admin::CONNECTIONS_MAX`] at once (the rest get a 503 at once). Reads a
+//! [`admin::CONNECTIONS_MAX`] at once (the rest get a 503 at once, from a
+//! thread of their own, at most 16 at once; beyond that they are closed). Reads a
 //! request head (bounded in size and time), asks [`super::parse_head`]
 //! what to answer, renders the daemon's [`Pages`], writes, closes.
 //!
@@ -94,6 +95,7 @@ pub fn start<P: Pages + Send + Sync + 'static>(
 
 fn accept_loop<P: Pages + Send + Sync + 'static>(sock: &Socket, pages: &Arc<P>, stop: &AtomicBool) {
     let active = Arc::new(AtomicUsize::new(0));
+    let refusing = Arc::new(AtomicUsize::new(0));
     // Out of file descriptors, accepts fail as fast as they are retried:
     // back off (10 ms doubling to 100) and log once a second.
     let mut log = LogThrottle::new(1_000);
@@ -134,10 +136,7 @@ fn accept_loop<P: Pages + Send + Sync + 'static>(sock: &Socket, pages: &Arc<P>, 
             continue;
         }
         if active.load(Ordering::SeqCst) >= admin::CONNECTIONS_MAX {
-            let response =
-                admin::error_response(Status::Unavailable, "too many admin connections; retry");
-            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-            let _ = (&stream).write_all(&response);
+            refuse(stream, &refusing);
             continue;
         }
         active.fetch_add(1, Ordering::SeqCst);
@@ -155,6 +154,38 @@ fn accept_loop<P: Pages + Send + Sync + 'static>(sock: &Socket, pages: &Arc<P>, 
         }
     }
 }
+
+/// Answers 503 on a thread of its own (it lingers like any answer, see
+/// [`linger`]), at most [`REFUSALS_MAX`] at once; beyond that the
+/// connection is just closed.
+fn refuse(stream: TcpStream, refusing: &Arc<AtomicUsize>) {
+    if refusing.fetch_add(1, Ordering::SeqCst) >= REFUSALS_MAX {
+        refusing.fetch_sub(1, Ordering::SeqCst);
+        return;
+    }
+    let done = refusing.clone();
+    let spawned = std::thread::Builder::new()
+        .name("palisade-admin".into())
+        .spawn(move || {
+            let mut stream = stream;
+            let response =
+                admin::error_response(Status::Unavailable, "too many admin connections; retry");
+            if stream
+                .set_write_timeout(Some(admin::WRITE_DEADLINE))
+                .is_ok()
+                && stream.write_all(&response).is_ok()
+            {
+                linger(&mut stream);
+            }
+            done.fetch_sub(1, Ordering::SeqCst);
+        });
+    if spawned.is_err() {
+        refusing.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// 503 answers under way at most (each on a short-lived thread).
+const REFUSALS_MAX: usize = 16;
 
 fn serve(pages: &impl Pages, mut stream: TcpStream) {
     let deadline_ms = monotonic_ms() + admin::READ_DEADLINE.as_millis() as u64;
@@ -287,6 +318,28 @@ mod tests {
             let answer = get(local, &long);
             assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
         }
+    }
+
+    #[test]
+    fn past_the_connection_limit_a_scrape_gets_a_whole_503() {
+        let (sock, local) = bind_listener("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let pages = Arc::new(|_now_ms: u64| "palisade_test 3\n".to_string());
+        let _admin = start(sock, pages).unwrap();
+        let _silent: Vec<TcpStream> = (0..admin::CONNECTIONS_MAX)
+            .map(|_| TcpStream::connect(local).unwrap())
+            .collect();
+        // Until the acceptor has taken all of them (they then wait for
+        // their heads on their threads).
+        let mut answer = String::new();
+        for _ in 0..100 {
+            answer = get(local, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+            if answer.starts_with("HTTP/1.1 503") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("too many admin connections"), "{answer}");
     }
 
     #[test]
