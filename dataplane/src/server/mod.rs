@@ -3,13 +3,13 @@
 //! client connections and a doorbell ([`palisade_host::doorbell`]) that
 //! other cores and the control thread ring after queueing work for it.
 //! Every decision is made in the sans-IO layers below
-//! ([`RequestService::handle`], [`WaitQueues`]); the shell reads bytes,
+//! ([`RequestService::handle`], [`crate::waiters::WaitQueues`]); the shell reads bytes,
 //! feeds them in, and writes each connection's answers with one `write`
 //! per turn.
 //!
-//! A turn of a core ([`core`]): wait in `epoll_wait` (no longer than the
-//! next deadline), accept, read each readable connection once and answer
-//! what it holds, then take the messages other cores and the control
+//! A turn of a core (`server/core.rs`): wait in `epoll_wait` (no longer
+//! than the next deadline), read each readable connection once and answer
+//! what it holds, accept, then take the messages other cores and the control
 //! thread queued, run due timers (wait-queue deadlines, connection
 //! deadlines, watches) and a bounded piece of background work (the table
 //! sweep, the `List` name index's pruning), and finally write every

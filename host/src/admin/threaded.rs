@@ -46,7 +46,7 @@ impl AdminThread {
         self.tid
     }
 
-    /// Stops accepting and joins the acceptor (within [`STOP_POLL`]);
+    /// Stops accepting and joins the acceptor (within 100 ms);
     /// scrapes under way finish on their own threads.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
