@@ -6,7 +6,7 @@
 //! Thread placement: the data-plane cores are pinned one per CPU by the
 //! data plane. Once they run, [`Node::start`] pins the thread that called
 //! it (the control thread: raft, the raft log's fsync, the service
-//! manager's watchdog) and the data plane's kick thread to the CPUs the
+//! manager's watchdog) and the data plane's admin thread to the CPUs the
 //! cores leave over, then starts the peer transport from the control
 //! thread, so its threads (and the readers its acceptor spawns) inherit
 //! that mask. Nothing but request work then runs on a core's CPU. When no
@@ -249,7 +249,7 @@ struct ControlPin {
     before: Vec<usize>,
 }
 
-/// Pins the calling thread (the control thread) and the data plane's kick
+/// Pins the calling thread (the control thread) and the data plane's admin
 /// thread to the CPUs `server`'s cores leave over, so that neither
 /// preempts a core; threads the control thread spawns later inherit the
 /// mask. Call right after the data plane started (its placement is
@@ -269,7 +269,7 @@ fn pin_control_plane(server: &Server) -> Option<ControlPin> {
     if spare.is_empty() {
         info!(
             data_plane = %cpu_list(data_plane),
-            "no CPU is left over for the control plane: the control thread (raft log fsync), the peer transport and the kick thread share the data-plane cores and may preempt request work; set node.cores to fewer CPUs than this process may use to keep them off"
+            "no CPU is left over for the control plane: the control thread (raft log fsync), the peer transport and the admin endpoint's thread share the data-plane cores and may preempt request work; set node.cores to fewer CPUs than this process may use to keep them off"
         );
         return None;
     }
@@ -282,14 +282,14 @@ fn pin_control_plane(server: &Server) -> Option<ControlPin> {
         before: allowed,
     };
     if let Err(e) = server.pin_helpers(&spare) {
-        warn!(error = %e, "could not pin the kick thread off the data-plane cores: the control plane shares them");
+        warn!(error = %e, "could not pin the admin endpoint's thread off the data-plane cores: it shares them");
         unpin(&pin);
         return None;
     }
     info!(
         data_plane = %cpu_list(data_plane),
         control = %cpu_list(&spare),
-        "control plane pinned off the data-plane cores: the control thread (raft log fsync), the peer transport and the kick thread run on the CPUs the cores leave over"
+        "control plane pinned off the data-plane cores: the control thread (raft log fsync), the peer transport and the admin endpoint's thread run on the CPUs the cores leave over"
     );
     Some(pin)
 }

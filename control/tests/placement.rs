@@ -2,7 +2,7 @@
 //! `/proc/<pid>/task/*/status` (`Cpus_allowed_list`):
 //! - when `node.cores` leaves a CPU over, the data-plane core runs alone on
 //!   its CPU and every other thread of the node (the control thread, the
-//!   kick thread, the peer transport's acceptor and writer, and a reader
+//!   admin endpoint's thread, the peer transport's acceptor and writer, and a reader
 //!   the acceptor spawns later) runs on the CPUs left over, never on the
 //!   core's;
 //! - when none is left over, every thread stays where it was, sharing the
