@@ -258,6 +258,12 @@ impl ClusterSpec {
         config.leases.max_ttl = self.max_ttl;
         config.leases.lock_delay_max = self.lock_delay_max;
         config.leases.table_capacity = self.table_capacity;
+        // The tenant quota as large as the table: a sweep step past the
+        // maximum leaves tens of thousands of grants unreleased (their
+        // releases never went out) for the ttl, and the default quota
+        // (32 768) then refused every acquire of the next steps, which
+        // measured the quota instead of the server.
+        config.limits.tenant_leases_max = self.table_capacity;
         config.leases.replication = self.replication;
         config.admin.listen = None;
         config.log.level = self.log_level;
@@ -658,6 +664,7 @@ mod tests {
                 assert_eq!(config.node.cores, CoreSelection::Cpus(vec![0]));
                 assert_eq!(config.leases.max_ttl, Duration::from_secs(120));
                 assert_eq!(config.leases.table_capacity, 262_144);
+                assert_eq!(config.limits.tenant_leases_max, 262_144);
             }
         }
         // One node: a cluster of one, no peers, no secret.
