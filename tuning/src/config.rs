@@ -265,7 +265,8 @@ pub struct DataplaneConfig {
     /// No effect: the glommio executor's preemption timer, from when the
     /// data plane ran on glommio (its cores are epoll loops now). Still
     /// parsed and checked (`100us..=100ms`, default 1ms) so that older files
-    /// load; `palisade serve` logs that it is ignored when set.
+    /// load; `palisade serve` logs that it is ignored when it differs from
+    /// that default.
     pub preempt_timer: Duration,
     /// No effect: the latency target of glommio's lease RPC task queue
     /// (`10us..=100ms`, default 200us); see `preempt_timer`.
