@@ -115,6 +115,9 @@ class LeaseLifecycle(unittest.TestCase):
         self.assertIsInstance(check, Current)
         # A renewal never promises more than the ttl the lease was granted
         # with: the answer carries what was applied, and validity follows it.
+        # Sent at least a millisecond after the acquire (the three requests
+        # above can all fit in one), so its validity is strictly later.
+        time.sleep(0.002)
         renewed = self.client.renew(lease, ttl=20)
         self.assertEqual(renewed.token, lease.token)
         self.assertEqual(renewed.ttl_ms, 10_000)
