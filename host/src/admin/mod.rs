@@ -48,6 +48,21 @@ impl<F: Fn(u64) -> String> Pages for F {
     }
 }
 
+/// The whole response to `route`: the page rendered at `now_ms`, or the
+/// error it names. Both shells answer through it.
+pub fn answer(pages: &impl Pages, route: Route, now_ms: u64) -> Vec<u8> {
+    match route {
+        Route::Metrics { head_only } => {
+            let body = pages.metrics(now_ms);
+            response(Status::Ok, METRICS_CONTENT_TYPE, &body, head_only)
+        }
+        Route::Error(status, why) => {
+            tracing::debug!(code = status.line().0, why, "admin request refused");
+            error_response(status, why)
+        }
+    }
+}
+
 /// Largest request head read (request line and headers).
 pub const REQUEST_HEAD_MAX: usize = 8192;
 /// Time a client has to send its whole request head.

@@ -128,16 +128,7 @@ async fn serve(pages: &impl Pages, stream: &mut TcpStream) {
             Head::Complete(route) => break route,
         }
     };
-    let response = match route {
-        Route::Metrics { head_only } => {
-            let body = pages.metrics(monotonic_ms());
-            admin::response(Status::Ok, admin::METRICS_CONTENT_TYPE, &body, head_only)
-        }
-        Route::Error(status, why) => {
-            debug!(code = status.line().0, why, "admin request refused");
-            admin::error_response(status, why)
-        }
-    };
+    let response = admin::answer(pages, route, monotonic_ms());
     match with_deadline(admin::WRITE_DEADLINE, stream.write_all(&response)).await {
         Some(Ok(())) => {}
         Some(Err(e)) => debug!(error = %e, "admin client went away"),

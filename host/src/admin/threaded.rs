@@ -227,16 +227,7 @@ fn serve(pages: &impl Pages, mut stream: TcpStream) {
             Head::Complete(route) => break route,
         }
     };
-    let response = match route {
-        Route::Metrics { head_only } => {
-            let body = pages.metrics(monotonic_ms());
-            admin::response(Status::Ok, admin::METRICS_CONTENT_TYPE, &body, head_only)
-        }
-        Route::Error(status, why) => {
-            debug!(code = status.line().0, why, "admin request refused");
-            admin::error_response(status, why)
-        }
-    };
+    let response = admin::answer(pages, route, monotonic_ms());
     if stream
         .set_write_timeout(Some(admin::WRITE_DEADLINE))
         .is_err()
