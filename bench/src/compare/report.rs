@@ -349,21 +349,51 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
-/// The targets, computed from the report.
-pub(crate) fn targets(report: &Report) -> Vec<Target> {
-    let mut out = Vec::new();
-    let un1 = report.cell("palisade", Workload::Uncontended, 1);
-    let echo1 = report.cell("echo", Workload::Uncontended, 1);
-    let (p, e) = (run(un1, "50% of max"), run(echo1, "at palisade 50%"));
-    let ratio = p.zip(e).map(|(p, e)| p.requests.p99 / e.requests.p99);
-    out.push(Target {
-        name: "Palisade uncontended, 1 connection: p99 vs the echo floor's p99 at the same rate"
-            .into(),
+/// The single node the echo-floor tail targets are about for `workload`:
+/// memory-speed grants and releases are `palisade-none`'s (with the
+/// default `quorum` each waits for an fsync, which the replication targets
+/// cover), so uncontended and contended use it when it was measured;
+/// renewals and checks are leader-local in every mode, so the default node.
+fn tail_subject(report: &Report, workload: Workload) -> &'static str {
+    let none_measured = report
+        .cells
+        .iter()
+        .any(|c| c.system == "palisade-none" && c.workload == workload);
+    match workload {
+        Workload::Uncontended | Workload::Contended if none_measured => "palisade-none",
+        _ => "palisade",
+    }
+}
+
+/// `system`'s run at 50% of its maximum and the echo floor's at that rate.
+fn at_half<'a>(
+    report: &'a Report,
+    system: &str,
+    workload: Workload,
+    connections: usize,
+) -> Option<(&'a Measured, &'a Measured)> {
+    let ours = run(report.cell(system, workload, connections), "50% of max")?;
+    let floor = run(
+        report.cell("echo", workload, connections),
+        &format!("at {system} 50%"),
+    )?;
+    Some((ours, floor))
+}
+
+/// p99 at 50% of `system`'s maximum, one connection, within 1.3× the floor's.
+fn p99_target(report: &Report, system: &str, workload: Workload) -> Target {
+    let pair = at_half(report, system, workload, 1);
+    let ratio = pair.map(|(p, e)| p.requests.p99 / e.requests.p99);
+    Target {
+        name: format!(
+            "{system} {}, 1 connection: p99 vs the echo floor's p99 at the same rate (50% of its maximum)",
+            workload.name()
+        ),
         measured: ratio,
         unit: "×",
         needed: "≤ 1.3×".into(),
         met: ratio.map(|r| r <= 1.3),
-        detail: p.zip(e).map_or("not measured".into(), |(p, e)| {
+        detail: pair.map_or("not measured".into(), |(p, e)| {
             format!(
                 "{} vs {} µs at {} arrivals/s",
                 us(p.requests.p99),
@@ -371,7 +401,39 @@ pub(crate) fn targets(report: &Report) -> Vec<Target> {
                 rate(p.rate)
             )
         }),
-    });
+    }
+}
+
+/// p99.9 at 50% of `system`'s maximum within 1.5× the floor's.
+fn p99_9_target(report: &Report, system: &str, workload: Workload, connections: usize) -> Target {
+    let pair = at_half(report, system, workload, connections);
+    let ratio = pair.map(|(p, e)| p.requests.p99_9 / e.requests.p99_9);
+    Target {
+        name: format!(
+            "p99.9 at 50% of {system}'s maximum rate vs the echo floor at that rate ({}, {connections} connection{})",
+            workload.name(),
+            if connections == 1 { "" } else { "s" }
+        ),
+        measured: ratio,
+        unit: "×",
+        needed: "≤ 1.5×".into(),
+        met: ratio.map(|r| r <= 1.5),
+        detail: pair.map_or("not measured".into(), |(p, e)| {
+            format!(
+                "{} vs {} µs at {} arrivals/s",
+                us(p.requests.p99_9),
+                us(e.requests.p99_9),
+                rate(p.rate)
+            )
+        }),
+    }
+}
+
+/// The targets, computed from the report.
+pub(crate) fn targets(report: &Report) -> Vec<Target> {
+    let mut out = Vec::new();
+    let subject = tail_subject(report, Workload::Uncontended);
+    out.push(p99_target(report, subject, Workload::Uncontended));
     for (peer, needed) in [("redis", 3.0), ("etcd", 50.0)] {
         let best = |system: &str| {
             report
@@ -399,33 +461,27 @@ pub(crate) fn targets(report: &Report) -> Vec<Target> {
         });
     }
     for connections in [1, 32] {
-        let p = run(
-            report.cell("palisade", Workload::Uncontended, connections),
-            "50% of max",
-        );
-        let e = run(
-            report.cell("echo", Workload::Uncontended, connections),
-            "at palisade 50%",
-        );
-        let ratio = p.zip(e).map(|(p, e)| p.requests.p99_9 / e.requests.p99_9);
-        out.push(Target {
-            name: format!(
-                "p99.9 at 50% of Palisade's maximum rate vs the echo floor at that rate (uncontended, {connections} connection{})",
-                if connections == 1 { "" } else { "s" }
-            ),
-            measured: ratio,
-            unit: "×",
-            needed: "≤ 1.5×".into(),
-            met: ratio.map(|r| r <= 1.5),
-            detail: p.zip(e).map_or("not measured".into(), |(p, e)| {
-                format!(
-                    "{} vs {} µs at {} arrivals/s",
-                    us(p.requests.p99_9),
-                    us(e.requests.p99_9),
-                    rate(p.rate)
-                )
-            }),
-        });
+        out.push(p99_9_target(
+            report,
+            subject,
+            Workload::Uncontended,
+            connections,
+        ));
+    }
+    // Renewals and checks are leader-local in every mode: the same two
+    // bounds, when they were measured.
+    for workload in [Workload::Renew, Workload::Check] {
+        if !report
+            .cells
+            .iter()
+            .any(|c| c.system == "palisade" && c.workload == workload)
+        {
+            continue;
+        }
+        out.push(p99_target(report, "palisade", workload));
+        for connections in [1, 32] {
+            out.push(p99_9_target(report, "palisade", workload, connections));
+        }
     }
     out.extend(replication_targets(report));
     out
@@ -579,12 +635,15 @@ pub(crate) fn svg(report: &Report, workload: Workload, connections: usize) -> St
         .filter(|c| c.workload == workload && c.connections == connections)
     {
         for m in &cell.runs {
-            if m.label == "50% of max" || m.label == "at palisade 50%" {
-                let name = if m.label == "50% of max" {
-                    format!("{} @ {} /s", cell.system, rate(m.rate))
-                } else {
-                    format!("{} @ {} /s (Palisade's rate)", cell.system, rate(m.rate))
-                };
+            let at_node = m
+                .label
+                .strip_prefix("at ")
+                .and_then(|l| l.strip_suffix(" 50%"));
+            if m.label == "50% of max" {
+                let name = format!("{} @ {} /s", cell.system, rate(m.rate));
+                curves.push((name, &m.spectrum));
+            } else if let Some(node) = at_node {
+                let name = format!("{} @ {} /s ({node}'s rate)", cell.system, rate(m.rate));
                 curves.push((name, &m.spectrum));
             }
         }
@@ -932,6 +991,75 @@ mod tests {
     }
 
     #[test]
+    fn tail_targets_use_the_memory_speed_node_and_cover_renewals() {
+        let mut renew = cell(
+            "palisade",
+            400_000.0,
+            vec![measured("50% of max", 200_000.0, &[100, 200, 300])],
+        );
+        renew.workload = Workload::Renew;
+        let mut echo_renew = cell(
+            "echo",
+            900_000.0,
+            vec![measured("at palisade 50%", 200_000.0, &[100, 100, 100])],
+        );
+        echo_renew.workload = Workload::Renew;
+        let report = Report {
+            command: "c".into(),
+            date: "d".into(),
+            machine: "m".into(),
+            load_before: "1".into(),
+            load_after: "2".into(),
+            method: "x".into(),
+            p99_bound_us: 10_000.0,
+            systems: Vec::new(),
+            fixed: Vec::new(),
+            cells: vec![
+                // The quorum node's acquire waits for an fsync: far slower.
+                cell(
+                    "palisade",
+                    5_000.0,
+                    vec![measured("50% of max", 2_500.0, &[4_000, 4_000, 4_000])],
+                ),
+                cell(
+                    "palisade-none",
+                    100_000.0,
+                    vec![measured("50% of max", 50_000.0, &[100, 110, 120])],
+                ),
+                cell(
+                    "echo",
+                    300_000.0,
+                    vec![
+                        measured("at palisade 50%", 2_500.0, &[100, 100, 100]),
+                        measured("at palisade-none 50%", 50_000.0, &[100, 100, 100]),
+                    ],
+                ),
+                renew,
+                echo_renew,
+            ],
+        };
+        let t = targets(&report);
+        assert!(t[0].name.starts_with("palisade-none uncontended"), "{t:?}");
+        assert!((t[0].measured.unwrap() - 1.2).abs() < 0.01, "{t:?}");
+        assert_eq!(t[0].met, Some(true));
+        let renew_p99 = t
+            .iter()
+            .find(|t| t.name.starts_with("palisade renew, 1 connection: p99"))
+            .expect("a renewal p99 target");
+        assert!(
+            (renew_p99.measured.unwrap() - 3.0).abs() < 0.01,
+            "{renew_p99:?}"
+        );
+        assert_eq!(renew_p99.met, Some(false));
+        assert!(
+            !t.iter().any(|t| t.name.contains("check")),
+            "checks were not measured: {t:?}"
+        );
+        let svg = svg(&report, Workload::Uncontended, 1);
+        assert!(svg.contains("palisade-none's rate"), "{svg}");
+    }
+
+    #[test]
     fn targets_compare_within_one_report() {
         let report = Report {
             command: "c".into(),
@@ -971,6 +1099,6 @@ mod tests {
         );
         let svg = svg(&report, Workload::Uncontended, 1);
         assert_eq!(svg.matches("<polyline").count(), 2, "{svg}");
-        assert!(svg.contains("Palisade's rate"));
+        assert!(svg.contains("palisade's rate"));
     }
 }
