@@ -222,14 +222,22 @@ mod tests {
         let before = cpu_ticks(&[me]);
         let start = palisade_host::clock::monotonic_ns();
         let mut x = 0u64;
-        while palisade_host::clock::monotonic_ns() - start < 200_000_000 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        // Spin until the scan sees this process's CPU time grow: a busy
+        // machine may give a low-priority test little CPU for a while, so
+        // wall time alone proves nothing; 30 s of spinning that the scan
+        // never sees is a broken scan.
+        let mut seen = false;
+        while palisade_host::clock::monotonic_ns() - start < 30_000_000_000 {
+            for _ in 0..1_000_000 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            }
+            if cpu_ticks(&[me]) > before {
+                seen = true;
+                break;
+            }
         }
         std::hint::black_box(x);
-        assert!(
-            cpu_ticks(&[me]) > before,
-            "200 ms of spinning took no ticks"
-        );
+        assert!(seen, "30 s of spinning took no ticks the scan saw");
         assert!(ticks_per_second() >= 1.0);
     }
 

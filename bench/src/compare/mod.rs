@@ -27,6 +27,7 @@ pub(crate) mod engine;
 pub(crate) mod epoll_echo;
 pub(crate) mod fixed;
 pub(crate) mod palisade;
+pub(crate) mod probe;
 pub(crate) mod report;
 pub(crate) mod sweep;
 pub(crate) mod systems;
@@ -53,6 +54,11 @@ fn duration(text: &str) -> Result<Duration, palisade_tuning::ValueError> {
 }
 
 /// Every system `compare` knows, in the order it runs them.
+/// Syncs of the fdatasync probe (a few seconds at worst on a slow disk).
+const PROBE_SYNCS: usize = 500;
+/// Round trips of the loopback probe.
+const PROBE_TRIPS: usize = 5_000;
+
 pub(crate) const SYSTEMS: [&str; 11] = [
     "palisade",
     "palisade-none",
@@ -632,6 +638,7 @@ pub fn compare(args: &CompareArgs) -> Result<()> {
         systems: Vec::new(),
         cells: Vec::new(),
         fixed: Vec::new(),
+        probes: None,
     };
     if args.no_sweep && args.rates.is_empty() {
         bail!("--no-sweep needs --rates: nothing would be measured");
@@ -641,6 +648,25 @@ pub fn compare(args: &CompareArgs) -> Result<()> {
     }
     if !args.rates.is_empty() && args.rounds == 0 {
         bail!("--rounds must be at least 1");
+    }
+    // Replicated grants are held to this machine's own fsync and round
+    // trip: probe them once, before the systems, when one will be swept.
+    let quorum_swept = !args.no_sweep
+        && args
+            .systems
+            .iter()
+            .any(|s| s == "palisade" || s == "palisade-cluster");
+    if quorum_swept {
+        match probe::run(PROBE_SYNCS, PROBE_TRIPS, args.server_cpu) {
+            Ok(p) => {
+                eprintln!(
+                    "compare: probes: fdatasync p99 {:.0} µs, round trip p99 {:.0} µs",
+                    p.fdatasync.p99, p.round_trip.p99
+                );
+                report.probes = Some(p);
+            }
+            Err(e) => eprintln!("compare: the fsync and round-trip probes failed: {e:#}"),
+        }
     }
     for name in SYSTEMS
         .iter()

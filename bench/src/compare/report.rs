@@ -145,6 +145,9 @@ pub(crate) struct Report {
     pub(crate) cells: Vec<Cell>,
     /// `--rates`: every system at the same rates, in rounds.
     pub(crate) fixed: Vec<super::fixed::FixedRun>,
+    /// The disk's fdatasync and a loopback round trip, when a system with
+    /// replicated grants ran.
+    pub(crate) probes: Option<super::probe::Probes>,
 }
 
 impl Report {
@@ -483,7 +486,60 @@ pub(crate) fn targets(report: &Report) -> Vec<Target> {
             out.push(p99_9_target(report, "palisade", workload, connections));
         }
     }
+    out.extend(grant_bound_targets(report));
     out.extend(replication_targets(report));
+    out
+}
+
+/// Issue 17's target for replicated grants: with `quorum` an acquire and
+/// its release each wait for a durable log write (and, in a cluster, a
+/// follower's append), so their p99 at 50% of the maximum is held to twice
+/// the machine's own fdatasync p99 plus one round trip, probed in the run.
+fn grant_bound_targets(report: &Report) -> Vec<Target> {
+    let mut out = Vec::new();
+    for system in ["palisade", "palisade-cluster"] {
+        let mut connections: Vec<usize> = report
+            .cells
+            .iter()
+            .filter(|c| c.system == system && c.workload == Workload::Uncontended)
+            .map(|c| c.connections)
+            .collect();
+        connections.sort_unstable();
+        connections.dedup();
+        for conns in connections {
+            let m = run(
+                report.cell(system, Workload::Uncontended, conns),
+                "50% of max",
+            );
+            let bound = report
+                .probes
+                .as_ref()
+                .map(super::probe::Probes::grant_bound_us);
+            let ratio = m.zip(bound).map(|(m, b)| m.requests.p99 / b);
+            out.push(Target {
+                name: format!(
+                    "{system} (quorum): uncontended p99 at 50% of its maximum vs 2 × (fdatasync p99 + one round trip) ({conns} connection{})",
+                    plural(conns)
+                ),
+                measured: ratio,
+                unit: "×",
+                needed: "≤ 1×".into(),
+                met: ratio.map(|r| r <= 1.0),
+                detail: match (m, report.probes.as_ref()) {
+                    (Some(m), Some(p)) => format!(
+                        "{} µs at {} arrivals/s; bound {} µs = 2 × ({} + {})",
+                        us(m.requests.p99),
+                        rate(m.rate),
+                        us(p.grant_bound_us()),
+                        us(p.fdatasync.p99),
+                        us(p.round_trip.p99)
+                    ),
+                    (None, _) => "not measured".into(),
+                    (_, None) => "no probe ran".into(),
+                },
+            });
+        }
+    }
     out
 }
 
@@ -511,6 +567,39 @@ pub(crate) fn markdown(report: &Report) -> String {
             None => s.about.clone(),
         };
         let _ = writeln!(md, "| {} | {} |", s.name, what);
+    }
+    if let Some(p) = &report.probes {
+        let _ = writeln!(
+            md,
+            "\n## Probes\n\nMeasured in this run, the yardstick of replicated grants (µs):\n\n\
+             | probe | p50 | p90 | p99 | p99.9 | max |\n|---|---|---|---|---|---|"
+        );
+        for (name, q) in [
+            (
+                format!(
+                    "4 KiB write + fdatasync, {} syncs in {}",
+                    p.fdatasync.count, p.fsync_dir
+                ),
+                &p.fdatasync,
+            ),
+            (
+                format!(
+                    "loopback TCP round trip, 64 bytes, {} trips, both ends on the servers' CPU",
+                    p.round_trip.count
+                ),
+                &p.round_trip,
+            ),
+        ] {
+            let _ = writeln!(
+                md,
+                "| {name} | {} | {} | {} | {} | {} |",
+                us(q.p50),
+                us(q.p90),
+                us(q.p99),
+                us(q.p99_9),
+                us(q.max)
+            );
+        }
     }
     let _ = writeln!(md, "\n## Targets\n");
     let _ = writeln!(
@@ -843,6 +932,7 @@ mod tests {
             p99_bound_us: 10_000.0,
             systems: Vec::new(),
             fixed: Vec::new(),
+            probes: None,
             cells: vec![
                 // Uncontended: the best quorum cell is 32 connections,
                 // 120k requests/s; etcd's best is 8k: 15x.
@@ -944,9 +1034,10 @@ mod tests {
             "{:?}",
             t[5]
         );
-        // The report's own target list ends with these, and RESULTS.md
-        // prints them.
-        assert_eq!(targets(&report).len(), 5 + 6);
+        // The report's own target list ends with these (after the
+        // replicated grants' bound, one per quorum cluster cell: 2), and
+        // RESULTS.md prints them.
+        assert_eq!(targets(&report).len(), 5 + 2 + 6);
         let md = markdown(&report);
         assert!(
             md.contains("| 3-node cluster, quorum: maximum sustainable uncontended throughput (requests/s) vs etcd's lease-bound lock | ≥ 10× | 15.00× | yes |"),
@@ -983,6 +1074,7 @@ mod tests {
             p99_bound_us: 10_000.0,
             systems: Vec::new(),
             fixed: Vec::new(),
+            probes: None,
             cells: vec![cell("redis", 1.0, Vec::new())],
         };
         let svg = svg(&report, Workload::Uncontended, 1);
@@ -1014,6 +1106,7 @@ mod tests {
             p99_bound_us: 10_000.0,
             systems: Vec::new(),
             fixed: Vec::new(),
+            probes: None,
             cells: vec![
                 // The quorum node's acquire waits for an fsync: far slower.
                 cell(
@@ -1057,6 +1150,29 @@ mod tests {
         );
         let svg = svg(&report, Workload::Uncontended, 1);
         assert!(svg.contains("palisade-none's rate"), "{svg}");
+        // The quorum node's grants are held to the probes instead: no
+        // probe, not measured; 4 ms against 2 × (1 ms + 0.1 ms), not met.
+        let bound = |t: &[Target]| {
+            t.iter()
+                .find(|t| t.name.starts_with("palisade (quorum): uncontended p99"))
+                .cloned()
+                .expect("a replicated-grant target")
+        };
+        assert_eq!(bound(&t).met, None);
+        let mut report = report;
+        let probe = |us: u64| Percentiles::of(&histogram(&[us, us, us]));
+        report.probes = Some(super::super::probe::Probes {
+            fsync_dir: "/tmp".into(),
+            fdatasync: probe(1_000),
+            round_trip: probe(100),
+        });
+        let b = bound(&targets(&report));
+        assert!(
+            (b.measured.unwrap() - 4_000.0 / 2_200.0).abs() < 0.01,
+            "{b:?}"
+        );
+        assert_eq!(b.met, Some(false));
+        assert!(markdown(&report).contains("## Probes"));
     }
 
     #[test]
@@ -1071,6 +1187,7 @@ mod tests {
             p99_bound_us: 10_000.0,
             systems: Vec::new(),
             fixed: Vec::new(),
+            probes: None,
             cells: vec![
                 cell(
                     "palisade",
