@@ -650,13 +650,12 @@ pub fn compare(args: &CompareArgs) -> Result<()> {
         bail!("--rounds must be at least 1");
     }
     // Replicated grants are held to this machine's own fsync and round
-    // trip: probe them once, before the systems, when one will be swept.
-    let quorum_swept = !args.no_sweep
-        && args
-            .systems
-            .iter()
-            .any(|s| s == "palisade" || s == "palisade-cluster");
-    if quorum_swept {
+    // trip: probe them once, before the systems, when one will run.
+    let quorum = args
+        .systems
+        .iter()
+        .any(|s| s == "palisade" || s == "palisade-cluster");
+    if quorum {
         match probe::run(PROBE_SYNCS, PROBE_TRIPS, args.server_cpu) {
             Ok(p) => {
                 eprintln!(
