@@ -1,29 +1,40 @@
-//! Where an export's bytes live: a local file or block device (io_uring
-//! through glommio), or an upstream NBD server the proxy forwards to.
+//! Where an export's bytes live: a local file or block device, or an
+//! upstream NBD server the proxy forwards to.
 //!
 //! Backends only move bytes. They never decide whether a write may happen:
 //! the gate did that before the call.
 //!
 //! Every method takes `&self`: a connection's request tasks call one
-//! backend concurrently. A file backend hands each call to io_uring; an
-//! upstream backend multiplexes them on its one connection (many requests
-//! sent, replies matched by cookie, in whatever order the server sends
-//! them). A call returns once the backend has the bytes: the file's write
-//! completed, or the upstream server answered.
+//! backend concurrently. A file backend hands each call to a thread of
+//! the runtime's bounded blocking pool (positional reads and writes on the
+//! export's one file descriptor); an upstream backend multiplexes them on
+//! its one connection (many requests sent, replies matched by cookie, in
+//! whatever order the server sends them). A call returns once the backend
+//! has the bytes: the file's write completed, or the upstream server
+//! answered.
+//!
+//! Why the file's I/O runs on blocking threads, even a 4 KiB write that
+//! the page cache takes in microseconds: a file operation can block for as
+//! long as the disk likes (a hung device, writeback throttling, a full
+//! dirty limit), and on the event-loop thread that would freeze every
+//! connection, the heartbeat and with it the watchdog. The hop to a pool
+//! thread and back costs a few microseconds per call; measured against
+//! direct qemu-nbd (which does the same with its own thread pool), see
+//! bench/results/proxy-tokio/.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::io::{BufferedFile, OpenOptions};
-use glommio::net::TcpStream;
-use glommio::Task;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
 use crate::duplex::{SharedStream, Signal};
 use crate::pool::{BufPool, LARGE};
@@ -139,17 +150,19 @@ fn fua_flag(fua: bool) -> u16 {
     }
 }
 
-fn glommio_err(e: glommio::GlommioError<()>) -> io::Error {
-    io::Error::other(e.to_string())
+/// Runs `f` on a thread of the runtime's bounded blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io::Error::other(format!("backend I/O thread: {e}")))
 }
 
-/// A local file or block device.
+/// A local file or block device: the export's one handle, used by every
+/// connection, each call on a blocking thread.
 #[derive(Debug)]
 pub struct FileBackend {
-    file: BufferedFile,
-    /// The export's shared handle, for large writes on a blocking thread
-    /// (their buffers come back to the pool; io_uring's would not).
-    shared: Arc<std::fs::File>,
+    file: Arc<std::fs::File>,
+    /// Where large write payloads go once written.
     pool: Rc<BufPool>,
     size: u64,
 }
@@ -205,110 +218,86 @@ pub fn open_shared(path: &Path) -> io::Result<Arc<std::fs::File>> {
 }
 
 impl FileBackend {
-    /// Opens `path` (which [`prepare_file`] made sure exists); `shared`
-    /// is the export's handle on the same file ([`open_shared`]).
-    pub async fn open(
-        path: &PathBuf,
-        size: u64,
-        shared: Arc<std::fs::File>,
-        pool: Rc<BufPool>,
-    ) -> io::Result<FileBackend> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .buffered_open(path)
-            .await
-            .map_err(glommio_err)?;
-        Ok(FileBackend {
-            file,
-            shared,
-            pool,
-            size,
-        })
+    /// A connection's backend on the export's handle `file` ([`open_shared`]
+    /// on the file [`prepare_file`] made sure exists) of `size` bytes.
+    #[must_use]
+    pub fn new(file: Arc<std::fs::File>, size: u64, pool: Rc<BufPool>) -> FileBackend {
+        FileBackend { file, pool, size }
     }
 
     async fn read(&self, offset: u64, len: u32) -> io::Result<Vec<u8>> {
+        let file = self.file.clone();
         let len = len as usize;
-        let mut out = Vec::with_capacity(len);
-        while out.len() < len {
-            let at = offset + out.len() as u64;
-            let got = self
-                .file
-                .read_at(at, len - out.len())
-                .await
-                .map_err(glommio_err)?;
-            if got.is_empty() {
-                // Past the end of a file that shrank underneath us.
-                out.resize(len, 0);
-                break;
+        blocking(move || {
+            let mut out = vec![0u8; len];
+            let mut done = 0;
+            while done < len {
+                match file.read_at(&mut out[done..], offset + done as u64) {
+                    // Past the end of a file that shrank underneath us:
+                    // the rest reads as zeroes.
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
             }
-            out.extend_from_slice(&got);
-        }
-        Ok(out)
+            Ok(out)
+        })
+        .await?
     }
 
     async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> io::Result<()> {
-        if data.len() >= LARGE {
-            // io_uring would keep the buffer; a blocking thread gives it
-            // back for the next large payload (see `pool`).
-            let shared = self.shared.clone();
-            let (data, written) = glommio::executor()
-                .spawn_blocking(move || {
-                    use std::os::unix::fs::FileExt;
-                    let written = shared.write_all_at(&data, offset);
-                    (data, written)
-                })
-                .await;
-            self.pool.give(data);
-            written?;
-        } else {
-            let total = data.len();
-            // write_at consumes its buffer, so the payload goes in without
-            // a copy. A file or block device writes short only when it is
-            // full (or past a size limit), where a retry fails too.
-            let n = self
-                .file
-                .write_at(data, offset)
-                .await
-                .map_err(glommio_err)?;
-            if n < total {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    format!("backend wrote {n} of {total} bytes at {offset} (full?)"),
-                ));
+        let file = self.file.clone();
+        // The payload comes back for the pool (a large one is reused). A
+        // file or block device writes short only when it is full (or past
+        // a size limit), where a retry fails too: `write_all_at` reports it.
+        let (data, written) = blocking(move || {
+            let mut written = file.write_all_at(&data, offset);
+            if fua && written.is_ok() {
+                written = file.sync_data();
             }
-        }
-        if fua {
-            self.flush().await?;
-        }
-        Ok(())
+            (data, written)
+        })
+        .await?;
+        self.pool.give(data);
+        written
     }
 
     async fn flush(&self) -> io::Result<()> {
-        self.file.fdatasync().await.map_err(glommio_err)
+        let file = self.file.clone();
+        blocking(move || file.sync_data()).await?
     }
 
     async fn zero(&self, offset: u64, len: u32, punch: bool, fua: bool) -> io::Result<()> {
-        if punch && self.file.deallocate(offset, u64::from(len)).await.is_ok() {
-            if fua {
-                self.flush().await?;
+        let file = self.file.clone();
+        blocking(move || {
+            use rustix::fs::FallocateFlags;
+            let len = u64::from(len);
+            let punched = punch
+                && rustix::fs::fallocate(
+                    &*file,
+                    FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                    offset,
+                    len,
+                )
+                .is_ok();
+            if !punched {
+                // No hole punching here (a block device, a filesystem
+                // without it, or NO_HOLE): write zeroes.
+                let zeroes = vec![0; ZERO_CHUNK.min(len as usize)];
+                let mut done = 0u64;
+                while done < len {
+                    let chunk = (len - done).min(ZERO_CHUNK as u64) as usize;
+                    file.write_all_at(&zeroes[..chunk], offset + done)?;
+                    done += chunk as u64;
+                }
             }
-            return Ok(());
-        }
-        // No hole punching here (a block device, a filesystem without it,
-        // or NO_HOLE): write zeroes.
-        let zeroes = vec![0; (len as usize).min(ZERO_CHUNK)];
-        let mut done = 0u64;
-        while done < u64::from(len) {
-            let chunk = (u64::from(len) - done).min(ZERO_CHUNK as u64) as usize;
-            self.write(offset + done, zeroes[..chunk].to_vec(), false)
-                .await?;
-            done += chunk as u64;
-        }
-        if fua {
-            self.flush().await?;
-        }
-        Ok(())
+            if fua {
+                file.sync_data()?;
+            }
+            Ok(())
+        })
+        .await?
     }
 }
 
@@ -356,9 +345,9 @@ pub struct NbdUpstream {
     flags: u16,
     mux: Rc<Mux>,
     /// Writes queued requests to the server. Dropping it cancels it.
-    sender: Task<()>,
+    sender: AbortOnDrop,
     /// Reads replies and completes calls. Dropping it cancels it.
-    receiver: Task<()>,
+    receiver: AbortOnDrop,
 }
 
 impl std::fmt::Debug for NbdUpstream {
@@ -370,6 +359,17 @@ impl std::fmt::Debug for NbdUpstream {
             .field("in_flight", &state.pending.len())
             .field("broken", &state.broken)
             .finish_non_exhaustive()
+    }
+}
+
+/// A spawned task that is cancelled when this handle is dropped (a tokio
+/// `JoinHandle` alone would detach it).
+#[derive(Debug)]
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -493,7 +493,7 @@ fn encode_request(
 
 /// The sender task: writes whatever is queued, small requests batched in
 /// one write, until a goodbye went out or the connection failed.
-async fn send_requests(mux: Rc<Mux>, mut stream: SharedStream) {
+async fn send_requests(mux: Rc<Mux>, stream: SharedStream) {
     let mut spare = Vec::new();
     loop {
         let (next, closing) = {
@@ -518,7 +518,7 @@ async fn send_requests(mux: Rc<Mux>, mut stream: SharedStream) {
         let bytes = match &chunk {
             Chunk::Batch(bytes) | Chunk::Payload(bytes) => bytes,
         };
-        if let Err(e) = stream.write_all(bytes).await {
+        if let Err(e) = stream.write_all(bytes, None).await {
             mux.fail(&format!("sending: {e}"));
             return;
         }
@@ -536,15 +536,15 @@ async fn send_requests(mux: Rc<Mux>, mut stream: SharedStream) {
 
 /// The receiver task: completes calls as their replies arrive, until the
 /// connection ends; then fails whatever is left.
-async fn receive_replies(mux: Rc<Mux>, mut stream: SharedStream) {
-    let why = match parse_replies(&mux, &mut stream).await {
+async fn receive_replies(mux: Rc<Mux>, stream: SharedStream) {
+    let why = match parse_replies(&mux, &stream).await {
         Ok(()) => "the server closed the connection".to_owned(),
         Err(e) => e.to_string(),
     };
     mux.fail(&why);
 }
 
-async fn parse_replies(mux: &Mux, stream: &mut SharedStream) -> io::Result<()> {
+async fn parse_replies(mux: &Mux, stream: &SharedStream) -> io::Result<()> {
     let mut input = vec![0u8; RECEIVE_CHUNK];
     let (mut start, mut end) = (0usize, 0usize);
     // A READ reply whose data is still arriving: cookie, data so far, length.
@@ -594,7 +594,9 @@ async fn parse_replies(mux: &Mux, stream: &mut SharedStream) -> io::Result<()> {
         input.copy_within(start..end, 0);
         end -= start;
         start = 0;
-        let n = stream.read(&mut input[end..]).await?;
+        let n = stream
+            .read(&mut input[end..], u64::MAX, "upstream NBD reply")
+            .await?;
         if n == 0 {
             return Ok(());
         }
@@ -610,8 +612,8 @@ impl NbdUpstream {
         export: &str,
         pool: Rc<BufPool>,
     ) -> io::Result<NbdUpstream> {
-        let mut stream = TcpStream::connect(addr).await.map_err(glommio_err)?;
-        stream.set_nodelay(true).map_err(glommio_err)?;
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
         let mut greeting = [0u8; 18];
         stream.read_exact(&mut greeting).await?;
         let magic = u64::from_be_bytes(greeting[0..8].try_into().expect("8"));
@@ -676,8 +678,14 @@ impl NbdUpstream {
             send_ready: Signal::default(),
             pool,
         });
-        let sender = glommio::spawn_local(send_requests(mux.clone(), stream.clone()));
-        let receiver = glommio::spawn_local(receive_replies(mux.clone(), stream));
+        let sender = AbortOnDrop(tokio::task::spawn_local(send_requests(
+            mux.clone(),
+            stream.clone(),
+        )));
+        let receiver = AbortOnDrop(tokio::task::spawn_local(receive_replies(
+            mux.clone(),
+            stream,
+        )));
         Ok(NbdUpstream {
             size,
             flags: tflags,
@@ -742,7 +750,7 @@ impl NbdUpstream {
             cookie
         };
         self.mux.send_ready.notify();
-        futures_lite::future::poll_fn(|cx| {
+        std::future::poll_fn(|cx| {
             let mut state = self.mux.state.borrow_mut();
             let pending = state
                 .pending
@@ -770,16 +778,9 @@ impl NbdUpstream {
         self.mux.send_ready.notify();
         // The goodbye is written, or the server stopped reading: either
         // way dropping the tasks (which cancels them) closes the socket.
-        let sender = self.sender;
-        let sent = async move {
-            sender.await;
-            true
-        };
-        let waited = async {
-            glommio::timer::sleep(DISCONNECT_WAIT).await;
-            false
-        };
-        let _ = futures_lite::future::or(sent, waited).await;
+        let mut sender = self.sender;
+        let _ = tokio::time::timeout(DISCONNECT_WAIT, &mut sender.0).await;
+        drop(sender);
         drop(self.receiver);
     }
 }
@@ -858,38 +859,39 @@ mod tests {
     fn requests_ready_together_go_out_in_one_write() {
         const CALLS: usize = 8;
         let (addr, server) = fake_upstream(1 << 20);
-        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .spawn(move || async move {
-                let pool = Rc::new(BufPool::default());
-                let upstream = Rc::new(
-                    NbdUpstream::connect(addr, "disk", pool)
-                        .await
-                        .expect("connect"),
-                );
-                assert_eq!(upstream.size, 1 << 20);
-                // Every call encodes its request before any task awaits
-                // the socket: they are all ready when the sender runs.
-                let calls: Vec<_> = (0..CALLS)
-                    .map(|i| {
-                        let upstream = upstream.clone();
-                        glommio::spawn_local(async move {
-                            let offset = (i * 4096) as u64;
-                            upstream
-                                .call(NBD_CMD_WRITE, 0, offset, 4096, vec![i as u8; 4096])
-                                .await
-                        })
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let writes = tokio::task::LocalSet::new().block_on(&runtime, async move {
+            let pool = Rc::new(BufPool::default());
+            let upstream = Rc::new(
+                NbdUpstream::connect(addr, "disk", pool)
+                    .await
+                    .expect("connect"),
+            );
+            assert_eq!(upstream.size, 1 << 20);
+            // Every call encodes its request before any task awaits the
+            // socket: they are all ready when the sender runs.
+            let calls: Vec<_> = (0..CALLS)
+                .map(|i| {
+                    let upstream = upstream.clone();
+                    tokio::task::spawn_local(async move {
+                        let offset = (i * 4096) as u64;
+                        upstream
+                            .call(NBD_CMD_WRITE, 0, offset, 4096, vec![i as u8; 4096])
+                            .await
                     })
-                    .collect();
-                for call in calls {
-                    call.await.expect("write answered");
-                }
-                let writes = upstream.mux.state.borrow().writes;
-                let upstream = Rc::try_unwrap(upstream).expect("the calls are done");
-                upstream.disconnect().await;
-                writes
-            })
-            .expect("executor");
-        let writes = executor.join().expect("executor ran");
+                })
+                .collect();
+            for call in calls {
+                call.await.expect("task ran").expect("write answered");
+            }
+            let writes = upstream.mux.state.borrow().writes;
+            let upstream = Rc::try_unwrap(upstream).expect("the calls are done");
+            upstream.disconnect().await;
+            writes
+        });
         assert_eq!(server.join().expect("fake upstream"), CALLS);
         assert_eq!(writes, 1, "{CALLS} ready requests took {writes} writes");
     }
