@@ -36,7 +36,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use crate::duplex::{SharedStream, Signal};
+use crate::duplex::{split, ReadHalf, Signal, WriteHalf};
 use crate::pool::{BufPool, LARGE};
 
 /// Largest zero-fill buffer written at once for WRITE_ZEROES.
@@ -493,7 +493,7 @@ fn encode_request(
 
 /// The sender task: writes whatever is queued, small requests batched in
 /// one write, until a goodbye went out or the connection failed.
-async fn send_requests(mux: Rc<Mux>, stream: SharedStream) {
+async fn send_requests(mux: Rc<Mux>, mut output: WriteHalf) {
     let mut spare = Vec::new();
     loop {
         let (next, closing) = {
@@ -518,7 +518,7 @@ async fn send_requests(mux: Rc<Mux>, stream: SharedStream) {
         let bytes = match &chunk {
             Chunk::Batch(bytes) | Chunk::Payload(bytes) => bytes,
         };
-        if let Err(e) = stream.write_all(bytes, None).await {
+        if let Err(e) = output.write_all(bytes, None).await {
             mux.fail(&format!("sending: {e}"));
             return;
         }
@@ -536,15 +536,15 @@ async fn send_requests(mux: Rc<Mux>, stream: SharedStream) {
 
 /// The receiver task: completes calls as their replies arrive, until the
 /// connection ends; then fails whatever is left.
-async fn receive_replies(mux: Rc<Mux>, stream: SharedStream) {
-    let why = match parse_replies(&mux, &stream).await {
+async fn receive_replies(mux: Rc<Mux>, mut input: ReadHalf) {
+    let why = match parse_replies(&mux, &mut input).await {
         Ok(()) => "the server closed the connection".to_owned(),
         Err(e) => e.to_string(),
     };
     mux.fail(&why);
 }
 
-async fn parse_replies(mux: &Mux, stream: &SharedStream) -> io::Result<()> {
+async fn parse_replies(mux: &Mux, stream: &mut ReadHalf) -> io::Result<()> {
     let mut input = vec![0u8; RECEIVE_CHUNK];
     let (mut start, mut end) = (0usize, 0usize);
     // A READ reply whose data is still arriving: cookie, data so far, length.
@@ -669,7 +669,7 @@ impl NbdUpstream {
             }
         }
         let size = size.ok_or_else(|| upstream_err(format!("{addr} sent no export size")))?;
-        let stream = SharedStream::new(stream);
+        let (input, output) = split(stream);
         let mux = Rc::new(Mux {
             state: RefCell::new(MuxState {
                 next_cookie: 1,
@@ -678,13 +678,10 @@ impl NbdUpstream {
             send_ready: Signal::default(),
             pool,
         });
-        let sender = AbortOnDrop(tokio::task::spawn_local(send_requests(
-            mux.clone(),
-            stream.clone(),
-        )));
+        let sender = AbortOnDrop(tokio::task::spawn_local(send_requests(mux.clone(), output)));
         let receiver = AbortOnDrop(tokio::task::spawn_local(receive_replies(
             mux.clone(),
-            stream,
+            input,
         )));
         Ok(NbdUpstream {
             size,

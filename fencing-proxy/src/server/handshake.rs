@@ -30,7 +30,11 @@ pub(super) struct Bound {
 
 /// Writes what the handshake queued; a client that reads none of it for
 /// `wait_max` is gone.
-async fn write_out(stream: &SharedStream, out: &mut Vec<u8>, wait_max: Duration) -> io::Result<()> {
+async fn write_out(
+    stream: &mut WriteHalf,
+    out: &mut Vec<u8>,
+    wait_max: Duration,
+) -> io::Result<()> {
     if !out.is_empty() {
         stream.write_all(out, Some(wait_max)).await?;
         out.clear();
@@ -45,17 +49,17 @@ pub(super) async fn serve(stream: TcpStream, exports: Rc<Exports>) -> io::Result
     let deadline_ms = monotonic_ms().saturating_add(millis(limits.handshake_timeout));
     let wait_max = limits.handshake_timeout;
     stream.set_nodelay(true)?;
-    let stream = SharedStream::new(stream);
+    let (mut input, mut output) = split(stream);
     let mut handshake = Handshake::new(exports.nbd);
     let mut out = Vec::new();
     // Small: thousands of connections may sit in the handshake at once.
     // Transmission allocates its own larger buffer.
     let mut buf = vec![0u8; HANDSHAKE_READ_CHUNK];
     handshake.poll_transmit(&mut out);
-    write_out(&stream, &mut out, wait_max).await?;
+    write_out(&mut output, &mut out, wait_max).await?;
     let mut bound: Option<Bound> = None;
     loop {
-        let n = stream
+        let n = input
             .read(
                 &mut buf,
                 deadline_ms,
@@ -104,18 +108,18 @@ pub(super) async fn serve(stream: TcpStream, exports: Rc<Exports>) -> io::Result
                 Event::Ready { .. } => ready = true,
                 Event::Aborted => {
                     handshake.poll_transmit(&mut out);
-                    write_out(&stream, &mut out, wait_max).await?;
+                    write_out(&mut output, &mut out, wait_max).await?;
                     return Ok(());
                 }
                 Event::Failed(e) => {
                     handshake.poll_transmit(&mut out);
-                    let _ = write_out(&stream, &mut out, wait_max).await;
+                    let _ = write_out(&mut output, &mut out, wait_max).await;
                     return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
                 }
             }
         }
         handshake.poll_transmit(&mut out);
-        write_out(&stream, &mut out, wait_max).await?;
+        write_out(&mut output, &mut out, wait_max).await?;
         if ready {
             break;
         }
@@ -125,7 +129,7 @@ pub(super) async fn serve(stream: TcpStream, exports: Rc<Exports>) -> io::Result
         return Err(io::Error::other("handshake ended without an export"));
     };
     drop(buf);
-    transmission(stream, handshake, bound, exports, out).await
+    transmission((input, output), handshake, bound, exports, out).await
 }
 
 /// Answers the selection of `name`; for `GO`, binds the connection.

@@ -71,7 +71,7 @@ use palisade_host::heartbeat::{stall_if_armed, HEARTBEAT_PERIOD};
 use crate::admission::{Admission, Confirmation, Durable, Step};
 use crate::backend::{Backend, FileBackend, NbdUpstream};
 use crate::config::{BackendSpec, Export, ProxyConfig};
-use crate::duplex::{SharedStream, Signal};
+use crate::duplex::{split, ReadHalf, Signal, WriteHalf};
 use crate::failpoints::Failpoints;
 use crate::fence::{Fence, FenceError, FenceStore};
 use crate::lease::{LeaseLink, Verdict};

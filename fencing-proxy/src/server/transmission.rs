@@ -108,7 +108,7 @@ impl Conn {
 }
 
 pub(super) async fn transmission(
-    stream: SharedStream,
+    (input, output): (ReadHalf, WriteHalf),
     handshake: Handshake,
     bound: Bound,
     exports: Rc<Exports>,
@@ -143,9 +143,9 @@ pub(super) async fn transmission(
         room: Signal::default(),
     });
     // A client that stops reading our replies is as idle as a silent one.
-    let writer = tokio::task::spawn_local(write_replies(conn.clone(), stream.clone(), idle));
+    let writer = tokio::task::spawn_local(write_replies(conn.clone(), output, idle));
     let idle_reason = format!("no request for {} ms ({idle_key})", millis(idle));
-    let read = read_requests(&conn, &mut tx, stream, millis(idle), &idle_reason).await;
+    let read = read_requests(&conn, &mut tx, input, millis(idle), &idle_reason).await;
     // Every request taken in is answered before the connection closes
     // (NBD wants that after a disconnect), and the backend closes only once
     // no request uses it.
@@ -168,7 +168,7 @@ pub(super) async fn transmission(
 async fn read_requests(
     conn: &Rc<Conn>,
     tx: &mut nbd::Transmission,
-    stream: SharedStream,
+    mut input: ReadHalf,
     idle_ms: u64,
     idle_reason: &str,
 ) -> io::Result<()> {
@@ -220,7 +220,7 @@ async fn read_requests(
             active_ms = monotonic_ms();
         }
         // Idle since the last request, even if bytes trickle in.
-        let n = stream
+        let n = input
             .read(&mut buf, active_ms.saturating_add(idle_ms), idle_reason)
             .await?;
         if conn.outbox.borrow().failed {
@@ -240,7 +240,11 @@ async fn read_requests(
 /// write, and frees their room in flight. Returns once the reader is done
 /// and every request it took in is answered. After a failed write it
 /// shuts the socket (so the reader stops) and drops later replies.
-async fn write_replies(conn: Rc<Conn>, stream: SharedStream, wait_max: Duration) -> io::Result<()> {
+async fn write_replies(
+    conn: Rc<Conn>,
+    mut output: WriteHalf,
+    wait_max: Duration,
+) -> io::Result<()> {
     let mut batch = Vec::new();
     let mut failure = None;
     loop {
@@ -256,9 +260,9 @@ async fn write_replies(conn: Rc<Conn>, stream: SharedStream, wait_max: Duration)
             continue;
         }
         if failure.is_none() {
-            if let Err(e) = stream.write_all(&batch, Some(wait_max)).await {
+            if let Err(e) = output.write_all(&batch, Some(wait_max)).await {
                 conn.outbox.borrow_mut().failed = true;
-                stream.shutdown();
+                output.shutdown();
                 failure = Some(e);
             }
         }
