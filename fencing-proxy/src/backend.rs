@@ -5,9 +5,9 @@
 //! the gate did that before the call.
 //!
 //! Every method takes `&self`: a connection's request tasks call one
-//! backend concurrently. A file backend hands each call to a thread of
-//! the runtime's bounded blocking pool (positional reads and writes on the
-//! export's one file descriptor); an upstream backend multiplexes them on
+//! backend concurrently. A file backend hands each call to a thread of a
+//! bounded pool of its own ([`file_io_pool`]: positional reads and writes
+//! on the export's one file descriptor); an upstream backend multiplexes them on
 //! its one connection (many requests sent, replies matched by cookie, in
 //! whatever order the server sends them). A call returns once the backend
 //! has the bytes: the file's write completed, or the upstream server
@@ -150,20 +150,38 @@ fn fua_flag(fua: bool) -> u16 {
     }
 }
 
-/// Runs `f` on a thread of the runtime's bounded blocking pool.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| io::Error::other(format!("backend I/O thread: {e}")))
+/// The threads every file backend's calls run on: the blocking pool of a
+/// runtime of their own, at most `threads` at once (more calls queue),
+/// idle ones ending after `keep_alive`. The runtime itself is never
+/// driven; only its pool is used. Apart from the event loop's blocking
+/// pool, so a hung disk holds these threads and never the ones that
+/// lease checks and fence raises need.
+///
+/// # Errors
+///
+/// The runtime could not be built.
+pub fn file_io_pool(
+    threads: usize,
+    keep_alive: std::time::Duration,
+) -> io::Result<tokio::runtime::Runtime> {
+    assert!(threads > 0);
+    tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(threads)
+        .thread_keep_alive(keep_alive)
+        .thread_name("proxy-file-io")
+        .build()
 }
 
 /// A local file or block device: the export's one handle, used by every
-/// connection, each call on a blocking thread.
+/// connection, each call on a thread of the file I/O pool
+/// ([`file_io_pool`]).
 #[derive(Debug)]
 pub struct FileBackend {
     file: Arc<std::fs::File>,
     /// Where large write payloads go once written.
     pool: Rc<BufPool>,
+    /// The file I/O pool's runtime.
+    io: tokio::runtime::Handle,
     size: u64,
 }
 
@@ -219,16 +237,38 @@ pub fn open_shared(path: &Path) -> io::Result<Arc<std::fs::File>> {
 
 impl FileBackend {
     /// A connection's backend on the export's handle `file` ([`open_shared`]
-    /// on the file [`prepare_file`] made sure exists) of `size` bytes.
+    /// on the file [`prepare_file`] made sure exists) of `size` bytes; its
+    /// calls run on `io`, the handle of the [`file_io_pool`].
     #[must_use]
-    pub fn new(file: Arc<std::fs::File>, size: u64, pool: Rc<BufPool>) -> FileBackend {
-        FileBackend { file, pool, size }
+    pub fn new(
+        file: Arc<std::fs::File>,
+        size: u64,
+        pool: Rc<BufPool>,
+        io: tokio::runtime::Handle,
+    ) -> FileBackend {
+        FileBackend {
+            file,
+            pool,
+            io,
+            size,
+        }
+    }
+
+    /// Runs `f` on a thread of the file I/O pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> io::Result<T> {
+        self.io
+            .spawn_blocking(f)
+            .await
+            .map_err(|e| io::Error::other(format!("backend I/O thread: {e}")))
     }
 
     async fn read(&self, offset: u64, len: u32) -> io::Result<Vec<u8>> {
         let file = self.file.clone();
         let len = len as usize;
-        blocking(move || {
+        self.blocking(move || {
             let mut out = vec![0u8; len];
             let mut done = 0;
             while done < len {
@@ -251,26 +291,27 @@ impl FileBackend {
         // The payload comes back for the pool (a large one is reused). A
         // file or block device writes short only when it is full (or past
         // a size limit), where a retry fails too: `write_all_at` reports it.
-        let (data, written) = blocking(move || {
-            let mut written = file.write_all_at(&data, offset);
-            if fua && written.is_ok() {
-                written = file.sync_data();
-            }
-            (data, written)
-        })
-        .await?;
+        let (data, written) = self
+            .blocking(move || {
+                let mut written = file.write_all_at(&data, offset);
+                if fua && written.is_ok() {
+                    written = file.sync_data();
+                }
+                (data, written)
+            })
+            .await?;
         self.pool.give(data);
         written
     }
 
     async fn flush(&self) -> io::Result<()> {
         let file = self.file.clone();
-        blocking(move || file.sync_data()).await?
+        self.blocking(move || file.sync_data()).await?
     }
 
     async fn zero(&self, offset: u64, len: u32, punch: bool, fua: bool) -> io::Result<()> {
         let file = self.file.clone();
-        blocking(move || {
+        self.blocking(move || {
             use rustix::fs::FallocateFlags;
             let len = u64::from(len);
             let punched = punch
@@ -850,8 +891,8 @@ mod tests {
         (addr, server)
     }
 
-    /// Calls started in one executor turn go to the upstream server in one
-    /// write, however many there are.
+    /// Calls started in one turn of the event loop go to the upstream
+    /// server in one write, however many there are.
     #[test]
     fn requests_ready_together_go_out_in_one_write() {
         const CALLS: usize = 8;

@@ -214,7 +214,12 @@ async fn open_backend(exports: &Exports, export: &ExportRt) -> io::Result<Backen
                 .shared_file
                 .clone()
                 .expect("file backends are prepared");
-            Ok(Backend::File(FileBackend::new(shared, size, pool)))
+            Ok(Backend::File(FileBackend::new(
+                shared,
+                size,
+                pool,
+                exports.file_io.clone(),
+            )))
         }
         BackendSpec::Nbd { addr, export: name } => {
             Ok(Backend::Nbd(NbdUpstream::connect(*addr, name, pool).await?))

@@ -40,9 +40,10 @@
 //!
 //! It must never acknowledge a write whose token is below the durable
 //! fence, never raise the in-memory fence before the store returned, and
-//! never block the event loop: lease-service calls, fence fsyncs and
-//! file-backend I/O run on the runtime's bounded blocking pool
-//! ([`BLOCKING_THREADS`] threads). The loop stores a heartbeat every
+//! never block the event loop: lease-service calls and fence fsyncs run on
+//! the runtime's bounded blocking pool ([`BLOCKING_THREADS`] threads),
+//! file-backend I/O on a pool of its own ([`FILE_IO_THREADS`]), so a hung
+//! disk stalls only the file exports' requests. The loop stores a heartbeat every
 //! [`HEARTBEAT_PERIOD`] for the service-manager watchdog; `/metrics` is
 //! served by a plain thread of its own (`palisade_host::admin::threaded`),
 //! so a scrape never takes the loop's time.
@@ -130,10 +131,13 @@ const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A reply batch buffer larger than this is not kept for the next batch.
 const OUT_KEEP_MAX: usize = 4 << 20;
 
-/// Threads for blocking calls (lease service, fence fsync, file-backend
-/// I/O): at most this many run at once, the rest queue. A hung disk can
-/// take them all (and delay fence raises behind it), never the event loop.
+/// Threads for blocking calls (lease service, fence fsync): at most this
+/// many run at once, the rest queue.
 pub const BLOCKING_THREADS: usize = 4;
+
+/// Threads for file-backend I/O, a pool apart: a hung disk takes these,
+/// never the event loop nor the threads lease checks and fence raises use.
+pub const FILE_IO_THREADS: usize = 4;
 
 /// How long an idle blocking thread stays for the next call.
 const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(10);
@@ -153,6 +157,8 @@ struct Exports {
     nbd: nbd::Config,
     /// Large write payloads, reused (see [`crate::pool`]).
     pool: Rc<BufPool>,
+    /// Where file backends' calls run ([`crate::backend::file_io_pool`]).
+    file_io: tokio::runtime::Handle,
 }
 
 /// Timeouts and policy the connections apply, from the config.
@@ -189,7 +195,7 @@ impl Limits {
     }
 }
 
-/// One export inside the executor.
+/// One export inside the event loop.
 struct ExportRt {
     config: Export,
     backend: BackendSpec,
@@ -210,7 +216,7 @@ impl ExportRt {
     }
 }
 
-/// An export prepared by [`prepare`]: everything the executor needs.
+/// An export prepared by [`prepare`]: everything the event loop needs.
 pub struct Prepared {
     config: Export,
     backend: BackendSpec,
@@ -221,7 +227,7 @@ pub struct Prepared {
 
 /// Why the proxy cannot start serving: what [`prepare`], [`lease_link`]
 /// and [`run`] return. Each is the operator's to fix (a path, a secret,
-/// an address) or the host's (resources for the executor).
+/// an address) or the host's (threads, file descriptors).
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// An export's file backend could not be created or opened.
@@ -378,6 +384,13 @@ pub fn run(
             what: "starting the proxy's runtime",
             source,
         })?;
+    let file_io =
+        crate::backend::file_io_pool(FILE_IO_THREADS, BLOCKING_KEEP_ALIVE).map_err(|source| {
+            ServerError::Executor {
+                what: "starting the file I/O threads",
+                source,
+            }
+        })?;
     // Kept until `run` returns: dropping it stops the endpoint.
     let _admin = match metrics {
         Some(endpoint) => Some(endpoint.start().map_err(|source| ServerError::Executor {
@@ -412,6 +425,7 @@ pub fn run(
         write_delay,
         nbd: nbd::Config::default(),
         pool: Rc::new(BufPool::default()),
+        file_io: file_io.handle().clone(),
     });
     tokio::task::LocalSet::new().block_on(&runtime, async move {
         // Detached: it beats as long as the loop runs.
