@@ -7,20 +7,30 @@
 //! Every method takes `&self`: a connection's request tasks call one
 //! backend concurrently. A file backend hands each call to a thread of a
 //! bounded pool of its own ([`file_io_pool`]: positional reads and writes
-//! on the export's one file descriptor); an upstream backend multiplexes them on
-//! its one connection (many requests sent, replies matched by cookie, in
-//! whatever order the server sends them). A call returns once the backend
+//! on the export's one file descriptor); an upstream backend multiplexes
+//! them on its one connection (many requests sent, replies matched by
+//! cookie, in whatever order the server sends them). A call returns once the backend
 //! has the bytes: the file's write completed, or the upstream server
 //! answered.
 //!
-//! Why the file's I/O runs on blocking threads, even a 4 KiB write that
-//! the page cache takes in microseconds: a file operation can block for as
-//! long as the disk likes (a hung device, writeback throttling, a full
-//! dirty limit), and on the event-loop thread that would freeze every
-//! connection, the heartbeat and with it the watchdog. The hop to a pool
-//! thread and back costs a few microseconds per call; measured against
-//! direct qemu-nbd (which does the same with its own thread pool), see
-//! bench/results/proxy-tokio/.
+//! Why the file's I/O runs on threads, even a 4 KiB write that the page
+//! cache takes in microseconds: a file operation can block for as long as
+//! the disk likes (a hung device, writeback throttling under many dirty
+//! pages), and on the event-loop thread that would freeze every
+//! connection, the heartbeat and with it the watchdog. Chosen by
+//! measurement (bench/results/proxy-tokio/, 4 KiB random writes, 4
+//! connections): with every call on the pool, the file export does 1.2x,
+//! 1.6x to 1.8x and 2.1x to 2.4x the writes/s of direct qemu-nbd at 1, 4
+//! and 16 in flight (p99 below direct's), so the pool stays. What it
+//! costs: at 16 in flight the glommio build, whose small reads and writes
+//! went to io_uring on the loop's thread, did 1.4x to 1.5x the writes/s
+//! of this one at about 3 us less CPU per write. Inline writes would
+//! block the loop under dirty-page throttling, and `RWF_NOWAIT` buffered
+//! writes (which would say `EAGAIN` instead) fail with `EOPNOTSUPP` on
+//! ext4 (kernel 6.18). `RWF_NOWAIT` reads work and would serve cached
+//! reads inline, but the benchmark has no reads to measure them by; an
+//! io_uring ring of the proxy's own, its eventfd in the loop, is what
+//! would win the gap back. Neither is done.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
