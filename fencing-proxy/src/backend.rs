@@ -838,6 +838,43 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
+    /// A file I/O pool whose threads are all stuck (a hung disk) holds
+    /// back only file calls: the event loop's timers and its own blocking
+    /// pool (lease checks, fence raises) go on.
+    #[test]
+    fn a_stuck_file_io_pool_leaves_the_loop_and_its_blocking_pool_free() {
+        let file_io = file_io_pool(1, std::time::Duration::from_secs(1)).expect("file I/O pool");
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        // The pool's only thread waits until released, as on a hung disk.
+        drop(file_io.handle().spawn_blocking(move || {
+            let _ = stuck.recv();
+        }));
+        let file = tempfile::tempfile().expect("temp file");
+        file.write_all_at(&[7u8; 4096], 0).expect("fill");
+        let backend = FileBackend::new(
+            Arc::new(file),
+            4096,
+            Rc::new(BufPool::default()),
+            file_io.handle().clone(),
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        tokio::task::LocalSet::new().block_on(&runtime, async move {
+            let read = tokio::task::spawn_local(async move { backend.read(0, 4096).await });
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            assert!(!read.is_finished(), "the read waits for the stuck thread");
+            let other = tokio::task::spawn_blocking(|| 7)
+                .await
+                .expect("blocking pool");
+            assert_eq!(other, 7);
+            release.send(()).expect("release the pool");
+            let data = read.await.expect("task").expect("read");
+            assert_eq!(data, vec![7u8; 4096]);
+        });
+    }
+
     /// A minimal upstream NBD server on a thread: negotiates one export of
     /// `size` bytes, then answers every request it reads (writes and
     /// flushes with success), and returns how many requests it answered
