@@ -20,11 +20,12 @@
 //! connection, the heartbeat and with it the watchdog. Chosen by
 //! measurement (bench/results/proxy-tokio/, 4 KiB random writes, 4
 //! connections): with every call on the pool, the file export does 1.2x,
-//! 1.6x to 1.8x and 2.1x to 2.4x the writes/s of direct qemu-nbd at 1, 4
-//! and 16 in flight (p99 below direct's), so the pool stays. What it
-//! costs: at 16 in flight the glommio build, whose small reads and writes
-//! went to io_uring on the loop's thread, did 1.4x to 1.5x the writes/s
-//! of this one at about 3 us less CPU per write. Inline writes would
+//! 2.1x and 2.5x the writes/s of direct qemu-nbd at 1, 4 and 16 in flight
+//! (p99 below direct's), so the pool stays. What it costs: at 16 in
+//! flight the glommio build, whose small reads and writes went to
+//! io_uring on the loop's thread, did 1.24x the writes/s of this one
+//! (1.4x to 1.5x with four pool threads, at about 3 us less CPU per
+//! write). Inline writes would
 //! block the loop under dirty-page throttling, and `RWF_NOWAIT` buffered
 //! writes (which would say `EAGAIN` instead) fail with `EOPNOTSUPP` on
 //! ext4 (kernel 6.18). `RWF_NOWAIT` reads work and would serve cached
