@@ -1,83 +1,120 @@
-//! Two tasks on one socket: a reader and a writer, inside one glommio
-//! executor.
+//! Two tasks on one socket: a reader and a writer, inside the proxy's one
+//! event-loop thread (a tokio current-thread runtime).
 //!
 //! Pipelining needs a task that reads requests (or replies) while another
-//! writes replies (or requests) on the same connection. glommio's
-//! `TcpStream` keeps separate readiness sources for the two directions, so
-//! both may be pending at once; what it lacks is a way to hand one stream
-//! to two tasks. [`SharedStream`] does that: clones share the stream and
-//! borrow it only inside a single `poll_*` call, never across an `.await`,
-//! so the two never collide. [`Signal`] wakes one waiting task.
+//! writes replies (or requests) on the same connection. [`split`] hands
+//! the two directions of a tokio `TcpStream` to two tasks ([`ReadHalf`],
+//! [`WriteHalf`]) and adds what the shell needs around them: a deadline on
+//! reads, a timeout on each wait for room to write, and a shutdown that
+//! stops the other task. Readiness comes from mio's edge-triggered epoll:
+//! a read that would block costs no re-arming (glommio armed a `POLL_ADD`
+//! per read), and a read that returns less than the buffer marks the
+//! socket drained, so the next read waits for epoll instead of making a
+//! `recv` that says `EAGAIN` (tokio's `AsyncRead` does that; its
+//! `try_read` does not). [`Signal`] wakes one waiting task.
 //!
-//! Neither type is `Send`: everything here lives on one executor thread.
+//! [`Signal`] is not `Send`: everything here lives on one thread.
+//!
+//! ```
+//! use palisade_fencing_proxy::duplex::split;
+//! let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+//! rt.block_on(async {
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+//!     let addr = listener.local_addr().unwrap();
+//!     let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+//!     let (server, _) = listener.accept().await.unwrap();
+//!     let ((_, mut client_tx), (mut server_rx, _)) = (split(client), split(server));
+//!     client_tx.write_all(b"ping", None).await.unwrap();
+//!     let mut buf = [0u8; 4];
+//!     let n = server_rx.read(&mut buf, u64::MAX, "test").await.unwrap();
+//!     assert_eq!(&buf[..n], b"ping");
+//! });
+//! ```
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::io;
-use std::pin::Pin;
-use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::net::Shutdown;
+use std::task::{Poll, Waker};
+use std::time::Duration;
 
-use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
+use palisade_host::clock::monotonic_ms;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
 
-/// A TCP stream that a reading task and a writing task share.
-#[derive(Debug, Clone)]
-pub struct SharedStream(Rc<RefCell<TcpStream>>);
-
-impl SharedStream {
-    /// Shares `stream`.
-    #[must_use]
-    pub fn new(stream: TcpStream) -> SharedStream {
-        SharedStream(Rc::new(RefCell::new(stream)))
-    }
-
-    /// Runs `f` on the stream (for options such as timeouts). Never call
-    /// it from inside another borrow of the stream.
-    pub fn with<T>(&self, f: impl FnOnce(&TcpStream) -> T) -> T {
-        f(&self.0.borrow())
-    }
-
-    /// Shuts both directions down now: a task blocked reading sees the
-    /// end of the stream, so a failed writer can stop its reader.
-    pub async fn shutdown(&self) {
-        let stream = self.0.clone();
-        futures_lite::future::poll_fn(move |cx| {
-            let stream = stream.borrow();
-            let shut = stream.shutdown(std::net::Shutdown::Both);
-            futures_lite::pin!(shut);
-            // The error (already shut, peer gone) changes nothing.
-            shut.poll(cx).map(|_| ())
-        })
-        .await;
-    }
+/// The two directions of `stream`, for a reading and a writing task.
+#[must_use]
+pub fn split(stream: TcpStream) -> (ReadHalf, WriteHalf) {
+    let (read, write) = stream.into_split();
+    (ReadHalf(read), WriteHalf(write))
 }
 
-impl AsyncRead for SharedStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+/// The reading direction of a stream [`split`] for two tasks.
+#[derive(Debug)]
+pub struct ReadHalf(OwnedReadHalf);
+
+impl ReadHalf {
+    /// Reads what is there (at least one byte, or 0 at the end of the
+    /// stream), waiting for it until monotonic `deadline_ms` at most
+    /// (`u64::MAX`: no deadline): after that, a `TimedOut` error saying
+    /// `what`.
+    pub async fn read(
+        &mut self,
         buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
+        deadline_ms: u64,
+        what: &str,
+    ) -> io::Result<usize> {
+        if deadline_ms == u64::MAX {
+            return self.0.read(buf).await;
+        }
+        let left_ms = deadline_ms.saturating_sub(monotonic_ms());
+        if left_ms == 0 {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, what.to_owned()));
+        }
+        // The timer is armed only if the read has to wait.
+        tokio::time::timeout(Duration::from_millis(left_ms), self.0.read(buf))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, what.to_owned()))?
     }
 }
 
-impl AsyncWrite for SharedStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
+/// The writing direction of a stream [`split`] for two tasks. Dropping it
+/// shuts the stream's writing direction down (the peer reads the end).
+#[derive(Debug)]
+pub struct WriteHalf(OwnedWriteHalf);
+
+impl WriteHalf {
+    /// Writes all of `bytes`. With `wait_max`, a wait for room in the
+    /// socket's buffer longer than that (a peer that stopped reading) is a
+    /// `TimedOut` error.
+    pub async fn write_all(&mut self, bytes: &[u8], wait_max: Option<Duration>) -> io::Result<()> {
+        let Some(wait) = wait_max else {
+            return self.0.write_all(bytes).await;
+        };
+        let mut done = 0;
+        while done < bytes.len() {
+            // The timer is armed only if the write has to wait.
+            let n = tokio::time::timeout(wait, self.0.write(&bytes[done..]))
+                .await
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the peer read nothing for {} ms", wait.as_millis()),
+                    )
+                })??;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            done += n;
+        }
+        Ok(())
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
+    /// Shuts both directions down now: a task waiting to read sees the
+    /// end of the stream, so a failed writer can stop its reader.
+    pub fn shutdown(&self) {
+        // The error (already shut, peer gone) changes nothing.
+        let _ = socket2::SockRef::from(self.0.as_ref()).shutdown(Shutdown::Both);
     }
 }
 
@@ -101,7 +138,7 @@ impl Signal {
     /// Returns once [`Signal::notify`] was called since the last wait
     /// returned. One waiter at a time.
     pub async fn wait(&self) {
-        futures_lite::future::poll_fn(|cx| {
+        std::future::poll_fn(|cx| {
             if self.set.replace(false) {
                 return Poll::Ready(());
             }

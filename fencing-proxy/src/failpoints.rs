@@ -6,8 +6,8 @@
 //! - [`WRITE_DELAY_HOOK`] (`TOKEN:MS`): writes under TOKEN wait MS after the
 //!   admission let them go, so tests can have writes in flight between the
 //!   fence check and the backend when a newer holder arrives.
-//! - [`STALL_HOOK`] (a path): while that file exists, the executor blocks
-//!   its thread (a stuck executor, for the service-manager watchdog).
+//! - [`STALL_HOOK`] (a path): while that file exists, the event loop
+//!   blocks its thread (a stuck loop, for the service-manager watchdog).
 //!
 //! It never touches fences or client traffic itself.
 
@@ -19,8 +19,8 @@ use tracing::warn;
 /// Test hook: `TOKEN:MS` holds writes under TOKEN for MS after admission.
 pub const WRITE_DELAY_HOOK: &str = "PALISADE_PROXY_TEST_WRITE_DELAY";
 
-/// Test hook: while the file this names exists, the proxy's executor
-/// blocks its thread (a stuck executor).
+/// Test hook: while the file this names exists, the proxy's event loop
+/// blocks its thread (a stuck loop).
 pub const STALL_HOOK: &str = "PALISADE_PROXY_TEST_STALL_FILE";
 
 /// The armed test hooks; [`Failpoints::default`] arms none.
@@ -28,7 +28,7 @@ pub const STALL_HOOK: &str = "PALISADE_PROXY_TEST_STALL_FILE";
 pub struct Failpoints {
     /// Writes under this token wait this long after admission.
     pub write_delay: Option<(u64, Duration)>,
-    /// The executor stalls while this file exists.
+    /// The event loop stalls while this file exists.
     pub stall_file: Option<PathBuf>,
 }
 
@@ -74,8 +74,8 @@ impl Failpoints {
         }
     }
 
-    /// Arms the stall hook on the executor's heartbeat. Call before the
-    /// executor starts.
+    /// Arms the stall hook on the event loop's heartbeat. Call before the
+    /// loop starts.
     pub fn arm_stall(&self) {
         if let Some(file) = &self.stall_file {
             palisade_host::heartbeat::arm_core_stall_failpoint(0, file.clone());

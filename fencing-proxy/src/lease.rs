@@ -8,7 +8,7 @@
 //! hung) costs one `attempt_timeout` before the next node is tried, so one
 //! hung node never blinds the proxy while a quorum serves.
 //!
-//! Blocking calls on their own threads: the NBD executor never waits on
+//! Blocking calls on their own threads: the NBD event loop never waits on
 //! the lease service except through `spawn_blocking`.
 
 use std::collections::HashMap;

@@ -89,7 +89,8 @@ impl LogEvery {
 }
 
 /// File descriptors the proxy may hold besides its connections: the
-/// listeners, fence files, io_uring rings, lease-service clients, logs.
+/// listeners, fence files, the event loop's epoll and eventfd,
+/// lease-service clients, logs.
 pub const NOFILE_SPARE: u64 = 64;
 
 /// File descriptors `connections_max` connections need: each has its
@@ -171,7 +172,7 @@ pub const ARENAS_MAX: i32 = 2;
 ///
 /// Why: every connection allocates a read buffer above the threshold.
 /// glibc raises its mmap threshold to the size of the first such block
-/// freed, so from then on those buffers come from the executor thread's
+/// freed, so from then on those buffers come from the event-loop thread's
 /// arena, get zeroed (touched) when reused, and stay resident after the
 /// connections close, since a free block in the middle of an arena heap is
 /// never returned. Measured (release build) with 3 waves of 1 000

@@ -1,16 +1,15 @@
 //! Per-export counters, process-wide connection counters ([`PROCESS`]),
 //! their Prometheus text exposition ([`render`]) and the `/metrics`
-//! endpoint ([`Endpoint`]), served by `palisade_host::admin` as the lease
-//! node's is.
+//! endpoint ([`Endpoint`]), served by a plain thread of
+//! `palisade_host::admin::threaded`, as the lease node's data plane's is.
 
 use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use glommio::TaskQueueHandle;
+use palisade_host::admin::threaded::AdminThread;
 use socket2::Socket;
 use tracing::info;
 
@@ -185,9 +184,10 @@ fn escape(label: &str) -> String {
 }
 
 /// The `/metrics` endpoint (`proxy.metrics`): a listener bound before the
-/// executor starts, so a port that cannot be bound fails the start, and
-/// served by [`palisade_host::admin::accept_loop`] on the executor's
-/// low-share admin queue once [`crate::server::run`] has it.
+/// event loop starts, so a port that cannot be bound fails the start, and
+/// served by a thread of its own ([`palisade_host::admin::threaded`]) once
+/// [`crate::server::run`] starts it: a scrape never takes the event loop's
+/// time, and a stuck loop still answers scrapes.
 #[derive(Debug)]
 pub struct Endpoint {
     listener: Socket,
@@ -197,13 +197,8 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Binds `addr`; `registry` is what its scrapes render.
-    ///
-    /// With `SO_REUSEPORT`, as glommio binds the NBD listener: a killed
-    /// proxy's pending io_uring accept keeps its listener open for a moment
-    /// after the process is gone (the ring is torn down asynchronously), and
-    /// a restart must not fail on that.
     pub fn bind(addr: SocketAddr, registry: Registry) -> io::Result<Endpoint> {
-        let (listener, local) = palisade_host::admin::bind_listener(addr, true)?;
+        let (listener, local) = palisade_host::admin::bind_listener(addr, false)?;
         info!(%local, "metrics on http://{local}/metrics");
         Ok(Endpoint {
             listener,
@@ -218,13 +213,16 @@ impl Endpoint {
         self.local
     }
 
-    /// Serves `GET /metrics` (and `HEAD`) until the executor stops; spawn
-    /// it on the executor that owns `queue`.
-    pub(crate) async fn serve(self, queue: TaskQueueHandle) {
-        let listener = palisade_host::admin::into_glommio(self.listener);
+    /// Serves `GET /metrics` (and `HEAD`) from a new thread until the
+    /// returned handle is dropped.
+    ///
+    /// # Errors
+    ///
+    /// The thread could not be started.
+    pub fn start(self) -> io::Result<AdminThread> {
         let registry = self.registry;
-        let pages = Rc::new(move |_now_ms: u64| render(&registry));
-        palisade_host::admin::accept_loop(pages, listener, queue).await;
+        let pages = Arc::new(move |_now_ms: u64| render(&registry));
+        palisade_host::admin::threaded::start(self.listener, pages)
     }
 }
 
@@ -266,10 +264,7 @@ mod tests {
     }
 
     #[test]
-    fn the_endpoint_serves_the_registry_on_the_admin_queue() {
-        use std::sync::atomic::AtomicBool;
-        use std::time::Duration;
-
+    fn the_endpoint_serves_the_registry_on_its_thread() {
         let disk = Arc::new(ExportMetrics::default());
         disk.reads.store(4, Ordering::Relaxed);
         let registry: Registry = Arc::new(vec![("disk0".into(), disk)]);
@@ -277,29 +272,12 @@ mod tests {
             Endpoint::bind(SocketAddr::from(([127, 0, 0, 1], 0)), registry).expect("bind");
         let addr = endpoint.local_addr();
         assert_ne!(addr.port(), 0);
-        let done = Arc::new(AtomicBool::new(false));
-        let stop = done.clone();
-        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .spawn(move || async move {
-                let queue = glommio::executor().create_task_queue(
-                    glommio::Shares::Static(50),
-                    glommio::Latency::NotImportant,
-                    "admin",
-                );
-                let stopped = async {
-                    while !stop.load(Ordering::Acquire) {
-                        glommio::timer::sleep(Duration::from_millis(5)).await;
-                    }
-                };
-                futures_lite::future::or(endpoint.serve(queue), stopped).await;
-            })
-            .expect("executor");
+        let admin = endpoint.start().expect("admin thread");
 
         let get = ask(addr, b"GET /metrics HTTP/1.0\r\n\r\n");
         let head = ask(addr, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
         let other = ask(addr, b"GET / HTTP/1.1\r\n\r\n");
-        done.store(true, Ordering::Release);
-        executor.join().expect("executor ends");
+        drop(admin);
 
         assert!(get.starts_with("HTTP/1.1 200 OK\r\n"), "{get}");
         assert!(

@@ -1,4 +1,4 @@
-//! Reusable buffers for large write payloads, one pool per executor.
+//! Reusable buffers for large write payloads, one pool per event loop.
 //!
 //! With many requests in flight, a connection holds many payload copies
 //! at once. glibc serves each one of [`LARGE`] bytes or more with a fresh
@@ -27,7 +27,7 @@ pub const LARGE: usize = crate::limits::MMAP_THRESHOLD as usize;
 /// Bytes of buffers the pool keeps at most; more are freed.
 pub const POOL_BYTES_MAX: usize = 32 << 20;
 
-/// A pool of large buffers for one executor thread.
+/// A pool of large buffers for one event-loop thread.
 #[derive(Debug, Default)]
 pub struct BufPool {
     bufs: RefCell<Vec<Vec<u8>>>,

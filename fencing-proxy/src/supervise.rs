@@ -1,12 +1,13 @@
 //! The proxy under a service manager: `READY=1` once the NBD listener is
 //! bound (the fence store is opened before that), `STATUS=`, `WATCHDOG=1`
-//! while the proxy's executor beats, and `STOPPING=1` on `SIGTERM` or
+//! while the proxy's event loop beats, and `STOPPING=1` on `SIGTERM` or
 //! `SIGINT`, all through [`palisade_host::notify::Notifier`].
 //!
-//! The watchdog thread only judges: it pings when the executor's heartbeat
-//! ([`palisade_host::heartbeat`], a task on the executor that
-//! stores the time every 10 ms) is younger than the interval, and stays
-//! silent while the executor is stuck, so systemd restarts the proxy.
+//! The watchdog thread only judges: it pings when the event loop's
+//! heartbeat (a slot of [`palisade_host::heartbeat`], stored every 10 ms
+//! by a task on the loop) is younger than the interval, and stays silent
+//! while the loop is stuck, so systemd restarts the proxy. (The log lines
+//! still say "executor": operators and tests match them.)
 //!
 //! It never touches fences or client traffic.
 
@@ -75,7 +76,7 @@ impl Supervision {
     }
 
     /// Starts the watchdog thread if systemd asked for one; `beats` holds
-    /// the executor's heartbeat.
+    /// the event loop's heartbeat.
     pub fn start_watchdog(&self, beats: Arc<[AtomicU64]>) -> Result<(), SuperviseError> {
         let (Some(notifier), Some(interval)) = (self.notifier.clone(), self.watchdog) else {
             return Ok(());

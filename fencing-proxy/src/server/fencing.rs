@@ -146,13 +146,16 @@ pub(super) async fn durable_raise(
     let store = exports.store.clone();
     let cell = export.cell.clone();
     let name = export.config.name.clone();
-    glommio::executor()
-        .spawn_blocking(move || raise_durably(&store, &cell, &name, token))
-        .await
-        .map_err(|e| {
-            error!(export = %export.config.name, token, error = %e, "raising the fence failed");
-            e.to_string()
-        })
+    let raised =
+        match tokio::task::spawn_blocking(move || raise_durably(&store, &cell, &name, token)).await
+        {
+            Ok(raised) => raised.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("the fence store's thread failed: {e}")),
+        };
+    raised.map_err(|e| {
+        error!(export = %export.config.name, token, error = %e, "raising the fence failed");
+        e
+    })
 }
 
 /// The durable fence of `export` as a write or a handshake under `token`
@@ -238,9 +241,9 @@ pub(super) async fn admit(exports: &Exports, export: &ExportRt, token: u64) -> R
                     export.cell.nudge_watch();
                     nudged = true;
                 }
-                glommio::timer::sleep(CONFIRM_POLL).await;
+                tokio::time::sleep(CONFIRM_POLL).await;
             }
-            Step::DrainFirst => glommio::timer::sleep(DRAIN_POLL).await,
+            Step::DrainFirst => tokio::time::sleep(DRAIN_POLL).await,
             Step::NeedsDurableRaise => {
                 let raised = durable_raise(exports, export, token).await?;
                 export.admission.borrow_mut().raised(token, raised);

@@ -28,40 +28,44 @@ pub(super) struct Bound {
     pub(super) backend: Backend,
 }
 
-async fn write_out(stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
+/// Writes what the handshake queued; a client that reads none of it for
+/// `wait_max` is gone.
+async fn write_out(
+    stream: &mut WriteHalf,
+    out: &mut Vec<u8>,
+    wait_max: Duration,
+) -> io::Result<()> {
     if !out.is_empty() {
-        stream.write_all(out).await?;
+        stream.write_all(out, Some(wait_max)).await?;
         out.clear();
     }
     Ok(())
 }
 
-pub(super) async fn serve(mut stream: TcpStream, exports: Rc<Exports>) -> io::Result<()> {
+pub(super) async fn serve(stream: TcpStream, exports: Rc<Exports>) -> io::Result<()> {
     let limits = exports.limits;
     // The whole handshake, not each read: a client trickling bytes gets no
     // more time than a silent one.
     let deadline_ms = monotonic_ms().saturating_add(millis(limits.handshake_timeout));
-    stream
-        .set_nodelay(true)
-        .map_err(|e| io::Error::other(e.to_string()))?;
-    stream
-        .set_write_timeout(Some(limits.handshake_timeout))
-        .map_err(|e| io::Error::other(e.to_string()))?;
+    let wait_max = limits.handshake_timeout;
+    stream.set_nodelay(true)?;
+    let (mut input, mut output) = split(stream);
     let mut handshake = Handshake::new(exports.nbd);
     let mut out = Vec::new();
     // Small: thousands of connections may sit in the handshake at once.
     // Transmission allocates its own larger buffer.
     let mut buf = vec![0u8; HANDSHAKE_READ_CHUNK];
     handshake.poll_transmit(&mut out);
-    write_out(&mut stream, &mut out).await?;
+    write_out(&mut output, &mut out, wait_max).await?;
     let mut bound: Option<Bound> = None;
     loop {
-        read_until(
-            &stream,
-            deadline_ms,
-            "no complete NBD handshake within proxy.handshake_timeout",
-        )?;
-        let n = stream.read(&mut buf).await?;
+        let n = input
+            .read(
+                &mut buf,
+                deadline_ms,
+                "no complete NBD handshake within proxy.handshake_timeout",
+            )
+            .await?;
         if n == 0 {
             return Ok(());
         }
@@ -104,18 +108,18 @@ pub(super) async fn serve(mut stream: TcpStream, exports: Rc<Exports>) -> io::Re
                 Event::Ready { .. } => ready = true,
                 Event::Aborted => {
                     handshake.poll_transmit(&mut out);
-                    write_out(&mut stream, &mut out).await?;
+                    write_out(&mut output, &mut out, wait_max).await?;
                     return Ok(());
                 }
                 Event::Failed(e) => {
                     handshake.poll_transmit(&mut out);
-                    let _ = write_out(&mut stream, &mut out).await;
+                    let _ = write_out(&mut output, &mut out, wait_max).await;
                     return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
                 }
             }
         }
         handshake.poll_transmit(&mut out);
-        write_out(&mut stream, &mut out).await?;
+        write_out(&mut output, &mut out, wait_max).await?;
         if ready {
             break;
         }
@@ -125,7 +129,7 @@ pub(super) async fn serve(mut stream: TcpStream, exports: Rc<Exports>) -> io::Re
         return Err(io::Error::other("handshake ended without an export"));
     };
     drop(buf);
-    transmission(stream, handshake, bound, exports, out).await
+    transmission((input, output), handshake, bound, exports, out).await
 }
 
 /// Answers the selection of `name`; for `GO`, binds the connection.
@@ -204,15 +208,18 @@ async fn select(
 async fn open_backend(exports: &Exports, export: &ExportRt) -> io::Result<Backend> {
     let pool = exports.pool.clone();
     match &export.backend {
-        BackendSpec::File { path, .. } => {
+        BackendSpec::File { .. } => {
             let size = export.file_size.expect("file backends are prepared");
             let shared = export
                 .shared_file
                 .clone()
                 .expect("file backends are prepared");
-            Ok(Backend::File(
-                FileBackend::open(path, size, shared, pool).await?,
-            ))
+            Ok(Backend::File(FileBackend::new(
+                shared,
+                size,
+                pool,
+                exports.file_io.clone(),
+            )))
         }
         BackendSpec::Nbd { addr, export: name } => {
             Ok(Backend::Nbd(NbdUpstream::connect(*addr, name, pool).await?))
@@ -265,7 +272,7 @@ async fn bind_token(
                     export.cell.nudge_watch();
                     nudged = true;
                 }
-                glommio::timer::sleep(CONFIRM_POLL).await;
+                tokio::time::sleep(CONFIRM_POLL).await;
                 binding = export
                     .admission
                     .borrow()
@@ -287,9 +294,14 @@ async fn check_and_raise(
 ) -> Result<Binding, OptionError> {
     let link = exports.link.clone();
     let (tenant, resource) = (export.config.tenant.clone(), export.config.resource.clone());
-    let verdict = glommio::executor()
-        .spawn_blocking(move || link.check(&tenant, &resource, token))
-        .await;
+    let verdict = tokio::task::spawn_blocking(move || link.check(&tenant, &resource, token))
+        .await
+        .map_err(|e| {
+            OptionError::new(
+                RepError::Unknown,
+                format!("asking the lease service failed: {e}"),
+            )
+        })?;
     let why = match &verdict {
         Verdict::Unreachable(why) => why.as_str(),
         _ => "",

@@ -1,7 +1,8 @@
-//! The proxy's I/O shell: one glommio executor that accepts NBD clients,
-//! binds each to an export and a fencing token, and moves bytes between
-//! the client and the export's backend, asking the export's [`Admission`]
-//! before every write.
+//! The proxy's I/O shell: one event-loop thread (a tokio current-thread
+//! runtime with a `LocalSet`: mio's edge-triggered epoll, every task on
+//! that thread) that accepts NBD clients, binds each to an export and a
+//! fencing token, and moves bytes between the client and the export's
+//! backend, asking the export's [`Admission`] before every write.
 //!
 //! It owns the order of events around a fence change:
 //!
@@ -39,8 +40,13 @@
 //!
 //! It must never acknowledge a write whose token is below the durable
 //! fence, never raise the in-memory fence before the store returned, and
-//! never block the executor: lease-service calls and fence fsyncs run on
-//! blocking threads.
+//! never block the event loop: lease-service calls and fence fsyncs run on
+//! the runtime's bounded blocking pool ([`BLOCKING_THREADS`] threads),
+//! file-backend I/O on a pool of its own ([`FILE_IO_THREADS`]), so a hung
+//! disk stalls only the file exports' requests. The loop stores a heartbeat every
+//! [`HEARTBEAT_PERIOD`] for the service-manager watchdog; `/metrics` is
+//! served by a plain thread of its own (`palisade_host::admin::threaded`),
+//! so a scrape never takes the loop's time.
 //!
 //! Its parts: `fencing` (the [`FenceCell`] and the loop that awaits what
 //! the admission asks of a write), `watch` (a thread per export following
@@ -57,17 +63,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::{TcpListener, TcpStream};
-use glommio::{Latency, LocalExecutorBuilder, PoolPlacement, Shares};
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, error, info, warn};
 
 use palisade_host::clock::monotonic_ms;
+use palisade_host::heartbeat::{stall_if_armed, HEARTBEAT_PERIOD};
 
 use crate::admission::{Admission, Confirmation, Durable, Step};
 use crate::backend::{Backend, FileBackend, NbdUpstream};
 use crate::config::{BackendSpec, Export, ProxyConfig};
-use crate::duplex::{SharedStream, Signal};
+use crate::duplex::{split, ReadHalf, Signal, WriteHalf};
 use crate::failpoints::Failpoints;
 use crate::fence::{Fence, FenceError, FenceStore};
 use crate::lease::{LeaseLink, Verdict};
@@ -126,14 +131,20 @@ const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A reply batch buffer larger than this is not kept for the next batch.
 const OUT_KEEP_MAX: usize = 4 << 20;
 
-/// Threads for blocking calls (lease service, fence fsync).
-const BLOCKING_THREADS: usize = 4;
+/// Threads for blocking calls (lease service, fence fsync): at most this
+/// many run at once, the rest queue.
+pub const BLOCKING_THREADS: usize = 4;
 
-/// glommio's registered io memory; root can lock it, as the data plane does.
-const IO_MEMORY: usize = 512 << 10;
-/// Shares of the admin queue (`/metrics`) against the NBD tasks' default
-/// queue (1000): a scrape never delays client traffic, as on a lease node.
-const ADMIN_SHARES: usize = 50;
+/// Threads for file-backend I/O, a pool apart: a hung disk takes these,
+/// never the event loop nor the threads lease checks and fence raises use.
+/// Two, not four: buffered writes to one file take its inode lock in turn
+/// anyway, and with 4 KiB random writes on 2 CPUs two threads did 1.15x
+/// to 1.3x the writes/s of four at 4 and 16 in flight, at 2 to 5 us less
+/// CPU per write (bench/results/proxy-tokio/file-io-threads.txt).
+pub const FILE_IO_THREADS: usize = 2;
+
+/// How long an idle blocking thread stays for the next call.
+const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 /// What every connection shares: exports, the fence store, the lease link,
 /// the connection limits.
@@ -150,6 +161,8 @@ struct Exports {
     nbd: nbd::Config,
     /// Large write payloads, reused (see [`crate::pool`]).
     pool: Rc<BufPool>,
+    /// Where file backends' calls run ([`crate::backend::file_io_pool`]).
+    file_io: tokio::runtime::Handle,
 }
 
 /// Timeouts and policy the connections apply, from the config.
@@ -186,7 +199,7 @@ impl Limits {
     }
 }
 
-/// One export inside the executor.
+/// One export inside the event loop.
 struct ExportRt {
     config: Export,
     backend: BackendSpec,
@@ -207,7 +220,7 @@ impl ExportRt {
     }
 }
 
-/// An export prepared by [`prepare`]: everything the executor needs.
+/// An export prepared by [`prepare`]: everything the event loop needs.
 pub struct Prepared {
     config: Export,
     backend: BackendSpec,
@@ -218,7 +231,7 @@ pub struct Prepared {
 
 /// Why the proxy cannot start serving: what [`prepare`], [`lease_link`]
 /// and [`run`] return. Each is the operator's to fix (a path, a secret,
-/// an address) or the host's (resources for the executor).
+/// an address) or the host's (threads, file descriptors).
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// An export's file backend could not be created or opened.
@@ -259,13 +272,13 @@ pub enum ServerError {
     /// The bound listener has no local address.
     #[error("local address")]
     LocalAddr(#[source] io::Error),
-    /// The executor could not be started (threads, io memory) or ended
-    /// with an error.
+    /// The event loop's runtime or the metrics endpoint's thread could
+    /// not be started (threads, file descriptors).
     #[error("{what}")]
     Executor {
-        /// Starting it, or joining it.
+        /// What could not be started.
         what: &'static str,
-        /// What glommio said.
+        /// What the system said.
         #[source]
         source: io::Error,
     },
@@ -345,11 +358,11 @@ pub fn lease_link(config: &ProxyConfig) -> Result<LeaseLink, ServerError> {
 }
 
 /// Runs the NBD server on the calling thread until the process ends.
-/// `ready` gets the bound address once clients can connect. The executor
+/// `ready` gets the bound address once clients can connect. The event loop
 /// stores its heartbeat in `beats[0]` (the watchdog reads it).
 /// `failpoints` are the armed test hooks ([`Failpoints::default`] in
-/// production). `metrics` (if `proxy.metrics` is set) is served on a
-/// low-share task queue of the same executor, before `ready` is called.
+/// production). `metrics` (if `proxy.metrics` is set) is served by a
+/// thread of its own, started before `ready` is called.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     config: &ProxyConfig,
@@ -361,150 +374,168 @@ pub fn run(
     failpoints: &Failpoints,
     ready: impl FnOnce(SocketAddr) + Send + 'static,
 ) -> Result<(), ServerError> {
-    assert_eq!(beats.len(), 1, "one executor, one heartbeat");
+    assert_eq!(beats.len(), 1, "one event loop, one heartbeat");
     let listen = config.proxy.listen;
     let limits = Limits::from_config(config);
     let write_delay = failpoints.write_delay;
-    let handle = LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .name("palisade-fencing-proxy")
-        .io_memory(IO_MEMORY)
-        .blocking_thread_pool_placement(PoolPlacement::Unbound(BLOCKING_THREADS))
-        .spawn(move || async move {
-            glommio::spawn_local(palisade_host::heartbeat::beat(beats, 0)).detach();
-            if let Some(endpoint) = metrics {
-                let admin = glommio::executor().create_task_queue(
-                    Shares::Static(ADMIN_SHARES),
-                    Latency::NotImportant,
-                    "admin",
-                );
-                glommio::spawn_local_into(endpoint.serve(admin), admin)
-                    .expect("the admin queue was just created on this executor")
-                    .detach();
-            }
-            let mut by_name = HashMap::new();
-            let mut names = Vec::new();
-            for p in prepared {
-                names.push(p.config.name.clone());
-                by_name.insert(
-                    p.config.name.clone(),
-                    Rc::new(ExportRt {
-                        admission: RefCell::new(Admission::new(
-                            p.cell.fence(),
-                            limits.require_check,
-                        )),
-                        config: p.config,
-                        backend: p.backend,
-                        file_size: p.file_size,
-                        shared_file: p.shared_file,
-                        cell: p.cell,
-                        unconfirmed_log: RefCell::new(LogEvery::new(LOG_INTERVAL_MS)),
-                    }),
-                );
-            }
-            let exports = Rc::new(Exports {
-                by_name,
-                names,
-                store,
-                link,
-                limits,
-                write_delay,
-                nbd: nbd::Config::default(),
-                pool: Rc::new(BufPool::default()),
-            });
-            let listener = TcpListener::bind(listen).map_err(|e| ServerError::Listen {
-                addr: listen,
-                source: e.into(),
-            })?;
-            let local = listener
-                .local_addr()
-                .map_err(|e| ServerError::LocalAddr(e.into()))?;
-            info!(
-                %local,
-                connections_max = limits.connections_max,
-                handshake_timeout_ms = limits.handshake_timeout.as_millis(),
-                idle_timeout_ms = limits.idle_timeout.as_millis(),
-                read_only_idle_timeout_ms = limits.read_only_idle_timeout.as_millis(),
-                "NBD on {local}"
-            );
-            ready(local);
-            let live = Rc::new(std::cell::Cell::new(0usize));
-            let refused_log = Rc::new(RefCell::new(LogEvery::new(LOG_INTERVAL_MS)));
-            let accept_log = Rc::new(RefCell::new(LogEvery::new(LOG_INTERVAL_MS)));
-            glommio::spawn_local(flush_logs(
-                refused_log.clone(),
-                accept_log.clone(),
-                limits.connections_max,
-            ))
-            .detach();
-            let mut accept_backoff = ACCEPT_BACKOFF_MIN;
-            loop {
-                let stream = match listener.accept().await {
-                    Ok(stream) => {
-                        accept_backoff = ACCEPT_BACKOFF_MIN;
-                        stream
-                    }
-                    Err(e) => {
-                        // Out of file descriptors, say: the connection
-                        // stays queued and the next accept fails the same
-                        // way at once, so wait, longer each time.
-                        PROCESS.accept_errors.fetch_add(1, Ordering::Relaxed);
-                        if let Some(count) = accept_log.borrow_mut().hit(monotonic_ms()) {
-                            warn!(
-                                error = %e,
-                                count,
-                                backoff_ms = accept_backoff.as_millis(),
-                                "accept failed ({count} since the last report); backing off"
-                            );
-                        }
-                        glommio::timer::sleep(accept_backoff).await;
-                        accept_backoff = (accept_backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                        continue;
-                    }
-                };
-                if live.get() >= limits.connections_max {
-                    PROCESS.connections_refused.fetch_add(1, Ordering::Relaxed);
-                    if let Some(count) = refused_log.borrow_mut().hit(monotonic_ms()) {
-                        warn!(
-                            max = limits.connections_max,
-                            count,
-                            "too many NBD clients: closed {count} new connection(s) since the last report (proxy.connections_max)"
-                        );
-                    }
-                    drop(stream);
-                    continue;
-                }
-                live.set(live.get() + 1);
-                PROCESS.connections.fetch_add(1, Ordering::Relaxed);
-                let exports = exports.clone();
-                let live = live.clone();
-                glommio::spawn_local(async move {
-                    let peer = stream.peer_addr().ok();
-                    match serve(stream, exports).await {
-                        Ok(()) => debug!(?peer, "client left"),
-                        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                            PROCESS
-                                .connections_timed_out
-                                .fetch_add(1, Ordering::Relaxed);
-                            debug!(?peer, error = %e, "client timed out; closed");
-                        }
-                        Err(e) => debug!(?peer, error = %e, "client connection ended"),
-                    }
-                    live.set(live.get() - 1);
-                    PROCESS.connections.fetch_sub(1, Ordering::Relaxed);
-                })
-                .detach();
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), ServerError>(())
-        })
-        .map_err(|e| ServerError::Executor {
-            what: "starting the proxy executor",
-            source: e.into(),
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
+        .thread_name("proxy-blocking")
+        .build()
+        .map_err(|source| ServerError::Executor {
+            what: "starting the proxy's runtime",
+            source,
         })?;
-    handle.join().map_err(|e| ServerError::Executor {
-        what: "proxy executor",
-        source: e.into(),
-    })?
+    let file_io =
+        crate::backend::file_io_pool(FILE_IO_THREADS, BLOCKING_KEEP_ALIVE).map_err(|source| {
+            ServerError::Executor {
+                what: "starting the file I/O threads",
+                source,
+            }
+        })?;
+    // Kept until `run` returns: dropping it stops the endpoint.
+    let _admin = match metrics {
+        Some(endpoint) => Some(endpoint.start().map_err(|source| ServerError::Executor {
+            what: "starting the metrics endpoint's thread",
+            source,
+        })?),
+        None => None,
+    };
+    let mut by_name = HashMap::new();
+    let mut names = Vec::new();
+    for p in prepared {
+        names.push(p.config.name.clone());
+        by_name.insert(
+            p.config.name.clone(),
+            Rc::new(ExportRt {
+                admission: RefCell::new(Admission::new(p.cell.fence(), limits.require_check)),
+                config: p.config,
+                backend: p.backend,
+                file_size: p.file_size,
+                shared_file: p.shared_file,
+                cell: p.cell,
+                unconfirmed_log: RefCell::new(LogEvery::new(LOG_INTERVAL_MS)),
+            }),
+        );
+    }
+    let exports = Rc::new(Exports {
+        by_name,
+        names,
+        store,
+        link,
+        limits,
+        write_delay,
+        nbd: nbd::Config::default(),
+        pool: Rc::new(BufPool::default()),
+        file_io: file_io.handle().clone(),
+    });
+    tokio::task::LocalSet::new().block_on(&runtime, async move {
+        // Detached: it beats as long as the loop runs.
+        drop(tokio::task::spawn_local(beat(beats, 0)));
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| ServerError::Listen {
+                addr: listen,
+                source,
+            })?;
+        let local = listener.local_addr().map_err(ServerError::LocalAddr)?;
+        info!(
+            %local,
+            connections_max = limits.connections_max,
+            handshake_timeout_ms = limits.handshake_timeout.as_millis(),
+            idle_timeout_ms = limits.idle_timeout.as_millis(),
+            read_only_idle_timeout_ms = limits.read_only_idle_timeout.as_millis(),
+            "NBD on {local}"
+        );
+        ready(local);
+        accept_loop(listener, exports).await;
+        Ok(())
+    })
+}
+
+/// The event loop's heartbeat in `slots[index]` (see
+/// [`palisade_host::heartbeat`]): the time, stored every
+/// [`HEARTBEAT_PERIOD`] while the loop runs tasks. A call that blocks the
+/// loop stops it, and the watchdog stops vouching for the proxy.
+async fn beat(slots: Arc<[AtomicU64]>, index: usize) {
+    loop {
+        slots[index].store(monotonic_ms(), Ordering::Relaxed);
+        stall_if_armed(index);
+        tokio::time::sleep(HEARTBEAT_PERIOD).await;
+    }
+}
+
+/// Accepts clients for ever, each served by a task of its own, at most
+/// `proxy.connections_max` at once.
+async fn accept_loop(listener: TcpListener, exports: Rc<Exports>) {
+    let limits = exports.limits;
+    let live = Rc::new(std::cell::Cell::new(0usize));
+    let refused_log = Rc::new(RefCell::new(LogEvery::new(LOG_INTERVAL_MS)));
+    let accept_log = Rc::new(RefCell::new(LogEvery::new(LOG_INTERVAL_MS)));
+    drop(tokio::task::spawn_local(flush_logs(
+        refused_log.clone(),
+        accept_log.clone(),
+        limits.connections_max,
+    )));
+    let mut accept_backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                accept_backoff = ACCEPT_BACKOFF_MIN;
+                accepted
+            }
+            Err(e) => {
+                // Out of file descriptors, say: the connection stays queued
+                // and the next accept fails the same way at once, so wait,
+                // longer each time.
+                PROCESS.accept_errors.fetch_add(1, Ordering::Relaxed);
+                if let Some(count) = accept_log.borrow_mut().hit(monotonic_ms()) {
+                    warn!(
+                        error = %e,
+                        count,
+                        backoff_ms = accept_backoff.as_millis(),
+                        "accept failed ({count} since the last report); backing off"
+                    );
+                }
+                tokio::time::sleep(accept_backoff).await;
+                accept_backoff = (accept_backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        if live.get() >= limits.connections_max {
+            PROCESS.connections_refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(count) = refused_log.borrow_mut().hit(monotonic_ms()) {
+                warn!(
+                    max = limits.connections_max,
+                    count,
+                    "too many NBD clients: closed {count} new connection(s) since the last report (proxy.connections_max)"
+                );
+            }
+            drop(stream);
+            continue;
+        }
+        live.set(live.get() + 1);
+        PROCESS.connections.fetch_add(1, Ordering::Relaxed);
+        let exports = exports.clone();
+        let live = live.clone();
+        // Detached: the task ends with its connection.
+        drop(tokio::task::spawn_local(async move {
+            match serve(stream, exports).await {
+                Ok(()) => debug!(%peer, "client left"),
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    PROCESS
+                        .connections_timed_out
+                        .fetch_add(1, Ordering::Relaxed);
+                    debug!(%peer, error = %e, "client timed out; closed");
+                }
+                Err(e) => debug!(%peer, error = %e, "client connection ended"),
+            }
+            live.set(live.get() - 1);
+            PROCESS.connections.fetch_sub(1, Ordering::Relaxed);
+        }));
+    }
 }
 
 /// Reports, once an interval has passed, refusals and failed accepts the
@@ -515,7 +546,7 @@ async fn flush_logs(
     connections_max: usize,
 ) {
     loop {
-        glommio::timer::sleep(Duration::from_millis(LOG_INTERVAL_MS)).await;
+        tokio::time::sleep(Duration::from_millis(LOG_INTERVAL_MS)).await;
         let now_ms = monotonic_ms();
         if let Some(count) = refused_log.borrow_mut().flush(now_ms) {
             warn!(
@@ -531,18 +562,6 @@ async fn flush_logs(
             );
         }
     }
-}
-
-/// Sets `stream`'s read timeout to what is left until `deadline_ms`; a
-/// deadline that passed is a `TimedOut` error naming `what`.
-fn read_until(stream: &TcpStream, deadline_ms: u64, what: &str) -> io::Result<()> {
-    let left_ms = deadline_ms.saturating_sub(monotonic_ms());
-    if left_ms == 0 {
-        return Err(io::Error::new(io::ErrorKind::TimedOut, what.to_owned()));
-    }
-    stream
-        .set_read_timeout(Some(Duration::from_millis(left_ms)))
-        .map_err(|e| io::Error::other(e.to_string()))
 }
 
 fn millis(d: Duration) -> u64 {

@@ -108,7 +108,7 @@ impl Conn {
 }
 
 pub(super) async fn transmission(
-    stream: TcpStream,
+    (input, output): (ReadHalf, WriteHalf),
     handshake: Handshake,
     bound: Bound,
     exports: Rc<Exports>,
@@ -129,11 +129,6 @@ pub(super) async fn transmission(
             "proxy.read_only_idle_timeout",
         )
     };
-    // A client that stops reading our replies is as idle as a silent one.
-    stream
-        .set_write_timeout(Some(idle))
-        .map_err(|e| io::Error::other(e.to_string()))?;
-    let stream = SharedStream::new(stream);
     let conn = Rc::new(Conn {
         replies: tx.replies(),
         exports,
@@ -147,15 +142,18 @@ pub(super) async fn transmission(
         replies_ready: Signal::default(),
         room: Signal::default(),
     });
-    let writer = glommio::spawn_local(write_replies(conn.clone(), stream.clone()));
+    // A client that stops reading our replies is as idle as a silent one.
+    let writer = tokio::task::spawn_local(write_replies(conn.clone(), output, idle));
     let idle_reason = format!("no request for {} ms ({idle_key})", millis(idle));
-    let read = read_requests(&conn, &mut tx, stream, millis(idle), &idle_reason).await;
+    let read = read_requests(&conn, &mut tx, input, millis(idle), &idle_reason).await;
     // Every request taken in is answered before the connection closes
     // (NBD wants that after a disconnect), and the backend closes only once
     // no request uses it.
     conn.outbox.borrow_mut().closing = true;
     conn.replies_ready.notify();
-    let written = writer.await;
+    let written = writer
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(format!("reply writer: {e}"))));
     // Every task queued its reply and ended, so this is the last handle;
     // if not, the backend closes when the last one goes (without a goodbye).
     if let Ok(conn) = Rc::try_unwrap(conn) {
@@ -170,7 +168,7 @@ pub(super) async fn transmission(
 async fn read_requests(
     conn: &Rc<Conn>,
     tx: &mut nbd::Transmission,
-    mut stream: SharedStream,
+    mut input: ReadHalf,
     idle_ms: u64,
     idle_reason: &str,
 ) -> io::Result<()> {
@@ -187,7 +185,12 @@ async fn read_requests(
                     // which the backends pass on as it is.
                     let mut payload = conn.exports.pool.take(tx.payload().len());
                     payload.extend_from_slice(tx.payload());
-                    glommio::spawn_local(execute(conn.clone(), request, payload)).detach();
+                    // Detached: it ends once its reply is queued.
+                    drop(tokio::task::spawn_local(execute(
+                        conn.clone(),
+                        request,
+                        payload,
+                    )));
                 }
                 Incoming::Refuse(refusal) => {
                     if refusal.request.command.writes() && refusal.error == Errno::Perm {
@@ -217,8 +220,9 @@ async fn read_requests(
             active_ms = monotonic_ms();
         }
         // Idle since the last request, even if bytes trickle in.
-        stream.with(|s| read_until(s, active_ms.saturating_add(idle_ms), idle_reason))?;
-        let n = stream.read(&mut buf).await?;
+        let n = input
+            .read(&mut buf, active_ms.saturating_add(idle_ms), idle_reason)
+            .await?;
         if conn.outbox.borrow().failed {
             return Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
@@ -236,7 +240,11 @@ async fn read_requests(
 /// write, and frees their room in flight. Returns once the reader is done
 /// and every request it took in is answered. After a failed write it
 /// shuts the socket (so the reader stops) and drops later replies.
-async fn write_replies(conn: Rc<Conn>, mut stream: SharedStream) -> io::Result<()> {
+async fn write_replies(
+    conn: Rc<Conn>,
+    mut output: WriteHalf,
+    wait_max: Duration,
+) -> io::Result<()> {
     let mut batch = Vec::new();
     let mut failure = None;
     loop {
@@ -252,9 +260,9 @@ async fn write_replies(conn: Rc<Conn>, mut stream: SharedStream) -> io::Result<(
             continue;
         }
         if failure.is_none() {
-            if let Err(e) = stream.write_all(&batch).await {
+            if let Err(e) = output.write_all(&batch, Some(wait_max)).await {
                 conn.outbox.borrow_mut().failed = true;
-                stream.shutdown().await;
+                output.shutdown();
                 failure = Some(e);
             }
         }
@@ -333,7 +341,7 @@ async fn execute(conn: Rc<Conn>, request: Request, payload: Vec<u8>) {
             // meanwhile (see the gate).
             if let Some((delayed, wait)) = conn.exports.write_delay {
                 if delayed == token {
-                    glommio::timer::sleep(wait).await;
+                    tokio::time::sleep(wait).await;
                 }
             }
             let fua = request.fua();
