@@ -198,7 +198,7 @@ pub struct Endpoint {
 impl Endpoint {
     /// Binds `addr`; `registry` is what its scrapes render.
     pub fn bind(addr: SocketAddr, registry: Registry) -> io::Result<Endpoint> {
-        let (listener, local) = palisade_host::admin::bind_listener(addr, false)?;
+        let (listener, local) = palisade_host::admin::bind_listener(addr)?;
         info!(%local, "metrics on http://{local}/metrics");
         Ok(Endpoint {
             listener,

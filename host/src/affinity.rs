@@ -1,16 +1,16 @@
 //! CPU affinity: the CPUs a thread may run on, the CPUs the data plane
 //! leaves over, and pinning a thread to them.
 //!
-//! `palisade serve` pins its data-plane executors one per CPU (glommio
-//! does that, from `node.cores`). Every other thread of the node (the
-//! control thread with its raft log fsync, the peer transport, the kick
-//! thread) is pinned with [`pin_current_thread`] or [`pin_thread`] to the
+//! `palisade serve` pins its data-plane loops one per CPU (from
+//! `node.cores`, with [`pin_current_thread`]). Every other thread of the
+//! node (the control thread with its raft log fsync, the peer transport,
+//! the admin endpoint) is pinned with [`pin_current_thread`] or [`pin_thread`] to the
 //! [`spare_cpus`] when there are any, so that it never preempts a core
 //! that serves requests. A thread inherits its creator's mask, so threads
 //! spawned by a pinned thread are pinned too.
 //!
 //! What it never does: decide where the data plane runs, read the
-//! topology (glommio does), or pin a thread that did not ask or was not
+//! topology, or pin a thread that did not ask or was not
 //! named by its caller.
 //!
 //! CPU lists are ascending CPU ids, as the kernel numbers them.

@@ -1,16 +1,11 @@
-//! Per-core heartbeats: proof that each core's executor still runs tasks.
+//! Per-core heartbeats: proof that each event loop still turns.
 //!
-//! Every core (each of the data plane's cores, the fencing proxy's one
-//! executor) runs a task on its most important queue that stores the
-//! monotonic time into the core's slot every [`HEARTBEAT_PERIOD`]. glommio
-//! is cooperative, so a task that never yields (a blocking call, a loop
-//! without `yield_if_needed`) stops every task of its core, and with them
-//! the heartbeat. The service-manager watchdog ([`crate::notify::Watchdog`])
-//! reads the slots and stops vouching for a process one of whose cores has
-//! gone quiet.
-//!
-//! The slots and the stall failpoint are plain std; the beating task
-//! (`beat`) needs the `glommio` feature.
+//! Every loop (each of the data plane's cores, the fencing proxy's one
+//! event loop) stores the monotonic time into its slot at least every
+//! [`HEARTBEAT_PERIOD`]. A loop stuck in one piece of work (a blocking
+//! call, an endless loop) stops storing it. The service-manager watchdog
+//! ([`crate::notify::Watchdog`]) reads the slots and stops vouching for a
+//! process one of whose loops has gone quiet.
 //!
 //! It never decides anything itself.
 
@@ -21,12 +16,9 @@ use std::time::Duration;
 
 use tracing::warn;
 
-/// How often each core stores its heartbeat. A watchdog interval should be
-/// many of these (the units use 30 s). Short, because a late heartbeat is
-/// also how the data plane's kick thread finds a core that glommio put to
-/// sleep with runnable tasks (`palisade_dataplane::server::nudge`): the
-/// period bounds how long such a core goes unnoticed. A timer wake every
-/// 10 ms costs a core a few microseconds of it.
+/// How often each loop stores its heartbeat. A watchdog interval should be
+/// many of these (the units use 30 s). A timer wake every 10 ms costs a
+/// loop a few microseconds of it.
 pub const HEARTBEAT_PERIOD: Duration = Duration::from_millis(10);
 
 /// Test hook: which core stalls, and the file that arms the stall.
@@ -41,25 +33,11 @@ pub fn arm_core_stall_failpoint(core: usize, file: PathBuf) {
     let _ = STALL_FAILPOINT.set((core, file));
 }
 
-/// One monotonic-ms slot per core (or per executor of another glommio
-/// process, such as the fencing proxy), all set to `now_ms`.
+/// One monotonic-ms slot per core (or per event loop of another process,
+/// such as the fencing proxy), all set to `now_ms`.
 #[must_use]
 pub fn slots(cores: usize, now_ms: u64) -> Arc<[AtomicU64]> {
     (0..cores).map(|_| AtomicU64::new(now_ms)).collect()
-}
-
-/// The heartbeat task of core `index`: spawn it on the executor's most
-/// important task queue.
-#[cfg(feature = "glommio")]
-pub async fn beat(slots: Arc<[AtomicU64]>, index: usize) {
-    loop {
-        slots[index].store(
-            crate::clock::monotonic_ms(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        stall_if_armed(index);
-        glommio::timer::sleep(HEARTBEAT_PERIOD).await;
-    }
 }
 
 /// Test hook: while the stall failpoint of core `index` is armed (see

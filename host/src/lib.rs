@@ -13,10 +13,10 @@
 //!   that waits in `poll()` (the control thread), rung only when that
 //!   thread is about to sleep.
 //! - [`mark`]: DSCP and `SO_PRIORITY` marks on a socket.
-//! - [`admin`]: the admin endpoint's HTTP/1.1, sans-IO, and (feature
-//!   `glommio`) the accept loop that serves a daemon's [`admin::Pages`].
-//! - [`heartbeat`]: the per-executor heartbeat slots the service-manager
-//!   watchdog reads, and (feature `glommio`) the task that beats them.
+//! - [`admin`]: the admin endpoint's HTTP/1.1, sans-IO, and the threads
+//!   that serve a daemon's [`admin::Pages`] ([`admin::threaded`]).
+//! - [`heartbeat`]: the per-loop heartbeat slots the service-manager
+//!   watchdog reads, and the stall failpoint.
 //! - [`durable`]: files and directories that survive a power cut (write,
 //!   fsync, rename, fsync the directory) and the read-back of a file's
 //!   prefix.
@@ -27,9 +27,8 @@
 //!   interval, with the count it stands for (the accept loops).
 //!
 //! What it never does: know about leases, tokens, raft or NBD; panic on
-//! input from the network; or pull in an async runtime unless the
-//! `glommio` feature asks for one (without it the crate is std, rustix and
-//! socket2, light enough for the client library and bench).
+//! input from the network; or pull in an async runtime (it is std, rustix
+//! and socket2, light enough for the client library and bench).
 //!
 //! Main types: [`admin::Pages`], [`affinity::AffinityError`], [`heartbeat::slots`],
 //! [`durable::DurableError`], [`notify::Notifier`], [`notify::Watchdog`].
@@ -48,8 +47,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![warn(missing_docs)]
-// One `unsafe` block, commented with its invariant and tested:
-// `admin::into_glommio` hands a listening socket's fd to glommio.
 #![deny(unsafe_code)]
 
 pub mod admin;

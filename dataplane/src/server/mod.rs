@@ -339,10 +339,9 @@ impl Server {
             Some(addr) => {
                 // Without SO_REUSEPORT: a second process on the same port must
                 // fail rather than take half the scrapes.
-                let (sock, local) =
-                    palisade_host::admin::bind_listener(addr, false).map_err(|e| {
-                        io::Error::new(e.kind(), format!("binding admin.listen {addr}: {e}"))
-                    })?;
+                let (sock, local) = palisade_host::admin::bind_listener(addr).map_err(|e| {
+                    io::Error::new(e.kind(), format!("binding admin.listen {addr}: {e}"))
+                })?;
                 (Some(sock), Some(local))
             }
             None => (None, None),

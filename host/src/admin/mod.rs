@@ -1,6 +1,5 @@
 //! The admin endpoint's HTTP/1.1, sans-IO: request heads in, whole
-//! responses out. A shell (`accept_loop` on a glommio executor, feature
-//! `glommio`, or [`threaded`] on plain threads) reads
+//! responses out. The shell ([`threaded`], on plain threads) reads
 //! bytes until [`parse_head`] decides, renders the daemon's [`Pages`],
 //! writes the response and closes the connection. Both daemons serve their
 //! admin endpoint through it: each implements [`Pages`].
@@ -28,11 +27,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-#[cfg(feature = "glommio")]
-mod shell;
 pub mod threaded;
-#[cfg(feature = "glommio")]
-pub use shell::{accept_loop, into_glommio};
 
 /// What a daemon serves on its admin endpoint. A new page is a new route in
 /// [`parse_head`] and a method here.
@@ -75,25 +70,17 @@ pub const CONNECTIONS_MAX: usize = 16;
 /// Pending connections the admin listener queues.
 const BACKLOG: i32 = 64;
 
-/// Binds and listens on `addr` for the admin endpoint, non-blocking, ready
-/// for `into_glommio` (feature `glommio`). Returns the socket and the bound address (port 0
-/// resolved).
-///
-/// `reuse_port` sets `SO_REUSEPORT`: the fencing proxy needs it to rebind
-/// its port at once after being killed (its dead ring's pending accept
-/// keeps the old listener open for a moment). The node does not set it, so
-/// a second node configured with the same admin port fails to start rather
-/// than sharing the scrapes.
+/// Binds and listens on `addr` for the admin endpoint, non-blocking.
+/// Returns the socket and the bound address (port 0 resolved). No
+/// `SO_REUSEPORT`: a second daemon configured with the same admin port
+/// fails to start rather than sharing the scrapes.
 ///
 /// # Errors
 ///
 /// Creating, binding or listening on the socket.
-pub fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<(Socket, SocketAddr)> {
+pub fn bind_listener(addr: SocketAddr) -> io::Result<(Socket, SocketAddr)> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
-    if reuse_port {
-        sock.set_reuse_port(true)?;
-    }
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
     sock.listen(BACKLOG)?;

@@ -285,7 +285,7 @@ mod tests {
 
     #[test]
     fn the_thread_serves_the_pages_and_refuses_other_paths() {
-        let (sock, local) = bind_listener("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let (sock, local) = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
         let pages = Arc::new(|_now_ms: u64| "palisade_test 1\n".to_string());
         let mut admin = start(sock, pages).unwrap();
         let answer = get(local, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -300,7 +300,7 @@ mod tests {
 
     #[test]
     fn a_head_cut_off_at_its_limit_still_gets_its_answer() {
-        let (sock, local) = bind_listener("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let (sock, local) = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
         let pages = Arc::new(|_now_ms: u64| String::new());
         let _admin = start(sock, pages).unwrap();
         let mut long = b"GET /metrics HTTP/1.1\r\nX-Long: ".to_vec();
@@ -313,7 +313,7 @@ mod tests {
 
     #[test]
     fn past_the_connection_limit_a_scrape_gets_a_whole_503() {
-        let (sock, local) = bind_listener("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let (sock, local) = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
         let pages = Arc::new(|_now_ms: u64| "palisade_test 3\n".to_string());
         let _admin = start(sock, pages).unwrap();
         let _silent: Vec<TcpStream> = (0..admin::CONNECTIONS_MAX)
@@ -335,7 +335,7 @@ mod tests {
 
     #[test]
     fn a_client_that_sends_nothing_does_not_hold_up_the_next_scrape() {
-        let (sock, local) = bind_listener("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let (sock, local) = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
         let pages = Arc::new(|_now_ms: u64| "palisade_test 2\n".to_string());
         let _admin = start(sock, pages).unwrap();
         let _silent = TcpStream::connect(local).unwrap();
