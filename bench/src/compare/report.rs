@@ -880,6 +880,23 @@ mod tests {
         }
     }
 
+    /// A report holding `cells` and nothing else of note.
+    fn report_of(cells: Vec<Cell>) -> Report {
+        Report {
+            command: "c".into(),
+            date: "d".into(),
+            machine: "m".into(),
+            load_before: "1".into(),
+            load_after: "2".into(),
+            method: "x".into(),
+            p99_bound_us: 10_000.0,
+            systems: Vec::new(),
+            fixed: Vec::new(),
+            probes: None,
+            cells,
+        }
+    }
+
     fn cell(system: &str, max: f64, runs: Vec<Measured>) -> Cell {
         Cell {
             system: system.into(),
@@ -922,90 +939,78 @@ mod tests {
 
     #[test]
     fn replication_targets_from_known_numbers() {
-        let report = Report {
-            command: "c".into(),
-            date: "d".into(),
-            machine: "m".into(),
-            load_before: "1".into(),
-            load_after: "2".into(),
-            method: "x".into(),
-            p99_bound_us: 10_000.0,
-            systems: Vec::new(),
-            fixed: Vec::new(),
-            probes: None,
-            cells: vec![
-                // Uncontended: the best quorum cell is 32 connections,
-                // 120k requests/s; etcd's best is 8k: 15x.
-                cell_at(
-                    "palisade-cluster",
-                    Workload::Uncontended,
-                    1,
-                    100_000.0,
-                    false,
-                    vec![measured("50% of max", 25_000.0, &[1000, 2000, 4000])],
-                ),
-                cell_at(
-                    "palisade-cluster",
-                    Workload::Uncontended,
-                    32,
-                    120_000.0,
-                    false,
-                    vec![measured("50% of max", 30_000.0, &[1000, 2000, 6000])],
-                ),
-                cell_at("etcd", Workload::Uncontended, 1, 8_000.0, false, Vec::new()),
-                cell_at(
-                    "etcd",
-                    Workload::Uncontended,
-                    32,
-                    1_400.0,
-                    false,
-                    Vec::new(),
-                ),
-                // Renew: 95k vs 100k (0.95, met); check: 80k vs 100k (0.8,
-                // not met), both at the cap.
-                cell_at(
-                    "palisade-cluster",
-                    Workload::Renew,
-                    1,
-                    95_000.0,
-                    false,
-                    Vec::new(),
-                ),
-                cell_at(
-                    "palisade-cluster-none",
-                    Workload::Renew,
-                    1,
-                    100_000.0,
-                    false,
-                    Vec::new(),
-                ),
-                cell_at(
-                    "palisade-cluster",
-                    Workload::Check,
-                    1,
-                    80_000.0,
-                    true,
-                    Vec::new(),
-                ),
-                cell_at(
-                    "palisade-cluster-none",
-                    Workload::Check,
-                    1,
-                    100_000.0,
-                    true,
-                    Vec::new(),
-                ),
-                // Renew at 32 connections: only the quorum cluster.
-                cell_at(
-                    "palisade-cluster",
-                    Workload::Renew,
-                    32,
-                    1.0,
-                    false,
-                    Vec::new(),
-                ),
-            ],
-        };
+        let report = report_of(vec![
+            // Uncontended: the best quorum cell is 32 connections,
+            // 120k requests/s; etcd's best is 8k: 15x.
+            cell_at(
+                "palisade-cluster",
+                Workload::Uncontended,
+                1,
+                100_000.0,
+                false,
+                vec![measured("50% of max", 25_000.0, &[1000, 2000, 4000])],
+            ),
+            cell_at(
+                "palisade-cluster",
+                Workload::Uncontended,
+                32,
+                120_000.0,
+                false,
+                vec![measured("50% of max", 30_000.0, &[1000, 2000, 6000])],
+            ),
+            cell_at("etcd", Workload::Uncontended, 1, 8_000.0, false, Vec::new()),
+            cell_at(
+                "etcd",
+                Workload::Uncontended,
+                32,
+                1_400.0,
+                false,
+                Vec::new(),
+            ),
+            // Renew: 95k vs 100k (0.95, met); check: 80k vs 100k (0.8,
+            // not met), both at the cap.
+            cell_at(
+                "palisade-cluster",
+                Workload::Renew,
+                1,
+                95_000.0,
+                false,
+                Vec::new(),
+            ),
+            cell_at(
+                "palisade-cluster-none",
+                Workload::Renew,
+                1,
+                100_000.0,
+                false,
+                Vec::new(),
+            ),
+            cell_at(
+                "palisade-cluster",
+                Workload::Check,
+                1,
+                80_000.0,
+                true,
+                Vec::new(),
+            ),
+            cell_at(
+                "palisade-cluster-none",
+                Workload::Check,
+                1,
+                100_000.0,
+                true,
+                Vec::new(),
+            ),
+            // Renew at 32 connections: only the quorum cluster.
+            cell_at(
+                "palisade-cluster",
+                Workload::Renew,
+                32,
+                1.0,
+                false,
+                Vec::new(),
+            ),
+        ]);
         let t = replication_targets(&report);
         let names: Vec<&str> = t.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(t.len(), 6, "{names:#?}");
@@ -1064,19 +1069,7 @@ mod tests {
 
     #[test]
     fn a_plot_without_data_says_so() {
-        let report = Report {
-            command: "c".into(),
-            date: "d".into(),
-            machine: "m".into(),
-            load_before: "1".into(),
-            load_after: "2".into(),
-            method: "x".into(),
-            p99_bound_us: 10_000.0,
-            systems: Vec::new(),
-            fixed: Vec::new(),
-            probes: None,
-            cells: vec![cell("redis", 1.0, Vec::new())],
-        };
+        let report = report_of(vec![cell("redis", 1.0, Vec::new())]);
         let svg = svg(&report, Workload::Uncontended, 1);
         assert!(svg.contains("no system was measured"), "{svg}");
         assert!(!svg.contains("<polyline"));
@@ -1096,41 +1089,29 @@ mod tests {
             vec![measured("at palisade 50%", 200_000.0, &[100, 100, 100])],
         );
         echo_renew.workload = Workload::Renew;
-        let report = Report {
-            command: "c".into(),
-            date: "d".into(),
-            machine: "m".into(),
-            load_before: "1".into(),
-            load_after: "2".into(),
-            method: "x".into(),
-            p99_bound_us: 10_000.0,
-            systems: Vec::new(),
-            fixed: Vec::new(),
-            probes: None,
-            cells: vec![
-                // The quorum node's acquire waits for an fsync: far slower.
-                cell(
-                    "palisade",
-                    5_000.0,
-                    vec![measured("50% of max", 2_500.0, &[4_000, 4_000, 4_000])],
-                ),
-                cell(
-                    "palisade-none",
-                    100_000.0,
-                    vec![measured("50% of max", 50_000.0, &[100, 110, 120])],
-                ),
-                cell(
-                    "echo",
-                    300_000.0,
-                    vec![
-                        measured("at palisade 50%", 2_500.0, &[100, 100, 100]),
-                        measured("at palisade-none 50%", 50_000.0, &[100, 100, 100]),
-                    ],
-                ),
-                renew,
-                echo_renew,
-            ],
-        };
+        let report = report_of(vec![
+            // The quorum node's acquire waits for an fsync: far slower.
+            cell(
+                "palisade",
+                5_000.0,
+                vec![measured("50% of max", 2_500.0, &[4_000, 4_000, 4_000])],
+            ),
+            cell(
+                "palisade-none",
+                100_000.0,
+                vec![measured("50% of max", 50_000.0, &[100, 110, 120])],
+            ),
+            cell(
+                "echo",
+                300_000.0,
+                vec![
+                    measured("at palisade 50%", 2_500.0, &[100, 100, 100]),
+                    measured("at palisade-none 50%", 50_000.0, &[100, 100, 100]),
+                ],
+            ),
+            renew,
+            echo_renew,
+        ]);
         let t = targets(&report);
         assert!(t[0].name.starts_with("palisade-none uncontended"), "{t:?}");
         assert!((t[0].measured.unwrap() - 1.2).abs() < 0.01, "{t:?}");
@@ -1177,31 +1158,19 @@ mod tests {
 
     #[test]
     fn targets_compare_within_one_report() {
-        let report = Report {
-            command: "c".into(),
-            date: "d".into(),
-            machine: "m".into(),
-            load_before: "1".into(),
-            load_after: "2".into(),
-            method: "x".into(),
-            p99_bound_us: 10_000.0,
-            systems: Vec::new(),
-            fixed: Vec::new(),
-            probes: None,
-            cells: vec![
-                cell(
-                    "palisade",
-                    100_000.0,
-                    vec![measured("50% of max", 50_000.0, &[100, 120, 130])],
-                ),
-                cell(
-                    "echo",
-                    300_000.0,
-                    vec![measured("at palisade 50%", 50_000.0, &[100, 100, 100])],
-                ),
-                cell("redis", 25_000.0, Vec::new()),
-            ],
-        };
+        let report = report_of(vec![
+            cell(
+                "palisade",
+                100_000.0,
+                vec![measured("50% of max", 50_000.0, &[100, 120, 130])],
+            ),
+            cell(
+                "echo",
+                300_000.0,
+                vec![measured("at palisade 50%", 50_000.0, &[100, 100, 100])],
+            ),
+            cell("redis", 25_000.0, Vec::new()),
+        ]);
         let t = targets(&report);
         // p99 130 vs 100 µs: exactly the 1.3× bound.
         assert!((t[0].measured.unwrap() - 1.3).abs() < 0.01, "{t:?}");
