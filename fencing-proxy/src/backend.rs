@@ -7,11 +7,23 @@
 //! Every method takes `&self`: a connection's request tasks call one
 //! backend concurrently. A file backend hands each call to a thread of a
 //! bounded pool of its own ([`file_io_pool`]: positional reads and writes
-//! on the export's one file descriptor); an upstream backend multiplexes
-//! them on its one connection (many requests sent, replies matched by
-//! cookie, in whatever order the server sends them). A call returns once the backend
-//! has the bytes: the file's write completed, or the upstream server
-//! answered.
+//! on the export's one file descriptor); an upstream backend
+//! ([`NbdBackend`]) multiplexes them on the export's one link to the
+//! upstream server, shared by all of the export's client connections
+//! ([`SharedUpstream`]: many requests sent, from any client, replies
+//! matched by cookie, in whatever order the server sends them). A call
+//! returns once the backend has the bytes: the file's write completed, or
+//! the upstream server answered.
+//!
+//! The shared link, what it promises: a failure of the link (the server
+//! closed it or sent garbage, a send failed) fails every call in flight on
+//! it, of every client, and the next call opens a new link (after a failed
+//! attempt, calls fail at once for a second with its error). A client
+//! connection that ends never closes the link. A FLUSH goes out on the
+//! link and covers every write the server answered on that link, whichever
+//! client sent it (a superset of the client's own). Writes reach the link
+//! only after the admission let them through (the gate is above the
+//! backend), so S3 does not depend on which link, or whose, carries them.
 //!
 //! Why the file's I/O runs on threads, even a 4 KiB write that the page
 //! cache takes in microseconds: a file operation can block for as long as
@@ -47,6 +59,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
+use palisade_host::clock::monotonic_ms;
+use tracing::{info, warn};
+
 use crate::duplex::{split, ReadHalf, Signal, WriteHalf};
 use crate::pool::{BufPool, LARGE};
 
@@ -58,8 +73,8 @@ const ZERO_CHUNK: usize = 1 << 20;
 pub enum Backend {
     /// A local file or block device.
     File(FileBackend),
-    /// An upstream NBD server.
-    Nbd(NbdUpstream),
+    /// An upstream NBD server, through the export's shared link.
+    Nbd(NbdBackend),
 }
 
 impl Backend {
@@ -141,14 +156,6 @@ impl Backend {
                     .await
                     .map(drop)
             }
-        }
-    }
-
-    /// Closes the backend once no call is running (an upstream server is
-    /// told goodbye).
-    pub async fn close(self) {
-        if let Backend::Nbd(upstream) = self {
-            upstream.disconnect().await;
         }
     }
 }
@@ -369,6 +376,7 @@ const NBD_INFO_EXPORT: u16 = 0;
 const NBD_FLAG_SEND_TRIM: u16 = 1 << 5;
 const NBD_CMD_READ: u16 = 0;
 const NBD_CMD_WRITE: u16 = 1;
+#[cfg(test)]
 const NBD_CMD_DISC: u16 = 2;
 const NBD_CMD_FLUSH: u16 = 3;
 const NBD_CMD_TRIM: u16 = 4;
@@ -382,9 +390,13 @@ const OPT_REPLY_MAX: u32 = 64 << 10;
 const RECEIVE_CHUNK: usize = 256 << 10;
 /// A send batch buffer larger than this is not kept for the next batch.
 const SEND_KEEP_MAX: usize = 4 << 20;
-/// How long a goodbye may take to reach an upstream server that stopped
-/// reading.
-const DISCONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// Longest time to connect to the upstream server and negotiate the
+/// export; past it the attempt fails.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// After a failed attempt to connect, calls fail at once with its error for
+/// this long before the next attempt (a dead server is not hammered, and
+/// clients get an answer instead of waiting in line for timeouts).
+const RECONNECT_PAUSE_MS: u64 = 1_000;
 /// Length of a simple reply header.
 const SIMPLE_REPLY_LEN: usize = 16;
 
@@ -396,10 +408,10 @@ pub struct NbdUpstream {
     size: u64,
     flags: u16,
     mux: Rc<Mux>,
-    /// Writes queued requests to the server. Dropping it cancels it.
-    sender: AbortOnDrop,
-    /// Reads replies and completes calls. Dropping it cancels it.
-    receiver: AbortOnDrop,
+    /// Writes queued requests to the server. Held to cancel it on drop.
+    _sender: AbortOnDrop,
+    /// Reads replies and completes calls. Held to cancel it on drop.
+    _receiver: AbortOnDrop,
 }
 
 impl std::fmt::Debug for NbdUpstream {
@@ -411,6 +423,172 @@ impl std::fmt::Debug for NbdUpstream {
             .field("in_flight", &state.pending.len())
             .field("broken", &state.broken)
             .finish_non_exhaustive()
+    }
+}
+
+impl NbdUpstream {
+    /// Whether the connection failed (calls on it fail at once).
+    fn is_broken(&self) -> bool {
+        self.mux.state.borrow().broken.is_some()
+    }
+}
+
+/// An upstream export's one link to its NBD server, shared by every client
+/// connection of the export (each holds an [`NbdBackend`] on it).
+///
+/// Why one link: the event loop gathers the requests of all the export's
+/// connections that are ready in one turn into one `send`, and reads the
+/// server's replies for all of them in one `recv`, where a link per client
+/// connection costs a `send` and a `recv` per connection and turn
+/// (bench/results/proxy-upstream/).
+///
+/// The link is opened by the first handshake that needs it. When it fails
+/// (the server closed it, sent garbage, or a send failed), every call in
+/// flight on it fails, whichever client made it, and the next call opens a
+/// new link; calls that arrive while one is being opened wait for it
+/// ([`CONNECT_TIMEOUT`] at most). After a failed attempt, calls fail at
+/// once with its error for [`RECONNECT_PAUSE_MS`]. A client leaving never
+/// closes the link. A FLUSH on the link covers every write the server
+/// answered on it, whichever client sent it.
+#[derive(Debug)]
+pub struct SharedUpstream {
+    addr: SocketAddr,
+    export: String,
+    pool: Rc<BufPool>,
+    /// The current link, possibly broken (replaced at the next call).
+    link: RefCell<Option<Rc<NbdUpstream>>>,
+    /// The last failed attempt to connect: when (monotonic ms) and why.
+    failed: RefCell<Option<(u64, String)>>,
+    /// One attempt to connect at a time; other calls wait for its outcome.
+    connecting: tokio::sync::Mutex<()>,
+    /// Links opened so far: the first one and every reconnect.
+    connects: std::cell::Cell<u64>,
+    /// [`RECONNECT_PAUSE_MS`] (tests make it longer).
+    reconnect_pause_ms: u64,
+}
+
+impl SharedUpstream {
+    /// The link to `export` on the server at `addr`, not connected yet;
+    /// large write payloads go back to `pool` once sent.
+    #[must_use]
+    pub fn new(addr: SocketAddr, export: &str, pool: Rc<BufPool>) -> Rc<SharedUpstream> {
+        SharedUpstream::with_pause(addr, export, pool, RECONNECT_PAUSE_MS)
+    }
+
+    fn with_pause(
+        addr: SocketAddr,
+        export: &str,
+        pool: Rc<BufPool>,
+        reconnect_pause_ms: u64,
+    ) -> Rc<SharedUpstream> {
+        Rc::new(SharedUpstream {
+            addr,
+            reconnect_pause_ms,
+            export: export.to_owned(),
+            pool,
+            link: RefCell::new(None),
+            failed: RefCell::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            connects: std::cell::Cell::new(0),
+        })
+    }
+
+    /// A client connection's backend on this link: connects first if
+    /// there is no working link. Size and flags are the server's when the
+    /// link the call found (or opened) was negotiated.
+    pub async fn open(self: &Rc<Self>) -> io::Result<NbdBackend> {
+        let link = self.link().await?;
+        Ok(NbdBackend {
+            shared: self.clone(),
+            size: link.size,
+            flags: link.flags,
+        })
+    }
+
+    /// Links opened so far (1 once connected, more after reconnects).
+    #[must_use]
+    pub fn connects(&self) -> u64 {
+        self.connects.get()
+    }
+
+    /// The current link if it works.
+    fn working(&self) -> Option<Rc<NbdUpstream>> {
+        self.link
+            .borrow()
+            .as_ref()
+            .filter(|link| !link.is_broken())
+            .cloned()
+    }
+
+    /// A working link: the current one, or a new one.
+    async fn link(&self) -> io::Result<Rc<NbdUpstream>> {
+        if let Some(link) = self.working() {
+            return Ok(link);
+        }
+        let _one = self.connecting.lock().await;
+        // Another call may have connected while this one waited.
+        if let Some(link) = self.working() {
+            return Ok(link);
+        }
+        if let Some((at_ms, why)) = &*self.failed.borrow() {
+            if monotonic_ms() < at_ms.saturating_add(self.reconnect_pause_ms) {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    format!("upstream NBD server {}: {why}", self.addr),
+                ));
+            }
+        }
+        // The broken link's calls have all failed: dropping it (once they
+        // let go of it) cancels its tasks and closes its socket.
+        if let Some(old) = self.link.borrow_mut().take() {
+            let why = old.mux.state.borrow().broken.clone().unwrap_or_default();
+            warn!(addr = %self.addr, export = %self.export, reason = %why, "upstream NBD link failed; reconnecting");
+        }
+        let connect = NbdUpstream::connect(self.addr, &self.export, self.pool.clone());
+        let result = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no NBD negotiation within {} s", CONNECT_TIMEOUT.as_secs()),
+            )),
+        };
+        match result {
+            Ok(link) => {
+                let link = Rc::new(link);
+                *self.link.borrow_mut() = Some(link.clone());
+                *self.failed.borrow_mut() = None;
+                self.connects.set(self.connects.get() + 1);
+                info!(addr = %self.addr, export = %self.export, size = link.size, "upstream NBD link open");
+                Ok(link)
+            }
+            Err(e) => {
+                *self.failed.borrow_mut() = Some((monotonic_ms(), e.to_string()));
+                Err(e)
+            }
+        }
+    }
+}
+
+/// One client connection's handle on its export's [`SharedUpstream`]:
+/// each call goes out on the link that works when it is made.
+#[derive(Debug)]
+pub struct NbdBackend {
+    shared: Rc<SharedUpstream>,
+    size: u64,
+    flags: u16,
+}
+
+impl NbdBackend {
+    async fn call(
+        &self,
+        command: u16,
+        flags: u16,
+        offset: u64,
+        len: u32,
+        payload: Vec<u8>,
+    ) -> io::Result<Vec<u8>> {
+        let link = self.shared.link().await?;
+        link.call(command, flags, offset, len, payload).await
     }
 }
 
@@ -447,8 +625,6 @@ struct MuxState {
     pending: HashMap<u64, Pending>,
     /// Why the connection cannot be used any more; calls fail at once.
     broken: Option<String>,
-    /// A goodbye is queued: the sender stops once it is written.
-    closing: bool,
     /// Writes the sender handed to the socket (each a batch of requests or
     /// a large payload): what batching saves shows here.
     writes: u64,
@@ -544,26 +720,22 @@ fn encode_request(
 }
 
 /// The sender task: writes whatever is queued, small requests batched in
-/// one write, until a goodbye went out or the connection failed.
+/// one write, until the connection fails (or the link is dropped).
 async fn send_requests(mux: Rc<Mux>, mut output: WriteHalf) {
     let mut spare = Vec::new();
     loop {
-        let (next, closing) = {
+        let next = {
             let mut state = mux.state.borrow_mut();
-            let next = match state.queued.pop_front() {
+            match state.queued.pop_front() {
                 Some(chunk) => Some(chunk),
                 None if !state.send_buf.is_empty() => Some(Chunk::Batch(std::mem::replace(
                     &mut state.send_buf,
                     std::mem::take(&mut spare),
                 ))),
                 None => None,
-            };
-            (next, state.closing)
+            }
         };
         let Some(chunk) = next else {
-            if closing {
-                return;
-            }
             mux.send_ready.wait().await;
             continue;
         };
@@ -739,8 +911,8 @@ impl NbdUpstream {
             size,
             flags: tflags,
             mux,
-            sender,
-            receiver,
+            _sender: sender,
+            _receiver: receiver,
         })
     }
 
@@ -814,24 +986,6 @@ impl NbdUpstream {
         })
         .await
     }
-
-    /// Says goodbye to the upstream server. Call when no call is running.
-    pub async fn disconnect(self) {
-        {
-            let mut state = self.mux.state.borrow_mut();
-            if state.broken.is_none() {
-                encode_request(&mut state.send_buf, NBD_CMD_DISC, 0, 0, 0, 0, &[]);
-            }
-            state.closing = true;
-        }
-        self.mux.send_ready.notify();
-        // The goodbye is written, or the server stopped reading: either
-        // way dropping the tasks (which cancels them) closes the socket.
-        let mut sender = self.sender;
-        let _ = tokio::time::timeout(DISCONNECT_WAIT, &mut sender.0).await;
-        drop(sender);
-        drop(self.receiver);
-    }
 }
 
 #[cfg(test)]
@@ -876,67 +1030,92 @@ mod tests {
         });
     }
 
+    /// The server's side of the negotiation: one export of `size` bytes.
+    fn fake_negotiate(s: &mut std::net::TcpStream, size: u64) {
+        let mut greeting = Vec::new();
+        greeting.extend_from_slice(&NBDMAGIC.to_be_bytes());
+        greeting.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        greeting.extend_from_slice(&NBD_FLAG_FIXED_NEWSTYLE.to_be_bytes());
+        s.write_all(&greeting).expect("greeting");
+        let mut client_flags = [0u8; 4];
+        s.read_exact(&mut client_flags).expect("client flags");
+        let mut head = [0u8; 16];
+        s.read_exact(&mut head).expect("option header");
+        let len = u32::from_be_bytes(head[12..16].try_into().expect("4"));
+        let mut data = vec![0u8; len as usize];
+        s.read_exact(&mut data).expect("option data");
+        let option_reply = |s: &mut std::net::TcpStream, kind: u32, data: &[u8]| {
+            let mut out = Vec::new();
+            out.extend_from_slice(&OPT_REPLY_MAGIC.to_be_bytes());
+            out.extend_from_slice(&NBD_OPT_GO.to_be_bytes());
+            out.extend_from_slice(&kind.to_be_bytes());
+            out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            out.extend_from_slice(data);
+            s.write_all(&out).expect("option reply");
+        };
+        let mut info = Vec::new();
+        info.extend_from_slice(&NBD_INFO_EXPORT.to_be_bytes());
+        info.extend_from_slice(&size.to_be_bytes());
+        info.extend_from_slice(&NBD_FLAG_SEND_TRIM.to_be_bytes());
+        option_reply(s, NBD_REP_INFO, &info);
+        option_reply(s, NBD_REP_ACK, &[]);
+    }
+
+    /// Reads one request (and a WRITE's payload); `None` at the end of
+    /// the stream or a goodbye. Returns the command and cookie.
+    fn fake_request(s: &mut std::net::TcpStream) -> Option<(u16, [u8; 8])> {
+        let mut request = [0u8; 28];
+        s.read_exact(&mut request).ok()?;
+        let command = u16::from_be_bytes([request[6], request[7]]);
+        let cookie: [u8; 8] = request[8..16].try_into().expect("8");
+        let len = u32::from_be_bytes(request[24..28].try_into().expect("4"));
+        if command == NBD_CMD_DISC {
+            return None;
+        }
+        if command == NBD_CMD_WRITE {
+            let mut payload = vec![0u8; len as usize];
+            s.read_exact(&mut payload).ok()?;
+        }
+        Some((command, cookie))
+    }
+
+    /// Answers every request with success until the client leaves; returns
+    /// how many it answered.
+    fn fake_answer_all(s: &mut std::net::TcpStream) -> usize {
+        let mut answered = 0;
+        while let Some((_, cookie)) = fake_request(s) {
+            let mut reply = Vec::new();
+            reply.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+            reply.extend_from_slice(&0u32.to_be_bytes());
+            reply.extend_from_slice(&cookie);
+            if s.write_all(&reply).is_err() {
+                break;
+            }
+            answered += 1;
+        }
+        answered
+    }
+
     /// A minimal upstream NBD server on a thread: negotiates one export of
-    /// `size` bytes, then answers every request it reads (writes and
-    /// flushes with success), and returns how many requests it answered
-    /// once the client says goodbye.
+    /// `size` bytes on one connection, then answers every request it reads
+    /// (writes and flushes with success), and returns how many requests it
+    /// answered once the client leaves.
     fn fake_upstream(size: u64) -> (SocketAddr, std::thread::JoinHandle<usize>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         let server = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().expect("accept");
-            let mut greeting = Vec::new();
-            greeting.extend_from_slice(&NBDMAGIC.to_be_bytes());
-            greeting.extend_from_slice(&IHAVEOPT.to_be_bytes());
-            greeting.extend_from_slice(&NBD_FLAG_FIXED_NEWSTYLE.to_be_bytes());
-            s.write_all(&greeting).expect("greeting");
-            let mut client_flags = [0u8; 4];
-            s.read_exact(&mut client_flags).expect("client flags");
-            let mut head = [0u8; 16];
-            s.read_exact(&mut head).expect("option header");
-            let len = u32::from_be_bytes(head[12..16].try_into().expect("4"));
-            let mut data = vec![0u8; len as usize];
-            s.read_exact(&mut data).expect("option data");
-            let option_reply = |s: &mut std::net::TcpStream, kind: u32, data: &[u8]| {
-                let mut out = Vec::new();
-                out.extend_from_slice(&OPT_REPLY_MAGIC.to_be_bytes());
-                out.extend_from_slice(&NBD_OPT_GO.to_be_bytes());
-                out.extend_from_slice(&kind.to_be_bytes());
-                out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-                out.extend_from_slice(data);
-                s.write_all(&out).expect("option reply");
-            };
-            let mut info = Vec::new();
-            info.extend_from_slice(&NBD_INFO_EXPORT.to_be_bytes());
-            info.extend_from_slice(&size.to_be_bytes());
-            info.extend_from_slice(&NBD_FLAG_SEND_TRIM.to_be_bytes());
-            option_reply(&mut s, NBD_REP_INFO, &info);
-            option_reply(&mut s, NBD_REP_ACK, &[]);
-            let mut answered = 0;
-            loop {
-                let mut request = [0u8; 28];
-                if s.read_exact(&mut request).is_err() {
-                    return answered;
-                }
-                let command = u16::from_be_bytes([request[6], request[7]]);
-                let cookie = &request[8..16];
-                let len = u32::from_be_bytes(request[24..28].try_into().expect("4"));
-                if command == NBD_CMD_DISC {
-                    return answered;
-                }
-                if command == NBD_CMD_WRITE {
-                    let mut payload = vec![0u8; len as usize];
-                    s.read_exact(&mut payload).expect("payload");
-                }
-                let mut reply = Vec::new();
-                reply.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
-                reply.extend_from_slice(&0u32.to_be_bytes());
-                reply.extend_from_slice(cookie);
-                s.write_all(&reply).expect("reply");
-                answered += 1;
-            }
+            fake_negotiate(&mut s, size);
+            fake_answer_all(&mut s)
         });
         (addr, server)
+    }
+
+    fn local_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
     }
 
     /// Calls started in one turn of the event loop go to the upstream
@@ -945,11 +1124,7 @@ mod tests {
     fn requests_ready_together_go_out_in_one_write() {
         const CALLS: usize = 8;
         let (addr, server) = fake_upstream(1 << 20);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let writes = tokio::task::LocalSet::new().block_on(&runtime, async move {
+        let writes = tokio::task::LocalSet::new().block_on(&local_runtime(), async move {
             let pool = Rc::new(BufPool::default());
             let upstream = Rc::new(
                 NbdUpstream::connect(addr, "disk", pool)
@@ -974,11 +1149,142 @@ mod tests {
                 call.await.expect("task ran").expect("write answered");
             }
             let writes = upstream.mux.state.borrow().writes;
-            let upstream = Rc::try_unwrap(upstream).expect("the calls are done");
-            upstream.disconnect().await;
+            // Dropping the link closes its socket: the server sees the end.
+            drop(upstream);
             writes
         });
         assert_eq!(server.join().expect("fake upstream"), CALLS);
         assert_eq!(writes, 1, "{CALLS} ready requests took {writes} writes");
+    }
+
+    /// Client connections of one export share one upstream link: their
+    /// requests ready in the same turn go out in one write, and one client
+    /// leaving (its backend dropped) leaves the link to the others.
+    #[test]
+    fn backends_of_one_export_share_one_link_that_outlives_a_client() {
+        let (addr, server) = fake_upstream(1 << 20);
+        tokio::task::LocalSet::new().block_on(&local_runtime(), async move {
+            let shared = SharedUpstream::new(addr, "disk", Rc::new(BufPool::default()));
+            let clients: Vec<Rc<Backend>> = vec![
+                Rc::new(Backend::Nbd(shared.open().await.expect("first client"))),
+                Rc::new(Backend::Nbd(shared.open().await.expect("second client"))),
+            ];
+            assert_eq!(clients[0].size(), 1 << 20);
+            let calls: Vec<_> = (0..8u64)
+                .map(|i| {
+                    let client = clients[(i % 2) as usize].clone();
+                    tokio::task::spawn_local(async move {
+                        client.write(i * 4096, vec![1; 4096], false).await
+                    })
+                })
+                .collect();
+            for call in calls {
+                call.await.expect("task ran").expect("write answered");
+            }
+            let link = shared.working().expect("the link works");
+            assert_eq!(
+                link.mux.state.borrow().writes,
+                1,
+                "both clients' writes in one send"
+            );
+            drop(link);
+            // The first client leaves; the second goes on on the same link.
+            let mut clients = clients.into_iter();
+            drop(clients.next());
+            let second = clients.next().expect("second client");
+            second.flush().await.expect("flush on the shared link");
+            second
+                .write(0, vec![2; 4096], true)
+                .await
+                .expect("write after the other left");
+            assert_eq!(shared.connects(), 1, "one link for the export");
+            drop(second);
+            drop(shared);
+        });
+        assert_eq!(server.join().expect("fake upstream"), 10);
+    }
+
+    /// When the shared link fails, the calls in flight of every client
+    /// fail with it; the next call opens a new link and works.
+    #[test]
+    fn a_failed_link_fails_every_clients_calls_and_the_next_call_reconnects() {
+        const IN_FLIGHT: usize = 4;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (read_all, all_read) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            // First link: read the calls in flight, answer none, and close.
+            let (mut s, _) = listener.accept().expect("first accept");
+            fake_negotiate(&mut s, 1 << 20);
+            for _ in 0..IN_FLIGHT {
+                fake_request(&mut s).expect("a request in flight");
+            }
+            read_all.send(()).expect("tell the test");
+            drop(s);
+            // Second link: answer everything.
+            let (mut s, _) = listener.accept().expect("second accept");
+            fake_negotiate(&mut s, 1 << 20);
+            fake_answer_all(&mut s)
+        });
+        tokio::task::LocalSet::new().block_on(&local_runtime(), async move {
+            let shared = SharedUpstream::new(addr, "disk", Rc::new(BufPool::default()));
+            let clients = [
+                Rc::new(Backend::Nbd(shared.open().await.expect("first client"))),
+                Rc::new(Backend::Nbd(shared.open().await.expect("second client"))),
+            ];
+            let calls: Vec<_> = (0..IN_FLIGHT)
+                .map(|i| {
+                    let client = clients[i % 2].clone();
+                    tokio::task::spawn_local(async move {
+                        client.write(i as u64 * 4096, vec![3; 4096], false).await
+                    })
+                })
+                .collect();
+            for call in calls {
+                let err = call
+                    .await
+                    .expect("task ran")
+                    .expect_err("the link failed under it");
+                assert_eq!(err.kind(), io::ErrorKind::BrokenPipe, "{err}");
+            }
+            all_read.recv().expect("the server read every call");
+            // Both clients go on, on a new link.
+            clients[0]
+                .write(0, vec![4; 4096], false)
+                .await
+                .expect("reconnected");
+            clients[1].flush().await.expect("on the same new link");
+            assert_eq!(shared.connects(), 2);
+            drop(clients);
+            drop(shared);
+        });
+        assert_eq!(server.join().expect("fake upstream"), 2);
+    }
+
+    /// A server that is gone: the call that finds the link broken tries
+    /// once, and calls right after fail at once with that error.
+    #[test]
+    fn a_failed_reconnect_is_reported_and_not_retried_at_once() {
+        let (addr, server) = fake_upstream(1 << 20);
+        tokio::task::LocalSet::new().block_on(&local_runtime(), async move {
+            // A pause no test run outlasts: the second call is inside it.
+            let hour_ms = 3_600_000;
+            let pool = Rc::new(BufPool::default());
+            let shared = SharedUpstream::with_pause(addr, "disk", pool, hour_ms);
+            let client = Backend::Nbd(shared.open().await.expect("client"));
+            client.flush().await.expect("the server answers");
+            // The server leaves when the link closes; nobody listens any more.
+            shared.link.borrow_mut().take();
+            let answered = tokio::task::spawn_blocking(move || server.join())
+                .await
+                .expect("joined")
+                .expect("fake upstream");
+            assert_eq!(answered, 1);
+            let err = client.flush().await.expect_err("nobody listens");
+            assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+            let err = client.flush().await.expect_err("within the pause");
+            assert_eq!(err.kind(), io::ErrorKind::NotConnected, "{err}");
+            assert_eq!(shared.connects(), 1);
+        });
     }
 }
