@@ -23,6 +23,10 @@
 #       [rounds, default 5] [depths, default "1 4 16"]
 # CARGO_TARGET_DIR is honoured (the binaries are taken from it).
 # PROXY_BIN=path runs another build of the proxy instead of this one.
+# SETTLE=1 fsyncs the image before each target's turn (untimed), so no
+# target runs during the writeback of what the target before it wrote
+# (proxy-upstream otherwise always follows proxy-file, whose tens of
+# thousands of writes a second leave dirty pages behind).
 # BASELINE_PROXY_BIN=path also runs that build, as targets base-file and
 # base-upstream in the same rounds (a before/after comparison in one run).
 set -euo pipefail
@@ -98,9 +102,11 @@ if [ -n "${base_port:-}" ]; then
 fi
 
 echo "== proxy: $proxy_bin"
+if [ -n "${SETTLE:-}" ]; then echo "== SETTLE: the image is fsynced before each target's turn"; fi
 for depth in $depths; do
     echo
     "$load" --connections "$connections" --depth "$depth" --seconds "$seconds" --rounds "$rounds" \
+        ${SETTLE:+--settle "$work/disk.img"} \
         "direct=127.0.0.1:$nbd_port/up" \
         "proxy-file=127.0.0.1:$proxy_port/file@$t_file" \
         "proxy-upstream=127.0.0.1:$proxy_port/upstream@$t_up" "${baseline[@]}"
