@@ -45,7 +45,7 @@
 //! io_uring ring of the proxy's own, its eventfd in the loop, is what
 //! would win the gap back. Neither is done.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
@@ -397,6 +397,11 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// this long before the next attempt (a dead server is not hammered, and
 /// clients get an answer instead of waiting in line for timeouts).
 const RECONNECT_PAUSE_MS: u64 = 1_000;
+/// Calls in flight on a link before an export's calls go to another link
+/// (see [`SharedUpstream`]).
+const LINK_FILL: usize = 16;
+/// Links per upstream export at most.
+const LINKS_MAX: usize = 4;
 /// Length of a simple reply header.
 const SIMPLE_REPLY_LEN: usize = 16;
 
@@ -407,6 +412,9 @@ const SIMPLE_REPLY_LEN: usize = 16;
 pub struct NbdUpstream {
     size: u64,
     flags: u16,
+    /// Which of its export's links this is: 1 for the first, then one more
+    /// per reconnect (0 outside a [`SharedUpstream`]).
+    generation: u64,
     mux: Rc<Mux>,
     /// Writes queued requests to the server. Held to cancel it on drop.
     _sender: AbortOnDrop,
@@ -431,69 +439,91 @@ impl NbdUpstream {
     fn is_broken(&self) -> bool {
         self.mux.state.borrow().broken.is_some()
     }
+
+    /// Calls in flight on it.
+    fn in_flight(&self) -> usize {
+        self.mux.state.borrow().pending.len()
+    }
 }
 
-/// An upstream export's one link to its NBD server, shared by every client
-/// connection of the export (each holds an [`NbdBackend`] on it).
+/// An upstream export's links to its NBD server, shared by every client
+/// connection of the export (each holds an [`NbdBackend`] on them).
 ///
-/// Why one link: the event loop gathers the requests of all the export's
-/// connections that are ready in one turn into one `send`, and reads the
-/// server's replies for all of them in one `recv`, where a link per client
-/// connection costs a `send` and a `recv` per connection and turn
+/// Calls fill one link first: a call goes on the first working link with
+/// fewer than [`LINK_FILL`] calls in flight, and only when every link is
+/// that busy does the export open another, up to [`LINKS_MAX`] (then the
+/// least loaded one takes the call). So at light load every client's
+/// requests share one link, and the requests of all clients ready in one
+/// turn of the event loop go out in one `send`, their replies come back on
+/// one socket; under heavy load the server still gets several
+/// connections. Why [`LINK_FILL`] is 16: qemu-nbd reads at most 16
+/// requests of one connection at a time, and with one link for 64
+/// requests in flight it spent more CPU per write than with four
 /// (bench/results/proxy-upstream/).
 ///
-/// The link is opened by the first handshake that needs it. When it fails
-/// (the server closed it, sent garbage, or a send failed), every call in
-/// flight on it fails, whichever client made it, and the next call opens a
-/// new link; calls that arrive while one is being opened wait for it
-/// ([`CONNECT_TIMEOUT`] at most). After a failed attempt, calls fail at
-/// once with its error for [`RECONNECT_PAUSE_MS`]. A client leaving never
-/// closes the link. A FLUSH on the link covers every write the server
-/// answered on it, whichever client sent it.
+/// The first link is opened by the first handshake that needs it. When a
+/// link fails (the server closed it, sent garbage, or a send failed), every
+/// call in flight on it fails, whichever client made it, and later calls
+/// go to the other links or a new one; calls that need a new link wait for
+/// it ([`CONNECT_TIMEOUT`] at most, one attempt at a time). After a failed
+/// attempt, calls that have no working link fail at once with its error
+/// for [`RECONNECT_PAUSE_MS`]. A client leaving never closes a link. A
+/// client's FLUSH goes to every link that answered its writes since its
+/// previous flush ([`NbdBackend`]).
 #[derive(Debug)]
 pub struct SharedUpstream {
     addr: SocketAddr,
     export: String,
     pool: Rc<BufPool>,
-    /// The current link, possibly broken (replaced at the next call).
-    link: RefCell<Option<Rc<NbdUpstream>>>,
+    /// The links, in the order calls fill them; a broken one stays until
+    /// the next link is opened.
+    links: RefCell<Vec<Rc<NbdUpstream>>>,
     /// The last failed attempt to connect: when (monotonic ms) and why.
     failed: RefCell<Option<(u64, String)>>,
     /// One attempt to connect at a time; other calls wait for its outcome.
     connecting: tokio::sync::Mutex<()>,
-    /// Links opened so far: the first one and every reconnect.
-    connects: std::cell::Cell<u64>,
-    /// [`RECONNECT_PAUSE_MS`] (tests make it longer).
+    /// Links opened so far (each new link's generation).
+    connects: Cell<u64>,
+    /// [`RECONNECT_PAUSE_MS`], [`LINK_FILL`], [`LINKS_MAX`] (tests use
+    /// others).
     reconnect_pause_ms: u64,
+    link_fill: usize,
+    links_max: usize,
 }
 
 impl SharedUpstream {
-    /// The link to `export` on the server at `addr`, not connected yet;
+    /// The links to `export` on the server at `addr`, none connected yet;
     /// large write payloads go back to `pool` once sent.
     #[must_use]
     pub fn new(addr: SocketAddr, export: &str, pool: Rc<BufPool>) -> Rc<SharedUpstream> {
-        SharedUpstream::with_pause(addr, export, pool, RECONNECT_PAUSE_MS)
+        SharedUpstream::with_limits(addr, export, pool, RECONNECT_PAUSE_MS, LINK_FILL, LINKS_MAX)
     }
 
-    fn with_pause(
+    fn with_limits(
         addr: SocketAddr,
         export: &str,
         pool: Rc<BufPool>,
         reconnect_pause_ms: u64,
+        link_fill: usize,
+        links_max: usize,
     ) -> Rc<SharedUpstream> {
+        assert!(link_fill > 0);
+        assert!(links_max > 0);
         Rc::new(SharedUpstream {
             addr,
-            reconnect_pause_ms,
             export: export.to_owned(),
             pool,
-            link: RefCell::new(None),
+            links: RefCell::new(Vec::new()),
             failed: RefCell::new(None),
             connecting: tokio::sync::Mutex::new(()),
-            connects: std::cell::Cell::new(0),
+            connects: Cell::new(0),
+            reconnect_pause_ms,
+            link_fill,
+            links_max,
         })
     }
 
-    /// A client connection's backend on this link: connects first if
+    /// A client connection's backend on these links: connects first if
     /// there is no working link. Size and flags are the server's when the
     /// link the call found (or opened) was negotiated.
     pub async fn open(self: &Rc<Self>) -> io::Result<NbdBackend> {
@@ -502,48 +532,84 @@ impl SharedUpstream {
             shared: self.clone(),
             size: link.size,
             flags: link.flags,
+            unflushed: RefCell::new(Vec::new()),
+            lost: Cell::new(false),
         })
     }
 
-    /// Links opened so far (1 once connected, more after reconnects).
+    /// Links opened so far (1 once connected, more for more links and
+    /// after reconnects).
     #[must_use]
     pub fn connects(&self) -> u64 {
         self.connects.get()
     }
 
-    /// The current link if it works.
-    fn working(&self) -> Option<Rc<NbdUpstream>> {
-        self.link
+    /// The link a call goes on now: the first working one with room, else
+    /// `None` if another may be opened, else the least loaded one.
+    fn pick(&self) -> Option<Rc<NbdUpstream>> {
+        let links = self.links.borrow();
+        let mut working = 0;
+        for link in links.iter().filter(|link| !link.is_broken()) {
+            working += 1;
+            if link.in_flight() < self.link_fill {
+                return Some(link.clone());
+            }
+        }
+        if working < self.links_max {
+            return None;
+        }
+        self.least_loaded()
+    }
+
+    /// The working link with the fewest calls in flight.
+    fn least_loaded(&self) -> Option<Rc<NbdUpstream>> {
+        self.links
             .borrow()
-            .as_ref()
+            .iter()
             .filter(|link| !link.is_broken())
+            .min_by_key(|link| link.in_flight())
             .cloned()
     }
 
-    /// A working link: the current one, or a new one.
+    /// The link of `generation` if it still works.
+    fn working(&self, generation: u64) -> Option<Rc<NbdUpstream>> {
+        self.links
+            .borrow()
+            .iter()
+            .find(|link| link.generation == generation && !link.is_broken())
+            .cloned()
+    }
+
+    /// A working link for a call: one that has room, or a new one.
     async fn link(&self) -> io::Result<Rc<NbdUpstream>> {
-        if let Some(link) = self.working() {
+        if let Some(link) = self.pick() {
             return Ok(link);
         }
         let _one = self.connecting.lock().await;
         // Another call may have connected while this one waited.
-        if let Some(link) = self.working() {
+        if let Some(link) = self.pick() {
             return Ok(link);
         }
         if let Some((at_ms, why)) = &*self.failed.borrow() {
             if monotonic_ms() < at_ms.saturating_add(self.reconnect_pause_ms) {
+                if let Some(link) = self.least_loaded() {
+                    return Ok(link);
+                }
                 return Err(io::Error::new(
                     io::ErrorKind::NotConnected,
                     format!("upstream NBD server {}: {why}", self.addr),
                 ));
             }
         }
-        // The broken link's calls have all failed: dropping it (once they
-        // let go of it) cancels its tasks and closes its socket.
-        if let Some(old) = self.link.borrow_mut().take() {
-            let why = old.mux.state.borrow().broken.clone().unwrap_or_default();
-            warn!(addr = %self.addr, export = %self.export, reason = %why, "upstream NBD link failed; reconnecting");
-        }
+        // Broken links' calls have all failed: dropping them (once those
+        // calls let go) cancels their tasks and closes their sockets.
+        self.links.borrow_mut().retain(|link| {
+            let why = link.mux.state.borrow().broken.clone();
+            if let Some(why) = &why {
+                warn!(addr = %self.addr, export = %self.export, reason = %why, "upstream NBD link failed");
+            }
+            why.is_none()
+        });
         let connect = NbdUpstream::connect(self.addr, &self.export, self.pool.clone());
         let result = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Ok(result) => result,
@@ -553,16 +619,22 @@ impl SharedUpstream {
             )),
         };
         match result {
-            Ok(link) => {
+            Ok(mut link) => {
+                let generation = self.connects.get() + 1;
+                self.connects.set(generation);
+                link.generation = generation;
                 let link = Rc::new(link);
-                *self.link.borrow_mut() = Some(link.clone());
+                self.links.borrow_mut().push(link.clone());
                 *self.failed.borrow_mut() = None;
-                self.connects.set(self.connects.get() + 1);
-                info!(addr = %self.addr, export = %self.export, size = link.size, "upstream NBD link open");
+                info!(addr = %self.addr, export = %self.export, size = link.size, generation, "upstream NBD link open");
                 Ok(link)
             }
             Err(e) => {
                 *self.failed.borrow_mut() = Some((monotonic_ms(), e.to_string()));
+                // A busy export still has its other links.
+                if let Some(link) = self.least_loaded() {
+                    return Ok(link);
+                }
                 Err(e)
             }
         }
@@ -570,12 +642,27 @@ impl SharedUpstream {
 }
 
 /// One client connection's handle on its export's [`SharedUpstream`]:
-/// each call goes out on the link that works when it is made.
+/// each call goes out on the link [`SharedUpstream`] picks when it is made.
+///
+/// A FLUSH goes to every link that answered this client's writes (without
+/// FUA) since its previous flush was sent (to the first link if none did),
+/// and succeeds once all of them flushed: the server's flush covers the
+/// writes it answered on that link, a superset of this client's. If one of
+/// those links failed since, the flush fails with an error (`EIO` for the
+/// client) even though the others succeeded: writes answered there may not
+/// be durable, and the client must hear it, once (as it would have with a
+/// link of its own, whose failure failed every later call).
 #[derive(Debug)]
 pub struct NbdBackend {
     shared: Rc<SharedUpstream>,
     size: u64,
     flags: u16,
+    /// Generations of the links that answered this client's writes since
+    /// its last flush was sent.
+    unflushed: RefCell<Vec<u64>>,
+    /// Writes answered on a link that failed before a flush covered them:
+    /// the next flush fails.
+    lost: Cell<bool>,
 }
 
 impl NbdBackend {
@@ -587,8 +674,64 @@ impl NbdBackend {
         len: u32,
         payload: Vec<u8>,
     ) -> io::Result<Vec<u8>> {
+        if command == NBD_CMD_FLUSH {
+            return self.flush().await.map(|()| Vec::new());
+        }
         let link = self.shared.link().await?;
-        link.call(command, flags, offset, len, payload).await
+        let result = link.call(command, flags, offset, len, payload).await;
+        let write_like = matches!(command, NBD_CMD_WRITE | NBD_CMD_TRIM | NBD_CMD_WRITE_ZEROES);
+        if write_like && flags & NBD_CMD_FLAG_FUA == 0 && result.is_ok() {
+            self.answered_write(link.generation);
+        }
+        result
+    }
+
+    /// A write (not FUA) was answered on the link of `generation`.
+    fn answered_write(&self, generation: u64) {
+        let mut unflushed = self.unflushed.borrow_mut();
+        if !unflushed.contains(&generation) {
+            unflushed.push(generation);
+        }
+    }
+
+    async fn flush(&self) -> io::Result<()> {
+        // What this flush must cover, taken when it is sent: writes
+        // answered later are the next flush's.
+        let unflushed = std::mem::take(&mut *self.unflushed.borrow_mut());
+        let mut lost = self.lost.replace(false);
+        let mut targets = Vec::new();
+        for &generation in &unflushed {
+            match self.shared.working(generation) {
+                Some(link) => targets.push(link),
+                None => lost = true,
+            }
+        }
+        let mut failure = None;
+        if targets.is_empty() {
+            match self.shared.link().await {
+                Ok(link) => targets.push(link),
+                Err(e) => failure = Some(e),
+            }
+        }
+        for link in targets {
+            if let Err(e) = link.call(NBD_CMD_FLUSH, 0, 0, 0, Vec::new()).await {
+                failure.get_or_insert(e);
+            }
+        }
+        if let Some(e) = failure {
+            // Not flushed: the next flush must cover them again.
+            self.lost.set(self.lost.get() || lost);
+            for generation in unflushed {
+                self.answered_write(generation);
+            }
+            return Err(e);
+        }
+        if lost {
+            return Err(io::Error::other(
+                "an upstream NBD link failed after answering writes of this connection: they may not be durable",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -910,6 +1053,7 @@ impl NbdUpstream {
         Ok(NbdUpstream {
             size,
             flags: tflags,
+            generation: 0,
             mux,
             _sender: sender,
             _receiver: receiver,
@@ -1181,7 +1325,7 @@ mod tests {
             for call in calls {
                 call.await.expect("task ran").expect("write answered");
             }
-            let link = shared.working().expect("the link works");
+            let link = shared.working(1).expect("the link works");
             assert_eq!(
                 link.mux.state.borrow().writes,
                 1,
@@ -1205,7 +1349,9 @@ mod tests {
     }
 
     /// When the shared link fails, the calls in flight of every client
-    /// fail with it; the next call opens a new link and works.
+    /// fail with it; the next call opens a new link and works. A client
+    /// whose write was answered on the failed link hears it at its next
+    /// flush (once); the other client's flush succeeds.
     #[test]
     fn a_failed_link_fails_every_clients_calls_and_the_next_call_reconnects() {
         const IN_FLIGHT: usize = 4;
@@ -1213,9 +1359,16 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let (read_all, all_read) = std::sync::mpsc::channel::<()>();
         let server = std::thread::spawn(move || {
-            // First link: read the calls in flight, answer none, and close.
+            // First link: answer one write, then read the calls in flight,
+            // answer none, and close.
             let (mut s, _) = listener.accept().expect("first accept");
             fake_negotiate(&mut s, 1 << 20);
+            let (_, cookie) = fake_request(&mut s).expect("the first write");
+            let mut reply = Vec::new();
+            reply.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+            reply.extend_from_slice(&0u32.to_be_bytes());
+            reply.extend_from_slice(&cookie);
+            s.write_all(&reply).expect("reply");
             for _ in 0..IN_FLIGHT {
                 fake_request(&mut s).expect("a request in flight");
             }
@@ -1232,6 +1385,10 @@ mod tests {
                 Rc::new(Backend::Nbd(shared.open().await.expect("first client"))),
                 Rc::new(Backend::Nbd(shared.open().await.expect("second client"))),
             ];
+            clients[0]
+                .write(0, vec![2; 4096], false)
+                .await
+                .expect("answered on the first link");
             let calls: Vec<_> = (0..IN_FLIGHT)
                 .map(|i| {
                     let client = clients[i % 2].clone();
@@ -1253,12 +1410,21 @@ mod tests {
                 .write(0, vec![4; 4096], false)
                 .await
                 .expect("reconnected");
-            clients[1].flush().await.expect("on the same new link");
+            let lost = clients[0]
+                .flush()
+                .await
+                .expect_err("a write was answered on the lost link");
+            assert_eq!(lost.kind(), io::ErrorKind::Other, "{lost}");
+            clients[0].flush().await.expect("reported once");
+            clients[1]
+                .flush()
+                .await
+                .expect("none of its writes was answered");
             assert_eq!(shared.connects(), 2);
             drop(clients);
             drop(shared);
         });
-        assert_eq!(server.join().expect("fake upstream"), 2);
+        assert_eq!(server.join().expect("fake upstream"), 4);
     }
 
     /// A server that is gone: the call that finds the link broken tries
@@ -1270,11 +1436,12 @@ mod tests {
             // A pause no test run outlasts: the second call is inside it.
             let hour_ms = 3_600_000;
             let pool = Rc::new(BufPool::default());
-            let shared = SharedUpstream::with_pause(addr, "disk", pool, hour_ms);
+            let shared =
+                SharedUpstream::with_limits(addr, "disk", pool, hour_ms, LINK_FILL, LINKS_MAX);
             let client = Backend::Nbd(shared.open().await.expect("client"));
             client.flush().await.expect("the server answers");
             // The server leaves when the link closes; nobody listens any more.
-            shared.link.borrow_mut().take();
+            shared.links.borrow_mut().clear();
             let answered = tokio::task::spawn_blocking(move || server.join())
                 .await
                 .expect("joined")
@@ -1286,5 +1453,75 @@ mod tests {
             assert_eq!(err.kind(), io::ErrorKind::NotConnected, "{err}");
             assert_eq!(shared.connects(), 1);
         });
+    }
+
+    /// More calls in flight than a link takes open another link; a flush
+    /// then goes to every link that answered the client's writes.
+    #[test]
+    fn a_busy_export_opens_another_link_and_a_flush_goes_to_each() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // Each connection: (writes, flushes) it answered.
+        let server = std::thread::spawn(move || {
+            let links: Vec<_> = (0..2)
+                .map(|_| {
+                    let (mut s, _) = listener.accept().expect("accept");
+                    std::thread::spawn(move || {
+                        fake_negotiate(&mut s, 1 << 20);
+                        let (mut writes, mut flushes) = (0, 0);
+                        while let Some((command, cookie)) = fake_request(&mut s) {
+                            match command {
+                                NBD_CMD_WRITE => writes += 1,
+                                NBD_CMD_FLUSH => flushes += 1,
+                                _ => {}
+                            }
+                            let mut reply = Vec::new();
+                            reply.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+                            reply.extend_from_slice(&0u32.to_be_bytes());
+                            reply.extend_from_slice(&cookie);
+                            if s.write_all(&reply).is_err() {
+                                break;
+                            }
+                        }
+                        (writes, flushes)
+                    })
+                })
+                .collect();
+            links
+                .into_iter()
+                .map(|link| link.join().expect("link thread"))
+                .collect::<Vec<_>>()
+        });
+        tokio::task::LocalSet::new().block_on(&local_runtime(), async move {
+            // Two calls fill a link; two links at most.
+            let pool = Rc::new(BufPool::default());
+            let shared = SharedUpstream::with_limits(addr, "disk", pool, 1_000, 2, 2);
+            let client = Rc::new(Backend::Nbd(shared.open().await.expect("client")));
+            let calls: Vec<_> = (0..4u64)
+                .map(|i| {
+                    let client = client.clone();
+                    tokio::task::spawn_local(async move {
+                        client.write(i * 4096, vec![5; 4096], false).await
+                    })
+                })
+                .collect();
+            for call in calls {
+                call.await.expect("task ran").expect("write answered");
+            }
+            assert_eq!(shared.connects(), 2, "the third call opened a second link");
+            client.flush().await.expect("both links flushed");
+            drop(client);
+            drop(shared);
+        });
+        // The fourth call goes on whichever link has room when it asks.
+        let seen = server.join().expect("fake upstream");
+        assert_eq!(seen.iter().map(|(writes, _)| writes).sum::<usize>(), 4);
+        for (writes, flushes) in seen {
+            assert!(writes >= 1, "each link carried a write");
+            assert_eq!(
+                flushes, 1,
+                "each link that answered a write was flushed once"
+            );
+        }
     }
 }
