@@ -8,22 +8,27 @@
 //! backend concurrently. A file backend hands each call to a thread of a
 //! bounded pool of its own ([`file_io_pool`]: positional reads and writes
 //! on the export's one file descriptor); an upstream backend
-//! ([`NbdBackend`]) multiplexes them on the export's one link to the
+//! ([`NbdBackend`]) multiplexes them on the export's links to the
 //! upstream server, shared by all of the export's client connections
 //! ([`SharedUpstream`]: many requests sent, from any client, replies
-//! matched by cookie, in whatever order the server sends them). A call
-//! returns once the backend has the bytes: the file's write completed, or
-//! the upstream server answered.
+//! matched by cookie, in whatever order the server sends them). Calls
+//! fill one link (16 in flight) before a second is opened (at most 4), so
+//! at light load every client's requests share one link and one `send`
+//! per turn of the event loop. A call returns once the backend has the
+//! bytes: the file's write completed, or the upstream server answered.
 //!
-//! The shared link, what it promises: a failure of the link (the server
+//! The shared links, what they promise: a failure of a link (the server
 //! closed it or sent garbage, a send failed) fails every call in flight on
-//! it, of every client, and the next call opens a new link (after a failed
-//! attempt, calls fail at once for a second with its error). A client
-//! connection that ends never closes the link. A FLUSH goes out on the
-//! link and covers every write the server answered on that link, whichever
-//! client sent it (a superset of the client's own). Writes reach the link
-//! only after the admission let them through (the gate is above the
-//! backend), so S3 does not depend on which link, or whose, carries them.
+//! it, of every client, and later calls use the other links or a new one
+//! (after a failed attempt, calls with no working link fail at once for a
+//! second with its error). A client connection that ends never closes a
+//! link. A client's FLUSH goes to every link that answered its writes since
+//! its previous flush and covers every write the server answered there,
+//! whichever client sent it (a superset of the client's own); if one of
+//! those links failed in between, the flush fails once (`EIO`), since
+//! writes it answered may not be durable. Writes reach a link only after
+//! the admission let them through (the gate is above the backend), so S3
+//! does not depend on which link, or whose, carries them.
 //!
 //! Why the file's I/O runs on threads, even a 4 KiB write that the page
 //! cache takes in microseconds: a file operation can block for as long as
