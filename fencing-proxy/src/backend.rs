@@ -454,10 +454,11 @@ impl NbdUpstream {
 /// An upstream export's links to its NBD server, shared by every client
 /// connection of the export (each holds an [`NbdBackend`] on them).
 ///
-/// Calls fill one link first: a call goes on the first working link with
-/// fewer than [`LINK_FILL`] calls in flight, and only when every link is
-/// that busy does the export open another, up to [`LINKS_MAX`] (then the
-/// least loaded one takes the call). So at light load every client's
+/// Calls fill one link first: a client's call goes on the link its last
+/// call used while that link has fewer than [`LINK_FILL`] calls in flight
+/// (so a client's burst stays one `send`), else on the first working link
+/// with fewer, and only when every link is that busy does the export open
+/// another, up to [`LINKS_MAX`] (then the least loaded one takes the call). So at light load every client's
 /// requests share one link, and the requests of all clients ready in one
 /// turn of the event loop go out in one `send`, their replies come back on
 /// one socket; under heavy load the server still gets several
@@ -539,6 +540,7 @@ impl SharedUpstream {
             flags: link.flags,
             unflushed: RefCell::new(Vec::new()),
             lost: Cell::new(false),
+            home: Cell::new(link.generation),
         })
     }
 
@@ -668,6 +670,11 @@ pub struct NbdBackend {
     /// Writes answered on a link that failed before a flush covered them:
     /// the next flush fails.
     lost: Cell<bool>,
+    /// Generation of the link this client's last call went on: its next
+    /// call goes there too while that link has room, so a client's burst
+    /// of requests stays on one link (one `send`) instead of trickling
+    /// into whichever link has a free slot.
+    home: Cell<u64>,
 }
 
 impl NbdBackend {
@@ -682,13 +689,27 @@ impl NbdBackend {
         if command == NBD_CMD_FLUSH {
             return self.flush().await.map(|()| Vec::new());
         }
-        let link = self.shared.link().await?;
+        let link = self.link().await?;
         let result = link.call(command, flags, offset, len, payload).await;
         let write_like = matches!(command, NBD_CMD_WRITE | NBD_CMD_TRIM | NBD_CMD_WRITE_ZEROES);
         if write_like && flags & NBD_CMD_FLAG_FUA == 0 && result.is_ok() {
             self.answered_write(link.generation);
         }
         result
+    }
+
+    /// The link for this client's next call: its home link while that
+    /// works and has room, else the one [`SharedUpstream`] picks (the new
+    /// home).
+    async fn link(&self) -> io::Result<Rc<NbdUpstream>> {
+        if let Some(link) = self.shared.working(self.home.get()) {
+            if link.in_flight() < self.shared.link_fill {
+                return Ok(link);
+            }
+        }
+        let link = self.shared.link().await?;
+        self.home.set(link.generation);
+        Ok(link)
     }
 
     /// A write (not FUA) was answered on the link of `generation`.
