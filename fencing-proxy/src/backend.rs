@@ -7,28 +7,11 @@
 //! Every method takes `&self`: a connection's request tasks call one
 //! backend concurrently. A file backend hands each call to a thread of a
 //! bounded pool of its own ([`file_io_pool`]: positional reads and writes
-//! on the export's one file descriptor); an upstream backend
-//! ([`NbdBackend`]) multiplexes them on the export's links to the
-//! upstream server, shared by all of the export's client connections
-//! ([`SharedUpstream`]: many requests sent, from any client, replies
-//! matched by cookie, in whatever order the server sends them). Calls
-//! fill one link (16 in flight) before a second is opened (at most 4), so
-//! at light load every client's requests share one link and one `send`
-//! per turn of the event loop. A call returns once the backend has the
-//! bytes: the file's write completed, or the upstream server answered.
-//!
-//! The shared links, what they promise: a failure of a link (the server
-//! closed it or sent garbage, a send failed) fails every call in flight on
-//! it, of every client, and later calls use the other links or a new one
-//! (after a failed attempt, calls with no working link fail at once for a
-//! second with its error). A client connection that ends never closes a
-//! link. A client's FLUSH goes to every link that answered its writes since
-//! its previous flush and covers every write the server answered there,
-//! whichever client sent it (a superset of the client's own); if one of
-//! those links failed in between, the flush fails once (`EIO`), since
-//! writes it answered may not be durable. Writes reach a link only after
-//! the admission let them through (the gate is above the backend), so S3
-//! does not depend on which link, or whose, carries them.
+//! on the export's one file descriptor); an upstream backend multiplexes
+//! them on its one connection (many requests sent, replies matched by
+//! cookie, in whatever order the server sends them). A call returns once the backend
+//! has the bytes: the file's write completed, or the upstream server
+//! answered.
 //!
 //! Why the file's I/O runs on threads, even a 4 KiB write that the page
 //! cache takes in microseconds: a file operation can block for as long as
@@ -50,7 +33,7 @@
 //! io_uring ring of the proxy's own, its eventfd in the loop, is what
 //! would win the gap back. Neither is done.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
@@ -64,9 +47,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use palisade_host::clock::monotonic_ms;
-use tracing::{info, warn};
-
 use crate::duplex::{split, ReadHalf, Signal, WriteHalf};
 use crate::pool::{BufPool, LARGE};
 
@@ -78,8 +58,8 @@ const ZERO_CHUNK: usize = 1 << 20;
 pub enum Backend {
     /// A local file or block device.
     File(FileBackend),
-    /// An upstream NBD server, through the export's shared link.
-    Nbd(NbdBackend),
+    /// An upstream NBD server.
+    Nbd(NbdUpstream),
 }
 
 impl Backend {
@@ -161,6 +141,14 @@ impl Backend {
                     .await
                     .map(drop)
             }
+        }
+    }
+
+    /// Closes the backend once no call is running (an upstream server is
+    /// told goodbye).
+    pub async fn close(self) {
+        if let Backend::Nbd(upstream) = self {
+            upstream.disconnect().await;
         }
     }
 }
@@ -381,7 +369,6 @@ const NBD_INFO_EXPORT: u16 = 0;
 const NBD_FLAG_SEND_TRIM: u16 = 1 << 5;
 const NBD_CMD_READ: u16 = 0;
 const NBD_CMD_WRITE: u16 = 1;
-#[cfg(test)]
 const NBD_CMD_DISC: u16 = 2;
 const NBD_CMD_FLUSH: u16 = 3;
 const NBD_CMD_TRIM: u16 = 4;
@@ -395,18 +382,9 @@ const OPT_REPLY_MAX: u32 = 64 << 10;
 const RECEIVE_CHUNK: usize = 256 << 10;
 /// A send batch buffer larger than this is not kept for the next batch.
 const SEND_KEEP_MAX: usize = 4 << 20;
-/// Longest time to connect to the upstream server and negotiate the
-/// export; past it the attempt fails.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-/// After a failed attempt to connect, calls fail at once with its error for
-/// this long before the next attempt (a dead server is not hammered, and
-/// clients get an answer instead of waiting in line for timeouts).
-const RECONNECT_PAUSE_MS: u64 = 1_000;
-/// Calls in flight on a link before an export's calls go to another link
-/// (see [`SharedUpstream`]).
-const LINK_FILL: usize = 16;
-/// Links per upstream export at most.
-const LINKS_MAX: usize = 4;
+/// How long a goodbye may take to reach an upstream server that stopped
+/// reading.
+const DISCONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Length of a simple reply header.
 const SIMPLE_REPLY_LEN: usize = 16;
 
@@ -417,14 +395,11 @@ const SIMPLE_REPLY_LEN: usize = 16;
 pub struct NbdUpstream {
     size: u64,
     flags: u16,
-    /// Which of its export's links this is: 1 for the first, then one more
-    /// per reconnect (0 outside a [`SharedUpstream`]).
-    generation: u64,
     mux: Rc<Mux>,
-    /// Writes queued requests to the server. Held to cancel it on drop.
-    _sender: AbortOnDrop,
-    /// Reads replies and completes calls. Held to cancel it on drop.
-    _receiver: AbortOnDrop,
+    /// Writes queued requests to the server. Dropping it cancels it.
+    sender: AbortOnDrop,
+    /// Reads replies and completes calls. Dropping it cancels it.
+    receiver: AbortOnDrop,
 }
 
 impl std::fmt::Debug for NbdUpstream {
@@ -436,328 +411,6 @@ impl std::fmt::Debug for NbdUpstream {
             .field("in_flight", &state.pending.len())
             .field("broken", &state.broken)
             .finish_non_exhaustive()
-    }
-}
-
-impl NbdUpstream {
-    /// Whether the connection failed (calls on it fail at once).
-    fn is_broken(&self) -> bool {
-        self.mux.state.borrow().broken.is_some()
-    }
-
-    /// Calls in flight on it.
-    fn in_flight(&self) -> usize {
-        self.mux.state.borrow().pending.len()
-    }
-}
-
-/// An upstream export's links to its NBD server, shared by every client
-/// connection of the export (each holds an [`NbdBackend`] on them).
-///
-/// Calls fill one link first: a client's call goes on the link its last
-/// call used while that link has fewer than [`LINK_FILL`] calls in flight
-/// (so a client's burst stays one `send`), else on the first working link
-/// with fewer, and only when every link is that busy does the export open
-/// another, up to [`LINKS_MAX`] (then the least loaded one takes the call). So at light load every client's
-/// requests share one link, and the requests of all clients ready in one
-/// turn of the event loop go out in one `send`, their replies come back on
-/// one socket; under heavy load the server still gets several
-/// connections. Why [`LINK_FILL`] is 16: qemu-nbd reads at most 16
-/// requests of one connection at a time, and with one link for 64
-/// requests in flight it spent more CPU per write than with four
-/// (bench/results/proxy-upstream/).
-///
-/// The first link is opened by the first handshake that needs it. When a
-/// link fails (the server closed it, sent garbage, or a send failed), every
-/// call in flight on it fails, whichever client made it, and later calls
-/// go to the other links or a new one; calls that need a new link wait for
-/// it ([`CONNECT_TIMEOUT`] at most, one attempt at a time). After a failed
-/// attempt, calls that have no working link fail at once with its error
-/// for [`RECONNECT_PAUSE_MS`]. A client leaving never closes a link. A
-/// client's FLUSH goes to every link that answered its writes since its
-/// previous flush ([`NbdBackend`]).
-#[derive(Debug)]
-pub struct SharedUpstream {
-    addr: SocketAddr,
-    export: String,
-    pool: Rc<BufPool>,
-    /// The links, in the order calls fill them; a broken one stays until
-    /// the next link is opened.
-    links: RefCell<Vec<Rc<NbdUpstream>>>,
-    /// The last failed attempt to connect: when (monotonic ms) and why.
-    failed: RefCell<Option<(u64, String)>>,
-    /// One attempt to connect at a time; other calls wait for its outcome.
-    connecting: tokio::sync::Mutex<()>,
-    /// Links opened so far (each new link's generation).
-    connects: Cell<u64>,
-    /// [`RECONNECT_PAUSE_MS`], [`LINK_FILL`], [`LINKS_MAX`] (tests use
-    /// others).
-    reconnect_pause_ms: u64,
-    link_fill: usize,
-    links_max: usize,
-}
-
-impl SharedUpstream {
-    /// The links to `export` on the server at `addr`, none connected yet;
-    /// large write payloads go back to `pool` once sent.
-    #[must_use]
-    pub fn new(addr: SocketAddr, export: &str, pool: Rc<BufPool>) -> Rc<SharedUpstream> {
-        SharedUpstream::with_limits(addr, export, pool, RECONNECT_PAUSE_MS, LINK_FILL, LINKS_MAX)
-    }
-
-    fn with_limits(
-        addr: SocketAddr,
-        export: &str,
-        pool: Rc<BufPool>,
-        reconnect_pause_ms: u64,
-        link_fill: usize,
-        links_max: usize,
-    ) -> Rc<SharedUpstream> {
-        assert!(link_fill > 0);
-        assert!(links_max > 0);
-        Rc::new(SharedUpstream {
-            addr,
-            export: export.to_owned(),
-            pool,
-            links: RefCell::new(Vec::new()),
-            failed: RefCell::new(None),
-            connecting: tokio::sync::Mutex::new(()),
-            connects: Cell::new(0),
-            reconnect_pause_ms,
-            link_fill,
-            links_max,
-        })
-    }
-
-    /// A client connection's backend on these links: connects first if
-    /// there is no working link. Size and flags are the server's when the
-    /// link the call found (or opened) was negotiated.
-    pub async fn open(self: &Rc<Self>) -> io::Result<NbdBackend> {
-        let link = self.link().await?;
-        Ok(NbdBackend {
-            shared: self.clone(),
-            size: link.size,
-            flags: link.flags,
-            unflushed: RefCell::new(Vec::new()),
-            lost: Cell::new(false),
-            home: Cell::new(link.generation),
-        })
-    }
-
-    /// Links opened so far (1 once connected, more for more links and
-    /// after reconnects).
-    #[must_use]
-    pub fn connects(&self) -> u64 {
-        self.connects.get()
-    }
-
-    /// The link a call goes on now: the first working one with room, else
-    /// `None` if another may be opened, else the least loaded one.
-    fn pick(&self) -> Option<Rc<NbdUpstream>> {
-        let links = self.links.borrow();
-        let mut working = 0;
-        for link in links.iter().filter(|link| !link.is_broken()) {
-            working += 1;
-            if link.in_flight() < self.link_fill {
-                return Some(link.clone());
-            }
-        }
-        if working < self.links_max {
-            return None;
-        }
-        self.least_loaded()
-    }
-
-    /// The working link with the fewest calls in flight.
-    fn least_loaded(&self) -> Option<Rc<NbdUpstream>> {
-        self.links
-            .borrow()
-            .iter()
-            .filter(|link| !link.is_broken())
-            .min_by_key(|link| link.in_flight())
-            .cloned()
-    }
-
-    /// The link of `generation` if it still works.
-    fn working(&self, generation: u64) -> Option<Rc<NbdUpstream>> {
-        self.links
-            .borrow()
-            .iter()
-            .find(|link| link.generation == generation && !link.is_broken())
-            .cloned()
-    }
-
-    /// A working link for a call: one that has room, or a new one.
-    async fn link(&self) -> io::Result<Rc<NbdUpstream>> {
-        if let Some(link) = self.pick() {
-            return Ok(link);
-        }
-        let _one = self.connecting.lock().await;
-        // Another call may have connected while this one waited.
-        if let Some(link) = self.pick() {
-            return Ok(link);
-        }
-        if let Some((at_ms, why)) = &*self.failed.borrow() {
-            if monotonic_ms() < at_ms.saturating_add(self.reconnect_pause_ms) {
-                if let Some(link) = self.least_loaded() {
-                    return Ok(link);
-                }
-                return Err(io::Error::new(
-                    io::ErrorKind::NotConnected,
-                    format!("upstream NBD server {}: {why}", self.addr),
-                ));
-            }
-        }
-        // Broken links' calls have all failed: dropping them (once those
-        // calls let go) cancels their tasks and closes their sockets.
-        self.links.borrow_mut().retain(|link| {
-            let why = link.mux.state.borrow().broken.clone();
-            if let Some(why) = &why {
-                warn!(addr = %self.addr, export = %self.export, reason = %why, "upstream NBD link failed");
-            }
-            why.is_none()
-        });
-        let connect = NbdUpstream::connect(self.addr, &self.export, self.pool.clone());
-        let result = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
-            Ok(result) => result,
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("no NBD negotiation within {} s", CONNECT_TIMEOUT.as_secs()),
-            )),
-        };
-        match result {
-            Ok(mut link) => {
-                let generation = self.connects.get() + 1;
-                self.connects.set(generation);
-                link.generation = generation;
-                let link = Rc::new(link);
-                self.links.borrow_mut().push(link.clone());
-                *self.failed.borrow_mut() = None;
-                info!(addr = %self.addr, export = %self.export, size = link.size, generation, "upstream NBD link open");
-                Ok(link)
-            }
-            Err(e) => {
-                *self.failed.borrow_mut() = Some((monotonic_ms(), e.to_string()));
-                // A busy export still has its other links.
-                if let Some(link) = self.least_loaded() {
-                    return Ok(link);
-                }
-                Err(e)
-            }
-        }
-    }
-}
-
-/// One client connection's handle on its export's [`SharedUpstream`]:
-/// each call goes out on the link [`SharedUpstream`] picks when it is made.
-///
-/// A FLUSH goes to every link that answered this client's writes (without
-/// FUA) since its previous flush was sent (to the first link if none did),
-/// and succeeds once all of them flushed: the server's flush covers the
-/// writes it answered on that link, a superset of this client's. If one of
-/// those links failed since, the flush fails with an error (`EIO` for the
-/// client) even though the others succeeded: writes answered there may not
-/// be durable, and the client must hear it, once (as it would have with a
-/// link of its own, whose failure failed every later call).
-#[derive(Debug)]
-pub struct NbdBackend {
-    shared: Rc<SharedUpstream>,
-    size: u64,
-    flags: u16,
-    /// Generations of the links that answered this client's writes since
-    /// its last flush was sent.
-    unflushed: RefCell<Vec<u64>>,
-    /// Writes answered on a link that failed before a flush covered them:
-    /// the next flush fails.
-    lost: Cell<bool>,
-    /// Generation of the link this client's last call went on: its next
-    /// call goes there too while that link has room, so a client's burst
-    /// of requests stays on one link (one `send`) instead of trickling
-    /// into whichever link has a free slot.
-    home: Cell<u64>,
-}
-
-impl NbdBackend {
-    async fn call(
-        &self,
-        command: u16,
-        flags: u16,
-        offset: u64,
-        len: u32,
-        payload: Vec<u8>,
-    ) -> io::Result<Vec<u8>> {
-        if command == NBD_CMD_FLUSH {
-            return self.flush().await.map(|()| Vec::new());
-        }
-        let link = self.link().await?;
-        let result = link.call(command, flags, offset, len, payload).await;
-        let write_like = matches!(command, NBD_CMD_WRITE | NBD_CMD_TRIM | NBD_CMD_WRITE_ZEROES);
-        if write_like && flags & NBD_CMD_FLAG_FUA == 0 && result.is_ok() {
-            self.answered_write(link.generation);
-        }
-        result
-    }
-
-    /// The link for this client's next call: its home link while that
-    /// works and has room, else the one [`SharedUpstream`] picks (the new
-    /// home).
-    async fn link(&self) -> io::Result<Rc<NbdUpstream>> {
-        if let Some(link) = self.shared.working(self.home.get()) {
-            if link.in_flight() < self.shared.link_fill {
-                return Ok(link);
-            }
-        }
-        let link = self.shared.link().await?;
-        self.home.set(link.generation);
-        Ok(link)
-    }
-
-    /// A write (not FUA) was answered on the link of `generation`.
-    fn answered_write(&self, generation: u64) {
-        let mut unflushed = self.unflushed.borrow_mut();
-        if !unflushed.contains(&generation) {
-            unflushed.push(generation);
-        }
-    }
-
-    async fn flush(&self) -> io::Result<()> {
-        // What this flush must cover, taken when it is sent: writes
-        // answered later are the next flush's.
-        let unflushed = std::mem::take(&mut *self.unflushed.borrow_mut());
-        let mut lost = self.lost.replace(false);
-        let mut targets = Vec::new();
-        for &generation in &unflushed {
-            match self.shared.working(generation) {
-                Some(link) => targets.push(link),
-                None => lost = true,
-            }
-        }
-        let mut failure = None;
-        if targets.is_empty() {
-            match self.shared.link().await {
-                Ok(link) => targets.push(link),
-                Err(e) => failure = Some(e),
-            }
-        }
-        for link in targets {
-            if let Err(e) = link.call(NBD_CMD_FLUSH, 0, 0, 0, Vec::new()).await {
-                failure.get_or_insert(e);
-            }
-        }
-        if let Some(e) = failure {
-            // Not flushed: the next flush must cover them again.
-            self.lost.set(self.lost.get() || lost);
-            for generation in unflushed {
-                self.answered_write(generation);
-            }
-            return Err(e);
-        }
-        if lost {
-            return Err(io::Error::other(
-                "an upstream NBD link failed after answering writes of this connection: they may not be durable",
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -794,6 +447,8 @@ struct MuxState {
     pending: HashMap<u64, Pending>,
     /// Why the connection cannot be used any more; calls fail at once.
     broken: Option<String>,
+    /// A goodbye is queued: the sender stops once it is written.
+    closing: bool,
     /// Writes the sender handed to the socket (each a batch of requests or
     /// a large payload): what batching saves shows here.
     writes: u64,
@@ -889,22 +544,26 @@ fn encode_request(
 }
 
 /// The sender task: writes whatever is queued, small requests batched in
-/// one write, until the connection fails (or the link is dropped).
+/// one write, until a goodbye went out or the connection failed.
 async fn send_requests(mux: Rc<Mux>, mut output: WriteHalf) {
     let mut spare = Vec::new();
     loop {
-        let next = {
+        let (next, closing) = {
             let mut state = mux.state.borrow_mut();
-            match state.queued.pop_front() {
+            let next = match state.queued.pop_front() {
                 Some(chunk) => Some(chunk),
                 None if !state.send_buf.is_empty() => Some(Chunk::Batch(std::mem::replace(
                     &mut state.send_buf,
                     std::mem::take(&mut spare),
                 ))),
                 None => None,
-            }
+            };
+            (next, state.closing)
         };
         let Some(chunk) = next else {
+            if closing {
+                return;
+            }
             mux.send_ready.wait().await;
             continue;
         };
@@ -1079,10 +738,9 @@ impl NbdUpstream {
         Ok(NbdUpstream {
             size,
             flags: tflags,
-            generation: 0,
             mux,
-            _sender: sender,
-            _receiver: receiver,
+            sender,
+            receiver,
         })
     }
 
@@ -1156,6 +814,24 @@ impl NbdUpstream {
         })
         .await
     }
+
+    /// Says goodbye to the upstream server. Call when no call is running.
+    pub async fn disconnect(self) {
+        {
+            let mut state = self.mux.state.borrow_mut();
+            if state.broken.is_none() {
+                encode_request(&mut state.send_buf, NBD_CMD_DISC, 0, 0, 0, 0, &[]);
+            }
+            state.closing = true;
+        }
+        self.mux.send_ready.notify();
+        // The goodbye is written, or the server stopped reading: either
+        // way dropping the tasks (which cancels them) closes the socket.
+        let mut sender = self.sender;
+        let _ = tokio::time::timeout(DISCONNECT_WAIT, &mut sender.0).await;
+        drop(sender);
+        drop(self.receiver);
+    }
 }
 
 #[cfg(test)]
@@ -1200,92 +876,67 @@ mod tests {
         });
     }
 
-    /// The server's side of the negotiation: one export of `size` bytes.
-    fn fake_negotiate(s: &mut std::net::TcpStream, size: u64) {
-        let mut greeting = Vec::new();
-        greeting.extend_from_slice(&NBDMAGIC.to_be_bytes());
-        greeting.extend_from_slice(&IHAVEOPT.to_be_bytes());
-        greeting.extend_from_slice(&NBD_FLAG_FIXED_NEWSTYLE.to_be_bytes());
-        s.write_all(&greeting).expect("greeting");
-        let mut client_flags = [0u8; 4];
-        s.read_exact(&mut client_flags).expect("client flags");
-        let mut head = [0u8; 16];
-        s.read_exact(&mut head).expect("option header");
-        let len = u32::from_be_bytes(head[12..16].try_into().expect("4"));
-        let mut data = vec![0u8; len as usize];
-        s.read_exact(&mut data).expect("option data");
-        let option_reply = |s: &mut std::net::TcpStream, kind: u32, data: &[u8]| {
-            let mut out = Vec::new();
-            out.extend_from_slice(&OPT_REPLY_MAGIC.to_be_bytes());
-            out.extend_from_slice(&NBD_OPT_GO.to_be_bytes());
-            out.extend_from_slice(&kind.to_be_bytes());
-            out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-            out.extend_from_slice(data);
-            s.write_all(&out).expect("option reply");
-        };
-        let mut info = Vec::new();
-        info.extend_from_slice(&NBD_INFO_EXPORT.to_be_bytes());
-        info.extend_from_slice(&size.to_be_bytes());
-        info.extend_from_slice(&NBD_FLAG_SEND_TRIM.to_be_bytes());
-        option_reply(s, NBD_REP_INFO, &info);
-        option_reply(s, NBD_REP_ACK, &[]);
-    }
-
-    /// Reads one request (and a WRITE's payload); `None` at the end of
-    /// the stream or a goodbye. Returns the command and cookie.
-    fn fake_request(s: &mut std::net::TcpStream) -> Option<(u16, [u8; 8])> {
-        let mut request = [0u8; 28];
-        s.read_exact(&mut request).ok()?;
-        let command = u16::from_be_bytes([request[6], request[7]]);
-        let cookie: [u8; 8] = request[8..16].try_into().expect("8");
-        let len = u32::from_be_bytes(request[24..28].try_into().expect("4"));
-        if command == NBD_CMD_DISC {
-            return None;
-        }
-        if command == NBD_CMD_WRITE {
-            let mut payload = vec![0u8; len as usize];
-            s.read_exact(&mut payload).ok()?;
-        }
-        Some((command, cookie))
-    }
-
-    /// Answers every request with success until the client leaves; returns
-    /// how many it answered.
-    fn fake_answer_all(s: &mut std::net::TcpStream) -> usize {
-        let mut answered = 0;
-        while let Some((_, cookie)) = fake_request(s) {
-            let mut reply = Vec::new();
-            reply.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
-            reply.extend_from_slice(&0u32.to_be_bytes());
-            reply.extend_from_slice(&cookie);
-            if s.write_all(&reply).is_err() {
-                break;
-            }
-            answered += 1;
-        }
-        answered
-    }
-
     /// A minimal upstream NBD server on a thread: negotiates one export of
-    /// `size` bytes on one connection, then answers every request it reads
-    /// (writes and flushes with success), and returns how many requests it
-    /// answered once the client leaves.
+    /// `size` bytes, then answers every request it reads (writes and
+    /// flushes with success), and returns how many requests it answered
+    /// once the client says goodbye.
     fn fake_upstream(size: u64) -> (SocketAddr, std::thread::JoinHandle<usize>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         let server = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().expect("accept");
-            fake_negotiate(&mut s, size);
-            fake_answer_all(&mut s)
+            let mut greeting = Vec::new();
+            greeting.extend_from_slice(&NBDMAGIC.to_be_bytes());
+            greeting.extend_from_slice(&IHAVEOPT.to_be_bytes());
+            greeting.extend_from_slice(&NBD_FLAG_FIXED_NEWSTYLE.to_be_bytes());
+            s.write_all(&greeting).expect("greeting");
+            let mut client_flags = [0u8; 4];
+            s.read_exact(&mut client_flags).expect("client flags");
+            let mut head = [0u8; 16];
+            s.read_exact(&mut head).expect("option header");
+            let len = u32::from_be_bytes(head[12..16].try_into().expect("4"));
+            let mut data = vec![0u8; len as usize];
+            s.read_exact(&mut data).expect("option data");
+            let option_reply = |s: &mut std::net::TcpStream, kind: u32, data: &[u8]| {
+                let mut out = Vec::new();
+                out.extend_from_slice(&OPT_REPLY_MAGIC.to_be_bytes());
+                out.extend_from_slice(&NBD_OPT_GO.to_be_bytes());
+                out.extend_from_slice(&kind.to_be_bytes());
+                out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+                out.extend_from_slice(data);
+                s.write_all(&out).expect("option reply");
+            };
+            let mut info = Vec::new();
+            info.extend_from_slice(&NBD_INFO_EXPORT.to_be_bytes());
+            info.extend_from_slice(&size.to_be_bytes());
+            info.extend_from_slice(&NBD_FLAG_SEND_TRIM.to_be_bytes());
+            option_reply(&mut s, NBD_REP_INFO, &info);
+            option_reply(&mut s, NBD_REP_ACK, &[]);
+            let mut answered = 0;
+            loop {
+                let mut request = [0u8; 28];
+                if s.read_exact(&mut request).is_err() {
+                    return answered;
+                }
+                let command = u16::from_be_bytes([request[6], request[7]]);
+                let cookie = &request[8..16];
+                let len = u32::from_be_bytes(request[24..28].try_into().expect("4"));
+                if command == NBD_CMD_DISC {
+                    return answered;
+                }
+                if command == NBD_CMD_WRITE {
+                    let mut payload = vec![0u8; len as usize];
+                    s.read_exact(&mut payload).expect("payload");
+                }
+                let mut reply = Vec::new();
+                reply.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+                reply.extend_from_slice(&0u32.to_be_bytes());
+                reply.extend_from_slice(cookie);
+                s.write_all(&reply).expect("reply");
+                answered += 1;
+            }
         });
         (addr, server)
-    }
-
-    fn local_runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
     }
 
     /// Calls started in one turn of the event loop go to the upstream
@@ -1294,7 +945,11 @@ mod tests {
     fn requests_ready_together_go_out_in_one_write() {
         const CALLS: usize = 8;
         let (addr, server) = fake_upstream(1 << 20);
-        let writes = tokio::task::LocalSet::new().block_on(&local_runtime(), async move {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let writes = tokio::task::LocalSet::new().block_on(&runtime, async move {
             let pool = Rc::new(BufPool::default());
             let upstream = Rc::new(
                 NbdUpstream::connect(addr, "disk", pool)
@@ -1319,235 +974,11 @@ mod tests {
                 call.await.expect("task ran").expect("write answered");
             }
             let writes = upstream.mux.state.borrow().writes;
-            // Dropping the link closes its socket: the server sees the end.
-            drop(upstream);
+            let upstream = Rc::try_unwrap(upstream).expect("the calls are done");
+            upstream.disconnect().await;
             writes
         });
         assert_eq!(server.join().expect("fake upstream"), CALLS);
         assert_eq!(writes, 1, "{CALLS} ready requests took {writes} writes");
-    }
-
-    /// Client connections of one export share one upstream link: their
-    /// requests ready in the same turn go out in one write, and one client
-    /// leaving (its backend dropped) leaves the link to the others.
-    #[test]
-    fn backends_of_one_export_share_one_link_that_outlives_a_client() {
-        let (addr, server) = fake_upstream(1 << 20);
-        tokio::task::LocalSet::new().block_on(&local_runtime(), async move {
-            let shared = SharedUpstream::new(addr, "disk", Rc::new(BufPool::default()));
-            let clients: Vec<Rc<Backend>> = vec![
-                Rc::new(Backend::Nbd(shared.open().await.expect("first client"))),
-                Rc::new(Backend::Nbd(shared.open().await.expect("second client"))),
-            ];
-            assert_eq!(clients[0].size(), 1 << 20);
-            let calls: Vec<_> = (0..8u64)
-                .map(|i| {
-                    let client = clients[(i % 2) as usize].clone();
-                    tokio::task::spawn_local(async move {
-                        client.write(i * 4096, vec![1; 4096], false).await
-                    })
-                })
-                .collect();
-            for call in calls {
-                call.await.expect("task ran").expect("write answered");
-            }
-            let link = shared.working(1).expect("the link works");
-            assert_eq!(
-                link.mux.state.borrow().writes,
-                1,
-                "both clients' writes in one send"
-            );
-            drop(link);
-            // The first client leaves; the second goes on on the same link.
-            let mut clients = clients.into_iter();
-            drop(clients.next());
-            let second = clients.next().expect("second client");
-            second.flush().await.expect("flush on the shared link");
-            second
-                .write(0, vec![2; 4096], true)
-                .await
-                .expect("write after the other left");
-            assert_eq!(shared.connects(), 1, "one link for the export");
-            drop(second);
-            drop(shared);
-        });
-        assert_eq!(server.join().expect("fake upstream"), 10);
-    }
-
-    /// When the shared link fails, the calls in flight of every client
-    /// fail with it; the next call opens a new link and works. A client
-    /// whose write was answered on the failed link hears it at its next
-    /// flush (once); the other client's flush succeeds.
-    #[test]
-    fn a_failed_link_fails_every_clients_calls_and_the_next_call_reconnects() {
-        const IN_FLIGHT: usize = 4;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (read_all, all_read) = std::sync::mpsc::channel::<()>();
-        let server = std::thread::spawn(move || {
-            // First link: answer one write, then read the calls in flight,
-            // answer none, and close.
-            let (mut s, _) = listener.accept().expect("first accept");
-            fake_negotiate(&mut s, 1 << 20);
-            let (_, cookie) = fake_request(&mut s).expect("the first write");
-            let mut reply = Vec::new();
-            reply.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
-            reply.extend_from_slice(&0u32.to_be_bytes());
-            reply.extend_from_slice(&cookie);
-            s.write_all(&reply).expect("reply");
-            for _ in 0..IN_FLIGHT {
-                fake_request(&mut s).expect("a request in flight");
-            }
-            read_all.send(()).expect("tell the test");
-            drop(s);
-            // Second link: answer everything.
-            let (mut s, _) = listener.accept().expect("second accept");
-            fake_negotiate(&mut s, 1 << 20);
-            fake_answer_all(&mut s)
-        });
-        tokio::task::LocalSet::new().block_on(&local_runtime(), async move {
-            let shared = SharedUpstream::new(addr, "disk", Rc::new(BufPool::default()));
-            let clients = [
-                Rc::new(Backend::Nbd(shared.open().await.expect("first client"))),
-                Rc::new(Backend::Nbd(shared.open().await.expect("second client"))),
-            ];
-            clients[0]
-                .write(0, vec![2; 4096], false)
-                .await
-                .expect("answered on the first link");
-            let calls: Vec<_> = (0..IN_FLIGHT)
-                .map(|i| {
-                    let client = clients[i % 2].clone();
-                    tokio::task::spawn_local(async move {
-                        client.write(i as u64 * 4096, vec![3; 4096], false).await
-                    })
-                })
-                .collect();
-            for call in calls {
-                let err = call
-                    .await
-                    .expect("task ran")
-                    .expect_err("the link failed under it");
-                assert_eq!(err.kind(), io::ErrorKind::BrokenPipe, "{err}");
-            }
-            all_read.recv().expect("the server read every call");
-            // Both clients go on, on a new link.
-            clients[0]
-                .write(0, vec![4; 4096], false)
-                .await
-                .expect("reconnected");
-            let lost = clients[0]
-                .flush()
-                .await
-                .expect_err("a write was answered on the lost link");
-            assert_eq!(lost.kind(), io::ErrorKind::Other, "{lost}");
-            clients[0].flush().await.expect("reported once");
-            clients[1]
-                .flush()
-                .await
-                .expect("none of its writes was answered");
-            assert_eq!(shared.connects(), 2);
-            drop(clients);
-            drop(shared);
-        });
-        assert_eq!(server.join().expect("fake upstream"), 4);
-    }
-
-    /// A server that is gone: the call that finds the link broken tries
-    /// once, and calls right after fail at once with that error.
-    #[test]
-    fn a_failed_reconnect_is_reported_and_not_retried_at_once() {
-        let (addr, server) = fake_upstream(1 << 20);
-        tokio::task::LocalSet::new().block_on(&local_runtime(), async move {
-            // A pause no test run outlasts: the second call is inside it.
-            let hour_ms = 3_600_000;
-            let pool = Rc::new(BufPool::default());
-            let shared =
-                SharedUpstream::with_limits(addr, "disk", pool, hour_ms, LINK_FILL, LINKS_MAX);
-            let client = Backend::Nbd(shared.open().await.expect("client"));
-            client.flush().await.expect("the server answers");
-            // The server leaves when the link closes; nobody listens any more.
-            shared.links.borrow_mut().clear();
-            let answered = tokio::task::spawn_blocking(move || server.join())
-                .await
-                .expect("joined")
-                .expect("fake upstream");
-            assert_eq!(answered, 1);
-            let err = client.flush().await.expect_err("nobody listens");
-            assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
-            let err = client.flush().await.expect_err("within the pause");
-            assert_eq!(err.kind(), io::ErrorKind::NotConnected, "{err}");
-            assert_eq!(shared.connects(), 1);
-        });
-    }
-
-    /// More calls in flight than a link takes open another link; a flush
-    /// then goes to every link that answered the client's writes.
-    #[test]
-    fn a_busy_export_opens_another_link_and_a_flush_goes_to_each() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        // Each connection: (writes, flushes) it answered.
-        let server = std::thread::spawn(move || {
-            let links: Vec<_> = (0..2)
-                .map(|_| {
-                    let (mut s, _) = listener.accept().expect("accept");
-                    std::thread::spawn(move || {
-                        fake_negotiate(&mut s, 1 << 20);
-                        let (mut writes, mut flushes) = (0, 0);
-                        while let Some((command, cookie)) = fake_request(&mut s) {
-                            match command {
-                                NBD_CMD_WRITE => writes += 1,
-                                NBD_CMD_FLUSH => flushes += 1,
-                                _ => {}
-                            }
-                            let mut reply = Vec::new();
-                            reply.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
-                            reply.extend_from_slice(&0u32.to_be_bytes());
-                            reply.extend_from_slice(&cookie);
-                            if s.write_all(&reply).is_err() {
-                                break;
-                            }
-                        }
-                        (writes, flushes)
-                    })
-                })
-                .collect();
-            links
-                .into_iter()
-                .map(|link| link.join().expect("link thread"))
-                .collect::<Vec<_>>()
-        });
-        tokio::task::LocalSet::new().block_on(&local_runtime(), async move {
-            // Two calls fill a link; two links at most.
-            let pool = Rc::new(BufPool::default());
-            let shared = SharedUpstream::with_limits(addr, "disk", pool, 1_000, 2, 2);
-            let client = Rc::new(Backend::Nbd(shared.open().await.expect("client")));
-            let calls: Vec<_> = (0..4u64)
-                .map(|i| {
-                    let client = client.clone();
-                    tokio::task::spawn_local(async move {
-                        client.write(i * 4096, vec![5; 4096], false).await
-                    })
-                })
-                .collect();
-            for call in calls {
-                call.await.expect("task ran").expect("write answered");
-            }
-            assert_eq!(shared.connects(), 2, "the third call opened a second link");
-            client.flush().await.expect("both links flushed");
-            drop(client);
-            drop(shared);
-        });
-        // The fourth call goes on whichever link has room when it asks.
-        let seen = server.join().expect("fake upstream");
-        assert_eq!(seen.iter().map(|(writes, _)| writes).sum::<usize>(), 4);
-        for (writes, flushes) in seen {
-            assert!(writes >= 1, "each link carried a write");
-            assert_eq!(
-                flushes, 1,
-                "each link that answered a write was flushed once"
-            );
-        }
     }
 }

@@ -78,7 +78,9 @@ pub(super) async fn serve(stream: TcpStream, exports: Rc<Exports>) -> io::Result
                     let answer = match answer {
                         Ok((info, binding)) => {
                             if let Some(binding) = binding {
-                                bound = Some(binding);
+                                if let Some(old) = bound.replace(binding) {
+                                    old.backend.close().await;
+                                }
                             }
                             Ok(info)
                         }
@@ -195,9 +197,11 @@ async fn select(
                 backend,
             }),
         )),
-        // INFO, or a GO that failed: an upstream backend's link stays
-        // open for the export's other connections.
-        _ => Ok((info, None)),
+        Some(backend) => {
+            backend.close().await;
+            Ok((info, None))
+        }
+        None => Ok((info, None)),
     }
 }
 
@@ -217,12 +221,8 @@ async fn open_backend(exports: &Exports, export: &ExportRt) -> io::Result<Backen
                 exports.file_io.clone(),
             )))
         }
-        BackendSpec::Nbd { .. } => {
-            let upstream = export
-                .upstream
-                .as_ref()
-                .expect("upstream links are made at start");
-            Ok(Backend::Nbd(upstream.open().await?))
+        BackendSpec::Nbd { addr, export: name } => {
+            Ok(Backend::Nbd(NbdUpstream::connect(*addr, name, pool).await?))
         }
     }
 }

@@ -70,7 +70,7 @@ use palisade_host::clock::monotonic_ms;
 use palisade_host::heartbeat::{stall_if_armed, HEARTBEAT_PERIOD};
 
 use crate::admission::{Admission, Confirmation, Durable, Step};
-use crate::backend::{Backend, FileBackend, SharedUpstream};
+use crate::backend::{Backend, FileBackend, NbdUpstream};
 use crate::config::{BackendSpec, Export, ProxyConfig};
 use crate::duplex::{split, ReadHalf, Signal, WriteHalf};
 use crate::failpoints::Failpoints;
@@ -207,9 +207,6 @@ struct ExportRt {
     file_size: Option<u64>,
     /// The file backend's export-wide handle (opened at start).
     shared_file: Option<Arc<std::fs::File>>,
-    /// The upstream backend's link, shared by the export's connections
-    /// (opened by the first handshake that needs it).
-    upstream: Option<Rc<SharedUpstream>>,
     cell: Arc<FenceCell>,
     /// The order of writes around a fence change (S3).
     admission: RefCell<Admission>,
@@ -406,17 +403,10 @@ pub fn run(
         })?),
         None => None,
     };
-    let pool = Rc::new(BufPool::default());
     let mut by_name = HashMap::new();
     let mut names = Vec::new();
     for p in prepared {
         names.push(p.config.name.clone());
-        let upstream = match &p.backend {
-            BackendSpec::Nbd { addr, export } => {
-                Some(SharedUpstream::new(*addr, export, pool.clone()))
-            }
-            BackendSpec::File { .. } => None,
-        };
         by_name.insert(
             p.config.name.clone(),
             Rc::new(ExportRt {
@@ -425,7 +415,6 @@ pub fn run(
                 backend: p.backend,
                 file_size: p.file_size,
                 shared_file: p.shared_file,
-                upstream,
                 cell: p.cell,
                 unconfirmed_log: RefCell::new(LogEvery::new(LOG_INTERVAL_MS)),
             }),
@@ -439,7 +428,7 @@ pub fn run(
         limits,
         write_delay,
         nbd: nbd::Config::default(),
-        pool,
+        pool: Rc::new(BufPool::default()),
         file_io: file_io.handle().clone(),
     });
     tokio::task::LocalSet::new().block_on(&runtime, async move {

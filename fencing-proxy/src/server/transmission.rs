@@ -147,14 +147,18 @@ pub(super) async fn transmission(
     let idle_reason = format!("no request for {} ms ({idle_key})", millis(idle));
     let read = read_requests(&conn, &mut tx, input, millis(idle), &idle_reason).await;
     // Every request taken in is answered before the connection closes
-    // (NBD wants that after a disconnect). The backend needs no closing: a
-    // file export's handle and an upstream export's link are the export's,
-    // and stay for its other connections.
+    // (NBD wants that after a disconnect), and the backend closes only once
+    // no request uses it.
     conn.outbox.borrow_mut().closing = true;
     conn.replies_ready.notify();
     let written = writer
         .await
         .unwrap_or_else(|e| Err(io::Error::other(format!("reply writer: {e}"))));
+    // Every task queued its reply and ended, so this is the last handle;
+    // if not, the backend closes when the last one goes (without a goodbye).
+    if let Ok(conn) = Rc::try_unwrap(conn) {
+        conn.backend.close().await;
+    }
     read.and(written)
 }
 
