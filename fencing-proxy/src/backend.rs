@@ -18,9 +18,8 @@
 //! (bench/results/proxy-upstream/): about 5 % more writes/s at 4 in flight
 //! and 5 % fewer at 16 (qemu-nbd spent more CPU per write behind one link,
 //! likely because its server takes a bounded number of requests, 16, of
-//! one connection at a time),
-//! for reconnect and per-link flush rules that a link of one's own does
-//! not need.
+//! one connection at a time), for reconnect and per-link flush rules that
+//! a link of one's own does not need.
 //!
 //! Why the file's I/O runs on threads, even a 4 KiB write that the page
 //! cache takes in microseconds: a file operation can block for as long as
