@@ -21,7 +21,12 @@
 # Needs qemu-utils (qemu-nbd, qemu-img) and bc. Usage:
 #   bench/scripts/proxy-overhead.sh [connections, default 4] [seconds per target per round, default 3]
 #       [rounds, default 5] [depths, default "1 4 16"]
+# CARGO_TARGET_DIR is honoured (the binaries are taken from it).
 # PROXY_BIN=path runs another build of the proxy instead of this one.
+# SETTLE=1 fsyncs the image before each target's turn (untimed), so no
+# target runs during the writeback of what the target before it wrote
+# (proxy-upstream otherwise always follows proxy-file, whose tens of
+# thousands of writes a second leave dirty pages behind).
 # BASELINE_PROXY_BIN=path also runs that build, as targets base-file and
 # base-upstream in the same rounds (a before/after comparison in one run).
 set -euo pipefail
@@ -37,7 +42,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$wo
 command -v qemu-nbd >/dev/null || { echo "qemu-nbd missing: apt-get install qemu-utils" >&2; exit 1; }
 cargo build --release --locked -p palisade-control -p palisade-fencing-proxy
 cargo build --release --locked -p palisade-fencing-proxy --example nbd_pipeline_bench
-bin=target/release
+bin=${CARGO_TARGET_DIR:-target}/release
 load=$bin/examples/nbd_pipeline_bench
 proxy_bin=${PROXY_BIN:-$bin/palisade-fencing-proxy}
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
@@ -97,9 +102,11 @@ if [ -n "${base_port:-}" ]; then
 fi
 
 echo "== proxy: $proxy_bin"
+if [ -n "${SETTLE:-}" ]; then echo "== SETTLE: the image is fsynced before each target's turn"; fi
 for depth in $depths; do
     echo
     "$load" --connections "$connections" --depth "$depth" --seconds "$seconds" --rounds "$rounds" \
+        ${SETTLE:+--settle "$work/disk.img"} \
         "direct=127.0.0.1:$nbd_port/up" \
         "proxy-file=127.0.0.1:$proxy_port/file@$t_file" \
         "proxy-upstream=127.0.0.1:$proxy_port/upstream@$t_up" "${baseline[@]}"

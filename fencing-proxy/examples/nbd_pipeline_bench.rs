@@ -17,6 +17,11 @@
 //! and median over rounds, and each target's ratios to the first target
 //! in the same round (median over rounds).
 //!
+//! With `--settle FILE`, FILE (the image every target writes) is fsynced
+//! before each target's turn, untimed: no target then runs while the
+//! kernel writes back the dirty pages the one before it left (after a
+//! file-backed proxy target, tens of thousands of writes a second).
+//!
 //! The client speaks fixed newstyle, `NBD_OPT_GO`, simple replies. It
 //! checks every reply: magic, error, and that its cookie is in flight.
 
@@ -41,11 +46,12 @@ struct Args {
     seconds: f64,
     rounds: usize,
     block: u32,
+    settle: Option<String>,
     targets: Vec<(String, String, String)>,
 }
 
 fn usage() -> String {
-    "usage: nbd_pipeline_bench [--connections N] [--depth D] [--seconds S] [--rounds R] [--block BYTES] LABEL=HOST:PORT/EXPORT..."
+    "usage: nbd_pipeline_bench [--connections N] [--depth D] [--seconds S] [--rounds R] [--block BYTES] [--settle FILE] LABEL=HOST:PORT/EXPORT..."
         .into()
 }
 
@@ -56,6 +62,7 @@ fn parse_args() -> Result<Args> {
         seconds: 3.0,
         rounds: 3,
         block: 4096,
+        settle: None,
         targets: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -68,6 +75,7 @@ fn parse_args() -> Result<Args> {
             "--seconds" => args.seconds = number(value("--seconds")?)?,
             "--rounds" => args.rounds = number(value("--rounds")?)? as usize,
             "--block" => args.block = number(value("--block")?)? as u32,
+            "--settle" => args.settle = Some(value("--settle")?),
             "-h" | "--help" => return Err(usage()),
             target => {
                 let (label, rest) = target.split_once('=').ok_or_else(usage)?;
@@ -290,6 +298,12 @@ fn main() {
     for round in 0..args.rounds {
         for (i, target) in args.targets.iter().enumerate() {
             let seed = (round * 31 + i) as u64 * 1000 + 7;
+            if let Some(path) = &args.settle {
+                if let Err(e) = std::fs::File::open(path).and_then(|f| f.sync_all()) {
+                    eprintln!("--settle {path}: {e}");
+                    std::process::exit(1);
+                }
+            }
             match measure(&args, target, seed) {
                 Ok(r) => {
                     println!(
