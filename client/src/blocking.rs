@@ -27,7 +27,7 @@ use crate::failover::{
     Endpoints, Next, Retry, ATTEMPT_TIMEOUT_DEFAULT,
 };
 use crate::handshake::{Handshake, Identity, Step};
-use crate::lease::{valid_until, AcquireOutcome, Lease, TokenOutcome};
+use crate::lease::{granted_valid_until, valid_until, AcquireOutcome, Lease, TokenOutcome};
 use crate::watch::{WatchEvent, WatchStep, WatchTracker};
 use crate::ClientError;
 use palisade_host::clock::boottime_ms;
@@ -1120,9 +1120,9 @@ pub(crate) fn acquire_outcome(
             token,
             ttl_ms,
             holder: options.holder,
-            // A waited grant started when the server granted it, which is
-            // later than our send time: counting from send time is safe.
-            valid_until_ms: valid_until(send_ms, ttl_ms, max_drift_ppm),
+            // A waited grant started when the server granted it, at least
+            // `waited_ms − 1` after our send time (see the function).
+            valid_until_ms: granted_valid_until(send_ms, ttl_ms, waited_ms, max_drift_ppm),
             waited_ms,
         })),
         Response::Busy {

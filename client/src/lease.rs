@@ -63,8 +63,26 @@ pub const SERVER_CLOCK_GRANULARITY_MS: u64 = 1;
 /// rounded down; never before `send_ms`.
 #[must_use]
 pub fn valid_until(send_ms: u64, ttl_ms: u32, max_drift_ppm: u32) -> u64 {
+    shortened_end(send_ms, u64::from(ttl_ms), max_drift_ppm)
+}
+
+/// A `Granted` answer's validity: [`valid_until`] with the time the acquire
+/// waited in the server's queue counted in, less one millisecond for the
+/// server's whole-millisecond clock (`waited_ms` is the difference of two
+/// rounded-down readings, so the wait lasted more than `waited_ms − 1`):
+/// `send_ms + (ttl + waited − 1) × (1 − drift) − 1 ms`. The lease began no
+/// earlier than the grant, which came that long after the request arrived,
+/// which was after `send_ms`. Without the wait counted in, an acquire that
+/// waited longer than its ttl would be invalid on arrival.
+#[must_use]
+pub fn granted_valid_until(send_ms: u64, ttl_ms: u32, waited_ms: u32, max_drift_ppm: u32) -> u64 {
+    let waited = u64::from(waited_ms).saturating_sub(SERVER_CLOCK_GRANULARITY_MS);
+    shortened_end(send_ms, u64::from(ttl_ms) + waited, max_drift_ppm)
+}
+
+fn shortened_end(send_ms: u64, span_ms: u64, max_drift_ppm: u32) -> u64 {
     let ppm = u64::from(max_drift_ppm.min(1_000_000));
-    let shortened = u64::from(ttl_ms) * (1_000_000 - ppm) / 1_000_000;
+    let shortened = span_ms * (1_000_000 - ppm) / 1_000_000;
     send_ms + shortened.saturating_sub(SERVER_CLOCK_GRANULARITY_MS)
 }
 
@@ -117,6 +135,23 @@ mod tests {
         assert_eq!(valid_until(1_000, 10_000, 10_000), 10_899);
         assert_eq!(valid_until(0, 1, 10_000), 0);
         assert_eq!(valid_until(5, 1, 0), 5);
+    }
+
+    #[test]
+    fn a_waited_grant_counts_its_wait_less_a_millisecond() {
+        // No wait: the same as a renewal's.
+        assert_eq!(granted_valid_until(1_000, 10_000, 0, 10_000), 10_899);
+        assert_eq!(granted_valid_until(1_000, 10_000, 1, 10_000), 10_899);
+        // Waited 20 s for a 3 s lease: valid 3 s after the grant, not
+        // already over: 1 000 + (3 000 + 19 999) × 0.99 − 1.
+        assert_eq!(granted_valid_until(1_000, 3_000, 20_000, 10_000), 23_768);
+        assert!(granted_valid_until(1_000, 3_000, 20_000, 0) > 1_000 + 20_000);
+        // Never before the server's expiry: it starts at the grant (more
+        // than waited − 1 after send) and lasts the ttl.
+        for (ttl, waited, ppm) in [(1, 1, 0), (10, 2, 0), (1_000, 5_000, 999_999)] {
+            let server_end = 1_000 + u64::from(waited) - 1 + u64::from(ttl);
+            assert!(granted_valid_until(1_000, ttl, waited, ppm) <= server_end);
+        }
     }
 
     /// The case the cluster test `clocks_drifting_within_the_bound_keep_

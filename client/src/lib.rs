@@ -88,6 +88,6 @@ pub use hold::{AsyncHold, Hold};
 pub use keepalive::{
     keep_alive, KeepAlive, KeepAliveThread, LeaseEvent, LossReason, RENEW_FRACTION,
 };
-pub use lease::{valid_until, AcquireOutcome, Lease, TokenOutcome};
+pub use lease::{granted_valid_until, valid_until, AcquireOutcome, Lease, TokenOutcome};
 pub use palisade_proto::ListedLease;
 pub use watch::{WatchEvent, WatchKind};

@@ -136,6 +136,31 @@ fn exit_codes_say_what_happened() {
     // 122 (lost) is the next test's.
 }
 
+#[test]
+fn a_grant_that_waited_longer_than_its_ttl_is_valid_from_the_grant() {
+    // The validity counts the queue's wait: counted from the send time
+    // alone, this lease (2 s, granted after about 3 s in the queue) was
+    // over on arrival and `hold` stopped the command as lost (122).
+    let server = Server::start("");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ran = dir.path().join("ran");
+    let (code, held) = server.cli(&["acquire", "queued", "--ttl", "3s"]);
+    assert_eq!(code, 0, "{held}");
+    let waited = hold(
+        &server.endpoint,
+        &["queued", "--wait", "20s", "--ttl", "2s"],
+        &["sh", "-c", &format!("sleep 0.3; touch {}", ran.display())],
+    );
+    let events = events(&waited.stderr);
+    assert_eq!(waited.status.code(), Some(0), "{events:?}");
+    assert!(ran.exists(), "the command ran to its end");
+    assert_eq!(
+        names(&events).first().map(String::as_str),
+        Some("granted"),
+        "{events:?}"
+    );
+}
+
 /// The last millisecond timestamp the command wrote.
 fn last_stamp(path: &Path) -> u64 {
     read(path)

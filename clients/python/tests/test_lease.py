@@ -20,6 +20,15 @@ class Validity(unittest.TestCase):
         self.assertEqual(valid_until_ms(5, 1, 0), 5)
         self.assertEqual(valid_until_ms(5, 0, 0), 5)
 
+    def test_a_waited_grant_counts_its_wait_less_a_millisecond(self) -> None:
+        # The same figures as the Rust client's test.
+        self.assertEqual(valid_until_ms(1_000, 10_000, 10_000, waited_ms=0), 10_899)
+        self.assertEqual(valid_until_ms(1_000, 10_000, 10_000, waited_ms=1), 10_899)
+        self.assertEqual(valid_until_ms(1_000, 3_000, 10_000, waited_ms=20_000), 23_768)
+        for ttl, waited, ppm in [(1, 1, 0), (10, 2, 0), (1_000, 5_000, 999_999)]:
+            server_end = 1_000 + waited - 1 + ttl
+            self.assertLessEqual(valid_until_ms(1_000, ttl, ppm, waited_ms=waited), server_end)
+
     def test_a_fast_server_clock_and_its_millisecond_never_overlap_the_client(self) -> None:
         # The worst case the Rust client's test checks: a leader whose
         # clock runs 0.9 % fast, a 300 ms lease, a request that arrives the

@@ -199,14 +199,14 @@ def unexpected(response: Response) -> PalisadeError:
 
 def acquire_outcome(request: Acquire, send_ms: int, welcome: Welcome, response: Response) -> Lease:
     if isinstance(response, Granted):
-        # A waited grant started when the server granted it, later than our
-        # send time: counting from send time is safe.
+        # A waited grant started when the server granted it, at least
+        # waited_ms - 1 after our send time (see valid_until_ms).
         return Lease(
             resource=request.resource,
             token=response.token,
             ttl_ms=response.ttl_ms,
             holder=request.holder,
-            valid_until_ms=valid_until_ms(send_ms, response.ttl_ms, welcome.max_drift_ppm),
+            valid_until_ms=valid_until_ms(send_ms, response.ttl_ms, welcome.max_drift_ppm, response.waited_ms),
             waited_ms=response.waited_ms,
         )
     if isinstance(response, Busy):

@@ -51,11 +51,16 @@ def now_ms() -> int:
     return _clock_ns() // 1_000_000
 
 
-def valid_until_ms(send_ms: int, ttl_ms: int, max_drift_ppm: int) -> int:
+def valid_until_ms(send_ms: int, ttl_ms: int, max_drift_ppm: int, waited_ms: int = 0) -> int:
     """``send_ms + ttl_ms × (1 − drift) − 1``, rounded down, never before
-    ``send_ms``."""
+    ``send_ms``. For a ``Granted`` answer pass its ``waited_ms``: the time the
+    acquire waited in the server's queue, less one millisecond (the server's
+    clock counts whole milliseconds), counts in, since the lease began at the
+    grant; otherwise an acquire that waited longer than its ttl would be
+    invalid on arrival."""
     ppm = min(max(max_drift_ppm, 0), 1_000_000)
-    shortened = ttl_ms * (1_000_000 - ppm) // 1_000_000
+    span = ttl_ms + max(waited_ms - SERVER_CLOCK_GRANULARITY_MS, 0)
+    shortened = span * (1_000_000 - ppm) // 1_000_000
     return send_ms + max(shortened - SERVER_CLOCK_GRANULARITY_MS, 0)
 
 
