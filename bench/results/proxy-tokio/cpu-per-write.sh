@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# CPU time per write of two proxy builds (and of qemu-nbd for `direct`):
+# CPU time per write of two proxy builds (and of qemu-nbd for `direct`)
+# (UPSTREAM_ONLY=1 leaves out the file targets; binaries come from
+# CARGO_TARGET_DIR when it is set):
 # 4 KiB random writes, 4 connections, DEPTH in flight, targets in turn
 # (direct, new-upstream, base-upstream, new-file, base-file), one load
 # round of SECONDS each, ROUNDS times. Per target: the load's line, the
 # serving process's utime+stime over the round divided by the writes
-# (proxy_cpu_us_per_write; for `direct` it is qemu-nbd's), and the
-# machine's idle share over the round.
+# (proxy_cpu_us_per_write; for `direct` it is qemu-nbd's), qemu-nbd's
+# utime+stime per write (qemu_cpu_us_per_write: what the upstream server
+# costs behind each target), and the machine's idle share over the round.
 #   usage: cpu-per-write.sh NEWBIN BASEBIN DEPTH SECONDS ROUNDS [TARGET_TO_PERF]
 # With TARGET_TO_PERF (e.g. new-upstream), `perf record -e cpu-clock -g` of
 # that target's process goes to /tmp/wtproxy-perf-TARGET.data; with STAT=1,
@@ -17,7 +20,7 @@ cd "$(dirname "$0")/../../.."
 newbin=$1; basebin=$2; depth=$3; seconds=$4; rounds=$5; perf=${6:-}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
-bin=target/release; load=$bin/examples/nbd_pipeline_bench
+bin=${CARGO_TARGET_DIR:-target}/release; load=$bin/examples/nbd_pipeline_bench
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 truncate -s 256M "$work/disk.img"
 lease_port=$(free_port); nbd_port=$(free_port); p1=$(free_port); p2=$(free_port)
@@ -53,17 +56,19 @@ tf=$(token bench-file); tu=$(token bench-upstream)
 cpu() { awk '{print $14+$15}' /proc/$1/stat; }
 tck=$(getconf CLK_TCK)
 for r in $(seq $rounds); do
-for t in "direct $qpid $nbd_port/up" "new-upstream $pid1 $p1/upstream@$tu" "base-upstream $pid2 $p2/upstream@$tu" "new-file $pid1 $p1/file@$tf" "base-file $pid2 $p2/file@$tf"; do
+targets=("direct $qpid $nbd_port/up" "new-upstream $pid1 $p1/upstream@$tu" "base-upstream $pid2 $p2/upstream@$tu")
+[ -n "${UPSTREAM_ONLY:-}" ] || targets+=("new-file $pid1 $p1/file@$tf" "base-file $pid2 $p2/file@$tf")
+for t in "${targets[@]}"; do
   set -- $t
-  c0=$(cpu $2); i0=$(awk '/^cpu /{print $5+$6}' /proc/stat); a0=$(awk '/^cpu /{print $2+$3+$4+$5+$6+$7+$8}' /proc/stat)
+  c0=$(cpu $2); q0=$(cpu $qpid); i0=$(awk '/^cpu /{print $5+$6}' /proc/stat); a0=$(awk '/^cpu /{print $2+$3+$4+$5+$6+$7+$8}' /proc/stat)
   if [ -n "${STAT:-}" ]; then perf stat -e 'syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_write,syscalls:sys_enter_read,syscalls:sys_enter_futex,context-switches' -p $2 -o /tmp/wtproxy-stat-$1.txt -- sleep $((seconds-1)) >/dev/null 2>&1 & fi
   if [ -n "$perf" ] && [ "$1" = "$perf" ]; then
     perf record -e cpu-clock -g -p $2 -o /tmp/wtproxy-perf-$1.data -- sleep $((seconds-1)) >/dev/null 2>&1 &
   fi
   out=$("$load" --connections 4 --depth $depth --seconds $seconds --rounds 1 "$1=127.0.0.1:$3" | grep -E "^1 ")
-  c1=$(cpu $2); i1=$(awk '/^cpu /{print $5+$6}' /proc/stat); a1=$(awk '/^cpu /{print $2+$3+$4+$5+$6+$7+$8}' /proc/stat)
+  c1=$(cpu $2); q1=$(cpu $qpid); i1=$(awk '/^cpu /{print $5+$6}' /proc/stat); a1=$(awk '/^cpu /{print $2+$3+$4+$5+$6+$7+$8}' /proc/stat)
   w=$(echo "$out" | awk '{print $3}')
-  echo "$out  proxy_cpu_us_per_write=$(echo "scale=2; ($c1-$c0)*1000000/$tck/($w*$seconds)" | bc) idle_pct=$(( (i1-i0)*100/(a1-a0) ))"
+  echo "$out  proxy_cpu_us_per_write=$(echo "scale=2; ($c1-$c0)*1000000/$tck/($w*$seconds)" | bc) qemu_cpu_us_per_write=$(echo "scale=2; ($q1-$q0)*1000000/$tck/($w*$seconds)" | bc) idle_pct=$(( (i1-i0)*100/(a1-a0) ))"
 done
 done
 sleep 1
