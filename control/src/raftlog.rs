@@ -909,11 +909,15 @@ impl RaftLog {
         );
         bytes.extend(batch_record(1, items));
         durable::replace(&self.path, &tmp, &bytes, 0o600)?;
-        self.file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&self.path)
-            .map_err(io_err("reopening", &self.path))?;
+        let replaced = std::mem::replace(
+            &mut self.file,
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&self.path)
+                .map_err(io_err("reopening", &self.path))?,
+        );
+        close_elsewhere(replaced);
         self.end = self
             .file
             .seek(SeekFrom::End(0))
@@ -924,6 +928,21 @@ impl RaftLog {
         self.failed = false;
         Ok(())
     }
+}
+
+/// Closes the replaced log file off the caller's thread: it is the file's
+/// last descriptor and its name is gone, so closing it frees all its blocks
+/// (the 4 MiB reserve and every batch since the last compaction), which
+/// took 1.3 ms of the control thread in one `strace -T` here — a pause for
+/// every grant waiting on the log. Its bytes are already replaced durably;
+/// a close error could say nothing about them.
+fn close_elsewhere(file: File) {
+    let spawned = std::thread::Builder::new()
+        .name("palisade-close".into())
+        .spawn(move || drop(file));
+    // Without a thread (the process is out of them) it closes here: the same
+    // pause, nothing lost.
+    drop(spawned);
 }
 
 #[cfg(test)]
