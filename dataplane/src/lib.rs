@@ -7,8 +7,7 @@
 //! [`waiters::WaitQueues`] of each key's home core, [`service::RequestService::handle`]
 //! (one archived request in, one [`service::Outcome`] out, no I/O), the
 //! [`leadership::Leadership`] word it reads once per request, and, with the
-//! `server` feature, [`server::Server`]: the shell that moves bytes, which
-//! spreads each core's background work over time ([`pace`]). Also
+//! `server` feature, [`server::Server`]: the shell that moves bytes. Also
 //! [`metrics`] (per-core counters and their Prometheus exposition, served
 //! through `palisade_host::admin`), and [`replica`]: the replicated lease
 //! state machine and the commands a leader logs (the control plane drives
@@ -41,7 +40,6 @@
 pub mod leadership;
 pub mod metrics;
 pub mod names;
-pub mod pace;
 pub mod quota;
 pub mod replica;
 #[cfg(feature = "server")]

@@ -20,7 +20,6 @@ use super::{
 };
 use crate::leadership::LeadershipView;
 use crate::metrics::Denial;
-use crate::pace::Paced;
 use crate::replica::{tag, tag_core, Command, Notice, Proposal};
 use crate::service::{Commit, RequestService, WatchRequest};
 use crate::table::LeaseKey;
@@ -40,20 +39,17 @@ const EVENTS_MAX: usize = 256;
 /// rest wait one turn (the loop does not sleep while any wait), so that a
 /// flood of messages cannot starve the connections.
 const MESSAGES_PER_TURN: usize = 1024;
-/// Slots in one piece of the sweep: 32 KiB of slots, a few microseconds.
-/// A sweep visits every slot of the core's share once per
+/// Slots swept per turn while a sweep is under way: 32 KiB of slots, a few
+/// microseconds. A sweep visits every slot of the core's share once per
 /// `leases.sweep_interval`, so with 4 096-slot pieces (up to ~100 µs each,
 /// cold) about one request in a hundred waited behind one, which showed
 /// as a bump at p99 of the uncontended benchmark.
 const SWEEP_CHUNK: usize = 512;
 /// How often each core prunes its names for `List`.
 const PRUNE_EVERY_MS: u64 = 100;
-/// Names in one piece of the prune (each a map step and a table lookup: a
-/// few microseconds for the piece).
+/// Names pruned per turn while a prune is under way (each a map step and
+/// a table lookup: a few microseconds for the piece).
 const PRUNE_CHUNK: usize = 64;
-/// Share of its period a round of background work is spread over (in
-/// quarters): the rest is slack for late steps.
-const PACE_WINDOW_QUARTERS: u64 = 3;
 /// A turn this long (everything between two `epoll_wait`s) is logged: every
 /// connection of the core waited that long (or the thread was descheduled).
 const SLOW_TURN_MS: u64 = 50;
@@ -132,16 +128,14 @@ pub(super) fn run(
 /// Background work a core does in pieces between its turns.
 #[derive(Debug, Default)]
 struct Background {
-    /// Next sweep (monotonic ms): sweeps start `sweep_interval` apart.
+    /// Next sweep (monotonic ms).
     sweep_at_ms: u64,
     /// The sweep under way: the next slot, and the leases held so far.
     sweep: Option<(usize, u64)>,
-    /// Its pieces, spread over most of the interval.
-    sweep_pace: Paced,
     /// Next prune of the names index.
     prune_at_ms: u64,
-    /// The prune under way: its pieces of [`PRUNE_CHUNK`] names.
-    prune_pace: Paced,
+    /// Names the prune under way has yet to examine.
+    prune_left: usize,
 }
 
 /// One core's state. Single-threaded: only its own thread touches it.
@@ -385,17 +379,8 @@ impl Core {
         if let Some(paused) = self.accept_paused_until_ms {
             at = at.min(paused);
         }
-        let background = &self.background;
-        at = at.min(match background.sweep {
-            Some(_) => background.sweep_pace.next_ms().unwrap_or(now_ms),
-            None => background.sweep_at_ms,
-        });
-        at = at.min(
-            background
-                .prune_pace
-                .next_ms()
-                .unwrap_or(background.prune_at_ms),
-        );
+        at = at.min(self.background.sweep_at_ms);
+        at = at.min(self.background.prune_at_ms);
         at.saturating_sub(now_ms)
     }
 
@@ -474,31 +459,14 @@ impl Core {
         }
     }
 
-    /// The pieces of the sweep and the prune that are due: each round is
-    /// spread over most of its period ([`Paced`]), so that between steps
-    /// the core sleeps and whatever shares its CPU (the control thread and
-    /// its syncs, when no CPU is spare) gets it. Returns whether a piece is
-    /// due at once.
+    /// One piece of the sweep or the prune, when due. Returns whether a
+    /// piece is left for the next turn.
     fn background_step(&mut self, now_ms: u64) -> bool {
-        let interval = u64::try_from(self.opts.sweep_interval.as_millis()).unwrap_or(u64::MAX);
+        let mut more = false;
         if self.background.sweep.is_none() && self.background.sweep_at_ms <= now_ms {
-            let range = self.sweep_range();
-            let pieces = range.len().div_ceil(SWEEP_CHUNK);
-            self.background.sweep = Some((range.start, 0));
-            self.background.sweep_pace =
-                Paced::start(pieces, now_ms, interval / 4 * PACE_WINDOW_QUARTERS);
-            self.background.sweep_at_ms = now_ms.saturating_add(interval);
+            self.background.sweep = Some((self.sweep_range().start, 0));
         }
-        let mut pieces = self.background.sweep_pace.due(now_ms);
-        if pieces == 0 && !self.background.sweep_pace.is_active() {
-            // The pace counted the range's pieces, so a sweep outlives it
-            // only if they were miscounted: then it ends a piece a turn.
-            pieces = usize::from(self.background.sweep.is_some());
-        }
-        for _ in 0..pieces {
-            let Some((start, held)) = self.background.sweep else {
-                break;
-            };
+        if let Some((start, held)) = self.background.sweep {
             let range = self.sweep_range();
             let end = (start + SWEEP_CHUNK).min(range.end);
             let reclaim_after_ms =
@@ -513,28 +481,27 @@ impl Core {
             if end >= range.end {
                 core_stats.leases_held.store(held, Ordering::Relaxed);
                 self.background.sweep = None;
-                self.background.sweep_pace = Paced::default();
+                let interval =
+                    u64::try_from(self.opts.sweep_interval.as_millis()).unwrap_or(u64::MAX);
+                self.background.sweep_at_ms = now_ms.saturating_add(interval);
             } else {
                 self.background.sweep = Some((end, held));
+                more = true;
             }
         }
-        if !self.background.prune_pace.is_active() && self.background.prune_at_ms <= now_ms {
+        if self.background.prune_left == 0 && self.background.prune_at_ms <= now_ms {
             // A fiftieth of the names (at least 1024) per round: every name is
             // looked at within about five seconds.
-            let names = (self.lists.len() / 50).max(1024);
-            self.background.prune_pace = Paced::start(
-                names.div_ceil(PRUNE_CHUNK),
-                now_ms,
-                PRUNE_EVERY_MS / 4 * PACE_WINDOW_QUARTERS,
-            );
+            self.background.prune_left = (self.lists.len() / 50).max(1024);
             self.background.prune_at_ms = now_ms + PRUNE_EVERY_MS;
         }
-        for _ in 0..self.background.prune_pace.due(now_ms) {
-            self.lists.prune(&self.shared.table, now_ms, PRUNE_CHUNK);
+        if self.background.prune_left > 0 {
+            let step = self.background.prune_left.min(PRUNE_CHUNK);
+            self.lists.prune(&self.shared.table, now_ms, step);
+            self.background.prune_left -= step;
+            more |= self.background.prune_left > 0;
         }
-        [&self.background.sweep_pace, &self.background.prune_pace]
-            .iter()
-            .any(|pace| pace.next_ms().is_some_and(|at| at <= now_ms))
+        more
     }
 
     fn sweep_range(&self) -> std::ops::Range<usize> {
