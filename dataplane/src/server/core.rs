@@ -47,9 +47,13 @@ const MESSAGES_PER_TURN: usize = 1024;
 const SWEEP_CHUNK: usize = 512;
 /// How often each core prunes its names for `List`.
 const PRUNE_EVERY_MS: u64 = 100;
-/// Names pruned per turn while a prune is under way (each a map step and
-/// a table lookup: a few microseconds for the piece).
-const PRUNE_CHUNK: usize = 64;
+/// Names pruned per turn while a prune is under way (each a map step, two
+/// key hashes and a table lookup: ~5 µs for the piece, like a sweep piece).
+/// Pieces of 64 put a bump at p99 of the uncontended benchmark (about one
+/// request in a hundred waited behind one): p99 at 20 000 arrivals/s 91–146
+/// µs with 64, 68–77 with 16, 58–69 with no index at all, in alternating
+/// rounds (`bench/results/epoll-dataplane/prune-chunk/`).
+const PRUNE_CHUNK: usize = 16;
 /// A turn this long (everything between two `epoll_wait`s) is logged: every
 /// connection of the core waited that long (or the thread was descheduled).
 const SLOW_TURN_MS: u64 = 50;
