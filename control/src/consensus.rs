@@ -68,7 +68,10 @@ use std::sync::{Arc, RwLock};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot};
 use raft::storage::{MemStorage, RaftState};
-use raft::{GetEntriesContext, RawNode, ReadOnlyOption, StateRole, Storage, StorageError};
+use raft::{
+    GetEntriesContext, ProgressState, RawNode, ReadOnlyOption, SnapshotStatus, StateRole, Storage,
+    StorageError,
+};
 
 use palisade_dataplane::leadership::{LeadershipView, TIME_MAX_MS};
 use palisade_dataplane::replica::{
@@ -346,7 +349,18 @@ pub struct ControlCore {
     /// leadership included), for re-arming leases from the first leader
     /// change after they were last served.
     leader_seen: BTreeMap<u64, u64>,
+    /// A leader's followers waiting for a snapshot: the snapshot's index
+    /// and since when (ms). See [`ControlCore::retry_lost_snapshots`].
+    snapshot_waits: BTreeMap<u64, (u64, u64)>,
+    snapshots_resent: u64,
 }
+
+/// How long a leader waits for a follower to take a snapshot before it
+/// counts the snapshot lost and sends it again, besides
+/// [`SNAPSHOT_BYTES_PER_MS`] for its size.
+const SNAPSHOT_PATIENCE_MS: u64 = 5_000;
+/// The slowest transfer a snapshot is given time for: 8 MB/s.
+const SNAPSHOT_BYTES_PER_MS: u64 = 8_000;
 
 /// Terms whose first-seen leader time a node remembers. Forgetting old
 /// ones only makes a re-arm start later (safe).
@@ -489,6 +503,8 @@ impl ControlCore {
             replayed_commit: restored.hard_state.commit,
             marker_term: 0,
             leader_seen: BTreeMap::new(),
+            snapshot_waits: BTreeMap::new(),
+            snapshots_resent: 0,
         })
     }
 
@@ -567,6 +583,64 @@ impl ControlCore {
         self.raw.tick();
         self.observe(now_ms);
         self.request_confirmation(now_ms);
+        self.retry_lost_snapshots(now_ms);
+    }
+
+    /// A leader sends a follower that is behind its compacted log a
+    /// snapshot and then sends it nothing more until the follower answers
+    /// from the snapshot's index or the snapshot is reported failed (raft-rs
+    /// waits for `report_snapshot`). The peer links drop messages (a link
+    /// that fails mid-frame, a full backlog) and say nothing, so a lost
+    /// snapshot left that follower behind for the whole term: one failure
+    /// more and the cluster had no quorum. A follower still waiting after
+    /// [`SNAPSHOT_PATIENCE_MS`] plus the time to move the snapshot at
+    /// [`SNAPSHOT_BYTES_PER_MS`] is reported failed; raft then probes it
+    /// again at the next heartbeat and sends the snapshot anew.
+    fn retry_lost_snapshots(&mut self, now_ms: u64) {
+        if self.raw.raft.state != StateRole::Leader {
+            self.snapshot_waits.clear();
+            return;
+        }
+        let size = self
+            .raw
+            .raft
+            .raft_log
+            .store
+            .snapshot
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, |s| s.get_data().len() as u64);
+        let patience = SNAPSHOT_PATIENCE_MS + size / SNAPSHOT_BYTES_PER_MS;
+        let mut waits = BTreeMap::new();
+        let mut lost = Vec::new();
+        for (&id, progress) in self.raw.raft.prs().iter() {
+            if progress.state != ProgressState::Snapshot {
+                continue;
+            }
+            let index = progress.pending_snapshot;
+            let since = match self.snapshot_waits.get(&id) {
+                Some(&(waited, since)) if waited == index => since,
+                _ => now_ms,
+            };
+            if now_ms.saturating_sub(since) >= patience {
+                lost.push(id);
+            } else {
+                waits.insert(id, (index, since));
+            }
+        }
+        self.snapshot_waits = waits;
+        for id in lost {
+            self.snapshots_resent += 1;
+            self.raw.report_snapshot(id, SnapshotStatus::Failure);
+        }
+    }
+
+    /// Snapshots counted lost and sent again, since start (the shell logs
+    /// each).
+    #[must_use]
+    pub fn snapshots_resent(&self) -> u64 {
+        self.snapshots_resent
     }
 
     /// Starts an election now (a single-node cluster at start: it need not

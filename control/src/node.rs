@@ -710,7 +710,14 @@ impl Node {
         // confirmation round) goes out now, not after a wait for input.
         let mut ready = std::mem::take(&mut self.ready_now);
         if now >= self.next_tick_ms {
+            let resent = self.core.snapshots_resent();
             self.core.tick(now);
+            if self.core.snapshots_resent() > resent {
+                warn!(
+                    resent = self.core.snapshots_resent(),
+                    "a follower did not take the snapshot sent to it in time (a peer link dropped it?); sending it again"
+                );
+            }
             ready = true;
             let late_ms = now - self.next_tick_ms;
             // Catch up without a burst of ticks after a stall: raft counts
@@ -900,6 +907,12 @@ impl Node {
         control
             .commit_index
             .store(self.core.commit_index(), Ordering::Relaxed);
+        control
+            .replicated_leases
+            .store(self.core.leases().len() as u64, Ordering::Relaxed);
+        control
+            .snapshots_resent
+            .store(self.core.snapshots_resent(), Ordering::Relaxed);
         control
             .elections_started
             .store(elections.started, Ordering::Relaxed);

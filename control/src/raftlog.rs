@@ -73,8 +73,12 @@ const HEADER_LEN: usize = 9;
 const ITEM_HEADER_LEN: usize = 5;
 const SEQ_LEN: usize = 8;
 /// No single record (a batch included) is larger than this; a bigger
-/// length is damage.
-const RECORD_LEN_MAX: usize = 64 << 20;
+/// length is damage. A compaction's batch holds a snapshot of the whole
+/// lease state (at most `LEASE_STATE_LEN_MAX`, 512 MiB) and the entries
+/// after it: 1 GiB leaves the entries the other half.
+const RECORD_LEN_MAX: usize = 1 << 30;
+const _: () =
+    assert!(palisade_dataplane::replica::LEASE_STATE_LEN_MAX + (256 << 20) <= RECORD_LEN_MAX);
 
 const KIND_HEADER: u8 = 0;
 const KIND_HARD_STATE: u8 = 1;

@@ -98,11 +98,16 @@ const MAC_LEN: usize = 32;
 /// Largest hello: magic, version, ids, nonce and a 64-byte cluster name.
 const HELLO_MAX: usize = 128;
 /// Largest frame accepted. raft sends at most 1 MiB of entries per message
-/// (`max_size_per_msg`) and snapshots carry membership only.
-pub const FRAME_MAX: usize = 4 << 20;
+/// (`max_size_per_msg`), but a snapshot carries the whole replicated lease
+/// state (up to `LEASE_STATE_LEN_MAX`, 512 MiB) besides raft's metadata.
+/// Peers are authenticated before any frame is read, and a frame's buffer
+/// grows with the bytes that arrive, not with the length it announces.
+pub const FRAME_MAX: usize = palisade_dataplane::replica::LEASE_STATE_LEN_MAX + (1 << 20);
 /// Frames queued for a peer before new ones are dropped.
 const BACKLOG_FRAMES_MAX: usize = 4096;
-/// Bytes queued for a peer before new frames are dropped.
+/// Bytes queued for a peer before new frames are dropped. One frame
+/// larger than this (a snapshot) is queued on top of the rest when no other
+/// such frame is.
 const BACKLOG_BYTES_MAX: usize = 16 << 20;
 /// Frames handed to one `writev` at most.
 const WRITEV_FRAMES_MAX: usize = 64;
@@ -217,8 +222,11 @@ struct OutState {
     backing_off: bool,
     /// Whole frames not yet written, oldest first.
     frames: VecDeque<Vec<u8>>,
-    /// Their bytes.
+    /// Their bytes, except [`OutState::big`]'s.
     bytes: usize,
+    /// Bytes of the one queued frame larger than `BACKLOG_BYTES_MAX` (a
+    /// snapshot), or 0: it does not crowd out the small frames.
+    big: usize,
     /// Bytes of the first frame already written on `link`; a new link
     /// sends that frame whole again.
     written: usize,
@@ -228,13 +236,22 @@ impl OutState {
     /// Queues a frame; gives it back when the backlog is full or the peer
     /// unreachable.
     fn queue(&mut self, frame: Vec<u8>) -> Result<(), Vec<u8>> {
-        if self.backing_off
-            || self.frames.len() >= BACKLOG_FRAMES_MAX
-            || self.bytes + frame.len() > BACKLOG_BYTES_MAX
-        {
+        // One frame beyond the byte cap (a snapshot) is queued on its own
+        // account; a second is dropped while the first waits.
+        let big = frame.len() > BACKLOG_BYTES_MAX;
+        let full = if big {
+            self.big > 0
+        } else {
+            self.bytes + frame.len() > BACKLOG_BYTES_MAX
+        };
+        if self.backing_off || self.frames.len() >= BACKLOG_FRAMES_MAX || full {
             return Err(frame);
         }
-        self.bytes += frame.len();
+        if big {
+            self.big = frame.len();
+        } else {
+            self.bytes += frame.len();
+        }
         self.frames.push_back(frame);
         Ok(())
     }
@@ -260,6 +277,7 @@ impl OutState {
     fn clear(&mut self) {
         self.frames.clear();
         self.bytes = 0;
+        self.big = 0;
         self.written = 0;
     }
 
@@ -298,7 +316,11 @@ impl OutState {
                 }
                 n -= left;
                 let frame = self.frames.pop_front().expect("a frame was written");
-                self.bytes -= frame.len();
+                if frame.len() > BACKLOG_BYTES_MAX {
+                    self.big = 0;
+                } else {
+                    self.bytes -= frame.len();
+                }
                 self.written = 0;
             }
         }
@@ -570,9 +592,11 @@ impl FrameReader {
             self.start = 0;
         }
         let mut want = self.filled + chunk;
-        // A longer frame is refused by `take`, not buffered.
+        // A longer frame is refused by `take`, not buffered. A long one is
+        // made room for as it arrives (the buffer at most doubles a read),
+        // not all at once from the length it announces.
         if let Some(len) = self.next_len().filter(|&len| len <= FRAME_MAX) {
-            want = want.max(4 + len);
+            want = want.max((4 + len).min(self.buf.len().max(chunk) * 2));
         }
         if self.buf.len() < want {
             self.buf.resize(want, 0);
@@ -1437,6 +1461,21 @@ mod tests {
         .expect("start")
     }
 
+    /// Node 1, linked to `two` (node 2), once its link is up.
+    fn node1_connected_to(two: &Transport) -> Transport {
+        let one = Transport::start(
+            1,
+            "test",
+            SECRET,
+            "127.0.0.1:0".parse().expect("addr"),
+            &[(2, two.local_addr())],
+            doorbell(),
+        )
+        .expect("start");
+        wait_connected(&one);
+        one
+    }
+
     /// The next message `transport` receives (read as the control thread
     /// does), failing after 10 s; `pending` keeps what one read brought
     /// beyond it.
@@ -1878,6 +1917,15 @@ mod tests {
             state.queue(vec![0; 1]).is_err(),
             "dropped beyond the byte cap"
         );
+        // A snapshot's frame is larger than the cap: one is queued beside
+        // the small frames, a second is dropped until the first is gone.
+        state.clear();
+        assert!(state.queue(vec![0; 1024]).is_ok());
+        assert!(state.queue(vec![0; BACKLOG_BYTES_MAX + 1]).is_ok());
+        assert!(state.queue(vec![0; BACKLOG_BYTES_MAX + 1]).is_err());
+        assert!(state.queue(vec![0; 1024]).is_ok(), "small frames still fit");
+        state.clear();
+        assert!(state.queue(vec![0; BACKLOG_BYTES_MAX + 1]).is_ok());
     }
 
     #[test]
@@ -1885,16 +1933,7 @@ mod tests {
         // Far more than a socket holds: the sender writes what the socket
         // takes, the link thread the rest, and none is dropped or reordered.
         let mut two = node2();
-        let one = Transport::start(
-            1,
-            "test",
-            SECRET,
-            "127.0.0.1:0".parse().expect("addr"),
-            &[(2, two.local_addr())],
-            doorbell(),
-        )
-        .expect("start");
-        wait_connected(&one);
+        let one = node1_connected_to(&two);
         // 8 MiB in one call: more than the socket takes at once, within
         // the backlog's caps.
         let count = BACKLOG_FRAMES_MAX as u64 - 96;
@@ -1910,6 +1949,32 @@ mod tests {
             let got = next_message(&mut two, &mut pending);
             assert_eq!(got.commit, commit, "in the order sent");
         }
+        one.stop();
+        two.stop();
+    }
+
+    #[test]
+    fn a_snapshot_larger_than_the_backlog_arrives_between_small_messages() {
+        // A lease state of 40 MiB: over the old 4 MiB frame limit and the
+        // 16 MiB backlog cap, which dropped or refused it, so a follower
+        // behind the leader's compaction never caught up.
+        let mut two = node2();
+        let one = node1_connected_to(&two);
+        let mut snapshot = Message::default();
+        snapshot.set_msg_type(MessageType::MsgSnapshot);
+        snapshot.from = 1;
+        snapshot.to = 2;
+        let data: Vec<u8> = (0..40usize << 20).map(|i| (i % 251) as u8).collect();
+        snapshot.mut_snapshot().data = data.clone().into();
+        snapshot.mut_snapshot().mut_metadata().index = 77;
+        one.send(vec![heartbeat(1, 2, 1), snapshot, heartbeat(1, 2, 2)]);
+        let mut pending = VecDeque::new();
+        assert_eq!(next_message(&mut two, &mut pending).commit, 1);
+        let got = next_message(&mut two, &mut pending);
+        assert_eq!(got.get_msg_type(), MessageType::MsgSnapshot);
+        assert_eq!(got.get_snapshot().get_metadata().index, 77);
+        assert!(got.get_snapshot().data == data, "the state arrives whole");
+        assert_eq!(next_message(&mut two, &mut pending).commit, 2);
         one.stop();
         two.stop();
     }

@@ -324,6 +324,11 @@ pub struct ControlStats {
     pub term: AtomicU64,
     /// Raft commit index.
     pub commit_index: AtomicU64,
+    /// Leases in this node's replicated lease state (as of its applied
+    /// index; 0 without replication).
+    pub replicated_leases: AtomicU64,
+    /// Snapshots a leader counted lost and sent again.
+    pub snapshots_resent: AtomicU64,
     /// Elections this node started (it became a candidate).
     pub elections_started: AtomicU64,
     /// Elections this node won (it became leader).
@@ -550,6 +555,20 @@ pub fn render(shared: &RequestService, now_ms: u64) -> String {
         "gauge",
         "Raft commit index.",
         load(&control.commit_index),
+    );
+    single(
+        &mut out,
+        "palisade_replicated_leases",
+        "gauge",
+        "Leases in this node's replicated lease state, as of its applied raft index (a follower's is the leader's once caught up).",
+        load(&control.replicated_leases),
+    );
+    single(
+        &mut out,
+        "palisade_snapshots_resent_total",
+        "counter",
+        "Snapshots this node, leading, counted lost (not taken by a follower in time) and sent again.",
+        load(&control.snapshots_resent),
     );
     single(
         &mut out,

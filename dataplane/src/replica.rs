@@ -44,6 +44,21 @@ use palisade_proto::{RESOURCE_LEN_MAX, TENANT_LEN_MAX};
 /// Encoding version of batches and snapshots.
 const VERSION: u8 = 1;
 
+/// Bytes a snapshot's state takes before its records.
+const SNAPSHOT_HEADER_LEN: usize = 1 + 4 + 8 + 8;
+
+/// Longest snapshot record: a lease with the longest tenant and resource
+/// names (355 bytes).
+pub const SNAPSHOT_RECORD_LEN_MAX: usize =
+    1 + TENANT_LEN_MAX + 2 + RESOURCE_LEN_MAX + 8 + 8 + 4 + 4 + 8;
+
+/// Largest encoded lease state a snapshot carries (512 MiB). The raft
+/// log's record limit and the peer links' frame limit are sized from it,
+/// and `leases.table_capacity` is bounded with replication on
+/// (`palisade_tuning::TABLE_CAPACITY_REPLICATED_MAX`) so that a full table
+/// of the longest names fits: [`LeaseState::encoded_len_max`].
+pub const LEASE_STATE_LEN_MAX: usize = 512 << 20;
+
 /// The only raft group today. Every frame carries a group; scale-out adds
 /// groups (resources hashed onto them), each with its own [`LeaseState`].
 pub const GROUP_DEFAULT: u32 = 0;
@@ -498,6 +513,13 @@ impl LeaseState {
         self.leases.range((start, Bound::Unbounded)).take(limit)
     }
 
+    /// Encoded size of a state of `leases` leases, all with the longest
+    /// names: an upper bound on [`LeaseState::encode`]'s length.
+    #[must_use]
+    pub const fn encoded_len_max(leases: usize) -> usize {
+        SNAPSHOT_HEADER_LEN + leases * SNAPSHOT_RECORD_LEN_MAX
+    }
+
     /// The state as snapshot bytes.
     #[must_use]
     pub fn encode(&self, group: u32) -> Vec<u8> {
@@ -737,5 +759,32 @@ mod tests {
         }
         assert_eq!(seen.len(), 50);
         assert!(seen.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn the_encoded_bound_is_reached_by_the_longest_names_and_never_passed() {
+        let longest = |i: usize| LeaseName {
+            tenant: "t".repeat(TENANT_LEN_MAX),
+            resource: format!("{i:0>width$}", width = RESOURCE_LEN_MAX),
+        };
+        let mut state = LeaseState::new();
+        assert_eq!(state.encode(0).len(), LeaseState::encoded_len_max(0));
+        for i in 0..3 {
+            state.apply(
+                &Command::Grant {
+                    name: longest(i),
+                    token: u64::MAX - i as u64,
+                    holder: u64::MAX,
+                    ttl_ms: u32::MAX,
+                    lock_delay_ms: u32::MAX,
+                },
+                u64::MAX,
+            );
+        }
+        state.apply(&Command::Replication { on: true }, u64::MAX);
+        assert_eq!(state.encode(u32::MAX).len(), LeaseState::encoded_len_max(3));
+        state.apply(&grant("short", 1, 1_000), 1);
+        assert!(state.encode(0).len() < LeaseState::encoded_len_max(4));
+        assert!(LeaseState::encoded_len_max(1) - LeaseState::encoded_len_max(0) == 355);
     }
 }

@@ -108,7 +108,7 @@ pub use rate::{format_rate, parse_rate};
 pub use source::{FsSource, MemSource, Source};
 pub use validate::{
     CLUSTER_NAME_BYTES_MAX, INTERFACE_NAME_BYTES_MAX, QOS_RATE_BPS_MAX, QOS_RATE_BPS_MIN,
-    TENANT_COUNT_MAX, TENANT_NAME_CHARS_MAX,
+    TABLE_CAPACITY_REPLICATED_MAX, TENANT_COUNT_MAX, TENANT_NAME_CHARS_MAX,
 };
 
 #[cfg(test)]

@@ -141,7 +141,7 @@ pub(crate) fn render(config: &Config) -> String {
     out.key(
         "table_capacity",
         leases.table_capacity,
-        "leases, 1 ..= 16777216",
+        "leases, 1 ..= 16777216 (..= 1500000 replicated)",
     );
     out.key(
         "reclaim_after",

@@ -403,11 +403,25 @@ fn integer_bounds() {
     let capacity = |config: Config| config.leases.table_capacity;
     assert_eq!(capacity(accepts("leases", "table_capacity", "1")), 1);
     assert_eq!(
-        capacity(accepts("leases", "table_capacity", "16777216")),
+        capacity(parse_ok(
+            "[leases]\nreplication = \"none\"\ntable_capacity = 16777216\n"
+        )),
         16_777_216
     );
     rejects("leases", "table_capacity", "0");
     rejects("leases", "table_capacity", "16777217");
+    // Replicated (the default), a full table's snapshot must fit.
+    assert_eq!(
+        capacity(accepts("leases", "table_capacity", "1500000")),
+        crate::TABLE_CAPACITY_REPLICATED_MAX
+    );
+    let reason = rejects("leases", "table_capacity", "1500001");
+    assert!(
+        reason.starts_with(
+            "must be at most 1500000 with leases.replication = \"quorum\", got 1500001"
+        ),
+        "{reason}"
+    );
 
     let payload = |config: Config| config.limits.frame_payload_max;
     assert_eq!(

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::config::{ClusterConfig, Config, CoreSelection, LeaseConfig};
+use crate::config::{ClusterConfig, Config, CoreSelection, LeaseConfig, Replication};
 use crate::credential::TenantCredential;
 use crate::dscp::DSCP_MAX;
 use crate::duration::format_duration;
@@ -162,6 +162,13 @@ pub(crate) const LOCK_DELAY_MAX: DurationRule = DurationRule {
     whole_ms: true,
 };
 pub(crate) const TABLE_CAPACITY: IntRule = IntRule::between(1, 1 << 24);
+/// Largest `leases.table_capacity` with `leases.replication = "quorum"`: a
+/// raft snapshot carries the whole replicated lease state, and a full
+/// table of the longest names (355 bytes a lease encoded) must fit the
+/// 512 MiB the raft log and the peer links accept for it
+/// (`palisade_dataplane::replica::LEASE_STATE_LEN_MAX`; a test in
+/// `control` holds the two together).
+pub const TABLE_CAPACITY_REPLICATED_MAX: u32 = 1_500_000;
 pub(crate) const RECLAIM_AFTER: DurationRule = DurationRule {
     min: ms(1000),
     max: None,
@@ -580,6 +587,18 @@ fn validate_leases(config: &Config, checker: &mut Checker<'_>) {
         TABLE_CAPACITY,
         leases.table_capacity,
     );
+    if leases.replication == Replication::Quorum {
+        checker.check("leases.table_capacity", || {
+            if leases.table_capacity <= TABLE_CAPACITY_REPLICATED_MAX {
+                Ok(())
+            } else {
+                Err(format!(
+                    "must be at most {TABLE_CAPACITY_REPLICATED_MAX} with leases.replication = \"quorum\", got {}: a raft snapshot carries every lease, and a full table of the longest names must fit in 512 MiB (use replication = \"none\" for a larger table)",
+                    leases.table_capacity
+                ))
+            }
+        });
+    }
     checker.duration("leases.reclaim_after", RECLAIM_AFTER, leases.reclaim_after);
     checker.duration(
         "leases.sweep_interval",

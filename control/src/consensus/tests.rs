@@ -371,39 +371,12 @@ fn a_used_up_epoch_moves_a_single_node_to_a_new_term_with_its_leases() {
 
 #[test]
 fn a_used_up_epoch_hands_a_cluster_to_the_most_caught_up_follower() {
-    // Three cores wired in memory.
     let dirs: Vec<_> = (0..3)
         .map(|_| tempfile::tempdir().expect("tempdir"))
         .collect();
-    let mut nodes: Vec<(ControlCore, RaftLog)> = (1..=3u64)
-        .map(|id| {
-            let (log, recovered) =
-                RaftLog::open(dirs[id as usize - 1].path(), "c", id as u16, false).expect("open");
-            let mut cfg = replicated();
-            cfg.id = id;
-            cfg.voters = vec![1, 2, 3];
-            (ControlCore::new(cfg, recovered.into()).expect("core"), log)
-        })
-        .collect();
+    let mut nodes = three_cores(&dirs);
     let deliver = |nodes: &mut Vec<(ControlCore, RaftLog)>, now: u64| {
-        for _ in 0..20 {
-            let mut mail = Vec::new();
-            for (core, log) in nodes.iter_mut() {
-                let mut early = Vec::new();
-                let out = core
-                    .poll_ready(log, now, &mut |m| early.extend(m))
-                    .expect("ready");
-                mail.extend(early);
-                mail.extend(out);
-            }
-            if mail.is_empty() {
-                return;
-            }
-            for message in mail {
-                let to = message.to as usize - 1;
-                nodes[to].0.step(message, now).expect("step");
-            }
-        }
+        deliver_but(nodes, now, &mut |_| false);
     };
     nodes[0].0.campaign(0).expect("campaign");
     deliver(&mut nodes, 0);
@@ -500,4 +473,104 @@ fn losing_leadership_fails_what_is_in_flight() {
         }]
     );
     assert!(!core.serving());
+}
+
+/// Three replicated cores wired in memory.
+fn three_cores(dirs: &[tempfile::TempDir]) -> Vec<(ControlCore, RaftLog)> {
+    (1..=3u64)
+        .map(|id| {
+            let (log, recovered) =
+                RaftLog::open(dirs[id as usize - 1].path(), "c", id as u16, false).expect("open");
+            let mut cfg = replicated();
+            cfg.id = id;
+            cfg.voters = vec![1, 2, 3];
+            (ControlCore::new(cfg, recovered.into()).expect("core"), log)
+        })
+        .collect()
+}
+
+/// Hands every message on until none is left, except those `lose` takes.
+fn deliver_but(
+    nodes: &mut [(ControlCore, RaftLog)],
+    now: u64,
+    lose: &mut dyn FnMut(&Message) -> bool,
+) {
+    for _ in 0..50 {
+        let mut mail = Vec::new();
+        for (core, log) in nodes.iter_mut() {
+            let mut early = Vec::new();
+            let out = core
+                .poll_ready(log, now, &mut |m| early.extend(m))
+                .expect("ready");
+            mail.extend(early);
+            mail.extend(out);
+        }
+        if mail.is_empty() {
+            return;
+        }
+        for message in mail {
+            if !lose(&message) {
+                let to = message.to as usize - 1;
+                nodes[to].0.step(message, now).expect("step");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_follower_whose_snapshot_was_lost_is_sent_it_again() {
+    let dirs: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let mut nodes = three_cores(&dirs);
+    nodes[0].0.campaign(0).expect("campaign");
+    deliver_but(&mut nodes, 0, &mut |_| false);
+    assert_eq!(nodes[0].0.raft_state(), StateRole::Leader);
+    nodes[0].0.poll_takeover(0).expect("takes over");
+    let epoch = nodes[0].0.term() as u32;
+    // Node 3 hears nothing while the leader grants and compacts its log.
+    let cut = |m: &Message| m.to == 3 || m.from == 3;
+    for i in 1..=20u64 {
+        nodes[0].0.propose(vec![Proposal {
+            tag: i,
+            epoch,
+            command: grant(&format!("r{i}"), u64::from(epoch) << 32 | i, 60_000),
+        }]);
+        deliver_but(&mut nodes, 10, &mut |m| cut(m));
+    }
+    assert_eq!(nodes[0].0.leases().len(), 20);
+    let (leader, log) = &mut nodes[0];
+    let (snapshot, hard_state, rest) = leader.compaction(1_000, 1).expect("compacts");
+    if log.has_pending() {
+        log.sync().expect("sync");
+    }
+    log.compact(&snapshot, &hard_state, &rest).expect("rewrite");
+    // Node 3 is back, and the first snapshot sent to it is lost.
+    let mut lost = 0;
+    let mut now = 10;
+    while now < 10 + 4 * SNAPSHOT_PATIENCE_MS && nodes[2].0.leases().len() < 20 {
+        now += 10;
+        for (core, _) in nodes.iter_mut() {
+            core.tick(now);
+        }
+        deliver_but(&mut nodes, now, &mut |m| {
+            let snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            if snapshot && lost == 0 {
+                lost += 1;
+                return true;
+            }
+            false
+        });
+    }
+    assert_eq!(lost, 1, "a snapshot was sent, and lost");
+    assert_eq!(nodes[0].0.snapshots_resent(), 1);
+    assert_eq!(
+        nodes[2].0.leases(),
+        nodes[0].0.leases(),
+        "the follower has the lease state"
+    );
+    assert!(
+        now >= 10 + SNAPSHOT_PATIENCE_MS,
+        "not before the patience ran out"
+    );
 }

@@ -29,6 +29,8 @@ pub struct NodeProc {
     pub config: PathBuf,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// The admin endpoint (`/metrics`).
+    pub admin: SocketAddr,
     pub child: Option<Child>,
 }
 
@@ -46,6 +48,8 @@ pub struct Cluster {
     pub env: HashMap<usize, Vec<(String, String)>>,
     /// Heartbeat interval and election timeout, ms.
     pub timing: (u64, u64),
+    /// Lines added to every node's `[cluster]` section.
+    pub cluster_lines: String,
 }
 
 impl Cluster {
@@ -81,7 +85,36 @@ impl Cluster {
         Cluster::build(size, extra, env, (20, 200))
     }
 
+    /// [`Cluster::start`] with `lines` in every node's `[cluster]`
+    /// section (`extra` cannot reopen it).
+    pub fn start_with_cluster_lines(size: u16, extra: &str, lines: &str) -> Cluster {
+        let mut cluster = Cluster::build_stopped(size, extra, HashMap::new(), (20, 200));
+        cluster.cluster_lines = lines.to_string();
+        cluster.write_and_spawn();
+        cluster
+    }
+
     fn build(
+        size: u16,
+        extra: &str,
+        env: HashMap<usize, Vec<(String, String)>>,
+        timing: (u64, u64),
+    ) -> Cluster {
+        let mut cluster = Cluster::build_stopped(size, extra, env, timing);
+        cluster.write_and_spawn();
+        cluster
+    }
+
+    fn write_and_spawn(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.write_config(i);
+        }
+        for i in 0..self.nodes.len() {
+            self.spawn(i);
+        }
+    }
+
+    fn build_stopped(
         size: u16,
         extra: &str,
         env: HashMap<usize, Vec<(String, String)>>,
@@ -99,6 +132,7 @@ impl Cluster {
                 config: dir.path().join(format!("node{id}.toml")),
                 data_dir: dir.path().join(format!("data{id}")),
                 log: dir.path().join(format!("node{id}.log")),
+                admin: format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
                 child: None,
             });
         }
@@ -110,28 +144,22 @@ impl Cluster {
                 }
             }
         }
-        let mut cluster = Cluster {
+        Cluster {
             nodes,
             links,
             dir,
             extra: extra.to_string(),
             env,
             timing,
-        };
-        for i in 0..cluster.nodes.len() {
-            cluster.write_config(i);
+            cluster_lines: String::new(),
         }
-        for i in 0..cluster.nodes.len() {
-            cluster.spawn(i);
-        }
-        cluster
     }
 
     fn write_config(&self, i: usize) {
         let me = &self.nodes[i];
         let mut text = format!(
-            "[node]\nid = {}\ncores = 1\n\n[listen]\nclient = \"{}\"\n\n[cluster]\nname = \"test\"\nheartbeat_interval = \"{}ms\"\nelection_timeout = \"{}ms\"\nsecret_file = \"secret{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-            me.id, me.client, self.timing.0, self.timing.1, me.id
+            "[node]\nid = {}\ncores = 1\n\n[listen]\nclient = \"{}\"\n\n[cluster]\nname = \"test\"\nheartbeat_interval = \"{}ms\"\nelection_timeout = \"{}ms\"\nsecret_file = \"secret{}\"\n{}\n[admin]\nlisten = \"{}\"\n",
+            me.id, me.client, self.timing.0, self.timing.1, me.id, self.cluster_lines, me.admin
         );
         let secret = self.dir.path().join(format!("secret{}", me.id));
         if !secret.exists() {
@@ -192,6 +220,23 @@ impl Cluster {
             sleep_ms(10);
         }
         panic!("node {id} did not start: {}", self.log(i));
+    }
+
+    /// The value of metric `name` (no labels) that node `i` serves, if it
+    /// answers.
+    pub fn metric(&self, i: usize, name: &str) -> Option<f64> {
+        use std::io::{Read, Write};
+        let mut stream = TcpStream::connect(self.nodes[i].admin).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).ok()?;
+        body.lines().find_map(|line| {
+            let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+            value.trim().parse().ok()
+        })
     }
 
     pub fn log(&self, i: usize) -> String {
