@@ -571,6 +571,10 @@ impl FrameReader {
         self.start += 4 + len;
         if self.start == self.filled {
             (self.start, self.filled) = (0, 0);
+            // A snapshot's buffer is not kept for the small frames after it.
+            if self.buf.len() > BACKLOG_BYTES_MAX {
+                self.buf = Vec::new();
+            }
         }
         Ok(Some(frame))
     }
