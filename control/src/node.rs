@@ -219,6 +219,10 @@ pub struct Node {
     /// Raft has messages to send: the next turn polls without waiting.
     ready_now: bool,
     snapshot_entries: u64,
+    /// The raft log's length right after its last compaction, and the
+    /// bytes of lease state that compaction's snapshot carried (both 0
+    /// before the first): see [`compaction_due`].
+    compacted: (u64, u64),
     published: Option<LeadershipView>,
     /// Elections already logged and published.
     elections_seen: Elections,
@@ -633,6 +637,7 @@ impl Node {
             next_tick_ms: now + tick_ms,
             ready_now: false,
             snapshot_entries: config.cluster.snapshot_entries,
+            compacted: (0, 0),
             published: None,
             elections_seen: Elections::default(),
             raft_role_seen: None,
@@ -809,6 +814,16 @@ impl Node {
         if let Some(transport) = &self.transport {
             transport.send(messages);
         }
+        let (len_after, state_bytes) = self.compacted;
+        let appended = self.log.file_len().saturating_sub(len_after);
+        if !compaction_due(
+            self.log.entries_written(),
+            self.snapshot_entries,
+            appended,
+            state_bytes,
+        ) {
+            return Ok(());
+        }
         if let Some((snapshot, hard_state, rest)) = self
             .core
             .compaction(self.log.entries_written(), self.snapshot_entries)
@@ -819,6 +834,7 @@ impl Node {
             self.log
                 .compact(&snapshot, &hard_state, &rest)
                 .map_err(NodeError::Compact)?;
+            self.compacted = (self.log.file_len(), snapshot.get_data().len() as u64);
         }
         Ok(())
     }
@@ -1042,6 +1058,24 @@ impl Node {
 }
 
 /// Hands each notice to the core named in its tag.
+/// Whether the raft log is due a compaction: more than `snapshot_entries`
+/// entries written since the last one, and at least as many bytes appended
+/// since as that compaction's snapshot of the lease state took. Each
+/// compaction writes the whole state again (and encodes it on the control
+/// thread); without the second rule a table full of long-lived leases was
+/// rewritten every `snapshot_entries` entries however little they added
+/// (a 23 MB state every 2.5 s at 4 000 entries a second). With it the
+/// state's rewrites cost at most as many bytes as the entries they replace,
+/// and the log stays under twice the state plus `snapshot_entries` entries.
+fn compaction_due(
+    entries: u64,
+    snapshot_entries: u64,
+    appended_bytes: u64,
+    last_state_bytes: u64,
+) -> bool {
+    entries > snapshot_entries && appended_bytes >= last_state_bytes
+}
+
 fn deliver(senders: &[palisade_dataplane::server::NoticeSender], notices: Vec<Notice>) {
     if notices.is_empty() {
         return;
@@ -1066,7 +1100,7 @@ fn deliver(senders: &[palisade_dataplane::server::NoticeSender], notices: Vec<No
 
 #[cfg(test)]
 mod tests {
-    use super::{cluster_secret, election_ticks, NodeError};
+    use super::{cluster_secret, compaction_due, election_ticks, NodeError};
     use palisade_tuning::Config;
 
     #[test]
@@ -1110,5 +1144,19 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_large_state_is_compacted_only_once_the_log_grew_by_as_much() {
+        // Entries alone decide while the state is small (none yet, or a
+        // few leases).
+        assert!(!compaction_due(10_000, 10_000, 0, 0));
+        assert!(compaction_due(10_001, 10_000, 0, 0));
+        assert!(compaction_due(10_001, 10_000, 5_000, 4_000));
+        // A 23 MB state waits for 23 MB of entries, however many.
+        assert!(!compaction_due(50_000, 10_000, 22_999_999, 23_000_000));
+        assert!(compaction_due(50_000, 10_000, 23_000_000, 23_000_000));
+        // And never before the entry count, however large the log.
+        assert!(!compaction_due(9_999, 10_000, u64::MAX, 0));
     }
 }

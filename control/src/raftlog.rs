@@ -834,6 +834,13 @@ impl RaftLog {
         self.entries_written
     }
 
+    /// Bytes of the file up to the end of its last batch (space reserved
+    /// ahead not counted).
+    #[must_use]
+    pub fn file_len(&self) -> u64 {
+        self.end
+    }
+
     /// Writes everything queued as one batch and fsyncs it. Call before
     /// sending any message that depends on what was queued. After an error
     /// the log refuses further writes: the node must stop.

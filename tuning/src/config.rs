@@ -104,7 +104,9 @@ pub struct ClusterConfig {
     /// `10ms..=60s` and at least 3 x `heartbeat_interval`. Default 500ms.
     /// It adds to the grace period of a new leader.
     pub election_timeout: Duration,
-    /// Log entries between snapshots, `100..=10000000`. Default 10000.
+    /// Log entries between snapshots, `100..=10000000`. Default 10000. A
+    /// compaction also waits until the log grew by as many bytes as the
+    /// last snapshot's lease state.
     pub snapshot_entries: u64,
     /// File holding the cluster secret, shared by every member: peers prove
     /// they know it (HMAC-SHA256 challenge-response) before any raft message
