@@ -29,8 +29,6 @@ pub struct NodeProc {
     pub config: PathBuf,
     pub data_dir: PathBuf,
     pub log: PathBuf,
-    /// The admin endpoint (`/metrics`).
-    pub admin: SocketAddr,
     pub child: Option<Child>,
 }
 
@@ -132,7 +130,6 @@ impl Cluster {
                 config: dir.path().join(format!("node{id}.toml")),
                 data_dir: dir.path().join(format!("data{id}")),
                 log: dir.path().join(format!("node{id}.log")),
-                admin: format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
                 child: None,
             });
         }
@@ -158,8 +155,8 @@ impl Cluster {
     fn write_config(&self, i: usize) {
         let me = &self.nodes[i];
         let mut text = format!(
-            "[node]\nid = {}\ncores = 1\n\n[listen]\nclient = \"{}\"\n\n[cluster]\nname = \"test\"\nheartbeat_interval = \"{}ms\"\nelection_timeout = \"{}ms\"\nsecret_file = \"secret{}\"\n{}\n[admin]\nlisten = \"{}\"\n",
-            me.id, me.client, self.timing.0, self.timing.1, me.id, self.cluster_lines, me.admin
+            "[node]\nid = {}\ncores = 1\n\n[listen]\nclient = \"{}\"\n\n[cluster]\nname = \"test\"\nheartbeat_interval = \"{}ms\"\nelection_timeout = \"{}ms\"\nsecret_file = \"secret{}\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            me.id, me.client, self.timing.0, self.timing.1, me.id, self.cluster_lines
         );
         let secret = self.dir.path().join(format!("secret{}", me.id));
         if !secret.exists() {
@@ -223,10 +220,15 @@ impl Cluster {
     }
 
     /// The value of metric `name` (no labels) that node `i` serves, if it
-    /// answers.
+    /// answers. The admin port is the kernel's choice (a port picked ahead
+    /// could be taken before the node binds it); the node's latest start
+    /// logs it.
     pub fn metric(&self, i: usize, name: &str) -> Option<f64> {
         use std::io::{Read, Write};
-        let mut stream = TcpStream::connect(self.nodes[i].admin).ok()?;
+        let log = self.log(i);
+        let from = log.rfind("metrics on http://")? + "metrics on http://".len();
+        let admin = &log[from..from + log[from..].find('/')?];
+        let mut stream = TcpStream::connect(admin).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
         stream
             .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
