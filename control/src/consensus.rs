@@ -601,6 +601,21 @@ impl ControlCore {
             self.snapshot_waits.clear();
             return;
         }
+        let mut waits = BTreeMap::new();
+        for (&id, progress) in self.raw.raft.prs().iter() {
+            if progress.state == ProgressState::Snapshot {
+                let index = progress.pending_snapshot;
+                let since = match self.snapshot_waits.get(&id) {
+                    Some(&(waited, since)) if waited == index => since,
+                    _ => now_ms,
+                };
+                waits.insert(id, (index, since));
+            }
+        }
+        self.snapshot_waits = waits;
+        if self.snapshot_waits.is_empty() {
+            return;
+        }
         let size = self
             .raw
             .raft
@@ -612,25 +627,14 @@ impl ControlCore {
             .as_ref()
             .map_or(0, |s| s.get_data().len() as u64);
         let patience = SNAPSHOT_PATIENCE_MS + size / SNAPSHOT_BYTES_PER_MS;
-        let mut waits = BTreeMap::new();
-        let mut lost = Vec::new();
-        for (&id, progress) in self.raw.raft.prs().iter() {
-            if progress.state != ProgressState::Snapshot {
-                continue;
-            }
-            let index = progress.pending_snapshot;
-            let since = match self.snapshot_waits.get(&id) {
-                Some(&(waited, since)) if waited == index => since,
-                _ => now_ms,
-            };
-            if now_ms.saturating_sub(since) >= patience {
-                lost.push(id);
-            } else {
-                waits.insert(id, (index, since));
-            }
-        }
-        self.snapshot_waits = waits;
+        let lost: Vec<u64> = self
+            .snapshot_waits
+            .iter()
+            .filter(|(_, &(_, since))| now_ms.saturating_sub(since) >= patience)
+            .map(|(&id, _)| id)
+            .collect();
         for id in lost {
+            self.snapshot_waits.remove(&id);
             self.snapshots_resent += 1;
             self.raw.report_snapshot(id, SnapshotStatus::Failure);
         }

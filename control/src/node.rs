@@ -1057,7 +1057,6 @@ impl Node {
     }
 }
 
-/// Hands each notice to the core named in its tag.
 /// Whether the raft log is due a compaction: more than `snapshot_entries`
 /// entries written since the last one, and at least as many bytes appended
 /// since as that compaction's snapshot of the lease state took. Each
@@ -1076,6 +1075,7 @@ fn compaction_due(
     entries > snapshot_entries && appended_bytes >= last_state_bytes
 }
 
+/// Hands each notice to the core named in its tag.
 fn deliver(senders: &[palisade_dataplane::server::NoticeSender], notices: Vec<Notice>) {
     if notices.is_empty() {
         return;

@@ -10,9 +10,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
 
 use common::{sleep_ms, Server};
 use palisade_host::affinity::{allowed_cpus, parse_cpu_list, spare_cpus};
@@ -69,19 +67,8 @@ fn is_core(thread: &Thread) -> bool {
 /// `palisade_control_pinned` from the node's admin endpoint.
 fn control_pinned(server: &Server) -> String {
     let admin = server.ready["admin"].as_str().expect("admin address");
-    let mut stream = TcpStream::connect(admin).expect("connect to admin");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: palisade\r\n\r\n")
-        .expect("send");
-    let mut body = String::new();
-    stream.read_to_string(&mut body).expect("read to close");
-    body.lines()
-        .find_map(|line| line.strip_prefix("palisade_control_pinned "))
-        .unwrap_or_else(|| panic!("no palisade_control_pinned in {body}"))
-        .to_string()
+    palisade_testkit::metric_sample(admin, "palisade_control_pinned")
+        .expect("palisade_control_pinned on the admin endpoint")
 }
 
 #[test]

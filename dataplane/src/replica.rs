@@ -785,6 +785,9 @@ mod tests {
         assert_eq!(state.encode(u32::MAX).len(), LeaseState::encoded_len_max(3));
         state.apply(&grant("short", 1, 1_000), 1);
         assert!(state.encode(0).len() < LeaseState::encoded_len_max(4));
-        assert!(LeaseState::encoded_len_max(1) - LeaseState::encoded_len_max(0) == 355);
+        assert_eq!(
+            LeaseState::encoded_len_max(1) - LeaseState::encoded_len_max(0),
+            355
+        );
     }
 }

@@ -81,6 +81,27 @@ fn ephemeral_low() -> Option<u32> {
     range.split_whitespace().next()?.parse().ok()
 }
 
+/// The value of one series (`name` with its labels, as the exposition
+/// spells it) that the admin endpoint at `admin` serves, as text; `None`
+/// when the endpoint does not answer or has no such series.
+#[must_use]
+pub fn metric_sample(admin: &str, series: &str) -> Option<String> {
+    use std::io::Write;
+    let mut stream = TcpStream::connect(admin).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: palisade\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    body.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        Some(value.trim().to_string())
+    })
+}
+
 /// A free loopback port (see [`free_addr`]).
 #[must_use]
 pub fn free_port() -> u16 {

@@ -371,10 +371,7 @@ fn a_used_up_epoch_moves_a_single_node_to_a_new_term_with_its_leases() {
 
 #[test]
 fn a_used_up_epoch_hands_a_cluster_to_the_most_caught_up_follower() {
-    let dirs: Vec<_> = (0..3)
-        .map(|_| tempfile::tempdir().expect("tempdir"))
-        .collect();
-    let mut nodes = three_cores(&dirs);
+    let (_dirs, mut nodes) = three_cores();
     let deliver = |nodes: &mut Vec<(ControlCore, RaftLog)>, now: u64| {
         deliver_but(nodes, now, &mut |_| false);
     };
@@ -475,9 +472,13 @@ fn losing_leadership_fails_what_is_in_flight() {
     assert!(!core.serving());
 }
 
-/// Three replicated cores wired in memory.
-fn three_cores(dirs: &[tempfile::TempDir]) -> Vec<(ControlCore, RaftLog)> {
-    (1..=3u64)
+/// Three replicated cores wired in memory, and the directories of their
+/// logs (kept while they live).
+fn three_cores() -> (Vec<tempfile::TempDir>, Vec<(ControlCore, RaftLog)>) {
+    let dirs: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let nodes = (1..=3u64)
         .map(|id| {
             let (log, recovered) =
                 RaftLog::open(dirs[id as usize - 1].path(), "c", id as u16, false).expect("open");
@@ -486,7 +487,8 @@ fn three_cores(dirs: &[tempfile::TempDir]) -> Vec<(ControlCore, RaftLog)> {
             cfg.voters = vec![1, 2, 3];
             (ControlCore::new(cfg, recovered.into()).expect("core"), log)
         })
-        .collect()
+        .collect();
+    (dirs, nodes)
 }
 
 /// Hands every message on until none is left, except those `lose` takes.
@@ -519,10 +521,7 @@ fn deliver_but(
 
 #[test]
 fn a_follower_whose_snapshot_was_lost_is_sent_it_again() {
-    let dirs: Vec<_> = (0..3)
-        .map(|_| tempfile::tempdir().expect("tempdir"))
-        .collect();
-    let mut nodes = three_cores(&dirs);
+    let (_dirs, mut nodes) = three_cores();
     nodes[0].0.campaign(0).expect("campaign");
     deliver_but(&mut nodes, 0, &mut |_| false);
     assert_eq!(nodes[0].0.raft_state(), StateRole::Leader);

@@ -224,21 +224,10 @@ impl Cluster {
     /// could be taken before the node binds it); the node's latest start
     /// logs it.
     pub fn metric(&self, i: usize, name: &str) -> Option<f64> {
-        use std::io::{Read, Write};
         let log = self.log(i);
         let from = log.rfind("metrics on http://")? + "metrics on http://".len();
         let admin = &log[from..from + log[from..].find('/')?];
-        let mut stream = TcpStream::connect(admin).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .ok()?;
-        let mut body = String::new();
-        stream.read_to_string(&mut body).ok()?;
-        body.lines().find_map(|line| {
-            let value = line.strip_prefix(name)?.strip_prefix(' ')?;
-            value.trim().parse().ok()
-        })
+        palisade_testkit::metric_sample(admin, name)?.parse().ok()
     }
 
     pub fn log(&self, i: usize) -> String {
