@@ -59,9 +59,10 @@ const PROBE_SYNCS: usize = 500;
 /// Round trips of the loopback probe.
 const PROBE_TRIPS: usize = 5_000;
 
-pub(crate) const SYSTEMS: [&str; 11] = [
+pub(crate) const SYSTEMS: [&str; 12] = [
     "palisade",
     "palisade-none",
+    "palisade-none-b",
     "palisade-cluster",
     "palisade-cluster-none",
     "redis",
@@ -94,7 +95,8 @@ pub struct CompareArgs {
     /// Systems, comma-separated: palisade (one node, the default
     /// `leases.replication = "quorum"`), palisade-none (one node,
     /// `replication = "none"`: the memory-speed grants issue 17's echo-floor
-    /// targets are about; only when named), palisade-cluster (three nodes,
+    /// targets are about; only when named), palisade-none-b (the same with
+    /// `--palisade-b-bin`), palisade-cluster (three nodes,
     /// quorum), palisade-cluster-none (three nodes, `replication =
     /// "none"`), redis, etcd, zookeeper, echo (the floor: glommio), and,
     /// only when named, echo-uring (the same echo on a ring of our own),
@@ -146,6 +148,11 @@ pub struct CompareArgs {
     /// The `palisade` binary (default: next to this one).
     #[arg(long)]
     palisade_bin: Option<PathBuf>,
+    /// A second `palisade` binary, run as system `palisade-none-b` (one
+    /// node, `replication = "none"`): two builds side by side in one run,
+    /// alternating round by round.
+    #[arg(long)]
+    palisade_b_bin: Option<PathBuf>,
     /// Fixed-rate table: every system at each of these arrival rates
     /// (comma-separated), `--rounds` times, alternating the systems.
     #[arg(long, value_delimiter = ',')]
@@ -214,9 +221,11 @@ pub(crate) fn codec_for(
     addr: SocketAddr,
 ) -> Result<Box<dyn Codec>> {
     Ok(match system {
-        "palisade" | "palisade-none" | "palisade-cluster" | "palisade-cluster-none" => {
-            Box::new(palisade::PalisadeCodec::new(config))
-        }
+        "palisade"
+        | "palisade-none"
+        | "palisade-none-b"
+        | "palisade-cluster"
+        | "palisade-cluster-none" => Box::new(palisade::PalisadeCodec::new(config)),
         "echo" | "echo-uring" | "echo-uring-past-sends" | "echo-epoll" => {
             Box::new(echo::EchoCodec::new(config)?)
         }
@@ -845,6 +854,12 @@ fn start(
         ),
         "palisade-none" => systems::palisade(
             bin()?,
+            &ClusterSpec::compare(1, args.server_cpu, Replication::None),
+        ),
+        "palisade-none-b" => systems::palisade(
+            args.palisade_b_bin
+                .as_ref()
+                .context("palisade-none-b needs --palisade-b-bin")?,
             &ClusterSpec::compare(1, args.server_cpu, Replication::None),
         ),
         "palisade-cluster" => systems::palisade(
