@@ -7,6 +7,9 @@
 //! - `.../1-thread-one-resource`: the same on one resource, whose slot stays
 //!   in L1.
 //! - `KeyHasher::key`: the per-request fingerprint, measured apart.
+//! - `.../cold-batch-of-32/{one-by-one,prefetched}`: batches of 32 cycles
+//!   on random resources in a table past the cache, without and with the
+//!   slots prefetched first (what the server does for a batch it holds).
 //! - `.../2-threads-distinct` and `.../2-threads-shared`: two threads at once,
 //!   on their own resources or on one resource; time is per operation pair
 //!   per thread.
@@ -73,6 +76,52 @@ fn single_thread(c: &mut Criterion) {
     group.finish();
 }
 
+/// Batches of 32 acquire+release cycles on random resources among 100 000
+/// in a 262 144-slot table (16 MiB: past the cache, as in the benchmark
+/// harness's uncontended workload), served one after another, or with every
+/// key's slot prefetched first (what the server does for a batch of frames
+/// it has whole, `LeaseTable::prefetch`). Time is per cycle.
+fn cold_batches(c: &mut Criterion) {
+    const RESOURCES: usize = 100_000;
+    const BATCH: usize = 32;
+    let table = LeaseTable::new(262_144, KeyHasher::new([3; 16]));
+    let keys = keys(&table, "volumes/vm-", RESOURCES);
+    // A fixed pseudo-random walk over the resources, whole batches.
+    let mut order: Vec<usize> = Vec::with_capacity(1 << 20);
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    for _ in 0..(1 << 20) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.push((x % RESOURCES as u64) as usize);
+    }
+    // Insert every key once so that both variants find, not insert.
+    for key in &keys {
+        cycle(&table, *key, 1);
+    }
+    let mut group = c.benchmark_group("LeaseTable::acquire+release/cold-batch-of-32");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    for prefetch in [false, true] {
+        let name = if prefetch { "prefetched" } else { "one-by-one" };
+        let mut at = 0usize;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                at = (at + BATCH) % order.len();
+                let batch = &order[at..at + BATCH];
+                if prefetch {
+                    for &i in batch {
+                        table.prefetch(keys[i]);
+                    }
+                }
+                for &i in batch {
+                    black_box(cycle(&table, keys[i], 1));
+                }
+            });
+        });
+    }
+    group.finish();
+}
+
 fn two_threads(c: &mut Criterion, name: &str, shared: bool) {
     let table = Arc::new(LeaseTable::new(65_536, KeyHasher::new([2; 16])));
     let per_thread: Vec<Vec<LeaseKey>> = if shared {
@@ -125,6 +174,6 @@ fn multi_thread(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = single_thread, multi_thread
+    targets = single_thread, cold_batches, multi_thread
 }
 criterion_main!(benches);

@@ -132,6 +132,13 @@ impl NameIndex {
     /// even if its key is not live.
     pub fn note(&mut self, tenant: u32, resource: &str, keep_until_ms: u64) {
         let key = self.key(tenant, resource);
+        self.note_keyed(tenant, resource, key, keep_until_ms);
+    }
+
+    /// [`NameIndex::note`] given the name's `key` (the table's key of
+    /// `(tenant, resource)`, which the caller already computed).
+    pub fn note_keyed(&mut self, tenant: u32, resource: &str, key: LeaseKey, keep_until_ms: u64) {
+        debug_assert_eq!(key, self.key(tenant, resource));
         if let Some(keep) = self.keep.get_mut(&key) {
             *keep = (*keep).max(keep_until_ms);
             return;
@@ -149,7 +156,19 @@ impl NameIndex {
     /// [`NameIndex::note`] on the renewal path).
     #[must_use]
     pub fn contains(&self, tenant: u32, resource: &str) -> bool {
-        self.keep.contains_key(&self.key(tenant, resource))
+        self.contains_key(self.key(tenant, resource))
+    }
+
+    /// Whether the name whose table key is `key` is noted.
+    #[must_use]
+    pub fn contains_key(&self, key: LeaseKey) -> bool {
+        self.keep.contains_key(&key)
+    }
+
+    /// The table's key of `(tenant, resource)`.
+    #[must_use]
+    pub fn key_of(&self, tenant: u32, resource: &str) -> LeaseKey {
+        self.key(tenant, resource)
     }
 
     /// Whether `name` of `tenant` may go: not kept any more and not live.

@@ -389,6 +389,41 @@ impl RequestService {
         now_ms: u64,
         nonce: &mut dyn FnMut() -> [u8; NONCE_LEN],
     ) -> Outcome {
+        self.handle_keyed(conn, meta, request, now_ms, nonce, None)
+    }
+
+    /// The table key of a lease request (`Acquire`, `Renew`, `Release`,
+    /// `Check`) with a valid resource name on a connection past its
+    /// handshake; `None` for anything else. A server computes it once
+    /// ahead of [`RequestService::handle_keyed`]: to prefetch the key's
+    /// slot for a batch of requests, and for its `List` index.
+    #[must_use]
+    pub fn lease_key(&self, conn: &Conn, request: &ArchivedRequest) -> Option<LeaseKey> {
+        let Phase::Ready { tenant } = conn.phase else {
+            return None;
+        };
+        let resource = match request {
+            ArchivedRequest::Acquire { resource, .. }
+            | ArchivedRequest::Renew { resource, .. }
+            | ArchivedRequest::Release { resource, .. }
+            | ArchivedRequest::Check { resource, .. } => resource.as_str(),
+            _ => return None,
+        };
+        self.key(tenant, resource).ok()
+    }
+
+    /// [`RequestService::handle`] given `key`: what
+    /// [`RequestService::lease_key`] returned for this request on this
+    /// connection (then it is not computed again), or `None`.
+    pub fn handle_keyed(
+        &self,
+        conn: &mut Conn,
+        meta: RequestMeta,
+        request: &ArchivedRequest,
+        now_ms: u64,
+        nonce: &mut dyn FnMut() -> [u8; NONCE_LEN],
+        key: Option<LeaseKey>,
+    ) -> Outcome {
         match (&conn.phase, request) {
             (
                 Phase::AwaitHello,
@@ -417,7 +452,7 @@ impl RequestService {
             }
             (Phase::Ready { tenant }, _) => {
                 let tenant = *tenant;
-                self.authenticated_request(conn, tenant, meta, request, now_ms)
+                self.authenticated_request(conn, tenant, meta, request, now_ms, key)
             }
             (Phase::AwaitHello, _) => Outcome::ReplyAndClose(error(
                 ErrorCode::NotAuthenticated,
@@ -548,6 +583,23 @@ impl RequestService {
         Ok(self.table.hasher().key(tenant, resource.as_bytes()))
     }
 
+    /// `known` (from [`RequestService::lease_key`], so the name was
+    /// validated), or the key computed now.
+    fn key_given(
+        &self,
+        known: Option<LeaseKey>,
+        tenant: u32,
+        resource: &str,
+    ) -> Result<LeaseKey, Response> {
+        match known {
+            Some(key) => {
+                debug_assert_eq!(Ok(key), self.key(tenant, resource).map_err(|_| ()));
+                Ok(key)
+            }
+            None => self.key(tenant, resource),
+        }
+    }
+
     fn check_ttl(&self, ttl_ms: u32) -> Result<(), Response> {
         if ttl_ms < self.config.min_ttl_ms || ttl_ms > self.config.max_ttl_ms {
             return Err(error(
@@ -593,6 +645,7 @@ impl RequestService {
         meta: RequestMeta,
         request: &ArchivedRequest,
         now_ms: u64,
+        key: Option<LeaseKey>,
     ) -> Outcome {
         if meta.group != crate::replica::GROUP_DEFAULT
             && !matches!(request, ArchivedRequest::Status)
@@ -629,6 +682,7 @@ impl RequestService {
                     grant,
                     wait_ms.to_native(),
                     now_ms,
+                    key,
                 );
                 self.count_acquire(conn, &outcome);
                 return outcome;
@@ -675,7 +729,7 @@ impl RequestService {
                 unreachable!("handshake messages are dispatched before authenticated_request()")
             }
         };
-        let key = match self.key(tenant, resource) {
+        let key = match self.key_given(key, tenant, resource) {
             Ok(key) => key,
             Err(response) => return Outcome::Reply(response),
         };
@@ -966,8 +1020,9 @@ impl RequestService {
         grant: Grant,
         wait_ms: u32,
         now_ms: u64,
+        key: Option<LeaseKey>,
     ) -> Outcome {
-        let key = match self.key(tenant, resource) {
+        let key = match self.key_given(key, tenant, resource) {
             Ok(key) => key,
             Err(response) => return Outcome::Reply(response),
         };

@@ -224,6 +224,16 @@ impl RecvBuf {
         decode_frame(&self.data[self.start..self.end], payload_len_max)
     }
 
+    /// The whole frame `offset` bytes past the front, if there is one:
+    /// a look ahead at frames not yet consumed (`offset` is the sum of
+    /// the `frame_len`s before it), for a server that prepares a batch
+    /// before serving it.
+    pub fn frame_at(&self, offset: usize, payload_len_max: u32) -> Result<Decoded<'_>, FrameError> {
+        assert_eq!(offset % FRAME_ALIGN, 0, "frames are 8-padded");
+        let start = (self.start + offset).min(self.end);
+        decode_frame(&self.data[start..self.end], payload_len_max)
+    }
+
     /// Drops `n` bytes from the front (a whole frame).
     pub fn consume(&mut self, n: usize) {
         assert!(n <= self.buffered(), "consumed more than buffered");
@@ -318,6 +328,50 @@ mod tests {
             }
         }
         assert_eq!(buf.buffered(), 0);
+    }
+
+    #[test]
+    fn frames_ahead_are_seen_without_consuming() {
+        let mut out = FrameBuf::new();
+        for id in 0..3u64 {
+            let req = Request::Check {
+                resource: "r".repeat(id as usize * 9 + 1),
+                token: id,
+            };
+            encode_request(&mut out, id, 0, 4096, &req).expect("encodes");
+        }
+        let mut buf = RecvBuf::new(4096, 1 << 16);
+        // Two whole frames and part of the third.
+        let n = out.len() - 3;
+        buf.spare()[..n].copy_from_slice(&out[..n]);
+        buf.filled(n);
+        let mut offset = 0;
+        let mut ids = Vec::new();
+        while let Decoded::Frame {
+            header, frame_len, ..
+        } = buf.frame_at(offset, 4096).expect("valid")
+        {
+            ids.push(header.request_id);
+            offset += frame_len;
+        }
+        assert_eq!(ids, [0, 1]);
+        assert!(matches!(
+            buf.frame_at(offset + 4096, 4096),
+            Ok(Decoded::Incomplete { .. })
+        ));
+        // Nothing was consumed: the front is still the first frame.
+        let Ok(Decoded::Frame {
+            header, frame_len, ..
+        }) = buf.next_frame(4096)
+        else {
+            panic!("the first frame is still there");
+        };
+        assert_eq!(header.request_id, 0);
+        buf.consume(frame_len);
+        let Ok(Decoded::Frame { header, .. }) = buf.frame_at(0, 4096) else {
+            panic!("the second frame is at the front now");
+        };
+        assert_eq!(header.request_id, 1);
     }
 
     #[test]

@@ -31,6 +31,11 @@ use palisade_host::clock::{monotonic_ms, monotonic_ns};
 
 /// Receive buffer a connection starts with; it grows up to one maximal frame.
 const RECV_BUF_INITIAL: usize = 4096;
+/// Frames of one connection's batch whose keys are computed and whose
+/// slots are prefetched before the batch is served ([`Core::look_ahead`]):
+/// enough to overlap a batch's cache misses, few enough that the first
+/// slots are still cached when their requests are served.
+const LOOK_AHEAD_MAX: usize = 32;
 /// Connections accepted per turn at most (and at most half the core's share
 /// of `limits.unauthenticated_max`): the rest wait one turn, so a flood of
 /// connects cannot starve the connections already open.
@@ -391,6 +396,36 @@ impl Core {
         }
     }
 
+    /// Computes the key of each lease request among the whole frames in
+    /// the connection's buffer (at most [`LOOK_AHEAD_MAX`]) into `keys`,
+    /// one entry a frame, and prefetches each key's table slot: a batch's
+    /// cache misses then overlap instead of coming one request at a time
+    /// (100 000 random resources do not fit the cache; at 470 000
+    /// arrivals/s the table's miss was 8 % of the core).
+    fn look_ahead(&self, client: &Client, keys: &mut Vec<Option<LeaseKey>>) {
+        keys.clear();
+        let mut offset = 0;
+        while keys.len() < LOOK_AHEAD_MAX {
+            let Ok(Decoded::Frame {
+                header,
+                payload,
+                frame_len,
+            }) = client.rx.frame_at(offset, self.opts.frame_payload_max)
+            else {
+                break;
+            };
+            offset += frame_len;
+            let key = (header.kind == FrameKind::Request)
+                .then(|| access_request(payload).ok())
+                .flatten()
+                .and_then(|request| self.shared.lease_key(&client.conn, request));
+            if let Some(key) = key {
+                self.shared.table.prefetch(key);
+            }
+            keys.push(key);
+        }
+    }
+
     /// Answers every whole frame in the connection's buffer. Returns
     /// whether the connection must close once its answers are out.
     fn serve_frames(&mut self, client: &mut Client) -> bool {
@@ -405,9 +440,14 @@ impl Core {
         let mut answered = 0u64;
         let mut close = false;
         let mut waits = Vec::new();
+        let mut keys = std::mem::take(&mut self.batch_keys);
+        self.look_ahead(client, &mut keys);
         let conn = &mut client.conn;
         let out = &mut client.out;
+        let mut index = 0;
         loop {
+            let key = keys.get(index).copied().flatten();
+            index += 1;
             let (outcome, frame_len, meta) = match client.rx.next_frame(payload_max) {
                 Ok(Decoded::Incomplete { .. }) => break,
                 Err(err) => {
@@ -432,11 +472,16 @@ impl Core {
                     }
                     match access_request(payload) {
                         Ok(request) => {
-                            let outcome =
-                                self.shared
-                                    .handle(conn, meta, request, now_ms, &mut random_nonce);
+                            let outcome = self.shared.handle_keyed(
+                                conn,
+                                meta,
+                                request,
+                                now_ms,
+                                &mut random_nonce,
+                                key,
+                            );
                             self.lists
-                                .note_request(&self.shared.table, conn, request, now_ms);
+                                .note_request(&self.shared.table, conn, request, now_ms, key);
                             (outcome, frame_len, meta)
                         }
                         Err(err) => {
@@ -482,6 +527,7 @@ impl Core {
                 }
             }
         }
+        self.batch_keys = keys;
         self.shared.stats[self.index].bump_ops(served);
         match conn.phase {
             Phase::Ready { .. } => {

@@ -183,6 +183,8 @@ pub(super) struct Core {
     pub(super) delivered: Vec<WaitEvent>,
     /// Released keys whose waiters must hear of it.
     pub(super) wakes: Vec<LeaseKey>,
+    /// The keys of the batch being served, looked up ahead (reused).
+    pub(super) batch_keys: Vec<Option<LeaseKey>>,
     /// Connections with answers to write this turn.
     pub(super) dirty: Vec<u64>,
     /// Connection deadlines: (monotonic ms, connection). An entry is
@@ -266,6 +268,7 @@ impl Core {
             watch_at_ms: 0,
             delivered: Vec::new(),
             wakes: Vec::new(),
+            batch_keys: Vec::new(),
             dirty: Vec::new(),
             timers: BinaryHeap::new(),
             background: Background {

@@ -10,7 +10,7 @@ use super::core::Core;
 use super::CoreMsg;
 use crate::names::{self, Live, NameIndex, Part, NOTE_GRACE_MS};
 use crate::service::{Conn, ListRequest, Phase};
-use crate::table::{KeyHasher, LeaseTable};
+use crate::table::{KeyHasher, LeaseKey, LeaseTable};
 use crate::waiters::WaitEvent;
 use palisade_host::clock::monotonic_ms;
 
@@ -63,12 +63,15 @@ impl Lists {
 
     /// Notes the name of an acquire, or of a renewal this core has not
     /// seen, for `List`. Cheap: a map lookup (an insert the first time).
+    /// `key` is the request's key if the caller computed it
+    /// ([`crate::service::RequestService::lease_key`]: the name is valid).
     pub(super) fn note_request(
         &mut self,
         table: &LeaseTable,
         conn: &Conn,
         request: &ArchivedRequest,
         now_ms: u64,
+        key: Option<LeaseKey>,
     ) {
         let Phase::Ready { tenant } = conn.phase else {
             return;
@@ -81,13 +84,19 @@ impl Lists {
             _ => return,
         };
         let names = self.names(table.hasher());
-        if !acquire && names.contains(tenant, resource) {
+        let key = match key {
+            Some(key) => key,
+            None => {
+                if validate_resource(resource).is_err() {
+                    return;
+                }
+                names.key_of(tenant, resource)
+            }
+        };
+        if !acquire && names.contains_key(key) {
             return;
         }
-        if validate_resource(resource).is_err() {
-            return;
-        }
-        names.note(tenant, resource, now_ms + keep_ms + NOTE_GRACE_MS);
+        names.note_keyed(tenant, resource, key, now_ms + keep_ms + NOTE_GRACE_MS);
     }
 
     /// This core's part of a page, examining [`names::scan_budget`] names

@@ -95,6 +95,67 @@ fn code(outcome: &Outcome) -> Option<ErrorCode> {
     }
 }
 
+fn archived<'a>(request: &Request, buf: &'a mut FrameBuf) -> &'a ArchivedRequest {
+    buf.clear();
+    encode_request(buf, META.request_id, 0, 4096, request).expect("encodes");
+    let Ok(Decoded::Frame { payload, .. }) = decode_frame(buf, 4096) else {
+        panic!("frame");
+    };
+    access_request(payload).expect("valid")
+}
+
+#[test]
+fn a_key_computed_ahead_is_the_key_the_request_uses() {
+    let s = shared(0);
+    let mut buf = FrameBuf::new();
+    let before = Conn::new(0, 9);
+    // Before the handshake, and for requests without a lease: no key.
+    assert_eq!(
+        s.lease_key(&before, archived(&acquire("d", 1, 1000, 0), &mut buf)),
+        None
+    );
+    let mut conn = ready(&s);
+    assert_eq!(
+        s.lease_key(&conn, archived(&Request::Status, &mut buf)),
+        None
+    );
+    // An invalid name has none either: the request is answered as without.
+    let bad = acquire("", 1, 1000, 0);
+    assert_eq!(s.lease_key(&conn, archived(&bad, &mut buf)), None);
+    assert_eq!(
+        code(&run(&s, &mut conn, &bad, 0)),
+        Some(ErrorCode::InvalidArgument)
+    );
+    let expected = s.table.hasher().key(0, b"disk0");
+    let mut token = 0;
+    for request in [
+        acquire("disk0", 1, 1000, 0),
+        Request::Check {
+            resource: "disk0".into(),
+            token: 0,
+        },
+    ] {
+        let request = archived(&request, &mut buf);
+        let key = s.lease_key(&conn, request);
+        assert_eq!(key, Some(expected));
+        let out = s.handle_keyed(&mut conn, META, request, 10, &mut || [5; NONCE_LEN], key);
+        if let Outcome::Reply(Response::Granted { token: t, .. }) = out {
+            token = t;
+        }
+    }
+    assert_ne!(token, 0, "the keyed acquire was granted");
+    // The lease is in the table under that key: a release without the
+    // key computed ahead finds it.
+    let release = Request::Release {
+        resource: "disk0".into(),
+        token,
+    };
+    assert!(matches!(
+        run(&s, &mut conn, &release, 20),
+        Outcome::Reply(Response::Released { token: t }) if t == token
+    ));
+}
+
 #[test]
 fn requests_before_the_handshake_close_the_connection() {
     let s = shared(0);

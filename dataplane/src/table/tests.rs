@@ -24,6 +24,29 @@ fn granted(outcome: Result<Acquired, TableError>) -> u64 {
 }
 
 #[test]
+fn prefetch_is_only_a_hint() {
+    let t = table(16);
+    let key = t.hasher().key(0, b"disk0");
+    // Before the key is in the table, and after: nothing changes.
+    t.prefetch(key);
+    assert!(matches!(
+        t.check(key, 1, 100),
+        TokenOutcome::Stale {
+            current_token: 0,
+            ..
+        }
+    ));
+    let token = granted(t.acquire(key, grant(1, 1000), 100, EPOCH, AcquireMode::Fair));
+    for i in 0..64u32 {
+        t.prefetch(t.hasher().key(i % 3, &i.to_le_bytes()));
+    }
+    assert!(matches!(
+        t.check(key, token, 200),
+        TokenOutcome::Current { .. }
+    ));
+}
+
+#[test]
 fn acquire_busy_release_reacquire() {
     let t = table(16);
     let key = t.hasher().key(0, b"disk0");
