@@ -166,6 +166,8 @@ pub struct RecvBuf {
     start: usize,
     end: usize,
     capacity_max: usize,
+    /// The size it starts with and returns to ([`RecvBuf::adapt`]).
+    initial: usize,
 }
 
 impl RecvBuf {
@@ -182,6 +184,35 @@ impl RecvBuf {
             start: 0,
             end: 0,
             capacity_max,
+            initial: capacity,
+        }
+    }
+
+    /// Bytes the buffer holds room for now.
+    #[must_use]
+    pub fn capacity(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Fits the buffer to how its peer sends, after a read of `read` bytes
+    /// into `offered` bytes of [`RecvBuf::spare`] and the frames served: a
+    /// read that filled all it was offered doubles the buffer (up to
+    /// `burst_max`, never past `capacity_max`), so that a pipelining peer's
+    /// burst is taken in fewer reads; an empty buffer after a read of less
+    /// than a quarter of it goes back to its initial size, so that a quiet
+    /// connection does not keep a burst's memory.
+    pub fn adapt(&mut self, read: usize, offered: usize, burst_max: usize) {
+        let size = self.data.len();
+        let burst_max = burst_max.min(self.capacity_max);
+        if read == offered && size < burst_max {
+            let grown = (size * 2).min(burst_max);
+            self.data.resize(grown, 0);
+        } else if self.start == self.end && size > self.initial && read < size / 4 {
+            let mut data = FrameBuf::with_capacity(self.initial);
+            data.resize(self.initial, 0);
+            self.data = data;
+            self.start = 0;
+            self.end = 0;
         }
     }
 
@@ -372,6 +403,60 @@ mod tests {
             panic!("the second frame is at the front now");
         };
         assert_eq!(header.request_id, 1);
+    }
+
+    #[test]
+    fn a_buffer_grows_for_bursts_and_shrinks_when_quiet() {
+        let request = Request::Check {
+            resource: "r".into(),
+            token: 1,
+        };
+        let mut one = FrameBuf::new();
+        encode_request(&mut one, 2, 0, 4096, &request).expect("encodes");
+        let mut out = FrameBuf::new();
+        while out.len() < 20_000 {
+            out.extend_from_slice(&one);
+        }
+        let mut buf = RecvBuf::new(1024, 8192);
+        let mut fed = 0;
+        let mut sizes = Vec::new();
+        let mut frames = 0;
+        while fed < out.len() {
+            let spare = buf.spare();
+            let offered = spare.len();
+            let n = offered.min(out.len() - fed);
+            spare[..n].copy_from_slice(&out[fed..fed + n]);
+            buf.filled(n);
+            fed += n;
+            while let Ok(Decoded::Frame { frame_len, .. }) = buf.next_frame(4096) {
+                buf.consume(frame_len);
+                frames += 1;
+            }
+            buf.adapt(n, offered, 4096);
+            sizes.push(buf.capacity());
+        }
+        // Full reads doubled it up to the burst limit, not further.
+        assert_eq!(&sizes[..3], &[2048, 4096, 4096]);
+        assert_eq!(frames, out.len() / one.len(), "every frame arrived once");
+        assert_eq!(buf.buffered(), 0);
+        // A small read into the empty buffer: back to the initial size.
+        let spare = buf.spare();
+        let offered = spare.len();
+        spare[..one.len()].copy_from_slice(&one);
+        buf.filled(one.len());
+        let Ok(Decoded::Frame { frame_len, .. }) = buf.next_frame(4096) else {
+            panic!("a whole frame");
+        };
+        buf.consume(frame_len);
+        buf.adapt(one.len(), offered, 4096);
+        assert_eq!(buf.capacity(), 1024);
+        // Never past the largest frame's size, whatever the burst limit.
+        let mut small = RecvBuf::new(1024, 2048);
+        for _ in 0..3 {
+            let offered = small.spare().len();
+            small.adapt(offered, offered, 1 << 20);
+        }
+        assert_eq!(small.capacity(), 2048);
     }
 
     #[test]

@@ -31,6 +31,12 @@ use palisade_host::clock::{monotonic_ms, monotonic_ns};
 
 /// Receive buffer a connection starts with; it grows up to one maximal frame.
 const RECV_BUF_INITIAL: usize = 4096;
+/// Largest a connection's receive buffer grows to while its reads fill it
+/// (a pipelining client's burst taken in one read, as Redis and the epoll
+/// echo read 64 KiB); it returns to [`RECV_BUF_INITIAL`] once quiet. Never
+/// past one maximal frame (`limits.frame_payload_max`, 16 KiB by default),
+/// the bound a connection's buffer always had.
+const READ_BURST_MAX: usize = 64 << 10;
 /// Frames of one connection's batch whose keys are computed and whose
 /// slots are prefetched before the batch is served ([`Core::look_ahead`]):
 /// enough to overlap a batch's cache misses, few enough that the first
@@ -361,7 +367,9 @@ impl Core {
         let Some(mut client) = self.clients.remove(&id) else {
             return;
         };
-        let read = client.stream.read(client.rx.spare());
+        let spare = client.rx.spare();
+        let offered = spare.len();
+        let read = client.stream.read(spare);
         let n = match read {
             Ok(0) => {
                 self.clients.insert(id, client);
@@ -387,6 +395,7 @@ impl Core {
         };
         client.rx.filled(n);
         let close = self.serve_frames(&mut client);
+        client.rx.adapt(n, offered, READ_BURST_MAX);
         self.clients.insert(id, client);
         if close {
             self.finish_written(id);
