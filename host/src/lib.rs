@@ -13,6 +13,7 @@
 //!   that waits in `poll()` (the control thread), rung only when that
 //!   thread is about to sleep.
 //! - [`mark`]: DSCP and `SO_PRIORITY` marks on a socket.
+//! - [`memory`]: the huge-page hint for a large table read at random.
 //! - [`admin`]: the admin endpoint's HTTP/1.1, sans-IO, and the threads
 //!   that serve a daemon's [`admin::Pages`] ([`admin::threaded`]).
 //! - [`heartbeat`]: the per-loop heartbeat slots the service-manager
@@ -56,6 +57,7 @@ pub mod doorbell;
 pub mod durable;
 pub mod heartbeat;
 pub mod mark;
+pub mod memory;
 pub mod notify;
 pub mod rlimit;
 pub mod throttle;

@@ -302,7 +302,13 @@ impl LeaseTable {
     pub fn new(capacity: u32, hasher: KeyHasher) -> LeaseTable {
         assert!(capacity >= 1);
         let slot_count = (capacity as usize * 2).next_power_of_two().max(8);
-        let slots: Box<[Slot]> = (0..slot_count).map(|_| Slot::new()).collect();
+        // Slots are read at random: on huge pages where the kernel has
+        // them (a table of 65 536 keys is 8 MiB of slots; on 4 KiB pages
+        // nearly every lookup also missed the TLB).
+        let mut slots: Vec<Slot> = Vec::with_capacity(slot_count);
+        palisade_host::memory::advise_huge_pages(slots.spare_capacity_mut());
+        slots.extend((0..slot_count).map(|_| Slot::new()));
+        let slots = slots.into_boxed_slice();
         let floors: Box<[AtomicU64]> = (0..FLOOR_COUNT).map(|_| AtomicU64::new(0)).collect();
         LeaseTable {
             slots,
