@@ -17,7 +17,10 @@
 //!   same frames (headers and payload bytes) and the same final error, its
 //!   payloads are 8-aligned, and it never runs out of room for a frame the
 //!   limit allows (a full buffer with no whole frame would hang a
-//!   connection).
+//!   connection), while it grows and shrinks after each read as the server
+//!   fits it (`RecvBuf::adapt`);
+//! - the frames `RecvBuf::frame_at` sees ahead (the server's look-ahead)
+//!   are the frames then served, in order.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -118,7 +121,21 @@ fn chunked(stream: &[u8], limit: u32, seed: u8) -> (Vec<(FrameHeader, Vec<u8>)>,
     let mut chunks = Chunks::new(u32::from(seed).wrapping_mul(2654435761), 97);
     let mut frames = Vec::new();
     let mut fed = 0;
+    // How far a read buffer may grow while reads fill it (`RecvBuf::adapt`).
+    let burst_max = 64 << (seed % 4 * 3);
     loop {
+        // What the server's look-ahead sees: the frames ahead, without
+        // consuming; the loop below must find the same ones.
+        let mut ahead = Vec::new();
+        let mut offset = 0;
+        while let Ok(Decoded::Frame {
+            header, frame_len, ..
+        }) = rx.frame_at(offset, limit)
+        {
+            ahead.push(header);
+            offset += frame_len;
+        }
+        let seen = frames.len();
         loop {
             match rx.next_frame(limit) {
                 Ok(Decoded::Frame {
@@ -138,6 +155,8 @@ fn chunked(stream: &[u8], limit: u32, seed: u8) -> (Vec<(FrameHeader, Vec<u8>)>,
                 Err(error) => return (frames, End::Error(error)),
             }
         }
+        let served: Vec<FrameHeader> = frames[seen..].iter().map(|(h, _)| *h).collect();
+        assert_eq!(ahead, served, "the frames looked at ahead are the frames served");
         if fed == stream.len() {
             return (frames, End::Incomplete);
         }
@@ -147,10 +166,15 @@ fn chunked(stream: &[u8], limit: u32, seed: u8) -> (Vec<(FrameHeader, Vec<u8>)>,
             "receive buffer full ({} bytes buffered) without a whole frame",
             rx.buffered()
         );
-        let n = spare.len().min(chunks.next_len()).min(stream.len() - fed);
+        let offered = spare.len();
+        let n = offered.min(chunks.next_len()).min(stream.len() - fed);
         spare[..n].copy_from_slice(&stream[fed..fed + n]);
         rx.filled(n);
         fed += n;
+        // Fit the buffer as the server does after each read (the server
+        // after serving the read's frames, here before: it must keep every
+        // byte either way).
+        rx.adapt(n, offered, burst_max);
     }
 }
 
