@@ -48,6 +48,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![warn(missing_docs)]
+// The only unsafe code is the `madvise` call in `memory`, allowed locally
+// with its SAFETY comment.
 #![deny(unsafe_code)]
 
 pub mod admin;
