@@ -305,7 +305,7 @@ impl LeaseTable {
         // Slots are read at random: on huge pages where the kernel has
         // them (a table of 65 536 keys is 8 MiB of slots; on 4 KiB pages a
         // random lookup also misses the TLB: the `cold-batch` bench took
-        // 21 % longer one by one on small pages, 67 % longer prefetched).
+        // 22 % longer one by one on small pages, 10 % longer prefetched).
         let mut slots: Vec<Slot> = Vec::with_capacity(slot_count);
         palisade_host::memory::advise_huge_pages(slots.spare_capacity_mut());
         slots.extend((0..slot_count).map(|_| Slot::new()));
