@@ -165,12 +165,6 @@ impl NameIndex {
         self.keep.contains_key(&key)
     }
 
-    /// The table's key of `(tenant, resource)`.
-    #[must_use]
-    pub fn key_of(&self, tenant: u32, resource: &str) -> LeaseKey {
-        self.key(tenant, resource)
-    }
-
     /// Whether `name` of `tenant` may go: not kept any more and not live.
     fn expendable(&self, tenant: u32, name: &str, now_ms: u64, live: bool) -> Option<LeaseKey> {
         let key = self.key(tenant, name);

@@ -90,7 +90,7 @@ impl Lists {
                 if validate_resource(resource).is_err() {
                     return;
                 }
-                names.key_of(tenant, resource)
+                table.hasher().key(tenant, resource.as_bytes())
             }
         };
         if !acquire && names.contains_key(key) {
