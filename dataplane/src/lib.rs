@@ -33,9 +33,8 @@
 //! assert_eq!(table.release(key, token, 2_000), TokenOutcome::Released { wake_waiters: false });
 //! ```
 #![warn(missing_docs)]
-// The only unsafe code is the socket shim in `server::net` and the table's
-// cache prefetch hint (`table::prefetch_line`), each allowing it locally
-// with a SAFETY comment on its block.
+// The only unsafe code is the socket shim in `server::net`, which allows it
+// locally with a SAFETY comment on each block.
 #![deny(unsafe_code)]
 
 pub mod leadership;

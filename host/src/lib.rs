@@ -13,7 +13,8 @@
 //!   that waits in `poll()` (the control thread), rung only when that
 //!   thread is about to sleep.
 //! - [`mark`]: DSCP and `SO_PRIORITY` marks on a socket.
-//! - [`memory`]: the huge-page hint for a large table read at random.
+//! - [`memory`]: the huge-page and prefetch hints for a large table read
+//!   at random.
 //! - [`admin`]: the admin endpoint's HTTP/1.1, sans-IO, and the threads
 //!   that serve a daemon's [`admin::Pages`] ([`admin::threaded`]).
 //! - [`heartbeat`]: the per-loop heartbeat slots the service-manager
@@ -48,8 +49,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![warn(missing_docs)]
-// The only unsafe code is the `madvise` call in `memory`, allowed locally
-// with its SAFETY comment.
+// The only unsafe code is in `memory` (the `madvise` call and the prefetch
+// instruction), allowed locally with a SAFETY comment on each block.
 #![deny(unsafe_code)]
 
 pub mod admin;

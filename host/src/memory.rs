@@ -1,4 +1,5 @@
-//! Memory hints for the large tables a daemon reads at random.
+//! Memory hints for the large tables a daemon reads at random: huge pages
+//! for their allocation, and a prefetch of the line a lookup will read.
 
 use std::mem::MaybeUninit;
 
@@ -41,6 +42,24 @@ pub fn advise_huge_pages<T>(region: &mut [MaybeUninit<T>]) -> usize {
     }
 }
 
+/// Starts loading the cache line that holds `value` into every cache level
+/// (`PREFETCHT0`), so that a lookup issued a little later finds it there:
+/// a batch of lookups at random then waits for their misses together
+/// instead of one after another. A hint only; a no-op off x86_64.
+pub fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    // SAFETY: PREFETCHT0 never faults and changes nothing the program can
+    // observe; the pointer comes from a live reference. SSE, which the
+    // intrinsic requires, is part of the x86_64 baseline.
+    unsafe {
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(value).cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,6 +80,16 @@ mod tests {
         }
         values.extend((0..len as u64).map(|i| i * 7));
         assert!(values.iter().enumerate().all(|(i, &v)| v == i as u64 * 7));
+    }
+
+    #[test]
+    fn a_prefetch_changes_nothing() {
+        let values: Vec<u64> = (0..1024).collect();
+        for value in values.iter().rev() {
+            prefetch(value);
+        }
+        prefetch(&values);
+        assert!(values.iter().enumerate().all(|(i, &v)| v == i as u64));
     }
 
     #[test]

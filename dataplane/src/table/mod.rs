@@ -85,21 +85,6 @@ pub const LOCK_DELAY_MAX_MS: u32 = DELAY_MASK as u32;
 /// Largest time value the table stores (about 34 years of milliseconds).
 pub const TIME_MAX_MS: u64 = TIME_MASK;
 
-/// Starts loading the cache line of `value` (a hint; no-op off x86_64).
-#[allow(unsafe_code)]
-fn prefetch_line<T>(value: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 never faults and changes nothing the program can
-    // observe; the pointer comes from a live reference. SSE, which the
-    // intrinsic requires, is part of the x86_64 baseline.
-    unsafe {
-        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(value).cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
-}
-
 /// The token after `last` in `epoch`.
 ///
 /// Fails with [`TableError::EpochExhausted`] when `epoch`'s 32-bit sequence
@@ -423,7 +408,7 @@ impl LeaseTable {
     /// keys of a batch of requests before serving them overlaps the
     /// batch's cache misses instead of taking them one after another.
     pub fn prefetch(&self, key: LeaseKey) {
-        prefetch_line(&self.slots[self.home(key)]);
+        palisade_host::memory::prefetch(&self.slots[self.home(key)]);
     }
 
     fn home(&self, key: LeaseKey) -> usize {
