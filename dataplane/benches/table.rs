@@ -22,6 +22,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use palisade_dataplane::table::{AcquireMode, Acquired, Grant, KeyHasher, LeaseKey, LeaseTable};
 use palisade_host::clock::monotonic_ns;
 
+mod support;
+
 const EPOCH: u32 = 1;
 const NOW_MS: u64 = 1_000;
 
@@ -83,43 +85,27 @@ fn single_thread(c: &mut Criterion) {
 /// it has whole, `LeaseTable::prefetch`). Time is per cycle.
 fn cold_batches(c: &mut Criterion) {
     const RESOURCES: usize = 100_000;
-    const BATCH: usize = 32;
     let table = LeaseTable::new(262_144, KeyHasher::new([3; 16]));
     let keys = keys(&table, "volumes/vm-", RESOURCES);
-    // A fixed pseudo-random walk over the resources, whole batches.
-    let mut order: Vec<usize> = Vec::with_capacity(1 << 20);
-    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
-    for _ in 0..(1 << 20) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        order.push((x % RESOURCES as u64) as usize);
-    }
     // Insert every key once so that both variants find, not insert.
     for key in &keys {
         cycle(&table, *key, 1);
     }
-    let mut group = c.benchmark_group("LeaseTable::acquire+release/cold-batch-of-32");
-    group.throughput(Throughput::Elements(BATCH as u64));
-    for prefetch in [false, true] {
-        let name = if prefetch { "prefetched" } else { "one-by-one" };
-        let mut at = 0usize;
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                at = (at + BATCH) % order.len();
-                let batch = &order[at..at + BATCH];
-                if prefetch {
-                    for &i in batch {
-                        table.prefetch(keys[i]);
-                    }
-                }
+    support::cold_batches(
+        c,
+        "LeaseTable::acquire+release/cold-batch-of-32",
+        &support::random_walk(RESOURCES),
+        |batch, prefetch| {
+            if prefetch {
                 for &i in batch {
-                    black_box(cycle(&table, keys[i], 1));
+                    table.prefetch(keys[i]);
                 }
-            });
-        });
-    }
-    group.finish();
+            }
+            for &i in batch {
+                black_box(cycle(&table, keys[i], 1));
+            }
+        },
+    );
 }
 
 fn two_threads(c: &mut Criterion, name: &str, shared: bool) {

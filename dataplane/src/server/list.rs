@@ -45,6 +45,14 @@ impl Lists {
             .get_or_insert_with(|| NameIndex::new(hasher.clone()))
     }
 
+    /// Starts loading what noting `key` reads (a hint; nothing before
+    /// the first note).
+    pub(super) fn prefetch(&self, key: LeaseKey) {
+        if let Some(names) = &self.names {
+            names.prefetch(key);
+        }
+    }
+
     /// Names held.
     pub(super) fn len(&self) -> usize {
         self.names.as_ref().map_or(0, NameIndex::len)

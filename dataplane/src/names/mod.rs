@@ -19,13 +19,16 @@
 //! listing walked with the returned cursor, and every lease live for the
 //! whole walk appears on one.
 
-use std::collections::{BTreeSet, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::BTreeSet;
 use std::ops::Bound;
 
 use palisade_proto::{ListedLease, LIST_LIMIT_MAX};
 
 use crate::table::{KeyHasher, LeaseKey};
+
+mod keep;
+
+use keep::KeepMap;
 
 /// How long a noted name outlives its acquire's wait when its key is not
 /// live: covers a grant that is committed or delivered a little later.
@@ -61,28 +64,6 @@ pub struct Part {
     pub stopped_at: Option<String>,
 }
 
-/// Hashes a [`LeaseKey`] by its fingerprint's low bits: the fingerprint is
-/// already a keyed SipHash, uniform and secret.
-#[derive(Debug, Default)]
-pub struct Fingerprint(u64);
-
-impl Hasher for Fingerprint {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only reached through a type other than LeaseKey: fold the bytes.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u128(&mut self, value: u128) {
-        self.0 ^= (value >> 2) as u64;
-    }
-}
-
 /// The names one core has seen, per tenant, in byte order, and how long to
 /// keep each by its table key.
 #[derive(Debug)]
@@ -90,8 +71,9 @@ pub struct NameIndex {
     hasher: KeyHasher,
     tenants: Vec<BTreeSet<String>>,
     /// Keep-until time of each name, by key: all the request path touches
-    /// for a name it has seen (one hash-map lookup).
-    keep: HashMap<LeaseKey, u64, BuildHasherDefault<Fingerprint>>,
+    /// for a name it has seen (one bucket, which [`NameIndex::prefetch`]
+    /// can load ahead).
+    keep: KeepMap,
     /// Where [`NameIndex::prune`] continues: tenant and last name examined.
     prune_at: (usize, Option<String>),
 }
@@ -103,7 +85,7 @@ impl NameIndex {
         NameIndex {
             hasher,
             tenants: Vec::new(),
-            keep: HashMap::default(),
+            keep: KeepMap::new(),
             prune_at: (0, None),
         }
     }
@@ -139,11 +121,10 @@ impl NameIndex {
     /// `(tenant, resource)`, which the caller already computed).
     pub fn note_keyed(&mut self, tenant: u32, resource: &str, key: LeaseKey, keep_until_ms: u64) {
         debug_assert_eq!(key, self.key(tenant, resource));
-        if let Some(keep) = self.keep.get_mut(&key) {
-            *keep = (*keep).max(keep_until_ms);
+        if self.keep.raise(key, keep_until_ms) {
             return;
         }
-        self.keep.insert(key, keep_until_ms);
+        self.keep.insert_new(key, keep_until_ms);
         let index = tenant as usize;
         if self.tenants.len() <= index {
             self.tenants.resize_with(index + 1, BTreeSet::new);
@@ -162,20 +143,27 @@ impl NameIndex {
     /// Whether the name whose table key is `key` is noted.
     #[must_use]
     pub fn contains_key(&self, key: LeaseKey) -> bool {
-        self.keep.contains_key(&key)
+        self.keep.contains_key(key)
+    }
+
+    /// Starts loading what [`NameIndex::note_keyed`] and
+    /// [`NameIndex::contains_key`] read for `key`: a hint for a request
+    /// served shortly (the look-ahead gives it with the table slot's).
+    pub fn prefetch(&self, key: LeaseKey) {
+        self.keep.prefetch(key);
     }
 
     /// Whether `name` of `tenant` may go: not kept any more and not live.
     fn expendable(&self, tenant: u32, name: &str, now_ms: u64, live: bool) -> Option<LeaseKey> {
         let key = self.key(tenant, name);
-        let keep_until_ms = self.keep.get(&key).copied().unwrap_or(0);
+        let keep_until_ms = self.keep.get(key).unwrap_or(0);
         (!live && keep_until_ms < now_ms).then_some(key)
     }
 
     fn forget(&mut self, tenant: usize, dead: Vec<(String, LeaseKey)>) {
         for (name, key) in dead {
             self.tenants[tenant].remove(&name);
-            self.keep.remove(&key);
+            self.keep.remove(key);
         }
     }
 
@@ -188,6 +176,8 @@ impl NameIndex {
         count: usize,
         live: &mut dyn FnMut(u32, &str) -> Option<Live>,
     ) {
+        // The keep map's growing steps, off the request path.
+        self.keep.tidy(count);
         let mut left = count;
         // Each tenant's names at most once per call.
         let mut tenants_left = self.tenants.len() + 1;
@@ -493,18 +483,19 @@ mod tests {
     #[test]
     fn dead_names_are_dropped_once_their_keep_time_passed() {
         let mut core = index();
-        core.note(0, "waiting", 1_000);
-        core.note(0, "gone", 10);
-        core.note(3, "other", 10);
-        let part = core.scan(0, "", "", 10, 500, &mut |_| None);
+        // Keep times are kept to the second, rounded up.
+        core.note(0, "waiting", 100_000);
+        core.note(0, "gone", 1_000);
+        core.note(3, "other", 1_000);
+        let part = core.scan(0, "", "", 10, 50_000, &mut |_| None);
         assert!(part.leases.is_empty());
         assert!(core.contains(0, "waiting"));
         assert!(!core.contains(0, "gone"));
-        core.note(0, "waiting", 1_000);
-        core.note(1, "live", 10);
+        core.note(0, "waiting", 100_000);
+        core.note(1, "live", 1_000);
         // A small budget continues where the last call stopped.
         for _ in 0..3 {
-            core.prune(2_000, 1, &mut |_, name| {
+            core.prune(200_000, 1, &mut |_, name| {
                 (name == "live").then_some(Live {
                     token: 1,
                     remaining_ms: 1,
@@ -517,7 +508,7 @@ mod tests {
         assert!(core.contains(1, "live"), "a live name stays");
         assert_eq!(core.len(), 1);
         // A large budget visits each tenant once and stops.
-        core.prune(3_000, 1_000, &mut |_, _| None);
+        core.prune(300_000, 1_000, &mut |_, _| None);
         assert!(core.is_empty(), "{core:?}");
     }
 
