@@ -4,6 +4,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -142,6 +143,34 @@ struct Background {
     prune_left: usize,
 }
 
+/// Hashes a connection id, which the core numbers itself from 1 (no
+/// client chooses it): a multiply by an odd constant is a bijection, so
+/// consecutive ids land in distinct buckets, and its high bits are mixed
+/// for the map's tag byte. Four lookups a read with SipHash cost about 1 %
+/// of the core at 100 000 requests/s.
+#[derive(Debug, Default)]
+pub(super) struct ConnIdHasher(u64);
+
+impl Hasher for ConnIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached through a key type other than u64: fold the bytes.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(FIBONACCI);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(FIBONACCI);
+    }
+}
+
+/// 2^64 divided by the golden ratio, odd.
+const FIBONACCI: u64 = 0x9e37_79b9_7f4a_7c15;
+
 /// One core's state. Single-threaded: only its own thread touches it.
 pub(super) struct Core {
     pub(super) shared: Arc<RequestService>,
@@ -159,7 +188,7 @@ pub(super) struct Core {
     pub(super) accept_backoff: Duration,
     pub(super) accept_log: palisade_host::throttle::LogThrottle,
     waits: WaitQueues,
-    pub(super) clients: HashMap<u64, Client>,
+    pub(super) clients: HashMap<u64, Client, BuildHasherDefault<ConnIdHasher>>,
     /// Connections still in their handshake that have not said `Hello`,
     /// oldest first (see [`ServerOptions::unauthenticated_max`]).
     pub(super) unauthenticated: BTreeSet<u64>,
@@ -255,7 +284,7 @@ impl Core {
                 super::conn::ACCEPT_LOG_INTERVAL_MS,
             ),
             waits: WaitQueues::new(waiters_per_core),
-            clients: HashMap::new(),
+            clients: HashMap::default(),
             unauthenticated: BTreeSet::new(),
             challenged: BTreeSet::new(),
             unauthenticated_max,
@@ -807,5 +836,25 @@ impl Core {
             core = self.index,
             "released a grant for a closed connection"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::hash::{BuildHasher, BuildHasherDefault};
+
+    use super::ConnIdHasher;
+
+    #[test]
+    fn consecutive_connection_ids_spread_over_buckets_and_tags() {
+        let build = BuildHasherDefault::<ConnIdHasher>::default();
+        let hashes: Vec<u64> = (1..=4096u64).map(|id| build.hash_one(id)).collect();
+        // Low bits pick the bucket: 4096 ids, 4096 distinct buckets.
+        let buckets: HashSet<u64> = hashes.iter().map(|h| h & 4095).collect();
+        assert_eq!(buckets.len(), 4096);
+        // The top seven bits are the tag compared first: all 128 used.
+        let tags: HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        assert_eq!(tags.len(), 128);
     }
 }
