@@ -75,9 +75,12 @@ pub(super) struct KeepMap {
 }
 
 /// Old buckets moved, and next buckets written, per step of tidying (one
-/// step per insert): the next table (twice the buckets) is written by the
-/// time a fifth of the slots more are used, and the old one emptied long
-/// before the new one is three fifths full.
+/// step per insert, more with pruning). Taking over at four fifths of `B`
+/// buckets, the new table (`2B`) holds `2.4B` entries; the old one is empty
+/// after `B` more inserts at most (`3.4B` entries, 57 % of the new table's
+/// slots), before the next table (`4B` buckets) is due to be written from
+/// three fifths (`3.6B`); that takes `B / 2` of the `1.2B` inserts to four
+/// fifths.
 const MOVE_PER_STEP: usize = 1;
 const WRITE_PER_STEP: usize = 8;
 
