@@ -111,7 +111,7 @@ impl NameIndex {
     }
 
     /// Notes `resource` for `tenant`; keep it at least until `keep_until_ms`
-    /// even if its key is not live.
+    /// (to the second, rounded up) even if its key is not live.
     pub fn note(&mut self, tenant: u32, resource: &str, keep_until_ms: u64) {
         let key = self.key(tenant, resource);
         self.note_keyed(tenant, resource, key, keep_until_ms);
@@ -169,7 +169,9 @@ impl NameIndex {
 
     /// Examines up to `count` names in rolling order (continuing where the
     /// last call stopped, across tenants) and drops those whose key is not
-    /// live (`live` returns `None`) and whose keep time passed.
+    /// live (`live` returns `None`) and whose keep time passed. Also takes
+    /// `count` steps of a growing index's work (moving or writing buckets,
+    /// a few each).
     pub fn prune(
         &mut self,
         now_ms: u64,
