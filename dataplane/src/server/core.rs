@@ -146,8 +146,9 @@ struct Background {
 /// Hashes a connection id, which the core numbers itself from 1 (no
 /// client chooses it): a multiply by an odd constant is a bijection, so
 /// consecutive ids land in distinct buckets, and its high bits are mixed
-/// for the map's tag byte. Four lookups a read with SipHash cost about 1 %
-/// of the core at 100 000 requests/s.
+/// for the map's tag byte. (With SipHash, `hash_one` and SipHash's
+/// `write` were about 1 % of the core's samples at 100 000 arrivals/s, one
+/// connection; the connection is looked up four times a read.)
 #[derive(Debug, Default)]
 pub(super) struct ConnIdHasher(u64);
 
