@@ -143,12 +143,48 @@ fn require(system: PeerKind, binary: &str, package: &'static str) -> Result<Path
     })
 }
 
-/// Loopback ports free right now (held together so they differ).
-fn free_ports<const N: usize>() -> Result<[u16; N]> {
-    let listeners = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()
-        .context("binding a loopback port to find a free one")?;
+/// Lowest port of the kernel's ephemeral range when it cannot be read.
+const EPHEMERAL_LOW_DEFAULT: u16 = 32_768;
+/// Lowest port handed out: above the well-known and most registered ones.
+const PORT_LOW: u16 = 10_000;
+
+/// Loopback ports free right now (held together so they differ), below the
+/// kernel's ephemeral range (`net.ipv4.ip_local_port_range`). A port found
+/// by binding port 0 is an ephemeral one, which an outgoing connection
+/// (another node's, a test's running beside) may take before the server
+/// handed it binds it: "Address already in use" at its start (the
+/// failover test failed so in CI once). Outgoing connections never take a
+/// port below the range. Falls back to port 0 when the range leaves no
+/// room below it. (`palisade_testkit::free_addr` does the same for the
+/// tests; the bench ships, so it cannot depend on the test kit.)
+pub(crate) fn free_ports<const N: usize>() -> Result<[u16; N]> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(EPHEMERAL_LOW_DEFAULT);
+    let mut listeners = Vec::with_capacity(N);
+    if low > PORT_LOW + 1_000 {
+        // Start somewhere different in every process and call, so that
+        // runs side by side seldom try the same ports.
+        let span = u64::from(low - PORT_LOW);
+        let seed = palisade_host::clock::monotonic_ns() ^ (u64::from(std::process::id()) << 20);
+        let start = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+        for step in 0..span {
+            if listeners.len() == N {
+                break;
+            }
+            let port = PORT_LOW + u16::try_from((start + step) % span).expect("below the range");
+            if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+                listeners.push(listener);
+            }
+        }
+    }
+    while listeners.len() < N {
+        listeners.push(
+            TcpListener::bind("127.0.0.1:0")
+                .context("binding a loopback port to find a free one")?,
+        );
+    }
     let mut ports = [0; N];
     for (p, l) in ports.iter_mut().zip(&listeners) {
         *p = l.local_addr()?.port();
@@ -467,6 +503,19 @@ mod tests {
     fn free_ports_differ_and_log_tail_is_bounded() {
         let [a, b] = free_ports::<2>().unwrap();
         assert_ne!(a, b);
+        // Below the ephemeral range, where no outgoing connection takes
+        // them (this machine's range starts at 32768 or so).
+        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .map(|r| r.split_whitespace().next().unwrap().parse().unwrap())
+            .unwrap_or(EPHEMERAL_LOW_DEFAULT);
+        if low > PORT_LOW + 1_000 {
+            assert!(
+                (PORT_LOW..low).contains(&a) && (PORT_LOW..low).contains(&b),
+                "{a} {b}"
+            );
+        }
+        // Free for the caller once returned.
+        let _held = TcpListener::bind(("127.0.0.1", a)).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         std::fs::write(&path, "x".repeat(10_000) + "the end").unwrap();

@@ -9,7 +9,7 @@
 //! `failover` can kill and restart single nodes. Nothing here measures.
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -114,10 +114,6 @@ pub(crate) fn palisade_version(bin: &Path) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Starts the echo floor on `cpu` (`extra`: more `echo-server` flags,
@@ -338,8 +334,9 @@ impl Cluster {
             .context("making a temporary directory")?;
         let mut members = Vec::new();
         for id in 1..=spec.nodes {
-            let client: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-            let peer: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+            let [client, peer] = super::peers::free_ports::<2>()?;
+            let client: SocketAddr = format!("127.0.0.1:{client}").parse()?;
+            let peer: SocketAddr = format!("127.0.0.1:{peer}").parse()?;
             members.push((id, peer, client));
         }
         let secret = dir.path().join("cluster.secret");
