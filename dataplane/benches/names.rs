@@ -15,11 +15,14 @@
 //!   entries prefetched first (what the server's look-ahead does). The
 //!   index is larger than this VM's 32 MiB L3 so that a note misses the
 //!   cache as it does in a server, whose network stack evicts a
-//!   100 000-name index between two requests for one name (a note there
-//!   took ~400 ns in `perf`, against ~35 ns here with 100 000 names).
+//!   100 000-name index between two requests for one name (with the
+//!   former `HashMap` a note took ~370 ns in a server's profile at 100 000
+//!   arrivals/s, against ~35 ns in this bench with 100 000 names).
+//!   `bench/results/keep-map/` has the figures.
 //!
-//! Measured on the 2-CPU development VM while other builds ran (load 3 to
-//! 4): note/known about 100 ns and contains/known about 75 ns, each with
+//! Measured with the former `HashMap` on the 2-CPU development VM while
+//! other builds ran (load 3 to 4): note/known about 100 ns and
+//! contains/known about 75 ns, each with
 //! its 23 ns SipHash of the name (a `BTreeMap<String>` lookup instead cost
 //! about 650 ns in an index of 100 000); note/new+prune-step about 900 ns.
 
