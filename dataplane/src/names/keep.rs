@@ -59,7 +59,7 @@ impl Bucket {
 }
 
 /// Keep-until times by [`LeaseKey`]. Growing never stops the caller for
-/// long: once the table is three fifths full, the doubled table's buckets
+/// long: once the table is seven tenths full, the doubled table's buckets
 /// are written a few at a time ([`KeepMap::tidy`]: with each insert, and
 /// with the index's background pruning); at four fifths it takes over and
 /// the old table's entries move into it a bucket at a time, while lookups
@@ -70,7 +70,8 @@ pub(super) struct KeepMap {
     /// The table being emptied into `table`, and its next bucket to move.
     old: Option<(Table, usize)>,
     /// The next table's buckets as far as written (no allocation until
-    /// `table` is three fifths full).
+    /// `table` is seven tenths full: twice its memory, held from then
+    /// until the next table takes over).
     next: Vec<Bucket>,
 }
 
@@ -79,10 +80,10 @@ pub(super) struct KeepMap {
 /// buckets, the new table (`2B`) holds `2.4B` entries; the old one is empty
 /// after `B` more inserts at most (`3.4B` entries, 57 % of the new table's
 /// slots), before the next table (`4B` buckets) is due to be written from
-/// three fifths (`3.6B`); that takes `B / 2` of the `1.2B` inserts to four
+/// seven tenths (`4.2B`); that takes `0.4B` of the `0.6B` inserts to four
 /// fifths.
 const MOVE_PER_STEP: usize = 1;
-const WRITE_PER_STEP: usize = 8;
+const WRITE_PER_STEP: usize = 10;
 
 impl std::fmt::Debug for KeepMap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -164,7 +165,7 @@ impl KeepMap {
     }
 
     /// `steps` steps of growing: moves old buckets into the table, or
-    /// writes the next table's buckets when the table is three fifths
+    /// writes the next table's buckets when the table is seven tenths
     /// full. Bounded work.
     pub(super) fn tidy(&mut self, steps: usize) {
         self.migrate(steps.saturating_mul(MOVE_PER_STEP));
@@ -172,14 +173,14 @@ impl KeepMap {
     }
 
     /// Writes up to `buckets` more of the next table's buckets once the
-    /// table is three fifths full (and no old table is being emptied).
+    /// table is seven tenths full (and no old table is being emptied).
     fn write_next(&mut self, buckets: usize) {
         if self.old.is_some() {
             return;
         }
         let target = self.table.buckets.len() * 2;
         if self.next.capacity() == 0 {
-            if self.len() * 5 <= self.table.buckets.len() * SLOTS * 3 {
+            if self.len() * 10 <= self.table.buckets.len() * SLOTS * 7 {
                 return;
             }
             // Small pages: a huge page's first touch zeroes 2 MiB (200 µs
@@ -427,9 +428,15 @@ mod tests {
     fn it_grows_at_four_fifths_and_keeps_every_entry() {
         let mut map = KeepMap::new();
         let keep = |n: u128| u64::try_from(n).unwrap() * 1_000;
-        for n in 0..19 {
+        for n in 0..17 {
             map.insert_new(key_at(n % 8, n), keep(n));
         }
+        // 16 entries were under seven tenths of 24 slots when the 17th
+        // tidied: nothing written ahead yet.
+        assert_eq!(map.next.capacity(), 0);
+        map.insert_new(key_at(17 % 8, 17), keep(17));
+        map.insert_new(key_at(18 % 8, 18), keep(18));
+        assert_eq!(map.next.len(), 16, "the next table is written ahead");
         assert_eq!(map.bucket_count(), 8, "19 of 24 slots");
         map.insert_new(key_at(19 % 8, 19), keep(19));
         assert_eq!(map.bucket_count(), 16);
