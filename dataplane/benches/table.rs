@@ -79,7 +79,8 @@ fn single_thread(c: &mut Criterion) {
 }
 
 /// Batches of 32 acquire+release cycles on random resources among 100 000
-/// in a 262 144-slot table (16 MiB: past the cache, as in the benchmark
+/// in a table for 262 144 keys (524 288 slots, 32 MiB: as large as the L3
+/// of the development VM, and shared with everything else, as in the benchmark
 /// harness's uncontended workload), served one after another, or with every
 /// key's slot prefetched first (what the server does for a batch of frames
 /// it has whole, `LeaseTable::prefetch`). Time is per cycle.

@@ -148,21 +148,35 @@ const EPHEMERAL_LOW_DEFAULT: u16 = 32_768;
 /// Lowest port handed out: above the well-known and most registered ones.
 const PORT_LOW: u16 = 10_000;
 
-/// Loopback ports free right now (held together so they differ), below the
-/// kernel's ephemeral range (`net.ipv4.ip_local_port_range`). A port found
-/// by binding port 0 is an ephemeral one, which an outgoing connection
-/// (another node's, a test's running beside) may take before the server
-/// handed it binds it: "Address already in use" at its start (the
-/// failover test failed so in CI once). Outgoing connections never take a
-/// port below the range. Falls back to port 0 when the range leaves no
-/// room below it. (`palisade_testkit::free_addr` does the same for the
-/// tests; the bench ships, so it cannot depend on the test kit.)
-pub(crate) fn free_ports<const N: usize>() -> Result<[u16; N]> {
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+/// The first port of the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`), or the usual one if it cannot be read.
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(EPHEMERAL_LOW_DEFAULT);
-    let mut listeners = Vec::with_capacity(N);
+        .unwrap_or(EPHEMERAL_LOW_DEFAULT)
+}
+
+/// `N` loopback ports free right now (see [`free_port_list`]).
+pub(crate) fn free_ports<const N: usize>() -> Result<[u16; N]> {
+    let list = free_port_list(N)?;
+    let mut ports = [0; N];
+    ports.copy_from_slice(&list);
+    Ok(ports)
+}
+
+/// `count` loopback ports free right now (held together so they differ),
+/// below the kernel's ephemeral range. A port found by binding port 0 is
+/// an ephemeral one, which an outgoing connection (another node's, a
+/// test's running beside) may take before the server handed it binds it:
+/// "Address already in use" at its start (the failover test failed so in
+/// CI once). Outgoing connections never take a port below the range.
+/// Falls back to port 0 when the range leaves no room below it.
+/// (`palisade_testkit::free_addr` does the same for the tests; the bench
+/// ships, so it cannot depend on the test kit.)
+pub(crate) fn free_port_list(count: usize) -> Result<Vec<u16>> {
+    let low = ephemeral_low();
+    let mut listeners = Vec::with_capacity(count);
     if low > PORT_LOW + 1_000 {
         // Start somewhere different in every process and call, so that
         // runs side by side seldom try the same ports.
@@ -170,7 +184,7 @@ pub(crate) fn free_ports<const N: usize>() -> Result<[u16; N]> {
         let seed = palisade_host::clock::monotonic_ns() ^ (u64::from(std::process::id()) << 20);
         let start = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
         for step in 0..span {
-            if listeners.len() == N {
+            if listeners.len() == count {
                 break;
             }
             let port = PORT_LOW + u16::try_from((start + step) % span).expect("below the range");
@@ -179,17 +193,16 @@ pub(crate) fn free_ports<const N: usize>() -> Result<[u16; N]> {
             }
         }
     }
-    while listeners.len() < N {
+    while listeners.len() < count {
         listeners.push(
             TcpListener::bind("127.0.0.1:0")
                 .context("binding a loopback port to find a free one")?,
         );
     }
-    let mut ports = [0; N];
-    for (p, l) in ports.iter_mut().zip(&listeners) {
-        *p = l.local_addr()?.port();
-    }
-    Ok(ports)
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
 }
 
 fn now_ms() -> u64 {
@@ -505,9 +518,7 @@ mod tests {
         assert_ne!(a, b);
         // Below the ephemeral range, where no outgoing connection takes
         // them (this machine's range starts at 32768 or so).
-        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .map(|r| r.split_whitespace().next().unwrap().parse().unwrap())
-            .unwrap_or(EPHEMERAL_LOW_DEFAULT);
+        let low = ephemeral_low();
         if low > PORT_LOW + 1_000 {
             assert!(
                 (PORT_LOW..low).contains(&a) && (PORT_LOW..low).contains(&b),
@@ -516,6 +527,10 @@ mod tests {
         }
         // Free for the caller once returned.
         let _held = TcpListener::bind(("127.0.0.1", a)).unwrap();
+        // Many at once differ too (a cluster's ports come in one call).
+        let many = free_port_list(12).unwrap();
+        let distinct: std::collections::BTreeSet<u16> = many.iter().copied().collect();
+        assert_eq!(distinct.len(), 12);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         std::fs::write(&path, "x".repeat(10_000) + "the end").unwrap();

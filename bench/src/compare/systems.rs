@@ -333,10 +333,11 @@ impl Cluster {
             .tempdir()
             .context("making a temporary directory")?;
         let mut members = Vec::new();
-        for id in 1..=spec.nodes {
-            let [client, peer] = super::peers::free_ports::<2>()?;
-            let client: SocketAddr = format!("127.0.0.1:{client}").parse()?;
-            let peer: SocketAddr = format!("127.0.0.1:{peer}").parse()?;
+        // All the cluster's ports in one call, so that no two are the same.
+        let ports = super::peers::free_port_list(2 * usize::from(spec.nodes))?;
+        for (id, pair) in (1..=spec.nodes).zip(ports.chunks(2)) {
+            let client: SocketAddr = format!("127.0.0.1:{}", pair[0]).parse()?;
+            let peer: SocketAddr = format!("127.0.0.1:{}", pair[1]).parse()?;
             members.push((id, peer, client));
         }
         let secret = dir.path().join("cluster.secret");

@@ -146,15 +146,15 @@ impl KeepMap {
         debug_assert!(!self.contains_key(key), "inserted twice");
         self.tidy(1);
         if (self.len() + 1) * 5 > self.table.buckets.len() * SLOTS * 4 {
-            // Both finish in one go only if removals and inserts raced
-            // the steps (see `MOVE_PER_STEP`).
+            // A safety net: by the arithmetic at `MOVE_PER_STEP` the steps
+            // have finished both by now.
             self.migrate(usize::MAX);
             self.write_next(usize::MAX);
             let bigger = Table::of(std::mem::take(&mut self.next));
             let old = std::mem::replace(&mut self.table, bigger);
             self.old = Some((old, 0));
         }
-        self.table.place(key, keep_until_ms);
+        self.table.place(key.hash(), to_seconds(keep_until_ms));
     }
 
     /// Removes `key`; returns its keep time if it was held.
@@ -209,8 +209,7 @@ impl KeepMap {
                     old.len -= 1;
                     // Overflow counts stay: a count too high only makes a
                     // lookup in the old table look one bucket further.
-                    self.table
-                        .place(LeaseKey::from_raw(word), to_ms(bucket.keep[slot]));
+                    self.table.place(word, bucket.keep[slot]);
                 }
             }
         }
@@ -313,16 +312,16 @@ impl Table {
         true
     }
 
-    /// Adds `key`, which the table does not hold; the table must have a
-    /// free slot.
-    fn place(&mut self, key: LeaseKey, keep_until_ms: u64) {
+    /// Adds the key whose word is `word` with its keep time in seconds;
+    /// the table must not hold it and must have a free slot.
+    fn place(&mut self, word: u128, keep_seconds: u32) {
         debug_assert!(self.len < self.buckets.len() * SLOTS);
-        let mut index = self.home(key);
+        let mut index = self.home(LeaseKey::from_raw(word));
         loop {
             let bucket = &mut self.buckets[index];
             if let Some(slot) = bucket.keys.iter().position(|&k| k == FREE) {
-                bucket.keys[slot] = key.hash();
-                bucket.keep[slot] = to_seconds(keep_until_ms);
+                bucket.keys[slot] = word;
+                bucket.keep[slot] = keep_seconds;
                 self.len += 1;
                 return;
             }

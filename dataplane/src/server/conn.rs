@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use palisade_proto::frame::padded_len;
 use palisade_proto::{
-    access_request, encode_response, ArchivedRequest, Decoded, ErrorCode, FrameBuf, FrameError,
-    FrameKind, RecvBuf, Response, HEADER_LEN, NONCE_LEN,
+    access_request, encode_response, Decoded, ErrorCode, FrameBuf, FrameError, FrameKind, RecvBuf,
+    Response, HEADER_LEN, NONCE_LEN,
 };
 use rustix::event::epoll;
 use tracing::{debug, warn};
@@ -427,15 +427,12 @@ impl Core {
             let request = (header.kind == FrameKind::Request)
                 .then(|| access_request(payload).ok())
                 .flatten();
-            let key = request.and_then(|request| self.shared.lease_key(&client.conn, request));
-            if let (Some(key), Some(request)) = (key, request) {
-                self.shared.table.prefetch(key);
-                // The requests whose name the `List` index notes.
-                if matches!(
-                    request,
-                    ArchivedRequest::Acquire { .. } | ArchivedRequest::Renew { .. }
-                ) {
-                    self.lists.prefetch(key);
+            let mut key = None;
+            if let Some(request) = request {
+                key = self.shared.lease_key(&client.conn, request);
+                if let Some(key) = key {
+                    self.shared.table.prefetch(key);
+                    self.lists.prefetch(request, key);
                 }
             }
             keys.push(key);

@@ -45,10 +45,15 @@ impl Lists {
             .get_or_insert_with(|| NameIndex::new(hasher.clone()))
     }
 
-    /// Starts loading what noting `key` reads (a hint; nothing before
-    /// the first note).
-    pub(super) fn prefetch(&self, key: LeaseKey) {
-        if let Some(names) = &self.names {
+    /// Starts loading what [`Lists::note_request`] will read for
+    /// `request`, whose key is `key` (a hint; nothing for requests it
+    /// does not note, or before the first note).
+    pub(super) fn prefetch(&self, request: &ArchivedRequest, key: LeaseKey) {
+        let noted = matches!(
+            request,
+            ArchivedRequest::Acquire { .. } | ArchivedRequest::Renew { .. }
+        );
+        if let (true, Some(names)) = (noted, &self.names) {
             names.prefetch(key);
         }
     }
