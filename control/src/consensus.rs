@@ -1224,14 +1224,29 @@ impl ControlCore {
         Ok(view)
     }
 
-    /// Compaction: when the log written since the last compaction holds
-    /// more than `threshold` entries, returns the snapshot, hard state and
-    /// remaining entries to rewrite the file with, and compacts memory.
+    /// Compaction, all at once: [`ControlCore::compaction_start`], the
+    /// snapshot encoded here, [`ControlCore::compaction_done`]. Returns the
+    /// snapshot, hard state and remaining entries to rewrite the file with.
+    /// The node encodes on another thread instead; tests and the
+    /// simulation use this.
     pub fn compaction(
         &mut self,
         written: u64,
         threshold: u64,
     ) -> Option<(Snapshot, HardState, Vec<Entry>)> {
+        let start = self.compaction_start(written, threshold)?;
+        let snapshot = start.snapshot();
+        self.compaction_done(snapshot.clone());
+        Some((snapshot, start.hard_state, start.rest))
+    }
+
+    /// The start of a compaction, when the log written since the last one
+    /// holds more than `threshold` entries: the lease state as of
+    /// `applied` (a clone that shares structure, so this costs no copy of
+    /// the state), the snapshot's metadata, the hard state and the entries
+    /// after `applied`. Nothing changes here: memory is compacted by
+    /// [`ControlCore::compaction_done`] once the snapshot is durable.
+    pub fn compaction_start(&mut self, written: u64, threshold: u64) -> Option<CompactionStart> {
         if written <= threshold {
             return None;
         }
@@ -1239,15 +1254,12 @@ impl ControlCore {
         let applied = self.raw.raft.raft_log.applied;
         let term = store.term(applied).ok()?;
         let last = store.last_index().ok()?;
-        let mut snapshot = Snapshot::default();
-        snapshot.mut_metadata().index = applied;
-        snapshot.mut_metadata().term = term;
-        snapshot
+        let mut metadata = Snapshot::default();
+        metadata.mut_metadata().index = applied;
+        metadata.mut_metadata().term = term;
+        metadata
             .mut_metadata()
             .set_conf_state(self.raw.raft.prs().conf().to_conf_state());
-        // The lease state is exactly as of `applied`: committed entries are
-        // applied as they are handed out.
-        snapshot.set_data(self.leases.encode(GROUP_DEFAULT).into());
         let rest = if last > applied {
             store
                 .entries(
@@ -1260,10 +1272,66 @@ impl ControlCore {
         } else {
             Vec::new()
         };
-        store.mem.wl().compact(applied).ok()?;
-        store.set_snapshot(snapshot.clone());
         let hard_state = store.mem.rl().hard_state().clone();
-        Some((snapshot, hard_state, rest))
+        Some(CompactionStart {
+            metadata,
+            // The lease state is exactly as of `applied`: committed entries
+            // are applied as they are handed out.
+            state: self.leases.clone(),
+            hard_state,
+            rest,
+        })
+    }
+
+    /// A compaction's snapshot is durable in the rewritten log: raft's
+    /// memory drops the entries it covers, and lagging followers are sent
+    /// it — unless a newer snapshot arrived meanwhile (a follower installed
+    /// the leader's), which stays.
+    pub fn compaction_done(&mut self, snapshot: Snapshot) {
+        let store = self.raw.raft.raft_log.store.clone();
+        let index = snapshot.get_metadata().index;
+        // Below the memory's first index (a newer snapshot was installed)
+        // this is a no-op; above its last it cannot be: `index` was applied.
+        let _ = store.mem.wl().compact(index);
+        let newer = store
+            .snapshot
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|held| held.get_metadata().index > index);
+        if !newer {
+            store.set_snapshot(snapshot);
+        }
+    }
+}
+
+/// What a compaction starts from ([`ControlCore::compaction_start`]): the
+/// lease state frozen at the snapshot's index, to encode off the control
+/// thread, and what the rewritten log holds besides.
+#[derive(Debug)]
+pub struct CompactionStart {
+    metadata: Snapshot,
+    state: LeaseState,
+    /// The hard state when the compaction started.
+    pub hard_state: HardState,
+    /// The entries after the snapshot's index when it started.
+    pub rest: Vec<Entry>,
+}
+
+impl CompactionStart {
+    /// The index the snapshot covers.
+    #[must_use]
+    pub fn index(&self) -> u64 {
+        self.metadata.get_metadata().index
+    }
+
+    /// Encodes the snapshot: the work proportional to the lease state,
+    /// for another thread.
+    #[must_use]
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snapshot = self.metadata.clone();
+        snapshot.set_data(self.state.encode(GROUP_DEFAULT).into());
+        snapshot
     }
 }
 

@@ -33,9 +33,9 @@ use palisade_tuning::{Config, CoreSelection, Replication};
 use raft::eraftpb::Message;
 use tracing::{debug, error, info, warn};
 
-use crate::consensus::{ControlCore, CoreConfig, CoreError, Elections, Restored};
+use crate::consensus::{CompactionStart, ControlCore, CoreConfig, CoreError, Elections, Restored};
 use crate::datadir::{DataDir, DataDirError};
-use crate::raftlog::{LogError, RaftLog};
+use crate::raftlog::{CompactionWriter, CompactionWritten, LogError, RaftLog};
 use crate::transport::Transport;
 
 /// Peer messages stepped in one turn at most, after the first.
@@ -101,6 +101,9 @@ pub enum NodeError {
     /// The raft log could not be compacted.
     #[error("compacting the raft log")]
     Compact(#[source] LogError),
+    /// The thread writing a compaction ended without a word (it panicked).
+    #[error("the thread compacting the raft log ended without finishing")]
+    CompactionLost,
     /// The raft driver refused to go on (a bug or a corrupt log).
     #[error(transparent)]
     Core(#[from] CoreError),
@@ -223,6 +226,8 @@ pub struct Node {
     /// bytes of lease state that compaction's snapshot carried (both 0
     /// before the first): see [`compaction_due`].
     compacted: (u64, u64),
+    /// A compaction being encoded and written on its own thread.
+    compaction: Option<Compaction>,
     published: Option<LeadershipView>,
     /// Elections already logged and published.
     elections_seen: Elections,
@@ -638,6 +643,7 @@ impl Node {
             ready_now: false,
             snapshot_entries: config.cluster.snapshot_entries,
             compacted: (0, 0),
+            compaction: None,
             published: None,
             elections_seen: Elections::default(),
             raft_role_seen: None,
@@ -814,6 +820,10 @@ impl Node {
         if let Some(transport) = &self.transport {
             transport.send(messages);
         }
+        self.finish_compaction()?;
+        if self.compaction.is_some() {
+            return Ok(());
+        }
         let (len_after, state_bytes) = self.compacted;
         let appended = self.log.file_len().saturating_sub(len_after);
         if !compaction_due(
@@ -824,18 +834,53 @@ impl Node {
         ) {
             return Ok(());
         }
-        if let Some((snapshot, hard_state, rest)) = self
-            .core
-            .compaction(self.log.entries_written(), self.snapshot_entries)
-        {
-            if self.log.has_pending() {
-                self.log.sync().map_err(NodeError::SyncBeforeCompact)?;
-            }
-            self.log
-                .compact(&snapshot, &hard_state, &rest)
-                .map_err(NodeError::Compact)?;
-            self.compacted = (self.log.file_len(), snapshot.get_data().len() as u64);
+        if self.log.has_pending() {
+            self.log.sync().map_err(NodeError::SyncBeforeCompact)?;
         }
+        if let Some(start) = self
+            .core
+            .compaction_start(self.log.entries_written(), self.snapshot_entries)
+        {
+            let writer = self.log.begin_compaction();
+            self.compaction = Some(Compaction::start(start, writer, Arc::clone(&self.doorbell)));
+        }
+        Ok(())
+    }
+
+    /// Puts a compaction's file in place once its thread wrote it: the
+    /// batches synced meanwhile are appended, the file renamed over the
+    /// log, and raft's memory compacted ([`RaftLog::finish_compaction`]).
+    fn finish_compaction(&mut self) -> Result<(), NodeError> {
+        let Some(compaction) = &self.compaction else {
+            return Ok(());
+        };
+        let result = match compaction.done.try_recv() {
+            Ok(result) => result,
+            Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(()),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                return Err(NodeError::CompactionLost)
+            }
+        };
+        let started = compaction.started;
+        self.compaction = None;
+        let (snapshot, written) = result.map_err(NodeError::Compact)?;
+        let state_bytes = snapshot.get_data().len() as u64;
+        let index = snapshot.get_metadata().index;
+        let finishing = monotonic_ms();
+        self.log
+            .finish_compaction(written)
+            .map_err(NodeError::Compact)?;
+        self.core.compaction_done(snapshot);
+        self.compacted = (self.log.file_len(), state_bytes);
+        let now = monotonic_ms();
+        info!(
+            index,
+            state_bytes,
+            log_bytes = self.log.file_len(),
+            elapsed_ms = now - started,
+            control_ms = now - finishing,
+            "raft log compacted: a snapshot of the lease state replaces the entries it covers"
+        );
         Ok(())
     }
 
@@ -1054,6 +1099,86 @@ impl Node {
             unpin(&pin);
         }
         info!("node stopped");
+    }
+}
+
+/// A compaction in flight: its own thread encodes the lease state frozen
+/// at the snapshot's index and writes the new log file beside the old one,
+/// while the control thread goes on (ticks, heartbeats, grants: a large
+/// state took hundreds of ms to encode and write, longer than an election
+/// timeout). The thread rings the doorbell when it is done.
+#[derive(Debug)]
+struct Compaction {
+    done: std::sync::mpsc::Receiver<Result<(raft::eraftpb::Snapshot, CompactionWritten), LogError>>,
+    started: u64,
+}
+
+impl Compaction {
+    fn start(
+        start: CompactionStart,
+        writer: CompactionWriter,
+        doorbell: Arc<Doorbell>,
+    ) -> Compaction {
+        let (tx, done) = std::sync::mpsc::channel();
+        let job = Arc::new(std::sync::Mutex::new(Some(CompactionJob {
+            start,
+            writer,
+            tx,
+            doorbell,
+        })));
+        let theirs = Arc::clone(&job);
+        let spawned = std::thread::Builder::new()
+            .name("palisade-compact".into())
+            .spawn(move || {
+                // Below the data plane's priority where they share a CPU
+                // (`node.cores = "all"`): the encoding is background work.
+                // Refused (it needs no privilege to lower it): runs as is.
+                let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10);
+                if let Some(job) = take(&theirs) {
+                    job.run();
+                }
+            });
+        if let Err(e) = spawned {
+            // Without a thread (the process is out of them) it runs here:
+            // the pause this thread avoids otherwise, nothing lost.
+            warn!(error = %e, "no thread for the raft log's compaction: compacting on the control thread");
+            if let Some(job) = take(&job) {
+                job.run();
+            }
+        }
+        Compaction {
+            done,
+            started: monotonic_ms(),
+        }
+    }
+}
+
+fn take(job: &std::sync::Mutex<Option<CompactionJob>>) -> Option<CompactionJob> {
+    job.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+}
+
+/// What a compaction's thread does.
+struct CompactionJob {
+    start: CompactionStart,
+    writer: CompactionWriter,
+    tx: std::sync::mpsc::Sender<Result<(raft::eraftpb::Snapshot, CompactionWritten), LogError>>,
+    doorbell: Arc<Doorbell>,
+}
+
+impl CompactionJob {
+    fn run(self) {
+        let snapshot = self.start.snapshot();
+        let written = self
+            .writer
+            .write(&snapshot, &self.start.hard_state, &self.start.rest);
+        // The frozen state's nodes that the control thread has replaced
+        // since are freed here, not there.
+        drop(self.start);
+        // The control thread may have stopped: nobody to tell.
+        let _ = self.tx.send(written.map(|written| (snapshot, written)));
+        self.doorbell.ring();
     }
 }
 

@@ -625,6 +625,70 @@ pub struct RaftLog {
     /// Bytes reserved ahead of `end` each time the reserve runs out
     /// (0: none, batches extend the file).
     preallocate: u64,
+    /// A compaction whose file is being written elsewhere, if one is.
+    compacting: Option<Compacting>,
+}
+
+/// What a compaction in flight needs from the log it replaces: every batch
+/// synced since it began, to append to the new file after its snapshot.
+#[derive(Debug)]
+struct Compacting {
+    /// The items of each batch synced since the compaction began, in order.
+    batches: Vec<Vec<u8>>,
+    /// [`RaftLog::entries_written`] when it began.
+    entries_at_begin: u64,
+}
+
+/// Writes a compaction's new log file, on a thread other than the control
+/// thread: the half of a compaction whose cost grows with the lease state
+/// ([`RaftLog::begin_compaction`]).
+#[derive(Debug, Clone)]
+pub struct CompactionWriter {
+    tmp: PathBuf,
+    cluster: String,
+    node: u16,
+}
+
+/// A compaction's new file, written and fsynced beside the log but not yet
+/// in its place ([`RaftLog::finish_compaction`]).
+#[derive(Debug)]
+pub struct CompactionWritten {
+    len: u64,
+    entries: u64,
+}
+
+impl CompactionWriter {
+    /// Writes `raft.log.tmp`: the header, then batch 1 of `snapshot`,
+    /// `hard_state` and `entries` (those after the snapshot), and fsyncs
+    /// it. The log itself is untouched; a crash leaves the tmp file, which
+    /// start ignores.
+    pub fn write(
+        &self,
+        snapshot: &Snapshot,
+        hard_state: &HardState,
+        entries: &[Entry],
+    ) -> Result<CompactionWritten, LogError> {
+        let mut items = Vec::new();
+        let bytes = snapshot.write_to_bytes().expect("snapshot encodes");
+        push_item(&mut items, KIND_SNAPSHOT, &bytes);
+        drop(bytes);
+        let bytes = hard_state.write_to_bytes().expect("hard state encodes");
+        push_item(&mut items, KIND_HARD_STATE, &bytes);
+        if !entries.is_empty() {
+            push_item(&mut items, KIND_ENTRIES, &encode_entries(entries));
+        }
+        let mut bytes = record(
+            KIND_HEADER,
+            &header_payload(MAGIC_V2, &self.cluster, self.node),
+        );
+        bytes.extend(batch_record(1, &items));
+        drop(items);
+        durable::write_synced(&self.tmp, &bytes, 0o600)?;
+        Ok(CompactionWritten {
+            len: bytes.len() as u64,
+            entries: entries.len() as u64,
+        })
+    }
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LogError + 'a {
@@ -691,6 +755,7 @@ impl RaftLog {
             end: 0,
             allocated: 0,
             preallocate: 0,
+            compacting: None,
         };
         match replay.format {
             Some(Format::V2) => {
@@ -873,7 +938,10 @@ impl RaftLog {
             .map_err(io_err("fsyncing", &self.path))?;
         self.failed = false;
         if !self.pending.is_empty() {
-            self.pending.clear();
+            match &mut self.compacting {
+                Some(compacting) => compacting.batches.push(std::mem::take(&mut self.pending)),
+                None => self.pending.clear(),
+            }
             self.seq_next += 1;
         }
         Ok(())
@@ -881,25 +949,96 @@ impl RaftLog {
 
     /// Rewrites the file as header, then one batch of snapshot, hard state
     /// and `entries` (those after the snapshot), atomically: new file,
-    /// fsync, rename, directory fsync. Anything queued and not synced is
-    /// dropped, so sync first.
+    /// fsync, rename, directory fsync. All of [`RaftLog::begin_compaction`],
+    /// [`CompactionWriter::write`] and [`RaftLog::finish_compaction`] on
+    /// this thread. Sync first.
     pub fn compact(
         &mut self,
         snapshot: &Snapshot,
         hard_state: &HardState,
         entries: &[Entry],
     ) -> Result<(), LogError> {
+        let writer = self.begin_compaction();
+        let written = writer.write(snapshot, hard_state, entries)?;
+        self.finish_compaction(written)
+    }
+
+    /// Starts a compaction whose new file another thread writes with the
+    /// returned writer: a snapshot as of the state now, the hard state now
+    /// and the entries after the snapshot (everything up to here is synced:
+    /// sync first). Batches synced from now on go on being appended here
+    /// and are also kept, so that [`RaftLog::finish_compaction`] can append
+    /// them to the new file after its snapshot, in their order.
+    ///
+    /// # Panics
+    ///
+    /// If something is queued and not synced, or a compaction is in flight.
+    pub fn begin_compaction(&mut self) -> CompactionWriter {
         assert!(self.pending.is_empty(), "sync before compacting");
-        let mut items = Vec::new();
-        let bytes = snapshot.write_to_bytes().expect("snapshot encodes");
-        push_item(&mut items, KIND_SNAPSHOT, &bytes);
-        let bytes = hard_state.write_to_bytes().expect("hard state encodes");
-        push_item(&mut items, KIND_HARD_STATE, &bytes);
-        if !entries.is_empty() {
-            push_item(&mut items, KIND_ENTRIES, &encode_entries(entries));
+        assert!(self.compacting.is_none(), "one compaction at a time");
+        self.compacting = Some(Compacting {
+            batches: Vec::new(),
+            entries_at_begin: self.entries_written,
+        });
+        CompactionWriter {
+            tmp: self.dir.join(LOG_TMP),
+            cluster: self.cluster.clone(),
+            node: self.node,
         }
-        self.replace(&items)?;
-        self.entries_written = entries.len() as u64;
+    }
+
+    /// Whether a compaction was begun and not finished.
+    #[must_use]
+    pub fn compacting(&self) -> bool {
+        self.compacting.is_some()
+    }
+
+    /// Puts a compaction's new file in the log's place: appends the batches
+    /// synced since it began (renumbered from 2), fsyncs them, renames the
+    /// file over the log and fsyncs the directory. Costs what those batches
+    /// and three syncs cost, not the state's size. What is queued and not
+    /// synced stays queued, for the new file.
+    ///
+    /// # Panics
+    ///
+    /// If no compaction was begun.
+    pub fn finish_compaction(&mut self, written: CompactionWritten) -> Result<(), LogError> {
+        let compacting = self.compacting.take().expect("a compaction was begun");
+        if self.failed {
+            return Err(LogError::Failed {
+                path: self.path.clone(),
+            });
+        }
+        // Failing after the rename leaves `file` on the replaced file.
+        self.failed = true;
+        let tmp = self.dir.join(LOG_TMP);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&tmp)
+            .map_err(io_err("reopening", &tmp))?;
+        let mut end = written.len;
+        let mut seq = 2;
+        if !compacting.batches.is_empty() {
+            let mut bytes = Vec::new();
+            for items in &compacting.batches {
+                bytes.extend(batch_record(seq, items));
+                seq += 1;
+            }
+            file.write_all_at(&bytes, end)
+                .map_err(io_err("writing", &tmp))?;
+            end += bytes.len() as u64;
+            file.sync_data().map_err(io_err("fsyncing", &tmp))?;
+        }
+        durable::rename_synced(&tmp, &self.path)?;
+        close_elsewhere(std::mem::replace(&mut self.file, file));
+        self.end = end;
+        self.allocated = end;
+        self.seq_next = seq;
+        self.entries_written =
+            written.entries + (self.entries_written - compacting.entries_at_begin);
+        self.reserve(0)?;
+        self.failed = false;
         Ok(())
     }
 

@@ -28,7 +28,7 @@ mod simulation;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use palisade_control::consensus::{ControlCore, CoreConfig, CoreError};
+use palisade_control::consensus::{CompactionStart, ControlCore, CoreConfig, CoreError};
 use palisade_control::leases::{self, Tenants};
 use palisade_dataplane::leadership::Leadership;
 use palisade_dataplane::replica::{Notice, Proposal};
@@ -54,6 +54,8 @@ const MAX_DRIFT_PPM: u32 = 10_000;
 const GRACE_MS: u64 = (MAX_TTL_MS as u64 + ELECTION_MS) * 101 / 100 + 1;
 /// Entries between compactions: small, so that snapshots are sent.
 const SNAPSHOT_ENTRIES: u64 = 40;
+/// A compaction's file is written (on the node's own thread) within this.
+const COMPACTION_WRITE_MAX_MS: u64 = 300;
 /// Resources the clients contend for.
 const RESOURCES: usize = 3;
 /// A client gives up on an answer after this long (real ms).
@@ -87,6 +89,9 @@ struct Node {
     core: Option<ControlCore>,
     plane: Option<Plane>,
     disk: Disk,
+    /// A compaction in flight and the local time its file is written (the
+    /// node encodes and writes it on another thread meanwhile).
+    compaction: Option<(CompactionStart, u64)>,
     rate_ppm: u64,
     clock_offset_ms: u64,
     next_tick_local_ms: u64,
@@ -257,6 +262,7 @@ impl Sim {
                 core: None,
                 plane: None,
                 disk: Disk::default(),
+                compaction: None,
                 rate_ppm,
                 clock_offset_ms,
                 next_tick_local_ms: clock_offset_ms + rng.below(TICK_MS),
@@ -374,6 +380,7 @@ impl Sim {
         let node = &mut self.nodes[i];
         node.core = None;
         node.plane = None; // Memory is lost; clients' requests go unanswered.
+        node.compaction = None;
         node.disk.crash();
         node.down_until = Some(self.real_ms + down_for_ms);
     }
@@ -454,6 +461,7 @@ impl Sim {
             }
             Err(e) => panic!("seed {seed}: node {}: {e}", self.nodes[i].id),
         };
+        let compaction_write_ms = self.rng.below(COMPACTION_WRITE_MAX_MS + 1);
         let node = &mut self.nodes[i];
         let core = node.core.as_mut().expect("up");
         let plane = node.plane.as_mut().expect("up");
@@ -509,11 +517,19 @@ impl Sim {
         let notices = core.take_notices();
         // Compaction needs everything queued on disk first (the real node
         // syncs); with a commit index still queued, wait for the next sync.
-        if node.disk.queued.is_empty() {
-            if let Some((snapshot, hard_state, rest)) =
-                core.compaction(node.disk.entries_written, SNAPSHOT_ENTRIES)
+        // It finishes some steps later, after other batches were synced.
+        if node.compaction.as_ref().is_some_and(|(_, at)| local >= *at) {
+            let (start, _) = node.compaction.take().expect("in flight");
+            let snapshot = start.snapshot();
+            node.disk
+                .finish_compaction(snapshot.clone(), start.hard_state, start.rest);
+            core.compaction_done(snapshot);
+        }
+        if node.compaction.is_none() && node.disk.queued.is_empty() {
+            if let Some(start) = core.compaction_start(node.disk.entries_written, SNAPSHOT_ENTRIES)
             {
-                node.disk.compact(snapshot, hard_state, rest);
+                node.disk.begin_compaction();
+                node.compaction = Some((start, local + compaction_write_ms));
             }
         }
         // Crash point: after the commit, before the answers go out.

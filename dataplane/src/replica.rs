@@ -37,8 +37,7 @@
 //!            | holder: u64 | ttl_ms: u32 | lock_delay_ms: u32 | served_term: u64
 //! ```
 
-use std::collections::BTreeMap;
-
+use imbl::OrdMap;
 use palisade_proto::{RESOURCE_LEN_MAX, TENANT_LEN_MAX};
 
 /// Encoding version of batches and snapshots.
@@ -398,9 +397,15 @@ pub fn decode_batch(bytes: &[u8]) -> Result<(u32, Vec<Command>), DecodeError> {
 
 /// The replicated lease state of one raft group: every lease a committed
 /// grant created and no committed release or expiry ended.
+///
+/// Its map shares structure between clones: a clone costs a reference
+/// count, and the clone and the original each copy only the tree nodes on
+/// the path they change afterwards. So the control thread hands a frozen
+/// copy to the thread that encodes a compaction's snapshot and goes on
+/// applying meanwhile (`control::node`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LeaseState {
-    leases: BTreeMap<LeaseName, Record>,
+    leases: OrdMap<LeaseName, Record>,
     /// The term of the committed `Replication { on: true }` marker, if no
     /// `off` marker followed it: every lease that may be live is here.
     replicated_since: Option<u64>,
@@ -553,7 +558,7 @@ impl LeaseState {
         let group = r.u32()?;
         let replicated_since = Some(r.u64()?).filter(|&term| term != 0);
         let count = r.u64()?;
-        let mut leases = BTreeMap::new();
+        let mut leases = OrdMap::new();
         for _ in 0..count {
             let name = r.name()?;
             let record = Record {
@@ -727,6 +732,48 @@ mod tests {
         let mut bytes = encode_batch(0, &[Command::Replication { on: true }]);
         bytes[10] = 1;
         assert!(decode_batch(&bytes).is_err());
+    }
+
+    #[test]
+    fn a_clone_stays_as_it_was_while_the_original_changes() {
+        let mut state = LeaseState::new();
+        for i in 0..2_000u64 {
+            state.apply(&grant(&format!("r{i}"), 1 << 32 | i, 1_000), 1);
+        }
+        let frozen = state.clone();
+        let encoded = frozen.encode(GROUP_DEFAULT);
+        // Changes in many tree nodes of the original: new names, a newer
+        // token, releases.
+        for i in 0..2_000u64 {
+            match i % 3 {
+                0 => state.apply(&grant(&format!("r{i}"), 2 << 32 | i, 5_000), 2),
+                1 => state.apply(
+                    &Command::Release {
+                        name: name(&format!("r{i}")),
+                        token: 1 << 32 | i,
+                    },
+                    2,
+                ),
+                _ => state.apply(&grant(&format!("new{i}"), 2 << 32 | i, 5_000), 2),
+            }
+        }
+        assert_eq!(frozen.encode(GROUP_DEFAULT), encoded);
+        assert_eq!(frozen.len(), 2_000);
+        assert_eq!(frozen.get(&name("r0")).map(|r| r.token), Some(1 << 32));
+        assert_eq!(state.get(&name("r0")).map(|r| r.token), Some(2 << 32));
+        assert!(state.get(&name("r1")).is_none());
+        assert_eq!(state.len(), 2_000 - 667 + 666);
+        // And the other way round.
+        let mut thawed = frozen.clone();
+        thawed.apply(
+            &Command::Release {
+                name: name("r0"),
+                token: 1 << 32,
+            },
+            3,
+        );
+        assert_eq!(frozen.encode(GROUP_DEFAULT), encoded);
+        assert_eq!(thawed.len(), 1_999);
     }
 
     #[test]

@@ -429,6 +429,93 @@ fn a_compacted_log_carries_the_lease_state() {
 }
 
 #[test]
+fn a_compaction_encodes_the_state_at_its_start_while_grants_go_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+    let mut core = leading(&mut log, recovered.into(), 100);
+    core.poll_takeover(100).expect("takes over");
+    let epoch = core.term() as u32;
+    let token = |i: u64| u64::from(epoch) << 32 | i;
+    let propose = |core: &mut ControlCore, log: &mut RaftLog, tag: u64, command: Command| {
+        core.propose(vec![Proposal {
+            tag,
+            epoch,
+            command,
+        }]);
+        core.poll_ready(log, 100, &mut |_| {}).expect("ready");
+    };
+    for i in 1..=3u64 {
+        propose(
+            &mut core,
+            &mut log,
+            i,
+            grant(&format!("r{i}"), token(i), 1_000),
+        );
+    }
+    let at_start = core.leases().clone();
+    let first_before = core.raw.raft.raft_log.first_index();
+    let start = core.compaction_start(101, 100).expect("due");
+    let writer = log.begin_compaction();
+    assert_eq!(start.index(), core.commit_index());
+    // Nothing is compacted yet: raft's memory keeps every entry.
+    assert_eq!(core.raw.raft.raft_log.first_index(), first_before);
+    // The core goes on while another thread encodes and writes.
+    propose(&mut core, &mut log, 4, grant("r4", token(4), 1_000));
+    propose(
+        &mut core,
+        &mut log,
+        5,
+        Command::Release {
+            name: name("r1"),
+            token: token(1),
+        },
+    );
+    let (snapshot, written) = std::thread::spawn(move || {
+        let snapshot = start.snapshot();
+        let written = writer
+            .write(&snapshot, &start.hard_state, &start.rest)
+            .expect("written");
+        (snapshot, written)
+    })
+    .join()
+    .expect("compaction thread");
+    assert_eq!(
+        LeaseState::decode(snapshot.get_data()).expect("decodes").1,
+        at_start,
+        "the snapshot holds the state when the compaction started"
+    );
+    assert_ne!(core.leases(), &at_start);
+    let index = snapshot.get_metadata().index;
+    log.finish_compaction(written).expect("finish");
+    core.compaction_done(snapshot);
+    assert_eq!(core.raw.raft.raft_log.first_index(), index);
+    // An older snapshot never replaces the one held.
+    let older = core.compaction(101, 100).expect("due");
+    let mut stale = Snapshot::default();
+    stale.mut_metadata().index = index - 1;
+    core.compaction_done(stale);
+    assert_eq!(
+        core.raw
+            .raft
+            .raft_log
+            .store
+            .snapshot(0, 0)
+            .expect("held")
+            .get_metadata()
+            .index,
+        older.0.get_metadata().index
+    );
+    log.compact(&older.0, &older.1, &older.2).expect("rewrite");
+    let after = core.leases().clone();
+    assert_eq!(after.len(), 3);
+    drop(core);
+    drop(log);
+    let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+    let core = leading(&mut log, recovered.into(), 200);
+    assert_eq!(core.leases(), &after);
+}
+
+#[test]
 fn losing_leadership_fails_what_is_in_flight() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");

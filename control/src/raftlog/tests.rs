@@ -449,6 +449,109 @@ fn compaction_keeps_state_and_drops_covered_entries() {
     );
 }
 
+/// A log of entries 1..=4 (3 committed) with the compaction of the first
+/// three begun: what the compaction's thread is given.
+fn compaction_begun(dir: &Path) -> (RaftLog, CompactionWriter, HardState, Vec<Entry>) {
+    let (mut log, _) = RaftLog::open(dir, "c", 1, false).expect("open");
+    log.set_conf_state(&conf(&[1, 2, 3]));
+    log.set_hard_state(&hard_state(2, 2, 3));
+    log.append(&[entry(1, 1), entry(2, 1), entry(3, 2), entry(4, 2)]);
+    log.sync().expect("sync");
+    let writer = log.begin_compaction();
+    assert!(log.compacting());
+    (log, writer, hard_state(2, 2, 3), vec![entry(4, 2)])
+}
+
+#[test]
+fn batches_synced_while_a_compaction_is_written_follow_its_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, writer, hard, rest) = compaction_begun(dir.path());
+    // The control thread goes on while the file is written elsewhere: a
+    // new term, an entry that replaces 4, one more after it.
+    log.set_hard_state(&hard_state(3, 1, 3));
+    log.append(&[entry(4, 3)]);
+    log.sync().expect("sync");
+    log.append(&[entry(5, 3)]);
+    log.sync().expect("sync");
+    let written = std::thread::spawn(move || writer.write(&snapshot(3, 2), &hard, &rest))
+        .join()
+        .expect("writer thread")
+        .expect("written");
+    // Queued, not synced, when the new file takes over: it stays queued.
+    log.append(&[entry(6, 3)]);
+    log.finish_compaction(written).expect("finish");
+    assert!(!log.compacting());
+    assert_eq!(log.entries_written(), 1 + 3);
+    log.sync().expect("sync");
+    let (_, after) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+    assert_eq!(after.torn_bytes, 0);
+    assert_eq!(
+        state(&after),
+        (
+            hard_state(3, 1, 3),
+            conf(&[1, 2, 3]),
+            Some(3),
+            vec![(4, 3), (5, 3), (6, 3)]
+        )
+    );
+    assert!(!dir.path().join(LOG_TMP).exists());
+}
+
+#[test]
+fn a_snapshot_installed_while_a_compaction_is_written_wins() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, writer, hard, rest) = compaction_begun(dir.path());
+    // A follower takes the leader's snapshot at 7 meanwhile.
+    log.apply_snapshot(&snapshot(7, 3));
+    log.set_hard_state(&hard_state(3, 1, 7));
+    log.sync().expect("sync");
+    let written = writer
+        .write(&snapshot(3, 2), &hard, &rest)
+        .expect("written");
+    log.finish_compaction(written).expect("finish");
+    let (_, after) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+    let (hard_state_after, _, snapshot_index, entries) = state(&after);
+    assert_eq!(hard_state_after, hard_state(3, 1, 7));
+    assert_eq!(snapshot_index, Some(7));
+    assert!(entries.is_empty(), "{entries:?}");
+}
+
+#[test]
+fn a_crash_before_a_compaction_finishes_keeps_the_old_log_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, writer, hard, rest) = compaction_begun(dir.path());
+    log.append(&[entry(5, 2)]);
+    log.sync().expect("sync");
+    writer
+        .write(&snapshot(3, 2), &hard, &rest)
+        .expect("written");
+    // The process dies here: the new file is beside the log, not in place.
+    drop(log);
+    assert!(dir.path().join(LOG_TMP).exists());
+    let (mut log, after) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+    assert_eq!(
+        state(&after),
+        (
+            hard_state(2, 2, 3),
+            conf(&[1, 2, 3]),
+            None,
+            vec![(1, 1), (2, 1), (3, 2), (4, 2), (5, 2)]
+        )
+    );
+    // And the next compaction overwrites the stale file.
+    let writer = log.begin_compaction();
+    let written = writer
+        .write(
+            &snapshot(3, 2),
+            &hard_state(2, 2, 3),
+            &[entry(4, 2), entry(5, 2)],
+        )
+        .expect("written");
+    log.finish_compaction(written).expect("finish");
+    let (_, after) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+    assert_eq!(state(&after).3, vec![(4, 2), (5, 2)]);
+}
+
 #[test]
 fn the_fsync_failpoint_stalls_until_removed() {
     let dir = tempfile::tempdir().expect("tempdir");
