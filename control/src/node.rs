@@ -12,6 +12,11 @@
 //! that mask. Nothing but request work then runs on a core's CPU. When no
 //! CPU is left over (`node.cores = "all"`, or one allowed CPU) every
 //! thread stays where it was and shares the cores' CPUs, as logged.
+//!
+//! A raft-log compaction's encoding and new file are written on a
+//! short-lived thread of their own (`palisade-compact`, niced to 10, with
+//! the control thread's mask): the control thread only clones the lease
+//! state at the start and puts the file in place at the end (`Compaction`).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;

@@ -46,6 +46,18 @@
 //! framing. They are replayed with version 1's rule (only a damaged last
 //! record is a torn write) and rewritten as version 2 at open.
 //!
+//! Compaction rewrites the file as a snapshot, the hard state and the
+//! entries after the snapshot, in two steps so that the part that grows
+//! with the lease state runs on another thread:
+//! [`RaftLog::begin_compaction`] hands out a [`CompactionWriter`], which
+//! writes and fsyncs `raft.log.tmp` (header and batch 1) wherever it is
+//! called; meanwhile the log goes on syncing batches into the old file and
+//! keeps a copy of each; [`RaftLog::finish_compaction`] appends those
+//! copies to the new file as batches 2, 3, …, fsyncs it, renames it over the
+//! log and fsyncs the directory. So the new file replays to what the old
+//! one did, from the snapshot on, and a crash at any point leaves one
+//! whole log: the old until the rename, the new after it.
+//!
 //! Why our own file and not raft-engine: the log here holds elections,
 //! membership and settings — a few records a second, fsynced one batch at a
 //! time — and a single file whose every byte is explained in this comment
