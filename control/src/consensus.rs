@@ -1246,7 +1246,7 @@ impl ControlCore {
     /// the state), the snapshot's metadata, the hard state and the entries
     /// after `applied`. Nothing changes here: memory is compacted by
     /// [`ControlCore::compaction_done`] once the snapshot is durable.
-    pub fn compaction_start(&mut self, written: u64, threshold: u64) -> Option<CompactionStart> {
+    pub fn compaction_start(&self, written: u64, threshold: u64) -> Option<CompactionStart> {
         if written <= threshold {
             return None;
         }

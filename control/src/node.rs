@@ -1158,6 +1158,16 @@ impl Compaction {
     }
 }
 
+/// A node dropped or shut down mid-compaction waits for its thread to be
+/// done with `raft.log.tmp`: a node started again in this process must not
+/// find a file it writes overwritten by the earlier one's thread.
+impl Drop for Compaction {
+    fn drop(&mut self) {
+        // Returns once the thread dropped its sender, whatever it sent.
+        while self.done.recv().is_ok() {}
+    }
+}
+
 fn take(job: &std::sync::Mutex<Option<CompactionJob>>) -> Option<CompactionJob> {
     job.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
