@@ -1,0 +1,114 @@
+//! How long a new leader's takeover holds its control thread: the list of
+//! replicated leases re-armed (`ControlCore::poll_takeover` clones every
+//! name) and their install into the lease table (`leases::install`: the
+//! table reset, then a key hash and an insert a lease). No heartbeat
+//! leaves meanwhile.
+//!
+//! `cargo bench -p palisade-control --bench takeover [-- ROUNDS]`
+//!
+//! Min and median over the rounds (default 5), in ms, for 65 536 leases
+//! with short names (a full default table), with the longest names, and
+//! 1 500 000 with short names (the replicated table's cap), each into a
+//! table of that capacity; and the table's reset alone.
+
+use palisade_control::consensus::{Adopted, Takeover};
+use palisade_control::leases::{self, Tenants};
+use palisade_dataplane::replica::{Command, LeaseName, LeaseState};
+use palisade_dataplane::table::{KeyHasher, LeaseTable};
+use palisade_host::clock::monotonic_ns;
+
+/// How the `i`th lease is named.
+type Namer = dyn Fn(u64) -> LeaseName;
+
+fn state(leases: u64, name: &Namer) -> LeaseState {
+    let mut state = LeaseState::new();
+    for i in 0..leases {
+        state.apply(
+            &Command::Grant {
+                name: name(i),
+                token: 1 << 32 | i,
+                holder: i,
+                ttl_ms: 30_000,
+                lock_delay_ms: 0,
+            },
+            1,
+        );
+    }
+    state
+}
+
+fn short(i: u64) -> LeaseName {
+    LeaseName::new("volumes", format!("vm-{i:06}"))
+}
+
+fn longest(i: u64) -> LeaseName {
+    LeaseName::new("t".repeat(64), format!("{i:0>256}"))
+}
+
+/// Milliseconds since `start` (a `monotonic_ns` reading).
+fn ms(start: u64) -> f64 {
+    (monotonic_ns() - start) as f64 / 1e6
+}
+
+fn min_median(mut values: Vec<f64>) -> (f64, f64) {
+    values.sort_by(f64::total_cmp);
+    (values[0], values[values.len() / 2])
+}
+
+fn main() {
+    let rounds: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(5);
+    let states: [(&str, u64, &Namer); 3] = [
+        ("65536 short", 65_536, &short),
+        ("65536 longest", 65_536, &longest),
+        ("1500000 short", 1_500_000, &short),
+    ];
+    println!("takeover, ms: min / median of {rounds} rounds");
+    for (label, leases, name) in states {
+        let state = state(leases, name);
+        let tenants: Tenants = [("volumes".to_string(), 0), ("t".repeat(64), 1)]
+            .into_iter()
+            .collect();
+        // A table of exactly that capacity, as `leases.table_capacity`.
+        let table = LeaseTable::new(
+            u32::try_from(leases).expect("fits"),
+            KeyHasher::new([7; 16]),
+        );
+        let mut listed = Vec::new();
+        let mut installed = Vec::new();
+        let mut reset = Vec::new();
+        for round in 0..rounds {
+            let at = monotonic_ns();
+            let takeover = Takeover {
+                epoch: 2 + round as u32,
+                at_ms: 1_000,
+                leases: state
+                    .iter()
+                    .map(|(name, record)| Adopted {
+                        name: name.clone(),
+                        record: *record,
+                        expires_at_ms: 31_000,
+                    })
+                    .collect(),
+            };
+            listed.push(ms(at));
+            let at = monotonic_ns();
+            let done = leases::install(&table, &tenants, &takeover).expect("fits");
+            installed.push(ms(at));
+            // The reset alone, the first step of every install (this one
+            // ends the leases just installed).
+            let at = monotonic_ns();
+            table.reset(2_000);
+            reset.push(ms(at));
+            assert_eq!(done.installed, leases);
+        }
+        let (lmin, lmed) = min_median(listed);
+        let (imin, imed) = min_median(installed);
+        let (rmin, rmed) = min_median(reset);
+        println!(
+            "  {label:<14} list {lmin:>7.1} / {lmed:>7.1}   install {imin:>7.1} / {imed:>7.1}   of which reset {rmin:>6.1} / {rmed:>6.1}"
+        );
+    }
+}
