@@ -1,8 +1,8 @@
 //! How long a new leader's takeover holds its control thread: the list of
-//! replicated leases re-armed (`ControlCore::poll_takeover` clones every
-//! name) and their install into the lease table (`leases::install`: the
-//! table reset, then a key hash and an insert a lease). No heartbeat
-//! leaves meanwhile.
+//! replicated leases (`ControlCore::poll_takeover`: a clone of the state
+//! that shares its nodes) and their install into the lease table
+//! (`leases::install`: the table reset, then each lease re-armed, its key
+//! hashed and inserted). No heartbeat leaves meanwhile.
 //!
 //! `cargo bench -p palisade-control --bench takeover [-- ROUNDS]`
 //!
@@ -11,7 +11,7 @@
 //! 1 500 000 with short names (the replicated table's cap), each into a
 //! table of that capacity; and the table's reset alone.
 
-use palisade_control::consensus::{Adopted, Takeover};
+use palisade_control::consensus::Takeover;
 use palisade_control::leases::{self, Tenants};
 use palisade_dataplane::replica::{Command, LeaseName, LeaseState};
 use palisade_dataplane::table::{KeyHasher, LeaseTable};
@@ -81,18 +81,9 @@ fn main() {
         let mut reset = Vec::new();
         for round in 0..rounds {
             let at = monotonic_ns();
-            let takeover = Takeover {
-                epoch: 2 + round as u32,
-                at_ms: 1_000,
-                leases: state
-                    .iter()
-                    .map(|(name, record)| Adopted {
-                        name: name.clone(),
-                        record: *record,
-                        expires_at_ms: 31_000,
-                    })
-                    .collect(),
-            };
+            // What `ControlCore::poll_takeover` hands over: the state's
+            // clone, walked (and re-armed) by the install.
+            let takeover = Takeover::of_state(2 + round as u32, 1_000, state.clone(), 10_000, 500);
             listed.push(ms(at));
             let at = monotonic_ns();
             let done = leases::install(&table, &tenants, &takeover).expect("fits");

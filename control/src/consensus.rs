@@ -237,14 +237,108 @@ impl Storage for LogStore {
 /// What a node that just became leader must do before it serves: reset
 /// its lease table and install these leases (with replication), then
 /// serve from `at_ms`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// It holds the replicated state as of the takeover (a clone that shares
+/// its nodes: no name is copied) and what re-arming each lease needs, so
+/// listing them costs nothing until they are walked ([`Takeover::leases`]).
+#[derive(Debug, Clone)]
 pub struct Takeover {
     /// The epoch it serves in.
     pub epoch: u32,
     /// When it took over (monotonic ms): grants from then on.
     pub at_ms: u64,
-    /// Every replicated lease, re-armed.
-    pub leases: Vec<Adopted>,
+    adoptions: Adoptions,
+}
+
+#[derive(Debug, Clone)]
+enum Adoptions {
+    /// A leader's: the replicated state, re-armed as walked.
+    State { state: LeaseState, rearm: Rearm },
+    /// Given lease by lease ([`Takeover::listed`]).
+    Listed(Vec<Adopted>),
+}
+
+impl Takeover {
+    /// A takeover of exactly these leases (tests, tools).
+    #[must_use]
+    pub fn listed(epoch: u32, at_ms: u64, leases: Vec<Adopted>) -> Takeover {
+        Takeover {
+            epoch,
+            at_ms,
+            adoptions: Adoptions::Listed(leases),
+        }
+    }
+
+    /// A takeover at `at_ms` of every lease of `state`, each re-armed from
+    /// `at_ms` as if this node had seen no other leader (a restarted node's
+    /// takeover): `(ttl + election_ms) × (1 + d) / (1 − d)` after it.
+    #[must_use]
+    pub fn of_state(
+        epoch: u32,
+        at_ms: u64,
+        state: LeaseState,
+        max_drift_ppm: u32,
+        election_ms: u64,
+    ) -> Takeover {
+        Takeover {
+            epoch,
+            at_ms,
+            adoptions: Adoptions::State {
+                state,
+                rearm: Rearm {
+                    leader_seen: BTreeMap::new(),
+                    max_drift_ppm,
+                    election_ms,
+                    takeover_ms: at_ms,
+                },
+            },
+        }
+    }
+
+    /// Leases to install.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        match &self.adoptions {
+            Adoptions::State { state, .. } => state.len(),
+            Adoptions::Listed(leases) => leases.len(),
+        }
+    }
+
+    /// No lease to install.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every lease to install, re-armed, with its name borrowed.
+    pub fn leases(&self) -> Box<dyn Iterator<Item = AdoptedRef<'_>> + '_> {
+        match &self.adoptions {
+            Adoptions::State { state, rearm } => {
+                Box::new(state.iter().map(move |(name, record)| AdoptedRef {
+                    name,
+                    record: *record,
+                    expires_at_ms: rearm.expires_at_ms(record),
+                }))
+            }
+            Adoptions::Listed(leases) => Box::new(leases.iter().map(|adopted| AdoptedRef {
+                name: &adopted.name,
+                record: adopted.record,
+                expires_at_ms: adopted.expires_at_ms,
+            })),
+        }
+    }
+
+    /// [`Takeover::leases`] with the names copied.
+    #[must_use]
+    pub fn adopted(&self) -> Vec<Adopted> {
+        self.leases()
+            .map(|a| Adopted {
+                name: a.name.clone(),
+                record: a.record,
+                expires_at_ms: a.expires_at_ms,
+            })
+            .collect()
+    }
 }
 
 /// One lease a new leader installs.
@@ -256,6 +350,53 @@ pub struct Adopted {
     pub record: Record,
     /// Its re-armed expiry (monotonic ms).
     pub expires_at_ms: u64,
+}
+
+/// [`Adopted`] with its name borrowed from the takeover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdoptedRef<'a> {
+    /// The lease's name.
+    pub name: &'a LeaseName,
+    /// As the log holds it.
+    pub record: Record,
+    /// Its re-armed expiry (monotonic ms).
+    pub expires_at_ms: u64,
+}
+
+/// How a takeover re-arms each replicated lease (the argument is in the
+/// module doc), captured when it takes over.
+#[derive(Debug, Clone)]
+struct Rearm {
+    /// The first moment this node knew of a leader, per term.
+    leader_seen: BTreeMap<u64, u64>,
+    max_drift_ppm: u32,
+    election_ms: u64,
+    takeover_ms: u64,
+}
+
+impl Rearm {
+    /// See [`ControlCore::rearm_from`].
+    fn from(&self, served_term: u64) -> u64 {
+        self.leader_seen
+            .range(served_term + 1..)
+            .map(|(_, &seen)| seen)
+            .min()
+            .unwrap_or(self.takeover_ms)
+            .min(self.takeover_ms)
+    }
+
+    /// See [`ControlCore::rearm_ms`].
+    fn ms(&self, ttl_ms: u32) -> u64 {
+        let ppm = u128::from(self.max_drift_ppm.min(999_999));
+        let base = u128::from(ttl_ms) + u128::from(self.election_ms);
+        let scaled = (base * (1_000_000 + ppm)).div_ceil(1_000_000 - ppm);
+        u64::try_from(scaled).unwrap_or(u64::MAX)
+    }
+
+    fn expires_at_ms(&self, record: &Record) -> u64 {
+        self.from(record.served_term)
+            .saturating_add(self.ms(record.ttl_ms))
+    }
 }
 
 /// The lease state a snapshot carries (group 0 only, today).
@@ -904,23 +1045,18 @@ impl ControlCore {
         }
         self.taken_over_term = raft.term;
         self.serving_since_ms = now_ms;
-        let leases = if self.config.replicated {
-            self.leases
-                .iter()
-                .map(|(name, record)| Adopted {
-                    name: name.clone(),
-                    record: *record,
-                    expires_at_ms: self.rearm_from(record.served_term, now_ms)
-                        + self.rearm_ms(record.ttl_ms),
-                })
-                .collect()
+        let state = if self.config.replicated {
+            self.leases.clone()
         } else {
-            Vec::new()
+            LeaseState::new()
         };
         Some(Takeover {
             epoch,
             at_ms: now_ms,
-            leases,
+            adoptions: Adoptions::State {
+                state,
+                rearm: self.rearm(now_ms),
+            },
         })
     }
 
@@ -1003,12 +1139,7 @@ impl ControlCore {
     /// leader change after it was last served, not again at every takeover
     /// (etcd#9888).
     pub fn rearm_from(&self, served_term: u64, takeover_ms: u64) -> u64 {
-        self.leader_seen
-            .range(served_term + 1..)
-            .map(|(_, &seen)| seen)
-            .min()
-            .unwrap_or(takeover_ms)
-            .min(takeover_ms)
+        self.rearm(takeover_ms).from(served_term)
     }
 
     /// How long after a takeover a replicated lease of `ttl_ms` stays
@@ -1016,11 +1147,17 @@ impl ControlCore {
     /// (the argument is in the module doc).
     #[must_use]
     pub fn rearm_ms(&self, ttl_ms: u32) -> u64 {
-        let ppm = u128::from(self.config.max_drift_ppm.min(999_999));
-        let election_ms = self.config.election_ticks as u128 * u128::from(self.config.tick_ms);
-        let base = u128::from(ttl_ms) + election_ms;
-        let scaled = (base * (1_000_000 + ppm)).div_ceil(1_000_000 - ppm);
-        u64::try_from(scaled).unwrap_or(u64::MAX)
+        self.rearm(0).ms(ttl_ms)
+    }
+
+    /// What re-arming needs, for a takeover at `takeover_ms`.
+    fn rearm(&self, takeover_ms: u64) -> Rearm {
+        Rearm {
+            leader_seen: self.leader_seen.clone(),
+            max_drift_ppm: self.config.max_drift_ppm,
+            election_ms: self.config.election_ticks as u64 * self.config.tick_ms,
+            takeover_ms,
+        }
     }
 
     fn confirm(&mut self, context: &[u8]) {

@@ -52,11 +52,18 @@ pub fn install(
     // prefetched before the first insert, so the slots' cache misses
     // overlap (the takeover of a large state is mostly those misses, and
     // the control thread sends no heartbeat meanwhile).
+    let mut leases = takeover.leases();
+    let mut batch = Vec::with_capacity(INSTALL_BATCH);
     let mut keys = Vec::with_capacity(INSTALL_BATCH);
-    for batch in takeover.leases.chunks(INSTALL_BATCH) {
+    loop {
+        batch.clear();
+        batch.extend(leases.by_ref().take(INSTALL_BATCH));
+        if batch.is_empty() {
+            break;
+        }
         keys.clear();
         let mut tenant_seen: Option<(&str, u32)> = None;
-        for adopted in batch {
+        for adopted in &batch {
             // Names come in order, tenant first: most lookups repeat.
             let tenant = match tenant_seen {
                 Some((name, index)) if name == adopted.name.tenant => Some(index),
@@ -166,15 +173,12 @@ mod tests {
                 });
             }
         }
-        let takeover = Takeover {
-            epoch: 4,
-            at_ms: 100,
-            leases,
-        };
+        let takeover = Takeover::listed(4, 100, leases);
         let done = install(&table, &tenants, &takeover).expect("fits");
         assert_eq!((done.installed, done.unknown_tenant), (118, 3));
         let mut latest: HashMap<(u32, &str), u64> = HashMap::new();
-        for adopted in &takeover.leases {
+        let adopted = takeover.adopted();
+        for adopted in &adopted {
             if let Some(&tenant) = tenants.get(&adopted.name.tenant) {
                 latest.insert((tenant, &adopted.name.resource), adopted.record.token);
             }
@@ -204,10 +208,10 @@ mod tests {
         table
             .acquire(stale, grant, 0, 2, AcquireMode::Fair)
             .expect("grant");
-        let takeover = Takeover {
-            epoch: 4,
-            at_ms: 100,
-            leases: vec![
+        let takeover = Takeover::listed(
+            4,
+            100,
+            vec![
                 Adopted {
                     name: name("held"),
                     record: record(3 << 32 | 1, 0),
@@ -227,7 +231,7 @@ mod tests {
                     expires_at_ms: 2_000,
                 },
             ],
-        };
+        );
         assert_eq!(
             install(&table, &tenants, &takeover),
             Ok(Installed {
@@ -237,7 +241,7 @@ mod tests {
             })
         );
         let mut state = LeaseState::new();
-        for adopted in &takeover.leases {
+        for adopted in takeover.adopted() {
             state.apply(
                 &Command::Grant {
                     name: adopted.name.clone(),

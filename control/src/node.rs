@@ -900,7 +900,7 @@ impl Node {
         let done =
             crate::leases::install(&self.shared.table, &self.tenants, &takeover).map_err(|e| {
                 NodeError::TakeoverTable {
-                    leases: takeover.leases.len(),
+                    leases: takeover.len(),
                     reason: e.to_string(),
                     capacity: self.shared.table.capacity(),
                 }

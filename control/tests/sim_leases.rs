@@ -474,8 +474,7 @@ impl Sim {
                     node.id,
                     takeover.epoch,
                     takeover
-                        .leases
-                        .iter()
+                        .leases()
                         .map(|a| (
                             a.name.resource.clone(),
                             a.record.token,

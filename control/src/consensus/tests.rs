@@ -53,11 +53,11 @@ fn a_single_node_leads_confirms_and_grants_after_its_grace() {
     assert_eq!(view.grants_until_ms, 0, "no serving before the takeover");
     let takeover = core.poll_takeover(100).expect("takes over");
     assert_eq!(
-        takeover.leases,
+        takeover.adopted(),
         vec![],
         "nothing is installed without replication"
     );
-    assert_eq!(core.poll_takeover(100), None, "once per term");
+    assert!(core.poll_takeover(100).is_none(), "once per term");
     let view = core.leadership().expect("view");
     assert_eq!(view.role, Role::Leader);
     assert_eq!(view.epoch, 2);
@@ -225,7 +225,7 @@ fn grants_are_answered_once_committed_and_survive_a_restart() {
         }]
     );
     let takeover = core.poll_takeover(100).expect("takes over");
-    assert!(takeover.leases.is_empty());
+    assert!(takeover.is_empty());
     let view = core.leadership().expect("view");
     assert_eq!(
         view.grants_from_ms, 100,
@@ -286,8 +286,8 @@ fn grants_are_answered_once_committed_and_survive_a_restart() {
         5_000,
         "no grace: every live lease is installed"
     );
-    assert_eq!(takeover.leases.len(), 1);
-    let adopted = &takeover.leases[0];
+    assert_eq!(takeover.len(), 1);
+    let adopted = &takeover.adopted()[0];
     assert_eq!(adopted.name, name("disk0"));
     assert_eq!(adopted.record.token, token);
     assert_eq!(adopted.record.holder, 42);
@@ -327,7 +327,7 @@ fn without_the_marker_a_leader_owes_the_grace_once() {
     core.campaign(2_000).expect("campaign");
     core.poll_ready(&mut log, 2_000, &mut |_| {})
         .expect("ready");
-    assert_eq!(core.poll_takeover(2_000), None, "marker first");
+    assert!(core.poll_takeover(2_000).is_none(), "marker first");
     core.poll_ready(&mut log, 2_000, &mut |_| {})
         .expect("ready");
     assert_eq!(core.leases().replicated_since(), None);
@@ -361,7 +361,7 @@ fn a_used_up_epoch_moves_a_single_node_to_a_new_term_with_its_leases() {
     assert_eq!(core.raft_state(), StateRole::Leader);
     let takeover = core.poll_takeover(200).expect("takes over again");
     assert_eq!(takeover.epoch, epoch + 1);
-    assert_eq!(takeover.leases.len(), 1, "the lease survives the change");
+    assert_eq!(takeover.len(), 1, "the lease survives the change");
     assert_eq!(
         core.leadership().expect("view").grants_from_ms,
         200,
