@@ -481,6 +481,9 @@ pub struct ControlCore {
     /// The term whose takeover was handed out (0: none yet), and when.
     taken_over_term: u64,
     serving_since_ms: u64,
+    /// The term whose takeover was begun and is being installed
+    /// ([`ControlCore::begin_takeover`]; 0: none).
+    takeover_begun_term: u64,
     /// Entries at or below this index were committed before a restart:
     /// their membership changes are already in the conf state.
     replayed_commit: u64,
@@ -640,6 +643,7 @@ impl ControlCore {
             inflight: VecDeque::new(),
             notices: Vec::new(),
             taken_over_term: 0,
+            takeover_begun_term: 0,
             serving_since_ms: 0,
             replayed_commit: restored.hard_state.commit,
             marker_term: 0,
@@ -1024,12 +1028,26 @@ impl ControlCore {
     /// committed grant is applied) takes over once: the shell resets its
     /// table, installs the returned leases and publishes; grants start at
     /// once (with replication) or after the grace period (without).
+    /// [`ControlCore::begin_takeover`] and
+    /// [`ControlCore::takeover_installed`] in one step.
     pub fn poll_takeover(&mut self, now_ms: u64) -> Option<Takeover> {
+        let takeover = self.begin_takeover(now_ms)?;
+        let installed = self.takeover_installed(&takeover);
+        debug_assert!(installed, "nothing ran between begin and installed");
+        Some(takeover)
+    }
+
+    /// The takeover [`ControlCore::poll_takeover`] hands out, without
+    /// serving yet: this leadership serves (and its view grants) only once
+    /// the shell reports the table installed with
+    /// [`ControlCore::takeover_installed`]. Handed out once per term.
+    pub fn begin_takeover(&mut self, now_ms: u64) -> Option<Takeover> {
         let raft = &self.raw.raft;
         if raft.state != StateRole::Leader
             || raft.term != self.leader_term
             || !raft.commit_to_current_term()
             || self.taken_over_term == raft.term
+            || self.takeover_begun_term == raft.term
             || raft.raft_log.applied < raft.raft_log.committed
         {
             return None;
@@ -1043,8 +1061,7 @@ impl ControlCore {
             self.propose_marker(false);
             return None;
         }
-        self.taken_over_term = raft.term;
-        self.serving_since_ms = now_ms;
+        self.takeover_begun_term = raft.term;
         let state = if self.config.replicated {
             self.leases.clone()
         } else {
@@ -1058,6 +1075,24 @@ impl ControlCore {
                 rearm: self.rearm(now_ms),
             },
         })
+    }
+
+    /// The shell installed `takeover` into its table: this leadership
+    /// serves from the takeover's time on. False (and nothing changes) if
+    /// the leadership it was begun for has ended meanwhile.
+    pub fn takeover_installed(&mut self, takeover: &Takeover) -> bool {
+        let raft = &self.raw.raft;
+        let term = u64::from(takeover.epoch);
+        if raft.state != StateRole::Leader
+            || raft.term != term
+            || self.takeover_begun_term != term
+            || self.taken_over_term == term
+        {
+            return false;
+        }
+        self.taken_over_term = term;
+        self.serving_since_ms = takeover.at_ms;
+        true
     }
 
     /// Housekeeping of a serving leader, once per turn: with replication,

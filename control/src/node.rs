@@ -16,7 +16,11 @@
 //! A raft-log compaction's encoding and new file are written on a
 //! short-lived thread of their own (`palisade-compact`, niced to 10, with
 //! the control thread's mask): the control thread only clones the lease
-//! state at the start and puts the file in place at the end (`Compaction`).
+//! state at the start and puts the file in place at the end. A new
+//! leader's takeover (table reset, every replicated lease installed) runs
+//! on another (`palisade-takeover`), and the leadership serves once it is
+//! done. Neither holds the control thread, which sends the heartbeats, for
+//! longer than a clone (`Elsewhere`).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -28,7 +32,7 @@ use palisade_dataplane::quota::{QuotaConfig, Quotas};
 use palisade_dataplane::replica::{tag_core, LeaseName, Notice, Proposal};
 use palisade_dataplane::server::{core_count, Cpus, ReplicaLink, Server, ServerOptions};
 use palisade_dataplane::service::{ControlStats, CoreStats, RequestService, ServiceConfig, Tenant};
-use palisade_dataplane::table::{KeyHasher, LeaseTable};
+use palisade_dataplane::table::{KeyHasher, LeaseTable, TableError};
 use palisade_host::affinity::{self, cpu_list, Tid};
 use palisade_host::clock::{monotonic_ms, unix_ms};
 use palisade_host::doorbell::Doorbell;
@@ -38,9 +42,10 @@ use palisade_tuning::{Config, CoreSelection, Replication};
 use raft::eraftpb::Message;
 use tracing::{debug, error, info, warn};
 
-use crate::consensus::{CompactionStart, ControlCore, CoreConfig, CoreError, Elections, Restored};
+use crate::consensus::{ControlCore, CoreConfig, CoreError, Elections, Restored, Takeover};
 use crate::datadir::{DataDir, DataDirError};
-use crate::raftlog::{CompactionWriter, CompactionWritten, LogError, RaftLog};
+use crate::leases::Installed;
+use crate::raftlog::{CompactionWritten, LogError, RaftLog};
 use crate::transport::Transport;
 
 /// Peer messages stepped in one turn at most, after the first.
@@ -109,6 +114,9 @@ pub enum NodeError {
     /// The thread writing a compaction ended without a word (it panicked).
     #[error("the thread compacting the raft log ended without finishing")]
     CompactionLost,
+    /// The thread installing a takeover ended without a word (it panicked).
+    #[error("the thread installing the replicated leases ended without finishing")]
+    TakeoverLost,
     /// The raft driver refused to go on (a bug or a corrupt log).
     #[error(transparent)]
     Core(#[from] CoreError),
@@ -232,7 +240,9 @@ pub struct Node {
     /// before the first): see [`compaction_due`].
     compacted: (u64, u64),
     /// A compaction being encoded and written on its own thread.
-    compaction: Option<Compaction>,
+    compaction: Option<Elsewhere<Compacted>>,
+    /// A takeover being installed into the table on its own thread.
+    installing: Option<Elsewhere<TakenOver>>,
     published: Option<LeadershipView>,
     /// Elections already logged and published.
     elections_seen: Elections,
@@ -649,6 +659,7 @@ impl Node {
             snapshot_entries: config.cluster.snapshot_entries,
             compacted: (0, 0),
             compaction: None,
+            installing: None,
             published: None,
             elections_seen: Elections::default(),
             raft_role_seen: None,
@@ -847,7 +858,21 @@ impl Node {
             .compaction_start(self.log.entries_written(), self.snapshot_entries)
         {
             let writer = self.log.begin_compaction();
-            self.compaction = Some(Compaction::start(start, writer, Arc::clone(&self.doorbell)));
+            // Below the data plane's priority where they share a CPU
+            // (`node.cores = "all"`): the encoding is background work.
+            self.compaction = Some(Elsewhere::start(
+                "palisade-compact",
+                Some(10),
+                Arc::clone(&self.doorbell),
+                move || {
+                    let snapshot = start.snapshot();
+                    let written = writer.write(&snapshot, &start.hard_state, &start.rest);
+                    // The frozen state's nodes that the control thread has
+                    // replaced since are freed here, not there.
+                    drop(start);
+                    written.map(|written| (snapshot, written))
+                },
+            ));
         }
         Ok(())
     }
@@ -859,12 +884,8 @@ impl Node {
         let Some(compaction) = &self.compaction else {
             return Ok(());
         };
-        let result = match compaction.done.try_recv() {
-            Ok(result) => result,
-            Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(()),
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                return Err(NodeError::CompactionLost)
-            }
+        let Some(result) = compaction.poll().map_err(|()| NodeError::CompactionLost)? else {
+            return Ok(());
         };
         let started = compaction.started;
         self.compaction = None;
@@ -894,17 +915,52 @@ impl Node {
     /// the data plane serves only a table that holds exactly the
     /// replicated state.
     fn take_over_if_due(&mut self, now: u64) -> Result<(), NodeError> {
-        let Some(takeover) = self.core.poll_takeover(now) else {
+        self.finish_takeover(now)?;
+        if self.installing.is_some() {
+            return Ok(());
+        }
+        let Some(takeover) = self.core.begin_takeover(now) else {
             return Ok(());
         };
-        let done =
-            crate::leases::install(&self.shared.table, &self.tenants, &takeover).map_err(|e| {
-                NodeError::TakeoverTable {
-                    leases: takeover.len(),
-                    reason: e.to_string(),
-                    capacity: self.shared.table.capacity(),
-                }
-            })?;
+        let shared = Arc::clone(&self.shared);
+        let tenants = self.tenants.clone();
+        // At the control thread's priority: grants wait for it.
+        self.installing = Some(Elsewhere::start(
+            "palisade-takeover",
+            None,
+            Arc::clone(&self.doorbell),
+            move || {
+                let installed = crate::leases::install(&shared.table, &tenants, &takeover);
+                (takeover, installed)
+            },
+        ));
+        Ok(())
+    }
+
+    /// Serves once a takeover's thread installed the table: until then the
+    /// published view is this leader's without grants (as before any
+    /// takeover), and the control thread went on sending heartbeats.
+    fn finish_takeover(&mut self, now: u64) -> Result<(), NodeError> {
+        let Some(installing) = &self.installing else {
+            return Ok(());
+        };
+        let Some(result) = installing.poll().map_err(|()| NodeError::TakeoverLost)? else {
+            return Ok(());
+        };
+        let installing = self.installing.take().expect("in flight");
+        let (takeover, done) = result;
+        let done = done.map_err(|e| NodeError::TakeoverTable {
+            leases: takeover.len(),
+            reason: e.to_string(),
+            capacity: self.shared.table.capacity(),
+        })?;
+        if !self.core.takeover_installed(&takeover) {
+            debug!(
+                epoch = takeover.epoch,
+                "a takeover was installed after its leadership ended: not serving it"
+            );
+            return Ok(());
+        }
         if done.unknown_tenant > 0 {
             warn!(
                 leases = done.unknown_tenant,
@@ -915,6 +971,7 @@ impl Node {
             epoch = takeover.epoch,
             installed = done.installed,
             ended_local = done.ended,
+            install_ms = now.saturating_sub(installing.started),
             "took over: replicated leases installed with re-armed expiries"
         );
         // It grants once a quorum confirms this leadership: ask now rather
@@ -1107,94 +1164,99 @@ impl Node {
     }
 }
 
-/// A compaction in flight: its own thread encodes the lease state frozen
-/// at the snapshot's index and writes the new log file beside the old one,
-/// while the control thread goes on (ticks, heartbeats, grants: a large
-/// state took hundreds of ms to encode and write, longer than an election
-/// timeout). The thread rings the doorbell when it is done.
+/// Work of the control loop run on a thread of its own, so that the
+/// control thread, which sends the heartbeats, goes on meanwhile: a
+/// compaction (the lease state encoded and the new log written: hundreds
+/// of ms for a large state) and a new leader's takeover (the table reset
+/// and every replicated lease installed: a quarter of a second at the
+/// table's cap). Both were longer than an election timeout on the control
+/// thread. The thread rings the doorbell when it is done; one of each
+/// kind at a time.
 #[derive(Debug)]
-struct Compaction {
-    done: std::sync::mpsc::Receiver<Result<(raft::eraftpb::Snapshot, CompactionWritten), LogError>>,
+struct Elsewhere<T> {
+    done: std::sync::mpsc::Receiver<T>,
+    /// When it started (monotonic ms).
     started: u64,
 }
 
-impl Compaction {
+impl<T: Send + 'static> Elsewhere<T> {
+    /// Starts `work` on a thread named `name`, niced to `nice` if given.
     fn start(
-        start: CompactionStart,
-        writer: CompactionWriter,
+        name: &str,
+        nice: Option<i32>,
         doorbell: Arc<Doorbell>,
-    ) -> Compaction {
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Elsewhere<T> {
         let (tx, done) = std::sync::mpsc::channel();
-        let job = Arc::new(std::sync::Mutex::new(Some(CompactionJob {
-            start,
-            writer,
-            tx,
-            doorbell,
-        })));
-        let theirs = Arc::clone(&job);
-        let spawned = std::thread::Builder::new()
-            .name("palisade-compact".into())
-            .spawn(move || {
-                // Below the data plane's priority where they share a CPU
-                // (`node.cores = "all"`): the encoding is background work.
-                // Refused (it needs no privilege to lower it): runs as is.
-                let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10);
-                if let Some(job) = take(&theirs) {
-                    job.run();
-                }
-            });
-        if let Err(e) = spawned {
-            // Without a thread (the process is out of them) it runs here:
-            // the pause this thread avoids otherwise, nothing lost.
-            warn!(error = %e, "no thread for the raft log's compaction: compacting on the control thread");
-            if let Some(job) = take(&job) {
-                job.run();
-            }
-        }
-        Compaction {
+        run_elsewhere(name, nice, move || {
+            // The control thread may have stopped: nobody to tell.
+            let _ = tx.send(work());
+            doorbell.ring();
+        });
+        Elsewhere {
             done,
             started: monotonic_ms(),
         }
     }
+
+    /// Its outcome if it is done; `Err` if its thread ended without one
+    /// (it panicked).
+    fn poll(&self) -> Result<Option<T>, ()> {
+        match self.done.try_recv() {
+            Ok(outcome) => Ok(Some(outcome)),
+            Err(std::sync::mpsc::TryRecvError::Empty) => Ok(None),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(()),
+        }
+    }
 }
 
-/// A node dropped or shut down mid-compaction waits for its thread to be
-/// done with `raft.log.tmp`: a node started again in this process must not
-/// find a file it writes overwritten by the earlier one's thread.
-impl Drop for Compaction {
+/// Dropped (its outcome taken, or its node dropped or shut down), it waits
+/// for its thread to be done: a node started again in this process must
+/// not find `raft.log.tmp` or its table written by the earlier one's.
+impl<T> Drop for Elsewhere<T> {
     fn drop(&mut self) {
         // Returns once the thread dropped its sender, whatever it sent.
         while self.done.recv().is_ok() {}
     }
 }
 
-fn take(job: &std::sync::Mutex<Option<CompactionJob>>) -> Option<CompactionJob> {
+/// A compaction's outcome: the snapshot and the new file, written.
+type Compacted = Result<(raft::eraftpb::Snapshot, CompactionWritten), LogError>;
+
+/// A takeover's outcome: what the install did to the table.
+type TakenOver = (Takeover, Result<Installed, TableError>);
+
+/// Runs `work` on a thread of its own named `name`, niced to `nice` if
+/// given (lowering a thread's priority needs no privilege; refused, it
+/// runs as is), or here when no thread can be made (the process is out of
+/// them): the pause the thread avoids otherwise, nothing lost.
+fn run_elsewhere(name: &str, nice: Option<i32>, work: impl FnOnce() + Send + 'static) {
+    let job = Arc::new(std::sync::Mutex::new(Some(work)));
+    let theirs = Arc::clone(&job);
+    let spawned = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            if let Some(nice) = nice {
+                let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice);
+            }
+            if let Some(work) = take(&theirs) {
+                work();
+            }
+        });
+    if let Err(e) = spawned {
+        warn!(thread = name, error = %e, "no thread could be made: its work runs on the control thread");
+        if let Some(work) = take(&job) {
+            work();
+        }
+    }
+}
+
+/// The work a thread was started for, taken once: by the thread, or by
+/// the starter when no thread could be made.
+fn take<T>(job: &std::sync::Mutex<Option<T>>) -> Option<T> {
     job.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .take()
-}
-
-/// What a compaction's thread does.
-struct CompactionJob {
-    start: CompactionStart,
-    writer: CompactionWriter,
-    tx: std::sync::mpsc::Sender<Result<(raft::eraftpb::Snapshot, CompactionWritten), LogError>>,
-    doorbell: Arc<Doorbell>,
-}
-
-impl CompactionJob {
-    fn run(self) {
-        let snapshot = self.start.snapshot();
-        let written = self
-            .writer
-            .write(&snapshot, &self.start.hard_state, &self.start.rest);
-        // The frozen state's nodes that the control thread has replaced
-        // since are freed here, not there.
-        drop(self.start);
-        // The control thread may have stopped: nobody to tell.
-        let _ = self.tx.send(written.map(|written| (snapshot, written)));
-        self.doorbell.ring();
-    }
 }
 
 /// Whether the raft log is due a compaction: more than `snapshot_entries`

@@ -206,6 +206,66 @@ fn leading(log: &mut RaftLog, restored: Restored, now: u64) -> ControlCore {
 }
 
 #[test]
+fn a_begun_takeover_serves_only_once_installed_and_only_in_its_leadership() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+    let mut core = leading(&mut log, recovered.into(), 100);
+    let epoch = core.term() as u32;
+    let takeover = core.begin_takeover(100).expect("due");
+    assert_eq!(takeover.epoch, epoch);
+    assert!(
+        core.begin_takeover(150).is_none(),
+        "handed out once per term"
+    );
+    assert!(
+        core.poll_takeover(150).is_none(),
+        "nor by the one-step call"
+    );
+    // While the shell installs: no serving, no grants in the view, and
+    // proposals refused.
+    assert!(!core.serving());
+    assert_eq!(core.leadership().expect("view").grants_until_ms, 0);
+    core.propose(vec![Proposal {
+        tag: 1,
+        epoch,
+        command: grant("early", u64::from(epoch) << 32 | 1, 1_000),
+    }]);
+    assert_eq!(
+        core.take_notices(),
+        vec![Notice {
+            tag: 1,
+            committed: false
+        }]
+    );
+    assert!(core.takeover_installed(&takeover));
+    assert!(core.serving());
+    assert!(core.leadership().expect("view").grants_until_ms > 0);
+    assert_eq!(core.leadership().expect("view").grants_from_ms, 100);
+    assert!(!core.takeover_installed(&takeover), "once");
+
+    // A takeover whose leadership ended before it was installed is not
+    // served; the next leadership begins its own.
+    let stale = {
+        core.force_new_term(200).expect("new term");
+        core.poll_ready(&mut log, 200, &mut |_| {}).expect("ready");
+        core.request_confirmation(200);
+        core.poll_ready(&mut log, 200, &mut |_| {}).expect("ready");
+        core.begin_takeover(200).expect("due in the new term")
+    };
+    assert!(!core.serving());
+    core.force_new_term(300).expect("another term");
+    core.poll_ready(&mut log, 300, &mut |_| {}).expect("ready");
+    core.request_confirmation(300);
+    core.poll_ready(&mut log, 300, &mut |_| {}).expect("ready");
+    assert!(!core.takeover_installed(&stale), "its leadership ended");
+    assert!(!core.serving());
+    let fresh = core.begin_takeover(300).expect("this term's own");
+    assert!(fresh.epoch > stale.epoch);
+    assert!(core.takeover_installed(&fresh));
+    assert!(core.serving());
+}
+
+#[test]
 fn grants_are_answered_once_committed_and_survive_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut log, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
