@@ -666,8 +666,13 @@ impl Node {
             grace_until_ms: None,
         };
         // A cluster of one led before its data plane existed: take over
-        // now, so that it serves from its first turn.
+        // now, and wait for the install, so that it serves from its first
+        // turn (and before the caller says it is ready).
         node.take_over_if_due(now)?;
+        if let Some(installing) = node.installing.take() {
+            let outcome = installing.wait().map_err(|()| NodeError::TakeoverLost)?;
+            node.took_over(outcome, installing.started, monotonic_ms())?;
+        }
         node.publish()?;
         Ok(node)
     }
@@ -948,7 +953,12 @@ impl Node {
             return Ok(());
         };
         let installing = self.installing.take().expect("in flight");
-        let (takeover, done) = result;
+        self.took_over(result, installing.started, now)
+    }
+
+    /// A takeover's install is done: serve it if its leadership lasted.
+    fn took_over(&mut self, outcome: TakenOver, started: u64, now: u64) -> Result<(), NodeError> {
+        let (takeover, done) = outcome;
         let done = done.map_err(|e| NodeError::TakeoverTable {
             leases: takeover.len(),
             reason: e.to_string(),
@@ -971,7 +981,7 @@ impl Node {
             epoch = takeover.epoch,
             installed = done.installed,
             ended_local = done.ended,
-            install_ms = now.saturating_sub(installing.started),
+            install_ms = now.saturating_sub(started),
             "took over: replicated leases installed with re-armed expiries"
         );
         // It grants once a quorum confirms this leadership: ask now rather
@@ -1197,6 +1207,12 @@ impl<T: Send + 'static> Elsewhere<T> {
             done,
             started: monotonic_ms(),
         }
+    }
+
+    /// Its outcome, once it is done; `Err` if its thread ended without one
+    /// (it panicked).
+    fn wait(&self) -> Result<T, ()> {
+        self.done.recv().map_err(|_| ())
     }
 
     /// Its outcome if it is done; `Err` if its thread ended without one
