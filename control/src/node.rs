@@ -669,7 +669,7 @@ impl Node {
         // now, and wait for the install, so that it serves from its first
         // turn (and before the caller says it is ready).
         node.take_over_if_due(now)?;
-        if let Some(installing) = node.installing.take() {
+        if let Some(mut installing) = node.installing.take() {
             let outcome = installing.wait().map_err(|()| NodeError::TakeoverLost)?;
             node.took_over(outcome, installing.started, monotonic_ms())?;
         }
@@ -886,7 +886,7 @@ impl Node {
     /// batches synced meanwhile are appended, the file renamed over the
     /// log, and raft's memory compacted ([`RaftLog::finish_compaction`]).
     fn finish_compaction(&mut self) -> Result<(), NodeError> {
-        let Some(compaction) = &self.compaction else {
+        let Some(compaction) = self.compaction.as_mut() else {
             return Ok(());
         };
         let Some(result) = compaction.poll().map_err(|()| NodeError::CompactionLost)? else {
@@ -946,7 +946,7 @@ impl Node {
     /// published view is this leader's without grants (as before any
     /// takeover), and the control thread went on sending heartbeats.
     fn finish_takeover(&mut self, now: u64) -> Result<(), NodeError> {
-        let Some(installing) = &self.installing else {
+        let Some(installing) = self.installing.as_mut() else {
             return Ok(());
         };
         let Some(result) = installing.poll().map_err(|()| NodeError::TakeoverLost)? else {
@@ -1187,6 +1187,8 @@ struct Elsewhere<T> {
     done: std::sync::mpsc::Receiver<T>,
     /// When it started (monotonic ms).
     started: u64,
+    /// Its outcome was taken: the thread has nothing left to write.
+    taken: bool,
 }
 
 impl<T: Send + 'static> Elsewhere<T> {
@@ -1206,33 +1208,45 @@ impl<T: Send + 'static> Elsewhere<T> {
         Elsewhere {
             done,
             started: monotonic_ms(),
+            taken: false,
         }
     }
 
     /// Its outcome, once it is done; `Err` if its thread ended without one
     /// (it panicked).
-    fn wait(&self) -> Result<T, ()> {
-        self.done.recv().map_err(|_| ())
+    fn wait(&mut self) -> Result<T, ()> {
+        let outcome = self.done.recv().map_err(|_| ())?;
+        self.taken = true;
+        Ok(outcome)
     }
 
     /// Its outcome if it is done; `Err` if its thread ended without one
     /// (it panicked).
-    fn poll(&self) -> Result<Option<T>, ()> {
+    fn poll(&mut self) -> Result<Option<T>, ()> {
         match self.done.try_recv() {
-            Ok(outcome) => Ok(Some(outcome)),
+            Ok(outcome) => {
+                self.taken = true;
+                Ok(Some(outcome))
+            }
             Err(std::sync::mpsc::TryRecvError::Empty) => Ok(None),
             Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(()),
         }
     }
 }
 
-/// Dropped (its outcome taken, or its node dropped or shut down), it waits
-/// for its thread to be done: a node started again in this process must
-/// not find `raft.log.tmp` or its table written by the earlier one's.
+/// Dropped before its outcome was taken (its node dropped or shut down),
+/// it waits for its thread to be done: a node started again in this
+/// process must not find `raft.log.tmp` or its table written by the
+/// earlier one's. Once the outcome is taken the thread writes nothing more
+/// (it only rings the doorbell), so the control thread does not wait for
+/// it: the compaction's thread runs niced, and waiting for it behind a
+/// busy core held the control thread.
 impl<T> Drop for Elsewhere<T> {
     fn drop(&mut self) {
-        // Returns once the thread dropped its sender, whatever it sent.
-        while self.done.recv().is_ok() {}
+        if !self.taken {
+            // Returns once the thread dropped its sender, whatever it sent.
+            while self.done.recv().is_ok() {}
+        }
     }
 }
 

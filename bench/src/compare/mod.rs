@@ -165,7 +165,7 @@ pub struct CompareArgs {
     #[arg(long)]
     no_sweep: bool,
     /// Quick check that the harness works: 2 s runs, Palisade and echo
-    /// only, uncontended at 1 connection, a short sweep up to 8000/s with
+    /// only, uncontended at 1 connection, a short sweep up to 4000/s with
     /// a p99 bound of at least 1 s.
     #[arg(long)]
     smoke: bool,
@@ -565,7 +565,12 @@ pub fn compare(args: &CompareArgs) -> Result<()> {
         args.systems = vec!["palisade".into(), "echo".into()];
         args.workloads = vec!["uncontended".into()];
         args.connections = vec![1];
-        args.max_rate = args.max_rate.min(8000.0);
+        // Half what a debug build of a replicated single node sustains
+        // here: at 8000/s its run at 90% of the maximum (7200/s) was
+        // pushed back by the node's pending-request limit in one CI run
+        // (100 ms stalls of a debug build near saturation had shown in
+        // earlier ones), and the smoke test failed on speed.
+        args.max_rate = args.max_rate.min(4000.0);
         args.refine = 1;
         // The smoke run checks that the harness works end to end, not
         // speed: a loaded test machine must not fail it.
