@@ -32,7 +32,8 @@ pub struct Installed {
 }
 
 /// Resets `table` and installs every lease of `takeover`, re-armed. Call
-/// before the new leadership is published.
+/// before the new leadership serves (`ControlCore::takeover_installed`);
+/// the node calls it on a thread of its own.
 ///
 /// # Errors
 ///
@@ -51,7 +52,7 @@ pub fn install(
     // In batches: every key of a batch is hashed and its home slot
     // prefetched before the first insert, so the slots' cache misses
     // overlap (the takeover of a large state is mostly those misses, and
-    // the control thread sends no heartbeat meanwhile).
+    // the new leader serves only once it is done).
     let mut leases = takeover.leases();
     let mut batch = Vec::with_capacity(INSTALL_BATCH);
     let mut keys = Vec::with_capacity(INSTALL_BATCH);
