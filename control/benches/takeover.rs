@@ -1,8 +1,9 @@
-//! How long a new leader's takeover holds its control thread: the list of
-//! replicated leases (`ControlCore::poll_takeover`: a clone of the state
-//! that shares its nodes) and their install into the lease table
-//! (`leases::install`: the table reset, then each lease re-armed, its key
-//! hashed and inserted). No heartbeat leaves meanwhile.
+//! How long a new leader's takeover takes: the list of replicated leases
+//! (`ControlCore::begin_takeover`: a clone of the state that shares its
+//! nodes) and their install into the lease table (`leases::install`: the
+//! table reset, then each lease re-armed, its key hashed and inserted).
+//! The node runs it on a thread of its own and serves once it is done;
+//! before, its control thread did, and sent no heartbeat meanwhile.
 //!
 //! `cargo bench -p palisade-control --bench takeover [-- ROUNDS]`
 //!
