@@ -26,42 +26,16 @@
 //! `$PALISADE_BENCH_DIR` (default: the system temporary directory): put it
 //! on the disk the data directory will use.
 
+mod support;
+
 use std::path::Path;
 use std::time::Duration;
 
 use palisade_control::raftlog::RaftLog;
-use palisade_dataplane::replica::{Command, LeaseName, LeaseState, GROUP_DEFAULT};
+use palisade_dataplane::replica::{LeaseState, GROUP_DEFAULT};
 use palisade_host::clock::monotonic_ns;
-use raft::eraftpb::{Entry, HardState, Snapshot};
-
-fn grant(name: LeaseName, i: u64) -> Command {
-    Command::Grant {
-        name,
-        token: 1 << 32 | i,
-        holder: i,
-        ttl_ms: 30_000,
-        lock_delay_ms: 0,
-    }
-}
-
-/// How the `i`th lease is named.
-type Namer = dyn Fn(u64) -> LeaseName;
-
-fn state(leases: u64, name: &Namer) -> LeaseState {
-    let mut state = LeaseState::new();
-    for i in 0..leases {
-        state.apply(&grant(name(i), i), 1);
-    }
-    state
-}
-
-fn short(i: u64) -> LeaseName {
-    LeaseName::new("volumes", format!("vm-{i:06}"))
-}
-
-fn longest(i: u64) -> LeaseName {
-    LeaseName::new("t".repeat(64), format!("{i:0>256}"))
-}
+use raft::eraftpb::{HardState, Snapshot};
+use support::{entry, grant, longest, min_median, ms, rounds, short, state, Namer};
 
 fn snapshot(state: &LeaseState, index: u64) -> Snapshot {
     let mut snapshot = Snapshot::default();
@@ -69,20 +43,6 @@ fn snapshot(state: &LeaseState, index: u64) -> Snapshot {
     snapshot.mut_metadata().term = 1;
     snapshot.set_data(state.encode(GROUP_DEFAULT).into());
     snapshot
-}
-
-fn entry(index: u64) -> Entry {
-    Entry {
-        index,
-        term: 1,
-        data: vec![7; 256].into(),
-        ..Default::default()
-    }
-}
-
-/// Milliseconds since `start` (a `monotonic_ns` reading).
-fn ms(start: u64) -> f64 {
-    (monotonic_ns() - start) as f64 / 1e6
 }
 
 /// A log with a few batches in it, as a compaction finds it.
@@ -186,16 +146,8 @@ fn round(
     }
 }
 
-fn min_median(mut values: Vec<f64>) -> (f64, f64) {
-    values.sort_by(f64::total_cmp);
-    (values[0], values[values.len() / 2])
-}
-
 fn main() {
-    let rounds: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(5);
+    let rounds = rounds();
     let base = std::env::var_os("PALISADE_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
     let states: [(&str, u64, &Namer); 3] = [
         ("65536 short", 65_536, &short),

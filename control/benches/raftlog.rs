@@ -10,21 +10,14 @@
 //! directory): put it on the disk the data directory will use, since a
 //! tmpfs makes fdatasync free.
 
+mod support;
+
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use palisade_control::raftlog::RaftLog;
-use raft::eraftpb::Entry;
-
-fn entry(index: u64) -> Entry {
-    Entry {
-        index,
-        term: 1,
-        data: vec![7; 256].into(),
-        ..Default::default()
-    }
-}
+use support::entry;
 
 fn bench(c: &mut Criterion) {
     let base = std::env::var_os("PALISADE_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);

@@ -12,55 +12,16 @@
 //! 1 500 000 with short names (the replicated table's cap), each into a
 //! table of that capacity; and the table's reset alone.
 
+mod support;
+
 use palisade_control::consensus::Takeover;
 use palisade_control::leases::{self, Tenants};
-use palisade_dataplane::replica::{Command, LeaseName, LeaseState};
 use palisade_dataplane::table::{KeyHasher, LeaseTable};
 use palisade_host::clock::monotonic_ns;
-
-/// How the `i`th lease is named.
-type Namer = dyn Fn(u64) -> LeaseName;
-
-fn state(leases: u64, name: &Namer) -> LeaseState {
-    let mut state = LeaseState::new();
-    for i in 0..leases {
-        state.apply(
-            &Command::Grant {
-                name: name(i),
-                token: 1 << 32 | i,
-                holder: i,
-                ttl_ms: 30_000,
-                lock_delay_ms: 0,
-            },
-            1,
-        );
-    }
-    state
-}
-
-fn short(i: u64) -> LeaseName {
-    LeaseName::new("volumes", format!("vm-{i:06}"))
-}
-
-fn longest(i: u64) -> LeaseName {
-    LeaseName::new("t".repeat(64), format!("{i:0>256}"))
-}
-
-/// Milliseconds since `start` (a `monotonic_ns` reading).
-fn ms(start: u64) -> f64 {
-    (monotonic_ns() - start) as f64 / 1e6
-}
-
-fn min_median(mut values: Vec<f64>) -> (f64, f64) {
-    values.sort_by(f64::total_cmp);
-    (values[0], values[values.len() / 2])
-}
+use support::{longest, min_median, ms, rounds, short, state, Namer};
 
 fn main() {
-    let rounds: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(5);
+    let rounds = rounds();
     let states: [(&str, u64, &Namer); 3] = [
         ("65536 short", 65_536, &short),
         ("65536 longest", 65_536, &longest),

@@ -205,6 +205,23 @@ fn leading(log: &mut RaftLog, restored: Restored, now: u64) -> ControlCore {
     core
 }
 
+/// A grant proposed before this leadership serves is refused at once and
+/// never logged.
+fn assert_an_early_grant_is_refused(core: &mut ControlCore, epoch: u32) {
+    core.propose(vec![Proposal {
+        tag: 1,
+        epoch,
+        command: grant("early", u64::from(epoch) << 32 | 1, 1_000),
+    }]);
+    assert_eq!(
+        core.take_notices(),
+        vec![Notice {
+            tag: 1,
+            committed: false
+        }]
+    );
+}
+
 #[test]
 fn a_begun_takeover_serves_only_once_installed_and_only_in_its_leadership() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -225,18 +242,7 @@ fn a_begun_takeover_serves_only_once_installed_and_only_in_its_leadership() {
     // proposals refused.
     assert!(!core.serving());
     assert_eq!(core.leadership().expect("view").grants_until_ms, 0);
-    core.propose(vec![Proposal {
-        tag: 1,
-        epoch,
-        command: grant("early", u64::from(epoch) << 32 | 1, 1_000),
-    }]);
-    assert_eq!(
-        core.take_notices(),
-        vec![Notice {
-            tag: 1,
-            committed: false
-        }]
-    );
+    assert_an_early_grant_is_refused(&mut core, epoch);
     assert!(core.takeover_installed(&takeover));
     assert!(core.serving());
     assert!(core.leadership().expect("view").grants_until_ms > 0);
@@ -272,18 +278,7 @@ fn grants_are_answered_once_committed_and_survive_a_restart() {
     let mut core = leading(&mut log, recovered.into(), 100);
     let epoch = core.term() as u32;
     // Not taken over yet: refused, never logged.
-    core.propose(vec![Proposal {
-        tag: 1,
-        epoch,
-        command: grant("early", u64::from(epoch) << 32 | 1, 1_000),
-    }]);
-    assert_eq!(
-        core.take_notices(),
-        vec![Notice {
-            tag: 1,
-            committed: false
-        }]
-    );
+    assert_an_early_grant_is_refused(&mut core, epoch);
     let takeover = core.poll_takeover(100).expect("takes over");
     assert!(takeover.is_empty());
     let view = core.leadership().expect("view");
