@@ -328,6 +328,30 @@ impl Takeover {
         }
     }
 
+    /// The replicated state it installs, for the names `List` reports until
+    /// their holders renew (`palisade_dataplane::names::AdoptedNames`).
+    #[must_use]
+    pub fn into_state(self) -> LeaseState {
+        match self.adoptions {
+            Adoptions::State { state, .. } => state,
+            Adoptions::Listed(leases) => {
+                let mut state = LeaseState::new();
+                for adopted in leases {
+                    let record = adopted.record;
+                    let grant = Command::Grant {
+                        name: adopted.name,
+                        token: record.token,
+                        holder: record.holder,
+                        ttl_ms: record.ttl_ms,
+                        lock_delay_ms: record.lock_delay_ms,
+                    };
+                    state.apply(&grant, record.served_term);
+                }
+                state
+            }
+        }
+    }
+
     /// [`Takeover::leases`] with the names copied.
     #[must_use]
     pub fn adopted(&self) -> Vec<Adopted> {

@@ -29,6 +29,9 @@ pub struct Installed {
     /// Replicated leases of tenants this node does not know: nobody can
     /// name them here, so they are not installed.
     pub unknown_tenant: u64,
+    /// The latest re-armed expiry of a lease installed (monotonic ms; 0 if
+    /// none): by then each has run out or its holder renewed it here.
+    pub expires_by_ms: u64,
 }
 
 /// Resets `table` and installs every lease of `takeover`, re-armed. Call
@@ -94,6 +97,7 @@ pub fn install(
                 takeover.at_ms,
             )?;
             done.installed += 1;
+            done.expires_by_ms = done.expires_by_ms.max(adopted.expires_at_ms);
         }
     }
     Ok(done)
@@ -238,8 +242,16 @@ mod tests {
             Ok(Installed {
                 ended: 1,
                 installed: 2,
-                unknown_tenant: 1
+                unknown_tenant: 1,
+                expires_by_ms: 2_000,
             })
+        );
+        // What `List` keeps of it: every name, with its record.
+        let names = takeover.clone().into_state();
+        assert_eq!(names.len(), 3);
+        assert_eq!(
+            names.get(&name("delayed")).map(|r| r.token),
+            Some(3 << 32 | 2)
         );
         let mut state = LeaseState::new();
         for adopted in takeover.adopted() {

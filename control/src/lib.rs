@@ -35,3 +35,14 @@ pub mod raftlog;
 pub mod rlimit;
 pub mod supervise;
 pub mod transport;
+
+/// Drops `value` on a short-lived thread named `thread`, so that freeing it
+/// (a file's blocks, a large map) does not pause the caller. Without a
+/// thread (the process is out of them) it is dropped here: the same pause,
+/// nothing lost.
+pub(crate) fn drop_elsewhere<T: Send + 'static>(thread: &str, value: T) {
+    let spawned = std::thread::Builder::new()
+        .name(thread.into())
+        .spawn(move || drop(value));
+    drop(spawned);
+}

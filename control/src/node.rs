@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_dataplane::leadership::{Leadership, LeadershipView};
+use palisade_dataplane::names::AdoptedNames;
 use palisade_dataplane::quota::{QuotaConfig, Quotas};
 use palisade_dataplane::replica::{tag_core, LeaseName, Notice, Proposal};
 use palisade_dataplane::server::{core_count, Cpus, ReplicaLink, Server, ServerOptions};
@@ -542,6 +543,7 @@ impl Node {
                     wait_max_ms: millis_u32(limits.wait_max),
                 },
             ),
+            adopted: AdoptedNames::new(),
         });
         shared
             .control
@@ -837,6 +839,7 @@ impl Node {
         self.publish()?;
         self.report(now);
         self.prune(now);
+        self.retire_adopted(now);
         self.deliver_notices();
         if let Some(transport) = &self.transport {
             transport.send(messages);
@@ -971,6 +974,16 @@ impl Node {
             );
             return Ok(());
         }
+        // Their names, for `List` until each lease runs out or its holder
+        // renews here (no core has seen them).
+        let epoch = takeover.epoch;
+        if done.installed > 0 {
+            let names = takeover.into_state();
+            let replaced = self.shared.adopted.adopt(epoch, done.expires_by_ms, names);
+            if let Some(replaced) = replaced {
+                crate::drop_elsewhere("palisade-drop", replaced);
+            }
+        }
         if done.unknown_tenant > 0 {
             warn!(
                 leases = done.unknown_tenant,
@@ -978,7 +991,7 @@ impl Node {
             );
         }
         info!(
-            epoch = takeover.epoch,
+            epoch,
             installed = done.installed,
             ended_local = done.ended,
             install_ms = now.saturating_sub(started),
@@ -995,6 +1008,17 @@ impl Node {
     /// Hands each core what became of its proposals.
     fn deliver_notices(&mut self) {
         deliver(&self.notices, self.core.take_notices());
+    }
+
+    /// Forgets the names the last takeover kept for `List` once each of
+    /// their leases has run out or been renewed here (which noted it on a
+    /// core), or the leadership they were taken over for ended. Freed on a
+    /// thread of its own: what the live state no longer shares is dropped
+    /// name by name.
+    fn retire_adopted(&mut self, now: u64) {
+        if let Some(retired) = self.shared.adopted.retire(now, self.core.serving()) {
+            crate::drop_elsewhere("palisade-drop", retired);
+        }
     }
 
     /// Part of the leader's walk over the replicated leases: logs the end

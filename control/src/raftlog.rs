@@ -1099,12 +1099,7 @@ impl RaftLog {
 /// every grant waiting on the log. Its bytes are already replaced durably;
 /// a close error could say nothing about them.
 fn close_elsewhere(file: File) {
-    let spawned = std::thread::Builder::new()
-        .name("palisade-close".into())
-        .spawn(move || drop(file));
-    // Without a thread (the process is out of them) it closes here: the same
-    // pause, nothing lost.
-    drop(spawned);
+    crate::drop_elsewhere("palisade-close", file);
 }
 
 #[cfg(test)]

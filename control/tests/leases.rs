@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::Server;
-use palisade_client::{AcquireOptions, AcquireOutcome, Client, ConnectOptions, ListedLease};
+use palisade_client::{
+    AcquireOptions, AcquireOutcome, Client, ConnectOptions, ListedLease, TokenOutcome,
+};
 use palisade_proto::{ErrorCode, Request, Response};
 
 const LEASES: usize = 10_000;
@@ -175,4 +177,74 @@ fn pages_return_every_live_lease_once_in_order_and_only_the_tenants_own() {
     assert_eq!(page_names, ["vol/00101", "vol/00102", "vol/00103"]);
     assert_eq!(page["more"], true);
     assert_eq!(page["next_after"], "vol/00103");
+}
+
+/// A restarted node (replication on, the default) still holds every lease
+/// (`restart.rs`), and lists them from its first page on, before any holder
+/// renews there: the takeover keeps the names it installed.
+#[test]
+fn a_restarted_node_lists_the_leases_it_took_over_before_any_renewal() {
+    const CONFIG: &str =
+        "[node]\ncores = 2\n\n[[tenants]]\nname = \"default\"\n\n[[tenants]]\nname = \"other\"\n";
+    let work = tempfile::tempdir().expect("tempdir");
+    let data_dir = work.path().join("data");
+    let mut server = Server::start_in(CONFIG, &data_dir, work.path());
+    let names: Vec<String> = (0..2_000).map(|i| format!("vol/{i:05}")).collect();
+    let granted = acquire_all(&server, "default", &names);
+    let theirs: Vec<String> = (0..20)
+        .map(|i| format!("vol/{i:05}"))
+        .chain((0..20).map(|i| format!("secret/{i}")))
+        .collect();
+    let their_tokens = acquire_all(&server, "other", &theirs);
+    let mut client = connect(&server, "default");
+    for (name, token) in granted.iter().take(10) {
+        client.release(name, *token).expect("release");
+    }
+    drop(client);
+    server.kill9();
+
+    let server = Server::start_in(CONFIG, &data_dir, work.path());
+    assert_eq!(server.ready["epoch"], 2, "a new term after the crash");
+    let mut client = connect(&server, "default");
+    let want: Vec<(String, u64)> = granted.iter().skip(10).cloned().collect();
+    let listed = |client: &mut Client, limit: u32| -> Vec<(String, u64)> {
+        walk(client, "", limit)
+            .into_iter()
+            .map(|l| (l.resource, l.token))
+            .collect()
+    };
+    let got = listed(&mut client, 50);
+    assert_eq!(got.len(), want.len(), "every lease held across the restart");
+    assert!(got == want, "each once, in name order, with its token");
+    let some: Vec<String> = walk(&mut client, "vol/0199", 7)
+        .into_iter()
+        .map(|l| l.resource)
+        .collect();
+    assert_eq!(some.len(), 10, "a prefix: {some:?}");
+    let mut other = connect(&server, "other");
+    let seen: BTreeSet<(String, u64)> = listed(&mut other, 13).into_iter().collect();
+    assert_eq!(
+        seen,
+        their_tokens.into_iter().collect(),
+        "each tenant sees its own (S5)"
+    );
+
+    // A lease released after the restart leaves the listing; one renewed
+    // there (its core notes the name too) is listed once.
+    let (gone, gone_token) = &want[0];
+    let released = client.release(gone, *gone_token).expect("release");
+    assert!(matches!(released, TokenOutcome::Released), "{released:?}");
+    let (kept, kept_token) = &want[1];
+    let renewed = client
+        .renew(kept, *kept_token, Duration::from_secs(30), 1)
+        .expect("renew");
+    assert!(matches!(renewed, TokenOutcome::Renewed(_)), "{renewed:?}");
+    let after = listed(&mut client, 1_000);
+    assert_eq!(after, want[1..], "released gone, renewed listed once");
+    let (code, all) = server.cli(&["leases", "--prefix", "vol/", "--limit", "250", "--all"]);
+    assert_eq!(code, 0, "{all}");
+    assert_eq!(
+        all["leases"].as_array().expect("leases").len(),
+        want.len() - 1
+    );
 }

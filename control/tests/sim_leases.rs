@@ -359,6 +359,7 @@ impl Sim {
                     1,
                     palisade_dataplane::quota::QuotaConfig::UNLIMITED,
                 ),
+                adopted: palisade_dataplane::names::AdoptedNames::new(),
             },
             conns: BTreeMap::new(),
             pending: BTreeMap::new(),

@@ -503,6 +503,14 @@ impl LeaseState {
         self.leases.iter()
     }
 
+    /// The records by name, as a map of their own: a new leader keeps the
+    /// state it took over as the names `List` reports until their holders
+    /// renew them ([`crate::names::AdoptedNames`]).
+    #[must_use]
+    pub fn into_records(self) -> OrdMap<LeaseName, Record> {
+        self.leases
+    }
+
     /// Leases after `after` in name order, at most `limit` (a cursor walk
     /// that never holds the whole state).
     pub fn range_after<'a>(

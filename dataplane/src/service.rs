@@ -15,6 +15,7 @@ use palisade_proto::{
 use crate::leadership::{Leadership, NotGranting};
 use crate::metrics::{Closed, Denial, Fenced};
 pub use crate::metrics::{ControlStats, CoreStats};
+use crate::names::AdoptedNames;
 use crate::quota::Quotas;
 use crate::replica::{Command, LeaseName};
 use crate::table::{AcquireMode, Acquired, Grant, LeaseKey, LeaseTable, TableError, TokenOutcome};
@@ -79,6 +80,9 @@ pub struct RequestService {
     /// waiter limits, and the failed-proof limiter (the per-tenant lease
     /// quota is the table's).
     pub quotas: Quotas,
+    /// The names of the leases this leader took over, until their holders
+    /// renew them here (for `List`).
+    pub adopted: AdoptedNames,
 }
 
 /// Where a connection is in its life.

@@ -12,6 +12,10 @@
 //! plus recent acquires; the request path only looks a name up (and
 //! inserts it the first time).
 //!
+//! A new leader's takeover installs leases whose names no core has seen:
+//! it keeps their names apart ([`AdoptedNames`]) until each has run out or
+//! been renewed, and a listing reads them as one more part.
+//!
 //! A listing asks every core for one page ([`NameIndex::scan`], bounded
 //! work: at most [`scan_budget`] names examined) and merges the pages
 //! ([`merge`]) into one answer that is a correct prefix of the tenant's
@@ -26,8 +30,10 @@ use palisade_proto::{ListedLease, LIST_LIMIT_MAX};
 
 use crate::table::{KeyHasher, LeaseKey};
 
+mod adopted;
 mod keep;
 
+pub use adopted::{AdoptedNames, Adoption};
 use keep::KeepMap;
 
 /// How long a noted name outlives its acquire's wait when its key is not
@@ -250,52 +256,81 @@ impl NameIndex {
         now_ms: u64,
         live: &mut dyn FnMut(&str) -> Option<Live>,
     ) -> (Part, usize) {
-        assert!(limit >= 1, "a page holds at least one lease");
-        assert!(budget >= 1, "a scan examines at least one name");
+        let start = scan_start(prefix, after, limit, budget);
         let Some(names) = self.tenants.get(tenant as usize) else {
             return (Part::default(), 0);
         };
-        // Names with the prefix start at the prefix itself.
-        let start = if after < prefix {
-            Bound::Included(prefix)
-        } else {
-            Bound::Excluded(after)
-        };
-        let mut part = Part::default();
         let mut dead = Vec::new();
-        let mut examined = 0usize;
-        for name in names.range::<str, _>((start, Bound::Unbounded)) {
-            if !name.starts_with(prefix) {
-                // Sorted by bytes: past the prefix's range.
-                break;
-            }
-            examined += 1;
-            match live(name) {
-                Some(lease) => part.leases.push(ListedLease {
-                    resource: name.clone(),
-                    token: lease.token,
-                    remaining_ms: lease.remaining_ms,
-                    waiters: lease.waiters,
-                }),
-                None => {
-                    if let Some(key) = self.expendable(tenant, name, now_ms, false) {
-                        dead.push((name.clone(), key));
-                    }
+        let scanned = scan_names(
+            names.range::<str, _>((start, Bound::Unbounded)),
+            prefix,
+            limit,
+            budget,
+            live,
+            &mut |name| {
+                if let Some(key) = self.expendable(tenant, name, now_ms, false) {
+                    dead.push((name.clone(), key));
                 }
-            }
-            if part.leases.len() >= limit as usize || examined >= budget {
-                part.stopped_at = Some(name.clone());
-                break;
-            }
-        }
+            },
+        );
         self.forget(tenant as usize, dead);
-        debug_assert!(part.leases.len() <= limit as usize);
-        debug_assert!(part
-            .leases
-            .windows(2)
-            .all(|w| w[0].resource < w[1].resource));
-        (part, examined)
+        scanned
     }
+}
+
+/// Where a scan of names under `prefix` after the cursor `after` starts
+/// (names with the prefix start at the prefix itself), for a page of
+/// `limit` leases examining `budget` names.
+fn scan_start<'a>(prefix: &'a str, after: &'a str, limit: u32, budget: usize) -> Bound<&'a str> {
+    assert!(limit >= 1, "a page holds at least one lease");
+    assert!(budget >= 1, "a scan examines at least one name");
+    if after < prefix {
+        Bound::Included(prefix)
+    } else {
+        Bound::Excluded(after)
+    }
+}
+
+/// One part of a page from `names`, a tenant's names in byte order from
+/// [`scan_start`] on: the live ones under `prefix`, at most `limit`,
+/// examining at most `budget` names; `dead` is told of each name examined
+/// and found not live. Also returns how many it examined.
+fn scan_names<'a>(
+    names: impl Iterator<Item = &'a String>,
+    prefix: &str,
+    limit: u32,
+    budget: usize,
+    live: &mut dyn FnMut(&str) -> Option<Live>,
+    dead: &mut dyn FnMut(&'a String),
+) -> (Part, usize) {
+    let mut part = Part::default();
+    let mut examined = 0usize;
+    for name in names {
+        if !name.starts_with(prefix) {
+            // Sorted by bytes: past the prefix's range.
+            break;
+        }
+        examined += 1;
+        match live(name) {
+            Some(lease) => part.leases.push(ListedLease {
+                resource: name.clone(),
+                token: lease.token,
+                remaining_ms: lease.remaining_ms,
+                waiters: lease.waiters,
+            }),
+            None => dead(name),
+        }
+        if part.leases.len() >= limit as usize || examined >= budget {
+            part.stopped_at = Some(name.clone());
+            break;
+        }
+    }
+    debug_assert!(part.leases.len() <= limit as usize);
+    debug_assert!(part
+        .leases
+        .windows(2)
+        .all(|w| w[0].resource < w[1].resource));
+    (part, examined)
 }
 
 /// Bytes one lease adds to a `Listed` payload at most: its 24-byte element

@@ -1,6 +1,8 @@
 //! `List` across the cores: each core keeps the names its connections
 //! used ([`NameIndex`]); the connection's core asks every core for one
-//! page after the cursor, merges the pages ([`names::merge`]) and answers.
+//! page after the cursor, scans the names a takeover installed
+//! ([`names::AdoptedNames`]) for one more, merges the pages
+//! ([`names::merge`]) and answers.
 
 use std::collections::HashMap;
 
@@ -186,16 +188,35 @@ impl Core {
             &request.after,
             request.limit,
         );
+        let adopted = self.adopted_part(&request);
         self.lists.gathers.insert(
             id,
             Gather {
                 request,
-                parts: Vec::new(),
+                parts: adopted.into_iter().collect(),
                 // The other cores and this one.
                 waiting: others.len() + 1,
             },
         );
         self.on_list_part(id, part);
+    }
+
+    /// The part of a page among the names this leader took over and no
+    /// core may have noted yet (`names::AdoptedNames`), if it holds any.
+    fn adopted_part(&self, request: &ListRequest) -> Option<Part> {
+        let table = &self.shared.table;
+        let tenant = self.shared.tenants.get(request.tenant as usize)?;
+        let now_ms = monotonic_ms();
+        self.shared.adopted.scan(
+            self.shared.leadership.load().epoch,
+            &tenant.name,
+            &request.prefix,
+            &request.after,
+            request.limit,
+            names::scan_budget(request.limit),
+            now_ms,
+            &mut |name| live(table, request.tenant, name, now_ms),
+        )
     }
 
     /// Another core asks for its part of a page.

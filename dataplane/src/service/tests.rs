@@ -47,6 +47,7 @@ fn shared(grants_from_ms: u64) -> RequestService {
         stats: vec![CoreStats::default()],
         control: ControlStats::default(),
         quotas: Quotas::new(2, crate::quota::QuotaConfig::UNLIMITED),
+        adopted: crate::names::AdoptedNames::new(),
     }
 }
 

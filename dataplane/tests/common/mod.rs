@@ -50,6 +50,7 @@ pub fn shared_with(
             1,
             palisade_dataplane::quota::QuotaConfig::UNLIMITED,
         ),
+        adopted: palisade_dataplane::names::AdoptedNames::new(),
     })
 }
 
