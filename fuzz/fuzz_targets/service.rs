@@ -107,6 +107,7 @@ fn shared() -> RequestService {
             TENANTS.len(),
             palisade_dataplane::quota::QuotaConfig::UNLIMITED,
         ),
+        adopted: palisade_dataplane::names::AdoptedNames::new(),
     }
 }
 
