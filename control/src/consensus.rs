@@ -521,6 +521,39 @@ pub struct ControlCore {
     /// and since when (ms). See [`ControlCore::retry_lost_snapshots`].
     snapshot_waits: BTreeMap<u64, (u64, u64)>,
     snapshots_resent: u64,
+    /// The lease state of a snapshot from the leader, decoded ahead on
+    /// another thread ([`ControlCore::step_decoded`]), for the install.
+    decoded: Option<DecodedSnapshot>,
+}
+
+/// A snapshot's lease state, decoded off the control thread
+/// ([`DecodedSnapshot::of`]): a follower that is sent one decodes the
+/// whole replicated state, which takes tens of ms for the default table
+/// and most of a second at its cap.
+#[derive(Debug)]
+pub struct DecodedSnapshot {
+    index: u64,
+    term: u64,
+    state: Result<LeaseState, CoreError>,
+}
+
+impl DecodedSnapshot {
+    /// Decodes the lease state `snapshot` carries (or why it cannot be).
+    #[must_use]
+    pub fn of(snapshot: &Snapshot) -> DecodedSnapshot {
+        let metadata = snapshot.get_metadata();
+        DecodedSnapshot {
+            index: metadata.index,
+            term: metadata.term,
+            state: snapshot_leases(snapshot),
+        }
+    }
+
+    /// Whether it is the state of `snapshot`.
+    fn is_of(&self, snapshot: &Snapshot) -> bool {
+        let metadata = snapshot.get_metadata();
+        (self.index, self.term) == (metadata.index, metadata.term)
+    }
 }
 
 /// How long a leader waits for a follower to take a snapshot before it
@@ -674,6 +707,7 @@ impl ControlCore {
             leader_seen: BTreeMap::new(),
             snapshot_waits: BTreeMap::new(),
             snapshots_resent: 0,
+            decoded: None,
         })
     }
 
@@ -876,6 +910,22 @@ impl ControlCore {
         Ok(())
     }
 
+    /// [`ControlCore::step`] of a snapshot message whose lease state was
+    /// decoded ahead (`decoded`, of the message's snapshot): the install
+    /// that follows takes it instead of decoding on this thread (if it is
+    /// of the snapshot installed: same index and term). Call
+    /// [`ControlCore::poll_ready`] before stepping anything else; a state
+    /// it did not install is dropped there.
+    pub fn step_decoded(
+        &mut self,
+        message: Message,
+        decoded: DecodedSnapshot,
+        now_ms: u64,
+    ) -> Result<(), CoreError> {
+        self.decoded = Some(decoded);
+        self.step(message, now_ms)
+    }
+
     /// Persists what raft produced and returns the messages that may now be
     /// sent (S4: only after `persist.sync()` returned). A leader's appends
     /// go to `send_now` first, before its own fsync: the leader writes its
@@ -906,6 +956,10 @@ impl ControlCore {
         before_sync: Option<&mut dyn FnMut(Vec<Notice>)>,
     ) -> Result<Vec<Message>, CoreError> {
         let mut out = Vec::new();
+        // A state decoded ahead serves this ready's snapshot or none: one
+        // for a snapshot raft did not take (stale, or of an old term) is
+        // not kept.
+        let decoded = self.decoded.take();
         if !self.raw.has_ready() {
             return Ok(out);
         }
@@ -917,7 +971,7 @@ impl ControlCore {
         let store = self.raw.raft.raft_log.store.clone();
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
-            self.install_snapshot(&snapshot)?;
+            self.install_snapshot(&snapshot, decoded)?;
             persist.apply_snapshot(&snapshot);
             store.mem.wl().apply_snapshot(snapshot.clone())?;
             store.set_snapshot(snapshot);
@@ -959,10 +1013,16 @@ impl ControlCore {
         Ok(out)
     }
 
-    /// A snapshot from the leader replaces the lease state.
-    fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), CoreError> {
-        let state = snapshot_leases(snapshot)?;
-        self.leases = state;
+    /// A snapshot from the leader replaces the lease state. Takes `decoded` if it is this snapshot's state, decoded ahead.
+    fn install_snapshot(
+        &mut self,
+        snapshot: &Snapshot,
+        decoded: Option<DecodedSnapshot>,
+    ) -> Result<(), CoreError> {
+        self.leases = match decoded {
+            Some(decoded) if decoded.is_of(snapshot) => decoded.state?,
+            _ => snapshot_leases(snapshot)?,
+        };
         Ok(())
     }
 

@@ -40,10 +40,12 @@ use palisade_host::doorbell::Doorbell;
 use palisade_proto::auth::StoredCredential;
 use palisade_proto::Role;
 use palisade_tuning::{Config, CoreSelection, Replication};
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
 use tracing::{debug, error, info, warn};
 
-use crate::consensus::{ControlCore, CoreConfig, CoreError, Elections, Restored, Takeover};
+use crate::consensus::{
+    ControlCore, CoreConfig, CoreError, DecodedSnapshot, Elections, Restored, Takeover,
+};
 use crate::datadir::{DataDir, DataDirError};
 use crate::leases::Installed;
 use crate::raftlog::{CompactionWritten, LogError, RaftLog};
@@ -115,6 +117,9 @@ pub enum NodeError {
     /// The thread writing a compaction ended without a word (it panicked).
     #[error("the thread compacting the raft log ended without finishing")]
     CompactionLost,
+    /// The thread decoding a snapshot ended without a word (it panicked).
+    #[error("the thread decoding a snapshot from the leader ended without a result")]
+    DecodeLost,
     /// The thread installing a takeover ended without a word (it panicked).
     #[error("the thread installing the replicated leases ended without finishing")]
     TakeoverLost,
@@ -244,6 +249,9 @@ pub struct Node {
     compaction: Option<Elsewhere<Compacted>>,
     /// A takeover being installed into the table on its own thread.
     installing: Option<Elsewhere<TakenOver>>,
+    /// A snapshot from the leader whose lease state is being decoded on
+    /// its own thread, stepped into raft once it is.
+    decoding: Option<Elsewhere<(Message, DecodedSnapshot)>>,
     published: Option<LeadershipView>,
     /// Elections already logged and published.
     elections_seen: Elections,
@@ -662,6 +670,7 @@ impl Node {
             compacted: (0, 0),
             compaction: None,
             installing: None,
+            decoding: None,
             published: None,
             elections_seen: Elections::default(),
             raft_role_seen: None,
@@ -789,9 +798,14 @@ impl Node {
         // The clock is read per message, so a leadership that begins in
         // the middle of a batch is timed when it began.
         for message in received.drain(..) {
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                self.decode_elsewhere(message);
+                continue;
+            }
             self.core.step(message, monotonic_ms())?;
         }
         self.received = received;
+        self.step_decoded()?;
         let mut batch = Vec::new();
         while batch.len() < PROPOSALS_PER_TURN_MAX {
             let Ok(proposal) = self.proposals.try_recv() else {
@@ -915,6 +929,52 @@ impl Node {
             control_ms = now - finishing,
             "raft log compacted: a snapshot of the lease state replaces the entries it covers"
         );
+        Ok(())
+    }
+
+    /// Decodes the lease state of a snapshot from the leader on a thread of
+    /// its own (tens of ms for a default table, most of a second at its
+    /// cap), so that this thread goes on answering heartbeats and votes
+    /// meanwhile. One at a time: a snapshot that arrives during another's
+    /// decoding is dropped, as a lost message would be (the leader sends it
+    /// again).
+    fn decode_elsewhere(&mut self, message: Message) {
+        if self.decoding.is_some() {
+            debug!(
+                from = message.from,
+                index = message.get_snapshot().get_metadata().index,
+                "a snapshot arrived while another is decoded: dropped"
+            );
+            return;
+        }
+        self.decoding = Some(Elsewhere::start(
+            "palisade-snapshot",
+            None,
+            Arc::clone(&self.doorbell),
+            move || {
+                let decoded = DecodedSnapshot::of(message.get_snapshot());
+                (message, decoded)
+            },
+        ));
+    }
+
+    /// Steps a snapshot into raft once its state is decoded; raft's ready
+    /// installs it in this turn.
+    fn step_decoded(&mut self) -> Result<(), NodeError> {
+        let Some(decoding) = self.decoding.as_mut() else {
+            return Ok(());
+        };
+        let Some((message, decoded)) = decoding.poll().map_err(|()| NodeError::DecodeLost)? else {
+            return Ok(());
+        };
+        let started = decoding.started;
+        self.decoding = None;
+        debug!(
+            index = message.get_snapshot().get_metadata().index,
+            decode_ms = monotonic_ms().saturating_sub(started),
+            "a snapshot's lease state was decoded"
+        );
+        self.core.step_decoded(message, decoded, monotonic_ms())?;
         Ok(())
     }
 

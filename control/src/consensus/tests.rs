@@ -639,6 +639,29 @@ fn deliver_but(
     now: u64,
     lose: &mut dyn FnMut(&Message) -> bool,
 ) {
+    deliver(nodes, now, &mut |m| {
+        if lose(&m) {
+            Delivery::Lost
+        } else {
+            Delivery::Step(m)
+        }
+    });
+}
+
+/// What becomes of one message in [`deliver`].
+enum Delivery {
+    Lost,
+    Step(Message),
+    /// Stepped with a lease state decoded ahead.
+    Decoded(Message, DecodedSnapshot),
+}
+
+/// Hands every message on as `route` says until none is left.
+fn deliver(
+    nodes: &mut [(ControlCore, RaftLog)],
+    now: u64,
+    route: &mut dyn FnMut(Message) -> Delivery,
+) {
     for _ in 0..50 {
         let mut mail = Vec::new();
         for (core, log) in nodes.iter_mut() {
@@ -653,17 +676,22 @@ fn deliver_but(
             return;
         }
         for message in mail {
-            if !lose(&message) {
-                let to = message.to as usize - 1;
-                nodes[to].0.step(message, now).expect("step");
+            let to = message.to as usize - 1;
+            match route(message) {
+                Delivery::Lost => {}
+                Delivery::Step(m) => nodes[to].0.step(m, now).expect("step"),
+                Delivery::Decoded(m, decoded) => {
+                    nodes[to].0.step_decoded(m, decoded, now).expect("step");
+                }
             }
         }
     }
 }
 
-#[test]
-fn a_follower_whose_snapshot_was_lost_is_sent_it_again() {
-    let (_dirs, mut nodes) = three_cores();
+/// Three cores whose leader granted 20 leases while node 3 heard nothing,
+/// and then compacted its log: node 3 can only catch up by a snapshot.
+fn node_3_behind_a_compaction() -> (Vec<tempfile::TempDir>, Vec<(ControlCore, RaftLog)>) {
+    let (dirs, mut nodes) = three_cores();
     nodes[0].0.campaign(0).expect("campaign");
     deliver_but(&mut nodes, 0, &mut |_| false);
     assert_eq!(nodes[0].0.raft_state(), StateRole::Leader);
@@ -686,6 +714,12 @@ fn a_follower_whose_snapshot_was_lost_is_sent_it_again() {
         log.sync().expect("sync");
     }
     log.compact(&snapshot, &hard_state, &rest).expect("rewrite");
+    (dirs, nodes)
+}
+
+#[test]
+fn a_follower_whose_snapshot_was_lost_is_sent_it_again() {
+    let (_dirs, mut nodes) = node_3_behind_a_compaction();
     // Node 3 is back, and the first snapshot sent to it is lost.
     let mut lost = 0;
     let mut now = 10;
@@ -714,4 +748,48 @@ fn a_follower_whose_snapshot_was_lost_is_sent_it_again() {
         now >= 10 + SNAPSHOT_PATIENCE_MS,
         "not before the patience ran out"
     );
+}
+
+#[test]
+fn a_follower_installs_the_state_decoded_ahead_for_its_snapshot_and_no_other() {
+    // A stand-in state, so the test sees which state was installed.
+    let mut decoy = LeaseState::new();
+    decoy.apply(&grant("decoy", 7, 1_000), 1);
+    for same_snapshot in [true, false] {
+        let (_dirs, mut nodes) = node_3_behind_a_compaction();
+        let mut decoded_ahead = 0;
+        let mut now = 10;
+        while now < 10 + 4 * SNAPSHOT_PATIENCE_MS && nodes[2].0.leases().len() < 20 {
+            now += 10;
+            for (core, _) in nodes.iter_mut() {
+                core.tick(now);
+            }
+            deliver(&mut nodes, now, &mut |m| {
+                if m.get_msg_type() != MessageType::MsgSnapshot {
+                    return Delivery::Step(m);
+                }
+                decoded_ahead += 1;
+                let mut other = m.get_snapshot().clone();
+                other.set_data(decoy.encode(GROUP_DEFAULT).into());
+                if !same_snapshot {
+                    other.mut_metadata().index -= 1;
+                }
+                Delivery::Decoded(m, DecodedSnapshot::of(&other))
+            });
+            if decoded_ahead > 0 && same_snapshot {
+                break;
+            }
+        }
+        assert_eq!(decoded_ahead, 1, "one snapshot was sent");
+        let installed = nodes[2].0.leases();
+        if same_snapshot {
+            assert_eq!(installed, &decoy, "the state decoded ahead is installed");
+        } else {
+            assert_eq!(
+                installed,
+                nodes[0].0.leases(),
+                "a state decoded for another snapshot is not: the follower decodes its own"
+            );
+        }
+    }
 }
