@@ -1013,7 +1013,8 @@ impl ControlCore {
         Ok(out)
     }
 
-    /// A snapshot from the leader replaces the lease state. Takes `decoded` if it is this snapshot's state, decoded ahead.
+    /// A snapshot from the leader replaces the lease state: `decoded`, if it
+    /// is this snapshot's state decoded ahead, or the snapshot decoded here.
     fn install_snapshot(
         &mut self,
         snapshot: &Snapshot,

@@ -67,10 +67,10 @@ impl AdoptedNames {
         self.set.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The names of `state`, which a takeover for `epoch` installed, whose leases all end
-    /// (unless renewed) by `until_ms`. Replaces an earlier takeover's names
-    /// and returns them: the caller drops them where a large drop does not
-    /// hold up requests.
+    /// The names of `state`, which a takeover for `epoch` installed and
+    /// whose leases all end (unless renewed) by `until_ms`. Replaces an
+    /// earlier takeover's names and returns them: the caller drops them
+    /// where a large drop does not hold up requests.
     pub fn adopt(&self, epoch: u32, until_ms: u64, state: LeaseState) -> Option<Adoption> {
         self.lock().replace(Adoption {
             epoch,
