@@ -157,7 +157,8 @@ pub struct CompareArgs {
     /// (comma-separated), `--rounds` times, alternating the systems.
     #[arg(long, value_delimiter = ',')]
     rates: Vec<f64>,
-    /// Rounds of the fixed-rate table (min and median are reported).
+    /// Rounds of the fixed-rate table (min and median are reported); each
+    /// round starts one system later in the list than the one before.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Skip the sweep and the runs at 50% and 90% of the maximum (with
@@ -748,11 +749,13 @@ fn fixed_rounds(
 ) {
     let args = ctx.args;
     let hz = fixed::ticks_per_second();
+    let systems: Vec<&str> = SYSTEMS
+        .iter()
+        .copied()
+        .filter(|s| args.systems.iter().any(|a| a == s))
+        .collect();
     for round in 1..=args.rounds {
-        for name in SYSTEMS
-            .iter()
-            .filter(|s| args.systems.iter().any(|a| a == *s))
-        {
+        for name in fixed::round_order(&systems, round) {
             eprintln!("compare: fixed rates, round {round}: {name}");
             let server = match start(name, args, palisade_bin) {
                 Ok(server) => server,
