@@ -9,6 +9,12 @@
 //! The report gives the minimum and the median of each percentile over the
 //! rounds, never the best run, and the servers' CPU time per request
 //! (process and descendants, user + system, from `/proc`).
+//!
+//! The machine is shared, so each run also records the CPU that neither
+//! the server nor this generator used ([`Busy`]): other processes, kernel
+//! threads (some of them doing this run's own network or disk work), and
+//! time the hypervisor stole. It tells a noisy round from a quiet one; it
+//! excludes nothing by itself.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -31,7 +37,75 @@ pub(crate) struct FixedRun {
     pub(crate) measured: Option<Measured>,
     /// Server CPU time (all its processes) per answered request.
     pub(crate) cpu_us_per_request: Option<f64>,
+    /// CPUs busy on average with work other than the server's and the
+    /// generator's during the run (warm-up and recording), and CPUs
+    /// stolen by the hypervisor ([`Busy::others`]).
+    pub(crate) other_cpus: Option<f64>,
+    pub(crate) stolen_cpus: Option<f64>,
     pub(crate) error: Option<String>,
+}
+
+/// Machine-wide busy and stolen CPU ticks (`/proc/stat`), and this
+/// process's own, at one instant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Busy {
+    /// user + nice + system + irq + softirq of every CPU (guest time is
+    /// inside user).
+    pub(crate) machine: u64,
+    /// steal of every CPU.
+    pub(crate) stolen: u64,
+    /// This process's utime + stime (the generator's threads).
+    pub(crate) own: u64,
+}
+
+impl Busy {
+    /// Now, or `None` if `/proc` cannot be read.
+    pub(crate) fn now() -> Option<Busy> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let (machine, stolen) = parse_cpu_line(&stat)?;
+        let own = parse_stat(&std::fs::read_to_string("/proc/self/stat").ok()?)?.1;
+        Some(Busy {
+            machine,
+            stolen,
+            own,
+        })
+    }
+
+    /// `(other, stolen)` CPUs on average between `self` and `later`
+    /// over `seconds`, given the server's ticks in that time: machine busy
+    /// time less the server's and this process's. Never negative (the
+    /// per-process and machine counters are sampled at slightly different
+    /// instants).
+    pub(crate) fn others(
+        &self,
+        later: &Busy,
+        server_ticks: u64,
+        seconds: f64,
+        hz: f64,
+    ) -> (f64, f64) {
+        if seconds <= 0.0 {
+            return (f64::NAN, f64::NAN);
+        }
+        let machine = later.machine.saturating_sub(self.machine);
+        let own = later.own.saturating_sub(self.own);
+        let other = machine.saturating_sub(server_ticks + own);
+        let stolen = later.stolen.saturating_sub(self.stolen);
+        (other as f64 / hz / seconds, stolen as f64 / hz / seconds)
+    }
+}
+
+/// `(busy, steal)` ticks from the aggregate `cpu` line of `/proc/stat`:
+/// `cpu user nice system idle iowait irq softirq steal guest guest_nice`.
+fn parse_cpu_line(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let field = |i: usize| fields.get(i).copied();
+    let busy = field(0)? + field(1)? + field(2)? + field(5)? + field(6)?;
+    Some((busy, field(7).unwrap_or(0)))
 }
 
 /// User + system CPU ticks of `roots` and every process descending from
@@ -206,8 +280,62 @@ pub(crate) fn markdown(runs: &[FixedRun]) -> String {
             }
         }
     }
+    md.push_str(&machine_note(runs));
     md
 }
+
+/// Other work on the machine during the runs: spread, and the runs with a
+/// noisy neighbour (more than [`NOISY_CPUS`]).
+fn machine_note(runs: &[FixedRun]) -> String {
+    let others: Vec<f64> = runs.iter().filter_map(|r| r.other_cpus).collect();
+    if others.is_empty() {
+        return String::new();
+    }
+    let stolen: Vec<f64> = runs.iter().filter_map(|r| r.stolen_cpus).collect();
+    let max = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
+    let cpus = |v: f64| format!("{v:.2}");
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "\n### The machine during the runs\n\nCPUs busy with work other than the \
+         server's and the generator's (other processes, kernel threads — some doing \
+         this run's own network or disk work), average over each run, min / median, \
+         max: {}, {}; stolen by the hypervisor: {}, {}.",
+        min_median(others.clone(), cpus),
+        cpus(max(&others)),
+        min_median(stolen.clone(), cpus),
+        cpus(max(&stolen)),
+    );
+    let noisy: Vec<String> = runs
+        .iter()
+        .filter(|r| r.other_cpus.is_some_and(|o| o > NOISY_CPUS))
+        .map(|r| {
+            format!(
+                "{} {} x{} at {:.0}/s in round {} ({:.2})",
+                r.system,
+                r.workload.name(),
+                r.connections,
+                r.rate,
+                r.round,
+                r.other_cpus.unwrap_or(f64::NAN)
+            )
+        })
+        .collect();
+    if !noisy.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nRuns with more than {NOISY_CPUS} CPU of other work ({} of {}): {}.",
+            noisy.len(),
+            runs.len(),
+            noisy.join("; ")
+        );
+    }
+    md
+}
+
+/// Other work above this many CPUs on average marks a run as noisy in the
+/// report (it is still counted).
+const NOISY_CPUS: f64 = 0.25;
 
 /// The systems of round `round` (from 1), in the order they run: the
 /// list rotated by one more place each round, so that every system takes
@@ -264,6 +392,76 @@ mod tests {
         std::hint::black_box(x);
         assert!(seen, "30 s of spinning took no ticks the scan saw");
         assert!(ticks_per_second() >= 1.0);
+    }
+
+    #[test]
+    fn the_cpu_line_sums_busy_fields_and_keeps_steal_apart() {
+        let stat = "cpu  100 5 40 9000 30 7 8 11 0 0\ncpu0 50 2 20 4500 15 3 4 5 0 0\n";
+        // user + nice + system + irq + softirq; idle and iowait are not busy.
+        assert_eq!(parse_cpu_line(stat), Some((160, 11)));
+        // Kernels before steal was counted: none stolen.
+        assert_eq!(
+            parse_cpu_line("cpu  1 2 3 4 5 6 7\n"),
+            Some((1 + 2 + 3 + 6 + 7, 0))
+        );
+        assert_eq!(parse_cpu_line("cpu0 1 2 3 4 5 6 7\n"), None);
+        assert_eq!(parse_cpu_line("cpu  1 x 3 4 5 6 7\n"), None);
+    }
+
+    #[test]
+    fn others_are_the_machine_less_the_server_and_the_generator() {
+        let a = Busy {
+            machine: 1_000,
+            stolen: 10,
+            own: 200,
+        };
+        let b = Busy {
+            machine: 1_000 + 300,
+            stolen: 10 + 20,
+            own: 200 + 100,
+        };
+        // 300 ticks busy in 2 s at 100 Hz: 100 the generator's, 150 the
+        // server's, 50 others' = 0.25 CPUs; 20 stolen = 0.1 CPUs.
+        let (other, stolen) = a.others(&b, 150, 2.0, 100.0);
+        assert!((other - 0.25).abs() < 1e-9, "{other}");
+        assert!((stolen - 0.1).abs() < 1e-9, "{stolen}");
+        // Counters sampled apart can make the difference negative: 0.
+        assert_eq!(a.others(&b, 500, 2.0, 100.0).0, 0.0);
+        assert!(a.others(&b, 0, 0.0, 100.0).0.is_nan());
+    }
+
+    #[test]
+    fn this_process_reads_its_own_busy_time() {
+        let busy = Busy::now().expect("/proc/stat and /proc/self/stat");
+        assert!(busy.machine >= busy.own, "{busy:?}");
+    }
+
+    fn run(other: Option<f64>, round: usize) -> FixedRun {
+        FixedRun {
+            system: "echo".into(),
+            workload: Workload::Uncontended,
+            connections: 1,
+            rate: 5000.0,
+            round,
+            measured: None,
+            cpu_us_per_request: None,
+            other_cpus: other,
+            stolen_cpus: other.map(|_| 0.0),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn the_report_names_the_noisy_runs() {
+        let md = markdown(&[run(Some(0.05), 1), run(Some(0.9), 2), run(Some(0.1), 3)]);
+        assert!(md.contains("min / median, max: 0.05 / 0.10, 0.90"), "{md}");
+        assert!(
+            md.contains("(1 of 3): echo uncontended x1 at 5000/s in round 2 (0.90)"),
+            "{md}"
+        );
+        let quiet = markdown(&[run(Some(0.05), 1)]);
+        assert!(!quiet.contains("Runs with more"), "{quiet}");
+        assert!(!markdown(&[run(None, 1)]).contains("The machine during"));
     }
 
     #[test]

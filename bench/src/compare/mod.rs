@@ -796,9 +796,20 @@ fn fixed_rounds(
                             args.warmup,
                             args.duration,
                         );
+                        let busy_before = fixed::Busy::now();
                         let before = fixed::cpu_ticks(&pids);
+                        let began_ns = palisade_host::clock::monotonic_ns();
                         let outcome = ctx.measure(name, &spec);
+                        let seconds =
+                            (palisade_host::clock::monotonic_ns() - began_ns) as f64 / 1e9;
                         let ticks = fixed::cpu_ticks(&pids).saturating_sub(before);
+                        let (other_cpus, stolen_cpus) = match (busy_before, fixed::Busy::now()) {
+                            (Some(a), Some(b)) => {
+                                let (other, stolen) = a.others(&b, ticks, seconds, hz);
+                                (Some(other), Some(stolen))
+                            }
+                            _ => (None, None),
+                        };
                         let mut run = fixed::FixedRun {
                             system: name.to_string(),
                             workload,
@@ -807,6 +818,8 @@ fn fixed_rounds(
                             round,
                             measured: None,
                             cpu_us_per_request: None,
+                            other_cpus,
+                            stolen_cpus,
                             error: None,
                         };
                         match outcome {
@@ -822,12 +835,14 @@ fn fixed_rounds(
                                 }
                                 settle(m.unanswered > 0 || m.overloaded.is_some());
                                 eprintln!(
-                                    "  {name} {} x{connections}: {rate:.0}/s: p99 {:.1} p99.9 {:.1} max {:.1} µs, CPU {:.1} µs/request",
+                                    "  {name} {} x{connections}: {rate:.0}/s: p99 {:.1} p99.9 {:.1} max {:.1} µs, CPU {:.1} µs/request, others {:.2} CPUs, stolen {:.2}",
                                     workload.name(),
                                     m.requests.p99,
                                     m.requests.p99_9,
                                     m.requests.max,
-                                    run.cpu_us_per_request.unwrap_or(f64::NAN)
+                                    run.cpu_us_per_request.unwrap_or(f64::NAN),
+                                    other_cpus.unwrap_or(f64::NAN),
+                                    stolen_cpus.unwrap_or(f64::NAN)
                                 );
                                 run.measured = Some(m);
                             }
@@ -845,6 +860,10 @@ fn fixed_rounds(
                 }
             }
             drop(server);
+            // What the server left to write back (its log, its data
+            // directory's removal) is written now, untimed, instead of
+            // during the next system's run.
+            rustix::fs::sync();
         }
     }
 }
