@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """Min / median table of `palisade-bench compare --no-sweep` runs.
 
-Usage: fixed-table.py LABEL=DIR [LABEL=DIR ...]
+Usage: fixed-table.py [--quiet CPUS] LABEL=DIR [LABEL=DIR ...]
 Each DIR holds a results.json; a LABEL names the Palisade binary of that
 run (its `palisade*` systems are shown as `system (LABEL)`), so runs of
 two builds, alternated, fold into one table. Prints, per workload,
 connections and rate, the min / median over all rounds of every run of
 p99, p99.9 and CPU per request (µs) of each system.
+
+--quiet CPUS leaves out every round in which any system's run at that
+workload, connection count and rate had more than CPUS of other work on
+the machine (`other_cpus`, recorded since 054fd99): whole rounds, so
+that every system keeps the same rounds. It says how many it left out.
 """
 import json
 import statistics
@@ -15,10 +20,25 @@ from collections import defaultdict
 
 rows = defaultdict(list)
 systems = []
-for arg in sys.argv[1:]:
+args = sys.argv[1:]
+quiet = None
+if args[:1] == ["--quiet"]:
+    quiet = float(args[1])
+    args = args[2:]
+dropped = set()
+for arg in args:
     label, path = arg.split("=", 1)
     data = json.load(open(f"{path}/results.json"))
+    noisy = set()
+    if quiet is not None:
+        for cell in data["fixed"]:
+            other = cell.get("other_cpus")
+            if other is not None and other > quiet:
+                noisy.add((cell["workload"], cell["connections"], cell["rate"], cell["round"]))
+        dropped |= {(path,) + n for n in noisy}
     for cell in data["fixed"]:
+        if (cell["workload"], cell["connections"], cell["rate"], cell["round"]) in noisy:
+            continue
         if cell.get("error"):
             continue
         name = cell["system"]
@@ -38,6 +58,8 @@ def mm(values):
     return f"{min(values):.1f} / {statistics.median(values):.1f}"
 
 
+if not rows:
+    sys.exit("fixed-table.py: no measured runs left" + (f" (--quiet {quiet} left out {len(dropped)} rounds)" if quiet is not None else ""))
 cells = sorted({k[:3] for k in rows})
 for what, index in (("p99 (µs)", 0), ("p99.9 (µs)", 1), ("CPU per request (µs)", 2)):
     print(f"\n### {what}, min / median of the rounds\n")
@@ -48,3 +70,7 @@ for what, index in (("p99 (µs)", 0), ("p99.9 (µs)", 1), ("CPU per request (µs
         rounds = max(len(rows.get((workload, conns, rate, s), [])) for s in systems)
         print(f"| {workload} | {conns} | {rate:,} | " + " | ".join(values) + " |")
     print(f"\n(rounds per cell: up to {rounds})")
+if quiet is not None:
+    print(f"\n(--quiet {quiet}: {len(dropped)} noisy round(s) left out: "
+          + (", ".join(f"{w} x{c} at {r:.0f}/s round {n} of {p}" for p, w, c, r, n in sorted(dropped)) or "none")
+          + ")")
