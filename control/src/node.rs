@@ -584,6 +584,7 @@ impl Node {
             idle_timeout: config.limits.idle_timeout,
             write_stall_timeout: config.limits.write_stall_timeout,
             sweep_interval: config.leases.sweep_interval,
+            busy_poll: config.dataplane.busy_poll,
             reclaim_after: config.leases.reclaim_after,
             admin: config.admin.listen,
             replica: replicated.then(|| ReplicaLink {

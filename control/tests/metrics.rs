@@ -325,3 +325,76 @@ fn json_logs_carry_the_events_fields() {
         "{log}"
     );
 }
+
+/// Drives `server` with `threads` clients checking a lease in a tight
+/// loop until `done` holds of the metrics (or 60 s pass); the last scrape.
+fn drive_until(
+    server: &Server,
+    threads: usize,
+    done: impl Fn(&HashMap<String, f64>) -> bool,
+) -> HashMap<String, f64> {
+    let addr = admin(server);
+    let mut client = connect(server);
+    let (token, _) = granted(
+        client
+            .acquire("busy", AcquireOptions::new(Duration::from_secs(120)))
+            .expect("acquire"),
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let mut client = connect(server);
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let outcome = client.check("busy", token).expect("check");
+                    assert!(
+                        matches!(outcome, TokenOutcome::Current { .. }),
+                        "{outcome:?}"
+                    );
+                }
+            })
+        })
+        .collect();
+    let mut last = samples(&scrape(&addr));
+    for _ in 0..300 {
+        if done(&last) {
+            break;
+        }
+        sleep_ms(200);
+        last = samples(&scrape(&addr));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for worker in workers {
+        worker.join().expect("a client thread failed");
+    }
+    last
+}
+
+#[test]
+fn a_busy_core_polls_before_it_sleeps_and_counts_the_time() {
+    // One core, so that every client lands on it; the longest budget.
+    let server = Server::start(
+        "[node]\ncores = 1\n[leases]\nreplication = \"none\"\nmax_ttl = \"10m\"\n[dataplane]\nbusy_poll = \"1ms\"\n",
+    );
+    let last = drive_until(&server, 4, |s| {
+        value(s, "palisade_core_busy_poll_seconds_total") > 0.0
+    });
+    assert!(
+        value(&last, "palisade_core_busy_poll_seconds_total") > 0.0,
+        "four clients checking back to back for 60 s never made the core poll: {last:?}"
+    );
+    assert!(value(&last, "palisade_requests_total") > 0.0);
+}
+
+#[test]
+fn with_busy_poll_off_a_busy_core_never_polls() {
+    let server = Server::start(
+        "[node]\ncores = 1\n[leases]\nreplication = \"none\"\nmax_ttl = \"10m\"\n[dataplane]\nbusy_poll = \"0s\"\n",
+    );
+    // The same load, for as many requests as the test above usually needs.
+    let last = drive_until(&server, 4, |s| {
+        value(s, "palisade_requests_total") > 20_000.0
+    });
+    assert_eq!(value(&last, "palisade_core_busy_poll_seconds_total"), 0.0);
+}

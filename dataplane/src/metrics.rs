@@ -292,6 +292,9 @@ pub struct CoreStats {
     pub closed: [AtomicU64; Closed::ALL.len()],
     /// Time from a request's bytes arriving to its answer being written.
     pub latency: LatencyHistogram,
+    /// Nanoseconds spent polling for requests instead of sleeping
+    /// (`dataplane.busy_poll`).
+    pub busy_poll_ns: AtomicU64,
 }
 
 impl CoreStats {
@@ -457,6 +460,13 @@ pub fn render(shared: &RequestService, now_ms: u64) -> String {
         "counter",
         "Leases that ran out without being released or renewed.",
         sum(&|s| &s.expirations),
+    );
+    single(
+        &mut out,
+        "palisade_core_busy_poll_seconds_total",
+        "counter",
+        "CPU time the data-plane cores spent polling for requests instead of sleeping (dataplane.busy_poll).",
+        seconds(sum(&|s| &s.busy_poll_ns)),
     );
     single(
         &mut out,

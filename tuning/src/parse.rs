@@ -77,7 +77,7 @@ const LIMITS_KEYS: &[&str] = &[
     "tenant_waiters_max",
     "tenant_connections_max",
 ];
-const DATAPLANE_KEYS: &[&str] = &["preempt_timer", "rpc_latency", "client_dscp"];
+const DATAPLANE_KEYS: &[&str] = &["preempt_timer", "rpc_latency", "client_dscp", "busy_poll"];
 const QOS_KEYS: &[&str] = &["enabled", "interface", "rate", "peer_dscp", "client_dscp"];
 const TENANT_KEYS: &[&str] = &["name", "credential"];
 const LOG_KEYS: &[&str] = &["level", "format"];
@@ -384,6 +384,7 @@ fn walk_dataplane(dataplane: &Section<'_>, config: &mut Config, issues: &mut Iss
     let target = &mut config.dataplane;
     dataplane.duration("preempt_timer", &mut target.preempt_timer, issues);
     dataplane.duration("rpc_latency", &mut target.rpc_latency, issues);
+    dataplane.duration("busy_poll", &mut target.busy_poll, issues);
     dataplane.dscp(
         "client_dscp",
         validate::CLIENT_DSCP,

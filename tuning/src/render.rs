@@ -241,6 +241,11 @@ pub(crate) fn render(config: &Config) -> String {
         dscp(dataplane.client_dscp),
         "DSCP name (EF, CS0..CS7, AF11..AF43) or 0..=63",
     );
+    out.key(
+        "busy_poll",
+        duration(dataplane.busy_poll),
+        "0s ..= 1ms; a busy core polls this long for its next request before it sleeps (0s: never)",
+    );
 
     let qos = &config.qos;
     out.section("qos");

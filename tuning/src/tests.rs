@@ -214,6 +214,7 @@ fn every_field_round_trips() {
             preempt_timer: Duration::from_micros(100),
             rpc_latency: Duration::from_millis(100),
             client_dscp: 1,
+            busy_poll: Duration::from_micros(250),
         },
         qos: QosConfig {
             enabled: true,
@@ -511,6 +512,7 @@ fn duration_bounds() {
             "100ms",
             "0.1001s",
         ),
+        ("dataplane", "busy_poll", "0s", "0s", "1ms", "1001us"),
         (
             "leases",
             "lock_delay_max",

@@ -201,6 +201,9 @@ pub(crate) const TENANT_CONNECTIONS_MAX: IntRule = IntRule::at_least_u32(1);
 
 pub(crate) const PREEMPT_TIMER: DurationRule = DurationRule::between(us(100), ms(100));
 pub(crate) const RPC_LATENCY: DurationRule = DurationRule::between(us(10), ms(100));
+/// Polling longer than a millisecond between requests gains nothing a
+/// sleep would cost (a wake-up is tens of µs) and burns the CPU.
+pub(crate) const BUSY_POLL: DurationRule = DurationRule::between(Duration::ZERO, ms(1));
 pub(crate) const CLIENT_DSCP: IntRule = IntRule::between(0, DSCP_MAX as i64);
 pub(crate) const PEER_DSCP: IntRule = IntRule::between(0, DSCP_MAX as i64);
 
@@ -673,6 +676,7 @@ fn validate_dataplane(config: &Config, checker: &mut Checker<'_>) {
         dataplane.preempt_timer,
     );
     checker.duration("dataplane.rpc_latency", RPC_LATENCY, dataplane.rpc_latency);
+    checker.duration("dataplane.busy_poll", BUSY_POLL, dataplane.busy_poll);
     checker.int("dataplane.client_dscp", CLIENT_DSCP, dataplane.client_dscp);
 }
 

@@ -25,7 +25,7 @@ use crate::replica::{tag, tag_core, Command, Notice, Proposal};
 use crate::service::{Commit, RequestService, WatchRequest};
 use crate::table::LeaseKey;
 use crate::waiters::{home_core, Origin, WaitEvent, WaitQueues, WaitRequest};
-use palisade_host::clock::monotonic_ms;
+use palisade_host::clock::{monotonic_ms, monotonic_ns};
 use palisade_host::doorbell::Doorbell;
 use palisade_host::heartbeat;
 
@@ -223,6 +223,10 @@ pub(super) struct Core {
     background: Background,
     /// At most one line a second about slow turns.
     slow_turn_log: palisade_host::throttle::LogThrottle,
+    /// Whether to poll before sleeping ([`super::spin`]).
+    spin: super::spin::SpinPolicy,
+    /// When the last turn that found work ended (monotonic ns).
+    last_work_ns: u64,
     heartbeats: Arc<[AtomicU64]>,
     shutdown: Arc<AtomicBool>,
     bell: Arc<Doorbell>,
@@ -242,6 +246,7 @@ impl Core {
             shutdown,
         } = setup;
         let cores = peers.len();
+        let opts_busy_poll = opts.busy_poll;
         let listener = super::net::listener(opts.listen, opts.dscp)
             .map_err(|e| format!("core {index}: binding {}: {e}", opts.listen))?;
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)
@@ -307,6 +312,11 @@ impl Core {
                 ..Background::default()
             },
             slow_turn_log: palisade_host::throttle::LogThrottle::new(1_000),
+            spin: super::spin::SpinPolicy::new(
+                u64::try_from(opts_busy_poll.as_nanos()).unwrap_or(u64::MAX),
+                monotonic_ns(),
+            ),
+            last_work_ns: 0,
             heartbeats,
             shutdown,
             bell,
@@ -327,41 +337,33 @@ impl Core {
             heartbeat::stall_if_armed(self.index);
             // Sleep only if nothing is queued: announce the sleep, then look
             // once more (see `palisade_host::doorbell`).
-            let timeout_ms = if more {
-                0
-            } else {
-                self.bell.sleep_begins();
-                if self.inbox.is_empty() && self.notices.as_ref().is_none_or(|n| n.is_empty()) {
-                    self.next_wake_ms(now_ms)
+            // Near saturation, poll a while before sleeping (`spin.rs`).
+            let polled = !more
+                && match self.spin.poll_until(monotonic_ns(), self.last_work_ns) {
+                    Some(until_ns) => self.poll_briefly(&mut events, until_ns)?,
+                    None => false,
+                };
+            let slept = !more && !polled;
+            if !polled {
+                let timeout_ms = if slept {
+                    self.bell.sleep_begins();
+                    if self.inbox.is_empty() && self.notices.as_ref().is_none_or(|n| n.is_empty()) {
+                        self.next_wake_ms(now_ms)
+                    } else {
+                        0
+                    }
                 } else {
                     0
-                }
-            };
-            events.clear();
-            let timeout = rustix::time::Timespec {
-                tv_sec: (timeout_ms / 1000) as i64,
-                tv_nsec: ((timeout_ms % 1000) * 1_000_000) as i64,
-            };
-            let waited = epoll::wait(
-                &self.epoll,
-                rustix::buffer::spare_capacity(&mut events),
-                Some(&timeout),
-            );
-            let mut rung = false;
-            match waited {
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e),
+                };
+                self.wait(&mut events, timeout_ms)?;
             }
-            for event in &events {
-                if event.data.u64() == BELL {
-                    rung = true;
-                }
-            }
-            if !more {
+            let rung = events.iter().any(|event| event.data.u64() == BELL);
+            if slept {
                 self.bell.awake(rung);
             }
-            let turn_began_ms = monotonic_ms();
+            let turn_began_ns = monotonic_ns();
+            let turn_began_ms = turn_began_ns / 1_000_000;
+            let found_work = !events.is_empty() || !self.inbox.is_empty();
             // Connections first, new ones last: a flood of connects must not
             // evict a connection whose `Hello` is already waiting to be read.
             let mut listener_ready = false;
@@ -394,7 +396,12 @@ impl Core {
                 std::thread::yield_now();
             }
             more |= events.len() == EVENTS_MAX;
-            let turn_ms = monotonic_ms().saturating_sub(turn_began_ms);
+            let turn_ended_ns = monotonic_ns();
+            if found_work {
+                self.spin.worked(turn_began_ns, turn_ended_ns);
+                self.last_work_ns = turn_ended_ns;
+            }
+            let turn_ms = (turn_ended_ns / 1_000_000).saturating_sub(turn_began_ms);
             if turn_ms >= SLOW_TURN_MS {
                 if let Some(suppressed) = self.slow_turn_log.failed(turn_began_ms) {
                     warn!(
@@ -408,6 +415,53 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// One `epoll_wait` of at most `timeout_ms` into `events`.
+    fn wait(&self, events: &mut Vec<epoll::Event>, timeout_ms: u64) -> rustix::io::Result<()> {
+        events.clear();
+        let timeout = rustix::time::Timespec {
+            tv_sec: (timeout_ms / 1000) as i64,
+            tv_nsec: ((timeout_ms % 1000) * 1_000_000) as i64,
+        };
+        match epoll::wait(
+            &self.epoll,
+            rustix::buffer::spare_capacity(events),
+            Some(&timeout),
+        ) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Polls (`epoll_wait` without sleeping) until something is ready or
+    /// `until_ns` passes; whether something is. Between two polls the
+    /// thread yields, so a thread sharing its CPU (the control thread)
+    /// is not kept waiting by the polling.
+    fn poll_briefly(
+        &self,
+        events: &mut Vec<epoll::Event>,
+        until_ns: u64,
+    ) -> rustix::io::Result<bool> {
+        let began_ns = monotonic_ns();
+        let found = loop {
+            self.wait(events, 0)?;
+            if !events.is_empty()
+                || !self.inbox.is_empty()
+                || self.notices.as_ref().is_some_and(|n| !n.is_empty())
+            {
+                break true;
+            }
+            if monotonic_ns() >= until_ns {
+                break false;
+            }
+            std::thread::yield_now();
+        };
+        crate::metrics::bump(
+            &self.shared.stats[self.index].busy_poll_ns,
+            monotonic_ns().saturating_sub(began_ns),
+        );
+        Ok(found)
     }
 
     /// How long the loop may sleep: until its next deadline, and at most a

@@ -8,7 +8,8 @@
 //! per turn.
 //!
 //! A turn of a core (`server/core.rs`): wait in `epoll_wait` (no longer
-//! than the next deadline), read each readable connection once and answer
+//! than the next deadline; near saturation, with `dataplane.busy_poll`,
+//! poll a while before sleeping: `server/spin.rs`), read each readable connection once and answer
 //! what it holds, accept, then take the messages other cores and the control
 //! thread queued, run due timers (wait-queue deadlines, connection
 //! deadlines, watches) and a bounded piece of background work (the table
@@ -42,6 +43,7 @@ mod conn;
 mod core;
 mod list;
 pub mod net;
+mod spin;
 
 /// Which CPUs run data-plane cores.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +87,9 @@ pub struct ServerOptions {
     pub write_stall_timeout: Duration,
     /// How often each core sweeps its part of the table.
     pub sweep_interval: Duration,
+    /// How long a core polls for more work after its last before it
+    /// sleeps, while its load is high (`spin.rs`); zero never polls.
+    pub busy_poll: Duration,
     /// Idle time after which a key is reclaimed.
     pub reclaim_after: Duration,
     /// Admin endpoint (`GET /metrics`) address; `None`: no endpoint.

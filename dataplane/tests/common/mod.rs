@@ -69,6 +69,7 @@ pub fn options() -> ServerOptions {
         idle_timeout: Duration::from_secs(60),
         write_stall_timeout: Duration::from_secs(10),
         sweep_interval: Duration::from_millis(100),
+        busy_poll: Duration::from_micros(30),
         reclaim_after: Duration::from_secs(60),
         admin: None,
         replica: None,
