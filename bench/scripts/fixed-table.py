@@ -10,7 +10,8 @@ p99, p99.9 and CPU per request (µs) of each system.
 
 --quiet CPUS leaves out every round in which any system's run at that
 workload, connection count and rate had more than CPUS of other work on
-the machine (`other_cpus`, recorded since 054fd99): whole rounds, so
+the machine, stolen time included (`other_cpus` + `stolen_cpus`, recorded
+since 054fd99): whole rounds, so
 that every system keeps the same rounds. It says how many it left out.
 """
 import json
@@ -33,7 +34,7 @@ for arg in args:
     if quiet is not None:
         for cell in data["fixed"]:
             other = cell.get("other_cpus")
-            if other is not None and other > quiet:
+            if other is not None and other + (cell.get("stolen_cpus") or 0.0) > quiet:
                 noisy.add((cell["workload"], cell["connections"], cell["rate"], cell["round"]))
         dropped |= {(path,) + n for n in noisy}
     for cell in data["fixed"]:

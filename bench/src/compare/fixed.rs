@@ -45,6 +45,13 @@ pub(crate) struct FixedRun {
     pub(crate) error: Option<String>,
 }
 
+impl FixedRun {
+    /// CPUs of other work plus CPUs stolen, on average over the run.
+    pub(crate) fn noise(&self) -> Option<f64> {
+        Some(self.other_cpus? + self.stolen_cpus.unwrap_or(0.0))
+    }
+}
+
 /// Machine-wide busy and stolen CPU ticks (`/proc/stat`), and this
 /// process's own, at one instant.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -308,7 +315,7 @@ fn machine_note(runs: &[FixedRun]) -> String {
     );
     let noisy: Vec<String> = runs
         .iter()
-        .filter(|r| r.other_cpus.is_some_and(|o| o > NOISY_CPUS))
+        .filter(|r| r.noise().is_some_and(|n| n > NOISY_CPUS))
         .map(|r| {
             format!(
                 "{} {} x{} at {:.0}/s in round {} ({:.2})",
@@ -317,14 +324,14 @@ fn machine_note(runs: &[FixedRun]) -> String {
                 r.connections,
                 r.rate,
                 r.round,
-                r.other_cpus.unwrap_or(f64::NAN)
+                r.noise().unwrap_or(f64::NAN)
             )
         })
         .collect();
     if !noisy.is_empty() {
         let _ = writeln!(
             md,
-            "\nRuns with more than {NOISY_CPUS} CPU of other work ({} of {}): {}.",
+            "\nRuns with more than {NOISY_CPUS} CPU of other work and stolen time ({} of {}): {}.",
             noisy.len(),
             runs.len(),
             noisy.join("; ")
@@ -333,8 +340,8 @@ fn machine_note(runs: &[FixedRun]) -> String {
     md
 }
 
-/// Other work above this many CPUs on average marks a run as noisy in the
-/// report (it is still counted).
+/// Other work and stolen time above this many CPUs on average mark a run
+/// as noisy in the report (it is still counted).
 const NOISY_CPUS: f64 = 0.25;
 
 /// The systems of round `round` (from 1), in the order they run: the
@@ -462,6 +469,12 @@ mod tests {
         let quiet = markdown(&[run(Some(0.05), 1)]);
         assert!(!quiet.contains("Runs with more"), "{quiet}");
         assert!(!markdown(&[run(None, 1)]).contains("The machine during"));
+        // Time the hypervisor stole counts as noise too.
+        let stolen = FixedRun {
+            stolen_cpus: Some(0.3),
+            ..run(Some(0.0), 4)
+        };
+        assert!(markdown(&[stolen]).contains("in round 4 (0.30)"));
     }
 
     #[test]

@@ -335,16 +335,17 @@ impl Core {
             let now_ms = monotonic_ms();
             self.heartbeats[self.index].store(now_ms, Ordering::Relaxed);
             heartbeat::stall_if_armed(self.index);
-            // Sleep only if nothing is queued: announce the sleep, then look
-            // once more (see `palisade_host::doorbell`).
             // Near saturation, poll a while before sleeping (`spin.rs`).
             let polled = !more
+                && self.spin.enabled()
                 && match self.spin.poll_until(monotonic_ns(), self.last_work_ns) {
                     Some(until_ns) => self.poll_briefly(&mut events, until_ns)?,
                     None => false,
                 };
             let slept = !more && !polled;
             if !polled {
+                // Sleep only if nothing is queued: announce the sleep, then
+                // look once more (see `palisade_host::doorbell`).
                 let timeout_ms = if slept {
                     self.bell.sleep_begins();
                     if self.inbox.is_empty() && self.notices.as_ref().is_none_or(|n| n.is_empty()) {
@@ -397,7 +398,7 @@ impl Core {
             }
             more |= events.len() == EVENTS_MAX;
             let turn_ended_ns = monotonic_ns();
-            if found_work {
+            if found_work && self.spin.enabled() {
                 self.spin.worked(turn_began_ns, turn_ended_ns);
                 self.last_work_ns = turn_ended_ns;
             }

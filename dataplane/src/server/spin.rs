@@ -46,6 +46,11 @@ impl SpinPolicy {
         }
     }
 
+    /// Whether the core may poll at all (a budget above zero).
+    pub(super) fn enabled(&self) -> bool {
+        self.budget_ns > 0
+    }
+
     /// A turn that found work ran from `began_ns` to `ended_ns`.
     pub(super) fn worked(&mut self, began_ns: u64, ended_ns: u64) {
         if self.budget_ns == 0 {
