@@ -56,8 +56,9 @@ impl SpinPolicy {
         if self.budget_ns == 0 {
             return;
         }
-        self.roll(ended_ns);
+        // Counted whole in the window it ends in (which may close now).
         self.work_ns += ended_ns.saturating_sub(began_ns.max(self.window_began_ns));
+        self.roll(ended_ns);
     }
 
     /// The core would sleep now: until when it should poll first, if at
@@ -152,6 +153,14 @@ mod tests {
         let last = load(&mut policy, last, 2 * WINDOW_NS, 100 * US, 10 * US);
         assert!(policy.load_permille() <= 110, "{}", policy.load_permille());
         assert_eq!(policy.poll_until(last, last), None);
+    }
+
+    #[test]
+    fn a_turn_across_the_window_end_counts_in_the_window_it_closes() {
+        let mut policy = SpinPolicy::new(30 * US, 0);
+        // One turn from the window's start to just past its end.
+        policy.worked(0, WINDOW_NS + US);
+        assert_eq!(policy.load_permille(), 1000);
     }
 
     #[test]
