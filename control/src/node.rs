@@ -28,11 +28,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_dataplane::leadership::{Leadership, LeadershipView};
-use palisade_dataplane::names::AdoptedNames;
 use palisade_dataplane::quota::{QuotaConfig, Quotas};
 use palisade_dataplane::replica::{tag_core, LeaseName, Notice, Proposal};
 use palisade_dataplane::server::{core_count, Cpus, ReplicaLink, Server, ServerOptions};
-use palisade_dataplane::service::{ControlStats, CoreStats, RequestService, ServiceConfig, Tenant};
+use palisade_dataplane::service::{RequestService, ServiceConfig, Tenant};
 use palisade_dataplane::table::{KeyHasher, LeaseTable, TableError};
 use palisade_host::affinity::{self, cpu_list, Tid};
 use palisade_host::clock::{monotonic_ms, unix_ms};
@@ -519,12 +518,12 @@ impl Node {
         leadership.publish(view);
         let limits = &config.limits;
         let tenant_count = config.tenants.len();
-        let shared = Arc::new(RequestService {
-            table: LeaseTable::new(config.leases.table_capacity, KeyHasher::new(hash_key))
+        let shared = Arc::new(RequestService::new(
+            LeaseTable::new(config.leases.table_capacity, KeyHasher::new(hash_key))
                 .with_tenant_quota(tenant_count, u64::from(limits.tenant_leases_max)),
             leadership,
             tenants,
-            config: ServiceConfig {
+            ServiceConfig {
                 node_id: config.node.id,
                 min_ttl_ms: millis_u32(config.leases.min_ttl),
                 max_ttl_ms: millis_u32(config.leases.max_ttl),
@@ -540,9 +539,7 @@ impl Node {
                     .collect(),
                 replicated,
             },
-            stats: (0..cores).map(|_| CoreStats::default()).collect(),
-            control: ControlStats::default(),
-            quotas: Quotas::new(
+            Quotas::new(
                 tenant_count,
                 QuotaConfig {
                     tenant_connections_max: u64::from(limits.tenant_connections_max),
@@ -551,8 +548,7 @@ impl Node {
                     wait_max_ms: millis_u32(limits.wait_max),
                 },
             ),
-            adopted: AdoptedNames::new(),
-        });
+        ));
         shared
             .control
             .peers

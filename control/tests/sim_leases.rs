@@ -33,8 +33,7 @@ use palisade_control::leases::{self, Tenants};
 use palisade_dataplane::leadership::Leadership;
 use palisade_dataplane::replica::{Notice, Proposal};
 use palisade_dataplane::service::{
-    Conn, ControlStats, CoreStats, Outcome, Phase, RequestMeta, RequestService, ServiceConfig,
-    Tenant,
+    Conn, Outcome, Phase, RequestMeta, RequestService, ServiceConfig, Tenant,
 };
 use palisade_dataplane::table::{KeyHasher, LeaseKey, LeaseTable};
 use palisade_proto::frame::decode_frame;
@@ -333,14 +332,14 @@ impl Sim {
         }));
         node.core = Some(core);
         node.plane = Some(Plane {
-            shared: RequestService {
-                table: LeaseTable::new(64, KeyHasher::new(hash_key)),
-                leadership: Leadership::new(node.id as u16),
-                tenants: vec![Tenant {
+            shared: RequestService::new(
+                LeaseTable::new(64, KeyHasher::new(hash_key)),
+                Leadership::new(node.id as u16),
+                vec![Tenant {
                     name: "default".into(),
                     credential: None,
                 }],
-                config: ServiceConfig {
+                ServiceConfig {
                     node_id: node.id as u16,
                     min_ttl_ms: 10,
                     max_ttl_ms: MAX_TTL_MS,
@@ -353,14 +352,11 @@ impl Sim {
                     members,
                     replicated: true,
                 },
-                stats: vec![CoreStats::default()],
-                control: ControlStats::default(),
-                quotas: palisade_dataplane::quota::Quotas::new(
+                palisade_dataplane::quota::Quotas::new(
                     1,
                     palisade_dataplane::quota::QuotaConfig::UNLIMITED,
                 ),
-                adopted: palisade_dataplane::names::AdoptedNames::new(),
-            },
+            ),
             conns: BTreeMap::new(),
             pending: BTreeMap::new(),
             next_tag: 1,

@@ -249,6 +249,29 @@ pub struct RequestMeta {
 }
 
 impl RequestService {
+    /// A service over `table` for `config.cores` cores: counters at zero,
+    /// no control-plane figures yet, no adopted names.
+    #[must_use]
+    pub fn new(
+        table: LeaseTable,
+        leadership: Leadership,
+        tenants: Vec<Tenant>,
+        config: ServiceConfig,
+        quotas: Quotas,
+    ) -> RequestService {
+        let stats = (0..config.cores).map(|_| CoreStats::default()).collect();
+        RequestService {
+            table,
+            leadership,
+            tenants,
+            config,
+            stats,
+            control: ControlStats::default(),
+            quotas,
+            adopted: AdoptedNames::new(),
+        }
+    }
+
     /// An answer for `origin` reached its connection `conn` (or was
     /// dropped with it): a queued acquire no longer counts against the
     /// waiter limits. Call for every delivered event.

@@ -37,8 +37,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use palisade_dataplane::leadership::{Leadership, LeadershipView, TIME_MAX_MS};
 use palisade_dataplane::service::{
-    Conn, ControlStats, CoreStats, Outcome, Phase, RequestMeta, RequestService, ServiceConfig,
-    Tenant,
+    Conn, Outcome, Phase, RequestMeta, RequestService, ServiceConfig, Tenant,
 };
 use palisade_dataplane::table::{KeyHasher, LeaseTable, EXPIRY_MARGIN_MS};
 use palisade_fuzz::Input;
@@ -74,10 +73,10 @@ fn credential() -> StoredCredential {
 fn shared() -> RequestService {
     let leadership = Leadership::new(1);
     leadership.publish(LeadershipView::leading_forever(1, 1));
-    RequestService {
-        table: LeaseTable::new(8, KeyHasher::new([7; 16])),
+    RequestService::new(
+        LeaseTable::new(8, KeyHasher::new([7; 16])),
         leadership,
-        tenants: TENANTS
+        TENANTS
             .iter()
             .enumerate()
             .map(|(index, name)| Tenant {
@@ -85,7 +84,7 @@ fn shared() -> RequestService {
                 credential: (index as u32 == BILLING).then(credential),
             })
             .collect(),
-        config: ServiceConfig {
+        ServiceConfig {
             node_id: 1,
             min_ttl_ms: MIN_TTL_MS,
             max_ttl_ms: MAX_TTL_MS,
@@ -101,14 +100,11 @@ fn shared() -> RequestService {
             // which this harness does not drive).
             replicated: false,
         },
-        stats: vec![CoreStats::default()],
-        control: ControlStats::default(),
-        quotas: palisade_dataplane::quota::Quotas::new(
+        palisade_dataplane::quota::Quotas::new(
             TENANTS.len(),
             palisade_dataplane::quota::QuotaConfig::UNLIMITED,
         ),
-        adopted: palisade_dataplane::names::AdoptedNames::new(),
-    }
+    )
 }
 
 /// The model of one tenant's lease on one resource.
@@ -503,9 +499,7 @@ impl World {
                         assert!(serving, "a list from a node that may not serve");
                         assert!((1..=LIST_LIMIT_MAX).contains(limit));
                     }
-                    Outcome::Reply(
-                        Response::Error { .. } | Response::Redirect { .. },
-                    ) => {}
+                    Outcome::Reply(Response::Error { .. } | Response::Redirect { .. }) => {}
                     other => panic!("unexpected answer to List: {other:?}"),
                 }
             }

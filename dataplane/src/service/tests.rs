@@ -18,10 +18,10 @@ fn shared(grants_from_ms: u64) -> RequestService {
         grants_from_ms,
         ..LeadershipView::leading_forever(4, 1)
     });
-    RequestService {
-        table: LeaseTable::new(64, KeyHasher::new([9; 16])),
+    RequestService::new(
+        LeaseTable::new(64, KeyHasher::new([9; 16])),
         leadership,
-        tenants: vec![
+        vec![
             Tenant {
                 name: "default".into(),
                 credential: None,
@@ -31,7 +31,7 @@ fn shared(grants_from_ms: u64) -> RequestService {
                 credential: Some(derive_stored(b"s3cret", b"0123456789abcdef", 4096)),
             },
         ],
-        config: ServiceConfig {
+        ServiceConfig {
             node_id: 1,
             min_ttl_ms: 100,
             max_ttl_ms: 30_000,
@@ -44,11 +44,8 @@ fn shared(grants_from_ms: u64) -> RequestService {
             members: vec![(1, "127.0.0.1:7411".into()), (2, "127.0.0.1:7412".into())],
             replicated: false,
         },
-        stats: vec![CoreStats::default()],
-        control: ControlStats::default(),
-        quotas: Quotas::new(2, crate::quota::QuotaConfig::UNLIMITED),
-        adopted: crate::names::AdoptedNames::new(),
-    }
+        Quotas::new(2, crate::quota::QuotaConfig::UNLIMITED),
+    )
 }
 
 fn run(s: &RequestService, conn: &mut Conn, request: &Request, now_ms: u64) -> Outcome {

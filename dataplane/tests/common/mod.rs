@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_dataplane::leadership::{Leadership, LeadershipView};
-use palisade_dataplane::metrics::{ControlStats, CoreStats};
 use palisade_dataplane::server::{Cpus, ServerOptions};
 use palisade_dataplane::service::{RequestService, ServiceConfig, Tenant};
 use palisade_dataplane::table::{KeyHasher, LeaseTable};
@@ -24,14 +23,14 @@ pub fn shared_with(
 ) -> Arc<RequestService> {
     let leadership = Leadership::new(1);
     leadership.publish(LeadershipView::leading_forever(1, 1));
-    Arc::new(RequestService {
-        table: LeaseTable::new(1024, KeyHasher::new([3; 16])),
+    Arc::new(RequestService::new(
+        LeaseTable::new(1024, KeyHasher::new([3; 16])),
         leadership,
-        tenants: vec![Tenant {
+        vec![Tenant {
             name: "default".into(),
             credential,
         }],
-        config: ServiceConfig {
+        ServiceConfig {
             node_id: 1,
             min_ttl_ms: 100,
             max_ttl_ms: 30_000,
@@ -44,14 +43,11 @@ pub fn shared_with(
             members: vec![(1, "127.0.0.1:7411".into())],
             replicated: false,
         },
-        stats: (0..cores).map(|_| CoreStats::default()).collect(),
-        control: ControlStats::default(),
-        quotas: palisade_dataplane::quota::Quotas::new(
+        palisade_dataplane::quota::Quotas::new(
             1,
             palisade_dataplane::quota::QuotaConfig::UNLIMITED,
         ),
-        adopted: palisade_dataplane::names::AdoptedNames::new(),
-    })
+    ))
 }
 
 /// The shell's options as shipped, on a free loopback port.
