@@ -21,7 +21,7 @@ use std::sync::{Mutex, PoisonError};
 
 use imbl::OrdMap;
 
-use super::{scan_names, scan_start, Live, Part};
+use super::{scan_names, scan_start, Live, Part, Scan};
 use crate::replica::{LeaseName, LeaseState, Record};
 
 /// The names one leadership took over, while they may name a lease that
@@ -107,24 +107,19 @@ impl AdoptedNames {
         self.len() == 0
     }
 
-    /// One part of a page of `tenant`'s live leases whose names start with
-    /// `prefix` and sort after `after`, as [`super::NameIndex::scan_some`]
-    /// gives one: at most `limit` leases, at most `budget` names examined.
-    /// Names found not live are forgotten. `None` if no names are held for
-    /// the leadership of `epoch`, or they are past their time.
-    #[allow(clippy::too_many_arguments)]
+    /// One part of a page ([`Scan`]) of `tenant`'s live leases, as
+    /// [`super::NameIndex::scan`] gives one. Names found not live are
+    /// forgotten. `None` if no names are held for the leadership of
+    /// `epoch`, or they are past their time.
     pub fn scan(
         &self,
         epoch: u32,
         tenant: &str,
-        prefix: &str,
-        after: &str,
-        limit: u32,
-        budget: usize,
+        page: Scan<'_>,
         now_ms: u64,
         live: &mut dyn FnMut(&str) -> Option<Live>,
     ) -> Option<Part> {
-        let start = scan_start(prefix, after, limit, budget).map(|s| LeaseName::new(tenant, s));
+        let start = scan_start(page).map(|s| LeaseName::new(tenant, s));
         let mut set = self.lock();
         let adoption = set
             .as_mut()
@@ -137,7 +132,7 @@ impl AdoptedNames {
             .take_while(|name| name.tenant == tenant)
             .map(|name| &name.resource);
         let mut dead = Vec::new();
-        let (part, _) = scan_names(names, prefix, limit, budget, live, &mut |name| {
+        let (part, _) = scan_names(names, page, live, &mut |name| {
             dead.push(LeaseName::new(tenant, name.as_str()));
         });
         for name in &dead {
@@ -165,6 +160,15 @@ mod tests {
             state.apply(&grant, 1);
         }
         state
+    }
+
+    fn page<'a>(prefix: &'a str, after: &'a str, limit: u32, budget: usize) -> Scan<'a> {
+        Scan {
+            prefix,
+            after,
+            limit,
+            budget,
+        }
     }
 
     fn live_if<'a>(tokens: &'a [(&'a str, u64)]) -> impl FnMut(&str) -> Option<Live> + 'a {
@@ -203,20 +207,26 @@ mod tests {
         // vol/2 was released since; the table reads its own tokens.
         let table = [("vol/1", 11), ("vol/3", 30), ("x", 14)];
         let part = set
-            .scan(4, "a", "vol/", "", 10, 100, 0, &mut live_if(&table))
+            .scan(4, "a", page("vol/", "", 10, 100), 0, &mut live_if(&table))
             .expect("held");
         assert_eq!(resources(&part), [("vol/1", 11), ("vol/3", 30)]);
         assert_eq!(part.stopped_at, None, "the prefix's names were all seen");
         assert_eq!(set.len(), 5, "the dead vol/2 is forgotten");
         // Tenant b's names are b's alone (S5): a's table reads nothing there.
         let part = set
-            .scan(4, "b", "", "", 10, 100, 0, &mut live_if(&[("vol/9", 29)]))
+            .scan(
+                4,
+                "b",
+                page("", "", 10, 100),
+                0,
+                &mut live_if(&[("vol/9", 29)]),
+            )
             .expect("held");
         assert_eq!(resources(&part), [("vol/9", 29)]);
         assert_eq!(set.len(), 4);
         // A cursor past a name, and a limit.
         let part = set
-            .scan(4, "a", "", "vol/1", 1, 100, 0, &mut live_if(&table))
+            .scan(4, "a", page("", "vol/1", 1, 100), 0, &mut live_if(&table))
             .expect("held");
         assert_eq!(resources(&part), [("vol/3", 30)]);
         assert_eq!(part.stopped_at.as_deref(), Some("vol/3"));
@@ -236,7 +246,7 @@ mod tests {
             })
         };
         let part = set
-            .scan(1, "a", "", "", 100, 3, 0, &mut everything_live)
+            .scan(1, "a", page("", "", 100, 3), 0, &mut everything_live)
             .expect("held");
         assert_eq!(part.leases.len(), 3);
         assert_eq!(part.stopped_at.as_deref(), Some("n2"));
@@ -247,16 +257,22 @@ mod tests {
         let set = AdoptedNames::new();
         set.adopt(7, 5_000, names(&[("a", "r", 1)]));
         let mut live = live_if(&[("r", 1)]);
-        assert!(set.scan(8, "a", "", "", 10, 10, 0, &mut live).is_none());
-        assert!(set.scan(7, "a", "", "", 10, 10, 5_000, &mut live).is_none());
-        assert!(set.scan(7, "a", "", "", 10, 10, 4_999, &mut live).is_some());
+        assert!(set
+            .scan(8, "a", page("", "", 10, 10), 0, &mut live)
+            .is_none());
+        assert!(set
+            .scan(7, "a", page("", "", 10, 10), 5_000, &mut live)
+            .is_none());
+        assert!(set
+            .scan(7, "a", page("", "", 10, 10), 4_999, &mut live)
+            .is_some());
         assert!(set.retire(4_999, true).is_none(), "still needed");
         assert_eq!(set.retire(5_000, true).map(|a| a.len()), Some(1));
         assert!(set.is_empty());
         set.adopt(9, 5_000, names(&[("a", "r", 1)]));
         assert!(set.retire(0, false).is_some(), "the leadership ended");
         set.adopt(9, 5_000, names(&[("a", "r", 1)]));
-        set.scan(9, "a", "", "", 10, 10, 0, &mut live_if(&[]));
+        set.scan(9, "a", page("", "", 10, 10), 0, &mut live_if(&[]));
         assert!(set.retire(0, true).is_some(), "every name was forgotten");
         let old = set.adopt(10, 5_000, names(&[("a", "r", 1)]));
         assert!(old.is_none());

@@ -48,6 +48,35 @@ pub fn scan_budget(limit: u32) -> usize {
     4 * limit + 64
 }
 
+/// What one scan for a page looks for: names under `prefix` that sort
+/// after `after`, at most `limit` live leases, examining at most `budget`
+/// names (both at least 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scan<'a> {
+    /// Names start with this.
+    pub prefix: &'a str,
+    /// Names sort after this (the cursor of the page before).
+    pub after: &'a str,
+    /// Live leases at most.
+    pub limit: u32,
+    /// Names examined at most.
+    pub budget: usize,
+}
+
+impl<'a> Scan<'a> {
+    /// A scan for at most `limit` leases, examining the names
+    /// [`scan_budget`] allows for them.
+    #[must_use]
+    pub fn new(prefix: &'a str, after: &'a str, limit: u32) -> Scan<'a> {
+        Scan {
+            prefix,
+            after,
+            limit,
+            budget: scan_budget(limit),
+        }
+    }
+}
+
 /// One live lease as the table reports it for a name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Live {
@@ -224,48 +253,25 @@ impl NameIndex {
         }
     }
 
-    /// One page of `tenant`'s live leases whose names start with `prefix`
-    /// and sort after `after`: at most `limit` leases, examining at most
-    /// [`scan_budget`] names. Dead names past their keep time are dropped
-    /// on the way.
+    /// One part of a page of `tenant`'s live leases ([`Scan`]); also
+    /// returns how many names it examined. Dead names past their keep time
+    /// are dropped on the way. A scan cut into pieces continues with
+    /// `after` = the piece's `stopped_at`.
     pub fn scan(
         &mut self,
         tenant: u32,
-        prefix: &str,
-        after: &str,
-        limit: u32,
-        now_ms: u64,
-        live: &mut dyn FnMut(&str) -> Option<Live>,
-    ) -> Part {
-        let budget = scan_budget(limit);
-        self.scan_some(tenant, prefix, after, limit, budget, now_ms, live)
-            .0
-    }
-
-    /// [`NameIndex::scan`] examining at most `budget` names (at least 1);
-    /// also returns how many it examined. A scan cut into pieces continues
-    /// with `after` = the piece's `stopped_at`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn scan_some(
-        &mut self,
-        tenant: u32,
-        prefix: &str,
-        after: &str,
-        limit: u32,
-        budget: usize,
+        page: Scan<'_>,
         now_ms: u64,
         live: &mut dyn FnMut(&str) -> Option<Live>,
     ) -> (Part, usize) {
-        let start = scan_start(prefix, after, limit, budget);
+        let start = scan_start(page);
         let Some(names) = self.tenants.get(tenant as usize) else {
             return (Part::default(), 0);
         };
         let mut dead = Vec::new();
         let scanned = scan_names(
             names.range::<str, _>((start, Bound::Unbounded)),
-            prefix,
-            limit,
-            budget,
+            page,
             live,
             &mut |name| {
                 if let Some(key) = self.expendable(tenant, name, now_ms, false) {
@@ -278,31 +284,34 @@ impl NameIndex {
     }
 }
 
-/// Where a scan of names under `prefix` after the cursor `after` starts
-/// (names with the prefix start at the prefix itself), for a page of
-/// `limit` leases examining `budget` names.
-fn scan_start<'a>(prefix: &'a str, after: &'a str, limit: u32, budget: usize) -> Bound<&'a str> {
-    assert!(limit >= 1, "a page holds at least one lease");
-    assert!(budget >= 1, "a scan examines at least one name");
-    if after < prefix {
-        Bound::Included(prefix)
+/// Where a scan for `page` starts: after its cursor, or at its prefix
+/// (names with the prefix start at the prefix itself).
+fn scan_start<'a>(page: Scan<'a>) -> Bound<&'a str> {
+    assert!(page.limit >= 1, "a page holds at least one lease");
+    assert!(page.budget >= 1, "a scan examines at least one name");
+    if page.after < page.prefix {
+        Bound::Included(page.prefix)
     } else {
-        Bound::Excluded(after)
+        Bound::Excluded(page.after)
     }
 }
 
-/// One part of a page from `names`, a tenant's names in byte order from
-/// [`scan_start`] on: the live ones under `prefix`, at most `limit`,
-/// examining at most `budget` names; `dead` is told of each name examined
-/// and found not live. Also returns how many it examined.
+/// One part of `page` from `names`, a tenant's names in byte order from
+/// [`scan_start`] on: the live ones under the prefix, at most the limit,
+/// examining at most the budget; `dead` is told of each name examined and
+/// found not live. Also returns how many it examined.
 fn scan_names<'a>(
     names: impl Iterator<Item = &'a String>,
-    prefix: &str,
-    limit: u32,
-    budget: usize,
+    page: Scan<'_>,
     live: &mut dyn FnMut(&str) -> Option<Live>,
     dead: &mut dyn FnMut(&'a String),
 ) -> (Part, usize) {
+    let Scan {
+        prefix,
+        limit,
+        budget,
+        ..
+    } = page;
     let mut part = Part::default();
     let mut examined = 0usize;
     for name in names {
@@ -431,7 +440,15 @@ mod tests {
         for _ in 0..100_000 {
             let parts = cores
                 .iter_mut()
-                .map(|core| core.scan(tenant, prefix, &after, limit, 0, &mut live_set(live)))
+                .map(|core| {
+                    core.scan(
+                        tenant,
+                        Scan::new(prefix, &after, limit),
+                        0,
+                        &mut live_set(live),
+                    )
+                    .0
+                })
                 .collect();
             let page = merge(parts, limit, usize::MAX);
             assert!(page.leases.len() <= limit as usize);
@@ -505,7 +522,7 @@ mod tests {
             core.note(0, &format!("d{i:05}"), u64::MAX);
         }
         let mut examined = 0;
-        let part = core.scan(0, "", "", 10, 0, &mut |_| {
+        let (part, _) = core.scan(0, Scan::new("", "", 10), 0, &mut |_| {
             examined += 1;
             None
         });
@@ -524,7 +541,7 @@ mod tests {
         core.note(0, "waiting", 100_000);
         core.note(0, "gone", 1_000);
         core.note(3, "other", 1_000);
-        let part = core.scan(0, "", "", 10, 50_000, &mut |_| None);
+        let (part, _) = core.scan(0, Scan::new("", "", 10), 50_000, &mut |_| None);
         assert!(part.leases.is_empty());
         assert!(core.contains(0, "waiting"));
         assert!(!core.contains(0, "gone"));

@@ -124,14 +124,10 @@ impl Lists {
         after: &str,
         limit: u32,
     ) -> Part {
-        let budget = names::scan_budget(limit);
         let now_ms = monotonic_ms();
-        let (piece, _) = self.names(table.hasher()).scan_some(
+        let (piece, _) = self.names(table.hasher()).scan(
             tenant,
-            prefix,
-            after,
-            limit,
-            budget,
+            names::Scan::new(prefix, after, limit),
             now_ms,
             &mut |name| live(table, tenant, name, now_ms),
         );
@@ -210,10 +206,7 @@ impl Core {
         self.shared.adopted.scan(
             self.shared.leadership.load().epoch,
             &tenant.name,
-            &request.prefix,
-            &request.after,
-            request.limit,
-            names::scan_budget(request.limit),
+            names::Scan::new(&request.prefix, &request.after, request.limit),
             now_ms,
             &mut |name| live(table, request.tenant, name, now_ms),
         )
