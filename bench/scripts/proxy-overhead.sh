@@ -36,6 +36,9 @@
 # target runs during the writeback of what the target before it wrote
 # (proxy-upstream otherwise always follows proxy-file, whose tens of
 # thousands of writes a second leave dirty pages behind).
+# UNIX_FIRST=1 runs proxy-unix before proxy-upstream (right after
+# proxy-file, where proxy-upstream runs otherwise), to see what the order
+# does to the two.
 # BASELINE_PROXY_BIN=path also runs that build, as targets base-file and
 # base-upstream in the same rounds (a before/after comparison in one run);
 # it gets no Unix-socket export, so it may predate `nbd_socket` (PROXY_BIN
@@ -127,15 +130,21 @@ if [ -n "${base_port:-}" ]; then
 fi
 
 echo "== proxy: $proxy_bin"
+up_targets=("proxy-upstream=127.0.0.1:$proxy_port/upstream@$t_up" "proxy-unix=127.0.0.1:$proxy_port/unix@$t_unix")
+up_convert=("proxy-upstream=nbd://127.0.0.1:$proxy_port/upstream@$t_up"
+    "proxy-unix=nbd://127.0.0.1:$proxy_port/unix@$t_unix")
+if [ -n "${UNIX_FIRST:-}" ]; then
+    echo "== UNIX_FIRST: proxy-unix runs before proxy-upstream"
+    up_targets=("${up_targets[1]}" "${up_targets[0]}")
+    up_convert=("${up_convert[1]}" "${up_convert[0]}")
+fi
 if [ -n "${SETTLE:-}" ]; then echo "== SETTLE: the image is fsynced before each target's turn"; fi
 for depth in $depths; do
     echo
     "$load" --connections "$connections" --depth "$depth" --seconds "$seconds" --rounds "$rounds" \
         ${SETTLE:+--settle "$work/disk.img"} \
         "direct=127.0.0.1:$nbd_port/up" \
-        "proxy-file=127.0.0.1:$proxy_port/file@$t_file" \
-        "proxy-upstream=127.0.0.1:$proxy_port/upstream@$t_up" \
-        "proxy-unix=127.0.0.1:$proxy_port/unix@$t_unix" "${baseline[@]}"
+        "proxy-file=127.0.0.1:$proxy_port/file@$t_file" "${up_targets[@]}" "${baseline[@]}"
 done
 # A real client: qemu-img convert (16 coroutines, out-of-order writes) of
 # 256 MiB of random data onto each target, several rounds alternating.
@@ -143,9 +152,7 @@ echo
 echo "== qemu-img convert -m 16 -W, 256 MiB random data (seconds, each round)"
 head -c 256M /dev/urandom >"$work/source.img"
 convert_targets=("direct=nbd://127.0.0.1:$nbd_port/up"
-    "proxy-file=nbd://127.0.0.1:$proxy_port/file@$t_file"
-    "proxy-upstream=nbd://127.0.0.1:$proxy_port/upstream@$t_up"
-    "proxy-unix=nbd://127.0.0.1:$proxy_port/unix@$t_unix")
+    "proxy-file=nbd://127.0.0.1:$proxy_port/file@$t_file" "${up_convert[@]}")
 if [ -n "${base_port:-}" ]; then
     convert_targets+=("base-file=nbd://127.0.0.1:$base_port/file@$t_file"
         "base-upstream=nbd://127.0.0.1:$base_port/upstream@$t_up")
