@@ -3,7 +3,10 @@
 //! Unix-domain socket of a server on the same host ([`NbdAddr`]). Both
 //! transports share everything past the connect: the handshake, the
 //! multiplexer, and how a lost connection fails calls; only TCP gets
-//! `TCP_NODELAY`.
+//! `TCP_NODELAY`. The Unix socket spares the proxy TCP's loopback
+//! protocol work, not its sends, receives and wake-ups: 1.8 to 3.3 µs of
+//! its 17 to 18 µs of CPU per 4 KiB write, and 1.04x to 1.22x the TCP
+//! upstream's writes/s at 4 in flight (bench/results/proxy-unix/).
 //!
 //! Backends only move bytes. They never decide whether a write may happen:
 //! the gate did that before the call.
