@@ -1,5 +1,12 @@
 //! Where an export's bytes live: a local file or block device, or an
-//! upstream NBD server the proxy forwards to.
+//! upstream NBD server the proxy forwards to, by TCP address or by the
+//! Unix-domain socket of a server on the same host ([`NbdAddr`]). Both
+//! transports share everything past the connect: the handshake, the
+//! multiplexer, and how a lost connection fails calls; only TCP gets
+//! `TCP_NODELAY`. The Unix socket spares the proxy TCP's loopback
+//! protocol work, not its sends, receives and wake-ups: 1.8 to 3.3 µs of
+//! its 17 to 18 µs of CPU per 4 KiB write, and 1.04x to 1.22x the TCP
+//! upstream's writes/s at 4 in flight (bench/results/proxy-unix/).
 //!
 //! Backends only move bytes. They never decide whether a write may happen:
 //! the gate did that before the call.
@@ -44,18 +51,18 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
 use tokio::task::JoinHandle;
 
-use crate::duplex::{split, ReadHalf, Signal, WriteHalf};
+use crate::config::NbdAddr;
+use crate::duplex::{split, ReadHalf, Signal, Stream, WriteHalf};
 use crate::pool::{BufPool, LARGE};
 
 /// Largest zero-fill buffer written at once for WRITE_ZEROES.
@@ -664,71 +671,103 @@ async fn parse_replies(mux: &Mux, stream: &mut ReadHalf) -> io::Result<()> {
     }
 }
 
+/// The client side of the handshake on a fresh `stream` to `addr`: fixed
+/// newstyle, `NBD_OPT_GO` for `export`. Returns the export's size and
+/// transmission flags.
+async fn negotiate(
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    addr: &NbdAddr,
+    export: &str,
+) -> io::Result<(u64, u16)> {
+    let mut greeting = [0u8; 18];
+    stream.read_exact(&mut greeting).await?;
+    let magic = u64::from_be_bytes(greeting[0..8].try_into().expect("8"));
+    let opt = u64::from_be_bytes(greeting[8..16].try_into().expect("8"));
+    let flags = u16::from_be_bytes(greeting[16..18].try_into().expect("2"));
+    if magic != NBDMAGIC || opt != IHAVEOPT || flags & NBD_FLAG_FIXED_NEWSTYLE == 0 {
+        return Err(upstream_err(format!(
+            "{addr} is not a fixed-newstyle NBD server"
+        )));
+    }
+    stream
+        .write_all(&NBD_FLAG_C_FIXED_NEWSTYLE.to_be_bytes())
+        .await?;
+    // NBD_OPT_GO: name length, name, no info requests.
+    let name = export.as_bytes();
+    let mut option = Vec::new();
+    option.extend_from_slice(&IHAVEOPT.to_be_bytes());
+    option.extend_from_slice(&NBD_OPT_GO.to_be_bytes());
+    option.extend_from_slice(&(4 + name.len() as u32 + 2).to_be_bytes());
+    option.extend_from_slice(&(name.len() as u32).to_be_bytes());
+    option.extend_from_slice(name);
+    option.extend_from_slice(&0u16.to_be_bytes());
+    stream.write_all(&option).await?;
+    let mut size = None;
+    let mut tflags = 0;
+    loop {
+        let mut head = [0u8; 20];
+        stream.read_exact(&mut head).await?;
+        let magic = u64::from_be_bytes(head[0..8].try_into().expect("8"));
+        let reply = u32::from_be_bytes(head[12..16].try_into().expect("4"));
+        let len = u32::from_be_bytes(head[16..20].try_into().expect("4"));
+        if magic != OPT_REPLY_MAGIC || len > OPT_REPLY_MAX {
+            return Err(upstream_err(format!("{addr}: bad option reply")));
+        }
+        let mut data = vec![0u8; len as usize];
+        stream.read_exact(&mut data).await?;
+        if reply & NBD_REP_FLAG_ERROR != 0 {
+            return Err(upstream_err(format!(
+                "{addr} refused export {export:?}: {}",
+                String::from_utf8_lossy(data.get(..).unwrap_or_default())
+            )));
+        }
+        match reply {
+            NBD_REP_INFO if data.len() >= 12 => {
+                let kind = u16::from_be_bytes([data[0], data[1]]);
+                if kind == NBD_INFO_EXPORT {
+                    size = Some(u64::from_be_bytes(data[2..10].try_into().expect("8")));
+                    tflags = u16::from_be_bytes([data[10], data[11]]);
+                }
+            }
+            NBD_REP_ACK => break,
+            _ => {}
+        }
+    }
+    let size = size.ok_or_else(|| upstream_err(format!("{addr} sent no export size")))?;
+    Ok((size, tflags))
+}
+
 impl NbdUpstream {
-    /// Connects and negotiates `export`; large write payloads go back to
-    /// `pool` once sent.
+    /// Connects to `addr` (TCP or a Unix socket) and negotiates `export`;
+    /// large write payloads go back to `pool` once sent. Everything after
+    /// the connect is the same for both transports.
+    ///
+    /// # Errors
+    ///
+    /// The server cannot be reached (the message names `addr`), is not a
+    /// fixed-newstyle NBD server, or refuses the export.
     pub async fn connect(
-        addr: SocketAddr,
+        addr: &NbdAddr,
         export: &str,
         pool: Rc<BufPool>,
     ) -> io::Result<NbdUpstream> {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        let mut greeting = [0u8; 18];
-        stream.read_exact(&mut greeting).await?;
-        let magic = u64::from_be_bytes(greeting[0..8].try_into().expect("8"));
-        let opt = u64::from_be_bytes(greeting[8..16].try_into().expect("8"));
-        let flags = u16::from_be_bytes(greeting[16..18].try_into().expect("2"));
-        if magic != NBDMAGIC || opt != IHAVEOPT || flags & NBD_FLAG_FIXED_NEWSTYLE == 0 {
-            return Err(upstream_err(format!(
-                "{addr} is not a fixed-newstyle NBD server"
-            )));
-        }
-        stream
-            .write_all(&NBD_FLAG_C_FIXED_NEWSTYLE.to_be_bytes())
-            .await?;
-        // NBD_OPT_GO: name length, name, no info requests.
-        let name = export.as_bytes();
-        let mut option = Vec::new();
-        option.extend_from_slice(&IHAVEOPT.to_be_bytes());
-        option.extend_from_slice(&NBD_OPT_GO.to_be_bytes());
-        option.extend_from_slice(&(4 + name.len() as u32 + 2).to_be_bytes());
-        option.extend_from_slice(&(name.len() as u32).to_be_bytes());
-        option.extend_from_slice(name);
-        option.extend_from_slice(&0u16.to_be_bytes());
-        stream.write_all(&option).await?;
-        let mut size = None;
-        let mut tflags = 0;
-        loop {
-            let mut head = [0u8; 20];
-            stream.read_exact(&mut head).await?;
-            let magic = u64::from_be_bytes(head[0..8].try_into().expect("8"));
-            let reply = u32::from_be_bytes(head[12..16].try_into().expect("4"));
-            let len = u32::from_be_bytes(head[16..20].try_into().expect("4"));
-            if magic != OPT_REPLY_MAGIC || len > OPT_REPLY_MAX {
-                return Err(upstream_err(format!("{addr}: bad option reply")));
+        let cannot_connect =
+            |e: io::Error| io::Error::new(e.kind(), format!("connecting to {addr}: {e}"));
+        let (stream, size, flags) = match addr {
+            NbdAddr::Tcp(tcp) => {
+                let mut stream = TcpStream::connect(tcp).await.map_err(cannot_connect)?;
+                // A request waits for its reply: no Nagle delay (a Unix
+                // socket has none).
+                stream.set_nodelay(true)?;
+                let (size, flags) = negotiate(&mut stream, addr, export).await?;
+                (Stream::from(stream), size, flags)
             }
-            let mut data = vec![0u8; len as usize];
-            stream.read_exact(&mut data).await?;
-            if reply & NBD_REP_FLAG_ERROR != 0 {
-                return Err(upstream_err(format!(
-                    "{addr} refused export {export:?}: {}",
-                    String::from_utf8_lossy(data.get(..).unwrap_or_default())
-                )));
+            NbdAddr::Unix(path) => {
+                let mut stream = UnixStream::connect(path).await.map_err(cannot_connect)?;
+                let (size, flags) = negotiate(&mut stream, addr, export).await?;
+                (Stream::from(stream), size, flags)
             }
-            match reply {
-                NBD_REP_INFO if data.len() >= 12 => {
-                    let kind = u16::from_be_bytes([data[0], data[1]]);
-                    if kind == NBD_INFO_EXPORT {
-                        size = Some(u64::from_be_bytes(data[2..10].try_into().expect("8")));
-                        tflags = u16::from_be_bytes([data[10], data[11]]);
-                    }
-                }
-                NBD_REP_ACK => break,
-                _ => {}
-            }
-        }
-        let size = size.ok_or_else(|| upstream_err(format!("{addr} sent no export size")))?;
+        };
         let (input, output) = split(stream);
         let mux = Rc::new(Mux {
             state: RefCell::new(MuxState {
@@ -745,7 +784,7 @@ impl NbdUpstream {
         )));
         Ok(NbdUpstream {
             size,
-            flags: tflags,
+            flags,
             mux,
             sender,
             receiver,
@@ -884,83 +923,112 @@ mod tests {
         });
     }
 
-    /// A minimal upstream NBD server on a thread: negotiates one export of
-    /// `size` bytes, then answers every request it reads (writes and
-    /// flushes with success), and returns how many requests it answered
-    /// once the client says goodbye.
-    fn fake_upstream(size: u64) -> (SocketAddr, std::thread::JoinHandle<usize>) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let server = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().expect("accept");
-            let mut greeting = Vec::new();
-            greeting.extend_from_slice(&NBDMAGIC.to_be_bytes());
-            greeting.extend_from_slice(&IHAVEOPT.to_be_bytes());
-            greeting.extend_from_slice(&NBD_FLAG_FIXED_NEWSTYLE.to_be_bytes());
-            s.write_all(&greeting).expect("greeting");
-            let mut client_flags = [0u8; 4];
-            s.read_exact(&mut client_flags).expect("client flags");
-            let mut head = [0u8; 16];
-            s.read_exact(&mut head).expect("option header");
-            let len = u32::from_be_bytes(head[12..16].try_into().expect("4"));
-            let mut data = vec![0u8; len as usize];
-            s.read_exact(&mut data).expect("option data");
-            let option_reply = |s: &mut std::net::TcpStream, kind: u32, data: &[u8]| {
-                let mut out = Vec::new();
-                out.extend_from_slice(&OPT_REPLY_MAGIC.to_be_bytes());
-                out.extend_from_slice(&NBD_OPT_GO.to_be_bytes());
-                out.extend_from_slice(&kind.to_be_bytes());
-                out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-                out.extend_from_slice(data);
-                s.write_all(&out).expect("option reply");
-            };
-            let mut info = Vec::new();
-            info.extend_from_slice(&NBD_INFO_EXPORT.to_be_bytes());
-            info.extend_from_slice(&size.to_be_bytes());
-            info.extend_from_slice(&NBD_FLAG_SEND_TRIM.to_be_bytes());
-            option_reply(&mut s, NBD_REP_INFO, &info);
-            option_reply(&mut s, NBD_REP_ACK, &[]);
-            let mut answered = 0;
-            loop {
-                let mut request = [0u8; 28];
-                if s.read_exact(&mut request).is_err() {
-                    return answered;
-                }
-                let command = u16::from_be_bytes([request[6], request[7]]);
-                let cookie = &request[8..16];
-                let len = u32::from_be_bytes(request[24..28].try_into().expect("4"));
-                if command == NBD_CMD_DISC {
-                    return answered;
-                }
-                if command == NBD_CMD_WRITE {
-                    let mut payload = vec![0u8; len as usize];
-                    s.read_exact(&mut payload).expect("payload");
-                }
-                let mut reply = Vec::new();
-                reply.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
-                reply.extend_from_slice(&0u32.to_be_bytes());
-                reply.extend_from_slice(cookie);
-                s.write_all(&reply).expect("reply");
-                answered += 1;
+    /// A minimal upstream NBD server on a thread, on TCP or (with
+    /// `socket_dir`) on a Unix socket in that folder: negotiates one
+    /// export of `size` bytes, then answers every request it reads (writes
+    /// and flushes with success), and returns how many requests it
+    /// answered once the client says goodbye.
+    fn fake_upstream(
+        size: u64,
+        socket_dir: Option<&Path>,
+    ) -> (NbdAddr, std::thread::JoinHandle<usize>) {
+        match socket_dir {
+            None => {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+                let addr = listener.local_addr().expect("addr");
+                let server = std::thread::spawn(move || {
+                    serve_fake(listener.accept().expect("accept").0, size)
+                });
+                (NbdAddr::Tcp(addr), server)
             }
-        });
-        (addr, server)
+            Some(dir) => {
+                let path = dir.join("up.sock");
+                let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+                let server = std::thread::spawn(move || {
+                    serve_fake(listener.accept().expect("accept").0, size)
+                });
+                (NbdAddr::Unix(path), server)
+            }
+        }
+    }
+
+    /// The fake server's side of one connection (see [`fake_upstream`]).
+    fn serve_fake(mut s: impl Read + Write, size: u64) -> usize {
+        let mut greeting = Vec::new();
+        greeting.extend_from_slice(&NBDMAGIC.to_be_bytes());
+        greeting.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        greeting.extend_from_slice(&NBD_FLAG_FIXED_NEWSTYLE.to_be_bytes());
+        s.write_all(&greeting).expect("greeting");
+        let mut client_flags = [0u8; 4];
+        s.read_exact(&mut client_flags).expect("client flags");
+        let mut head = [0u8; 16];
+        s.read_exact(&mut head).expect("option header");
+        let len = u32::from_be_bytes(head[12..16].try_into().expect("4"));
+        let mut data = vec![0u8; len as usize];
+        s.read_exact(&mut data).expect("option data");
+        let option_reply = |s: &mut dyn Write, kind: u32, data: &[u8]| {
+            let mut out = Vec::new();
+            out.extend_from_slice(&OPT_REPLY_MAGIC.to_be_bytes());
+            out.extend_from_slice(&NBD_OPT_GO.to_be_bytes());
+            out.extend_from_slice(&kind.to_be_bytes());
+            out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            out.extend_from_slice(data);
+            s.write_all(&out).expect("option reply");
+        };
+        let mut info = Vec::new();
+        info.extend_from_slice(&NBD_INFO_EXPORT.to_be_bytes());
+        info.extend_from_slice(&size.to_be_bytes());
+        info.extend_from_slice(&NBD_FLAG_SEND_TRIM.to_be_bytes());
+        option_reply(&mut s, NBD_REP_INFO, &info);
+        option_reply(&mut s, NBD_REP_ACK, &[]);
+        let mut answered = 0;
+        loop {
+            let mut request = [0u8; 28];
+            if s.read_exact(&mut request).is_err() {
+                return answered;
+            }
+            let command = u16::from_be_bytes([request[6], request[7]]);
+            let cookie = &request[8..16];
+            let len = u32::from_be_bytes(request[24..28].try_into().expect("4"));
+            if command == NBD_CMD_DISC {
+                return answered;
+            }
+            if command == NBD_CMD_WRITE {
+                let mut payload = vec![0u8; len as usize];
+                s.read_exact(&mut payload).expect("payload");
+            }
+            let mut reply = Vec::new();
+            reply.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+            reply.extend_from_slice(&0u32.to_be_bytes());
+            reply.extend_from_slice(cookie);
+            s.write_all(&reply).expect("reply");
+            answered += 1;
+        }
     }
 
     /// Calls started in one turn of the event loop go to the upstream
-    /// server in one write, however many there are.
+    /// server in one write, however many there are, on TCP and on a Unix
+    /// socket alike.
     #[test]
     fn requests_ready_together_go_out_in_one_write() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for socket_dir in [None, Some(dir.path())] {
+            requests_ready_together_go_out_in_one_write_on(socket_dir);
+        }
+    }
+
+    fn requests_ready_together_go_out_in_one_write_on(socket_dir: Option<&Path>) {
         const CALLS: usize = 8;
-        let (addr, server) = fake_upstream(1 << 20);
+        let (addr, server) = fake_upstream(1 << 20, socket_dir);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
+        let to = addr.clone();
         let writes = tokio::task::LocalSet::new().block_on(&runtime, async move {
             let pool = Rc::new(BufPool::default());
             let upstream = Rc::new(
-                NbdUpstream::connect(addr, "disk", pool)
+                NbdUpstream::connect(&to, "disk", pool)
                     .await
                     .expect("connect"),
             );
@@ -986,7 +1054,76 @@ mod tests {
             upstream.disconnect().await;
             writes
         });
-        assert_eq!(server.join().expect("fake upstream"), CALLS);
-        assert_eq!(writes, 1, "{CALLS} ready requests took {writes} writes");
+        assert_eq!(server.join().expect("fake upstream"), CALLS, "{addr}");
+        assert_eq!(
+            writes, 1,
+            "{addr}: {CALLS} ready requests took {writes} writes"
+        );
+    }
+
+    /// An upstream socket path with nothing there: the error says which
+    /// path, and that it is missing.
+    #[test]
+    fn a_missing_upstream_socket_is_named_in_the_error() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("nobody-listens.sock");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let addr = NbdAddr::Unix(path.clone());
+        let err = tokio::task::LocalSet::new()
+            .block_on(&runtime, async {
+                NbdUpstream::connect(&addr, "up", Rc::new(BufPool::default())).await
+            })
+            .expect_err("nothing listens there");
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("connecting to unix:{}: ", path.display())),
+            "{text}"
+        );
+    }
+
+    /// An upstream server that goes away fails the calls in flight and
+    /// every later call, on either transport.
+    #[test]
+    fn a_lost_upstream_fails_every_call_on_either_transport() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for socket_dir in [None, Some(dir.path())] {
+            let (addr, server) = fake_upstream(1 << 20, socket_dir);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            tokio::task::LocalSet::new().block_on(&runtime, async {
+                let upstream = NbdUpstream::connect(&addr, "disk", Rc::new(BufPool::default()))
+                    .await
+                    .expect("connect");
+                upstream
+                    .call(NBD_CMD_FLUSH, 0, 0, 0, Vec::new())
+                    .await
+                    .expect("answered");
+                // The fake server ends its connection on a goodbye; a
+                // DISC sent as a call gets no reply, so the call fails
+                // when the server closes.
+                let err = upstream
+                    .call(NBD_CMD_DISC, 0, 0, 0, Vec::new())
+                    .await
+                    .expect_err("the server closed");
+                assert_eq!(err.kind(), io::ErrorKind::BrokenPipe, "{addr}: {err}");
+                let later = upstream
+                    .call(NBD_CMD_FLUSH, 0, 0, 0, Vec::new())
+                    .await
+                    .expect_err("broken for good");
+                assert!(
+                    later
+                        .to_string()
+                        .contains("the server closed the connection"),
+                    "{addr}: {later}"
+                );
+            });
+            assert_eq!(server.join().expect("fake upstream"), 1, "{addr}");
+        }
     }
 }

@@ -26,12 +26,25 @@
 //! resource = "disk0"
 //! file = "disk0.img"              # or: nbd = "127.0.0.1:10900", nbd_export = "x"
 //! size = "64MiB"                  # created with this size if missing
+//!
+//! [[exports]]
+//! name = "disk1"
+//! tenant = "default"
+//! resource = "disk1"
+//! nbd_socket = "/run/qemu-nbd/disk1.sock" # an upstream NBD server's Unix socket
+//! nbd_export = "disk1"            # its export name (default empty)
 //! ```
+//!
+//! An export has exactly one backend: `file`, `nbd` (an upstream NBD
+//! server's TCP address) or `nbd_socket` (its Unix-domain socket, an
+//! absolute path: a server on the same host, one loopback TCP hop less).
 //!
 //! Unknown keys, missing keys and bad values are errors that name the key.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -70,6 +83,9 @@ pub enum ConfigError {
 
 /// Longest export name (the NBD protocol allows 4096 bytes).
 pub const EXPORT_NAME_MAX: usize = 256;
+/// Longest `exports[].nbd_socket` in bytes: a Unix socket address holds
+/// 108 bytes of path, the last one the terminating NUL.
+pub const NBD_SOCKET_PATH_MAX: usize = 107;
 /// Largest `proxy.connections_max`.
 pub const CONNECTIONS_MAX_LIMIT: usize = 65_536;
 /// Shortest `proxy.handshake_timeout`, `proxy.idle_timeout` and
@@ -249,9 +265,34 @@ pub struct Export {
     /// Upstream NBD server backend (`host:port`).
     #[serde(default)]
     pub nbd: Option<SocketAddr>,
-    /// Export name on the upstream server (default empty).
+    /// Upstream NBD server backend on this host: the absolute path of the
+    /// Unix-domain socket it listens on (`qemu-nbd -k PATH`,
+    /// `nbdkit -U PATH`).
+    #[serde(default)]
+    pub nbd_socket: Option<PathBuf>,
+    /// Export name on the upstream server (default empty); for `nbd` and
+    /// `nbd_socket` only.
     #[serde(default)]
     pub nbd_export: String,
+}
+
+/// Where an upstream NBD server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NbdAddr {
+    /// A TCP address (`nbd`).
+    Tcp(SocketAddr),
+    /// A Unix-domain stream socket's absolute path (`nbd_socket`).
+    Unix(PathBuf),
+}
+
+impl fmt::Display for NbdAddr {
+    /// `127.0.0.1:10900`, or `unix:/run/qemu-nbd/disk0.sock`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NbdAddr::Tcp(addr) => write!(f, "{addr}"),
+            NbdAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
 }
 
 /// Where an export's data lives.
@@ -267,7 +308,7 @@ pub enum BackendSpec {
     /// An upstream NBD server.
     Nbd {
         /// Its address.
-        addr: SocketAddr,
+        addr: NbdAddr,
         /// Export name there.
         export: String,
     },
@@ -335,21 +376,7 @@ impl ProxyConfig {
             if export.tenant.is_empty() {
                 return Err(format!("{at}.tenant: must not be empty"));
             }
-            match (&export.file, &export.nbd) {
-                (Some(_), Some(_)) => {
-                    return Err(format!("{at}: give either `file` or `nbd`, not both"))
-                }
-                (None, None) => return Err(format!("{at}: needs a backend: `file` or `nbd`")),
-                (None, Some(_)) if export.size.is_some() => {
-                    return Err(format!(
-                        "{at}.size: only for `file` backends (the upstream server knows its size)"
-                    ))
-                }
-                _ => {}
-            }
-            if export.size == Some(0) {
-                return Err(format!("{at}.size: must be above 0"));
-            }
+            validate_backend(export).map_err(|why| format!("{at}{why}"))?;
         }
         Ok(())
     }
@@ -430,18 +457,85 @@ impl ProxyConfig {
     /// Where export `export` keeps its data.
     #[must_use]
     pub fn backend(&self, export: &Export) -> BackendSpec {
-        match (&export.file, export.nbd) {
-            (Some(file), _) => BackendSpec::File {
-                path: self.resolve(file),
-                size: export.size,
-            },
-            (None, Some(addr)) => BackendSpec::Nbd {
-                addr,
-                export: export.nbd_export.clone(),
-            },
-            (None, None) => unreachable!("validated: every export has a backend"),
+        let addr = match (&export.file, export.nbd, &export.nbd_socket) {
+            (Some(file), _, _) => {
+                return BackendSpec::File {
+                    path: self.resolve(file),
+                    size: export.size,
+                }
+            }
+            (None, Some(addr), _) => NbdAddr::Tcp(addr),
+            (None, None, Some(path)) => NbdAddr::Unix(path.clone()),
+            (None, None, None) => unreachable!("validated: every export has a backend"),
+        };
+        BackendSpec::Nbd {
+            addr,
+            export: export.nbd_export.clone(),
         }
     }
+}
+
+/// One export's backend keys: exactly one of `file`, `nbd`, `nbd_socket`,
+/// and only the keys that go with it. The message starts with `.key: `
+/// or `: ` (the caller puts `exports[i]` in front).
+fn validate_backend(export: &Export) -> Result<(), String> {
+    let given: Vec<&str> = [
+        ("file", export.file.is_some()),
+        ("nbd", export.nbd.is_some()),
+        ("nbd_socket", export.nbd_socket.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(key, set)| set.then_some(key))
+    .collect();
+    match given.as_slice() {
+        [] => {
+            return Err(
+                ": needs a backend: `file`, `nbd` (host:port) or `nbd_socket` (a Unix socket path)"
+                    .into(),
+            )
+        }
+        [_] => {}
+        both => {
+            return Err(format!(
+                ": `{}` name {} backends; give exactly one",
+                both.join("` and `"),
+                both.len()
+            ))
+        }
+    }
+    if export.file.is_some() {
+        if !export.nbd_export.is_empty() {
+            return Err(".nbd_export: only for `nbd` and `nbd_socket` backends".into());
+        }
+        if export.size == Some(0) {
+            return Err(".size: must be above 0".into());
+        }
+        return Ok(());
+    }
+    if export.size.is_some() {
+        return Err(".size: only for `file` backends (the upstream server knows its size)".into());
+    }
+    if let Some(path) = &export.nbd_socket {
+        let bytes = path.as_os_str().as_bytes();
+        if bytes.is_empty() {
+            return Err(".nbd_socket: must not be empty".into());
+        }
+        if !path.is_absolute() {
+            return Err(format!(
+                ".nbd_socket: {path:?} must be an absolute path (the upstream server's socket, not a path relative to this file)"
+            ));
+        }
+        if bytes.contains(&0) {
+            return Err(format!(".nbd_socket: {path:?} contains a NUL byte"));
+        }
+        if bytes.len() > NBD_SOCKET_PATH_MAX {
+            return Err(format!(
+                ".nbd_socket: {} bytes; a Unix socket path has at most {NBD_SOCKET_PATH_MAX}",
+                bytes.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn in_range(key: &str, value: Duration, min: Duration, max: Duration) -> Result<(), String> {
@@ -678,6 +772,109 @@ size = "64MiB"
         ];
         for (text, expected) in cases {
             let err = ProxyConfig::parse(&text, Path::new("."))
+                .expect_err(expected)
+                .to_string();
+            assert!(err.contains(expected), "{expected:?} not in {err}");
+        }
+    }
+
+    /// The export's backend lines of GOOD replaced by `lines`.
+    fn with_backend(lines: &str) -> String {
+        GOOD.replace("file = \"disk0.img\"\nsize = \"64MiB\"\n", lines)
+    }
+
+    #[test]
+    fn upstream_backends_parse_by_address_or_socket_path() {
+        let tcp = with_backend("nbd = \"127.0.0.1:10900\"\nnbd_export = \"up\"\n");
+        let config = ProxyConfig::parse(&tcp, Path::new("/etc/p")).expect("valid");
+        assert_eq!(
+            config.backend(&config.exports[0]),
+            BackendSpec::Nbd {
+                addr: NbdAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 10900))),
+                export: "up".into()
+            }
+        );
+        let unix = with_backend("nbd_socket = \"/run/qemu-nbd/disk0.sock\"\nnbd_export = \"up\"\n");
+        let config = ProxyConfig::parse(&unix, Path::new("/etc/p")).expect("valid");
+        let spec = config.backend(&config.exports[0]);
+        assert_eq!(
+            spec,
+            BackendSpec::Nbd {
+                addr: NbdAddr::Unix(PathBuf::from("/run/qemu-nbd/disk0.sock")),
+                export: "up".into()
+            }
+        );
+        let BackendSpec::Nbd { addr, .. } = spec else {
+            unreachable!("matched above")
+        };
+        assert_eq!(addr.to_string(), "unix:/run/qemu-nbd/disk0.sock");
+        // No export name: the upstream's default (empty) export.
+        let unnamed = with_backend("nbd_socket = \"/run/x.sock\"\n");
+        let config = ProxyConfig::parse(&unnamed, Path::new(".")).expect("valid");
+        assert_eq!(config.exports[0].nbd_export, "");
+        // The longest path a Unix socket address holds is accepted.
+        let longest = format!("/{}", "s".repeat(NBD_SOCKET_PATH_MAX - 1));
+        let text = with_backend(&format!("nbd_socket = \"{longest}\"\n"));
+        ProxyConfig::parse(&text, Path::new(".")).expect("107 bytes fit");
+    }
+
+    #[test]
+    fn every_bad_backend_combination_is_named() {
+        let too_long = format!("/{}", "s".repeat(NBD_SOCKET_PATH_MAX));
+        let cases = [
+            (
+                "file = \"d.img\"\nnbd_socket = \"/run/x.sock\"\n".to_owned(),
+                "exports[0]: `file` and `nbd_socket` name 2 backends; give exactly one",
+            ),
+            (
+                "file = \"d.img\"\nnbd = \"127.0.0.1:1\"\n".to_owned(),
+                "exports[0]: `file` and `nbd` name 2 backends",
+            ),
+            (
+                "nbd = \"127.0.0.1:1\"\nnbd_socket = \"/run/x.sock\"\n".to_owned(),
+                "exports[0]: `nbd` and `nbd_socket` name 2 backends",
+            ),
+            (
+                "file = \"d.img\"\nnbd = \"127.0.0.1:1\"\nnbd_socket = \"/run/x.sock\"\n"
+                    .to_owned(),
+                "`file` and `nbd` and `nbd_socket` name 3 backends",
+            ),
+            (
+                "nbd_export = \"up\"\n".to_owned(),
+                "exports[0]: needs a backend: `file`, `nbd` (host:port) or `nbd_socket`",
+            ),
+            (
+                "nbd_socket = \"\"\n".to_owned(),
+                "exports[0].nbd_socket: must not be empty",
+            ),
+            (
+                "nbd_socket = \"run/x.sock\"\n".to_owned(),
+                "exports[0].nbd_socket: \"run/x.sock\" must be an absolute path",
+            ),
+            (
+                "nbd_socket = \"/run/x\\u0000.sock\"\n".to_owned(),
+                "exports[0].nbd_socket: \"/run/x\\0.sock\" contains a NUL byte",
+            ),
+            (
+                format!("nbd_socket = \"{too_long}\"\n"),
+                "exports[0].nbd_socket: 108 bytes; a Unix socket path has at most 107",
+            ),
+            (
+                "nbd_socket = \"/run/x.sock\"\nsize = \"1MiB\"\n".to_owned(),
+                "exports[0].size: only for `file` backends",
+            ),
+            (
+                "file = \"d.img\"\nnbd_export = \"up\"\n".to_owned(),
+                "exports[0].nbd_export: only for `nbd` and `nbd_socket` backends",
+            ),
+            (
+                "file = \"d.img\"\nsize = \"0\"\n".to_owned(),
+                "exports[0].size: must be above 0",
+            ),
+            ("nbd_socket = 7\n".to_owned(), "nbd_socket"),
+        ];
+        for (lines, expected) in cases {
+            let err = ProxyConfig::parse(&with_backend(&lines), Path::new("."))
                 .expect_err(expected)
                 .to_string();
             assert!(err.contains(expected), "{expected:?} not in {err}");

@@ -3,15 +3,19 @@
 //!
 //! Pipelining needs a task that reads requests (or replies) while another
 //! writes replies (or requests) on the same connection. [`split`] hands
-//! the two directions of a tokio `TcpStream` to two tasks ([`ReadHalf`],
-//! [`WriteHalf`]) and adds what the shell needs around them: a deadline on
+//! the two directions of a [`Stream`] (a tokio `TcpStream`, or a
+//! `UnixStream` to an upstream NBD server on the same host) to two tasks
+//! ([`ReadHalf`], [`WriteHalf`]) and adds what the shell needs around
+//! them: a deadline on
 //! reads, a timeout on each wait for room to write, and a shutdown that
 //! stops the other task. Readiness comes from mio's edge-triggered epoll:
 //! a read that would block costs no re-arming (glommio armed a `POLL_ADD`
 //! per read), and a read that returns less than the buffer marks the
 //! socket drained, so the next read waits for epoll instead of making a
 //! `recv` that says `EAGAIN` (tokio's `AsyncRead` does that; its
-//! `try_read` does not). [`Signal`] wakes one waiting task.
+//! `try_read` does not). TCP and Unix streams behave alike here (both are
+//! tokio's `PollEvented`); which one a half holds is one `match` per
+//! poll. [`Signal`] wakes one waiting task.
 //!
 //! [`Signal`] is not `Send`: everything here lives on one thread.
 //!
@@ -34,24 +38,112 @@
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::Shutdown;
-use std::task::{Poll, Waker};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use palisade_host::clock::monotonic_ms;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{tcp, unix, TcpStream, UnixStream};
+
+/// A connected stream socket: TCP (clients, upstream servers by address)
+/// or Unix-domain (upstream servers by socket path).
+#[derive(Debug)]
+pub enum Stream {
+    /// A TCP connection.
+    Tcp(TcpStream),
+    /// A Unix-domain stream socket.
+    Unix(UnixStream),
+}
+
+impl From<TcpStream> for Stream {
+    fn from(stream: TcpStream) -> Stream {
+        Stream::Tcp(stream)
+    }
+}
+
+impl From<UnixStream> for Stream {
+    fn from(stream: UnixStream) -> Stream {
+        Stream::Unix(stream)
+    }
+}
 
 /// The two directions of `stream`, for a reading and a writing task.
 #[must_use]
-pub fn split(stream: TcpStream) -> (ReadHalf, WriteHalf) {
-    let (read, write) = stream.into_split();
-    (ReadHalf(read), WriteHalf(write))
+pub fn split(stream: impl Into<Stream>) -> (ReadHalf, WriteHalf) {
+    match stream.into() {
+        Stream::Tcp(stream) => {
+            let (read, write) = stream.into_split();
+            (
+                ReadHalf(ReadInner::Tcp(read)),
+                WriteHalf(WriteInner::Tcp(write)),
+            )
+        }
+        Stream::Unix(stream) => {
+            let (read, write) = stream.into_split();
+            (
+                ReadHalf(ReadInner::Unix(read)),
+                WriteHalf(WriteInner::Unix(write)),
+            )
+        }
+    }
 }
 
 /// The reading direction of a stream [`split`] for two tasks.
 #[derive(Debug)]
-pub struct ReadHalf(OwnedReadHalf);
+pub struct ReadHalf(ReadInner);
+
+#[derive(Debug)]
+enum ReadInner {
+    Tcp(tcp::OwnedReadHalf),
+    Unix(unix::OwnedReadHalf),
+}
+
+impl AsyncRead for ReadInner {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ReadInner::Tcp(read) => Pin::new(read).poll_read(cx, buf),
+            ReadInner::Unix(read) => Pin::new(read).poll_read(cx, buf),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum WriteInner {
+    Tcp(tcp::OwnedWriteHalf),
+    Unix(unix::OwnedWriteHalf),
+}
+
+impl AsyncWrite for WriteInner {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteInner::Tcp(write) => Pin::new(write).poll_write(cx, buf),
+            WriteInner::Unix(write) => Pin::new(write).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteInner::Tcp(write) => Pin::new(write).poll_flush(cx),
+            WriteInner::Unix(write) => Pin::new(write).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteInner::Tcp(write) => Pin::new(write).poll_shutdown(cx),
+            WriteInner::Unix(write) => Pin::new(write).poll_shutdown(cx),
+        }
+    }
+}
 
 impl ReadHalf {
     /// Reads what is there (at least one byte, or 0 at the end of the
@@ -81,7 +173,7 @@ impl ReadHalf {
 /// The writing direction of a stream [`split`] for two tasks. Dropping it
 /// shuts the stream's writing direction down (the peer reads the end).
 #[derive(Debug)]
-pub struct WriteHalf(OwnedWriteHalf);
+pub struct WriteHalf(WriteInner);
 
 impl WriteHalf {
     /// Writes all of `bytes`. With `wait_max`, a wait for room in the
@@ -114,7 +206,14 @@ impl WriteHalf {
     /// end of the stream, so a failed writer can stop its reader.
     pub fn shutdown(&self) {
         // The error (already shut, peer gone) changes nothing.
-        let _ = socket2::SockRef::from(self.0.as_ref()).shutdown(Shutdown::Both);
+        let _ = match &self.0 {
+            WriteInner::Tcp(write) => {
+                socket2::SockRef::from(write.as_ref()).shutdown(Shutdown::Both)
+            }
+            WriteInner::Unix(write) => {
+                socket2::SockRef::from(write.as_ref()).shutdown(Shutdown::Both)
+            }
+        };
     }
 }
 

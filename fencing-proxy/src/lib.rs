@@ -8,7 +8,8 @@
 //! only awaits what it asks for), the link to the lease service ([`lease`]),
 //! the bounds on what clients can make it hold ([`limits`], [`config`]),
 //! and the pieces that let one connection have many requests in flight
-//! ([`duplex`], [`pool`], the multiplexed upstream in [`backend`]), and
+//! ([`duplex`], [`pool`], the multiplexed upstream in [`backend`], over
+//! TCP or a Unix socket), and
 //! its test hooks ([`failpoints`]).
 //! It must never acknowledge a write under a token below the durable fence,
 //! never raise a fence without making it durable first, and never guess a

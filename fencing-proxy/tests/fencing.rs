@@ -47,6 +47,16 @@ fn assert_holds(setup: &ProxySetup, pattern: &str) {
     assert!(ok, "the disk does not hold {pattern}: {out}");
 }
 
+/// The disk holds `pattern` at `0..4k`, read without a token.
+fn assert_holds_4k(setup: &ProxySetup, pattern: &str) {
+    let url = setup.url(None);
+    let mut args = RO.to_vec();
+    args.push(&url);
+    let command = format!("read -P {pattern} 0 4k");
+    let (ok, out) = qemu_io(&args, &[&command]);
+    assert!(ok, "the disk does not hold {pattern}: {out}");
+}
+
 /// Holder A (token t1, ttl 1 s) connects and writes 0xaa at 0..64k, is
 /// paused (SIGSTOP) past its ttl, and B acquires: returns A's session and
 /// (t1, t2).
@@ -150,24 +160,77 @@ fn an_upstream_nbd_backend_is_fenced_the_same_way() {
     if !ready() {
         return;
     }
+    upstream_is_fenced(false);
+}
+
+#[test]
+fn an_upstream_on_a_unix_socket_is_fenced_the_same_way() {
+    if !ready() {
+        return;
+    }
+    upstream_is_fenced(true);
+}
+
+/// [`stale_writer`] through a real `qemu-nbd` upstream, on TCP or on a
+/// Unix socket: B's data is read back through the proxy, A is refused,
+/// and the bytes are in the upstream's file.
+fn upstream_is_fenced(unix: bool) {
     let tmp = tempfile::tempdir().expect("tmp");
     let image = tmp.path().join("upstream.img");
     let file = std::fs::File::create(&image).expect("image");
     file.set_len(64 << 20).expect("size");
-    let upstream = QemuNbd::start(&image, "up");
-    let addr = upstream.addr;
-    stale_writer(
-        move |setup| {
-            setup.backend = format!("nbd = \"{addr}\"\nnbd_export = \"up\"\n");
-        },
-        true,
-    );
+    let upstream = if unix {
+        QemuNbd::start_unix(&image, "up", &tmp.path().join("up.sock"))
+    } else {
+        QemuNbd::start(&image, "up")
+    };
+    let lines = upstream.backend_lines();
+    assert_eq!(lines.contains("nbd_socket"), unix, "{lines}");
+    stale_writer(move |setup| setup.backend = lines, true);
     // The bytes went to the upstream's file.
     let (ok, out) = qemu_io(
         &["-f", "raw", "-r", image.to_str().expect("utf-8")],
         &["read -P 0xbb 0 64k"],
     );
     assert!(ok, "upstream file: {out}");
+}
+
+/// An export whose upstream socket does not exist: the proxy starts
+/// (the upstream may come later), a client's handshake is refused with
+/// the socket's path, and once a `qemu-nbd` listens there the same
+/// config serves.
+#[test]
+fn a_missing_upstream_socket_refuses_the_handshake_naming_the_path() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let lease = Lease::start(tmp.path());
+    let socket = tmp.path().join("later.sock");
+    let mut setup = ProxySetup::file(tmp.path(), &lease.endpoint);
+    setup.backend = format!(
+        "nbd_socket = \"{}\"\nnbd_export = \"up\"\n",
+        socket.display()
+    );
+    let proxy = Proxy::start(&setup, &[]);
+    let token = lease.acquire("disk0", "30s");
+    let url = setup.url(Some(token));
+    let (ok, out) = qemu_io(&rw(&url), &["write -P 0xcc 0 4k"]);
+    assert!(!ok, "wrote without an upstream: {out}");
+    let why = format!("connecting to unix:{}", socket.display());
+    assert!(out.contains(&why), "the client is not told {why:?}: {out}");
+    let log = proxy.log_text();
+    assert!(log.contains(&why), "the log does not say {why:?}: {log}");
+    // The upstream comes up: no restart of the proxy needed.
+    let image = tmp.path().join("upstream.img");
+    std::fs::File::create(&image)
+        .expect("image")
+        .set_len(1 << 20)
+        .expect("size");
+    let _upstream = QemuNbd::start_unix(&image, "up", &socket);
+    let (ok, out) = qemu_io(&rw(&url), &["write -P 0xcc 0 4k"]);
+    assert!(ok, "through the upstream once it listens: {out}");
+    assert_holds_4k(&setup, "0xcc");
 }
 
 #[test]

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{nbd_go, sleep_ms, Lease, Proxy, ProxySetup};
+use common::{have, nbd_go, sleep_ms, Lease, Proxy, ProxySetup, QemuNbd};
 use palisade_fencing_proxy::nbd::{
     self, transmission_flags as tf, Command, Event, ExportInfo, Handshake, Incoming,
 };
@@ -371,6 +371,30 @@ fn many_requests_in_flight_get_their_own_replies_out_of_order_upstream() {
         upstream.seen.batch_max.load(Ordering::Relaxed) > 1,
         "the proxy never had two requests in flight upstream"
     );
+}
+
+/// The same round trip through a real `qemu-nbd` on a Unix socket: the
+/// multiplexer over the other transport, against a server that answers
+/// as it likes.
+#[test]
+fn many_requests_in_flight_get_their_own_replies_from_qemu_nbd_on_a_unix_socket() {
+    if !have("qemu-nbd") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let lease = Lease::start(tmp.path());
+    let image = tmp.path().join("upstream.img");
+    std::fs::File::create(&image)
+        .expect("image")
+        .set_len(DISK_BYTES as u64)
+        .expect("size");
+    let upstream = QemuNbd::start_unix(&image, "up", &tmp.path().join("up.sock"));
+    let mut setup = ProxySetup::file(tmp.path(), &lease.endpoint);
+    setup.backend = upstream.backend_lines();
+    setup.proxy_extra = "requests_in_flight_max = 32\n".into();
+    let _proxy = Proxy::start(&setup, &[]);
+    let token = lease.acquire("disk0", "30s");
+    pipelined_round_trip(setup.listen, &format!("disk0@{token}"), 32, 1024);
 }
 
 #[test]

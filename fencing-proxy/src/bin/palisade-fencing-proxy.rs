@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use palisade_fencing_proxy::config::{BackendSpec, ProxyConfig};
+use palisade_fencing_proxy::config::{BackendSpec, NbdAddr, ProxyConfig};
 use palisade_fencing_proxy::failpoints::Failpoints;
 use palisade_fencing_proxy::fence::{Fence, FenceError, FenceStore};
 use palisade_fencing_proxy::limits::{self, Nofile};
@@ -136,7 +136,14 @@ fn run(cli: Cli) -> Result<()> {
                         size.map(|s| format!(" ({s} bytes if created)"))
                             .unwrap_or_default()
                     ),
-                    BackendSpec::Nbd { addr, export } => format!("nbd://{addr}/{export}"),
+                    BackendSpec::Nbd {
+                        addr: NbdAddr::Tcp(addr),
+                        export,
+                    } => format!("nbd://{addr}/{export}"),
+                    BackendSpec::Nbd {
+                        addr: NbdAddr::Unix(path),
+                        export,
+                    } => format!("nbd+unix:///{export}?socket={}", path.display()),
                 };
                 println!(
                     "export {}: tenant {}, resource {}, {backend}",

@@ -222,7 +222,7 @@ async fn open_backend(exports: &Exports, export: &ExportRt) -> io::Result<Backen
             )))
         }
         BackendSpec::Nbd { addr, export: name } => {
-            Ok(Backend::Nbd(NbdUpstream::connect(*addr, name, pool).await?))
+            Ok(Backend::Nbd(NbdUpstream::connect(addr, name, pool).await?))
         }
     }
 }

@@ -134,7 +134,7 @@ pub struct ProxySetup {
     pub listen: SocketAddr,
     pub metrics: SocketAddr,
     pub lease_endpoint: String,
-    /// `file = ...` or `nbd = ...` lines of the export.
+    /// `file = ...`, `nbd = ...` or `nbd_socket = ...` lines of the export.
     pub backend: String,
     /// More lines for `[proxy]` (limits, timeouts).
     pub proxy_extra: String,
@@ -533,35 +533,57 @@ impl Drop for Session {
     }
 }
 
-/// A `qemu-nbd` serving `image` as export `name` on a free port.
+/// A `qemu-nbd` serving `image` as export `name` on a free port, or on a
+/// Unix socket.
 pub struct QemuNbd {
     child: Child,
     pub addr: SocketAddr,
+    /// The Unix socket it listens on instead of `addr`.
+    pub socket: Option<PathBuf>,
+    name: String,
 }
 
 impl QemuNbd {
     pub fn start(image: &Path, name: &str) -> QemuNbd {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let port = addr.port().to_string();
+        QemuNbd::spawn(image, name, &["-b", "127.0.0.1", "-p", &port], addr, None)
+    }
+
+    /// Listening on the Unix socket `socket` (`qemu-nbd -k`) only.
+    pub fn start_unix(image: &Path, name: &str, socket: &Path) -> QemuNbd {
+        let unused = SocketAddr::from(([127, 0, 0, 1], 0));
+        let path = socket.to_str().expect("utf-8 socket path");
+        QemuNbd::spawn(image, name, &["-k", path], unused, Some(socket))
+    }
+
+    fn spawn(
+        image: &Path,
+        name: &str,
+        listen: &[&str],
+        addr: SocketAddr,
+        socket: Option<&Path>,
+    ) -> QemuNbd {
         let mut upstream = QemuNbd {
             child: Command::new("qemu-nbd")
-                .args([
-                    "-f",
-                    "raw",
-                    "--persistent",
-                    "--shared=16",
-                    "-b",
-                    "127.0.0.1",
-                ])
-                .args(["-p", &addr.port().to_string(), "-x", name])
+                .args(["-f", "raw", "--persistent", "--shared=16"])
+                .args(listen)
+                .args(["-x", name])
                 .arg(image)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("spawn qemu-nbd"),
             addr,
+            socket: socket.map(Path::to_path_buf),
+            name: name.to_owned(),
         };
         for _ in 0..500 {
-            if TcpStream::connect(addr).is_ok() {
+            let up = match socket {
+                Some(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
+                None => TcpStream::connect(addr).is_ok(),
+            };
+            if up {
                 return upstream;
             }
             if let Ok(Some(status)) = upstream.child.try_wait() {
@@ -571,6 +593,19 @@ impl QemuNbd {
         }
         upstream.child.kill().ok();
         panic!("qemu-nbd did not start");
+    }
+
+    /// The export's backend lines for [`ProxySetup::backend`]: `nbd` or
+    /// `nbd_socket`, and `nbd_export`.
+    pub fn backend_lines(&self) -> String {
+        match &self.socket {
+            Some(path) => format!(
+                "nbd_socket = \"{}\"\nnbd_export = \"{}\"\n",
+                path.display(),
+                self.name
+            ),
+            None => format!("nbd = \"{}\"\nnbd_export = \"{}\"\n", self.addr, self.name),
+        }
     }
 }
 
