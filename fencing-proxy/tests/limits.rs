@@ -82,6 +82,14 @@ fn stalled_trickling_and_idle_connections_are_closed_by_their_timeouts() {
     );
     assert!(closed_within(&mut writer, 10_000), "an idle writer");
     assert!(trickled.join().expect("trickler"), "a trickling handshake");
+    // The proxy counts a timed-out connection once its task has ended,
+    // which may be just after the client saw the close: wait for it.
+    let deadline = now_ms() + 10_000;
+    while process_metric(setup.metrics, "palisade_proxy_connections_timed_out_total") < 4
+        && now_ms() < deadline
+    {
+        sleep_ms(20);
+    }
     assert!(
         process_metric(setup.metrics, "palisade_proxy_connections_timed_out_total") >= 4,
         "{}\n{}",
