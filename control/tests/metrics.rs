@@ -371,12 +371,19 @@ fn drive_until(
     last
 }
 
+/// A node with one core, so that every client lands on it, polling for
+/// `busy_poll` when busy.
+fn one_core(busy_poll: &str) -> Server {
+    Server::start(&format!(
+        "[node]\ncores = 1\n[leases]\nreplication = \"none\"\nmax_ttl = \"10m\"\n\
+         [dataplane]\nbusy_poll = \"{busy_poll}\"\n"
+    ))
+}
+
 #[test]
 fn a_busy_core_polls_before_it_sleeps_and_counts_the_time() {
-    // One core, so that every client lands on it; the longest budget.
-    let server = Server::start(
-        "[node]\ncores = 1\n[leases]\nreplication = \"none\"\nmax_ttl = \"10m\"\n[dataplane]\nbusy_poll = \"1ms\"\n",
-    );
+    // The longest budget.
+    let server = one_core("1ms");
     let last = drive_until(&server, 4, |s| {
         value(s, "palisade_core_busy_poll_seconds_total") > 0.0
     });
@@ -389,9 +396,7 @@ fn a_busy_core_polls_before_it_sleeps_and_counts_the_time() {
 
 #[test]
 fn with_busy_poll_off_a_busy_core_never_polls() {
-    let server = Server::start(
-        "[node]\ncores = 1\n[leases]\nreplication = \"none\"\nmax_ttl = \"10m\"\n[dataplane]\nbusy_poll = \"0s\"\n",
-    );
+    let server = one_core("0s");
     // The same load, for as many requests as the test above usually needs.
     let last = drive_until(&server, 4, |s| {
         value(s, "palisade_requests_total") > 20_000.0

@@ -39,20 +39,16 @@ fn fixture() -> Fixture {
 
 /// The disk holds `pattern` at `0..64k`, read without a token.
 fn assert_holds(setup: &ProxySetup, pattern: &str) {
-    let url = setup.url(None);
-    let mut args = RO.to_vec();
-    args.push(&url);
-    let command = format!("read -P {pattern} 0 64k");
-    let (ok, out) = qemu_io(&args, &[&command]);
-    assert!(ok, "the disk does not hold {pattern}: {out}");
+    assert_holds_in(setup, pattern, "64k");
 }
 
-/// The disk holds `pattern` at `0..4k`, read without a token.
-fn assert_holds_4k(setup: &ProxySetup, pattern: &str) {
+/// The disk holds `pattern` at `0..len` (a qemu-io length), read without
+/// a token.
+fn assert_holds_in(setup: &ProxySetup, pattern: &str, len: &str) {
     let url = setup.url(None);
     let mut args = RO.to_vec();
     args.push(&url);
-    let command = format!("read -P {pattern} 0 4k");
+    let command = format!("read -P {pattern} 0 {len}");
     let (ok, out) = qemu_io(&args, &[&command]);
     assert!(ok, "the disk does not hold {pattern}: {out}");
 }
@@ -230,7 +226,7 @@ fn a_missing_upstream_socket_refuses_the_handshake_naming_the_path() {
     let _upstream = QemuNbd::start_unix(&image, "up", &socket);
     let (ok, out) = qemu_io(&rw(&url), &["write -P 0xcc 0 4k"]);
     assert!(ok, "through the upstream once it listens: {out}");
-    assert_holds_4k(&setup, "0xcc");
+    assert_holds_in(&setup, "0xcc", "4k");
 }
 
 #[test]

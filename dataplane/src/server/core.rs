@@ -364,7 +364,8 @@ impl Core {
             }
             let turn_began_ns = monotonic_ns();
             let turn_began_ms = turn_began_ns / 1_000_000;
-            let found_work = !events.is_empty() || !self.inbox.is_empty();
+            // Only the busy-poll policy reads this (its inbox check is not free).
+            let found_work = self.spin.enabled() && (!events.is_empty() || !self.inbox.is_empty());
             // Connections first, new ones last: a flood of connects must not
             // evict a connection whose `Hello` is already waiting to be read.
             let mut listener_ready = false;
@@ -398,7 +399,7 @@ impl Core {
             }
             more |= events.len() == EVENTS_MAX;
             let turn_ended_ns = monotonic_ns();
-            if found_work && self.spin.enabled() {
+            if found_work {
                 self.spin.worked(turn_began_ns, turn_ended_ns);
                 self.last_work_ns = turn_ended_ns;
             }
