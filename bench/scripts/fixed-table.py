@@ -13,6 +13,10 @@ workload, connection count and rate had more than CPUS of other work on
 the machine, stolen time included (`other_cpus` + `stolen_cpus`, recorded
 since 054fd99): whole rounds, so
 that every system keeps the same rounds. It says how many it left out.
+
+A run cut short (the server pushed back, `measured.overloaded`) or with
+requests unanswered is not a latency: it is left out of the min and
+median and listed at the end, as the compare report flags it.
 """
 import json
 import statistics
@@ -27,6 +31,7 @@ if args[:1] == ["--quiet"]:
     quiet = float(args[1])
     args = args[2:]
 dropped = set()
+cut_short = []
 for arg in args:
     label, path = arg.split("=", 1)
     data = json.load(open(f"{path}/results.json"))
@@ -47,7 +52,12 @@ for arg in args:
             name = f"{name} ({label})"
         if name not in systems:
             systems.append(name)
-        m = cell["measured"]["requests"]
+        measured = cell["measured"]
+        if measured.get("overloaded") or measured.get("unanswered"):
+            why = measured.get("overloaded") or f"{measured['unanswered']} unanswered"
+            cut_short.append(f"{name} {cell['workload']} x{cell['connections']} at {cell['rate']:.0f}/s round {cell['round']} ({why})")
+            continue
+        m = measured["requests"]
         key = (cell["workload"], cell["connections"], int(cell["rate"]), name)
         rows[key].append((m["p99"], m["p99_9"], cell["cpu_us_per_request"]))
 
@@ -75,3 +85,5 @@ if quiet is not None:
     print(f"\n(--quiet {quiet}: {len(dropped)} noisy round(s) left out: "
           + (", ".join(f"{w} x{c} at {r:.0f}/s round {n} of {p}" for p, w, c, r, n in sorted(dropped)) or "none")
           + ")")
+if cut_short:
+    print(f"\n(not sustained, left out: {'; '.join(cut_short)})")

@@ -280,8 +280,8 @@ pub struct DataplaneConfig {
     /// busy (over 60 % of the last 10 ms on requests): a sleep and its
     /// wake-up (a context switch, and the CPU's own wake-up if it went
     /// idle) delay the request that ends it, and near saturation the
-    /// requests queued behind it. `0s..=1ms`, default `0s`: never polls.
-    /// Under light load it never polls either.
+    /// requests queued behind it. `0s..=1ms`, default `30us`; `0s` never
+    /// polls. Under light load it never polls either.
     pub busy_poll: Duration,
 }
 
@@ -623,7 +623,7 @@ impl Default for DataplaneConfig {
             preempt_timer: Duration::from_millis(1),
             rpc_latency: Duration::from_micros(200),
             client_dscp: 46,
-            busy_poll: Duration::ZERO,
+            busy_poll: Duration::from_micros(30),
         }
     }
 }
