@@ -553,6 +553,7 @@ impl Node {
             .control
             .peers
             .store(voters.len().saturating_sub(1) as u64, Ordering::Relaxed);
+        log.time_syncs(Arc::clone(&shared.control.log_sync));
         let (proposals_tx, proposals) = flume::bounded(PROPOSALS_MAX);
         let doorbell = Arc::new(Doorbell::new().map_err(NodeError::Doorbell)?);
         let (notices, notice_rxs) =

@@ -68,8 +68,11 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use palisade_dataplane::metrics::LatencyHistogram;
+use palisade_host::clock;
 use palisade_host::durable::{self, DurableError};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
@@ -639,6 +642,9 @@ pub struct RaftLog {
     preallocate: u64,
     /// A compaction whose file is being written elsewhere, if one is.
     compacting: Option<Compacting>,
+    /// Where each sync's duration goes ([`RaftLog::time_syncs`]), if
+    /// anywhere.
+    sync_times: Option<Arc<LatencyHistogram>>,
 }
 
 /// What a compaction in flight needs from the log it replaces: every batch
@@ -768,6 +774,7 @@ impl RaftLog {
             allocated: 0,
             preallocate: 0,
             compacting: None,
+            sync_times: None,
         };
         match replay.format {
             Some(Format::V2) => {
@@ -918,6 +925,13 @@ impl RaftLog {
         self.end
     }
 
+    /// Records how long each [`RaftLog::sync`] from now on takes (the
+    /// batch's write and the fsync) in `histogram`; this thread must be
+    /// its only writer.
+    pub fn time_syncs(&mut self, histogram: Arc<LatencyHistogram>) {
+        self.sync_times = Some(histogram);
+    }
+
     /// Writes everything queued as one batch and fsyncs it. Call before
     /// sending any message that depends on what was queued. After an error
     /// the log refuses further writes: the node must stop.
@@ -927,6 +941,7 @@ impl RaftLog {
                 path: self.path.clone(),
             });
         }
+        let started_ns = self.sync_times.as_ref().map(|_| clock::monotonic_ns());
         if self.failpoints {
             let stall = self.dir.join(FSYNC_STALL_FAILPOINT);
             while stall.exists() {
@@ -949,6 +964,9 @@ impl RaftLog {
             .sync_data()
             .map_err(io_err("fsyncing", &self.path))?;
         self.failed = false;
+        if let (Some(histogram), Some(started_ns)) = (&self.sync_times, started_ns) {
+            histogram.record(clock::monotonic_ns().saturating_sub(started_ns), 1);
+        }
         if !self.pending.is_empty() {
             match &mut self.compacting {
                 Some(compacting) => compacting.batches.push(std::mem::take(&mut self.pending)),

@@ -204,6 +204,18 @@ fn metrics_count_what_clients_did_and_promtool_accepts_them() {
         assert_eq!(value(&after, &inf), *count, "{inf}");
     }
     assert!(value(&after, "palisade_commit_index") >= 1.0);
+    // Grants and releases went through the raft log (`replication =
+    // "quorum"`, the default): each of its syncs was timed.
+    let syncs = value(&after, "palisade_log_sync_duration_seconds_count");
+    assert!(syncs >= 1.0, "{body}");
+    assert_eq!(
+        value(
+            &after,
+            "palisade_log_sync_duration_seconds_bucket{le=\"+Inf\"}"
+        ),
+        syncs
+    );
+    assert!(value(&after, "palisade_log_sync_duration_seconds_sum") > 0.0);
 
     common::promtool::check(&body);
     drop(client);

@@ -3,7 +3,8 @@
 //! What it owns: [`CoreStats`], the counters one data-plane core bumps on
 //! its own request path (single writer: a plain load and store, never a
 //! locked instruction, each core's block on its own cache lines);
-//! [`ControlStats`], which the control-plane thread writes; and
+//! [`ControlStats`], which the control-plane thread writes (the raft
+//! log's sync times among them); and
 //! [`render`], which sums the per-core counters into the text a
 //! Prometheus server scrapes (`GET /metrics` on the admin port, served by
 //! the shell in `server::admin`).
@@ -23,6 +24,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use palisade_proto::Role;
 
@@ -65,8 +67,9 @@ pub fn bump(counter: &AtomicU64, n: u64) {
     );
 }
 
-/// Request latency of one core: per-bucket counts and the sum, written by
-/// that core only.
+/// Latencies in [`LATENCY_BOUNDS_NS`] buckets: per-bucket counts and the
+/// sum, written by one thread only (a core's request latency, or the
+/// control thread's raft log syncs).
 #[derive(Debug, Default)]
 pub struct LatencyHistogram {
     /// Requests per bucket (not cumulative); the last is above every bound.
@@ -102,7 +105,7 @@ impl HistogramSnapshot {
 
 impl LatencyHistogram {
     /// Records `n` requests answered in `latency_ns` each. Call only from
-    /// the core that owns this histogram.
+    /// the one thread that writes this histogram.
     pub fn record(&self, latency_ns: u64, n: u64) {
         if n == 0 {
             return;
@@ -344,6 +347,10 @@ pub struct ControlStats {
     /// control thread, the peer transport) are pinned to CPUs no core
     /// uses; 0 when they share the cores' CPUs. Set once at start.
     pub control_pinned: AtomicU64,
+    /// How long each raft log sync took (writing its batch and the
+    /// `fdatasync`), which every replicated grant waits for; the log
+    /// records into it from the node's start.
+    pub log_sync: Arc<LatencyHistogram>,
 }
 
 /// One metric family's header.
@@ -610,26 +617,50 @@ pub fn render(shared: &RequestService, now_ms: u64) -> String {
     );
     for (core, stats) in shared.stats.iter().enumerate() {
         let snapshot = stats.latency.snapshot();
-        histogram_lines(&mut out, &format!("core=\"{core}\""), &snapshot);
+        histogram_lines(
+            &mut out,
+            "palisade_request_duration_seconds",
+            &format!("core=\"{core}\""),
+            &snapshot,
+        );
     }
+    family(
+        &mut out,
+        "palisade_log_sync_duration_seconds",
+        "histogram",
+        "Time of each raft log sync (writing the batch, then fdatasync), which every replicated grant and release waits for.",
+    );
+    histogram_lines(
+        &mut out,
+        "palisade_log_sync_duration_seconds",
+        "",
+        &control.log_sync.snapshot(),
+    );
     out
 }
 
-fn histogram_lines(out: &mut String, labels: &str, snapshot: &HistogramSnapshot) {
-    let name = "palisade_request_duration_seconds";
+/// One histogram's bucket, sum and count lines; `labels` without braces,
+/// empty for none.
+fn histogram_lines(out: &mut String, name: &str, labels: &str, snapshot: &HistogramSnapshot) {
+    let sep = if labels.is_empty() { "" } else { "," };
     let mut cumulative = 0u64;
     for (bound, count) in LATENCY_BOUNDS_NS.iter().zip(snapshot.buckets) {
         cumulative += count;
         let _ = writeln!(
             out,
-            "{name}_bucket{{{labels},le=\"{}\"}} {cumulative}",
+            "{name}_bucket{{{labels}{sep}le=\"{}\"}} {cumulative}",
             seconds(*bound)
         );
     }
     let count = snapshot.count();
-    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", seconds(snapshot.sum_ns));
-    let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+    if labels.is_empty() {
+        let _ = writeln!(out, "{name}_sum {}", seconds(snapshot.sum_ns));
+        let _ = writeln!(out, "{name}_count {count}");
+    } else {
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", seconds(snapshot.sum_ns));
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
 }
 
 /// Sum of every core's latency histogram (status and tests).

@@ -1,4 +1,5 @@
 use super::*;
+use palisade_dataplane::metrics::LATENCY_BOUNDS_NS;
 use std::fs;
 
 fn entry(index: u64, term: u64) -> Entry {
@@ -688,4 +689,47 @@ fn compaction_reserves_space_in_the_new_file() {
         "only the reserve was cut"
     );
     assert!(recovered.zero_tail > 0);
+}
+
+#[test]
+fn every_sync_is_timed_a_stalled_one_included() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _) = RaftLog::open(dir.path(), "c", 1, true).expect("open");
+    let histogram = Arc::new(LatencyHistogram::default());
+    log.sync().expect("a sync before timing starts");
+    log.time_syncs(Arc::clone(&histogram));
+    assert_eq!(
+        histogram.snapshot().count(),
+        0,
+        "untimed syncs are not counted"
+    );
+
+    log.append(&[entry(1, 1)]);
+    log.sync().expect("sync");
+    log.set_hard_state(&hard_state(1, 1, 1));
+    log.sync().expect("sync");
+    assert_eq!(histogram.snapshot().count(), 2);
+
+    // A stalled fsync (the failpoint) is timed whole: the sync blocks
+    // until the file is gone, at least the 60 ms waited here.
+    let stall = dir.path().join(FSYNC_STALL_FAILPOINT);
+    fs::write(&stall, "").expect("arm");
+    let syncing = std::thread::spawn(move || {
+        log.append(&[entry(2, 1)]);
+        log.sync().expect("stalled sync");
+    });
+    std::thread::sleep(Duration::from_millis(60));
+    fs::remove_file(&stall).expect("disarm");
+    syncing.join().expect("sync thread");
+    let snapshot = histogram.snapshot();
+    assert_eq!(snapshot.count(), 3);
+    let at_least_50ms: u64 = LATENCY_BOUNDS_NS
+        .iter()
+        .zip(snapshot.buckets)
+        .filter(|(bound, _)| **bound > 50_000_000)
+        .map(|(_, n)| n)
+        .sum::<u64>()
+        + snapshot.buckets[LATENCY_BOUNDS_NS.len()];
+    assert_eq!(at_least_50ms, 1, "{snapshot:?}");
+    assert!(snapshot.sum_ns >= 60_000_000, "{snapshot:?}");
 }
