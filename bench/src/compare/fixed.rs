@@ -22,6 +22,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::engine::Workload;
+use super::logsync::{at_most, LogSyncs};
 use super::report::Measured;
 
 /// One system at one rate in one round.
@@ -42,6 +43,9 @@ pub(crate) struct FixedRun {
     /// stolen by the hypervisor ([`Busy::others`]).
     pub(crate) other_cpus: Option<f64>,
     pub(crate) stolen_cpus: Option<f64>,
+    /// A Palisade system's raft log syncs during the run (every node's),
+    /// from the nodes' own histograms ([`super::logsync`]).
+    pub(crate) log_syncs: Option<LogSyncs>,
     pub(crate) error: Option<String>,
 }
 
@@ -288,6 +292,46 @@ pub(crate) fn markdown(runs: &[FixedRun]) -> String {
         }
     }
     md.push_str(&machine_note(runs));
+    md.push_str(&log_sync_note(runs));
+    md
+}
+
+/// The raft log's syncs in each run that had any: what a replicated
+/// grant's tail waited for, beside that tail.
+fn log_sync_note(runs: &[FixedRun]) -> String {
+    let synced: Vec<(&FixedRun, &LogSyncs)> = runs
+        .iter()
+        .filter_map(|r| Some((r, r.log_syncs.as_ref().filter(|s| s.count > 0)?)))
+        .collect();
+    if synced.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "\n### The raft log's syncs during the runs\n\nFrom the nodes' own \
+         `palisade_log_sync_duration_seconds` (every node of a cluster together), \
+         read before and after each run, warm-up included; the figures are the \
+         histogram's bucket bounds. A run whose requests' p99 is far above its \
+         syncs' p99 waited for something else.\n\n\
+         | system | workload | conns | arrivals/s | round | syncs | syncs p99 | slowest sync | requests p99 µs |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    for (run, syncs) in synced {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+            run.system,
+            run.workload.name(),
+            run.connections,
+            run.rate,
+            run.round,
+            syncs.count,
+            syncs.p99_le_us.map_or("–".into(), at_most),
+            syncs.max_le_us.map_or("–".into(), at_most),
+            run.measured
+                .as_ref()
+                .map_or("–".into(), |m| format!("{:.0}", m.requests.p99)),
+        );
+    }
     md
 }
 
@@ -454,8 +498,40 @@ mod tests {
             cpu_us_per_request: None,
             other_cpus: other,
             stolen_cpus: other.map(|_| 0.0),
+            log_syncs: None,
             error: None,
         }
+    }
+
+    #[test]
+    fn the_report_puts_each_runs_log_syncs_beside_it() {
+        assert!(!markdown(&[run(None, 1)]).contains("log's syncs"));
+        let synced = FixedRun {
+            system: "palisade".into(),
+            log_syncs: Some(LogSyncs {
+                count: 812,
+                p99_le_us: Some(500.0),
+                max_le_us: Some(50_000.0),
+            }),
+            ..run(None, 2)
+        };
+        let idle = FixedRun {
+            log_syncs: Some(LogSyncs {
+                count: 0,
+                p99_le_us: None,
+                max_le_us: None,
+            }),
+            ..run(None, 3)
+        };
+        let md = markdown(&[synced, idle]);
+        assert!(
+            md.contains("| palisade | uncontended | 1 | 5000 | 2 | 812 | ≤ 500 µs | ≤ 50 ms | – |"),
+            "{md}"
+        );
+        assert!(
+            !md.contains("| 5000 | 3 |"),
+            "a run without syncs is left out: {md}"
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod echo_tests;
 pub(crate) mod engine;
 pub(crate) mod epoll_echo;
 pub(crate) mod fixed;
+pub(crate) mod logsync;
 pub(crate) mod palisade;
 pub(crate) mod probe;
 pub(crate) mod report;
@@ -44,6 +45,7 @@ pub(crate) mod zk;
 
 use codec::{Codec, CodecConfig, Op};
 use engine::{RunSpec, Schedule, Workload};
+use logsync::LogSyncs;
 use palisade_tuning::Replication;
 use report::{Cell, Measured, Report, SystemInfo};
 use sweep::{Next, Plan, Step};
@@ -796,6 +798,8 @@ fn fixed_rounds(
                             args.warmup,
                             args.duration,
                         );
+                        let syncs_before =
+                            (!server.admins.is_empty()).then(|| logsync::scrape(&server.admins));
                         let busy_before = fixed::Busy::now();
                         let before = fixed::cpu_ticks(&pids);
                         let began_ns = palisade_host::clock::monotonic_ns();
@@ -810,6 +814,20 @@ fn fixed_rounds(
                             }
                             _ => (None, None),
                         };
+                        let log_syncs = match syncs_before {
+                            Some(Ok(before)) => match logsync::scrape(&server.admins) {
+                                Ok(after) => after.since(&before),
+                                Err(e) => {
+                                    eprintln!("  {name}: the log-sync histogram: {e:#}");
+                                    None
+                                }
+                            },
+                            Some(Err(e)) => {
+                                eprintln!("  {name}: the log-sync histogram: {e:#}");
+                                None
+                            }
+                            None => None,
+                        };
                         let mut run = fixed::FixedRun {
                             system: name.to_string(),
                             workload,
@@ -820,6 +838,7 @@ fn fixed_rounds(
                             cpu_us_per_request: None,
                             other_cpus,
                             stolen_cpus,
+                            log_syncs,
                             error: None,
                         };
                         match outcome {
@@ -835,14 +854,15 @@ fn fixed_rounds(
                                 }
                                 settle(m.unanswered > 0 || m.overloaded.is_some());
                                 eprintln!(
-                                    "  {name} {} x{connections}: {rate:.0}/s: p99 {:.1} p99.9 {:.1} max {:.1} µs, CPU {:.1} µs/request, others {:.2} CPUs, stolen {:.2}",
+                                    "  {name} {} x{connections}: {rate:.0}/s: p99 {:.1} p99.9 {:.1} max {:.1} µs, CPU {:.1} µs/request, others {:.2} CPUs, stolen {:.2}{}",
                                     workload.name(),
                                     m.requests.p99,
                                     m.requests.p99_9,
                                     m.requests.max,
                                     run.cpu_us_per_request.unwrap_or(f64::NAN),
                                     other_cpus.unwrap_or(f64::NAN),
-                                    stolen_cpus.unwrap_or(f64::NAN)
+                                    stolen_cpus.unwrap_or(f64::NAN),
+                                    run.log_syncs.as_ref().map_or(String::new(), LogSyncs::summary)
                                 );
                                 run.measured = Some(m);
                             }

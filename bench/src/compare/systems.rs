@@ -33,6 +33,9 @@ pub(crate) struct Server {
     pub(crate) addr: SocketAddr,
     /// What ran, for the report (version, pinning).
     pub(crate) about: String,
+    /// The admin (`/metrics`) addresses of a Palisade system's nodes;
+    /// empty for every other system.
+    pub(crate) admins: Vec<SocketAddr>,
 }
 
 impl Server {
@@ -135,6 +138,7 @@ pub(crate) fn echo(cpu: usize, extra: &[String]) -> Result<Server> {
         _cluster: None,
         _peer: None,
         addr: "127.0.0.1:0".parse()?,
+        admins: Vec::new(),
         about: if extra.is_empty() {
             format!("palisade-bench echo-server (glommio, io_uring) on CPU {cpu}")
         } else {
@@ -295,6 +299,8 @@ pub(crate) struct Node {
     pub(crate) id: u16,
     /// Its client address.
     pub(crate) client: SocketAddr,
+    /// Its admin address (`GET /metrics`).
+    pub(crate) admin: SocketAddr,
     config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -334,11 +340,13 @@ impl Cluster {
             .context("making a temporary directory")?;
         let mut members = Vec::new();
         // All the cluster's ports in one call, so that no two are the same.
-        let ports = super::peers::free_port_list(2 * usize::from(spec.nodes))?;
-        for (id, pair) in (1..=spec.nodes).zip(ports.chunks(2)) {
-            let client: SocketAddr = format!("127.0.0.1:{}", pair[0]).parse()?;
-            let peer: SocketAddr = format!("127.0.0.1:{}", pair[1]).parse()?;
+        let ports = super::peers::free_port_list(3 * usize::from(spec.nodes))?;
+        let mut admins = Vec::new();
+        for (id, ports) in (1..=spec.nodes).zip(ports.chunks(3)) {
+            let client: SocketAddr = format!("127.0.0.1:{}", ports[0]).parse()?;
+            let peer: SocketAddr = format!("127.0.0.1:{}", ports[1]).parse()?;
             members.push((id, peer, client));
+            admins.push(format!("127.0.0.1:{}", ports[2]).parse::<SocketAddr>()?);
         }
         let secret = dir.path().join("cluster.secret");
         if spec.nodes > 1 {
@@ -350,10 +358,12 @@ impl Cluster {
             nodes: Vec::new(),
             dir,
         };
-        for &(id, _, client) in &members {
+        for (&(id, _, client), &admin) in members.iter().zip(&admins) {
             let node_dir = cluster.dir.path().join(format!("node{id}"));
             std::fs::create_dir_all(&node_dir)?;
-            let config = spec.config(id, &members, &node_dir.join("data"), &secret)?;
+            let mut config = spec.config(id, &members, &node_dir.join("data"), &secret)?;
+            // For the bench's own scrapes (`logsync`), between runs.
+            config.admin.listen = Some(admin);
             let path = node_dir.join("palisade.toml");
             std::fs::write(
                 &path,
@@ -362,6 +372,7 @@ impl Cluster {
             cluster.nodes.push(Node {
                 id,
                 client,
+                admin,
                 config: path,
                 log: node_dir.join("stderr.log"),
                 child: None,
@@ -498,12 +509,14 @@ pub(crate) fn palisade(bin: &Path, spec: &ClusterSpec) -> Result<Server> {
             spec.replication.as_str()
         )
     };
+    let admins = cluster.nodes().iter().map(|n| n.admin).collect();
     Ok(Server {
         children: Vec::new(),
         _cluster: Some(cluster),
         _peer: None,
         addr: leader,
         about,
+        admins,
     })
 }
 
@@ -559,6 +572,7 @@ pub(crate) fn peer(kind: super::peers::PeerKind, cpu: usize) -> Result<Server> {
         _peer: Some(peer),
         _cluster: None,
         about: format!("Debian {package} {version}, {how}, pinned to CPU {cpu} (taskset)"),
+        admins: Vec::new(),
     })
 }
 
