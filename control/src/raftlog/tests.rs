@@ -711,25 +711,35 @@ fn every_sync_is_timed_a_stalled_one_included() {
     assert_eq!(histogram.snapshot().count(), 2);
 
     // A stalled fsync (the failpoint) is timed whole: the sync blocks
-    // until the file is gone, at least the 60 ms waited here.
+    // until the file is gone, 100 ms after the thread said it syncs.
     let stall = dir.path().join(FSYNC_STALL_FAILPOINT);
     fs::write(&stall, "").expect("arm");
+    let before = histogram.snapshot();
+    let (syncing_tx, syncing_rx) = std::sync::mpsc::channel();
     let syncing = std::thread::spawn(move || {
         log.append(&[entry(2, 1)]);
+        syncing_tx.send(()).expect("main waits");
         log.sync().expect("stalled sync");
     });
-    std::thread::sleep(Duration::from_millis(60));
+    syncing_rx.recv().expect("the sync thread runs");
+    std::thread::sleep(Duration::from_millis(100));
     fs::remove_file(&stall).expect("disarm");
     syncing.join().expect("sync thread");
-    let snapshot = histogram.snapshot();
-    assert_eq!(snapshot.count(), 3);
-    let at_least_50ms: u64 = LATENCY_BOUNDS_NS
+    let after = histogram.snapshot();
+    assert_eq!(after.count(), 3);
+    // The one new sync landed in a bucket above 50 ms (or above them all).
+    let new: Vec<u64> = after
+        .buckets
         .iter()
-        .zip(snapshot.buckets)
-        .filter(|(bound, _)| **bound > 50_000_000)
-        .map(|(_, n)| n)
-        .sum::<u64>()
-        + snapshot.buckets[LATENCY_BOUNDS_NS.len()];
-    assert_eq!(at_least_50ms, 1, "{snapshot:?}");
-    assert!(snapshot.sum_ns >= 60_000_000, "{snapshot:?}");
+        .zip(before.buckets)
+        .map(|(a, b)| a - b)
+        .collect();
+    let slow_bucket = new.iter().position(|&n| n == 1).expect("one new sync");
+    assert!(
+        LATENCY_BOUNDS_NS
+            .get(slow_bucket)
+            .is_none_or(|&bound| bound > 50_000_000),
+        "{after:?}"
+    );
+    assert!(after.sum_ns - before.sum_ns >= 50_000_000, "{after:?}");
 }
