@@ -6,7 +6,8 @@ Each DIR holds a results.json; a LABEL names the Palisade binary of that
 run (its `palisade*` systems are shown as `system (LABEL)`), so runs of
 two builds, alternated, fold into one table. Prints, per workload,
 connections and rate, the min / median over all rounds of every run of
-p99, p99.9 and CPU per request (µs) of each system.
+p99, p99.9 and CPU per request (µs) of each system, and of that CPU the
+part a Palisade node spent busy polling, where the run recorded it.
 
 --quiet CPUS leaves out every round in which any system's run at that
 workload, connection count and rate had more than CPUS of other work on
@@ -59,7 +60,8 @@ for arg in args:
             continue
         m = measured["requests"]
         key = (cell["workload"], cell["connections"], int(cell["rate"]), name)
-        rows[key].append((m["p99"], m["p99_9"], cell["cpu_us_per_request"]))
+        rows[key].append((m["p99"], m["p99_9"], cell["cpu_us_per_request"],
+                          cell.get("busy_poll_us_per_request")))
 
 
 def mm(values):
@@ -72,7 +74,10 @@ def mm(values):
 if not rows:
     sys.exit("fixed-table.py: no measured runs left" + (f" (--quiet {quiet} left out {len(dropped)} rounds)" if quiet is not None else ""))
 cells = sorted({k[:3] for k in rows})
-for what, index in (("p99 (µs)", 0), ("p99.9 (µs)", 1), ("CPU per request (µs)", 2)):
+tables = [("p99 (µs)", 0), ("p99.9 (µs)", 1), ("CPU per request (µs)", 2)]
+if any(r[3] is not None for rs in rows.values() for r in rs):
+    tables.append(("of that CPU, busy polling (µs per request)", 3))
+for what, index in tables:
     print(f"\n### {what}, min / median of the rounds\n")
     print("| workload | conns | arrivals/s | " + " | ".join(systems) + " |")
     print("|---|---|---|" + "---|" * len(systems))

@@ -22,7 +22,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::engine::Workload;
-use super::logsync::{at_most, LogSyncs};
+use super::nodestats::{at_most, LogSyncs};
 use super::report::Measured;
 
 /// One system at one rate in one round.
@@ -44,8 +44,12 @@ pub(crate) struct FixedRun {
     pub(crate) other_cpus: Option<f64>,
     pub(crate) stolen_cpus: Option<f64>,
     /// A Palisade system's raft log syncs during the run (every node's),
-    /// from the nodes' own histograms ([`super::logsync`]).
+    /// from the nodes' own histograms ([`super::nodestats`]).
     pub(crate) log_syncs: Option<LogSyncs>,
+    /// Of `cpu_us_per_request`, the part the nodes' cores spent busy
+    /// polling (`palisade_core_busy_poll_seconds_total`); `None` for
+    /// systems other than Palisade.
+    pub(crate) busy_poll_us_per_request: Option<f64>,
     pub(crate) error: Option<String>,
 }
 
@@ -212,7 +216,8 @@ pub(crate) fn markdown(runs: &[FixedRun]) -> String {
         "\n## Fixed rates\n\nEvery system at the same offered rates, {rounds} round{} \
          alternating the systems (each round starts each system afresh). Each cell is \
          **min / median** over the rounds. CPU is the servers' processes' user + system \
-         time per answered request.",
+         time per answered request; \"of it polling\" is the part a Palisade node's cores \
+         spent busy polling (`dataplane.busy_poll`, `palisade_core_busy_poll_seconds_total`).",
         if rounds == 1 { "" } else { "s" }
     );
     let mut keys: Vec<(Workload, usize)> =
@@ -229,9 +234,9 @@ pub(crate) fn markdown(runs: &[FixedRun]) -> String {
         );
         let _ = writeln!(
             md,
-            "| arrivals/s | system | rounds | p50 µs | p99 µs | p99.9 µs | max µs | CPU µs/request | failed |"
+            "| arrivals/s | system | rounds | p50 µs | p99 µs | p99.9 µs | max µs | CPU µs/request | of it polling | failed |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
         let mut rates: Vec<f64> = runs
             .iter()
             .filter(|r| r.workload == workload && r.connections == conns)
@@ -271,9 +276,14 @@ pub(crate) fn markdown(runs: &[FixedRun]) -> String {
                     .filter(|r| r.measured.is_some())
                     .filter_map(|r| r.cpu_us_per_request)
                     .collect();
+                let polling: Vec<f64> = cell
+                    .iter()
+                    .filter(|r| r.measured.is_some() && r.cpu_us_per_request.is_some())
+                    .filter_map(|r| r.busy_poll_us_per_request)
+                    .collect();
                 let _ = writeln!(
                     md,
-                    "| {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     rate,
                     system,
                     cell.len(),
@@ -282,6 +292,7 @@ pub(crate) fn markdown(runs: &[FixedRun]) -> String {
                     min_median(pick(|m| m.requests.p99_9), us),
                     min_median(pick(|m| m.requests.max), us),
                     min_median(cpu, |v| format!("{v:.1}")),
+                    min_median(polling, |v| format!("{v:.1}")),
                     if failed == 0 {
                         String::new()
                     } else {
@@ -499,8 +510,60 @@ mod tests {
             other_cpus: other,
             stolen_cpus: other.map(|_| 0.0),
             log_syncs: None,
+            busy_poll_us_per_request: None,
             error: None,
         }
+    }
+
+    fn measured(p99: f64) -> Measured {
+        let percentiles = crate::compare::report::Percentiles {
+            count: 1000,
+            p50: p99 / 2.0,
+            p90: p99 / 1.5,
+            p99,
+            p99_9: p99 * 2.0,
+            p99_99: p99 * 3.0,
+            max: p99 * 4.0,
+        };
+        Measured {
+            label: "5000/s".into(),
+            rate: 5000.0,
+            requests_per_s: 10_000.0,
+            requests: percentiles.clone(),
+            cycles: percentiles,
+            granted: 1,
+            busy: 0,
+            done: 1,
+            stale: 0,
+            unanswered: 0,
+            send_lag_max_us: 0.0,
+            overloaded: None,
+            spectrum: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_cpu_column_says_how_much_of_it_was_polling() {
+        let polled = |round, cpu, polling| FixedRun {
+            system: "palisade-none".into(),
+            measured: Some(measured(60.0)),
+            cpu_us_per_request: Some(cpu),
+            busy_poll_us_per_request: Some(polling),
+            ..run(None, round)
+        };
+        let md = markdown(&[
+            polled(1, 5.0, 0.3),
+            polled(2, 4.0, 0.5),
+            polled(3, 4.5, 0.75),
+            FixedRun {
+                measured: Some(measured(50.0)),
+                cpu_us_per_request: Some(4.9),
+                ..run(None, 1)
+            },
+        ]);
+        assert!(md.contains("| 4.0 / 4.5 | 0.3 / 0.5 |  |"), "{md}");
+        // A system that does not poll (or says nothing about it): a dash.
+        assert!(md.contains("| 4.9 / 4.9 | – |  |"), "{md}");
     }
 
     #[test]

@@ -26,7 +26,7 @@ mod echo_tests;
 pub(crate) mod engine;
 pub(crate) mod epoll_echo;
 pub(crate) mod fixed;
-pub(crate) mod logsync;
+pub(crate) mod nodestats;
 pub(crate) mod palisade;
 pub(crate) mod probe;
 pub(crate) mod report;
@@ -45,7 +45,7 @@ pub(crate) mod zk;
 
 use codec::{Codec, CodecConfig, Op};
 use engine::{RunSpec, Schedule, Workload};
-use logsync::LogSyncs;
+use nodestats::LogSyncs;
 use palisade_tuning::Replication;
 use report::{Cell, Measured, Report, SystemInfo};
 use sweep::{Next, Plan, Step};
@@ -798,8 +798,8 @@ fn fixed_rounds(
                             args.warmup,
                             args.duration,
                         );
-                        let syncs_before =
-                            (!server.admins.is_empty()).then(|| logsync::scrape(&server.admins));
+                        let nodes_before =
+                            (!server.admins.is_empty()).then(|| nodestats::scrape(&server.admins));
                         let busy_before = fixed::Busy::now();
                         let before = fixed::cpu_ticks(&pids);
                         let began_ns = palisade_host::clock::monotonic_ns();
@@ -814,20 +814,21 @@ fn fixed_rounds(
                             }
                             _ => (None, None),
                         };
-                        let log_syncs = match syncs_before {
-                            Some(Ok(before)) => match logsync::scrape(&server.admins) {
-                                Ok(after) => after.since(&before),
-                                Err(e) => {
-                                    eprintln!("  {name}: the log-sync histogram: {e:#}");
-                                    None
-                                }
-                            },
-                            Some(Err(e)) => {
-                                eprintln!("  {name}: the log-sync histogram: {e:#}");
-                                None
-                            }
+                        let nodes = match nodes_before {
+                            Some(before) => before
+                                .and_then(|before| Ok((before, nodestats::scrape(&server.admins)?)))
+                                .map_err(|e| {
+                                    eprintln!("  {name}: the nodes' metrics: {e:#}");
+                                })
+                                .ok(),
                             None => None,
                         };
+                        let log_syncs = nodes
+                            .as_ref()
+                            .and_then(|(before, after)| after.syncs.since(&before.syncs));
+                        let busy_poll_s = nodes
+                            .as_ref()
+                            .map(|(before, after)| after.busy_poll_s - before.busy_poll_s);
                         let mut run = fixed::FixedRun {
                             system: name.to_string(),
                             workload,
@@ -839,6 +840,7 @@ fn fixed_rounds(
                             other_cpus,
                             stolen_cpus,
                             log_syncs,
+                            busy_poll_us_per_request: None,
                             error: None,
                         };
                         match outcome {
@@ -851,15 +853,20 @@ fn fixed_rounds(
                                 if answered > 0.0 {
                                     run.cpu_us_per_request =
                                         Some(ticks as f64 / hz * 1e6 / answered);
+                                    run.busy_poll_us_per_request =
+                                        busy_poll_s.map(|s| s * 1e6 / answered);
                                 }
                                 settle(m.unanswered > 0 || m.overloaded.is_some());
                                 eprintln!(
-                                    "  {name} {} x{connections}: {rate:.0}/s: p99 {:.1} p99.9 {:.1} max {:.1} µs, CPU {:.1} µs/request, others {:.2} CPUs, stolen {:.2}{}",
+                                    "  {name} {} x{connections}: {rate:.0}/s: p99 {:.1} p99.9 {:.1} max {:.1} µs, CPU {:.1} µs/request{}, others {:.2} CPUs, stolen {:.2}{}",
                                     workload.name(),
                                     m.requests.p99,
                                     m.requests.p99_9,
                                     m.requests.max,
                                     run.cpu_us_per_request.unwrap_or(f64::NAN),
+                                    run.busy_poll_us_per_request
+                                        .filter(|&p| p > 0.0)
+                                        .map_or(String::new(), |p| format!(" (polling {p:.1})")),
                                     other_cpus.unwrap_or(f64::NAN),
                                     stolen_cpus.unwrap_or(f64::NAN),
                                     run.log_syncs.as_ref().map_or(String::new(), LogSyncs::summary)

@@ -362,7 +362,7 @@ impl Cluster {
             let node_dir = cluster.dir.path().join(format!("node{id}"));
             std::fs::create_dir_all(&node_dir)?;
             let mut config = spec.config(id, &members, &node_dir.join("data"), &secret)?;
-            // For the bench's own scrapes (`logsync`), between runs.
+            // For the bench's own scrapes (`nodestats`), between runs.
             config.admin.listen = Some(admin);
             let path = node_dir.join("palisade.toml");
             std::fs::write(

@@ -1,9 +1,15 @@
-//! The raft log's syncs during one fixed-rate run, read from the nodes'
-//! own `palisade_log_sync_duration_seconds` histograms (`GET /metrics` on
-//! their admin ports) before and after the run: how many syncs the run
-//! cost and how slow its slow ones were. The fsync probe before the runs
-//! says what the disk did then; this says what it did to the run, so a
-//! replicated grant's tail can be put beside its own log's.
+//! What a Palisade system's nodes say about one fixed-rate run, read from
+//! their own metrics (`GET /metrics` on their admin ports) before and
+//! after the run:
+//!
+//! - the raft log's syncs (`palisade_log_sync_duration_seconds`): how many
+//!   the run cost and how slow its slow ones were. The fsync probe before
+//!   the runs says what the disk did then; this says what it did to the
+//!   run, so a replicated grant's tail can be put beside its own log's;
+//! - the time the cores spent busy polling
+//!   (`palisade_core_busy_poll_seconds_total`), which the server's process
+//!   CPU time includes: the report says how much of the CPU per request
+//!   was polling rather than work.
 //!
 //! Parsing and the percentiles are plain functions of text; only
 //! [`scrape`] does I/O.
@@ -16,6 +22,38 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 const FAMILY: &str = "palisade_log_sync_duration_seconds_bucket{le=\"";
+const BUSY_POLL: &str = "palisade_core_busy_poll_seconds_total ";
+
+/// One scrape of every node, summed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct NodeCounters {
+    pub(crate) syncs: Buckets,
+    /// Seconds the cores spent busy polling.
+    pub(crate) busy_poll_s: f64,
+}
+
+impl NodeCounters {
+    /// The counters on one node's `/metrics` page.
+    pub(crate) fn parse(page: &str) -> Result<NodeCounters> {
+        let busy_poll_s = page
+            .lines()
+            .find_map(|line| line.strip_prefix(BUSY_POLL))
+            .context("no palisade_core_busy_poll_seconds_total on the page")?
+            .trim()
+            .parse()
+            .context("a bad palisade_core_busy_poll_seconds_total")?;
+        Ok(NodeCounters {
+            syncs: Buckets::parse(page)?,
+            busy_poll_s,
+        })
+    }
+
+    fn add(&mut self, other: &NodeCounters) -> Result<()> {
+        self.syncs.add(&other.syncs)?;
+        self.busy_poll_s += other.busy_poll_s;
+        Ok(())
+    }
+}
 
 /// Cumulative counts of the log-sync histogram: (upper bound in seconds,
 /// syncs at or under it), in the page's order, `+Inf` last as infinity.
@@ -135,12 +173,12 @@ pub(crate) fn at_most(us: f64) -> String {
     }
 }
 
-/// Every node's histogram, summed: one `GET /metrics` each, 2 s at most.
-pub(crate) fn scrape(admins: &[SocketAddr]) -> Result<Buckets> {
-    let mut sum = Buckets::default();
+/// Every node's counters, summed: one `GET /metrics` each, 2 s at most.
+pub(crate) fn scrape(admins: &[SocketAddr]) -> Result<NodeCounters> {
+    let mut sum = NodeCounters::default();
     for &addr in admins {
         let page = get_metrics(addr).with_context(|| format!("scraping {addr}"))?;
-        sum.add(&Buckets::parse(&page)?)?;
+        sum.add(&NodeCounters::parse(&page)?)?;
     }
     Ok(sum)
 }
@@ -177,7 +215,25 @@ mod tests {
             ));
         }
         page.push_str("palisade_log_sync_duration_seconds_sum 0.5\n");
+        page.push_str("palisade_core_busy_poll_seconds_total 0.25\n");
         page
+    }
+
+    #[test]
+    fn a_page_gives_both_counters_and_nodes_add_up() {
+        let page = page(&[("0.001", 3), ("+Inf", 4)]);
+        let one = NodeCounters::parse(&page).expect("parse");
+        assert_eq!(one.busy_poll_s, 0.25);
+        let mut sum = NodeCounters::default();
+        sum.add(&one).expect("one");
+        sum.add(&one).expect("two");
+        assert_eq!(sum.busy_poll_s, 0.5);
+        assert_eq!(sum.syncs, Buckets(vec![(0.001, 6), (f64::INFINITY, 8)]));
+        let older = page.replace("palisade_core_busy_poll_seconds_total 0.25\n", "");
+        assert!(
+            NodeCounters::parse(&older).is_err(),
+            "a node without the counter"
+        );
     }
 
     #[test]
