@@ -515,38 +515,15 @@ mod tests {
         }
     }
 
-    fn measured(p99: f64) -> Measured {
-        let percentiles = crate::compare::report::Percentiles {
-            count: 1000,
-            p50: p99 / 2.0,
-            p90: p99 / 1.5,
-            p99,
-            p99_9: p99 * 2.0,
-            p99_99: p99 * 3.0,
-            max: p99 * 4.0,
-        };
-        Measured {
-            label: "5000/s".into(),
-            rate: 5000.0,
-            requests_per_s: 10_000.0,
-            requests: percentiles.clone(),
-            cycles: percentiles,
-            granted: 1,
-            busy: 0,
-            done: 1,
-            stale: 0,
-            unanswered: 0,
-            send_lag_max_us: 0.0,
-            overloaded: None,
-            spectrum: Vec::new(),
-        }
+    fn measured(p99_us: u64) -> Measured {
+        crate::compare::report::tests::measured("5000/s", 5000.0, &[p99_us])
     }
 
     #[test]
     fn the_cpu_column_says_how_much_of_it_was_polling() {
         let polled = |round, cpu, polling| FixedRun {
             system: "palisade-none".into(),
-            measured: Some(measured(60.0)),
+            measured: Some(measured(60)),
             cpu_us_per_request: Some(cpu),
             busy_poll_us_per_request: Some(polling),
             ..run(None, round)
@@ -556,7 +533,7 @@ mod tests {
             polled(2, 4.0, 0.5),
             polled(3, 4.5, 0.75),
             FixedRun {
-                measured: Some(measured(50.0)),
+                measured: Some(measured(50)),
                 cpu_us_per_request: Some(4.9),
                 ..run(None, 1)
             },

@@ -850,7 +850,7 @@ fn escape(text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn histogram(values_us: &[u64]) -> Histogram<u64> {
@@ -861,7 +861,9 @@ mod tests {
         h
     }
 
-    fn measured(label: &str, rate: f64, values_us: &[u64]) -> Measured {
+    /// A run at `rate` whose requests took `values_us` (other tests'
+    /// runs too).
+    pub(crate) fn measured(label: &str, rate: f64, values_us: &[u64]) -> Measured {
         let h = histogram(values_us);
         Measured {
             label: label.into(),
