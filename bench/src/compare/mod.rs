@@ -98,7 +98,7 @@ pub struct CompareArgs {
     /// `leases.replication = "quorum"`), palisade-none (one node,
     /// `replication = "none"`: the memory-speed grants issue 17's echo-floor
     /// targets are about; only when named), palisade-none-b (the same with
-    /// `--palisade-b-bin`), palisade-cluster (three nodes,
+    /// `--palisade-b-bin` or `--busy-poll-b`), palisade-cluster (three nodes,
     /// quorum), palisade-cluster-none (three nodes, `replication =
     /// "none"`), redis, etcd, zookeeper, echo (the floor: glommio), and,
     /// only when named, echo-uring (the same echo on a ring of our own),
@@ -152,9 +152,19 @@ pub struct CompareArgs {
     palisade_bin: Option<PathBuf>,
     /// A second `palisade` binary, run as system `palisade-none-b` (one
     /// node, `replication = "none"`): two builds side by side in one run,
-    /// alternating round by round.
+    /// alternating round by round. Without it, `--busy-poll-b` runs
+    /// `palisade-none-b` on the first binary.
     #[arg(long)]
     palisade_b_bin: Option<PathBuf>,
+    /// `dataplane.busy_poll` of every Palisade system's nodes (default:
+    /// this build's default). The bench writes it into each node's config,
+    /// so it, not the binary's own default, decides.
+    #[arg(long, value_parser = duration)]
+    busy_poll: Option<Duration>,
+    /// `dataplane.busy_poll` of `palisade-none-b` alone (default: as
+    /// `--busy-poll`): one setting against another in one run.
+    #[arg(long, value_parser = duration)]
+    busy_poll_b: Option<Duration>,
     /// Fixed-rate table: every system at each of these arrival rates
     /// (comma-separated), `--rounds` times, alternating the systems.
     #[arg(long, value_delimiter = ',')]
@@ -901,29 +911,31 @@ fn start(
     palisade_bin: Result<&PathBuf, &anyhow::Error>,
 ) -> Result<systems::Server> {
     let bin = || -> Result<&PathBuf> { palisade_bin.map_err(|e| anyhow::anyhow!("{e:#}")) };
+    let spec = |nodes, replication, b: bool| {
+        let mut spec = ClusterSpec::compare(nodes, args.server_cpu, replication);
+        if let Some(busy_poll) = if b {
+            args.busy_poll_b.or(args.busy_poll)
+        } else {
+            args.busy_poll
+        } {
+            spec.busy_poll = busy_poll;
+        }
+        spec
+    };
     match name {
-        "palisade" => systems::palisade(
-            bin()?,
-            &ClusterSpec::compare(1, args.server_cpu, Replication::Quorum),
-        ),
-        "palisade-none" => systems::palisade(
-            bin()?,
-            &ClusterSpec::compare(1, args.server_cpu, Replication::None),
-        ),
-        "palisade-none-b" => systems::palisade(
-            args.palisade_b_bin
-                .as_ref()
-                .context("palisade-none-b needs --palisade-b-bin")?,
-            &ClusterSpec::compare(1, args.server_cpu, Replication::None),
-        ),
-        "palisade-cluster" => systems::palisade(
-            bin()?,
-            &ClusterSpec::compare(3, args.server_cpu, Replication::Quorum),
-        ),
-        "palisade-cluster-none" => systems::palisade(
-            bin()?,
-            &ClusterSpec::compare(3, args.server_cpu, Replication::None),
-        ),
+        "palisade" => systems::palisade(bin()?, &spec(1, Replication::Quorum, false)),
+        "palisade-none" => systems::palisade(bin()?, &spec(1, Replication::None, false)),
+        "palisade-none-b" => {
+            // Another build, or the same build with another busy_poll.
+            let b_bin = match (&args.palisade_b_bin, args.busy_poll_b) {
+                (Some(b_bin), _) => b_bin,
+                (None, Some(_)) => bin()?,
+                (None, None) => bail!("palisade-none-b needs --palisade-b-bin or --busy-poll-b"),
+            };
+            systems::palisade(b_bin, &spec(1, Replication::None, true))
+        }
+        "palisade-cluster" => systems::palisade(bin()?, &spec(3, Replication::Quorum, false)),
+        "palisade-cluster-none" => systems::palisade(bin()?, &spec(3, Replication::None, false)),
         "echo" => systems::echo(args.server_cpu, &[]),
         "echo-uring" => systems::echo(args.server_cpu, &["--runtime".into(), "uring".into()]),
         "echo-uring-past-sends" => systems::echo(

@@ -205,6 +205,9 @@ pub(crate) struct ClusterSpec {
     pub(crate) table_capacity: u32,
     /// `log.level`.
     pub(crate) log_level: LogLevel,
+    /// `dataplane.busy_poll`. Always written to the node's config file,
+    /// so a node runs with this value whatever its binary's default is.
+    pub(crate) busy_poll: Duration,
     pub(crate) placement: Placement,
 }
 
@@ -223,6 +226,7 @@ impl ClusterSpec {
             lock_delay_max: defaults.leases.lock_delay_max,
             table_capacity: 262_144,
             log_level: LogLevel::Warn,
+            busy_poll: defaults.dataplane.busy_poll,
             placement: Placement::Pinned(cpu),
         }
     }
@@ -267,6 +271,7 @@ impl ClusterSpec {
         config.leases.replication = self.replication;
         config.admin.listen = None;
         config.log.level = self.log_level;
+        config.dataplane.busy_poll = self.busy_poll;
         config.cluster.heartbeat_interval = self.heartbeat;
         config.cluster.election_timeout = self.election_timeout;
         if members.len() > 1 {
@@ -628,6 +633,7 @@ mod tests {
             lock_delay_max: Duration::from_secs(10),
             table_capacity: 65_536,
             log_level: LogLevel::Info,
+            busy_poll: Duration::from_micros(7),
             placement: Placement::Spread { cpus: 2 },
         };
         let members = members();
@@ -647,6 +653,7 @@ mod tests {
             Some(PathBuf::from("/dir/cluster.secret"))
         );
         assert_eq!(node2.admin.listen, None);
+        assert_eq!(node2.dataplane.busy_poll, Duration::from_micros(7));
         // Node 3 wraps around to CPU 0.
         assert_eq!(
             written(&spec, 3, &members).node.cores,

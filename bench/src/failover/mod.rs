@@ -109,6 +109,7 @@ impl FailoverArgs {
             lock_delay_max: self.lock_delay_max,
             table_capacity: Config::builtin_default().leases.table_capacity,
             log_level: LogLevel::Info,
+            busy_poll: Config::builtin_default().dataplane.busy_poll,
             placement: Placement::Spread { cpus },
         }
     }
