@@ -654,13 +654,13 @@ fn histogram_lines(out: &mut String, name: &str, labels: &str, snapshot: &Histog
     }
     let count = snapshot.count();
     let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-    if labels.is_empty() {
-        let _ = writeln!(out, "{name}_sum {}", seconds(snapshot.sum_ns));
-        let _ = writeln!(out, "{name}_count {count}");
+    let braced = if labels.is_empty() {
+        String::new()
     } else {
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", seconds(snapshot.sum_ns));
-        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
-    }
+        format!("{{{labels}}}")
+    };
+    let _ = writeln!(out, "{name}_sum{braced} {}", seconds(snapshot.sum_ns));
+    let _ = writeln!(out, "{name}_count{braced} {count}");
 }
 
 /// Sum of every core's latency histogram (status and tests).
