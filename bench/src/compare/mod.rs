@@ -61,10 +61,11 @@ const PROBE_SYNCS: usize = 500;
 /// Round trips of the loopback probe.
 const PROBE_TRIPS: usize = 5_000;
 
-pub(crate) const SYSTEMS: [&str; 12] = [
+pub(crate) const SYSTEMS: [&str; 13] = [
     "palisade",
     "palisade-none",
     "palisade-none-b",
+    "palisade-b",
     "palisade-cluster",
     "palisade-cluster-none",
     "redis",
@@ -98,7 +99,8 @@ pub struct CompareArgs {
     /// `leases.replication = "quorum"`), palisade-none (one node,
     /// `replication = "none"`: the memory-speed grants issue 17's echo-floor
     /// targets are about; only when named), palisade-none-b (the same with
-    /// `--palisade-b-bin` or `--busy-poll-b`), palisade-cluster (three nodes,
+    /// `--palisade-b-bin` or `--busy-poll-b`), palisade-b (one node, quorum,
+    /// `--palisade-b-bin`), palisade-cluster (three nodes,
     /// quorum), palisade-cluster-none (three nodes, `replication =
     /// "none"`), redis, etcd, zookeeper, echo (the floor: glommio), and,
     /// only when named, echo-uring (the same echo on a ring of our own),
@@ -151,9 +153,10 @@ pub struct CompareArgs {
     #[arg(long)]
     palisade_bin: Option<PathBuf>,
     /// A second `palisade` binary, run as system `palisade-none-b` (one
-    /// node, `replication = "none"`): two builds side by side in one run,
-    /// alternating round by round. Without it, `--busy-poll-b` runs
-    /// `palisade-none-b` on the first binary.
+    /// node, `replication = "none"`) and `palisade-b` (one node, quorum):
+    /// two builds side by side in one run, alternating round by round.
+    /// Without it, `--busy-poll-b` runs `palisade-none-b` on the first
+    /// binary.
     #[arg(long)]
     palisade_b_bin: Option<PathBuf>,
     /// `dataplane.busy_poll` of every Palisade system's nodes (default:
@@ -237,6 +240,7 @@ pub(crate) fn codec_for(
         "palisade"
         | "palisade-none"
         | "palisade-none-b"
+        | "palisade-b"
         | "palisade-cluster"
         | "palisade-cluster-none" => Box::new(palisade::PalisadeCodec::new(config)),
         "echo" | "echo-uring" | "echo-uring-past-sends" | "echo-epoll" => {
@@ -681,7 +685,7 @@ pub fn compare(args: &CompareArgs) -> Result<()> {
     let quorum = args
         .systems
         .iter()
-        .any(|s| s == "palisade" || s == "palisade-cluster");
+        .any(|s| matches!(s.as_str(), "palisade" | "palisade-b" | "palisade-cluster"));
     if quorum {
         match probe::run(PROBE_SYNCS, PROBE_TRIPS, args.server_cpu) {
             Ok(p) => {
@@ -933,6 +937,13 @@ fn start(
                 (None, None) => bail!("palisade-none-b needs --palisade-b-bin or --busy-poll-b"),
             };
             systems::palisade(b_bin, &spec(1, Replication::None, true))
+        }
+        "palisade-b" => {
+            let b_bin = args
+                .palisade_b_bin
+                .as_ref()
+                .context("palisade-b needs --palisade-b-bin")?;
+            systems::palisade(b_bin, &spec(1, Replication::Quorum, true))
         }
         "palisade-cluster" => systems::palisade(bin()?, &spec(3, Replication::Quorum, false)),
         "palisade-cluster-none" => systems::palisade(bin()?, &spec(3, Replication::None, false)),

@@ -675,9 +675,10 @@ fn compaction_reserves_space_in_the_new_file() {
     log.sync().expect("sync");
     log.compact(&snapshot(1, 1), &hard_state(1, 1, 2), &[entry(2, 1)])
         .expect("compact");
+    // A small state and log: the least zeroed tail.
     assert_eq!(
         fs::metadata(&path).expect("metadata").len(),
-        log.end + chunk
+        log.end + COMPACTION_TAIL_MIN
     );
     log.append(&[entry(3, 1)]);
     log.sync().expect("sync");
@@ -689,6 +690,172 @@ fn compaction_reserves_space_in_the_new_file() {
         "only the reserve was cut"
     );
     assert!(recovered.zero_tail > 0);
+}
+
+/// Whether `filefrag -v` (e2fsprogs) lists an unwritten extent in `path`'s
+/// bytes `from..to`; `None` where it cannot say (no filefrag, or a file
+/// system without FIEMAP, such as a tmpfs).
+fn unwritten_in(path: &Path, from: u64, to: u64) -> Option<bool> {
+    let out = std::process::Command::new("filefrag")
+        .arg("-v")
+        .arg(path)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let block = text
+        .lines()
+        .find_map(|l| l.split(" blocks of ").nth(1))?
+        .split_whitespace()
+        .next()?
+        .parse::<u64>()
+        .ok()?;
+    let mut extents = 0;
+    let mut unwritten = false;
+    // "   0:        0..     255:   49022464..  49022719:    256:     last,unwritten,eof"
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split(':').map(str::trim).collect();
+        if fields.len() < 4 || fields[0].parse::<u64>().is_err() {
+            continue;
+        }
+        let Some((first, last)) = fields[1].split_once("..") else {
+            continue;
+        };
+        let (Ok(first), Ok(last)) = (first.trim().parse::<u64>(), last.trim().parse::<u64>())
+        else {
+            continue;
+        };
+        extents += 1;
+        let (start, end) = (first * block, (last + 1) * block);
+        if start < to && from < end && line.contains("unwritten") {
+            unwritten = true;
+        }
+    }
+    (extents > 0).then_some(unwritten)
+}
+
+#[test]
+fn reserved_space_is_written_zeros_and_fallocate_only_is_kept_apart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(LOG_FILE);
+    let chunk = 256 << 10;
+    let (mut log, _) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+    log.preallocate(chunk).expect("reserve");
+    let end = log.end;
+    assert_eq!(fs::metadata(&path).expect("metadata").len(), end + chunk);
+    let zeros = fs::read(&path).expect("read");
+    assert!(zeros[end as usize..].iter().all(|&b| b == 0));
+    match unwritten_in(&path, end, end + chunk) {
+        Some(unwritten) => assert!(!unwritten, "the reserve is written zeros"),
+        None => eprintln!("skipping the extent check: filefrag cannot map this file system"),
+    }
+    drop(log);
+
+    // The old way, for the benchmark: fallocate alone leaves it unwritten.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(LOG_FILE);
+    let (mut log, _) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+    log.preallocate_unwritten(chunk).expect("reserve");
+    let end = log.end;
+    assert_eq!(fs::metadata(&path).expect("metadata").len(), end + chunk);
+    if let Some(unwritten) = unwritten_in(&path, end, end + chunk) {
+        assert!(unwritten, "fallocate leaves the reserve unwritten");
+    }
+    // A compaction then gives its file no zeroed tail.
+    log.append(&[entry(1, 1)]);
+    log.sync().expect("sync");
+    log.compact(&snapshot(1, 1), &hard_state(1, 1, 1), &[])
+        .expect("compact");
+    let len = fs::metadata(&path).expect("metadata").len();
+    assert_eq!(len, log.end + chunk, "reserved again after the compaction");
+    if let Some(unwritten) = unwritten_in(&path, log.end, len) {
+        assert!(unwritten);
+    }
+}
+
+#[test]
+fn a_compaction_zeroes_a_tail_as_long_as_the_state_it_carries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(LOG_FILE);
+    let chunk = 64 << 10;
+    let (mut log, _) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+    log.preallocate(chunk).expect("reserve");
+    log.append(&[entry(1, 1)]);
+    log.set_hard_state(&hard_state(1, 1, 1));
+    log.sync().expect("sync");
+    // A state of 300 KiB: more than the chunk, less than the cap.
+    let mut big = snapshot(1, 1);
+    big.set_data(vec![7u8; 300 << 10].into());
+    let writer = log.begin_compaction();
+    let written = writer
+        .write(&big, &hard_state(1, 1, 1), &[])
+        .expect("write");
+    // Synced while the compaction was written: lands on the zeroed tail.
+    log.append(&[entry(2, 1)]);
+    log.set_hard_state(&hard_state(1, 1, 2));
+    log.sync().expect("sync");
+    // A quarter more than the state, which outgrew what the log did.
+    let tail = written.reserved - written.len;
+    assert!((375 << 10..400 << 10).contains(&tail), "tail {tail}");
+    log.finish_compaction(written).expect("finish");
+    let len = fs::metadata(&path).expect("metadata").len();
+    assert!(len > log.end, "zeros remain after the catch-up batch");
+    assert_eq!(log.allocated, len);
+    match unwritten_in(&path, log.end, len) {
+        Some(unwritten) => assert!(!unwritten, "the tail is written zeros"),
+        None => eprintln!("skipping the extent check: filefrag cannot map this file system"),
+    }
+    // Batches go on over the zeros without reserving more.
+    for index in 3..=20 {
+        log.append(&[big_entry(index, 1, 1000)]);
+        log.sync().expect("sync");
+    }
+    assert_eq!(fs::metadata(&path).expect("metadata").len(), len);
+    drop(log);
+    let (_, recovered) = RaftLog::open(dir.path(), "c", 1, false).expect("reopen");
+    assert_eq!(
+        recovered.snapshot.as_ref().map(|s| s.get_data().len()),
+        Some(300 << 10)
+    );
+    assert_eq!(recovered.entries.len(), 19);
+    assert_eq!(
+        recovered.torn_bytes, recovered.zero_tail,
+        "only zeros were cut"
+    );
+}
+
+#[test]
+fn a_compaction_zeroes_a_tail_as_long_as_the_log_grew_since_the_last() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _) = RaftLog::open(dir.path(), "c", 1, false).expect("open");
+    log.preallocate(64 << 10).expect("reserve");
+    let opened_at = log.end;
+    for index in 1..=600 {
+        log.append(&[big_entry(index, 1, 1000)]);
+        log.sync().expect("sync");
+    }
+    let grown = log.end - opened_at;
+    assert!(
+        grown > 2 * COMPACTION_TAIL_MIN,
+        "the log outgrew the least tail"
+    );
+    let writer = log.begin_compaction();
+    let written = writer
+        .write(&snapshot(600, 1), &hard_state(1, 1, 600), &[])
+        .expect("write");
+    assert_eq!(written.reserved - written.len, grown * 5 / 4);
+    log.finish_compaction(written).expect("finish");
+    // The next compaction measures from this one.
+    log.append(&[entry(601, 1)]);
+    log.sync().expect("sync");
+    let writer = log.begin_compaction();
+    let written = writer
+        .write(&snapshot(601, 1), &hard_state(1, 1, 601), &[])
+        .expect("write");
+    assert_eq!(written.reserved - written.len, COMPACTION_TAIL_MIN);
+    log.finish_compaction(written).expect("finish");
 }
 
 #[test]
