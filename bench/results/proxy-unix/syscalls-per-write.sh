@@ -1,16 +1,10 @@
 #!/usr/bin/env bash
-# CPU time per 4 KiB write of one proxy build behind each upstream
-# transport: targets direct (qemu-nbd on TCP), proxy-upstream (the proxy
-# forwarding to that qemu-nbd over loopback TCP) and proxy-unix (the proxy
-# forwarding to a second qemu-nbd on a Unix socket, same image, locking
-# off, as in bench/scripts/proxy-overhead.sh), taking turns; 4
-# connections, DEPTH in flight, one load round of SECONDS per target,
-# ROUNDS times. Per target and round: the load's line, then
-#   proxy_us   the proxy's utime+stime over the round / writes (for
-#              `direct`: none, the proxy is idle)
-#   qemu_us    the qemu-nbd serving this target: utime+stime / writes
-#   idle_pct   the machine's idle share over the round
-#   usage: cpu-per-write.sh PROXYBIN DEPTH SECONDS ROUNDS
+# Syscalls per 4 KiB write of the proxy and of the qemu-nbd behind it
+# (perf stat on the syscalls:sys_enter_* tracepoints of each process, over
+# the middle SECONDS-2 s of a SECONDS s load), targets proxy-unix (the proxy
+# forwarding to a qemu-nbd on a Unix socket) and direct (qemu-nbd on TCP),
+# 4 connections at 1, 4 and 16 in flight. Set-up as cpu-per-write.sh.
+#   usage: syscalls-per-write.sh PROXYBIN SECONDS
 # Needs the release binaries of palisade and the load example in
 # CARGO_TARGET_DIR (or target/): run bench/scripts/proxy-overhead.sh once.
 set -euo pipefail
