@@ -757,8 +757,7 @@ impl CompactionWriter {
 
 /// Writes `len` zeros into `file` from offset `at` on.
 fn write_zeroes(file: &File, at: u64, len: u64) -> io::Result<()> {
-    let zeroes =
-        vec![0u8; usize::try_from(len).map_or(ZEROES_PER_WRITE, |len| len.min(ZEROES_PER_WRITE))];
+    let zeroes = vec![0u8; len.min(ZEROES_PER_WRITE as u64) as usize];
     let mut done = 0;
     while done < len {
         let n = (len - done).min(zeroes.len() as u64);

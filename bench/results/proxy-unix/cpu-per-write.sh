@@ -10,7 +10,11 @@
 #              `direct`: none, the proxy is idle)
 #   qemu_us    the qemu-nbd serving this target: utime+stime / writes
 #   idle_pct   the machine's idle share over the round
-#   usage: cpu-per-write.sh PROXYBIN DEPTH SECONDS ROUNDS
+# With SYSCALLS=1 (SECONDS at least 3), also the syscalls per write of the
+# proxy and of that qemu-nbd (perf stat on the syscalls:sys_enter_*
+# tracepoints of each process over the middle SECONDS-2 s), the 8 most
+# frequent of each.
+#   usage: [SYSCALLS=1] cpu-per-write.sh PROXYBIN DEPTH SECONDS ROUNDS
 # Needs the release binaries of palisade and the load example in
 # CARGO_TARGET_DIR (or target/): run bench/scripts/proxy-overhead.sh once.
 set -euo pipefail
@@ -71,6 +75,14 @@ for _ in $(seq "$rounds"); do
         "proxy-upstream $tcp_pid $proxy_port/upstream@$t_up" \
         "proxy-unix $unix_pid $proxy_port/unix@$t_unix"; do
         set -- $target
+        counting=()
+        if [ -n "${SYSCALLS:-}" ]; then
+            for who in proxy:$proxy_pid qemu:$2; do
+                (sleep 1; perf stat -e 'syscalls:sys_enter_*' -p "${who#*:}" \
+                    -o "$work/${who%%:*}.stat" -- sleep $((seconds - 2))) &
+                counting+=($!)
+            done
+        fi
         p0=$(cpu_ticks "$proxy_pid"); q0=$(cpu_ticks "$2"); i0=$(idle_ticks); a0=$(all_ticks)
         line=$("$load" --connections 4 --depth "$depth" --seconds "$seconds" --rounds 1 \
             "$1=127.0.0.1:$3" | grep -E "^1 ")
@@ -80,5 +92,14 @@ for _ in $(seq "$rounds"); do
         proxy_us=$(per_write $((p1 - p0)))
         [ "$1" = direct ] && proxy_us=-
         echo "$line  proxy_us=$proxy_us qemu_us=$(per_write $((q1 - q0))) idle_pct=$(((i1 - i0) * 100 / (a1 - a0)))"
+        if [ ${#counting[@]} -gt 0 ]; then
+            wait "${counting[@]}"
+            for who in proxy qemu; do
+                echo "   $who syscalls per write:"
+                awk -v w="$writes" -v s=$((seconds - 2)) '/syscalls:sys_enter_/ {
+                    gsub(",", "", $1); if ($1 + 0 > 0) printf "     %-36s %7.3f\n", $2, $1 / (w * s) }' \
+                    "$work/$who.stat" | sort -k2 -nr | head -8
+            done
+        fi
     done
 done
