@@ -13,8 +13,10 @@
 # With SYSCALLS=1 (SECONDS at least 3), also the syscalls per write of the
 # proxy and of that qemu-nbd (perf stat on the syscalls:sys_enter_*
 # tracepoints of each process over the middle SECONDS-2 s), the 8 most
-# frequent of each.
-#   usage: [SYSCALLS=1] cpu-per-write.sh PROXYBIN DEPTH SECONDS ROUNDS
+# frequent of each. With PROFILE=DIR (SECONDS at least 3), a `perf record
+# -e cpu-clock -g` of the proxy over the middle SECONDS-2 s of each proxy
+# target's round, one file per round in DIR.
+#   usage: [SYSCALLS=1] [PROFILE=DIR] cpu-per-write.sh PROXYBIN DEPTH SECONDS ROUNDS
 # Needs the release binaries of palisade and the load example in
 # CARGO_TARGET_DIR (or target/): run bench/scripts/proxy-overhead.sh once.
 set -euo pipefail
@@ -83,6 +85,12 @@ for _ in $(seq "$rounds"); do
                 counting+=($!)
             done
         fi
+        if [ -n "${PROFILE:-}" ] && [ "$1" != direct ]; then
+            mkdir -p "$PROFILE"
+            (sleep 1; perf record -F 4999 -e cpu-clock -g -p "$proxy_pid" \
+                -o "$PROFILE/$1.$(date +%s).data" -- sleep $((seconds - 2)) 2>/dev/null) &
+            counting+=($!)
+        fi
         p0=$(cpu_ticks "$proxy_pid"); q0=$(cpu_ticks "$2"); i0=$(idle_ticks); a0=$(all_ticks)
         line=$("$load" --connections 4 --depth "$depth" --seconds "$seconds" --rounds 1 \
             "$1=127.0.0.1:$3" | grep -E "^1 ")
@@ -94,6 +102,8 @@ for _ in $(seq "$rounds"); do
         echo "$line  proxy_us=$proxy_us qemu_us=$(per_write $((q1 - q0))) idle_pct=$(((i1 - i0) * 100 / (a1 - a0)))"
         if [ ${#counting[@]} -gt 0 ]; then
             wait "${counting[@]}"
+        fi
+        if [ -n "${SYSCALLS:-}" ]; then
             for who in proxy qemu; do
                 echo "   $who syscalls per write:"
                 awk -v w="$writes" -v s=$((seconds - 2)) '/syscalls:sys_enter_/ {
