@@ -61,6 +61,18 @@ const PROPOSALS_PER_TURN_MAX: usize = 16_384;
 /// logs the ends the table saw alone (expiry, a release of an orphaned
 /// grant).
 const PRUNE_PER_TURN_MAX: usize = 4_096;
+/// Longest sleep of the control loop between turns when nothing is due
+/// sooner: how late it may notice a stop request or ping the service
+/// manager's watchdog. Otherwise it sleeps until its next tick, a peer
+/// message or a doorbell ring. Every wake-up of the control thread
+/// preempts a data-plane core that shares its CPU (`node.cores = "all"`,
+/// or a whole process pinned to one CPU), so it wakes no more often than
+/// its work asks.
+const TURN_WAIT_MAX: Duration = Duration::from_millis(100);
+/// Pause between the pieces of the leader's walk over the replicated
+/// leases ([`PRUNE_PER_TURN_MAX`] each), so that the walk goes on without
+/// waiting for ticks and without taking the CPU in one piece.
+const PRUNE_WALK_PAUSE: Duration = Duration::from_millis(10);
 
 /// Bytes reserved ahead of the raft log's end (see `RaftLog::preallocate`).
 const LOG_PREALLOCATE: u64 = 4 << 20;
@@ -782,6 +794,8 @@ impl Node {
         self.doorbell.sleep_begins();
         let wait = if ready || !self.proposals.is_empty() {
             Duration::ZERO
+        } else if self.prune.cursor.is_some() {
+            until_tick.min(wait).min(PRUNE_WALK_PAUSE)
         } else {
             until_tick.min(wait)
         };
@@ -1233,7 +1247,7 @@ impl Node {
     /// control loop (the service-manager watchdog pings from there).
     pub fn run_until_with(&mut self, mut stop: impl FnMut(&Node) -> bool) -> Result<(), NodeError> {
         while !stop(self) {
-            if let Err(e) = self.turn(Duration::from_millis(10)) {
+            if let Err(e) = self.turn(TURN_WAIT_MAX) {
                 error!(error = %e.chain(), "control plane failed");
                 return Err(e);
             }

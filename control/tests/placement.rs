@@ -6,7 +6,10 @@
 //!   the acceptor spawns later) runs on the CPUs left over, never on the
 //!   core's;
 //! - when none is left over, every thread stays where it was, sharing the
-//!   cores' CPUs, and the node says so.
+//!   cores' CPUs, and the node says so;
+//! - an idle node's control thread wakes only for its ticks and its admin
+//!   acceptor not at all (`voluntary_ctxt_switches`), so that where they
+//!   share a core's CPU they preempt it no more than their work asks.
 
 mod common;
 
@@ -21,6 +24,8 @@ struct Thread {
     tid: String,
     name: String,
     cpus: Vec<usize>,
+    /// Sleeps it woke from (`voluntary_ctxt_switches`).
+    wake_ups: u64,
 }
 
 /// The threads of process `pid` (a thread that ends while they are read
@@ -48,6 +53,13 @@ fn threads(pid: u32) -> Vec<Thread> {
                 .into_owned(),
             name: name.trim().to_string(),
             cpus: parse_cpu_list(list).expect("a CPU list"),
+            wake_ups: status
+                .lines()
+                .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+                .expect("voluntary_ctxt_switches in status")
+                .trim()
+                .parse()
+                .expect("a count"),
         });
     }
     threads
@@ -175,5 +187,39 @@ fn without_a_spare_cpu_every_thread_shares_the_data_plane_cores() {
         log.contains("no CPU is left over for the control plane")
             && log.contains("set node.cores to fewer CPUs"),
         "{log}"
+    );
+}
+
+/// Wake-ups so far of `pid`'s threads named `name`, summed.
+fn wake_ups(pid: u32, name: &str) -> u64 {
+    threads(pid)
+        .iter()
+        .filter(|thread| named(thread, name))
+        .map(|thread| thread.wake_ups)
+        .sum()
+}
+
+#[test]
+fn an_idle_node_wakes_its_control_and_admin_threads_only_as_their_work_asks() {
+    // Where no CPU is spare these threads share a core's CPU, and each of
+    // their wake-ups preempts it. One node, default heartbeat (50 ms).
+    let server = Server::start("");
+    let pid = server.child.id();
+    // Past the start's own work (campaign, takeover).
+    sleep_ms(500);
+    let (control, admin) = (wake_ups(pid, "palisade"), wake_ups(pid, "palisade-admin"));
+    sleep_ms(2_000);
+    let control = wake_ups(pid, "palisade") - control;
+    let admin = wake_ups(pid, "palisade-admin") - admin;
+    // A tick every 50 ms is 40 in 2 s; a loop that also woke every 10 ms
+    // to look around would show about 200. A late tick only lowers it.
+    assert!(
+        control <= 60,
+        "the idle control thread woke {control} times in 2 s"
+    );
+    // The acceptor sleeps until a scrape or its stop (no scrape came).
+    assert!(
+        admin <= 1,
+        "the idle admin acceptor woke {admin} times in 2 s"
     );
 }

@@ -12,13 +12,13 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rustix::event::{poll, PollFd, PollFlags};
+use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
 use socket2::Socket;
 use tracing::{debug, warn};
 
@@ -28,14 +28,17 @@ use crate::affinity::Tid;
 use crate::clock::monotonic_ms;
 use crate::throttle::LogThrottle;
 
-/// How often the acceptor looks at its stop flag while no scrape comes.
-const STOP_POLL: Duration = Duration::from_millis(100);
-
 /// The running acceptor thread; stops (and is joined) on drop.
+///
+/// The acceptor sleeps in `poll()` on the listener and an `eventfd` that
+/// [`AdminThread::stop`] writes, with no timeout: it wakes only for a
+/// scrape or a stop, never to look at a flag, so it does not preempt a
+/// data-plane core it may share a CPU with.
 #[derive(Debug)]
 pub struct AdminThread {
     handle: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
+    wake: Arc<OwnedFd>,
     tid: Tid,
 }
 
@@ -46,10 +49,14 @@ impl AdminThread {
         self.tid
     }
 
-    /// Stops accepting and joins the acceptor (within 100 ms);
-    /// scrapes under way finish on their own threads.
+    /// Stops accepting and joins the acceptor; scrapes under way finish
+    /// on their own threads.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        // The eventfd's counter cannot be full (one write per stop, and a
+        // stop joins); should the write fail anyway, the acceptor still
+        // stops at its next scrape.
+        let _ = rustix::io::write(&*self.wake, &1u64.to_ne_bytes());
         if let Some(handle) = self.handle.take() {
             let _ = handle.join();
         }
@@ -73,14 +80,16 @@ pub fn start<P: Pages + Send + Sync + 'static>(
     pages: Arc<P>,
 ) -> io::Result<AdminThread> {
     let stop = Arc::new(AtomicBool::new(false));
+    let wake = Arc::new(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?);
     let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let handle = std::thread::Builder::new()
         .name("palisade-admin".into())
         .spawn({
             let stop = stop.clone();
+            let wake = wake.clone();
             move || {
                 let _ = tid_tx.send(crate::affinity::current_tid());
-                accept_loop(&sock, &pages, &stop);
+                accept_loop(&sock, &pages, &stop, &wake);
             }
         })?;
     let tid = tid_rx
@@ -89,11 +98,17 @@ pub fn start<P: Pages + Send + Sync + 'static>(
     Ok(AdminThread {
         handle: Some(handle),
         stop,
+        wake,
         tid,
     })
 }
 
-fn accept_loop<P: Pages + Send + Sync + 'static>(sock: &Socket, pages: &Arc<P>, stop: &AtomicBool) {
+fn accept_loop<P: Pages + Send + Sync + 'static>(
+    sock: &Socket,
+    pages: &Arc<P>,
+    stop: &AtomicBool,
+    wake: &OwnedFd,
+) {
     let active = Arc::new(AtomicUsize::new(0));
     let refusing = Arc::new(AtomicUsize::new(0));
     // Out of file descriptors, accepts fail as fast as they are retried:
@@ -102,13 +117,15 @@ fn accept_loop<P: Pages + Send + Sync + 'static>(sock: &Socket, pages: &Arc<P>, 
     let mut backoff = Duration::from_millis(10);
     while !stop.load(Ordering::SeqCst) {
         let fd = sock.as_fd();
-        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-        let timeout = rustix::time::Timespec {
-            tv_sec: 0,
-            tv_nsec: STOP_POLL.as_nanos() as i64,
-        };
-        match poll(&mut fds, Some(&timeout)) {
+        let mut fds = [
+            PollFd::new(&fd, PollFlags::IN),
+            PollFd::new(wake, PollFlags::IN),
+        ];
+        match poll(&mut fds, None) {
             Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+            // Only a stop writes the eventfd (after setting the flag): the
+            // loop's condition ends it.
+            Ok(_) if fds[1].revents().contains(PollFlags::IN) => continue,
             Ok(_) => {}
             Err(e) => {
                 warn!(error = %e, "admin endpoint: poll failed; it stops");
@@ -295,6 +312,40 @@ mod tests {
         assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
         admin.stop();
         // Stopped: the listener is closed with the thread.
+        assert!(TcpStream::connect(local).is_err());
+    }
+
+    /// The acceptor's voluntary context switches so far (each sleep it
+    /// woke from is one).
+    fn wake_ups(admin: &AdminThread) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/self/task/{}/status", admin.tid())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn an_idle_acceptor_sleeps_until_a_scrape_or_its_stop() {
+        let (sock, local) = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let pages = Arc::new(|_now_ms: u64| "palisade_test 4\n".to_string());
+        let mut admin = start(sock, pages).unwrap();
+        // Settled into its first poll (or about to enter it).
+        std::thread::sleep(Duration::from_millis(50));
+        let before = wake_ups(&admin);
+        // Long enough for several wake-ups of any polling period up to
+        // 100 ms; an acceptor without a timeout wakes for none of it.
+        std::thread::sleep(Duration::from_millis(500));
+        let idle = wake_ups(&admin) - before;
+        assert!(idle <= 1, "an idle acceptor woke {idle} times in 500 ms");
+        let answer = get(local, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(answer.ends_with("palisade_test 4\n"), "{answer}");
+        // Its stop wakes it: `stop` returns (it joins the acceptor).
+        admin.stop();
         assert!(TcpStream::connect(local).is_err());
     }
 
