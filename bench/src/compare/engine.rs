@@ -186,6 +186,24 @@ pub(crate) struct RunResult {
     pub(crate) send_lag_max_ns: u64,
     /// Why the run was cut short, if it was.
     pub(crate) overloaded: Option<String>,
+    /// The recorded window in slices of [`SLICE_NS`] by intended send
+    /// time: where in the run the slow requests were.
+    pub(crate) timeline: Vec<Slice>,
+}
+
+/// Width of a [`Slice`] of the timeline.
+pub(crate) const SLICE_NS: u64 = 1_000_000;
+
+/// The requests of one slice of the recorded window (by intended send
+/// time).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Slice {
+    /// Requests answered.
+    pub(crate) requests: u32,
+    /// Sum of their latencies.
+    pub(crate) sum_ns: u64,
+    /// The slowest of them.
+    pub(crate) max_ns: u64,
 }
 
 impl RunResult {
@@ -521,6 +539,10 @@ pub(crate) fn run(spec: &RunSpec, codec: &dyn Fn() -> Result<Box<dyn Codec>>) ->
         unanswered: 0,
         send_lag_max_ns: 0,
         overloaded: None,
+        timeline: vec![
+            Slice::default();
+            usize::try_from(spec.duration.as_nanos().div_ceil(u128::from(SLICE_NS)))?
+        ],
     };
     let mut arrivals: u64 = 0;
     let mut next_conn = 0;
@@ -642,10 +664,17 @@ pub(crate) fn run(spec: &RunSpec, codec: &dyn Fn() -> Result<Box<dyn Codec>>) ->
                     (op, outcome) => bail!("{op:?} was answered {outcome:?}"),
                 }
                 if recorded {
-                    record(
-                        &mut result.requests,
-                        read_ns.saturating_sub(pending.intended_ns),
-                    );
+                    let latency = read_ns.saturating_sub(pending.intended_ns);
+                    record(&mut result.requests, latency);
+                    // A release sent after the window's end counts in its
+                    // last slice.
+                    let at = (pending.intended_ns.saturating_sub(record_from) / SLICE_NS) as usize;
+                    let last = result.timeline.len().saturating_sub(1);
+                    if let Some(slice) = result.timeline.get_mut(at.min(last)) {
+                        slice.requests += 1;
+                        slice.sum_ns += latency;
+                        slice.max_ns = slice.max_ns.max(latency);
+                    }
                     if cycle_over {
                         record(&mut result.cycles, read_ns.saturating_sub(pending.cycle_ns));
                     }
@@ -780,6 +809,13 @@ mod tests {
         );
         let burst = seen.burst_max.load(Ordering::Relaxed);
         assert!((1..=3).contains(&burst), "burst {burst}");
+        // The timeline covers the recorded window and holds every
+        // recorded request once, with the histogram's slowest.
+        assert_eq!(result.timeline.len(), 300);
+        let counted: u64 = result.timeline.iter().map(|s| u64::from(s.requests)).sum();
+        assert_eq!(counted, result.requests.len());
+        let slowest = result.timeline.iter().map(|s| s.max_ns).max().unwrap();
+        assert!(result.requests.equivalent(slowest, result.requests.max()));
     }
 
     #[test]

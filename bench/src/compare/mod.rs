@@ -228,6 +228,11 @@ pub struct OpenLoopArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Write the recorded window's timeline to this file: one CSV line per
+    /// millisecond of intended send time (`ms,requests,mean_us,max_us`),
+    /// to see when the slow requests were sent.
+    #[arg(long)]
+    timeline: Option<PathBuf>,
 }
 
 /// The codec of `system` (a name in [`SYSTEMS`]) for one connection.
@@ -283,6 +288,19 @@ pub fn open_loop(args: &OpenLoopArgs) -> Result<()> {
     let system = args.system.clone();
     let result = engine::run(&spec, &|| codec_for(&system, &config, args.endpoint))?;
     let measured = Measured::of("open-loop", &result);
+    if let Some(path) = &args.timeline {
+        let mut csv = String::from("ms,requests,mean_us,max_us\n");
+        for (index, slice) in result.timeline.iter().enumerate() {
+            let ms = index as u64 * engine::SLICE_NS / 1_000_000;
+            let mean_us = slice.sum_ns as f64 / f64::from(slice.requests.max(1)) / 1e3;
+            let max_us = slice.max_ns as f64 / 1e3;
+            csv.push_str(&format!(
+                "{ms},{},{mean_us:.1},{max_us:.1}\n",
+                slice.requests
+            ));
+        }
+        std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;
+    }
     if args.json {
         println!("{}", serde_json::to_string(&measured)?);
     } else {
