@@ -7,6 +7,9 @@
 # 1.5, 2.5 and 3.5 s into the recorded window. Each run writes its timeline (open-loop
 # --timeline); drain.py reads them.
 #
+# SYSTEMS (default "palisade echo") may also name redis (Debian's redis-server, no persistence,
+# as the compare runs it).
+#
 # usage: run.sh OUT_DIR ROUNDS RATE...   (as root, nothing else running; under flock /tmp/bench.lock)
 set -e
 OUT=$1; ROUNDS=$2; shift 2
@@ -36,15 +39,24 @@ name = "default"
 TOML
 taskset -c 0 "$PAL" serve --config "$OUT/palisade.toml" 2> "$OUT/palisade.stderr" & P=$!
 taskset -c 0 "$BENCH" echo-server --listen 127.0.0.1:7451 --cpu 0 > /dev/null 2>&1 & E=$!
-trap 'kill -9 $P $E 2>/dev/null; rm -rf "$DATA"' EXIT
+R=
+case " ${SYSTEMS:=palisade echo} " in *" redis "*)
+  taskset -c 0 redis-server --port 7452 --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
+      --logfile "" --dir "$DATA" > /dev/null 2>&1 & R=$!;;
+esac
+trap 'kill -9 $P $E $R 2>/dev/null; rm -rf "$DATA"' EXIT
 sleep 2
 stall() { for t in 2.5 1.0 1.0; do sleep "$t"; kill -STOP "$1"; sleep 0.01; kill -CONT "$1"; done; }
 for round in $(seq "$ROUNDS"); do
   for RATE in "$@"; do
-    # Alternate which system goes first.
-    systems="palisade echo"; [ $((round % 2)) = 0 ] && systems="echo palisade"
+    # Alternate the order of the systems.
+    systems=$SYSTEMS; [ $((round % 2)) = 0 ] && systems=$(echo $SYSTEMS | tr ' ' '\n' | tac | tr '\n' ' ')
     for sys in $systems; do
-      port=7450; pid=$P; [ "$sys" = echo ] && port=7451 && pid=$E
+      case $sys in
+        palisade) port=7450; pid=$P;;
+        echo) port=7451; pid=$E;;
+        redis) port=7452; pid=$R;;
+      esac
       taskset -c 0 bash -c "$(declare -f stall); stall $pid" & S=$!
       "$BENCH" open-loop --endpoint 127.0.0.1:$port --system "$sys" --rate "$RATE" --duration 5s \
           --warmup 1s --cpu 1 --timeline "$OUT/$sys-$RATE-r$round.csv" | sed "s/^/$sys r$round: /"
