@@ -705,13 +705,20 @@ pub(crate) fn run(spec: &RunSpec, codec: &dyn Fn() -> Result<Box<dyn Codec>>) ->
         }
     }
     if (result.overloaded.is_some() || result.unanswered > 0) && spec.workload.releases() {
+        // Best effort: the run's result stands whatever happens here (a
+        // server that pushed back may also have closed the connection).
         let deadline = monotonic_ns() + u64::try_from(spec.drain.as_nanos())?;
-        let owed = settle(&epoll_fd, &mut conns, deadline)?;
-        if owed > 0 {
+        let unsettled = match settle(&epoll_fd, &mut conns, deadline) {
+            Ok(0) => None,
+            Ok(owed) => Some(format!(
+                "{owed} requests still unanswered after the run and its drain"
+            )),
+            Err(e) => Some(format!("{e:#}")),
+        };
+        if let Some(why) = unsettled {
             eprintln!(
-                "compare: {owed} requests still unanswered after the run and its drain; \
-                 leases they were granted stay held for their ttl, and a later run on the same \
-                 resources finds them busy"
+                "compare: could not release every lease of a run cut short ({why}); they stay \
+                 held for their ttl, and a later run on the same resources finds them busy"
             );
         }
     }
