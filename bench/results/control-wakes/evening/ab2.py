@@ -1,4 +1,4 @@
-import json,sys,statistics as st,glob
+import json,sys,statistics as st
 # per-round ratios, mapping slots to builds by the directory name (new-first: palisade-none = new)
 rows=[]
 for d in sys.argv[1:]:
