@@ -8,7 +8,8 @@
 //! on byte strings.
 //!
 //! What the operations mean on each system is documented in the codec's
-//! module and in `bench/results/RESULTS.md`.
+//! module and in the method section of every report `compare` writes
+//! (`bench/results/compare/RESULTS.md`).
 
 use anyhow::Result;
 

@@ -39,7 +39,7 @@ use super::codec::{Codec, Held, Op, Outcome};
 use palisade_host::clock::monotonic_ns;
 
 /// What the arrivals do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum Workload {
     /// Acquire a random resource out of many, release it if granted.

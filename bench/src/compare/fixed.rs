@@ -19,14 +19,14 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::engine::Workload;
 use super::nodestats::{at_most, LogSyncs};
 use super::report::Measured;
 
 /// One system at one rate in one round.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct FixedRun {
     pub(crate) system: String,
     pub(crate) workload: Workload,

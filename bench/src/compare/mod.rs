@@ -185,6 +185,13 @@ pub struct CompareArgs {
     /// a p99 bound of at least 1 s.
     #[arg(long)]
     smoke: bool,
+    /// Runs nothing: reads the `results.json` an earlier run wrote and
+    /// writes its RESULTS.md and plots into `--out` again, with this
+    /// build's tables and targets (the command, date and machine stay the
+    /// run's). A log sync past the nodes' last histogram bound reads back
+    /// as none (JSON has no infinity).
+    #[arg(long, value_name = "RESULTS_JSON")]
+    render: Option<PathBuf>,
 }
 
 /// Arguments of `palisade-bench open-loop`: one fixed-rate run.
@@ -591,6 +598,9 @@ docs say exactly what each operation is on each system.";
 
 /// `palisade-bench compare`.
 pub fn compare(args: &CompareArgs) -> Result<()> {
+    if let Some(json) = &args.render {
+        return render(json, &args.out);
+    }
     let mut args = args.clone();
     if args.smoke {
         args.duration = Duration::from_secs(2);
@@ -987,22 +997,53 @@ fn write(report: &Report, out: &Path, workloads: &[Workload], connections: &[usi
     let json = out.join("results.json");
     std::fs::write(&json, serde_json::to_string_pretty(report)? + "\n")
         .with_context(|| format!("writing {}", json.display()))?;
+    write_rendered(report, out, &(workloads.to_vec(), connections.to_vec()))?;
+    eprintln!("compare: wrote {}", json.display());
+    Ok(())
+}
+
+/// RESULTS.md and one plot per workload and connection count.
+fn write_rendered(report: &Report, out: &Path, shape: &(Vec<Workload>, Vec<usize>)) -> Result<()> {
     let md = out.join("RESULTS.md");
     std::fs::write(&md, report::markdown(report))
         .with_context(|| format!("writing {}", md.display()))?;
-    for &workload in workloads {
-        for &conns in connections {
+    for &workload in &shape.0 {
+        for &conns in &shape.1 {
             let path = out.join(report::plot_name(workload, conns));
             std::fs::write(&path, report::svg(report, workload, conns))
                 .with_context(|| format!("writing {}", path.display()))?;
         }
     }
-    eprintln!(
-        "compare: wrote {}, {} and the plots",
-        md.display(),
-        json.display()
-    );
+    eprintln!("compare: wrote {} and the plots", md.display());
     Ok(())
+}
+
+/// `--render`: RESULTS.md and the plots again from a saved run.
+fn render(json: &Path, out: &Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
+    let report: Report = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a compare run's results.json", json.display()))?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    write_rendered(&report, out, &report_shape(&report))?;
+    print_table(&report);
+    Ok(())
+}
+
+/// The workloads and connection counts a report's cells cover, in the
+/// order they were run.
+fn report_shape(report: &Report) -> (Vec<Workload>, Vec<usize>) {
+    let mut workloads = Vec::new();
+    let mut connections = Vec::new();
+    for c in &report.cells {
+        if !workloads.contains(&c.workload) {
+            workloads.push(c.workload);
+        }
+        if !connections.contains(&c.connections) {
+            connections.push(c.connections);
+        }
+    }
+    (workloads, connections)
 }
 
 fn print_table(report: &Report) {
@@ -1064,5 +1105,61 @@ fn print_table(report: &Report) {
                 None => "not measured",
             }
         );
+    }
+}
+
+#[cfg(test)]
+mod render_tests {
+    use super::report::tests::{cell, measured, report_of};
+    use super::sweep::Step;
+    use super::*;
+
+    #[test]
+    fn a_saved_run_renders_the_same_report_again() {
+        let mut palisade = cell(
+            "palisade-none",
+            100_000.0,
+            vec![measured("50% of max", 50_000.0, &[100, 120, 130])],
+        );
+        palisade.sweep.push(Step {
+            rate: 200_000.0,
+            requests_per_s: 390_000.0,
+            p99_us: 20_000.0,
+            failed: Some("p99 over the bound".into()),
+        });
+        let mut echo = cell(
+            "echo",
+            300_000.0,
+            vec![measured("at palisade-none 50%", 50_000.0, &[100, 100, 100])],
+        );
+        echo.connections = 32;
+        let report = report_of(vec![palisade, echo, cell("redis", 20_000.0, Vec::new())]);
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("results.json");
+        std::fs::write(&json, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+        let out = dir.path().join("again");
+        render(&json, &out).unwrap();
+        let md = std::fs::read_to_string(out.join("RESULTS.md")).unwrap();
+        assert_eq!(md, report::markdown(&report));
+        assert!(
+            md.contains("palisade-none vs redis | ≥ 3× | 5.00× | yes"),
+            "{md}"
+        );
+        // One plot per workload and connection count the cells cover.
+        for conns in [1, 32] {
+            let plot = out.join(report::plot_name(Workload::Uncontended, conns));
+            assert_eq!(
+                std::fs::read_to_string(&plot).unwrap(),
+                report::svg(&report, Workload::Uncontended, conns)
+            );
+        }
+        assert!(
+            !out.join("results.json").exists(),
+            "the saved run is left alone"
+        );
+
+        std::fs::write(&json, "{\"cells\": 3}").unwrap();
+        let err = format!("{:#}", render(&json, &out).unwrap_err());
+        assert!(err.contains("is not a compare run's results.json"), "{err}");
     }
 }

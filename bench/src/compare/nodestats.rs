@@ -19,7 +19,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 const FAMILY: &str = "palisade_log_sync_duration_seconds_bucket{le=\"";
 const BUSY_POLL: &str = "palisade_core_busy_poll_seconds_total ";
@@ -137,7 +137,7 @@ impl Buckets {
 }
 
 /// Syncs of the raft log (every node's together) during one run.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct LogSyncs {
     pub(crate) count: u64,
     /// The histogram bucket bound (µs) at or under which 99 % of them

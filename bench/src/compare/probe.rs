@@ -18,12 +18,12 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use palisade_host::clock::monotonic_ns;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::report::Percentiles;
 
 /// What the probes measured.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Probes {
     /// Where the syncs went (the nodes' temporary data directories' parent).
     pub(crate) fsync_dir: String,

@@ -9,12 +9,12 @@
 //! sustained and the first failed rate. The decision is a pure function
 //! of the measured steps, tested without a server.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::engine::RunResult;
 
 /// One step of a sweep.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Step {
     /// Offered arrivals per second.
     pub(crate) rate: f64,
