@@ -10,7 +10,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== tools the integration tests drive"
+# Each stage's header says how far into the suite it starts (bash's
+# SECONDS), so a slow stage shows in any log.
+stage() { echo "== $* (at ${SECONDS} s)"; }
+
+stage "tools the integration tests drive"
 # The fencing proxy's tests run unmodified qemu-io / qemu-img / qemu-nbd
 # clients. As root on Debian, install them when missing; otherwise those
 # tests print SKIP and pass.
@@ -48,10 +52,10 @@ else
     echo "not root: the compare benchmark's live Redis/etcd/ZooKeeper tests skip if those are missing"
 fi
 
-echo "== workspace tests"
+stage "workspace tests"
 cargo test --workspace --locked
 
-echo "== crate boundaries: the proxy without the lease table, the client library without its CLI"
+stage "crate boundaries: the proxy without the lease table, the client library without its CLI"
 # The fencing proxy checks tokens and never mints them: it must not even
 # link the data plane (docs/ARCHITECTURE.md, the crate table).
 if cargo tree --locked -p palisade-fencing-proxy -e normal --prefix none | grep -q "^palisade-dataplane v"; then
@@ -74,24 +78,24 @@ if cargo tree --locked --workspace --exclude palisade-testkit -e normal --prefix
     exit 1
 fi
 
-echo "== systemd units (systemd-analyze verify, security) and scripts/install.sh"
+stage "systemd units (systemd-analyze verify, security) and scripts/install.sh"
 scripts/test-systemd.sh
 
-echo "== systemd units under a booted systemd (systemd-nspawn): install, start, SIGKILL restart, stop"
+stage "systemd units under a booted systemd (systemd-nspawn): install, start, SIGKILL restart, stop"
 # Root only; the first run debootstraps a minimal Debian into
 # /var/cache/palisade-test/rootfs (about a minute), later runs reuse it.
 scripts/test-systemd-boot.sh
 
-echo "== benchmarks compile and run once (criterion test mode)"
+stage "benchmarks compile and run once (criterion test mode)"
 cargo test --locked -p palisade-dataplane -p palisade-proto --benches
 
-echo "== deterministic simulation of the control plane: 2000 seeded schedules"
+stage "deterministic simulation of the control plane: 2000 seeded schedules"
 # Release build: each schedule is seconds of simulated raft under faults.
 PALISADE_SIM_SEEDS=2000 cargo test --locked --release -p palisade-control --test sim
-echo "== deterministic simulation of replicated leases with clients: 2000 seeded schedules each"
+stage "deterministic simulation of replicated leases with clients: 2000 seeded schedules each"
 PALISADE_SIM_SEEDS=2000 cargo test --locked --release -p palisade-control --test sim_leases
 
-echo "== Python client (clients/python): codec against proto/vectors, live tests against real binaries"
+stage "Python client (clients/python): codec against proto/vectors, live tests against real binaries"
 # Standard library only. The live tests run the release binaries (a single
 # node, a three-node cluster, the fencing proxy) and skip, saying why, when
 # one is missing.
@@ -102,16 +106,16 @@ else
     echo "SKIP: python3 >= 3.9 not found: the Python client's tests did not run"
 fi
 
-echo "== loom models of the lease table"
+stage "loom models of the lease table"
 # A separate target dir: --cfg loom rebuilds the table's dependencies.
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=3 \
     cargo test --locked -p palisade-dataplane --no-default-features --lib --release table::loom_tests
 
-echo "== fuzzing: every cargo-fuzz target for \$PALISADE_FUZZ_SECONDS (30 s here) from its seed corpus"
+stage "fuzzing: every cargo-fuzz target for \$PALISADE_FUZZ_SECONDS (30 s here) from its seed corpus"
 # fuzz/ is its own workspace, built with libFuzzer and ASan into
 # target/fuzz (about 5 minutes the first time); scripts/fuzz.sh installs
 # cargo-fuzz when missing and skips, saying why, only if it cannot. Longer
 # runs: PALISADE_FUZZ_SECONDS=600 scripts/fuzz.sh TARGET.
 PALISADE_FUZZ_SECONDS=${PALISADE_FUZZ_SECONDS:-30} scripts/fuzz.sh
 
-echo "== all tests passed"
+echo "== all tests passed in ${SECONDS} s"
