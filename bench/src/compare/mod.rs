@@ -997,18 +997,23 @@ fn write(report: &Report, out: &Path, workloads: &[Workload], connections: &[usi
     let json = out.join("results.json");
     std::fs::write(&json, serde_json::to_string_pretty(report)? + "\n")
         .with_context(|| format!("writing {}", json.display()))?;
-    write_rendered(report, out, &(workloads.to_vec(), connections.to_vec()))?;
+    write_rendered(report, out, workloads, connections)?;
     eprintln!("compare: wrote {}", json.display());
     Ok(())
 }
 
 /// RESULTS.md and one plot per workload and connection count.
-fn write_rendered(report: &Report, out: &Path, shape: &(Vec<Workload>, Vec<usize>)) -> Result<()> {
+fn write_rendered(
+    report: &Report,
+    out: &Path,
+    workloads: &[Workload],
+    connections: &[usize],
+) -> Result<()> {
     let md = out.join("RESULTS.md");
     std::fs::write(&md, report::markdown(report))
         .with_context(|| format!("writing {}", md.display()))?;
-    for &workload in &shape.0 {
-        for &conns in &shape.1 {
+    for &workload in workloads {
+        for &conns in connections {
             let path = out.join(report::plot_name(workload, conns));
             std::fs::write(&path, report::svg(report, workload, conns))
                 .with_context(|| format!("writing {}", path.display()))?;
@@ -1025,7 +1030,8 @@ fn render(json: &Path, out: &Path) -> Result<()> {
     let report: Report = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a compare run's results.json", json.display()))?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    write_rendered(&report, out, &report_shape(&report))?;
+    let (workloads, connections) = report_shape(&report);
+    write_rendered(&report, out, &workloads, &connections)?;
     print_table(&report);
     Ok(())
 }
